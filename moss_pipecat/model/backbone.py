@@ -1,0 +1,69 @@
+"""The Qwen3 backbone over 17-channel rows (text id + 16 audio codebook ids per position)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from moss_pipecat.model.config import MossTTSRealtimeConfig, TransformerConfig
+from moss_pipecat.model.kv_cache import KVCache
+from moss_pipecat.model.layers import DecoderLayer, RMSNorm, rope_cos_sin
+
+
+class RowEmbedding(nn.Module):
+    """Sum of 17 embeddings: table 0 for the text id, table k for codebook k-1 (k = 1..rvq)."""
+
+    def __init__(self, cfg: MossTTSRealtimeConfig) -> None:
+        super().__init__()
+        H = cfg.language.hidden_size
+        tables = [nn.Embedding(cfg.language.vocab_size, H)]
+        tables += [nn.Embedding(cfg.audio_vocab_size, H) for _ in range(cfg.rvq)]
+        self.embed_tokens = nn.ModuleList(tables)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows: [B, T, 17] int64 -> [B, T, H]."""
+        x = self.embed_tokens[0](rows[..., 0])
+        for c in range(1, len(self.embed_tokens)):
+            x = x + self.embed_tokens[c](rows[..., c])
+        return x
+
+
+class Qwen3Backbone(nn.Module):
+    """Decoder layers + final norm. Its input embeddings come from ``RowEmbedding``."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache,
+        slots: torch.Tensor | None = None,
+        kv_len: int | None = None,
+    ) -> torch.Tensor:
+        """Runs T new positions per row on top of each slot's cached history.
+
+        Args:
+            x: [B, T, H] input embeddings of the new positions.
+            cache: the backbone cache; row b uses slot ``slots[b]`` (or slot b when None).
+            kv_len: attend over cache positions [0, kv_len) only (a bound on every row's
+                length + T; defaults to the whole cache, the static shape for graphs).
+        Returns:
+            [B, T, H] final-norm hidden states. Does not advance ``cache.lengths``.
+        """
+        B, T, _ = x.shape
+        start = cache.lengths[:B] if slots is None else cache.lengths[slots]  # [B]
+        positions = start[:, None] + torch.arange(T, device=x.device)  # [B, T]
+        cfg = self.cfg
+        cos, sin = rope_cos_sin(
+            positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor, x.dtype
+        )
+        S = cache.max_len if kv_len is None else kv_len
+        key_pos = torch.arange(S, device=x.device)
+        mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, S]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, cache.writer(i, slots, positions, S), mask)
+        return self.norm(x)

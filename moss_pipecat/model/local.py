@@ -1,0 +1,123 @@
+"""The local (depth) transformer: turns one backbone hidden state into the 16 codes of a frame.
+
+Position 0 is the backbone's hidden state; position i (1..15) is the embedding of code i-1 of
+the same frame. Its KV cache lives for one frame only, in a scratch buffer of ``rvq`` positions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from moss_pipecat.model.config import MossTTSRealtimeConfig
+from moss_pipecat.model.layers import DecoderLayer, KVWriter, RMSNorm, rope_cos_sin
+from moss_pipecat.model.sampling import BatchSampling, choose_tokens
+
+
+class _FrameKV(KVWriter):
+    """Scratch keys/values of one local layer: [B, n_kv, rvq, hd], written at ``start``."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k, self.v, self.start = k, v, 0
+
+    def write(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        T = k.shape[2]
+        self.k[:, :, self.start : self.start + T] = k
+        self.v[:, :, self.start : self.start + T] = v
+        return self.k, self.v
+
+
+class LocalModel(nn.Module):
+    def __init__(self, cfg: MossTTSRealtimeConfig) -> None:
+        super().__init__()
+        c = cfg.local
+        self.embed_tokens = nn.ModuleList(
+            nn.Embedding(cfg.audio_vocab_size, c.hidden_size) for _ in range(cfg.rvq - 1)
+        )
+        self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_hidden_layers))
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+
+
+class LocalTransformer(nn.Module):
+    def __init__(self, cfg: MossTTSRealtimeConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.rvq = cfg.rvq
+        self.model = LocalModel(cfg)
+        self.local_lm_heads = nn.ModuleList(
+            nn.Linear(cfg.local.hidden_size, cfg.audio_vocab_size, bias=False)
+            for _ in range(cfg.rvq)
+        )
+
+    def _scratch(self, B: int, like: torch.Tensor) -> list[_FrameKV]:
+        c = self.cfg.local
+        shape = (B, c.num_key_value_heads, self.rvq, c.head_dim)
+        return [
+            _FrameKV(like.new_zeros(shape), like.new_zeros(shape))
+            for _ in range(c.num_hidden_layers)
+        ]
+
+    def _run(self, x: torch.Tensor, kvs: list[_FrameKV], start: int) -> torch.Tensor:
+        """x: [B, T, H] inputs at positions start..start+T-1 -> [B, T, H] normed outputs."""
+        B, T, _ = x.shape
+        c = self.cfg.local
+        positions = torch.arange(start, start + T, device=x.device).expand(B, T)  # [B, T]
+        cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta, c.rope_scaling_factor, x.dtype)
+        key_pos = torch.arange(self.rvq, device=x.device)
+        mask = (key_pos[None, :] <= positions[0][:, None])[None, None]  # [1, 1, T, rvq]
+        for layer, kv in zip(self.model.layers, kvs):
+            kv.start = start
+            x = layer(x, cos, sin, kv, mask)
+        return self.model.norm(x)
+
+    def teacher_forced_logits(self, hidden: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Logits of every codebook given the true previous codes.
+
+        Args:
+            hidden: [B, H] backbone hidden states; codes: [B, rvq] int64.
+        Returns:
+            [B, rvq, audio_vocab] float32.
+        """
+        embeds = [hidden[:, None]] + [
+            self.model.embed_tokens[i](codes[:, i : i + 1]) for i in range(self.rvq - 1)
+        ]
+        out = self._run(torch.cat(embeds, dim=1), self._scratch(hidden.shape[0], hidden), 0)
+        return torch.stack(
+            [self.local_lm_heads[i](out[:, i]).float() for i in range(self.rvq)], dim=1
+        )
+
+    def generate(
+        self,
+        hidden: torch.Tensor,
+        sampling: BatchSampling,
+        history: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The codes of one frame, codebook by codebook, with no host sync.
+
+        Args:
+            hidden: [B, H] backbone hidden state of the row before the frame.
+            sampling: per-row settings.
+            history: [B, W, rvq] codes of the turn's earlier frames for the repetition
+                penalty (``NO_HISTORY`` where empty), or None for no penalty.
+            noise: [B, rvq, V] Exp(1) noise, or None when every row is greedy.
+        Returns:
+            [B, rvq] int64 codes.
+        """
+        B = hidden.shape[0]
+        kvs = self._scratch(B, hidden)
+        x = hidden[:, None]  # [B, 1, H]
+        codes = []
+        for i in range(self.rvq):
+            out = self._run(x, kvs, i)[:, 0]  # [B, H]
+            logits = self.local_lm_heads[i](out).float()  # [B, V]
+            code = choose_tokens(
+                logits,
+                None if history is None else history[:, :, i],
+                sampling,
+                None if noise is None else noise[:, i],
+            )
+            codes.append(code)
+            if i + 1 < self.rvq:
+                x = self.model.embed_tokens[i](code)[:, None]
+        return torch.stack(codes, dim=1)

@@ -1,0 +1,133 @@
+"""KV cache semantics: rollback, batching of sessions with different lengths, capacity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moss_pipecat.errors import CapacityError, InvalidInputError
+from moss_pipecat.model import BatchSampling, FrameHistory, MossTTSRealtime, SamplingParams
+from moss_pipecat.model.generate import generate_turn
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def model(realtime_dir) -> MossTTSRealtime:
+    return MossTTSRealtime.from_pretrained(realtime_dir)
+
+
+def _decode(model, cache, slots, hidden, n_steps, text_id):
+    """Greedy decode n_steps frames for a batch; returns frames [B, n_steps, rvq], hidden."""
+    B = hidden.shape[0]
+    sampling = BatchSampling.from_params([SamplingParams.greedy_decoding()] * B)
+    history = FrameHistory(B, 50, model.cfg.rvq, "cpu")
+    frames, hiddens = [], []
+    for _ in range(n_steps):
+        f = model.generate_frame(hidden, sampling, history.buf)
+        frames.append(f)
+        hiddens.append(hidden)
+        history.push(f)
+        row = torch.cat((torch.full((B, 1), text_id), f), dim=1)[:, None]  # [B, 1, 17]
+        hidden = model.backbone(row, cache, slots)[:, 0]
+    return torch.stack(frames, 1), torch.stack(hiddens, 1)
+
+
+def test_truncate_then_regenerate_equals_fresh(model, realtime_golden, realtime_meta):
+    g = realtime_golden
+    t1 = realtime_meta["turns"]["turn1"]
+    cache = model.new_cache(2, 256)
+    generate_turn(model, cache, 0, g["turn1.prompt"], g["session.text1"][12:].tolist(), 32)
+    # Roll back to "the user heard 5 frames": prompt + 5 step rows.
+    keep = g["turn1.prompt"].shape[0] + 5
+    cache.truncate(0, keep)
+    tail = g["turn2.prompt"]
+    after = generate_turn(model, cache, 0, tail, [], 12)
+
+    fresh = model.new_cache(2, 256)
+    model.prefill(g["session.rows"][None, :keep], fresh, torch.tensor([1]))
+    ref = generate_turn(model, fresh, 1, tail, [], 12)
+    assert torch.equal(after.frames, ref.frames) and after.stop == ref.stop
+    torch.testing.assert_close(after.hidden, ref.hidden, atol=ATOL, rtol=0)
+    assert t1["n_frames"] > 5  # the rollback really cut generated frames
+
+
+@pytest.mark.parametrize("slot_order", [None, [2, 0, 1]])
+def test_batched_sessions_of_different_lengths_equal_each_alone(model, realtime_golden, slot_order):
+    rows = realtime_golden["session.rows"]
+    lengths = [40, 61, 85]
+    text_id = model.cfg.text_pad
+    # Alone: one cache each.
+    alone = []
+    for n in lengths:
+        c = model.new_cache(1, 128)
+        h = model.prefill(rows[None, :n], c)
+        alone.append(_decode(model, c, None, h, 6, text_id))
+    # Together: one right-padded prefill, then batched steps.
+    T = max(lengths)
+    batch = rows[:T].repeat(3, 1, 1)  # padding rows are real ids; they are overwritten later
+    for b, n in enumerate(lengths):
+        batch[b, n:] = rows[:1]
+    cache = model.new_cache(3, 128)
+    slots = None if slot_order is None else torch.tensor(slot_order)
+    h = model.prefill(batch, cache, slots, n_new=torch.tensor(lengths))
+    frames, hiddens = _decode(model, cache, slots, h, 6, text_id)
+    for b in range(3):
+        assert torch.equal(frames[b], alone[b][0][0])
+        torch.testing.assert_close(hiddens[b], alone[b][1][0], atol=ATOL, rtol=0)
+    got = cache.lengths if slots is None else cache.lengths[slots]
+    assert got.tolist() == [n + 6 for n in lengths]
+
+
+def test_sampled_frames_depend_only_on_the_sessions_generator(model, realtime_golden):
+    """With per-session generators, a session's draws are the same alone or in a batch."""
+    from moss_pipecat.model.sampling import exponential_noise
+
+    rows = realtime_golden["session.rows"]
+    params = SamplingParams()
+    cache = model.new_cache(2, 128)
+    h = model.prefill(torch.stack([rows[:30], rows[:30]]), cache)
+    gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    noise = exponential_noise(gens, (model.cfg.rvq, model.cfg.audio_vocab_size))
+    both = model.generate_frame(h, BatchSampling.from_params([params] * 2), None, noise)
+    solo_noise = exponential_noise(
+        [torch.Generator().manual_seed(2)], (model.cfg.rvq, model.cfg.audio_vocab_size)
+    )
+    solo = model.generate_frame(h[1:], BatchSampling.from_params([params]), None, solo_noise)
+    assert torch.equal(both[1], solo[0])
+    assert not torch.equal(both[0], both[1])  # different seeds, same input: different draws
+
+
+def test_sampled_turn_is_reproducible_with_a_seeded_generator(model, realtime_golden):
+    g = realtime_golden
+
+    def run(seed: int):
+        cache = model.new_cache(1, 256)
+        return generate_turn(
+            model,
+            cache,
+            0,
+            g["turn1.prompt"],
+            [],
+            10,
+            SamplingParams(),
+            torch.Generator().manual_seed(seed),
+        ).frames
+
+    assert torch.equal(run(5), run(5))
+    assert not torch.equal(run(5), run(6))
+
+
+def test_capacity_and_truncate_errors(model, realtime_golden):
+    rows = realtime_golden["session.rows"]
+    cache = model.new_cache(1, 50)
+    model.prefill(rows[None, :40], cache)
+    with pytest.raises(CapacityError):
+        model.prefill(rows[None, :11], cache)
+    assert cache.length(0) == 40  # a refused prefill changes nothing
+    with pytest.raises(InvalidInputError):
+        cache.truncate(0, 41)
+    with pytest.raises(InvalidInputError):
+        cache.truncate(3, 0)
+    cache.reset(0)
+    assert cache.length(0) == 0
