@@ -65,7 +65,7 @@ class LocalTransformer(nn.Module):
         cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta, c.rope_scaling_factor, x.dtype)
         key_pos = torch.arange(self.rvq, device=x.device)
         mask = (key_pos[None, :] <= positions[0][:, None])[None, None]  # [1, 1, T, rvq]
-        for layer, kv in zip(self.model.layers, kvs):
+        for layer, kv in zip(self.model.layers, kvs, strict=True):
             kv.start = start
             x = layer(x, cos, sin, kv, mask)
         return self.model.norm(x)

@@ -186,7 +186,7 @@ class MossTTSRealtime(nn.Module):
         state: dict[str, torch.Tensor],
         dtype: torch.dtype = torch.float32,
     ) -> MossTTSRealtime:
-        """Builds the model on ``meta`` and assigns the checkpoint tensors (no double allocation)."""
+        """Builds the model on ``meta``, then assigns the checkpoint tensors (no double copy)."""
         with torch.device("meta"):
             model = cls(cfg)
         expected = {k: v.shape for k, v in model.checkpoint_state_dict().items()}

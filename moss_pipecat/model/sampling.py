@@ -116,7 +116,7 @@ def filter_logits(
         logits: [B, V] (already penalised).
         temperature, top_p: [B] float; top_k: [B] int64, 0 disables top-k.
     """
-    B, V = logits.shape
+    V = logits.shape[-1]
     scores = logits / temperature[:, None]
     # top-k: keep every score >= the k-th largest.
     k = torch.where(top_k > 0, top_k, V).clamp(1, V)  # [B]
@@ -140,7 +140,7 @@ def exponential_noise(
 ) -> torch.Tensor:
     """Per-row Exp(1) noise [B, *shape], row b drawn from ``generators[b]``."""
     noise = torch.empty((len(generators), *shape), device=device)
-    for row, gen in zip(noise, generators):
+    for row, gen in zip(noise, generators, strict=True):
         row.exponential_(1.0, generator=gen)
     return noise
 
