@@ -1,0 +1,117 @@
+"""Decode-step latency of the TTS model by batch size: one backbone row + a 16-code frame.
+
+One "step" is what every live session needs every 80 ms: one backbone position over its
+cached history, then the local transformer's 16 sequential codebooks with sampling.
+
+    python benchmarks/bench_model_step.py                       # tiny fixture model
+    python benchmarks/bench_model_step.py --real-size --random-weights --batch 1 --context 512
+    python benchmarks/bench_model_step.py --checkpoint OpenMOSS-Team/MOSS-TTS-Realtime --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from _common import emit, environment, fixtures_root, time_calls
+
+from moss_pipecat.model import (
+    BatchSampling,
+    FrameHistory,
+    MossTTSRealtime,
+    MossTTSRealtimeConfig,
+    SamplingParams,
+)
+from moss_pipecat.model.sampling import exponential_noise
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_model(args, device: torch.device, dtype: torch.dtype) -> MossTTSRealtime:
+    if args.checkpoint:
+        return MossTTSRealtime.from_pretrained(args.checkpoint, dtype=dtype, device=device)
+    if args.real_size or args.random_weights:
+        cfg = (
+            MossTTSRealtimeConfig.real()
+            if args.real_size
+            else MossTTSRealtime.from_pretrained(fixtures_root() / "realtime").cfg
+        )
+        with torch.device(device):
+            model = MossTTSRealtime(cfg).to(dtype)
+        for p in model.parameters():  # O(1) activations, like a trained model's scale
+            if p.dim() > 1:
+                torch.nn.init.normal_(p, std=0.02)
+            else:
+                torch.nn.init.ones_(p)
+        return model.eval().requires_grad_(False)
+    return MossTTSRealtime.from_pretrained(fixtures_root() / "realtime", dtype=dtype, device=device)
+
+
+def bench_batch(model: MossTTSRealtime, B: int, params: SamplingParams, args, device) -> dict:
+    cfg = model.cfg
+    max_len = args.context + args.warmup + args.iters + 2
+    cache = model.new_cache(B, max_len)
+    cache.lengths.fill_(args.context)  # stand-in history: the cost depends on its length
+    sampling = BatchSampling.from_params([params] * B, device)
+    history = FrameHistory(B, params.repetition_window, cfg.rvq, device)
+    gens = [torch.Generator(device).manual_seed(i) for i in range(B)]
+    row = torch.full((B, 1, cfg.channels), cfg.audio_pad_token, device=device)
+    row[..., 0] = cfg.text_pad
+
+    def step() -> None:
+        h = model.backbone(row, cache, kv_len=max_len)[:, 0]
+        noise = None
+        if not params.greedy:
+            noise = exponential_noise(gens, (cfg.rvq, cfg.audio_vocab_size), device)
+        frame = model.generate_frame(h, sampling, history.buf, noise)
+        history.push(frame)
+        row[:, 0, 1:] = frame
+
+    t = time_calls(step, device, args.warmup, args.iters)
+    t["batch"] = B
+    t["frames_per_s"] = B * 1e3 / t["median_ms"]
+    t["rtf_per_session"] = t["median_ms"] / 80.0
+    return t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--checkpoint", help="local dir or hub id (default: tiny fixture model)")
+    ap.add_argument("--real-size", action="store_true", help="real architecture sizes")
+    ap.add_argument("--random-weights", action="store_true", help="no checkpoint, random init")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    ap.add_argument("--context", type=int, default=256, help="history length per session")
+    ap.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--out", help="also write the JSON here")
+    args = ap.parse_args()
+
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    model = build_model(args, device, dtype)
+    params = SamplingParams.greedy_decoding() if args.greedy else SamplingParams()
+    with torch.inference_mode():
+        results = [bench_batch(model, B, params, args, device) for B in args.batch]
+    out = {
+        "benchmark": "model_step",
+        "model": args.checkpoint or ("real-size random" if args.real_size else "tiny fixture"),
+        "dtype": args.dtype,
+        "context": args.context,
+        "sampling": "greedy" if args.greedy else "sampled",
+        "parameters": model.num_parameters(),
+        "env": environment(device),
+        "results": results,
+    }
+    best = max(results, key=lambda r: r["frames_per_s"])
+    emit(
+        out,
+        args.out,
+        f"model_step: b1 {results[0]['median_ms']:.2f} ms/frame; best {best['frames_per_s']:.0f} "
+        f"frames/s at batch {best['batch']} ({args.device}, {args.dtype})",
+    )
+
+
+if __name__ == "__main__":
+    main()
