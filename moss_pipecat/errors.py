@@ -25,3 +25,22 @@ class InvalidInputError(MossError, ValueError):
 
 class CapacityError(MossError):
     """A request would exceed a configured limit (cache length, batch slots, ...)."""
+
+
+class SessionError(MossError):
+    """A session-level request that cannot be honoured in the session's current state."""
+
+
+class UnknownSessionError(SessionError, KeyError):
+    """No session with that id (never created, or already closed)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown session"
+
+
+class SessionClosedError(SessionError):
+    """The session was closed (by the caller, or by the engine after a failure)."""
+
+
+class TurnStateError(SessionError):
+    """The request does not fit the turn state (e.g. a user turn while the bot is speaking)."""

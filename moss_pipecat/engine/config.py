@@ -1,0 +1,64 @@
+"""Engine settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moss_pipecat.errors import InvalidInputError
+
+FRAME_SECONDS = 0.08  # one audio frame = 1920 samples at 24 kHz
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How one engine serves many sessions on one device.
+
+    Attributes:
+        max_sessions: concurrent sessions (KV-cache slots).
+        max_context: KV positions each slot holds (the model's window is 32K).
+        context_budget: a session is trimmed (oldest turns dropped, system prompt and voice
+            kept) when a new turn would leave fewer than ``turn_reserve`` free positions
+            below this budget.
+        turn_reserve: positions kept free for the turn being started.
+        lookahead_s: how far generation may run ahead of real time per session; limits the
+            compute an interruption wastes. None = as fast as possible.
+        prefill_chunk: rows prefilled per session per tick, so a long (re-)prefill never
+            stalls the other sessions' decode steps for long.
+        max_turn_frames: absolute cap on frames per assistant turn.
+        frames_per_text_token, min_turn_frames: the per-turn cap relative to text length
+            (ends a runaway turn): min_turn_frames + frames_per_text_token * tokens.
+        repetition_window_max: longest repetition-penalty window a session may ask for.
+        max_text_chars: characters per assistant turn.
+        max_user_frames: audio frames of one user turn (longer audio keeps its last frames).
+    """
+
+    max_sessions: int = 8
+    max_context: int = 32768
+    context_budget: int = 30000
+    turn_reserve: int = 2000
+    lookahead_s: float | None = 1.0
+    prefill_chunk: int = 1024
+    max_turn_frames: int = 1500
+    frames_per_text_token: float = 8.0
+    min_turn_frames: int = 40
+    repetition_window_max: int = 50
+    max_text_chars: int = 20000
+    max_user_frames: int = 1500
+
+    def __post_init__(self) -> None:
+        if self.max_sessions < 1:
+            raise InvalidInputError("max_sessions must be >= 1")
+        if not 0 < self.context_budget <= self.max_context:
+            raise InvalidInputError("need 0 < context_budget <= max_context")
+        if not 0 < self.turn_reserve < self.context_budget:
+            raise InvalidInputError("need 0 < turn_reserve < context_budget")
+        if self.lookahead_s is not None and self.lookahead_s <= 0:
+            raise InvalidInputError("lookahead_s must be > 0 or None")
+        if self.prefill_chunk < 1 or self.max_turn_frames < 1 or self.min_turn_frames < 1:
+            raise InvalidInputError("prefill_chunk, max_turn_frames, min_turn_frames must be >= 1")
+
+    def turn_frame_cap(self, n_text_tokens: int) -> int:
+        return min(
+            self.max_turn_frames,
+            self.min_turn_frames + int(self.frames_per_text_token * n_text_tokens),
+        )

@@ -1,0 +1,595 @@
+"""The engine: many streaming sessions on one model, stepped together by one thread.
+
+Callers (asyncio or plain threads) send commands; the engine thread owns every session's
+state, the KV cache and the codec streams. Each tick it gathers every session that is ready
+(prefill chunks, decode steps whose next text token is known and that are within their
+real-time lookahead) into batched model calls: one padded backbone call for prefills, one for
+decode steps, then one local-transformer call for every frame due. A session waiting for text
+costs nothing; a failing model call is retried session by session so only the culprit fails.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+import torch
+from loguru import logger
+
+from moss_pipecat.engine.config import EngineConfig
+from moss_pipecat.engine.events import AudioChunk, Channel, TurnSummary
+from moss_pipecat.engine.history import AssistantTurn, ConversationHistory, UserTurn
+from moss_pipecat.engine.rows import RowLayout
+from moss_pipecat.engine.state import OpenTurn, Phase, SessionState, now
+from moss_pipecat.errors import (
+    CapacityError,
+    InvalidInputError,
+    SessionClosedError,
+    TurnStateError,
+    UnknownSessionError,
+)
+from moss_pipecat.model import BatchSampling, MossTTSRealtime, SamplingParams
+from moss_pipecat.model.sampling import NO_HISTORY, exponential_noise
+
+if TYPE_CHECKING:
+    from moss_pipecat.engine.session import Session
+
+
+class MossEngine:
+    """Serves many MOSS-TTS-Realtime conversations on one device.
+
+    Args:
+        model: the TTS model (its device and dtype are the engine's).
+        layout: special ids and delay of the conversation rows.
+        codec: optional ``MossAudioCodec``; with it every frame also comes out as PCM.
+        config: capacity, context budget, lookahead, caps.
+        system_text_ids: ids of the system sentence every conversation starts with.
+        voice_instruction_ids: ids of the sentence that introduces a reference voice.
+        tokenizer: optional tokenizer for ``push_text``; without it turns take ids.
+    """
+
+    def __init__(
+        self,
+        model: MossTTSRealtime,
+        layout: RowLayout,
+        *,
+        codec: Any | None = None,
+        config: EngineConfig | None = None,
+        system_text_ids: Sequence[int] = (),
+        voice_instruction_ids: Sequence[int] = (),
+        tokenizer: Any | None = None,
+    ) -> None:
+        self.model = model
+        self.layout = layout
+        self.codec = codec
+        self.config = config or EngineConfig()
+        self.system_text_ids = list(system_text_ids)
+        self.voice_instruction_ids = list(voice_instruction_ids)
+        self.tokenizer = tokenizer
+        cfg = self.config
+        self.device = next(model.parameters()).device
+        self.cache = model.new_cache(cfg.max_sessions, cfg.max_context)
+        rvq = model.cfg.rvq
+        self._hist = torch.full(
+            (cfg.max_sessions, cfg.repetition_window_max, rvq),
+            NO_HISTORY,
+            dtype=torch.int64,
+            device=self.device,
+        )
+        self._codec_state = codec.new_stream_state(cfg.max_sessions) if codec is not None else None
+        self._sessions: dict[str, SessionState] = {}
+        self._free_slots = list(range(cfg.max_sessions))
+        self._commands: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._rr = 0  # rotates the prefill order for fairness
+        self.stats = {"ticks": 0, "prefill_rows": 0, "decode_steps": 0, "frames": 0}
+
+    # ================================================================== lifecycle
+    def start(self) -> MossEngine:
+        with self._cv:
+            if self._thread is None:
+                self._stopping = False
+                self._thread = threading.Thread(target=self._run, name="moss-engine", daemon=True)
+                self._thread.start()
+        return self
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Ends every open turn (stop "closed") and stops the engine thread."""
+        thread = self._thread
+        if thread is None:
+            return
+        done = self.submit(self._close_all)
+        try:
+            done.result(timeout)
+        finally:
+            with self._cv:
+                self._stopping = True
+                self._cv.notify()
+            thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> MossEngine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def submit(self, fn: Callable[[], Any]) -> Future:
+        """Runs ``fn`` on the engine thread between ticks; returns its future."""
+        fut: Future = Future()
+        with self._cv:
+            if self._thread is None:
+                raise RuntimeError("engine is not running; call start()")
+            self._commands.append((fn, fut))
+            self._cv.notify()
+        return fut
+
+    # ================================================================== sessions
+    def create_session(
+        self,
+        *,
+        voice: torch.Tensor | None = None,
+        sampling: SamplingParams | None = None,
+        seed: int | None = None,
+        session_id: str | None = None,
+    ) -> Session:
+        """Opens a conversation (blocks until the engine thread has set it up)."""
+        from moss_pipecat.engine.session import Session
+
+        self.start()
+        sid = session_id or uuid.uuid4().hex
+        if voice is not None:
+            voice = self.layout.check_frames(voice, "voice")
+        sampling = sampling or SamplingParams()
+        self._check_sampling(sampling)
+        self.submit(lambda: self._create(sid, voice, sampling, seed)).result()
+        return Session(self, sid)
+
+    @property
+    def session_ids(self) -> list[str]:
+        return list(self._sessions)
+
+    def _check_sampling(self, sampling: SamplingParams) -> None:
+        if sampling.repetition_window > self.config.repetition_window_max:
+            raise InvalidInputError(
+                f"repetition_window {sampling.repetition_window} exceeds the engine's "
+                f"{self.config.repetition_window_max}"
+            )
+
+    def _state(self, sid: str) -> SessionState:
+        s = self._sessions.get(sid)
+        if s is None:
+            raise UnknownSessionError(f"no session {sid!r}")
+        if s.phase is Phase.CLOSED:
+            raise SessionClosedError(f"session {sid!r} is closed")
+        return s
+
+    def _create(
+        self, sid: str, voice: torch.Tensor | None, sampling: SamplingParams, seed: int | None
+    ) -> None:
+        if sid in self._sessions:
+            raise InvalidInputError(f"session {sid!r} already exists")
+        if not self._free_slots:
+            raise CapacityError(f"all {self.config.max_sessions} session slots are in use")
+        slot = self._free_slots.pop(0)
+        gen = torch.Generator(self.device)
+        gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
+        history = ConversationHistory(self.layout, self._system_rows(voice))
+        self._sessions[sid] = SessionState(sid, slot, history, sampling, gen)
+        self._truncate(self._sessions[sid], 0)
+
+    def _system_rows(self, voice: torch.Tensor | None) -> torch.Tensor:
+        return self.layout.system_block(self.system_text_ids, voice, self.voice_instruction_ids)
+
+    # ---- commands (engine thread) ---------------------------------------------------------
+    def _start_turn(self, sid: str, channel: Channel, max_frames: int | None = None) -> int:
+        s = self._state(sid)
+        if s.phase is not Phase.IDLE:
+            raise TurnStateError("an assistant turn is already open; end or interrupt it first")
+        s.turn = OpenTurn(turn_id=s.next_turn_id, channel=channel, max_frames=max_frames)
+        s.next_turn_id += 1
+        s.phase = Phase.WAIT_TEXT
+        return s.turn.turn_id
+
+    def _push(self, sid: str, turn_id: int, ids: list[int], text: str, done: bool) -> None:
+        s = self._sessions.get(sid)
+        t = s.turn if s is not None else None
+        if t is None or t.turn_id != turn_id or t.text_done:
+            return  # the turn already ended (EOS, cap, interruption): late text is dropped
+        vocab = self.model.cfg.language.vocab_size
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            self._fail_turn(s, InvalidInputError(f"text ids {bad[:5]} outside [0, {vocab})"))
+            return
+        t.tokens.extend(ids)
+        t.text += text
+        t.text_done = done
+        if t.record is not None:
+            t.record.text = t.text
+        if done and not t.tokens and s.phase is Phase.WAIT_TEXT:
+            self._end_turn(s, TurnSummary(t.turn_id, "empty", text=t.text))
+
+    def _interrupt(self, sid: str, heard: int) -> TurnSummary | None:
+        s = self._state(sid)
+        if heard < 0:
+            raise InvalidInputError(f"heard_frames must be >= 0, got {heard}")
+        t = s.turn
+        if t is not None:
+            summary = TurnSummary(t.turn_id, "interrupted", text_ids=list(t.tokens), text=t.text)
+            if t.record is not None:
+                self._close_record(s, len(s.history.turns) - 1, heard, summary)
+            s.to_feed = None
+            self._end_turn(s, summary)
+            return summary
+        last = s.history.turns[-1] if s.history.turns else None
+        if not isinstance(last, AssistantTurn):
+            return None  # nothing is being said: a no-op
+        if heard >= last.audio_frames(self.layout.audio_eos):
+            return None  # everything was heard already
+        summary = TurnSummary(last.turn_id, "interrupted", text_ids=list(last.text_ids))
+        summary.text = last.text
+        self._close_record(s, len(s.history.turns) - 1, heard, summary)
+        return summary
+
+    def _close_record(self, s: SessionState, index: int, heard: int, summary: TurnSummary) -> None:
+        """Cuts assistant turn ``index`` to ``heard`` frames and rolls the cache back."""
+        rec: AssistantTurn = s.history.turns[index]
+        total = rec.audio_frames(self.layout.audio_eos)
+        start = s.history.offset(index)
+        rec.close(self.layout, heard)
+        kept = len(rec.frames)
+        if kept == 0:
+            s.history.turns.pop(index)  # nothing was heard: as if the turn never happened
+            keep = start
+        else:
+            keep = start + len(s.history.header(index)) + rec.lead + len(rec.steps)
+        self._truncate(s, min(s.cache_len, keep))
+        summary.audio_frames = total
+        summary.heard_frames = kept
+        summary.spoken_text = s.spoken_estimate(rec.text, kept, total, finished=False)
+
+    def _add_user_turn(self, sid: str, text_ids: list[int], frames: torch.Tensor) -> None:
+        s = self._state(sid)
+        if s.phase is not Phase.IDLE:
+            raise TurnStateError("cannot add a user turn while an assistant turn is open")
+        cfg, layout = self.config, self.layout
+        if frames.shape[0] > cfg.max_user_frames:
+            frames = frames[-cfg.max_user_frames :]  # keep the most recent speech
+        limit = layout.lead(len(text_ids)) + frames.shape[0] + 1
+        if len(text_ids) > limit:
+            logger.warning(f"user transcript of {len(text_ids)} tokens cut to {limit} to fit")
+            text_ids = text_ids[:limit]
+        first = not s.history.turns
+        header = layout.header("user", first)
+        body = layout.turn_rows(header, text_ids, frames)[header.shape[0] :]
+        s.history.turns.append(UserTurn(list(text_ids), frames, body))
+        try:
+            self._fit_budget(s, 0)
+        except CapacityError:
+            s.history.turns.pop()
+            raise
+
+    def _set_voice(self, sid: str, voice: torch.Tensor | None) -> None:
+        s = self._state(sid)
+        if s.phase is not Phase.IDLE:
+            raise TurnStateError("cannot change the voice while an assistant turn is open")
+        s.history.system = self._system_rows(voice)
+        self._truncate(s, 0)  # everything after the system block moved: re-prefill it all
+
+    def _set_sampling(self, sid: str, sampling: SamplingParams, seed: int | None) -> None:
+        s = self._state(sid)
+        s.sampling = sampling
+        if seed is not None:
+            s.generator.manual_seed(seed)
+
+    def _reset(self, sid: str) -> None:
+        s = self._state(sid)
+        if s.turn is not None:
+            self._end_turn(s, TurnSummary(s.turn.turn_id, "closed", text=s.turn.text))
+        s.history.turns.clear()
+        self._truncate(s, min(s.cache_len, s.history.system.shape[0]))
+
+    def _close(self, sid: str) -> None:
+        s = self._sessions.get(sid)
+        if s is None:
+            return
+        if s.turn is not None:
+            self._end_turn(s, TurnSummary(s.turn.turn_id, "closed", text=s.turn.text))
+        s.phase = Phase.CLOSED
+        del self._sessions[sid]
+        self._truncate(s, 0)
+        self._free_slots.append(s.slot)
+        self._free_slots.sort()
+
+    def _close_all(self) -> None:
+        for sid in list(self._sessions):
+            self._close(sid)
+
+    def _snapshot(self, sid: str) -> dict:
+        s = self._state(sid)
+        return {
+            "rows": s.history.all_rows(),
+            "cache_len": s.cache_len,
+            "device_cache_len": self.cache.length(s.slot),
+            "system_rows": s.history.system.shape[0],
+            "turns": [(t.role, len(t.text_ids)) for t in s.history.turns],
+            "phase": s.phase.value,
+            "slot": s.slot,
+        }
+
+    # ---- helpers (engine thread) ----------------------------------------------------------
+    def _truncate(self, s: SessionState, length: int) -> None:
+        s.cache_len = length
+        self.cache.lengths[s.slot] = length
+
+    def _fit_budget(self, s: SessionState, extra: int) -> None:
+        """Drops the oldest turns when ``extra`` more rows would not leave the turn reserve."""
+        cfg = self.config
+        if len(s.history) + extra + cfg.turn_reserve <= cfg.context_budget:
+            return
+        before = len(s.history.turns)
+        s.history.trim(cfg.context_budget - cfg.turn_reserve - extra)
+        if len(s.history.turns) != before:
+            logger.debug(f"session {s.session_id}: dropped {before - len(s.history.turns)} turns")
+            # Later turns moved to new positions: keep the system block, re-prefill the rest.
+            self._truncate(s, min(s.cache_len, s.history.system.shape[0]))
+        if len(s.history) + extra > cfg.max_context - 3:
+            raise CapacityError("the system prompt and the new turn do not fit the context")
+
+    def _end_turn(self, s: SessionState, summary: TurnSummary) -> None:
+        t = s.turn
+        if summary.ttfa_s is None and t.t_first is not None and t.t_trigger is not None:
+            summary.ttfa_s = t.t_first - t.t_trigger
+        t.channel.put(summary)
+        s.turn = None
+        s.to_feed = None
+        s.phase = Phase.IDLE
+        if s.codec_slot is not None:
+            self._codec_state.remove_stream(s.codec_slot)
+            s.codec_slot = None
+
+    def _fail_turn(self, s: SessionState, error: BaseException) -> None:
+        """Ends the turn with an error, rolling back whatever it fed; the session stays usable."""
+        logger.warning(f"session {s.session_id}: turn failed: {error!r}")
+        t = s.turn
+        summary = TurnSummary(t.turn_id, "error", text=t.text, error=error)
+        if t.record is not None:
+            self._close_record(s, len(s.history.turns) - 1, 0, summary)
+        self._end_turn(s, summary)
+
+    # ================================================================== the loop
+    def _run(self) -> None:
+        timeout: float | None = None
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    if not self._commands and not self._stopping and timeout != 0:
+                        self._cv.wait(timeout)
+                    if self._stopping:
+                        return
+                    commands = list(self._commands)
+                    self._commands.clear()
+                for fn, fut in commands:
+                    if not fut.set_running_or_notify_cancel():
+                        continue
+                    try:
+                        fut.set_result(fn())
+                    except BaseException as e:  # handed to the caller
+                        fut.set_exception(e)
+                try:
+                    timeout = self._tick()
+                except Exception as e:  # a bug, not bad input: fail every turn in flight
+                    logger.exception("engine tick failed")
+                    for s in list(self._sessions.values()):
+                        if s.turn is not None:
+                            self._fail_turn(s, e)
+                    timeout = None
+
+    def _tick(self) -> float | None:
+        """One round of work. Returns 0 if work was done, else how long to wait (None: until
+        a command arrives)."""
+        t_now = now()
+        sessions = list(self._sessions.values())
+        if sessions:
+            self._rr = (self._rr + 1) % len(sessions)
+            sessions = sessions[self._rr :] + sessions[: self._rr]
+        for s in sessions:
+            if s.ready_to_prefill(self.layout.delay):
+                self._begin_prefill(s, t_now)
+        due: list[tuple[SessionState, torch.Tensor]] = []
+        prefills = [s for s in sessions if s.phase is Phase.PREFILL]
+        if prefills:
+            due += self._isolated(prefills, self._prefill_chunk)
+        steppers = [
+            s
+            for s in sessions
+            if s.phase is Phase.DECODE
+            and s.turn.record.frames  # sessions whose prefill just ended get frame 0 first
+            and s.next_text_id(self.layout.text_pad) is not None
+            and s.within_lookahead(self.config, t_now)
+        ]
+        if steppers:
+            due += self._isolated(steppers, self._decode_step)
+        due = [(s, h) for s, h in due if s.turn is not None]  # drop turns that failed
+        if due:
+            hidden_of = dict(due)
+            self._isolated([s for s, _ in due], lambda b: self._generate(b, hidden_of))
+            self.stats["ticks"] += 1
+            return 0.0
+        if prefills:
+            return 0.0
+        waits = [
+            s.seconds_until_lookahead(self.config, t_now)
+            for s in sessions
+            if s.phase is Phase.DECODE and s.next_text_id(self.layout.text_pad) is not None
+        ]
+        return min(waits) if waits else None
+
+    def _isolated(self, batch: list[SessionState], fn: Callable[[list[SessionState]], list]):
+        """Runs ``fn`` on the batch; if it raises, runs each session alone and fails only the
+        sessions that still raise. Returns the concatenated results."""
+        try:
+            return fn(batch)
+        except Exception as e:
+            if len(batch) == 1:
+                self._fail_turn(batch[0], e)
+                return []
+        out = []
+        for s in batch:
+            try:
+                out += fn([s])
+            except Exception as e:
+                self._fail_turn(s, e)
+        return out
+
+    # ---- prefill ----------------------------------------------------------------------------
+    def _begin_prefill(self, s: SessionState, t_now: float) -> None:
+        t, layout = s.turn, self.layout
+        header = layout.header("assistant", first=not s.history.turns)
+        prompt = layout.prefill_rows(header, t.tokens)[header.shape[0] :]
+        try:
+            self._fit_budget(s, header.shape[0] + prompt.shape[0])
+        except CapacityError as e:
+            self._fail_turn(s, e)
+            return
+        rec = AssistantTurn(
+            text_ids=t.tokens, lead=prompt.shape[0], prompt=prompt, turn_id=t.turn_id, text=t.text
+        )
+        s.history.turns.append(rec)
+        t.record, t.fed_text, t.t_trigger = rec, rec.lead, t_now
+        s.to_feed = s.history.all_rows()[s.cache_len :]
+        s.phase = Phase.PREFILL
+
+    def _prefill_chunk(self, batch: list[SessionState]) -> list[tuple[SessionState, torch.Tensor]]:
+        chunk = self.config.prefill_chunk
+        sizes = [min(chunk, s.to_feed.shape[0]) for s in batch]
+        T = max(sizes)
+        rows = torch.stack(
+            [
+                torch.cat((s.to_feed[:n], s.to_feed[n - 1 : n].expand(T - n, -1)))
+                for s, n in zip(batch, sizes, strict=True)
+            ]
+        ).to(self.device)  # [B, T, 17]; padding repeats a real row and is never attended
+        slots = torch.tensor([s.slot for s in batch], device=self.device)
+        n_new = torch.tensor(sizes, device=self.device)
+        kv_len = max(s.cache_len for s in batch) + T
+        hidden = self.model.backbone(rows, self.cache, slots, n_new, kv_len)  # [B, T, H]
+        done = []
+        for b, (s, n) in enumerate(zip(batch, sizes, strict=True)):
+            s.cache_len += n
+            s.to_feed = s.to_feed[n:]
+            self.stats["prefill_rows"] += n
+            if s.to_feed.shape[0] == 0:
+                s.to_feed = None
+                s.phase = Phase.DECODE
+                done.append((s, hidden[b, n - 1]))
+        return done
+
+    # ---- decode -----------------------------------------------------------------------------
+    def _decode_step(self, batch: list[SessionState]) -> list[tuple[SessionState, torch.Tensor]]:
+        pad = self.layout.text_pad
+        step_rows = []
+        for s in batch:
+            text_id = s.next_text_id(pad)
+            step_rows.append(self.layout.step_row(text_id, s.turn.record.frames[-1]))
+        rows = torch.stack(step_rows)[:, None].to(self.device)  # [B, 1, 17]
+        slots = torch.tensor([s.slot for s in batch], device=self.device)
+        kv_len = max(s.cache_len for s in batch) + 1
+        hidden = self.model.backbone(rows, self.cache, slots, kv_len=kv_len)[:, 0]  # [B, H]
+        for s, row in zip(batch, step_rows, strict=True):
+            t = s.turn
+            t.record.steps.append(row)
+            if t.fed_text < len(t.tokens):
+                t.fed_text += 1
+            s.cache_len += 1
+        self.stats["decode_steps"] += len(batch)
+        return [(s, hidden[b]) for b, s in enumerate(batch)]
+
+    # ---- frames -----------------------------------------------------------------------------
+    def _generate(
+        self, batch: list[SessionState], hidden_of: dict[SessionState, torch.Tensor]
+    ) -> list:
+        """Samples one frame per session and delivers it (PCM too when there is a codec)."""
+        cfg, dev = self.model.cfg, self.device
+        slots = torch.tensor([s.slot for s in batch], device=dev)
+        for s in batch:
+            if not s.turn.record.frames:
+                self._hist[s.slot] = NO_HISTORY  # a new turn: the penalty starts afresh
+        hist = self._hist[slots]  # [B, W, rvq]
+        W = hist.shape[1]
+        windows = torch.tensor([s.sampling.repetition_window for s in batch], device=dev)
+        old = torch.arange(W, device=dev)[None, :] < (W - windows)[:, None]  # [B, W]
+        penalty_hist = hist.masked_fill(old[:, :, None], NO_HISTORY)
+        params = [s.sampling for s in batch]
+        sampling = BatchSampling.from_params(params, dev)
+        noise = None
+        if not all(p.greedy for p in params):
+            gens = [None if p.greedy else s.generator for s, p in zip(batch, params, strict=True)]
+            noise = exponential_noise(gens, (cfg.rvq, cfg.audio_vocab_size), dev)
+        hidden = torch.stack([hidden_of[s] for s in batch])  # [B, H]
+        frames = self.model.generate_frame(hidden, sampling, penalty_hist, noise)  # [B, rvq]
+        if W:
+            self._hist[slots] = torch.cat((hist[:, 1:], frames[:, None]), dim=1)
+        self._deliver(batch, frames.cpu())
+        return []
+
+    def _deliver(self, batch: list[SessionState], frames: torch.Tensor) -> None:
+        eos = self.layout.audio_eos
+        t_now = now()
+        audio: list[tuple[SessionState, torch.Tensor, int]] = []
+        for s, f in zip(batch, frames, strict=True):
+            t = s.turn
+            t.record.frames.append(f)
+            if t.t_first is None:
+                t.t_first = t_now
+            self.stats["frames"] += 1
+            if int(f[0]) != eos:
+                audio.append((s, f, len(t.record.frames) - 1))
+        pcm = self._decode_pcm([(s, f) for s, f, _ in audio])
+        for (s, f, index), p in zip(audio, pcm, strict=True):
+            s.turn.channel.put(AudioChunk(s.turn.turn_id, index, f, p))
+        for s, f in zip(batch, frames, strict=True):
+            rec = s.turn.record
+            if int(f[0]) == eos:
+                self._finish(s, "eos")
+            elif len(rec.frames) >= s.frame_cap(self.config) or s.out_of_room(self.config):
+                self._finish(s, "max_frames")
+
+    def _decode_pcm(self, items: list[tuple[SessionState, torch.Tensor]]) -> list[bytes | None]:
+        if self.codec is None or not items:
+            return [None] * len(items)
+        from moss_pipecat.codec import pcm16_bytes
+
+        for s, _ in items:
+            if s.codec_slot is None:
+                s.codec_slot = self._codec_state.add_stream()
+        size = self.codec.config.quantizer.codebook_size
+        # [Q, B, 1]; specials (pad/BOS) can only appear in untrained models: clamp for the codec
+        codes = torch.stack([f for _, f in items], dim=1)[:, :, None].clamp(0, size - 1)
+        wav = self.codec.decode_step(
+            self._codec_state, codes, [s.codec_slot for s, _ in items], check=False
+        )  # [B, samples]
+        return [pcm16_bytes(w) for w in wav]
+
+    def _finish(self, s: SessionState, stop: str) -> None:
+        t, rec = s.turn, s.turn.record
+        total = rec.audio_frames(self.layout.audio_eos)
+        rec.close(self.layout, total)
+        if stop == "eos":
+            s.learn_speaking_rate(t.text, total)
+        summary = TurnSummary(
+            t.turn_id,
+            stop,
+            audio_frames=total,
+            heard_frames=total,
+            text_ids=list(t.tokens),
+            text=t.text,
+            spoken_text=t.text,
+        )
+        self._end_turn(s, summary)

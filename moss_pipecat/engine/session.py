@@ -1,0 +1,288 @@
+"""Caller-side handles: ``Session`` (async), ``SyncSession`` (blocking) and ``TurnStream``.
+
+Every method forwards to the engine thread; nothing here touches model state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from moss_pipecat.engine.events import AudioChunk, Channel, TurnSummary
+from moss_pipecat.errors import InvalidInputError, SessionClosedError, TurnStateError
+from moss_pipecat.model.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from moss_pipecat.engine.engine import MossEngine
+
+
+class TurnStream:
+    """One assistant turn: push text in, iterate audio chunks out.
+
+    Text goes in with ``push_text`` (needs the engine's tokenizer) or ``push_ids``, then
+    ``end_text``. Iterating yields ``AudioChunk`` until the turn ends; ``summary`` then says
+    how. Pushing never blocks; text pushed after the model ended the turn is dropped.
+    """
+
+    def __init__(self, session: Session, turn_id: int, channel: Channel) -> None:
+        self.session = session
+        self.turn_id = turn_id
+        self._channel = channel
+        self._engine = session.engine
+        self._tokenizer = None
+        self._chars = 0
+        self._text_ended = False
+        self._cancelled = False
+        self.summary: TurnSummary | None = None
+
+    # ---- text in -----------------------------------------------------------------------------
+    def push_ids(self, ids: Sequence[int], text: str = "") -> None:
+        """Feeds text token ids (e.g. for a model without a tokenizer)."""
+        self._check_open()
+        ids = [int(i) for i in ids]
+        self._send(ids, text, done=False)
+
+    def push_text(self, piece: str | bytes) -> None:
+        """Feeds the next piece of text exactly as the LLM streamed it."""
+        self._check_open()
+        tok = self._incremental()
+        self._chars += len(piece)
+        if self._chars > self._engine.config.max_text_chars:
+            raise InvalidInputError(
+                f"turn text exceeds {self._engine.config.max_text_chars} characters"
+            )
+        ids = tok.push(piece)
+        text = piece.decode("utf-8", "replace") if isinstance(piece, bytes) else piece
+        self._send(ids, text, done=False)
+
+    def end_text(self) -> None:
+        """No more text: the turn speaks what it has, then ends."""
+        self._check_open()
+        ids = self._tokenizer.finish() if self._tokenizer is not None else []
+        self._text_ended = True
+        self._send(ids, "", done=True)
+
+    def _incremental(self):
+        if self._tokenizer is None:
+            if self._engine.tokenizer is None:
+                raise InvalidInputError("this engine has no tokenizer: use push_ids")
+            from moss_pipecat.engine.text import IncrementalTokenizer
+
+            self._tokenizer = IncrementalTokenizer(
+                self._engine.tokenizer, max_chars=self._engine.config.max_text_chars
+            )
+        return self._tokenizer
+
+    def _check_open(self) -> None:
+        if self.session.closed:
+            raise SessionClosedError(f"session {self.session.id!r} is closed")
+        if self._text_ended:
+            raise TurnStateError("text already ended for this turn")
+
+    def _send(self, ids: list[int], text: str, done: bool) -> None:
+        sid, tid = self.session.id, self.turn_id
+        self._engine.submit(lambda: self._engine._push(sid, tid, ids, text, done))
+
+    # ---- audio out -----------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Drops every chunk not yet read (the engine's interrupt does the rest)."""
+        self._cancelled = True
+
+    def _accept(self, item: object) -> AudioChunk | None:
+        if isinstance(item, TurnSummary):
+            self.summary = item
+            return None
+        return None if self._cancelled else item
+
+    def __aiter__(self) -> AsyncIterator[AudioChunk]:
+        return self._aiter()
+
+    async def _aiter(self) -> AsyncIterator[AudioChunk]:
+        while self.summary is None:
+            chunk = self._accept(await self._channel.get())
+            if chunk is not None:
+                yield chunk
+
+    def __iter__(self) -> Iterator[AudioChunk]:
+        while self.summary is None:
+            chunk = self._accept(self._channel.get_sync())
+            if chunk is not None:
+                yield chunk
+
+    async def wait(self) -> TurnSummary:
+        """Reads (and drops) the remaining chunks; returns the summary."""
+        async for _ in self:
+            pass
+        return self.summary
+
+    def wait_sync(self) -> TurnSummary:
+        for _ in self:
+            pass
+        return self.summary
+
+
+class Session:
+    """Async handle of one conversation on a ``MossEngine``."""
+
+    def __init__(self, engine: MossEngine, session_id: str) -> None:
+        self.engine = engine
+        self.id = session_id
+        self.closed = False
+        self._turn: TurnStream | None = None
+
+    def _call(self, fn, *args: Any):
+        if self.closed:
+            raise SessionClosedError(f"session {self.id!r} is closed")
+        return self.engine.submit(lambda: fn(self.id, *args))
+
+    async def _await(self, fn, *args: Any):
+        return await asyncio.wrap_future(self._call(fn, *args))
+
+    # ---- turns -------------------------------------------------------------------------------
+    async def start_turn(self, max_frames: int | None = None) -> TurnStream:
+        """Opens an assistant turn (fails if one is open).
+
+        Args:
+            max_frames: optional cap on this turn's frames (on top of the engine's caps).
+        """
+        _check_max_frames(max_frames)
+        channel = Channel()
+        turn_id = await self._await(self.engine._start_turn, channel, max_frames)
+        self._turn = TurnStream(self, turn_id, channel)
+        return self._turn
+
+    async def interrupt(self, heard_frames: int) -> TurnSummary | None:
+        """Stops the current (or just finished) assistant turn and keeps only the first
+        ``heard_frames`` frames in the conversation. Returns None if there was nothing to cut."""
+        if self._turn is not None and self._turn.summary is None:
+            self._turn.cancel()
+        return await self._await(self.engine._interrupt, int(heard_frames))
+
+    async def add_user_turn(self, text_ids: Sequence[int], frames: torch.Tensor) -> None:
+        """Adds what the user said: transcript ids and the speech's codec frames [A, rvq]."""
+        text_ids, frames = self._user_turn_args(text_ids, frames)
+        await self._await(self.engine._add_user_turn, text_ids, frames)
+
+    def _user_turn_args(self, text_ids, frames) -> tuple[list[int], torch.Tensor]:
+        frames = self.engine.layout.check_frames(frames, "user audio frames")
+        if frames.shape[0] == 0:
+            raise InvalidInputError("a user turn needs at least one audio frame")
+        vocab = self.engine.model.cfg.language.vocab_size
+        ids = [int(i) for i in text_ids]
+        if any(not 0 <= i < vocab for i in ids):
+            raise InvalidInputError(f"user text ids must be in [0, {vocab})")
+        return ids, frames
+
+    def user_text_ids(self, text: str) -> list[int]:
+        """Tokenizes a whole user transcript with the engine's tokenizer."""
+        if self.engine.tokenizer is None:
+            raise InvalidInputError("this engine has no tokenizer: pass ids")
+        from moss_pipecat.engine.text import IncrementalTokenizer
+
+        tok = IncrementalTokenizer(
+            self.engine.tokenizer, max_chars=self.engine.config.max_text_chars
+        )
+        return tok.push(text) + tok.finish()
+
+    # ---- settings ----------------------------------------------------------------------------
+    async def set_voice(self, frames: torch.Tensor | None) -> None:
+        """Replaces the reference voice (codec frames [R, rvq]) or removes it (None)."""
+        if frames is not None:
+            frames = self.engine.layout.check_frames(frames, "voice")
+        await self._await(self.engine._set_voice, frames)
+
+    async def set_sampling(self, sampling: SamplingParams, seed: int | None = None) -> None:
+        self.engine._check_sampling(sampling)
+        await self._await(self.engine._set_sampling, sampling, seed)
+
+    async def reset(self) -> None:
+        """Forgets every turn (keeps the system prompt and voice)."""
+        await self._await(self.engine._reset)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        fut = self._call(self.engine._close)
+        self.closed = True
+        await asyncio.wrap_future(fut)
+
+    async def snapshot(self) -> dict:
+        """Rows of the conversation and cache bookkeeping (for tests and debugging)."""
+        return await self._await(self.engine._snapshot)
+
+
+class SyncSession:
+    """Blocking twin of ``Session`` for scripts (do not use inside an event loop)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    @property
+    def id(self) -> str:
+        return self.session.id
+
+    def _run(self, fn, *args: Any):
+        return self.session._call(fn, *args).result()
+
+    def start_turn(self, max_frames: int | None = None) -> TurnStream:
+        _check_max_frames(max_frames)
+        s = self.session
+        channel = Channel()
+        turn_id = self._run(s.engine._start_turn, channel, max_frames)
+        s._turn = TurnStream(s, turn_id, channel)
+        return s._turn
+
+    def say(
+        self,
+        ids: Sequence[int] | None = None,
+        text: str | None = None,
+        max_frames: int | None = None,
+    ) -> tuple[list[AudioChunk], TurnSummary]:
+        """Speaks a whole text; returns (chunks, summary)."""
+        turn = self.start_turn(max_frames)
+        if text is not None:
+            turn.push_text(text)
+        if ids is not None:
+            turn.push_ids(ids)
+        turn.end_text()
+        chunks = list(turn)
+        return chunks, turn.summary
+
+    def interrupt(self, heard_frames: int) -> TurnSummary | None:
+        s = self.session
+        if s._turn is not None and s._turn.summary is None:
+            s._turn.cancel()
+        return self._run(s.engine._interrupt, int(heard_frames))
+
+    def add_user_turn(self, text_ids: Sequence[int], frames: torch.Tensor) -> None:
+        text_ids, frames = self.session._user_turn_args(text_ids, frames)
+        self._run(self.session.engine._add_user_turn, text_ids, frames)
+
+    def set_voice(self, frames: torch.Tensor | None) -> None:
+        if frames is not None:
+            frames = self.session.engine.layout.check_frames(frames, "voice")
+        self._run(self.session.engine._set_voice, frames)
+
+    def set_sampling(self, sampling: SamplingParams, seed: int | None = None) -> None:
+        self.session.engine._check_sampling(sampling)
+        self._run(self.session.engine._set_sampling, sampling, seed)
+
+    def reset(self) -> None:
+        self._run(self.session.engine._reset)
+
+    def close(self) -> None:
+        if not self.session.closed:
+            fut = self.session._call(self.session.engine._close)
+            self.session.closed = True
+            fut.result()
+
+    def snapshot(self) -> dict:
+        return self._run(self.session.engine._snapshot)
+
+
+def _check_max_frames(max_frames: int | None) -> None:
+    if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
+        raise InvalidInputError(f"max_frames must be a positive int, got {max_frames!r}")

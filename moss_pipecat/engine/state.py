@@ -1,0 +1,116 @@
+"""Per-session state, owned and mutated by the engine thread only."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from moss_pipecat.engine.config import FRAME_SECONDS, EngineConfig
+from moss_pipecat.engine.events import Channel
+from moss_pipecat.engine.history import AssistantTurn, ConversationHistory
+from moss_pipecat.model.sampling import SamplingParams
+
+DEFAULT_CHARS_PER_SECOND = 14.0  # typical English TTS speaking rate, refined per session
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"  # no assistant turn open
+    WAIT_TEXT = "wait_text"  # turn open, not enough text to prefill yet
+    PREFILL = "prefill"  # rows being fed, chunk by chunk
+    DECODE = "decode"  # one frame per step
+    CLOSED = "closed"
+
+
+@dataclass
+class OpenTurn:
+    """The assistant turn being generated."""
+
+    turn_id: int
+    channel: Channel
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    text_done: bool = False
+    record: AssistantTurn | None = None  # set when the prefill starts
+    fed_text: int = 0  # text tokens in the rows fed so far (lead + steps)
+    t_trigger: float | None = None
+    t_first: float | None = None
+    max_frames: int | None = None  # the caller's own cap for this turn
+
+
+@dataclass(eq=False)  # identity semantics: states are dict keys
+class SessionState:
+    session_id: str
+    slot: int
+    history: ConversationHistory
+    sampling: SamplingParams
+    generator: torch.Generator
+    phase: Phase = Phase.IDLE
+    cache_len: int = 0  # host mirror of the slot's KV length
+    turn: OpenTurn | None = None
+    to_feed: torch.Tensor | None = None  # rows of the prefill still to feed
+    next_turn_id: int = 0
+    chars_per_second: float = DEFAULT_CHARS_PER_SECOND
+    codec_slot: int | None = None
+    last_error: BaseException | None = None
+
+    # ---- readiness -------------------------------------------------------------------------
+    def ready_to_prefill(self, delay: int) -> bool:
+        t = self.turn
+        return (
+            self.phase is Phase.WAIT_TEXT
+            and t is not None
+            and (len(t.tokens) >= delay or (t.text_done and len(t.tokens) > 0))
+        )
+
+    def next_text_id(self, text_pad: int) -> int | None:
+        """The text id the next step feeds, or None while waiting for the LLM."""
+        t = self.turn
+        if t.fed_text < len(t.tokens):
+            return t.tokens[t.fed_text]
+        return text_pad if t.text_done else None
+
+    def within_lookahead(self, config: EngineConfig, now: float) -> bool:
+        if config.lookahead_s is None or self.turn.t_first is None:
+            return True
+        played = (now - self.turn.t_first) / FRAME_SECONDS
+        return len(self.turn.record.frames) < played + config.lookahead_s / FRAME_SECONDS
+
+    def seconds_until_lookahead(self, config: EngineConfig, now: float) -> float:
+        if config.lookahead_s is None or self.turn.t_first is None:
+            return 0.0
+        ahead = len(self.turn.record.frames) * FRAME_SECONDS - config.lookahead_s
+        return max(0.0, self.turn.t_first + ahead - now)
+
+    def frame_cap(self, config: EngineConfig) -> int:
+        """Frames this turn may have: capped by its text length once the text is complete."""
+        t = self.turn
+        cap = config.turn_frame_cap(len(t.tokens)) if t.text_done else config.max_turn_frames
+        return cap if t.max_frames is None else min(cap, t.max_frames)
+
+    def out_of_room(self, config: EngineConfig) -> bool:
+        """True when the slot cannot take another step plus the two closing rows."""
+        return self.cache_len + 3 > config.max_context
+
+    def learn_speaking_rate(self, text: str, frames: int) -> None:
+        if text and frames >= 12:
+            rate = len(text) / (frames * FRAME_SECONDS)
+            self.chars_per_second = 0.7 * self.chars_per_second + 0.3 * rate
+
+    def spoken_estimate(self, text: str, heard: int, total: int, finished: bool) -> str:
+        """The part of ``text`` heard in ``heard`` frames, cut at a word boundary."""
+        if not text or heard <= 0:
+            return ""
+        if finished and heard >= total:
+            return text
+        n = int(heard * FRAME_SECONDS * self.chars_per_second)
+        if n >= len(text):
+            return text
+        cut = text.rfind(" ", 0, n + 1)
+        return text[: cut if cut > 0 else n].rstrip()
+
+
+def now() -> float:
+    return time.monotonic()
