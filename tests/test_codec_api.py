@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from moss_pipecat.codec import MossAudioCodec, pcm16, pcm16_bytes
 from moss_pipecat.errors import (
@@ -309,3 +310,35 @@ def test_decode_output_to_pcm(codec: MossAudioCodec, codec_golden: dict) -> None
     back = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32767
     ref = wav[0, 0].clamp(-1, 1).numpy()
     assert np.abs(back - ref).max() <= 0.5 / 32767 + 1e-7
+
+
+# ---------------------------------------------------------------------- no host syncs
+
+
+class _SyncRecorder(TorchDispatchMode):
+    """Records ops that make the host wait for device values (.item(), bool(), nonzero)."""
+
+    SYNC_OPS = frozenset({"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._schema.name in self.SYNC_OPS:
+            self.seen.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_decode_step_has_no_host_sync(codec: MossAudioCodec) -> None:
+    """With check=False the streaming step reads no device value on the host (CUDA-graph ready)."""
+    state = codec.new_stream_state(capacity=3, max_frames_per_step=2)
+    a, b, c = (state.add_stream() for _ in range(3))
+    codes = codes_of(codec, t=2).repeat(1, 2, 1)
+    with _SyncRecorder() as control:
+        torch.ones(2).sum().item()
+    assert control.seen == ["aten::_local_scalar_dense"]  # the recorder does see syncs
+    with _SyncRecorder() as rec:
+        codec.decode_step(state, codes, [a, c], check=False)  # b sits out: masked rows
+        codec.decode_step(state, codes[:, :1], [b], check=False)
+    assert rec.seen == []

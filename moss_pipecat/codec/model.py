@@ -400,7 +400,7 @@ class MossAudioCodec(nn.Module):
         if b < 1 or t < 1:
             raise InvalidInputError(f"codes are empty (shape {tuple(codes.shape)})")
         if values:
-            lo, hi = int(codes.min()), int(codes.max())
+            lo, hi = torch.stack([codes.min(), codes.max()]).tolist()  # one host sync
             if lo < 0 or hi >= qc.codebook_size:
                 raise InvalidInputError(
                     f"codes must be in 0..{qc.codebook_size - 1}, got values in {lo}..{hi}"
