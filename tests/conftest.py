@@ -58,3 +58,62 @@ def codec_golden(codec_dir: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="session")
 def codec_meta(codec_dir: Path) -> dict:
     return json.loads((codec_dir / "golden.json").read_text())
+
+
+# ---- engine fixtures (tiny model, id-level text) ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_model(realtime_dir):
+    from moss_pipecat.model import MossTTSRealtime
+
+    return MossTTSRealtime.from_pretrained(realtime_dir)
+
+
+@pytest.fixture(scope="session")
+def golden_layout(realtime_meta):
+    from moss_pipecat.engine.rows import RowLayout
+
+    ids, audio = realtime_meta["special_ids"], realtime_meta["audio"]
+    return RowLayout(
+        rvq=audio["channels"],
+        audio_pad=audio["audio_pad"],
+        audio_bos=audio["bos"],
+        audio_eos=audio["eos"],
+        text_pad=ids["text_pad"],
+        ref_audio_pad=ids["audio_pad"],
+        im_start=ids["im_start"],
+        im_end=ids["im_end"],
+        newline=(ids["newline"],),
+        roles={r: (ids[r],) for r in ("assistant", "user", "system", "context")},
+        delay=realtime_meta["delay_tokens_len"],
+    )
+
+
+@pytest.fixture
+def make_engine(tiny_model, golden_layout, realtime_meta):
+    """Factory for started engines on the tiny model; every engine is shut down after the test."""
+    from moss_pipecat.engine.config import EngineConfig
+    from moss_pipecat.engine.engine import MossEngine
+
+    engines = []
+
+    def make(codec=None, **config):
+        config.setdefault("lookahead_s", None)
+        config.setdefault("max_context", 1024)
+        config.setdefault("context_budget", 900)
+        config.setdefault("turn_reserve", 100)
+        engine = MossEngine(
+            tiny_model,
+            golden_layout,
+            codec=codec,
+            config=EngineConfig(**config),
+            system_text_ids=realtime_meta["system_prompt_text_ids"],
+            voice_instruction_ids=realtime_meta["voice_clone_instruction_ids"],
+        ).start()
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.shutdown()

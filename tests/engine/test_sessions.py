@@ -1,0 +1,219 @@
+"""Engine behaviour: multi-turn history, interruption rollback, context trimming, batching."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+import torch
+
+from moss_pipecat.engine.session import SyncSession
+from moss_pipecat.model import SamplingParams
+
+from .helpers import assert_matches_fresh, random_frames, random_text
+
+GREEDY = SamplingParams.greedy_decoding()
+
+
+async def _speak(session, ids, max_frames=None, piece=4, pause=0.0):
+    turn = await session.start_turn(max_frames=max_frames)
+    for i in range(0, len(ids), piece):
+        turn.push_ids(ids[i : i + piece])
+        if pause:
+            await asyncio.sleep(pause)
+    turn.end_text()
+    chunks = [c async for c in turn]
+    return chunks, turn.summary
+
+
+async def test_multi_turn_with_user_turns_equals_recomputing_from_scratch(
+    make_engine, tiny_model, golden_layout, realtime_golden, realtime_meta
+):
+    engine = make_engine()
+    session = engine.create_session(voice=realtime_golden["session.ref_codes"], sampling=GREEDY)
+    gen = torch.Generator().manual_seed(11)
+    for turn_no, n_text in enumerate([20, 7, 15]):
+        if turn_no:
+            await session.add_user_turn(random_text(gen, realtime_meta, 9), random_frames(gen, 8))
+        text = random_text(gen, realtime_meta, n_text)
+        chunks, summary = await _speak(session, text, max_frames=30)
+        assert summary.stop in ("eos", "max_frames")
+        snap = await session.snapshot()
+        assert snap["cache_len"] == snap["device_cache_len"]
+        assert_matches_fresh(tiny_model, golden_layout, snap["rows"], chunks, summary, text, 30)
+    assert [r for r, _ in snap["turns"]] == ["assistant", "user"] * 2 + ["assistant"]
+
+
+@pytest.mark.parametrize("heard", [0, 1, 4])
+async def test_interrupt_mid_turn_then_new_turn_equals_fresh_run(
+    make_engine, tiny_model, golden_layout, realtime_golden, realtime_meta, heard
+):
+    g, layout = realtime_golden, golden_layout
+    engine = make_engine()
+    session = engine.create_session(voice=g["session.ref_codes"], sampling=GREEDY)
+    snap0 = await session.snapshot()
+    text = g["session.text1"].tolist()
+    lead = layout.lead(len(text))
+    turn = await session.start_turn()
+    turn.push_ids(text)  # no end_text: generation stalls once the known text is fed
+    stall_at = 1 + len(text) - lead
+    chunks = []
+    async for c in turn:
+        chunks.append(c)
+        if len(chunks) == stall_at:
+            break
+    assert turn.summary is None, "this fixture should not end the turn before the stall"
+    summary = await session.interrupt(heard)
+    assert summary.stop == "interrupted" and summary.heard_frames == heard
+    assert await turn.wait() is not None and turn.summary.stop == "interrupted"
+
+    snap = await session.snapshot()
+    frames = torch.stack([c.codes for c in chunks])
+    expected = snap0["rows"]
+    if heard:
+        header = layout.header("assistant", first=True)
+        expected = torch.cat(
+            (expected, layout.turn_rows(header, text[: lead + heard + 1], frames[:heard]))
+        )
+    assert torch.equal(snap["rows"], expected)
+    assert snap["cache_len"] <= expected.shape[0]
+
+    # The conversation goes on from what was heard.
+    await session.add_user_turn(g["session.user_text"].tolist(), g["session.user_codes"])
+    text2 = g["session.text2"].tolist()
+    chunks2, summary2 = await _speak(session, text2, max_frames=20)
+    snap = await session.snapshot()
+    assert_matches_fresh(tiny_model, layout, snap["rows"], chunks2, summary2, text2, 20)
+
+
+async def test_interrupt_after_generation_finished_rolls_back_to_heard(
+    make_engine, tiny_model, golden_layout, realtime_golden
+):
+    """The turn is fully generated but still playing when the user barges in."""
+    g, layout = realtime_golden, golden_layout
+    engine = make_engine()
+    session = engine.create_session(sampling=GREEDY)
+    text = g["session.text1"].tolist()
+    chunks, summary = await _speak(session, text, max_frames=32)
+    assert summary.audio_frames > 3
+    cut = await session.interrupt(3)
+    assert cut.heard_frames == 3 and cut.audio_frames == summary.audio_frames
+    assert await session.interrupt(3) is None  # nothing left to cut
+    snap = await session.snapshot()
+    header = layout.header("assistant", first=True)
+    frames = torch.stack([c.codes for c in chunks])
+    lead = layout.lead(len(text))
+    expected_turn = layout.turn_rows(header, text[: lead + 4], frames[:3])
+    assert torch.equal(snap["rows"][snap["system_rows"] :], expected_turn)
+    chunks2, summary2 = await _speak(session, g["session.text2"].tolist(), max_frames=20)
+    snap = await session.snapshot()
+    assert_matches_fresh(
+        tiny_model, layout, snap["rows"], chunks2, summary2, g["session.text2"].tolist(), 20
+    )
+
+
+async def test_long_conversation_stays_in_budget_and_keeps_the_voice(
+    make_engine, tiny_model, golden_layout, realtime_golden, realtime_meta
+):
+    g = realtime_golden
+    engine = make_engine(max_context=320, context_budget=300, turn_reserve=80)
+    session = engine.create_session(voice=g["session.ref_codes"], sampling=GREEDY)
+    system = (await session.snapshot())["rows"]
+    gen = torch.Generator().manual_seed(5)
+    trimmed = False
+    for i in range(10):
+        await session.add_user_turn(random_text(gen, realtime_meta, 6), random_frames(gen, 10))
+        text = random_text(gen, realtime_meta, 14)
+        chunks, summary = await _speak(session, text, max_frames=25)
+        snap = await session.snapshot()
+        trimmed |= len(snap["turns"]) < 2 * (i + 1)  # 2 turns were added per round
+        assert snap["cache_len"] <= 320 and snap["rows"].shape[0] <= 320
+        assert torch.equal(snap["rows"][: system.shape[0]], system)  # system + voice kept
+        first_header = golden_layout.header(snap["turns"][0][0], first=True)
+        n = system.shape[0]
+        assert torch.equal(snap["rows"][n : n + first_header.shape[0]], first_header)
+        assert_matches_fresh(tiny_model, golden_layout, snap["rows"], chunks, summary, text, 25)
+    assert trimmed, "the budget never forced a trim: the test does not exercise it"
+
+
+async def test_eight_concurrent_sessions_equal_each_alone(make_engine, realtime_meta):
+    gen = torch.Generator().manual_seed(3)
+    scripts = []
+    for _ in range(8):
+        scripts.append(
+            [
+                random_text(gen, realtime_meta, int(torch.randint(3, 30, (), generator=gen))),
+                (random_text(gen, realtime_meta, 5), random_frames(gen, 7)),
+                random_text(gen, realtime_meta, int(torch.randint(3, 30, (), generator=gen))),
+            ]
+        )
+
+    async def run(session, script, rnd: random.Random | None):
+        out = []
+        for step in script:
+            if isinstance(step, tuple):
+                await session.add_user_turn(*step)
+                continue
+            piece = rnd.randint(1, 6) if rnd else len(step)
+            pause = rnd.choice([0, 0, 0.001, 0.003]) if rnd else 0
+            chunks, summary = await _speak(session, step, 24, piece, pause)
+            out.append((torch.stack([c.codes for c in chunks]), summary.stop))
+        return out
+
+    alone = []
+    for script in scripts:
+        engine = make_engine(max_sessions=1)
+        alone.append(await run(engine.create_session(sampling=GREEDY), script, None))
+    engine = make_engine(max_sessions=8)
+    sessions = [engine.create_session(sampling=GREEDY) for _ in scripts]
+    together = await asyncio.gather(
+        *(run(s, sc, random.Random(i)) for i, (s, sc) in enumerate(zip(sessions, scripts)))
+    )
+    for a, b in zip(alone, together):
+        assert [stop for _, stop in a] == [stop for _, stop in b]
+        for (fa, _), (fb, _) in zip(a, b):
+            assert torch.equal(fa, fb)
+    assert engine.stats["decode_steps"] > engine.stats["ticks"]  # steps really were batched
+
+
+def test_seeded_sampling_is_independent_of_batch_company(make_engine, realtime_golden):
+    text = realtime_golden["session.text1"].tolist()
+
+    def run(n_other: int):
+        engine = make_engine(max_sessions=4)
+        me = SyncSession(engine.create_session(sampling=SamplingParams(), seed=1234))
+        others = [
+            SyncSession(engine.create_session(sampling=SamplingParams(), seed=i))
+            for i in range(n_other)
+        ]
+        turns = [o.start_turn(max_frames=20) for o in others]
+        for t in turns:
+            t.push_ids(text[::-1])
+            t.end_text()
+        chunks, _ = me.say(ids=text, max_frames=20)
+        for t in turns:
+            t.wait_sync()
+        return torch.stack([c.codes for c in chunks])
+
+    assert torch.equal(run(0), run(3))
+
+
+def test_lookahead_paces_generation_to_real_time(make_engine, realtime_golden):
+    import time
+
+    engine = make_engine(lookahead_s=0.24)  # 3 frames ahead of real time
+    session = SyncSession(engine.create_session(sampling=GREEDY))
+    text = realtime_golden["session.text2"].tolist()
+    turn = session.start_turn(max_frames=15)
+    turn.push_ids(text)
+    turn.end_text()
+    first = None
+    n = 0
+    for _ in turn:
+        first = first or time.monotonic()
+        n += 1
+    elapsed = time.monotonic() - first
+    assert n >= 10
+    # Frames beyond the lookahead are released at most one per 80 ms of real time.
+    assert elapsed >= (n - 1 - 3) * 0.08 - 0.02
