@@ -168,11 +168,14 @@ async def test_eight_concurrent_sessions_equal_each_alone(make_engine, realtime_
     engine = make_engine(max_sessions=8)
     sessions = [engine.create_session(sampling=GREEDY) for _ in scripts]
     together = await asyncio.gather(
-        *(run(s, sc, random.Random(i)) for i, (s, sc) in enumerate(zip(sessions, scripts)))
+        *(
+            run(s, sc, random.Random(i))
+            for i, (s, sc) in enumerate(zip(sessions, scripts, strict=True))
+        )
     )
-    for a, b in zip(alone, together):
+    for a, b in zip(alone, together, strict=True):
         assert [stop for _, stop in a] == [stop for _, stop in b]
-        for (fa, _), (fb, _) in zip(a, b):
+        for (fa, _), (fb, _) in zip(a, b, strict=True):
             assert torch.equal(fa, fb)
     assert engine.stats["decode_steps"] > engine.stats["ticks"]  # steps really were batched
 
