@@ -1,0 +1,153 @@
+"""Engine throughput and latency vs concurrent sessions.
+
+N sessions each speak one turn at the same moment (text pushed at once, as an LLM that is
+ahead of speech). Reports, per N: time to first audio (trigger -> first PCM/codes), gaps
+between consecutive frames of a session (p50/p99), and aggregate frames/s.
+
+    python benchmarks/bench_engine.py                               # tiny fixture model + codec
+    python benchmarks/bench_engine.py --sessions 1 4 16 --frames 50 --lookahead 1.0
+    python benchmarks/bench_engine.py --real-size --random-weights --sessions 1 --frames 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import statistics
+import time
+
+import torch
+from _common import emit, environment, fixtures_root
+from bench_model_step import DTYPES, build_model
+
+from moss_pipecat.engine.config import EngineConfig
+from moss_pipecat.engine.engine import MossEngine
+from moss_pipecat.engine.rows import RowLayout
+from moss_pipecat.model import SamplingParams
+
+
+def layout_for(model) -> RowLayout:
+    """Stand-in specials for a model without a tokenizer (timing does not depend on them)."""
+    cfg = model.cfg
+    v = cfg.language.vocab_size
+    return RowLayout(
+        rvq=cfg.rvq,
+        audio_pad=cfg.audio_pad_token,
+        audio_bos=cfg.audio_bos,
+        audio_eos=cfg.audio_eos,
+        text_pad=cfg.text_pad,
+        ref_audio_pad=cfg.reference_audio_pad,
+        im_start=v - 7,
+        im_end=v - 6,
+        newline=(v - 5,),
+        roles={"assistant": (v - 4,), "user": (v - 3,), "system": (v - 2,), "context": (v - 1,)},
+    )
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+async def run_round(engine: MossEngine, n: int, n_text: int, frames: int, seed: int) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    sessions = [engine.create_session(sampling=SamplingParams(), seed=i) for i in range(n)]
+    vocab = min(engine.layout.im_start, engine.model.cfg.text_pad)
+
+    async def one(session) -> tuple[float, list[float], int]:
+        text = torch.randint(0, vocab, (n_text,), generator=gen).tolist()
+        turn = await session.start_turn(max_frames=frames)
+        t0 = time.perf_counter()
+        turn.push_ids(text)
+        turn.end_text()
+        stamps = [time.perf_counter() async for _ in turn]
+        await session.close()
+        ttfa = stamps[0] - t0 if stamps else float("nan")
+        gaps = [b - a for a, b in itertools.pairwise(stamps)]
+        return ttfa, gaps, len(stamps)
+
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(one(s) for s in sessions))
+    wall = time.perf_counter() - t0
+    ttfas = [r[0] for r in results]
+    gaps = [g for r in results for g in r[1]]
+    total = sum(r[2] for r in results)
+    return {
+        "sessions": n,
+        "frames_total": total,
+        "wall_s": wall,
+        "frames_per_s": total / wall,
+        "realtime_sessions_supported": total / wall / 12.5,
+        "ttfa_ms_p50": 1e3 * statistics.median(ttfas),
+        "ttfa_ms_max": 1e3 * max(ttfas),
+        "gap_ms_p50": 1e3 * pct(gaps, 0.5),
+        "gap_ms_p99": 1e3 * pct(gaps, 0.99),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--checkpoint", help="TTS checkpoint dir or hub id (default: tiny fixture)")
+    ap.add_argument("--real-size", action="store_true")
+    ap.add_argument("--random-weights", action="store_true")
+    ap.add_argument("--no-codec", action="store_true", help="codes only, no PCM decode")
+    ap.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--frames", type=int, default=40, help="frames per turn")
+    ap.add_argument("--text-tokens", type=int, default=24)
+    ap.add_argument("--lookahead", type=float, default=None, help="seconds; default unlimited")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    ap.add_argument("--out")
+    args = ap.parse_args()
+
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    model = build_model(args, device, dtype)
+    codec = None
+    if not args.no_codec:
+        from moss_pipecat.codec import MossAudioCodec
+
+        if args.real_size:
+            from moss_pipecat.codec import CodecConfig, real_config_dict
+
+            cfg = CodecConfig.from_dict(real_config_dict())
+            codec = MossAudioCodec.random(cfg, dtype=dtype, device=device)
+        else:
+            codec = MossAudioCodec.from_pretrained(fixtures_root() / "codec", device=device)
+    config = EngineConfig(
+        max_sessions=max(args.sessions),
+        max_context=512 + args.frames + args.text_tokens,
+        context_budget=500,
+        turn_reserve=100,
+        lookahead_s=args.lookahead,
+    )
+    engine = MossEngine(model, layout_for(model), codec=codec, config=config).start()
+    rounds = []
+    try:
+        asyncio.run(run_round(engine, 1, args.text_tokens, 3, seed=0))  # warm-up
+        for n in args.sessions:
+            rounds.append(asyncio.run(run_round(engine, n, args.text_tokens, args.frames, n)))
+    finally:
+        engine.shutdown()
+    out = {
+        "benchmark": "engine",
+        "model": args.checkpoint or ("real-size random" if args.real_size else "tiny fixture"),
+        "codec": None if codec is None else ("real-size random" if args.real_size else "tiny"),
+        "dtype": args.dtype,
+        "frames_per_turn": args.frames,
+        "lookahead_s": args.lookahead,
+        "env": environment(device),
+        "results": rounds,
+    }
+    best = max(rounds, key=lambda r: r["frames_per_s"])
+    emit(
+        out,
+        args.out,
+        f"engine: TTFA p50 {rounds[0]['ttfa_ms_p50']:.1f} ms at 1 session; "
+        f"{best['frames_per_s']:.0f} frames/s ({best['realtime_sessions_supported']:.1f} real-time "
+        f"sessions) at {best['sessions']} sessions ({args.device}, {args.dtype})",
+    )
+
+
+if __name__ == "__main__":
+    main()
