@@ -50,6 +50,8 @@ class MossEngine:
         system_text_ids: ids of the system sentence every conversation starts with.
         voice_instruction_ids: ids of the sentence that introduces a reference voice.
         tokenizer: optional tokenizer for ``push_text``; without it turns take ids.
+        text_id_map: optional map applied to every token id from the tokenizer (a tiny test
+            model's vocabulary is smaller than the real tokenizer's).
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class MossEngine:
         system_text_ids: Sequence[int] = (),
         voice_instruction_ids: Sequence[int] = (),
         tokenizer: Any | None = None,
+        text_id_map: Callable[[int], int] | None = None,
     ) -> None:
         self.model = model
         self.layout = layout
@@ -70,6 +73,7 @@ class MossEngine:
         self.system_text_ids = list(system_text_ids)
         self.voice_instruction_ids = list(voice_instruction_ids)
         self.tokenizer = tokenizer
+        self.text_id_map = text_id_map
         cfg = self.config
         self.device = next(model.parameters()).device
         self.cache = model.new_cache(cfg.max_sessions, cfg.max_context)
@@ -150,6 +154,10 @@ class MossEngine:
         self._check_sampling(sampling)
         self.submit(lambda: self._create(sid, voice, sampling, seed)).result()
         return Session(self, sid)
+
+    def map_text_ids(self, ids: list[int]) -> list[int]:
+        """Tokenizer ids -> model text ids (identity unless a ``text_id_map`` was given)."""
+        return ids if self.text_id_map is None else [self.text_id_map(i) for i in ids]
 
     @property
     def session_ids(self) -> list[str]:

@@ -54,7 +54,7 @@ class TurnStream:
             raise InvalidInputError(
                 f"turn text exceeds {self._engine.config.max_text_chars} characters"
             )
-        ids = tok.push(piece)
+        ids = self._engine.map_text_ids(tok.push(piece))
         text = piece.decode("utf-8", "replace") if isinstance(piece, bytes) else piece
         self._send(ids, text, done=False)
 
@@ -62,6 +62,7 @@ class TurnStream:
         """No more text: the turn speaks what it has, then ends."""
         self._check_open()
         ids = self._tokenizer.finish() if self._tokenizer is not None else []
+        ids = self._engine.map_text_ids(ids)
         self._text_ended = True
         self._send(ids, "", done=True)
 
@@ -185,7 +186,7 @@ class Session:
         tok = IncrementalTokenizer(
             self.engine.tokenizer, max_chars=self.engine.config.max_text_chars
         )
-        return tok.push(text) + tok.finish()
+        return self.engine.map_text_ids(tok.push(text) + tok.finish())
 
     # ---- settings ----------------------------------------------------------------------------
     async def set_voice(self, frames: torch.Tensor | None) -> None:
