@@ -296,6 +296,23 @@ class MossEngine:
         if seed is not None:
             s.generator.manual_seed(seed)
 
+    def _set_limits(
+        self, sid: str, context_budget: int | None, lookahead_s: float | None, unlimited: bool
+    ) -> None:
+        s = self._state(sid)
+        cfg = self.config
+        if context_budget is not None and not (
+            cfg.turn_reserve < context_budget <= cfg.max_context
+        ):
+            raise InvalidInputError(
+                f"context_budget must be in ({cfg.turn_reserve}, {cfg.max_context}]"
+            )
+        if lookahead_s is not None and lookahead_s <= 0:
+            raise InvalidInputError("lookahead_s must be > 0")
+        s.context_budget = context_budget
+        s.lookahead_s = lookahead_s
+        s.unlimited_lookahead = unlimited
+
     def _reset(self, sid: str) -> None:
         s = self._state(sid)
         if s.turn is not None:
@@ -339,10 +356,11 @@ class MossEngine:
     def _fit_budget(self, s: SessionState, extra: int) -> None:
         """Drops the oldest turns when ``extra`` more rows would not leave the turn reserve."""
         cfg = self.config
-        if len(s.history) + extra + cfg.turn_reserve <= cfg.context_budget:
+        budget = s.budget(cfg)
+        if len(s.history) + extra + cfg.turn_reserve <= budget:
             return
         before = len(s.history.turns)
-        s.history.trim(cfg.context_budget - cfg.turn_reserve - extra)
+        s.history.trim(budget - cfg.turn_reserve - extra)
         if len(s.history.turns) != before:
             logger.debug(f"session {s.session_id}: dropped {before - len(s.history.turns)} turns")
             # Later turns moved to new positions: keep the system block, re-prefill the rest.

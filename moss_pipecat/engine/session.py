@@ -199,6 +199,16 @@ class Session:
         self.engine._check_sampling(sampling)
         await self._await(self.engine._set_sampling, sampling, seed)
 
+    async def set_limits(
+        self,
+        context_budget: int | None = None,
+        lookahead_s: float | None = None,
+        unlimited_lookahead: bool = False,
+    ) -> None:
+        """Per-session overrides of the engine's context budget and lookahead (None: the
+        engine's value; ``unlimited_lookahead`` generates as fast as possible)."""
+        await self._await(self.engine._set_limits, context_budget, lookahead_s, unlimited_lookahead)
+
     async def reset(self) -> None:
         """Forgets every turn (keeps the system prompt and voice)."""
         await self._await(self.engine._reset)

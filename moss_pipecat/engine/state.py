@@ -54,7 +54,10 @@ class SessionState:
     next_turn_id: int = 0
     chars_per_second: float = DEFAULT_CHARS_PER_SECOND
     codec_slot: int | None = None
-    last_error: BaseException | None = None
+    # Per-session overrides of the engine's EngineConfig (None: the engine's value).
+    context_budget: int | None = None
+    lookahead_s: float | None = None
+    unlimited_lookahead: bool = False
 
     # ---- readiness -------------------------------------------------------------------------
     def ready_to_prefill(self, delay: int) -> bool:
@@ -72,17 +75,27 @@ class SessionState:
             return t.tokens[t.fed_text]
         return text_pad if t.text_done else None
 
+    def lookahead(self, config: EngineConfig) -> float | None:
+        if self.unlimited_lookahead:
+            return None
+        return self.lookahead_s if self.lookahead_s is not None else config.lookahead_s
+
     def within_lookahead(self, config: EngineConfig, now: float) -> bool:
-        if config.lookahead_s is None or self.turn.t_first is None:
+        lookahead = self.lookahead(config)
+        if lookahead is None or self.turn.t_first is None:
             return True
         played = (now - self.turn.t_first) / FRAME_SECONDS
-        return len(self.turn.record.frames) < played + config.lookahead_s / FRAME_SECONDS
+        return len(self.turn.record.frames) < played + lookahead / FRAME_SECONDS
 
     def seconds_until_lookahead(self, config: EngineConfig, now: float) -> float:
-        if config.lookahead_s is None or self.turn.t_first is None:
+        lookahead = self.lookahead(config)
+        if lookahead is None or self.turn.t_first is None:
             return 0.0
-        ahead = len(self.turn.record.frames) * FRAME_SECONDS - config.lookahead_s
+        ahead = len(self.turn.record.frames) * FRAME_SECONDS - lookahead
         return max(0.0, self.turn.t_first + ahead - now)
+
+    def budget(self, config: EngineConfig) -> int:
+        return self.context_budget or config.context_budget
 
     def frame_cap(self, config: EngineConfig) -> int:
         """Frames this turn may have: capped by its text length once the text is complete."""
