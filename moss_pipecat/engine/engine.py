@@ -346,6 +346,8 @@ class MossEngine:
             "turns": [(t.role, len(t.text_ids)) for t in s.history.turns],
             "phase": s.phase.value,
             "slot": s.slot,
+            "sampling": s.sampling,
+            "context_budget": s.budget(self.config),
         }
 
     # ---- helpers (engine thread) ----------------------------------------------------------

@@ -1,0 +1,56 @@
+"""A tiny-model engine with codec and (offline) tokenizer, shared by the service tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pipecat.frames.frames import DataFrame, Frame, InputAudioRawFrame
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from moss_pipecat.engine.config import EngineConfig
+from moss_pipecat.engine.factory import load_tiny_engine
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(fixtures_dir):
+    config = EngineConfig(
+        max_sessions=4,
+        max_context=2048,
+        context_budget=1800,
+        turn_reserve=200,
+        lookahead_s=None,
+        frames_per_text_token=1.5,
+        min_turn_frames=8,
+        max_text_chars=2000,
+    )
+    engine = load_tiny_engine(fixtures_dir, config=config)
+    yield engine
+    engine.shutdown()
+
+
+class Probe(DataFrame):
+    """Travels behind the TTS's audio; the probe processor snapshots the session on it."""
+
+
+class SnapshotProbe(FrameProcessor):
+    def __init__(self, tts) -> None:
+        super().__init__()
+        self.tts = tts
+        self.snapshots: list[dict] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, Probe):
+            self.snapshots.append(await self.tts.session.snapshot())
+        else:
+            await self.push_frame(frame, direction)
+
+
+def user_audio_frames(seconds: float, sample_rate: int = 16000, f0: float = 180.0):
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    wav = (0.3 * np.sin(2 * np.pi * f0 * t) * 32767).astype(np.int16).tobytes()
+    step = sample_rate // 50 * 2  # 20 ms of 16-bit samples
+    return [
+        InputAudioRawFrame(audio=wav[i : i + step], sample_rate=sample_rate, num_channels=1)
+        for i in range(0, len(wav), step)
+    ]

@@ -1,0 +1,232 @@
+"""MossTTSService in real pipecat pipelines (run_test) on the tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+from pipecat.frames.frames import (
+    ErrorFrame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    MetricsFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+    TTSUpdateSettingsFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.task import PipelineParams
+from pipecat.tests.utils import SleepFrame, run_test
+
+from moss_pipecat.engine.text import encode_text
+from moss_pipecat.service import MossTTSService, MossTTSSettings
+
+from .conftest import Probe, SnapshotProbe, user_audio_frames
+
+
+def reply(*pieces: str) -> list:
+    return [
+        LLMFullResponseStartFrame(),
+        *(LLMTextFrame(p) for p in pieces),
+        LLMFullResponseEndFrame(),
+    ]
+
+
+def user_turn(text: str, seconds: float = 1.0) -> list:
+    return [
+        UserStartedSpeakingFrame(),
+        *user_audio_frames(seconds),
+        UserStoppedSpeakingFrame(),
+        TranscriptionFrame(text, "user", "2026-11-23"),
+    ]
+
+
+async def run(tts, frames, *, sample_rate=24000, metrics=False):
+    probe = SnapshotProbe(tts)
+    params = PipelineParams(
+        audio_out_sample_rate=sample_rate, enable_metrics=metrics, enable_usage_metrics=metrics
+    )
+    down, up = await run_test(Pipeline([tts, probe]), frames_to_send=frames, pipeline_params=params)
+    return down, up, probe.snapshots
+
+
+def contexts_of(frames, kind=TTSAudioRawFrame):
+    seen = []
+    for f in frames:
+        if isinstance(f, kind) and f.context_id not in seen:
+            seen.append(f.context_id)
+    return seen
+
+
+def spoken_words(frames) -> str:
+    return " ".join(f.text.strip() for f in frames if isinstance(f, TTSTextFrame))
+
+
+async def test_two_turn_conversation_with_user_turn_in_between(tiny_engine):
+    tts = MossTTSService(engine=tiny_engine, settings=MossTTSSettings(seed=3))
+    text1, text2 = "Hello there, how are you today?", "Great, let us get started."
+    frames = [
+        *reply("Hello ", "there, how", " are you", " today?"),
+        SleepFrame(0.5),
+        Probe(),
+        *user_turn("I am fine thanks"),
+        *reply("Great, ", "let us get", " started."),
+        SleepFrame(0.5),
+        Probe(),
+    ]
+    down, up, snaps = await run(tts, frames, metrics=True)
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    audio_contexts = contexts_of(down)
+    assert len(audio_contexts) == 2
+    assert sum(isinstance(f, TTSStartedFrame) for f in down) == 2
+    assert sum(isinstance(f, TTSStoppedFrame) for f in down) == 2
+    audio = [f for f in down if isinstance(f, TTSAudioRawFrame)]
+    assert all(f.sample_rate == 24000 and len(f.audio) == 1920 * 2 for f in audio)
+    assert any(isinstance(f, MetricsFrame) for f in down)  # TTFB / usage
+    # Word frames carry the spoken text (the whole reply: nothing was interrupted).
+    assert spoken_words(down).split() == (text1 + " " + text2).split()
+
+    first, second = snaps
+    assert [role for role, _ in first["turns"]] == ["assistant"]
+    assert [role for role, _ in second["turns"]] == ["assistant", "user", "assistant"]
+    user_tokens = second["turns"][1][1]
+    assert user_tokens == len(encode_text(tiny_engine.tokenizer, "I am fine thanks"))
+    # The user's audio is in the rows: 1 s of speech = 12 codec frames beside the text.
+    rows = second["rows"]
+    assert rows.shape[0] > first["rows"].shape[0] + 12
+    assert second["cache_len"] <= rows.shape[0]
+
+
+async def test_interruption_mid_reply_rolls_back_and_the_next_reply_works(tiny_engine):
+    tts = MossTTSService(engine=tiny_engine, settings=MossTTSSettings(lookahead_s=0.5))
+    long_text = "This is a long answer that keeps going " * 6
+    frames = [
+        *reply(*long_text.split(" ")),
+        SleepFrame(0.4),
+        InterruptionFrame(),
+        Probe(),
+        *reply("Okay, ", "I stopped."),
+        SleepFrame(0.5),
+        Probe(),
+    ]
+    down, up, snaps = await run(tts, frames)
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    cut = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
+    old, new = contexts_of(down[:cut]), contexts_of(down[cut:])
+    assert len(old) == 1 and len(new) == 1 and old != new  # no old audio after the cut
+    pushed_before = sum(isinstance(f, TTSAudioRawFrame) for f in down[:cut])
+    after_cut, after_next = snaps
+    turns = after_cut["turns"]
+    assert turns == [] or [r for r, _ in turns] == ["assistant"]
+    if turns:  # what was kept is at most what was pushed before the interruption
+        assistant_rows = after_cut["rows"].shape[0] - after_cut["system_rows"]
+        assert assistant_rows <= 3 + 12 + pushed_before + 1
+    assert [r for r, _ in after_next["turns"]][-1] == "assistant"
+    assert sum(isinstance(f, TTSAudioRawFrame) and f.context_id == new[0] for f in down) > 0
+    # The interrupted reply's words beyond what was heard never reached the context.
+    assert "going This is a long answer that keeps going This" not in spoken_words(down)
+
+
+async def test_settings_update_takes_effect_on_the_next_turn(tiny_engine, tmp_path):
+    voice = tmp_path / "voice.wav"
+    t = np.arange(24000) / 24000
+    sf.write(voice, (0.3 * np.sin(2 * np.pi * 150 * t)).astype(np.float32), 24000)
+    tts = MossTTSService(engine=tiny_engine)
+    frames = [
+        *reply("First ", "reply."),
+        SleepFrame(0.3),
+        Probe(),
+        SleepFrame(0.3),  # the probe reads the session before the update reaches the TTS
+        TTSUpdateSettingsFrame(
+            delta=MossTTSSettings(voice=str(voice), greedy=True, top_k=5, context_budget=1500)
+        ),
+        *reply("Second ", "reply."),
+        SleepFrame(0.3),
+        Probe(),
+    ]
+    down, up, (before, after) = await run(tts, frames)
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    assert before["sampling"].greedy is False and after["sampling"].greedy is True
+    assert after["sampling"].top_k == 5 and after["context_budget"] == 1500
+    # The reference voice (1 s = 12 frames) now sits in the system block.
+    assert after["system_rows"] >= before["system_rows"] + 12
+    assert len(contexts_of(down)) == 2
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [["   ", "\n"], ["😀🎉", "🙂"], ["word " * 600]],
+    ids=["whitespace", "emoji", "very-long"],
+)
+async def test_odd_text_then_a_normal_reply(tiny_engine, pieces):
+    tts = MossTTSService(engine=tiny_engine)
+    frames = [*reply(*pieces), SleepFrame(0.3), *reply("Still ", "here."), SleepFrame(0.3)]
+    down, up, _ = await run(tts, frames)
+    errors = [f for f in up if isinstance(f, ErrorFrame)]
+    if pieces[0].startswith("word"):
+        assert errors and "exceeds" in errors[0].error  # 3000 chars > max_text_chars 2000
+    else:
+        assert not errors
+    last = contexts_of(down)[-1]
+    assert sum(isinstance(f, TTSAudioRawFrame) and f.context_id == last for f in down) > 0
+
+
+async def test_engine_failure_becomes_an_error_frame_and_the_pipeline_goes_on(
+    tiny_engine, monkeypatch
+):
+    tts = MossTTSService(engine=tiny_engine)
+    model = tiny_engine.model
+    real = model.backbone
+    calls = {"n": 0}
+
+    def failing_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated device fault")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "backbone", failing_once)
+    frames = [
+        *reply("This ", "fails."),
+        SleepFrame(0.3),
+        *reply("This ", "works."),
+        SleepFrame(0.3),
+    ]
+    down, up, _ = await run(tts, frames)
+    errors = [f for f in up if isinstance(f, ErrorFrame)]
+    assert errors and "simulated device fault" in errors[0].error
+    assert len(contexts_of(down)) == 1  # the second reply spoke
+
+
+async def test_telephony_pipeline_gets_8khz_audio(tiny_engine):
+    def samples(frames, rate):
+        audio = [f for f in frames if isinstance(f, TTSAudioRawFrame)]
+        assert audio and all(f.sample_rate == rate for f in audio)
+        return sum(len(f.audio) for f in audio) // 2
+
+    greedy = MossTTSSettings(greedy=True)
+    frames = [*reply("Hello ", "caller."), SleepFrame(0.3)]
+    down24, _, _ = await run(MossTTSService(engine=tiny_engine, settings=greedy), frames)
+    down8, up, _ = await run(
+        MossTTSService(engine=tiny_engine, settings=greedy), frames, sample_rate=8000
+    )
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    n_frames = samples(down24, 24000) // 1920
+    # Every 80 ms frame arrives resampled (640 samples at 8 kHz), the resampler's tail included.
+    assert abs(samples(down8, 8000) - n_frames * 640) <= 8
+
+
+async def test_tts_speak_frame(tiny_engine):
+    tts = MossTTSService(engine=tiny_engine)
+    down, up, _ = await run(tts, [TTSSpeakFrame("Welcome to the demo."), SleepFrame(0.3)])
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    assert sum(isinstance(f, TTSAudioRawFrame) for f in down) > 0
+    assert spoken_words(down).split() == "Welcome to the demo.".split()
