@@ -1,0 +1,35 @@
+"""Engine server (websockets), its client, and the Ray Serve deployment.
+
+* ``EngineServer`` (``app``): one engine per process/GPU behind ``ws://HOST:PORT/v1/ws``;
+  ``moss-pipecat serve`` runs it.
+* ``RemoteEngine`` / ``RemoteSession`` (``client``): the client, mirroring the engine's
+  ``Session`` API.
+* ``protocol``: the wire protocol (v1); ``ray_app``: the Ray Serve deployment.
+"""
+
+from moss_pipecat.server.app import EngineServer
+from moss_pipecat.server.client import RemoteEngine, RemoteSession, RemoteTurn
+from moss_pipecat.server.config import ServerConfig, ServerLimits
+from moss_pipecat.server.core import ConversationHub
+from moss_pipecat.server.errors import (
+    ProtocolError,
+    RemoteError,
+    ServerError,
+    ServerUnavailableError,
+    UnauthorizedError,
+)
+
+__all__ = [
+    "ConversationHub",
+    "EngineServer",
+    "ProtocolError",
+    "RemoteEngine",
+    "RemoteError",
+    "RemoteSession",
+    "RemoteTurn",
+    "ServerConfig",
+    "ServerError",
+    "ServerLimits",
+    "ServerUnavailableError",
+    "UnauthorizedError",
+]

@@ -1,0 +1,698 @@
+"""Client of the engine server: ``RemoteEngine`` -> ``RemoteSession`` -> ``RemoteTurn``.
+
+The async API mirrors ``moss_pipecat.engine.session.Session`` / ``TurnStream``: the same
+method names, arguments, return types (``AudioChunk``, ``TurnSummary``) and exception types
+(``InvalidInputError``, ``TurnStateError``, ``CapacityError``, ...). What a network adds:
+
+* every call may raise ``ServerUnavailableError`` (server unreachable, gone mid-request, or no
+  reply within ``request_timeout``); iterating a turn raises it when the connection drops;
+* a dropped connection is re-opened on the next call, with exponential backoff for up to
+  ``reconnect_timeout`` seconds; the server keeps the conversation (its acoustic history) for
+  its idle expiry, so ``RemoteSession.resumed`` is normally True after a reconnect; if the
+  server lost it (restart, expiry), the session starts afresh with its voice and sampling
+  re-applied, and ``resumed`` is False (``history_lost`` counts such events);
+* user audio can be sent as audio (``add_user_audio_turn``) and encoded by the server's codec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from loguru import logger
+
+from moss_pipecat.engine.events import AudioChunk, TurnSummary
+from moss_pipecat.errors import (
+    CapacityError,
+    InvalidInputError,
+    MossError,
+    SessionClosedError,
+    TurnStateError,
+)
+from moss_pipecat.model.sampling import SamplingParams
+from moss_pipecat.server import protocol as P
+from moss_pipecat.server.errors import (
+    ProtocolError,
+    ServerUnavailableError,
+    UnauthorizedError,
+)
+
+_TEXT_PIECE = 4096  # characters per turn.text message (stays far below the message cap)
+
+
+def pcm16_from_audio(audio: Any) -> bytes:
+    """Mono audio as little-endian int16 bytes.
+
+    Accepts PCM16 bytes, an int16 array/tensor, or float samples in [-1, 1] (numpy/torch).
+    """
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        data = bytes(audio)
+        if len(data) % 2:
+            raise InvalidInputError("PCM16 audio must have an even number of bytes")
+        return data
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu().numpy()
+    a = np.asarray(audio)
+    if a.ndim == 2:  # [channels, samples] or [samples, channels]: average to mono
+        a = a.mean(axis=0 if a.shape[0] < a.shape[1] else 1)
+    if a.ndim != 1:
+        raise InvalidInputError(f"audio must be 1-D (mono), got shape {a.shape}")
+    if a.dtype == np.int16:
+        return a.astype("<i2", copy=False).tobytes()
+    if not np.issubdtype(a.dtype, np.floating):
+        raise InvalidInputError(f"audio must be int16 or float samples, got {a.dtype}")
+    a = np.clip(np.nan_to_num(a.astype(np.float32)), -1.0, 1.0)
+    return np.round(a * 32767.0).astype("<i2").tobytes()
+
+
+def codes_bytes(frames: Any, rvq: int = 16) -> tuple[bytes, int]:
+    """Codec frames [T, rvq] as little-endian uint16 bytes; returns (bytes, T)."""
+    t = torch.as_tensor(frames)
+    if t.dim() != 2 or t.shape[1] != rvq:
+        raise InvalidInputError(f"frames must be [frames, {rvq}], got {tuple(t.shape)}")
+    if t.is_floating_point():
+        raise InvalidInputError(f"frames must be integer codes, got {t.dtype}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) > 65535):
+        raise InvalidInputError("codes out of range")
+    return t.cpu().numpy().astype("<u2").tobytes(), int(t.shape[0])
+
+
+class RemoteTurn:
+    """One assistant turn on a server; mirrors ``TurnStream`` (async iteration only)."""
+
+    def __init__(self, session: RemoteSession, link: _Link, turn_id: int) -> None:
+        self.session = session
+        self.turn_id = turn_id
+        self.summary: TurnSummary | None = None
+        self._link = link
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._chars = 0
+        self._text_ended = False
+        self._cancelled = False
+        self._deferred: MossError | None = None  # an input error the server reported
+
+    # ---- text in ---------------------------------------------------------------------------
+    def push_text(self, piece: str | bytes) -> None:
+        """Feeds the next piece of text exactly as the LLM streamed it (bytes may split
+        UTF-8 sequences)."""
+        self._check_open()
+        self._chars += len(piece)
+        limit = self._link.limits.get("max_text_chars")
+        if limit is not None and self._chars > limit:
+            raise InvalidInputError(f"turn text exceeds {limit} characters")
+        text = self._decoder.decode(piece) if isinstance(piece, bytes) else piece
+        for i in range(0, len(text), _TEXT_PIECE):
+            self._send(
+                {"type": "turn.text", "turn_id": self.turn_id, "text": text[i : i + _TEXT_PIECE]}
+            )
+
+    def push_ids(self, ids: Sequence[int], text: str = "") -> None:
+        """Feeds text token ids (model vocabulary)."""
+        self._check_open()
+        ids = [int(i) for i in ids]
+        if any(i < 0 for i in ids):
+            raise InvalidInputError("text ids must be >= 0")
+        step = int(self._link.limits.get("max_ids_per_message", 4096))
+        for i in range(0, max(len(ids), 1), step):
+            self._send(
+                {
+                    "type": "turn.ids",
+                    "turn_id": self.turn_id,
+                    "ids": ids[i : i + step],
+                    "text": text if i == 0 else "",
+                }
+            )
+
+    def end_text(self) -> None:
+        """No more text: the turn speaks what it has, then ends."""
+        self._check_open()
+        tail = self._decoder.decode(b"", final=True)
+        if tail:
+            self._send({"type": "turn.text", "turn_id": self.turn_id, "text": tail})
+        self._text_ended = True
+        self._send({"type": "turn.end", "turn_id": self.turn_id})
+
+    def _check_open(self) -> None:
+        if self.session.closed:
+            raise SessionClosedError(f"session {self.session.id!r} is closed")
+        if self._text_ended:
+            raise TurnStateError("text already ended for this turn")
+        if self._deferred is not None:
+            err, self._deferred = self._deferred, None
+            raise err
+        if self._link.failure is not None and self.summary is None:
+            raise ServerUnavailableError(f"connection lost: {self._link.failure}")
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        if self.summary is not None:
+            return  # the turn already ended: late text is dropped (as in the engine)
+        self._link.send_nowait(P.dumps(msg))
+
+    # ---- audio out ---------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Drops every chunk not yet read (``RemoteSession.interrupt`` does the rest)."""
+        self._cancelled = True
+
+    def __aiter__(self) -> AsyncIterator[AudioChunk]:
+        return self._aiter()
+
+    async def _aiter(self) -> AsyncIterator[AudioChunk]:
+        while self.summary is None:
+            item = await self._queue.get()
+            if isinstance(item, TurnSummary):
+                self.summary = item
+            elif isinstance(item, BaseException):
+                raise item
+            elif not self._cancelled:
+                yield item
+
+    async def wait(self) -> TurnSummary:
+        """Reads (and drops) the remaining chunks; returns the summary."""
+        async for _ in self:
+            pass
+        return self.summary
+
+    # ---- fed by the link's reader --------------------------------------------------------------
+    def _put(self, item: AudioChunk | TurnSummary | BaseException) -> None:
+        self._queue.put_nowait(item)
+
+
+class _Link:
+    """One websocket of a session: a writer task (keeps send order), a reader task (routes
+    replies, audio and turn ends), and the pending requests."""
+
+    def __init__(self, session: RemoteSession, ws: Any, ready: dict[str, Any]) -> None:
+        self.session = session
+        self.ws = ws
+        self.ready = ready
+        self.limits: dict[str, Any] = ready.get("limits", {})
+        self.failure: MossError | None = None
+        self.pending: dict[int, asyncio.Future] = {}
+        self.turns: dict[int, RemoteTurn] = {}
+        self._outbox: asyncio.Queue = asyncio.Queue()
+        self._next_req = 0
+        loop = asyncio.get_running_loop()
+        self._writer = loop.create_task(self._write())
+        self._reader = loop.create_task(self._read())
+
+    @property
+    def alive(self) -> bool:
+        return self.failure is None
+
+    def send_nowait(self, data: str | bytes) -> None:
+        if self.failure is not None:
+            raise ServerUnavailableError(f"connection lost: {self.failure}")
+        self._outbox.put_nowait(data)
+
+    async def request(
+        self, msg: dict[str, Any], payload: bytes | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """Sends a request (and its binary payload); returns the reply message."""
+        req = self._next_req
+        self._next_req += 1
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.pending[req] = fut
+        try:
+            self.send_nowait(P.dumps({**msg, "req": req}))
+            if payload is not None:
+                self.send_nowait(payload)
+            try:
+                return await asyncio.wait_for(fut, timeout)
+            except TimeoutError:
+                err = ServerUnavailableError(f"no reply to {msg['type']!r} within {timeout} s")
+                await self.fail(err)
+                raise err from None
+        finally:
+            self.pending.pop(req, None)
+
+    async def _write(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            while True:
+                data = await self._outbox.get()
+                await self.ws.send(data)
+        except ConnectionClosed as e:
+            await self.fail(ServerUnavailableError(f"connection closed: {e}"))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            await self.fail(ServerUnavailableError(f"send failed: {e!r}"))
+
+    async def _read(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            async for message in self.ws:
+                if isinstance(message, bytes):
+                    self._audio(message)
+                else:
+                    self._control(message)
+            await self.fail(self._closed_error())
+        except ConnectionClosed:
+            await self.fail(self._closed_error())
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            logger.exception("remote session reader failed")
+            await self.fail(ServerUnavailableError(f"bad data from server: {e!r}"))
+
+    def _closed_error(self) -> MossError:
+        rcvd = getattr(self.ws, "close_rcvd", None)
+        code = rcvd.code if rcvd is not None else None
+        reason = rcvd.reason if rcvd is not None else ""
+        if code == P.CLOSE_UNAUTHORIZED:
+            return UnauthorizedError("the server refused the token")
+        if code == P.CLOSE_SUPERSEDED:
+            return ServerUnavailableError("another connection took over this conversation")
+        return ServerUnavailableError(f"connection to the server lost (code {code} {reason})")
+
+    def _audio(self, data: bytes) -> None:
+        turn_id, index, codes, pcm = P.unpack_audio(data)
+        turn = self.turns.get(turn_id)
+        if turn is not None:
+            turn._put(AudioChunk(turn_id, index, torch.tensor(codes, dtype=torch.int64), pcm))
+
+    def _control(self, text: str) -> None:
+        import json
+
+        msg = json.loads(text)
+        kind = msg.get("type")
+        req = msg.get("req")
+        if kind == "turn.started":
+            turn = RemoteTurn(self.session, self, int(msg["turn_id"]))
+            self.turns[turn.turn_id] = turn
+            self._resolve(req, turn)
+        elif kind == "turn.end":
+            turn = self.turns.pop(int(msg["turn_id"]), None)
+            if turn is not None:
+                turn._put(P.summary_from_wire(msg["summary"]))
+        elif kind == "result":
+            self._resolve(req, msg)
+        elif kind == "error":
+            err = P.error_from_wire(str(msg.get("code")), str(msg.get("message")))
+            if req is not None and req in self.pending:
+                fut = self.pending[req]
+                if not fut.done():
+                    fut.set_exception(err)
+            elif msg.get("turn_id") is not None and int(msg["turn_id"]) in self.turns:
+                self.turns[int(msg["turn_id"])]._deferred = err
+            else:
+                logger.warning(f"server error: {msg.get('code')}: {msg.get('message')}")
+            if msg.get("fatal"):
+                self.failure = self.failure or err
+        else:
+            logger.debug(f"ignoring server message {kind!r}")
+
+    def _resolve(self, req: Any, value: Any) -> None:
+        fut = self.pending.get(req) if isinstance(req, int) else None
+        if fut is not None and not fut.done():
+            fut.set_result(value)
+
+    async def fail(self, err: MossError) -> None:
+        """Marks the link dead: pending requests and open turns get ``err``."""
+        if self.failure is None:
+            self.failure = err
+        err = self.failure
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        for turn in self.turns.values():
+            turn._put(err)
+        self.turns.clear()
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ws.close(), 2.0)
+
+    async def close(self) -> None:
+        """Closes the socket and stops both tasks."""
+        if self.failure is None:
+            self.failure = SessionClosedError("session closed")
+        for task in (self._writer, self._reader):
+            if task is not asyncio.current_task():
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(), 2.0)
+        for task in (self._writer, self._reader):
+            if task is not asyncio.current_task():
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self.fail(self.failure)
+
+
+class RemoteSession:
+    """Async handle of one conversation on an engine server; mirrors ``Session``.
+
+    Create it with ``RemoteEngine.create_session``.
+    """
+
+    def __init__(
+        self,
+        engine: RemoteEngine,
+        conversation_id: str | None,
+        sampling: SamplingParams | None,
+        seed: int | None,
+    ) -> None:
+        self.engine = engine
+        self.id = conversation_id
+        self.closed = False
+        self.resumed = False  # did the last (re)connect find the conversation on the server?
+        self.reconnects = 0
+        self.history_lost = 0  # reconnects that found the conversation gone
+        self.audio: dict[str, Any] = {}
+        self._sampling = sampling
+        self._seed = seed
+        self._voice: tuple[str, bytes, int | None] | None = None  # re-sent after a history loss
+        self._link: _Link | None = None
+        self._connect_lock = asyncio.Lock()
+        self._turn: RemoteTurn | None = None
+
+    # ---- connection -------------------------------------------------------------------------
+    async def _ensure(self) -> _Link:
+        if self.closed:
+            raise SessionClosedError(f"session {self.id!r} is closed")
+        link = self._link
+        if link is not None and link.alive:
+            return link
+        async with self._connect_lock:
+            if self._link is not None and self._link.alive:
+                return self._link
+            if self._link is not None:
+                await self._link.close()
+                self._link = None
+            first = self.id is None or not self.audio
+            link = await self.engine._connect(self)
+            self._link = link
+            if not first:
+                self.reconnects += 1
+            if not first and not self.resumed:
+                self.history_lost += 1
+                logger.warning(f"conversation {self.id}: the server lost its history")
+            if not self.resumed and self._voice is not None:
+                fmt, data, rate = self._voice
+                await self._request(
+                    link,
+                    {"type": "voice", "format": fmt, "sample_rate": rate, "bytes": len(data)},
+                    data,
+                )
+            return link
+
+    def _hello(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {"type": "hello", "v": P.PROTOCOL_VERSION}
+        if self.id is not None:
+            msg["conversation_id"] = self.id
+        if self.engine.token:
+            msg["token"] = self.engine.token
+        if self._sampling is not None:
+            msg["sampling"] = P.Sampling.of(self._sampling).model_dump()
+        if self._seed is not None:
+            msg["seed"] = self._seed
+        return msg
+
+    async def _request(
+        self, link: _Link, msg: dict[str, Any], payload: bytes | None = None
+    ) -> dict[str, Any]:
+        return await link.request(msg, payload, self.engine.request_timeout)
+
+    async def _call(self, msg: dict[str, Any], payload: bytes | None = None) -> dict[str, Any]:
+        link = await self._ensure()
+        return await self._request(link, msg, payload)
+
+    # ---- turns ----------------------------------------------------------------------------------
+    async def start_turn(self, max_frames: int | None = None) -> RemoteTurn:
+        """Opens an assistant turn (fails if one is open)."""
+        if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
+            raise InvalidInputError(f"max_frames must be a positive int, got {max_frames!r}")
+        msg: dict[str, Any] = {"type": "turn.start"}
+        if max_frames is not None:
+            msg["max_frames"] = max_frames
+        self._turn = await self._call(msg)
+        return self._turn
+
+    async def interrupt(self, heard_frames: int) -> TurnSummary | None:
+        """Stops the current (or just finished) turn, keeping its first ``heard_frames``
+        frames in the conversation. Returns None if there was nothing to cut."""
+        if self._turn is not None and self._turn.summary is None:
+            self._turn.cancel()
+        heard = int(heard_frames)
+        if heard < 0:
+            raise InvalidInputError(f"heard_frames must be >= 0, got {heard}")
+        reply = await self._call({"type": "interrupt", "heard_frames": heard})
+        return P.summary_from_wire(reply.get("summary"))
+
+    async def add_user_turn(self, text_ids: Sequence[int], frames: Any) -> None:
+        """Adds what the user said as transcript ids and codec frames [A, rvq] (as locally)."""
+        ids = [int(i) for i in text_ids]
+        if any(i < 0 for i in ids):
+            raise InvalidInputError("user text ids must be >= 0")
+        data, n = codes_bytes(frames)
+        if n == 0:
+            raise InvalidInputError("a user turn needs at least one audio frame")
+        await self._call(
+            {"type": "user_turn", "text_ids": ids, "format": "codes", "bytes": len(data)}, data
+        )
+
+    async def add_user_audio_turn(self, text: str, audio: Any, sample_rate: int) -> None:
+        """Adds what the user said as its transcript and audio; the server encodes the audio.
+
+        Args:
+            text: the transcript.
+            audio: mono PCM16 bytes, an int16 array, or float samples in [-1, 1].
+            sample_rate: rate of ``audio`` (resampled by the server's codec).
+        """
+        data = self._check_audio(audio, sample_rate)
+        await self._call(
+            {
+                "type": "user_turn",
+                "text": str(text),
+                "format": "pcm16",
+                "sample_rate": int(sample_rate),
+                "bytes": len(data),
+            },
+            data,
+        )
+
+    def _check_audio(self, audio: Any, sample_rate: int) -> bytes:
+        data = pcm16_from_audio(audio)
+        if not data:
+            raise InvalidInputError("empty audio")
+        if not isinstance(sample_rate, int) or sample_rate <= 0:
+            raise InvalidInputError(f"sample_rate must be a positive int, got {sample_rate!r}")
+        limit = (self._link.limits if self._link else {}).get("max_audio_seconds")
+        if limit is not None and len(data) / 2 / sample_rate > limit:
+            raise InvalidInputError(f"audio longer than the server's {limit} s")
+        return data
+
+    # ---- settings ---------------------------------------------------------------------------
+    async def set_voice(self, frames: Any | None) -> None:
+        """Replaces the reference voice (codec frames [R, rvq]) or removes it (None)."""
+        if frames is None:
+            await self._call({"type": "voice", "format": "none"})
+            self._voice = None
+            return
+        data, _ = codes_bytes(frames)
+        await self._call({"type": "voice", "format": "codes", "bytes": len(data)}, data)
+        self._voice = ("codes", data, None)
+
+    async def set_voice_audio(self, audio: Any, sample_rate: int) -> None:
+        """Replaces the reference voice with a recording (encoded by the server's codec)."""
+        data = self._check_audio(audio, sample_rate)
+        await self._call(
+            {
+                "type": "voice",
+                "format": "pcm16",
+                "sample_rate": int(sample_rate),
+                "bytes": len(data),
+            },
+            data,
+        )
+        self._voice = ("pcm16", data, int(sample_rate))
+
+    async def set_sampling(self, sampling: SamplingParams, seed: int | None = None) -> None:
+        msg: dict[str, Any] = {"type": "settings", "sampling": P.Sampling.of(sampling).model_dump()}
+        if seed is not None:
+            msg["seed"] = int(seed)
+        await self._call(msg)
+        self._sampling = sampling
+        if seed is not None:
+            self._seed = seed
+
+    async def reset(self) -> None:
+        """Forgets every turn (keeps the system prompt and voice)."""
+        await self._call({"type": "reset"})
+
+    async def close(self) -> None:
+        """Ends the conversation on the server (best effort if the server is gone)."""
+        if self.closed:
+            return
+        link = self._link
+        if link is not None and link.alive:
+            with contextlib.suppress(MossError):
+                await self._request(link, {"type": "close"})
+        self.closed = True
+        if link is not None:
+            await link.close()
+        self._link = None
+        self.engine._sessions.discard(self)
+
+    async def snapshot(self) -> dict:
+        """The server's snapshot (``rows`` as a tensor), for tests and debugging."""
+        reply = await self._call({"type": "snapshot"})
+        snap = dict(reply["snapshot"])
+        snap["rows"] = torch.tensor(snap["rows"], dtype=torch.int64).reshape(-1, 17)
+        snap["turns"] = [tuple(t) for t in snap["turns"]]
+        return snap
+
+    async def __aenter__(self) -> RemoteSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class RemoteEngine:
+    """Connects sessions to an engine server.
+
+    Args:
+        url: ``ws://host:port/v1/ws`` (a bare ``ws://host:port`` gets the path added).
+        token: bearer token (default: none).
+        connect_timeout: seconds for one connection attempt (TCP + upgrade + hello).
+        request_timeout: seconds to wait for any reply.
+        reconnect_timeout: total seconds of retrying (exponential backoff) before a call
+            gives up with ``ServerUnavailableError``.
+        ping_interval, ping_timeout: websocket keepalive; a silent server is detected in at
+            most their sum.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        connect_timeout: float = 5.0,
+        request_timeout: float = 30.0,
+        reconnect_timeout: float = 10.0,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 2.0,
+        ping_interval: float | None = 5.0,
+        ping_timeout: float | None = 10.0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        if "/" not in url.split("://", 1)[-1]:
+            url = url.rstrip("/") + P.WS_PATH
+        self.url = url
+        self.token = token
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.reconnect_timeout = reconnect_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.max_message_bytes = max_message_bytes
+        self._sessions: set[RemoteSession] = set()
+
+    async def create_session(
+        self,
+        *,
+        conversation_id: str | None = None,
+        voice: Any | None = None,
+        sampling: SamplingParams | None = None,
+        seed: int | None = None,
+    ) -> RemoteSession:
+        """Opens (or, with a known ``conversation_id``, resumes) a conversation.
+
+        Args:
+            conversation_id: id to resume or create (default: the server picks one).
+            voice: reference voice as codec frames [R, rvq] (applied unless resumed).
+            sampling, seed: for a new conversation (a resumed one keeps its own).
+        """
+        session = RemoteSession(self, conversation_id, sampling, seed)
+        await session._ensure()
+        if voice is not None and not session.resumed:
+            await session.set_voice(voice)
+        self._sessions.add(session)
+        return session
+
+    async def aclose(self) -> None:
+        """Closes every session opened through this engine."""
+        for s in list(self._sessions):
+            await s.close()
+
+    async def _connect(self, session: RemoteSession) -> _Link:
+        """Opens a connection for ``session`` with exponential backoff."""
+        deadline = time.monotonic() + self.reconnect_timeout
+        delay = self.backoff_initial
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._connect_once(session)
+            except (UnauthorizedError, ProtocolError, CapacityError, InvalidInputError):
+                raise  # retrying cannot help
+            except (OSError, TimeoutError, ServerUnavailableError, MossError) as e:
+                last = e
+            except Exception as e:  # websockets' handshake errors
+                last = e
+                if _http_status(e) == 401:
+                    raise UnauthorizedError("the server refused the token") from None
+            if time.monotonic() + delay > deadline:
+                raise ServerUnavailableError(
+                    f"cannot reach {self.url} after {attempt} attempts: {last!r}"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.backoff_max)
+
+    async def _connect_once(self, session: RemoteSession) -> _Link:
+        from websockets.asyncio.client import connect
+
+        headers = {}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if session.id is not None:
+            headers[P.SESSION_HEADER] = session.id  # Ray Serve routes a conversation by it
+        ws = await connect(
+            self.url,
+            additional_headers=headers,
+            open_timeout=self.connect_timeout,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            close_timeout=2,
+            max_size=self.max_message_bytes,
+            compression=None,
+            proxy=None,
+        )
+        try:
+            await asyncio.wait_for(ws.send(P.dumps(session._hello())), self.connect_timeout)
+            import json
+
+            reply = json.loads(await asyncio.wait_for(ws.recv(), self.connect_timeout))
+            if reply.get("type") == "error":
+                raise P.error_from_wire(str(reply.get("code")), str(reply.get("message")))
+            if reply.get("type") != "ready":
+                raise ProtocolError(f"expected ready, got {reply.get('type')!r}")
+        except BaseException as e:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 2.0)
+            if isinstance(e, MossError | asyncio.CancelledError):
+                raise
+            raise ServerUnavailableError(f"handshake with {self.url} failed: {e!r}") from None
+        session.id = reply["conversation_id"]
+        session.resumed = bool(reply.get("resumed"))
+        session.audio = reply.get("audio", {})
+        return _Link(session, ws, reply)
+
+
+def _http_status(e: Exception) -> int | None:
+    response = getattr(e, "response", None)
+    return getattr(response, "status_code", None)
+
+
+__all__ = ["RemoteEngine", "RemoteSession", "RemoteTurn", "ServerUnavailableError"]

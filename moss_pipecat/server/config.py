@@ -1,0 +1,82 @@
+"""Engine-server settings: where it listens, who may talk to it, and how much."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from moss_pipecat.errors import InvalidInputError
+
+TOKEN_ENV = "MOSS_PIPECAT_TOKEN"
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Bounds on what one client may ask of the server.
+
+    Attributes:
+        max_connections: open websockets at once (further upgrades get HTTP 503).
+        max_message_bytes: largest JSON control message.
+        max_audio_seconds: longest user-turn or voice upload.
+        min_sample_rate, max_sample_rate: accepted rates of PCM uploads.
+        max_ids_per_message: token ids in one ``turn.ids`` / ``user_turn`` message.
+        max_text_chars: characters of one user transcript (turn text is capped by the engine's
+            ``max_text_chars`` too).
+        hello_timeout_s: time a new connection has to send ``hello``.
+        upload_timeout_s: time between an upload's JSON header and its binary frame.
+        idle_expiry_s: how long a conversation without a connection keeps its session.
+    """
+
+    max_connections: int = 256
+    max_message_bytes: int = 64 * 1024
+    max_audio_seconds: float = 60.0
+    min_sample_rate: int = 8000
+    max_sample_rate: int = 48000
+    max_ids_per_message: int = 8192
+    max_text_chars: int = 20000
+    hello_timeout_s: float = 10.0
+    upload_timeout_s: float = 10.0
+    idle_expiry_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1 or self.max_message_bytes < 1024:
+            raise InvalidInputError("max_connections >= 1 and max_message_bytes >= 1024 needed")
+        if not 0 < self.min_sample_rate <= self.max_sample_rate:
+            raise InvalidInputError("need 0 < min_sample_rate <= max_sample_rate")
+        if self.max_audio_seconds <= 0 or self.idle_expiry_s < 0:
+            raise InvalidInputError("max_audio_seconds must be > 0 and idle_expiry_s >= 0")
+
+    @property
+    def max_pcm_bytes(self) -> int:
+        return int(self.max_audio_seconds * self.max_sample_rate) * 2
+
+    def max_code_bytes(self, rvq: int = 16) -> int:
+        return int(self.max_audio_seconds * 12.5 + 1) * rvq * 2
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """Hard cap of the transport: larger frames close the connection (code 1009)."""
+        return max(self.max_message_bytes, self.max_pcm_bytes, self.max_code_bytes()) + 4096
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the websocket server runs.
+
+    Attributes:
+        host: bind address; loopback by default, so exposing the server is a choice.
+        port: TCP port (0 picks a free one).
+        token: bearer token clients must present (header or ``hello``); None = no auth.
+            Defaults to ``$MOSS_PIPECAT_TOKEN``.
+        limits: per-client bounds.
+        ping_interval_s, ping_timeout_s: websocket keepalive; a silent peer is dropped.
+        reap_interval_s: how often expired conversations are closed.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = field(default_factory=lambda: os.environ.get(TOKEN_ENV) or None)
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    ping_interval_s: float | None = 20.0
+    ping_timeout_s: float | None = 20.0
+    reap_interval_s: float = 5.0

@@ -1,0 +1,563 @@
+"""Conversations over connections: the protocol handler, independent of the websocket library.
+
+``ConversationHub`` owns the conversations of one engine (``conversation_id`` -> engine
+session) and serves connections given as ``Transport`` objects. A conversation survives its
+connection for ``idle_expiry_s``; a reconnect with the same id picks it up again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from loguru import logger
+
+from moss_pipecat.engine.engine import MossEngine
+from moss_pipecat.engine.session import Session, TurnStream
+from moss_pipecat.errors import CapacityError, InvalidInputError, MossError
+from moss_pipecat.model.sampling import SamplingParams
+from moss_pipecat.server import protocol as P
+from moss_pipecat.server.config import ServerConfig
+from moss_pipecat.server.errors import ProtocolError
+from moss_pipecat.server.metrics import ServerMetrics
+from moss_pipecat.server.transport import Transport, TransportClosed
+
+_FATAL = object()  # marker: close the connection after the error reply
+
+
+@dataclass(eq=False)
+class Conversation:
+    """One conversation held by the server: its engine session and its live turn."""
+
+    id: str
+    session: Session
+    sampling: SamplingParams
+    conn: Connection | None = None
+    detached_at: float | None = None
+    turn: TurnStream | None = None
+    pump: asyncio.Task | None = None
+    frames_sent: int = 0
+
+
+@dataclass(eq=False)
+class Connection:
+    """One client connection (serialises sends; several tasks write to it)."""
+
+    transport: Transport
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    conversation: Conversation | None = None
+    closed: bool = False
+
+    async def send_json(self, msg: dict[str, Any]) -> None:
+        async with self.send_lock:
+            await self.transport.send_text(P.dumps(msg))
+
+    async def send_bytes(self, data: bytes) -> None:
+        async with self.send_lock:
+            await self.transport.send_bytes(data)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed = True
+        try:
+            await asyncio.wait_for(self.transport.close(code, reason), 5.0)
+        except (TimeoutError, TransportClosed):
+            pass
+
+
+class ConversationHub:
+    """Serves one ``MossEngine`` to many clients (see ``protocol`` for the messages).
+
+    Args:
+        engine: a started engine; the hub does not own it (``shutdown`` is the caller's).
+        config: limits, token, expiry.
+    """
+
+    def __init__(self, engine: MossEngine, config: ServerConfig | None = None) -> None:
+        self.engine = engine
+        self.config = config or ServerConfig()
+        self.limits = self.config.limits
+        self.conversations: dict[str, Conversation] = {}
+        self.connections: set[Connection] = set()
+        self.draining = False
+        self._lock = asyncio.Lock()  # attach / detach / close of conversations
+        self._reaper: asyncio.Task | None = None
+        # Codec encodes run here: off the event loop and off the engine thread.
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moss-encode")
+        self.metrics = ServerMetrics(
+            sessions=lambda: len(self.conversations),
+            attached=lambda: sum(c.conn is not None for c in self.conversations.values()),
+            conns=lambda: len(self.connections),
+        )
+
+    # ================================================================== lifecycle
+    def start(self) -> None:
+        """Starts the expiry reaper (call inside the serving event loop)."""
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def stop(self) -> None:
+        """Closes every connection (1001) and every conversation."""
+        self.draining = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        for conn in list(self.connections):
+            await conn.close(P.CLOSE_GOING_AWAY, "server shutting down")
+        for conv in list(self.conversations.values()):
+            await self._close_conversation(conv)
+        self._encoder.shutdown(wait=False)
+
+    @property
+    def ready(self) -> bool:
+        """Accepting work: not draining and the engine thread is alive."""
+        thread = self.engine._thread
+        return not self.draining and thread is not None and thread.is_alive()
+
+    def audio_info(self) -> dict[str, Any]:
+        codec = self.engine.codec
+        return {
+            "sample_rate": codec.sampling_rate if codec is not None else 24000,
+            "frame_samples": codec.config.downsample_rate if codec is not None else 1920,
+            "rvq": self.engine.layout.rvq,
+            "pcm": codec is not None,
+        }
+
+    def check_token(self, token: str | None) -> bool:
+        """True when no token is configured or ``token`` matches it (constant time)."""
+        want = self.config.token
+        if not want:
+            return True
+        return token is not None and hmac.compare_digest(token.encode(), want.encode())
+
+    # ================================================================== one connection
+    async def serve(self, transport: Transport) -> None:
+        """Runs one connection to its end; never raises."""
+        conn = Connection(transport)
+        self.connections.add(conn)
+        try:
+            if await self._hello(conn):
+                await self._loop(conn)
+        except TransportClosed:
+            pass
+        except Exception:
+            logger.exception("connection handler failed")
+        finally:
+            self.connections.discard(conn)
+            conv = conn.conversation
+            if conv is not None:
+                await self._detach(conv, conn)
+            if not conn.closed:
+                await conn.close()
+
+    async def _error(
+        self,
+        conn: Connection,
+        code: str,
+        message: str,
+        req: int | None = None,
+        turn_id: int | None = None,
+        fatal: bool = False,
+    ) -> None:
+        self.metrics.errors.inc(code=code)
+        msg: dict[str, Any] = {"type": "error", "code": code, "message": message, "fatal": fatal}
+        if req is not None:
+            msg["req"] = req
+        if turn_id is not None:
+            msg["turn_id"] = turn_id
+        try:
+            await conn.send_json(msg)
+        except TransportClosed:
+            pass
+
+    async def _hello(self, conn: Connection) -> bool:
+        t = conn.transport
+        try:
+            raw = await asyncio.wait_for(t.recv(), self.limits.hello_timeout_s)
+        except TimeoutError:
+            await self._error(conn, "bad_message", "no hello in time", fatal=True)
+            await conn.close(P.CLOSE_HELLO_TIMEOUT, "no hello")
+            return False
+        try:
+            if isinstance(raw, bytes):
+                raise P.MessageError("bad_message", "expected a hello message, got binary")
+            if len(raw.encode()) > self.limits.max_message_bytes:
+                raise P.MessageError("too_large", "hello too large")
+            hello = P.parse_client_message(raw)
+            if not isinstance(hello, P.Hello):
+                raise P.MessageError("bad_message", f"expected hello, got {hello.type!r}")
+        except P.MessageError as e:
+            await self._error(conn, e.code, str(e), fatal=True)
+            await conn.close(P.CLOSE_PROTOCOL, e.code)
+            return False
+        if not (t.header_authorized or self.check_token(hello.token)):
+            await self._error(conn, "unauthorized", "missing or wrong bearer token", fatal=True)
+            await conn.close(P.CLOSE_UNAUTHORIZED, "unauthorized")
+            return False
+        if hello.v != P.PROTOCOL_VERSION:
+            await self._error(
+                conn, "unsupported_version", f"server speaks v{P.PROTOCOL_VERSION}", fatal=True
+            )
+            await conn.close(P.CLOSE_PROTOCOL, "version")
+            return False
+        if self.draining:
+            await self._error(conn, "unavailable", "server is shutting down", fatal=True)
+            await conn.close(P.CLOSE_GOING_AWAY, "draining")
+            return False
+        try:
+            conv, resumed = await self._attach(conn, hello)
+        except MossError as e:
+            await self._error(conn, P.error_code(e), str(e), fatal=True)
+            await conn.close(P.CLOSE_PROTOCOL, P.error_code(e))
+            return False
+        await conn.send_json(
+            {
+                "type": "ready",
+                "v": P.PROTOCOL_VERSION,
+                "conversation_id": conv.id,
+                "resumed": resumed,
+                "audio": self.audio_info(),
+                "limits": {
+                    "max_message_bytes": self.limits.max_message_bytes,
+                    "max_audio_seconds": self.limits.max_audio_seconds,
+                    "max_text_chars": self.engine.config.max_text_chars,
+                    "max_ids_per_message": self.limits.max_ids_per_message,
+                    "idle_expiry_s": self.limits.idle_expiry_s,
+                },
+            }
+        )
+        return True
+
+    async def _loop(self, conn: Connection) -> None:
+        t = conn.transport
+        while not conn.closed:
+            raw = await t.recv()
+            if isinstance(raw, bytes):
+                await self._error(conn, "bad_message", "unexpected binary message")
+                continue
+            if len(raw.encode()) > self.limits.max_message_bytes:
+                await self._error(
+                    conn, "too_large", f"message over {self.limits.max_message_bytes} bytes"
+                )
+                continue
+            req = None
+            try:
+                msg = P.parse_client_message(raw)
+                req = getattr(msg, "req", None)
+                reply = await self._handle(conn, msg)
+                if reply is _FATAL:
+                    return
+                if reply is not None:
+                    await conn.send_json(reply)
+            except P.MessageError as e:
+                await self._error(conn, e.code, str(e), req=e.req if e.req is not None else req)
+                continue
+            except TransportClosed:
+                raise
+            except MossError as e:
+                await self._error(conn, P.error_code(e), str(e), req=req)
+                continue
+            except Exception as e:  # a bug: report it, keep serving
+                logger.exception("request failed")
+                await self._error(conn, "internal", f"{type(e).__name__}: {e}", req=req)
+                continue
+
+    # ================================================================== requests
+    async def _handle(self, conn: Connection, msg: Any) -> Any:
+        conv = conn.conversation
+        s = conv.session
+        if isinstance(msg, P.Hello):
+            raise P.MessageError("bad_message", "hello was already sent")
+        if isinstance(msg, (P.TurnText, P.TurnIds, P.TurnEnd)):
+            await self._turn_input(conn, conv, msg)
+            return None
+        if isinstance(msg, P.TurnStart):
+            turn = await s.start_turn(msg.max_frames)
+            conv.turn, conv.frames_sent = turn, 0
+            await conn.send_json({"type": "turn.started", "req": msg.req, "turn_id": turn.turn_id})
+            conv.pump = asyncio.get_running_loop().create_task(self._pump(conv, turn))
+            return None
+        if isinstance(msg, P.Interrupt):
+            summary = await s.interrupt(msg.heard_frames)
+            return {"type": "result", "req": msg.req, "summary": P.summary_to_wire(summary)}
+        if isinstance(msg, P.UserTurn):
+            await self._user_turn(conn, conv, msg)
+        elif isinstance(msg, P.Voice):
+            await self._voice(conn, conv, msg)
+        elif isinstance(msg, P.Settings):
+            sampling = msg.sampling.to_params() if msg.sampling is not None else conv.sampling
+            await s.set_sampling(sampling, msg.seed)
+            conv.sampling = sampling
+        elif isinstance(msg, P.Reset):
+            await s.reset()
+        elif isinstance(msg, P.Snapshot):
+            snap = await s.snapshot()
+            return {"type": "result", "req": msg.req, "snapshot": _jsonable(snap)}
+        elif isinstance(msg, P.Close):
+            async with self._lock:
+                await self._close_conversation(conv)
+            conn.conversation = None
+            await conn.send_json({"type": "result", "req": msg.req})
+            await conn.close(1000, "conversation closed")
+            return _FATAL
+        return {"type": "result", "req": msg.req}
+
+    async def _turn_input(self, conn: Connection, conv: Conversation, msg: Any) -> None:
+        turn = conv.turn
+        if turn is None or turn.turn_id != msg.turn_id or turn.summary is not None:
+            return  # the turn already ended (EOS, cap, interruption): late input is dropped
+        try:
+            if isinstance(msg, P.TurnText):
+                turn.push_text(msg.text)
+            elif isinstance(msg, P.TurnIds):
+                if len(msg.ids) > self.limits.max_ids_per_message:
+                    raise InvalidInputError(
+                        f"more than {self.limits.max_ids_per_message} ids in one message"
+                    )
+                turn.push_ids(msg.ids, msg.text)
+            else:
+                turn.end_text()
+        except MossError as e:
+            await self._error(conn, P.error_code(e), str(e), turn_id=msg.turn_id)
+
+    async def _pump(self, conv: Conversation, turn: TurnStream) -> None:
+        """Forwards a turn's frames as they come; then its summary."""
+        conn = conv.conn
+        try:
+            async for chunk in turn:
+                if conn is None or conn.closed or conv.conn is not conn:
+                    continue  # the client left: keep draining so the turn can end
+                try:
+                    data = P.pack_audio(chunk.turn_id, chunk.index, chunk.codes.tolist(), chunk.pcm)
+                    await conn.send_bytes(data)
+                    conv.frames_sent += 1
+                    self.metrics.frames.inc()
+                except TransportClosed:
+                    conn = None
+            summary = turn.summary
+            self.metrics.turns.inc(stop=summary.stop)
+            if summary.ttfa_s is not None:
+                self.metrics.ttfa.observe(summary.ttfa_s)
+            if conn is not None and conv.conn is conn:
+                try:
+                    await conn.send_json(
+                        {
+                            "type": "turn.end",
+                            "turn_id": turn.turn_id,
+                            "summary": P.summary_to_wire(summary),
+                        }
+                    )
+                except TransportClosed:
+                    pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception(f"conversation {conv.id}: audio pump failed")
+        finally:
+            if conv.turn is turn:
+                conv.turn = None
+
+    async def _upload(self, conn: Connection, n_bytes: int, limit: int) -> bytes:
+        """Receives the binary frame announced by an upload header.
+
+        The frame is always consumed (even when it is refused) so the stream stays in step.
+        """
+        try:
+            data = await asyncio.wait_for(conn.transport.recv(), self.limits.upload_timeout_s)
+        except TimeoutError:
+            raise P.MessageError("bad_message", "upload data did not follow its header") from None
+        if not isinstance(data, bytes) or len(data) != n_bytes:
+            raise P.MessageError("bad_message", f"expected a binary frame of {n_bytes} bytes")
+        if n_bytes > limit:
+            raise P.MessageError("too_large", f"upload of {n_bytes} bytes exceeds {limit}")
+        return data
+
+    def _check_rate(self, sample_rate: int | None) -> int:
+        lo, hi = self.limits.min_sample_rate, self.limits.max_sample_rate
+        if sample_rate is None or not lo <= sample_rate <= hi:
+            raise InvalidInputError(f"sample_rate must be in [{lo}, {hi}], got {sample_rate}")
+        return sample_rate
+
+    async def _decode_upload(self, conn: Connection, fmt: str, n: int, rate: int | None):
+        """Audio upload -> codec frames [T, rvq]."""
+        rvq = self.engine.layout.rvq
+        if fmt == "codes":
+            data = await self._upload(conn, n, self.limits.max_code_bytes(rvq))
+            if len(data) % (2 * rvq):
+                raise InvalidInputError(f"codes upload is not a whole number of {rvq}-code frames")
+            codes = np.frombuffer(data, dtype="<u2").astype(np.int64).reshape(-1, rvq)
+            return torch.from_numpy(codes)  # [T, rvq]
+        data = await self._upload(conn, n, self.limits.max_pcm_bytes)
+        if n % 2:
+            raise P.MessageError("bad_message", "pcm16 upload has an odd number of bytes")
+        rate = self._check_rate(rate)
+        if n / 2 / rate > self.limits.max_audio_seconds:
+            raise InvalidInputError(f"audio longer than {self.limits.max_audio_seconds} s")
+        codec = self.engine.codec
+        if codec is None:
+            raise InvalidInputError("this server has no codec: upload codes instead of PCM")
+        wav = torch.from_numpy(np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0)
+
+        def encode() -> torch.Tensor:
+            with torch.inference_mode():
+                return codec.encode_frames(wav, rate).cpu()
+
+        return await asyncio.get_running_loop().run_in_executor(self._encoder, encode)
+
+    async def _user_turn(self, conn: Connection, conv: Conversation, msg: P.UserTurn) -> None:
+        frames = await self._decode_upload(conn, msg.format, msg.bytes, msg.sample_rate)
+        if (msg.text is None) == (msg.text_ids is None):
+            raise InvalidInputError("a user turn needs exactly one of text and text_ids")
+        if msg.text is not None:
+            if len(msg.text) > self.limits.max_text_chars:
+                raise InvalidInputError(f"transcript over {self.limits.max_text_chars} chars")
+            ids = conv.session.user_text_ids(msg.text)
+        else:
+            if len(msg.text_ids) > self.limits.max_ids_per_message:
+                raise InvalidInputError("too many transcript ids")
+            ids = msg.text_ids
+        if frames.shape[0] == 0:
+            raise InvalidInputError("the user audio is shorter than one frame (80 ms)")
+        await conv.session.add_user_turn(ids, frames)
+
+    async def _voice(self, conn: Connection, conv: Conversation, msg: P.Voice) -> None:
+        if msg.format == "none":
+            await conv.session.set_voice(None)
+            return
+        frames = await self._decode_upload(conn, msg.format, msg.bytes, msg.sample_rate)
+        if frames.shape[0] == 0:
+            raise InvalidInputError("the voice reference is shorter than one frame (80 ms)")
+        await conv.session.set_voice(frames)
+
+    # ================================================================== conversations
+    async def _attach(self, conn: Connection, hello: P.Hello) -> tuple[Conversation, bool]:
+        import uuid
+
+        cid = hello.conversation_id or uuid.uuid4().hex
+        async with self._lock:
+            conv = self.conversations.get(cid)
+            if conv is not None and conv.session.closed:
+                self.conversations.pop(cid, None)
+                conv = None
+            resumed = conv is not None
+            if conv is not None and conv.conn is not None:
+                old = conv.conn
+                logger.info(f"conversation {cid}: replaced by a new connection")
+                await self._error(old, "superseded", "a newer connection took over", fatal=True)
+                await old.close(P.CLOSE_SUPERSEDED, "superseded")
+                await self._release(conv, old)
+            if conv is None:
+                sampling = hello.sampling.to_params() if hello.sampling else SamplingParams()
+                session = await self._create_session(cid, sampling, hello.seed)
+                conv = Conversation(cid, session, sampling)
+                self.conversations[cid] = conv
+            conv.conn, conv.detached_at = conn, None
+            conn.conversation = conv
+        logger.debug(f"conversation {cid}: attached (resumed={resumed})")
+        return conv, resumed
+
+    async def _create_session(self, cid: str, sampling: SamplingParams, seed: int | None):
+        def create() -> Session:
+            return self.engine.create_session(sampling=sampling, seed=seed, session_id=cid)
+
+        try:
+            return await asyncio.to_thread(create)
+        except CapacityError:
+            # Make room by closing the conversation that has waited longest for its client.
+            idle = [c for c in self.conversations.values() if c.conn is None]
+            if not idle:
+                raise
+            victim = min(idle, key=lambda c: c.detached_at or 0.0)
+            logger.info(f"conversation {victim.id}: evicted to make room")
+            await self._close_conversation(victim)
+            return await asyncio.to_thread(create)
+
+    async def _detach(self, conv: Conversation, conn: Connection) -> None:
+        async with self._lock:
+            if conv.conn is not conn:
+                return  # already replaced or closed
+            await self._release(conv, conn)
+            if self.limits.idle_expiry_s == 0:
+                await self._close_conversation(conv)
+
+    async def _release(self, conv: Conversation, conn: Connection) -> None:
+        """Detaches ``conn``; an open turn is cut to the frames the client received."""
+        conv.conn, conv.detached_at = None, time.monotonic()
+        conn.conversation = None
+        if conv.turn is not None and conv.turn.summary is None and not conv.session.closed:
+            try:
+                await conv.session.interrupt(conv.frames_sent)
+            except MossError as e:
+                logger.warning(f"conversation {conv.id}: interrupt on disconnect failed: {e}")
+        await self._await_pump(conv)
+        logger.debug(f"conversation {conv.id}: detached")
+
+    async def _await_pump(self, conv: Conversation) -> None:
+        pump = conv.pump
+        if pump is not None and not pump.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(pump), 5.0)
+            except TimeoutError:
+                pump.cancel()
+        conv.pump = None
+
+    async def _close_conversation(self, conv: Conversation) -> None:
+        if self.conversations.get(conv.id) is conv:
+            del self.conversations[conv.id]
+        try:
+            await conv.session.close()
+        except Exception as e:  # the engine may already be gone
+            logger.warning(f"conversation {conv.id}: close failed: {e!r}")
+        await self._await_pump(conv)
+
+    async def reap_expired(self) -> int:
+        """Closes conversations whose client has been gone longer than ``idle_expiry_s``."""
+        now = time.monotonic()
+        n = 0
+        async with self._lock:
+            for conv in list(self.conversations.values()):
+                if (
+                    conv.conn is None
+                    and now - (conv.detached_at or now) >= self.limits.idle_expiry_s
+                ):
+                    logger.info(f"conversation {conv.id}: expired")
+                    await self._close_conversation(conv)
+                    self.metrics.expired.inc()
+                    n += 1
+        return n
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reap_interval_s)
+            try:
+                await self.reap_expired()
+            except Exception:
+                logger.exception("reaper failed")
+
+
+def _jsonable(v: Any) -> Any:
+    """Snapshot values as JSON (tensors as nested lists, dataclasses as objects)."""
+    import dataclasses
+    import enum
+
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return _jsonable(dataclasses.asdict(v))
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, enum.Enum):
+        return _jsonable(v.value)
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)
+
+
+__all__ = ["ConversationHub", "ProtocolError"]

@@ -1,0 +1,25 @@
+"""Errors of the engine server and its client (all ``MossError`` subclasses)."""
+
+from __future__ import annotations
+
+from moss_pipecat.errors import MossError
+
+
+class ServerError(MossError):
+    """Base class of errors about talking to an engine server."""
+
+
+class ServerUnavailableError(ServerError):
+    """The server cannot be reached, went away mid-request, or did not answer in time."""
+
+
+class ProtocolError(ServerError):
+    """A message broke the wire protocol (malformed, unknown type, too large, out of order)."""
+
+
+class UnauthorizedError(ServerError):
+    """The server wants a (different) bearer token."""
+
+
+class RemoteError(ServerError):
+    """The server failed for a reason of its own (an internal error)."""

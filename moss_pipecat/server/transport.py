@@ -1,0 +1,114 @@
+"""The one thing the connection handler needs from a websocket library.
+
+Two adapters: ``websockets`` (the standalone server) and Starlette/FastAPI (Ray Serve ingress).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+
+class TransportClosed(Exception):
+    """The peer went away (or the connection was closed)."""
+
+
+class Transport(Protocol):
+    """A message-oriented, full-duplex connection."""
+
+    headers: Mapping[str, str]  # upgrade request headers, lower-case names
+    header_authorized: bool  # a valid bearer token came with the upgrade request
+
+    async def recv(self) -> str | bytes:
+        """Next message; raises ``TransportClosed`` once the peer is gone."""
+        ...
+
+    async def send_text(self, data: str) -> None: ...
+
+    async def send_bytes(self, data: bytes) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+class WebsocketsTransport:
+    """Adapter for ``websockets.asyncio.server.ServerConnection``."""
+
+    def __init__(self, ws: Any, header_authorized: bool) -> None:
+        self._ws = ws
+        req = ws.request
+        self.headers = {k.lower(): v for k, v in req.headers.raw_items()} if req else {}
+        self.header_authorized = header_authorized
+
+    async def recv(self) -> str | bytes:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            return await self._ws.recv()
+        except ConnectionClosed as e:
+            raise TransportClosed(str(e)) from None
+
+    async def send_text(self, data: str) -> None:
+        await self._send(data)
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._send(data)
+
+    async def _send(self, data: str | bytes) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            await self._ws.send(data)
+        except ConnectionClosed as e:
+            raise TransportClosed(str(e)) from None
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self._ws.close(code, reason[:120])
+
+
+class StarletteTransport:
+    """Adapter for ``starlette.websockets.WebSocket`` (already accepted)."""
+
+    def __init__(self, ws: Any, header_authorized: bool) -> None:
+        self._ws = ws
+        self.headers = {k.lower(): v for k, v in ws.headers.items()}
+        self.header_authorized = header_authorized
+        self._closed = False
+
+    async def recv(self) -> str | bytes:
+        if self._closed:
+            raise TransportClosed("closed")
+        try:
+            msg = await self._ws.receive()
+        except (RuntimeError, OSError) as e:
+            self._closed = True
+            raise TransportClosed(str(e)) from None
+        if msg["type"] == "websocket.disconnect":
+            self._closed = True
+            raise TransportClosed(f"disconnected ({msg.get('code')})")
+        if msg.get("text") is not None:
+            return msg["text"]
+        return msg.get("bytes") or b""
+
+    async def send_text(self, data: str) -> None:
+        await self._send({"type": "websocket.send", "text": data})
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._send({"type": "websocket.send", "bytes": data})
+
+    async def _send(self, message: dict) -> None:
+        if self._closed:
+            raise TransportClosed("closed")
+        try:
+            await self._ws.send(message)
+        except Exception as e:  # starlette raises several kinds once the peer is gone
+            self._closed = True
+            raise TransportClosed(str(e)) from None
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._ws.close(code, reason[:120])
+        except Exception:
+            pass  # already closed by the peer
