@@ -66,6 +66,7 @@ def load_tokenizer(repo_or_path: str | PathLike[str], **kwargs: Any) -> Any:
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"cannot load a tokenizer from {str(repo_or_path)!r}: {e}") from e
     _backend(tokenizer)
+    _backward_composers()  # build the table now, not on the first push of a turn (~30 ms)
     logger.debug("loaded tokenizer {} from {}", type(tokenizer).__name__, repo_or_path)
     return tokenizer
 
@@ -99,7 +100,8 @@ def clean_text(text: str) -> str:
 class _Encoded:
     ids: list[int]
     offsets: list[tuple[int, int]]  # char offsets into the encoded string
-    split_starts: list[int]  # char offset of each pre-token
+    split_starts: list[int]  # char offsets of each pre-token (start, end)
+    split_ends: list[int]
     tokens_before: list[int]  # tokens of the pre-tokens before pre-token k
 
 
@@ -121,7 +123,8 @@ def _encode(backend: Tokenizer, text: str) -> _Encoded:
     ids = list(enc.ids)
     if n != len(ids):  # would mean the splits and the encoding disagree: never commit on that
         raise CheckpointError(f"pre-token splits hold {n} tokens but the encoding {len(ids)}")
-    return _Encoded(ids, list(enc.offsets), [s for _, (s, _), _ in splits], before)
+    starts = [s for _, (s, _), _ in splits]
+    return _Encoded(ids, list(enc.offsets), starts, [e for _, (_, e), _ in splits], before)
 
 
 def encode_text(tokenizer: Any, text: str, *, strip: bool = True) -> list[int]:
@@ -282,7 +285,9 @@ class IncrementalTokenizer:
 
     def _check_open(self) -> None:
         if self._finished:
-            raise InvalidInputError("this turn's text is finished; start a new IncrementalTokenizer")
+            raise InvalidInputError(
+                "this turn's text is finished; start a new IncrementalTokenizer"
+            )
 
     def _append(self, text: str) -> None:
         if text:
@@ -313,7 +318,9 @@ class IncrementalTokenizer:
         limit = min(enc.split_starts[-1], _trailing_space_start(tail))
         for k in range(len(enc.split_starts) - 1, 0, -1):
             start = enc.split_starts[k]
-            if start <= limit and _safe_start(tail[start]):
+            # NFC may expand one character into several that fall in different pre-tokens
+            # (U+095B -> U+091C U+093C): only cut where no pre-token straddles the cut.
+            if start <= limit and enc.split_ends[k - 1] <= start and _safe_start(tail[start]):
                 return self._commit(enc, enc.tokens_before[k], start)
         return []
 

@@ -6,25 +6,13 @@ import pytest
 import torch
 
 from moss_pipecat.engine import RowLayout
+from moss_pipecat.engine.text import layout_from_golden
 from moss_pipecat.errors import InvalidInputError
 
 
 @pytest.fixture(scope="module")
 def layout(realtime_meta) -> RowLayout:
-    ids, audio = realtime_meta["special_ids"], realtime_meta["audio"]
-    return RowLayout(
-        rvq=audio["channels"],
-        audio_pad=audio["audio_pad"],
-        audio_bos=audio["bos"],
-        audio_eos=audio["eos"],
-        text_pad=ids["text_pad"],
-        ref_audio_pad=ids["audio_pad"],
-        im_start=ids["im_start"],
-        im_end=ids["im_end"],
-        newline=(ids["newline"],),
-        roles={r: (ids[r],) for r in ("assistant", "user", "system", "context")},
-        delay=realtime_meta["delay_tokens_len"],
-    )
+    return layout_from_golden(realtime_meta)
 
 
 def _system(layout, g, meta):
