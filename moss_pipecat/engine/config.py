@@ -30,6 +30,9 @@ class EngineConfig:
         repetition_window_max: longest repetition-penalty window a session may ask for.
         max_text_chars: characters per assistant turn.
         max_user_frames: audio frames of one user turn (longer audio keeps its last frames).
+        graphed_decode: run decode steps through the padded static-buffer step that is
+            captured as CUDA graphs on a GPU (on a CPU it runs eagerly: same results, for
+            tests). None: on for CUDA devices.
     """
 
     max_sessions: int = 8
@@ -44,6 +47,7 @@ class EngineConfig:
     repetition_window_max: int = 50
     max_text_chars: int = 20000
     max_user_frames: int = 1500
+    graphed_decode: bool | None = None
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:

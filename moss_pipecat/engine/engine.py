@@ -76,7 +76,18 @@ class MossEngine:
         self.text_id_map = text_id_map
         cfg = self.config
         self.device = next(model.parameters()).device
-        self.cache = model.new_cache(cfg.max_sessions, cfg.max_context)
+        graphed = cfg.graphed_decode
+        if graphed is None:
+            graphed = self.device.type == "cuda"
+        # The graphed step needs one spare slot for its padding rows.
+        self.cache = model.new_cache(cfg.max_sessions + int(graphed), cfg.max_context)
+        self._graphs = None
+        if graphed:
+            from moss_pipecat.model.graphs import GraphedDecodeStep
+
+            self._graphs = GraphedDecodeStep(
+                model, self.cache, pad_slot=cfg.max_sessions, window=cfg.repetition_window_max
+            )
         rvq = model.cfg.rvq
         self._hist = torch.full(
             (cfg.max_sessions, cfg.repetition_window_max, rvq),
@@ -430,27 +441,25 @@ class MossEngine:
         for s in sessions:
             if s.ready_to_prefill(self.layout.delay):
                 self._begin_prefill(s, t_now)
-        due: list[tuple[SessionState, torch.Tensor]] = []
         prefills = [s for s in sessions if s.phase is Phase.PREFILL]
-        if prefills:
-            due += self._isolated(prefills, self._prefill_chunk)
+        done = self._isolated(prefills, self._prefill_chunk) if prefills else []
+        done = [(s, h) for s, h in done if s.turn is not None]  # drop turns that failed
+        if done:
+            hidden_of = dict(done)
+            first = self._isolated([s for s, _ in done], lambda b: self._first_frames(b, hidden_of))
+            self._deliver(first)
         steppers = [
             s
             for s in sessions
             if s.phase is Phase.DECODE
-            and s.turn.record.frames  # sessions whose prefill just ended get frame 0 first
+            and s.turn.record.frames
             and s.next_text_id(self.layout.text_pad) is not None
             and s.within_lookahead(self.config, t_now)
         ]
         if steppers:
-            due += self._isolated(steppers, self._decode_step)
-        due = [(s, h) for s, h in due if s.turn is not None]  # drop turns that failed
-        if due:
-            hidden_of = dict(due)
-            self._isolated([s for s, _ in due], lambda b: self._generate(b, hidden_of))
+            self._deliver(self._isolated(steppers, self._decode))
+        if done or steppers or prefills:
             self.stats["ticks"] += 1
-            return 0.0
-        if prefills:
             return 0.0
         waits = [
             s.seconds_until_lookahead(self.config, t_now)
@@ -461,10 +470,15 @@ class MossEngine:
 
     def _isolated(self, batch: list[SessionState], fn: Callable[[list[SessionState]], list]):
         """Runs ``fn`` on the batch; if it raises, runs each session alone and fails only the
-        sessions that still raise. Returns the concatenated results."""
+        sessions that still raise. Returns the concatenated results.
+
+        ``fn`` must change host state only after its model calls succeed; the device-side cache
+        lengths a failed call may have advanced are restored from the host mirror.
+        """
         try:
             return fn(batch)
         except Exception as e:
+            self._resync_lengths(batch)
             if len(batch) == 1:
                 self._fail_turn(batch[0], e)
                 return []
@@ -473,8 +487,13 @@ class MossEngine:
             try:
                 out += fn([s])
             except Exception as e:
+                self._resync_lengths([s])
                 self._fail_turn(s, e)
         return out
+
+    def _resync_lengths(self, batch: list[SessionState]) -> None:
+        for s in batch:
+            self.cache.lengths[s.slot] = s.cache_len
 
     # ---- prefill ----------------------------------------------------------------------------
     def _begin_prefill(self, s: SessionState, t_now: float) -> None:
@@ -519,17 +538,56 @@ class MossEngine:
                 done.append((s, hidden[b, n - 1]))
         return done
 
-    # ---- decode -----------------------------------------------------------------------------
-    def _decode_step(self, batch: list[SessionState]) -> list[tuple[SessionState, torch.Tensor]]:
+    # ---- frames -----------------------------------------------------------------------------
+    def _sampling_inputs(self, batch: list[SessionState], slots: torch.Tensor):
+        """Penalty history (each session's own window), sampling settings and noise of a batch."""
+        dev, cfg = self.device, self.model.cfg
+        hist = self._hist[slots]  # [B, W, rvq]
+        W = hist.shape[1]
+        windows = torch.tensor([s.sampling.repetition_window for s in batch], device=dev)
+        old = torch.arange(W, device=dev)[None, :] < (W - windows)[:, None]  # [B, W]
+        penalty_hist = hist.masked_fill(old[:, :, None], NO_HISTORY)
+        params = [s.sampling for s in batch]
+        noise = None
+        if not all(p.greedy for p in params):
+            gens = [None if p.greedy else s.generator for s, p in zip(batch, params, strict=True)]
+            noise = exponential_noise(gens, (cfg.rvq, cfg.audio_vocab_size), dev)
+        return hist, penalty_hist, BatchSampling.from_params(params, dev), noise
+
+    def _push_history(self, slots: torch.Tensor, hist: torch.Tensor, frames: torch.Tensor) -> None:
+        if hist.shape[1]:
+            self._hist[slots] = torch.cat((hist[:, 1:], frames[:, None]), dim=1)
+
+    def _first_frames(
+        self, batch: list[SessionState], hidden_of: dict[SessionState, torch.Tensor]
+    ) -> list:
+        """Frame 0 of each turn whose prefill just ended (no repetition penalty yet)."""
+        slots = torch.tensor([s.slot for s in batch], device=self.device)
+        self._hist[slots] = NO_HISTORY  # a new turn: the penalty starts afresh
+        hist, penalty_hist, sampling, noise = self._sampling_inputs(batch, slots)
+        hidden = torch.stack([hidden_of[s] for s in batch])  # [B, H]
+        frames = self.model.generate_frame(hidden, sampling, penalty_hist, noise)  # [B, rvq]
+        self._push_history(slots, hist, frames)
+        return list(zip(batch, frames.cpu(), strict=True))
+
+    def _decode(self, batch: list[SessionState]) -> list:
+        """One step for each session: its step row in, its next frame out (one fused call)."""
         pad = self.layout.text_pad
-        step_rows = []
-        for s in batch:
-            text_id = s.next_text_id(pad)
-            step_rows.append(self.layout.step_row(text_id, s.turn.record.frames[-1]))
+        step_rows = [
+            self.layout.step_row(s.next_text_id(pad), s.turn.record.frames[-1]) for s in batch
+        ]
         rows = torch.stack(step_rows)[:, None].to(self.device)  # [B, 1, 17]
         slots = torch.tensor([s.slot for s in batch], device=self.device)
         kv_len = max(s.cache_len for s in batch) + 1
-        hidden = self.model.backbone(rows, self.cache, slots, kv_len=kv_len)[:, 0]  # [B, H]
+        hist, penalty_hist, sampling, noise = self._sampling_inputs(batch, slots)
+        if self._graphs is not None:
+            frames, _ = self._graphs.step(rows, slots, kv_len, sampling, penalty_hist, noise)
+        else:
+            frames, _ = self.model.decode_step(
+                rows, self.cache, slots, kv_len, sampling, penalty_hist, noise
+            )
+        self._push_history(slots, hist, frames)
+        frames = frames.cpu()
         for s, row in zip(batch, step_rows, strict=True):
             t = s.turn
             t.record.steps.append(row)
@@ -537,41 +595,14 @@ class MossEngine:
                 t.fed_text += 1
             s.cache_len += 1
         self.stats["decode_steps"] += len(batch)
-        return [(s, hidden[b]) for b, s in enumerate(batch)]
+        return list(zip(batch, frames, strict=True))
 
-    # ---- frames -----------------------------------------------------------------------------
-    def _generate(
-        self, batch: list[SessionState], hidden_of: dict[SessionState, torch.Tensor]
-    ) -> list:
-        """Samples one frame per session and delivers it (PCM too when there is a codec)."""
-        cfg, dev = self.model.cfg, self.device
-        slots = torch.tensor([s.slot for s in batch], device=dev)
-        for s in batch:
-            if not s.turn.record.frames:
-                self._hist[s.slot] = NO_HISTORY  # a new turn: the penalty starts afresh
-        hist = self._hist[slots]  # [B, W, rvq]
-        W = hist.shape[1]
-        windows = torch.tensor([s.sampling.repetition_window for s in batch], device=dev)
-        old = torch.arange(W, device=dev)[None, :] < (W - windows)[:, None]  # [B, W]
-        penalty_hist = hist.masked_fill(old[:, :, None], NO_HISTORY)
-        params = [s.sampling for s in batch]
-        sampling = BatchSampling.from_params(params, dev)
-        noise = None
-        if not all(p.greedy for p in params):
-            gens = [None if p.greedy else s.generator for s, p in zip(batch, params, strict=True)]
-            noise = exponential_noise(gens, (cfg.rvq, cfg.audio_vocab_size), dev)
-        hidden = torch.stack([hidden_of[s] for s in batch])  # [B, H]
-        frames = self.model.generate_frame(hidden, sampling, penalty_hist, noise)  # [B, rvq]
-        if W:
-            self._hist[slots] = torch.cat((hist[:, 1:], frames[:, None]), dim=1)
-        self._deliver(batch, frames.cpu())
-        return []
-
-    def _deliver(self, batch: list[SessionState], frames: torch.Tensor) -> None:
+    def _deliver(self, items: list[tuple[SessionState, torch.Tensor]]) -> None:
+        """Records each new frame, sends audio chunks out, and ends the turns that are done."""
         eos = self.layout.audio_eos
         t_now = now()
         audio: list[tuple[SessionState, torch.Tensor, int]] = []
-        for s, f in zip(batch, frames, strict=True):
+        for s, f in items:
             t = s.turn
             t.record.frames.append(f)
             if t.t_first is None:
@@ -579,15 +610,32 @@ class MossEngine:
             self.stats["frames"] += 1
             if int(f[0]) != eos:
                 audio.append((s, f, len(t.record.frames) - 1))
-        pcm = self._decode_pcm([(s, f) for s, f, _ in audio])
+        pcm = self._pcm_isolated([(s, f) for s, f, _ in audio])
         for (s, f, index), p in zip(audio, pcm, strict=True):
-            s.turn.channel.put(AudioChunk(s.turn.turn_id, index, f, p))
-        for s, f in zip(batch, frames, strict=True):
+            if s.turn is not None:
+                s.turn.channel.put(AudioChunk(s.turn.turn_id, index, f, p))
+        for s, f in items:
+            if s.turn is None:
+                continue  # its audio failed to decode: the turn already ended with an error
             rec = s.turn.record
             if int(f[0]) == eos:
                 self._finish(s, "eos")
             elif len(rec.frames) >= s.frame_cap(self.config) or s.out_of_room(self.config):
                 self._finish(s, "max_frames")
+
+    def _pcm_isolated(self, items: list[tuple[SessionState, torch.Tensor]]) -> list:
+        """Batched codec decode; if it fails, session by session, failing only the culprits."""
+        try:
+            return self._decode_pcm(items)
+        except Exception as e:
+            if len(items) > 1:
+                return [p for item in items for p in self._pcm_isolated([item])]
+            s = items[0][0]
+            if s.codec_slot is not None:  # its stream state is suspect: start it afresh
+                self._codec_state.remove_stream(s.codec_slot)
+                s.codec_slot = None
+            self._fail_turn(s, e)
+            return [None]
 
     def _decode_pcm(self, items: list[tuple[SessionState, torch.Tensor]]) -> list[bytes | None]:
         if self.codec is None or not items:

@@ -181,12 +181,13 @@ class Session:
         """Tokenizes a whole user transcript with the engine's tokenizer."""
         if self.engine.tokenizer is None:
             raise InvalidInputError("this engine has no tokenizer: pass ids")
-        from moss_pipecat.engine.text import IncrementalTokenizer
+        from moss_pipecat.engine.text import encode_text
 
-        tok = IncrementalTokenizer(
-            self.engine.tokenizer, max_chars=self.engine.config.max_text_chars
-        )
-        return self.engine.map_text_ids(tok.push(text) + tok.finish())
+        if len(text) > self.engine.config.max_text_chars:
+            raise InvalidInputError(
+                f"user text exceeds {self.engine.config.max_text_chars} characters"
+            )
+        return self.engine.map_text_ids(encode_text(self.engine.tokenizer, text))
 
     # ---- settings ----------------------------------------------------------------------------
     async def set_voice(self, frames: torch.Tensor | None) -> None:

@@ -138,6 +138,29 @@ class MossTTSRealtime(nn.Module):
         """[B, H] hidden -> [B, rvq] codes; see ``LocalTransformer.generate``."""
         return self.local_transformer.generate(hidden, sampling, history, noise)
 
+    def decode_step(
+        self,
+        rows: torch.Tensor,
+        cache: KVCache,
+        slots: torch.Tensor,
+        kv_len: int,
+        sampling: BatchSampling,
+        history: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One real-time step for a batch of sessions: each row's step row through the backbone
+        (appended to its slot), then the 16 codes of its next frame. No host sync: this is the
+        function the CUDA graphs capture.
+
+        Args:
+            rows: [B, 1, 17] step rows (next text id beside the previous frame).
+            slots: [B] cache slots; kv_len: static bound on every slot's length + 1.
+        Returns:
+            frames [B, rvq] int64 and the backbone hidden states [B, H].
+        """
+        hidden = self.backbone(rows, cache, slots, kv_len=kv_len)[:, 0]  # [B, H]
+        return self.local_transformer.generate(hidden, sampling, history, noise), hidden
+
     def new_cache(
         self, n_slots: int, max_len: int, device: torch.device | str | None = None
     ) -> KVCache:

@@ -137,7 +137,10 @@ async def test_long_conversation_stays_in_budget_and_keeps_the_voice(
     assert trimmed, "the budget never forced a trim: the test does not exercise it"
 
 
-async def test_eight_concurrent_sessions_equal_each_alone(make_engine, realtime_meta):
+@pytest.mark.parametrize("graphed", [False, True], ids=["eager", "graphed-step"])
+async def test_eight_concurrent_sessions_equal_each_alone(make_engine, realtime_meta, graphed):
+    """Batched (and, with graphed=True, padded static-buffer / CUDA-graph) decode steps give
+    exactly the frames each session gets alone on the plain eager path."""
     gen = torch.Generator().manual_seed(3)
     scripts = []
     for _ in range(8):
@@ -163,9 +166,10 @@ async def test_eight_concurrent_sessions_equal_each_alone(make_engine, realtime_
 
     alone = []
     for script in scripts:
-        engine = make_engine(max_sessions=1)
+        engine = make_engine(max_sessions=1, graphed_decode=False)
         alone.append(await run(engine.create_session(sampling=GREEDY), script, None))
-    engine = make_engine(max_sessions=8)
+    engine = make_engine(max_sessions=8, graphed_decode=graphed)
+    assert (engine._graphs is not None) == graphed
     sessions = [engine.create_session(sampling=GREEDY) for _ in scripts]
     together = await asyncio.gather(
         *(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pipecat.frames.frames import DataFrame, Frame, InputAudioRawFrame
+from pipecat.frames.frames import DataFrame, Frame, InputAudioRawFrame, SystemFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from moss_pipecat.engine.config import EngineConfig
@@ -32,6 +32,10 @@ class Probe(DataFrame):
     """Travels behind the TTS's audio; the probe processor snapshots the session on it."""
 
 
+class UrgentProbe(SystemFrame):
+    """Passes the TTS at once (system frames are not queued behind audio)."""
+
+
 class SnapshotProbe(FrameProcessor):
     def __init__(self, tts) -> None:
         super().__init__()
@@ -40,7 +44,7 @@ class SnapshotProbe(FrameProcessor):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
-        if isinstance(frame, Probe):
+        if isinstance(frame, (Probe, UrgentProbe)):
             self.snapshots.append(await self.tts.session.snapshot())
         else:
             await self.push_frame(frame, direction)

@@ -29,7 +29,7 @@ from pipecat.tests.utils import SleepFrame, run_test
 from moss_pipecat.engine.text import encode_text
 from moss_pipecat.service import MossTTSService, MossTTSSettings
 
-from .conftest import Probe, SnapshotProbe, user_audio_frames
+from .conftest import Probe, SnapshotProbe, UrgentProbe, user_audio_frames
 
 
 def reply(*pieces: str) -> list:
@@ -142,9 +142,8 @@ async def test_settings_update_takes_effect_on_the_next_turn(tiny_engine, tmp_pa
     tts = MossTTSService(engine=tiny_engine)
     frames = [
         *reply("First ", "reply."),
-        SleepFrame(0.3),
-        Probe(),
-        SleepFrame(0.3),  # the probe reads the session before the update reaches the TTS
+        UrgentProbe(),  # read while the first reply plays, before the update is sent
+        SleepFrame(0.2),
         TTSUpdateSettingsFrame(
             delta=MossTTSSettings(voice=str(voice), greedy=True, top_k=5, context_budget=1500)
         ),

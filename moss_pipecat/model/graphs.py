@@ -1,0 +1,177 @@
+"""The decode step on static buffers, captured as CUDA graphs per (batch, context) bucket.
+
+A real-time step is ~200 small kernels (one backbone row, 16 local-transformer positions,
+sampling); at batch 1 their launch overhead, not the GPU, sets the frame time. Replaying a
+captured graph launches them all at once. Graphs need static shapes and addresses, so every
+call is padded up to a batch bucket and a context-length bucket: padding rows write into a
+spare cache slot that no session owns, and every input is copied into a buffer the graph reads.
+
+On a device without CUDA graphs (CPU) the same padded, static-buffer path runs eagerly, so
+tests on CPU exercise exactly the logic the GPU replays.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from loguru import logger
+
+from moss_pipecat.model.kv_cache import KVCache
+from moss_pipecat.model.moss_tts import MossTTSRealtime
+from moss_pipecat.model.sampling import NO_HISTORY, BatchSampling
+
+DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def default_kv_buckets(max_len: int, smallest: int = 512) -> tuple[int, ...]:
+    """Powers of two from ``smallest`` up to (and ending exactly at) ``max_len``."""
+    out, k = [], smallest
+    while k < max_len:
+        out.append(k)
+        k *= 2
+    return (*out, max_len)
+
+
+@dataclass
+class _Buffers:
+    rows: torch.Tensor  # [B, 1, 17]
+    slots: torch.Tensor  # [B]
+    history: torch.Tensor  # [B, W, rvq]
+    noise: torch.Tensor  # [B, rvq, V]
+    sampling: BatchSampling
+    frames: torch.Tensor | None = None  # outputs, owned by the graph
+    hidden: torch.Tensor | None = None
+    graph: torch.cuda.CUDAGraph | None = None
+
+
+class GraphedDecodeStep:
+    """``MossTTSRealtime.decode_step`` padded to buckets and replayed as CUDA graphs.
+
+    Args:
+        model, cache: the cache must have a spare slot ``pad_slot`` that no session uses.
+        pad_slot: where padding rows write (its length is reset before every step).
+        window: repetition-penalty window (history buffer length).
+        use_cuda_graphs: capture graphs (CUDA only); False runs the padded path eagerly.
+    """
+
+    def __init__(
+        self,
+        model: MossTTSRealtime,
+        cache: KVCache,
+        pad_slot: int,
+        window: int,
+        batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS,
+        kv_buckets: Sequence[int] | None = None,
+        use_cuda_graphs: bool | None = None,
+    ) -> None:
+        if not 0 <= pad_slot < cache.n_slots:
+            raise ValueError(f"pad_slot {pad_slot} outside the cache's {cache.n_slots} slots")
+        self.model, self.cache, self.pad_slot, self.window = model, cache, pad_slot, window
+        self.batch_buckets = tuple(sorted(batch_buckets))
+        self.kv_buckets = tuple(sorted(kv_buckets or default_kv_buckets(cache.max_len)))
+        if self.kv_buckets[-1] > cache.max_len:
+            raise ValueError("kv buckets exceed the cache length")
+        device = cache.device
+        self.use_cuda_graphs = device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
+        self._pool = None
+        self._buffers: dict[tuple[int, int], _Buffers] = {}
+        cfg = model.cfg
+        self._pad_row = torch.full(
+            (cfg.channels,), cfg.audio_pad_token, dtype=torch.int64, device=device
+        )
+        self._pad_row[0] = cfg.text_pad
+
+    def bucket(self, batch: int, kv_len: int) -> tuple[int, int]:
+        b = self.batch_buckets[
+            min(bisect.bisect_left(self.batch_buckets, batch), len(self.batch_buckets) - 1)
+        ]
+        k = self.kv_buckets[
+            min(bisect.bisect_left(self.kv_buckets, kv_len), len(self.kv_buckets) - 1)
+        ]
+        if b < batch or k < kv_len:
+            raise ValueError(f"batch {batch} / kv_len {kv_len} exceed the largest bucket")
+        return b, k
+
+    def _make_buffers(self, B: int) -> _Buffers:
+        cfg, dev = self.model.cfg, self.cache.device
+        return _Buffers(
+            rows=self._pad_row.repeat(B, 1, 1),
+            slots=torch.full((B,), self.pad_slot, dtype=torch.int64, device=dev),
+            history=torch.full(
+                (B, self.window, cfg.rvq), NO_HISTORY, dtype=torch.int64, device=dev
+            ),
+            noise=torch.ones(B, cfg.rvq, cfg.audio_vocab_size, device=dev),
+            sampling=BatchSampling(
+                temperature=torch.ones(B, device=dev),
+                top_k=torch.zeros(B, dtype=torch.int64, device=dev),
+                top_p=torch.ones(B, device=dev),
+                penalty=torch.ones(B, device=dev),
+                greedy=torch.ones(B, dtype=torch.bool, device=dev),
+            ),
+        )
+
+    def _run(self, buf: _Buffers, kv_len: int) -> None:
+        # Padding rows all share the spare slot: keep its length at 0 so it never overflows.
+        self.cache.lengths[self.pad_slot] = 0
+        buf.frames, buf.hidden = self.model.decode_step(
+            buf.rows, self.cache, buf.slots, kv_len, buf.sampling, buf.history, buf.noise
+        )
+
+    def _capture(self, buf: _Buffers, kv_len: int) -> None:
+        # Warm up on a side stream (allocator and kernels settle), then capture. Every row
+        # points at the spare slot meanwhile, so no session's cache is touched.
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._run(buf, kv_len)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self._run(buf, kv_len)
+        self._pool = graph.pool()
+        buf.graph = graph
+        logger.debug(f"captured decode graph batch={buf.rows.shape[0]} kv_len={kv_len}")
+
+    def step(
+        self,
+        rows: torch.Tensor,
+        slots: torch.Tensor,
+        kv_len: int,
+        sampling: BatchSampling,
+        history: torch.Tensor,
+        noise: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same contract as ``MossTTSRealtime.decode_step`` (``history`` [B, window, rvq];
+        ``noise`` None when every row is greedy). Returns views of the graph's outputs: copy
+        them before the next step."""
+        B = rows.shape[0]
+        Bb, K = self.bucket(B, kv_len)
+        buf = self._buffers.get((Bb, K))
+        fresh = buf is None
+        if fresh:
+            buf = self._buffers[(Bb, K)] = self._make_buffers(Bb)
+        buf.rows[:B].copy_(rows)
+        buf.rows[B:] = self._pad_row
+        buf.slots[:B].copy_(slots)
+        buf.slots[B:] = self.pad_slot
+        buf.history[:B].copy_(history)
+        buf.history[B:] = NO_HISTORY
+        if noise is not None:
+            buf.noise[:B].copy_(noise)
+        for name in ("temperature", "top_k", "top_p", "penalty", "greedy"):
+            dst = getattr(buf.sampling, name)
+            dst[:B].copy_(getattr(sampling, name))
+        if noise is None:
+            buf.sampling.greedy[:B] = True  # all greedy: the stale noise is never used
+        buf.sampling.greedy[B:] = True
+        if self.use_cuda_graphs:
+            if fresh:
+                self._capture(buf, K)
+            buf.graph.replay()
+        else:
+            self._run(buf, K)
+        return buf.frames[:B], buf.hidden[:B]

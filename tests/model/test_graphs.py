@@ -1,0 +1,60 @@
+"""The padded static-buffer decode step (what CUDA graphs replay) equals the eager step."""
+
+from __future__ import annotations
+
+import torch
+
+from moss_pipecat.model import BatchSampling, SamplingParams
+from moss_pipecat.model.graphs import GraphedDecodeStep, default_kv_buckets
+from moss_pipecat.model.sampling import NO_HISTORY, exponential_noise
+
+
+def _setup(model, rows, lengths, n_slots):
+    cache = model.new_cache(n_slots, 160)
+    slots = torch.tensor([2, 0, 3][: len(lengths)])
+    T = max(lengths)
+    batch = torch.stack([torch.cat((rows[:n], rows[:1].expand(T - n, -1))) for n in lengths])
+    model.prefill(batch, cache, slots, n_new=torch.tensor(lengths))
+    return cache, slots
+
+
+def test_graphed_step_equals_eager_step(tiny_model, realtime_golden):
+    rows = realtime_golden["session.rows"]
+    lengths = [30, 47, 12]
+    cfg = tiny_model.cfg
+    eager_cache, slots = _setup(tiny_model, rows, lengths, 5)
+    graph_cache, _ = _setup(tiny_model, rows, lengths, 5)
+    graphed = GraphedDecodeStep(
+        tiny_model,
+        graph_cache,
+        pad_slot=4,
+        window=50,
+        batch_buckets=(1, 4),
+        kv_buckets=(32, 64, 160),
+    )
+    assert not graphed.use_cuda_graphs  # CPU: the same padded path, run eagerly
+    params = [SamplingParams.greedy_decoding(), SamplingParams(), SamplingParams(top_k=5)]
+    sampling = BatchSampling.from_params(params)
+    history = torch.full((3, 50, cfg.rvq), NO_HISTORY)
+    frames = torch.full((3, cfg.rvq), cfg.audio_pad_token)
+    for step in range(25):  # crosses the 32 -> 64 kv bucket boundary
+        step_rows = torch.cat((torch.full((3, 1), cfg.text_pad), frames), dim=1)[:, None]
+        kv_len = int(eager_cache.lengths[slots].max()) + 1
+        gens = [torch.Generator().manual_seed(step * 10 + i) for i in range(3)]
+        noise = exponential_noise(gens, (cfg.rvq, cfg.audio_vocab_size))
+        want, want_h = tiny_model.decode_step(
+            step_rows, eager_cache, slots, kv_len, sampling, history, noise
+        )
+        got, got_h = graphed.step(step_rows, slots, kv_len, sampling, history, noise)
+        assert torch.equal(got, want)
+        torch.testing.assert_close(got_h, want_h, atol=1e-5, rtol=0)
+        assert torch.equal(graph_cache.lengths[:4], eager_cache.lengths[:4])
+        history = torch.cat((history[:, 1:], want[:, None]), dim=1)
+        frames = want
+    assert graphed.bucket(3, 40) == (4, 64)
+    assert set(graphed._buffers) == {(4, 64), (4, 160)} or set(graphed._buffers) >= {(4, 64)}
+
+
+def test_kv_buckets_end_at_the_cache_length():
+    assert default_kv_buckets(3000) == (512, 1024, 2048, 3000)
+    assert default_kv_buckets(512) == (512,)
