@@ -1,0 +1,98 @@
+"""Server-test fixtures: tiny engines with codec and tokenizer, in-process servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from moss_pipecat.engine.config import EngineConfig
+from moss_pipecat.engine.engine import MossEngine
+from moss_pipecat.engine.factory import FoldIds
+from moss_pipecat.model import SamplingParams
+from moss_pipecat.server import EngineServer, ServerConfig, ServerLimits
+
+GREEDY = SamplingParams.greedy_decoding()
+TOKEN = "test-token"
+
+
+@pytest.fixture(scope="session")
+def tiny_codec(codec_dir):
+    from moss_pipecat.codec import MossAudioCodec
+
+    return MossAudioCodec.from_pretrained(codec_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from moss_pipecat.engine.offline_tokenizer import offline_tokenizer
+
+    return offline_tokenizer()
+
+
+@pytest.fixture
+def make_tiny_engine(tiny_model, golden_layout, realtime_meta, tiny_codec, tiny_tokenizer):
+    """Started engines on the tiny model with codec and (folded) tokenizer; shut down after."""
+    engines: list[MossEngine] = []
+
+    def make(codec: bool = True, **config) -> MossEngine:
+        config.setdefault("lookahead_s", None)
+        config.setdefault("max_context", 1024)
+        config.setdefault("context_budget", 900)
+        config.setdefault("turn_reserve", 100)
+        engine = MossEngine(
+            tiny_model,
+            golden_layout,
+            codec=tiny_codec if codec else None,
+            config=EngineConfig(**config),
+            system_text_ids=realtime_meta["system_prompt_text_ids"],
+            voice_instruction_ids=realtime_meta["voice_clone_instruction_ids"],
+            tokenizer=tiny_tokenizer,
+            text_id_map=FoldIds(int(realtime_meta["text_ids_drawn_from"][1])),
+        ).start()
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.shutdown()
+
+
+@pytest.fixture
+async def make_server():
+    """In-process servers on 127.0.0.1 (free port); stopped after the test."""
+    servers: list[EngineServer] = []
+
+    async def make(engine: MossEngine, token: str | None = None, **limits) -> EngineServer:
+        reap = limits.pop("reap_interval_s", 5.0)
+        config = ServerConfig(
+            host="127.0.0.1",
+            port=0,
+            token=token,
+            limits=ServerLimits(**limits),
+            reap_interval_s=reap,
+        )
+        server = await EngineServer(engine, config).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        await server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def eventually(predicate, timeout: float = 5.0, what: str = "condition") -> None:
+    """Polls ``predicate`` until true or fails the test after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
