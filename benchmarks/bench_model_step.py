@@ -22,6 +22,7 @@ from moss_pipecat.model import (
     MossTTSRealtimeConfig,
     SamplingParams,
 )
+from moss_pipecat.model.graphs import GraphedDecodeStep
 from moss_pipecat.model.sampling import exponential_noise
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -47,30 +48,49 @@ def build_model(args, device: torch.device, dtype: torch.dtype) -> MossTTSRealti
     return MossTTSRealtime.from_pretrained(fixtures_root() / "realtime", dtype=dtype, device=device)
 
 
-def bench_batch(model: MossTTSRealtime, B: int, params: SamplingParams, args, device) -> dict:
+def bench_batch(
+    model: MossTTSRealtime, B: int, params: SamplingParams, args, device, mode: str
+) -> dict:
+    """Times one decode step (backbone row + 16 codebooks + sampling) for B sessions.
+
+    mode "eager" calls ``decode_step`` directly; "graphed" goes through ``GraphedDecodeStep``
+    (CUDA graphs on a GPU; the same padded path run eagerly elsewhere).
+    """
     cfg = model.cfg
     max_len = args.context + args.warmup + args.iters + 2
-    cache = model.new_cache(B, max_len)
-    cache.lengths.fill_(args.context)  # stand-in history: the cost depends on its length
+    cache = model.new_cache(B + 1, max_len)  # + the graphed step's spare padding slot
+    cache.lengths[:B] = args.context  # stand-in history: the cost depends on its length
+    slots = torch.arange(B, device=device)
     sampling = BatchSampling.from_params([params] * B, device)
     history = FrameHistory(B, params.repetition_window, cfg.rvq, device)
     gens = [torch.Generator(device).manual_seed(i) for i in range(B)]
     row = torch.full((B, 1, cfg.channels), cfg.audio_pad_token, device=device)
     row[..., 0] = cfg.text_pad
+    graphed = None
+    if mode == "graphed":
+        graphed = GraphedDecodeStep(model, cache, pad_slot=B, window=params.repetition_window)
+    length = [args.context]
 
     def step() -> None:
-        h = model.backbone(row, cache, kv_len=max_len)[:, 0]
         noise = None
         if not params.greedy:
             noise = exponential_noise(gens, (cfg.rvq, cfg.audio_vocab_size), device)
-        frame = model.generate_frame(h, sampling, history.buf, noise)
+        kv_len = length[0] + 1
+        if graphed is None:
+            frame, _ = model.decode_step(row, cache, slots, kv_len, sampling, history.buf, noise)
+        else:
+            frame, _ = graphed.step(row, slots, kv_len, sampling, history.buf, noise)
         history.push(frame)
         row[:, 0, 1:] = frame
+        length[0] += 1
 
     t = time_calls(step, device, args.warmup, args.iters)
-    t["batch"] = B
-    t["frames_per_s"] = B * 1e3 / t["median_ms"]
-    t["rtf_per_session"] = t["median_ms"] / 80.0
+    t.update(
+        batch=B,
+        mode=mode,
+        frames_per_s=B * 1e3 / t["median_ms"],
+        rtf_per_session=t["median_ms"] / 80.0,
+    )
     return t
 
 
@@ -86,6 +106,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument(
+        "--modes", nargs="+", default=["eager", "graphed"], choices=["eager", "graphed"]
+    )
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
 
@@ -93,7 +116,11 @@ def main() -> None:
     model = build_model(args, device, dtype)
     params = SamplingParams.greedy_decoding() if args.greedy else SamplingParams()
     with torch.inference_mode():
-        results = [bench_batch(model, B, params, args, device) for B in args.batch]
+        results = [
+            bench_batch(model, B, params, args, device, mode)
+            for mode in args.modes
+            for B in args.batch
+        ]
     out = {
         "benchmark": "model_step",
         "model": args.checkpoint or ("real-size random" if args.real_size else "tiny fixture"),
@@ -108,8 +135,9 @@ def main() -> None:
     emit(
         out,
         args.out,
-        f"model_step: b1 {results[0]['median_ms']:.2f} ms/frame; best {best['frames_per_s']:.0f} "
-        f"frames/s at batch {best['batch']} ({args.device}, {args.dtype})",
+        f"model_step: b1 {results[0]['median_ms']:.2f} ms/frame ({results[0]['mode']}); best "
+        f"{best['frames_per_s']:.0f} frames/s at batch {best['batch']} ({best['mode']}, "
+        f"{args.device}, {args.dtype})",
     )
 
 
