@@ -96,6 +96,9 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=40, help="frames per turn")
     ap.add_argument("--text-tokens", type=int, default=24)
     ap.add_argument("--lookahead", type=float, default=None, help="seconds; default unlimited")
+    ap.add_argument(
+        "--graphed", choices=["auto", "on", "off"], default="auto", help="graphed decode step"
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     ap.add_argument("--out")
@@ -120,6 +123,7 @@ def main() -> None:
         context_budget=500,
         turn_reserve=100,
         lookahead_s=args.lookahead,
+        graphed_decode={"auto": None, "on": True, "off": False}[args.graphed],
     )
     engine = MossEngine(model, layout_for(model), codec=codec, config=config).start()
     rounds = []
@@ -136,6 +140,7 @@ def main() -> None:
         "dtype": args.dtype,
         "frames_per_turn": args.frames,
         "lookahead_s": args.lookahead,
+        "graphed_decode": engine._graphs is not None,
         "env": environment(device),
         "results": rounds,
     }
