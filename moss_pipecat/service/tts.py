@@ -196,8 +196,10 @@ class MossTTSService(TTSService):
                 dtype=args["dtype"],
                 config=args["config"],
             )
-        if self._engine.codec is None:
-            raise InvalidInputError("MossTTSService needs an engine with a codec (PCM output)")
+        if self._engine.codec is None or self._engine.tokenizer is None:
+            raise InvalidInputError(
+                "MossTTSService needs an engine with a codec (PCM out) and a tokenizer (text in)"
+            )
         self._session = await asyncio.to_thread(self._engine.create_session)
 
     async def stop(self, frame: EndFrame) -> None:

@@ -229,3 +229,20 @@ async def test_tts_speak_frame(tiny_engine):
     assert not [f for f in up if isinstance(f, ErrorFrame)]
     assert sum(isinstance(f, TTSAudioRawFrame) for f in down) > 0
     assert spoken_words(down).split() == "Welcome to the demo.".split()
+
+
+async def test_one_engine_serves_two_pipelines_at_once(tiny_engine):
+    import asyncio
+
+    a = MossTTSService(engine=tiny_engine, settings=MossTTSSettings(greedy=True))
+    b = MossTTSService(engine=tiny_engine, settings=MossTTSSettings(greedy=True))
+    frames = [*reply("Same ", "words ", "twice."), SleepFrame(0.5), Probe()]
+    (down_a, _, snap_a), (down_b, _, snap_b) = await asyncio.gather(run(a, frames), run(b, frames))
+    audio_a = b"".join(f.audio for f in down_a if isinstance(f, TTSAudioRawFrame))
+    audio_b = b"".join(f.audio for f in down_b if isinstance(f, TTSAudioRawFrame))
+    # Greedy: same text, same codes; PCM equal up to float rounding of the batched codec.
+    pcm_a, pcm_b = (np.frombuffer(x, dtype=np.int16).astype(int) for x in (audio_a, audio_b))
+    assert pcm_a.size > 0 and pcm_a.size == pcm_b.size
+    assert np.abs(pcm_a - pcm_b).max() <= 2
+    assert snap_a[0]["slot"] != snap_b[0]["slot"]
+    assert tiny_engine.session_ids == []  # both sessions closed with their pipelines
