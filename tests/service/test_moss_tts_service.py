@@ -49,12 +49,13 @@ def user_turn(text: str, seconds: float = 1.0) -> list:
     ]
 
 
-async def run(tts, frames, *, sample_rate=24000, metrics=False):
+async def run(tts, frames, *, sample_rate=24000, metrics=False, after=()):
     probe = SnapshotProbe(tts)
     params = PipelineParams(
         audio_out_sample_rate=sample_rate, enable_metrics=metrics, enable_usage_metrics=metrics
     )
-    down, up = await run_test(Pipeline([tts, probe]), frames_to_send=frames, pipeline_params=params)
+    pipeline = Pipeline([tts, probe, *after])
+    down, up = await run_test(pipeline, frames_to_send=frames, pipeline_params=params)
     return down, up, probe.snapshots
 
 
@@ -106,19 +107,31 @@ async def test_two_turn_conversation_with_user_turn_in_between(tiny_engine):
 
 
 async def test_interruption_mid_reply_rolls_back_and_the_next_reply_works(tiny_engine):
-    tts = MossTTSService(engine=tiny_engine, settings=MossTTSSettings(lookahead_s=0.5))
+    from pipecat.processors.aggregators.llm_context import LLMContext
+    from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+
+    context = LLMContext()
+    # Greedy: the tiny model never ends this reply early (an early EOS would "finish" it).
+    tts = MossTTSService(engine=tiny_engine, settings=MossTTSSettings(lookahead_s=0.5, greedy=True))
     long_text = "This is a long answer that keeps going " * 6
     frames = [
-        *reply(*long_text.split(" ")),
+        *reply(*(w + " " for w in long_text.split(" "))),
         SleepFrame(0.4),
         InterruptionFrame(),
-        Probe(),
+        UrgentProbe(),  # system frames keep their order: this reads the rolled-back session
+        SleepFrame(0.2),
         *reply("Okay, ", "I stopped."),
         SleepFrame(0.5),
         Probe(),
     ]
-    down, up, snaps = await run(tts, frames)
+    assistant = LLMContextAggregatorPair(context).assistant()
+    down, up, snaps = await run(tts, frames, after=[assistant])
     assert not [f for f in up if isinstance(f, ErrorFrame)]
+    # The LLM context got only the start of the interrupted reply (what was heard), then
+    # the whole second reply.
+    said = [m["content"].split() for m in context.get_messages() if m["role"] == "assistant"]
+    assert len(said) == 2 and said[1] == ["Okay,", "I", "stopped."]
+    assert said[0] == long_text.split()[: len(said[0])] and len(said[0]) < 20
     cut = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
     old, new = contexts_of(down[:cut]), contexts_of(down[cut:])
     assert len(old) == 1 and len(new) == 1 and old != new  # no old audio after the cut
@@ -246,3 +259,20 @@ async def test_one_engine_serves_two_pipelines_at_once(tiny_engine):
     assert np.abs(pcm_a - pcm_b).max() <= 2
     assert snap_a[0]["slot"] != snap_b[0]["slot"]
     assert tiny_engine.session_ids == []  # both sessions closed with their pipelines
+
+
+async def test_llm_context_keeps_the_spoken_words(tiny_engine):
+    """Downstream of the TTS, pipecat's assistant aggregator adds what was spoken."""
+    from pipecat.processors.aggregators.llm_context import LLMContext
+    from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+
+    context = LLMContext()
+    pair = LLMContextAggregatorPair(context)
+    tts = MossTTSService(engine=tiny_engine, context=context)
+    text = "The quick brown fox jumps over the lazy dog."
+    await run_test(
+        Pipeline([tts, pair.assistant()]),
+        frames_to_send=[*reply(*(w + " " for w in text.split(" "))), SleepFrame(1.0)],
+    )
+    said = [m for m in context.get_messages() if m.get("role") == "assistant"]
+    assert said and said[-1]["content"].split() == text.split()
