@@ -1,0 +1,71 @@
+"""Text through the engine tokenizer: odd input gives defined results, others unaffected."""
+
+from __future__ import annotations
+
+import pytest
+
+from moss_pipecat.engine.config import EngineConfig
+from moss_pipecat.engine.factory import load_tiny_engine
+from moss_pipecat.engine.session import SyncSession
+from moss_pipecat.engine.text import encode_text
+from moss_pipecat.errors import InvalidInputError
+from moss_pipecat.model import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def engine(fixtures_dir):
+    config = EngineConfig(
+        max_sessions=2,
+        max_context=1024,
+        context_budget=900,
+        turn_reserve=100,
+        lookahead_s=None,
+        min_turn_frames=4,
+        frames_per_text_token=1.0,
+    )
+    e = load_tiny_engine(fixtures_dir, config=config, with_codec=False)
+    yield e
+    e.shutdown()
+
+
+def test_text_pieces_become_the_whole_texts_tokens(engine):
+    s = SyncSession(engine.create_session(sampling=SamplingParams.greedy_decoding()))
+    text = "Héllo, wörld! 3.14 **bold** 👩‍👩‍👧 done"
+    turn = s.start_turn(max_frames=30)
+    for i in range(0, len(text), 3):
+        turn.push_text(text[i : i + 3])
+    turn.end_text()
+    summary = turn.wait_sync()
+    assert summary.text_ids == engine.map_text_ids(encode_text(engine.tokenizer, text))
+    assert summary.text == text
+    s.close()
+
+
+def test_odd_text_input(engine):
+    s = SyncSession(engine.create_session(sampling=SamplingParams.greedy_decoding()))
+    other = SyncSession(engine.create_session(sampling=SamplingParams.greedy_decoding()))
+    background = other.start_turn(max_frames=20)
+    background.push_text("The other session keeps talking.")
+
+    chunks, summary = s.say(text="   \n\t ")
+    assert chunks == [] and summary.stop == "empty"
+    chunks, summary = s.say(text="")
+    assert summary.stop == "empty"
+    # Control characters are cleaned, not spoken as garbage ids and not an error.
+    chunks, summary = s.say(text="bell\x07 and\x00 null", max_frames=10)
+    assert summary.stop in ("eos", "max_frames")
+    assert summary.text_ids == engine.map_text_ids(encode_text(engine.tokenizer, "bell  and  null"))
+    # 100k characters: refused before anything is queued; the turn can still end cleanly.
+    turn = s.start_turn(max_frames=10)
+    turn.push_text("Short start. ")
+    with pytest.raises(InvalidInputError, match="exceeds"):
+        turn.push_text("x" * 100_000)
+    turn.end_text()
+    assert turn.wait_sync().stop in ("eos", "max_frames")
+    with pytest.raises(InvalidInputError, match="exceeds"):
+        s.session.user_text_ids("y" * 100_000)
+
+    background.end_text()
+    assert background.wait_sync().stop in ("eos", "max_frames")
+    s.close()
+    other.close()
