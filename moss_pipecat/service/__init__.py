@@ -1,5 +1,6 @@
 """pipecat integration: ``MossTTSService`` on a local (optionally shared) engine."""
 
-from moss_pipecat.service.tts import MossTTSService, MossTTSSettings
+from moss_pipecat.service.base import MossTTSServiceBase, MossTTSSettings
+from moss_pipecat.service.tts import MossTTSService
 
-__all__ = ["MossTTSService", "MossTTSSettings"]
+__all__ = ["MossTTSService", "MossTTSServiceBase", "MossTTSSettings"]
