@@ -119,6 +119,7 @@ class EngineServer:
             if not self._authorized(request):
                 return self._unauthorized(connection)
             response = connection.respond(HTTPStatus.OK, self.hub.metrics.render())
+            del response.headers["Content-Type"]  # websockets' Headers appends on assignment
             response.headers["Content-Type"] = CONTENT_TYPE
             return response
         if path != P.WS_PATH:

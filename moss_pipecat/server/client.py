@@ -367,6 +367,7 @@ class RemoteSession:
         self.reconnects = 0
         self.history_lost = 0  # reconnects that found the conversation gone
         self.audio: dict[str, Any] = {}
+        self.server_id: str | None = None  # the server (replica) the last connection reached
         self._sampling = sampling
         self._seed = seed
         self._voice: tuple[str, bytes, int | None] | None = None  # re-sent after a history loss
@@ -687,6 +688,7 @@ class RemoteEngine:
         session.id = reply["conversation_id"]
         session.resumed = bool(reply.get("resumed"))
         session.audio = reply.get("audio", {})
+        session.server_id = reply.get("server_id")
         return _Link(session, ws, reply)
 
 

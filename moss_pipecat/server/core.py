@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
+import socket
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +88,8 @@ class ConversationHub:
         self.conversations: dict[str, Conversation] = {}
         self.connections: set[Connection] = set()
         self.draining = False
+        # Names this server (replica) in ``ready``: shows clients (and tests) where they landed.
+        self.server_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lock = asyncio.Lock()  # attach / detach / close of conversations
         self._reaper: asyncio.Task | None = None
         # Codec encodes run here: off the event loop and off the engine thread.
@@ -221,6 +226,7 @@ class ConversationHub:
                 "v": P.PROTOCOL_VERSION,
                 "conversation_id": conv.id,
                 "resumed": resumed,
+                "server_id": self.server_id,
                 "audio": self.audio_info(),
                 "limits": {
                     "max_message_bytes": self.limits.max_message_bytes,
@@ -436,8 +442,6 @@ class ConversationHub:
 
     # ================================================================== conversations
     async def _attach(self, conn: Connection, hello: P.Hello) -> tuple[Conversation, bool]:
-        import uuid
-
         cid = hello.conversation_id or uuid.uuid4().hex
         async with self._lock:
             conv = self.conversations.get(cid)

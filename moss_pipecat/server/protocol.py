@@ -34,7 +34,7 @@ Client -> server (JSON)
     at ``sample_rate``; ``codes`` is little-endian uint16 frames, row-major ``[frames, 16]``.
 
 Server -> client
-    ``ready``        v, conversation_id, resumed, limits {...}, audio {...}
+    ``ready``        v, conversation_id, resumed, server_id, limits {...}, audio {...}
     ``turn.started`` req, turn_id
     audio (binary)   ``AUDIO_HEADER`` = magic ``b"MSA1"``, turn_id u32, index u32, n u16,
                      then n codes u16, then the frame's PCM (int16 LE, empty without a codec);
@@ -122,7 +122,7 @@ def unpack_audio(data: bytes) -> tuple[int, int, list[int], bytes | None]:
 
 # ---- client -> server messages ---------------------------------------------------------------
 class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Sampling(_Msg):

@@ -43,10 +43,15 @@ def _engine_from(options: dict[str, Any]):
     from moss_pipecat.engine import factory
     from moss_pipecat.engine.config import EngineConfig
 
-    kw: dict[str, Any] = {"lookahead_s": options.get("lookahead_s", 1.0)}
+    lookahead = options.get("lookahead_s", 1.0)
+    kw: dict[str, Any] = {"lookahead_s": float(lookahead) if lookahead else None}  # 0: unpaced
     for key in ("max_sessions", "max_context", "context_budget", "turn_reserve"):
         if options.get(key) is not None:
             kw[key] = int(options[key])
+    if "max_context" in kw and "context_budget" not in kw:
+        kw["context_budget"] = min(30000, int(kw["max_context"] * 0.9))
+    if "context_budget" in kw and "turn_reserve" not in kw:
+        kw["turn_reserve"] = min(2000, kw["context_budget"] // 4)
     config = EngineConfig(**kw)
     if options.get("tiny"):
         return factory.load_tiny_engine(
@@ -178,6 +183,8 @@ _NUMERIC = {
     "num_cpus": float,
     "max_sessions": int,
     "max_context": int,
+    "context_budget": int,
+    "turn_reserve": int,
     "max_ongoing_requests": int,
     "target_ongoing_requests": float,
     "lookahead_s": float,
@@ -197,7 +204,7 @@ def build_app(args: dict[str, Any] | None = None):
         max_sessions: conversations per replica; max_ongoing_requests: connections per replica;
         target_ongoing_requests, downscale_delay_s: autoscaling.
         token: bearer token (default ``$MOSS_PIPECAT_TOKEN`` on the replicas);
-        idle_expiry_s, max_connections, lookahead_s, max_context.
+        idle_expiry_s, max_connections, lookahead_s, max_context, context_budget, turn_reserve.
     """
     args = dict(args or {})
     for key, cast in _NUMERIC.items():
@@ -222,6 +229,8 @@ def build_app(args: dict[str, Any] | None = None):
             "no_codec",
             "lookahead_s",
             "max_context",
+            "context_budget",
+            "turn_reserve",
         )
         if args.get(k) is not None
     }

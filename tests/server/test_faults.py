@@ -1,0 +1,224 @@
+"""Faults: dropped clients, expiry, a killed and restarted server, a failing session, takeover."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import torch
+
+from moss_pipecat.errors import InvalidInputError
+from moss_pipecat.server import RemoteEngine, ServerUnavailableError
+
+from .conftest import GREEDY, eventually, free_port
+from .scripts import make_script, run_script
+
+LONG_TEXT = "This is a rather long sentence that keeps the model talking for a while. " * 3
+
+
+async def _read(turn, n: int) -> list:
+    chunks = []
+    async for chunk in turn:
+        chunks.append(chunk)
+        if len(chunks) == n:
+            break
+    return chunks
+
+
+async def test_client_disconnect_mid_stream_frees_the_turn_and_reconnect_resumes(
+    make_tiny_engine, make_server
+):
+    engine = make_tiny_engine(lookahead_s=0.4)  # paced: the turn is still running when we drop
+    server = await make_server(engine)
+    client = RemoteEngine(server.url)
+    session = await client.create_session(conversation_id="drop-1", sampling=GREEDY)
+    turn = await session.start_turn(max_frames=60)
+    turn.push_text(LONG_TEXT)
+    turn.end_text()
+    assert len(await _read(turn, 3)) == 3
+    session._link.ws.transport.abort()  # TCP reset: no close handshake
+
+    with pytest.raises(ServerUnavailableError):
+        await asyncio.wait_for(turn.wait(), 10)
+    conv = server.hub.conversations["drop-1"]
+    await eventually(lambda: conv.conn is None and conv.turn is None, what="the turn to be freed")
+    snap = await conv.session.snapshot()
+    assert snap["phase"] == "idle"
+    assert [role for role, _ in snap["turns"]] == ["assistant"]  # cut to what was sent
+
+    # The next call reconnects and finds the conversation with its history.
+    turn2 = await session.start_turn(max_frames=5)
+    assert session.resumed and session.reconnects == 1 and session.history_lost == 0
+    turn2.push_text("And more.")
+    turn2.end_text()
+    assert len([c async for c in turn2]) == 5
+    assert [r for r, _ in (await session.snapshot())["turns"]] == ["assistant", "assistant"]
+    await session.close()
+    assert engine.session_ids == []
+
+
+async def test_conversation_expires_after_idle_timeout(make_tiny_engine, make_server):
+    engine = make_tiny_engine()
+    server = await make_server(engine, idle_expiry_s=0.3, reap_interval_s=0.05)
+    client = RemoteEngine(server.url)
+    session = await client.create_session(conversation_id="exp-1", sampling=GREEDY)
+    turn = await session.start_turn(max_frames=4)
+    turn.push_text("Hi.")
+    turn.end_text()
+    await turn.wait()
+    session._link.ws.transport.abort()
+    await eventually(lambda: engine.session_ids == [], what="the idle session to expire")
+    assert server.hub.metrics.expired.value() == 1
+
+    # The client comes back: a fresh conversation under the same id, and it says so.
+    turn = await session.start_turn(max_frames=4)
+    assert not session.resumed and session.history_lost == 1
+    turn.push_text("Hi again.")
+    turn.end_text()
+    assert (await turn.wait()).audio_frames == 4
+    assert [r for r, _ in (await session.snapshot())["turns"]] == ["assistant"]
+    await session.close()
+
+
+def _start_server(fixtures_dir, port: int, log) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "moss_pipecat.cli", "serve", "--tiny", str(fixtures_dir)]
+    cmd += ["--port", str(port), "--lookahead", "0.5", "--max-sessions", "2"]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+async def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 40.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the server process died"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        await asyncio.sleep(0.2)
+    pytest.fail("the server did not become ready")
+
+
+async def test_server_killed_then_restarted_clear_error_then_recovery(fixtures_dir, tmp_path):
+    port = free_port()
+    log = open(tmp_path / "server.log", "wb")
+    procs = [_start_server(fixtures_dir, port, log)]
+    try:
+        await _wait_ready(port, procs[0])
+        client = RemoteEngine(
+            f"ws://127.0.0.1:{port}", reconnect_timeout=1.0, ping_interval=1.0, ping_timeout=2.0
+        )
+        session = await client.create_session(conversation_id="kill-1", sampling=GREEDY)
+        turn = await session.start_turn(max_frames=6)
+        turn.push_text("Before the crash.")
+        turn.end_text()
+        assert (await turn.wait()).audio_frames == 6
+
+        turn = await session.start_turn(max_frames=80)  # ~6 s of paced audio
+        turn.push_text(LONG_TEXT)
+        turn.end_text()
+        await _read(turn, 2)
+        procs[0].kill()
+        procs[0].wait(10)
+        t0 = time.monotonic()
+        with pytest.raises(ServerUnavailableError):
+            await asyncio.wait_for(turn.wait(), 10)
+        # While the server is down every call fails fast and clearly (bounded retries).
+        with pytest.raises(ServerUnavailableError, match="cannot reach"):
+            await asyncio.wait_for(session.start_turn(max_frames=4), 10)
+        assert time.monotonic() - t0 < 8
+
+        procs.append(_start_server(fixtures_dir, port, log))
+        await _wait_ready(port, procs[1])
+        turn = await session.start_turn(max_frames=4)  # reconnects
+        assert not session.resumed and session.history_lost == 1
+        turn.push_text("After the restart.")
+        turn.end_text()
+        chunks = [c async for c in turn]
+        assert len(chunks) == 4 and all(len(c.pcm) == 3840 for c in chunks)
+        await session.close()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        log.close()
+    assert procs[1].returncode == 0, (tmp_path / "server.log").read_text()[-2000:]
+
+
+async def test_a_failing_session_does_not_affect_the_others(
+    make_tiny_engine, make_server, realtime_meta
+):
+    text_range = tuple(realtime_meta["text_ids_drawn_from"])
+    scripts = [make_script(77 + i, text_range, turns=2) for i in range(3)]
+    local_engine = make_tiny_engine(max_sessions=4)
+    local = []
+    for script in scripts:
+        s = local_engine.create_session(sampling=GREEDY)
+        local.append(await run_script(s, script))
+        await s.close()
+    local_engine.shutdown()
+
+    engine = make_tiny_engine(max_sessions=4)
+    server = await make_server(engine)
+    client = RemoteEngine(server.url)
+    vocab = engine.model.cfg.language.vocab_size
+
+    async def bad():
+        session = await client.create_session(sampling=GREEDY)
+        outcomes = []
+        for _ in range(3):
+            turn = await session.start_turn(max_frames=8)
+            turn.push_ids([1, 2, vocab + 5])  # outside the model's vocabulary
+            turn.end_text()
+            outcomes.append(await turn.wait())
+            await asyncio.sleep(0.01)
+        turn = await session.start_turn(max_frames=3)  # and the session still works
+        turn.push_text("fine")
+        turn.end_text()
+        outcomes.append(await turn.wait())
+        await session.close()
+        return outcomes
+
+    async def good(script):
+        session = await client.create_session(sampling=GREEDY)
+        try:
+            return await run_script(session, script)
+        finally:
+            await session.close()
+
+    results = await asyncio.gather(bad(), *(good(sc) for sc in scripts))
+    for summary in results[0][:3]:
+        assert summary.stop == "error" and isinstance(summary.error, InvalidInputError)
+    assert results[0][3].stop == "max_frames"
+    for a, b in zip(local, results[1:], strict=True):
+        for (ca, sa, ha, _), (cb, sb, hb, _) in zip(a, b, strict=True):
+            assert (sa, ha) == (sb, hb) and torch.equal(ca, cb)
+    await eventually(lambda: engine.session_ids == [], what="sessions to close")
+
+
+async def test_a_second_connection_takes_over_the_conversation(make_tiny_engine, make_server):
+    engine = make_tiny_engine()
+    server = await make_server(engine)
+    first = await RemoteEngine(server.url).create_session(conversation_id="twin", sampling=GREEDY)
+    turn = await first.start_turn(max_frames=3)
+    turn.push_text("One.")
+    turn.end_text()
+    await turn.wait()
+    second = await RemoteEngine(server.url).create_session(conversation_id="twin")
+    assert second.resumed
+    assert [r for r, _ in (await second.snapshot())["turns"]] == ["assistant"]
+    await eventually(lambda: not first._link.alive, what="the first link to be dropped")
+    assert "took over" in str(first._link.failure)
+    assert len(server.hub.conversations) == 1 and len(engine.session_ids) == 1
+    await second.close()
+    await first.close()
+    assert engine.session_ids == []

@@ -1,0 +1,121 @@
+"""Protocol messages, wire summaries, errors, metrics text and the CLI parser."""
+
+from __future__ import annotations
+
+import pytest
+
+from moss_pipecat.cli import build_parser
+from moss_pipecat.engine.events import TurnSummary
+from moss_pipecat.errors import CapacityError, InvalidInputError, TurnStateError
+from moss_pipecat.model import SamplingParams
+from moss_pipecat.server import protocol as P
+from moss_pipecat.server.app import bearer_token
+from moss_pipecat.server.errors import ProtocolError, ServerUnavailableError
+from moss_pipecat.server.metrics import ServerMetrics
+
+
+def test_every_client_message_parses_and_rejects_extra_fields():
+    samples = {
+        "hello": {"conversation_id": "a:b-c.d_1", "token": "t", "seed": 3},
+        "turn.start": {"req": 1, "max_frames": 5},
+        "turn.text": {"turn_id": 0, "text": "hi"},
+        "turn.ids": {"turn_id": 0, "ids": [1, 2]},
+        "turn.end": {"turn_id": 0},
+        "interrupt": {"req": 1, "heard_frames": 0},
+        "user_turn": {"req": 1, "text": "x", "format": "pcm16", "sample_rate": 16000, "bytes": 2},
+        "voice": {"req": 1, "format": "none"},
+        "settings": {"req": 1, "sampling": {"greedy": True}},
+        "reset": {"req": 1},
+        "snapshot": {"req": 1},
+        "close": {"req": 1},
+    }
+    assert set(samples) == set(P.CLIENT_MESSAGES)
+    for kind, fields in samples.items():
+        msg = P.parse_client_message(P.dumps({"type": kind, **fields}))
+        assert msg.type == kind
+        with pytest.raises(P.MessageError) as info:
+            P.parse_client_message(P.dumps({"type": kind, **fields, "surprise": 1}))
+        assert info.value.code == "bad_message"
+
+
+@pytest.mark.parametrize(
+    "raw, code",
+    [
+        ("", "bad_message"),
+        ("nul", "bad_message"),
+        ('"string"', "bad_message"),
+        ('{"type": 5}', "unknown_type"),
+        ('{"type": "hello", "conversation_id": ""}', "bad_message"),
+        ('{"type": "hello", "conversation_id": "' + "x" * 129 + '"}', "bad_message"),
+        ('{"type": "turn.ids", "turn_id": 0, "ids": [-1]}', "bad_message"),
+        ('{"type": "user_turn", "req": 1, "format": "mp3", "bytes": 1}', "bad_message"),
+        ('{"type": "interrupt", "req": true, "heard_frames": 1}', "bad_message"),
+    ],
+)
+def test_malformed_messages_raise_message_errors(raw, code):
+    with pytest.raises(P.MessageError) as info:
+        P.parse_client_message(raw)
+    assert info.value.code == code
+
+
+def test_sampling_and_summaries_round_trip():
+    params = SamplingParams(temperature=0.7, top_k=5, top_p=0.9, repetition_window=10)
+    assert P.Sampling.of(params).to_params() == params
+    with pytest.raises(InvalidInputError):
+        P.Sampling(temperature=0).to_params()
+    s = TurnSummary(3, "error", 4, 2, [1, 2], "ab", "a", 0.05, TurnStateError("busy"))
+    back = P.summary_from_wire(P.summary_to_wire(s))
+    assert isinstance(back.error, TurnStateError) and str(back.error) == "busy"
+    back.error = s.error
+    assert back == s
+    assert P.summary_from_wire(P.summary_to_wire(None)) is None
+
+
+def test_error_codes_map_to_the_engine_exception_types():
+    for exc in (
+        CapacityError("x"),
+        InvalidInputError("x"),
+        TurnStateError("x"),
+        ProtocolError("x"),
+    ):
+        assert type(P.error_from_wire(P.error_code(exc), "x")) is type(exc)
+    assert P.error_code(RuntimeError("boom")) == "internal"
+    assert isinstance(P.error_from_wire("superseded", "m"), ServerUnavailableError)
+    with pytest.raises(ProtocolError):
+        P.unpack_audio(b"nope")
+
+
+def test_bearer_token_parsing():
+    assert bearer_token("Bearer abc") == "abc"
+    assert bearer_token("bearer  abc ") == "abc"
+    assert bearer_token("Basic abc") is None
+    assert bearer_token("Bearer ") is None
+    assert bearer_token(None) is None
+
+
+def test_metrics_text_format():
+    m = ServerMetrics(lambda: 2, lambda: 1, lambda: 3)
+    m.frames.inc(5)
+    m.turns.inc(stop="eos")
+    m.ttfa.observe(0.04)
+    m.ttfa.observe(3.0)
+    text = m.render()
+    assert "moss_server_sessions 2\n" in text and "moss_server_connections 3\n" in text
+    assert "moss_server_frames_total 5\n" in text
+    assert 'moss_server_turns_total{stop="eos"} 1\n' in text
+    assert 'moss_server_ttfa_seconds_bucket{le="0.05"} 1\n' in text
+    assert 'moss_server_ttfa_seconds_bucket{le="+Inf"} 2\n' in text
+    assert "# TYPE moss_server_ttfa_seconds histogram" in text
+
+
+def test_cli_serve_arguments():
+    args = build_parser().parse_args(["serve", "--tiny", "/x", "--port", "0", "--token", "t"])
+    assert (args.command, args.tiny, args.port, args.token, args.host) == (
+        "serve",
+        "/x",
+        0,
+        "t",
+        "127.0.0.1",
+    )
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--tiny", "/x", "--model", "m"])

@@ -1,0 +1,88 @@
+"""The Ray Serve app on a local CPU cluster: two tiny replicas, conversation affinity, and the
+same frames as the local engine. Opt-in by installation: skipped when ``ray[serve]`` is absent
+(install the ``serve`` extra to run it)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install '.[serve]')")
+
+from moss_pipecat.server import RemoteEngine
+
+from .conftest import GREEDY, free_port
+
+TEXTS = ["Hello from a replica.", "And a second turn."]
+
+
+async def _turns(session) -> list[torch.Tensor]:
+    out = []
+    for i, text in enumerate(TEXTS):
+        if i:
+            await session.add_user_turn([5, 6, 7], torch.arange(48).reshape(3, 16))
+        turn = await session.start_turn(max_frames=8)
+        turn.push_text(text)
+        turn.end_text()
+        out.append(torch.stack([c.codes async for c in turn]))
+    return out
+
+
+@pytest.fixture
+def ray_serve(fixtures_dir):
+    import ray
+    from ray import serve
+
+    from moss_pipecat.server.ray_app import build_app
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        app = build_app(
+            {
+                "tiny": str(fixtures_dir),
+                "num_replicas": "2",
+                "num_gpus": "0",
+                "num_cpus": "0.5",
+                "max_sessions": "4",
+                "lookahead_s": "0",
+                "max_context": "1024",
+                "context_budget": "900",
+                "turn_reserve": "100",
+            }
+        )
+        serve.run(app, name="moss", route_prefix="/")
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+async def test_ray_app_serves_conversations_pinned_to_replicas(ray_serve, make_tiny_engine):
+    engine = make_tiny_engine(max_sessions=1, max_context=1024)
+    local = engine.create_session(sampling=GREEDY)
+    expected = await _turns(local)
+    await local.close()
+    engine.shutdown()
+
+    client = RemoteEngine(ray_serve, request_timeout=30)
+    servers = set()
+    for k in range(4):
+        session = await client.create_session(conversation_id=f"ray-{k}", sampling=GREEDY)
+        first = session.server_id
+        got = await _turns(session)
+        for a, b in zip(expected, got, strict=True):
+            assert torch.equal(a, b)
+        # Reconnects land on the replica that holds the conversation.
+        for _ in range(2):
+            await session._link.close()
+            snap = await session.snapshot()
+            assert session.resumed and session.server_id == first
+            assert [r for r, _ in snap["turns"]] == ["assistant", "user", "assistant"]
+        servers.add(first)
+        await session.close()
+    assert len(servers) >= 1
