@@ -334,6 +334,7 @@ class ConversationHub:
     async def _pump(self, conv: Conversation, turn: TurnStream) -> None:
         """Forwards a turn's frames as they come; then its summary."""
         conn = conv.conn
+        sent = 0
         try:
             async for chunk in turn:
                 if conn is None or conn.closed or conv.conn is not conn:
@@ -341,7 +342,9 @@ class ConversationHub:
                 try:
                     data = P.pack_audio(chunk.turn_id, chunk.index, chunk.codes.tolist(), chunk.pcm)
                     await conn.send_bytes(data)
-                    conv.frames_sent += 1
+                    sent += 1
+                    if conv.turn is turn:  # a newer turn may have started meanwhile
+                        conv.frames_sent = sent
                     self.metrics.frames.inc()
                 except TransportClosed:
                     conn = None

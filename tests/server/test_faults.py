@@ -222,3 +222,34 @@ async def test_a_second_connection_takes_over_the_conversation(make_tiny_engine,
     await second.close()
     await first.close()
     assert engine.session_ids == []
+
+
+async def test_capacity_refuses_then_evicts_idle_conversations(make_tiny_engine, make_server):
+    from moss_pipecat.errors import CapacityError
+
+    engine = make_tiny_engine(max_sessions=2)
+    server = await make_server(engine, max_connections=3)
+    client = RemoteEngine(server.url, reconnect_timeout=0.5)
+    a = await client.create_session(conversation_id="cap-a")
+    b = await client.create_session(conversation_id="cap-b")
+    with pytest.raises(CapacityError):  # both sessions are in use: refused, not retried
+        await asyncio.wait_for(client.create_session(conversation_id="cap-c"), 5)
+    a._link.ws.transport.abort()
+    await eventually(lambda: server.hub.conversations["cap-a"].conn is None, what="detach")
+    c = await client.create_session(conversation_id="cap-c")  # evicts the idle "cap-a"
+    assert sorted(engine.session_ids) == ["cap-b", "cap-c"]
+    # Over max_connections the upgrade is refused (503) until a slot frees up.
+    holder = await connect_raw(server.url)  # the third connection (no hello yet)
+    with pytest.raises(ServerUnavailableError, match="cannot reach"):
+        await asyncio.wait_for(client.create_session(conversation_id="cap-d"), 5)
+    await holder.close()
+    for s in (b, c):
+        await s.close()
+    await a.close()
+    await eventually(lambda: engine.session_ids == [], what="sessions to close")
+
+
+async def connect_raw(url):
+    from websockets.asyncio.client import connect
+
+    return await connect(url, compression=None)
