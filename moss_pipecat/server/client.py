@@ -549,6 +549,8 @@ class RemoteSession:
         snap = dict(reply["snapshot"])
         snap["rows"] = torch.tensor(snap["rows"], dtype=torch.int64).reshape(-1, 17)
         snap["turns"] = [tuple(t) for t in snap["turns"]]
+        if isinstance(snap.get("sampling"), dict):
+            snap["sampling"] = SamplingParams(**snap["sampling"])
         return snap
 
     async def __aenter__(self) -> RemoteSession:

@@ -61,11 +61,15 @@ async def test_client_disconnect_mid_stream_frees_the_turn_and_reconnect_resumes
     assert engine.session_ids == []
 
 
-async def test_conversation_expires_after_idle_timeout(make_tiny_engine, make_server):
+async def test_conversation_expires_after_idle_timeout(
+    make_tiny_engine, make_server, realtime_golden
+):
     engine = make_tiny_engine()
     server = await make_server(engine, idle_expiry_s=0.3, reap_interval_s=0.05)
     client = RemoteEngine(server.url)
-    session = await client.create_session(conversation_id="exp-1", sampling=GREEDY)
+    voice = realtime_golden["session.ref_codes"]
+    session = await client.create_session(conversation_id="exp-1", sampling=GREEDY, voice=voice)
+    system = (await session.snapshot())["rows"]
     turn = await session.start_turn(max_frames=4)
     turn.push_text("Hi.")
     turn.end_text()
@@ -80,7 +84,11 @@ async def test_conversation_expires_after_idle_timeout(make_tiny_engine, make_se
     turn.push_text("Hi again.")
     turn.end_text()
     assert (await turn.wait()).audio_frames == 4
-    assert [r for r, _ in (await session.snapshot())["turns"]] == ["assistant"]
+    snap = await session.snapshot()
+    assert [r for r, _ in snap["turns"]] == ["assistant"]
+    # The voice was re-applied to the fresh conversation.
+    assert snap["system_rows"] == system.shape[0] > voice.shape[0]
+    assert torch.equal(snap["rows"][: system.shape[0]], system)
     await session.close()
 
 
