@@ -7,6 +7,20 @@ from typing import Any
 
 from moss_pipecat.errors import CheckpointError
 
+# Defaults of upstream's local-transformer config class (a checkpoint may omit any of them).
+LOCAL_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 2048,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "intermediate_size": 6144,
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 33,
+    "rope_theta": 1e6,  # upstream builds rope_parameters from these when it is absent
+    "rope_type": "linear",
+}
+
 
 @dataclass(frozen=True)
 class TransformerConfig:
@@ -102,19 +116,8 @@ class MossTTSRealtimeConfig:
     def from_dict(cls, d: dict[str, Any]) -> MossTTSRealtimeConfig:
         try:
             language = TransformerConfig.from_dict(d["language_config"])
-            local_d = dict(d.get("local_config") or {})
-            # The upstream local config class defaults to the backbone's sizes.
-            for key in (
-                "hidden_size",
-                "num_attention_heads",
-                "num_key_value_heads",
-                "head_dim",
-                "intermediate_size",
-                "rms_norm_eps",
-            ):
-                local_d.setdefault(key, d["language_config"].get(key))
-            local_d.setdefault("num_hidden_layers", 4)
-            local_d.setdefault("max_position_embeddings", 33)
+            # Missing local keys take the upstream local-transformer config class defaults.
+            local_d = {**LOCAL_DEFAULTS, **(d.get("local_config") or {})}
             local = TransformerConfig.from_dict(local_d)
             return cls(
                 language=language,
@@ -122,8 +125,8 @@ class MossTTSRealtimeConfig:
                 rvq=int(d.get("rvq", 16)),
                 audio_vocab_size=int(d.get("audio_vocab_size", 1027)),
                 audio_pad_token=int(d.get("audio_pad_token", 1024)),
-                text_pad=int(d["text_pad"]),
-                reference_audio_pad=int(d["reference_audio_pad"]),
+                text_pad=int(d.get("text_pad", 151655)),
+                reference_audio_pad=int(d.get("reference_audio_pad", 151654)),
                 extra={k: v for k, v in d.items() if k not in ("language_config", "local_config")},
             )
         except (KeyError, TypeError, ValueError) as e:

@@ -82,3 +82,24 @@ def test_tiny_config_is_read_from_the_checkpoint(realtime_dir):
     assert cfg.language.vocab_size == lang["vocab_size"]
     assert cfg.text_pad == raw["text_pad"] and cfg.reference_audio_pad == raw["reference_audio_pad"]
     assert cfg.audio_eos == raw["audio_pad_token"] + 2
+
+
+def test_missing_local_keys_take_upstream_local_defaults():
+    """A checkpoint config may omit local_config keys: the upstream class defaults apply."""
+    cfg = MossTTSRealtimeConfig.from_dict(
+        {
+            "language_config": {
+                "hidden_size": 2048,
+                "num_hidden_layers": 28,
+                "num_attention_heads": 16,
+                "num_key_value_heads": 8,
+                "intermediate_size": 6144,
+                "vocab_size": 151936,
+            },
+            "local_config": {"rope_theta": 10000},
+        }
+    )
+    assert cfg.local.num_hidden_layers == 4 and cfg.local.head_dim == 128
+    assert cfg.local.rope_theta == 10000 and cfg.local.rope_scaling_factor == 1.0
+    assert cfg.text_pad == 151655 and cfg.reference_audio_pad == 151654
+    assert cfg == MossTTSRealtimeConfig.real() or cfg.local.rope_theta != 1e6
