@@ -164,8 +164,23 @@ class RemoteTurn:
         return self._aiter()
 
     async def _aiter(self) -> AsyncIterator[AudioChunk]:
+        limit = self.session.engine.frame_timeout
+        last = time.monotonic()
         while self.summary is None:
-            item = await self._queue.get()
+            try:
+                if not self._queue.empty():
+                    item = self._queue.get_nowait()  # the common case: no timer needed
+                else:
+                    item = await asyncio.wait_for(self._queue.get(), 1.0)
+            except TimeoutError:
+                # A live socket with a stuck engine answers pings but sends nothing: once the
+                # text has ended, silence longer than ``frame_timeout`` is a failure.
+                if self._text_ended and limit and time.monotonic() - last > limit:
+                    err = ServerUnavailableError(f"no audio from the server for {limit} s")
+                    await self._link.fail(err)
+                    raise err from None
+                continue
+            last = time.monotonic()
             if isinstance(item, TurnSummary):
                 self.summary = item
             elif isinstance(item, BaseException):
@@ -572,6 +587,8 @@ class RemoteEngine:
             gives up with ``ServerUnavailableError``.
         ping_interval, ping_timeout: websocket keepalive; a silent server is detected in at
             most their sum.
+        frame_timeout: once a turn's text has ended, the longest wait for its next frame (or
+            its end) before the turn fails with ``ServerUnavailableError`` (None: no limit).
     """
 
     def __init__(
@@ -587,6 +604,7 @@ class RemoteEngine:
         ping_interval: float | None = 5.0,
         ping_timeout: float | None = 10.0,
         max_message_bytes: int = 64 * 1024 * 1024,
+        frame_timeout: float | None = 30.0,
     ) -> None:
         if "/" not in url.split("://", 1)[-1]:
             url = url.rstrip("/") + P.WS_PATH
@@ -600,6 +618,7 @@ class RemoteEngine:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.max_message_bytes = max_message_bytes
+        self.frame_timeout = frame_timeout
         self._sessions: set[RemoteSession] = set()
 
     async def create_session(

@@ -261,3 +261,31 @@ async def connect_raw(url):
     from websockets.asyncio.client import connect
 
     return await connect(url, compression=None)
+
+
+async def test_a_stuck_engine_fails_the_turn_instead_of_hanging(make_tiny_engine, make_server):
+    import threading
+
+    engine = make_tiny_engine(lookahead_s=0.3)  # paced: the turn needs the engine to go on
+    server = await make_server(engine)
+    client = RemoteEngine(server.url, frame_timeout=1.0)
+    session = await client.create_session(conversation_id="stuck", sampling=GREEDY)
+    turn = await session.start_turn(max_frames=60)
+    turn.push_text(LONG_TEXT)
+    turn.end_text()
+    await _read(turn, 1)
+    release = threading.Event()
+    engine.submit(lambda: release.wait(20))  # the engine thread stops stepping (pings go on)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ServerUnavailableError, match="no audio"):
+            await asyncio.wait_for(turn.wait(), 15)
+        assert time.monotonic() - t0 < 8
+    finally:
+        release.set()
+    turn = await session.start_turn(max_frames=3)  # reconnects; the conversation is there
+    assert session.resumed
+    turn.push_text("Back.")
+    turn.end_text()
+    assert (await turn.wait()).audio_frames == 3
+    await session.close()
