@@ -1,0 +1,1 @@
+"""Voice agents around ``MossTTSService``: runner bots, the offline profile, headless evaluation."""
