@@ -23,7 +23,7 @@ from loguru import logger
 
 from moss_pipecat.engine.engine import MossEngine
 from moss_pipecat.engine.session import Session, TurnStream
-from moss_pipecat.errors import CapacityError, InvalidInputError, MossError
+from moss_pipecat.errors import CapacityError, InvalidInputError, MossError, SessionClosedError
 from moss_pipecat.model.sampling import SamplingParams
 from moss_pipecat.server import protocol as P
 from moss_pipecat.server.config import ServerConfig
@@ -276,6 +276,8 @@ class ConversationHub:
     # ================================================================== requests
     async def _handle(self, conn: Connection, msg: Any) -> Any:
         conv = conn.conversation
+        if conv is None:  # taken over by a newer connection, or closed
+            raise SessionClosedError("this connection no longer holds a conversation")
         s = conv.session
         if isinstance(msg, P.Hello):
             raise P.MessageError("bad_message", "hello was already sent")
