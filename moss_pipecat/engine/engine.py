@@ -154,17 +154,52 @@ class MossEngine:
         seed: int | None = None,
         session_id: str | None = None,
     ) -> Session:
-        """Opens a conversation (blocks until the engine thread has set it up)."""
-        from moss_pipecat.engine.session import Session
+        """Opens a conversation (blocks until the engine thread has set it up).
 
+        Args:
+            voice: reference-voice codec frames [R, rvq] (see ``MossAudioCodec.encode_frames``).
+            sampling: decoding settings (default: upstream sampling).
+            seed: seeds the session's own generator (default: random).
+            session_id: a caller-chosen id (default: a random one).
+        """
+        sid, create = self._prepare_session(voice, sampling, seed, session_id)
+        self.submit(create).result()
+        return self._handle(sid)
+
+    async def acreate_session(
+        self,
+        *,
+        voice: torch.Tensor | None = None,
+        sampling: SamplingParams | None = None,
+        seed: int | None = None,
+        session_id: str | None = None,
+    ) -> Session:
+        """``create_session`` for event loops: awaits the engine thread instead of blocking."""
+        import asyncio
+
+        sid, create = self._prepare_session(voice, sampling, seed, session_id)
+        await asyncio.wrap_future(self.submit(create))
+        return self._handle(sid)
+
+    def _prepare_session(self, voice, sampling, seed, session_id):
         self.start()
         sid = session_id or uuid.uuid4().hex
         if voice is not None:
             voice = self.layout.check_frames(voice, "voice")
         sampling = sampling or SamplingParams()
         self._check_sampling(sampling)
-        self.submit(lambda: self._create(sid, voice, sampling, seed)).result()
+        return sid, lambda: self._create(sid, voice, sampling, seed)
+
+    def _handle(self, sid: str) -> Session:
+        from moss_pipecat.engine.session import Session
+
         return Session(self, sid)
+
+    @property
+    def alive(self) -> bool:
+        """True while the engine thread runs."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and not self._stopping
 
     def map_text_ids(self, ids: list[int]) -> list[int]:
         """Tokenizer ids -> model text ids (identity unless a ``text_id_map`` was given)."""

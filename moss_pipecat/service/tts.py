@@ -79,7 +79,7 @@ class MossTTSService(MossTTSServiceBase):
             raise InvalidInputError(
                 "MossTTSService needs an engine with a codec (PCM out) and a tokenizer (text in)"
             )
-        return await asyncio.to_thread(self._engine.create_session)
+        return await self._engine.acreate_session()
 
     async def _after_close(self) -> None:
         if self._owns_engine and self._engine is not None:

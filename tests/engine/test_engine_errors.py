@@ -147,3 +147,15 @@ def test_a_failing_session_does_not_hurt_the_others(make_engine, tiny_model, mon
     assert sessions[1].snapshot()["turns"] == []
     chunks, summary = sessions[1].say(ids=text, max_frames=20)
     assert _same(chunks, summary, ref)
+
+
+async def test_async_session_creation_and_liveness(make_engine):
+    engine = make_engine(max_sessions=1)
+    assert engine.alive
+    session = await engine.acreate_session(sampling=GREEDY)
+    assert engine.session_ids == [session.id]
+    with pytest.raises(CapacityError):
+        await engine.acreate_session()
+    await session.close()
+    engine.shutdown()
+    assert not engine.alive
