@@ -121,8 +121,7 @@ class ConversationHub:
     @property
     def ready(self) -> bool:
         """Accepting work: not draining and the engine thread is alive."""
-        thread = self.engine._thread
-        return not self.draining and thread is not None and thread.is_alive()
+        return not self.draining and self.engine.alive
 
     def audio_info(self) -> dict[str, Any]:
         codec = self.engine.codec
@@ -471,11 +470,11 @@ class ConversationHub:
         return conv, resumed
 
     async def _create_session(self, cid: str, sampling: SamplingParams, seed: int | None):
-        def create() -> Session:
-            return self.engine.create_session(sampling=sampling, seed=seed, session_id=cid)
+        def create():
+            return self.engine.acreate_session(sampling=sampling, seed=seed, session_id=cid)
 
         try:
-            return await asyncio.to_thread(create)
+            return await create()
         except CapacityError:
             # Make room by closing the conversation that has waited longest for its client.
             idle = [c for c in self.conversations.values() if c.conn is None]
@@ -484,7 +483,7 @@ class ConversationHub:
             victim = min(idle, key=lambda c: c.detached_at or 0.0)
             logger.info(f"conversation {victim.id}: evicted to make room")
             await self._close_conversation(victim)
-            return await asyncio.to_thread(create)
+            return await create()
 
     async def _detach(self, conv: Conversation, conn: Connection) -> None:
         async with self._lock:
