@@ -540,6 +540,20 @@ class RemoteSession:
         if seed is not None:
             self._seed = seed
 
+    async def set_limits(
+        self,
+        context_budget: int | None = None,
+        lookahead_s: float | None = None,
+        unlimited_lookahead: bool = False,
+    ) -> None:
+        """Per-conversation context budget and lookahead (None: the server engine's)."""
+        limits = {
+            "context_budget": context_budget,
+            "lookahead_s": lookahead_s,
+            "unlimited_lookahead": unlimited_lookahead,
+        }
+        await self._call({"type": "settings", "limits": limits})
+
     async def reset(self) -> None:
         """Forgets every turn (keeps the system prompt and voice)."""
         await self._call({"type": "reset"})

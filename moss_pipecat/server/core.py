@@ -299,6 +299,9 @@ class ConversationHub:
         elif isinstance(msg, P.Settings):
             sampling = msg.sampling.to_params() if msg.sampling is not None else conv.sampling
             await s.set_sampling(sampling, msg.seed)
+            if msg.limits is not None:
+                lim = msg.limits
+                await s.set_limits(lim.context_budget, lim.lookahead_s, lim.unlimited_lookahead)
             conv.sampling = sampling
         elif isinstance(msg, P.Reset):
             await s.reset()

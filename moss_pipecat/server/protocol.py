@@ -25,7 +25,8 @@ Client -> server (JSON)
                     bytes                            + one binary frame -> ``result``
     ``voice``       req, format ("pcm16" | "codes" | "none"), sample_rate, bytes
                     + one binary frame unless "none" -> ``result``
-    ``settings``    req, sampling?, seed?            -> ``result``
+    ``settings``    req, sampling?, seed?, limits? {context_budget?, lookahead_s?,
+                    unlimited_lookahead?}            -> ``result``
     ``reset``       req                              -> ``result``
     ``snapshot``    req                              -> ``result`` {snapshot}
     ``close``       req                              -> ``result``; ends the conversation
@@ -212,11 +213,20 @@ class Voice(_Msg):
     bytes: Annotated[int, Field(ge=0)] = 0
 
 
+class Limits(_Msg):
+    """Per-conversation overrides of the engine's context budget and lookahead."""
+
+    context_budget: Annotated[int, Field(gt=0, le=1 << 20)] | None = None
+    lookahead_s: Annotated[float, Field(gt=0, le=3600)] | None = None
+    unlimited_lookahead: bool = False
+
+
 class Settings(_Msg):
     type: Literal["settings"]
     req: ReqId
     sampling: Sampling | None = None
     seed: Seed | None = None
+    limits: Limits | None = None
 
 
 class Reset(_Msg):

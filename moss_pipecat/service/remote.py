@@ -1,0 +1,82 @@
+"""``MossRemoteTTSService``: the same pipecat service, with the model on an engine server.
+
+The conversation (and its acoustic history) lives on the server, keyed by the conversation
+id, so it survives this process reconnecting. User speech and reference voices travel as PCM
+and are encoded by the server's codec. A lost server becomes an ``ErrorFrame`` for the turn in
+flight; the next turn reconnects (with backoff) and goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from moss_pipecat.server.client import RemoteEngine, RemoteSession
+from moss_pipecat.service.base import MossTTSServiceBase
+from moss_pipecat.service.user_audio import UserUtterance
+
+
+class MossRemoteTTSService(MossTTSServiceBase):
+    """MOSS-TTS-Realtime served by ``moss-pipecat serve`` (or its Ray Serve deployment).
+
+    Args:
+        url: the server's websocket URL (``ws://HOST:PORT/v1/ws``).
+        token: bearer token, when the server requires one.
+        conversation_id: keeps the conversation across reconnects (default: a random one).
+        remote: an existing ``RemoteEngine`` to share between pipelines (``url``/``token``
+            are then ignored).
+        **kwargs: ``MossTTSServiceBase`` and ``TTSService`` arguments.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        token: str | None = None,
+        conversation_id: str | None = None,
+        remote: RemoteEngine | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if remote is None and url is None:
+            raise ValueError("MossRemoteTTSService needs url= (or remote=)")
+        super().__init__(**kwargs)
+        self._remote = remote
+        self._owns_remote = remote is None
+        self._url, self._token = url, token
+        self._conversation_id = conversation_id
+
+    @property
+    def session(self) -> RemoteSession | None:
+        return self._session
+
+    async def _open_session(self) -> RemoteSession:
+        if self._remote is None:
+            self._remote = RemoteEngine(self._url, self._token)
+        return await self._remote.create_session(conversation_id=self._conversation_id)
+
+    async def _after_close(self) -> None:
+        if self._owns_remote and self._remote is not None:
+            await self._remote.aclose()
+            self._remote = None
+
+    @property
+    def _pcm_rate(self) -> int:
+        return int(self._session.audio.get("sample_rate", 24000))
+
+    async def _add_user_audio_turn(self, transcript: str, utterance: UserUtterance) -> None:
+        await self._session.add_user_audio_turn(transcript, utterance.audio, utterance.sample_rate)
+
+    async def _set_voice(self, voice: str | None) -> None:
+        if not voice:
+            await self._session.set_voice(None)
+            return
+        path = self._voice_file(voice)
+
+        def read() -> tuple[Any, int]:
+            import soundfile as sf
+
+            wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
+            return wav.mean(axis=1), sr
+
+        audio, sr = await asyncio.to_thread(read)
+        await self._session.set_voice_audio(audio, sr)

@@ -1,0 +1,127 @@
+"""MossRemoteTTSService: the pipecat behaviour of MossTTSService, over the engine server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from pipecat.frames.frames import (
+    ErrorFrame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    TTSTextFrame,
+    TTSUpdateSettingsFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.task import PipelineParams
+from pipecat.tests.utils import SleepFrame, run_test
+
+from moss_pipecat.service import MossTTSService, MossTTSSettings
+from moss_pipecat.service.remote import MossRemoteTTSService
+
+from ..service.conftest import Probe, SnapshotProbe, UrgentProbe, user_audio_frames
+
+GREEDY = MossTTSSettings(greedy=True)
+
+
+def reply(*pieces: str) -> list:
+    return [
+        LLMFullResponseStartFrame(),
+        *(LLMTextFrame(p) for p in pieces),
+        LLMFullResponseEndFrame(),
+    ]
+
+
+async def run(tts, frames, sample_rate=24000):
+    probe = SnapshotProbe(tts)
+    down, up = await run_test(
+        Pipeline([tts, probe]),
+        frames_to_send=frames,
+        pipeline_params=PipelineParams(audio_out_sample_rate=sample_rate),
+    )
+    return down, up, probe.snapshots
+
+
+def pcm(frames) -> np.ndarray:
+    audio = b"".join(f.audio for f in frames if isinstance(f, TTSAudioRawFrame))
+    return np.frombuffer(audio, dtype=np.int16).astype(int)
+
+
+async def test_remote_conversation_matches_the_local_service(make_tiny_engine, make_server):
+    engine = make_tiny_engine(max_sessions=4)
+    server = await make_server(engine, token="secret")
+    frames = [
+        *reply("Hello ", "over the ", "network."),
+        SleepFrame(0.6),
+        UserStartedSpeakingFrame(),
+        *user_audio_frames(0.8),
+        UserStoppedSpeakingFrame(),
+        TranscriptionFrame("Nice to hear", "user", "2026-11-23"),
+        *reply("Same ", "voice ", "as before."),
+        SleepFrame(0.6),
+        Probe(),
+    ]
+    remote = MossRemoteTTSService(url=server.url, token="secret", settings=GREEDY)
+    down_r, up_r, (snap_r,) = await run(remote, frames, sample_rate=16000)
+    local = MossTTSService(engine=engine, settings=GREEDY)
+    down_l, _, (snap_l,) = await run(local, frames, sample_rate=16000)
+
+    assert not [f for f in up_r if isinstance(f, ErrorFrame)]
+    assert [r for r, _ in snap_r["turns"]] == ["assistant", "user", "assistant"]
+    assert snap_r["turns"] == snap_l["turns"]
+    a, b = pcm(down_r), pcm(down_l)
+    assert a.size > 0 and a.size == b.size and np.abs(a - b).max() <= 2
+    words = " ".join(f.text for f in down_r if isinstance(f, TTSTextFrame)).split()
+    assert words == "Hello over the network. Same voice as before.".split()
+    assert engine.session_ids == []  # the pipeline's end closed the conversation
+
+
+async def test_remote_interruption_and_settings(make_tiny_engine, make_server):
+    engine = make_tiny_engine(max_sessions=2)
+    server = await make_server(engine)
+    long = [w + " " for w in ("This reply goes on and on " * 5).split()]
+    frames = [
+        TTSUpdateSettingsFrame(delta=MossTTSSettings(lookahead_s=0.4, top_k=7, greedy=True)),
+        *reply(*long),
+        SleepFrame(0.4),
+        InterruptionFrame(),
+        UrgentProbe(),
+        SleepFrame(0.3),
+        *reply("Short ", "one."),
+        SleepFrame(0.5),
+        Probe(),
+    ]
+    down, up, (after_cut, after_next) = await run(MossRemoteTTSService(url=server.url), frames)
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    cut = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
+    old = {f.context_id for f in down[:cut] if isinstance(f, TTSAudioRawFrame)}
+    new = {f.context_id for f in down[cut:] if isinstance(f, TTSAudioRawFrame)}
+    assert len(old) == 1 and len(new) == 1 and not old & new
+    assert after_next["sampling"].top_k == 7
+    kept = after_cut["rows"].shape[0] - after_cut["system_rows"]
+    pushed = sum(isinstance(f, TTSAudioRawFrame) for f in down[:cut])
+    assert kept <= 3 + 12 + pushed + 1  # rolled back to at most what was sent
+
+
+async def test_lost_server_is_an_error_frame_not_a_hang(make_tiny_engine, make_server):
+    engine = make_tiny_engine(max_sessions=2)
+    server = await make_server(engine)
+    tts = MossRemoteTTSService(url=server.url)
+    frames = [*reply("First ", "works."), SleepFrame(0.6), *reply("Second ", "fails.")]
+
+    async def stop_later():
+        await asyncio.sleep(0.4)
+        await server.stop()
+
+    stopper = asyncio.create_task(stop_later())
+    down, up, _ = await asyncio.wait_for(run(tts, frames), timeout=60)
+    await stopper
+    errors = [f for f in up if isinstance(f, ErrorFrame)]
+    assert errors, "the lost server must surface as an ErrorFrame"
+    assert len({f.context_id for f in down if isinstance(f, TTSAudioRawFrame)}) == 1
