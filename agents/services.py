@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import soxr
 from loguru import logger
+from pipecat.frames.frames import Frame
 from pipecat.services.whisper.stt import WhisperSTTService
 
 from agents.config import AgentConfig
@@ -35,6 +39,7 @@ TINY_ENGINE_CONFIG = EngineConfig(
     max_turn_frames=300,
 )
 
+WHISPER_RATE = 16000
 _whisper_cache: dict[tuple[str, str, str], Any] = {}
 _whisper_lock = threading.Lock()
 
@@ -44,7 +49,6 @@ def load_whisper(model: str, device: str = "cpu", compute_type: str = "default")
     key = (model, device, compute_type)
     with _whisper_lock:
         if key not in _whisper_cache:
-            import numpy as np
             from faster_whisper import WhisperModel
 
             whisper = WhisperModel(
@@ -56,10 +60,22 @@ def load_whisper(model: str, device: str = "cpu", compute_type: str = "default")
 
 
 class SharedWhisperSTTService(WhisperSTTService):
-    """pipecat's faster-whisper service, with the model shared by all sessions of a process."""
+    """pipecat's faster-whisper service, with the model shared by all sessions of a process.
+
+    Whisper reads 16 kHz audio; segments at another pipeline rate (8 kHz phone calls) are
+    resampled first (pipecat's service would hand them over as they are).
+    """
 
     def _load(self) -> None:
         self._model = load_whisper(str(self._settings.model), self._device, self._compute_type)
+
+    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
+        if self.sample_rate != WHISPER_RATE:
+            x = np.frombuffer(audio, np.int16).astype(np.float32) / 32768
+            y = soxr.resample(x, self.sample_rate, WHISPER_RATE)
+            audio = (np.clip(y, -1, 1) * 32767).astype(np.int16).tobytes()
+        async for frame in super().run_stt(audio):
+            yield frame
 
 
 @dataclass
