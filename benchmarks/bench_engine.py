@@ -140,7 +140,7 @@ def main() -> None:
         "dtype": args.dtype,
         "frames_per_turn": args.frames,
         "lookahead_s": args.lookahead,
-        "graphed_decode": engine._graphs is not None,
+        "graphed_decode": engine.graphed,
         "env": environment(device),
         "results": rounds,
     }

@@ -33,6 +33,11 @@ class EngineConfig:
         graphed_decode: run decode steps through the padded static-buffer step that is
             captured as CUDA graphs on a GPU (on a CPU it runs eagerly: same results, for
             tests). None: on for CUDA devices.
+        kv_pools: ((slots, capacity), ...) KV-cache pools, so memory follows real context
+            length: a session starts in the smallest pool with a free slot and moves (its KV
+            copied, not recomputed) to a larger one when its conversation outgrows it. The
+            slots must add up to ``max_sessions`` and the largest capacity must be
+            ``max_context``. None: one pool of ``max_sessions`` slots of ``max_context``.
     """
 
     max_sessions: int = 8
@@ -48,6 +53,7 @@ class EngineConfig:
     max_text_chars: int = 20000
     max_user_frames: int = 1500
     graphed_decode: bool | None = None
+    kv_pools: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
@@ -60,6 +66,20 @@ class EngineConfig:
             raise InvalidInputError("lookahead_s must be > 0 or None")
         if self.prefill_chunk < 1 or self.max_turn_frames < 1 or self.min_turn_frames < 1:
             raise InvalidInputError("prefill_chunk, max_turn_frames, min_turn_frames must be >= 1")
+        if self.kv_pools is not None:
+            pools = self.pools()
+            if any(n < 1 or cap < 64 for n, cap in pools):
+                raise InvalidInputError("kv_pools need >= 1 slot and >= 64 positions each")
+            if sum(n for n, _ in pools) != self.max_sessions:
+                raise InvalidInputError("kv_pools slots must add up to max_sessions")
+            if pools[-1][1] != self.max_context:
+                raise InvalidInputError("the largest kv_pools capacity must be max_context")
+
+    def pools(self) -> list[tuple[int, int]]:
+        """(slots, capacity) of each KV pool, smallest capacity first."""
+        if self.kv_pools is None:
+            return [(self.max_sessions, self.max_context)]
+        return sorted(((int(n), int(c)) for n, c in self.kv_pools), key=lambda p: p[1])
 
     def turn_frame_cap(self, n_text_tokens: int) -> int:
         return min(

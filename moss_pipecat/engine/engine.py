@@ -79,15 +79,11 @@ class MossEngine:
         graphed = cfg.graphed_decode
         if graphed is None:
             graphed = self.device.type == "cuda"
-        # The graphed step needs one spare slot for its padding rows.
-        self.cache = model.new_cache(cfg.max_sessions + int(graphed), cfg.max_context)
-        self._graphs = None
-        if graphed:
-            from moss_pipecat.model.graphs import GraphedDecodeStep
-
-            self._graphs = GraphedDecodeStep(
-                model, self.cache, pad_slot=cfg.max_sessions, window=cfg.repetition_window_max
-            )
+        self._pools: list[KVPool] = []
+        offset = 0
+        for n_slots, capacity in cfg.pools():
+            self._pools.append(KVPool.build(model, n_slots, capacity, offset, graphed, cfg))
+            offset += n_slots
         rvq = model.cfg.rvq
         self._hist = torch.full(
             (cfg.max_sessions, cfg.repetition_window_max, rvq),
@@ -97,7 +93,6 @@ class MossEngine:
         )
         self._codec_state = codec.new_stream_state(cfg.max_sessions) if codec is not None else None
         self._sessions: dict[str, SessionState] = {}
-        self._free_slots = list(range(cfg.max_sessions))
         self._commands: deque[tuple[Callable[[], Any], Future]] = deque()
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -196,6 +191,11 @@ class MossEngine:
         return Session(self, sid)
 
     @property
+    def graphed(self) -> bool:
+        """Whether decode steps run through the graphed static-buffer step."""
+        return self._pools[0].graphs is not None
+
+    @property
     def alive(self) -> bool:
         """True while the engine thread runs."""
         thread = self._thread
@@ -229,14 +229,18 @@ class MossEngine:
     ) -> None:
         if sid in self._sessions:
             raise InvalidInputError(f"session {sid!r} already exists")
-        if not self._free_slots:
+        free = [i for i, p in enumerate(self._pools) if p.free]
+        if not free:
             raise CapacityError(f"all {self.config.max_sessions} session slots are in use")
-        slot = self._free_slots.pop(0)
+        pool = free[0]  # the smallest: a new conversation is short
+        slot = self._pools[pool].free.pop(0)
         gen = torch.Generator(self.device)
         gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
         history = ConversationHistory(self.layout, self._system_rows(voice))
-        self._sessions[sid] = SessionState(sid, slot, history, sampling, gen)
-        self._truncate(self._sessions[sid], 0)
+        hist_row = self._pools[pool].hist_offset + slot
+        state = SessionState(sid, pool, slot, hist_row, history, sampling, gen)
+        self._sessions[sid] = state
+        self._truncate(state, 0)
 
     def _system_rows(self, voice: torch.Tensor | None) -> torch.Tensor:
         return self.layout.system_block(self.system_text_ids, voice, self.voice_instruction_ids)
@@ -375,8 +379,7 @@ class MossEngine:
         s.phase = Phase.CLOSED
         del self._sessions[sid]
         self._truncate(s, 0)
-        self._free_slots.append(s.slot)
-        self._free_slots.sort()
+        self._pools[s.pool].release(s.slot)
 
     def _close_all(self) -> None:
         for sid in list(self._sessions):
@@ -387,7 +390,8 @@ class MossEngine:
         return {
             "rows": s.history.all_rows(),
             "cache_len": s.cache_len,
-            "device_cache_len": self.cache.length(s.slot),
+            "device_cache_len": self._pools[s.pool].cache.length(s.slot),
+            "pool_capacity": self._pools[s.pool].capacity,
             "system_rows": s.history.system.shape[0],
             "turns": [(t.role, len(t.text_ids)) for t in s.history.turns],
             "phase": s.phase.value,
@@ -399,22 +403,51 @@ class MossEngine:
     # ---- helpers (engine thread) ----------------------------------------------------------
     def _truncate(self, s: SessionState, length: int) -> None:
         s.cache_len = length
-        self.cache.lengths[s.slot] = length
+        self._pools[s.pool].cache.lengths[s.slot] = length
+
+    def _make_room(self, s: SessionState, need: int) -> bool:
+        """Moves the session to a pool that holds ``need`` positions if its own does not
+        (copying its cached keys/values, no recomputation). False if no such slot is free."""
+        if need <= self._pools[s.pool].capacity:
+            return True
+        for i, dst in enumerate(self._pools):
+            if dst.capacity >= need and dst.free:
+                src = self._pools[s.pool]
+                slot = dst.free.pop(0)
+                n = s.cache_len
+                dst.cache.k[:, slot, :, :n] = src.cache.k[:, s.slot, :, :n]
+                dst.cache.v[:, slot, :, :n] = src.cache.v[:, s.slot, :, :n]
+                row = dst.hist_offset + slot
+                self._hist[row] = self._hist[s.hist_row]
+                src.cache.lengths[s.slot] = 0
+                src.release(s.slot)
+                s.pool, s.slot, s.hist_row = i, slot, row
+                self._truncate(s, n)
+                logger.debug(f"session {s.session_id}: moved to the {dst.capacity}-position pool")
+                return True
+        return False
 
     def _fit_budget(self, s: SessionState, extra: int) -> None:
-        """Drops the oldest turns when ``extra`` more rows would not leave the turn reserve."""
+        """Makes room for ``extra`` more rows plus the turn reserve: drops the oldest turns
+        past the session's budget, and moves the session to a larger KV pool when its own is
+        too small (or, with none free, trims to the slot it has)."""
         cfg = self.config
-        budget = s.budget(cfg)
-        if len(s.history) + extra + cfg.turn_reserve <= budget:
+        self._trim_to(s, s.budget(cfg), extra)
+        if not self._make_room(s, len(s.history) + extra + cfg.turn_reserve):
+            self._trim_to(s, self._pools[s.pool].capacity, extra)
+        if len(s.history) + extra > self._pools[s.pool].capacity - 3:
+            raise CapacityError("the system prompt and the new turn do not fit the context")
+
+    def _trim_to(self, s: SessionState, limit: int, extra: int) -> None:
+        reserve = self.config.turn_reserve
+        if len(s.history) + extra + reserve <= limit:
             return
         before = len(s.history.turns)
-        s.history.trim(budget - cfg.turn_reserve - extra)
+        s.history.trim(limit - reserve - extra)
         if len(s.history.turns) != before:
             logger.debug(f"session {s.session_id}: dropped {before - len(s.history.turns)} turns")
             # Later turns moved to new positions: keep the system block, re-prefill the rest.
             self._truncate(s, min(s.cache_len, s.history.system.shape[0]))
-        if len(s.history) + extra > cfg.max_context - 3:
-            raise CapacityError("the system prompt and the new turn do not fit the context")
 
     def _end_turn(self, s: SessionState, summary: TurnSummary) -> None:
         t = s.turn
@@ -477,7 +510,9 @@ class MossEngine:
             if s.ready_to_prefill(self.layout.delay):
                 self._begin_prefill(s, t_now)
         prefills = [s for s in sessions if s.phase is Phase.PREFILL]
-        done = self._isolated(prefills, self._prefill_chunk) if prefills else []
+        done = []
+        for group in self._by_pool(prefills):  # one backbone call per KV pool
+            done += self._isolated(group, self._prefill_chunk)
         done = [(s, h) for s, h in done if s.turn is not None]  # drop turns that failed
         if done:
             hidden_of = dict(done)
@@ -491,8 +526,8 @@ class MossEngine:
             and s.next_text_id(self.layout.text_pad) is not None
             and s.within_lookahead(self.config, t_now)
         ]
-        if steppers:
-            self._deliver(self._isolated(steppers, self._decode))
+        for group in self._by_pool(steppers):
+            self._deliver(self._isolated(group, self._decode))
         if done or steppers or prefills:
             self.stats["ticks"] += 1
             return 0.0
@@ -502,6 +537,12 @@ class MossEngine:
             if s.phase is Phase.DECODE and s.next_text_id(self.layout.text_pad) is not None
         ]
         return min(waits) if waits else None
+
+    def _by_pool(self, sessions: list[SessionState]) -> list[list[SessionState]]:
+        groups: dict[int, list[SessionState]] = {}
+        for s in sessions:
+            groups.setdefault(s.pool, []).append(s)
+        return [groups[i] for i in sorted(groups)]
 
     def _isolated(self, batch: list[SessionState], fn: Callable[[list[SessionState]], list]):
         """Runs ``fn`` on the batch; if it raises, runs each session alone and fails only the
@@ -528,7 +569,7 @@ class MossEngine:
 
     def _resync_lengths(self, batch: list[SessionState]) -> None:
         for s in batch:
-            self.cache.lengths[s.slot] = s.cache_len
+            self._pools[s.pool].cache.lengths[s.slot] = s.cache_len
 
     # ---- prefill ----------------------------------------------------------------------------
     def _begin_prefill(self, s: SessionState, t_now: float) -> None:
@@ -561,7 +602,8 @@ class MossEngine:
         slots = torch.tensor([s.slot for s in batch], device=self.device)
         n_new = torch.tensor(sizes, device=self.device)
         kv_len = max(s.cache_len for s in batch) + T
-        hidden = self.model.backbone(rows, self.cache, slots, n_new, kv_len)  # [B, T, H]
+        cache = self._pools[batch[0].pool].cache  # the batch shares one pool
+        hidden = self.model.backbone(rows, cache, slots, n_new, kv_len)  # [B, T, H]
         done = []
         for b, (s, n) in enumerate(zip(batch, sizes, strict=True)):
             s.cache_len += n
@@ -574,10 +616,12 @@ class MossEngine:
         return done
 
     # ---- frames -----------------------------------------------------------------------------
-    def _sampling_inputs(self, batch: list[SessionState], slots: torch.Tensor):
-        """Penalty history (each session's own window), sampling settings and noise of a batch."""
+    def _sampling_inputs(self, batch: list[SessionState], rows: torch.Tensor):
+        """Penalty history (each session's own window), sampling settings and noise of a batch.
+
+        ``rows``: the sessions' rows of the history buffer."""
         dev, cfg = self.device, self.model.cfg
-        hist = self._hist[slots]  # [B, W, rvq]
+        hist = self._hist[rows]  # [B, W, rvq]
         W = hist.shape[1]
         windows = torch.tensor([s.sampling.repetition_window for s in batch], device=dev)
         old = torch.arange(W, device=dev)[None, :] < (W - windows)[:, None]  # [B, W]
@@ -589,20 +633,23 @@ class MossEngine:
             noise = exponential_noise(gens, (cfg.rvq, cfg.audio_vocab_size), dev)
         return hist, penalty_hist, BatchSampling.from_params(params, dev), noise
 
-    def _push_history(self, slots: torch.Tensor, hist: torch.Tensor, frames: torch.Tensor) -> None:
+    def _push_history(self, rows: torch.Tensor, hist: torch.Tensor, frames: torch.Tensor) -> None:
         if hist.shape[1]:
-            self._hist[slots] = torch.cat((hist[:, 1:], frames[:, None]), dim=1)
+            self._hist[rows] = torch.cat((hist[:, 1:], frames[:, None]), dim=1)
+
+    def _hist_rows(self, batch: list[SessionState]) -> torch.Tensor:
+        return torch.tensor([s.hist_row for s in batch], device=self.device)
 
     def _first_frames(
         self, batch: list[SessionState], hidden_of: dict[SessionState, torch.Tensor]
     ) -> list:
         """Frame 0 of each turn whose prefill just ended (no repetition penalty yet)."""
-        slots = torch.tensor([s.slot for s in batch], device=self.device)
-        self._hist[slots] = NO_HISTORY  # a new turn: the penalty starts afresh
-        hist, penalty_hist, sampling, noise = self._sampling_inputs(batch, slots)
+        hist_rows = self._hist_rows(batch)
+        self._hist[hist_rows] = NO_HISTORY  # a new turn: the penalty starts afresh
+        hist, penalty_hist, sampling, noise = self._sampling_inputs(batch, hist_rows)
         hidden = torch.stack([hidden_of[s] for s in batch])  # [B, H]
         frames = self.model.generate_frame(hidden, sampling, penalty_hist, noise)  # [B, rvq]
-        self._push_history(slots, hist, frames)
+        self._push_history(hist_rows, hist, frames)
         return list(zip(batch, frames.cpu(), strict=True))
 
     def _decode(self, batch: list[SessionState]) -> list:
@@ -613,15 +660,17 @@ class MossEngine:
         ]
         rows = torch.stack(step_rows)[:, None].to(self.device)  # [B, 1, 17]
         slots = torch.tensor([s.slot for s in batch], device=self.device)
+        pool = self._pools[batch[0].pool]  # the batch shares one pool
         kv_len = max(s.cache_len for s in batch) + 1
-        hist, penalty_hist, sampling, noise = self._sampling_inputs(batch, slots)
-        if self._graphs is not None:
-            frames, _ = self._graphs.step(rows, slots, kv_len, sampling, penalty_hist, noise)
+        hist_rows = self._hist_rows(batch)
+        hist, penalty_hist, sampling, noise = self._sampling_inputs(batch, hist_rows)
+        if pool.graphs is not None:
+            frames, _ = pool.graphs.step(rows, slots, kv_len, sampling, penalty_hist, noise)
         else:
             frames, _ = self.model.decode_step(
-                rows, self.cache, slots, kv_len, sampling, penalty_hist, noise
+                rows, pool.cache, slots, kv_len, sampling, penalty_hist, noise
             )
-        self._push_history(slots, hist, frames)
+        self._push_history(hist_rows, hist, frames)
         frames = frames.cpu()
         for s, row in zip(batch, step_rows, strict=True):
             t = s.turn
@@ -655,8 +704,18 @@ class MossEngine:
             rec = s.turn.record
             if int(f[0]) == eos:
                 self._finish(s, "eos")
-            elif len(rec.frames) >= s.frame_cap(self.config) or s.out_of_room(self.config):
+            elif len(rec.frames) >= s.frame_cap(self.config) or not self._room_for_step(s):
                 self._finish(s, "max_frames")
+
+    def _room_for_step(self, s: SessionState) -> bool:
+        """Whether the slot takes another step (plus closing rows), moving to a larger pool
+        if it must."""
+        cfg = self.config
+        if s.out_of_room(cfg.max_context):
+            return False
+        return not s.out_of_room(self._pools[s.pool].capacity) or self._make_room(
+            s, min(s.cache_len + cfg.turn_reserve, cfg.max_context)
+        )
 
     def _pcm_isolated(self, items: list[tuple[SessionState, torch.Tensor]]) -> list:
         """Batched codec decode; if it fails, session by session, failing only the culprits."""
@@ -704,3 +763,40 @@ class MossEngine:
             spoken_text=t.text,
         )
         self._end_turn(s, summary)
+
+
+class KVPool:
+    """One KV cache of equal-capacity slots (plus the graphed step's spare slot)."""
+
+    def __init__(self, cache, capacity: int, n_slots: int, hist_offset: int, graphs) -> None:
+        self.cache, self.capacity, self.hist_offset, self.graphs = (
+            cache,
+            capacity,
+            hist_offset,
+            graphs,
+        )
+        self.free = list(range(n_slots))
+
+    @classmethod
+    def build(
+        cls,
+        model: MossTTSRealtime,
+        n_slots: int,
+        capacity: int,
+        hist_offset: int,
+        graphed: bool,
+        config: EngineConfig,
+    ) -> KVPool:
+        cache = model.new_cache(n_slots + int(graphed), capacity)
+        graphs = None
+        if graphed:
+            from moss_pipecat.model.graphs import GraphedDecodeStep
+
+            graphs = GraphedDecodeStep(
+                model, cache, pad_slot=n_slots, window=config.repetition_window_max
+            )
+        return cls(cache, capacity, n_slots, hist_offset, graphs)
+
+    def release(self, slot: int) -> None:
+        self.free.append(slot)
+        self.free.sort()

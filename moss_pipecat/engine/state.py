@@ -43,7 +43,9 @@ class OpenTurn:
 @dataclass(eq=False)  # identity semantics: states are dict keys
 class SessionState:
     session_id: str
-    slot: int
+    pool: int  # index into the engine's KV pools
+    slot: int  # slot within that pool
+    hist_row: int  # row of the engine's repetition-penalty history buffer
     history: ConversationHistory
     sampling: SamplingParams
     generator: torch.Generator
@@ -103,9 +105,9 @@ class SessionState:
         cap = config.turn_frame_cap(len(t.tokens)) if t.text_done else config.max_turn_frames
         return cap if t.max_frames is None else min(cap, t.max_frames)
 
-    def out_of_room(self, config: EngineConfig) -> bool:
+    def out_of_room(self, capacity: int) -> bool:
         """True when the slot cannot take another step plus the two closing rows."""
-        return self.cache_len + 3 > config.max_context
+        return self.cache_len + 3 > capacity
 
     def learn_speaking_rate(self, text: str, frames: int) -> None:
         if text and frames >= 12:

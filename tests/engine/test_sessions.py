@@ -169,7 +169,7 @@ async def test_eight_concurrent_sessions_equal_each_alone(make_engine, realtime_
         engine = make_engine(max_sessions=1, graphed_decode=False)
         alone.append(await run(engine.create_session(sampling=GREEDY), script, None))
     engine = make_engine(max_sessions=8, graphed_decode=graphed)
-    assert (engine._graphs is not None) == graphed
+    assert engine.graphed == graphed
     sessions = [engine.create_session(sampling=GREEDY) for _ in scripts]
     together = await asyncio.gather(
         *(
