@@ -41,7 +41,7 @@ def main() -> None:
         codec_cfg = MossAudioCodec.from_pretrained(fixtures_root() / "codec").config
     with torch.device("meta"):
         model = MossTTSRealtime(cfg).to(dtype)
-        codec = MossAudioCodec(codec_cfg)
+        codec = MossAudioCodec(codec_cfg).to(dtype)  # (its small quantizer stays fp32 in use)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     codec_bytes = sum(p.numel() * p.element_size() for p in codec.parameters())
     lang = cfg.language
