@@ -326,7 +326,7 @@ class MossTTSServiceBase(TTSService):
                 if not other.text_ended:
                     other.text_ended = True
                     other.turn.end_text()
-                await asyncio.shield(other.reader)
+                await asyncio.wait({other.reader})  # its outcome is its own reader's business
         await self._apply_settings()
         await self._add_user_turn()
         turn = await self._session.start_turn()
@@ -348,18 +348,23 @@ class MossTTSServiceBase(TTSService):
         in_rate = self._pcm_rate
         # One resampler per reply: its filter state must not leak across an interruption.
         resampler = create_stream_resampler() if out_rate != in_rate else None
-        async for chunk in reply.turn:
-            audio = chunk.pcm
-            if resampler is not None:
-                audio = await resampler.resample(audio, in_rate, out_rate)
-            reply.frames += 1
-            if audio:
-                await self.append_to_audio_context(
-                    context_id, TTSAudioRawFrame(audio, out_rate, 1, context_id=context_id)
-                )
-            words = reply.timer.on_audio(reply.frames)
-            if words:
-                await self.add_word_timestamps(words, context_id)
+        try:
+            async for chunk in reply.turn:
+                audio = chunk.pcm
+                if resampler is not None:
+                    audio = await resampler.resample(audio, in_rate, out_rate)
+                reply.frames += 1
+                if audio:
+                    await self.append_to_audio_context(
+                        context_id, TTSAudioRawFrame(audio, out_rate, 1, context_id=context_id)
+                    )
+                words = reply.timer.on_audio(reply.frames)
+                if words:
+                    await self.add_word_timestamps(words, context_id)
+        except MossError as e:  # e.g. the engine server went away mid-reply
+            await self.push_error(error_msg=f"MOSS TTS reply failed: {e}", exception=e)
+            await self._close_context(context_id)
+            return
         if resampler is not None:
             tail = await resampler.flush()
             if tail:
@@ -371,13 +376,16 @@ class MossTTSServiceBase(TTSService):
             await self.push_error(
                 error_msg=f"MOSS TTS turn failed: {summary.error}", exception=summary.error
             )
-        if summary.stop in ("eos", "max_frames", "error"):
+        elif summary.stop in ("eos", "max_frames"):  # the reply was spoken to its end
             words = reply.timer.finish(reply.frames)
             if words:
                 await self.add_word_timestamps(words, context_id)
         if summary.stop == "eos" and summary.audio_frames >= 12 and summary.text.strip():
             rate = len(summary.text.strip()) / (summary.audio_frames * FRAME_SECONDS)
             self._chars_per_second = 0.7 * self._chars_per_second + 0.3 * rate
+        await self._close_context(context_id)
+
+    async def _close_context(self, context_id: str) -> None:
         if self.audio_context_available(context_id):
             await self.append_to_audio_context(context_id, TTSStoppedFrame(context_id=context_id))
             await self.remove_audio_context(context_id)
