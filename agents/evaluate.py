@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,18 +327,46 @@ async def evaluate(
     return EvalRun(report, observer.events, transport, snap)
 
 
+def summary_lines(report: dict) -> list[str]:
+    """A short human-readable account of the run."""
+    lines = [f"agent: {report['agent']}"]
+    for t in report["turns"]:
+        ttfa = t["ttfa_from_speech_end_ms"]
+        lines += [
+            f"turn {t['turn']}: user said   {t['user_text']!r}",
+            f"        STT heard   {t['stt_text']!r}",
+            f"        LLM replied {t['llm_text']!r}",
+            f"        spoken      {t['spoken_text']!r}",
+            f"        {t['bot_audio_s']} s of reply audio, first audio "
+            f"{'-' if ttfa is None else f'{ttfa:.0f} ms'} after the user stopped"
+            + (", interrupted by the next turn" if t["reply_interrupted_by_next_turn"] else "")
+            + (f", barged in x{t['barge_ins']}" if t["barge_ins"] else ""),
+        ]
+    history = ", ".join(f"{h['role']}:{h['audio_frames']}" for h in report["moss_history"])
+    lines.append(f"MOSS history (audio frames per turn): {history}")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--scenario", type=Path, default=SCENARIO, help="utterances JSON")
     ap.add_argument("--out", type=Path, default=Path("out/agent_eval"))
+    ap.add_argument("-v", "--verbose", action="store_true", help="pipecat's debug log")
     add_agent_arguments(ap)
     args = ap.parse_args()
+    logger.remove()
+    logger.add(sys.stderr, level="DEBUG" if args.verbose else "INFO")
     config = load_config(args)
     report = asyncio.run(evaluate(config, load_scenario(args.scenario), args.out)).report
-    print(json.dumps(report, indent=2))
+    print("\n".join(summary_lines(report)))
     if report["note"]:
         print(f"\nNOTE: {report['note']}")
-    print(f"\nWrote the bot's replies (turn*_bot.wav) and report.json to {args.out.resolve()}")
+    out = args.out.resolve()
+    print(f"\nOutputs in {out}/:")
+    print("  report.json       per-turn STT/LLM/spoken text, TTFB, time to first audio, barge-ins")
+    for t in report["turns"]:
+        if t["bot_wav"]:
+            print(f"  {Path(t['bot_wav']).name:<17} the bot's reply to turn {t['turn']}, as played")
 
 
 if __name__ == "__main__":
