@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from pathlib import Path
 
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -163,7 +164,8 @@ def main() -> None:
 
     ours = add_agent_arguments(argparse.ArgumentParser(add_help=False))
     _config = load_config(ours.parse_known_args()[0])
-    _models = load_shared_models(_config)
+    if not {"-h", "--help"} & set(sys.argv):
+        _models = load_shared_models(_config)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
