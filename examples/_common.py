@@ -46,6 +46,7 @@ def parser(description: str, out: str) -> argparse.ArgumentParser:
     ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     ap.add_argument("--fixtures", type=Path, default=None, help="tiny fixture set directory")
     ap.add_argument("--out", type=Path, default=Path(out), help="where the WAVs go")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same audio)")
     return ap
 
 

@@ -7,7 +7,7 @@
 In your bot it is these lines (the engine is loaded once per process and shared):
 
     from moss_pipecat.engine.factory import load_engine
-    from moss_pipecat.service import MossTTSService
+    from moss_pipecat.service import MossTTSService, MossTTSSettings
 
     engine = load_engine("OpenMOSS-Team/MOSS-TTS-Realtime", "OpenMOSS-Team/MOSS-Audio-Tokenizer")
     tts = MossTTSService(engine=engine, context=context)   # was: CartesiaTTSService(...)
@@ -24,14 +24,14 @@ import asyncio
 
 from _common import Session, load_engine_from_args, parser
 
-from moss_pipecat.service import MossTTSService
+from moss_pipecat.service import MossTTSService, MossTTSSettings
 
 
 async def main() -> None:
     args = parser(__doc__.splitlines()[0], "out/examples/drop_in").parse_args()
     engine = load_engine_from_args(args)
     try:
-        tts = MossTTSService(engine=engine)  # the drop-in line
+        tts = MossTTSService(engine=engine, settings=MossTTSSettings(seed=args.seed))  # drop-in
         async with Session(tts) as s:
             await s.say("Hello! I am the new voice of this pipeline.")
             await s.say("Nothing else in the pipeline had to change.")

@@ -18,7 +18,7 @@ import time
 from _common import Session, load_engine_from_args, parser, wait_speaking
 from pipecat.frames.frames import InterruptionFrame
 
-from moss_pipecat.service import MossTTSService
+from moss_pipecat.service import MossTTSService, MossTTSSettings
 
 LONG = (
     "Let me tell you a long story about the sea, the wind, the ships that sailed it for "
@@ -43,7 +43,7 @@ async def main() -> None:
     args = ap.parse_args()
     engine = load_engine_from_args(args)
     try:
-        tts = MossTTSService(engine=engine)
+        tts = MossTTSService(engine=engine, settings=MossTTSSettings(seed=args.seed))
         async with Session(tts) as s:
             since = time.monotonic()
             await s.say(LONG, wait=False)

@@ -23,7 +23,7 @@ from pipecat.frames.frames import (
 )
 
 from agents.headless import load_pcm16
-from moss_pipecat.service import MossTTSService
+from moss_pipecat.service import MossTTSService, MossTTSSettings
 
 CONVERSATION = [
     (None, "Hi! I am a streaming voice. Ask me anything."),
@@ -56,7 +56,7 @@ async def main() -> None:
     args = parser(__doc__.splitlines()[0], "out/examples/multi_turn").parse_args()
     engine = load_engine_from_args(args)
     try:
-        tts = MossTTSService(engine=engine)
+        tts = MossTTSService(engine=engine, settings=MossTTSSettings(seed=args.seed))
         async with Session(tts) as s:
             for wav, bot_says in CONVERSATION:
                 if wav:

@@ -18,8 +18,8 @@ from _common import Session, load_engine_from_args, parser
 from moss_pipecat.service import MossTTSService, MossTTSSettings
 
 
-async def conversation(engine, index: int, out) -> list:
-    tts = MossTTSService(engine=engine, settings=MossTTSSettings(seed=index))
+async def conversation(engine, index: int, seed: int, out) -> list:
+    tts = MossTTSService(engine=engine, settings=MossTTSSettings(seed=seed))
     async with Session(tts) as s:
         await s.say(f"Hello from pipeline number {index}, sharing one engine.")
         await s.say("All of us are served by the same model at the same time.")
@@ -35,7 +35,10 @@ async def main() -> None:
         ap.error(f"this engine holds at most {engine.config.max_sessions} sessions")
     try:
         results = await asyncio.gather(
-            *(conversation(engine, i, args.out) for i in range(1, args.pipelines + 1))
+            *(
+                conversation(engine, i, args.seed + i, args.out)
+                for i in range(1, args.pipelines + 1)
+            )
         )
         for paths in results:
             for path in paths:

@@ -27,7 +27,9 @@ async def main() -> None:
     args = ap.parse_args()
     engine = load_engine_from_args(args)
     try:
-        tts = MossTTSService(engine=engine, settings=MossTTSSettings(voice=str(args.voice)))
+        tts = MossTTSService(
+            engine=engine, settings=MossTTSSettings(voice=str(args.voice), seed=args.seed)
+        )
         async with Session(tts) as s:
             await s.say("This is the voice of the reference recording.")
             await s.worker.queue_frame(
