@@ -83,7 +83,7 @@ def test_browser_hears_the_bot_over_webrtc(bot_url, tmp_path):
             before = page.evaluate("window.moss.energy")
             # The bot must hear the utterance, answer, and its audio must arrive here.
             page.wait_for_function(
-                "window.moss.energy > 0.01 && window.moss.userText.length > 0",
+                "moss.energy > 0.01 && moss.userText.length > 0 && moss.botText.length > 0",
                 timeout=CONVERSATION_S * 1000,
             )
             state = page.evaluate(
@@ -98,6 +98,7 @@ def test_browser_hears_the_bot_over_webrtc(bot_url, tmp_path):
     assert state["energy"] > before + 0.01, state
     assert state["peak"] > 0, state
     assert any("capital" in t.lower() for t in state["user"]), state
+    assert state["bot"], state  # the words the bot spoke, as it spoke them (RTVI bot-output)
     assert "noise-like" in state["info"], state
     # Agent side: it heard the user (VAD + Whisper) and spoke over WebRTC.
     text = log.read_text()
