@@ -94,7 +94,6 @@ def test_browser_hears_the_bot_over_webrtc(bot_url, tmp_path):
         finally:
             browser.close()
 
-    print("browser state:", state)
     assert state["energy"] > before + 0.01, state
     assert state["peak"] > 0, state
     assert any("capital" in t.lower() for t in state["user"]), state
