@@ -46,11 +46,15 @@ def _chromium() -> Path:
 
 
 def _mic_wav(path: Path) -> Path:
-    """The first evaluation utterance as 48 kHz mono 16-bit, 1 s of silence before, 3 s after."""
+    """The first evaluation utterance as 48 kHz mono 16-bit: said twice, 6 s apart.
+
+    The second time is a second chance for the random tiny TTS, which now and then samples EOS
+    in its very first frame (an answer with no audio).
+    """
     wav, sr = sf.read(str(REPO / "agents" / "eval" / "user1.wav"), dtype="float32")
     wav = soxr.resample(wav, sr, 48000)
     pad = lambda s: np.zeros(int(48000 * s), np.float32)  # noqa: E731
-    sf.write(path, np.concatenate([pad(1), wav, pad(3)]), 48000, subtype="PCM_16")
+    sf.write(path, np.concatenate([pad(1), wav, pad(6), wav, pad(3)]), 48000, subtype="PCM_16")
     return path
 
 
