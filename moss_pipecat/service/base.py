@@ -287,6 +287,11 @@ class MossTTSServiceBase(TTSService):
         """Feeds a piece of the reply's text to its engine turn (audio arrives separately)."""
         try:
             reply = await self._reply_for(context_id)
+            if reply.turn.summary is not None:
+                # The model already ended this reply (EOS): what it did not say is dropped, so
+                # the context keeps only spoken words and the reply stays one turn.
+                yield None
+                return
             reply.timer.add_text(text)
             reply.turn.push_text(text)
         except MossError as e:
@@ -305,7 +310,7 @@ class MossTTSServiceBase(TTSService):
     async def flush_audio(self, context_id: str | None = None) -> None:
         """The reply's text is complete: the engine turn speaks the rest and ends."""
         reply = self._replies.get(context_id or self.get_active_audio_context_id() or "")
-        if reply is not None and not reply.text_ended:
+        if reply is not None and not reply.text_ended and reply.turn.summary is None:
             reply.text_ended = True
             try:
                 reply.turn.end_text()
@@ -314,8 +319,8 @@ class MossTTSServiceBase(TTSService):
 
     async def _reply_for(self, context_id: str) -> _Reply:
         reply = self._replies.get(context_id)
-        if reply is not None and reply.turn.summary is None:
-            return reply
+        if reply is not None:
+            return reply  # one engine turn per reply, even if the model ended it early
         if self._session is None:
             raise MossError("the TTS session is not running")
         # One engine turn at a time per conversation: an earlier reply still open finishes
