@@ -98,7 +98,7 @@ def make_engine(tiny_model, golden_layout, realtime_meta):
 
     engines = []
 
-    def make(codec=None, **config):
+    def make(codec=None, tokenizer=None, text_id_map=None, **config):
         config.setdefault("lookahead_s", None)
         config.setdefault("max_context", 1024)
         config.setdefault("context_budget", 900)
@@ -110,6 +110,8 @@ def make_engine(tiny_model, golden_layout, realtime_meta):
             config=EngineConfig(**config),
             system_text_ids=realtime_meta["system_prompt_text_ids"],
             voice_instruction_ids=realtime_meta["voice_clone_instruction_ids"],
+            tokenizer=tokenizer,
+            text_id_map=text_id_map,
         ).start()
         engines.append(engine)
         return engine

@@ -7,7 +7,6 @@ import socket
 
 import pytest
 
-from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.engine import MossEngine
 from moss_pipecat.engine.factory import FoldIds
 from moss_pipecat.model import SamplingParams
@@ -32,31 +31,19 @@ def tiny_tokenizer():
 
 
 @pytest.fixture
-def make_tiny_engine(tiny_model, golden_layout, realtime_meta, tiny_codec, tiny_tokenizer):
-    """Started engines on the tiny model with codec and (folded) tokenizer; shut down after."""
-    engines: list[MossEngine] = []
+def make_tiny_engine(make_engine, realtime_meta, tiny_codec, tiny_tokenizer):
+    """``make_engine`` with the tiny codec and the (folded) offline tokenizer."""
+    fold = FoldIds(int(realtime_meta["text_ids_drawn_from"][1]))
 
     def make(codec: bool = True, **config) -> MossEngine:
-        config.setdefault("lookahead_s", None)
-        config.setdefault("max_context", 1024)
-        config.setdefault("context_budget", 900)
-        config.setdefault("turn_reserve", 100)
-        engine = MossEngine(
-            tiny_model,
-            golden_layout,
+        return make_engine(
             codec=tiny_codec if codec else None,
-            config=EngineConfig(**config),
-            system_text_ids=realtime_meta["system_prompt_text_ids"],
-            voice_instruction_ids=realtime_meta["voice_clone_instruction_ids"],
             tokenizer=tiny_tokenizer,
-            text_id_map=FoldIds(int(realtime_meta["text_ids_drawn_from"][1])),
-        ).start()
-        engines.append(engine)
-        return engine
+            text_id_map=fold,
+            **config,
+        )
 
-    yield make
-    for engine in engines:
-        engine.shutdown()
+    return make
 
 
 @pytest.fixture
