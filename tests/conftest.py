@@ -71,6 +71,13 @@ def tiny_model(realtime_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_codec(codec_dir):
+    from moss_pipecat.codec import MossAudioCodec
+
+    return MossAudioCodec.from_pretrained(codec_dir)
+
+
+@pytest.fixture(scope="session")
 def golden_layout(realtime_meta):
     from moss_pipecat.engine.rows import RowLayout
 

@@ -300,14 +300,14 @@ class MossAudioCodec(nn.Module):
         if chunk < 1:
             raise InvalidInputError(f"chunk_frames must be >= 1, got {chunk_frames}")
         if frames <= chunk:
-            return _run(modules, x, None)
+            return run_modules(modules, x, None)
         b = x.shape[0]
         rings = StageRings(configs, b, chunk, x.dtype, x.device)
         outs = []
         for f0 in range(0, frames, chunk):
             f1 = min(frames, f0 + chunk)
             xc = x[:, f0 * steps_per_frame : f1 * steps_per_frame]
-            outs.append(_run(modules, xc, rings.views(b)))
+            outs.append(run_modules(modules, xc, rings.views(b)))
             rings.advance(b, f1 - f0)
         return torch.cat(outs, dim=1)
 
@@ -373,7 +373,7 @@ class MossAudioCodec(nn.Module):
         for f0 in range(0, t, step):
             f1 = min(t, f0 + step)
             x = self.quantizer.decode(full[:, :, f0:f1]).to(self.decoder_dtype)  # [n, t', D]
-            outs.append(_run(self.decoder, x, state.rings.views(n)))  # [n, t'*hop, 1]
+            outs.append(run_modules(self.decoder, x, state.rings.views(n)))  # [n, t'*hop, 1]
             state.rings.advance(n, f1 - f0, active)
         state._record(slots, t)
         wav = torch.cat(outs, dim=1)[..., 0].float()  # [n, T*hop]
@@ -415,7 +415,7 @@ class MossAudioCodec(nn.Module):
         return n
 
 
-def _run(
+def run_modules(
     modules: nn.ModuleList, x: torch.Tensor, rings: list[RingView | None] | None
 ) -> torch.Tensor:
     """Runs ``x`` through encoder or decoder modules (time-major)."""

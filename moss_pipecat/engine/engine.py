@@ -92,6 +92,11 @@ class MossEngine:
             device=self.device,
         )
         self._codec_state = codec.new_stream_state(cfg.max_sessions) if codec is not None else None
+        self._codec_graph = None
+        if codec is not None and graphed:
+            from moss_pipecat.codec.graphs import GraphedCodecDecode
+
+            self._codec_graph = GraphedCodecDecode(codec, self._codec_state)
         self._sessions: dict[str, SessionState] = {}
         self._commands: deque[tuple[Callable[[], Any], Future]] = deque()
         self._cv = threading.Condition()
@@ -192,7 +197,7 @@ class MossEngine:
 
     @property
     def graphed(self) -> bool:
-        """Whether decode steps run through the graphed static-buffer step."""
+        """Whether decode steps (TTS and codec) run through the graphed static-buffer steps."""
         return self._pools[0].graphs is not None
 
     @property
@@ -742,9 +747,12 @@ class MossEngine:
         size = self.codec.config.quantizer.codebook_size
         # [Q, B, 1]; specials (pad/BOS) can only appear in untrained models: clamp for the codec
         codes = torch.stack([f for _, f in items], dim=1)[:, :, None].clamp(0, size - 1)
-        wav = self.codec.decode_step(
-            self._codec_state, codes, [s.codec_slot for s, _ in items], check=False
-        )  # [B, samples]
+        slots = [s.codec_slot for s, _ in items]
+        if self._codec_graph is not None:
+            wav = self._codec_graph.step(codes, slots)
+        else:
+            wav = self.codec.decode_step(self._codec_state, codes, slots, check=False)
+        wav = wav.cpu()  # [B, samples]; one copy to the host for the whole batch
         return [pcm16_bytes(w) for w in wav]
 
     def _finish(self, s: SessionState, stop: str) -> None:

@@ -17,13 +17,6 @@ TOKEN = "test-token"
 
 
 @pytest.fixture(scope="session")
-def tiny_codec(codec_dir):
-    from moss_pipecat.codec import MossAudioCodec
-
-    return MossAudioCodec.from_pretrained(codec_dir)
-
-
-@pytest.fixture(scope="session")
 def tiny_tokenizer():
     from moss_pipecat.engine.offline_tokenizer import offline_tokenizer
 

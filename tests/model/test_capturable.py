@@ -1,0 +1,99 @@
+"""The hot steps can be captured as CUDA graphs: checked on the ``meta`` device, on CPU.
+
+A CUDA graph replays kernels with fixed shapes and addresses; it breaks (or silently records
+stale values) if the captured code reads device values on the host (``.item()``, ``bool()``,
+``int()``, ``.tolist()``), makes shapes that depend on data (``nonzero``, boolean indexing) or
+copies host tensors in. Running a step with every tensor on ``meta`` catches all three: meta
+tensors have shapes but no values, so any host read or data-dependent shape raises, and a
+dispatch guard flags every op that touches a non-meta tensor. This runs at the real model
+sizes in seconds.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from moss_pipecat.codec import CodecConfig, MossAudioCodec, real_config_dict
+from moss_pipecat.codec.graphs import GraphedCodecDecode, _Buffers
+from moss_pipecat.model import BatchSampling, MossTTSRealtime, MossTTSRealtimeConfig, SamplingParams
+from moss_pipecat.model.graphs import GraphedDecodeStep
+from moss_pipecat.model.sampling import NO_HISTORY
+
+META = torch.device("meta")
+
+
+class OnlyMeta(TorchDispatchMode):
+    """Records every op that reads or makes a tensor off the meta device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offenders: list[str] = []
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops += 1
+        for t in tree_flatten((args, kwargs, out))[0]:
+            if isinstance(t, torch.Tensor) and t.device != META:
+                self.offenders.append(str(func))
+                break
+        return out
+
+
+@pytest.fixture(scope="module")
+def real_model() -> MossTTSRealtime:
+    with META:
+        return MossTTSRealtime(MossTTSRealtimeConfig.real()).to(torch.bfloat16).eval()
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_decode_step_has_no_host_sync_at_real_size(real_model: MossTTSRealtime, batch: int):
+    cfg = real_model.cfg
+    cache = real_model.new_cache(batch + 2, 256, device=META)
+    graphed = GraphedDecodeStep(
+        real_model, cache, pad_slot=batch + 1, window=50, batch_buckets=(8,), kv_buckets=(256,)
+    )
+    buf = graphed._make_buffers(8)
+    assert buf.rows.device == META
+    params = [SamplingParams(), SamplingParams.greedy_decoding()] * 4
+    buf.sampling = BatchSampling.from_params(params, device=META)
+    with OnlyMeta() as guard:
+        graphed._run(buf, 256)  # exactly what the CUDA graph records
+    assert guard.offenders == []
+    assert guard.ops > 1000  # the guard really saw the step
+    assert buf.frames.shape == (8, cfg.rvq) and buf.frames.dtype == torch.int64
+    assert buf.hidden.shape == (8, cfg.language.hidden_size)
+
+
+def test_sampling_noise_path_has_no_host_sync(real_model: MossTTSRealtime):
+    cfg = real_model.cfg
+    B = 3
+    cache = real_model.new_cache(B, 64, device=META)
+    rows = torch.zeros(B, 1, cfg.channels, dtype=torch.int64, device=META)
+    slots = torch.zeros(B, dtype=torch.int64, device=META)
+    history = torch.full((B, 50, cfg.rvq), NO_HISTORY, device=META)
+    noise = torch.empty(B, cfg.rvq, cfg.audio_vocab_size, device=META)
+    sampling = BatchSampling.from_params([SamplingParams(top_k=0, top_p=0.9)] * B, device=META)
+    with OnlyMeta() as guard:
+        frames, _ = real_model.decode_step(rows, cache, slots, 64, sampling, history, noise)
+    assert guard.offenders == [] and frames.shape == (B, cfg.rvq)
+
+
+def test_codec_step_has_no_host_sync_at_real_size():
+    config = CodecConfig.from_dict(real_config_dict())
+    with META:
+        codec = MossAudioCodec(config)
+    codec.quantizer.prepare()
+    codec.eval().requires_grad_(False)
+    state = codec.new_stream_state(4)
+    assert state.device == META
+    graphed = GraphedCodecDecode(codec, state)
+    buf_codes = torch.zeros(config.quantizer.num_quantizers, 4, 1, dtype=torch.int64, device=META)
+    buf = _Buffers(codes=buf_codes, active=torch.zeros(4, dtype=torch.bool, device=META))
+    with torch.inference_mode(), OnlyMeta() as guard:
+        graphed._run(buf)
+    assert guard.offenders == []
+    assert buf.wav.shape == (4, codec.samples_per_frame)
