@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from moss_pipecat.model import BatchSampling, SamplingParams
+from moss_pipecat.model import BatchSampling, MossTTSRealtime, SamplingParams
 from moss_pipecat.model.graphs import GraphedDecodeStep, default_kv_buckets
 from moss_pipecat.model.sampling import NO_HISTORY, exponential_noise
 
@@ -18,7 +19,10 @@ def _setup(model, rows, lengths, n_slots):
     return cache, slots
 
 
-def test_graphed_step_equals_eager_step(tiny_model, realtime_golden):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_graphed_step_equals_eager_step(tiny_model, realtime_dir, realtime_golden, dtype):
+    if dtype != torch.float32:
+        tiny_model = MossTTSRealtime.from_pretrained(realtime_dir, dtype=dtype)
     rows = realtime_golden["session.rows"]
     lengths = [30, 47, 12]
     cfg = tiny_model.cfg
@@ -37,6 +41,7 @@ def test_graphed_step_equals_eager_step(tiny_model, realtime_golden):
     sampling = BatchSampling.from_params(params)
     history = torch.full((3, 50, cfg.rvq), NO_HISTORY)
     frames = torch.full((3, cfg.rvq), cfg.audio_pad_token)
+    mismatched = 0
     for step in range(25):  # crosses the 32 -> 64 kv bucket boundary
         step_rows = torch.cat((torch.full((3, 1), cfg.text_pad), frames), dim=1)[:, None]
         kv_len = int(eager_cache.lengths[slots].max()) + 1
@@ -46,11 +51,18 @@ def test_graphed_step_equals_eager_step(tiny_model, realtime_golden):
             step_rows, eager_cache, slots, kv_len, sampling, history, noise
         )
         got, got_h = graphed.step(step_rows, slots, kv_len, sampling, history, noise)
-        assert torch.equal(got, want)
-        torch.testing.assert_close(got_h, want_h, atol=1e-5, rtol=0)
+        if dtype == torch.float32:
+            assert torch.equal(got, want)
+            torch.testing.assert_close(got_h, want_h, atol=1e-5, rtol=0)
+        else:
+            # bf16: the padded kv bucket sums attention in another order (one-ulp differences
+            # in the hidden state), so a near-tie may pick another code now and then.
+            mismatched += int((got != want).sum())
+            torch.testing.assert_close(got_h, want_h, atol=0.02 * want_h.abs().max(), rtol=0)
         assert torch.equal(graph_cache.lengths[:4], eager_cache.lengths[:4])
         history = torch.cat((history[:, 1:], want[:, None]), dim=1)
         frames = want
+    assert mismatched <= 0.05 * 25 * 3 * cfg.rvq
     assert graphed.bucket(3, 40) == (4, 64)
     assert set(graphed._buffers) == {(4, 64), (4, 160)} or set(graphed._buffers) >= {(4, 64)}
 
