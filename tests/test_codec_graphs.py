@@ -4,6 +4,7 @@ decode, for streams of different ages joining, pausing and leaving."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,17 +14,26 @@ from moss_pipecat.codec.graphs import GraphedCodecDecode
 from moss_pipecat.errors import InvalidInputError
 
 
+class CaptureOnCPU(GraphedCodecDecode):
+    """Does on CPU what capture really executes (the warm-up runs), then replays eagerly."""
+
+    def _capture(self, buf):
+        self._warm_up(buf)
+        buf.graph = SimpleNamespace(replay=lambda: self._run(buf))
+
+
 @pytest.fixture(scope="module")
 def codec(codec_dir: Path) -> MossAudioCodec:
     return MossAudioCodec.from_pretrained(codec_dir)
 
 
-def test_graphed_codec_step_equals_eager_decode(codec: MossAudioCodec) -> None:
+@pytest.mark.parametrize("capture", [False, True], ids=["padded", "capture-warmup"])
+def test_graphed_codec_step_equals_eager_decode(codec: MossAudioCodec, capture: bool) -> None:
     Q, size = codec.config.quantizer.num_quantizers, codec.config.quantizer.codebook_size
     gen = torch.Generator().manual_seed(0)
     eager_state, graph_state = codec.new_stream_state(6), codec.new_stream_state(6)
-    graphed = GraphedCodecDecode(codec, graph_state, batch_buckets=(1, 2, 4))
-    assert not graphed.use_cuda_graphs
+    cls = CaptureOnCPU if capture else GraphedCodecDecode
+    graphed = cls(codec, graph_state, batch_buckets=(1, 2, 4), use_cuda_graphs=capture)
     assert graphed.batch_buckets == (1, 2, 4, 6)
     streams: dict[str, tuple[int, int]] = {}  # name -> (eager slot, graphed slot)
     decoded: dict[str, list[torch.Tensor]] = {}

@@ -77,15 +77,18 @@ class GraphedCodecDecode:
         rings.advance(n, 1, buf.active)
         buf.wav = out[..., 0].float()  # [n, hop]
 
-    def _capture(self, buf: _Buffers) -> None:
-        # Warm up with every row inactive: counters stay put and the rows' writes land where
-        # the next real step overwrites them, so no stream's state changes.
+    def _warm_up(self, buf: _Buffers) -> None:
+        """The runs before capture. They really execute, so every row is inactive: counters
+        stay put and the rows' writes land where the next real step overwrites them."""
         buf.active.zero_()
+        for _ in range(2):
+            self._run(buf)
+
+    def _capture(self, buf: _Buffers) -> None:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._run(buf)
+            self._warm_up(buf)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):

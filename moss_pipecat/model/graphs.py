@@ -120,14 +120,17 @@ class GraphedDecodeStep:
             buf.rows, self.cache, buf.slots, kv_len, buf.sampling, buf.history, buf.noise
         )
 
+    def _warm_up(self, buf: _Buffers, kv_len: int) -> None:
+        """The runs before capture (allocator and kernels settle). They really execute: every
+        row of fresh buffers points at the spare slot, so no session's cache is touched."""
+        for _ in range(2):
+            self._run(buf, kv_len)
+
     def _capture(self, buf: _Buffers, kv_len: int) -> None:
-        # Warm up on a side stream (allocator and kernels settle), then capture. Every row
-        # points at the spare slot meanwhile, so no session's cache is touched.
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._run(buf, kv_len)
+            self._warm_up(buf, kv_len)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
@@ -151,9 +154,12 @@ class GraphedDecodeStep:
         B = rows.shape[0]
         Bb, K = self.bucket(B, kv_len)
         buf = self._buffers.get((Bb, K))
-        fresh = buf is None
-        if fresh:
+        if buf is None:
             buf = self._buffers[(Bb, K)] = self._make_buffers(Bb)
+            if self.use_cuda_graphs:
+                # Capture while the fresh buffers still point every row at the spare slot:
+                # the warm-up runs really execute, and must not append to any session.
+                self._capture(buf, K)
         buf.rows[:B].copy_(rows)
         buf.rows[B:] = self._pad_row
         buf.slots[:B].copy_(slots)
@@ -169,8 +175,6 @@ class GraphedDecodeStep:
             buf.sampling.greedy[:B] = True  # all greedy: the stale noise is never used
         buf.sampling.greedy[B:] = True
         if self.use_cuda_graphs:
-            if fresh:
-                self._capture(buf, K)
             buf.graph.replay()
         else:
             self._run(buf, K)

@@ -19,8 +19,28 @@ def _setup(model, rows, lengths, n_slots):
     return cache, slots
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_graphed_step_equals_eager_step(tiny_model, realtime_dir, realtime_golden, dtype):
+class _ReplayEagerly:
+    """Stands in for a captured ``torch.cuda.CUDAGraph`` on CPU: replay reruns the step."""
+
+    def __init__(self, fn) -> None:
+        self.replay = fn
+
+
+class CaptureOnCPU(GraphedDecodeStep):
+    """Does on CPU what capture really executes (the warm-up steps), then replays eagerly, so
+    the order of capture vs. filling the buffers with session inputs is tested here too."""
+
+    def _capture(self, buf, kv_len):
+        self._warm_up(buf, kv_len)
+        buf.graph = _ReplayEagerly(lambda: self._run(buf, kv_len))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "capture"),
+    [(torch.float32, False), (torch.bfloat16, False), (torch.float32, True)],
+    ids=["fp32", "bf16", "fp32-capture-warmup"],
+)
+def test_graphed_step_equals_eager_step(tiny_model, realtime_dir, realtime_golden, dtype, capture):
     if dtype != torch.float32:
         tiny_model = MossTTSRealtime.from_pretrained(realtime_dir, dtype=dtype)
     rows = realtime_golden["session.rows"]
@@ -28,15 +48,15 @@ def test_graphed_step_equals_eager_step(tiny_model, realtime_dir, realtime_golde
     cfg = tiny_model.cfg
     eager_cache, slots = _setup(tiny_model, rows, lengths, 5)
     graph_cache, _ = _setup(tiny_model, rows, lengths, 5)
-    graphed = GraphedDecodeStep(
+    graphed = (CaptureOnCPU if capture else GraphedDecodeStep)(
         tiny_model,
         graph_cache,
         pad_slot=4,
         window=50,
         batch_buckets=(1, 4),
         kv_buckets=(32, 64, 160),
+        use_cuda_graphs=capture,
     )
-    assert not graphed.use_cuda_graphs  # CPU: the same padded path, run eagerly
     params = [SamplingParams.greedy_decoding(), SamplingParams(), SamplingParams(top_k=5)]
     sampling = BatchSampling.from_params(params)
     history = torch.full((3, 50, cfg.rvq), NO_HISTORY)
