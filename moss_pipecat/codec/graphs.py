@@ -98,6 +98,27 @@ class GraphedCodecDecode:
         logger.debug(f"captured codec decode graph rows={buf.active.shape[0]}")
 
     @torch.inference_mode()
+    def prepare(self, bucket: int, n_q: int) -> _Buffers:
+        """The static buffers (and, with CUDA graphs, the captured graph) of one bucket."""
+        buf = self._buffers.get((bucket, n_q))
+        if buf is None:
+            dev = self.state.device
+            buf = self._buffers[(bucket, n_q)] = _Buffers(
+                codes=torch.zeros(n_q, bucket, 1, dtype=torch.int64, device=dev),
+                active=torch.zeros(bucket, dtype=torch.bool, device=dev),
+            )
+            if self.use_cuda_graphs:
+                self._capture(buf)
+        return buf
+
+    def capture_all(self, n_q: int | None = None) -> int:
+        """Prepares every bucket (all ``n_q`` quantizers by default); returns the count."""
+        n_q = n_q or self.codec.config.quantizer.num_quantizers
+        for b in self.batch_buckets:
+            self.prepare(b, n_q)
+        return len(self.batch_buckets)
+
+    @torch.inference_mode()
     def step(self, codes: torch.Tensor, slots: Sequence[int]) -> torch.Tensor:
         """Decodes the next frame of each stream in ``slots``.
 
@@ -120,17 +141,7 @@ class GraphedCodecDecode:
         live = set(self.state.active_slots)
         if not set(slots) <= live:
             raise InvalidInputError(f"slots {sorted(set(slots) - live)} are not active streams")
-        Bb = self.bucket(max(slots) + 1)
-        buf = self._buffers.get((Bb, n_q))
-        fresh = buf is None
-        if fresh:
-            dev = self.state.device
-            buf = self._buffers[(Bb, n_q)] = _Buffers(
-                codes=torch.zeros(n_q, Bb, 1, dtype=torch.int64, device=dev),
-                active=torch.zeros(Bb, dtype=torch.bool, device=dev),
-            )
-            if self.use_cuda_graphs:
-                self._capture(buf)
+        buf = self.prepare(self.bucket(max(slots) + 1), n_q)
         rows = torch.tensor(slots, dtype=torch.int64, device=buf.codes.device)
         buf.codes.zero_()
         buf.codes[:, rows] = codes.to(buf.codes.device, torch.int64)

@@ -33,6 +33,8 @@ class EngineConfig:
         graphed_decode: run decode steps through the padded static-buffer step that is
             captured as CUDA graphs on a GPU (on a CPU it runs eagerly: same results, for
             tests). None: on for CUDA devices.
+        capture_graphs_at_start: with CUDA graphs, ``start()`` captures every bucket the
+            configured sessions can hit (seconds at start-up), so no call waits for a capture.
         kv_pools: ((slots, capacity), ...) KV-cache pools, so memory follows real context
             length: a session starts in the smallest pool with a free slot and moves (its KV
             copied, not recomputed) to a larger one when its conversation outgrows it. The
@@ -53,6 +55,7 @@ class EngineConfig:
     max_text_chars: int = 20000
     max_user_frames: int = 1500
     graphed_decode: bool | None = None
+    capture_graphs_at_start: bool = True
     kv_pools: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:

@@ -11,6 +11,7 @@ costs nothing; a failing model call is retried session by session so only the cu
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -109,6 +110,8 @@ class MossEngine:
     def start(self) -> MossEngine:
         with self._cv:
             if self._thread is None:
+                if self.config.capture_graphs_at_start and self.uses_cuda_graphs:
+                    self.capture_graphs()
                 self._stopping = False
                 self._thread = threading.Thread(target=self._run, name="moss-engine", daemon=True)
                 self._thread.start()
@@ -199,6 +202,29 @@ class MossEngine:
     def graphed(self) -> bool:
         """Whether decode steps (TTS and codec) run through the graphed static-buffer steps."""
         return self._pools[0].graphs is not None
+
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        """Whether the graphed steps replay captured CUDA graphs (not just padded buffers)."""
+        graphs = self._pools[0].graphs
+        return graphs is not None and graphs.use_cuda_graphs
+
+    def capture_graphs(self) -> int:
+        """Prepares (on CUDA: captures) every decode-step bucket each KV pool's sessions can
+        hit, and the codec's. Call before ``start()``, or it runs on the engine thread.
+        Returns the number of buckets."""
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            return self.submit(self.capture_graphs).result()
+        t0 = time.perf_counter()
+        n = 0
+        with torch.inference_mode():
+            for pool in self._pools:
+                if pool.graphs is not None:
+                    n += pool.graphs.capture_all(pool.n_slots)
+            if self._codec_graph is not None:
+                n += self._codec_graph.capture_all()
+        logger.info(f"prepared {n} decode-step buckets in {time.perf_counter() - t0:.1f} s")
+        return n
 
     @property
     def alive(self) -> bool:
@@ -783,6 +809,7 @@ class KVPool:
             hist_offset,
             graphs,
         )
+        self.n_slots = n_slots
         self.free = list(range(n_slots))
 
     @classmethod

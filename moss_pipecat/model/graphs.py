@@ -23,7 +23,8 @@ from moss_pipecat.model.kv_cache import KVCache
 from moss_pipecat.model.moss_tts import MossTTSRealtime
 from moss_pipecat.model.sampling import NO_HISTORY, BatchSampling
 
-DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Fine steps at the top: a batch of 130 pads to 160, not 256.
+DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
 
 
 def default_kv_buckets(max_len: int, smallest: int = 512) -> tuple[int, ...]:
@@ -139,6 +140,26 @@ class GraphedDecodeStep:
         buf.graph = graph
         logger.debug(f"captured decode graph batch={buf.rows.shape[0]} kv_len={kv_len}")
 
+    def prepare(self, batch_bucket: int, kv_bucket: int) -> _Buffers:
+        """The static buffers (and, with CUDA graphs, the captured graph) of one bucket."""
+        buf = self._buffers.get((batch_bucket, kv_bucket))
+        if buf is None:
+            buf = self._buffers[(batch_bucket, kv_bucket)] = self._make_buffers(batch_bucket)
+            if self.use_cuda_graphs:
+                # Capture while the fresh buffers still point every row at the spare slot:
+                # the warm-up runs really execute, and must not append to any session.
+                self._capture(buf, kv_bucket)
+        return buf
+
+    def capture_all(self, max_batch: int) -> int:
+        """Prepares every bucket a batch of up to ``max_batch`` rows can hit, so no session
+        waits for a capture mid-call (vLLM does the same at start-up). Returns the count."""
+        largest = self.bucket(max_batch, 1)[0]
+        pairs = [(b, k) for b in self.batch_buckets if b <= largest for k in self.kv_buckets]
+        for b, k in pairs:
+            self.prepare(b, k)
+        return len(pairs)
+
     def step(
         self,
         rows: torch.Tensor,
@@ -153,13 +174,7 @@ class GraphedDecodeStep:
         them before the next step."""
         B = rows.shape[0]
         Bb, K = self.bucket(B, kv_len)
-        buf = self._buffers.get((Bb, K))
-        if buf is None:
-            buf = self._buffers[(Bb, K)] = self._make_buffers(Bb)
-            if self.use_cuda_graphs:
-                # Capture while the fresh buffers still point every row at the spare slot:
-                # the warm-up runs really execute, and must not append to any session.
-                self._capture(buf, K)
+        buf = self.prepare(Bb, K)
         buf.rows[:B].copy_(rows)
         buf.rows[B:] = self._pad_row
         buf.slots[:B].copy_(slots)

@@ -174,7 +174,10 @@ async def test_eight_concurrent_sessions_equal_each_alone(
         engine = make_engine(max_sessions=1, graphed_decode=False, codec=tiny_codec)
         alone.append(await run(engine.create_session(sampling=GREEDY), script, None))
     engine = make_engine(max_sessions=8, graphed_decode=graphed, codec=tiny_codec)
-    assert engine.graphed == graphed
+    assert engine.graphed == graphed and not engine.uses_cuda_graphs
+    if graphed:  # every bucket prepared up front (captured on CUDA) changes nothing
+        n_kv = len(engine._pools[0].graphs.kv_buckets)
+        assert engine.capture_graphs() == 4 * n_kv + 4  # batch 1/2/4/8; codec 1/2/4/8
     sessions = [engine.create_session(sampling=GREEDY) for _ in scripts]
     together = await asyncio.gather(
         *(
