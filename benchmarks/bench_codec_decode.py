@@ -20,6 +20,7 @@ from _common import emit, environment, fixtures_root, time_calls
 
 from moss_pipecat.checkpoint import read_config
 from moss_pipecat.codec import CodecConfig, MossAudioCodec, real_config_dict
+from moss_pipecat.codec.graphs import GraphedCodecDecode
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -49,6 +50,13 @@ def main() -> None:
     ap.add_argument("--quantizers", type=int, default=16, help="codebooks per frame (TTS: 16)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    ap.add_argument(
+        "--modes",
+        nargs="+",
+        default=["eager", "graphed"],
+        choices=["eager", "graphed"],
+        help="graphed: static buffers + CUDA graphs (on CPU the same padded path, eagerly)",
+    )
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
 
@@ -61,29 +69,36 @@ def main() -> None:
     frame_ms = 1e3 * hop / codec.sampling_rate
     gen = torch.Generator().manual_seed(0)
     results = []
-    for b in args.batch:
-        state = codec.new_stream_state(capacity=b)
-        slots = [state.add_stream() for _ in range(b)]
-        codes = torch.randint(0, qc.codebook_size, (args.quantizers, b, 1), generator=gen)
-        codes = codes.to(device)
+    for mode in args.modes:
+        for b in args.batch:
+            state = codec.new_stream_state(capacity=b)
+            slots = [state.add_stream() for _ in range(b)]
+            codes = torch.randint(0, qc.codebook_size, (args.quantizers, b, 1), generator=gen)
+            codes = codes.to(device)
+            graphed = GraphedCodecDecode(codec, state) if mode == "graphed" else None
 
-        def step(state=state, codes=codes, slots=slots) -> None:
-            # check=False: the hot path skips the value check's host sync, as an engine would.
-            codec.decode_step(state, codes, slots, check=False)
+            def step(state=state, codes=codes, slots=slots, graphed=graphed) -> None:
+                # check=False: the hot path skips the value check's host sync, as an engine
+                # would.
+                if graphed is None:
+                    codec.decode_step(state, codes, slots, check=False)
+                else:
+                    graphed.step(codes, slots)
 
-        timing = time_calls(step, device, args.warmup, args.frames)
-        per_frame = timing["median_ms"]
-        results.append(
-            {
-                "batch": b,
-                **timing,
-                "ms_per_stream_frame": per_frame / b,
-                "rtf": per_frame / frame_ms,  # < 1: the batch keeps up with real time
-                "realtime_streams": b * frame_ms / per_frame,
-                "state_mib_per_stream": state.bytes_per_stream() / 2**20,
-            }
-        )
-        del state
+            timing = time_calls(step, device, args.warmup, args.frames)
+            per_frame = timing["median_ms"]
+            results.append(
+                {
+                    "mode": mode,
+                    "batch": b,
+                    **timing,
+                    "ms_per_stream_frame": per_frame / b,
+                    "rtf": per_frame / frame_ms,  # < 1: the batch keeps up with real time
+                    "realtime_streams": b * frame_ms / per_frame,
+                    "state_mib_per_stream": state.bytes_per_stream() / 2**20,
+                }
+            )
+            del state, graphed
     result = {
         "benchmark": "codec_streaming_decode",
         "source": source,
@@ -96,7 +111,8 @@ def main() -> None:
         "results": results,
     }
     summary = "codec decode step: " + ", ".join(
-        f"B={r['batch']}: {r['median_ms']:.2f} ms/frame (RTF {r['rtf']:.3f})" for r in results
+        f"{r['mode']} B={r['batch']}: {r['median_ms']:.2f} ms/frame (RTF {r['rtf']:.3f})"
+        for r in results
     )
     emit(result, args.out, f"{summary} [{source}, {args.dtype}, {device}]")
 

@@ -86,13 +86,12 @@ async def run_round(engine: MossEngine, n: int, n_text: int, frames: int, seed: 
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def add_engine_args(ap: argparse.ArgumentParser) -> None:
+    """Model, codec, device and pacing options shared with bench_capacity."""
     ap.add_argument("--checkpoint", help="TTS checkpoint dir or hub id (default: tiny fixture)")
     ap.add_argument("--real-size", action="store_true")
     ap.add_argument("--random-weights", action="store_true")
     ap.add_argument("--no-codec", action="store_true", help="codes only, no PCM decode")
-    ap.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--frames", type=int, default=40, help="frames per turn")
     ap.add_argument("--text-tokens", type=int, default=24)
     ap.add_argument("--lookahead", type=float, default=None, help="seconds; default unlimited")
@@ -102,8 +101,10 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     ap.add_argument("--out")
-    args = ap.parse_args()
 
+
+def build_engine(args: argparse.Namespace, max_sessions: int) -> MossEngine:
+    """A started engine for ``max_sessions`` sessions (random or checkpoint weights)."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     model = build_model(args, device, dtype)
     codec = None
@@ -118,7 +119,7 @@ def main() -> None:
         else:
             codec = MossAudioCodec.from_pretrained(fixtures_root() / "codec", device=device)
     config = EngineConfig(
-        max_sessions=max(args.sessions),
+        max_sessions=max_sessions,
         max_context=512 + args.frames + args.text_tokens,
         context_budget=500,
         turn_reserve=100,
@@ -126,9 +127,19 @@ def main() -> None:
         graphed_decode={"auto": None, "on": True, "off": False}[args.graphed],
     )
     engine = MossEngine(model, layout_for(model), codec=codec, config=config).start()
+    asyncio.run(run_round(engine, 1, args.text_tokens, 3, seed=0))  # warm-up
+    return engine
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_engine_args(ap)
+    ap.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8])
+    args = ap.parse_args()
+
+    engine = build_engine(args, max(args.sessions))
     rounds = []
     try:
-        asyncio.run(run_round(engine, 1, args.text_tokens, 3, seed=0))  # warm-up
         for n in args.sessions:
             rounds.append(asyncio.run(run_round(engine, n, args.text_tokens, args.frames, n)))
     finally:
@@ -136,12 +147,14 @@ def main() -> None:
     out = {
         "benchmark": "engine",
         "model": args.checkpoint or ("real-size random" if args.real_size else "tiny fixture"),
-        "codec": None if codec is None else ("real-size random" if args.real_size else "tiny"),
+        "codec": None
+        if engine.codec is None
+        else ("real-size random" if args.real_size else "tiny"),
         "dtype": args.dtype,
         "frames_per_turn": args.frames,
         "lookahead_s": args.lookahead,
         "graphed_decode": engine.graphed,
-        "env": environment(device),
+        "env": environment(engine.device),
         "results": rounds,
     }
     best = max(rounds, key=lambda r: r["frames_per_s"])

@@ -1,0 +1,82 @@
+"""Capacity: the most concurrent sessions the engine keeps in real time.
+
+A real-time session needs a frame every 80 ms. N sessions speak at once with no lookahead
+limit (text arrives ahead of speech, so every tick steps all N), and N passes when the p99
+gap between consecutive frames of a session stays under ``--gap-ms`` (default 80). N
+doubles until it fails, then bisects.
+
+    python benchmarks/bench_capacity.py                                     # tiny model + codec
+    python benchmarks/bench_capacity.py --real-size --random-weights --device cuda \\
+        --dtype bfloat16 --max-sessions 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from _common import emit, environment
+from bench_engine import add_engine_args, build_engine, run_round
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_engine_args(ap)
+    ap.add_argument("--gap-ms", type=float, default=80.0, help="p99 frame-gap limit")
+    ap.add_argument("--start", type=int, default=1, help="first N tried")
+    ap.add_argument("--max-sessions", type=int, default=64, help="largest N tried")
+    args = ap.parse_args()
+
+    engine = build_engine(args, args.max_sessions)
+    probes: list[dict] = []
+
+    def passes(n: int) -> bool:
+        r = asyncio.run(run_round(engine, n, args.text_tokens, args.frames, seed=len(probes)))
+        # Turns may end early on EOS (random weights do); the gaps between frames decide.
+        r["passed"] = r["gap_ms_p99"] < args.gap_ms
+        probes.append(r)
+        return r["passed"]
+
+    try:
+        good, bad = 0, None
+        n = max(1, min(args.start, args.max_sessions))
+        while n <= args.max_sessions:  # grow geometrically while it keeps up
+            if not passes(n):
+                bad = n
+                break
+            good = n
+            if n == args.max_sessions:
+                break
+            n = min(2 * n, args.max_sessions)
+        if bad is not None:
+            while bad - good > 1:  # bisect between the last pass and the first failure
+                mid = (good + bad) // 2
+                good, bad = (mid, bad) if passes(mid) else (good, mid)
+    finally:
+        engine.shutdown()
+    best = max((p for p in probes if p["passed"]), key=lambda p: p["sessions"], default=None)
+    out = {
+        "benchmark": "capacity",
+        "model": args.checkpoint or ("real-size random" if args.real_size else "tiny fixture"),
+        "codec": None if args.no_codec else ("real-size random" if args.real_size else "tiny"),
+        "dtype": args.dtype,
+        "graphed_decode": engine.graphed,
+        "gap_ms_limit": args.gap_ms,
+        "frames_per_turn": args.frames,
+        "capacity_sessions": good,
+        "capped_by_max_sessions": bad is None,
+        "at_capacity": best,
+        "env": environment(engine.device),
+        "probes": probes,
+    }
+    capped = " (the --max-sessions cap)" if bad is None else ""
+    emit(
+        out,
+        args.out,
+        f"capacity: {good} real-time sessions{capped} with p99 frame gap < {args.gap_ms:.0f} ms "
+        f"({args.device}, {args.dtype}, graphed={engine.graphed})",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Turn-N prefill and time to first audio (TTFA) on top of a long history, one session.
+
+A later turn appends only its own rows (the user's audio rows and transcript, the assistant
+header and text lead) to the session's cached history, so its cost is those rows attending
+over everything before them. TTFA, as the engine pays it once a turn's text is in, is that
+prefill + the turn's first frame (local transformer + sampling) + the codec's first frame.
+
+The cached history is a stand-in (the slot's length is set; values do not change the cost).
+
+    python benchmarks/bench_prefill.py                                  # tiny model + codec
+    python benchmarks/bench_prefill.py --real-size --random-weights --device cuda \\
+        --dtype bfloat16 --history 1000 8000 30000 --turn-rows 20 80
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from _common import emit, environment, fixtures_root, time_calls
+from bench_model_step import DTYPES, build_model
+
+from moss_pipecat.model import BatchSampling, SamplingParams
+from moss_pipecat.model.sampling import exponential_noise
+
+TARGETS_MS = {"prefill": 30.0, "ttfa": 40.0}  # H100, bf16, real sizes (issue #8)
+
+
+def build_codec(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+    if args.no_codec:
+        return None
+    from moss_pipecat.codec import CodecConfig, MossAudioCodec, real_config_dict
+
+    if args.real_size:
+        return MossAudioCodec.random(CodecConfig.from_dict(real_config_dict()), dtype, device)
+    return MossAudioCodec.from_pretrained(fixtures_root() / "codec", device=device)
+
+
+def measure(model, codec, H: int, T: int, args, device: torch.device, gen) -> dict:
+    """Times a T-row turn prefill over H cached positions, its first frame and codec frame."""
+    cfg = model.cfg
+    sampling = BatchSampling.from_params([SamplingParams()], device)
+    draw = [torch.Generator(device).manual_seed(0)]
+    slot = torch.zeros(1, dtype=torch.int64, device=device)
+    state = codec.new_stream_state(1) if codec is not None else None
+    stream = state.add_stream() if state is not None else None
+    cache = model.new_cache(1, H + T + 1)
+    rows = torch.empty(1, T, cfg.channels, dtype=torch.int64)
+    rows[..., 0] = torch.randint(0, cfg.text_pad, (1, T), generator=gen)
+    rows[..., 1:] = torch.randint(0, 1024, (1, T, cfg.rvq), generator=gen)
+    rows = rows.to(device)
+    hidden: list[torch.Tensor] = []
+
+    def prefill() -> None:
+        cache.lengths[0] = H  # back to the same history every call
+        hidden[:] = [model.prefill(rows, cache, slot)]
+
+    def first_frame() -> torch.Tensor:
+        noise = exponential_noise(draw, (cfg.rvq, cfg.audio_vocab_size), device)
+        return model.generate_frame(hidden[0], sampling, None, noise)
+
+    def codec_frame(frame: torch.Tensor) -> None:
+        if codec is not None:
+            codes = frame.clamp(0, 1023).T[:, :, None]  # [Q, 1, 1]
+            codec.decode_step(state, codes, [stream], check=False)
+
+    def ttfa() -> None:
+        prefill()
+        codec_frame(first_frame())
+
+    t_prefill = time_calls(prefill, device, args.warmup, args.iters)
+    t_frame = time_calls(first_frame, device, args.warmup, args.iters)
+    frame = first_frame()
+    t_codec = time_calls(lambda: codec_frame(frame), device, 1, args.iters)
+    t_ttfa = time_calls(ttfa, device, args.warmup, args.iters)
+    return {
+        "history": H,
+        "turn_rows": T,
+        "prefill_ms": t_prefill["median_ms"],
+        "first_frame_ms": t_frame["median_ms"],
+        "codec_frame_ms": t_codec["median_ms"] if codec is not None else None,
+        "ttfa_ms": t_ttfa["median_ms"],
+        "ttfa_ms_p90": t_ttfa["p90_ms"],
+        "prefill_within_target": t_prefill["median_ms"] <= TARGETS_MS["prefill"],
+        "ttfa_within_target": t_ttfa["median_ms"] <= TARGETS_MS["ttfa"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--checkpoint", help="TTS checkpoint dir or hub id (default: tiny fixture)")
+    ap.add_argument("--real-size", action="store_true")
+    ap.add_argument("--random-weights", action="store_true")
+    ap.add_argument("--no-codec", action="store_true")
+    ap.add_argument("--history", type=int, nargs="+", default=[0, 256, 2048])
+    ap.add_argument(
+        "--turn-rows", type=int, nargs="+", default=[20, 80], help="rows the new turn appends"
+    )
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    model = build_model(args, device, dtype)
+    codec = build_codec(args, device, dtype)
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        results = [
+            measure(model, codec, H, T, args, device, gen)
+            for H in args.history
+            for T in args.turn_rows
+        ]
+    out = {
+        "benchmark": "prefill_ttfa",
+        "model": args.checkpoint or ("real-size random" if args.real_size else "tiny fixture"),
+        "codec": None if codec is None else ("real-size random" if args.real_size else "tiny"),
+        "dtype": args.dtype,
+        "targets_ms": TARGETS_MS,
+        "env": environment(device),
+        "results": results,
+    }
+    worst = max(results, key=lambda r: r["ttfa_ms"])
+    emit(
+        out,
+        args.out,
+        f"prefill/TTFA: worst TTFA {worst['ttfa_ms']:.1f} ms (prefill {worst['prefill_ms']:.1f} "
+        f"ms of {worst['turn_rows']} rows over {worst['history']} history) "
+        f"({args.device}, {args.dtype})",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Every benchmark script runs end to end on the tiny fixtures and prints well-formed JSON.
+
+Only shapes and sanity are checked (speed is never asserted): this keeps the scripts users
+run on their GPUs from rotting as the code under them changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_bench(script: str, *args: str, fixtures: Path) -> dict:
+    env = {**os.environ, "MOSS_FIXTURES": str(fixtures), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, script, "--device", "cpu", *args]
+        if script != "bench_memory.py"
+        else [sys.executable, script, *args],
+        cwd=BENCH,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert proc.stderr.strip().splitlines()[-1]  # the one-line summary
+    return out
+
+
+def test_model_step(fixtures_dir):
+    out = run_bench(
+        "bench_model_step.py",
+        "--batch",
+        "1",
+        "3",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--context",
+        "16",
+        fixtures=fixtures_dir,
+    )
+    assert [(r["mode"], r["batch"]) for r in out["results"]] == [
+        ("eager", 1),
+        ("eager", 3),
+        ("graphed", 1),
+        ("graphed", 3),
+    ]
+    assert all(r["median_ms"] > 0 for r in out["results"])
+
+
+def test_codec_decode(fixtures_dir):
+    out = run_bench(
+        "bench_codec_decode.py", "--batch", "1", "2", "--frames", "2", fixtures=fixtures_dir
+    )
+    assert {(r["mode"], r["batch"]) for r in out["results"]} == {
+        ("eager", 1),
+        ("eager", 2),
+        ("graphed", 1),
+        ("graphed", 2),
+    }
+    assert all(r["state_mib_per_stream"] > 0 for r in out["results"])
+
+
+@pytest.mark.parametrize("graphed", ["off", "on"])
+def test_engine(fixtures_dir, graphed):
+    out = run_bench(
+        "bench_engine.py",
+        "--sessions",
+        "1",
+        "2",
+        "--frames",
+        "6",
+        "--graphed",
+        graphed,
+        fixtures=fixtures_dir,
+    )
+    assert out["graphed_decode"] == (graphed == "on")
+    assert [r["sessions"] for r in out["results"]] == [1, 2]
+    assert all(0 < r["frames_total"] <= r["sessions"] * 6 for r in out["results"])
+
+
+def test_capacity(fixtures_dir):
+    # A generous gap limit: the search must grow to the cap and say so.
+    out = run_bench(
+        "bench_capacity.py",
+        "--max-sessions",
+        "3",
+        "--frames",
+        "4",
+        "--gap-ms",
+        "100000",
+        fixtures=fixtures_dir,
+    )
+    assert [p["sessions"] for p in out["probes"]] == [1, 2, 3]
+    assert out["capacity_sessions"] == 3 and out["capped_by_max_sessions"]
+    # An impossible limit: nothing passes.
+    out = run_bench(
+        "bench_capacity.py",
+        "--max-sessions",
+        "3",
+        "--frames",
+        "4",
+        "--gap-ms",
+        "0",
+        fixtures=fixtures_dir,
+    )
+    assert out["capacity_sessions"] == 0 and out["at_capacity"] is None
+
+
+def test_prefill(fixtures_dir):
+    out = run_bench(
+        "bench_prefill.py",
+        "--history",
+        "0",
+        "40",
+        "--turn-rows",
+        "5",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        fixtures=fixtures_dir,
+    )
+    assert [(r["history"], r["turn_rows"]) for r in out["results"]] == [(0, 5), (40, 5)]
+    assert all(r["codec_frame_ms"] > 0 and r["ttfa_ms"] > 0 for r in out["results"])
+
+
+def test_memory(fixtures_dir):
+    out = run_bench("bench_memory.py", "--real-size", fixtures=fixtures_dir)
+    assert out["kv_bytes_per_position"] == 112 * 1024
