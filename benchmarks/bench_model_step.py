@@ -44,7 +44,7 @@ def build_model(args, device: torch.device, dtype: torch.dtype) -> MossTTSRealti
                 torch.nn.init.normal_(p, std=0.02)
             else:
                 torch.nn.init.ones_(p)
-        return model.eval().requires_grad_(False)
+        return model.eval().requires_grad_(False).fuse_projections()
     return MossTTSRealtime.from_pretrained(fixtures_root() / "realtime", dtype=dtype, device=device)
 
 

@@ -57,14 +57,29 @@ class LocalTransformer(nn.Module):
             for _ in range(c.num_hidden_layers)
         ]
 
-    def _run(self, x: torch.Tensor, kvs: list[_FrameKV], start: int) -> torch.Tensor:
-        """x: [B, T, H] inputs at positions start..start+T-1 -> [B, T, H] normed outputs."""
-        B, T, _ = x.shape
+    def _tables(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """RoPE cos/sin [1, 1, rvq, hd] and the causal mask [rvq, rvq] of one frame's
+        positions, made once per frame rather than once per codebook."""
         c = self.cfg.local
-        positions = torch.arange(start, start + T, device=x.device).expand(B, T)  # [B, T]
-        cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta, c.rope_scaling_factor, x.dtype)
-        key_pos = torch.arange(self.rvq, device=x.device)
-        mask = (key_pos[None, :] <= positions[0][:, None])[None, None]  # [1, 1, T, rvq]
+        positions = torch.arange(self.rvq, device=like.device)[None]  # [1, rvq]
+        cos, sin = rope_cos_sin(
+            positions, c.head_dim, c.rope_theta, c.rope_scaling_factor, like.dtype
+        )
+        causal = positions[0][None, :] <= positions[0][:, None]  # [rvq (query), rvq (key)]
+        return cos, sin, causal
+
+    def _run(
+        self,
+        x: torch.Tensor,
+        kvs: list[_FrameKV],
+        start: int,
+        tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """x: [B, T, H] inputs at positions start..start+T-1 -> [B, T, H] normed outputs."""
+        T = x.shape[1]
+        cos, sin, causal = tables
+        cos, sin = cos[:, :, start : start + T], sin[:, :, start : start + T]
+        mask = causal[start : start + T][None, None]  # [1, 1, T, rvq]
         for layer, kv in zip(self.model.layers, kvs, strict=True):
             kv.start = start
             x = layer(x, cos, sin, kv, mask)
@@ -81,7 +96,8 @@ class LocalTransformer(nn.Module):
         embeds = [hidden[:, None]] + [
             self.model.embed_tokens[i](codes[:, i : i + 1]) for i in range(self.rvq - 1)
         ]
-        out = self._run(torch.cat(embeds, dim=1), self._scratch(hidden.shape[0], hidden), 0)
+        x = torch.cat(embeds, dim=1)
+        out = self._run(x, self._scratch(hidden.shape[0], hidden), 0, self._tables(x))
         return torch.stack(
             [self.local_lm_heads[i](out[:, i]).float() for i in range(self.rvq)], dim=1
         )
@@ -106,10 +122,11 @@ class LocalTransformer(nn.Module):
         """
         B = hidden.shape[0]
         kvs = self._scratch(B, hidden)
+        tables = self._tables(hidden)
         x = hidden[:, None]  # [B, 1, H]
         codes = []
         for i in range(self.rvq):
-            out = self._run(x, kvs, i)[:, 0]  # [B, H]
+            out = self._run(x, kvs, i, tables)[:, 0]  # [B, H]
             logits = self.local_lm_heads[i](out).float()  # [B, V]
             code = choose_tokens(
                 logits,

@@ -18,6 +18,7 @@ from moss_pipecat.errors import InvalidInputError
 from moss_pipecat.model.backbone import Qwen3Backbone, RowEmbedding
 from moss_pipecat.model.config import MossTTSRealtimeConfig
 from moss_pipecat.model.kv_cache import KVCache, ensure_capacity
+from moss_pipecat.model.layers import MLP, Attention
 from moss_pipecat.model.local import LocalTransformer
 from moss_pipecat.model.sampling import BatchSampling
 
@@ -42,6 +43,15 @@ class MossTTSRealtime(nn.Module):
     @property
     def embed_tokens(self) -> nn.ModuleList:
         return self.embedding.embed_tokens
+
+    def fuse_projections(self) -> MossTTSRealtime:
+        """One matmul for q/k/v and one for gate/up in every layer (weights shared, not
+        copied). Done at load; call it yourself after building a model by hand and placing
+        it on its device and dtype."""
+        for m in self.modules():
+            if isinstance(m, (Attention, MLP)):
+                m.fuse()
+        return self
 
     def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
         """The state dict under upstream key names."""
@@ -216,7 +226,7 @@ class MossTTSRealtime(nn.Module):
         check_keys(expected, state, IGNORED_KEYS)
         ours = {_from_checkpoint_key(k): state[k].to(dtype) for k in expected}
         model.load_state_dict(ours, strict=True, assign=True)
-        return model.eval().requires_grad_(False)
+        return model.eval().requires_grad_(False).fuse_projections()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

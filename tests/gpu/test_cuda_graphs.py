@@ -83,7 +83,7 @@ def test_real_size_bf16_capture_and_replay():
         model = MossTTSRealtime(cfg).to(torch.bfloat16)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.02) if p.dim() > 1 else torch.nn.init.ones_(p)
-    model.eval().requires_grad_(False)
+    model.eval().requires_grad_(False).fuse_projections()
     prompt = torch.randint(0, 1000, (8, 100, cfg.channels), generator=torch.Generator())
     prompt[..., 1:] %= cfg.audio_vocab_size
     frames = {}

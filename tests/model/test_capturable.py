@@ -46,7 +46,8 @@ class OnlyMeta(TorchDispatchMode):
 @pytest.fixture(scope="module")
 def real_model() -> MossTTSRealtime:
     with META:
-        return MossTTSRealtime(MossTTSRealtimeConfig.real()).to(torch.bfloat16).eval()
+        model = MossTTSRealtime(MossTTSRealtimeConfig.real()).to(torch.bfloat16).eval()
+        return model.fuse_projections()  # the path real checkpoints take
 
 
 @pytest.mark.parametrize("batch", [1, 5])
