@@ -61,6 +61,7 @@ def main() -> None:
         "codec": None if args.no_codec else ("real-size random" if args.real_size else "tiny"),
         "dtype": args.dtype,
         "graphed_decode": engine.graphed,
+        "compile": args.compile,
         "gap_ms_limit": args.gap_ms,
         "frames_per_turn": args.frames,
         "capacity_sessions": good,

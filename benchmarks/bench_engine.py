@@ -98,6 +98,7 @@ def add_engine_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument(
         "--graphed", choices=["auto", "on", "off"], default="auto", help="graphed decode step"
     )
+    ap.add_argument("--compile", metavar="BACKEND", help="torch.compile the graphed step")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     ap.add_argument("--out")
@@ -125,6 +126,7 @@ def build_engine(args: argparse.Namespace, max_sessions: int) -> MossEngine:
         turn_reserve=100,
         lookahead_s=args.lookahead,
         graphed_decode={"auto": None, "on": True, "off": False}[args.graphed],
+        compile_decode=args.compile,
     )
     engine = MossEngine(model, layout_for(model), codec=codec, config=config).start()
     asyncio.run(run_round(engine, 1, args.text_tokens, 3, seed=0))  # warm-up
@@ -154,6 +156,7 @@ def main() -> None:
         "frames_per_turn": args.frames,
         "lookahead_s": args.lookahead,
         "graphed_decode": engine.graphed,
+        "compile": args.compile,
         "env": environment(engine.device),
         "results": rounds,
     }

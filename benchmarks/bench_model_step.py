@@ -68,7 +68,13 @@ def bench_batch(
     row[..., 0] = cfg.text_pad
     graphed = None
     if mode == "graphed":
-        graphed = GraphedDecodeStep(model, cache, pad_slot=B, window=params.repetition_window)
+        graphed = GraphedDecodeStep(
+            model,
+            cache,
+            pad_slot=B,
+            window=params.repetition_window,
+            compile_backend=args.compile,
+        )
     length = [args.context]
 
     def step() -> None:
@@ -109,6 +115,9 @@ def main() -> None:
     ap.add_argument(
         "--modes", nargs="+", default=["eager", "graphed"], choices=["eager", "graphed"]
     )
+    ap.add_argument(
+        "--compile", metavar="BACKEND", help="torch.compile the graphed step (e.g. inductor)"
+    )
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
 
@@ -126,6 +135,7 @@ def main() -> None:
         "model": args.checkpoint or ("real-size random" if args.real_size else "tiny fixture"),
         "dtype": args.dtype,
         "context": args.context,
+        "compile": args.compile,
         "sampling": "greedy" if args.greedy else "sampled",
         "parameters": model.num_parameters(),
         "env": environment(device),

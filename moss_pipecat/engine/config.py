@@ -35,6 +35,8 @@ class EngineConfig:
             tests). None: on for CUDA devices.
         capture_graphs_at_start: with CUDA graphs, ``start()`` captures every bucket the
             configured sessions can hit (seconds at start-up), so no call waits for a capture.
+        compile_decode: ``torch.compile`` backend for the graphed decode step ("inductor":
+            fused kernels inside the graphs; minutes of compiling at start). None: off.
         kv_pools: ((slots, capacity), ...) KV-cache pools, so memory follows real context
             length: a session starts in the smallest pool with a free slot and moves (its KV
             copied, not recomputed) to a larger one when its conversation outgrows it. The
@@ -56,11 +58,14 @@ class EngineConfig:
     max_user_frames: int = 1500
     graphed_decode: bool | None = None
     capture_graphs_at_start: bool = True
+    compile_decode: str | None = None
     kv_pools: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
             raise InvalidInputError("max_sessions must be >= 1")
+        if self.compile_decode is not None and self.graphed_decode is False:
+            raise InvalidInputError("compile_decode needs the graphed decode step")
         if not 0 < self.context_budget <= self.max_context:
             raise InvalidInputError("need 0 < context_budget <= max_context")
         if not 0 < self.turn_reserve < self.context_budget:

@@ -828,7 +828,11 @@ class KVPool:
             from moss_pipecat.model.graphs import GraphedDecodeStep
 
             graphs = GraphedDecodeStep(
-                model, cache, pad_slot=n_slots, window=config.repetition_window_max
+                model,
+                cache,
+                pad_slot=n_slots,
+                window=config.repetition_window_max,
+                compile_backend=config.compile_decode,
             )
         return cls(cache, capacity, n_slots, hist_offset, graphs)
 

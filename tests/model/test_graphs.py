@@ -36,11 +36,19 @@ class CaptureOnCPU(GraphedDecodeStep):
 
 
 @pytest.mark.parametrize(
-    ("dtype", "capture"),
-    [(torch.float32, False), (torch.bfloat16, False), (torch.float32, True)],
-    ids=["fp32", "bf16", "fp32-capture-warmup"],
+    ("dtype", "capture", "backend"),
+    [
+        (torch.float32, False, None),
+        (torch.bfloat16, False, None),
+        (torch.float32, True, None),
+        # dynamo traces the step as one graph (no breaks, i.e. no host sync) for every bucket
+        (torch.float32, False, "eager"),
+    ],
+    ids=["fp32", "bf16", "fp32-capture-warmup", "fp32-compiled-fullgraph"],
 )
-def test_graphed_step_equals_eager_step(tiny_model, realtime_dir, realtime_golden, dtype, capture):
+def test_graphed_step_equals_eager_step(
+    tiny_model, realtime_dir, realtime_golden, dtype, capture, backend
+):
     if dtype != torch.float32:
         tiny_model = MossTTSRealtime.from_pretrained(realtime_dir, dtype=dtype)
     rows = realtime_golden["session.rows"]
@@ -56,6 +64,7 @@ def test_graphed_step_equals_eager_step(tiny_model, realtime_dir, realtime_golde
         batch_buckets=(1, 4),
         kv_buckets=(32, 64, 160),
         use_cuda_graphs=capture,
+        compile_backend=backend,
     )
     params = [SamplingParams.greedy_decoding(), SamplingParams(), SamplingParams(top_k=5)]
     sampling = BatchSampling.from_params(params)
