@@ -11,7 +11,7 @@ from torch import nn
 
 from moss_pipecat.model.config import MossTTSRealtimeConfig
 from moss_pipecat.model.layers import DecoderLayer, KVWriter, RMSNorm, rope_cos_sin
-from moss_pipecat.model.sampling import BatchSampling, choose_tokens
+from moss_pipecat.model.sampling import BatchSampling, choose_tokens, seen_mask
 
 
 class _FrameKV(KVWriter):
@@ -123,6 +123,9 @@ class LocalTransformer(nn.Module):
         B = hidden.shape[0]
         kvs = self._scratch(B, hidden)
         tables = self._tables(hidden)
+        seen = None  # [B, rvq, V]: the window is fixed for the frame, so one scatter for all
+        if history is not None:
+            seen = seen_mask(history.transpose(1, 2), self.cfg.audio_vocab_size)
         x = hidden[:, None]  # [B, 1, H]
         codes = []
         for i in range(self.rvq):
@@ -130,7 +133,7 @@ class LocalTransformer(nn.Module):
             logits = self.local_lm_heads[i](out).float()  # [B, V]
             code = choose_tokens(
                 logits,
-                None if history is None else history[:, :, i],
+                None if seen is None else seen[:, i],
                 sampling,
                 None if noise is None else noise[:, i],
             )

@@ -84,6 +84,30 @@ class BatchSampling:
         return bool(self.greedy.all())
 
 
+def seen_mask(history: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Which ids occur in each history row.
+
+    Args:
+        history: [..., W] int64 ids; ``NO_HISTORY`` entries are ignored.
+    Returns:
+        [..., vocab] bool.
+    """
+    ids = torch.where(history < 0, vocab, history)  # sentinel column V catches the empty entries
+    seen = torch.zeros((*history.shape[:-1], vocab + 1), dtype=torch.bool, device=history.device)
+    seen.scatter_(-1, ids, True)
+    return seen[..., :vocab]
+
+
+def penalize(
+    logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor | float
+) -> torch.Tensor:
+    """Repetition penalty on the ``seen`` ids ([B, V] bool): logit * penalty where logit < 0,
+    logit / penalty elsewhere."""
+    p = torch.as_tensor(penalty, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
+    penalised = torch.where(logits < 0, logits * p, logits / p)
+    return torch.where(seen, penalised, logits)
+
+
 def apply_repetition_penalty(
     logits: torch.Tensor, history: torch.Tensor, penalty: torch.Tensor | float
 ) -> torch.Tensor:
@@ -97,14 +121,7 @@ def apply_repetition_penalty(
     Returns:
         [B, V]: logit * penalty where logit < 0, logit / penalty elsewhere, for seen ids.
     """
-    B, V = logits.shape
-    ids = torch.where(history < 0, V, history)  # sentinel column V catches the empty entries
-    seen = torch.zeros(B, V + 1, dtype=torch.bool, device=logits.device)
-    seen.scatter_(1, ids, True)
-    seen = seen[:, :V]  # [B, V]
-    p = torch.as_tensor(penalty, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
-    penalised = torch.where(logits < 0, logits * p, logits / p)
-    return torch.where(seen, penalised, logits)
+    return penalize(logits, seen_mask(history, logits.shape[-1]), penalty)
 
 
 def filter_logits(
@@ -147,20 +164,21 @@ def exponential_noise(
 
 def choose_tokens(
     logits: torch.Tensor,
-    history: torch.Tensor | None,
+    seen: torch.Tensor | None,
     sampling: BatchSampling,
     noise: torch.Tensor | None,
 ) -> torch.Tensor:
     """One code per row: penalty, then argmax (greedy rows) or a draw from the filtered softmax.
 
     Args:
-        logits: [B, V]; history: [B, W] or None; noise: [B, V] Exp(1) noise, or None when every
+        logits: [B, V]; seen: [B, V] bool ids to penalise (``seen_mask`` of the history
+            window), or None for no penalty; noise: [B, V] Exp(1) noise, or None when every
             row is greedy.
     Returns:
         [B] int64.
     """
-    if history is not None:
-        logits = apply_repetition_penalty(logits, history, sampling.penalty)
+    if seen is not None:
+        logits = penalize(logits, seen, sampling.penalty)
     greedy = logits.argmax(dim=-1)  # first maximum on ties: lowest id
     if noise is None:
         return greedy
