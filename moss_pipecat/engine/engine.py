@@ -93,6 +93,11 @@ class MossEngine:
             device=self.device,
         )
         self._codec_state = codec.new_stream_state(cfg.max_sessions) if codec is not None else None
+        self._frame_graph = None
+        if graphed:
+            from moss_pipecat.model.graphs import GraphedFrameStep
+
+            self._frame_graph = GraphedFrameStep(model, window=cfg.repetition_window_max)
         self._codec_graph = None
         if codec is not None and graphed:
             from moss_pipecat.codec.graphs import GraphedCodecDecode
@@ -221,6 +226,8 @@ class MossEngine:
             for pool in self._pools:
                 if pool.graphs is not None:
                     n += pool.graphs.capture_all(pool.n_slots)
+            if self._frame_graph is not None:
+                n += self._frame_graph.capture_all(self.config.max_sessions)
             if self._codec_graph is not None:
                 n += self._codec_graph.capture_all()
         logger.info(f"prepared {n} decode-step buckets in {time.perf_counter() - t0:.1f} s")
@@ -679,7 +686,10 @@ class MossEngine:
         self._hist[hist_rows] = NO_HISTORY  # a new turn: the penalty starts afresh
         hist, penalty_hist, sampling, noise = self._sampling_inputs(batch, hist_rows)
         hidden = torch.stack([hidden_of[s] for s in batch])  # [B, H]
-        frames = self.model.generate_frame(hidden, sampling, penalty_hist, noise)  # [B, rvq]
+        if self._frame_graph is not None:
+            frames = self._frame_graph.step(hidden, sampling, penalty_hist, noise)  # [B, rvq]
+        else:
+            frames = self.model.generate_frame(hidden, sampling, penalty_hist, noise)
         self._push_history(hist_rows, hist, frames)
         return list(zip(batch, frames.cpu(), strict=True))
 

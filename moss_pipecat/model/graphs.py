@@ -1,10 +1,12 @@
-"""The decode step on static buffers, captured as CUDA graphs per (batch, context) bucket.
+"""The decode step (and a turn's first frame) on static buffers, captured as CUDA graphs per
+(batch, context) bucket.
 
-A real-time step is ~200 small kernels (one backbone row, 16 local-transformer positions,
-sampling); at batch 1 their launch overhead, not the GPU, sets the frame time. Replaying a
-captured graph launches them all at once. Graphs need static shapes and addresses, so every
-call is padded up to a batch bucket and a context-length bucket: padding rows write into a
-spare cache slot that no session owns, and every input is copied into a buffer the graph reads.
+A real-time step is a few thousand small kernels (one backbone row, 16 local-transformer
+positions, sampling); at small batches their launch overhead, not the GPU, sets the frame
+time. Replaying a captured graph launches them all at once. Graphs need static shapes and
+addresses, so every call is padded up to a batch bucket and a context-length bucket: padding
+rows write into a spare cache slot that no session owns, and every input is copied into a
+buffer the graph reads.
 
 On a device without CUDA graphs (CPU) the same padded, static-buffer path runs eagerly, so
 tests on CPU exercise exactly the logic the GPU replays.
@@ -34,6 +36,48 @@ def default_kv_buckets(max_len: int, smallest: int = 512) -> tuple[int, ...]:
         out.append(k)
         k *= 2
     return (*out, max_len)
+
+
+def _capture_graph(run, warm_up, pool):
+    """Warm up on a side stream (allocator and kernels settle), then capture ``run``.
+    Returns the graph; its memory pool is shared by every graph of the owner."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        warm_up()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        run()
+    return graph
+
+
+def _sampling_buffers(B: int, window: int, rvq: int, vocab: int, dev) -> dict:
+    """Static per-row sampling inputs; fresh rows are greedy with an empty penalty window."""
+    return {
+        "history": torch.full((B, window, rvq), NO_HISTORY, dtype=torch.int64, device=dev),
+        "noise": torch.ones(B, rvq, vocab, device=dev),
+        "sampling": BatchSampling(
+            temperature=torch.ones(B, device=dev),
+            top_k=torch.zeros(B, dtype=torch.int64, device=dev),
+            top_p=torch.ones(B, device=dev),
+            penalty=torch.ones(B, device=dev),
+            greedy=torch.ones(B, dtype=torch.bool, device=dev),
+        ),
+    }
+
+
+def _fill_sampling(buf, B: int, sampling, history, noise) -> None:
+    """Copies a batch's sampling inputs into rows 0..B-1; padding rows become greedy."""
+    buf.history[:B].copy_(history)
+    buf.history[B:] = NO_HISTORY
+    if noise is not None:
+        buf.noise[:B].copy_(noise)
+    for name in ("temperature", "top_k", "top_p", "penalty", "greedy"):
+        getattr(buf.sampling, name)[:B].copy_(getattr(sampling, name))
+    if noise is None:
+        buf.sampling.greedy[:B] = True  # all greedy: the stale noise is never used
+    buf.sampling.greedy[B:] = True
 
 
 @dataclass
@@ -110,17 +154,7 @@ class GraphedDecodeStep:
         return _Buffers(
             rows=self._pad_row.repeat(B, 1, 1),
             slots=torch.full((B,), self.pad_slot, dtype=torch.int64, device=dev),
-            history=torch.full(
-                (B, self.window, cfg.rvq), NO_HISTORY, dtype=torch.int64, device=dev
-            ),
-            noise=torch.ones(B, cfg.rvq, cfg.audio_vocab_size, device=dev),
-            sampling=BatchSampling(
-                temperature=torch.ones(B, device=dev),
-                top_k=torch.zeros(B, dtype=torch.int64, device=dev),
-                top_p=torch.ones(B, device=dev),
-                penalty=torch.ones(B, device=dev),
-                greedy=torch.ones(B, dtype=torch.bool, device=dev),
-            ),
+            **_sampling_buffers(B, self.window, cfg.rvq, cfg.audio_vocab_size, dev),
         )
 
     def _run(self, buf: _Buffers, kv_len: int) -> None:
@@ -137,16 +171,10 @@ class GraphedDecodeStep:
             self._run(buf, kv_len)
 
     def _capture(self, buf: _Buffers, kv_len: int) -> None:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            self._warm_up(buf, kv_len)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            self._run(buf, kv_len)
-        self._pool = graph.pool()
-        buf.graph = graph
+        buf.graph = _capture_graph(
+            lambda: self._run(buf, kv_len), lambda: self._warm_up(buf, kv_len), self._pool
+        )
+        self._pool = buf.graph.pool()
         logger.debug(f"captured decode graph batch={buf.rows.shape[0]} kv_len={kv_len}")
 
     def prepare(self, batch_bucket: int, kv_bucket: int) -> _Buffers:
@@ -188,18 +216,108 @@ class GraphedDecodeStep:
         buf.rows[B:] = self._pad_row
         buf.slots[:B].copy_(slots)
         buf.slots[B:] = self.pad_slot
-        buf.history[:B].copy_(history)
-        buf.history[B:] = NO_HISTORY
-        if noise is not None:
-            buf.noise[:B].copy_(noise)
-        for name in ("temperature", "top_k", "top_p", "penalty", "greedy"):
-            dst = getattr(buf.sampling, name)
-            dst[:B].copy_(getattr(sampling, name))
-        if noise is None:
-            buf.sampling.greedy[:B] = True  # all greedy: the stale noise is never used
-        buf.sampling.greedy[B:] = True
+        _fill_sampling(buf, B, sampling, history, noise)
         if self.use_cuda_graphs:
             buf.graph.replay()
         else:
             self._run(buf, K)
         return buf.frames[:B], buf.hidden[:B]
+
+
+@dataclass
+class _FrameBuffers:
+    hidden: torch.Tensor  # [B, H]
+    history: torch.Tensor  # [B, W, rvq]
+    noise: torch.Tensor  # [B, rvq, V]
+    sampling: BatchSampling
+    frames: torch.Tensor | None = None  # output, owned by the graph
+    graph: torch.cuda.CUDAGraph | None = None
+
+
+class GraphedFrameStep:
+    """``MossTTSRealtime.generate_frame`` (local transformer + sampling from a given hidden
+    state) padded to batch buckets and replayed as CUDA graphs: the first frame of a turn,
+    right after its prefill, which is on the time-to-first-audio path.
+
+    Args:
+        model: the TTS model; window: repetition-penalty window (history buffer length).
+        use_cuda_graphs: capture graphs (CUDA only); False runs the padded path eagerly.
+    """
+
+    def __init__(
+        self,
+        model: MossTTSRealtime,
+        window: int,
+        batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS,
+        use_cuda_graphs: bool | None = None,
+    ) -> None:
+        p = next(model.parameters())
+        self.model, self.window, self.dtype, self.device = model, window, p.dtype, p.device
+        self.batch_buckets = tuple(sorted(batch_buckets))
+        dev_is_cuda = self.device.type == "cuda"
+        self.use_cuda_graphs = dev_is_cuda if use_cuda_graphs is None else use_cuda_graphs
+        self._pool = None
+        self._buffers: dict[int, _FrameBuffers] = {}
+
+    def bucket(self, batch: int) -> int:
+        i = bisect.bisect_left(self.batch_buckets, batch)
+        if i == len(self.batch_buckets):
+            raise ValueError(f"batch {batch} exceeds the largest bucket")
+        return self.batch_buckets[i]
+
+    def _run(self, buf: _FrameBuffers) -> None:
+        buf.frames = self.model.generate_frame(buf.hidden, buf.sampling, buf.history, buf.noise)
+
+    def _warm_up(self, buf: _FrameBuffers) -> None:
+        for _ in range(2):  # touches nothing but the buffers
+            self._run(buf)
+
+    def _capture(self, buf: _FrameBuffers) -> None:
+        buf.graph = _capture_graph(lambda: self._run(buf), lambda: self._warm_up(buf), self._pool)
+        self._pool = buf.graph.pool()
+        logger.debug(f"captured first-frame graph batch={buf.hidden.shape[0]}")
+
+    def prepare(self, batch_bucket: int) -> _FrameBuffers:
+        """The static buffers (and, with CUDA graphs, the captured graph) of one bucket."""
+        buf = self._buffers.get(batch_bucket)
+        if buf is None:
+            cfg = self.model.cfg
+            buf = self._buffers[batch_bucket] = _FrameBuffers(
+                hidden=torch.zeros(
+                    batch_bucket, cfg.language.hidden_size, dtype=self.dtype, device=self.device
+                ),
+                **_sampling_buffers(
+                    batch_bucket, self.window, cfg.rvq, cfg.audio_vocab_size, self.device
+                ),
+            )
+            if self.use_cuda_graphs:
+                self._capture(buf)
+        return buf
+
+    def capture_all(self, max_batch: int) -> int:
+        """Prepares every bucket up to the one holding ``max_batch``; returns the count."""
+        largest = self.bucket(max_batch)
+        buckets = [b for b in self.batch_buckets if b <= largest]
+        for b in buckets:
+            self.prepare(b)
+        return len(buckets)
+
+    def step(
+        self,
+        hidden: torch.Tensor,
+        sampling: BatchSampling,
+        history: torch.Tensor,
+        noise: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Same contract as ``MossTTSRealtime.generate_frame`` (``history`` [B, window, rvq]).
+        Returns a view of the graph's output: copy it before the next step."""
+        B = hidden.shape[0]
+        buf = self.prepare(self.bucket(B))
+        buf.hidden[:B].copy_(hidden)
+        buf.hidden[B:] = 0
+        _fill_sampling(buf, B, sampling, history, noise)
+        if self.use_cuda_graphs:
+            buf.graph.replay()
+        else:
+            self._run(buf)
+        return buf.frames[:B]

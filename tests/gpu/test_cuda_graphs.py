@@ -137,7 +137,7 @@ def test_graphed_engine_equals_eager_engine(realtime_dir, golden_layout, realtim
             ),
         ).start()
         try:
-            assert engine.graphed == graphed
+            assert engine.graphed == graphed and engine.uses_cuda_graphs == graphed
             sessions = [
                 engine.create_session(sampling=SamplingParams.greedy_decoding()) for _ in texts
             ]

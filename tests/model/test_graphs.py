@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from moss_pipecat.model import BatchSampling, MossTTSRealtime, SamplingParams
-from moss_pipecat.model.graphs import GraphedDecodeStep, default_kv_buckets
+from moss_pipecat.model.graphs import GraphedDecodeStep, GraphedFrameStep, default_kv_buckets
 from moss_pipecat.model.sampling import NO_HISTORY, exponential_noise
 
 
@@ -99,3 +99,38 @@ def test_graphed_step_equals_eager_step(
 def test_kv_buckets_end_at_the_cache_length():
     assert default_kv_buckets(3000) == (512, 1024, 2048, 3000)
     assert default_kv_buckets(512) == (512,)
+
+
+class FrameCaptureOnCPU(GraphedFrameStep):
+    """The first-frame step with the capture's real side effects (warm-up runs) on CPU."""
+
+    def _capture(self, buf):
+        self._warm_up(buf)
+        buf.graph = _ReplayEagerly(lambda: self._run(buf))
+
+
+@pytest.mark.parametrize("capture", [False, True], ids=["padded", "capture-warmup"])
+def test_graphed_first_frame_equals_generate_frame(tiny_model, capture):
+    cfg = tiny_model.cfg
+    gen = torch.Generator().manual_seed(4)
+    step = (FrameCaptureOnCPU if capture else GraphedFrameStep)(
+        tiny_model, window=50, batch_buckets=(2, 4), use_cuda_graphs=capture
+    )
+    params = [SamplingParams(), SamplingParams.greedy_decoding(), SamplingParams(top_p=0.9)]
+    for B in (1, 3, 2, 3):  # buckets reused with fewer rows: stale rows must not leak
+        hidden = torch.randn(B, cfg.language.hidden_size, generator=gen)
+        sampling = BatchSampling.from_params(params[:B])
+        history = torch.randint(0, 1024, (B, 50, cfg.rvq), generator=gen)
+        history[:, :20] = NO_HISTORY
+        gens = [torch.Generator().manual_seed(B * 7 + i) for i in range(B)]
+        noise = exponential_noise(gens, (cfg.rvq, cfg.audio_vocab_size))
+        want = tiny_model.generate_frame(hidden, sampling, history, noise)
+        got = step.step(hidden, sampling, history, noise)
+        assert torch.equal(got, want)
+        greedy = BatchSampling.from_params([SamplingParams.greedy_decoding()] * B)
+        assert torch.equal(
+            step.step(hidden, greedy, history, None),
+            tiny_model.generate_frame(hidden, greedy, history, None),
+        )
+    assert set(step._buffers) == {2, 4}
+    assert step.capture_all(3) == 2
