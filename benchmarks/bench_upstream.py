@@ -413,11 +413,11 @@ def ours_session(
     params = SamplingParams.greedy_decoding()
     sampling = BatchSampling.from_params([params], dev)
     max_len = sum(p.shape[0] for p in (prompts.turn1, prompts.turn2)) + sum(n_frames) + 2
-    cache = model.new_cache(2, max_len)  # slot 1: the graphed step's padding slot
+    cache = model.new_cache(1, max_len)  # max_len keeps the graphed step's spare position
     slots = torch.zeros(1, dtype=torch.int64, device=dev)
     stepper = eager_stepper(model, cache)
     if graphed:
-        stepper = GraphedDecodeStep(model, cache, pad_slot=1, window=params.repetition_window).step
+        stepper = GraphedDecodeStep(model, cache, window=params.repetition_window).step
     out = []
     for prompt, fed, limit in (
         (prompts.turn1, prompts.fed1, n_frames[0]),
@@ -526,7 +526,7 @@ def time_ours(
     cfg = model.cfg
     n_steps = args.warmup + args.iters
     p1, p2 = prompts.turn1.to(device), prompts.turn2.to(device)
-    cache = model.new_cache(B + 1, p1.shape[0] + 2 * n_steps + p2.shape[0] + 2)
+    cache = model.new_cache(B, p1.shape[0] + 2 * n_steps + p2.shape[0] + 2)
     slots = torch.arange(B, device=device)
     params = SamplingParams() if args.sampled else SamplingParams.greedy_decoding()
     sampling = BatchSampling.from_params([params] * B, device)
@@ -534,8 +534,13 @@ def time_ours(
     frame0 = model.generate_frame(model.prefill(p1.expand(B, -1, -1), cache, slots), sampling)
     L0 = p1.shape[0]
     out: dict[str, Any] = {}
-    graphed = GraphedDecodeStep(model, cache, pad_slot=B, window=params.repetition_window)
-    for mode, stepper in (("eager", eager_stepper(model, cache)), ("graphed", graphed.step)):
+    graphed = GraphedDecodeStep(model, cache, window=params.repetition_window)
+    slot_list = list(range(B))  # the graphed step takes host slots (no device read)
+
+    def graphed_step(rows, slots, *rest):
+        return graphed.step(rows, slot_list, *rest)
+
+    for mode, stepper in (("eager", eager_stepper(model, cache)), ("graphed", graphed_step)):
         cache.lengths[:B] = L0  # both modes decode from the same turn-1 prompt
         history = FrameHistory(B, params.repetition_window, cfg.rvq, device)
         row = torch.full((B, 1, cfg.channels), cfg.text_pad, device=device)

@@ -700,7 +700,7 @@ class MossEngine:
             self.layout.step_row(s.next_text_id(pad), s.turn.record.frames[-1]) for s in batch
         ]
         rows = torch.stack(step_rows)[:, None].to(self.device)  # [B, 1, 17]
-        slots = torch.tensor([s.slot for s in batch], device=self.device)
+        slots = [s.slot for s in batch]
         pool = self._pools[batch[0].pool]  # the batch shares one pool
         kv_len = max(s.cache_len for s in batch) + 1
         hist_rows = self._hist_rows(batch)
@@ -708,8 +708,9 @@ class MossEngine:
         if pool.graphs is not None:
             frames, _ = pool.graphs.step(rows, slots, kv_len, sampling, penalty_hist, noise)
         else:
+            slot_t = torch.tensor(slots, device=self.device)
             frames, _ = self.model.decode_step(
-                rows, pool.cache, slots, kv_len, sampling, penalty_hist, noise
+                rows, pool.cache, slot_t, kv_len, sampling, penalty_hist, noise
             )
         self._push_history(hist_rows, hist, frames)
         frames = frames.cpu()
@@ -810,7 +811,7 @@ class MossEngine:
 
 
 class KVPool:
-    """One KV cache of equal-capacity slots (plus the graphed step's spare slot)."""
+    """One KV cache of equal-capacity slots (plus, graphed, a spare position per slot)."""
 
     def __init__(self, cache, capacity: int, n_slots: int, hist_offset: int, graphs) -> None:
         self.cache, self.capacity, self.hist_offset, self.graphs = (
@@ -832,7 +833,8 @@ class KVPool:
         graphed: bool,
         config: EngineConfig,
     ) -> KVPool:
-        cache = model.new_cache(n_slots + int(graphed), capacity)
+        # The graphed step runs idle slots too; their writes need one spare position.
+        cache = model.new_cache(n_slots, capacity + int(graphed))
         graphs = None
         if graphed:
             from moss_pipecat.model.graphs import GraphedDecodeStep
@@ -840,7 +842,6 @@ class KVPool:
             graphs = GraphedDecodeStep(
                 model,
                 cache,
-                pad_slot=n_slots,
                 window=config.repetition_window_max,
                 compile_backend=config.compile_decode,
             )

@@ -82,10 +82,10 @@ def _fill_sampling(buf, B: int, sampling, history, noise) -> None:
 
 @dataclass
 class _Buffers:
-    rows: torch.Tensor  # [B, 1, 17]
-    slots: torch.Tensor  # [B]
-    history: torch.Tensor  # [B, W, rvq]
-    noise: torch.Tensor  # [B, rvq, V]
+    rows: torch.Tensor  # [Bb, 1, 17]: row i is slot i's step row (a pad row when idle)
+    n_new: torch.Tensor  # [Bb] int64: 1 for the slots stepped this call, 0 for the rest
+    history: torch.Tensor  # [Bb, W, rvq]
+    noise: torch.Tensor  # [Bb, rvq, V]
     sampling: BatchSampling
     frames: torch.Tensor | None = None  # outputs, owned by the graph
     hidden: torch.Tensor | None = None
@@ -93,15 +93,26 @@ class _Buffers:
 
 
 class GraphedDecodeStep:
-    """``MossTTSRealtime.decode_step`` padded to buckets and replayed as CUDA graphs.
+    """``MossTTSRealtime.decode_step`` over a prefix of the cache's slots, replayed as CUDA
+    graphs per (rows, context) bucket.
+
+    A call steps any set of slots; the graph runs rows ``0..Bb-1`` (``Bb`` the bucket holding
+    the highest slot stepped) with row i = slot i, so attention reads each slot's keys and
+    values in place: no per-layer gather of the batch's caches, which at 150 sessions would
+    copy tens of GB per step. Slots not stepped run with ``n_new = 0``: their lengths do not
+    move and what they write lands at their own length, i.e. above their valid entries, where
+    their next real write lands first. For that the cache needs one spare position per slot:
+    every slot's length must stay below ``cache.max_len``. The engine hands out low slots
+    first, so the prefix stays short.
 
     Args:
-        model, cache: the cache must have a spare slot ``pad_slot`` that no session uses.
-        pad_slot: where padding rows write (its length is reset before every step).
+        model, cache: the model and the cache whose slots are stepped.
         window: repetition-penalty window (history buffer length).
+        batch_buckets: row counts graphs are captured for (capped at the cache's slots).
+        kv_buckets: context lengths attention is bucketed to (default: powers of two).
         use_cuda_graphs: capture graphs (CUDA only); False runs the padded path eagerly.
         compile_backend: also ``torch.compile`` the step (e.g. "inductor": fused kernels,
-            fewer launches inside each graph). One trace serves every bucket (batch and
+            fewer launches inside each graph). One trace serves every bucket (rows and
             context length are symbolic); ``fullgraph`` makes any host sync an error.
     """
 
@@ -109,17 +120,15 @@ class GraphedDecodeStep:
         self,
         model: MossTTSRealtime,
         cache: KVCache,
-        pad_slot: int,
         window: int,
         batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS,
         kv_buckets: Sequence[int] | None = None,
         use_cuda_graphs: bool | None = None,
         compile_backend: str | None = None,
     ) -> None:
-        if not 0 <= pad_slot < cache.n_slots:
-            raise ValueError(f"pad_slot {pad_slot} outside the cache's {cache.n_slots} slots")
-        self.model, self.cache, self.pad_slot, self.window = model, cache, pad_slot, window
-        self.batch_buckets = tuple(sorted(batch_buckets))
+        self.model, self.cache, self.window = model, cache, window
+        n = cache.n_slots
+        self.batch_buckets = tuple(sorted({min(b, n) for b in batch_buckets if b >= 1} | {n}))
         self.kv_buckets = tuple(sorted(kv_buckets or default_kv_buckets(cache.max_len)))
         if self.kv_buckets[-1] > cache.max_len:
             raise ValueError("kv buckets exceed the cache length")
@@ -138,35 +147,37 @@ class GraphedDecodeStep:
         )
         self._pad_row[0] = cfg.text_pad
 
-    def bucket(self, batch: int, kv_len: int) -> tuple[int, int]:
-        b = self.batch_buckets[
-            min(bisect.bisect_left(self.batch_buckets, batch), len(self.batch_buckets) - 1)
-        ]
-        k = self.kv_buckets[
-            min(bisect.bisect_left(self.kv_buckets, kv_len), len(self.kv_buckets) - 1)
-        ]
-        if b < batch or k < kv_len:
-            raise ValueError(f"batch {batch} / kv_len {kv_len} exceed the largest bucket")
-        return b, k
+    def bucket(self, rows: int, kv_len: int) -> tuple[int, int]:
+        """(rows, context) bucket for stepping slots ``0..rows-1`` with ``kv_len`` positions."""
+        i = bisect.bisect_left(self.batch_buckets, rows)
+        j = bisect.bisect_left(self.kv_buckets, kv_len)
+        if i == len(self.batch_buckets) or j == len(self.kv_buckets):
+            raise ValueError(f"rows {rows} / kv_len {kv_len} exceed the largest bucket")
+        return self.batch_buckets[i], self.kv_buckets[j]
 
     def _make_buffers(self, B: int) -> _Buffers:
         cfg, dev = self.model.cfg, self.cache.device
         return _Buffers(
             rows=self._pad_row.repeat(B, 1, 1),
-            slots=torch.full((B,), self.pad_slot, dtype=torch.int64, device=dev),
+            n_new=torch.zeros(B, dtype=torch.int64, device=dev),
             **_sampling_buffers(B, self.window, cfg.rvq, cfg.audio_vocab_size, dev),
         )
 
     def _run(self, buf: _Buffers, kv_len: int) -> None:
-        # Padding rows all share the spare slot: keep its length at 0 so it never overflows.
-        self.cache.lengths[self.pad_slot] = 0
         buf.frames, buf.hidden = self._decode(
-            buf.rows, self.cache, buf.slots, kv_len, buf.sampling, buf.history, buf.noise
+            buf.rows,
+            self.cache,
+            None,  # row i is slot i: keys and values are read in place
+            kv_len,
+            buf.sampling,
+            buf.history,
+            buf.noise,
+            buf.n_new,
         )
 
     def _warm_up(self, buf: _Buffers, kv_len: int) -> None:
-        """The runs before capture (allocator and kernels settle). They really execute: every
-        row of fresh buffers points at the spare slot, so no session's cache is touched."""
+        """The runs before capture (allocator and kernels settle). They really execute: fresh
+        buffers step no slot (``n_new`` 0), so no session's length or valid entries change."""
         for _ in range(2):
             self._run(buf, kv_len)
 
@@ -175,7 +186,7 @@ class GraphedDecodeStep:
             lambda: self._run(buf, kv_len), lambda: self._warm_up(buf, kv_len), self._pool
         )
         self._pool = buf.graph.pool()
-        logger.debug(f"captured decode graph batch={buf.rows.shape[0]} kv_len={kv_len}")
+        logger.debug(f"captured decode graph rows={buf.rows.shape[0]} kv_len={kv_len}")
 
     def prepare(self, batch_bucket: int, kv_bucket: int) -> _Buffers:
         """The static buffers (and, with CUDA graphs, the captured graph) of one bucket."""
@@ -183,15 +194,14 @@ class GraphedDecodeStep:
         if buf is None:
             buf = self._buffers[(batch_bucket, kv_bucket)] = self._make_buffers(batch_bucket)
             if self.use_cuda_graphs:
-                # Capture while the fresh buffers still point every row at the spare slot:
-                # the warm-up runs really execute, and must not append to any session.
+                # Capture before any input is copied in: the warm-up runs really execute.
                 self._capture(buf, kv_bucket)
         return buf
 
-    def capture_all(self, max_batch: int) -> int:
-        """Prepares every bucket a batch of up to ``max_batch`` rows can hit, so no session
+    def capture_all(self, max_rows: int | None = None) -> int:
+        """Prepares every bucket up to ``max_rows`` rows (default: all slots), so no session
         waits for a capture mid-call (vLLM does the same at start-up). Returns the count."""
-        largest = self.bucket(max_batch, 1)[0]
+        largest = self.bucket(max_rows or self.cache.n_slots, 1)[0]
         pairs = [(b, k) for b in self.batch_buckets if b <= largest for k in self.kv_buckets]
         for b, k in pairs:
             self.prepare(b, k)
@@ -200,28 +210,42 @@ class GraphedDecodeStep:
     def step(
         self,
         rows: torch.Tensor,
-        slots: torch.Tensor,
+        slots: Sequence[int] | torch.Tensor,
         kv_len: int,
         sampling: BatchSampling,
         history: torch.Tensor,
         noise: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Same contract as ``MossTTSRealtime.decode_step`` (``history`` [B, window, rvq];
-        ``noise`` None when every row is greedy). Returns views of the graph's outputs: copy
-        them before the next step."""
-        B = rows.shape[0]
-        Bb, K = self.bucket(B, kv_len)
+        ``noise`` None when every row is greedy; ``slots`` distinct, best as a host list).
+
+        Returns frames [B, rvq] and hidden [B, H], row b for ``slots[b]``."""
+        if isinstance(slots, torch.Tensor):
+            slots = slots.tolist()
+        if len(slots) != rows.shape[0] or len(set(slots)) != len(slots):
+            raise ValueError(f"need {rows.shape[0]} distinct slots, got {slots}")
+        Bb, K = self.bucket(max(slots) + 1, kv_len)
         buf = self.prepare(Bb, K)
-        buf.rows[:B].copy_(rows)
-        buf.rows[B:] = self._pad_row
-        buf.slots[:B].copy_(slots)
-        buf.slots[B:] = self.pad_slot
-        _fill_sampling(buf, B, sampling, history, noise)
+        idx = torch.tensor(slots, dtype=torch.int64, device=buf.rows.device)
+        buf.rows[:] = self._pad_row
+        buf.rows[idx] = rows
+        buf.n_new.zero_()
+        buf.n_new[idx] = 1
+        buf.history.fill_(NO_HISTORY)
+        buf.history[idx] = history
+        if noise is not None:
+            buf.noise[idx] = noise
+        greedy = buf.sampling.greedy
+        for name in ("temperature", "top_k", "top_p", "penalty"):
+            getattr(buf.sampling, name)[idx] = getattr(sampling, name)
+        greedy.fill_(True)  # idle rows: argmax, never the stale noise
+        if noise is not None:
+            greedy[idx] = sampling.greedy
         if self.use_cuda_graphs:
             buf.graph.replay()
         else:
             self._run(buf, K)
-        return buf.frames[:B], buf.hidden[:B]
+        return buf.frames[idx], buf.hidden[idx]
 
 
 @dataclass

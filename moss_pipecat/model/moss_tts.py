@@ -157,6 +157,7 @@ class MossTTSRealtime(nn.Module):
         sampling: BatchSampling,
         history: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
+        n_new: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One real-time step for a batch of sessions: each row's step row through the backbone
         (appended to its slot), then the 16 codes of its next frame. No host sync: this is the
@@ -164,11 +165,14 @@ class MossTTSRealtime(nn.Module):
 
         Args:
             rows: [B, 1, 17] step rows (next text id beside the previous frame).
-            slots: [B] cache slots; kv_len: static bound on every slot's length + 1.
+            slots: [B] cache slots, or None for slots 0..B-1 (read in place, no gather);
+                kv_len: static bound on every stepped slot's length + 1.
+            n_new: [B] int64, 1 to append the row to its slot, 0 to leave the slot's length
+                as it is (default: all 1).
         Returns:
             frames [B, rvq] int64 and the backbone hidden states [B, H].
         """
-        hidden = self.backbone(rows, cache, slots, kv_len=kv_len)[:, 0]  # [B, H]
+        hidden = self.backbone(rows, cache, slots, n_new, kv_len)[:, 0]  # [B, H]
         return self.local_transformer.generate(hidden, sampling, history, noise), hidden
 
     def new_cache(

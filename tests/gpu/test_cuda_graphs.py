@@ -65,7 +65,6 @@ def test_tts_graph_replay_equals_padded_eager_and_eager(realtime_dir, realtime_g
             g = GraphedDecodeStep(
                 model,
                 cache,
-                pad_slot=4,
                 window=50,
                 batch_buckets=(1, 4),
                 kv_buckets=(32, 64, 160),
@@ -88,10 +87,10 @@ def test_real_size_bf16_capture_and_replay():
     prompt[..., 1:] %= cfg.audio_vocab_size
     frames = {}
     for mode in ("graph", "padded"):
-        cache = model.new_cache(9, 1024, device=CUDA)
+        cache = model.new_cache(8, 1024, device=CUDA)
         slots = torch.arange(8, device=CUDA)
         model.prefill(prompt.to(CUDA), cache, slots)
-        g = GraphedDecodeStep(model, cache, pad_slot=8, window=50, use_cuda_graphs=mode == "graph")
+        g = GraphedDecodeStep(model, cache, window=50, use_cuda_graphs=mode == "graph")
         frames[mode] = _run_steps(model, g.step, cache, slots[:3], n_steps=6)
     assert torch.equal(frames["graph"], frames["padded"])
 

@@ -53,14 +53,13 @@ def real_model() -> MossTTSRealtime:
 @pytest.mark.parametrize("batch", [1, 5])
 def test_decode_step_has_no_host_sync_at_real_size(real_model: MossTTSRealtime, batch: int):
     cfg = real_model.cfg
-    cache = real_model.new_cache(batch + 2, 256, device=META)
-    graphed = GraphedDecodeStep(
-        real_model, cache, pad_slot=batch + 1, window=50, batch_buckets=(8,), kv_buckets=(256,)
-    )
+    cache = real_model.new_cache(8, 257, device=META)  # + the spare position per slot
+    graphed = GraphedDecodeStep(real_model, cache, window=50, batch_buckets=(8,), kv_buckets=(256,))
     buf = graphed._make_buffers(8)
     assert buf.rows.device == META
     params = [SamplingParams(), SamplingParams.greedy_decoding()] * 4
     buf.sampling = BatchSampling.from_params(params, device=META)
+    buf.n_new[:batch] = 1  # the first ``batch`` slots step, the rest idle
     with OnlyMeta() as guard:
         graphed._run(buf, 256)  # exactly what the CUDA graph records
     assert guard.offenders == []

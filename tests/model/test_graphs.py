@@ -11,12 +11,14 @@ from moss_pipecat.model.sampling import NO_HISTORY, exponential_noise
 
 
 def _setup(model, rows, lengths, n_slots):
+    """Slots 2, 0, 3 (stepped) and 1 (idle, 20 rows of history) prefilled; 4 stays empty."""
     cache = model.new_cache(n_slots, 160)
-    slots = torch.tensor([2, 0, 3][: len(lengths)])
+    lengths = [*lengths, 20]
+    slots = torch.tensor([2, 0, 3, 1])
     T = max(lengths)
     batch = torch.stack([torch.cat((rows[:n], rows[:1].expand(T - n, -1))) for n in lengths])
     model.prefill(batch, cache, slots, n_new=torch.tensor(lengths))
-    return cache, slots
+    return cache, slots[:3]
 
 
 class _ReplayEagerly:
@@ -59,7 +61,6 @@ def test_graphed_step_equals_eager_step(
     graphed = (CaptureOnCPU if capture else GraphedDecodeStep)(
         tiny_model,
         graph_cache,
-        pad_slot=4,
         window=50,
         batch_buckets=(1, 4),
         kv_buckets=(32, 64, 160),
@@ -88,10 +89,14 @@ def test_graphed_step_equals_eager_step(
             # in the hidden state), so a near-tie may pick another code now and then.
             mismatched += int((got != want).sum())
             torch.testing.assert_close(got_h, want_h, atol=0.02 * want_h.abs().max(), rtol=0)
-        assert torch.equal(graph_cache.lengths[:4], eager_cache.lengths[:4])
+        assert torch.equal(graph_cache.lengths, eager_cache.lengths)
         history = torch.cat((history[:, 1:], want[:, None]), dim=1)
         frames = want
     assert mismatched <= 0.05 * 25 * 3 * cfg.rvq
+    # The idle slot inside the stepped prefix kept its length and its entries.
+    assert int(graph_cache.lengths[1]) == 20
+    assert torch.equal(graph_cache.k[:, 1, :, :20], eager_cache.k[:, 1, :, :20])
+    assert torch.equal(graph_cache.v[:, 1, :, :20], eager_cache.v[:, 1, :, :20])
     assert graphed.bucket(3, 40) == (4, 64)
     assert set(graphed._buffers) == {(4, 64), (4, 160)} or set(graphed._buffers) >= {(4, 64)}
 
