@@ -4,9 +4,9 @@
 A real-time step is a few thousand small kernels (one backbone row, 16 local-transformer
 positions, sampling); at small batches their launch overhead, not the GPU, sets the frame
 time. Replaying a captured graph launches them all at once. Graphs need static shapes and
-addresses, so every call is padded up to a batch bucket and a context-length bucket: padding
-rows write into a spare cache slot that no session owns, and every input is copied into a
-buffer the graph reads.
+addresses, so every call is padded up to a row bucket and a context-length bucket, and every
+input is copied into a buffer the graph reads (see ``GraphedDecodeStep`` for how idle rows
+stay harmless).
 
 On a device without CUDA graphs (CPU) the same padded, static-buffer path runs eagerly, so
 tests on CPU exercise exactly the logic the GPU replays.
