@@ -47,6 +47,34 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="seconds generation may run ahead of real time (0: unlimited)",
     )
     p.add_argument("--max-context", type=int, default=None, help="KV positions per session")
+    p.add_argument(
+        "--kv-pools",
+        nargs="+",
+        metavar="SLOTSxCAPACITY",
+        type=_pool,
+        help="KV pools, e.g. 128x2048 24x8192 2x32768: memory follows context length "
+        "(sessions move up as they grow); sets --max-sessions and --max-context",
+    )
+    p.add_argument(
+        "--graphs",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="CUDA-graphed decode steps (auto: on for CUDA)",
+    )
+    p.add_argument(
+        "--compile",
+        metavar="BACKEND",
+        default=None,
+        help="torch.compile the graphed decode step (e.g. inductor; minutes at start)",
+    )
+
+
+def _pool(text: str) -> tuple[int, int]:
+    try:
+        slots, capacity = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SLOTSxCAPACITY, got {text!r}") from None
+    return slots, capacity
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,10 +90,17 @@ def _engine_config(args: argparse.Namespace):
     kw: dict = {"lookahead_s": args.lookahead or None, "max_text_chars": args.max_text_chars}
     if args.max_sessions is not None:
         kw["max_sessions"] = args.max_sessions
-    if args.max_context is not None:
+    if args.kv_pools:
+        kw["kv_pools"] = tuple(args.kv_pools)
+        kw["max_sessions"] = sum(n for n, _ in args.kv_pools)
+        kw["max_context"] = max(c for _, c in args.kv_pools)
+    elif args.max_context is not None:
         kw["max_context"] = args.max_context
-        kw["context_budget"] = min(30000, int(args.max_context * 0.9))
+    if "max_context" in kw:
+        kw["context_budget"] = min(30000, int(kw["max_context"] * 0.9))
         kw["turn_reserve"] = min(2000, kw["context_budget"] // 4)
+    kw["graphed_decode"] = {"auto": None, "on": True, "off": False}[args.graphs]
+    kw["compile_decode"] = args.compile
     return EngineConfig(**kw)
 
 

@@ -119,3 +119,26 @@ def test_cli_serve_arguments():
     )
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--tiny", "/x", "--model", "m"])
+
+
+def test_cli_kv_pools_and_graph_flags_make_the_engine_config():
+    from moss_pipecat.cli import _engine_config
+
+    args = build_parser().parse_args(
+        ["serve", "--tiny", "/x", "--kv-pools", "16x2048", "2X32768", "--graphs", "on"]
+    )
+    cfg = _engine_config(args)
+    assert cfg.pools() == [(16, 2048), (2, 32768)]
+    assert (cfg.max_sessions, cfg.max_context, cfg.graphed_decode) == (18, 32768, True)
+    assert cfg.compile_decode is None and cfg.context_budget == 29491
+    assert (
+        _engine_config(build_parser().parse_args(["serve", "--tiny", "/x"])).graphed_decode is None
+    )
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--tiny", "/x", "--kv-pools", "16by2048"])
+    with pytest.raises(InvalidInputError):  # compiling needs the graphed step
+        _engine_config(
+            build_parser().parse_args(
+                ["serve", "--tiny", "/x", "--graphs", "off", "--compile", "inductor"]
+            )
+        )
