@@ -27,6 +27,7 @@ so short gaps between calls do not shed conversations.
 """
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from loguru import logger
@@ -52,6 +53,9 @@ def _engine_from(options: dict[str, Any]):
         kw["context_budget"] = min(30000, int(kw["max_context"] * 0.9))
     if "context_budget" in kw and "turn_reserve" not in kw:
         kw["turn_reserve"] = min(2000, kw["context_budget"] // 4)
+    for key in ("kv_pools", "graphed_decode", "compile_decode"):
+        if options.get(key) is not None:
+            kw[key] = options[key]
     config = EngineConfig(**kw)
     if options.get("tiny"):
         return factory.load_tiny_engine(
@@ -194,6 +198,18 @@ _NUMERIC = {
 }
 
 
+def parse_pools(value: str | Sequence[Sequence[int]]) -> tuple[tuple[int, int], ...]:
+    """KV pools from ``"128x2048,24x8192"`` (command line) or ((slots, capacity), ...)."""
+    if isinstance(value, str):
+        items = [v.lower().split("x") for v in value.replace(",", " ").split()]
+    else:
+        items = list(value)
+    try:
+        return tuple((int(n), int(c)) for n, c in items)
+    except (TypeError, ValueError):
+        raise ValueError(f"kv_pools must be SLOTSxCAPACITY items, got {value!r}") from None
+
+
 def build_app(args: dict[str, Any] | None = None):
     """Serve application builder (``serve run moss_pipecat.server.ray_app:build_app k=v``).
 
@@ -205,6 +221,8 @@ def build_app(args: dict[str, Any] | None = None):
         target_ongoing_requests, downscale_delay_s: autoscaling.
         token: bearer token (default ``$MOSS_PIPECAT_TOKEN`` on the replicas);
         idle_expiry_s, max_connections, lookahead_s, max_context, context_budget, turn_reserve.
+        kv_pools: "128x2048,24x8192,2x32768" (sets max_sessions and max_context);
+        graphs: auto/on/off (CUDA-graphed decode); compile: torch.compile backend.
     """
     args = dict(args or {})
     for key, cast in _NUMERIC.items():
@@ -217,6 +235,13 @@ def build_app(args: dict[str, Any] | None = None):
         import torch
 
         num_gpus = 1.0 if torch.cuda.is_available() and not args.get("tiny") else 0.0
+    if args.get("kv_pools") is not None:
+        args["kv_pools"] = parse_pools(args["kv_pools"])
+        args["max_sessions"] = sum(n for n, _ in args["kv_pools"])
+        args["max_context"] = max(c for _, c in args["kv_pools"])
+    graphs = str(args.get("graphs", "auto")).lower()
+    if graphs not in ("auto", "on", "off"):
+        raise ValueError(f"graphs must be auto, on or off, got {graphs!r}")
     max_sessions = args.get("max_sessions", 8)
     engine_options = {
         k: args[k]
@@ -231,9 +256,13 @@ def build_app(args: dict[str, Any] | None = None):
             "max_context",
             "context_budget",
             "turn_reserve",
+            "kv_pools",
         )
         if args.get(k) is not None
     }
+    engine_options["graphed_decode"] = {"auto": None, "on": True, "off": False}[graphs]
+    if args.get("compile"):
+        engine_options["compile_decode"] = args["compile"]
     engine_options["max_sessions"] = max_sessions
     if num_gpus and "device" not in engine_options:
         engine_options["device"] = "cuda"
