@@ -109,7 +109,8 @@ class GraphedDecodeStep:
         model, cache: the model and the cache whose slots are stepped.
         window: repetition-penalty window (history buffer length).
         batch_buckets: row counts graphs are captured for (capped at the cache's slots).
-        kv_buckets: context lengths attention is bucketed to (default: powers of two).
+        kv_buckets: context lengths attention is bucketed to (default: powers of two up to
+            ``cache.max_len - 1``).
         use_cuda_graphs: capture graphs (CUDA only); False runs the padded path eagerly.
         compile_backend: also ``torch.compile`` the step (e.g. "inductor": fused kernels,
             fewer launches inside each graph). One trace serves every bucket (rows and
@@ -129,7 +130,9 @@ class GraphedDecodeStep:
         self.model, self.cache, self.window = model, cache, window
         n = cache.n_slots
         self.batch_buckets = tuple(sorted({min(b, n) for b in batch_buckets if b >= 1} | {n}))
-        self.kv_buckets = tuple(sorted(kv_buckets or default_kv_buckets(cache.max_len)))
+        # The last position of every slot is the idle rows' spare: no step attends to it.
+        usable = max(cache.max_len - 1, 1)
+        self.kv_buckets = tuple(sorted(kv_buckets or default_kv_buckets(usable)))
         if self.kv_buckets[-1] > cache.max_len:
             raise ValueError("kv buckets exceed the cache length")
         device = cache.device

@@ -106,6 +106,17 @@ def test_kv_buckets_end_at_the_cache_length():
     assert default_kv_buckets(512) == (512,)
 
 
+def test_graphed_step_buckets_leave_out_the_spare_position(tiny_model):
+    # A pool of 2048-position sessions has 2049 positions per slot; the last is the spare.
+    step = GraphedDecodeStep(tiny_model, tiny_model.new_cache(3, 2049), window=50)
+    assert step.kv_buckets == (512, 1024, 2048)
+    assert step.batch_buckets == (1, 2, 3)  # capped at the cache's slots
+    with pytest.raises(ValueError, match="exceed"):
+        step.bucket(1, 2049)
+    with pytest.raises(ValueError, match="distinct"):
+        step.step(torch.zeros(2, 1, 17, dtype=torch.long), [0, 0], 10, None, None, None)
+
+
 class FrameCaptureOnCPU(GraphedFrameStep):
     """The first-frame step with the capture's real side effects (warm-up runs) on CPU."""
 
