@@ -97,7 +97,9 @@ class MossEngine:
         if graphed:
             from moss_pipecat.model.graphs import GraphedFrameStep
 
-            self._frame_graph = GraphedFrameStep(model, window=cfg.repetition_window_max)
+            self._frame_graph = GraphedFrameStep(
+                model, window=cfg.repetition_window_max, max_batch=cfg.max_sessions
+            )
         self._codec_graph = None
         if codec is not None and graphed:
             from moss_pipecat.codec.graphs import GraphedCodecDecode
@@ -227,7 +229,7 @@ class MossEngine:
                 if pool.graphs is not None:
                     n += pool.graphs.capture_all(pool.n_slots)
             if self._frame_graph is not None:
-                n += self._frame_graph.capture_all(self.config.max_sessions)
+                n += self._frame_graph.capture_all()
             if self._codec_graph is not None:
                 n += self._codec_graph.capture_all()
         logger.info(f"prepared {n} decode-step buckets in {time.perf_counter() - t0:.1f} s")

@@ -268,6 +268,7 @@ class GraphedFrameStep:
 
     Args:
         model: the TTS model; window: repetition-penalty window (history buffer length).
+        max_batch: the most rows one call may bring (the buckets are capped there).
         use_cuda_graphs: capture graphs (CUDA only); False runs the padded path eagerly.
     """
 
@@ -275,12 +276,14 @@ class GraphedFrameStep:
         self,
         model: MossTTSRealtime,
         window: int,
+        max_batch: int,
         batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS,
         use_cuda_graphs: bool | None = None,
     ) -> None:
         p = next(model.parameters())
         self.model, self.window, self.dtype, self.device = model, window, p.dtype, p.device
-        self.batch_buckets = tuple(sorted(batch_buckets))
+        capped = {min(b, max_batch) for b in batch_buckets if b >= 1}
+        self.batch_buckets = tuple(sorted(capped | {max_batch}))
         dev_is_cuda = self.device.type == "cuda"
         self.use_cuda_graphs = dev_is_cuda if use_cuda_graphs is None else use_cuda_graphs
         self._pool = None
@@ -321,13 +324,11 @@ class GraphedFrameStep:
                 self._capture(buf)
         return buf
 
-    def capture_all(self, max_batch: int) -> int:
-        """Prepares every bucket up to the one holding ``max_batch``; returns the count."""
-        largest = self.bucket(max_batch)
-        buckets = [b for b in self.batch_buckets if b <= largest]
-        for b in buckets:
+    def capture_all(self) -> int:
+        """Prepares every bucket; returns the count."""
+        for b in self.batch_buckets:
             self.prepare(b)
-        return len(buckets)
+        return len(self.batch_buckets)
 
     def step(
         self,

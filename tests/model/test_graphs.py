@@ -130,7 +130,7 @@ def test_graphed_first_frame_equals_generate_frame(tiny_model, capture):
     cfg = tiny_model.cfg
     gen = torch.Generator().manual_seed(4)
     step = (FrameCaptureOnCPU if capture else GraphedFrameStep)(
-        tiny_model, window=50, batch_buckets=(2, 4), use_cuda_graphs=capture
+        tiny_model, window=50, max_batch=3, batch_buckets=(2, 4), use_cuda_graphs=capture
     )
     params = [SamplingParams(), SamplingParams.greedy_decoding(), SamplingParams(top_p=0.9)]
     for B in (1, 3, 2, 3):  # buckets reused with fewer rows: stale rows must not leak
@@ -148,5 +148,6 @@ def test_graphed_first_frame_equals_generate_frame(tiny_model, capture):
             step.step(hidden, greedy, history, None),
             tiny_model.generate_frame(hidden, greedy, history, None),
         )
-    assert set(step._buffers) == {2, 4}
-    assert step.capture_all(3) == 2
+    assert step.batch_buckets == (2, 3)  # capped at max_batch
+    assert set(step._buffers) == {2, 3}
+    assert step.capture_all() == 2
