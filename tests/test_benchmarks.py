@@ -90,30 +90,16 @@ def test_engine(fixtures_dir, graphed):
 
 
 def test_capacity(fixtures_dir):
+    def capacity(gap_ms: str) -> dict:
+        args = ("--max-sessions", "3", "--frames", "4", "--gap-ms", gap_ms)
+        return run_bench("bench_capacity.py", *args, fixtures=fixtures_dir)
+
     # A generous gap limit: the search must grow to the cap and say so.
-    out = run_bench(
-        "bench_capacity.py",
-        "--max-sessions",
-        "3",
-        "--frames",
-        "4",
-        "--gap-ms",
-        "100000",
-        fixtures=fixtures_dir,
-    )
+    out = capacity("100000")
     assert [p["sessions"] for p in out["probes"]] == [1, 2, 3]
     assert out["capacity_sessions"] == 3 and out["capped_by_max_sessions"]
     # An impossible limit: nothing passes.
-    out = run_bench(
-        "bench_capacity.py",
-        "--max-sessions",
-        "3",
-        "--frames",
-        "4",
-        "--gap-ms",
-        "0",
-        fixtures=fixtures_dir,
-    )
+    out = capacity("0")
     assert out["capacity_sessions"] == 0 and out["at_capacity"] is None
 
 
