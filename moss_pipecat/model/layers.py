@@ -114,10 +114,33 @@ class Attention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # q: [B, h, T, hd]; k, v: [B, n_kv, T, hd]
         k_all, v_all = kv.write(k, v)  # [B, n_kv, S, hd]
-        out = F.scaled_dot_product_attention(
-            q, k_all, v_all, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv
-        )  # [B, h, T, hd]
+        out = grouped_attention(q, k_all, v_all, mask)  # [B, h, T, hd]
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+def grouped_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """GQA without repeating keys/values: the g query heads that share a kv head are folded
+    into the query-time axis. (SDPA's ``enable_gqa`` with a mask falls back, on CUDA, to the
+    math kernel, which copies every key and value g times: at many sessions that copy would
+    be the step's largest memory traffic.) Same result, query row by query row.
+
+    Args:
+        q: [B, h, T, hd]; k, v: [B, n_kv, S, hd] (query head i uses kv head i // (h / n_kv));
+        mask: [B or 1, 1, T, S] bool, True = attend.
+    Returns:
+        [B, h, T, hd].
+    """
+    B, h, T, hd = q.shape
+    n_kv, S = k.shape[1], k.shape[2]
+    g = h // n_kv
+    if g == 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    qg = q.reshape(B, n_kv, g * T, hd)  # head i = kv * g + j -> rows j*T .. j*T+T-1
+    mg = mask[:, :, None].expand(mask.shape[0], 1, g, T, S).reshape(mask.shape[0], 1, g * T, S)
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mg)  # [B, n_kv, g*T, hd]
+    return out.reshape(B, h, T, hd)
 
 
 class MLP(nn.Module):
