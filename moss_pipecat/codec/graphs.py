@@ -23,6 +23,7 @@ from loguru import logger
 
 from moss_pipecat.codec.model import MossAudioCodec, run_modules
 from moss_pipecat.codec.streaming import CodecStreamState
+from moss_pipecat.cuda_graphs import capture_graph
 from moss_pipecat.errors import InvalidInputError
 
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
@@ -85,16 +86,8 @@ class GraphedCodecDecode:
             self._run(buf)
 
     def _capture(self, buf: _Buffers) -> None:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            self._warm_up(buf)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            self._run(buf)
-        self._pool = graph.pool()
-        buf.graph = graph
+        buf.graph = capture_graph(lambda: self._run(buf), lambda: self._warm_up(buf), self._pool)
+        self._pool = buf.graph.pool()
         logger.debug(f"captured codec decode graph rows={buf.active.shape[0]}")
 
     @torch.inference_mode()

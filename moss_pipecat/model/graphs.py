@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from loguru import logger
 
+from moss_pipecat.cuda_graphs import capture_graph
 from moss_pipecat.model.kv_cache import KVCache
 from moss_pipecat.model.moss_tts import MossTTSRealtime
 from moss_pipecat.model.sampling import NO_HISTORY, BatchSampling
@@ -36,20 +37,6 @@ def default_kv_buckets(max_len: int, smallest: int = 512) -> tuple[int, ...]:
         out.append(k)
         k *= 2
     return (*out, max_len)
-
-
-def _capture_graph(run, warm_up, pool):
-    """Warm up on a side stream (allocator and kernels settle), then capture ``run``.
-    Returns the graph; its memory pool is shared by every graph of the owner."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        warm_up()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
-        run()
-    return graph
 
 
 def _sampling_buffers(B: int, window: int, rvq: int, vocab: int, dev) -> dict:
@@ -185,7 +172,7 @@ class GraphedDecodeStep:
             self._run(buf, kv_len)
 
     def _capture(self, buf: _Buffers, kv_len: int) -> None:
-        buf.graph = _capture_graph(
+        buf.graph = capture_graph(
             lambda: self._run(buf, kv_len), lambda: self._warm_up(buf, kv_len), self._pool
         )
         self._pool = buf.graph.pool()
@@ -303,7 +290,7 @@ class GraphedFrameStep:
             self._run(buf)
 
     def _capture(self, buf: _FrameBuffers) -> None:
-        buf.graph = _capture_graph(lambda: self._run(buf), lambda: self._warm_up(buf), self._pool)
+        buf.graph = capture_graph(lambda: self._run(buf), lambda: self._warm_up(buf), self._pool)
         self._pool = buf.graph.pool()
         logger.debug(f"captured first-frame graph batch={buf.hidden.shape[0]}")
 
