@@ -70,27 +70,17 @@ async def test_without_a_free_larger_slot_the_conversation_trims_to_its_slot(
 def test_pool_config_is_checked():
     from moss_pipecat.engine.config import EngineConfig
 
+    def config(max_sessions: int, max_context: int, pools) -> EngineConfig:
+        return EngineConfig(
+            max_sessions=max_sessions,
+            max_context=max_context,
+            context_budget=500,
+            turn_reserve=40,
+            kv_pools=pools,
+        )
+
     with pytest.raises(InvalidInputError, match="add up"):
-        EngineConfig(
-            max_sessions=4,
-            max_context=512,
-            context_budget=500,
-            turn_reserve=40,
-            kv_pools=((2, 128), (1, 512)),
-        )
+        config(4, 512, ((2, 128), (1, 512)))
     with pytest.raises(InvalidInputError, match="largest"):
-        EngineConfig(
-            max_sessions=3,
-            max_context=1024,
-            context_budget=500,
-            turn_reserve=40,
-            kv_pools=((2, 128), (1, 512)),
-        )
-    cfg = EngineConfig(
-        max_sessions=3,
-        max_context=512,
-        context_budget=500,
-        turn_reserve=40,
-        kv_pools=((1, 512), (2, 128)),
-    )
-    assert cfg.pools() == [(2, 128), (1, 512)]
+        config(3, 1024, ((2, 128), (1, 512)))
+    assert config(3, 512, ((1, 512), (2, 128))).pools() == [(2, 128), (1, 512)]
