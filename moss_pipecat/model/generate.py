@@ -6,6 +6,7 @@ for many sessions at once; this is the reference it is checked against.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,6 +57,8 @@ def generate_turn(
     max_frames: int,
     sampling: SamplingParams | None = None,
     generator: torch.Generator | None = None,
+    min_frames: int = 0,
+    eos_after_text: bool = False,
 ) -> TurnResult:
     """Generates one turn for one cache slot.
 
@@ -66,6 +69,9 @@ def generate_turn(
         max_frames: hard cap on frames, frame 0 included.
         sampling: defaults to greedy with the upstream repetition penalty.
         generator: source of randomness for sampled decoding.
+        min_frames: frames 0..min_frames-1 never end the turn (EOS on codebook 0 is masked), so
+            the turn has at least ``min(min_frames, max_frames)`` audio frames.
+        eos_after_text: EOS is masked until every text id has been fed.
     """
     cfg = model.cfg
     sampling = sampling or SamplingParams.greedy_decoding()
@@ -74,16 +80,19 @@ def generate_turn(
     history = FrameHistory(1, sampling.repetition_window, cfg.rvq, cache.device)
     vocab = cfg.audio_vocab_size
 
-    def frame(h: torch.Tensor, penalise: bool) -> torch.Tensor:
+    text = list(remaining_text)
+    allow = torch.ones(1, dtype=torch.bool, device=cache.device)
+
+    def frame(h: torch.Tensor, index: int) -> torch.Tensor:
         noise = None
         if not sampling.greedy:
             noise = exponential_noise([generator], (cfg.rvq, vocab), device=cache.device)
-        hist = history.buf if penalise and sampling.repetition_window else None
-        return model.generate_frame(h, batch, hist, noise)  # [1, rvq]
+        hist = history.buf if index > 0 and sampling.repetition_window else None
+        allow.fill_(index >= min_frames and not (eos_after_text and text))
+        return model.generate_frame(h, dataclasses.replace(batch, allow_eos=allow), hist, noise)
 
     h = model.prefill(prompt[None].to(cache.device), cache, slots)  # [1, H]
-    frames, hiddens, fed = [frame(h, penalise=False)], [h], []
-    text = list(remaining_text)
+    frames, hiddens, fed = [frame(h, 0)], [h], []  # frames: [1, rvq] each
     stop = "max_frames"
     while True:
         if int(frames[-1][0, 0]) == cfg.audio_eos:
@@ -96,7 +105,7 @@ def generate_turn(
         fed.append(token)
         row = torch.cat((torch.tensor([[token]], device=cache.device), frames[-1]), dim=1)
         h = model.backbone(row[:, None], cache, slots)[:, 0]  # [1, H]
-        frames.append(frame(h, penalise=True))
+        frames.append(frame(h, len(frames)))
         hiddens.append(h)
     return TurnResult(
         frames=torch.cat(frames),

@@ -50,6 +50,7 @@ def _sampling_buffers(B: int, window: int, rvq: int, vocab: int, dev) -> dict:
             top_p=torch.ones(B, device=dev),
             penalty=torch.ones(B, device=dev),
             greedy=torch.ones(B, dtype=torch.bool, device=dev),
+            allow_eos=torch.ones(B, dtype=torch.bool, device=dev),
         ),
     }
 
@@ -62,9 +63,19 @@ def _fill_sampling(buf, B: int, sampling, history, noise) -> None:
         buf.noise[:B].copy_(noise)
     for name in ("temperature", "top_k", "top_p", "penalty", "greedy"):
         getattr(buf.sampling, name)[:B].copy_(getattr(sampling, name))
+    _copy_allow_eos(buf.sampling.allow_eos, slice(0, B), sampling.allow_eos)
+    buf.sampling.allow_eos[B:] = True
     if noise is None:
         buf.sampling.greedy[:B] = True  # all greedy: the stale noise is never used
     buf.sampling.greedy[B:] = True
+
+
+def _copy_allow_eos(buf: torch.Tensor, rows, allow: torch.Tensor | None) -> None:
+    """Copies a batch's ``allow_eos`` into ``buf[rows]`` (None: allowed)."""
+    if allow is None:
+        buf[rows] = True
+    else:
+        buf[rows] = allow
 
 
 @dataclass
@@ -228,6 +239,8 @@ class GraphedDecodeStep:
         greedy = buf.sampling.greedy
         for name in ("temperature", "top_k", "top_p", "penalty"):
             getattr(buf.sampling, name)[idx] = getattr(sampling, name)
+        buf.sampling.allow_eos.fill_(True)
+        _copy_allow_eos(buf.sampling.allow_eos, idx, sampling.allow_eos)
         greedy.fill_(True)  # idle rows: argmax, never the stale noise
         if noise is not None:
             greedy[idx] = sampling.greedy

@@ -11,7 +11,7 @@ from torch import nn
 
 from moss_pipecat.model.config import MossTTSRealtimeConfig
 from moss_pipecat.model.layers import DecoderLayer, KVWriter, RMSNorm, rope_cos_sin
-from moss_pipecat.model.sampling import BatchSampling, choose_tokens, seen_mask
+from moss_pipecat.model.sampling import BatchSampling, choose_tokens, mask_token, seen_mask
 
 
 class _FrameKV(KVWriter):
@@ -113,7 +113,8 @@ class LocalTransformer(nn.Module):
 
         Args:
             hidden: [B, H] backbone hidden state of the row before the frame.
-            sampling: per-row settings.
+            sampling: per-row settings; rows whose ``allow_eos`` is False never pick EOS on
+                codebook 0 (the code that ends a turn).
             history: [B, W, rvq] codes of the turn's earlier frames for the repetition
                 penalty (``NO_HISTORY`` where empty), or None for no penalty.
             noise: [B, rvq, V] Exp(1) noise, or None when every row is greedy.
@@ -131,6 +132,8 @@ class LocalTransformer(nn.Module):
         for i in range(self.rvq):
             out = self._run(x, kvs, i, tables)[:, 0]  # [B, H]
             logits = self.local_lm_heads[i](out).float()  # [B, V]
+            if i == 0:
+                logits = mask_token(logits, self.cfg.audio_eos, sampling.allow_eos)
             code = choose_tokens(
                 logits,
                 None if seen is None else seen[:, i],

@@ -55,17 +55,22 @@ class SamplingParams:
 @dataclass
 class BatchSampling:
     """``SamplingParams`` of a batch as per-row tensors: temperature/top_p/penalty [B] float,
-    top_k [B] int64 (0 = off), greedy [B] bool."""
+    top_k [B] int64 (0 = off), greedy [B] bool; allow_eos [B] bool, False where the next frame
+    must not end the turn (its codebook-0 EOS logit is masked; None: allowed in every row)."""
 
     temperature: torch.Tensor
     top_k: torch.Tensor
     top_p: torch.Tensor
     penalty: torch.Tensor
     greedy: torch.Tensor
+    allow_eos: torch.Tensor | None = None
 
     @classmethod
     def from_params(
-        cls, params: Sequence[SamplingParams], device: torch.device | str = "cpu"
+        cls,
+        params: Sequence[SamplingParams],
+        device: torch.device | str = "cpu",
+        allow_eos: Sequence[bool] | None = None,
     ) -> BatchSampling:
         def t(values: list, dtype: torch.dtype) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype, device=device)
@@ -76,6 +81,7 @@ class BatchSampling:
             top_p=t([p.top_p for p in params], torch.float32),
             penalty=t([p.repetition_penalty for p in params], torch.float32),
             greedy=t([p.greedy for p in params], torch.bool),
+            allow_eos=None if allow_eos is None else t(list(allow_eos), torch.bool),
         )
 
     @property
@@ -96,6 +102,15 @@ def seen_mask(history: torch.Tensor, vocab: int) -> torch.Tensor:
     seen = torch.zeros((*history.shape[:-1], vocab + 1), dtype=torch.bool, device=history.device)
     seen.scatter_(-1, ids, True)
     return seen[..., :vocab]
+
+
+def mask_token(logits: torch.Tensor, token: int, allow: torch.Tensor | None) -> torch.Tensor:
+    """Sets column ``token`` of ``logits`` [B, V] to -inf in the rows where ``allow`` [B] bool
+    is False (a pure per-row operation: no host sync, static shapes). None allows every row."""
+    if allow is None:
+        return logits
+    column = torch.arange(logits.shape[-1], device=logits.device) == token  # [V]
+    return logits.masked_fill(~allow[:, None] & column, float("-inf"))
 
 
 def penalize(

@@ -58,7 +58,9 @@ def test_decode_step_has_no_host_sync_at_real_size(real_model: MossTTSRealtime, 
     buf = graphed._make_buffers(8)
     assert buf.rows.device == META
     params = [SamplingParams(), SamplingParams.greedy_decoding()] * 4
-    buf.sampling = BatchSampling.from_params(params, device=META)
+    # Some rows may not end their turn yet (EOS masked): the mask is part of the graph too.
+    allow_eos = [True, False, False, True] * 2
+    buf.sampling = BatchSampling.from_params(params, device=META, allow_eos=allow_eos)
     buf.n_new[:batch] = 1  # the first ``batch`` slots step, the rest idle
     with OnlyMeta() as guard:
         graphed._run(buf, 256)  # exactly what the CUDA graph records
@@ -76,7 +78,9 @@ def test_sampling_noise_path_has_no_host_sync(real_model: MossTTSRealtime):
     slots = torch.zeros(B, dtype=torch.int64, device=META)
     history = torch.full((B, 50, cfg.rvq), NO_HISTORY, device=META)
     noise = torch.empty(B, cfg.rvq, cfg.audio_vocab_size, device=META)
-    sampling = BatchSampling.from_params([SamplingParams(top_k=0, top_p=0.9)] * B, device=META)
+    sampling = BatchSampling.from_params(
+        [SamplingParams(top_k=0, top_p=0.9)] * B, device=META, allow_eos=[False, True, False]
+    )
     with OnlyMeta() as guard:
         frames, _ = real_model.decode_step(rows, cache, slots, 64, sampling, history, noise)
     assert guard.offenders == [] and frames.shape == (B, cfg.rvq)
