@@ -41,6 +41,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="seconds a conversation without a connection is kept",
     )
     p.add_argument(
+        "--write-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a send to a client may wait before the client is dropped",
+    )
+    p.add_argument(
         "--lookahead",
         type=float,
         default=1.0,
@@ -132,6 +138,7 @@ def serve(args: argparse.Namespace) -> int:
         max_audio_seconds=args.max_audio_seconds,
         max_text_chars=args.max_text_chars,
         idle_expiry_s=args.idle_expiry,
+        write_timeout_s=args.write_timeout,
     )
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:

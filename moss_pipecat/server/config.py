@@ -25,6 +25,9 @@ class ServerLimits:
         hello_timeout_s: time a new connection has to send ``hello``.
         upload_timeout_s: time between an upload's JSON header and its binary frame.
         idle_expiry_s: how long a conversation without a connection keeps its session.
+        write_timeout_s: the longest any one send to a client may wait (its socket buffers
+            full because it reads nothing); past it the connection is dropped, and its turn
+            ends as if the client had disconnected.
     """
 
     max_connections: int = 256
@@ -37,6 +40,7 @@ class ServerLimits:
     hello_timeout_s: float = 10.0
     upload_timeout_s: float = 10.0
     idle_expiry_s: float = 300.0
+    write_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.max_connections < 1 or self.max_message_bytes < 1024:
@@ -45,6 +49,8 @@ class ServerLimits:
             raise InvalidInputError("need 0 < min_sample_rate <= max_sample_rate")
         if self.max_audio_seconds <= 0 or self.idle_expiry_s < 0:
             raise InvalidInputError("max_audio_seconds must be > 0 and idle_expiry_s >= 0")
+        if not self.write_timeout_s > 0:
+            raise InvalidInputError("write_timeout_s must be > 0")
 
     @property
     def max_pcm_bytes(self) -> int:

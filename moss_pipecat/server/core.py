@@ -3,6 +3,11 @@
 ``ConversationHub`` owns the conversations of one engine (``conversation_id`` -> engine
 session) and serves connections given as ``Transport`` objects. A conversation survives its
 connection for ``idle_expiry_s``; a reconnect with the same id picks it up again.
+
+No connection's I/O is ever awaited while holding what other connections need: the hub lock
+(the conversation map) and a conversation's lock are held across engine calls only, every send
+has a deadline (``write_timeout_s``; a peer that reads nothing for that long is dropped), and a
+replaced connection gets its farewell from a background task.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,30 +52,70 @@ class Conversation:
     turn: TurnStream | None = None
     pump: asyncio.Task | None = None
     frames_sent: int = 0
+    # The turn a departed connection left open, and the frames it received: cut by ``_settle``
+    # (under ``lock``) before anyone else uses the conversation.
+    cut: tuple[TurnStream, int] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # engine calls of attach/detach
 
 
 @dataclass(eq=False)
 class Connection:
-    """One client connection (serialises sends; several tasks write to it)."""
+    """One client connection (serialises sends; several tasks write to it).
+
+    Every send waits at most ``write_timeout`` seconds (for the send lock and the socket
+    together); past it the peer is taken to be reading nothing and the connection is dropped.
+    """
 
     transport: Transport
+    write_timeout: float | None = None
+    on_slow: Callable[[], None] | None = None  # called when a send times out
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     conversation: Conversation | None = None
     closed: bool = False
+    aborted: bool = False
 
     async def send_json(self, msg: dict[str, Any]) -> None:
-        async with self.send_lock:
-            await self.transport.send_text(P.dumps(msg))
+        await self._send(self.transport.send_text, P.dumps(msg))
 
     async def send_bytes(self, data: bytes) -> None:
+        await self._send(self.transport.send_bytes, data)
+
+    async def _send(self, send: Callable[[Any], Awaitable[None]], data: str | bytes) -> None:
+        if self.aborted:
+            raise TransportClosed("connection dropped")
+        try:
+            await asyncio.wait_for(self._locked_send(send, data), self.write_timeout)
+        except TimeoutError:
+            logger.warning(f"dropping a client that read nothing for {self.write_timeout} s")
+            if self.on_slow is not None and not self.aborted:
+                self.on_slow()
+            self.abort()
+            raise TransportClosed("write timeout") from None
+
+    async def _locked_send(self, send: Callable[[Any], Awaitable[None]], data: Any) -> None:
         async with self.send_lock:
-            await self.transport.send_bytes(data)
+            await send(data)
+
+    def abort(self) -> None:
+        """Drops the connection now (no closing handshake); never blocks."""
+        if self.aborted:
+            return
+        self.aborted = self.closed = True
+        try:
+            self.transport.abort()
+        except Exception as e:  # already gone
+            logger.debug(f"abort: {e!r}")
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Closing handshake, bounded by the write timeout (then the connection is dropped)."""
+        if self.aborted:
+            return
         self.closed = True
         try:
-            await asyncio.wait_for(self.transport.close(code, reason), 5.0)
-        except (TimeoutError, TransportClosed):
+            await asyncio.wait_for(self.transport.close(code, reason), self.write_timeout)
+        except TimeoutError:
+            self.abort()
+        except TransportClosed:
             pass
 
 
@@ -90,8 +136,10 @@ class ConversationHub:
         self.draining = False
         # Names this server (replica) in ``ready``: shows clients (and tests) where they landed.
         self.server_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._lock = asyncio.Lock()  # attach / detach / close of conversations
+        # The conversation map: held across engine calls, never across a connection's I/O.
+        self._lock = asyncio.Lock()
         self._reaper: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()  # farewells to replaced connections
         # Codec encodes run here: off the event loop and off the engine thread.
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moss-encode")
         self.metrics = ServerMetrics(
@@ -112,11 +160,22 @@ class ConversationHub:
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
-        for conn in list(self.connections):
-            await conn.close(P.CLOSE_GOING_AWAY, "server shutting down")
-        for conv in list(self.conversations.values()):
-            await self._close_conversation(conv)
+        await asyncio.gather(
+            *(c.close(P.CLOSE_GOING_AWAY, "server shutting down") for c in list(self.connections)),
+            return_exceptions=True,
+        )
+        async with self._lock:
+            for conv in list(self.conversations.values()):
+                self._forget(conv)
+                await self._end_session(conv)
+        for task in list(self._tasks):
+            task.cancel()
         self._encoder.shutdown(wait=False)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @property
     def ready(self) -> bool:
@@ -142,7 +201,9 @@ class ConversationHub:
     # ================================================================== one connection
     async def serve(self, transport: Transport) -> None:
         """Runs one connection to its end; never raises."""
-        conn = Connection(transport)
+        conn = Connection(
+            transport, self.limits.write_timeout_s, on_slow=self.metrics.slow_peers.inc
+        )
         self.connections.add(conn)
         try:
             if await self._hello(conn):
@@ -310,8 +371,12 @@ class ConversationHub:
             return {"type": "result", "req": msg.req, "snapshot": _jsonable(snap)}
         elif isinstance(msg, P.Close):
             async with self._lock:
-                await self._close_conversation(conv)
-            conn.conversation = None
+                if conv.conn is not conn:  # taken over meanwhile
+                    raise SessionClosedError("this connection no longer holds a conversation")
+                self._forget(conv)
+                await self._end_session(conv)
+            await self._await_pump(conv)  # its turn.end reaches this client before the result
+            conv.conn, conn.conversation = None, None
             await conn.send_json({"type": "result", "req": msg.req})
             await conn.close(1000, "conversation closed")
             return _FATAL
@@ -456,23 +521,32 @@ class ConversationHub:
                 self.conversations.pop(cid, None)
                 conv = None
             resumed = conv is not None
-            if conv is not None and conv.conn is not None:
-                old = conv.conn
-                logger.info(f"conversation {cid}: replaced by a new connection")
-                await self._error(old, "superseded", "a newer connection took over", fatal=True)
-                await old.close(P.CLOSE_SUPERSEDED, "superseded")
-                await self._release(conv, old)
             if conv is None:
                 sampling = hello.sampling.to_params() if hello.sampling else SamplingParams()
                 session = await self._create_session(cid, sampling, hello.seed)
                 conv = Conversation(cid, session, sampling)
                 self.conversations[cid] = conv
+            old = conv.conn
+            if old is not None:
+                logger.info(f"conversation {cid}: replaced by a new connection")
+                self._unlink(conv, old)
             conv.conn, conv.detached_at = conn, None
             conn.conversation = conv
+        if old is not None:  # its socket may be stuck: nobody waits for the farewell
+            self._spawn(self._farewell(old))
+        await self._settle(conv)
         logger.debug(f"conversation {cid}: attached (resumed={resumed})")
         return conv, resumed
 
+    async def _farewell(self, old: Connection) -> None:
+        """Tells a replaced connection why, then closes it (each step within the write
+        timeout, else it is dropped)."""
+        await self._error(old, "superseded", "a newer connection took over", fatal=True)
+        await old.close(P.CLOSE_SUPERSEDED, "superseded")
+
     async def _create_session(self, cid: str, sampling: SamplingParams, seed: int | None):
+        """(hub lock held)"""
+
         def create():
             return self.engine.acreate_session(sampling=sampling, seed=seed, session_id=cid)
 
@@ -485,46 +559,68 @@ class ConversationHub:
                 raise
             victim = min(idle, key=lambda c: c.detached_at or 0.0)
             logger.info(f"conversation {victim.id}: evicted to make room")
-            await self._close_conversation(victim)
+            self._forget(victim)
+            await self._end_session(victim)
             return await create()
 
     async def _detach(self, conv: Conversation, conn: Connection) -> None:
+        """The connection ended: its open turn is cut to the frames it received."""
         async with self._lock:
             if conv.conn is not conn:
                 return  # already replaced or closed
-            await self._release(conv, conn)
+            self._unlink(conv, conn)
             if self.limits.idle_expiry_s == 0:
-                await self._close_conversation(conv)
-
-    async def _release(self, conv: Conversation, conn: Connection) -> None:
-        """Detaches ``conn``; an open turn is cut to the frames the client received."""
-        conv.conn, conv.detached_at = None, time.monotonic()
-        conn.conversation = None
-        if conv.turn is not None and conv.turn.summary is None and not conv.session.closed:
-            try:
-                await conv.session.interrupt(conv.frames_sent)
-            except MossError as e:
-                logger.warning(f"conversation {conv.id}: interrupt on disconnect failed: {e}")
-        await self._await_pump(conv)
+                self._forget(conv)
+                await self._end_session(conv)
+                return
+        await self._settle(conv)
         logger.debug(f"conversation {conv.id}: detached")
 
+    def _unlink(self, conv: Conversation, conn: Connection) -> None:
+        """Detaches ``conn`` (hub lock held; no awaits): the cut of its open turn is left to
+        ``_settle``."""
+        conv.conn, conv.detached_at = None, time.monotonic()
+        conn.conversation = None
+        turn = conv.turn
+        if turn is not None and turn.summary is None:
+            conv.cut = (turn, conv.frames_sent)
+
+    async def _settle(self, conv: Conversation) -> None:
+        """Cuts the turn a departed connection left open to the frames it received (an engine
+        call; the next user of the conversation waits for it, no one else does)."""
+        async with conv.lock:
+            cut, conv.cut = conv.cut, None
+            if cut is None or conv.session.closed:
+                return
+            turn, heard = cut
+            if turn.summary is not None:
+                return
+            try:
+                await conv.session.interrupt(heard)
+            except MossError as e:
+                logger.warning(f"conversation {conv.id}: interrupt on disconnect failed: {e}")
+
     async def _await_pump(self, conv: Conversation) -> None:
+        """Lets the turn's pump send what it has left (each send bounded by the write timeout)."""
         pump = conv.pump
         if pump is not None and not pump.done():
             try:
-                await asyncio.wait_for(asyncio.shield(pump), 5.0)
+                await asyncio.wait_for(asyncio.shield(pump), self.limits.write_timeout_s)
             except TimeoutError:
                 pump.cancel()
         conv.pump = None
 
-    async def _close_conversation(self, conv: Conversation) -> None:
+    def _forget(self, conv: Conversation) -> None:
+        """Removes ``conv`` from the map (hub lock held): no connection finds it any more."""
         if self.conversations.get(conv.id) is conv:
             del self.conversations[conv.id]
+
+    async def _end_session(self, conv: Conversation) -> None:
+        """Closes the engine session (its open turn ends; the pump finishes on its own)."""
         try:
             await conv.session.close()
         except Exception as e:  # the engine may already be gone
             logger.warning(f"conversation {conv.id}: close failed: {e!r}")
-        await self._await_pump(conv)
 
     async def reap_expired(self) -> int:
         """Closes conversations whose client has been gone longer than ``idle_expiry_s``."""
@@ -537,7 +633,8 @@ class ConversationHub:
                     and now - (conv.detached_at or now) >= self.limits.idle_expiry_s
                 ):
                     logger.info(f"conversation {conv.id}: expired")
-                    await self._close_conversation(conv)
+                    self._forget(conv)
+                    await self._end_session(conv)
                     self.metrics.expired.inc()
                     n += 1
         return n

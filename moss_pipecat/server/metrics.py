@@ -142,6 +142,10 @@ class ServerMetrics:
         self.expired = Counter(
             "moss_server_sessions_expired_total", "Conversations closed after idle expiry."
         )
+        self.slow_peers = Counter(
+            "moss_server_slow_peers_dropped_total",
+            "Connections dropped because a send to them waited past the write timeout.",
+        )
         self.ttfa = Histogram(
             "moss_server_ttfa_seconds",
             "Time to first audio frame of a turn (prefill trigger to first frame).",
@@ -155,6 +159,7 @@ class ServerMetrics:
             self.turns,
             self.errors,
             self.expired,
+            self.slow_peers,
             self.ttfa,
         ]
 

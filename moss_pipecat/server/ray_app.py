@@ -195,6 +195,7 @@ _NUMERIC = {
     "downscale_delay_s": float,
     "idle_expiry_s": float,
     "max_connections": int,
+    "write_timeout_s": float,
 }
 
 
@@ -221,6 +222,8 @@ def build_app(args: dict[str, Any] | None = None):
         target_ongoing_requests, downscale_delay_s: autoscaling.
         token: bearer token (default ``$MOSS_PIPECAT_TOKEN`` on the replicas);
         idle_expiry_s, max_connections, lookahead_s, max_context, context_budget, turn_reserve.
+        write_timeout_s: a send to a client that waits longer drops it (under Ray the close is
+        left to uvicorn in the background: ASGI cannot reset the socket).
         kv_pools: "128x2048,24x8192,2x32768" (sets max_sessions and max_context);
         graphs: auto/on/off (CUDA-graphed decode); compile: torch.compile backend.
     """
@@ -269,8 +272,9 @@ def build_app(args: dict[str, Any] | None = None):
     limits: dict[str, Any] = {}
     if args.get("idle_expiry_s") is not None:
         limits["idle_expiry_s"] = args["idle_expiry_s"]
-    if args.get("max_connections") is not None:
-        limits["max_connections"] = args["max_connections"]
+    for key in ("max_connections", "write_timeout_s"):
+        if args.get(key) is not None:
+            limits[key] = args[key]
     server_options = {"token": args.get("token"), "limits": limits}
 
     options: dict[str, Any] = {

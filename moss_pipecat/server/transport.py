@@ -5,8 +5,11 @@ Two adapters: ``websockets`` (the standalone server) and Starlette/FastAPI (Ray 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any, Protocol
+
+_BACKGROUND: set[asyncio.Task] = set()  # fire-and-forget closes (kept referenced)
 
 
 class TransportClosed(Exception):
@@ -28,6 +31,11 @@ class Transport(Protocol):
     async def send_bytes(self, data: bytes) -> None: ...
 
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+    def abort(self) -> None:
+        """Drops the connection at once, without a closing handshake (never blocks); pending
+        and later sends and receives raise ``TransportClosed``."""
+        ...
 
 
 class WebsocketsTransport:
@@ -64,6 +72,11 @@ class WebsocketsTransport:
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self._ws.close(code, reason[:120])
 
+    def abort(self) -> None:
+        transport = getattr(self._ws, "transport", None)
+        if transport is not None:
+            transport.abort()  # TCP reset; the connection's tasks see ConnectionClosed
+
 
 class StarletteTransport:
     """Adapter for ``starlette.websockets.WebSocket`` (already accepted)."""
@@ -73,12 +86,24 @@ class StarletteTransport:
         self.headers = {k.lower(): v for k, v in ws.headers.items()}
         self.header_authorized = header_authorized
         self._closed = False
+        self._aborted: asyncio.Future | None = None  # set by ``abort``: wakes a pending recv
 
     async def recv(self) -> str | bytes:
         if self._closed:
             raise TransportClosed("closed")
+        if self._aborted is None:
+            self._aborted = asyncio.get_running_loop().create_future()
+        receive = asyncio.ensure_future(self._ws.receive())
         try:
-            msg = await self._ws.receive()
+            await asyncio.wait((receive, self._aborted), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            receive.cancel()
+            raise
+        if not receive.done():  # aborted: stop waiting for the peer
+            receive.cancel()
+            raise TransportClosed("aborted")
+        try:
+            msg = receive.result()
         except (RuntimeError, OSError) as e:
             self._closed = True
             raise TransportClosed(str(e)) from None
@@ -112,3 +137,22 @@ class StarletteTransport:
             await self._ws.close(code, reason[:120])
         except Exception:
             pass  # already closed by the peer
+
+    def abort(self) -> None:
+        # ASGI has no way to drop the TCP connection: this connection refuses further use at
+        # once, and the close is left to the server in the background (it may wait on the
+        # peer's full buffer, but nothing here waits for it).
+        if self._aborted is not None and not self._aborted.done():
+            self._aborted.set_result(None)
+        if self._closed:
+            return
+        self._closed = True
+        task = asyncio.get_running_loop().create_task(self._close_quietly())
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+    async def _close_quietly(self) -> None:
+        try:
+            await self._ws.close(1011, "write timeout")
+        except Exception:
+            pass
