@@ -49,9 +49,9 @@ from typing import Any
 import torch
 from _common import emit, environment, fixtures_root, time_calls
 from bench_model_step import DTYPES, build_model
-from loguru import logger
 from safetensors.torch import load_file
 
+from moss_pipecat._log import logger
 from moss_pipecat.model import (
     IGNORED_KEYS,
     BatchSampling,

@@ -11,10 +11,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
-from loguru import logger
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from moss_pipecat._log import logger
 from moss_pipecat.errors import CheckpointError, ConfigMismatchError
 
 SINGLE_FILE = "model.safetensors"

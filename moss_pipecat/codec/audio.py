@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import soxr
 import torch
 
 from moss_pipecat.errors import InvalidInputError
@@ -80,6 +79,14 @@ def resample(wav: torch.Tensor, from_rate: int, to_rate: int) -> torch.Tensor:
     """Resamples ``[B, S]`` float32 with soxr (HQ); a no-op when the rates match."""
     if from_rate == to_rate:
         return wav
+    try:
+        import soxr  # only resampling needs it: the model, codec and engine run without it
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            f"resampling {from_rate} Hz -> {to_rate} Hz needs the soxr package "
+            "(pip install soxr), or pass audio at the codec's sample rate",
+            name="soxr",
+        ) from e
     x = wav.detach().cpu().numpy().T  # [S, B]: soxr treats columns as channels
     y = soxr.resample(np.ascontiguousarray(x), from_rate, to_rate, quality="HQ")
     if y.shape[0] == 0:

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from loguru import logger
 
+from moss_pipecat._log import logger
 from moss_pipecat.codec.model import MossAudioCodec, run_modules
 from moss_pipecat.codec.streaming import CodecStreamState
 from moss_pipecat.cuda_graphs import capture_graph

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from loguru import logger
 from torch import nn
 
+from moss_pipecat._log import logger
 from moss_pipecat.checkpoint import check_keys, load_state_dict, read_config, resolve_checkpoint
 from moss_pipecat.codec.audio import check_sample_rate, resample, to_mono_batch
 from moss_pipecat.codec.config import CodecConfig, PatchConfig

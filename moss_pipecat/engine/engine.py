@@ -19,8 +19,8 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import torch
-from loguru import logger
 
+from moss_pipecat._log import logger
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.events import AudioChunk, Channel, TurnSummary
 from moss_pipecat.engine.history import AssistantTurn, ConversationHistory, UserTurn

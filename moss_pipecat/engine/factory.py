@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from loguru import logger
 
+from moss_pipecat._log import logger
 from moss_pipecat.checkpoint import resolve_checkpoint
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.engine import MossEngine

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from os import PathLike
 from typing import Any
 
-from loguru import logger
 from tokenizers import PreTokenizedString, Tokenizer
 
+from moss_pipecat._log import logger
 from moss_pipecat.engine.rows import DEFAULT_DELAY, RowLayout
 from moss_pipecat.errors import CheckpointError, InvalidInputError
 

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from loguru import logger
 
+from moss_pipecat._log import logger
 from moss_pipecat.cuda_graphs import capture_graph
 from moss_pipecat.model.kv_cache import KVCache
 from moss_pipecat.model.moss_tts import MossTTSRealtime

@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 
 import torch
-from loguru import logger
 from torch import nn
 
+from moss_pipecat._log import logger
 from moss_pipecat.checkpoint import check_keys, load_state_dict, read_config, resolve_checkpoint
 from moss_pipecat.errors import InvalidInputError
 from moss_pipecat.model.backbone import Qwen3Backbone, RowEmbedding

@@ -1,0 +1,270 @@
+"""The GPU path runs on a curated box: torch, numpy, safetensors, transformers, pytest, no network.
+
+Such a box lacks loguru, soxr, soundfile, pipecat, fastapi, ... The model, codec and engine must
+import there, ``tests/gpu`` must collect (and skip without CUDA), and ``scripts/gpu_bench.sh``
+must run without a venv or an install. These tests build that environment from this one: a venv
+(no pip) whose site-packages holds links to only the allowed distributions and what they
+require, so a missing module is missing exactly as it would be there (``find_spec`` is None,
+its metadata and pytest plugins are absent), and run the real commands in it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.metadata as md
+import json
+import logging
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+import torch
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from moss_pipecat._log import StdlibLogger
+
+REPO = Path(__file__).resolve().parent.parent
+ALLOWED = ("torch", "numpy", "safetensors", "transformers", "pytest")
+OPTIONAL = ("loguru", "soxr", "soundfile", "pipecat", "fastapi", "websockets", "moss_pipecat")
+
+
+def _closure(roots: tuple[str, ...]) -> dict[str, md.Distribution]:
+    """The installed distributions ``roots`` need, transitively (no extras)."""
+    installed = {canonicalize_name(d.metadata["Name"]): d for d in md.distributions()}
+    env = {"extra": ""}
+    todo, seen = [canonicalize_name(r) for r in roots], {}
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        dist = installed.get(name)
+        if dist is None:
+            assert name not in map(canonicalize_name, roots), f"{name} is not installed"
+            continue  # a requirement for another platform or Python, not installed here
+        seen[name] = dist
+        for spec in dist.requires or ():
+            req = Requirement(spec)
+            if req.marker is None or req.marker.evaluate(env):
+                todo.append(canonicalize_name(req.name))
+    return seen
+
+
+def _prefixes(files: set[Path]) -> set[Path]:
+    """Every file and every folder above one."""
+    out = set(files)
+    for f in files:
+        out.update(f.parents)
+    return out
+
+
+def _link(src_root: Path, dst_root: Path, rel: Path, allowed: set, others: set) -> None:
+    """Links ``rel`` whole if no other distribution has files below it, else goes one level down.
+
+    ``allowed`` and ``others``: the paths (files and folders) of the allowed distributions and
+    of the rest.
+    """
+    src, dst = src_root / rel, dst_root / rel
+    if not src.exists() or dst.exists():
+        return
+    if src.is_dir() and rel in others:
+        dst.mkdir(parents=True)
+        for child in src.iterdir():
+            if rel / child.name in allowed:
+                _link(src_root, dst_root, rel / child.name, allowed, others)
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(src)
+
+
+@pytest.fixture(scope="module")
+def minimal_python(tmp_path_factory) -> Path:
+    """A python whose importable world is torch, numpy, safetensors, transformers and pytest."""
+    venv = tmp_path_factory.mktemp("minimal") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    site = Path(sysconfig.get_paths(vars={"base": str(venv), "platbase": str(venv)})["purelib"])
+    keep = _closure(ALLOWED)
+
+    def files(dists) -> set[Path]:
+        out = set()
+        for d in dists:
+            if Path(d.locate_file("")).resolve() != purelib.resolve():
+                continue  # an editable install's metadata lives elsewhere
+            out |= {Path(f) for f in d.files or () if not str(f).startswith("..")}
+        return out
+
+    allowed = _prefixes(files(keep.values()))
+    others = _prefixes(
+        files(d for d in md.distributions() if canonicalize_name(d.metadata["Name"]) not in keep)
+    )
+    for top in sorted({Path(p.parts[0]) for p in allowed if p.parts}):
+        _link(purelib, site, top, allowed, others)
+    return venv / "bin" / "python"
+
+
+def _env(python: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR", "MOSS_FIXTURES")}
+    # One thread: the tiny models gain nothing from more, and CI shares two cores.
+    env |= {"PYTHON": str(python), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    return env | extra
+
+
+def test_core_imports_without_optional_deps(minimal_python, tmp_path):
+    code = f"import importlib.util as u; print([m for m in {OPTIONAL!r} if u.find_spec(m)])"
+    proc = subprocess.run(
+        [str(minimal_python), "-c", code],
+        cwd=tmp_path,  # not the repository: the package is not on sys.path
+        env=_env(minimal_python),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.stdout.strip() == "[]", proc.stderr  # nothing optional is importable
+    # The script's own check imports the model, codec and engine from the checkout.
+    proc, summary = _bench(minimal_python, tmp_path / "gpu", "--env-only")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert summary["package"] == str(REPO / "moss_pipecat")
+    assert summary["logger"] == "stdlib" and "core_import_error" not in summary
+    assert summary["steps"] == [] and json.loads(proc.stdout) == summary
+
+
+def _bench(python: Path, out: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """``gpu_bench.sh --device cpu --tiny`` with ``python`` as the machine's python."""
+    from tests.conftest import fixtures_root
+
+    script = REPO / "scripts" / "gpu_bench.sh"
+    proc = subprocess.run(
+        ["bash", str(script), "--device", "cpu", "--tiny", "--out", str(out), *args],
+        cwd=out.parent,
+        env=_env(python, MOSS_FIXTURES=str(fixtures_root())),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    return proc, summary
+
+
+def test_gpu_bench_dry_run_in_minimal_env(minimal_python, tmp_path):
+    """Every step the GPU run has, tiny and on the CPU: tests/gpu collects and skips, every
+    benchmark writes its JSON, with only the allowed packages and no install. ``--wheels``
+    without pip: the wheels are unzipped onto PYTHONPATH."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "mossprobe", "VALUE = 42\n")
+    out = tmp_path / "gpu"
+    proc, summary = _bench(minimal_python, out, "--wheels", str(wheels))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "no venv, no install" in proc.stderr
+    assert summary["logger"] == "stdlib" and summary["package"] == str(REPO / "moss_pipecat")
+    assert summary["wheels"] == ["mossprobe"] and summary["importable"]["mossprobe"]
+    assert not (REPO / ".venv").samefile(Path(summary["executable"]).parent.parent)
+    assert summary["importable"] == {
+        "loguru": False,
+        "soxr": False,
+        "soundfile": False,
+        "pipecat": False,
+        "huggingface_hub": True,  # transformers needs it
+        "mossprobe": True,
+    }
+    steps = {s["name"]: s for s in summary["steps"]}
+    assert list(steps)[:5] == ["tests", "step", "codec", "prefill", "engine"]
+    assert list(steps)[-1] == "capacity"
+    assert summary["failed"] == []
+    for name, step in steps.items():
+        if step["status"] == "skipped":  # a benchmark not written yet
+            assert step["args"] == "script not present" and not (REPO / step["script"]).exists()
+            continue
+        assert step["status"] == "ok", name
+        if name != "tests":
+            assert json.loads((out / step["json"]).read_text()), name
+    junit = ElementTree.parse(out / "tests.xml").getroot()
+    suite = junit if junit.tag == "testsuite" else junit.find("testsuite")
+    assert int(suite.get("tests")) > 0 and suite.get("tests") == suite.get("skipped")
+    assert int(suite.get("errors")) == 0 and int(suite.get("failures")) == 0
+
+
+def _wheel(folder: Path, module: str, source: str) -> Path:
+    """A minimal pure-Python wheel providing ``module``."""
+    name, version = module, "0.1"
+    dist_info = f"{name}-{version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    wheel = "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    entries = {
+        f"{module}.py": source.encode(),
+        f"{dist_info}/METADATA": metadata.encode(),
+        f"{dist_info}/WHEEL": wheel.encode(),
+    }
+    record = []
+    for path, data in entries.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{dist_info}/RECORD,,")
+    whl = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        for path, data in entries.items():
+            z.writestr(path, data)
+        z.writestr(f"{dist_info}/RECORD", "\n".join(record) + "\n")
+    return whl
+
+
+def test_gpu_bench_wheels_with_pip_and_a_failing_step(tmp_path):
+    """``--wheels`` where the python has pip (``pip install --no-index --no-deps --target``);
+    one broken step is recorded, the next still runs, and the exit status says so."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "mossprobe", "VALUE = 42\n")
+    out = tmp_path / "gpu"
+    # --dtype reaches the codec benchmark (which rejects it), not the memory one.
+    args = ("--wheels", str(wheels), "--only", "codec,memory", "--dtype", "nope")
+    proc, summary = _bench(Path(sys.executable), out, *args)
+    assert proc.returncode == 1
+    assert summary["wheels"] == ["mossprobe"] and summary["importable"]["mossprobe"]
+    assert [(s["name"], s["status"]) for s in summary["steps"]] == [
+        ("codec", "failed"),
+        ("memory", "ok"),
+    ]
+    assert summary["failed"] == ["codec"] and "FAILED: codec" in proc.stderr
+    assert "invalid choice" in (out / "codec.log").read_text()
+    assert json.loads((out / "memory.json").read_text())["kv_bytes_per_position"] > 0
+
+
+# ---- the stand-in logger and the soxr error, in process --------------------------------------
+
+
+def test_stdlib_logger_takes_loguru_calls(caplog):
+    log = StdlibLogger("moss_pipecat.test")
+    with caplog.at_level(logging.DEBUG, logger="moss_pipecat.test"):
+        log.debug("plain {braces} kept without args")
+        log.info("session {} moved to {pool}", 3, pool="8K")
+        log.opt(depth=0).warning("careful")
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            log.exception("tick {} failed", 7)
+    msgs = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert msgs == [
+        ("DEBUG", "plain {braces} kept without args"),
+        ("INFO", "session 3 moved to 8K"),
+        ("WARNING", "careful"),
+        ("ERROR", "tick 7 failed"),
+    ]
+    assert caplog.records[-1].exc_info[0] is RuntimeError
+    assert all(r.filename == Path(__file__).name for r in caplog.records)
+
+
+def test_resample_without_soxr_says_what_is_missing(monkeypatch):
+    from moss_pipecat.codec.audio import resample
+
+    monkeypatch.setitem(sys.modules, "soxr", None)  # import soxr -> ModuleNotFoundError
+    wav = torch.zeros(1, 480)
+    assert resample(wav, 24000, 24000) is wav  # same rate: soxr never needed
+    with pytest.raises(ModuleNotFoundError, match="pip install soxr"):
+        resample(wav, 16000, 24000)
