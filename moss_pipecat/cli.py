@@ -73,6 +73,18 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="torch.compile the graphed decode step (e.g. inductor; minutes at start)",
     )
+    p.add_argument(
+        "--eos-min-frames",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a turn's first N frames never end it (EOS masked; default 0: off)",
+    )
+    p.add_argument(
+        "--eos-after-text",
+        action="store_true",
+        help="mask EOS until a turn's whole text has been fed",
+    )
 
 
 def _pool(text: str) -> tuple[int, int]:
@@ -107,6 +119,8 @@ def _engine_config(args: argparse.Namespace):
         kw["turn_reserve"] = min(2000, kw["context_budget"] // 4)
     kw["graphed_decode"] = {"auto": None, "on": True, "off": False}[args.graphs]
     kw["compile_decode"] = args.compile
+    kw["eos_min_frames"] = args.eos_min_frames
+    kw["eos_after_text"] = args.eos_after_text
     return EngineConfig(**kw)
 
 

@@ -27,6 +27,14 @@ class EngineConfig:
         max_turn_frames: absolute cap on frames per assistant turn.
         frames_per_text_token, min_turn_frames: the per-turn cap relative to text length
             (ends a runaway turn): min_turn_frames + frames_per_text_token * tokens.
+        eos_min_frames: a turn's first ``eos_min_frames`` frames never end it: the EOS logit of
+            codebook 0 is masked, so every turn has at least that many audio frames (unless a
+            frame cap or an interruption ends it sooner). 0: off. Per turn:
+            ``start_turn(min_frames=...)``. (Not to be confused with ``min_turn_frames``, the
+            smallest per-turn frame *cap*.)
+        eos_after_text: EOS is masked until the turn's text has ended and every text token
+            has been fed, so the model cannot stop before it has read the whole text. Per
+            turn: ``start_turn(eos_after_text=...)``.
         repetition_window_max: longest repetition-penalty window a session may ask for.
         max_text_chars: characters per assistant turn.
         max_user_frames: audio frames of one user turn (longer audio keeps its last frames).
@@ -53,6 +61,8 @@ class EngineConfig:
     max_turn_frames: int = 1500
     frames_per_text_token: float = 8.0
     min_turn_frames: int = 40
+    eos_min_frames: int = 0
+    eos_after_text: bool = False
     repetition_window_max: int = 50
     max_text_chars: int = 20000
     max_user_frames: int = 1500
@@ -74,6 +84,8 @@ class EngineConfig:
             raise InvalidInputError("lookahead_s must be > 0 or None")
         if self.prefill_chunk < 1 or self.max_turn_frames < 1 or self.min_turn_frames < 1:
             raise InvalidInputError("prefill_chunk, max_turn_frames, min_turn_frames must be >= 1")
+        if self.eos_min_frames < 0:
+            raise InvalidInputError("eos_min_frames must be >= 0")
         if self.kv_pools is not None:
             pools = self.pools()
             if any(n < 1 or cap < 64 for n, cap in pools):

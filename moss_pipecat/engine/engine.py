@@ -286,11 +286,25 @@ class MossEngine:
         return self.layout.system_block(self.system_text_ids, voice, self.voice_instruction_ids)
 
     # ---- commands (engine thread) ---------------------------------------------------------
-    def _start_turn(self, sid: str, channel: Channel, max_frames: int | None = None) -> int:
+    def _start_turn(
+        self,
+        sid: str,
+        channel: Channel,
+        max_frames: int | None = None,
+        min_frames: int | None = None,
+        eos_after_text: bool | None = None,
+    ) -> int:
         s = self._state(sid)
         if s.phase is not Phase.IDLE:
             raise TurnStateError("an assistant turn is already open; end or interrupt it first")
-        s.turn = OpenTurn(turn_id=s.next_turn_id, channel=channel, max_frames=max_frames)
+        cfg = self.config
+        s.turn = OpenTurn(
+            turn_id=s.next_turn_id,
+            channel=channel,
+            max_frames=max_frames,
+            min_frames=cfg.eos_min_frames if min_frames is None else min_frames,
+            eos_after_text=cfg.eos_after_text if eos_after_text is None else eos_after_text,
+        )
         s.next_turn_id += 1
         s.phase = Phase.WAIT_TEXT
         return s.turn.turn_id
@@ -656,10 +670,11 @@ class MossEngine:
         return done
 
     # ---- frames -----------------------------------------------------------------------------
-    def _sampling_inputs(self, batch: list[SessionState], rows: torch.Tensor):
+    def _sampling_inputs(self, batch: list[SessionState], rows: torch.Tensor, stepping: bool):
         """Penalty history (each session's own window), sampling settings and noise of a batch.
 
-        ``rows``: the sessions' rows of the history buffer."""
+        ``rows``: the sessions' rows of the history buffer; ``stepping``: the frames come from
+        decode steps (which feed a text token), not from prefills."""
         dev, cfg = self.device, self.model.cfg
         hist = self._hist[rows]  # [B, W, rvq]
         W = hist.shape[1]
@@ -671,7 +686,8 @@ class MossEngine:
         if not all(p.greedy for p in params):
             gens = [None if p.greedy else s.generator for s, p in zip(batch, params, strict=True)]
             noise = exponential_noise(gens, (cfg.rvq, cfg.audio_vocab_size), dev)
-        return hist, penalty_hist, BatchSampling.from_params(params, dev), noise
+        allow = [s.eos_allowed(stepping) for s in batch]
+        return hist, penalty_hist, BatchSampling.from_params(params, dev, allow), noise
 
     def _push_history(self, rows: torch.Tensor, hist: torch.Tensor, frames: torch.Tensor) -> None:
         if hist.shape[1]:
@@ -686,7 +702,7 @@ class MossEngine:
         """Frame 0 of each turn whose prefill just ended (no repetition penalty yet)."""
         hist_rows = self._hist_rows(batch)
         self._hist[hist_rows] = NO_HISTORY  # a new turn: the penalty starts afresh
-        hist, penalty_hist, sampling, noise = self._sampling_inputs(batch, hist_rows)
+        hist, penalty_hist, sampling, noise = self._sampling_inputs(batch, hist_rows, False)
         hidden = torch.stack([hidden_of[s] for s in batch])  # [B, H]
         if self._frame_graph is not None:
             frames = self._frame_graph.step(hidden, sampling, penalty_hist, noise)  # [B, rvq]
@@ -706,7 +722,7 @@ class MossEngine:
         pool = self._pools[batch[0].pool]  # the batch shares one pool
         kv_len = max(s.cache_len for s in batch) + 1
         hist_rows = self._hist_rows(batch)
-        hist, penalty_hist, sampling, noise = self._sampling_inputs(batch, hist_rows)
+        hist, penalty_hist, sampling, noise = self._sampling_inputs(batch, hist_rows, True)
         if pool.graphs is not None:
             frames, _ = pool.graphs.step(rows, slots, kv_len, sampling, penalty_hist, noise)
         else:

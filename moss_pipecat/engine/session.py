@@ -143,15 +143,28 @@ class Session:
         return await asyncio.wrap_future(self._call(fn, *args))
 
     # ---- turns -------------------------------------------------------------------------------
-    async def start_turn(self, max_frames: int | None = None) -> TurnStream:
+    async def start_turn(
+        self,
+        max_frames: int | None = None,
+        *,
+        min_frames: int | None = None,
+        eos_after_text: bool | None = None,
+    ) -> TurnStream:
         """Opens an assistant turn (fails if one is open).
 
         Args:
             max_frames: optional cap on this turn's frames (on top of the engine's caps).
+            min_frames: the turn's first ``min_frames`` frames never end it (EOS is masked);
+                default: the engine's ``eos_min_frames``.
+            eos_after_text: mask EOS until the whole text has been fed; default: the
+                engine's ``eos_after_text``.
         """
         _check_max_frames(max_frames)
+        _check_min_frames(min_frames)
         channel = Channel()
-        turn_id = await self._await(self.engine._start_turn, channel, max_frames)
+        turn_id = await self._await(
+            self.engine._start_turn, channel, max_frames, min_frames, eos_after_text
+        )
         self._turn = TurnStream(self, turn_id, channel)
         return self._turn
 
@@ -239,11 +252,20 @@ class SyncSession:
     def _run(self, fn, *args: Any):
         return self.session._call(fn, *args).result()
 
-    def start_turn(self, max_frames: int | None = None) -> TurnStream:
+    def start_turn(
+        self,
+        max_frames: int | None = None,
+        *,
+        min_frames: int | None = None,
+        eos_after_text: bool | None = None,
+    ) -> TurnStream:
         _check_max_frames(max_frames)
+        _check_min_frames(min_frames)
         s = self.session
         channel = Channel()
-        turn_id = self._run(s.engine._start_turn, channel, max_frames)
+        turn_id = self._run(
+            s.engine._start_turn, channel, max_frames, min_frames, eos_after_text
+        )
         s._turn = TurnStream(s, turn_id, channel)
         return s._turn
 
@@ -252,9 +274,10 @@ class SyncSession:
         ids: Sequence[int] | None = None,
         text: str | None = None,
         max_frames: int | None = None,
+        min_frames: int | None = None,
     ) -> tuple[list[AudioChunk], TurnSummary]:
         """Speaks a whole text; returns (chunks, summary)."""
-        turn = self.start_turn(max_frames)
+        turn = self.start_turn(max_frames, min_frames=min_frames)
         if text is not None:
             turn.push_text(text)
         if ids is not None:
@@ -298,3 +321,8 @@ class SyncSession:
 def _check_max_frames(max_frames: int | None) -> None:
     if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
         raise InvalidInputError(f"max_frames must be a positive int, got {max_frames!r}")
+
+
+def _check_min_frames(min_frames: int | None) -> None:
+    if min_frames is not None and (not isinstance(min_frames, int) or min_frames < 0):
+        raise InvalidInputError(f"min_frames must be an int >= 0, got {min_frames!r}")

@@ -38,6 +38,8 @@ class OpenTurn:
     t_trigger: float | None = None
     t_first: float | None = None
     max_frames: int | None = None  # the caller's own cap for this turn
+    min_frames: int = 0  # frames before which EOS is masked
+    eos_after_text: bool = False  # EOS masked until the whole text is fed
 
 
 @dataclass(eq=False)  # identity semantics: states are dict keys
@@ -76,6 +78,18 @@ class SessionState:
         if t.fed_text < len(t.tokens):
             return t.tokens[t.fed_text]
         return text_pad if t.text_done else None
+
+    def eos_allowed(self, stepping: bool) -> bool:
+        """Whether the turn's next frame may be EOS: not before ``min_frames`` frames, and with
+        ``eos_after_text`` not before the text has ended and all of it is fed (counting the
+        token the current step feeds when ``stepping``)."""
+        t = self.turn
+        if len(t.record.frames) < t.min_frames:
+            return False
+        if t.eos_after_text:
+            fed = t.fed_text + int(stepping and t.fed_text < len(t.tokens))
+            return t.text_done and fed >= len(t.tokens)
+        return True
 
     def lookahead(self, config: EngineConfig) -> float | None:
         if self.unlimited_lookahead:
