@@ -15,13 +15,15 @@
 #     --only A,B          run only these steps (names below; "tests" is pytest tests/gpu)
 #     --skip A,B          leave these steps out
 #     --device cpu --tiny dry run: every step at tiny sizes on the CPU against the fixtures
-#                         ($MOSS_FIXTURES or ../shared/fixtures/moss_tiny); tests/gpu skips
+#                         ($MOSS_FIXTURES or ../shared/fixtures/moss_tiny, else a generated
+#                         set); tests/gpu collects and skips
 #     --dtype DTYPE       weights dtype (default bfloat16 on cuda, float32 on cpu)
 #     --env-only          only write summary.json (python, torch, CUDA, whether the package
 #                         imports, which optional modules do) and print it: a new box's check
 #
 # A failing step is recorded (summary.json, NAME.log) and the others still run; the exit status
-# is nonzero if any step failed or timed out.
+# is nonzero if any step failed or timed out. Without fixtures beside the checkout, a tiny
+# conforming set is generated for the run (scripts/make_fixtures.py).
 set -uo pipefail
 
 # ---- the steps, most important first (a budget cut drops the tail) --------------------------
@@ -125,10 +127,13 @@ else
 fi
 
 # The package comes from this checkout, never from an install.
+TMP_DIRS=()
+cleanup() { [ ${#TMP_DIRS[@]} -eq 0 ] || rm -rf "${TMP_DIRS[@]}"; }
+trap cleanup EXIT
 SITE_EXTRA=""
 if [ ${#WHEELS[@]} -gt 0 ]; then
   SITE_EXTRA=$(mktemp -d "${TMPDIR:-/tmp}/gpu_bench_site.XXXXXX")
-  trap 'rm -rf "$SITE_EXTRA"' EXIT
+  TMP_DIRS+=("$SITE_EXTRA")
   for dir in "${WHEELS[@]}"; do
     for whl in "$dir"/*.whl; do
       [ -e "$whl" ] || continue
@@ -164,21 +169,38 @@ EOF
 ) || exit 1
 echo "gpu_bench: $ENV_INFO" >&2
 
-# Fixtures: only the tiny dry run and three of the GPU tests need them.
+# Fixtures: the tiny dry run and three of the GPU tests need a set. Without one (a GPU box has the
+# checkout, not ../shared), a conforming set is generated (scripts/make_fixtures.py, ~10 s on CPU).
 if [ -z "${MOSS_FIXTURES:-}" ]; then
   for cand in "$REPO/../shared/fixtures/moss_tiny" "$REPO/shared/fixtures/moss_tiny"; do
     [ -d "$cand/realtime" ] && { MOSS_FIXTURES=$(cd "$cand" && pwd); break; }
   done
 fi
-if [ -n "${MOSS_FIXTURES:-}" ] && [ -d "$MOSS_FIXTURES/realtime" ]; then
-  export MOSS_FIXTURES
-else
+FIXTURES_GENERATED=0
+if [ -z "${MOSS_FIXTURES:-}" ] || [ ! -d "$MOSS_FIXTURES/realtime" ]; then
+  needed=$TINY_RUN
+  { [ -z "$ONLY" ] || [[ $ONLY == *",tests,"* ]]; } && [[ $SKIP != *",tests,"* ]] && needed=1
   unset MOSS_FIXTURES
+  if [ "$needed" = 1 ] && [ "$ENV_ONLY" = 0 ] && [ -f scripts/make_fixtures.py ]; then
+    TMP_FIXTURES=$(mktemp -d "${TMPDIR:-/tmp}/gpu_bench_fixtures.XXXXXX")
+    TMP_DIRS+=("$TMP_FIXTURES")
+    echo "gpu_bench: no fixtures here: generating a set (scripts/make_fixtures.py --seed 0)" >&2
+    if CUDA_VISIBLE_DEVICES="" "$PY" scripts/make_fixtures.py --seed 0 --out "$TMP_FIXTURES" \
+        >"$OUT_DIR/fixtures.log" 2>&1; then
+      export MOSS_FIXTURES=$TMP_FIXTURES FIXTURES_GENERATED=1
+    else
+      echo "gpu_bench: fixture generation failed (see fixtures.log)" >&2
+    fi
+  fi
+fi
+if [ -z "${MOSS_FIXTURES:-}" ]; then
   if [ "$TINY_RUN" = 1 ]; then
     echo "gpu_bench: --tiny needs the fixtures (set MOSS_FIXTURES)" >&2
     exit 2
   fi
-  echo "gpu_bench: no fixtures (MOSS_FIXTURES): the fixture-based GPU tests will skip" >&2
+  echo "gpu_bench: no fixtures: the fixture-based GPU tests will skip" >&2
+else
+  export MOSS_FIXTURES
 fi
 
 # ---- summary.json, rewritten after every step ----------------------------------------------
@@ -206,6 +228,7 @@ summary = {
     "device": device, "tiny": tiny == "1", "dtype": dtype, "compile": compile_ or None,
     "budget_s": float(budget) or None, "python": platform.python_version(),
     "executable": sys.executable, "fixtures": os.environ.get("MOSS_FIXTURES"),
+    "fixtures_generated": os.environ.get("FIXTURES_GENERATED") == "1",
     "wheels": wheels,
     "importable": {m: importlib.util.find_spec(m) is not None for m in optional},
     **json.loads(env_info),
