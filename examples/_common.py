@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,21 +48,33 @@ def parser(description: str, out: str) -> argparse.ArgumentParser:
     ap.add_argument("--fixtures", type=Path, default=None, help="tiny fixture set directory")
     ap.add_argument("--out", type=Path, default=Path(out), help="where the WAVs go")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same audio)")
+    ap.add_argument(
+        "--eos-min-frames",
+        type=int,
+        default=0,
+        metavar="N",
+        help="no reply ends before N frames (EngineConfig.eos_min_frames; a random-weight model "
+        "may otherwise stop anywhere)",
+    )
     return ap
 
 
 def load_engine_from_args(args: argparse.Namespace) -> MossEngine:
     """The real checkpoints with --model, else the tiny fixture model (noise-like audio)."""
     if args.model:
+        from moss_pipecat.engine.config import EngineConfig
         from moss_pipecat.engine.factory import DEFAULT_CODEC, load_engine
 
-        return load_engine(args.model, args.codec or DEFAULT_CODEC, device=args.device)
+        config = EngineConfig(eos_min_frames=args.eos_min_frames)
+        codec = args.codec or DEFAULT_CODEC
+        return load_engine(args.model, codec, device=args.device, config=config)
     from agents.config import AgentConfig
     from moss_pipecat.engine.factory import load_tiny_engine
 
     fixtures = args.fixtures or AgentConfig().fixtures_dir
     print(f"tiny random-weight MOSS model from {fixtures}: the audio is NOISE-LIKE by design")
-    return load_tiny_engine(fixtures, config=TINY_ENGINE_CONFIG, device=args.device or "cpu")
+    config = replace(TINY_ENGINE_CONFIG, eos_min_frames=args.eos_min_frames)
+    return load_tiny_engine(fixtures, config=config, device=args.device or "cpu")
 
 
 def reply(text: str) -> list[Frame]:

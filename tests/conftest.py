@@ -60,6 +60,43 @@ def codec_meta(codec_dir: Path) -> dict:
     return json.loads((codec_dir / "golden.json").read_text())
 
 
+@pytest.fixture(scope="session")
+def make_fixture_set(tmp_path_factory):
+    """Factory: ``make_fixture_set(FixtureSpec(...)) -> Path`` writes a conforming fixture set
+    (``moss_pipecat.testing.fixtures``: other seeds, shapes, ids, voice or not, EOS points) once
+    per spec and session, for tests that check the suite against sets other than the default."""
+    from moss_pipecat.testing import make_fixture_set as make
+
+    made: dict[str, Path] = {}
+
+    def factory(spec) -> Path:
+        key = repr(spec)
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"fixtures_seed{spec.seed}")
+            make(spec, out)
+            made[key] = out
+        return made[key]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def long_rows(realtime_golden) -> torch.Tensor:
+    """[N >= 128, 17] real conversation rows: the set's ``session.rows``, repeated as often as
+    needed (a set's conversation may be shorter than the lengths a test slices)."""
+    rows = realtime_golden["session.rows"]
+    return rows.repeat(-(-128 // rows.shape[0]), 1)
+
+
+@pytest.fixture(scope="session")
+def voice_codes(realtime_golden) -> torch.Tensor:
+    """A reference voice [R, 16] for tests that need one: the set's golden voice prompt, or,
+    in a set without one (``conversation.ref_frames`` 0), seeded random codes."""
+    if "session.ref_codes" in realtime_golden:
+        return realtime_golden["session.ref_codes"]
+    return torch.randint(0, 1024, (5, 16), generator=torch.Generator().manual_seed(1))
+
+
 # ---- engine fixtures (tiny model, id-level text) ---------------------------------------------
 
 

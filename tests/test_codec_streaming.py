@@ -26,8 +26,11 @@ def variant(codec_dir: Path, duration: float, **changes) -> CodecConfig:
         for m in cfg["encoder_kwargs"] + cfg["decoder_kwargs"]:
             if m["module_type"] == "Transformer":
                 m["layer_scale"] = None
-    if changes.get("no_input_proj"):
-        cfg["quantizer_kwargs"]["rvq_dim"] = cfg["quantizer_kwargs"]["input_dim"]
+    if changes.get("no_input_proj"):  # and no output projection: every width the input's
+        qk = cfg["quantizer_kwargs"]
+        qk["rvq_dim"] = qk["output_dim"] = qk["input_dim"]
+        first = next(m for m in cfg["decoder_kwargs"] if m["module_type"] == "Transformer")
+        first["input_dimension"] = qk["input_dim"]
     return CodecConfig.from_dict(cfg)
 
 

@@ -19,11 +19,14 @@ EXAMPLES = {
     "interruption": 2,
     "shared_engine": 6,
 }
+# Replies as long as the checks below need, wherever a fixture set's random model would stop:
+# every WAV longer than a frame, and the reply interrupted after 1.5 s still playing by then.
+MIN_FRAMES = {"interruption": 40}
 
 
 def _run(name: str, out, fixtures) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(REPO / "examples" / f"{name}.py"), "--out", str(out)]
-    cmd += ["--fixtures", str(fixtures)]
+    cmd += ["--fixtures", str(fixtures), "--eos-min-frames", str(MIN_FRAMES.get(name, 3))]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
 

@@ -17,8 +17,8 @@ from .helpers import assert_matches_fresh, random_frames, random_text
 GREEDY = SamplingParams.greedy_decoding()
 
 
-async def _speak(session, ids, max_frames=None, piece=4, pause=0.0):
-    turn = await session.start_turn(max_frames=max_frames)
+async def _speak(session, ids, max_frames=None, piece=4, pause=0.0, min_frames=None):
+    turn = await session.start_turn(max_frames=max_frames, min_frames=min_frames)
     for i in range(0, len(ids), piece):
         turn.push_ids(ids[i : i + piece])
         if pause:
@@ -29,10 +29,10 @@ async def _speak(session, ids, max_frames=None, piece=4, pause=0.0):
 
 
 async def test_multi_turn_with_user_turns_equals_recomputing_from_scratch(
-    make_engine, tiny_model, golden_layout, realtime_golden, realtime_meta
+    make_engine, tiny_model, golden_layout, realtime_meta, voice_codes
 ):
     engine = make_engine()
-    session = engine.create_session(voice=realtime_golden["session.ref_codes"], sampling=GREEDY)
+    session = engine.create_session(voice=voice_codes, sampling=GREEDY)
     gen = torch.Generator().manual_seed(11)
     for turn_no, n_text in enumerate([20, 7, 15]):
         if turn_no:
@@ -48,23 +48,25 @@ async def test_multi_turn_with_user_turns_equals_recomputing_from_scratch(
 
 @pytest.mark.parametrize("heard", [0, 1, 4])
 async def test_interrupt_mid_turn_then_new_turn_equals_fresh_run(
-    make_engine, tiny_model, golden_layout, realtime_golden, realtime_meta, heard
+    make_engine, tiny_model, golden_layout, realtime_golden, realtime_meta, voice_codes, heard
 ):
     g, layout = realtime_golden, golden_layout
     engine = make_engine()
-    session = engine.create_session(voice=g["session.ref_codes"], sampling=GREEDY)
+    session = engine.create_session(voice=voice_codes, sampling=GREEDY)
     snap0 = await session.snapshot()
-    text = g["session.text1"].tolist()
+    text = random_text(torch.Generator().manual_seed(2), realtime_meta, layout.delay + 6)
     lead = layout.lead(len(text))
-    turn = await session.start_turn()
-    turn.push_ids(text)  # no end_text: generation stalls once the known text is fed
+    # No end_text: generation stalls once the known text is fed; eos_after_text keeps the
+    # model from ending the turn before that, wherever this fixture set's model would stop.
+    turn = await session.start_turn(eos_after_text=True)
+    turn.push_ids(text)
     stall_at = 1 + len(text) - lead
     chunks = []
     async for c in turn:
         chunks.append(c)
         if len(chunks) == stall_at:
             break
-    assert turn.summary is None, "this fixture should not end the turn before the stall"
+    assert turn.summary is None
     summary = await session.interrupt(heard)
     assert summary.stop == "interrupted" and summary.heard_frames == heard
     assert await turn.wait() is not None and turn.summary.stop == "interrupted"
@@ -96,8 +98,8 @@ async def test_interrupt_after_generation_finished_rolls_back_to_heard(
     engine = make_engine()
     session = engine.create_session(sampling=GREEDY)
     text = g["session.text1"].tolist()
-    chunks, summary = await _speak(session, text, max_frames=32)
-    assert summary.audio_frames > 3
+    chunks, summary = await _speak(session, text, max_frames=32, min_frames=8)
+    assert summary.audio_frames >= 8
     cut = await session.interrupt(3)
     assert cut.heard_frames == 3 and cut.audio_frames == summary.audio_frames
     assert await session.interrupt(3) is None  # nothing left to cut
@@ -115,11 +117,10 @@ async def test_interrupt_after_generation_finished_rolls_back_to_heard(
 
 
 async def test_long_conversation_stays_in_budget_and_keeps_the_voice(
-    make_engine, tiny_model, golden_layout, realtime_golden, realtime_meta
+    make_engine, tiny_model, golden_layout, realtime_meta, voice_codes
 ):
-    g = realtime_golden
     engine = make_engine(max_context=320, context_budget=300, turn_reserve=80)
-    session = engine.create_session(voice=g["session.ref_codes"], sampling=GREEDY)
+    session = engine.create_session(voice=voice_codes, sampling=GREEDY)
     system = (await session.snapshot())["rows"]
     gen = torch.Generator().manual_seed(5)
     trimmed = False
@@ -166,7 +167,8 @@ async def test_eight_concurrent_sessions_equal_each_alone(
             pause = rnd.choice([0, 0, 0.001, 0.003]) if rnd else 0
             chunks, summary = await _speak(session, step, 24, piece, pause)
             pcm = np.frombuffer(b"".join(c.pcm for c in chunks), dtype="<i2")
-            out.append((torch.stack([c.codes for c in chunks]), summary.stop, pcm))
+            codes = torch.stack([c.codes for c in chunks]) if chunks else torch.zeros(0, 16)
+            out.append((codes, summary.stop, pcm))
         return out
 
     alone = []
@@ -223,7 +225,7 @@ def test_lookahead_paces_generation_to_real_time(make_engine, realtime_golden):
     engine = make_engine(lookahead_s=0.24)  # 3 frames ahead of real time
     session = SyncSession(engine.create_session(sampling=GREEDY))
     text = realtime_golden["session.text2"].tolist()
-    turn = session.start_turn(max_frames=15)
+    turn = session.start_turn(max_frames=15, min_frames=15)  # 15 frames, wherever EOS would be
     turn.push_ids(text)
     turn.end_text()
     first = None
@@ -232,6 +234,6 @@ def test_lookahead_paces_generation_to_real_time(make_engine, realtime_golden):
         first = first or time.monotonic()
         n += 1
     elapsed = time.monotonic() - first
-    assert n >= 10
+    assert n == 15
     # Frames beyond the lookahead are released at most one per 80 ms of real time.
     assert elapsed >= (n - 1 - 3) * 0.08 - 0.02

@@ -50,9 +50,9 @@ def _run_steps(model, step_fn, cache, slots, n_steps: int = 20):
     return torch.stack(out)
 
 
-def test_tts_graph_replay_equals_padded_eager_and_eager(realtime_dir, realtime_golden):
+def test_tts_graph_replay_equals_padded_eager_and_eager(realtime_dir, long_rows):
     model = MossTTSRealtime.from_pretrained(realtime_dir, device=CUDA)
-    rows, lengths = realtime_golden["session.rows"], [30, 47, 12]
+    rows, lengths = long_rows, [30, 47, 12]
     results = {}
     for mode in ("graph", "padded", "eager"):
         cache, slots = _prefilled(model, rows, lengths, 5)

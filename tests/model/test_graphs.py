@@ -49,11 +49,11 @@ class CaptureOnCPU(GraphedDecodeStep):
     ids=["fp32", "bf16", "fp32-capture-warmup", "fp32-compiled-fullgraph"],
 )
 def test_graphed_step_equals_eager_step(
-    tiny_model, realtime_dir, realtime_golden, dtype, capture, backend
+    tiny_model, realtime_dir, long_rows, dtype, capture, backend
 ):
     if dtype != torch.float32:
         tiny_model = MossTTSRealtime.from_pretrained(realtime_dir, dtype=dtype)
-    rows = realtime_golden["session.rows"]
+    rows = long_rows
     lengths = [30, 47, 12]
     cfg = tiny_model.cfg
     eager_cache, slots = _setup(tiny_model, rows, lengths, 5)

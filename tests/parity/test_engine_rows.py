@@ -64,15 +64,26 @@ def test_turn_prompts_and_closing_rows(layout, realtime_golden, realtime_meta):
     assert torch.equal(prompt2, g["turn2.prompt"])
 
 
-def test_finished_assistant_turn_rebuilt_equals_what_was_fed(layout, realtime_golden):
-    """turn_rows(assistant) == prefill + steps + closing, for the EOS-stopped turn 1."""
-    g = realtime_golden
+def test_finished_assistant_turn_rebuilt_equals_what_was_fed(
+    layout, realtime_golden, realtime_meta
+):
+    """turn_rows(assistant) == prefill + steps + closing rows, for turn 1 however it stopped
+    (EOS: its EOS frame is not audio; frame cap: its last frame was never fed)."""
+    g, t = realtime_golden, realtime_meta["turns"]["turn1"]
     text1 = g["session.text1"].tolist()
-    frames = g["turn1.frames"][:-1]  # the EOS frame is not audio
-    rebuilt = layout.turn_rows(layout.header("assistant", True), text1, frames)
+    n_audio = t["n_frames"] - (1 if t["stop"] == "eos" else 0)
+    frames = g["turn1.frames"][:n_audio]
+    lead = layout.lead(len(text1))
+    # Text past the row that closes the turn is never fed: a turn that stopped early keeps
+    # only the text that fits beside its audio.
+    rebuilt = layout.turn_rows(
+        layout.header("assistant", True), text1[: lead + n_audio + 1], frames
+    )
     n_sys = g["session.system_rows"].shape[0]
     fed = g["session.rows"][n_sys : g["turn1.prompt"].shape[0] + len(g["turn1.fed"])]
-    closing = layout.closing_rows(iter([]), None)
+    last = g["turn1.frames"][-1] if t["stop"] == "max_frames" else None
+    closing = layout.closing_rows(iter(text1[lead + len(g["turn1.fed"]) :]), last)
+    assert closing.tolist() == t["closing_rows"]
     assert torch.equal(rebuilt, torch.cat((fed, closing)))
 
 

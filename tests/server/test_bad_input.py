@@ -48,7 +48,9 @@ async def _still_serves(server) -> None:
 
 @pytest.fixture
 async def server(make_tiny_engine, make_server):
-    return await make_server(make_tiny_engine(), token=TOKEN, hello_timeout_s=0.5)
+    # eos_min_frames: "still serves" turns speak their 3 frames, wherever EOS would be.
+    engine = make_tiny_engine(eos_min_frames=3)
+    return await make_server(engine, token=TOKEN, hello_timeout_s=0.5)
 
 
 async def test_malformed_and_unknown_messages_get_error_replies(server):

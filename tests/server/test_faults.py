@@ -32,7 +32,8 @@ async def _read(turn, n: int) -> list:
 async def test_client_disconnect_mid_stream_frees_the_turn_and_reconnect_resumes(
     make_tiny_engine, make_server
 ):
-    engine = make_tiny_engine(lookahead_s=0.4)  # paced: the turn is still running when we drop
+    # Paced, and no turn ends before 60 frames: the turn is still running when we drop.
+    engine = make_tiny_engine(lookahead_s=0.4, eos_min_frames=60)
     server = await make_server(engine)
     client = RemoteEngine(server.url)
     session = await client.create_session(conversation_id="drop-1", sampling=GREEDY)
@@ -61,13 +62,11 @@ async def test_client_disconnect_mid_stream_frees_the_turn_and_reconnect_resumes
     assert engine.session_ids == []
 
 
-async def test_conversation_expires_after_idle_timeout(
-    make_tiny_engine, make_server, realtime_golden
-):
-    engine = make_tiny_engine()
+async def test_conversation_expires_after_idle_timeout(make_tiny_engine, make_server, voice_codes):
+    engine = make_tiny_engine(eos_min_frames=4)  # every turn here speaks its 4 frames
     server = await make_server(engine, idle_expiry_s=0.3, reap_interval_s=0.05)
     client = RemoteEngine(server.url)
-    voice = realtime_golden["session.ref_codes"]
+    voice = voice_codes
     session = await client.create_session(conversation_id="exp-1", sampling=GREEDY, voice=voice)
     system = (await session.snapshot())["rows"]
     turn = await session.start_turn(max_frames=4)
@@ -95,6 +94,7 @@ async def test_conversation_expires_after_idle_timeout(
 def _start_server(fixtures_dir, port: int, log) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "moss_pipecat.cli", "serve", "--tiny", str(fixtures_dir)]
     cmd += ["--port", str(port), "--lookahead", "0.5", "--max-sessions", "2"]
+    cmd += ["--eos-min-frames", "80"]  # turns run to their max_frames, wherever EOS would be
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -167,7 +167,7 @@ async def test_a_failing_session_does_not_affect_the_others(
 ):
     text_range = tuple(realtime_meta["text_ids_drawn_from"])
     scripts = [make_script(77 + i, text_range, turns=2) for i in range(3)]
-    local_engine = make_tiny_engine(max_sessions=4)
+    local_engine = make_tiny_engine(max_sessions=4, eos_min_frames=3)
     local = []
     for script in scripts:
         s = local_engine.create_session(sampling=GREEDY)
@@ -175,7 +175,7 @@ async def test_a_failing_session_does_not_affect_the_others(
         await s.close()
     local_engine.shutdown()
 
-    engine = make_tiny_engine(max_sessions=4)
+    engine = make_tiny_engine(max_sessions=4, eos_min_frames=3)  # "fine" speaks its 3 frames
     server = await make_server(engine)
     client = RemoteEngine(server.url)
     vocab = engine.model.cfg.language.vocab_size
@@ -214,7 +214,7 @@ async def test_a_failing_session_does_not_affect_the_others(
 
 
 async def test_a_second_connection_takes_over_the_conversation(make_tiny_engine, make_server):
-    engine = make_tiny_engine()
+    engine = make_tiny_engine(eos_min_frames=3)  # the first turn has audio, wherever EOS is
     server = await make_server(engine)
     first = await RemoteEngine(server.url).create_session(conversation_id="twin", sampling=GREEDY)
     turn = await first.start_turn(max_frames=3)
@@ -266,7 +266,8 @@ async def connect_raw(url):
 async def test_a_stuck_engine_fails_the_turn_instead_of_hanging(make_tiny_engine, make_server):
     import threading
 
-    engine = make_tiny_engine(lookahead_s=0.3)  # paced: the turn needs the engine to go on
+    # Paced and no EOS before 60 frames: the turn needs the engine to go on.
+    engine = make_tiny_engine(lookahead_s=0.3, eos_min_frames=60)
     server = await make_server(engine)
     client = RemoteEngine(server.url, frame_timeout=1.0)
     session = await client.create_session(conversation_id="stuck", sampling=GREEDY)

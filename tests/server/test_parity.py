@@ -64,7 +64,9 @@ async def test_32_concurrent_remote_sessions_equal_local_and_leak_nothing(
 ):
     text_range = tuple(realtime_meta["text_ids_drawn_from"])
     scripts = [make_script(1000 + i, text_range) for i in range(N_SESSIONS)]
-    local_engine = make_tiny_engine(max_sessions=N_SESSIONS)
+    # No turn ends before 10 frames, so every scripted interruption (after <= 10 chunks)
+    # happens, wherever this fixture set's model would stop.
+    local_engine = make_tiny_engine(max_sessions=N_SESSIONS, eos_min_frames=10)
     t0 = time.monotonic()
     local = await _run_local(local_engine, scripts)
     print(f"local {time.monotonic() - t0:.1f}s")
@@ -72,7 +74,7 @@ async def test_32_concurrent_remote_sessions_equal_local_and_leak_nothing(
     interrupted = sum(stop == "interrupted" for turns in local for _, stop, _, _ in turns)
     assert interrupted >= 10, "the scripts should exercise interruptions"
 
-    engine = make_tiny_engine(max_sessions=N_SESSIONS)
+    engine = make_tiny_engine(max_sessions=N_SESSIONS, eos_min_frames=10)
     server = await make_server(engine, token=TOKEN)
     hub = server.hub
     t0 = time.monotonic()

@@ -26,7 +26,8 @@ async def _turns(session) -> list[torch.Tensor]:
         turn = await session.start_turn(max_frames=8)
         turn.push_text(text)
         turn.end_text()
-        out.append(torch.stack([c.codes async for c in turn]))
+        codes = [c.codes async for c in turn]
+        out.append(torch.stack(codes) if codes else torch.zeros(0, 16, dtype=torch.long))
     return out
 
 
