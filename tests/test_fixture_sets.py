@@ -1,0 +1,116 @@
+"""The suite holds on any conforming fixture set, not just the default one.
+
+A fixture set is generated here (``moss_pipecat.testing.fixtures``: another seed, other shapes
+and special ids, no voice prompt, turn 1 running to its frame cap while the default set's ends
+on EOS). It is checked to have exactly the default set's layout, then the fixture-sensitive
+tests (parity, rows, goldens through the engine, interruption, EOS options) run on it in a
+subprocess with ``MOSS_FIXTURES`` pointing at it. The whole suite on other sets:
+``python scripts/make_fixtures.py --seed N --out DIR`` then ``MOSS_FIXTURES=DIR pytest``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from moss_pipecat.testing import FixtureSpec
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Small, so generating it and running the tests below on it stays well under a minute.
+SPEC = FixtureSpec(
+    seed=3,
+    voice=False,
+    hidden=32,
+    layers=1,
+    heads=2,
+    kv_heads=1,
+    head_dim=16,
+    intermediate=64,
+    local_layers=1,
+    local_heads=2,
+    local_kv_heads=1,
+    local_head_dim=16,
+    local_intermediate=64,
+    n_text=300,
+    vocab=316,
+    eos_frame=99,  # turn 1 runs to its cap
+    max_frames1=16,
+    max_frames2=14,
+    codec_context_s=6.0,
+)
+
+# The tests that read the fixture set's goldens, ids and stopping points.
+SENSITIVE = [
+    "tests/parity/test_model_parity.py",
+    "tests/parity/test_engine_rows.py",
+    "tests/parity/test_engine_goldens.py",
+    "tests/model/test_kv_cache.py::test_truncate_then_regenerate_equals_fresh",
+    "tests/engine/test_eos_options.py::test_masked_eos_keeps_the_golden_frames",
+    "tests/engine/test_sessions.py::test_interrupt_mid_turn_then_new_turn_equals_fresh_run",
+    "tests/engine/test_sessions.py::test_interrupt_after_generation_finished_rolls_back_to_heard",
+]
+
+# Keys only our generator writes (where the set came from, how its EOS row was placed).
+OURS = {"/generator", "/eos_row_adjustment_codebook0"}
+
+
+@pytest.fixture(scope="module")
+def generated(make_fixture_set) -> Path:
+    return make_fixture_set(SPEC)
+
+
+def _keys(obj, path: str = "") -> set[str]:
+    """Every key path of a JSON document (lists of objects: their first item's keys)."""
+    out = set()
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            p = f"{path}/{k}"
+            out.add(p)
+            if not path.endswith(("/tensors", "/special_ids")) and not p.startswith(tuple(OURS)):
+                out |= _keys(v, p)
+    elif isinstance(obj, list) and obj and isinstance(obj[0], dict):
+        out |= _keys(obj[0], path + "[]")
+    return out
+
+
+def _tensor_names(path: Path, numbered: bool = False) -> set[str]:
+    with safe_open(path, "pt") as f:
+        names = set(f.keys())
+    return {re.sub(r"\.\d+\.", ".N.", n) for n in names} if numbered else names
+
+
+def test_generated_set_has_the_default_sets_layout(generated: Path, fixtures_dir: Path):
+    no_voice = {"session.ref_codes", "/tensors/session.ref_codes"}
+    for part in ("realtime", "codec"):
+        for name in ("config.json", "golden.json"):
+            ours = _keys(json.loads((generated / part / name).read_text())) - OURS
+            theirs = _keys(json.loads((fixtures_dir / part / name).read_text())) - OURS
+            assert ours - no_voice == theirs - no_voice, (part, name)
+        ours = _tensor_names(generated / part / "golden.safetensors")
+        theirs = _tensor_names(fixtures_dir / part / "golden.safetensors")
+        assert ours - no_voice == theirs - no_voice, part
+        # Checkpoint keys: the same names up to layer/codebook numbers (and the codec's
+        # optional projections, present where widths differ).
+        ours = _tensor_names(generated / part / "model.safetensors", numbered=True)
+        theirs = _tensor_names(fixtures_dir / part / "model.safetensors", numbered=True)
+        optional = {n for n in ours ^ theirs if "_proj" in n and part == "codec"}
+        assert ours ^ theirs <= optional
+    meta = json.loads((generated / "realtime" / "golden.json").read_text())
+    assert meta["conversation"]["ref_frames"] == 0
+    assert "session.ref_codes" not in _tensor_names(generated / "realtime" / "golden.safetensors")
+    assert meta["turns"]["turn1"]["stop"] == "max_frames"
+
+
+def test_fixture_sensitive_tests_hold_on_a_generated_set(generated: Path):
+    env = dict(os.environ, MOSS_FIXTURES=str(generated))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *SENSITIVE]
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
