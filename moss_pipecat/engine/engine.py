@@ -24,6 +24,7 @@ from moss_pipecat._log import logger
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.events import AudioChunk, Channel, TurnSummary
 from moss_pipecat.engine.history import AssistantTurn, ConversationHistory, UserTurn
+from moss_pipecat.engine.word_times import WordTimer
 from moss_pipecat.engine.rows import RowLayout
 from moss_pipecat.engine.state import OpenTurn, Phase, SessionState, now
 from moss_pipecat.errors import (
@@ -304,12 +305,23 @@ class MossEngine:
             max_frames=max_frames,
             min_frames=cfg.eos_min_frames if min_frames is None else min_frames,
             eos_after_text=cfg.eos_after_text if eos_after_text is None else eos_after_text,
+            words=WordTimer(s.chars_per_second),
         )
         s.next_turn_id += 1
         s.phase = Phase.WAIT_TEXT
         return s.turn.turn_id
 
-    def _push(self, sid: str, turn_id: int, ids: list[int], text: str, done: bool) -> None:
+    def _push(
+        self,
+        sid: str,
+        turn_id: int,
+        ids: list[int],
+        text: str,
+        done: bool,
+        ends: list[int] | None = None,
+    ) -> None:
+        """Adds text to the open turn: ``ids`` with, for each, the end of its characters in
+        the turn's text (None: each id covers all the text so far, as for bare ids)."""
         s = self._sessions.get(sid)
         t = s.turn if s is not None else None
         if t is None or t.turn_id != turn_id or t.text_done:
@@ -321,6 +333,10 @@ class MossEngine:
             return
         t.tokens.extend(ids)
         t.text += text
+        t.words.add_text(text)
+        if ends is None or len(ends) != len(ids):
+            ends = [len(t.text)] * len(ids)
+        t.token_ends.extend(min(e, len(t.text)) for e in ends)
         t.text_done = done
         if t.record is not None:
             t.record.text = t.text
@@ -364,7 +380,7 @@ class MossEngine:
         self._truncate(s, min(s.cache_len, keep))
         summary.audio_frames = total
         summary.heard_frames = kept
-        summary.spoken_text = s.spoken_estimate(rec.text, kept, total, finished=False)
+        summary.spoken_text = rec.words.heard_text(kept) if rec.words is not None else ""
 
     def _add_user_turn(self, sid: str, text_ids: list[int], frames: torch.Tensor) -> None:
         s = self._state(sid)
@@ -636,7 +652,12 @@ class MossEngine:
             self._fail_turn(s, e)
             return
         rec = AssistantTurn(
-            text_ids=t.tokens, lead=prompt.shape[0], prompt=prompt, turn_id=t.turn_id, text=t.text
+            text_ids=t.tokens,
+            lead=prompt.shape[0],
+            prompt=prompt,
+            turn_id=t.turn_id,
+            text=t.text,
+            words=t.words,
         )
         s.history.turns.append(rec)
         t.record, t.fed_text, t.t_trigger = rec, rec.lead, t_now
@@ -756,8 +777,10 @@ class MossEngine:
                 audio.append((s, f, len(t.record.frames) - 1))
         pcm = self._pcm_isolated([(s, f) for s, f, _ in audio])
         for (s, f, index), p in zip(audio, pcm, strict=True):
-            if s.turn is not None:
-                s.turn.channel.put(AudioChunk(s.turn.turn_id, index, f, p))
+            t = s.turn
+            if t is not None:
+                words = tuple(t.words.on_audio(index + 1, t.fed_chars()))
+                t.channel.put(AudioChunk(t.turn_id, index, f, p, words))
         for s, f in items:
             if s.turn is None:
                 continue  # its audio failed to decode: the turn already ended with an error
@@ -814,8 +837,11 @@ class MossEngine:
         t, rec = s.turn, s.turn.record
         total = rec.audio_frames(self.layout.audio_eos)
         rec.close(self.layout, total)
-        if stop == "eos":
-            s.learn_speaking_rate(t.text, total)
+        all_fed = t.text_done and t.fed_text >= len(t.tokens)
+        if stop == "eos" and all_fed:
+            s.learn_speaking_rate(t.text.strip(), total)
+        # Words never fed (an early EOS, a frame cap) were not said: they get no time.
+        tail = t.words.finish(total, t.fed_chars())
         summary = TurnSummary(
             t.turn_id,
             stop,
@@ -823,7 +849,8 @@ class MossEngine:
             heard_frames=total,
             text_ids=list(t.tokens),
             text=t.text,
-            spoken_text=t.text,
+            spoken_text=t.words.heard_text(total),
+            words=tail,
         )
         self._end_turn(s, summary)
 

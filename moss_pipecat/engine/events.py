@@ -18,12 +18,16 @@ class AudioChunk:
         codes: [rvq] int64 codes.
         pcm: 16-bit mono PCM at the codec's rate (1920 samples at 24 kHz), or None when the
             engine runs without a codec.
+        words: the words this frame lets the engine place, as (word, seconds from the
+            turn's first frame): strictly increasing across a turn, always inside the audio
+            generated so far (see ``engine.word_times``).
     """
 
     turn_id: int
     index: int
     codes: torch.Tensor
     pcm: bytes | None
+    words: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass
@@ -36,9 +40,11 @@ class TurnSummary:
         audio_frames: audio frames generated (an EOS frame is not audio).
         heard_frames: frames kept in the conversation (all of them unless interrupted).
         text_ids: text tokens the turn received; text: its text when given as a string.
-        spoken_text: the text estimated to have been spoken in the heard frames.
+        spoken_text: the words spoken in the heard frames (by the turn's word times).
         ttfa_s: seconds from the prefill trigger (enough text, or text end) to the first frame.
         error: the exception that ended it, for stop == "error".
+        words: words placed when the turn ended ("eos", "max_frames"), after those of its
+            chunks; words that were never fed to the model are never placed.
     """
 
     turn_id: int
@@ -50,6 +56,7 @@ class TurnSummary:
     spoken_text: str = ""
     ttfa_s: float | None = None
     error: BaseException | None = None
+    words: list[tuple[str, float]] = field(default_factory=list)
 
 
 class Channel:

@@ -9,6 +9,7 @@ prefill. Rolling back, trimming and changing the voice only change the history a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -38,6 +39,7 @@ class AssistantTurn:
     turn_id: int = -1
     text: str = ""
     role: str = "assistant"
+    words: Any = None  # the turn's WordTimer: which words its frames carry
 
     def body(self) -> torch.Tensor:
         parts = [self.prompt, *(s[None] for s in self.steps)]

@@ -34,6 +34,7 @@ class TurnStream:
         self._engine = session.engine
         self._tokenizer = None
         self._chars = 0
+        self._sent_chars = 0  # characters of the tokenizer's text sent to the engine
         self._text_ended = False
         self._cancelled = False
         self.summary: TurnSummary | None = None
@@ -54,17 +55,25 @@ class TurnStream:
             raise InvalidInputError(
                 f"turn text exceeds {self._engine.config.max_text_chars} characters"
             )
-        ids = self._engine.map_text_ids(tok.push(piece))
-        text = piece.decode("utf-8", "replace") if isinstance(piece, bytes) else piece
-        self._send(ids, text, done=False)
+        self._send_tokenized(tok, tok.push(piece), done=False)
 
     def end_text(self) -> None:
         """No more text: the turn speaks what it has, then ends."""
         self._check_open()
-        ids = self._tokenizer.finish() if self._tokenizer is not None else []
-        ids = self._engine.map_text_ids(ids)
         self._text_ended = True
-        self._send(ids, "", done=True)
+        if self._tokenizer is None:
+            self._send([], "", done=True)
+        else:
+            self._send_tokenized(self._tokenizer, self._tokenizer.finish(), done=True)
+
+    def _send_tokenized(self, tok: Any, ids: list[int], done: bool) -> None:
+        # The engine's turn text is the tokenizer's (cleaned) text, so each id's span end
+        # tells the engine which characters the fed ids cover (word times never run ahead).
+        text = tok.text
+        delta, self._sent_chars = text[self._sent_chars :], len(text)
+        spans = tok.token_spans()
+        ends = [e for _, e in spans[len(spans) - len(ids) :]]
+        self._send(self._engine.map_text_ids(ids), delta, done, ends)
 
     def _incremental(self):
         if self._tokenizer is None:
@@ -83,9 +92,9 @@ class TurnStream:
         if self._text_ended:
             raise TurnStateError("text already ended for this turn")
 
-    def _send(self, ids: list[int], text: str, done: bool) -> None:
+    def _send(self, ids: list[int], text: str, done: bool, ends: list[int] | None = None) -> None:
         sid, tid = self.session.id, self.turn_id
-        self._engine.submit(lambda: self._engine._push(sid, tid, ids, text, done))
+        self._engine.submit(lambda: self._engine._push(sid, tid, ids, text, done, ends))
 
     # ---- audio out -----------------------------------------------------------------------------
     def cancel(self) -> None:

@@ -11,6 +11,7 @@ import torch
 from moss_pipecat.engine.config import FRAME_SECONDS, EngineConfig
 from moss_pipecat.engine.events import Channel
 from moss_pipecat.engine.history import AssistantTurn, ConversationHistory
+from moss_pipecat.engine.word_times import WordTimer
 from moss_pipecat.model.sampling import SamplingParams
 
 DEFAULT_CHARS_PER_SECOND = 14.0  # typical English TTS speaking rate, refined per session
@@ -40,6 +41,12 @@ class OpenTurn:
     max_frames: int | None = None  # the caller's own cap for this turn
     min_frames: int = 0  # frames before which EOS is masked
     eos_after_text: bool = False  # EOS masked until the whole text is fed
+    words: WordTimer | None = None
+    token_ends: list[int] = field(default_factory=list)  # end char (in text) of each token
+
+    def fed_chars(self) -> int:
+        """Characters of ``text`` the fed text tokens cover: an upper bound on what was said."""
+        return self.token_ends[self.fed_text - 1] if self.fed_text > 0 else 0
 
 
 @dataclass(eq=False)  # identity semantics: states are dict keys
@@ -124,21 +131,10 @@ class SessionState:
         return self.cache_len + 3 > capacity
 
     def learn_speaking_rate(self, text: str, frames: int) -> None:
+        """Refines the speaking rate from a turn that spoke its whole text."""
         if text and frames >= 12:
             rate = len(text) / (frames * FRAME_SECONDS)
             self.chars_per_second = 0.7 * self.chars_per_second + 0.3 * rate
-
-    def spoken_estimate(self, text: str, heard: int, total: int, finished: bool) -> str:
-        """The part of ``text`` heard in ``heard`` frames, cut at a word boundary."""
-        if not text or heard <= 0:
-            return ""
-        if finished and heard >= total:
-            return text
-        n = int(heard * FRAME_SECONDS * self.chars_per_second)
-        if n >= len(text):
-            return text
-        cut = text.rfind(" ", 0, n + 1)
-        return text[: cut if cut > 0 else n].rstrip()
 
 
 def now() -> float:

@@ -97,6 +97,7 @@ class RemoteTurn:
         self._text_ended = False
         self._cancelled = False
         self._deferred: MossError | None = None  # an input error the server reported
+        self._words: dict[int, list[tuple[str, float]]] = {}  # by frame index, until it comes
 
     # ---- text in ---------------------------------------------------------------------------
     def push_text(self, piece: str | bytes) -> None:
@@ -293,7 +294,9 @@ class _Link:
         turn_id, index, codes, pcm = P.unpack_audio(data)
         turn = self.turns.get(turn_id)
         if turn is not None:
-            turn._put(AudioChunk(turn_id, index, torch.tensor(codes, dtype=torch.int64), pcm))
+            words = tuple(turn._words.pop(index, ()))
+            codes_t = torch.tensor(codes, dtype=torch.int64)
+            turn._put(AudioChunk(turn_id, index, codes_t, pcm, words))
 
     def _control(self, text: str) -> None:
         import json
@@ -305,6 +308,10 @@ class _Link:
             turn = RemoteTurn(self.session, self, int(msg["turn_id"]))
             self.turns[turn.turn_id] = turn
             self._resolve(req, turn)
+        elif kind == "turn.words":
+            turn = self.turns.get(int(msg["turn_id"]))
+            if turn is not None:
+                turn._words[int(msg["index"])] = P.words_from_wire(msg.get("words"))
         elif kind == "turn.end":
             turn = self.turns.pop(int(msg["turn_id"]), None)
             if turn is not None:

@@ -409,6 +409,8 @@ class ConversationHub:
                 if conn is None or conn.closed or conv.conn is not conn:
                     continue  # the client left: keep draining so the turn can end
                 try:
+                    if chunk.words:  # ahead of its frame: the client attaches them to it
+                        await conn.send_json(P.words_to_wire(chunk))
                     data = P.pack_audio(chunk.turn_id, chunk.index, chunk.codes.tolist(), chunk.pcm)
                     await conn.send_bytes(data)
                     sent += 1

@@ -40,8 +40,10 @@ Server -> client
     audio (binary)   ``AUDIO_HEADER`` = magic ``b"MSA1"``, turn_id u32, index u32, n u16,
                      then n codes u16, then the frame's PCM (int16 LE, empty without a codec);
                      all little-endian. One frame (80 ms) per message, sent as generated.
+    ``turn.words``   turn_id, index, words [[word, seconds], ...]: the word times the engine
+                     placed with frame ``index``; sent just before that frame
     ``turn.end``     turn_id, summary {turn_id, stop, audio_frames, heard_frames, text_ids,
-                     text, spoken_text, ttfa_s, error}
+                     text, spoken_text, words, ttfa_s, error}
     ``result``       req, plus what the request returns (``summary``, ``snapshot``)
     ``error``        code, message, req? (the request it answers), turn_id?, fatal (the
                      server closes the connection after a fatal error)
@@ -60,7 +62,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from moss_pipecat.engine.events import TurnSummary
+from moss_pipecat.engine.events import AudioChunk, TurnSummary
 from moss_pipecat.errors import (
     CapacityError,
     InvalidInputError,
@@ -341,6 +343,20 @@ def error_from_wire(code: str, message: str) -> MossError:
 
 
 # ---- summaries -------------------------------------------------------------------------------
+def words_to_wire(chunk: AudioChunk) -> dict[str, Any]:
+    """The word times a frame carries, sent just before that frame's binary message."""
+    return {
+        "type": "turn.words",
+        "turn_id": chunk.turn_id,
+        "index": chunk.index,
+        "words": [[w, t] for w, t in chunk.words],
+    }
+
+
+def words_from_wire(words: Any) -> list[tuple[str, float]]:
+    return [(str(w), float(t)) for w, t in (words or [])]
+
+
 def summary_to_wire(s: TurnSummary | None) -> dict[str, Any] | None:
     if s is None:
         return None
@@ -352,6 +368,7 @@ def summary_to_wire(s: TurnSummary | None) -> dict[str, Any] | None:
         "text_ids": list(s.text_ids),
         "text": s.text,
         "spoken_text": s.spoken_text,
+        "words": [[w, t] for w, t in s.words],
         "ttfa_s": s.ttfa_s,
         "error": None if s.error is None else [error_code(s.error), str(s.error)],
     }
@@ -369,6 +386,7 @@ def summary_from_wire(d: dict[str, Any] | None) -> TurnSummary | None:
         text_ids=[int(i) for i in d.get("text_ids", [])],
         text=str(d.get("text", "")),
         spoken_text=str(d.get("spoken_text", "")),
+        words=words_from_wire(d.get("words")),
         ttfa_s=d.get("ttfa_s"),
         error=None if not err else error_from_wire(str(err[0]), str(err[1])),
     )
@@ -395,5 +413,7 @@ __all__ = [
     "parse_client_message",
     "summary_from_wire",
     "summary_to_wire",
+    "words_from_wire",
+    "words_to_wire",
     "unpack_audio",
 ]

@@ -10,7 +10,7 @@ consistent; on an interruption the engine rolls back to what the user actually h
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +19,11 @@ from typing import Any
 from loguru import logger
 from pipecat.audio.utils import create_stream_resampler
 from pipecat.frames.frames import (
+    AggregatedTextProgressFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     CancelFrame,
+    ControlFrame,
     EndFrame,
     ErrorFrame,
     Frame,
@@ -31,21 +33,24 @@ from pipecat.frames.frames import (
     TranscriptionFrame,
     TTSAudioRawFrame,
     TTSStoppedFrame,
+    TTSTextFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TextAggregationMode, TTSService
+from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
 from moss_pipecat.engine.config import FRAME_SECONDS
 from moss_pipecat.errors import InvalidInputError, MossError
 from moss_pipecat.model.sampling import SamplingParams
 from moss_pipecat.service.user_audio import UserAudioRecorder, UserUtterance
-from moss_pipecat.service.word_times import DEFAULT_CHARS_PER_SECOND, WordTimer
 
 MAX_TRACKED_REPLIES = 4
+_DEFAULT_SAMPLING = SamplingParams()
+FRAME_NS = round(FRAME_SECONDS * 1e9)
 
 
 @dataclass
@@ -73,16 +78,43 @@ class MossTTSSettings(TTSSettings):
 
 
 @dataclass
-class _Reply:
-    """One bot reply: a pipecat audio context and the engine turn speaking it."""
+class _SpokenWordsEnd(ControlFrame):
+    """Queued in a reply's audio context after its last word time: words pipecat would
+    still emit for that context (its force-complete of text never timed) were not spoken."""
 
-    turn: Any  # TurnStream (local) or its remote twin
-    timer: WordTimer
-    reader: asyncio.Task | None = None
+    context_id: str = ""
+
+
+@dataclass(eq=False)
+class _Reply:
+    """One bot reply: a pipecat audio context and the engine turn speaking it.
+
+    The service owns a reply from its first piece of text: the reply's task opens its engine
+    turn (once the reply before it has ended), feeds it and reads its frames, so an
+    interruption at any moment finds every reply and closes whatever each one opened.
+
+    One clock says what was heard: ``start_ns`` is when the reply's audio starts playing;
+    its word frames are released at ``start_ns + word time`` and the frames kept on an
+    interruption are those played since ``start_ns``.
+    """
+
+    context_id: str
+    previous: _Reply | None
+    pending: list[str] = field(default_factory=list)  # text before the engine turn opened
     text_ended: bool = False
-    frames: int = 0  # frames generated
+    flushed: bool = False  # pipecat ended the reply's text (its words are all registered)
+    task: asyncio.Task | None = None
+    opening: asyncio.Future | None = None  # the engine's start_turn, never cancelled midway
+    turn: Any | None = None  # TurnStream (local) or its remote twin
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # engine turn over
+    frames: int = 0  # frames read from the engine
     pushed: int = 0  # frames pushed downstream
-    first_pushed_at: float | None = None
+    baseline_ns: int | None = None  # pipecat's word-time zero for this context
+    start_ns: int | None = None  # playback start: the heard clock's zero
+    held_words: list[tuple[str, float]] = field(default_factory=list)
+    read_done: bool = False  # every frame and word read from the engine
+    closed: bool = False  # TTSStoppedFrame queued
+    words_closed: bool = False  # its last word frame went out
 
 
 class MossTTSServiceBase(TTSService):
@@ -99,10 +131,21 @@ class MossTTSServiceBase(TTSService):
         capture_user_audio: keep the user's speech (input audio between user started/stopped
             speaking) in the model's context, with its transcript.
         user_audio_max_s: longest user turn kept (the most recent audio).
-        output_latency_s: playback delay after the transport reports the bot speaking, taken
-            off the heard-audio estimate on interruption.
+        output_latency_s: playback delay after the transport reports the bot speaking (a
+            device buffer): the heard clock starts that much later.
         settings: ``MossTTSSettings``.
         **kwargs: for ``TTSService`` (sample_rate, text_transforms, ...).
+
+    What was heard has one clock. A reply's playback starts when the transport reports the
+    bot speaking (``BotStartedSpeakingFrame``, plus ``output_latency_s``), or right after the
+    audio already playing; until then its word frames are held. Word frames are released at
+    playback start + the engine's word time, and an interruption keeps the frames played
+    since playback start: the LLM context and MOSS's history keep the same words. In a
+    pipeline without an output transport after this service (none found downstream and no
+    BotStartedSpeakingFrame seen), a reply plays from its first audio push.
+
+    Event handlers: ``on_reply_interrupted(service, context_id, summary)`` after a reply was
+    cut to what the user heard (``summary.spoken_text`` is what the history kept).
     """
 
     Settings = MossTTSSettings
@@ -123,11 +166,11 @@ class MossTTSServiceBase(TTSService):
             model=model or "OpenMOSS-Team/MOSS-TTS-Realtime",
             voice=None,
             language=None,
-            temperature=0.8,
-            top_k=30,
-            top_p=0.6,
-            repetition_penalty=1.1,
-            greedy=False,
+            temperature=_DEFAULT_SAMPLING.temperature,
+            top_k=_DEFAULT_SAMPLING.top_k,
+            top_p=_DEFAULT_SAMPLING.top_p,
+            repetition_penalty=_DEFAULT_SAMPLING.repetition_penalty,
+            greedy=_DEFAULT_SAMPLING.greedy,
             seed=None,
             context_budget=None,
             lookahead_s=None,
@@ -145,17 +188,23 @@ class MossTTSServiceBase(TTSService):
         self._llm_context = context
         self._capture_user_audio = capture_user_audio
         self._recorder = UserAudioRecorder(max_seconds=user_audio_max_s)
-        self._output_latency_s = output_latency_s
+        self._output_latency_ns = round(output_latency_s * 1e9)
         self._session: Any | None = None
         self._replies: dict[str, _Reply] = {}
-        self._order: list[str] = []  # reply contexts, oldest first
+        self._order: list[_Reply] = []  # oldest first; the newest is the last to speak
         self._settings_dirty = True
         self._voice_dirty = is_given(defaults.voice) and defaults.voice is not None
+        self._voice: str | None = None  # the voice the session has
         self._transcript: list[str] = []
         self._consumed_user_messages = 0
-        self._bot_speaking_since: float | None = None
-        self._last_played: str | None = None
-        self._chars_per_second = DEFAULT_CHARS_PER_SECOND
+        # The heard clock (pipeline clock, ns). pipecat times a context's words from its
+        # first audio push, or from its last word if later; mirrored in _last_word_pts.
+        self._bot_speaking = False
+        self._playback_reported = False  # the transport reports playback (BotStarted...)
+        self._playback_end_ns = 0  # when the audio pushed so far ends playing
+        self._last_word_pts = 0
+        # (service, context_id, TurnSummary): a reply was cut to what the user heard.
+        self._register_event_handler("on_reply_interrupted")
 
     # ================================================================== lifecycle
     def can_generate_metrics(self) -> bool:
@@ -168,7 +217,20 @@ class MossTTSServiceBase(TTSService):
 
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
+        self._playback_reported = self._output_transport_downstream()
         self._session = await self._open_session()
+
+    def _output_transport_downstream(self) -> bool:
+        """Whether an output transport (which reports playback) follows in the pipeline.
+
+        Otherwise the first BotStartedSpeakingFrame tells; until then replies play from
+        their first audio push."""
+        node, hops = self.next, 0
+        while node is not None and hops < 256:
+            if isinstance(node, BaseOutputTransport):
+                return True
+            node, hops = node.next, hops + 1
+        return False
 
     # ---- what subclasses provide ------------------------------------------------------------
     async def _open_session(self) -> Any:
@@ -196,9 +258,9 @@ class MossTTSServiceBase(TTSService):
         await self._shutdown()
 
     async def _shutdown(self) -> None:
-        for reply in self._replies.values():
-            if reply.reader is not None:
-                await self.cancel_task(reply.reader)
+        for reply in self._order:
+            if reply.task is not None:
+                await self.cancel_task(reply.task)
         self._replies.clear()
         self._order.clear()
         if self._session is not None:
@@ -224,26 +286,37 @@ class MossTTSServiceBase(TTSService):
         return changed
 
     def _sampling(self) -> SamplingParams:
-        s = self._settings
+        s, d = self._settings, _DEFAULT_SAMPLING
         return SamplingParams(
-            temperature=s.temperature if s.temperature is not None else 0.8,
-            top_k=s.top_k if s.top_k is not None else 30,
-            top_p=s.top_p if s.top_p is not None else 0.6,
-            repetition_penalty=s.repetition_penalty if s.repetition_penalty is not None else 1.1,
+            temperature=d.temperature if s.temperature is None else s.temperature,
+            top_k=d.top_k if s.top_k is None else s.top_k,
+            top_p=d.top_p if s.top_p is None else s.top_p,
+            repetition_penalty=(
+                d.repetition_penalty if s.repetition_penalty is None else s.repetition_penalty
+            ),
             greedy=bool(s.greedy),
         )
 
     async def _apply_settings(self) -> None:
+        """Brings the session up to the settings; a setting it refuses gives one ErrorFrame
+        and the previous value stays (the reply still speaks)."""
         if not self._settings_dirty:
             return
         s = self._settings
-        session = self._session
-        await session.set_sampling(self._sampling(), s.seed if is_given(s.seed) else None)
-        await session.set_limits(s.context_budget, s.lookahead_s)
-        if self._voice_dirty:
-            await self._set_voice(s.voice)
-            self._voice_dirty = False
         self._settings_dirty = False
+        try:
+            await self._session.set_sampling(self._sampling(), s.seed if is_given(s.seed) else None)
+            await self._session.set_limits(s.context_budget, s.lookahead_s)
+        except MossError as e:
+            await self.push_error(error_msg=f"MOSS TTS: settings not applied: {e}", exception=e)
+        if self._voice_dirty:
+            self._voice_dirty = False
+            try:
+                await self._set_voice(s.voice)
+                self._voice = s.voice
+            except MossError as e:
+                s.voice = self._voice  # the session kept its voice: say so in the settings
+                await self.push_error(error_msg=f"MOSS TTS: voice not changed: {e}", exception=e)
 
     @staticmethod
     def _voice_file(voice: str) -> Path:
@@ -257,9 +330,9 @@ class MossTTSServiceBase(TTSService):
         if isinstance(frame, InterruptionFrame):
             await self._roll_back_to_heard()
         elif isinstance(frame, BotStartedSpeakingFrame):
-            self._bot_speaking_since = time.monotonic()
+            await self._on_bot_started_speaking()
         elif isinstance(frame, BotStoppedSpeakingFrame):
-            self._bot_speaking_since = None
+            self._bot_speaking = False
         elif self._capture_user_audio:
             if isinstance(frame, InputAudioRawFrame):
                 self._recorder.add_audio(frame.audio, frame.sample_rate, frame.num_channels)
@@ -274,126 +347,213 @@ class MossTTSServiceBase(TTSService):
     async def push_frame(
         self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM
     ) -> None:
+        if isinstance(frame, _SpokenWordsEnd):
+            reply = self._replies.get(frame.context_id)
+            if reply is not None:
+                reply.words_closed = True
+            return  # ours alone
+        if isinstance(frame, (TTSTextFrame, AggregatedTextProgressFrame)):
+            reply = self._replies.get(frame.context_id or "")
+            if reply is not None and reply.words_closed:
+                logger.debug(f"{self}: not spoken, kept out of the context: {frame.text!r}")
+                return
         if isinstance(frame, TTSAudioRawFrame) and frame.context_id in self._replies:
-            reply = self._replies[frame.context_id]
-            if reply.first_pushed_at is None:
-                reply.first_pushed_at = time.monotonic()
-            reply.pushed += 1
-            self._last_played = frame.context_id
+            await self._on_audio_pushed(self._replies[frame.context_id])
         await super().push_frame(frame, direction)
 
     # ================================================================== synthesis
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
-        """Feeds a piece of the reply's text to its engine turn (audio arrives separately)."""
-        try:
-            reply = await self._reply_for(context_id)
-            if reply.turn.summary is not None:
-                # The model already ended this reply (EOS): what it did not say is dropped, so
-                # the context keeps only spoken words and the reply stays one turn.
-                yield None
+        """Hands a piece of the reply's text to its engine turn (audio arrives separately).
+
+        Never waits: a reply whose engine turn is not open yet keeps the text until it is.
+        """
+        reply = self._replies.get(context_id)
+        if reply is None:
+            if self._session is None:
+                yield ErrorFrame(error="MOSS TTS: the TTS session is not running")
                 return
-            reply.timer.add_text(text)
-            reply.turn.push_text(text)
-        except MossError as e:
-            logger.warning(f"{self}: {e}")
-            yield ErrorFrame(error=f"MOSS TTS: {e}")
-            reply = self._replies.get(context_id)
-            if reply is not None and not reply.text_ended:
-                reply.text_ended = True
-                try:
-                    reply.turn.end_text()  # speak what it has
-                except MossError:
-                    pass
-            return
+            reply = self._new_reply(context_id)
+        if reply.text_ended:
+            pass  # the reply already ended (the model ended it, or its text failed)
+        elif reply.turn is None:
+            reply.pending.append(text)
+        else:
+            await self._feed(reply, text)
         yield None
+
+    async def _feed(self, reply: _Reply, text: str) -> bool:
+        """Pushes text into the reply's open turn; bad text gives an ErrorFrame and the reply
+        speaks what it has."""
+        if reply.turn.summary is not None:
+            return False  # the model already ended it: what it did not say is dropped
+        try:
+            reply.turn.push_text(text)
+            return True
+        except MossError as e:
+            await self.push_error(error_msg=f"MOSS TTS: {e}", exception=e)
+            await self._end_text(reply)
+            return False
 
     async def flush_audio(self, context_id: str | None = None) -> None:
         """The reply's text is complete: the engine turn speaks the rest and ends."""
         reply = self._replies.get(context_id or self.get_active_audio_context_id() or "")
-        if reply is not None and not reply.text_ended and reply.turn.summary is None:
-            reply.text_ended = True
+        if reply is not None:
+            reply.flushed = True
+            await self._end_text(reply)
+            await self._close_reply(reply)
+
+    async def _end_text(self, reply: _Reply) -> None:
+        if reply.text_ended:
+            return
+        reply.text_ended = True
+        turn = reply.turn
+        if turn is not None and turn.summary is None:
             try:
-                reply.turn.end_text()
+                turn.end_text()
             except MossError as e:
                 await self.push_error(error_msg=f"MOSS TTS: {e}", exception=e)
 
-    async def _reply_for(self, context_id: str) -> _Reply:
-        reply = self._replies.get(context_id)
-        if reply is not None:
-            return reply  # one engine turn per reply, even if the model ended it early
-        if self._session is None:
-            raise MossError("the TTS session is not running")
-        # One engine turn at a time per conversation: an earlier reply still open finishes
-        # with the text it has (its audio plays first anyway).
-        for cid in list(self._order):
-            other = self._replies.get(cid)
-            if other is not None and cid != context_id and other.reader is not None:
-                if not other.text_ended:
-                    other.text_ended = True
-                    other.turn.end_text()
-                await asyncio.wait({other.reader})  # its outcome is its own reader's business
-        await self._apply_settings()
-        await self._add_user_turn()
-        turn = await self._session.start_turn()
-        reply = _Reply(turn=turn, timer=WordTimer(chars_per_second=self._chars_per_second))
+    def _new_reply(self, context_id: str) -> _Reply:
+        reply = _Reply(context_id, previous=self._order[-1] if self._order else None)
         self._replies[context_id] = reply
-        if context_id in self._order:
-            self._order.remove(context_id)
-        self._order.append(context_id)
+        self._order.append(reply)
         # Older replies finished playing long ago; a few are kept for the heard estimate.
-        for old in self._order[:-MAX_TRACKED_REPLIES]:
-            self._order.remove(old)
-            self._replies.pop(old, None)
-        reply.reader = self.create_task(self._read_reply(context_id, reply))
+        while len(self._order) > MAX_TRACKED_REPLIES and self._order[0].closed:
+            self._replies.pop(self._order.pop(0).context_id, None)
+        reply.task = self.create_task(self._speak(reply), f"moss-reply-{context_id}")
         return reply
 
-    async def _read_reply(self, context_id: str, reply: _Reply) -> None:
-        """Moves the engine turn's frames into the audio context, with word times."""
-        out_rate = self.sample_rate
-        in_rate = self._pcm_rate
-        # One resampler per reply: its filter state must not leak across an interruption.
-        resampler = create_stream_resampler() if out_rate != in_rate else None
+    async def _speak(self, reply: _Reply) -> None:
+        """Opens the reply's engine turn once the conversation is free, feeds it, reads it."""
         try:
-            async for chunk in reply.turn:
-                audio = chunk.pcm
-                if resampler is not None:
-                    audio = await resampler.resample(audio, in_rate, out_rate)
-                reply.frames += 1
-                if audio:
-                    await self.append_to_audio_context(
-                        context_id, TTSAudioRawFrame(audio, out_rate, 1, context_id=context_id)
-                    )
-                words = reply.timer.on_audio(reply.frames)
-                if words:
-                    await self.add_word_timestamps(words, context_id)
+            if reply.previous is not None:
+                # One engine turn at a time per conversation; replies speak in order, each
+                # whole (a TTSSpeakFrame during a streaming reply waits for its end).
+                await reply.previous.finished.wait()
+            await self._apply_settings()
+            await self._add_user_turn()
+            # Shielded: cancelled midway, the turn would open with nobody owning it; the
+            # interruption waits for it instead and closes it.
+            reply.opening = asyncio.ensure_future(self._session.start_turn())
+            reply.turn = await asyncio.shield(reply.opening)
+            pending, reply.pending = reply.pending, []
+            for piece in pending:
+                if not await self._feed(reply, piece):
+                    break
+            if reply.text_ended:
+                reply.text_ended = False
+                await self._end_text(reply)
+            await self._read_reply(reply)
         except MossError as e:  # e.g. the engine server went away mid-reply
             await self.push_error(error_msg=f"MOSS TTS reply failed: {e}", exception=e)
-            await self._close_context(context_id)
-            return
+            if reply.turn is not None and reply.turn.summary is None:
+                with contextlib.suppress(MossError):  # leave no turn open without an owner
+                    await self._session.interrupt(0)
+            reply.read_done = reply.flushed = True
+            reply.held_words.clear()
+            await self._close_reply(reply)
+        finally:
+            reply.finished.set()
+
+    async def _read_reply(self, reply: _Reply) -> None:
+        """Moves the engine turn's frames and word times into the reply's audio context."""
+        context_id, turn = reply.context_id, reply.turn
+        out_rate, in_rate = self.sample_rate, self._pcm_rate
+        # One resampler per reply: its filter state must not leak across an interruption.
+        resampler = create_stream_resampler() if out_rate != in_rate else None
+        async for chunk in turn:
+            audio = chunk.pcm
+            if resampler is not None:
+                audio = await resampler.resample(audio, in_rate, out_rate)
+            reply.frames += 1
+            if audio:
+                await self.append_to_audio_context(
+                    context_id, TTSAudioRawFrame(audio, out_rate, 1, context_id=context_id)
+                )
+            await self._add_words(reply, chunk.words)
         if resampler is not None:
             tail = await resampler.flush()
             if tail:
                 await self.append_to_audio_context(
                     context_id, TTSAudioRawFrame(tail, out_rate, 1, context_id=context_id)
                 )
-        summary = reply.turn.summary
+        summary = turn.summary
+        reply.text_ended = True  # text after the model ended a reply is dropped
         if summary.stop == "error":
             await self.push_error(
                 error_msg=f"MOSS TTS turn failed: {summary.error}", exception=summary.error
             )
-        elif summary.stop in ("eos", "max_frames"):  # the reply was spoken to its end
-            words = reply.timer.finish(reply.frames)
-            if words:
-                await self.add_word_timestamps(words, context_id)
-        if summary.stop == "eos" and summary.audio_frames >= 12 and summary.text.strip():
-            rate = len(summary.text.strip()) / (summary.audio_frames * FRAME_SECONDS)
-            self._chars_per_second = 0.7 * self._chars_per_second + 0.3 * rate
-        await self._close_context(context_id)
+        await self._add_words(reply, summary.words)
+        reply.read_done = True
+        if reply.frames == 0:
+            reply.held_words.clear()  # no audio, so no playback to wait for
+        await self._close_reply(reply)
 
-    async def _close_context(self, context_id: str) -> None:
+    async def _close_reply(self, reply: _Reply) -> None:
+        """Ends the reply's audio context once every word time it has is queued."""
+        if reply.closed or not reply.read_done or not reply.flushed or reply.held_words:
+            return  # pipecat still has its text (words it holds come after ours), or ours
+        if reply.frames > 0 and reply.start_ns is None:
+            return  # words wait for playback to start; closing follows them
+        reply.closed = True
+        context_id = reply.context_id
         if self.audio_context_available(context_id):
+            await self.append_to_audio_context(context_id, _SpokenWordsEnd(context_id))
             await self.append_to_audio_context(context_id, TTSStoppedFrame(context_id=context_id))
             await self.remove_audio_context(context_id)
+
+    # ================================================================== the heard clock
+    async def _add_words(self, reply: _Reply, words: Any) -> None:
+        """Queues word times on the heard clock (held until the reply's playback start)."""
+        if not words:
+            return
+        if reply.start_ns is None:
+            reply.held_words.extend(words)
+            return
+        # pipecat releases a word at baseline + t; shifted so it comes out at start + t.
+        shift = (reply.start_ns - reply.baseline_ns) / 1e9
+        timed = [(w, t + shift) for w, t in words]
+        self._last_word_pts = max(
+            self._last_word_pts, reply.baseline_ns + round(timed[-1][1] * 1e9)
+        )
+        await self.add_word_timestamps(timed, reply.context_id)
+
+    async def _on_audio_pushed(self, reply: _Reply) -> None:
+        """pipecat pushes the reply's audio: its first frame fixes the word-time baseline
+        and, where the transport is already playing or reports nothing, the playback start."""
+        reply.pushed += 1
+        if reply.baseline_ns is None:
+            now = self.get_clock().get_time()
+            reply.baseline_ns = max(self._last_word_pts, now)
+            if self._bot_speaking:  # it plays after the audio already queued
+                await self._start_playback(reply, max(reply.baseline_ns, self._playback_end_ns))
+            elif not self._playback_reported:  # no transport says when it plays
+                await self._start_playback(reply, reply.baseline_ns)
+        if reply.start_ns is not None:
+            self._playback_end_ns = max(
+                self._playback_end_ns, reply.start_ns + reply.pushed * FRAME_NS
+            )
+
+    async def _on_bot_started_speaking(self) -> None:
+        now = self.get_clock().get_time()
+        self._bot_speaking = self._playback_reported = True
+        for reply in self._order:
+            if reply.baseline_ns is not None and reply.start_ns is None:
+                start = max(reply.baseline_ns, now + self._output_latency_ns)
+                await self._start_playback(reply, start)
+                self._playback_end_ns = max(self._playback_end_ns, start + reply.pushed * FRAME_NS)
+
+    async def _start_playback(self, reply: _Reply, start_ns: int) -> None:
+        reply.start_ns = start_ns
+        held, reply.held_words = reply.held_words, []
+        await self._add_words(reply, held)
+        await self._close_reply(reply)
+
+    def _heard_frames(self, reply: _Reply, now_ns: int) -> int:
+        if reply.start_ns is None:
+            return 0
+        heard = (now_ns - reply.start_ns) // FRAME_NS
+        return max(0, min(reply.pushed, heard))
 
     # ================================================================== user turns
     def _user_transcript(self) -> str:
@@ -421,52 +581,50 @@ class MossTTSServiceBase(TTSService):
             await self.push_error(error_msg=f"MOSS TTS: user turn not kept: {e}", exception=e)
 
     # ================================================================== interruption
-    def _heard_frames(self, reply: _Reply) -> int:
-        if reply.first_pushed_at is None:
-            return 0
-        start = reply.first_pushed_at
-        if self._bot_speaking_since is not None:
-            start = max(start, self._bot_speaking_since)
-        heard = (time.monotonic() - start - self._output_latency_s) / FRAME_SECONDS
-        return max(0, min(reply.pushed, int(heard)))
-
     async def _roll_back_to_heard(self) -> None:
-        """Cuts the engine history back to the audio the user heard.
+        """Stops every reply and cuts the engine history back to the audio the user heard.
 
         Replies newer than the one playing were not heard at all; the playing one was heard
-        up to now. Older replies were heard in full.
+        up to now (on the heard clock); older ones were heard in full. A reply whose engine
+        turn was being opened is waited for and closed, so no turn is left without an owner.
         """
-        if self._session is None or not self._order:
+        replies, self._replies, self._order = self._order, {}, []
+        if not replies:
             return
-        playing = self._last_played
-        for cid in reversed(list(self._order)):
-            reply = self._replies[cid]
-            reply.turn.cancel()
-            heard = self._heard_frames(reply) if cid == playing else 0
-            if reply.reader is not None:
-                await self.cancel_task(reply.reader)
-            try:
-                summary = await self._session.interrupt(heard)
-            except MossError as e:
-                await self.push_error(error_msg=f"MOSS TTS: interrupt failed: {e}", exception=e)
-                summary = None
-            if summary is not None:
-                logger.debug(
-                    f"{self}: interrupted reply {cid}: kept {summary.heard_frames}/"
-                    f"{summary.audio_frames} frames ({summary.spoken_text!r})"
-                )
-            if cid == playing:
-                break
-        # Replies before the playing one were heard in full; nothing is tracked any more.
-        self._replies.clear()
-        self._order.clear()
-        self._last_played = None
-
-    async def on_audio_context_interrupted(self, context_id: str) -> None:
-        reply = self._replies.get(context_id)
-        if reply is not None and reply.reader is not None:
-            await self.cancel_task(reply.reader)
-        await super().on_audio_context_interrupted(context_id)
+        now = self.get_clock().get_time()
+        for reply in replies:
+            if reply.task is not None:
+                await self.cancel_task(reply.task)
+        playing = next((r for r in reversed(replies) if r.baseline_ns is not None), None)
+        for reply in reversed(replies):
+            turn = reply.turn
+            if turn is None and reply.opening is not None:
+                try:
+                    turn = await reply.opening
+                except MossError:
+                    turn = None
+            if turn is not None and self._session is not None:
+                turn.cancel()
+                heard = self._heard_frames(reply, now) if reply is playing else 0
+                try:
+                    summary = await self._session.interrupt(heard)
+                except MossError as e:
+                    await self.push_error(error_msg=f"MOSS TTS: interrupt failed: {e}", exception=e)
+                    summary = None
+                if summary is not None:
+                    await self._call_event_handler(
+                        "on_reply_interrupted", reply.context_id, summary
+                    )
+                    logger.debug(
+                        f"{self}: interrupted reply {reply.context_id}: kept "
+                        f"{summary.heard_frames}/{summary.audio_frames} frames "
+                        f"({summary.spoken_text!r})"
+                    )
+            if reply is playing:
+                break  # the replies before it were heard in full
+        # pipecat restarts its word clock after an interruption; so does the heard clock.
+        self._last_word_pts = 0
+        self._playback_end_ns = 0
 
 
 def _message_role(message: Any) -> str | None:

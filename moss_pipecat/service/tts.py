@@ -112,7 +112,7 @@ class MossTTSService(MossTTSServiceBase):
 
                 try:
                     wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
-                except (RuntimeError, sf.LibsndfileError) as e:
+                except Exception as e:  # soundfile raises several types for a non-audio file
                     raise InvalidInputError(f"cannot read voice reference {voice!r}: {e}") from e
                 return self._engine.codec.encode_frames(torch.from_numpy(wav.T.copy()), sr)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import torch
 
 from moss_pipecat.cli import build_parser
-from moss_pipecat.engine.events import TurnSummary
+from moss_pipecat.engine.events import AudioChunk, TurnSummary
 from moss_pipecat.errors import CapacityError, InvalidInputError, TurnStateError
 from moss_pipecat.model import SamplingParams
 from moss_pipecat.server import protocol as P
@@ -64,11 +67,19 @@ def test_sampling_and_summaries_round_trip():
     with pytest.raises(InvalidInputError):
         P.Sampling(temperature=0).to_params()
     s = TurnSummary(3, "error", 4, 2, [1, 2], "ab", "a", 0.05, TurnStateError("busy"))
+    s.words = [("a", 0.0), ("b", 0.25)]
     back = P.summary_from_wire(P.summary_to_wire(s))
     assert isinstance(back.error, TurnStateError) and str(back.error) == "busy"
     back.error = s.error
     assert back == s
     assert P.summary_from_wire(P.summary_to_wire(None)) is None
+
+
+def test_word_times_travel_with_their_frame():
+    chunk = AudioChunk(2, 7, torch.zeros(16, dtype=torch.int64), None, (("hi", 0.0), ("yo", 0.3)))
+    msg = json.loads(P.dumps(P.words_to_wire(chunk)))
+    assert msg["type"] == "turn.words" and (msg["turn_id"], msg["index"]) == (2, 7)
+    assert P.words_from_wire(msg["words"]) == list(chunk.words)
 
 
 def test_error_codes_map_to_the_engine_exception_types():

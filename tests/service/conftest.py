@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pipecat.frames.frames import DataFrame, Frame, InputAudioRawFrame, SystemFrame
+from pipecat.frames.frames import (
+    DataFrame,
+    Frame,
+    InputAudioRawFrame,
+    SystemFrame,
+    TTSTextFrame,
+)
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from moss_pipecat.engine.config import EngineConfig
@@ -50,6 +56,20 @@ class SnapshotProbe(FrameProcessor):
             await self.push_frame(frame, direction)
 
 
+class WordRecorder(FrameProcessor):
+    """Keeps the word frames that pass (an assistant aggregator after it consumes them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.words: list[TTSTextFrame] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TTSTextFrame):
+            self.words.append(frame)
+        await self.push_frame(frame, direction)
+
+
 def user_audio_frames(seconds: float, sample_rate: int = 16000, f0: float = 180.0):
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     wav = (0.3 * np.sin(2 * np.pi * f0 * t) * 32767).astype(np.int16).tobytes()
@@ -58,3 +78,22 @@ def user_audio_frames(seconds: float, sample_rate: int = 16000, f0: float = 180.
         InputAudioRawFrame(audio=wav[i : i + step], sample_rate=sample_rate, num_channels=1)
         for i in range(0, len(wav), step)
     ]
+
+
+@pytest.fixture(scope="module")
+def talkative_engine(fixtures_dir):
+    """Turns never end before their whole text was read (whatever the random weights)."""
+    config = EngineConfig(
+        max_sessions=4,
+        max_context=2048,
+        context_budget=1800,
+        turn_reserve=200,
+        lookahead_s=None,
+        frames_per_text_token=1.5,
+        min_turn_frames=8,
+        max_text_chars=2000,
+        eos_after_text=True,
+    )
+    engine = load_tiny_engine(fixtures_dir, config=config)
+    yield engine
+    engine.shutdown()

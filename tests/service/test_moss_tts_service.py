@@ -276,3 +276,24 @@ async def test_llm_context_keeps_the_spoken_words(tiny_engine):
     )
     said = [m for m in context.get_messages() if m.get("role") == "assistant"]
     assert said and said[-1]["content"].split() == text.split()
+
+
+@pytest.mark.parametrize("kind", ["missing", "not-audio"])
+async def test_a_bad_voice_is_one_error_and_the_service_keeps_speaking(
+    talkative_engine, tmp_path, kind
+):
+    bad = tmp_path / ("nope.wav" if kind == "missing" else "notes.wav")
+    if kind == "not-audio":
+        bad.write_text("this is not a wav file")
+    tts = MossTTSService(engine=talkative_engine, settings=MossTTSSettings(greedy=True))
+    frames = [*reply("First ", "reply."), SleepFrame(0.3), Probe()]
+    frames += [TTSUpdateSettingsFrame(delta=MossTTSSettings(voice=str(bad)))]
+    for i in range(3):
+        frames += [*reply(f"Reply {i} ", "after the bad voice."), SleepFrame(0.4)]
+    frames.append(Probe())
+    down, up, (before, after) = await run(tts, frames)
+    errors = [f.error for f in up if isinstance(f, ErrorFrame)]
+    assert len(errors) == 1 and "voice" in errors[0]
+    contexts = contexts_of(down)
+    assert len(contexts) == 4  # every reply spoke
+    assert after["system_rows"] == before["system_rows"]  # the previous voice stayed

@@ -1,0 +1,150 @@
+"""One clock for what was heard, through a real output transport that plays in real time.
+
+The transport below plays audio against the pipeline clock, starts each speaking run late
+(a device buffer) and shares its event loop with a task that keeps the loop busy. Word frames
+are released by the transport's clock queue and reach pipecat's assistant aggregator; the
+engine keeps the frames the service believes were heard. Both must hold the same words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from itertools import pairwise
+
+import pytest
+from pipecat.frames.frames import (
+    ErrorFrame,
+    InterruptionFrame,
+    OutputAudioRawFrame,
+    StartFrame,
+    TTSAudioRawFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.task import PipelineParams
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+from pipecat.tests.utils import SleepFrame, run_test
+from pipecat.transports.base_output import BaseOutputTransport
+from pipecat.transports.base_transport import TransportParams
+
+from moss_pipecat.service import MossTTSService, MossTTSSettings
+
+from .conftest import WordRecorder
+from .test_moss_tts_service import reply
+
+LATENCY_S = 0.15
+
+
+class PlayingOutputTransport(BaseOutputTransport):
+    """Plays audio in real time on the pipeline clock, each speaking run LATENCY_S late."""
+
+    def __init__(self) -> None:
+        super().__init__(TransportParams(audio_out_enabled=True, audio_out_sample_rate=24000))
+        self.played: list[tuple[int, int]] = []  # (clock ns a chunk started playing, ns long)
+        self._play_until = 0
+
+    async def start(self, frame: StartFrame) -> None:
+        await super().start(frame)
+        await self.set_transport_ready(frame)
+
+    async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
+        clock = self.get_clock()
+        now = clock.get_time()
+        if now >= self._play_until:  # idle device: it starts late
+            await asyncio.sleep(LATENCY_S)
+            now = clock.get_time()
+        start = max(self._play_until, now)
+        length = round(len(frame.audio) / 2 / frame.sample_rate * 1e9)
+        self._play_until = start + length
+        self.played.append((start, length))
+        # Keep about one chunk "in the device", like a sound card.
+        await asyncio.sleep(max(0.0, (start - now) / 1e9))
+        return True
+
+
+async def _busy_loop(stop: asyncio.Event) -> None:
+    """Holds the event loop for 15 ms of every 25 ms, as a loaded bot process would."""
+    while not stop.is_set():
+        time.sleep(0.015)
+        await asyncio.sleep(0.01)
+
+
+async def _run(engine, frames, context):
+    tts = MossTTSService(
+        engine=engine,
+        output_latency_s=LATENCY_S,
+        settings=MossTTSSettings(greedy=True, lookahead_s=0.5),
+    )
+    cuts = []
+
+    @tts.event_handler("on_reply_interrupted")
+    async def _on_cut(service, context_id, summary):
+        cuts.append(summary)
+
+    transport, recorder = PlayingOutputTransport(), WordRecorder()
+    assistant = LLMContextAggregatorPair(context).assistant()
+    stop = asyncio.Event()
+    busy = asyncio.create_task(_busy_loop(stop))
+    try:
+        down, up = await run_test(
+            Pipeline([tts, transport, recorder, assistant]),
+            frames_to_send=frames,
+            pipeline_params=PipelineParams(audio_out_sample_rate=24000),
+        )
+    finally:
+        stop.set()
+        await busy
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    return down, transport, recorder, cuts
+
+
+def _assistant_messages(context: LLMContext) -> list[list[str]]:
+    return [m["content"].split() for m in context.get_messages() if m["role"] == "assistant"]
+
+
+async def test_after_a_barge_in_the_llm_context_holds_the_words_moss_kept(talkative_engine):
+    context = LLMContext()
+    text = " ".join(f"word{i}" for i in range(40))
+    frames = [*reply(*(w + " " for w in text.split())), SleepFrame(1.6), InterruptionFrame()]
+    frames += [SleepFrame(0.3)]
+    *_, cuts = await _run(talkative_engine, frames, context)
+    (cut,) = cuts
+    assert 0 < cut.heard_frames < cut.audio_frames  # cut mid-reply
+    kept = cut.spoken_text.split()
+    (said,) = _assistant_messages(context) or [[]]
+    assert kept and kept == text.split()[: len(kept)]
+    # The same words, give or take the one word at the cut.
+    assert said == text.split()[: len(said)]
+    assert abs(len(said) - len(kept)) <= 1, (said, kept)
+
+
+async def test_word_times_are_increasing_and_inside_the_replys_audio(talkative_engine):
+    context = LLMContext()
+    text = "Short and sweet, this reply is played out to its very last word."
+    frames = [*reply(*(w + " " for w in text.split())), SleepFrame(4.0)]
+    down, transport, recorder, cuts = await _run(talkative_engine, frames, context)
+    assert not cuts
+    pts = [f.pts for f in recorder.words]
+    assert [f.text.strip() for f in recorder.words] == text.split()
+    assert all(a < b for a, b in pairwise(pts))
+    # Every word is released while the reply's audio plays: after it starts, before it ends.
+    frames_out = sum(isinstance(f, TTSAudioRawFrame) for f in down)
+    assert frames_out > 0
+    first_start = transport.played[0][0]
+    end = transport.played[-1][0] + transport.played[-1][1]
+    assert first_start - 0.05e9 <= pts[0] and pts[-1] < end
+    assert _assistant_messages(context) == [text.split()]
+
+
+@pytest.mark.parametrize("cut_at", [0.5, 1.0])
+async def test_llm_context_never_holds_more_than_was_played(talkative_engine, cut_at):
+    """Through the busy, late transport, the words in the context were all released before
+    the cut, and MOSS kept no frame that had not started playing."""
+    context = LLMContext()
+    text = " ".join(f"w{i}" for i in range(40))
+    frames = [*reply(*(w + " " for w in text.split())), SleepFrame(cut_at), InterruptionFrame()]
+    frames.append(SleepFrame(0.3))
+    _, transport, _, cuts = await _run(talkative_engine, frames, context)
+    (cut,) = cuts
+    assert cut.heard_frames <= len(transport.played)
