@@ -400,7 +400,7 @@ def run_session(model: MossTTSRealtime, layout: RowLayout, conv: Conversation) -
         layout.header("user", first=False), conv.user_text.tolist(), conv.user_codes
     )
     cache = model.new_cache(1, 4096)
-    turns, prompts, fed_rows = [], [], []
+    turns, fed_rows = [], []
     closing = torch.zeros(0, layout.channels, dtype=torch.int64)
     for k, text in ((1, conv.text1.tolist()), (2, conv.text2.tolist())):
         lead = layout.lead(len(text))
@@ -412,7 +412,6 @@ def run_session(model: MossTTSRealtime, layout: RowLayout, conv: Conversation) -
         closing = layout.closing_rows(iter(text[used:]), last)
         steps = torch.cat((res.fed[:, None], res.frames[: len(res.fed)]), dim=1)
         turns.append({"res": res, "lead": lead, "closing": closing, "prompt": prompt})
-        prompts.append(prompt)
         fed_rows += [prompt, steps]
     rows = torch.cat(fed_rows)
     return {"system": system, "user_rows": user_rows, "turns": turns, "rows": rows}
