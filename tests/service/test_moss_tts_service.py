@@ -106,13 +106,16 @@ async def test_two_turn_conversation_with_user_turn_in_between(tiny_engine):
     assert second["cache_len"] <= rows.shape[0]
 
 
-async def test_interruption_mid_reply_rolls_back_and_the_next_reply_works(tiny_engine):
+async def test_interruption_mid_reply_rolls_back_and_the_next_reply_works(talkative_engine):
     from pipecat.processors.aggregators.llm_context import LLMContext
     from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 
     context = LLMContext()
-    # Greedy: the tiny model never ends this reply early (an early EOS would "finish" it).
-    tts = MossTTSService(engine=tiny_engine, settings=MossTTSSettings(lookahead_s=0.5, greedy=True))
+    # No EOS before the text is read: the reply is still speaking when the user barges in,
+    # whatever this fixture set's model would do.
+    tts = MossTTSService(
+        engine=talkative_engine, settings=MossTTSSettings(lookahead_s=0.5, greedy=True)
+    )
     long_text = "This is a long answer that keeps going " * 6
     frames = [
         *reply(*(w + " " for w in long_text.split(" "))),
