@@ -55,8 +55,8 @@ step_spec() {
       TINY="--sessions 1 2 --frames 6" ;;
     launches)
       SCRIPT=bench_launches.py LIMIT=90
-      REAL=""
-      TINY="" ;;
+      REAL="--sessions 1 8 64 160 --ticks 3"
+      TINY="--sessions 1 2 --ticks 2" ;;
     memory)
       # Allocation-free (meta device): the real sizes are cheap anywhere.
       SCRIPT=bench_memory.py COMMON=0 LIMIT=60

@@ -124,3 +124,15 @@ def test_prefill(fixtures_dir):
 def test_memory(fixtures_dir):
     out = run_bench("bench_memory.py", "--real-size", fixtures=fixtures_dir)
     assert out["kv_bytes_per_position"] == 112 * 1024
+
+
+def test_launches(fixtures_dir):
+    out = run_bench(
+        "bench_launches.py", "--sessions", "1", "2", "--ticks", "2", fixtures=fixtures_dir
+    )
+    assert [r["sessions"] for r in out["results"]] == [1, 2]
+    for r in out["results"]:
+        tick = r["decode_tick"]
+        assert tick["per_tick_outside"] and tick["outside"] > 0 and tick["inside_graph"] > 0
+        assert {"decode", "deliver", "codec"} <= set(tick["by_phase"])
+        assert {"prefill", "first_frame", "decode", "codec"} <= set(r["first_tick"])
