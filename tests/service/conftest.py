@@ -17,9 +17,9 @@ from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.factory import load_tiny_engine
 
 
-@pytest.fixture(scope="module")
-def tiny_engine(fixtures_dir):
-    config = EngineConfig(
+def service_engine(fixtures_dir, **overrides):
+    """A started tiny engine with the service tests' limits (``overrides`` change them)."""
+    settings = dict(
         max_sessions=4,
         max_context=2048,
         context_budget=1800,
@@ -29,7 +29,20 @@ def tiny_engine(fixtures_dir):
         min_turn_frames=8,
         max_text_chars=2000,
     )
-    engine = load_tiny_engine(fixtures_dir, config=config)
+    return load_tiny_engine(fixtures_dir, config=EngineConfig(**{**settings, **overrides}))
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(fixtures_dir):
+    engine = service_engine(fixtures_dir)
+    yield engine
+    engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def talkative_engine(fixtures_dir):
+    """Turns never end before their whole text was read (whatever the random weights)."""
+    engine = service_engine(fixtures_dir, eos_after_text=True)
     yield engine
     engine.shutdown()
 
@@ -78,22 +91,3 @@ def user_audio_frames(seconds: float, sample_rate: int = 16000, f0: float = 180.
         InputAudioRawFrame(audio=wav[i : i + step], sample_rate=sample_rate, num_channels=1)
         for i in range(0, len(wav), step)
     ]
-
-
-@pytest.fixture(scope="module")
-def talkative_engine(fixtures_dir):
-    """Turns never end before their whole text was read (whatever the random weights)."""
-    config = EngineConfig(
-        max_sessions=4,
-        max_context=2048,
-        context_budget=1800,
-        turn_reserve=200,
-        lookahead_s=None,
-        frames_per_text_token=1.5,
-        min_turn_frames=8,
-        max_text_chars=2000,
-        eos_after_text=True,
-    )
-    engine = load_tiny_engine(fixtures_dir, config=config)
-    yield engine
-    engine.shutdown()

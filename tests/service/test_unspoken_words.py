@@ -11,12 +11,11 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.tests.utils import SleepFrame, run_test
 
-from moss_pipecat.engine.config import FRAME_SECONDS, EngineConfig
-from moss_pipecat.engine.factory import load_tiny_engine
+from moss_pipecat.engine.config import FRAME_SECONDS
 from moss_pipecat.engine.rows import DEFAULT_DELAY
 from moss_pipecat.service import MossTTSService, MossTTSSettings
 
-from .conftest import WordRecorder
+from .conftest import WordRecorder, service_engine
 from .test_moss_tts_service import reply
 
 CAP = 20  # frames: the reply is cut long before its text ends
@@ -24,17 +23,10 @@ CAP = 20  # frames: the reply is cut long before its text ends
 
 @pytest.fixture(scope="module")
 def capped_engine(fixtures_dir):
-    config = EngineConfig(
-        max_sessions=2,
-        max_context=2048,
-        context_budget=1800,
-        turn_reserve=200,
-        lookahead_s=None,
-        max_turn_frames=CAP,
-        max_text_chars=6000,
-        eos_after_text=True,  # so the cap, not a random EOS, ends it
+    # The cap, not a random EOS, ends the reply.
+    engine = service_engine(
+        fixtures_dir, max_turn_frames=CAP, max_text_chars=6000, eos_after_text=True
     )
-    engine = load_tiny_engine(fixtures_dir, config=config)
     yield engine
     engine.shutdown()
 
