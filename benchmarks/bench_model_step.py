@@ -23,7 +23,7 @@ from moss_pipecat.model import (
     SamplingParams,
 )
 from moss_pipecat.model.graphs import GraphedDecodeStep
-from moss_pipecat.model.sampling import exponential_noise
+from moss_pipecat.model.sampling import NoiseKeys
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -64,7 +64,6 @@ def bench_batch(
     slot_list = list(range(B))  # the graphed step takes host slots (no device read)
     sampling = BatchSampling.from_params([params] * B, device)
     history = FrameHistory(B, params.repetition_window, cfg.rvq, device)
-    gens = [torch.Generator(device).manual_seed(i) for i in range(B)]
     row = torch.full((B, 1, cfg.channels), cfg.audio_pad_token, device=device)
     row[..., 0] = cfg.text_pad
     graphed = None
@@ -79,8 +78,8 @@ def bench_batch(
 
     def step() -> None:
         noise = None
-        if not params.greedy:
-            noise = exponential_noise(gens, (cfg.rvq, cfg.audio_vocab_size), device)
+        if not params.greedy:  # the engine's noise keys; the noise is made inside the step
+            noise = NoiseKeys.from_ints(range(B), [length[0]] * B, device)
         kv_len = length[0] + 1
         if graphed is None:
             frame, _ = model.decode_step(row, cache, slots, kv_len, sampling, history.buf, noise)

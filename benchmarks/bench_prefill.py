@@ -21,7 +21,7 @@ from _common import emit, environment, fixtures_root, time_calls
 from bench_model_step import DTYPES, build_model
 
 from moss_pipecat.model import BatchSampling, SamplingParams
-from moss_pipecat.model.sampling import exponential_noise
+from moss_pipecat.model.sampling import NoiseKeys
 
 TARGETS_MS = {"prefill": 30.0, "ttfa": 40.0}  # H100, bf16, real sizes (issue #8)
 
@@ -40,7 +40,7 @@ def measure(model, codec, H: int, T: int, args, device: torch.device, gen) -> di
     """Times a T-row turn prefill over H cached positions, its first frame and codec frame."""
     cfg = model.cfg
     sampling = BatchSampling.from_params([SamplingParams()], device)
-    draw = [torch.Generator(device).manual_seed(0)]
+    keys = NoiseKeys.from_ints([0], [0], device)  # the engine's noise: made in the step
     slot = torch.zeros(1, dtype=torch.int64, device=device)
     state = codec.new_stream_state(1) if codec is not None else None
     stream = state.add_stream() if state is not None else None
@@ -56,8 +56,7 @@ def measure(model, codec, H: int, T: int, args, device: torch.device, gen) -> di
         hidden[:] = [model.prefill(rows, cache, slot)]
 
     def first_frame() -> torch.Tensor:
-        noise = exponential_noise(draw, (cfg.rvq, cfg.audio_vocab_size), device)
-        return model.generate_frame(hidden[0], sampling, None, noise)
+        return model.generate_frame(hidden[0], sampling, None, keys)
 
     def codec_frame(frame: torch.Tensor) -> None:
         if codec is not None:

@@ -61,7 +61,7 @@ from moss_pipecat.model import (
     SamplingParams,
 )
 from moss_pipecat.model.graphs import GraphedDecodeStep
-from moss_pipecat.model.sampling import exponential_noise
+from moss_pipecat.model.sampling import NoiseKeys
 
 # Where the realtime model lives in the upstream repository, and the modules we drive.
 UPSTREAM_SUBDIR = "moss_tts_realtime"
@@ -530,7 +530,6 @@ def time_ours(
     slots = torch.arange(B, device=device)
     params = SamplingParams() if args.sampled else SamplingParams.greedy_decoding()
     sampling = BatchSampling.from_params([params] * B, device)
-    gens = [torch.Generator(device).manual_seed(i) for i in range(B)]
     frame0 = model.generate_frame(model.prefill(p1.expand(B, -1, -1), cache, slots), sampling)
     L0 = p1.shape[0]
     out: dict[str, Any] = {}
@@ -550,7 +549,7 @@ def time_ours(
         def step(stepper=stepper, history=history, row=row, length=length) -> None:
             noise = None
             if not params.greedy:
-                noise = exponential_noise(gens, (cfg.rvq, cfg.audio_vocab_size), device)
+                noise = NoiseKeys.from_ints(range(B), [length[0]] * B, device)
             history.push(row[:, 0, 1:])
             frame, _ = stepper(row, slots, length[0] + 1, sampling, history.buf, noise)
             row[:, 0, 1:] = frame

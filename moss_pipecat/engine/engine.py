@@ -24,9 +24,9 @@ from moss_pipecat._log import logger
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.events import AudioChunk, Channel, TurnSummary
 from moss_pipecat.engine.history import AssistantTurn, ConversationHistory, UserTurn
-from moss_pipecat.engine.word_times import WordTimer
 from moss_pipecat.engine.rows import RowLayout
 from moss_pipecat.engine.state import OpenTurn, Phase, SessionState, now
+from moss_pipecat.engine.word_times import WordTimer
 from moss_pipecat.errors import (
     CapacityError,
     InvalidInputError,
@@ -35,7 +35,7 @@ from moss_pipecat.errors import (
     UnknownSessionError,
 )
 from moss_pipecat.model import BatchSampling, MossTTSRealtime, SamplingParams
-from moss_pipecat.model.sampling import NO_HISTORY, exponential_noise
+from moss_pipecat.model.sampling import NO_HISTORY, NoiseKeys
 
 if TYPE_CHECKING:
     from moss_pipecat.engine.session import Session
@@ -170,7 +170,8 @@ class MossEngine:
         Args:
             voice: reference-voice codec frames [R, rvq] (see ``MossAudioCodec.encode_frames``).
             sampling: decoding settings (default: upstream sampling).
-            seed: seeds the session's own generator (default: random).
+            seed: the key of the session's sampling noise (default: random): the same seed
+                and the same inputs give the same frames, whoever shares the batch.
             session_id: a caller-chosen id (default: a random one).
         """
         sid, create = self._prepare_session(voice, sampling, seed, session_id)
@@ -275,11 +276,11 @@ class MossEngine:
             raise CapacityError(f"all {self.config.max_sessions} session slots are in use")
         pool = free[0]  # the smallest: a new conversation is short
         slot = self._pools[pool].free.pop(0)
-        gen = torch.Generator(self.device)
-        gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()).item())
         history = ConversationHistory(self.layout, self._system_rows(voice))
         hist_row = self._pools[pool].hist_offset + slot
-        state = SessionState(sid, pool, slot, hist_row, history, sampling, gen)
+        state = SessionState(sid, pool, slot, hist_row, history, sampling, int(seed))
         self._sessions[sid] = state
         self._truncate(state, 0)
 
@@ -413,8 +414,8 @@ class MossEngine:
     def _set_sampling(self, sid: str, sampling: SamplingParams, seed: int | None) -> None:
         s = self._state(sid)
         s.sampling = sampling
-        if seed is not None:
-            s.generator.manual_seed(seed)
+        if seed is not None:  # the noise restarts: frame k after a reseed is reproducible
+            s.seed, s.noise_counter = int(seed), 0
 
     def _set_limits(
         self, sid: str, context_budget: int | None, lookahead_s: float | None, unlimited: bool
@@ -692,11 +693,13 @@ class MossEngine:
 
     # ---- frames -----------------------------------------------------------------------------
     def _sampling_inputs(self, batch: list[SessionState], rows: torch.Tensor, stepping: bool):
-        """Penalty history (each session's own window), sampling settings and noise of a batch.
+        """Penalty history (each session's own window), sampling settings and noise keys of a
+        batch (the noise itself is made inside the step from each session's seed and frame
+        counter: no launch per session).
 
         ``rows``: the sessions' rows of the history buffer; ``stepping``: the frames come from
         decode steps (which feed a text token), not from prefills."""
-        dev, cfg = self.device, self.model.cfg
+        dev = self.device
         hist = self._hist[rows]  # [B, W, rvq]
         W = hist.shape[1]
         windows = torch.tensor([s.sampling.repetition_window for s in batch], device=dev)
@@ -705,8 +708,9 @@ class MossEngine:
         params = [s.sampling for s in batch]
         noise = None
         if not all(p.greedy for p in params):
-            gens = [None if p.greedy else s.generator for s, p in zip(batch, params, strict=True)]
-            noise = exponential_noise(gens, (cfg.rvq, cfg.audio_vocab_size), dev)
+            noise = NoiseKeys.from_ints(
+                [s.seed for s in batch], [s.noise_counter for s in batch], dev
+            )
         allow = [s.eos_allowed(stepping) for s in batch]
         return hist, penalty_hist, BatchSampling.from_params(params, dev, allow), noise
 
@@ -730,7 +734,10 @@ class MossEngine:
         else:
             frames = self.model.generate_frame(hidden, sampling, penalty_hist, noise)
         self._push_history(hist_rows, hist, frames)
-        return list(zip(batch, frames.cpu(), strict=True))
+        frames = frames.cpu()
+        for s in batch:
+            s.noise_counter += 1
+        return list(zip(batch, frames, strict=True))
 
     def _decode(self, batch: list[SessionState]) -> list:
         """One step for each session: its step row in, its next frame out (one fused call)."""
@@ -759,6 +766,7 @@ class MossEngine:
             if t.fed_text < len(t.tokens):
                 t.fed_text += 1
             s.cache_len += 1
+            s.noise_counter += 1
         self.stats["decode_steps"] += len(batch)
         return list(zip(batch, frames, strict=True))
 

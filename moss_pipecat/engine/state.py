@@ -57,7 +57,8 @@ class SessionState:
     hist_row: int  # row of the engine's repetition-penalty history buffer
     history: ConversationHistory
     sampling: SamplingParams
-    generator: torch.Generator
+    seed: int  # the key of the session's sampling noise (with ``noise_counter``)
+    noise_counter: int = 0  # frames made since the session was (re)seeded
     phase: Phase = Phase.IDLE
     cache_len: int = 0  # host mirror of the slot's KV length
     turn: OpenTurn | None = None

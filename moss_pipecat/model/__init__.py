@@ -4,7 +4,7 @@ from moss_pipecat.model.config import MossTTSRealtimeConfig, TransformerConfig
 from moss_pipecat.model.generate import FrameHistory, TurnResult, generate_turn
 from moss_pipecat.model.kv_cache import KVCache
 from moss_pipecat.model.moss_tts import IGNORED_KEYS, MossTTSRealtime
-from moss_pipecat.model.sampling import BatchSampling, SamplingParams
+from moss_pipecat.model.sampling import BatchSampling, NoiseKeys, SamplingParams
 
 __all__ = [
     "IGNORED_KEYS",
@@ -13,6 +13,7 @@ __all__ = [
     "KVCache",
     "MossTTSRealtime",
     "MossTTSRealtimeConfig",
+    "NoiseKeys",
     "SamplingParams",
     "TransformerConfig",
     "TurnResult",

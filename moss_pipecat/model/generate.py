@@ -12,9 +12,16 @@ from dataclasses import dataclass
 
 import torch
 
+from moss_pipecat.errors import InvalidInputError
 from moss_pipecat.model.kv_cache import KVCache
 from moss_pipecat.model.moss_tts import MossTTSRealtime
-from moss_pipecat.model.sampling import NO_HISTORY, BatchSampling, SamplingParams, exponential_noise
+from moss_pipecat.model.sampling import (
+    NO_HISTORY,
+    BatchSampling,
+    NoiseKeys,
+    SamplingParams,
+    exponential_noise,
+)
 
 
 @dataclass
@@ -59,6 +66,8 @@ def generate_turn(
     generator: torch.Generator | None = None,
     min_frames: int = 0,
     eos_after_text: bool = False,
+    seed: int | None = None,
+    counter: int = 0,
 ) -> TurnResult:
     """Generates one turn for one cache slot.
 
@@ -68,12 +77,18 @@ def generate_turn(
         remaining_text: text ids not in the prompt; step j feeds the next one, then text_pad.
         max_frames: hard cap on frames, frame 0 included.
         sampling: defaults to greedy with the upstream repetition penalty.
-        generator: source of randomness for sampled decoding.
+        generator: source of randomness for sampled decoding: explicit noise drawn from it
+            (``exponential_noise``), one draw per frame.
+        seed, counter: instead of ``generator``, the engine's counter-based noise: frame i's
+            noise is ``keyed_noise`` of (seed, counter + i), so a fresh engine session with
+            this seed makes the same frames (its counter starts at 0 and counts its frames).
         min_frames: frames 0..min_frames-1 never end the turn (EOS on codebook 0 is masked), so
             the turn has at least ``min(min_frames, max_frames)`` audio frames.
         eos_after_text: EOS is masked until every text id has been fed.
     """
     cfg = model.cfg
+    if seed is not None and generator is not None:
+        raise InvalidInputError("pass a generator or a seed, not both")
     sampling = sampling or SamplingParams.greedy_decoding()
     batch = BatchSampling.from_params([sampling], device=cache.device)
     slots = torch.tensor([slot], device=cache.device)
@@ -85,7 +100,9 @@ def generate_turn(
 
     def frame(h: torch.Tensor, index: int) -> torch.Tensor:
         noise = None
-        if not sampling.greedy:
+        if not sampling.greedy and seed is not None:
+            noise = NoiseKeys.from_ints([seed], [counter + index], cache.device)
+        elif not sampling.greedy:
             noise = exponential_noise([generator], (cfg.rvq, vocab), device=cache.device)
         hist = history.buf if index > 0 and sampling.repetition_window else None
         allow.fill_(index >= min_frames and not (eos_after_text and text))

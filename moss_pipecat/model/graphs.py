@@ -24,7 +24,7 @@ from moss_pipecat._log import logger
 from moss_pipecat.cuda_graphs import capture_graph
 from moss_pipecat.model.kv_cache import KVCache
 from moss_pipecat.model.moss_tts import MossTTSRealtime
-from moss_pipecat.model.sampling import NO_HISTORY, BatchSampling
+from moss_pipecat.model.sampling import NO_HISTORY, BatchSampling, NoiseKeys
 
 # Fine steps at the top: a batch of 130 pads to 160, not 256.
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
@@ -39,11 +39,15 @@ def default_kv_buckets(max_len: int, smallest: int = 512) -> tuple[int, ...]:
     return (*out, max_len)
 
 
-def _sampling_buffers(B: int, window: int, rvq: int, vocab: int, dev) -> dict:
-    """Static per-row sampling inputs; fresh rows are greedy with an empty penalty window."""
+def _sampling_buffers(B: int, window: int, rvq: int, dev) -> dict:
+    """Static per-row sampling inputs; fresh rows are greedy with an empty penalty window.
+    The noise of sampled rows is made inside the step from per-row keys (seed, counter)."""
     return {
         "history": torch.full((B, window, rvq), NO_HISTORY, dtype=torch.int64, device=dev),
-        "noise": torch.ones(B, rvq, vocab, device=dev),
+        "keys": NoiseKeys(
+            seed=torch.zeros(B, dtype=torch.int64, device=dev),
+            counter=torch.zeros(B, dtype=torch.int64, device=dev),
+        ),
         "sampling": BatchSampling(
             temperature=torch.ones(B, device=dev),
             top_k=torch.zeros(B, dtype=torch.int64, device=dev),
@@ -55,12 +59,22 @@ def _sampling_buffers(B: int, window: int, rvq: int, vocab: int, dev) -> dict:
     }
 
 
-def _fill_sampling(buf, B: int, sampling, history, noise) -> None:
+def _check_keys(noise) -> None:
+    if noise is not None and not isinstance(noise, NoiseKeys):
+        raise TypeError(
+            "graphed steps make the noise inside the step: pass NoiseKeys (or None when "
+            f"every row is greedy), not {type(noise).__name__}"
+        )
+
+
+def _fill_sampling(buf, B: int, sampling, history, noise: NoiseKeys | None) -> None:
     """Copies a batch's sampling inputs into rows 0..B-1; padding rows become greedy."""
+    _check_keys(noise)
     buf.history[:B].copy_(history)
     buf.history[B:] = NO_HISTORY
     if noise is not None:
-        buf.noise[:B].copy_(noise)
+        buf.keys.seed[:B].copy_(noise.seed)
+        buf.keys.counter[:B].copy_(noise.counter)
     for name in ("temperature", "top_k", "top_p", "penalty", "greedy"):
         getattr(buf.sampling, name)[:B].copy_(getattr(sampling, name))
     _copy_allow_eos(buf.sampling.allow_eos, slice(0, B), sampling.allow_eos)
@@ -83,7 +97,7 @@ class _Buffers:
     rows: torch.Tensor  # [Bb, 1, 17]: row i is slot i's step row (a pad row when idle)
     n_new: torch.Tensor  # [Bb] int64: 1 for the slots stepped this call, 0 for the rest
     history: torch.Tensor  # [Bb, W, rvq]
-    noise: torch.Tensor  # [Bb, rvq, V]
+    keys: NoiseKeys  # [Bb] seed and counter per row
     sampling: BatchSampling
     frames: torch.Tensor | None = None  # outputs, owned by the graph
     hidden: torch.Tensor | None = None
@@ -161,7 +175,7 @@ class GraphedDecodeStep:
         return _Buffers(
             rows=self._pad_row.repeat(B, 1, 1),
             n_new=torch.zeros(B, dtype=torch.int64, device=dev),
-            **_sampling_buffers(B, self.window, cfg.rvq, cfg.audio_vocab_size, dev),
+            **_sampling_buffers(B, self.window, cfg.rvq, dev),
         )
 
     def _run(self, buf: _Buffers, kv_len: int) -> None:
@@ -172,7 +186,7 @@ class GraphedDecodeStep:
             kv_len,
             buf.sampling,
             buf.history,
-            buf.noise,
+            buf.keys,
             buf.n_new,
         )
 
@@ -215,16 +229,18 @@ class GraphedDecodeStep:
         kv_len: int,
         sampling: BatchSampling,
         history: torch.Tensor,
-        noise: torch.Tensor | None,
+        noise: NoiseKeys | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Same contract as ``MossTTSRealtime.decode_step`` (``history`` [B, window, rvq];
-        ``noise`` None when every row is greedy; ``slots`` distinct, best as a host list).
+        ``noise`` the rows' ``NoiseKeys``, None when every row is greedy; ``slots`` distinct,
+        best as a host list).
 
         Returns frames [B, rvq] and hidden [B, H], row b for ``slots[b]``."""
         if isinstance(slots, torch.Tensor):
             slots = slots.tolist()
         if len(slots) != rows.shape[0] or len(set(slots)) != len(slots):
             raise ValueError(f"need {rows.shape[0]} distinct slots, got {slots}")
+        _check_keys(noise)
         Bb, K = self.bucket(max(slots) + 1, kv_len)
         buf = self.prepare(Bb, K)
         idx = torch.tensor(slots, dtype=torch.int64, device=buf.rows.device)
@@ -235,7 +251,8 @@ class GraphedDecodeStep:
         buf.history.fill_(NO_HISTORY)
         buf.history[idx] = history
         if noise is not None:
-            buf.noise[idx] = noise
+            buf.keys.seed[idx] = noise.seed
+            buf.keys.counter[idx] = noise.counter
         greedy = buf.sampling.greedy
         for name in ("temperature", "top_k", "top_p", "penalty"):
             getattr(buf.sampling, name)[idx] = getattr(sampling, name)
@@ -255,7 +272,7 @@ class GraphedDecodeStep:
 class _FrameBuffers:
     hidden: torch.Tensor  # [B, H]
     history: torch.Tensor  # [B, W, rvq]
-    noise: torch.Tensor  # [B, rvq, V]
+    keys: NoiseKeys  # [B] seed and counter per row
     sampling: BatchSampling
     frames: torch.Tensor | None = None  # output, owned by the graph
     graph: torch.cuda.CUDAGraph | None = None
@@ -296,7 +313,7 @@ class GraphedFrameStep:
         return self.batch_buckets[i]
 
     def _run(self, buf: _FrameBuffers) -> None:
-        buf.frames = self.model.generate_frame(buf.hidden, buf.sampling, buf.history, buf.noise)
+        buf.frames = self.model.generate_frame(buf.hidden, buf.sampling, buf.history, buf.keys)
 
     def _warm_up(self, buf: _FrameBuffers) -> None:
         for _ in range(2):  # touches nothing but the buffers
@@ -316,9 +333,7 @@ class GraphedFrameStep:
                 hidden=torch.zeros(
                     batch_bucket, cfg.language.hidden_size, dtype=self.dtype, device=self.device
                 ),
-                **_sampling_buffers(
-                    batch_bucket, self.window, cfg.rvq, cfg.audio_vocab_size, self.device
-                ),
+                **_sampling_buffers(batch_bucket, self.window, cfg.rvq, self.device),
             )
             if self.use_cuda_graphs:
                 self._capture(buf)
@@ -335,10 +350,11 @@ class GraphedFrameStep:
         hidden: torch.Tensor,
         sampling: BatchSampling,
         history: torch.Tensor,
-        noise: torch.Tensor | None,
+        noise: NoiseKeys | None,
     ) -> torch.Tensor:
-        """Same contract as ``MossTTSRealtime.generate_frame`` (``history`` [B, window, rvq]).
-        Returns a view of the graph's output: copy it before the next step."""
+        """Same contract as ``MossTTSRealtime.generate_frame`` (``history`` [B, window, rvq];
+        ``noise`` the rows' ``NoiseKeys``, None when every row is greedy). Returns a view of
+        the graph's output: copy it before the next step."""
         B = hidden.shape[0]
         buf = self.prepare(self.bucket(B))
         buf.hidden[:B].copy_(hidden)

@@ -11,7 +11,14 @@ from torch import nn
 
 from moss_pipecat.model.config import MossTTSRealtimeConfig
 from moss_pipecat.model.layers import DecoderLayer, KVWriter, RMSNorm, rope_cos_sin
-from moss_pipecat.model.sampling import BatchSampling, choose_tokens, mask_token, seen_mask
+from moss_pipecat.model.sampling import (
+    BatchSampling,
+    NoiseKeys,
+    choose_tokens,
+    keyed_noise,
+    mask_token,
+    seen_mask,
+)
 
 
 class _FrameKV(KVWriter):
@@ -107,7 +114,7 @@ class LocalTransformer(nn.Module):
         hidden: torch.Tensor,
         sampling: BatchSampling,
         history: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
+        noise: torch.Tensor | NoiseKeys | None = None,
     ) -> torch.Tensor:
         """The codes of one frame, codebook by codebook, with no host sync.
 
@@ -117,11 +124,15 @@ class LocalTransformer(nn.Module):
                 codebook 0 (the code that ends a turn).
             history: [B, W, rvq] codes of the turn's earlier frames for the repetition
                 penalty (``NO_HISTORY`` where empty), or None for no penalty.
-            noise: [B, rvq, V] Exp(1) noise, or None when every row is greedy.
+            noise: the randomness of sampled rows: ``NoiseKeys`` (per-row seed and frame
+                counter; the noise is made here, ``keyed_noise``), or explicit [B, rvq, V]
+                Exp(1) noise, or None when every row is greedy.
         Returns:
             [B, rvq] int64 codes.
         """
         B = hidden.shape[0]
+        if isinstance(noise, NoiseKeys):
+            noise = keyed_noise(noise, self.rvq, self.cfg.audio_vocab_size)  # [B, rvq, V]
         kvs = self._scratch(B, hidden)
         tables = self._tables(hidden)
         seen = None  # [B, rvq, V]: the window is fixed for the frame, so one scatter for all

@@ -20,7 +20,7 @@ from moss_pipecat.model.config import MossTTSRealtimeConfig
 from moss_pipecat.model.kv_cache import KVCache, ensure_capacity
 from moss_pipecat.model.layers import MLP, Attention
 from moss_pipecat.model.local import LocalTransformer
-from moss_pipecat.model.sampling import BatchSampling
+from moss_pipecat.model.sampling import BatchSampling, NoiseKeys
 
 # Checkpoint keys we deliberately do not load.
 IGNORED_KEYS = {
@@ -143,7 +143,7 @@ class MossTTSRealtime(nn.Module):
         hidden: torch.Tensor,
         sampling: BatchSampling,
         history: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
+        noise: torch.Tensor | NoiseKeys | None = None,
     ) -> torch.Tensor:
         """[B, H] hidden -> [B, rvq] codes; see ``LocalTransformer.generate``."""
         return self.local_transformer.generate(hidden, sampling, history, noise)
@@ -156,7 +156,7 @@ class MossTTSRealtime(nn.Module):
         kv_len: int,
         sampling: BatchSampling,
         history: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
+        noise: torch.Tensor | NoiseKeys | None = None,
         n_new: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One real-time step for a batch of sessions: each row's step row through the backbone
@@ -169,6 +169,8 @@ class MossTTSRealtime(nn.Module):
                 kv_len: static bound on every stepped slot's length + 1.
             n_new: [B] int64, 1 to append the row to its slot, 0 to leave the slot's length
                 as it is (default: all 1).
+            history, noise: see ``LocalTransformer.generate`` (``NoiseKeys``: the noise is
+                made inside the step).
         Returns:
             frames [B, rvq] int64 and the backbone hidden states [B, H].
         """

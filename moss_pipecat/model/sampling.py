@@ -1,10 +1,13 @@
 """Turning audio logits into codes: repetition penalty, temperature, top-k, top-p, draw.
 
 Everything is a pure function of tensors with one row per session, so a batch of sessions
-with different settings is filtered in one pass without host syncs. Randomness comes in as
-pre-drawn exponential noise (``argmax(p / q)`` with ``q ~ Exp(1)`` is an exact draw from ``p``):
-each session draws its noise from its own ``torch.Generator``, so its samples do not depend on
-which other sessions share the batch.
+with different settings is filtered in one pass without host syncs. A draw is
+``argmax(p / q)`` with exponential noise ``q ~ Exp(1)`` (an exact draw from ``p``). The noise is
+counter-based (in the spirit of Philox / JAX's threefry): a pure function of the row's
+``NoiseKeys`` (session seed, frame counter), the codebook and the token id, made for the whole
+batch by a few tensor ops inside the step (``keyed_noise``). No generator state, no launch per
+session, and a session's draws do not depend on which other sessions share its batch. Explicit
+noise tensors (e.g. ``exponential_noise`` from per-session generators) are still accepted.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import torch
 from moss_pipecat.errors import InvalidInputError
 
 NO_HISTORY = -1  # history entry that penalises nothing (empty part of the window)
+_M32 = 0xFFFFFFFF
+_U64 = 1 << 64
 
 
 @dataclass(frozen=True)
@@ -165,12 +170,78 @@ def filter_logits(
     return scores.masked_fill(drop, float("-inf"))
 
 
+@dataclass
+class NoiseKeys:
+    """Keys of the counter-based sampling noise, one per row: ``seed`` [B] int64 (a session's
+    seed, as a signed 64-bit integer) and ``counter`` [B] int64 (which frame of the session
+    this is). The noise of a row is a pure function of its key (see ``keyed_noise``)."""
+
+    seed: torch.Tensor
+    counter: torch.Tensor
+
+    @classmethod
+    def from_ints(
+        cls, seeds: Sequence[int], counters: Sequence[int], device: torch.device | str = "cpu"
+    ) -> NoiseKeys:
+        """Keys from host ints: one tensor (one copy to the device) for the whole batch. Any
+        int is a seed (taken modulo 2**64); counters must be >= 0."""
+        pairs = [[_as_int64(s) for s in seeds], [int(c) for c in counters]]
+        keys = torch.tensor(pairs, dtype=torch.int64, device=device)  # [2, B]
+        return cls(keys[0], keys[1])
+
+
+def _as_int64(seed: int) -> int:
+    """Any int as a signed 64-bit integer with the same bits modulo 2**64."""
+    seed = int(seed) % _U64
+    return seed - _U64 if seed >= 1 << 63 else seed
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """``x * c mod 2**32`` for int64 ``x`` in [0, 2**32) and a constant ``c`` < 2**32, never
+    overflowing int64 (torch has no uint64 arithmetic on every backend): for ``c >= 2**31``,
+    ``x * 2**31 mod 2**32`` is the low bit of ``x`` moved to bit 31."""
+    if c < 1 << 31:
+        return (x * c) & _M32
+    return (x * (c - (1 << 31)) + ((x & 1) << 31)) & _M32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit integer hash (Wellons' "lowbias32") on int64 holding [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def keyed_noise(keys: NoiseKeys, rvq: int, vocab: int) -> torch.Tensor:
+    """Exp(1) noise [B, rvq, vocab] as a pure function of (seed, counter, codebook, token).
+
+    Counter-based: two 32-bit lanes absorb the row's seed and counter (four 32-bit words, a
+    hash round each), then every (codebook, token) index is hashed with both lanes (two more
+    rounds), giving 23 uniform bits u in (0, 1) (never 0 or 1) and the noise ``-log(u)``.
+    Static shapes, int64 and float32 tensor ops only, no host sync: it runs inside the
+    graphed step, for the whole batch at once.
+    """
+    seed, counter = keys.seed, keys.counter
+    words = (seed & _M32, (seed >> 32) & _M32, counter & _M32, (counter >> 32) & _M32)
+    lanes = torch.arange(2, dtype=torch.int64, device=seed.device)
+    h = (lanes * 0x632BE5AB + 0x9E3779B9) & _M32  # [2]: two independent starting states
+    for w in words:
+        h = _mix32(h ^ w[:, None])  # [B, 2]
+    index = torch.arange(rvq * vocab, dtype=torch.int64, device=seed.device)  # codebook*V + id
+    x = _mix32(_mix32(index ^ h[:, :1]) ^ h[:, 1:])  # [B, rvq * V]
+    u = ((x >> 9).float() + 0.5) * 2.0**-23  # [2**-24, 1 - 2**-24]: exact in float32
+    return u.log().neg().view(-1, rvq, vocab)  # [B, rvq, V]
+
+
 def exponential_noise(
     generators: Sequence[torch.Generator | None],
     shape: Sequence[int],
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Per-row Exp(1) noise [B, *shape], row b drawn from ``generators[b]``."""
+    """Per-row Exp(1) noise [B, *shape], row b drawn from ``generators[b]`` (one launch per
+    row, outside any graph: the engine uses ``keyed_noise`` instead)."""
     noise = torch.empty((len(generators), *shape), device=device)
     for row, gen in zip(noise, generators, strict=True):
         row.exponential_(1.0, generator=gen)

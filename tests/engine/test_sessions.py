@@ -197,26 +197,29 @@ async def test_eight_concurrent_sessions_equal_each_alone(
     assert engine.stats["decode_steps"] > engine.stats["ticks"]  # steps really were batched
 
 
-def test_seeded_sampling_is_independent_of_batch_company(make_engine, realtime_golden):
+@pytest.mark.parametrize("graphed", [False, True], ids=["eager", "graphed"])
+def test_seeded_sampling_is_independent_of_batch_company(make_engine, realtime_golden, graphed):
+    """The same seeded session alone and in a batch of 8 makes the same frames (its noise is
+    keyed by its seed and frame counter, made inside the step: eager and graphed)."""
     text = realtime_golden["session.text1"].tolist()
 
     def run(n_other: int):
-        engine = make_engine(max_sessions=4)
+        engine = make_engine(max_sessions=8, graphed_decode=graphed)
         me = SyncSession(engine.create_session(sampling=SamplingParams(), seed=1234))
         others = [
             SyncSession(engine.create_session(sampling=SamplingParams(), seed=i))
             for i in range(n_other)
         ]
-        turns = [o.start_turn(max_frames=20) for o in others]
+        turns = [o.start_turn(max_frames=20, min_frames=20) for o in others]
         for t in turns:
             t.push_ids(text[::-1])
             t.end_text()
-        chunks, _ = me.say(ids=text, max_frames=20)
+        chunks, _ = me.say(ids=text, max_frames=20, min_frames=20)
         for t in turns:
             t.wait_sync()
         return torch.stack([c.codes for c in chunks])
 
-    assert torch.equal(run(0), run(3))
+    assert torch.equal(run(0), run(7))
 
 
 def test_lookahead_paces_generation_to_real_time(make_engine, realtime_golden):

@@ -15,7 +15,7 @@ from moss_pipecat.codec import MossAudioCodec
 from moss_pipecat.codec.graphs import GraphedCodecDecode
 from moss_pipecat.model import BatchSampling, MossTTSRealtime, MossTTSRealtimeConfig, SamplingParams
 from moss_pipecat.model.graphs import GraphedDecodeStep
-from moss_pipecat.model.sampling import NO_HISTORY, exponential_noise
+from moss_pipecat.model.sampling import NO_HISTORY, NoiseKeys
 
 CUDA = torch.device("cuda")
 
@@ -41,8 +41,7 @@ def _run_steps(model, step_fn, cache, slots, n_steps: int = 20):
     for step in range(n_steps):
         rows = torch.cat((torch.full((B, 1), cfg.text_pad, device=CUDA), frames), dim=1)[:, None]
         kv_len = int(cache.lengths[slots].max()) + 1
-        gens = [torch.Generator(CUDA).manual_seed(step * 10 + i) for i in range(B)]
-        noise = exponential_noise(gens, (cfg.rvq, cfg.audio_vocab_size), device=CUDA)
+        noise = NoiseKeys.from_ints([10 + i for i in range(B)], [step] * B, device=CUDA)
         got, _ = step_fn(rows, slots, kv_len, sampling, history, noise)
         frames = got.clone()
         history = torch.cat((history[:, 1:], frames[:, None]), dim=1)

@@ -19,8 +19,8 @@ from torch.utils._pytree import tree_flatten
 from moss_pipecat.codec import CodecConfig, MossAudioCodec, real_config_dict
 from moss_pipecat.codec.graphs import GraphedCodecDecode, _Buffers
 from moss_pipecat.model import BatchSampling, MossTTSRealtime, MossTTSRealtimeConfig, SamplingParams
-from moss_pipecat.model.graphs import GraphedDecodeStep
-from moss_pipecat.model.sampling import NO_HISTORY
+from moss_pipecat.model.graphs import GraphedDecodeStep, GraphedFrameStep
+from moss_pipecat.model.sampling import NO_HISTORY, NoiseKeys, keyed_noise
 
 META = torch.device("meta")
 
@@ -32,10 +32,12 @@ class OnlyMeta(TorchDispatchMode):
         super().__init__()
         self.offenders: list[str] = []
         self.ops = 0
+        self.names: set[str] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         self.ops += 1
+        self.names.add(str(func))
         for t in tree_flatten((args, kwargs, out))[0]:
             if isinstance(t, torch.Tensor) and t.device != META:
                 self.offenders.append(str(func))
@@ -66,6 +68,7 @@ def test_decode_step_has_no_host_sync_at_real_size(real_model: MossTTSRealtime, 
         graphed._run(buf, 256)  # exactly what the CUDA graph records
     assert guard.offenders == []
     assert guard.ops > 1000  # the guard really saw the step
+    assert "aten.bitwise_xor.Tensor" in guard.names  # the sampling noise is made in the step
     assert buf.frames.shape == (8, cfg.rvq) and buf.frames.dtype == torch.int64
     assert buf.hidden.shape == (8, cfg.language.hidden_size)
 
@@ -84,6 +87,38 @@ def test_sampling_noise_path_has_no_host_sync(real_model: MossTTSRealtime):
     with OnlyMeta() as guard:
         frames, _ = real_model.decode_step(rows, cache, slots, 64, sampling, history, noise)
     assert guard.offenders == [] and frames.shape == (B, cfg.rvq)
+
+
+def test_keyed_noise_has_no_host_sync(real_model: MossTTSRealtime):
+    """The counter-based noise (per-row seed and frame counter in, Exp(1) noise out) is static
+    shapes and device ops only, alone and inside the decode step and the first-frame step."""
+    cfg = real_model.cfg
+    B = 3
+    keys = NoiseKeys(
+        seed=torch.zeros(B, dtype=torch.int64, device=META),
+        counter=torch.zeros(B, dtype=torch.int64, device=META),
+    )
+    with OnlyMeta() as guard:
+        noise = keyed_noise(keys, cfg.rvq, cfg.audio_vocab_size)
+    assert guard.offenders == [] and guard.ops > 20
+    assert noise.shape == (B, cfg.rvq, cfg.audio_vocab_size) and noise.dtype == torch.float32
+    cache = real_model.new_cache(B, 64, device=META)
+    rows = torch.zeros(B, 1, cfg.channels, dtype=torch.int64, device=META)
+    slots = torch.zeros(B, dtype=torch.int64, device=META)
+    history = torch.full((B, 50, cfg.rvq), NO_HISTORY, device=META)
+    sampling = BatchSampling.from_params([SamplingParams()] * B, device=META)
+    with OnlyMeta() as guard:
+        frames, _ = real_model.decode_step(rows, cache, slots, 64, sampling, history, keys)
+    assert guard.offenders == [] and frames.shape == (B, cfg.rvq)
+    assert "aten.bitwise_xor.Tensor" in guard.names
+    step = GraphedFrameStep(real_model, window=50, max_batch=4, batch_buckets=(4,))
+    buf = step.prepare(4)
+    assert buf.keys.seed.device == META
+    buf.sampling = BatchSampling.from_params([SamplingParams()] * 4, device=META)
+    with OnlyMeta() as guard:
+        step._run(buf)  # what the first-frame graph records
+    assert guard.offenders == [] and "aten.bitwise_xor.Tensor" in guard.names
+    assert buf.frames.shape == (4, cfg.rvq)
 
 
 def test_codec_step_has_no_host_sync_at_real_size():

@@ -7,7 +7,7 @@ import torch
 
 from moss_pipecat.model import BatchSampling, MossTTSRealtime, SamplingParams
 from moss_pipecat.model.graphs import GraphedDecodeStep, GraphedFrameStep, default_kv_buckets
-from moss_pipecat.model.sampling import NO_HISTORY, exponential_noise
+from moss_pipecat.model.sampling import NO_HISTORY, NoiseKeys
 
 
 def _setup(model, rows, lengths, n_slots):
@@ -75,8 +75,7 @@ def test_graphed_step_equals_eager_step(
     for step in range(25):  # crosses the 32 -> 64 kv bucket boundary
         step_rows = torch.cat((torch.full((3, 1), cfg.text_pad), frames), dim=1)[:, None]
         kv_len = int(eager_cache.lengths[slots].max()) + 1
-        gens = [torch.Generator().manual_seed(step * 10 + i) for i in range(3)]
-        noise = exponential_noise(gens, (cfg.rvq, cfg.audio_vocab_size))
+        noise = NoiseKeys.from_ints([7, 8, 9], [step] * 3)  # made inside the step
         want, want_h = tiny_model.decode_step(
             step_rows, eager_cache, slots, kv_len, sampling, history, noise
         )
@@ -138,8 +137,7 @@ def test_graphed_first_frame_equals_generate_frame(tiny_model, capture):
         sampling = BatchSampling.from_params(params[:B])
         history = torch.randint(0, 1024, (B, 50, cfg.rvq), generator=gen)
         history[:, :20] = NO_HISTORY
-        gens = [torch.Generator().manual_seed(B * 7 + i) for i in range(B)]
-        noise = exponential_noise(gens, (cfg.rvq, cfg.audio_vocab_size))
+        noise = NoiseKeys.from_ints([B * 7 + i for i in range(B)], [B] * B)
         want = tiny_model.generate_frame(hidden, sampling, history, noise)
         got = step.step(hidden, sampling, history, noise)
         assert torch.equal(got, want)
@@ -151,3 +149,19 @@ def test_graphed_first_frame_equals_generate_frame(tiny_model, capture):
     assert step.batch_buckets == (2, 3)  # capped at max_batch
     assert set(step._buffers) == {2, 3}
     assert step.capture_all() == 2
+
+
+def test_graphed_steps_take_noise_keys_only(tiny_model):
+    """The graphed steps make the noise inside the step: an explicit noise tensor is refused."""
+    cfg = tiny_model.cfg
+    step = GraphedDecodeStep(tiny_model, tiny_model.new_cache(2, 65), window=50)
+    sampling = BatchSampling.from_params([SamplingParams()])
+    history = torch.full((1, 50, cfg.rvq), NO_HISTORY)
+    noise = torch.ones(1, cfg.rvq, cfg.audio_vocab_size)
+    rows = torch.zeros(1, 1, cfg.channels, dtype=torch.long)
+    with pytest.raises(TypeError, match="NoiseKeys"):
+        step.step(rows, [0], 10, sampling, history, noise)
+    frame_step = GraphedFrameStep(tiny_model, window=50, max_batch=2)
+    hidden = torch.zeros(1, cfg.language.hidden_size)
+    with pytest.raises(TypeError, match="NoiseKeys"):
+        frame_step.step(hidden, sampling, history, noise)

@@ -1,0 +1,76 @@
+"""Seeded sampling in the engine: a session's noise is keyed by its seed and its frame counter
+(made inside the step), so its frames are reproducible and do not depend on its company."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moss_pipecat.engine.session import SyncSession
+from moss_pipecat.model import SamplingParams, generate_turn
+
+SAMPLED = SamplingParams()
+
+
+def _say(session: SyncSession, text: list[int], frames: int) -> torch.Tensor:
+    chunks, summary = session.say(ids=text, max_frames=frames, min_frames=frames)
+    assert summary.stop == "max_frames" and len(chunks) == frames
+    return torch.stack([c.codes for c in chunks])
+
+
+@pytest.mark.parametrize("graphed", [False, True], ids=["eager", "graphed"])
+def test_sampled_turn_equals_generate_turn_with_the_same_seed(
+    make_engine, tiny_model, golden_layout, realtime_golden, graphed
+):
+    """The engine's first turn of a fresh session is ``generate_turn(seed=...)``'s: frame k's
+    noise is keyed by (seed, k) in both."""
+    engine = make_engine(graphed_decode=graphed)
+    session = SyncSession(engine.create_session(sampling=SAMPLED, seed=77))
+    text = realtime_golden["session.text1"].tolist()
+    got = _say(session, text, 12)
+    rows = session.snapshot()["rows"]
+    prompt = rows[: rows.shape[0] - 11 - 2]  # less the 11 step rows and the 2 closing rows
+    ref = generate_turn(
+        tiny_model,
+        tiny_model.new_cache(1, prompt.shape[0] + 16),
+        0,
+        prompt,
+        text[golden_layout.lead(len(text)) :],
+        12,
+        SAMPLED,
+        seed=77,
+        min_frames=12,
+    )
+    assert torch.equal(got, ref.frames)
+    greedy = generate_turn(
+        tiny_model,
+        tiny_model.new_cache(1, prompt.shape[0] + 16),
+        0,
+        prompt,
+        text[golden_layout.lead(len(text)) :],
+        12,
+        SamplingParams(greedy=True),
+        min_frames=12,
+    )
+    assert not torch.equal(got, greedy.frames)  # really sampled
+
+
+def test_reseeding_reproduces_and_other_seeds_differ(make_engine, realtime_golden):
+    engine = make_engine(max_sessions=3)
+    text = realtime_golden["session.text1"].tolist()
+    a = SyncSession(engine.create_session(sampling=SAMPLED, seed=5))
+    first = _say(a, text, 10)
+    # Another session reseeded to 5 before it speaks: the same turn, frame for frame.
+    b = SyncSession(engine.create_session(sampling=SAMPLED, seed=9))
+    b.set_sampling(SAMPLED, seed=5)
+    assert torch.equal(_say(b, text, 10), first)
+    # The counter moves on with every frame: the same turn again draws other noise ...
+    a.reset()
+    again = _say(a, text, 10)
+    assert not torch.equal(again, first)
+    # ... and a reseed restarts it.
+    a.reset()
+    a.set_sampling(SAMPLED, seed=5)
+    assert torch.equal(_say(a, text, 10), first)
+    c = SyncSession(engine.create_session(sampling=SAMPLED, seed=6))
+    assert not torch.equal(_say(c, text, 10), first)
