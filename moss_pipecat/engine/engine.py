@@ -562,11 +562,10 @@ class MossEngine:
                         fut.set_exception(e)
                 try:
                     timeout = self._tick()
-                except Exception as e:  # a bug, not bad input: fail every turn in flight
+                except Exception as e:  # a bug in shared code: fail every turn in flight
                     logger.exception("engine tick failed")
                     for s in list(self._sessions.values()):
-                        if s.turn is not None:
-                            self._fail_turn(s, e)
+                        self._fail_safely(s, e)
                     timeout = None
 
     def _tick(self) -> float | None:
@@ -579,7 +578,10 @@ class MossEngine:
             sessions = sessions[self._rr :] + sessions[: self._rr]
         for s in sessions:
             if s.ready_to_prefill(self.layout.delay):
-                self._begin_prefill(s, t_now)
+                try:
+                    self._begin_prefill(s, t_now)
+                except Exception as e:
+                    self._fail_safely(s, e)
         prefills = [s for s in sessions if s.phase is Phase.PREFILL]
         done = []
         for group in self._by_pool(prefills):  # one backbone call per KV pool
@@ -627,7 +629,7 @@ class MossEngine:
         except Exception as e:
             self._resync_lengths(batch)
             if len(batch) == 1:
-                self._fail_turn(batch[0], e)
+                self._fail_safely(batch[0], e)
                 return []
         out = []
         for s in batch:
@@ -635,8 +637,31 @@ class MossEngine:
                 out += fn([s])
             except Exception as e:
                 self._resync_lengths([s])
-                self._fail_turn(s, e)
+                self._fail_safely(s, e)
         return out
+
+    def _fail_safely(self, s: SessionState, error: BaseException) -> None:
+        """``_fail_turn`` that never raises, so one session's fault stays its own: if rolling
+        its turn back fails too, the turn is dropped from the history and the session's cache
+        emptied (its next turn re-prefills the history)."""
+        if s.turn is None:
+            return
+        try:
+            self._fail_turn(s, error)
+            return
+        except Exception:
+            logger.exception(f"session {s.session_id}: rolling back a failed turn failed")
+        t = s.turn
+        if t is None:
+            return
+        if t.record is not None and s.history.turns and s.history.turns[-1] is t.record:
+            s.history.turns.pop()
+        self._truncate(s, 0)
+        s.turn, s.to_feed, s.phase = None, None, Phase.IDLE
+        if s.codec_slot is not None:
+            self._codec_state.remove_stream(s.codec_slot)
+            s.codec_slot = None
+        t.channel.put(TurnSummary(t.turn_id, "error", text=t.text, error=error))
 
     def _resync_lengths(self, batch: list[SessionState]) -> None:
         for s in batch:
@@ -792,11 +817,14 @@ class MossEngine:
         for s, f in items:
             if s.turn is None:
                 continue  # its audio failed to decode: the turn already ended with an error
-            rec = s.turn.record
-            if int(f[0]) == eos:
-                self._finish(s, "eos")
-            elif len(rec.frames) >= s.frame_cap(self.config) or not self._room_for_step(s):
-                self._finish(s, "max_frames")
+            try:
+                rec = s.turn.record
+                if int(f[0]) == eos:
+                    self._finish(s, "eos")
+                elif len(rec.frames) >= s.frame_cap(self.config) or not self._room_for_step(s):
+                    self._finish(s, "max_frames")
+            except Exception as e:  # this session's bookkeeping: the others go on
+                self._fail_safely(s, e)
 
     def _room_for_step(self, s: SessionState) -> bool:
         """Whether the slot takes another step (plus closing rows), moving to a larger pool
