@@ -83,6 +83,8 @@ PROTOCOL_VERSION = 1
 WS_PATH = "/v1/ws"
 SESSION_HEADER = "x-session-id"  # Ray Serve's session-affinity header (ConsistentHashRouter)
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+MAX_TOP_K = 4096  # above the audio vocabulary (1027): a larger top_k filters nothing more
+MAX_REPETITION_WINDOW = 4096  # the engine's own cap (``repetition_window_max``) is lower
 
 # ---- close codes ---------------------------------------------------------------------------
 CLOSE_PROTOCOL = 4400
@@ -128,14 +130,20 @@ class _Msg(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class Sampling(_Msg):
-    """``SamplingParams`` on the wire (missing fields take the engine defaults)."""
+Finite = Field(allow_inf_nan=False)
 
-    temperature: float = 0.8
-    top_k: int = 30
-    top_p: float = 0.6
-    repetition_penalty: float = 1.1
-    repetition_window: int = 50
+
+class Sampling(_Msg):
+    """``SamplingParams`` on the wire (missing fields take the engine defaults).
+
+    Ranges are checked here, at the edge: anything past them is a ``bad_message`` (finer
+    checks, e.g. ``temperature > 0`` unless greedy, are the engine's ``invalid_input``)."""
+
+    temperature: Annotated[float, Finite, Field(ge=0, le=100)] = 0.8
+    top_k: Annotated[int, Field(ge=0, le=MAX_TOP_K)] = 30  # 0: off; past the vocabulary: off
+    top_p: Annotated[float, Finite, Field(gt=0, le=1)] = 0.6
+    repetition_penalty: Annotated[float, Finite, Field(gt=0, le=100)] = 1.1
+    repetition_window: Annotated[int, Field(ge=0, le=MAX_REPETITION_WINDOW)] = 50
     greedy: bool = False
 
     def to_params(self) -> SamplingParams:
@@ -285,6 +293,8 @@ def parse_client_message(text: str | bytes) -> _Msg:
         data = json.loads(text)
     except (ValueError, RecursionError) as e:
         raise MessageError("bad_message", f"not valid JSON: {e}") from None
+    if "\\u" in (text if isinstance(text, str) else text.decode("utf-8", "replace")):
+        _check_unicode(data)
     if not isinstance(data, dict):
         raise MessageError("bad_message", "a message must be a JSON object")
     req = data.get("req")
@@ -300,6 +310,19 @@ def parse_client_message(text: str | bytes) -> _Msg:
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5]
         )
         raise MessageError("bad_message", f"invalid {kind!r} message: {problems}", req) from None
+
+
+def _check_unicode(data: Any) -> None:
+    """JSON ``\\uD800``-style escapes can make strings that are not Unicode (a lone surrogate):
+    nothing could encode them (the tokenizer, a reply that quotes them), so they are refused."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        req = data.get("req") if isinstance(data, dict) else None
+        req = req if isinstance(req, int) and not isinstance(req, bool) and req >= 0 else None
+        raise MessageError(
+            "bad_message", "a string holds a lone surrogate (\\ud800-\\udfff): not Unicode", req
+        ) from None
 
 
 # ---- errors on the wire ----------------------------------------------------------------------
@@ -413,7 +436,7 @@ __all__ = [
     "parse_client_message",
     "summary_from_wire",
     "summary_to_wire",
+    "unpack_audio",
     "words_from_wire",
     "words_to_wire",
-    "unpack_audio",
 ]
