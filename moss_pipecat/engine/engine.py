@@ -525,6 +525,9 @@ class MossEngine:
         if summary.ttfa_s is None and t.t_first is not None and t.t_trigger is not None:
             summary.ttfa_s = t.t_first - t.t_trigger
         t.channel.put(summary)
+        rec = t.record
+        if rec is not None:  # ids never fed are never needed again (one more: the closing row)
+            del rec.text_ids[rec.lead + len(rec.steps) + 1 :]
         s.turn = None
         s.to_feed = None
         s.phase = Phase.IDLE

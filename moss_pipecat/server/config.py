@@ -20,6 +20,10 @@ class ServerLimits:
         max_audio_seconds: longest user-turn or voice upload.
         min_sample_rate, max_sample_rate: accepted rates of PCM uploads.
         max_ids_per_message: token ids in one ``turn.ids`` / ``user_turn`` message.
+        max_ids_per_turn: token ids one assistant turn may be sent (``turn.ids``; text pushed
+            as ``turn.text`` is capped by the engine's ``max_text_chars``). A conversation holds
+            no more than its history's rows after a turn ends (the engine drops a finished
+            turn's unfed ids), so per conversation the cap is this plus the context.
         max_text_chars: characters of one user transcript (turn text is capped by the engine's
             ``max_text_chars`` too).
         hello_timeout_s: time a new connection has to send ``hello``.
@@ -36,6 +40,7 @@ class ServerLimits:
     min_sample_rate: int = 8000
     max_sample_rate: int = 48000
     max_ids_per_message: int = 8192
+    max_ids_per_turn: int = 20000
     max_text_chars: int = 20000
     hello_timeout_s: float = 10.0
     upload_timeout_s: float = 10.0

@@ -52,6 +52,8 @@ class Conversation:
     turn: TurnStream | None = None
     pump: asyncio.Task | None = None
     frames_sent: int = 0
+    turn_ids: int = 0  # ids and characters sent with ``turn.ids`` for the open turn
+    turn_chars: int = 0
     # The turn a departed connection left open, and the frames it received: cut by ``_settle``
     # (under ``lock``) before anyone else uses the conversation.
     cut: tuple[TurnStream, int] | None = None
@@ -293,6 +295,7 @@ class ConversationHub:
                     "max_audio_seconds": self.limits.max_audio_seconds,
                     "max_text_chars": self.engine.config.max_text_chars,
                     "max_ids_per_message": self.limits.max_ids_per_message,
+                    "max_ids_per_turn": self.limits.max_ids_per_turn,
                     "idle_expiry_s": self.limits.idle_expiry_s,
                 },
             }
@@ -347,6 +350,7 @@ class ConversationHub:
         if isinstance(msg, P.TurnStart):
             turn = await s.start_turn(msg.max_frames)
             conv.turn, conv.frames_sent = turn, 0
+            conv.turn_ids = conv.turn_chars = 0
             await conn.send_json({"type": "turn.started", "req": msg.req, "turn_id": turn.turn_id})
             conv.pump = asyncio.get_running_loop().create_task(self._pump(conv, turn))
             return None
@@ -394,11 +398,24 @@ class ConversationHub:
                     raise InvalidInputError(
                         f"more than {self.limits.max_ids_per_message} ids in one message"
                     )
+                n_ids, n_chars = conv.turn_ids + len(msg.ids), conv.turn_chars + len(msg.text)
+                if n_ids > self.limits.max_ids_per_turn:
+                    raise P.MessageError(
+                        "too_large", f"more than {self.limits.max_ids_per_turn} ids per turn"
+                    )
+                if n_chars > self.engine.config.max_text_chars:
+                    raise P.MessageError(
+                        "too_large",
+                        f"turn text over {self.engine.config.max_text_chars} characters",
+                    )
+                conv.turn_ids, conv.turn_chars = n_ids, n_chars
                 turn.push_ids(msg.ids, msg.text)
             else:
                 turn.end_text()
         except MossError as e:
             await self._error(conn, P.error_code(e), str(e), turn_id=msg.turn_id)
+        except P.MessageError as e:  # refused: the turn goes on with what it had
+            await self._error(conn, e.code, str(e), turn_id=msg.turn_id)
 
     async def _pump(self, conv: Conversation, turn: TurnStream) -> None:
         """Forwards a turn's frames as they come; then its summary."""
