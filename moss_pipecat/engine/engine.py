@@ -233,7 +233,7 @@ class MossEngine:
             if self._frame_graph is not None:
                 n += self._frame_graph.capture_all()
             if self._codec_graph is not None:
-                n += self._codec_graph.capture_all()
+                n += self._codec_graph.capture_all(self.model.cfg.rvq)  # the codes it decodes
         logger.info(f"prepared {n} decode-step buckets in {time.perf_counter() - t0:.1f} s")
         return n
 
