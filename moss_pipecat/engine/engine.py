@@ -770,10 +770,9 @@ class MossEngine:
     def _decode(self, batch: list[SessionState]) -> list:
         """One step for each session: its step row in, its next frame out (one fused call)."""
         pad = self.layout.text_pad
-        step_rows = [
-            self.layout.step_row(s.next_text_id(pad), s.turn.record.frames[-1]) for s in batch
-        ]
-        rows = torch.stack(step_rows)[:, None].to(self.device)  # [B, 1, 17]
+        prev = torch.stack([s.turn.record.frames[-1] for s in batch])  # [B, rvq]
+        step_rows = self.layout.step_rows([s.next_text_id(pad) for s in batch], prev)  # [B, 17]
+        rows = step_rows[:, None].to(self.device)  # [B, 1, 17]
         slots = [s.slot for s in batch]
         pool = self._pools[batch[0].pool]  # the batch shares one pool
         kv_len = max(s.cache_len for s in batch) + 1
@@ -802,14 +801,16 @@ class MossEngine:
         """Records each new frame, sends audio chunks out, and ends the turns that are done."""
         eos = self.layout.audio_eos
         t_now = now()
+        # Codebook 0 of every frame in one look (not a host read per session).
+        ended = (torch.stack([f for _, f in items])[:, 0] == eos).tolist() if items else []
         audio: list[tuple[SessionState, torch.Tensor, int]] = []
-        for s, f in items:
+        for (s, f), end in zip(items, ended, strict=True):
             t = s.turn
             t.record.frames.append(f)
             if t.t_first is None:
                 t.t_first = t_now
             self.stats["frames"] += 1
-            if int(f[0]) != eos:
+            if not end:
                 audio.append((s, f, len(t.record.frames) - 1))
         pcm = self._pcm_isolated([(s, f) for s, f, _ in audio])
         for (s, f, index), p in zip(audio, pcm, strict=True):
@@ -817,12 +818,12 @@ class MossEngine:
             if t is not None:
                 words = tuple(t.words.on_audio(index + 1, t.fed_chars()))
                 t.channel.put(AudioChunk(t.turn_id, index, f, p, words))
-        for s, f in items:
+        for (s, _), end in zip(items, ended, strict=True):
             if s.turn is None:
                 continue  # its audio failed to decode: the turn already ended with an error
             try:
                 rec = s.turn.record
-                if int(f[0]) == eos:
+                if end:
                     self._finish(s, "eos")
                 elif len(rec.frames) >= s.frame_cap(self.config) or not self._room_for_step(s):
                     self._finish(s, "max_frames")
@@ -856,7 +857,7 @@ class MossEngine:
     def _decode_pcm(self, items: list[tuple[SessionState, torch.Tensor]]) -> list[bytes | None]:
         if self.codec is None or not items:
             return [None] * len(items)
-        from moss_pipecat.codec import pcm16_bytes
+        from moss_pipecat.codec import pcm16
 
         for s, _ in items:
             if s.codec_slot is None:
@@ -869,8 +870,9 @@ class MossEngine:
             wav = self._codec_graph.step(codes, slots)
         else:
             wav = self.codec.decode_step(self._codec_state, codes, slots, check=False)
-        wav = wav.cpu()  # [B, samples]; one copy to the host for the whole batch
-        return [pcm16_bytes(w) for w in wav]
+        # int16 for the whole batch, one copy to the host, then each row's bytes.
+        pcm = pcm16(wav).cpu().numpy().astype("<i2", copy=False)  # [B, samples]
+        return [row.tobytes() for row in pcm]
 
     def _finish(self, s: SessionState, stop: str) -> None:
         t, rec = s.turn, s.turn.record

@@ -141,6 +141,12 @@ class RowLayout:
         """[17]: one decode-step row, ``text_id`` beside the previous frame."""
         return torch.cat((torch.tensor([text_id], dtype=torch.int64), frame.to(torch.int64)))
 
+    def step_rows(self, text_ids: Sequence[int], frames: torch.Tensor) -> torch.Tensor:
+        """[B, 17]: a batch's decode-step rows at once (row b is ``step_row(text_ids[b],
+        frames[b])``), for frames [B, rvq]."""
+        text = torch.tensor(text_ids, dtype=torch.int64)[:, None]  # [B, 1]
+        return torch.cat((text, frames.to(torch.int64)), dim=1)
+
     def closing_rows(
         self, next_text: Iterator[int], last_frame: torch.Tensor | None = None
     ) -> torch.Tensor:
