@@ -267,6 +267,31 @@ def test_stream_slots(codec: MossAudioCodec) -> None:
         codec.new_stream_state(capacity=1, max_frames_per_step=0)
 
 
+def test_add_streams_claims_and_resets_like_add_stream(codec: MossAudioCodec) -> None:
+    """``add_streams(n)``: the slots n ``add_stream`` calls give, reset together (the engine
+    starts a tick's new turns at once)."""
+    one, many = codec.new_stream_state(capacity=5), codec.new_stream_state(capacity=5)
+    codes = codes_of(codec, t=1).repeat(1, 5, 1)
+    for state in (one, many):
+        slots = [state.add_stream() for _ in range(5)]
+        codec.decode_step(state, codes, slots)  # every ring holds something now
+        for slot in (1, 3):
+            state.remove_stream(slot)
+    assert [one.add_stream(), one.add_stream()] == many.add_streams(2) == [1, 3]
+    for state in (one, many):
+        assert state.active_slots == [0, 1, 2, 3, 4]
+        assert [state.frames_decoded(s) for s in range(5)] == [1, 0, 1, 0, 1]
+    for k1, k2 in zip(one.rings.k + one.rings.v, many.rings.k + many.rings.v, strict=True):
+        if k1 is not None:
+            assert torch.equal(k1, k2) and not bool(k1[:, 1].any()) and bool(k1[:, 0].any())
+    assert torch.equal(one.rings.frames, many.rings.frames)
+    assert many.add_streams(0) == []
+    many.remove_stream(4)
+    with pytest.raises(CapacityError):
+        many.add_streams(2)
+    assert many.active_slots == [0, 1, 2, 3]  # a refused call claims nothing
+
+
 def test_stream_state_is_static_and_bounded(codec: MossAudioCodec) -> None:
     """Ring shapes never change and hold exactly context + chunk - 1 steps per layer."""
     state = codec.new_stream_state(capacity=1, max_frames_per_step=2)

@@ -17,6 +17,8 @@ step can later be captured in a CUDA graph.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from moss_pipecat.codec.config import CodecConfig, Module, StageConfig
@@ -86,13 +88,16 @@ class StageRings:
         else:
             self.frames[:n] += frames * active.to(torch.long)
 
-    def reset(self, slot: int) -> None:
-        """Makes ``slot`` a fresh stream (step 0, zeroed rings)."""
+    def reset(self, slot: int | Sequence[int]) -> None:
+        """Makes ``slot`` (or every slot of a list, in one op per ring) a fresh stream (step 0,
+        zeroed rings)."""
+        if not isinstance(slot, int):
+            slot = torch.tensor(list(slot), dtype=torch.long, device=self.frames.device)
         self.frames[slot] = 0
         for k, v in zip(self.k, self.v, strict=True):
             if k is not None:
-                k[:, slot].zero_()
-                v[:, slot].zero_()
+                k[:, slot] = 0
+                v[:, slot] = 0
 
     def nbytes_per_slot(self) -> int:
         total = 0
@@ -159,6 +164,23 @@ class CodecStreamState:
                 self._active.add(slot)
                 return slot
         raise CapacityError(f"all {self.capacity} codec stream slots are in use")
+
+    def add_streams(self, n: int) -> list[int]:
+        """Claims the ``n`` lowest free slots for new streams (what ``n`` calls of
+        ``add_stream`` give) and resets them together: a few ops whatever ``n``.
+
+        Raises:
+            CapacityError: fewer than ``n`` slots are free (then none is claimed).
+        """
+        free = [slot for slot in range(self.capacity) if slot not in self._active][:n]
+        if len(free) < n:
+            raise CapacityError(f"{n} new streams do not fit: {len(free)} codec slots are free")
+        if free:
+            self.rings.reset(free)
+        for slot in free:
+            self._host_frames[slot] = 0
+            self._active.add(slot)
+        return free
 
     def remove_stream(self, slot: int) -> None:
         """Frees ``slot``; other streams are untouched.

@@ -859,9 +859,10 @@ class MossEngine:
             return [None] * len(items)
         from moss_pipecat.codec import pcm16
 
-        for s, _ in items:
-            if s.codec_slot is None:
-                s.codec_slot = self._codec_state.add_stream()
+        new = [s for s, _ in items if s.codec_slot is None]  # turns starting: reset together
+        if new:
+            for s, slot in zip(new, self._codec_state.add_streams(len(new)), strict=True):
+                s.codec_slot = slot
         size = self.codec.config.quantizer.codebook_size
         # [Q, B, 1]; specials (pad/BOS) can only appear in untrained models: clamp for the codec
         codes = torch.stack([f for _, f in items], dim=1)[:, :, None].clamp(0, size - 1)

@@ -51,8 +51,10 @@ def test_decode_tick_ops_outside_graphs_do_not_grow_with_sessions(
         large = [outside(t, [phase]) for t in ticks[16][1:]]
         assert small == large, (phase, small, large)
     assert outside(ticks[16][2]) == outside(ticks[2][2]) < 150
-    # The first frames of a batch of turns (the TTFA path) do not grow either.
-    assert outside(ticks[2][0], ["first_frame"]) == outside(ticks[16][0], ["first_frame"])
+    # The first frames of a batch of turns (the TTFA path) and their new codec streams do
+    # not grow either.
+    for phase in ("first_frame", "codec"):
+        assert outside(ticks[2][0], [phase]) == outside(ticks[16][0], [phase]), phase
 
 
 def test_capture_prepares_the_codec_buckets_the_engine_decodes(
