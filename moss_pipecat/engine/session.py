@@ -272,9 +272,7 @@ class SyncSession:
         _check_min_frames(min_frames)
         s = self.session
         channel = Channel()
-        turn_id = self._run(
-            s.engine._start_turn, channel, max_frames, min_frames, eos_after_text
-        )
+        turn_id = self._run(s.engine._start_turn, channel, max_frames, min_frames, eos_after_text)
         s._turn = TurnStream(s, turn_id, channel)
         return s._turn
 
