@@ -57,7 +57,9 @@ async def run_round(engine: MossEngine, n: int, n_text: int, frames: int, seed: 
 
     async def one(session) -> tuple[float, list[float], int]:
         text = torch.randint(0, vocab, (n_text,), generator=gen).tolist()
-        turn = await session.start_turn(max_frames=frames)
+        # Exactly ``frames`` frames per turn (EOS masked until then): the load does not depend
+        # on where a model happens to stop (a random-weight one may stop at once).
+        turn = await session.start_turn(max_frames=frames, min_frames=frames)
         t0 = time.perf_counter()
         turn.push_ids(text)
         turn.end_text()

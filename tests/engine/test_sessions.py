@@ -193,7 +193,8 @@ async def test_eight_concurrent_sessions_equal_each_alone(
         for (fa, _, pa), (fb, _, pb) in zip(a, b, strict=True):
             assert torch.equal(fa, fb)
             # float32 batches of different sizes may round one int16 sample differently
-            assert len(pa) == len(pb) and np.abs(pa.astype(int) - pb.astype(int)).max() <= 1
+            assert len(pa) == len(pb)
+            assert len(pa) == 0 or np.abs(pa.astype(int) - pb.astype(int)).max() <= 1
     assert engine.stats["decode_steps"] > engine.stats["ticks"]  # steps really were batched
 
 
