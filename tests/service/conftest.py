@@ -41,8 +41,9 @@ def tiny_engine(fixtures_dir):
 
 @pytest.fixture(scope="module")
 def talkative_engine(fixtures_dir):
-    """Turns never end before their whole text was read (whatever the random weights)."""
-    engine = service_engine(fixtures_dir, eos_after_text=True)
+    """Turns never end before their whole text was read, nor before 4 frames (a short text
+    fits in the prefill), whatever the random weights."""
+    engine = service_engine(fixtures_dir, eos_after_text=True, eos_min_frames=4)
     yield engine
     engine.shutdown()
 
