@@ -25,9 +25,11 @@ from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.engine import MossEngine
 from moss_pipecat.service import MossTTSService, MossTTSSettings
 
-# The tiny fixture model has random weights: its turns rarely end with EOS, so they run to the
-# per-turn frame cap. These caps give replies of roughly natural length (about 4 frames, i.e.
-# 0.3 s, per text token) instead of the real model's generous runaway guard.
+# The tiny fixture model has random weights: most turns run to the per-turn frame cap, and these
+# caps give replies of roughly natural length (about 3 frames, i.e. 0.24 s, per text token)
+# instead of the real model's generous runaway guard. Now and then it samples EOS at once, often
+# with the whole reply already fed in the prefill: a real model speaks its text first, so the
+# stand-in may not end a turn before its text is fed nor within its first 2 s.
 TINY_ENGINE_CONFIG = EngineConfig(
     max_sessions=4,
     max_context=4096,
@@ -37,6 +39,8 @@ TINY_ENGINE_CONFIG = EngineConfig(
     frames_per_text_token=3.0,
     min_turn_frames=10,
     max_turn_frames=300,
+    eos_after_text=True,
+    eos_min_frames=25,
 )
 
 WHISPER_RATE = 16000
