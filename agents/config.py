@@ -95,9 +95,9 @@ class AgentConfig:
     def fixtures_dir(self) -> Path:
         if self.fixtures:
             return Path(self.fixtures)
-        return Path(
-            os.environ.get("MOSS_FIXTURES", REPO.parent / "shared" / "fixtures" / "moss_tiny")
-        )
+        from moss_pipecat.engine.factory import tiny_fixtures_dir
+
+        return tiny_fixtures_dir()
 
 
 def profile_defaults(profile: str) -> AgentConfig:

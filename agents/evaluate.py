@@ -125,25 +125,11 @@ def load_scenario(path: Path = SCENARIO) -> list[Utterance]:
     ]
 
 
-def audio_frames_per_turn(snapshot: dict, bos: int, eos: int) -> list[dict]:
-    """Audio frames each MOSS history turn holds (rows between its BOS row and its EOS row)."""
-    rows = snapshot["rows"][snapshot["system_rows"] :, 1]
-    marks = [(i, int(v)) for i, v in enumerate(rows.tolist()) if int(v) in (bos, eos)]
-    counts, start = [], None
-    for i, v in marks:
-        if v == bos:
-            start = i
-        elif start is not None:
-            counts.append(i - start - 1)
-            start = None
-    if start is not None:  # a turn still open: frames so far
-        counts.append(len(rows) - start - 1)
-    roles = [r for r, _ in snapshot["turns"]]
+def audio_frames_per_turn(snapshot: dict) -> list[dict]:
+    """Each MOSS history turn: its role, text tokens and the audio frames it holds."""
     return [
-        {"role": r, "text_tokens": n, "audio_frames": c}
-        for (r, n), c in zip(
-            snapshot["turns"], counts + [0] * (len(roles) - len(counts)), strict=True
-        )
+        {"role": r, "text_tokens": n, "audio_frames": f}
+        for (r, n), f in zip(snapshot["turns"], snapshot["turn_frames"], strict=True)
     ]
 
 
@@ -312,9 +298,8 @@ async def evaluate(
             done.cancel()
             logger.error("evaluation did not finish in time")
         if agent.tts.session is not None:
-            layout = models.engine.layout
             snap = await agent.tts.session.snapshot()
-            history = audio_frames_per_turn(snap, layout.audio_bos, layout.audio_eos)
+            history = audio_frames_per_turn(snap)
         await agent.worker.queue_frame(EndFrame())
         await asyncio.wait_for(run, 30)
     finally:

@@ -15,23 +15,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import soxr
 from loguru import logger
 from pipecat.frames.frames import (
-    BotStartedSpeakingFrame,
-    BotStoppedSpeakingFrame,
     CancelFrame,
     EndFrame,
-    Frame,
     InputAudioRawFrame,
-    OutputAudioRawFrame,
     StartFrame,
 )
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.transports.base_input import BaseInputTransport
-from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
+
+from moss_pipecat.pcm import load_pcm16, pcm16_to_float
+from moss_pipecat.testing.speaker import BotState, PlayedSegment, RealtimeOutputTransport
+
+__all__ = [
+    "BotState",
+    "FeedLog",
+    "HeadlessTransport",
+    "PlayedSegment",
+    "RealtimeOutputTransport",
+    "Utterance",
+    "WavInputTransport",
+    "load_pcm16",
+    "speech_end_s",
+]
 
 CHUNK_S = 0.02
 
@@ -55,15 +63,6 @@ class Utterance:
 
 
 @dataclass
-class PlayedSegment:
-    """Bot audio played between a BotStartedSpeaking and a BotStoppedSpeaking."""
-
-    start: float
-    end: float | None = None
-    pcm: bytearray = field(default_factory=bytearray)
-
-
-@dataclass
 class FeedLog:
     """When each utterance started being fed and when its speech ended (monotonic seconds)."""
 
@@ -72,49 +71,9 @@ class FeedLog:
     cue_timeouts: list[int] = field(default_factory=list)
 
 
-class BotState:
-    """Bot speaking state as seen by the output transport, for the input's cues."""
-
-    def __init__(self) -> None:
-        self.speaking = False
-        self.segments: list[PlayedSegment] = []
-        self.changed = asyncio.Event()
-
-    def started(self) -> None:
-        self.speaking = True
-        self.segments.append(PlayedSegment(start=time.monotonic()))
-        self._notify()
-
-    def stopped(self) -> None:
-        self.speaking = False
-        if self.segments and self.segments[-1].end is None:
-            self.segments[-1].end = time.monotonic()
-        self._notify()
-
-    def _notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    async def wait_change(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self.changed.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
-
-
-def load_pcm16(path: Path, sample_rate: int) -> bytes:
-    """A WAV as mono 16-bit PCM at ``sample_rate``."""
-    wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    mono = wav.mean(axis=1)
-    if sr != sample_rate:
-        mono = soxr.resample(mono, sr, sample_rate)
-    return (np.clip(mono, -1, 1) * 32767).astype(np.int16).tobytes()
-
-
 def speech_end_s(pcm: bytes, sample_rate: int, threshold: float = 0.02) -> float:
     """Where the speech in a recording ends (its last sample above -34 dBFS), in seconds."""
-    x = np.abs(np.frombuffer(pcm, np.int16).astype(np.float32) / 32768)
+    x = np.abs(pcm16_to_float(pcm))
     loud = np.flatnonzero(x > threshold)
     return (int(loud[-1]) + 1) / sample_rate if loud.size else 0.0
 
@@ -224,40 +183,6 @@ class WavInputTransport(BaseInputTransport):
         await self.push_audio_frame(
             InputAudioRawFrame(audio=chunk, sample_rate=self.sample_rate, num_channels=1)
         )
-
-
-class RealtimeOutputTransport(BaseOutputTransport):
-    """Plays audio against a real-time clock and keeps what was played per speaking period."""
-
-    def __init__(self, params: TransportParams, bot: BotState, **kwargs) -> None:
-        super().__init__(params, **kwargs)
-        self._bot = bot
-        self._play_until = 0.0
-
-    async def start(self, frame: StartFrame) -> None:
-        await super().start(frame)
-        await self.set_transport_ready(frame)
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-
-    async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
-        # The output transport announces speaking periods itself; mirror them for the cues.
-        if isinstance(frame, BotStartedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
-            self._bot.started()
-        elif isinstance(frame, BotStoppedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
-            self._bot.stopped()
-        await super().push_frame(frame, direction)
-
-    async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
-        if self._bot.segments and self._bot.speaking:
-            self._bot.segments[-1].pcm.extend(frame.audio)
-        seconds = len(frame.audio) / 2 / frame.sample_rate / frame.num_channels
-        now = time.monotonic()
-        self._play_until = max(self._play_until, now) + seconds
-        # Keep at most one chunk queued "in the device", like a sound card's buffer.
-        await asyncio.sleep(max(0.0, self._play_until - seconds - now))
-        return True
 
 
 class HeadlessTransport(BaseTransport):

@@ -14,34 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import soxr
 from loguru import logger
 from pipecat.frames.frames import Frame
 from pipecat.services.whisper.stt import WhisperSTTService
 
 from agents.config import AgentConfig
 from agents.local_llm import LlamaServer, LocalLlamaLLMService
-from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.engine import MossEngine
+from moss_pipecat.engine.factory import TINY_ENGINE_CONFIG
+from moss_pipecat.pcm import float_to_pcm16, pcm16_to_float, resample
 from moss_pipecat.service import MossTTSService, MossTTSSettings
-
-# The tiny fixture model has random weights: most turns run to the per-turn frame cap, and these
-# caps give replies of roughly natural length (about 3 frames, i.e. 0.24 s, per text token)
-# instead of the real model's generous runaway guard. Now and then it samples EOS at once, often
-# with the whole reply already fed in the prefill: a real model speaks its text first, so the
-# stand-in may not end a turn before its text is fed nor within its first 2 s.
-TINY_ENGINE_CONFIG = EngineConfig(
-    max_sessions=4,
-    max_context=4096,
-    context_budget=3600,
-    turn_reserve=600,
-    lookahead_s=1.0,
-    frames_per_text_token=3.0,
-    min_turn_frames=10,
-    max_turn_frames=300,
-    eos_after_text=True,
-    eos_min_frames=25,
-)
 
 WHISPER_RATE = 16000
 _whisper_cache: dict[tuple[str, str, str], Any] = {}
@@ -75,9 +57,8 @@ class SharedWhisperSTTService(WhisperSTTService):
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
         if self.sample_rate != WHISPER_RATE:
-            x = np.frombuffer(audio, np.int16).astype(np.float32) / 32768
-            y = soxr.resample(x, self.sample_rate, WHISPER_RATE)
-            audio = (np.clip(y, -1, 1) * 32767).astype(np.int16).tobytes()
+            x = pcm16_to_float(audio)
+            audio = float_to_pcm16(resample(x, self.sample_rate, WHISPER_RATE))
         async for frame in super().run_stt(audio):
             yield frame
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import statistics
 import sys
@@ -13,12 +12,13 @@ from pathlib import Path
 
 import torch
 
+from moss_pipecat.engine.factory import tiny_fixtures_dir
+
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_FIXTURES = REPO.parent / "shared" / "fixtures" / "moss_tiny"
 
 
 def fixtures_root() -> Path:
-    return Path(os.environ.get("MOSS_FIXTURES", DEFAULT_FIXTURES))
+    return tiny_fixtures_dir()
 
 
 def sync(device: torch.device) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -29,13 +28,11 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.transports.base_transport import TransportParams
 from pipecat.workers.runner import WorkerRunner
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # `python examples/x.py` from anywhere
-    sys.path.insert(0, str(REPO))
+from moss_pipecat.engine.engine import MossEngine
+from moss_pipecat.engine.factory import TINY_ENGINE_CONFIG, tiny_fixtures_dir
+from moss_pipecat.testing.speaker import BotState, RealtimeOutputTransport
 
-from agents.headless import BotState, RealtimeOutputTransport  # noqa: E402
-from agents.services import TINY_ENGINE_CONFIG  # noqa: E402
-from moss_pipecat.engine.engine import MossEngine  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent  # the sample recordings live in agents/eval/
 
 OUT_RATE = 24000
 
@@ -68,10 +65,9 @@ def load_engine_from_args(args: argparse.Namespace) -> MossEngine:
         config = EngineConfig(eos_min_frames=args.eos_min_frames)
         codec = args.codec or DEFAULT_CODEC
         return load_engine(args.model, codec, device=args.device, config=config)
-    from agents.config import AgentConfig
     from moss_pipecat.engine.factory import load_tiny_engine
 
-    fixtures = args.fixtures or AgentConfig().fixtures_dir
+    fixtures = args.fixtures or tiny_fixtures_dir()
     print(f"tiny random-weight MOSS model from {fixtures}: the audio is NOISE-LIKE by design")
     config = replace(TINY_ENGINE_CONFIG, eos_min_frames=args.eos_min_frames)
     return load_tiny_engine(fixtures, config=config, device=args.device or "cpu")

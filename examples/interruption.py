@@ -26,17 +26,6 @@ LONG = (
 )
 
 
-def audio_frames(snapshot: dict, engine) -> list[int]:
-    """Audio frames per history turn (rows between each BOS and EOS row)."""
-    from agents.evaluate import audio_frames_per_turn
-
-    layout = engine.layout
-    return [
-        t["audio_frames"]
-        for t in audio_frames_per_turn(snapshot, layout.audio_bos, layout.audio_eos)
-    ]
-
-
 async def main() -> None:
     ap = parser(__doc__.splitlines()[0], "out/examples/interruption")
     ap.add_argument("--after", type=float, default=1.5, help="seconds of playback before the cut")
@@ -55,7 +44,7 @@ async def main() -> None:
             await s.say("Sorry, go ahead.")
         played = len(s.bot.segments[0].pcm) / 2 / 24000
         print(f"played {played:.2f} s of the long reply before the interruption")
-        print(f"MOSS kept {audio_frames(cut, engine)[0]} frames (80 ms each) of it")
+        print(f"MOSS kept {cut['turn_frames'][0]} frames (80 ms each) of it")
         for path in s.write_wavs(args.out, prefix="reply"):
             print(f"wrote {path}")
     finally:

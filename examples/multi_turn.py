@@ -22,7 +22,7 @@ from pipecat.frames.frames import (
     UserStoppedSpeakingFrame,
 )
 
-from agents.headless import load_pcm16
+from moss_pipecat.pcm import load_pcm16
 from moss_pipecat.service import MossTTSService, MossTTSSettings
 
 CONVERSATION = [

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +24,9 @@ import torch
 
 from moss_pipecat.engine.engine import MossEngine
 from moss_pipecat.engine.events import TurnSummary
+from moss_pipecat.engine.factory import tiny_fixtures_dir
 from moss_pipecat.engine.session import Session
 
-REPO = Path(__file__).resolve().parent.parent
 TURNS = [
     "Hello! I'm a streaming text to speech model, and I speak while the text is still arriving.",
     "Sure. Every turn you hear stays in my context, so my voice stays the same all along, "
@@ -35,10 +34,6 @@ TURNS = [
     "No problem, I stopped where you cut me off and I remember what you actually heard.",
 ]
 USER_SAYS = ["Can you tell me more?", "Wait, stop there."]
-
-
-def default_fixtures() -> Path:
-    return Path(os.environ.get("MOSS_FIXTURES", REPO.parent / "shared" / "fixtures" / "moss_tiny"))
 
 
 def synthetic_speech(seconds: float, f0: float, sr: int = 24000, seed: int = 0) -> np.ndarray:
@@ -127,7 +122,7 @@ def main() -> None:
     else:
         from moss_pipecat.engine.factory import load_tiny_engine
 
-        fixtures = args.fixtures or default_fixtures()
+        fixtures = args.fixtures or tiny_fixtures_dir()
         engine = load_tiny_engine(fixtures, device=args.device)
         what = f"tiny random-weight fixture model at {fixtures} (noise-like audio by design)"
     args.out.mkdir(parents=True, exist_ok=True)

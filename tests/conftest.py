@@ -7,19 +7,19 @@ same parity tests run against any fixture set with the same layout.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from moss_pipecat.engine.factory import tiny_fixtures_dir
+
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_FIXTURES = REPO.parent / "shared" / "fixtures" / "moss_tiny"
 
 
 def fixtures_root() -> Path:
-    root = Path(os.environ.get("MOSS_FIXTURES", DEFAULT_FIXTURES)).expanduser().resolve()
+    root = tiny_fixtures_dir().resolve()
     if not (root / "realtime").is_dir() or not (root / "codec").is_dir():
         pytest.fail(f"fixture root {root} lacks realtime/ and codec/ (set MOSS_FIXTURES)")
     return root

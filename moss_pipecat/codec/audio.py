@@ -17,6 +17,7 @@ import math
 import numpy as np
 import torch
 
+from moss_pipecat import pcm
 from moss_pipecat.errors import InvalidInputError
 
 MAX_CHANNELS = 8
@@ -79,16 +80,8 @@ def resample(wav: torch.Tensor, from_rate: int, to_rate: int) -> torch.Tensor:
     """Resamples ``[B, S]`` float32 with soxr (HQ); a no-op when the rates match."""
     if from_rate == to_rate:
         return wav
-    try:
-        import soxr  # only resampling needs it: the model, codec and engine run without it
-    except ModuleNotFoundError as e:
-        raise ModuleNotFoundError(
-            f"resampling {from_rate} Hz -> {to_rate} Hz needs the soxr package "
-            "(pip install soxr), or pass audio at the codec's sample rate",
-            name="soxr",
-        ) from e
     x = wav.detach().cpu().numpy().T  # [S, B]: soxr treats columns as channels
-    y = soxr.resample(np.ascontiguousarray(x), from_rate, to_rate, quality="HQ")
+    y = pcm.resample(x, from_rate, to_rate)
     if y.shape[0] == 0:
         raise InvalidInputError(
             f"{wav.shape[-1]} samples at {from_rate} Hz are too short to resample to {to_rate} Hz"

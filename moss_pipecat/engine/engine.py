@@ -465,6 +465,7 @@ class MossEngine:
             "pool_capacity": self._pools[s.pool].capacity,
             "system_rows": s.history.system.shape[0],
             "turns": [(t.role, len(t.text_ids)) for t in s.history.turns],
+            "turn_frames": s.history.audio_frames(),
             "phase": s.phase.value,
             "slot": s.slot,
             "sampling": s.sampling,

@@ -19,6 +19,35 @@ from moss_pipecat.model import MossTTSRealtime
 DEFAULT_MODEL = "OpenMOSS-Team/MOSS-TTS-Realtime"
 DEFAULT_CODEC = "OpenMOSS-Team/MOSS-Audio-Tokenizer"
 
+# Where a checkout finds the conformance fixtures when ``$MOSS_FIXTURES`` is not set: the shared
+# folder beside the repository.
+_CHECKOUT_FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "moss_tiny"
+
+
+def tiny_fixtures_dir() -> Path:
+    """The tiny fixture set to use: ``$MOSS_FIXTURES``, else ``../shared/fixtures/moss_tiny``
+    beside the checkout."""
+    return Path(os.environ.get("MOSS_FIXTURES") or _CHECKOUT_FIXTURES).expanduser()
+
+
+# The tiny fixture models have random weights: most turns run to the per-turn frame cap, and these
+# caps give replies of roughly natural length (about 3 frames, i.e. 0.24 s, per text token)
+# instead of the real model's generous runaway guard. Now and then it samples EOS at once, often
+# with the whole reply already fed in the prefill: a real model speaks its text first, so the
+# stand-in may not end a turn before its text is fed nor within its first 2 s.
+TINY_ENGINE_CONFIG = EngineConfig(
+    max_sessions=4,
+    max_context=4096,
+    context_budget=3600,
+    turn_reserve=600,
+    lookahead_s=1.0,
+    frames_per_text_token=3.0,
+    min_turn_frames=10,
+    max_turn_frames=300,
+    eos_after_text=True,
+    eos_min_frames=25,
+)
+
 
 def load_engine(
     model: str | os.PathLike = DEFAULT_MODEL,

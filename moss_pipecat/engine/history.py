@@ -102,6 +102,15 @@ class ConversationHistory:
     def all_rows(self) -> torch.Tensor:
         return torch.cat([self.system, *(self.turn_rows(i) for i in range(len(self.turns)))])
 
+    def audio_frames(self) -> list[int]:
+        """Audio frames each turn holds (an assistant turn: those generated, or kept when it
+        was cut; a user turn: its codec frames)."""
+        eos = self.layout.audio_eos
+        return [
+            t.audio_frames(eos) if isinstance(t, AssistantTurn) else int(t.frames.shape[0])
+            for t in self.turns
+        ]
+
     def __len__(self) -> int:
         return self.offset(len(self.turns))
 

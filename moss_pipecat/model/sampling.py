@@ -89,11 +89,6 @@ class BatchSampling:
             allow_eos=None if allow_eos is None else t(list(allow_eos), torch.bool),
         )
 
-    @property
-    def all_greedy(self) -> bool:
-        """Host-side check (syncs); lets callers skip drawing noise."""
-        return bool(self.greedy.all())
-
 
 def seen_mask(history: torch.Tensor, vocab: int) -> torch.Tensor:
     """Which ids occur in each history row.

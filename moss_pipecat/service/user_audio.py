@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moss_pipecat.pcm import pcm16_to_float
+
 
 @dataclass
 class UserUtterance:
@@ -40,9 +42,7 @@ class UserAudioRecorder:
         self._done: list[UserUtterance] = []
 
     def add_audio(self, pcm: bytes, sample_rate: int, num_channels: int = 1) -> None:
-        samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
-        if num_channels > 1:
-            samples = samples.reshape(-1, num_channels).mean(axis=1)
+        samples = pcm16_to_float(pcm, num_channels)
         if self._rate != sample_rate:  # a new rate: older audio cannot be joined to it
             self._ring.clear()
             self._ring_samples = 0
