@@ -50,6 +50,11 @@ class EngineConfig:
             copied, not recomputed) to a larger one when its conversation outgrows it. The
             slots must add up to ``max_sessions`` and the largest capacity must be
             ``max_context``. None: one pool of ``max_sessions`` slots of ``max_context``.
+        prefix_cache_bytes: device bytes for the prompt prefix cache: the KV of each distinct
+            system block (system sentence + voice prompt) is prefilled once and copied into
+            every new conversation that starts with it (least recently used prefixes evicted
+            first). At the real size a position is 112 KiB in bf16, so a system block with a
+            10 s voice (~170 rows) is ~19 MiB. 0: off.
     """
 
     max_sessions: int = 8
@@ -70,6 +75,7 @@ class EngineConfig:
     capture_graphs_at_start: bool = True
     compile_decode: str | None = None
     kv_pools: tuple[tuple[int, int], ...] | None = None
+    prefix_cache_bytes: int = 256 * 2**20
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
@@ -86,6 +92,8 @@ class EngineConfig:
             raise InvalidInputError("prefill_chunk, max_turn_frames, min_turn_frames must be >= 1")
         if self.eos_min_frames < 0:
             raise InvalidInputError("eos_min_frames must be >= 0")
+        if self.prefix_cache_bytes < 0:
+            raise InvalidInputError("prefix_cache_bytes must be >= 0 (0: off)")
         if self.kv_pools is not None:
             pools = self.pools()
             if any(n < 1 or cap < 64 for n, cap in pools):

@@ -24,6 +24,7 @@ from moss_pipecat._log import logger
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.events import AudioChunk, Channel, TurnSummary
 from moss_pipecat.engine.history import AssistantTurn, ConversationHistory, UserTurn
+from moss_pipecat.engine.prefix_cache import PrefixCache
 from moss_pipecat.engine.rows import RowLayout
 from moss_pipecat.engine.state import OpenTurn, Phase, SessionState, now
 from moss_pipecat.engine.word_times import WordTimer
@@ -112,7 +113,10 @@ class MossEngine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._rr = 0  # rotates the prefill order for fairness
+        # KV of each distinct system block (system sentence + voice), shared by all sessions.
+        self.prefix_cache = PrefixCache(cfg.prefix_cache_bytes)
         self.stats = {"ticks": 0, "prefill_rows": 0, "decode_steps": 0, "frames": 0}
+        self.stats.update(prefix_hits=0, prefix_misses=0, prefix_rows_reused=0)
 
     # ================================================================== lifecycle
     def start(self) -> MossEngine:
@@ -590,6 +594,7 @@ class MossEngine:
         done = []
         for group in self._by_pool(prefills):  # one backbone call per KV pool
             done += self._isolated(group, self._prefill_chunk)
+        self._keep_prefixes(prefills)
         done = [(s, h) for s, h in done if s.turn is not None]  # drop turns that failed
         if done:
             hidden_of = dict(done)
@@ -681,6 +686,7 @@ class MossEngine:
         except CapacityError as e:
             self._fail_turn(s, e)
             return
+        self._use_prefix(s)
         rec = AssistantTurn(
             text_ids=t.tokens,
             lead=prompt.shape[0],
@@ -693,6 +699,37 @@ class MossEngine:
         t.record, t.fed_text, t.t_trigger = rec, rec.lead, t_now
         s.to_feed = s.history.all_rows()[s.cache_len :]
         s.phase = Phase.PREFILL
+
+    def _use_prefix(self, s: SessionState) -> None:
+        """A prefill that would feed the system block (a new conversation, a new voice, a
+        cache emptied by a fault) copies its KV from the prefix cache instead; on a miss the
+        block's KV is kept once the prefill has fed it (``_keep_prefixes``)."""
+        system = s.history.system
+        s.prefix_pending = None
+        if not self.prefix_cache.enabled or s.cache_len >= system.shape[0]:
+            return
+        if self.prefix_cache.restore(system, self._pools[s.pool].cache, s.slot) is None:
+            s.prefix_pending = system
+            self.stats["prefix_misses"] += 1
+            return
+        self._truncate(s, system.shape[0])
+        self.stats["prefix_hits"] += 1
+        self.stats["prefix_rows_reused"] += system.shape[0]
+
+    def _keep_prefixes(self, prefills: list[SessionState]) -> None:
+        """Stores the system-block KV of the sessions whose prefill missed the prefix cache
+        and has now fed that block (the block still being the one it missed on)."""
+        for s in prefills:
+            system = s.prefix_pending
+            if system is None or s.cache_len < system.shape[0]:
+                continue
+            s.prefix_pending = None
+            if s.history.system is not system:
+                continue
+            try:
+                self.prefix_cache.store(system, self._pools[s.pool].cache, s.slot)
+            except Exception:  # a cache that cannot grow costs speed, never a turn
+                logger.exception(f"session {s.session_id}: could not keep its prompt prefix")
 
     def _prefill_chunk(self, batch: list[SessionState]) -> list[tuple[SessionState, torch.Tensor]]:
         chunk = self.config.prefill_chunk

@@ -63,6 +63,7 @@ class SessionState:
     cache_len: int = 0  # host mirror of the slot's KV length
     turn: OpenTurn | None = None
     to_feed: torch.Tensor | None = None  # rows of the prefill still to feed
+    prefix_pending: torch.Tensor | None = None  # system rows to keep in the prefix cache once fed
     next_turn_id: int = 0
     chars_per_second: float = DEFAULT_CHARS_PER_SECOND
     codec_slot: int | None = None
