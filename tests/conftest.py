@@ -116,29 +116,16 @@ def tiny_codec(codec_dir):
 
 @pytest.fixture(scope="session")
 def golden_layout(realtime_meta):
-    from moss_pipecat.engine.rows import RowLayout
+    from moss_pipecat.engine.text import layout_from_golden
 
-    ids, audio = realtime_meta["special_ids"], realtime_meta["audio"]
-    return RowLayout(
-        rvq=audio["channels"],
-        audio_pad=audio["audio_pad"],
-        audio_bos=audio["bos"],
-        audio_eos=audio["eos"],
-        text_pad=ids["text_pad"],
-        ref_audio_pad=ids["audio_pad"],
-        im_start=ids["im_start"],
-        im_end=ids["im_end"],
-        newline=(ids["newline"],),
-        roles={r: (ids[r],) for r in ("assistant", "user", "system", "context")},
-        delay=realtime_meta["delay_tokens_len"],
-    )
+    return layout_from_golden(realtime_meta)
 
 
 @pytest.fixture
-def make_engine(tiny_model, golden_layout, realtime_meta):
+def make_engine(tiny_model, realtime_meta):
     """Factory for started engines on the tiny model; every engine is shut down after the test."""
     from moss_pipecat.engine.config import EngineConfig
-    from moss_pipecat.engine.engine import MossEngine
+    from moss_pipecat.engine.factory import tiny_engine
 
     engines = []
 
@@ -147,16 +134,14 @@ def make_engine(tiny_model, golden_layout, realtime_meta):
         config.setdefault("max_context", 1024)
         config.setdefault("context_budget", 900)
         config.setdefault("turn_reserve", 100)
-        engine = MossEngine(
+        engine = tiny_engine(
             tiny_model,
-            golden_layout,
+            realtime_meta,
             codec=codec,
             config=EngineConfig(**config),
-            system_text_ids=realtime_meta["system_prompt_text_ids"],
-            voice_instruction_ids=realtime_meta["voice_clone_instruction_ids"],
             tokenizer=tokenizer,
             text_id_map=text_id_map,
-        ).start()
+        )
         engines.append(engine)
         return engine
 

