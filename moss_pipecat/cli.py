@@ -3,7 +3,8 @@
 ``moss-pipecat serve`` runs the websocket engine server (see ``moss_pipecat.server``)::
 
     moss-pipecat serve --tiny ../shared/fixtures/moss_tiny --port 8765
-    MOSS_PIPECAT_TOKEN=secret moss-pipecat serve --model OpenMOSS-Team/MOSS-TTS-Realtime
+    moss-pipecat serve --model OpenMOSS-Team/MOSS-TTS-Realtime --host 0.0.0.0 \
+        --token-file /etc/moss/token --ssl-certfile cert.pem --ssl-keyfile key.pem
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import sys
 
 from loguru import logger
 
+from moss_pipecat.server.config import TOKEN_ENV
+
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the websocket engine server")
+    # Every flag's dest is a field of ``EngineOptions`` / ``ServerOptions`` (server/options.py),
+    # the model the Ray app shares; defaults live there (None here means "the model's").
+    # No abbreviations: ``--token SECRET`` must not be taken for ``--token-file``.
+    p = sub.add_parser("serve", help="run the websocket engine server", allow_abbrev=False)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default=None, help="hub id or directory of MOSS-TTS-Realtime")
     src.add_argument("--tiny", metavar="FIXTURES_DIR", help="serve the tiny test fixtures")
@@ -26,31 +31,49 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-codec", action="store_true", help="serve codes only (no PCM)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"])
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    p.add_argument("--port", type=int, default=8765, help="TCP port (0: any free port)")
-    p.add_argument("--token", default=None, help="bearer token (default: $MOSS_PIPECAT_TOKEN)")
+    p.add_argument("--host", default=None, help="bind address (default: 127.0.0.1, loopback)")
+    p.add_argument("--port", type=int, default=None, help="TCP port (default 8765; 0: any)")
+    p.add_argument(
+        "--token-file",
+        default=None,
+        metavar="PATH",
+        help=f"file holding the bearer token (default: ${TOKEN_ENV}; never on the command line)",
+    )
+    p.add_argument("--ssl-certfile", default=None, metavar="PEM", help="serve wss:// (TLS)")
+    p.add_argument("--ssl-keyfile", default=None, metavar="PEM", help="the certificate's key")
     p.add_argument("--max-sessions", type=int, default=None, help="conversations held at once")
-    p.add_argument("--max-connections", type=int, default=256)
-    p.add_argument("--max-message-bytes", type=int, default=64 * 1024)
-    p.add_argument("--max-audio-seconds", type=float, default=60.0)
-    p.add_argument("--max-text-chars", type=int, default=20000)
+    p.add_argument(
+        "--max-connections", type=int, default=None, help="authenticated websockets (256)"
+    )
+    p.add_argument(
+        "--max-pending-connections",
+        type=int,
+        default=None,
+        help="websockets without an Authorization header, until their hello (16)",
+    )
+    p.add_argument("--max-message-bytes", type=int, default=None, help="JSON message (64 KiB)")
+    p.add_argument("--max-audio-seconds", type=float, default=None, help="upload length (60)")
+    p.add_argument("--max-text-chars", type=int, default=None, help="turn text (20000)")
     p.add_argument(
         "--idle-expiry",
+        dest="idle_expiry_s",
         type=float,
-        default=300.0,
-        help="seconds a conversation without a connection is kept",
+        default=None,
+        help="seconds a conversation without a connection is kept (300)",
     )
     p.add_argument(
         "--write-timeout",
+        dest="write_timeout_s",
         type=float,
-        default=10.0,
-        help="seconds a send to a client may wait before the client is dropped",
+        default=None,
+        help="seconds a send to a client may wait before the client is dropped (10)",
     )
     p.add_argument(
         "--lookahead",
+        dest="lookahead_s",
         type=float,
-        default=1.0,
-        help="seconds generation may run ahead of real time (0: unlimited)",
+        default=None,
+        help="seconds generation may run ahead of real time (1; 0: unlimited)",
     )
     p.add_argument("--max-context", type=int, default=None, help="KV positions per session")
     p.add_argument(
@@ -64,7 +87,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--graphs",
         choices=["auto", "on", "off"],
-        default="auto",
+        default=None,
         help="CUDA-graphed decode steps (auto: on for CUDA)",
     )
     p.add_argument(
@@ -76,7 +99,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--eos-min-frames",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
         help="a turn's first N frames never end it (EOS masked; default 0: off)",
     )
@@ -96,71 +119,50 @@ def _pool(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moss-pipecat", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="moss-pipecat", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     return parser
 
 
-def _engine_config(args: argparse.Namespace):
-    from moss_pipecat.engine.config import EngineConfig
+def serve_options(args: argparse.Namespace):
+    """``serve`` flags as (``EngineOptions``, ``ServerOptions``)."""
+    from moss_pipecat.server.options import EngineOptions, ServerOptions, split_options
 
-    kw: dict = {"lookahead_s": args.lookahead or None, "max_text_chars": args.max_text_chars}
-    if args.max_sessions is not None:
-        kw["max_sessions"] = args.max_sessions
-    if args.kv_pools:
-        kw["kv_pools"] = tuple(args.kv_pools)
-        kw["max_sessions"] = sum(n for n, _ in args.kv_pools)
-        kw["max_context"] = max(c for _, c in args.kv_pools)
-    elif args.max_context is not None:
-        kw["max_context"] = args.max_context
-    if "max_context" in kw:
-        kw["context_budget"] = min(30000, int(kw["max_context"] * 0.9))
-        kw["turn_reserve"] = min(2000, kw["context_budget"] // 4)
-    kw["graphed_decode"] = {"auto": None, "on": True, "off": False}[args.graphs]
-    kw["compile_decode"] = args.compile
-    kw["eos_min_frames"] = args.eos_min_frames
-    kw["eos_after_text"] = args.eos_after_text
-    return EngineConfig(**kw)
+    values = {k: v for k, v in vars(args).items() if k != "command"}
+    for flag in ("no_codec", "eos_after_text"):
+        values[flag] = values[flag] or None  # store_true: unset means the model's default
+    engine, server = split_options(values, EngineOptions, ServerOptions)
+    return EngineOptions.model_validate(engine), ServerOptions.model_validate(server)
+
+
+def _engine_config(args: argparse.Namespace):
+    return serve_options(args)[0].engine_config()
 
 
 def load_engine_from_args(args: argparse.Namespace):
     """The engine ``serve`` runs (tiny fixtures or a real checkpoint)."""
-    import torch
-
-    from moss_pipecat.engine import factory
-
-    config = _engine_config(args)
-    if args.tiny:
-        return factory.load_tiny_engine(
-            args.tiny, config=config, with_codec=not args.no_codec, device=args.device or "cpu"
-        )
-    codec = None if args.no_codec else (args.codec or factory.DEFAULT_CODEC)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    return factory.load_engine(
-        args.model or factory.DEFAULT_MODEL, codec, device=args.device, dtype=dtype, config=config
-    )
+    return serve_options(args)[0].load_engine()
 
 
 def serve(args: argparse.Namespace) -> int:
     from moss_pipecat.server.app import run_server
-    from moss_pipecat.server.config import TOKEN_ENV, ServerConfig, ServerLimits
 
-    limits = ServerLimits(
-        max_connections=args.max_connections,
-        max_message_bytes=args.max_message_bytes,
-        max_audio_seconds=args.max_audio_seconds,
-        max_text_chars=args.max_text_chars,
-        idle_expiry_s=args.idle_expiry,
-        write_timeout_s=args.write_timeout,
-    )
-    token = args.token or os.environ.get(TOKEN_ENV) or None
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
-        logger.warning(
-            f"serving on {args.host} without a token: anyone who can reach it may use it"
-        )
-    config = ServerConfig(host=args.host, port=args.port, token=token, limits=limits)
-    engine = load_engine_from_args(args)
+    engine_options, server_options = serve_options(args)
+    config = server_options.server_config()
+    if config.host not in ("127.0.0.1", "localhost", "::1"):
+        if not config.token:
+            logger.warning(
+                f"serving on {config.host} without a token: anyone who can reach it may use it"
+            )
+        if not config.tls:
+            logger.warning(
+                f"serving on {config.host} without TLS: the token and audio cross the network "
+                "in the clear (--ssl-certfile/--ssl-keyfile)"
+            )
+    engine = engine_options.load_engine()
 
     async def run() -> None:
         import signal

@@ -1,7 +1,9 @@
-"""Engine server (websockets), its client, and the Ray Serve deployment.
+"""Engine server, its client, and the Ray Serve deployment.
 
-* ``EngineServer`` (``app``): one engine per process/GPU behind ``ws://HOST:PORT/v1/ws``;
-  ``moss-pipecat serve`` runs it.
+* ``EngineServer`` (``app``): one engine per process/GPU behind ``ws://HOST:PORT/v1/ws``
+  (``wss://`` with TLS); ``moss-pipecat serve`` runs it. ``app.create_app`` is the one ASGI app,
+  served by uvicorn here and mounted by Ray Serve (``ray_app``); ``options`` is the settings
+  model both share.
 * ``RemoteEngine`` / ``RemoteSession`` (``client``): the client, mirroring the engine's
   ``Session`` API.
 * ``protocol``: the wire protocol (v1); ``ray_app``: the Ray Serve deployment.

@@ -1,20 +1,34 @@
-"""The standalone engine server: websockets at ``/v1/ws``, plus ``/healthz``, ``/readyz`` and
-``/metrics`` over plain HTTP on the same port (library: ``websockets``)."""
+"""The engine server: one ASGI app (FastAPI) for ``moss-pipecat serve`` and Ray Serve alike.
+
+``create_app(hub)`` serves ``/v1/ws`` (the conversation protocol, handled by the hub), and
+``/healthz``, ``/readyz``, ``/metrics``. ``EngineServer`` runs it with uvicorn in-process;
+``ray_app`` mounts the very same app with ``serve.ingress``.
+
+At the websocket upgrade, before anything is accepted: a browser (``Origin`` header) gets 403,
+a wrong ``Authorization: Bearer`` token 401, a server that is draining or over its connection
+budget 503 (see ``budget``). Under Ray Serve, whose proxy may not carry HTTP denial responses,
+the refusal is a close code instead (4401 unauthorized, 1013 busy, 1008 origin).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from http import HTTPStatus
+import contextlib
+import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
+from fastapi import Request, WebSocket  # module level: FastAPI resolves annotations here
 from loguru import logger
 
 from moss_pipecat.engine.engine import MossEngine
 from moss_pipecat.server import protocol as P
 from moss_pipecat.server.config import ServerConfig
 from moss_pipecat.server.core import ConversationHub
-from moss_pipecat.server.metrics import CONTENT_TYPE
-from moss_pipecat.server.transport import WebsocketsTransport
+from moss_pipecat.server.transport import ABORT_EXTENSION, AsgiTransport
+
+_DENIAL_EXTENSION = "websocket.http.response"
+_CLOSE_FOR_STATUS = {401: P.CLOSE_UNAUTHORIZED, 403: 1008, 503: 1013}
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -25,18 +39,162 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+async def _deny(ws: Any, status: int, text: str, headers: dict[str, str] | None = None) -> None:
+    """Refuses a websocket upgrade with an HTTP status (or, where the server cannot send one,
+    a close code before the accept)."""
+    from starlette.responses import PlainTextResponse
+
+    if _DENIAL_EXTENSION in (ws.scope.get("extensions") or {}):
+        await ws.send_denial_response(PlainTextResponse(text, status, headers=headers))
+    else:
+        await ws.close(code=_CLOSE_FOR_STATUS.get(status, 1008))
+
+
+def create_app(hub: ConversationHub) -> Any:
+    """The server's ASGI app around ``hub`` (FastAPI; no docs or OpenAPI routes).
+
+    Its lifespan starts the hub (the expiry reaper) and drains it at shutdown.
+    """
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse, Response
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        hub.start()
+        try:
+            yield
+        finally:
+            await hub.stop()
+
+    app = FastAPI(
+        title="moss-pipecat engine",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+    app.state.hub = hub
+    metrics = hub.metrics
+
+    @app.websocket(P.WS_PATH)
+    async def conversation(ws: WebSocket) -> None:
+        hub.start()  # idempotent: the reaper runs in the serving loop
+        if ws.headers.get("origin") is not None:
+            # Browsers send Origin: a web page must not drive a server on the user's machine.
+            metrics.refused.inc(reason="origin")
+            await _deny(ws, 403, "browsers are not allowed\n")
+            return
+        authorized = not hub.config.token
+        auth = ws.headers.get("authorization")
+        if auth is not None:
+            if not hub.check_token(bearer_token(auth)):
+                metrics.refused.inc(reason="unauthorized")
+                metrics.errors.inc(code="unauthorized")
+                await _deny(ws, 401, "unauthorized\n", {"WWW-Authenticate": "Bearer"})
+                return
+            authorized = True
+        if not hub.ready:
+            metrics.refused.inc(reason="not_ready")
+            await _deny(ws, 503, "not ready\n")
+            return
+        admission = hub.budget.admit(authorized)
+        if admission is None:
+            metrics.refused.inc(reason="busy" if authorized else "pending_busy")
+            await _deny(ws, 503, "busy\n", {"Retry-After": "1"})
+            return
+        try:
+            await ws.accept()
+        except Exception:
+            admission.release()
+            return
+        await hub.serve(AsgiTransport(ws, header_authorized=authorized), admission)
+
+    @app.get("/healthz")
+    def healthz() -> PlainTextResponse:
+        return PlainTextResponse("ok\n")
+
+    @app.get("/readyz")
+    def readyz() -> PlainTextResponse:
+        ok = hub.ready
+        return PlainTextResponse("ready\n" if ok else "not ready\n", 200 if ok else 503)
+
+    @app.get("/metrics")
+    def prometheus(request: Request) -> Response:
+        if not hub.check_token(bearer_token(request.headers.get("authorization"))):
+            return PlainTextResponse("unauthorized\n", 401, headers={"WWW-Authenticate": "Bearer"})
+        body, content_type = metrics.render(request.headers.get("accept"))
+        return Response(body, headers={"Content-Type": content_type})
+
+    return app
+
+
+def _abortable_protocol() -> Any:
+    """uvicorn's websocket protocol, also giving the app its socket (``ABORT_EXTENSION``): a
+    peer that reads nothing is then dropped with a TCP reset, not a close that waits on it."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
+        _failed = False
+
+        def handle_parser_exception(self) -> None:
+            # A frame over the size cap (or broken framing): send the close frame (1009, ...)
+            # and half-close, then discard what the peer still sends for a moment instead of
+            # closing at once: unread data would turn the close into a TCP reset that can
+            # destroy the close frame, and the client would never learn why.
+            if self._failed:
+                return
+            self._failed = True
+            close = self.conn.close_sent
+            code, reason = (close.code, close.reason) if close is not None else (1011, "")
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            if self.read_paused:
+                self.read_paused = False
+                self.transport.resume_reading()
+            self.close_timer = self.loop.call_later(2.0, self.transport.close)
+
+        def handle_connect(self, event: Any) -> None:
+            super().handle_connect(event)
+            scope = getattr(self, "scope", None)  # absent when the upgrade was malformed
+            if scope is not None:
+                transport = self.transport
+                scope["extensions"][ABORT_EXTENSION] = {
+                    "abort": transport.abort,
+                    "buffered": transport.get_write_buffer_size,
+                }
+
+    return AbortableWebSocketProtocol
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class EngineServer:
-    """Serves a ``MossEngine`` over websockets.
+    """Serves a ``MossEngine`` over websockets (``create_app`` under uvicorn, in-process).
 
     Usage::
 
         async with EngineServer(engine, ServerConfig(port=0)) as server:
-            print(server.url)          # ws://127.0.0.1:PORT/v1/ws
+            print(server.url)          # ws://127.0.0.1:PORT/v1/ws (wss:// with TLS)
             await server.serve_forever()
 
     Args:
         engine: a started engine (not shut down by the server unless ``own_engine``).
-        config: bind address, token, limits.
+        config: bind address, token, TLS, limits.
         own_engine: shut the engine down in ``stop``.
     """
 
@@ -46,102 +204,89 @@ class EngineServer:
         self.engine = engine
         self.config = config or ServerConfig()
         self.hub = ConversationHub(engine, self.config)
+        self.app = create_app(self.hub)
         self.own_engine = own_engine
-        self._server: Any = None
         self.port: int | None = None
+        self._uvicorn: Any = None
+        self._sock: socket.socket | None = None
+        self._main: asyncio.Task | None = None
 
     @property
     def url(self) -> str:
-        return f"ws://{self.config.host}:{self.port}{P.WS_PATH}"
+        scheme = "wss" if self.config.tls else "ws"
+        return f"{scheme}://{self._host_for_url}:{self.port}{P.WS_PATH}"
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.config.host}:{self.port}"
+        scheme = "https" if self.config.tls else "http"
+        return f"{scheme}://{self._host_for_url}:{self.port}"
+
+    @property
+    def _host_for_url(self) -> str:
+        host = self.config.host
+        return f"[{host}]" if ":" in host else host
 
     async def start(self) -> EngineServer:
         """Binds and starts accepting connections."""
-        from websockets.asyncio.server import serve
+        import uvicorn
 
         cfg = self.config
-        self.hub.start()
-        self._server = await serve(
-            self._handler,
-            cfg.host,
-            cfg.port,
-            process_request=self._process_request,
-            max_size=cfg.limits.max_frame_bytes,
-            compression=None,  # PCM does not deflate, and inflating is a memory hazard
-            ping_interval=cfg.ping_interval_s,
-            ping_timeout=cfg.ping_timeout_s,
-            origins=[None],  # no browser pages: a web page must not drive a local server
-            open_timeout=10,
-            close_timeout=5,
+        self._sock = _bind(cfg.host, cfg.port)
+        self.port = self._sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            host=cfg.host,
+            port=self.port,
+            lifespan="off",  # the hub is started and drained here, in order
+            ws=_abortable_protocol(),
+            ws_max_size=cfg.limits.max_frame_bytes,
+            ws_ping_interval=cfg.ping_interval_s,
+            ws_ping_timeout=cfg.ping_timeout_s,
+            ws_per_message_deflate=False,  # PCM does not deflate; inflating is a memory hazard
+            ssl_certfile=cfg.ssl_certfile,
+            ssl_keyfile=cfg.ssl_keyfile,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=5,
         )
-        self.port = self._server.sockets[0].getsockname()[1]
+        config.load()
+        self._uvicorn = uvicorn.Server(config)
+        self._uvicorn.lifespan = config.lifespan_class(config)
+        self.hub.start()
+        try:
+            await self._uvicorn.startup(sockets=[self._sock])
+        except BaseException:
+            self._sock.close()
+            await self.hub.stop()
+            raise
+        self._main = asyncio.get_running_loop().create_task(self._uvicorn.main_loop())
         logger.info(f"moss engine server listening on {self.url}")
         return self
 
     async def stop(self) -> None:
         """Closes connections (1001) and conversations; stops listening."""
-        if self._server is None:
+        if self._uvicorn is None:
             return
-        self._server.close(close_connections=False)
-        await self.hub.stop()
-        self._server.close()
-        await self._server.wait_closed()
-        self._server = None
+        server, self._uvicorn = self._uvicorn, None
+        await self.hub.stop()  # not ready from here on: new upgrades get 503
+        server.should_exit = True
+        if self._main is not None:
+            await self._main
+        await server.shutdown(sockets=[self._sock] if self._sock else None)
         if self.own_engine:
             await asyncio.to_thread(self.engine.shutdown)
 
     async def serve_forever(self) -> None:
-        await self._server.serve_forever()
+        if self._main is not None:
+            await asyncio.shield(self._main)
 
     async def __aenter__(self) -> EngineServer:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    # ---- HTTP side ----------------------------------------------------------------------------
-    def _authorized(self, request: Any) -> bool:
-        return self.hub.check_token(bearer_token(request.headers.get("Authorization")))
-
-    def _process_request(self, connection: Any, request: Any) -> Any:
-        path = request.path.split("?", 1)[0]
-        connection.moss_authorized = False
-        if path == "/healthz":
-            return connection.respond(HTTPStatus.OK, "ok\n")
-        if path == "/readyz":
-            if self.hub.ready:
-                return connection.respond(HTTPStatus.OK, "ready\n")
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n")
-        if path == "/metrics":
-            if not self._authorized(request):
-                return self._unauthorized(connection)
-            response = connection.respond(HTTPStatus.OK, self.hub.metrics.render())
-            del response.headers["Content-Type"]  # websockets' Headers appends on assignment
-            response.headers["Content-Type"] = CONTENT_TYPE
-            return response
-        if path != P.WS_PATH:
-            return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
-        if request.headers.get("Authorization") is not None:
-            if not self._authorized(request):
-                self.hub.metrics.errors.inc(code="unauthorized")
-                return self._unauthorized(connection)
-            connection.moss_authorized = True
-        if len(self.hub.connections) >= self.config.limits.max_connections or not self.hub.ready:
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "busy\n")
-        return None
-
-    @staticmethod
-    def _unauthorized(connection: Any) -> Any:
-        response = connection.respond(HTTPStatus.UNAUTHORIZED, "unauthorized\n")
-        response.headers["WWW-Authenticate"] = "Bearer"
-        return response
-
-    async def _handler(self, ws: Any) -> None:
-        authorized = bool(getattr(ws, "moss_authorized", False)) or not self.config.token
-        await self.hub.serve(WebsocketsTransport(ws, header_authorized=authorized))
 
 
 async def run_server(engine: MossEngine, config: ServerConfig) -> None:

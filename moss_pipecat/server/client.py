@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -600,8 +601,10 @@ class RemoteEngine:
     """Connects sessions to an engine server.
 
     Args:
-        url: ``ws://host:port/v1/ws`` (a bare ``ws://host:port`` gets the path added).
-        token: bearer token (default: none).
+        url: ``ws://host:port/v1/ws`` (a bare ``ws://host:port`` gets the path added), or
+            ``wss://`` for a server with TLS.
+        token: bearer token (default: none), sent as ``Authorization: Bearer`` with the
+            websocket upgrade.
         connect_timeout: seconds for one connection attempt (TCP + upgrade + hello).
         request_timeout: seconds to wait for any reply.
         reconnect_timeout: total seconds of retrying (exponential backoff) before a call
@@ -610,6 +613,11 @@ class RemoteEngine:
             most their sum.
         frame_timeout: once a turn's text has ended, the longest wait for its next frame (or
             its end) before the turn fails with ``ServerUnavailableError`` (None: no limit).
+        ssl_ca_file: ``wss://`` only: PEM file of the CA(s) to trust for the server's
+            certificate (e.g. a self-signed one), instead of the system's.
+        ssl_context: ``wss://`` only: the ``ssl.SSLContext`` to use (overrides
+            ``ssl_ca_file``). A certificate that fails verification raises
+            ``TLSVerificationError`` at once (no retries).
     """
 
     def __init__(
@@ -626,6 +634,8 @@ class RemoteEngine:
         ping_timeout: float | None = 10.0,
         max_message_bytes: int = 64 * 1024 * 1024,
         frame_timeout: float | None = 30.0,
+        ssl_ca_file: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if "/" not in url.split("://", 1)[-1]:
             url = url.rstrip("/") + P.WS_PATH
@@ -640,6 +650,7 @@ class RemoteEngine:
         self.ping_timeout = ping_timeout
         self.max_message_bytes = max_message_bytes
         self.frame_timeout = frame_timeout
+        self._ssl = _client_ssl(url, ssl_ca_file, ssl_context)
         self._sessions: set[RemoteSession] = set()
 
     async def create_session(
@@ -680,6 +691,13 @@ class RemoteEngine:
                 return await self._connect_once(session)
             except (UnauthorizedError, ProtocolError, CapacityError, InvalidInputError):
                 raise  # retrying cannot help
+            except ssl.SSLCertVerificationError as e:
+                from moss_pipecat.server.errors import TLSVerificationError
+
+                raise TLSVerificationError(
+                    f"the TLS certificate of {self.url} failed verification "
+                    f"({e.verify_message}): give RemoteEngine the server's CA (ssl_ca_file=)"
+                ) from None
             except (OSError, TimeoutError, ServerUnavailableError, MossError) as e:
                 last = e
             except Exception as e:  # websockets' handshake errors
@@ -711,6 +729,7 @@ class RemoteEngine:
             max_size=self.max_message_bytes,
             compression=None,
             proxy=None,
+            ssl=self._ssl,
         )
         try:
             await asyncio.wait_for(ws.send(P.dumps(session._hello())), self.connect_timeout)
@@ -732,6 +751,20 @@ class RemoteEngine:
         session.audio = reply.get("audio", {})
         session.server_id = reply.get("server_id")
         return _Link(session, ws, reply)
+
+
+def _client_ssl(
+    url: str, ca_file: str | None, context: ssl.SSLContext | None
+) -> ssl.SSLContext | None:
+    """The TLS context for ``url`` (None for plain ``ws://``)."""
+    if not url.lower().startswith("wss://"):
+        if ca_file is not None or context is not None:
+            raise InvalidInputError(f"TLS options need a wss:// url, got {url!r}")
+        return None
+    if context is not None:
+        return context
+    # The system's CAs (or ``ca_file``'s), host name checked.
+    return ssl.create_default_context(cafile=ca_file)
 
 
 def _http_status(e: Exception) -> int | None:

@@ -15,7 +15,13 @@ class ServerLimits:
     """Bounds on what one client may ask of the server.
 
     Attributes:
-        max_connections: open websockets at once (further upgrades get HTTP 503).
+        max_connections: open websockets of authenticated clients (a valid ``Authorization:
+            Bearer`` header with the upgrade, or no token configured); further upgrades get
+            HTTP 503.
+        max_pending_connections: open websockets that came without the header while a token
+            is configured: they must authenticate in their ``hello`` within
+            ``pending_hello_timeout_s`` and then move to ``max_connections``. A separate, small
+            budget, so sockets that never say hello cannot lock authenticated clients out.
         max_message_bytes: largest JSON control message.
         max_audio_seconds: longest user-turn or voice upload.
         min_sample_rate, max_sample_rate: accepted rates of PCM uploads.
@@ -26,7 +32,8 @@ class ServerLimits:
             turn's unfed ids), so per conversation the cap is this plus the context.
         max_text_chars: characters of one user transcript (turn text is capped by the engine's
             ``max_text_chars`` too).
-        hello_timeout_s: time a new connection has to send ``hello``.
+        hello_timeout_s: time an authenticated connection has to send ``hello``.
+        pending_hello_timeout_s: time a connection without the header has to send ``hello``.
         upload_timeout_s: time between an upload's JSON header and its binary frame.
         idle_expiry_s: how long a conversation without a connection keeps its session.
         write_timeout_s: the longest any one send to a client may wait (its socket buffers
@@ -35,6 +42,7 @@ class ServerLimits:
     """
 
     max_connections: int = 256
+    max_pending_connections: int = 16
     max_message_bytes: int = 64 * 1024
     max_audio_seconds: float = 60.0
     min_sample_rate: int = 8000
@@ -43,6 +51,7 @@ class ServerLimits:
     max_ids_per_turn: int = 20000
     max_text_chars: int = 20000
     hello_timeout_s: float = 10.0
+    pending_hello_timeout_s: float = 3.0
     upload_timeout_s: float = 10.0
     idle_expiry_s: float = 300.0
     write_timeout_s: float = 10.0
@@ -56,6 +65,10 @@ class ServerLimits:
             raise InvalidInputError("max_audio_seconds must be > 0 and idle_expiry_s >= 0")
         if not self.write_timeout_s > 0:
             raise InvalidInputError("write_timeout_s must be > 0")
+        if self.max_pending_connections < 0:
+            raise InvalidInputError("max_pending_connections must be >= 0")
+        if not (self.hello_timeout_s > 0 and self.pending_hello_timeout_s > 0):
+            raise InvalidInputError("hello timeouts must be > 0")
 
     @property
     def max_pcm_bytes(self) -> int:
@@ -80,6 +93,8 @@ class ServerConfig:
         token: bearer token clients must present (header or ``hello``); None = no auth.
             Defaults to ``$MOSS_PIPECAT_TOKEN``.
         limits: per-client bounds.
+        ssl_certfile, ssl_keyfile: PEM certificate chain and private key: serve ``wss://``
+            and ``https://`` (TLS) instead of plain ``ws://``.
         ping_interval_s, ping_timeout_s: websocket keepalive; a silent peer is dropped.
         reap_interval_s: how often expired conversations are closed.
     """
@@ -88,6 +103,16 @@ class ServerConfig:
     port: int = 8765
     token: str | None = field(default_factory=lambda: os.environ.get(TOKEN_ENV) or None)
     limits: ServerLimits = field(default_factory=ServerLimits)
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
     ping_interval_s: float | None = 20.0
     ping_timeout_s: float | None = 20.0
     reap_interval_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise InvalidInputError("TLS needs both ssl_certfile and ssl_keyfile")
+
+    @property
+    def tls(self) -> bool:
+        return self.ssl_certfile is not None

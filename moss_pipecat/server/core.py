@@ -32,6 +32,7 @@ from moss_pipecat.engine.session import Session, TurnStream
 from moss_pipecat.errors import CapacityError, InvalidInputError, MossError, SessionClosedError
 from moss_pipecat.model.sampling import SamplingParams
 from moss_pipecat.server import protocol as P
+from moss_pipecat.server.budget import Admission, ConnectionBudget
 from moss_pipecat.server.config import ServerConfig
 from moss_pipecat.server.errors import ProtocolError
 from moss_pipecat.server.metrics import ServerMetrics
@@ -75,6 +76,7 @@ class Connection:
     conversation: Conversation | None = None
     closed: bool = False
     aborted: bool = False
+    admission: Admission | None = None  # its slot in the connection budget
 
     async def send_json(self, msg: dict[str, Any]) -> None:
         await self._send(self.transport.send_text, P.dumps(msg))
@@ -144,10 +146,15 @@ class ConversationHub:
         self._tasks: set[asyncio.Task] = set()  # farewells to replaced connections
         # Codec encodes run here: off the event loop and off the engine thread.
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moss-encode")
+        # Open sockets, authenticated and pending apart (admitted by the app at the upgrade).
+        self.budget = ConnectionBudget(
+            self.limits.max_connections, self.limits.max_pending_connections
+        )
         self.metrics = ServerMetrics(
             sessions=lambda: len(self.conversations),
             attached=lambda: sum(c.conn is not None for c in self.conversations.values()),
             conns=lambda: len(self.connections),
+            pending=lambda: self.budget.pending,
         )
 
     # ================================================================== lifecycle
@@ -201,11 +208,13 @@ class ConversationHub:
         return token is not None and hmac.compare_digest(token.encode(), want.encode())
 
     # ================================================================== one connection
-    async def serve(self, transport: Transport) -> None:
-        """Runs one connection to its end; never raises."""
+    async def serve(self, transport: Transport, admission: Admission | None = None) -> None:
+        """Runs one connection to its end (and then releases its ``admission``); never
+        raises."""
         conn = Connection(
             transport, self.limits.write_timeout_s, on_slow=self.metrics.slow_peers.inc
         )
+        conn.admission = admission
         self.connections.add(conn)
         try:
             if await self._hello(conn):
@@ -221,6 +230,8 @@ class ConversationHub:
                 await self._detach(conv, conn)
             if not conn.closed:
                 await conn.close()
+            if admission is not None:
+                admission.release()
 
     async def _error(
         self,
@@ -245,7 +256,13 @@ class ConversationHub:
     async def _hello(self, conn: Connection) -> bool:
         t = conn.transport
         try:
-            raw = await asyncio.wait_for(t.recv(), self.limits.hello_timeout_s)
+            # Without a bearer header the socket is on the short pending budget.
+            timeout = (
+                self.limits.hello_timeout_s
+                if t.header_authorized
+                else self.limits.pending_hello_timeout_s
+            )
+            raw = await asyncio.wait_for(t.recv(), timeout)
         except TimeoutError:
             await self._error(conn, "bad_message", "no hello in time", fatal=True)
             await conn.close(P.CLOSE_HELLO_TIMEOUT, "no hello")
@@ -265,6 +282,10 @@ class ConversationHub:
         if not (t.header_authorized or self.check_token(hello.token)):
             await self._error(conn, "unauthorized", "missing or wrong bearer token", fatal=True)
             await conn.close(P.CLOSE_UNAUTHORIZED, "unauthorized")
+            return False
+        if conn.admission is not None and not conn.admission.promote():
+            await self._error(conn, "unavailable", "server at its connection limit", fatal=True)
+            await conn.close(1013, "try again later")
             return False
         if hello.v != P.PROTOCOL_VERSION:
             await self._error(

@@ -13,6 +13,12 @@ class ServerUnavailableError(ServerError):
     """The server cannot be reached, went away mid-request, or did not answer in time."""
 
 
+class TLSVerificationError(ServerUnavailableError):
+    """The server's TLS certificate failed verification (unknown CA, wrong host name,
+    expired). Retrying cannot help: give the client the CA (``ssl_ca_file``) or an
+    ``ssl_context`` that trusts it."""
+
+
 class ProtocolError(ServerError):
     """A message broke the wire protocol (malformed, unknown type, too large, out of order)."""
 

@@ -1,13 +1,20 @@
-"""The one thing the connection handler needs from a websocket library.
+"""The one thing the connection handler needs from a websocket: the ``Transport`` protocol, and
+its implementation over an accepted ASGI (Starlette) websocket.
 
-Two adapters: ``websockets`` (the standalone server) and Starlette/FastAPI (Ray Serve ingress).
+The same ASGI app runs under uvicorn (``moss-pipecat serve``) and under Ray Serve. Under our
+own uvicorn the socket itself is reachable (``ABORT_EXTENSION`` in the ASGI scope, put there by
+``app.AbortableWebSocketProtocol``), so a peer that reads nothing is dropped with a TCP reset;
+elsewhere (Ray Serve's proxy) ``abort`` stops all use of the connection at once and leaves the
+close to the server in the background.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
+
+ABORT_EXTENSION = "moss.socket"  # scope["extensions"][...] = {"abort": fn, "buffered": fn}
 
 _BACKGROUND: set[asyncio.Task] = set()  # fire-and-forget closes (kept referenced)
 
@@ -38,48 +45,8 @@ class Transport(Protocol):
         ...
 
 
-class WebsocketsTransport:
-    """Adapter for ``websockets.asyncio.server.ServerConnection``."""
-
-    def __init__(self, ws: Any, header_authorized: bool) -> None:
-        self._ws = ws
-        req = ws.request
-        self.headers = {k.lower(): v for k, v in req.headers.raw_items()} if req else {}
-        self.header_authorized = header_authorized
-
-    async def recv(self) -> str | bytes:
-        from websockets.exceptions import ConnectionClosed
-
-        try:
-            return await self._ws.recv()
-        except ConnectionClosed as e:
-            raise TransportClosed(str(e)) from None
-
-    async def send_text(self, data: str) -> None:
-        await self._send(data)
-
-    async def send_bytes(self, data: bytes) -> None:
-        await self._send(data)
-
-    async def _send(self, data: str | bytes) -> None:
-        from websockets.exceptions import ConnectionClosed
-
-        try:
-            await self._ws.send(data)
-        except ConnectionClosed as e:
-            raise TransportClosed(str(e)) from None
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        await self._ws.close(code, reason[:120])
-
-    def abort(self) -> None:
-        transport = getattr(self._ws, "transport", None)
-        if transport is not None:
-            transport.abort()  # TCP reset; the connection's tasks see ConnectionClosed
-
-
-class StarletteTransport:
-    """Adapter for ``starlette.websockets.WebSocket`` (already accepted)."""
+class AsgiTransport:
+    """``Transport`` over an accepted ``starlette.websockets.WebSocket``."""
 
     def __init__(self, ws: Any, header_authorized: bool) -> None:
         self._ws = ws
@@ -87,6 +54,14 @@ class StarletteTransport:
         self.header_authorized = header_authorized
         self._closed = False
         self._aborted: asyncio.Future | None = None  # set by ``abort``: wakes a pending recv
+        scope = getattr(ws, "scope", None) or {}
+        ext = (scope.get("extensions") or {}).get(ABORT_EXTENSION) or {}
+        self._reset: Callable[[], None] | None = ext.get("abort")
+        self._buffered: Callable[[], int] | None = ext.get("buffered")
+
+    def write_buffer_size(self) -> int | None:
+        """Bytes queued in the server's socket buffer (None where the socket is not ours)."""
+        return self._buffered() if self._buffered is not None else None
 
     async def recv(self) -> str | bytes:
         if self._closed:
@@ -125,7 +100,7 @@ class StarletteTransport:
             raise TransportClosed("closed")
         try:
             await self._ws.send(message)
-        except Exception as e:  # starlette raises several kinds once the peer is gone
+        except Exception as e:  # starlette/uvicorn raise several kinds once the peer is gone
             self._closed = True
             raise TransportClosed(str(e)) from None
 
@@ -139,11 +114,14 @@ class StarletteTransport:
             pass  # already closed by the peer
 
     def abort(self) -> None:
-        # ASGI has no way to drop the TCP connection: this connection refuses further use at
-        # once, and the close is left to the server in the background (it may wait on the
-        # peer's full buffer, but nothing here waits for it).
         if self._aborted is not None and not self._aborted.done():
             self._aborted.set_result(None)
+        if self._reset is not None:
+            self._closed = True
+            self._reset()  # TCP reset: a send stuck on the full buffer fails at once
+            return
+        # No socket access (Ray Serve): refuse further use now, close in the background (it
+        # may wait on the peer's full buffer, but nothing here waits for it).
         if self._closed:
             return
         self._closed = True

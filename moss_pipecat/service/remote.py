@@ -9,6 +9,7 @@ flight; the next turn reconnects (with backoff) and goes on.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 from moss_pipecat.server.client import RemoteEngine, RemoteSession
@@ -20,8 +21,10 @@ class MossRemoteTTSService(MossTTSServiceBase):
     """MOSS-TTS-Realtime served by ``moss-pipecat serve`` (or its Ray Serve deployment).
 
     Args:
-        url: the server's websocket URL (``ws://HOST:PORT/v1/ws``).
+        url: the server's websocket URL (``ws://HOST:PORT/v1/ws``, ``wss://`` with TLS).
         token: bearer token, when the server requires one.
+        ssl_ca_file, ssl_context: the CA to trust for a ``wss://`` server's certificate, or
+            the whole TLS context (see ``RemoteEngine``).
         conversation_id: keeps the conversation across reconnects (default: a random one).
         remote: an existing ``RemoteEngine`` to share between pipelines (``url``/``token``
             are then ignored).
@@ -35,6 +38,8 @@ class MossRemoteTTSService(MossTTSServiceBase):
         token: str | None = None,
         conversation_id: str | None = None,
         remote: RemoteEngine | None = None,
+        ssl_ca_file: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         **kwargs: Any,
     ) -> None:
         if remote is None and url is None:
@@ -43,6 +48,7 @@ class MossRemoteTTSService(MossTTSServiceBase):
         self._remote = remote
         self._owns_remote = remote is None
         self._url, self._token = url, token
+        self._tls = {"ssl_ca_file": ssl_ca_file, "ssl_context": ssl_context}
         self._conversation_id = conversation_id
 
     @property
@@ -51,7 +57,7 @@ class MossRemoteTTSService(MossTTSServiceBase):
 
     async def _open_session(self) -> RemoteSession:
         if self._remote is None:
-            self._remote = RemoteEngine(self._url, self._token)
+            self._remote = RemoteEngine(self._url, self._token, **self._tls)
         return await self._remote.create_session(conversation_id=self._conversation_id)
 
     async def _after_close(self) -> None:

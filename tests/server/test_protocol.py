@@ -110,23 +110,42 @@ def test_metrics_text_format():
     m.turns.inc(stop="eos")
     m.ttfa.observe(0.04)
     m.ttfa.observe(3.0)
-    text = m.render()
-    assert "moss_server_sessions 2\n" in text and "moss_server_connections 3\n" in text
-    assert "moss_server_frames_total 5\n" in text
-    assert 'moss_server_turns_total{stop="eos"} 1\n' in text
-    assert 'moss_server_ttfa_seconds_bucket{le="0.05"} 1\n' in text
-    assert 'moss_server_ttfa_seconds_bucket{le="+Inf"} 2\n' in text
+    body, content_type = m.render()
+    text = body.decode()
+    assert content_type.startswith("text/plain; version=0.0.4")
+    assert "moss_server_sessions 2.0\n" in text and "moss_server_connections 3.0\n" in text
+    assert "moss_server_frames_total 5.0\n" in text
+    assert 'moss_server_turns_total{stop="eos"} 1.0\n' in text
+    assert 'moss_server_ttfa_seconds_bucket{le="0.05"} 1.0\n' in text
+    assert 'moss_server_ttfa_seconds_bucket{le="+Inf"} 2.0\n' in text
     assert "# TYPE moss_server_ttfa_seconds histogram" in text
+    assert (m.frames.value(), m.turns.value(stop="eos"), m.errors.value(code="x")) == (5, 1, 0)
+    # Prometheus asking for OpenMetrics gets it.
+    body, content_type = m.render("application/openmetrics-text; version=1.0.0")
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.decode().endswith("# EOF\n")
+
+
+def test_servers_in_one_process_have_their_own_metrics():
+    a = ServerMetrics(lambda: 1, lambda: 0, lambda: 0)
+    b = ServerMetrics(lambda: 7, lambda: 0, lambda: 0)  # same names: no collision
+    a.frames.inc(2)
+    assert (a.frames.value(), b.frames.value()) == (2, 0)
+    assert "moss_server_sessions 7.0\n" in b.render()[0].decode()
 
 
 def test_cli_serve_arguments():
-    args = build_parser().parse_args(["serve", "--tiny", "/x", "--port", "0", "--token", "t"])
-    assert (args.command, args.tiny, args.port, args.token, args.host) == (
-        "serve",
-        "/x",
-        0,
-        "t",
+    from moss_pipecat.cli import serve_options
+
+    argv = ["serve", "--tiny", "/x", "--port", "0", "--token-file", "/t"]
+    args = build_parser().parse_args(argv)
+    assert (args.command, args.tiny, args.port, args.token_file) == ("serve", "/x", 0, "/t")
+    engine, server = serve_options(args)
+    assert (server.host, server.port, server.token_file, engine.tiny) == (
         "127.0.0.1",
+        0,
+        "/t",
+        "/x",
     )
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--tiny", "/x", "--model", "m"])

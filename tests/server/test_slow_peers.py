@@ -32,8 +32,8 @@ async def _stuck_peer(server, conversation_id: str) -> RawWebsocket:
     conn = server.hub.conversations[conversation_id].conn
 
     def blocked() -> bool:
-        ws_transport = conn.transport._ws.transport
-        return ws_transport.get_write_buffer_size() >= 32 * 1024 and conn.send_lock.locked()
+        buffered = conn.transport.write_buffer_size()  # the server's socket buffer
+        return buffered >= 32 * 1024 and conn.send_lock.locked()
 
     deadline = time.monotonic() + 20
     while not blocked():
@@ -131,9 +131,9 @@ async def test_a_peer_that_reads_nothing_is_dropped_and_its_conversation_kept(
         peer.close()
 
 
-async def test_starlette_transport_abort_wakes_a_pending_receive_and_refuses_sends():
-    """The Ray path's transport: ASGI cannot reset a socket, but abort stops all waiting."""
-    from moss_pipecat.server.transport import StarletteTransport, TransportClosed
+async def test_asgi_transport_abort_without_the_socket_wakes_a_receive_and_refuses_sends():
+    """The Ray path: the app cannot reach the socket to reset it, but abort stops all waiting."""
+    from moss_pipecat.server.transport import AsgiTransport, TransportClosed
 
     class NeverWs:
         def __init__(self) -> None:
@@ -150,7 +150,7 @@ async def test_starlette_transport_abort_wakes_a_pending_receive_and_refuses_sen
             self.closed_with = code
 
     ws = NeverWs()
-    t = StarletteTransport(ws, header_authorized=True)
+    t = AsgiTransport(ws, header_authorized=True)
     recv = asyncio.ensure_future(t.recv())
     await asyncio.sleep(0)
     t.abort()

@@ -1,0 +1,207 @@
+"""Engine and server settings as one options model, shared by ``moss-pipecat serve`` and the
+Ray Serve app (``ray_app.build_app``): the same names, defaults, checks and policy in both.
+
+Values may come as strings (Ray's ``serve run ... key=value``); pydantic converts them. The
+bearer token is never an option: it comes from ``$MOSS_PIPECAT_TOKEN`` or ``token_file``
+(argv is readable by every local user).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from moss_pipecat.server.config import TOKEN_ENV, ServerConfig, ServerLimits
+
+
+def parse_pools(value: str | Sequence[Any]) -> tuple[tuple[int, int], ...]:
+    """KV pools from ``"128x2048,24x8192"`` / ``["128x2048", ...]`` or ((slots, capacity), ...)."""
+    items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
+    try:
+        pairs = [v.lower().split("x") if isinstance(v, str) else v for v in items]
+        pools = tuple((int(n), int(c)) for n, c in pairs)
+    except (TypeError, ValueError):
+        raise ValueError(f"kv_pools must be SLOTSxCAPACITY items, got {value!r}") from None
+    if not pools or any(n < 1 or c < 1 for n, c in pools):
+        raise ValueError(f"kv_pools need positive slots and capacities, got {value!r}")
+    return pools
+
+
+class EngineOptions(BaseModel):
+    """Which engine to load and how it is shaped.
+
+    Policy: ``kv_pools`` set ``max_sessions`` (their slots) and ``max_context`` (the largest
+    capacity); a ``max_context`` without an explicit ``context_budget`` gets
+    ``min(30000, 0.9 * max_context)``, and a budget without ``turn_reserve`` gets
+    ``min(2000, budget // 4)``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model: str | None = Field(None, description="hub id or directory of MOSS-TTS-Realtime")
+    tiny: str | None = Field(None, description="serve the tiny test fixtures in this directory")
+    codec: str | None = Field(None, description="hub id or directory of the audio codec")
+    no_codec: bool = Field(False, description="serve codes only (no PCM)")
+    device: str | None = Field(None, description="cuda / cpu (default: cuda if available)")
+    dtype: Literal["bfloat16", "float16", "float32"] | None = None
+    max_sessions: int | None = Field(None, ge=1, description="conversations held at once")
+    max_context: int | None = Field(None, ge=16, description="KV positions per session")
+    context_budget: int | None = Field(None, ge=1)
+    turn_reserve: int | None = Field(None, ge=1)
+    kv_pools: tuple[tuple[int, int], ...] | None = None
+    lookahead_s: float = Field(1.0, ge=0, description="generation ahead of real time (0: off)")
+    max_text_chars: int = Field(20000, ge=1, description="characters per turn text")
+    graphs: Literal["auto", "on", "off"] = "auto"
+    compile: str | None = Field(None, description="torch.compile backend of the graphed step")
+    eos_min_frames: int = Field(0, ge=0)
+    eos_after_text: bool = False
+
+    @field_validator("kv_pools", mode="before")
+    @classmethod
+    def _pools(cls, value: Any) -> Any:
+        return None if value is None else parse_pools(value)
+
+    @field_validator("graphs", mode="before")
+    @classmethod
+    def _graphs(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EngineOptions:
+        if self.model and self.tiny:
+            raise ValueError("give model or tiny, not both")
+        return self
+
+    def engine_config(self) -> Any:
+        """The ``EngineConfig`` these options describe."""
+        from moss_pipecat.engine.config import EngineConfig
+
+        kw: dict[str, Any] = {
+            "lookahead_s": self.lookahead_s or None,  # 0: unpaced
+            "max_text_chars": self.max_text_chars,
+            "graphed_decode": {"auto": None, "on": True, "off": False}[self.graphs],
+            "compile_decode": self.compile,
+            "eos_min_frames": self.eos_min_frames,
+            "eos_after_text": self.eos_after_text,
+        }
+        if self.max_sessions is not None:
+            kw["max_sessions"] = self.max_sessions
+        if self.kv_pools:
+            kw["kv_pools"] = self.kv_pools
+            kw["max_sessions"] = sum(n for n, _ in self.kv_pools)
+            kw["max_context"] = max(c for _, c in self.kv_pools)
+        elif self.max_context is not None:
+            kw["max_context"] = self.max_context
+        budget = self.context_budget
+        if budget is None and "max_context" in kw:
+            budget = min(30000, int(kw["max_context"] * 0.9))
+        if budget is not None:
+            kw["context_budget"] = budget
+            kw["turn_reserve"] = self.turn_reserve or min(2000, budget // 4)
+        elif self.turn_reserve is not None:
+            kw["turn_reserve"] = self.turn_reserve
+        return EngineConfig(**kw)
+
+    def load_engine(self) -> Any:
+        """Loads and starts the engine (tiny fixtures or a real checkpoint)."""
+        import torch
+
+        from moss_pipecat.engine import factory
+
+        config = self.engine_config()
+        if self.tiny:
+            return factory.load_tiny_engine(
+                self.tiny, config=config, with_codec=not self.no_codec, device=self.device or "cpu"
+            )
+        codec = None if self.no_codec else (self.codec or factory.DEFAULT_CODEC)
+        dtype = getattr(torch, self.dtype) if self.dtype else None
+        return factory.load_engine(
+            self.model or factory.DEFAULT_MODEL,
+            codec,
+            device=self.device,
+            dtype=dtype,
+            config=config,
+        )
+
+
+_LIMIT_FIELDS = (
+    "max_connections",
+    "max_pending_connections",
+    "max_message_bytes",
+    "max_audio_seconds",
+    "max_text_chars",
+    "hello_timeout_s",
+    "pending_hello_timeout_s",
+    "idle_expiry_s",
+    "write_timeout_s",
+)
+
+
+class ServerOptions(BaseModel):
+    """Where the server listens, TLS, where the token comes from, and the per-client limits
+    (``ServerLimits``; ``max_text_chars`` caps a user transcript)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="bind address (default: loopback only)")
+    port: int = Field(8765, ge=0, le=65535, description="TCP port (0: any free port)")
+    token_file: str | None = Field(None, description="file holding the bearer token")
+    ssl_certfile: str | None = Field(None, description="PEM certificate chain: serve wss://")
+    ssl_keyfile: str | None = Field(None, description="PEM private key of the certificate")
+    max_connections: int = Field(256, ge=1)
+    max_pending_connections: int = Field(16, ge=0)
+    max_message_bytes: int = Field(64 * 1024, ge=1024)
+    max_audio_seconds: float = Field(60.0, gt=0)
+    max_text_chars: int = Field(20000, ge=1)
+    hello_timeout_s: float = Field(10.0, gt=0)
+    pending_hello_timeout_s: float = Field(3.0, gt=0)
+    idle_expiry_s: float = Field(300.0, ge=0)
+    write_timeout_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerOptions:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("TLS needs both ssl_certfile and ssl_keyfile")
+        return self
+
+    def token(self) -> str | None:
+        """The bearer token: ``token_file``'s content, else ``$MOSS_PIPECAT_TOKEN``."""
+        if self.token_file:
+            token = Path(self.token_file).read_text().strip()
+            if not token:
+                raise ValueError(f"token file {self.token_file} is empty")
+            return token
+        return os.environ.get(TOKEN_ENV) or None
+
+    def limits(self) -> ServerLimits:
+        return ServerLimits(**{k: getattr(self, k) for k in _LIMIT_FIELDS})
+
+    def server_config(self) -> ServerConfig:
+        return ServerConfig(
+            host=self.host,
+            port=self.port,
+            token=self.token(),
+            limits=self.limits(),
+            ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile,
+        )
+
+
+def split_options(values: dict[str, Any], *models: type[BaseModel]) -> list[dict[str, Any]]:
+    """Splits flat ``values`` by the models' field names (a name may feed several models);
+    unknown names raise ``ValueError``. None values are left out (the model's default)."""
+    out: list[dict[str, Any]] = [{} for _ in models]
+    unknown = set(values)
+    for i, model in enumerate(models):
+        for name in model.model_fields:
+            if name in values:
+                unknown.discard(name)
+                if values[name] is not None:
+                    out[i][name] = values[name]
+    if unknown:
+        raise ValueError(f"unknown options: {', '.join(sorted(unknown))}")
+    return out
