@@ -29,7 +29,7 @@ set -uo pipefail
 # ---- the steps, most important first (a budget cut drops the tail) --------------------------
 # To add a benchmark: put its name here and a branch in step_spec below. A step whose script is
 # missing is recorded as skipped.
-STEPS=(tests step codec prefill engine launches memory capacity)
+STEPS=(tests step codec prefill engine prefix launches memory capacity)
 
 # step_spec NAME: sets SCRIPT (benchmarks/...), REAL and TINY (arguments beyond the common
 # ones), COMPILE (1: takes --compile), COMMON (1: takes the model/device arguments), LIMIT (s).
@@ -53,6 +53,11 @@ step_spec() {
       SCRIPT=bench_engine.py COMPILE=1 LIMIT=150
       REAL="--sessions 1 16 64 --frames 50"
       TINY="--sessions 1 2 --frames 6" ;;
+    prefix)
+      # TTFA of a new conversation with a 10 s voice: prompt prefix cache hit vs prefill.
+      SCRIPT=bench_prefix_cache.py LIMIT=120
+      REAL="--voice-seconds 10 --iters 10"
+      TINY="--voice-seconds 10 --iters 2 --warmup 1" ;;
     launches)
       SCRIPT=bench_launches.py LIMIT=90
       REAL="--sessions 1 8 64 160 --ticks 3"

@@ -121,6 +121,22 @@ def test_prefill(fixtures_dir):
     assert all(r["codec_frame_ms"] > 0 and r["ttfa_ms"] > 0 for r in out["results"])
 
 
+def test_prefix_cache(fixtures_dir):
+    out = run_bench("bench_prefix_cache.py", "--iters", "2", "--warmup", "1", fixtures=fixtures_dir)
+    modes = {r["mode"]: r for r in out["results"]}
+    assert list(modes) == ["off", "miss", "hit"]
+    assert out["voice_frames"] == 125 and out["prefix_rows"] > 125
+    # A hit prefills only the turn's rows; without the cache (or on a miss) the prefix too.
+    assert modes["hit"]["prefill_rows_per_conversation"] == out["turn_rows"]
+    for mode in ("off", "miss"):
+        rows = modes[mode]["prefill_rows_per_conversation"]
+        assert rows == out["prefix_rows"] + out["turn_rows"]
+    assert modes["hit"]["prefix_hits"] == 2 and modes["miss"]["prefix_misses"] == 2
+    assert modes["hit"]["prefix_misses"] == modes["miss"]["prefix_hits"] == 0
+    assert modes["off"]["prefix_hits"] == modes["off"]["prefix_misses"] == 0
+    assert all(r["ttfa_ms_p50"] > 0 for r in out["results"])
+
+
 def test_memory(fixtures_dir):
     out = run_bench("bench_memory.py", "--real-size", fixtures=fixtures_dir)
     assert out["kv_bytes_per_position"] == 112 * 1024
