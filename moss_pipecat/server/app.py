@@ -169,6 +169,29 @@ def _abortable_protocol() -> Any:
     return AbortableWebSocketProtocol
 
 
+def _deadline_http_protocol(timeout: float) -> Any:
+    """uvicorn's HTTP protocol with a deadline for the request: a TCP connection that has not
+    sent a whole request (e.g. the websocket upgrade) ``timeout`` seconds after it opened is
+    closed, so idle or trickling sockets cannot pile up."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class DeadlineHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._deadline = self.loop.call_later(timeout, self._request_too_slow)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _request_too_slow(self) -> None:
+            upgraded = self.transport.get_protocol() is not self  # now a websocket's
+            if not upgraded and self.cycle is None and not self.transport.is_closing():
+                self.transport.close()
+
+    return DeadlineHTTPProtocol
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family, kind, proto, _, addr = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -238,6 +261,7 @@ class EngineServer:
             host=cfg.host,
             port=self.port,
             lifespan="off",  # the hub is started and drained here, in order
+            http=_deadline_http_protocol(cfg.limits.handshake_timeout_s),
             ws=_abortable_protocol(),
             ws_max_size=cfg.limits.max_frame_bytes,
             ws_ping_interval=cfg.ping_interval_s,
@@ -250,6 +274,8 @@ class EngineServer:
             server_header=False,
             proxy_headers=False,
             timeout_graceful_shutdown=5,
+            # Open sockets of any kind (plain HTTP included): 503 past the websocket budgets.
+            limit_concurrency=cfg.limits.max_connections + cfg.limits.max_pending_connections + 64,
         )
         config.load()
         self._uvicorn = uvicorn.Server(config)

@@ -32,6 +32,9 @@ class ServerLimits:
             turn's unfed ids), so per conversation the cap is this plus the context.
         max_text_chars: characters of one user transcript (turn text is capped by the engine's
             ``max_text_chars`` too).
+        handshake_timeout_s: time a new TCP connection has to send its whole HTTP request
+            (the websocket upgrade): a socket that sends nothing, or trickles a request, is
+            closed.
         hello_timeout_s: time an authenticated connection has to send ``hello``.
         pending_hello_timeout_s: time a connection without the header has to send ``hello``.
         upload_timeout_s: time between an upload's JSON header and its binary frame.
@@ -50,6 +53,7 @@ class ServerLimits:
     max_ids_per_message: int = 8192
     max_ids_per_turn: int = 20000
     max_text_chars: int = 20000
+    handshake_timeout_s: float = 10.0
     hello_timeout_s: float = 10.0
     pending_hello_timeout_s: float = 3.0
     upload_timeout_s: float = 10.0
@@ -67,8 +71,8 @@ class ServerLimits:
             raise InvalidInputError("write_timeout_s must be > 0")
         if self.max_pending_connections < 0:
             raise InvalidInputError("max_pending_connections must be >= 0")
-        if not (self.hello_timeout_s > 0 and self.pending_hello_timeout_s > 0):
-            raise InvalidInputError("hello timeouts must be > 0")
+        if min(self.hello_timeout_s, self.pending_hello_timeout_s, self.handshake_timeout_s) <= 0:
+            raise InvalidInputError("handshake and hello timeouts must be > 0")
 
     @property
     def max_pcm_bytes(self) -> int:

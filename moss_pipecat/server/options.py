@@ -134,6 +134,7 @@ _LIMIT_FIELDS = (
     "max_message_bytes",
     "max_audio_seconds",
     "max_text_chars",
+    "handshake_timeout_s",
     "hello_timeout_s",
     "pending_hello_timeout_s",
     "idle_expiry_s",
@@ -157,6 +158,7 @@ class ServerOptions(BaseModel):
     max_message_bytes: int = Field(64 * 1024, ge=1024)
     max_audio_seconds: float = Field(60.0, gt=0)
     max_text_chars: int = Field(20000, ge=1)
+    handshake_timeout_s: float = Field(10.0, gt=0)
     hello_timeout_s: float = Field(10.0, gt=0)
     pending_hello_timeout_s: float = Field(3.0, gt=0)
     idle_expiry_s: float = Field(300.0, ge=0)

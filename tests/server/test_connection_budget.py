@@ -5,7 +5,10 @@ out of ``max_connections``."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
+import time
+from urllib.parse import urlparse
 
 from moss_pipecat.server import RemoteEngine
 
@@ -109,3 +112,30 @@ async def test_without_a_token_every_socket_is_on_the_main_budget(make_tiny_engi
     finally:
         for peer in (a, b, c):
             peer.close()
+
+
+async def test_sockets_that_never_finish_their_request_are_closed(make_tiny_engine, make_server):
+    engine = make_tiny_engine()
+    server = await make_server(engine, token=TOKEN, handshake_timeout_s=0.5)
+    u = urlparse(server.url)
+
+    def wait_closed(partial: bytes) -> float:
+        with socket.create_connection((u.hostname, u.port), timeout=5) as s:
+            t0 = time.monotonic()
+            s.sendall(partial)
+            assert s.recv(1024) == b""  # closed by the server, no response
+            return time.monotonic() - t0
+
+    silent, trickle = await asyncio.gather(
+        asyncio.to_thread(wait_closed, b""),
+        asyncio.to_thread(wait_closed, b"GET /v1/ws HTTP/1.1\r\nHost: x\r\n"),
+    )
+    assert 0.4 < silent < 3 and 0.4 < trickle < 3
+    # An upgraded websocket is not bound by that deadline.
+    peer = await _raw(server, {"Authorization": f"Bearer {TOKEN}"})
+    try:
+        await asyncio.sleep(0.8)
+        peer.send_json({"type": "hello"})
+        assert (await asyncio.to_thread(peer.recv_json))["type"] == "ready"
+    finally:
+        peer.close()
