@@ -170,10 +170,18 @@ def _assert_same(ref: list, got: list, pcm_tolerance: int = 0) -> None:
             assert np.abs(p1.astype(int) - p2.astype(int)).max() <= pcm_tolerance
 
 
-@pytest.mark.parametrize("sampling", list(SAMPLINGS))
-@pytest.mark.parametrize("with_voice", [True, False], ids=["voice", "no-voice"])
+CASES = [
+    pytest.param(sampling, voice, False, id=f"{sampling}-{'voice' if voice else 'no-voice'}")
+    for sampling in SAMPLINGS
+    for voice in (True, False)
+]
+# The graphed step's pool (static buffers, one spare position per slot) takes the copy too.
+CASES.append(pytest.param("seeded", True, True, id="seeded-voice-graphed"))
+
+
+@pytest.mark.parametrize(("sampling", "with_voice", "graphed"), CASES)
 async def test_a_cached_conversation_equals_one_prefilled_from_scratch(
-    make_engine, tiny_codec, realtime_meta, voice_codes, sampling, with_voice
+    make_engine, tiny_codec, realtime_meta, voice_codes, sampling, with_voice, graphed
 ):
     voice = voice_codes if with_voice else None
     script = _script(realtime_meta, 4)
@@ -183,7 +191,8 @@ async def test_a_cached_conversation_equals_one_prefilled_from_scratch(
     ref = await _run(scratch.create_session(voice=voice, sampling=params, seed=99), script)
     assert scratch.stats["prefix_hits"] == 0 and len(scratch.prefix_cache) == 0
 
-    cached = make_engine(codec=tiny_codec)
+    cached = make_engine(codec=tiny_codec, graphed_decode=graphed)
+    assert cached.graphed == graphed
     warm = cached.create_session(voice=voice, sampling=params, seed=5)
     await _run(warm, _script(realtime_meta, 8))  # another conversation, the same prefix
     await warm.close()
