@@ -78,7 +78,6 @@ def create_app(hub: ConversationHub) -> Any:
 
     @app.websocket(P.WS_PATH)
     async def conversation(ws: WebSocket) -> None:
-        hub.start()  # idempotent: the reaper runs in the serving loop
         if ws.headers.get("origin") is not None:
             # Browsers send Origin: a web page must not drive a server on the user's machine.
             metrics.refused.inc(reason="origin")
@@ -97,6 +96,7 @@ def create_app(hub: ConversationHub) -> Any:
             metrics.refused.inc(reason="not_ready")
             await _deny(ws, 503, "not ready\n")
             return
+        hub.start()  # idempotent (the lifespan started it where the host runs lifespans)
         admission = hub.budget.admit(authorized)
         if admission is None:
             metrics.refused.inc(reason="busy" if authorized else "pending_busy")

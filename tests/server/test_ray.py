@@ -11,9 +11,9 @@ import torch
 
 pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install '.[serve]')")
 
-from moss_pipecat.server import RemoteEngine
+from moss_pipecat.server import RemoteEngine, UnauthorizedError
 
-from .conftest import GREEDY, free_port
+from .conftest import GREEDY, TOKEN, free_port
 
 TEXTS = ["Hello from a replica.", "And a second turn."]
 
@@ -32,7 +32,7 @@ async def _turns(session) -> list[torch.Tensor]:
 
 
 @pytest.fixture
-def ray_serve(fixtures_dir):
+def ray_serve(fixtures_dir, tmp_path):
     import ray
     from ray import serve
 
@@ -40,6 +40,8 @@ def ray_serve(fixtures_dir):
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     port = free_port()
+    token_file = tmp_path / "token"  # read by each replica: the token is never an argument
+    token_file.write_text(TOKEN + "\n")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -54,6 +56,7 @@ def ray_serve(fixtures_dir):
                 "max_context": "1024",
                 "context_budget": "900",
                 "turn_reserve": "100",
+                "token_file": str(token_file),
             }
         )
         serve.run(app, name="moss", route_prefix="/")
@@ -70,7 +73,10 @@ async def test_ray_app_serves_conversations_pinned_to_replicas(ray_serve, make_t
     await local.close()
     engine.shutdown()
 
-    client = RemoteEngine(ray_serve, request_timeout=30)
+    # The app is the standalone server's: a wrong token is refused at the upgrade.
+    with pytest.raises(UnauthorizedError):
+        await RemoteEngine(ray_serve, token="wrong", reconnect_timeout=2).create_session()
+    client = RemoteEngine(ray_serve, token=TOKEN, request_timeout=30)
     servers = set()
     for k in range(4):
         session = await client.create_session(conversation_id=f"ray-{k}", sampling=GREEDY)
