@@ -341,3 +341,33 @@ async def test_reset_and_budget_trims_keep_the_prefix_in_the_slot(
         session, random_text(gen, realtime_meta, 14), tiny_model, golden_layout
     )
     assert engine.stats["prefix_misses"] == 1 and engine.stats["prefix_hits"] == 0
+
+
+async def test_a_slot_emptied_by_a_fault_restarts_from_the_cache(
+    make_engine, tiny_model, golden_layout, realtime_meta, voice_codes
+):
+    """A turn whose prefill fails, and whose rollback fails too, leaves an empty slot: the
+    next turn copies the system block from the cache and goes on as if nothing happened."""
+    engine = make_engine()
+    session = engine.create_session(voice=voice_codes, sampling=GREEDY)
+    gen = torch.Generator().manual_seed(12)
+    await _say_matches_fresh(
+        session, random_text(gen, realtime_meta, 14), tiny_model, golden_layout
+    )
+    assert engine.stats["prefix_misses"] == 1 and engine.stats["prefix_hits"] == 0
+
+    def fault(*args, **kwargs):
+        raise RuntimeError("simulated fault")
+
+    engine._prefill_chunk, engine._close_record = fault, fault  # instance attributes: undone below
+    turn = await session.start_turn(max_frames=8)
+    turn.push_ids(random_text(gen, realtime_meta, 14))
+    turn.end_text()
+    assert (await turn.wait()).stop == "error"
+    del engine._prefill_chunk, engine._close_record
+    assert (await session.snapshot())["cache_len"] == 0
+
+    await _say_matches_fresh(
+        session, random_text(gen, realtime_meta, 14), tiny_model, golden_layout
+    )
+    assert engine.stats["prefix_misses"] == 1 and engine.stats["prefix_hits"] == 1
