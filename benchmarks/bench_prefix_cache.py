@@ -5,8 +5,8 @@ Every conversation starts with the same system sentence and the same voice promp
 125 frames by default), then one assistant turn whose text is known at once. TTFA is measured
 as a caller sees it: from the turn's text being pushed to its first audio chunk (prefill,
 first frame, codec frame, engine-thread hand-offs; ``engine_ttfa_ms``: the engine's own
-trigger-to-first-frame time). Three modes on the same model, interleaved conversation by
-conversation:
+trigger-to-first-frame time; ``prefill_ms``: its prefill calls alone). Three modes on the
+same model, interleaved conversation by conversation:
 
     off    prefix_cache_bytes=0: every conversation prefills system + voice + its turn
     miss   cache on, a new voice every conversation: the prefill plus keeping the prefix
@@ -25,7 +25,7 @@ import statistics
 import time
 
 import torch
-from _common import emit, environment, fixtures_root
+from _common import emit, environment, fixtures_root, sync
 from bench_engine import layout_for
 from bench_model_step import DTYPES, build_model
 
@@ -52,18 +52,38 @@ async def new_conversation(engine: MossEngine, voice: torch.Tensor, text: list[i
     rows_before = engine.stats["prefill_rows"]
     session = await engine.acreate_session(voice=voice, sampling=SamplingParams(), seed=0)
     turn = await session.start_turn(max_frames=2, min_frames=2)
+    engine.prefill_s.clear()
     t0 = time.perf_counter()
     turn.push_ids(text)
     turn.end_text()
     stamps = [time.perf_counter() async for _ in turn]
     await session.close()
-    return stamps[0] - t0, turn.summary.ttfa_s, engine.stats["prefill_rows"] - rows_before
+    rows = engine.stats["prefill_rows"] - rows_before
+    return stamps[0] - t0, turn.summary.ttfa_s, rows, sum(engine.prefill_s)
+
+
+def time_prefills(engine: MossEngine) -> None:
+    """Records the seconds of each of the engine's prefill calls in ``engine.prefill_s``
+    (synchronized on a GPU, so each is the call's own time)."""
+    engine.prefill_s = []
+    real = engine._prefill_chunk
+
+    def timed(batch):
+        sync(engine.device)
+        t0 = time.perf_counter()
+        out = real(batch)
+        sync(engine.device)
+        engine.prefill_s.append(time.perf_counter() - t0)
+        return out
+
+    engine._prefill_chunk = timed
 
 
 def summarize(mode: str, samples: list[tuple], hits: int, misses: int) -> dict:
-    ttfa = sorted(1e3 * t for t, _, _ in samples)
-    inner = sorted(1e3 * t for _, t, _ in samples)
-    rows = sorted({r for _, _, r in samples})
+    ttfa = sorted(1e3 * t for t, _, _, _ in samples)
+    inner = sorted(1e3 * t for _, t, _, _ in samples)
+    rows = sorted({r for _, _, r, _ in samples})
+    prefill = sorted(1e3 * t for _, _, _, t in samples)
     return {
         "mode": mode,
         "iters": len(samples),
@@ -71,6 +91,8 @@ def summarize(mode: str, samples: list[tuple], hits: int, misses: int) -> dict:
         "ttfa_ms_p90": ttfa[min(len(ttfa) - 1, int(0.9 * len(ttfa)))],
         "ttfa_ms_min": ttfa[0],
         "engine_ttfa_ms_p50": statistics.median(inner),  # trigger -> first frame, no codec
+        "prefill_ms_p50": statistics.median(prefill),  # the conversation's prefill call(s)
+        "prefill_ms_min": prefill[0],
         "prefill_rows_per_conversation": rows[0] if len(rows) == 1 else rows,
         "prefix_hits": hits,
         "prefix_misses": misses,
@@ -158,6 +180,7 @@ def main() -> None:
             system_text_ids=system_ids,
             voice_instruction_ids=instruction_ids,
         )
+        time_prefills(engine)
         return engine.start()
 
     off, cached = engine_for(0), engine_for(EngineConfig().prefix_cache_bytes)
@@ -190,7 +213,8 @@ def main() -> None:
         f"prefix cache: TTFA of a new conversation with a {n_voice * FRAME_SECONDS:.0f} s voice "
         f"{by_mode['hit']['ttfa_ms_p50']:.1f} ms cached vs {by_mode['off']['ttfa_ms_p50']:.1f} ms "
         f"prefilled ({by_mode['off']['prefill_rows_per_conversation']} -> "
-        f"{by_mode['hit']['prefill_rows_per_conversation']} prefill rows; "
+        f"{by_mode['hit']['prefill_rows_per_conversation']} prefill rows, prefill "
+        f"{by_mode['off']['prefill_ms_p50']:.1f} -> {by_mode['hit']['prefill_ms_p50']:.1f} ms; "
         f"{args.device}, {args.dtype})",
     )
 

@@ -134,7 +134,7 @@ def test_prefix_cache(fixtures_dir):
     assert modes["hit"]["prefix_hits"] == 2 and modes["miss"]["prefix_misses"] == 2
     assert modes["hit"]["prefix_misses"] == modes["miss"]["prefix_hits"] == 0
     assert modes["off"]["prefix_hits"] == modes["off"]["prefix_misses"] == 0
-    assert all(r["ttfa_ms_p50"] > 0 for r in out["results"])
+    assert all(r["ttfa_ms_p50"] > 0 and r["prefill_ms_p50"] > 0 for r in out["results"])
 
 
 def test_memory(fixtures_dir):
