@@ -77,15 +77,6 @@ def narrow_codec_dict() -> dict:
     return d
 
 
-def random_init(model: torch.nn.Module) -> torch.nn.Module:
-    for p in model.parameters():  # O(1) activations, as build_model does
-        if p.dim() > 1:
-            torch.nn.init.normal_(p, std=0.02)
-        else:
-            torch.nn.init.ones_(p)
-    return model
-
-
 def build(args, device: torch.device, dtype: torch.dtype):
     """(model, codec or None, description of the sizes)."""
     from moss_pipecat.codec import CodecConfig, MossAudioCodec, real_config_dict
@@ -96,7 +87,7 @@ def build(args, device: torch.device, dtype: torch.dtype):
     if narrow:
         with torch.device(device):
             model = MossTTSRealtime(narrow_model_config()).to(dtype)
-        model = random_init(model).eval().requires_grad_(False).fuse_projections()
+        model = model.init_random_().eval().requires_grad_(False)
         sizes = f"real depths, widths / {NARROW}"
     else:
         model = build_model(args, device, dtype)

@@ -39,12 +39,7 @@ def build_model(args, device: torch.device, dtype: torch.dtype) -> MossTTSRealti
         )
         with torch.device(device):
             model = MossTTSRealtime(cfg).to(dtype)
-        for p in model.parameters():  # O(1) activations, like a trained model's scale
-            if p.dim() > 1:
-                torch.nn.init.normal_(p, std=0.02)
-            else:
-                torch.nn.init.ones_(p)
-        return model.eval().requires_grad_(False).fuse_projections()
+        return model.init_random_().eval().requires_grad_(False)
     return MossTTSRealtime.from_pretrained(fixtures_root() / "realtime", dtype=dtype, device=device)
 
 

@@ -15,10 +15,13 @@ from moss_pipecat.model.config import TransformerConfig
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
+    """RMS norm over the last axis of size ``dim``; with ``rows``, one weight row per row of
+    the second-to-last axis (e.g. per attention head)."""
+
+    def __init__(self, dim: int, eps: float, rows: int | None = None) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim if rows is None else (rows, dim)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalised in fp32 inside F.rms_norm (one fused kernel on GPU, vs. seven ops
@@ -57,37 +60,44 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
+    """Qwen3 attention with q/k/v as one matmul and the q/k norms as one per-head norm (a
+    third of the kernels; the decode step is launch-bound).
+
+    The parameters are stored fused (``qkv_proj``: q, k, v rows stacked; ``qk_norm``: the
+    q norm's weight repeated for each q head, then the k norm's for each kv head). The
+    checkpoint keeps them apart: ``from_checkpoint`` / ``to_checkpoint`` map between the two.
+    """
+
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
+        out = (self.n_heads + 2 * self.n_kv) * self.head_dim
+        self.qkv_proj = nn.Linear(cfg.hidden_size, out, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
-        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
-        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.qk_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, rows=self.n_heads + self.n_kv)
 
-        # Set by fuse(): the stacked q/k/v weight and the per-head q/k norm weights.
-        self.wqkv: torch.Tensor | None = None
-        self.qk_norm_weight: torch.Tensor | None = None
-
-    def fuse(self) -> None:
-        """One matmul for q/k/v, one norm and one RoPE for q and k together (a third of the
-        kernels; the decode step is launch-bound). The projections' weights become views of
-        the stacked one: no extra memory, same state dict. Call it after the weights are
-        loaded and placed (``.to()`` would split them apart again)."""
-        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        nq, nkv = self.q_proj.weight.shape[0], self.k_proj.weight.shape[0]
-        self.q_proj.weight = nn.Parameter(w[:nq], requires_grad=False)
-        self.k_proj.weight = nn.Parameter(w[nq : nq + nkv], requires_grad=False)
-        self.v_proj.weight = nn.Parameter(w[nq + nkv :], requires_grad=False)
-        self.wqkv = w
+    def from_checkpoint(self, state: dict[str, torch.Tensor], prefix: str) -> None:
+        """Replaces the checkpoint's ``q/k/v_proj`` and ``q/k_norm`` weights under ``prefix``
+        in ``state`` by this module's fused ones."""
+        q, k, v = (state.pop(f"{prefix}{n}_proj.weight") for n in "qkv")
+        state[f"{prefix}qkv_proj.weight"] = torch.cat((q, k, v))
+        qn, kn = state.pop(f"{prefix}q_norm.weight"), state.pop(f"{prefix}k_norm.weight")
         hd = self.head_dim
-        self.qk_norm_weight = torch.cat(
-            [self.q_norm.weight.expand(self.n_heads, hd), self.k_norm.weight.expand(self.n_kv, hd)]
+        state[f"{prefix}qk_norm.weight"] = torch.cat(
+            (qn.expand(self.n_heads, hd), kn.expand(self.n_kv, hd))
         )  # [n_heads + n_kv, hd]
+
+    def to_checkpoint(self, state: dict[str, torch.Tensor], prefix: str) -> None:
+        """The inverse of ``from_checkpoint`` (views, no copies)."""
+        nq, nkv = self.n_heads * self.head_dim, self.n_kv * self.head_dim  # rows of q, k, v
+        q, k, v = state.pop(f"{prefix}qkv_proj.weight").split((nq, nkv, nkv))
+        state[f"{prefix}q_proj.weight"], state[f"{prefix}k_proj.weight"] = q, k
+        state[f"{prefix}v_proj.weight"] = v
+        norm = state.pop(f"{prefix}qk_norm.weight")  # each head's row is the same
+        state[f"{prefix}q_norm.weight"] = norm[0]
+        state[f"{prefix}k_norm.weight"] = norm[self.n_heads]
 
     def forward(
         self,
@@ -100,18 +110,12 @@ class Attention(nn.Module):
         """x: [B, T, D]; mask: [B, 1, T, S] (True = attend); returns [B, T, D]."""
         B, T, _ = x.shape
         nq, nkv, hd = self.n_heads, self.n_kv, self.head_dim
-        if self.wqkv is not None:
-            qkv = F.linear(x, self.wqkv).view(B, T, nq + 2 * nkv, hd)
-            qk, v = qkv.split((nq + nkv, nkv), dim=2)  # views
-            # Same math as q_norm/k_norm + RoPE apart, element for element.
-            qk = F.rms_norm(qk, (hd,), eps=self.q_norm.eps) * self.qk_norm_weight
-            q, k = apply_rope(qk.transpose(1, 2), cos, sin).split((nq, nkv), dim=1)
-            v = v.transpose(1, 2)
-        else:
-            q = self.q_norm(self.q_proj(x).view(B, T, nq, hd)).transpose(1, 2)
-            k = self.k_norm(self.k_proj(x).view(B, T, nkv, hd)).transpose(1, 2)
-            v = self.v_proj(x).view(B, T, nkv, hd).transpose(1, 2)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.qkv_proj(x).view(B, T, nq + 2 * nkv, hd)
+        qk, v = qkv.split((nq + nkv, nkv), dim=2)  # views
+        # q and k normed and rotated together: the same math as apart, element for element.
+        qk = self.qk_norm(qk)
+        q, k = apply_rope(qk.transpose(1, 2), cos, sin).split((nq, nkv), dim=1)
+        v = v.transpose(1, 2)
         # q: [B, h, T, hd]; k, v: [B, n_kv, T, hd]
         k_all, v_all = kv.write(k, v)  # [B, n_kv, S, hd]
         out = grouped_attention(q, k_all, v_all, mask)  # [B, h, T, hd]
@@ -144,27 +148,24 @@ def grouped_attention(
 
 
 class MLP(nn.Module):
+    """SwiGLU with gate and up as one matmul (``gate_up_proj``: gate rows, then up rows;
+    the checkpoint keeps them apart, see ``Attention``)."""
+
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
-        self.w13: torch.Tensor | None = None  # set by fuse()
+    def from_checkpoint(self, state: dict[str, torch.Tensor], prefix: str) -> None:
+        gate, up = state.pop(f"{prefix}gate_proj.weight"), state.pop(f"{prefix}up_proj.weight")
+        state[f"{prefix}gate_up_proj.weight"] = torch.cat((gate, up))
 
-    def fuse(self) -> None:
-        """Stacks gate/up into one weight (one matmul); see ``Attention.fuse``."""
-        w = torch.cat([self.gate_proj.weight, self.up_proj.weight])
-        n = self.gate_proj.weight.shape[0]
-        self.gate_proj.weight = nn.Parameter(w[:n], requires_grad=False)
-        self.up_proj.weight = nn.Parameter(w[n:], requires_grad=False)
-        self.w13 = w
+    def to_checkpoint(self, state: dict[str, torch.Tensor], prefix: str) -> None:
+        gate, up = state.pop(f"{prefix}gate_up_proj.weight").chunk(2)
+        state[f"{prefix}gate_proj.weight"], state[f"{prefix}up_proj.weight"] = gate, up
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.w13 is not None:
-            gate, up = F.linear(x, self.w13).chunk(2, dim=-1)
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 

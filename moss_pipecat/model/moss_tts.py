@@ -18,7 +18,7 @@ from moss_pipecat.errors import InvalidInputError
 from moss_pipecat.model.backbone import Qwen3Backbone, RowEmbedding
 from moss_pipecat.model.config import MossTTSRealtimeConfig
 from moss_pipecat.model.kv_cache import KVCache, ensure_capacity
-from moss_pipecat.model.layers import MLP, Attention
+from moss_pipecat.model.layers import MLP, Attention, RMSNorm
 from moss_pipecat.model.local import LocalTransformer
 from moss_pipecat.model.sampling import BatchSampling, NoiseKeys
 
@@ -44,18 +44,18 @@ class MossTTSRealtime(nn.Module):
     def embed_tokens(self) -> nn.ModuleList:
         return self.embedding.embed_tokens
 
-    def fuse_projections(self) -> MossTTSRealtime:
-        """One matmul for q/k/v and one for gate/up in every layer (weights shared, not
-        copied). Done at load; call it yourself after building a model by hand and placing
-        it on its device and dtype."""
-        for m in self.modules():
-            if isinstance(m, (Attention, MLP)):
-                m.fuse()
-        return self
-
     def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
-        """The state dict under upstream key names."""
-        return {_to_checkpoint_key(k): v for k, v in self.state_dict().items()}
+        """The state dict under upstream key names, the fused q/k/v, q/k norm and gate/up
+        weights split apart again (views of ours, no copies)."""
+        state = dict(self.state_dict())
+        for prefix, m in self._fused_modules():
+            m.to_checkpoint(state, prefix)
+        return {_to_checkpoint_key(k): v for k, v in state.items()}
+
+    def _fused_modules(self) -> list[tuple[str, Attention | MLP]]:
+        """(state-dict prefix, module) of every module whose parameters the checkpoint keeps
+        apart."""
+        return [(f"{n}.", m) for n, m in self.named_modules() if isinstance(m, (Attention, MLP))]
 
     # ---- validation -------------------------------------------------------------------------
     def validate_rows(self, rows: torch.Tensor) -> None:
@@ -225,17 +225,30 @@ class MossTTSRealtime(nn.Module):
         state: dict[str, torch.Tensor],
         dtype: torch.dtype = torch.float32,
     ) -> MossTTSRealtime:
-        """Builds the model on ``meta``, then assigns the checkpoint tensors (no double copy)."""
+        """Builds the model on ``meta``, then assigns the checkpoint tensors (no double copy,
+        except the fused projections, concatenated once)."""
         with torch.device("meta"):
             model = cls(cfg)
         expected = {k: v.shape for k, v in model.checkpoint_state_dict().items()}
         check_keys(expected, state, IGNORED_KEYS)
         ours = {_from_checkpoint_key(k): state[k].to(dtype) for k in expected}
+        for prefix, m in model._fused_modules():
+            m.from_checkpoint(ours, prefix)  # concatenated once here, stored fused
         model.load_state_dict(ours, strict=True, assign=True)
-        return model.eval().requires_grad_(False).fuse_projections()
+        return model.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def init_random_(self, std: float = 0.02) -> MossTTSRealtime:
+        """Random weights in place, for benchmarks and shape tests: norm weights 1, every
+        other weight N(0, std) (activations stay O(1), like a trained model's)."""
+        norms = {id(m.weight) for m in self.modules() if isinstance(m, RMSNorm)}
+        for p in self.parameters():
+            p.fill_(1.0) if id(p) in norms else p.normal_(std=std)
+        return self
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """Parameters as the checkpoint counts them (the q/k norms once, not per head)."""
+        return sum(v.numel() for v in self.checkpoint_state_dict().values())
 
 
 def _to_checkpoint_key(name: str) -> str:

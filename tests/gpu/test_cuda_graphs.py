@@ -79,9 +79,7 @@ def test_real_size_bf16_capture_and_replay():
     cfg = MossTTSRealtimeConfig.real()
     with CUDA:
         model = MossTTSRealtime(cfg).to(torch.bfloat16)
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.02) if p.dim() > 1 else torch.nn.init.ones_(p)
-    model.eval().requires_grad_(False).fuse_projections()
+    model.init_random_().eval().requires_grad_(False)
     prompt = torch.randint(0, 1000, (8, 100, cfg.channels), generator=torch.Generator())
     prompt[..., 1:] %= cfg.audio_vocab_size
     frames = {}
