@@ -145,3 +145,56 @@ def test_tls_options_need_a_wss_url():
 
     with pytest.raises(InvalidInputError, match="wss://"):
         RemoteEngine("ws://127.0.0.1:1", ssl_ca_file="/ca.pem")
+
+
+async def test_the_cli_serves_wss_with_a_token_file_and_no_token_on_argv(fixtures_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import free_port
+
+    cert, key = make_certificate(tmp_path)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    port = free_port()
+    cmd = [sys.executable, "-m", "moss_pipecat.cli", "serve", "--tiny", str(fixtures_dir)]
+    cmd += ["--port", str(port), "--token-file", str(token_file), "--eos-min-frames", "2"]
+    cmd += ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    ctx = ssl.create_default_context(cafile=str(cert))
+
+    def ready() -> bool:
+        try:
+            url = f"https://127.0.0.1:{port}/readyz"
+            with urllib.request.urlopen(url, timeout=1, context=ctx) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    try:
+        deadline = time.monotonic() + 60
+        while not await asyncio.to_thread(ready):
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the server did not become ready"
+            await asyncio.sleep(0.2)
+        argv = (Path("/proc") / str(proc.pid) / "cmdline").read_bytes()
+        assert TOKEN.encode() not in argv
+        url = f"wss://127.0.0.1:{port}/v1/ws"
+        client = RemoteEngine(url, token=TOKEN, ssl_ca_file=str(cert))
+        session = await client.create_session(sampling=GREEDY)
+        turn = await session.start_turn(max_frames=2)
+        turn.push_text("Served from the command line.")
+        turn.end_text()
+        assert (await asyncio.wait_for(turn.wait(), 20)).audio_frames == 2
+        await session.close()
+        with pytest.raises(Exception, match="refused the token"):
+            await RemoteEngine(url, token="wrong", ssl_ca_file=str(cert)).create_session()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    assert proc.returncode == 0, (tmp_path / "server.log").read_text()[-2000:]
