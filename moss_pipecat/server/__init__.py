@@ -14,6 +14,7 @@ from moss_pipecat.server.client import RemoteEngine, RemoteSession, RemoteTurn
 from moss_pipecat.server.config import ServerConfig, ServerLimits
 from moss_pipecat.server.core import ConversationHub
 from moss_pipecat.server.errors import (
+    ForbiddenError,
     ProtocolError,
     RemoteError,
     ServerError,
@@ -24,6 +25,7 @@ from moss_pipecat.server.errors import (
 __all__ = [
     "ConversationHub",
     "EngineServer",
+    "ForbiddenError",
     "ProtocolError",
     "RemoteEngine",
     "RemoteError",

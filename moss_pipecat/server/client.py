@@ -11,7 +11,14 @@ method names, arguments, return types (``AudioChunk``, ``TurnSummary``) and exce
   its idle expiry, so ``RemoteSession.resumed`` is normally True after a reconnect; if the
   server lost it (restart, expiry), the session starts afresh with its voice and sampling
   re-applied, and ``resumed`` is False (``history_lost`` counts such events);
-* user audio can be sent as audio (``add_user_audio_turn``) and encoded by the server's codec.
+* user audio can be sent as audio (``add_user_audio_turn``) and encoded by the server's codec;
+* resuming a conversation takes its resume secret (``RemoteSession.resume_secret``): a session
+  draws one for the conversation it creates and proposes it in its first hello (so a retry
+  after a lost ``ready`` still holds it), keeps the one in force for its reconnects, and
+  another process resumes with ``create_session(conversation_id=..., resume_secret=...)``.
+
+Messages are built and read through the protocol's models (``protocol.ClientMessage`` and
+``protocol.ServerMessage``).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import secrets
 import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -27,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from loguru import logger
+from pydantic import ValidationError
 
 from moss_pipecat.engine.events import AudioChunk, TurnSummary
 from moss_pipecat.errors import (
@@ -39,12 +48,25 @@ from moss_pipecat.errors import (
 from moss_pipecat.model.sampling import SamplingParams
 from moss_pipecat.server import protocol as P
 from moss_pipecat.server.errors import (
+    ForbiddenError,
     ProtocolError,
     ServerUnavailableError,
     UnauthorizedError,
 )
 
 _TEXT_PIECE = 4096  # characters per turn.text message (stays far below the message cap)
+
+
+def _build(cls: type[P._Msg], **fields: Any) -> P._Msg:
+    """A client message; fields left None are not sent. Values the protocol refuses are the
+    caller's mistake: ``InvalidInputError`` (as the local engine raises), before sending."""
+    try:
+        return cls(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5]
+        )
+        raise InvalidInputError(f"invalid {cls.__name__} message: {problems}") from None
 
 
 def pcm16_from_audio(audio: Any) -> bytes:
@@ -106,14 +128,12 @@ class RemoteTurn:
         UTF-8 sequences)."""
         self._check_open()
         self._chars += len(piece)
-        limit = self._link.limits.get("max_text_chars")
+        limit = self._link.limits.max_text_chars
         if limit is not None and self._chars > limit:
             raise InvalidInputError(f"turn text exceeds {limit} characters")
         text = self._decoder.decode(piece) if isinstance(piece, bytes) else piece
         for i in range(0, len(text), _TEXT_PIECE):
-            self._send(
-                {"type": "turn.text", "turn_id": self.turn_id, "text": text[i : i + _TEXT_PIECE]}
-            )
+            self._send(_build(P.TurnText, turn_id=self.turn_id, text=text[i : i + _TEXT_PIECE]))
 
     def push_ids(self, ids: Sequence[int], text: str = "") -> None:
         """Feeds text token ids (model vocabulary)."""
@@ -121,25 +141,22 @@ class RemoteTurn:
         ids = [int(i) for i in ids]
         if any(i < 0 for i in ids):
             raise InvalidInputError("text ids must be >= 0")
-        step = int(self._link.limits.get("max_ids_per_message", 4096))
-        for i in range(0, max(len(ids), 1), step):
-            self._send(
-                {
-                    "type": "turn.ids",
-                    "turn_id": self.turn_id,
-                    "ids": ids[i : i + step],
-                    "text": text if i == 0 else "",
-                }
-            )
+        step = int(self._link.limits.max_ids_per_message or 4096)
+        msgs = [
+            _build(P.TurnIds, turn_id=self.turn_id, ids=ids[i : i + step], text="" if i else text)
+            for i in range(0, max(len(ids), 1), step)
+        ]  # all built (checked) before any is sent
+        for msg in msgs:
+            self._send(msg)
 
     def end_text(self) -> None:
         """No more text: the turn speaks what it has, then ends."""
         self._check_open()
         tail = self._decoder.decode(b"", final=True)
         if tail:
-            self._send({"type": "turn.text", "turn_id": self.turn_id, "text": tail})
+            self._send(_build(P.TurnText, turn_id=self.turn_id, text=tail))
         self._text_ended = True
-        self._send({"type": "turn.end", "turn_id": self.turn_id})
+        self._send(_build(P.TurnEnd, turn_id=self.turn_id))
 
     def _check_open(self) -> None:
         if self.session.closed:
@@ -152,10 +169,10 @@ class RemoteTurn:
         if self._link.failure is not None and self.summary is None:
             raise ServerUnavailableError(f"connection lost: {self._link.failure}")
 
-    def _send(self, msg: dict[str, Any]) -> None:
+    def _send(self, msg: P._Msg) -> None:
         if self.summary is not None:
             return  # the turn already ended: late text is dropped (as in the engine)
-        self._link.send_nowait(P.dumps(msg))
+        self._link.send_nowait(msg.to_json())
 
     # ---- audio out ---------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -205,11 +222,11 @@ class _Link:
     """One websocket of a session: a writer task (keeps send order), a reader task (routes
     replies, audio and turn ends), and the pending requests."""
 
-    def __init__(self, session: RemoteSession, ws: Any, ready: dict[str, Any]) -> None:
+    def __init__(self, session: RemoteSession, ws: Any, ready: P.Ready) -> None:
         self.session = session
         self.ws = ws
         self.ready = ready
-        self.limits: dict[str, Any] = ready.get("limits", {})
+        self.limits: P.ReadyLimits = ready.limits
         self.failure: MossError | None = None
         self.pending: dict[int, asyncio.Future] = {}
         self.turns: dict[int, RemoteTurn] = {}
@@ -229,21 +246,27 @@ class _Link:
         self._outbox.put_nowait(data)
 
     async def request(
-        self, msg: dict[str, Any], payload: bytes | None = None, timeout: float = 30.0
-    ) -> dict[str, Any]:
-        """Sends a request (and its binary payload); returns the reply message."""
+        self,
+        cls: type[P._Msg],
+        payload: bytes | None = None,
+        timeout: float = 30.0,
+        **fields: Any,
+    ) -> Any:
+        """Sends a request of type ``cls`` with ``fields`` (and its binary payload); returns
+        the reply (a ``Result``, or the ``RemoteTurn`` a ``turn.start`` opened)."""
         req = self._next_req
         self._next_req += 1
+        msg = _build(cls, req=req, **fields)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self.pending[req] = fut
         try:
-            self.send_nowait(P.dumps({**msg, "req": req}))
+            self.send_nowait(msg.to_json())
             if payload is not None:
                 self.send_nowait(payload)
             try:
                 return await asyncio.wait_for(fut, timeout)
             except TimeoutError:
-                err = ServerUnavailableError(f"no reply to {msg['type']!r} within {timeout} s")
+                err = ServerUnavailableError(f"no reply to {msg.type!r} within {timeout} s")
                 await self.fail(err)
                 raise err from None
         finally:
@@ -287,6 +310,8 @@ class _Link:
         reason = rcvd.reason if rcvd is not None else ""
         if code == P.CLOSE_UNAUTHORIZED:
             return UnauthorizedError("the server refused the token")
+        if code == P.CLOSE_FORBIDDEN:
+            return ForbiddenError("the server refused the conversation's resume secret")
         if code == P.CLOSE_SUPERSEDED:
             return ServerUnavailableError("another connection took over this conversation")
         return ServerUnavailableError(f"connection to the server lost (code {code} {reason})")
@@ -300,42 +325,38 @@ class _Link:
             turn._put(AudioChunk(turn_id, index, codes_t, pcm, words))
 
     def _control(self, text: str) -> None:
-        import json
-
-        msg = json.loads(text)
-        kind = msg.get("type")
-        req = msg.get("req")
-        if kind == "turn.started":
-            turn = RemoteTurn(self.session, self, int(msg["turn_id"]))
+        msg = P.parse_server_message(text)
+        if isinstance(msg, P.TurnStarted):
+            turn = RemoteTurn(self.session, self, msg.turn_id)
             self.turns[turn.turn_id] = turn
-            self._resolve(req, turn)
-        elif kind == "turn.words":
-            turn = self.turns.get(int(msg["turn_id"]))
+            self._resolve(msg.req, turn)
+        elif isinstance(msg, P.TurnWords):
+            turn = self.turns.get(msg.turn_id)
             if turn is not None:
-                turn._words[int(msg["index"])] = P.words_from_wire(msg.get("words"))
-        elif kind == "turn.end":
-            turn = self.turns.pop(int(msg["turn_id"]), None)
+                turn._words[msg.index] = list(msg.words)
+        elif isinstance(msg, P.TurnEnded):
+            turn = self.turns.pop(msg.turn_id, None)
             if turn is not None:
-                turn._put(P.summary_from_wire(msg["summary"]))
-        elif kind == "result":
-            self._resolve(req, msg)
-        elif kind == "error":
-            err = P.error_from_wire(str(msg.get("code")), str(msg.get("message")))
-            if req is not None and req in self.pending:
-                fut = self.pending[req]
+                turn._put(msg.summary.to_summary())
+        elif isinstance(msg, P.Result):
+            self._resolve(msg.req, msg)
+        elif isinstance(msg, P.ErrorReply):
+            err = msg.to_exception()
+            if msg.req is not None and msg.req in self.pending:
+                fut = self.pending[msg.req]
                 if not fut.done():
                     fut.set_exception(err)
-            elif msg.get("turn_id") is not None and int(msg["turn_id"]) in self.turns:
-                self.turns[int(msg["turn_id"])]._deferred = err
+            elif msg.turn_id is not None and msg.turn_id in self.turns:
+                self.turns[msg.turn_id]._deferred = err
             else:
-                logger.warning(f"server error: {msg.get('code')}: {msg.get('message')}")
-            if msg.get("fatal"):
+                logger.warning(f"server error: {msg.code}: {msg.message}")
+            if msg.fatal:
                 self.failure = self.failure or err
-        else:
-            logger.debug(f"ignoring server message {kind!r}")
+        else:  # a ``ready`` out of turn, or a type this client does not know
+            logger.debug(f"ignoring server message {getattr(msg, 'type', None)!r}")
 
-    def _resolve(self, req: Any, value: Any) -> None:
-        fut = self.pending.get(req) if isinstance(req, int) else None
+    def _resolve(self, req: int | None, value: Any) -> None:
+        fut = self.pending.get(req) if req is not None else None
         if fut is not None and not fut.done():
             fut.set_result(value)
 
@@ -382,14 +403,19 @@ class RemoteSession:
         conversation_id: str | None,
         sampling: SamplingParams | None,
         seed: int | None,
+        resume_secret: str | None = None,
     ) -> None:
         self.engine = engine
         self.id = conversation_id
+        # The conversation's resume secret, sent in every hello. A new conversation gets ours
+        # (drawn here, before the first hello: a retry of a handshake whose ``ready`` was lost
+        # must hold it too); ``ready`` says which one is in force.
+        self.resume_secret = resume_secret or secrets.token_urlsafe(32)
         self.closed = False
         self.resumed = False  # did the last (re)connect find the conversation on the server?
         self.reconnects = 0
         self.history_lost = 0  # reconnects that found the conversation gone
-        self.audio: dict[str, Any] = {}
+        self.audio: P.AudioInfo | None = None  # what the server's frames carry
         self.server_id: str | None = None  # the server (replica) the last connection reached
         self._sampling = sampling
         self._seed = seed
@@ -411,7 +437,7 @@ class RemoteSession:
             if self._link is not None:
                 await self._link.close()
                 self._link = None
-            first = self.id is None or not self.audio
+            first = self.id is None or self.audio is None
             link = await self.engine._connect(self)
             self._link = link
             if not first:
@@ -422,42 +448,45 @@ class RemoteSession:
             if not self.resumed and self._voice is not None:
                 fmt, data, rate = self._voice
                 await self._request(
-                    link,
-                    {"type": "voice", "format": fmt, "sample_rate": rate, "bytes": len(data)},
-                    data,
+                    link, P.Voice, data, format=fmt, sample_rate=rate, bytes=len(data)
                 )
             return link
 
-    def _hello(self) -> dict[str, Any]:
-        msg: dict[str, Any] = {"type": "hello", "v": P.PROTOCOL_VERSION}
-        if self.id is not None:
-            msg["conversation_id"] = self.id
-        if self.engine.token:
-            msg["token"] = self.engine.token
-        if self._sampling is not None:
-            msg["sampling"] = P.Sampling.of(self._sampling).model_dump()
-        if self._seed is not None:
-            msg["seed"] = self._seed
-        return msg
+    def _hello(self) -> P.Hello:
+        return _build(
+            P.Hello,
+            v=P.PROTOCOL_VERSION,
+            conversation_id=self.id,
+            resume_secret=self.resume_secret,
+            token=self.engine.token or None,
+            sampling=None if self._sampling is None else _wire_sampling(self._sampling),
+            seed=self._seed,
+        )
+
+    def _ready(self, ready: P.Ready) -> None:
+        """Takes what the server's ``ready`` says about the conversation."""
+        self.id = ready.conversation_id
+        self.resumed = ready.resumed
+        if ready.resume_secret is not None:  # the one we sent, unless the server chose
+            self.resume_secret = ready.resume_secret
+        self.audio = ready.audio
+        self.server_id = ready.server_id
 
     async def _request(
-        self, link: _Link, msg: dict[str, Any], payload: bytes | None = None
-    ) -> dict[str, Any]:
-        return await link.request(msg, payload, self.engine.request_timeout)
+        self, link: _Link, cls: type[P._Msg], payload: bytes | None = None, **fields: Any
+    ) -> Any:
+        return await link.request(cls, payload, self.engine.request_timeout, **fields)
 
-    async def _call(self, msg: dict[str, Any], payload: bytes | None = None) -> dict[str, Any]:
+    async def _call(self, cls: type[P._Msg], payload: bytes | None = None, **fields: Any) -> Any:
         link = await self._ensure()
-        return await self._request(link, msg, payload)
+        return await self._request(link, cls, payload, **fields)
 
     # ---- turns ----------------------------------------------------------------------------------
     async def start_turn(self, max_frames: int | None = None) -> RemoteTurn:
         """Opens an assistant turn (fails if one is open)."""
         if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
             raise InvalidInputError(f"max_frames must be a positive int, got {max_frames!r}")
-        msg: dict[str, Any] = {"type": "turn.start"}
-        if max_frames is not None:
-            msg["max_frames"] = max_frames
-        self._turn = await self._call(msg)
+        self._turn = await self._call(P.TurnStart, max_frames=max_frames)
         return self._turn
 
     async def interrupt(self, heard_frames: int) -> TurnSummary | None:
@@ -468,8 +497,8 @@ class RemoteSession:
         heard = int(heard_frames)
         if heard < 0:
             raise InvalidInputError(f"heard_frames must be >= 0, got {heard}")
-        reply = await self._call({"type": "interrupt", "heard_frames": heard})
-        return P.summary_from_wire(reply.get("summary"))
+        reply: P.Result = await self._call(P.Interrupt, heard_frames=heard)
+        return None if reply.summary is None else reply.summary.to_summary()
 
     async def add_user_turn(self, text_ids: Sequence[int], frames: Any) -> None:
         """Adds what the user said as transcript ids and codec frames [A, rvq] (as locally)."""
@@ -479,9 +508,7 @@ class RemoteSession:
         data, n = codes_bytes(frames)
         if n == 0:
             raise InvalidInputError("a user turn needs at least one audio frame")
-        await self._call(
-            {"type": "user_turn", "text_ids": ids, "format": "codes", "bytes": len(data)}, data
-        )
+        await self._call(P.UserTurn, data, text_ids=ids, format="codes", bytes=len(data))
 
     async def add_user_audio_turn(self, text: str, audio: Any, sample_rate: int) -> None:
         """Adds what the user said as its transcript and audio; the server encodes the audio.
@@ -493,14 +520,12 @@ class RemoteSession:
         """
         data = self._check_audio(audio, sample_rate)
         await self._call(
-            {
-                "type": "user_turn",
-                "text": str(text),
-                "format": "pcm16",
-                "sample_rate": int(sample_rate),
-                "bytes": len(data),
-            },
+            P.UserTurn,
             data,
+            text=str(text),
+            format="pcm16",
+            sample_rate=int(sample_rate),
+            bytes=len(data),
         )
 
     def _check_audio(self, audio: Any, sample_rate: int) -> bytes:
@@ -509,7 +534,7 @@ class RemoteSession:
             raise InvalidInputError("empty audio")
         if not isinstance(sample_rate, int) or sample_rate <= 0:
             raise InvalidInputError(f"sample_rate must be a positive int, got {sample_rate!r}")
-        limit = (self._link.limits if self._link else {}).get("max_audio_seconds")
+        limit = self._link.limits.max_audio_seconds if self._link else None
         if limit is not None and len(data) / 2 / sample_rate > limit:
             raise InvalidInputError(f"audio longer than the server's {limit} s")
         return data
@@ -518,32 +543,27 @@ class RemoteSession:
     async def set_voice(self, frames: Any | None) -> None:
         """Replaces the reference voice (codec frames [R, rvq]) or removes it (None)."""
         if frames is None:
-            await self._call({"type": "voice", "format": "none"})
+            await self._call(P.Voice, format="none")
             self._voice = None
             return
         data, _ = codes_bytes(frames)
-        await self._call({"type": "voice", "format": "codes", "bytes": len(data)}, data)
+        await self._call(P.Voice, data, format="codes", bytes=len(data))
         self._voice = ("codes", data, None)
 
     async def set_voice_audio(self, audio: Any, sample_rate: int) -> None:
         """Replaces the reference voice with a recording (encoded by the server's codec)."""
         data = self._check_audio(audio, sample_rate)
         await self._call(
-            {
-                "type": "voice",
-                "format": "pcm16",
-                "sample_rate": int(sample_rate),
-                "bytes": len(data),
-            },
-            data,
+            P.Voice, data, format="pcm16", sample_rate=int(sample_rate), bytes=len(data)
         )
         self._voice = ("pcm16", data, int(sample_rate))
 
     async def set_sampling(self, sampling: SamplingParams, seed: int | None = None) -> None:
-        msg: dict[str, Any] = {"type": "settings", "sampling": P.Sampling.of(sampling).model_dump()}
-        if seed is not None:
-            msg["seed"] = int(seed)
-        await self._call(msg)
+        await self._call(
+            P.Settings,
+            sampling=_wire_sampling(sampling),
+            seed=None if seed is None else int(seed),
+        )
         self._sampling = sampling
         if seed is not None:
             self._seed = seed
@@ -555,16 +575,17 @@ class RemoteSession:
         unlimited_lookahead: bool = False,
     ) -> None:
         """Per-conversation context budget and lookahead (None: the server engine's)."""
-        limits = {
-            "context_budget": context_budget,
-            "lookahead_s": lookahead_s,
-            "unlimited_lookahead": unlimited_lookahead,
-        }
-        await self._call({"type": "settings", "limits": limits})
+        limits = _build(
+            P.Limits,
+            context_budget=context_budget,
+            lookahead_s=lookahead_s,
+            unlimited_lookahead=unlimited_lookahead,
+        )
+        await self._call(P.Settings, limits=limits)
 
     async def reset(self) -> None:
         """Forgets every turn (keeps the system prompt and voice)."""
-        await self._call({"type": "reset"})
+        await self._call(P.Reset)
 
     async def close(self) -> None:
         """Ends the conversation on the server (best effort if the server is gone)."""
@@ -573,7 +594,7 @@ class RemoteSession:
         link = self._link
         if link is not None and link.alive:
             with contextlib.suppress(MossError):
-                await self._request(link, {"type": "close"})
+                await self._request(link, P.Close)
         self.closed = True
         if link is not None:
             await link.close()
@@ -582,12 +603,13 @@ class RemoteSession:
 
     async def snapshot(self) -> dict:
         """The server's snapshot (``rows`` as a tensor), for tests and debugging."""
-        reply = await self._call({"type": "snapshot"})
-        snap = dict(reply["snapshot"])
+        reply: P.Result = await self._call(P.Snapshot)
+        if reply.snapshot is None:
+            raise ProtocolError("the server's snapshot result has no snapshot")
+        snap = reply.snapshot.model_dump()
         snap["rows"] = torch.tensor(snap["rows"], dtype=torch.int64).reshape(-1, 17)
         snap["turns"] = [tuple(t) for t in snap["turns"]]
-        if isinstance(snap.get("sampling"), dict):
-            snap["sampling"] = SamplingParams(**snap["sampling"])
+        snap["sampling"] = reply.snapshot.sampling.to_params()
         return snap
 
     async def __aenter__(self) -> RemoteSession:
@@ -660,6 +682,7 @@ class RemoteEngine:
         voice: Any | None = None,
         sampling: SamplingParams | None = None,
         seed: int | None = None,
+        resume_secret: str | None = None,
     ) -> RemoteSession:
         """Opens (or, with a known ``conversation_id``, resumes) a conversation.
 
@@ -667,8 +690,14 @@ class RemoteEngine:
             conversation_id: id to resume or create (default: the server picks one).
             voice: reference voice as codec frames [R, rvq] (applied unless resumed).
             sampling, seed: for a new conversation (a resumed one keeps its own).
+            resume_secret: the conversation's resume secret (``RemoteSession.resume_secret``
+                of the session that created it), needed to resume a conversation that exists;
+                for a new conversation, the secret to give it (default: a random one).
+
+        Raises:
+            ForbiddenError: the conversation exists and ``resume_secret`` is missing or wrong.
         """
-        session = RemoteSession(self, conversation_id, sampling, seed)
+        session = RemoteSession(self, conversation_id, sampling, seed, resume_secret)
         await session._ensure()
         if voice is not None and not session.resumed:
             await session.set_voice(voice)
@@ -689,7 +718,13 @@ class RemoteEngine:
             attempt += 1
             try:
                 return await self._connect_once(session)
-            except (UnauthorizedError, ProtocolError, CapacityError, InvalidInputError):
+            except (
+                UnauthorizedError,
+                ForbiddenError,
+                ProtocolError,
+                CapacityError,
+                InvalidInputError,
+            ):
                 raise  # retrying cannot help
             except ssl.SSLCertVerificationError as e:
                 from moss_pipecat.server.errors import TLSVerificationError
@@ -732,25 +767,27 @@ class RemoteEngine:
             ssl=self._ssl,
         )
         try:
-            await asyncio.wait_for(ws.send(P.dumps(session._hello())), self.connect_timeout)
-            import json
-
-            reply = json.loads(await asyncio.wait_for(ws.recv(), self.connect_timeout))
-            if reply.get("type") == "error":
-                raise P.error_from_wire(str(reply.get("code")), str(reply.get("message")))
-            if reply.get("type") != "ready":
-                raise ProtocolError(f"expected ready, got {reply.get('type')!r}")
+            await asyncio.wait_for(ws.send(session._hello().to_json()), self.connect_timeout)
+            reply = P.parse_server_message(await asyncio.wait_for(ws.recv(), self.connect_timeout))
+            if isinstance(reply, P.ErrorReply):
+                raise reply.to_exception()
+            if not isinstance(reply, P.Ready):
+                raise ProtocolError(f"expected ready, got {getattr(reply, 'type', None)!r}")
         except BaseException as e:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), 2.0)
             if isinstance(e, MossError | asyncio.CancelledError):
                 raise
             raise ServerUnavailableError(f"handshake with {self.url} failed: {e!r}") from None
-        session.id = reply["conversation_id"]
-        session.resumed = bool(reply.get("resumed"))
-        session.audio = reply.get("audio", {})
-        session.server_id = reply.get("server_id")
+        session._ready(reply)
         return _Link(session, ws, reply)
+
+
+def _wire_sampling(params: SamplingParams) -> P.Sampling:
+    try:
+        return P.Sampling.of(params)
+    except ValidationError as e:
+        raise InvalidInputError(f"sampling values out of the protocol's range: {e}") from None
 
 
 def _client_ssl(
@@ -772,4 +809,10 @@ def _http_status(e: Exception) -> int | None:
     return getattr(response, "status_code", None)
 
 
-__all__ = ["RemoteEngine", "RemoteSession", "RemoteTurn", "ServerUnavailableError"]
+__all__ = [
+    "ForbiddenError",
+    "RemoteEngine",
+    "RemoteSession",
+    "RemoteTurn",
+    "ServerUnavailableError",
+]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import secrets
 import socket
 import time
 import uuid
@@ -34,7 +35,7 @@ from moss_pipecat.model.sampling import SamplingParams
 from moss_pipecat.server import protocol as P
 from moss_pipecat.server.budget import Admission, ConnectionBudget
 from moss_pipecat.server.config import ServerConfig
-from moss_pipecat.server.errors import ProtocolError
+from moss_pipecat.server.errors import ForbiddenError, ProtocolError
 from moss_pipecat.server.metrics import ServerMetrics
 from moss_pipecat.server.transport import Transport, TransportClosed
 
@@ -48,6 +49,8 @@ class Conversation:
     id: str
     session: Session
     sampling: SamplingParams
+    # Proves a resuming client is the one that created the conversation (the id may be known).
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     conn: Connection | None = None
     detached_at: float | None = None
     turn: TurnStream | None = None
@@ -78,8 +81,8 @@ class Connection:
     aborted: bool = False
     admission: Admission | None = None  # its slot in the connection budget
 
-    async def send_json(self, msg: dict[str, Any]) -> None:
-        await self._send(self.transport.send_text, P.dumps(msg))
+    async def send_message(self, msg: P.ServerMessage) -> None:
+        await self._send(self.transport.send_text, msg.to_json())
 
     async def send_bytes(self, data: bytes) -> None:
         await self._send(self.transport.send_bytes, data)
@@ -191,14 +194,14 @@ class ConversationHub:
         """Accepting work: not draining and the engine thread is alive."""
         return not self.draining and self.engine.alive
 
-    def audio_info(self) -> dict[str, Any]:
+    def audio_info(self) -> P.AudioInfo:
         codec = self.engine.codec
-        return {
-            "sample_rate": codec.sampling_rate if codec is not None else 24000,
-            "frame_samples": codec.config.downsample_rate if codec is not None else 1920,
-            "rvq": self.engine.layout.rvq,
-            "pcm": codec is not None,
-        }
+        return P.AudioInfo(
+            sample_rate=codec.sampling_rate if codec is not None else 24000,
+            frame_samples=codec.config.downsample_rate if codec is not None else 1920,
+            rvq=self.engine.layout.rvq,
+            pcm=codec is not None,
+        )
 
     def check_token(self, token: str | None) -> bool:
         """True when no token is configured or ``token`` matches it (constant time)."""
@@ -243,13 +246,9 @@ class ConversationHub:
         fatal: bool = False,
     ) -> None:
         self.metrics.errors.inc(code=code)
-        msg: dict[str, Any] = {"type": "error", "code": code, "message": message, "fatal": fatal}
-        if req is not None:
-            msg["req"] = req
-        if turn_id is not None:
-            msg["turn_id"] = turn_id
+        msg = P.ErrorReply.of(code, message, req=req, turn_id=turn_id, fatal=fatal)
         try:
-            await conn.send_json(msg)
+            await conn.send_message(msg)
         except TransportClosed:
             pass
 
@@ -300,26 +299,28 @@ class ConversationHub:
         try:
             conv, resumed = await self._attach(conn, hello)
         except MossError as e:
-            await self._error(conn, P.error_code(e), str(e), fatal=True)
-            await conn.close(P.CLOSE_PROTOCOL, P.error_code(e))
+            code = P.error_code(e)
+            await self._error(conn, code, str(e), fatal=True)
+            close = P.CLOSE_FORBIDDEN if isinstance(e, ForbiddenError) else P.CLOSE_PROTOCOL
+            await conn.close(close, code)
             return False
-        await conn.send_json(
-            {
-                "type": "ready",
-                "v": P.PROTOCOL_VERSION,
-                "conversation_id": conv.id,
-                "resumed": resumed,
-                "server_id": self.server_id,
-                "audio": self.audio_info(),
-                "limits": {
-                    "max_message_bytes": self.limits.max_message_bytes,
-                    "max_audio_seconds": self.limits.max_audio_seconds,
-                    "max_text_chars": self.engine.config.max_text_chars,
-                    "max_ids_per_message": self.limits.max_ids_per_message,
-                    "max_ids_per_turn": self.limits.max_ids_per_turn,
-                    "idle_expiry_s": self.limits.idle_expiry_s,
-                },
-            }
+        await conn.send_message(
+            P.Ready(
+                v=P.PROTOCOL_VERSION,
+                conversation_id=conv.id,
+                resumed=resumed,
+                resume_secret=conv.secret,
+                server_id=self.server_id,
+                audio=self.audio_info(),
+                limits=P.ReadyLimits(
+                    max_message_bytes=self.limits.max_message_bytes,
+                    max_audio_seconds=self.limits.max_audio_seconds,
+                    max_text_chars=self.engine.config.max_text_chars,
+                    max_ids_per_message=self.limits.max_ids_per_message,
+                    max_ids_per_turn=self.limits.max_ids_per_turn,
+                    idle_expiry_s=self.limits.idle_expiry_s,
+                ),
+            )
         )
         return True
 
@@ -343,7 +344,7 @@ class ConversationHub:
                 if reply is _FATAL:
                     return
                 if reply is not None:
-                    await conn.send_json(reply)
+                    await conn.send_message(reply)
             except P.MessageError as e:
                 await self._error(conn, e.code, str(e), req=e.req if e.req is not None else req)
                 continue
@@ -372,12 +373,13 @@ class ConversationHub:
             turn = await s.start_turn(msg.max_frames)
             conv.turn, conv.frames_sent = turn, 0
             conv.turn_ids = conv.turn_chars = 0
-            await conn.send_json({"type": "turn.started", "req": msg.req, "turn_id": turn.turn_id})
+            await conn.send_message(P.TurnStarted(req=msg.req, turn_id=turn.turn_id))
             conv.pump = asyncio.get_running_loop().create_task(self._pump(conv, turn))
             return None
         if isinstance(msg, P.Interrupt):
             summary = await s.interrupt(msg.heard_frames)
-            return {"type": "result", "req": msg.req, "summary": P.summary_to_wire(summary)}
+            wire = None if summary is None else P.WireSummary.of(summary)
+            return P.Result(req=msg.req, summary=wire)  # null: there was nothing to cut
         if isinstance(msg, P.UserTurn):
             await self._user_turn(conn, conv, msg)
         elif isinstance(msg, P.Voice):
@@ -393,7 +395,7 @@ class ConversationHub:
             await s.reset()
         elif isinstance(msg, P.Snapshot):
             snap = await s.snapshot()
-            return {"type": "result", "req": msg.req, "snapshot": _jsonable(snap)}
+            return P.Result(req=msg.req, snapshot=P.WireSnapshot.of(snap))
         elif isinstance(msg, P.Close):
             async with self._lock:
                 if conv.conn is not conn:  # taken over meanwhile
@@ -402,10 +404,10 @@ class ConversationHub:
                 await self._end_session(conv)
             await self._await_pump(conv)  # its turn.end reaches this client before the result
             conv.conn, conn.conversation = None, None
-            await conn.send_json({"type": "result", "req": msg.req})
+            await conn.send_message(P.Result(req=msg.req))
             await conn.close(1000, "conversation closed")
             return _FATAL
-        return {"type": "result", "req": msg.req}
+        return P.Result(req=msg.req)
 
     async def _turn_input(self, conn: Connection, conv: Conversation, msg: Any) -> None:
         turn = conv.turn
@@ -448,7 +450,7 @@ class ConversationHub:
                     continue  # the client left: keep draining so the turn can end
                 try:
                     if chunk.words:  # ahead of its frame: the client attaches them to it
-                        await conn.send_json(P.words_to_wire(chunk))
+                        await conn.send_message(P.TurnWords.of(chunk))
                     data = P.pack_audio(chunk.turn_id, chunk.index, chunk.codes.tolist(), chunk.pcm)
                     await conn.send_bytes(data)
                     sent += 1
@@ -463,12 +465,8 @@ class ConversationHub:
                 self.metrics.ttfa.observe(summary.ttfa_s)
             if conn is not None and conv.conn is conn:
                 try:
-                    await conn.send_json(
-                        {
-                            "type": "turn.end",
-                            "turn_id": turn.turn_id,
-                            "summary": P.summary_to_wire(summary),
-                        }
+                    await conn.send_message(
+                        P.TurnEnded(turn_id=turn.turn_id, summary=P.WireSummary.of(summary))
                     )
                 except TransportClosed:
                     pass
@@ -561,10 +559,18 @@ class ConversationHub:
                 self.conversations.pop(cid, None)
                 conv = None
             resumed = conv is not None
+            if conv is not None and not _secret_matches(hello.resume_secret, conv.secret):
+                # Refused before anything changes: the live connection and its turn go on.
+                logger.warning(f"conversation {cid}: resume refused (no or wrong resume secret)")
+                raise ForbiddenError(
+                    f"conversation {cid!r} exists: resuming it needs its resume_secret"
+                )
             if conv is None:
                 sampling = hello.sampling.to_params() if hello.sampling else SamplingParams()
                 session = await self._create_session(cid, sampling, hello.seed)
                 conv = Conversation(cid, session, sampling)
+                if hello.resume_secret is not None:  # the creator's own (see protocol)
+                    conv.secret = hello.resume_secret
                 self.conversations[cid] = conv
             old = conv.conn
             if old is not None:
@@ -688,24 +694,9 @@ class ConversationHub:
                 logger.exception("reaper failed")
 
 
-def _jsonable(v: Any) -> Any:
-    """Snapshot values as JSON (tensors as nested lists, dataclasses as objects)."""
-    import dataclasses
-    import enum
-
-    if isinstance(v, torch.Tensor):
-        return v.tolist()
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return _jsonable(dataclasses.asdict(v))
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, enum.Enum):
-        return _jsonable(v.value)
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    return str(v)
+def _secret_matches(given: str | None, secret: str) -> bool:
+    """Constant-time comparison (the edge admits only URL-safe ASCII secrets)."""
+    return given is not None and hmac.compare_digest(given.encode(), secret.encode())
 
 
 __all__ = ["ConversationHub", "ProtocolError"]

@@ -29,3 +29,7 @@ class UnauthorizedError(ServerError):
 
 class RemoteError(ServerError):
     """The server failed for a reason of its own (an internal error)."""
+
+
+class ForbiddenError(ServerError):
+    """The conversation exists and the hello did not carry its resume secret (or a wrong one)."""

@@ -13,9 +13,19 @@ Connection
     history back (``ready.resumed`` says whether it did). A second connection for a
     conversation replaces the first (which is closed with code 4409).
 
+    A conversation id is not a credential: ``ready`` gives the creating client the
+    conversation's ``resume_secret`` (random, per conversation), and a ``hello`` for a
+    conversation that exists must carry it (compared in constant time). Without it, or with a
+    wrong one, the hello is refused (``error`` code ``forbidden``, close 4403) and the live
+    connection and the conversation are left as they were. A client may propose the secret
+    of a conversation it creates (``resume_secret`` in that hello; 22 to 256 URL-safe
+    characters, i.e. at least 128 bits drawn at random): then a retry of a handshake whose
+    ``ready`` was lost still holds the conversation's secret. Without one the server draws it.
+
 Client -> server (JSON)
-    ``hello``       v, conversation_id?, token?, sampling?, seed?   (sampling/seed apply to a
-                    new conversation only)
+    ``hello``       v, conversation_id?, resume_secret?, token?, sampling?, seed?
+                    (sampling/seed apply to a new conversation only; resume_secret is
+                    required when conversation_id names a live conversation)
     ``turn.start``  req, max_frames?                 -> ``turn.started`` {req, turn_id}
     ``turn.text``   turn_id, text                    (no reply; a failure ends the turn)
     ``turn.ids``    turn_id, ids, text?              (token ids instead of text)
@@ -35,7 +45,8 @@ Client -> server (JSON)
     at ``sample_rate``; ``codes`` is little-endian uint16 frames, row-major ``[frames, 16]``.
 
 Server -> client
-    ``ready``        v, conversation_id, resumed, server_id, limits {...}, audio {...}
+    ``ready``        v, conversation_id, resumed, resume_secret, server_id, limits {...},
+                     audio {...}
     ``turn.started`` req, turn_id
     audio (binary)   ``AUDIO_HEADER`` = magic ``b"MSA1"``, turn_id u32, index u32, n u16,
                      then n codes u16, then the frame's PCM (int16 LE, empty without a codec);
@@ -48,9 +59,15 @@ Server -> client
     ``error``        code, message, req? (the request it answers), turn_id?, fatal (the
                      server closes the connection after a fatal error)
 
-Close codes: 4400 protocol violation before ``ready``, 4401 unauthorized, 4408 no hello in
-time, 4409 replaced by a newer connection for the conversation, 1001 server going away,
-1009 frame over the hard size cap.
+Both directions are pydantic models (``ClientMessage``, ``ServerMessage``: one discriminated
+union on ``type`` each); a message is sent as built (``to_json``): the fields given when it was
+made, null included, and ``type``. Error codes and exception types map both ways through one
+table, ``ERROR_CODES``.
+
+Close codes: 4400 protocol violation before ``ready``, 4401 unauthorized, 4403 forbidden
+(a resume without the conversation's secret), 4408 no hello in time, 4409 replaced by a
+newer connection for the conversation, 1001 server going away, 1009 frame over the hard size
+cap.
 """
 
 from __future__ import annotations
@@ -58,9 +75,9 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from moss_pipecat.engine.events import AudioChunk, TurnSummary
 from moss_pipecat.errors import (
@@ -73,6 +90,7 @@ from moss_pipecat.errors import (
 )
 from moss_pipecat.model.sampling import SamplingParams
 from moss_pipecat.server.errors import (
+    ForbiddenError,
     ProtocolError,
     RemoteError,
     ServerUnavailableError,
@@ -83,12 +101,15 @@ PROTOCOL_VERSION = 1
 WS_PATH = "/v1/ws"
 SESSION_HEADER = "x-session-id"  # Ray Serve's session-affinity header (ConsistentHashRouter)
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+# ``secrets.token_urlsafe(16..192)``: a proposed secret has at least 128 bits if drawn at random
+RESUME_SECRET_PATTERN = r"^[A-Za-z0-9_-]{22,256}$"
 MAX_TOP_K = 4096  # above the audio vocabulary (1027): a larger top_k filters nothing more
 MAX_REPETITION_WINDOW = 4096  # the engine's own cap (``repetition_window_max``) is lower
 
 # ---- close codes ---------------------------------------------------------------------------
 CLOSE_PROTOCOL = 4400
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
 CLOSE_HELLO_TIMEOUT = 4408
 CLOSE_SUPERSEDED = 4409
 CLOSE_GOING_AWAY = 1001
@@ -126,7 +147,19 @@ def unpack_audio(data: bytes) -> tuple[int, int, list[int], bytes | None]:
 
 
 # ---- client -> server messages ---------------------------------------------------------------
-class _Msg(BaseModel):
+class _Wire(BaseModel):
+    """A message of either direction, sent as built."""
+
+    def to_json(self) -> str:
+        """Compact JSON: ``type`` and the fields given when the message was made (null
+        included); fields left to their defaults are not sent (they mean the same)."""
+        body = self.model_dump(mode="json", exclude_unset=True)
+        return dumps({"type": self.type, **body})  # type: ignore[attr-defined]
+
+
+class _Msg(_Wire):
+    """Client -> server: strict, unknown fields refused (everything is checked at the edge)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
@@ -167,46 +200,47 @@ Seed = Annotated[int, Field(ge=0, lt=2**63)]
 
 
 class Hello(_Msg):
-    type: Literal["hello"]
+    type: Literal["hello"] = "hello"
     v: int = PROTOCOL_VERSION
     conversation_id: Annotated[str, Field(pattern=CONVERSATION_ID_PATTERN)] | None = None
+    resume_secret: Annotated[str, Field(pattern=RESUME_SECRET_PATTERN)] | None = None
     token: str | None = None
     sampling: Sampling | None = None
     seed: Seed | None = None
 
 
 class TurnStart(_Msg):
-    type: Literal["turn.start"]
+    type: Literal["turn.start"] = "turn.start"
     req: ReqId
     max_frames: Annotated[int, Field(ge=1)] | None = None
 
 
 class TurnText(_Msg):
-    type: Literal["turn.text"]
+    type: Literal["turn.text"] = "turn.text"
     turn_id: TurnId
     text: str
 
 
 class TurnIds(_Msg):
-    type: Literal["turn.ids"]
+    type: Literal["turn.ids"] = "turn.ids"
     turn_id: TurnId
     ids: list[Annotated[int, Field(ge=0, lt=2**31)]]
     text: str = ""
 
 
 class TurnEnd(_Msg):
-    type: Literal["turn.end"]
+    type: Literal["turn.end"] = "turn.end"
     turn_id: TurnId
 
 
 class Interrupt(_Msg):
-    type: Literal["interrupt"]
+    type: Literal["interrupt"] = "interrupt"
     req: ReqId
     heard_frames: Annotated[int, Field(ge=0, lt=2**31)]
 
 
 class UserTurn(_Msg):
-    type: Literal["user_turn"]
+    type: Literal["user_turn"] = "user_turn"
     req: ReqId
     text: str | None = None
     text_ids: list[Annotated[int, Field(ge=0, lt=2**31)]] | None = None
@@ -216,7 +250,7 @@ class UserTurn(_Msg):
 
 
 class Voice(_Msg):
-    type: Literal["voice"]
+    type: Literal["voice"] = "voice"
     req: ReqId
     format: Literal["pcm16", "codes", "none"]
     sample_rate: Annotated[int, Field(ge=1)] | None = None
@@ -232,7 +266,7 @@ class Limits(_Msg):
 
 
 class Settings(_Msg):
-    type: Literal["settings"]
+    type: Literal["settings"] = "settings"
     req: ReqId
     sampling: Sampling | None = None
     seed: Seed | None = None
@@ -240,37 +274,45 @@ class Settings(_Msg):
 
 
 class Reset(_Msg):
-    type: Literal["reset"]
+    type: Literal["reset"] = "reset"
     req: ReqId
 
 
 class Snapshot(_Msg):
-    type: Literal["snapshot"]
+    type: Literal["snapshot"] = "snapshot"
     req: ReqId
 
 
 class Close(_Msg):
-    type: Literal["close"]
+    type: Literal["close"] = "close"
     req: ReqId
 
 
-CLIENT_MESSAGES: dict[str, type[_Msg]] = {
-    m.model_fields["type"].annotation.__args__[0]: m  # the Literal's single value
-    for m in (
-        Hello,
-        TurnStart,
-        TurnText,
-        TurnIds,
-        TurnEnd,
-        Interrupt,
-        UserTurn,
-        Voice,
-        Settings,
-        Reset,
-        Snapshot,
-        Close,
-    )
-}
+ClientMessage = Annotated[
+    Hello
+    | TurnStart
+    | TurnText
+    | TurnIds
+    | TurnEnd
+    | Interrupt
+    | UserTurn
+    | Voice
+    | Settings
+    | Reset
+    | Snapshot
+    | Close,
+    Field(discriminator="type"),
+]
+_CLIENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(ClientMessage)
+
+
+def _by_type(union: Any) -> dict[str, type[_Wire]]:
+    """``type`` value -> model, for the members of a discriminated union."""
+    members = get_args(get_args(union)[0])  # Annotated[A | B | ..., ...] -> (A, B, ...)
+    return {m.model_fields["type"].default: m for m in members}
+
+
+CLIENT_MESSAGES: dict[str, type[_Msg]] = _by_type(ClientMessage)
 
 
 class MessageError(Exception):
@@ -282,8 +324,14 @@ class MessageError(Exception):
         self.req = req
 
 
+def _problems(e: ValidationError, skip: int = 0) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'][skip:])}: {err['msg']}" for err in e.errors()[:5]
+    )
+
+
 def parse_client_message(text: str | bytes) -> _Msg:
-    """Parses and validates one JSON control message.
+    """Parses and validates one JSON control message (a ``ClientMessage``).
 
     Raises:
         MessageError: code ``bad_message`` (not JSON, not an object, invalid fields) or
@@ -300,16 +348,14 @@ def parse_client_message(text: str | bytes) -> _Msg:
     req = data.get("req")
     req = req if isinstance(req, int) and not isinstance(req, bool) and req >= 0 else None
     kind = data.get("type")
-    cls = CLIENT_MESSAGES.get(kind) if isinstance(kind, str) else None
-    if cls is None:
+    if not isinstance(kind, str) or kind not in CLIENT_MESSAGES:
         raise MessageError("unknown_type", f"unknown message type {kind!r}", req)
     try:
-        return cls.model_validate(data)
-    except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5]
-        )
-        raise MessageError("bad_message", f"invalid {kind!r} message: {problems}", req) from None
+        return _CLIENT_ADAPTER.validate_python(data)
+    except ValidationError as e:  # locations start with the union's tag: dropped
+        raise MessageError(
+            "bad_message", f"invalid {kind!r} message: {_problems(e, skip=1)}", req
+        ) from None
 
 
 def _check_unicode(data: Any) -> None:
@@ -326,93 +372,263 @@ def _check_unicode(data: Any) -> None:
 
 
 # ---- errors on the wire ----------------------------------------------------------------------
-# Wire code -> the exception the client raises (the same types the local engine raises).
-ERROR_TYPES: dict[str, type[MossError]] = {
-    "bad_message": ProtocolError,
-    "unknown_type": ProtocolError,
-    "unsupported_version": ProtocolError,
-    "too_large": InvalidInputError,
-    "invalid_input": InvalidInputError,
-    "capacity": CapacityError,
-    "turn_state": TurnStateError,
-    "session_closed": SessionClosedError,
-    "unknown_session": UnknownSessionError,
-    "unauthorized": UnauthorizedError,
-    "superseded": ServerUnavailableError,
-    "unavailable": ServerUnavailableError,
-    "internal": RemoteError,
-}
+# The one table of error codes. Code -> exception type is what a client raises for an ``error``
+# reply (the same types the local engine raises); exception -> code is the first code listed
+# for the nearest class in the exception's MRO ("internal" if none is listed).
+ERROR_CODES: tuple[tuple[str, type[MossError]], ...] = (
+    ("bad_message", ProtocolError),
+    ("unknown_type", ProtocolError),
+    ("unsupported_version", ProtocolError),
+    ("invalid_input", InvalidInputError),
+    ("too_large", InvalidInputError),
+    ("capacity", CapacityError),
+    ("turn_state", TurnStateError),
+    ("session_closed", SessionClosedError),
+    ("unknown_session", UnknownSessionError),
+    ("unauthorized", UnauthorizedError),
+    ("forbidden", ForbiddenError),
+    ("unavailable", ServerUnavailableError),
+    ("superseded", ServerUnavailableError),
+    ("internal", RemoteError),
+)
+_TYPE_OF_CODE: dict[str, type[MossError]] = dict(ERROR_CODES)
+_CODE_OF_TYPE: dict[type, str] = {}
+for _code, _cls in ERROR_CODES:
+    _CODE_OF_TYPE.setdefault(_cls, _code)
 
 
 def error_code(exc: BaseException) -> str:
     """The wire code for an exception raised while handling a request."""
-    for cls, code in (
-        (UnknownSessionError, "unknown_session"),
-        (SessionClosedError, "session_closed"),
-        (TurnStateError, "turn_state"),
-        (CapacityError, "capacity"),
-        (InvalidInputError, "invalid_input"),
-        (ProtocolError, "bad_message"),
-        (UnauthorizedError, "unauthorized"),
-    ):
-        if isinstance(exc, cls):
+    for cls in type(exc).__mro__:
+        code = _CODE_OF_TYPE.get(cls)
+        if code is not None:
             return code
     return "internal"
 
 
 def error_from_wire(code: str, message: str) -> MossError:
-    """The exception a client raises for an ``error`` reply."""
-    return ERROR_TYPES.get(code, RemoteError)(message)
+    """The exception a client raises for an ``error`` reply (unknown codes: ``RemoteError``)."""
+    return _TYPE_OF_CODE.get(code, RemoteError)(message)
 
 
-# ---- summaries -------------------------------------------------------------------------------
-def words_to_wire(chunk: AudioChunk) -> dict[str, Any]:
-    """The word times a frame carries, sent just before that frame's binary message."""
-    return {
-        "type": "turn.words",
-        "turn_id": chunk.turn_id,
-        "index": chunk.index,
-        "words": [[w, t] for w, t in chunk.words],
-    }
+# ---- server -> client messages ---------------------------------------------------------------
+class _Out(_Wire):
+    """Server -> client: a client ignores fields it does not know (a newer server's)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-def words_from_wire(words: Any) -> list[tuple[str, float]]:
-    return [(str(w), float(t)) for w, t in (words or [])]
+Words = list[tuple[str, float]]
 
 
-def summary_to_wire(s: TurnSummary | None) -> dict[str, Any] | None:
-    if s is None:
+class AudioInfo(_Out):
+    """What the audio frames carry."""
+
+    sample_rate: int
+    frame_samples: int
+    rvq: int
+    pcm: bool  # frames carry PCM (the server has a codec)
+
+
+class ReadyLimits(_Out):
+    """The server's limits a client should respect before sending (None: not told)."""
+
+    max_message_bytes: int | None = None
+    max_audio_seconds: float | None = None
+    max_text_chars: int | None = None
+    max_ids_per_message: int | None = None
+    max_ids_per_turn: int | None = None
+    idle_expiry_s: float | None = None
+
+
+class Ready(_Out):
+    type: Literal["ready"] = "ready"
+    v: int
+    conversation_id: str
+    resumed: bool
+    resume_secret: str | None = None  # the conversation's: needed to resume it
+    server_id: str | None = None
+    audio: AudioInfo
+    limits: ReadyLimits
+
+
+class TurnStarted(_Out):
+    type: Literal["turn.started"] = "turn.started"
+    req: int
+    turn_id: int
+
+
+class TurnWords(_Out):
+    """The word times the engine placed with frame ``index``; sent just before that frame."""
+
+    type: Literal["turn.words"] = "turn.words"
+    turn_id: int
+    index: int
+    words: Words
+
+    @classmethod
+    def of(cls, chunk: AudioChunk) -> TurnWords:
+        return cls(turn_id=chunk.turn_id, index=chunk.index, words=list(chunk.words))
+
+
+class WireSummary(_Out):
+    """``TurnSummary`` on the wire; ``error`` is [code, message]."""
+
+    turn_id: int
+    stop: str
+    audio_frames: int = 0
+    heard_frames: int = 0
+    text_ids: list[int] = []
+    text: str = ""
+    spoken_text: str = ""
+    words: Words = []
+    ttfa_s: float | None = None
+    error: tuple[str, str] | None = None
+
+    @classmethod
+    def of(cls, s: TurnSummary) -> WireSummary:
+        return cls(
+            turn_id=s.turn_id,
+            stop=s.stop,
+            audio_frames=s.audio_frames,
+            heard_frames=s.heard_frames,
+            text_ids=list(s.text_ids),
+            text=s.text,
+            spoken_text=s.spoken_text,
+            words=list(s.words),
+            ttfa_s=s.ttfa_s,
+            error=None if s.error is None else (error_code(s.error), str(s.error)),
+        )
+
+    def to_summary(self) -> TurnSummary:
+        return TurnSummary(
+            turn_id=self.turn_id,
+            stop=self.stop,
+            audio_frames=self.audio_frames,
+            heard_frames=self.heard_frames,
+            text_ids=list(self.text_ids),
+            text=self.text,
+            spoken_text=self.spoken_text,
+            words=list(self.words),
+            ttfa_s=self.ttfa_s,
+            error=None if self.error is None else error_from_wire(*self.error),
+        )
+
+
+class TurnEnded(_Out):
+    type: Literal["turn.end"] = "turn.end"
+    turn_id: int
+    summary: WireSummary
+
+
+class WireSnapshot(_Out):
+    """The engine's snapshot of a conversation (for tests and debugging); keys the engine adds
+    travel too (as JSON values)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    rows: list[list[int]]  # [N, 17]
+    turns: list[tuple[str, int]]  # (role, text ids)
+    phase: str
+    sampling: Sampling
+    cache_len: int | None = None
+    device_cache_len: int | None = None
+    pool_capacity: int | None = None
+    system_rows: int | None = None
+    slot: int | None = None
+    context_budget: int | None = None
+
+    @classmethod
+    def of(cls, snap: dict[str, Any]) -> WireSnapshot:
+        data = {str(k): _jsonable(v) for k, v in snap.items() if k != "sampling"}
+        return cls(**data, sampling=Sampling.of(snap["sampling"]))
+
+
+class Result(_Out):
+    """The reply to a request; ``summary`` (``interrupt``: null when there was nothing to cut)
+    and ``snapshot`` are sent only by the requests that return them."""
+
+    type: Literal["result"] = "result"
+    req: int
+    summary: WireSummary | None = None
+    snapshot: WireSnapshot | None = None
+
+
+class ErrorReply(_Out):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    fatal: bool  # the server closes the connection after it
+    req: int | None = None  # the request it answers
+    turn_id: int | None = None  # the turn whose input it refuses
+
+    @classmethod
+    def of(
+        cls,
+        code: str,
+        message: str,
+        *,
+        req: int | None = None,
+        turn_id: int | None = None,
+        fatal: bool = False,
+    ) -> ErrorReply:
+        """An error reply (``req`` and ``turn_id`` are sent only when given)."""
+        extra = {k: v for k, v in (("req", req), ("turn_id", turn_id)) if v is not None}
+        return cls(code=code, message=message, fatal=fatal, **extra)
+
+    def to_exception(self) -> MossError:
+        return error_from_wire(self.code, self.message)
+
+
+ServerMessage = Annotated[
+    Ready | TurnStarted | TurnWords | TurnEnded | Result | ErrorReply,
+    Field(discriminator="type"),
+]
+_SERVER_ADAPTER: TypeAdapter[Any] = TypeAdapter(ServerMessage)
+SERVER_MESSAGES: dict[str, type[_Out]] = _by_type(ServerMessage)
+
+
+def parse_server_message(text: str | bytes) -> _Out | None:
+    """Parses one JSON message from the server (a ``ServerMessage``); None for a type this
+    client does not know (a newer server's).
+
+    Raises:
+        ProtocolError: not JSON, or a known type with invalid fields.
+    """
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ProtocolError(f"server sent invalid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("server sent a JSON value that is not an object")
+    if data.get("type") not in SERVER_MESSAGES:
         return None
-    return {
-        "turn_id": s.turn_id,
-        "stop": s.stop,
-        "audio_frames": s.audio_frames,
-        "heard_frames": s.heard_frames,
-        "text_ids": list(s.text_ids),
-        "text": s.text,
-        "spoken_text": s.spoken_text,
-        "words": [[w, t] for w, t in s.words],
-        "ttfa_s": s.ttfa_s,
-        "error": None if s.error is None else [error_code(s.error), str(s.error)],
-    }
+    try:
+        return _SERVER_ADAPTER.validate_python(data)
+    except ValidationError as e:
+        raise ProtocolError(
+            f"invalid {data['type']!r} message from the server: {_problems(e, skip=1)}"
+        ) from None
 
 
-def summary_from_wire(d: dict[str, Any] | None) -> TurnSummary | None:
-    if d is None:
-        return None
-    err = d.get("error")
-    return TurnSummary(
-        turn_id=int(d["turn_id"]),
-        stop=str(d["stop"]),
-        audio_frames=int(d.get("audio_frames", 0)),
-        heard_frames=int(d.get("heard_frames", 0)),
-        text_ids=[int(i) for i in d.get("text_ids", [])],
-        text=str(d.get("text", "")),
-        spoken_text=str(d.get("spoken_text", "")),
-        words=words_from_wire(d.get("words")),
-        ttfa_s=d.get("ttfa_s"),
-        error=None if not err else error_from_wire(str(err[0]), str(err[1])),
-    )
+def _jsonable(v: Any) -> Any:
+    """Snapshot values as JSON (tensors as nested lists, dataclasses as objects)."""
+    import dataclasses
+    import enum
+
+    if hasattr(v, "tolist"):  # tensors, numpy arrays and scalars
+        return v.tolist()
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return _jsonable(dataclasses.asdict(v))
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, enum.Enum):
+        return _jsonable(v.value)
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)
 
 
 def dumps(msg: dict[str, Any]) -> str:
@@ -423,20 +639,29 @@ def dumps(msg: dict[str, Any]) -> str:
 __all__ = [
     "AUDIO_HEADER",
     "CLIENT_MESSAGES",
+    "ERROR_CODES",
     "PROTOCOL_VERSION",
+    "SERVER_MESSAGES",
     "SESSION_HEADER",
     "WS_PATH",
+    "ClientMessage",
+    "ErrorReply",
     "MessageError",
+    "Ready",
+    "Result",
     "Sampling",
+    "ServerMessage",
     "ServerUnavailableError",
+    "TurnEnded",
+    "TurnStarted",
+    "TurnWords",
+    "WireSnapshot",
+    "WireSummary",
     "dumps",
     "error_code",
     "error_from_wire",
     "pack_audio",
     "parse_client_message",
-    "summary_from_wire",
-    "summary_to_wire",
+    "parse_server_message",
     "unpack_audio",
-    "words_from_wire",
-    "words_to_wire",
 ]

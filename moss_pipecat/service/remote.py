@@ -3,7 +3,8 @@
 The conversation (and its acoustic history) lives on the server, keyed by the conversation
 id, so it survives this process reconnecting. User speech and reference voices travel as PCM
 and are encoded by the server's codec. A lost server becomes an ``ErrorFrame`` for the turn in
-flight; the next turn reconnects (with backoff) and goes on.
+flight; the next turn reconnects (with backoff) and goes on. The session keeps the
+conversation's resume secret (the server's proof of who created it) for those reconnects.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ class MossRemoteTTSService(MossTTSServiceBase):
         ssl_ca_file, ssl_context: the CA to trust for a ``wss://`` server's certificate, or
             the whole TLS context (see ``RemoteEngine``).
         conversation_id: keeps the conversation across reconnects (default: a random one).
+        resume_secret: to resume a conversation another process created (its service's or
+            session's ``resume_secret``); a new conversation gets a random one, readable as
+            ``resume_secret`` once the service has started.
         remote: an existing ``RemoteEngine`` to share between pipelines (``url``/``token``
             are then ignored).
         **kwargs: ``MossTTSServiceBase`` and ``TTSService`` arguments.
@@ -37,6 +41,7 @@ class MossRemoteTTSService(MossTTSServiceBase):
         url: str | None = None,
         token: str | None = None,
         conversation_id: str | None = None,
+        resume_secret: str | None = None,
         remote: RemoteEngine | None = None,
         ssl_ca_file: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
@@ -50,15 +55,25 @@ class MossRemoteTTSService(MossTTSServiceBase):
         self._url, self._token = url, token
         self._tls = {"ssl_ca_file": ssl_ca_file, "ssl_context": ssl_context}
         self._conversation_id = conversation_id
+        self._resume_secret = resume_secret
 
     @property
     def session(self) -> RemoteSession | None:
         return self._session
 
+    @property
+    def resume_secret(self) -> str | None:
+        """The conversation's resume secret (None before the session started)."""
+        if self._session is not None and self._session.resume_secret is not None:
+            return self._session.resume_secret
+        return self._resume_secret
+
     async def _open_session(self) -> RemoteSession:
         if self._remote is None:
             self._remote = RemoteEngine(self._url, self._token, **self._tls)
-        return await self._remote.create_session(conversation_id=self._conversation_id)
+        return await self._remote.create_session(
+            conversation_id=self._conversation_id, resume_secret=self._resume_secret
+        )
 
     async def _after_close(self) -> None:
         if self._owns_remote and self._remote is not None:
@@ -67,7 +82,8 @@ class MossRemoteTTSService(MossTTSServiceBase):
 
     @property
     def _pcm_rate(self) -> int:
-        return int(self._session.audio.get("sample_rate", 24000))
+        audio = self._session.audio
+        return audio.sample_rate if audio is not None else 24000
 
     async def _add_user_audio_turn(self, transcript: str, utterance: UserUtterance) -> None:
         await self._session.add_user_audio_turn(transcript, utterance.audio, utterance.sample_rate)

@@ -221,7 +221,9 @@ async def test_a_second_connection_takes_over_the_conversation(make_tiny_engine,
     turn.push_text("One.")
     turn.end_text()
     await turn.wait()
-    second = await RemoteEngine(server.url).create_session(conversation_id="twin")
+    second = await RemoteEngine(server.url).create_session(
+        conversation_id="twin", resume_secret=first.resume_secret
+    )
     assert second.resumed
     assert [r for r, _ in (await second.snapshot())["turns"]] == ["assistant"]
     await eventually(lambda: not first._link.alive, what="the first link to be dropped")

@@ -9,11 +9,21 @@ import torch
 
 from moss_pipecat.cli import build_parser
 from moss_pipecat.engine.events import AudioChunk, TurnSummary
-from moss_pipecat.errors import CapacityError, InvalidInputError, TurnStateError
+from moss_pipecat.errors import (
+    CapacityError,
+    InvalidInputError,
+    TurnStateError,
+    UnknownSessionError,
+)
 from moss_pipecat.model import SamplingParams
 from moss_pipecat.server import protocol as P
 from moss_pipecat.server.app import bearer_token
-from moss_pipecat.server.errors import ProtocolError, ServerUnavailableError
+from moss_pipecat.server.errors import (
+    ForbiddenError,
+    ProtocolError,
+    RemoteError,
+    ServerUnavailableError,
+)
 from moss_pipecat.server.metrics import ServerMetrics
 
 
@@ -68,18 +78,95 @@ def test_sampling_and_summaries_round_trip():
         P.Sampling(temperature=0).to_params()
     s = TurnSummary(3, "error", 4, 2, [1, 2], "ab", "a", 0.05, TurnStateError("busy"))
     s.words = [("a", 0.0), ("b", 0.25)]
-    back = P.summary_from_wire(P.summary_to_wire(s))
+    msg = P.parse_server_message(P.TurnEnded(turn_id=3, summary=P.WireSummary.of(s)).to_json())
+    back = msg.summary.to_summary()
     assert isinstance(back.error, TurnStateError) and str(back.error) == "busy"
     back.error = s.error
     assert back == s
-    assert P.summary_from_wire(P.summary_to_wire(None)) is None
+    nothing = json.loads(P.Result(req=4, summary=None).to_json())  # interrupt: nothing to cut
+    assert nothing == {"type": "result", "req": 4, "summary": None}
+    assert P.parse_server_message(json.dumps(nothing)).summary is None
 
 
 def test_word_times_travel_with_their_frame():
     chunk = AudioChunk(2, 7, torch.zeros(16, dtype=torch.int64), None, (("hi", 0.0), ("yo", 0.3)))
-    msg = json.loads(P.dumps(P.words_to_wire(chunk)))
-    assert msg["type"] == "turn.words" and (msg["turn_id"], msg["index"]) == (2, 7)
-    assert P.words_from_wire(msg["words"]) == list(chunk.words)
+    text = P.TurnWords.of(chunk).to_json()
+    assert json.loads(text) == {
+        "type": "turn.words",
+        "turn_id": 2,
+        "index": 7,
+        "words": [["hi", 0.0], ["yo", 0.3]],
+    }
+    assert P.parse_server_message(text).words == list(chunk.words)
+
+
+def test_every_server_message_round_trips_through_its_model():
+    audio = P.AudioInfo(sample_rate=24000, frame_samples=1920, rvq=16, pcm=True)
+    summary = P.WireSummary.of(TurnSummary(1, "eos", 2, 2, [5], "a", "a", None, None))
+    snapshot = P.WireSnapshot.of(
+        {
+            "rows": torch.zeros(2, 17, dtype=torch.int64),
+            "turns": [("assistant", 1)],
+            "phase": "idle",
+            "sampling": SamplingParams.greedy_decoding(),
+            "cache_len": 2,
+            "engine_added_later": torch.tensor(3),  # unknown keys travel as JSON
+        }
+    )
+    samples = [
+        P.Ready(
+            v=1,
+            conversation_id="c",
+            resumed=False,
+            resume_secret="s3cr-t_",
+            server_id="host:1",
+            audio=audio,
+            limits=P.ReadyLimits(max_text_chars=10),
+        ),
+        P.TurnStarted(req=1, turn_id=2),
+        P.TurnWords(turn_id=2, index=0, words=[("hi", 0.0)]),
+        P.TurnEnded(turn_id=1, summary=summary),
+        P.Result(req=3),
+        P.Result(req=4, snapshot=snapshot),
+        P.ErrorReply.of("forbidden", "no", fatal=True),
+    ]
+    assert {m.type for m in samples} == set(P.SERVER_MESSAGES)
+    for msg in samples:
+        back = P.parse_server_message(msg.to_json())
+        assert type(back) is type(msg) and back == msg
+    # Exactly today's shapes: optional fields are sent only when the message was given them.
+    assert json.loads(P.Result(req=3).to_json()) == {"type": "result", "req": 3}
+    assert json.loads(P.ErrorReply.of("bad_message", "m").to_json()) == {
+        "type": "error",
+        "code": "bad_message",
+        "message": "m",
+        "fatal": False,
+    }
+    assert json.loads(P.ErrorReply.of("x", "m", req=0, turn_id=5).to_json())["req"] == 0
+    wire = json.loads(samples[5].to_json())["snapshot"]
+    assert wire["rows"] == [[0] * 17] * 2 and wire["engine_added_later"] == 3
+    assert "summary" not in json.loads(samples[5].to_json())
+    # A newer server's fields and types do not break this client; a broken message does.
+    assert P.parse_server_message('{"type": "result", "req": 1, "new": 2}') == P.Result(req=1)
+    assert P.parse_server_message('{"type": "telemetry", "x": 1}') is None
+    for bad in ('{"type": "turn.started", "req": 1}', "[1]", "nope"):
+        with pytest.raises(ProtocolError):
+            P.parse_server_message(bad)
+
+
+def test_client_messages_are_sent_as_built():
+    secret = "Abc_-1" * 4  # 24 URL-safe characters
+    hello = P.Hello(conversation_id="c-1", resume_secret=secret)
+    assert json.loads(hello.to_json()) == {
+        "type": "hello",
+        "conversation_id": "c-1",
+        "resume_secret": secret,
+    }
+    assert P.parse_client_message(hello.to_json()) == hello
+    for bad in ("", "x" * 21, "x" * 257, "has space" * 3, "dot.not" * 4, 5):
+        with pytest.raises(P.MessageError) as info:
+            P.parse_client_message(json.dumps({"type": "hello", "resume_secret": bad}))
+        assert info.value.code == "bad_message"
 
 
 def test_error_codes_map_to_the_engine_exception_types():
@@ -92,6 +179,15 @@ def test_error_codes_map_to_the_engine_exception_types():
         assert type(P.error_from_wire(P.error_code(exc), "x")) is type(exc)
     assert P.error_code(RuntimeError("boom")) == "internal"
     assert isinstance(P.error_from_wire("superseded", "m"), ServerUnavailableError)
+    assert isinstance(P.error_from_wire("no-such-code", "m"), RemoteError)
+    # Every code of the one table comes back as its type, and every type goes out as the
+    # first code listed for it.
+    for code, cls in P.ERROR_CODES:
+        err = P.error_from_wire(code, "m")
+        assert type(err) is cls and str(err) == "m"
+        assert P.error_code(err) == next(c for c, k in P.ERROR_CODES if k is cls)
+    assert P.error_code(ForbiddenError("x")) == "forbidden"
+    assert P.error_code(UnknownSessionError("x")) == "unknown_session"  # not session_closed
     with pytest.raises(ProtocolError):
         P.unpack_audio(b"nope")
 

@@ -22,9 +22,10 @@ from .rawws import RawWebsocket
 WRITE_TIMEOUT = 3.0
 
 
-async def _stuck_peer(server, conversation_id: str) -> RawWebsocket:
+async def _stuck_peer(server, conversation_id: str) -> tuple[RawWebsocket, str]:
     """A peer that said hello, then floods requests and never reads again, until the server's
-    sends to it block (the server's write buffer is over its limit)."""
+    sends to it block (the server's write buffer is over its limit). Returns the peer and its
+    conversation's resume secret."""
     peer = await asyncio.to_thread(RawWebsocket, server.url)
     peer.send_json({"type": "hello", "conversation_id": conversation_id})
     ready = await asyncio.to_thread(peer.recv_json)
@@ -40,7 +41,7 @@ async def _stuck_peer(server, conversation_id: str) -> RawWebsocket:
         assert time.monotonic() < deadline, "could not fill the server's send buffer"
         peer.flood({"type": "snapshot", "req": 1}, 0.05)
         await asyncio.sleep(0.05)
-    return peer
+    return peer, ready["resume_secret"]
 
 
 async def _hello_latency(server) -> float:
@@ -59,14 +60,14 @@ async def test_a_stuck_peer_being_taken_over_delays_no_other_hello(make_tiny_eng
     engine = make_tiny_engine()
     server = await make_server(engine, write_timeout_s=WRITE_TIMEOUT)
     hub = server.hub
-    peer = await _stuck_peer(server, "stuck-1")
+    peer, secret = await _stuck_peer(server, "stuck-1")
     old = hub.conversations["stuck-1"].conn
     try:
         # The project's own client reconnects with the id: a takeover of the stuck connection.
         t0 = time.monotonic()
         takeover = asyncio.ensure_future(
             RemoteEngine(server.url, reconnect_timeout=0.5).create_session(
-                conversation_id="stuck-1"
+                conversation_id="stuck-1", resume_secret=secret
             )
         )
         await eventually(lambda: len(hub.connections) == 2, what="the takeover to connect")
@@ -97,10 +98,14 @@ async def test_a_takeover_does_not_wait_for_the_old_peer(make_tiny_engine, make_
     peer = await asyncio.to_thread(RawWebsocket, server.url)
     try:
         peer.send_json({"type": "hello", "conversation_id": "quiet-1"})
-        assert (await asyncio.to_thread(peer.recv_json))["type"] == "ready"
+        ready = await asyncio.to_thread(peer.recv_json)
+        assert ready["type"] == "ready"
         t0 = time.perf_counter()
         second = await asyncio.wait_for(
-            RemoteEngine(server.url).create_session(conversation_id="quiet-1"), 8
+            RemoteEngine(server.url).create_session(
+                conversation_id="quiet-1", resume_secret=ready["resume_secret"]
+            ),
+            8,
         )
         took = time.perf_counter() - t0
         print(f"takeover of a peer that reads nothing: {took * 1000:.1f} ms")
@@ -116,7 +121,7 @@ async def test_a_peer_that_reads_nothing_is_dropped_and_its_conversation_kept(
     engine = make_tiny_engine()
     server = await make_server(engine, write_timeout_s=WRITE_TIMEOUT)
     hub = server.hub
-    peer = await _stuck_peer(server, "stuck-2")
+    peer, _ = await _stuck_peer(server, "stuck-2")
     conn = hub.conversations["stuck-2"].conn
     try:
         t0 = time.monotonic()
