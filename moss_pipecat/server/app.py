@@ -109,17 +109,18 @@ def create_app(hub: ConversationHub) -> Any:
             return
         await hub.serve(AsgiTransport(ws, header_authorized=authorized), admission)
 
+    # async routes: they run on the event loop, which owns the hub's state (no thread pool).
     @app.get("/healthz")
-    def healthz() -> PlainTextResponse:
+    async def healthz() -> PlainTextResponse:
         return PlainTextResponse("ok\n")
 
     @app.get("/readyz")
-    def readyz() -> PlainTextResponse:
+    async def readyz() -> PlainTextResponse:
         ok = hub.ready
         return PlainTextResponse("ready\n" if ok else "not ready\n", 200 if ok else 503)
 
     @app.get("/metrics")
-    def prometheus(request: Request) -> Response:
+    async def prometheus(request: Request) -> Response:
         if not hub.check_token(bearer_token(request.headers.get("authorization"))):
             return PlainTextResponse("unauthorized\n", 401, headers={"WWW-Authenticate": "Bearer"})
         body, content_type = metrics.render(request.headers.get("accept"))
