@@ -14,27 +14,20 @@ exercise the logic the GPU replays.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
-from moss_pipecat._log import logger
 from moss_pipecat.codec.model import MossAudioCodec, run_modules
 from moss_pipecat.codec.streaming import CodecStreamState
-from moss_pipecat.cuda_graphs import capture_graph
+from moss_pipecat.cuda_graphs import (
+    DEFAULT_BATCH_BUCKETS,
+    BucketedGraph,
+    StaticInput,
+    capped_buckets,
+    smallest_bucket,
+)
 from moss_pipecat.errors import InvalidInputError
-
-DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
-
-
-@dataclass
-class _Buffers:
-    codes: torch.Tensor  # [Q, Bb, 1] int64
-    active: torch.Tensor  # [Bb] bool
-    wav: torch.Tensor | None = None  # [Bb, hop] float32, owned by the graph
-    graph: torch.cuda.CUDAGraph | None = None
 
 
 class GraphedCodecDecode:
@@ -56,60 +49,51 @@ class GraphedCodecDecode:
         if state.config != codec.config:
             raise InvalidInputError("stream state was made for a different codec config")
         self.codec, self.state = codec, state
-        cap = state.capacity
-        self.batch_buckets = tuple(sorted({min(b, cap) for b in batch_buckets if b >= 1} | {cap}))
-        device = state.device
-        self.use_cuda_graphs = device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
-        self._pool = None
-        self._buffers: dict[tuple[int, int], _Buffers] = {}
+        self.batch_buckets = capped_buckets(batch_buckets, state.capacity)
+        cuda = state.device.type == "cuda"
+        # key: (rows, quantizers decoded)
+        self.graphs: BucketedGraph[tuple[int, int]] = BucketedGraph(
+            "codec decode",
+            self._inputs,
+            self._body,
+            use_cuda_graphs=cuda if use_cuda_graphs is None else use_cuda_graphs,
+        )
+
+    @property
+    def use_cuda_graphs(self) -> bool:
+        return self.graphs.use_cuda_graphs
 
     def bucket(self, rows: int) -> int:
         """Smallest bucket holding ``rows`` rows (``rows`` <= the state's capacity)."""
-        i = bisect.bisect_left(self.batch_buckets, rows)
-        if i == len(self.batch_buckets):
+        b = smallest_bucket(self.batch_buckets, rows)
+        if b is None:
             raise InvalidInputError(f"{rows} rows exceed the stream state's capacity")
-        return self.batch_buckets[i]
+        return b
 
-    def _run(self, buf: _Buffers) -> None:
+    def _inputs(self, key: tuple[int, int]) -> dict[str, StaticInput]:
+        n, n_q = key
+        dev = self.state.device
+        return {
+            "codes": StaticInput(torch.zeros(n, n_q, dtype=torch.int64, device=dev), 0),
+            # Idle rows' counters stay put and what they write is overwritten before any
+            # window reads it (``StageRings.advance``).
+            "active": StaticInput(torch.zeros(n, dtype=torch.bool, device=dev), False),
+        }
+
+    def _body(self, inputs: dict[str, torch.Tensor], key: tuple[int, int]) -> torch.Tensor:
         codec, rings = self.codec, self.state.rings
-        n = buf.active.shape[0]
-        x = codec.quantizer.decode(buf.codes).to(codec.decoder_dtype)  # [n, 1, D]
+        n = key[0]
+        codes = inputs["codes"].T[:, :, None]  # [Q, n, 1]
+        x = codec.quantizer.decode(codes).to(codec.decoder_dtype)  # [n, 1, D]
         out = run_modules(codec.decoder, x, rings.views(n))  # [n, hop, 1]
-        rings.advance(n, 1, buf.active)
-        buf.wav = out[..., 0].float()  # [n, hop]
-
-    def _warm_up(self, buf: _Buffers) -> None:
-        """The runs before capture. They really execute, so every row is inactive: counters
-        stay put and the rows' writes land where the next real step overwrites them."""
-        buf.active.zero_()
-        for _ in range(2):
-            self._run(buf)
-
-    def _capture(self, buf: _Buffers) -> None:
-        buf.graph = capture_graph(lambda: self._run(buf), lambda: self._warm_up(buf), self._pool)
-        self._pool = buf.graph.pool()
-        logger.debug(f"captured codec decode graph rows={buf.active.shape[0]}")
+        rings.advance(n, 1, inputs["active"])
+        return out[..., 0].float()  # [n, hop]
 
     @torch.inference_mode()
-    def prepare(self, bucket: int, n_q: int) -> _Buffers:
-        """The static buffers (and, with CUDA graphs, the captured graph) of one bucket."""
-        buf = self._buffers.get((bucket, n_q))
-        if buf is None:
-            dev = self.state.device
-            buf = self._buffers[(bucket, n_q)] = _Buffers(
-                codes=torch.zeros(n_q, bucket, 1, dtype=torch.int64, device=dev),
-                active=torch.zeros(bucket, dtype=torch.bool, device=dev),
-            )
-            if self.use_cuda_graphs:
-                self._capture(buf)
-        return buf
-
     def capture_all(self, n_q: int | None = None) -> int:
         """Prepares every bucket (all ``n_q`` quantizers by default); returns the count."""
         n_q = n_q or self.codec.config.quantizer.num_quantizers
-        for b in self.batch_buckets:
-            self.prepare(b, n_q)
-        return len(self.batch_buckets)
+        return self.graphs.prepare((b, n_q) for b in self.batch_buckets)
 
     @torch.inference_mode()
     def step(self, codes: torch.Tensor, slots: Sequence[int]) -> torch.Tensor:
@@ -134,15 +118,10 @@ class GraphedCodecDecode:
         live = set(self.state.active_slots)
         if not set(slots) <= live:
             raise InvalidInputError(f"slots {sorted(set(slots) - live)} are not active streams")
-        buf = self.prepare(self.bucket(max(slots) + 1), n_q)
-        rows = torch.tensor(slots, dtype=torch.int64, device=buf.codes.device)
-        buf.codes.zero_()
-        buf.codes[:, rows] = codes.to(buf.codes.device, torch.int64)
-        buf.active.zero_()
-        buf.active[rows] = True
-        if self.use_cuda_graphs:
-            buf.graph.replay()
-        else:
-            self._run(buf)
+        key = (self.bucket(max(slots) + 1), n_q)
+        dev = self.state.device
+        rows = torch.tensor(slots, dtype=torch.int64, device=dev)
+        codes = codes[:, :, 0].T.to(dev, torch.int64)  # [B, Q]
+        wav = self.graphs(key, rows, {"codes": codes, "active": True})
         self.state._record(slots, 1)
-        return buf.wav[rows]
+        return wav[rows]

@@ -16,8 +16,8 @@ phase:
 
 The graphed steps (TTS decode step, first frame, codec) run their padded static-buffer path
 without CUDA graphs, on any device: exactly the code a graph replays. Each call of a graphed
-step's ``_run`` (what a replay stands for) counts as one op outside the graphs; the ops inside
-it are counted apart. Used by ``benchmarks/bench_launches.py`` and the tests.
+step's body (``BucketedGraph.body``, what a replay stands for) counts as one op outside the
+graphs; the ops inside it are counted apart. Used by ``benchmarks/bench_launches.py`` and the tests.
 """
 
 from __future__ import annotations
@@ -123,14 +123,15 @@ def instrument(engine: MossEngine) -> OpCounter:
     CUDA graphs; every bucket's buffers are made first, as the engine does on a GPU."""
     steps = [p.graphs for p in engine._pools if p.graphs is not None]
     steps += [g for g in (engine._frame_graph, engine._codec_graph) if g is not None]
-    for step in steps:
-        step.use_cuda_graphs = False
+    graphs = [step.graphs for step in steps]  # their BucketedGraph
+    for g in graphs:
+        g.use_cuda_graphs = False
     engine.capture_graphs()
     counter = OpCounter()
     for method, phase in PHASES.items():
         setattr(engine, method, counter.phase(phase, getattr(engine, method)))
-    for step in steps:
-        step._run = counter.graphed(step._run)
+    for g in graphs:
+        g.body = counter.graphed(g.body)
     return counter
 
 

@@ -68,4 +68,4 @@ def test_capture_prepares_the_codec_buckets_the_engine_decodes(
     engine = MossEngine(tiny_model, golden_layout, codec=tiny_codec, config=config)
     engine.capture_graphs()
     graph = engine._codec_graph
-    assert set(graph._buffers) == {(b, tiny_model.cfg.rvq) for b in graph.batch_buckets}
+    assert graph.graphs.keys == {(b, tiny_model.cfg.rvq) for b in graph.batch_buckets}

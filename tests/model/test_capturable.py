@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from moss_pipecat.codec import CodecConfig, MossAudioCodec, real_config_dict
-from moss_pipecat.codec.graphs import GraphedCodecDecode, _Buffers
+from moss_pipecat.codec.graphs import GraphedCodecDecode
 from moss_pipecat.model import BatchSampling, MossTTSRealtime, MossTTSRealtimeConfig, SamplingParams
 from moss_pipecat.model.graphs import GraphedDecodeStep, GraphedFrameStep
 from moss_pipecat.model.sampling import NO_HISTORY, NoiseKeys, keyed_noise
@@ -57,20 +57,22 @@ def test_decode_step_has_no_host_sync_at_real_size(real_model: MossTTSRealtime, 
     cfg = real_model.cfg
     cache = real_model.new_cache(8, 257, device=META)  # + the spare position per slot
     graphed = GraphedDecodeStep(real_model, cache, window=50, batch_buckets=(8,), kv_buckets=(256,))
-    buf = graphed._make_buffers(8)
-    assert buf.rows.device == META
+    inputs = graphed.graphs.bucket((8, 256)).inputs
+    assert inputs["rows"].device == META
     params = [SamplingParams(), SamplingParams.greedy_decoding()] * 4
     # Some rows may not end their turn yet (EOS masked): the mask is part of the graph too.
     allow_eos = [True, False, False, True] * 2
-    buf.sampling = BatchSampling.from_params(params, device=META, allow_eos=allow_eos)
-    buf.n_new[:batch] = 1  # the first ``batch`` slots step, the rest idle
+    sampling = BatchSampling.from_params(params, device=META, allow_eos=allow_eos)
+    for name in ("temperature", "top_k", "top_p", "penalty", "greedy", "allow_eos"):
+        inputs[name].copy_(getattr(sampling, name))  # in place, as a call fills them
+    inputs["n_new"][:batch] = 1  # the first ``batch`` slots step, the rest idle
     with OnlyMeta() as guard:
-        graphed._run(buf, 256)  # exactly what the CUDA graph records
+        frames, hidden = graphed.graphs.launch((8, 256))  # exactly what the CUDA graph records
     assert guard.offenders == []
     assert guard.ops > 1000  # the guard really saw the step
     assert "aten.bitwise_xor.Tensor" in guard.names  # the sampling noise is made in the step
-    assert buf.frames.shape == (8, cfg.rvq) and buf.frames.dtype == torch.int64
-    assert buf.hidden.shape == (8, cfg.language.hidden_size)
+    assert frames.shape == (8, cfg.rvq) and frames.dtype == torch.int64
+    assert hidden.shape == (8, cfg.language.hidden_size)
 
 
 def test_sampling_noise_path_has_no_host_sync(real_model: MossTTSRealtime):
@@ -112,13 +114,13 @@ def test_keyed_noise_has_no_host_sync(real_model: MossTTSRealtime):
     assert guard.offenders == [] and frames.shape == (B, cfg.rvq)
     assert "aten.bitwise_xor.Tensor" in guard.names
     step = GraphedFrameStep(real_model, window=50, max_batch=4, batch_buckets=(4,))
-    buf = step.prepare(4)
-    assert buf.keys.seed.device == META
-    buf.sampling = BatchSampling.from_params([SamplingParams()] * 4, device=META)
+    inputs = step.graphs.bucket(4).inputs
+    assert inputs["seed"].device == META
+    inputs["greedy"].zero_()  # every row sampled
     with OnlyMeta() as guard:
-        step._run(buf)  # what the first-frame graph records
+        frames = step.graphs.launch(4)  # what the first-frame graph records
     assert guard.offenders == [] and "aten.bitwise_xor.Tensor" in guard.names
-    assert buf.frames.shape == (4, cfg.rvq)
+    assert frames.shape == (4, cfg.rvq)
 
 
 def test_codec_step_has_no_host_sync_at_real_size():
@@ -130,9 +132,10 @@ def test_codec_step_has_no_host_sync_at_real_size():
     state = codec.new_stream_state(4)
     assert state.device == META
     graphed = GraphedCodecDecode(codec, state)
-    buf_codes = torch.zeros(config.quantizer.num_quantizers, 4, 1, dtype=torch.int64, device=META)
-    buf = _Buffers(codes=buf_codes, active=torch.zeros(4, dtype=torch.bool, device=META))
-    with torch.inference_mode(), OnlyMeta() as guard:
-        graphed._run(buf)
+    key = (4, config.quantizer.num_quantizers)
+    with torch.inference_mode():
+        assert graphed.graphs.bucket(key).inputs["codes"].device == META
+        with OnlyMeta() as guard:
+            wav = graphed.graphs.launch(key)
     assert guard.offenders == []
-    assert buf.wav.shape == (4, codec.samples_per_frame)
+    assert wav.shape == (4, codec.samples_per_frame)

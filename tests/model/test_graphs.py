@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from moss_pipecat.cuda_graphs import capture_eagerly
 from moss_pipecat.model import BatchSampling, MossTTSRealtime, SamplingParams
 from moss_pipecat.model.graphs import GraphedDecodeStep, GraphedFrameStep, default_kv_buckets
 from moss_pipecat.model.sampling import NO_HISTORY, NoiseKeys
@@ -19,22 +20,6 @@ def _setup(model, rows, lengths, n_slots):
     batch = torch.stack([torch.cat((rows[:n], rows[:1].expand(T - n, -1))) for n in lengths])
     model.prefill(batch, cache, slots, n_new=torch.tensor(lengths))
     return cache, slots[:3]
-
-
-class _ReplayEagerly:
-    """Stands in for a captured ``torch.cuda.CUDAGraph`` on CPU: replay reruns the step."""
-
-    def __init__(self, fn) -> None:
-        self.replay = fn
-
-
-class CaptureOnCPU(GraphedDecodeStep):
-    """Does on CPU what capture really executes (the warm-up steps), then replays eagerly, so
-    the order of capture vs. filling the buffers with session inputs is tested here too."""
-
-    def _capture(self, buf, kv_len):
-        self._warm_up(buf, kv_len)
-        buf.graph = _ReplayEagerly(lambda: self._run(buf, kv_len))
 
 
 @pytest.mark.parametrize(
@@ -58,7 +43,7 @@ def test_graphed_step_equals_eager_step(
     cfg = tiny_model.cfg
     eager_cache, slots = _setup(tiny_model, rows, lengths, 5)
     graph_cache, _ = _setup(tiny_model, rows, lengths, 5)
-    graphed = (CaptureOnCPU if capture else GraphedDecodeStep)(
+    graphed = GraphedDecodeStep(
         tiny_model,
         graph_cache,
         window=50,
@@ -67,6 +52,9 @@ def test_graphed_step_equals_eager_step(
         use_cuda_graphs=capture,
         compile_backend=backend,
     )
+    # On CPU: what capture really executes (the warm-up runs), then replays rerun the body,
+    # so the order of capture vs. filling the buffers with session inputs is tested too.
+    graphed.graphs.capture = capture_eagerly
     params = [SamplingParams.greedy_decoding(), SamplingParams(), SamplingParams(top_k=5)]
     sampling = BatchSampling.from_params(params)
     history = torch.full((3, 50, cfg.rvq), NO_HISTORY)
@@ -97,7 +85,7 @@ def test_graphed_step_equals_eager_step(
     assert torch.equal(graph_cache.k[:, 1, :, :20], eager_cache.k[:, 1, :, :20])
     assert torch.equal(graph_cache.v[:, 1, :, :20], eager_cache.v[:, 1, :, :20])
     assert graphed.bucket(3, 40) == (4, 64)
-    assert set(graphed._buffers) == {(4, 64), (4, 160)} or set(graphed._buffers) >= {(4, 64)}
+    assert graphed.graphs.keys >= {(4, 64)}
 
 
 def test_kv_buckets_end_at_the_cache_length():
@@ -116,21 +104,14 @@ def test_graphed_step_buckets_leave_out_the_spare_position(tiny_model):
         step.step(torch.zeros(2, 1, 17, dtype=torch.long), [0, 0], 10, None, None, None)
 
 
-class FrameCaptureOnCPU(GraphedFrameStep):
-    """The first-frame step with the capture's real side effects (warm-up runs) on CPU."""
-
-    def _capture(self, buf):
-        self._warm_up(buf)
-        buf.graph = _ReplayEagerly(lambda: self._run(buf))
-
-
 @pytest.mark.parametrize("capture", [False, True], ids=["padded", "capture-warmup"])
 def test_graphed_first_frame_equals_generate_frame(tiny_model, capture):
     cfg = tiny_model.cfg
     gen = torch.Generator().manual_seed(4)
-    step = (FrameCaptureOnCPU if capture else GraphedFrameStep)(
+    step = GraphedFrameStep(
         tiny_model, window=50, max_batch=3, batch_buckets=(2, 4), use_cuda_graphs=capture
     )
+    step.graphs.capture = capture_eagerly  # the capture's real side effects (warm-up runs)
     params = [SamplingParams(), SamplingParams.greedy_decoding(), SamplingParams(top_p=0.9)]
     for B in (1, 3, 2, 3):  # buckets reused with fewer rows: stale rows must not leak
         hidden = torch.randn(B, cfg.language.hidden_size, generator=gen)
@@ -147,7 +128,7 @@ def test_graphed_first_frame_equals_generate_frame(tiny_model, capture):
             tiny_model.generate_frame(hidden, greedy, history, None),
         )
     assert step.batch_buckets == (2, 3)  # capped at max_batch
-    assert set(step._buffers) == {2, 3}
+    assert step.graphs.keys == {2, 3}
     assert step.capture_all() == 2
 
 
