@@ -129,10 +129,30 @@ def create_app(hub: ConversationHub) -> Any:
     return app
 
 
+# The two protocol classes below extend uvicorn's own (tested with uvicorn 0.35 to 0.54). They
+# lean on attributes that are not uvicorn's public API, so each one checks for them first and,
+# on a uvicorn that lacks them, the server runs with uvicorn's stock protocol: it still works,
+# only that hardening is off (and says so in the log). tests/server covers both hooks.
+
+
 def _abortable_protocol() -> Any:
     """uvicorn's websocket protocol, also giving the app its socket (``ABORT_EXTENSION``): a
     peer that reads nothing is then dropped with a TCP reset, not a close that waits on it."""
-    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    try:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    except ImportError:
+        logger.warning(
+            "this uvicorn has no sans-I/O websocket protocol: stalled peers are "
+            "closed, not aborted, and oversized frames get no close frame"
+        )
+        return "auto"
+    methods = ("handle_connect", "handle_parser_exception")
+    if not all(callable(getattr(WebSocketsSansIOProtocol, m, None)) for m in methods):
+        logger.warning(
+            "this uvicorn's websocket protocol lacks the hooks the server extends: "
+            "running its stock protocol"
+        )
+        return WebSocketsSansIOProtocol
 
     class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
         _failed = False
@@ -143,6 +163,9 @@ def _abortable_protocol() -> Any:
             # closing at once: unread data would turn the close into a TCP reset that can
             # destroy the close frame, and the client would never learn why.
             if self._failed:
+                return
+            if not _has_attrs(self, "conn", "queue", "transport", "loop", "read_paused"):
+                super().handle_parser_exception()
                 return
             self._failed = True
             close = self.conn.close_sent
@@ -160,7 +183,7 @@ def _abortable_protocol() -> Any:
         def handle_connect(self, event: Any) -> None:
             super().handle_connect(event)
             scope = getattr(self, "scope", None)  # absent when the upgrade was malformed
-            if scope is not None:
+            if scope is not None and isinstance(scope.get("extensions"), dict):
                 transport = self.transport
                 scope["extensions"][ABORT_EXTENSION] = {
                     "abort": transport.abort,
@@ -187,10 +210,16 @@ def _deadline_http_protocol(timeout: float) -> Any:
 
         def _request_too_slow(self) -> None:
             upgraded = self.transport.get_protocol() is not self  # now a websocket's
-            if not upgraded and self.cycle is None and not self.transport.is_closing():
+            # ``cycle`` is uvicorn's request in flight (None until a whole request arrived).
+            in_request = getattr(self, "cycle", None) is not None
+            if not upgraded and not in_request and not self.transport.is_closing():
                 self.transport.close()
 
     return DeadlineHTTPProtocol
+
+
+def _has_attrs(obj: Any, *names: str) -> bool:
+    return all(hasattr(obj, n) for n in names)
 
 
 def _bind(host: str, port: int) -> socket.socket:
