@@ -459,8 +459,11 @@ class MossTTSServiceBase(TTSService):
         """Moves the engine turn's frames and word times into the reply's audio context."""
         context_id, turn = reply.context_id, reply.turn
         out_rate, in_rate = self.sample_rate, self._pcm_rate
-        # One resampler per reply: its filter state must not leak across an interruption.
-        resampler = create_stream_resampler() if out_rate != in_rate else None
+        # One resampler per reply: its filter state must not leak across an interruption, and
+        # within a reply it is never cleared (pipecat's default clears it after 0.2 s without
+        # audio, dropping the samples it holds: a reply that waits for LLM text, or a busy
+        # host, would lose audio and click).
+        resampler = create_stream_resampler(clear_after_secs=None) if out_rate != in_rate else None
         async for chunk in turn:
             audio = chunk.pcm
             if resampler is not None:
