@@ -46,6 +46,7 @@ from moss_pipecat.errors import (
     TurnStateError,
 )
 from moss_pipecat.model.sampling import SamplingParams
+from moss_pipecat.pcm import float_to_pcm16
 from moss_pipecat.server import protocol as P
 from moss_pipecat.server.errors import (
     ForbiddenError,
@@ -90,8 +91,7 @@ def pcm16_from_audio(audio: Any) -> bytes:
         return a.astype("<i2", copy=False).tobytes()
     if not np.issubdtype(a.dtype, np.floating):
         raise InvalidInputError(f"audio must be int16 or float samples, got {a.dtype}")
-    a = np.clip(np.nan_to_num(a.astype(np.float32)), -1.0, 1.0)
-    return np.round(a * 32767.0).astype("<i2").tobytes()
+    return float_to_pcm16(a)
 
 
 def codes_bytes(frames: Any, rvq: int = 16) -> tuple[bytes, int]:

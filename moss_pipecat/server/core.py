@@ -32,6 +32,7 @@ from moss_pipecat.engine.engine import MossEngine
 from moss_pipecat.engine.session import Session, TurnStream
 from moss_pipecat.errors import CapacityError, InvalidInputError, MossError, SessionClosedError
 from moss_pipecat.model.sampling import SamplingParams
+from moss_pipecat.pcm import pcm16_to_float
 from moss_pipecat.server import protocol as P
 from moss_pipecat.server.budget import Admission, ConnectionBudget
 from moss_pipecat.server.config import ServerConfig
@@ -517,7 +518,7 @@ class ConversationHub:
         codec = self.engine.codec
         if codec is None:
             raise InvalidInputError("this server has no codec: upload codes instead of PCM")
-        wav = torch.from_numpy(np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0)
+        wav = torch.from_numpy(pcm16_to_float(data))
 
         def encode() -> torch.Tensor:
             with torch.inference_mode():

@@ -166,32 +166,32 @@ class _Msg(_Wire):
 Finite = Field(allow_inf_nan=False)
 
 
+_DEFAULTS = SamplingParams()
+
+
 class Sampling(_Msg):
     """``SamplingParams`` on the wire (missing fields take the engine defaults).
 
     Ranges are checked here, at the edge: anything past them is a ``bad_message`` (finer
     checks, e.g. ``temperature > 0`` unless greedy, are the engine's ``invalid_input``)."""
 
-    temperature: Annotated[float, Finite, Field(ge=0, le=100)] = 0.8
-    top_k: Annotated[int, Field(ge=0, le=MAX_TOP_K)] = 30  # 0: off; past the vocabulary: off
-    top_p: Annotated[float, Finite, Field(gt=0, le=1)] = 0.6
-    repetition_penalty: Annotated[float, Finite, Field(gt=0, le=100)] = 1.1
-    repetition_window: Annotated[int, Field(ge=0, le=MAX_REPETITION_WINDOW)] = 50
-    greedy: bool = False
+    # Defaults: the engine's own (SamplingParams), never restated here.
+    temperature: Annotated[float, Finite, Field(ge=0, le=100)] = _DEFAULTS.temperature
+    # top_k 0: off; past the vocabulary: off.
+    top_k: Annotated[int, Field(ge=0, le=MAX_TOP_K)] = _DEFAULTS.top_k
+    top_p: Annotated[float, Finite, Field(gt=0, le=1)] = _DEFAULTS.top_p
+    repetition_penalty: Annotated[float, Finite, Field(gt=0, le=100)] = _DEFAULTS.repetition_penalty
+    repetition_window: Annotated[int, Field(ge=0, le=MAX_REPETITION_WINDOW)] = (
+        _DEFAULTS.repetition_window
+    )
+    greedy: bool = _DEFAULTS.greedy
 
     def to_params(self) -> SamplingParams:
         return SamplingParams(**self.model_dump())
 
     @classmethod
     def of(cls, params: SamplingParams) -> Sampling:
-        return cls(
-            temperature=params.temperature,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            repetition_penalty=params.repetition_penalty,
-            repetition_window=params.repetition_window,
-            greedy=params.greedy,
-        )
+        return cls(**{name: getattr(params, name) for name in cls.model_fields})
 
 
 ReqId = Annotated[int, Field(ge=0, lt=2**53)]
