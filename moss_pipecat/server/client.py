@@ -482,11 +482,24 @@ class RemoteSession:
         return await self._request(link, cls, payload, **fields)
 
     # ---- turns ----------------------------------------------------------------------------------
-    async def start_turn(self, max_frames: int | None = None) -> RemoteTurn:
-        """Opens an assistant turn (fails if one is open)."""
+    async def start_turn(
+        self,
+        max_frames: int | None = None,
+        *,
+        min_frames: int | None = None,
+        eos_after_text: bool | None = None,
+    ) -> RemoteTurn:
+        """Opens an assistant turn (fails if one is open); arguments as ``Session.start_turn``."""
         if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
             raise InvalidInputError(f"max_frames must be a positive int, got {max_frames!r}")
-        self._turn = await self._call(P.TurnStart, max_frames=max_frames)
+        if min_frames is not None and (not isinstance(min_frames, int) or min_frames < 0):
+            raise InvalidInputError(f"min_frames must be an int >= 0, got {min_frames!r}")
+        self._turn = await self._call(
+            P.TurnStart,
+            max_frames=max_frames,
+            min_frames=min_frames,
+            eos_after_text=eos_after_text,
+        )
         return self._turn
 
     async def interrupt(self, heard_frames: int) -> TurnSummary | None:

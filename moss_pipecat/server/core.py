@@ -371,7 +371,9 @@ class ConversationHub:
             await self._turn_input(conn, conv, msg)
             return None
         if isinstance(msg, P.TurnStart):
-            turn = await s.start_turn(msg.max_frames)
+            turn = await s.start_turn(
+                msg.max_frames, min_frames=msg.min_frames, eos_after_text=msg.eos_after_text
+            )
             conv.turn, conv.frames_sent = turn, 0
             conv.turn_ids = conv.turn_chars = 0
             await conn.send_message(P.TurnStarted(req=msg.req, turn_id=turn.turn_id))

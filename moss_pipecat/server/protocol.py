@@ -213,6 +213,8 @@ class TurnStart(_Msg):
     type: Literal["turn.start"] = "turn.start"
     req: ReqId
     max_frames: Annotated[int, Field(ge=1)] | None = None
+    min_frames: Annotated[int, Field(ge=0, lt=2**31)] | None = None  # None: the engine's
+    eos_after_text: bool | None = None  # None: the engine's
 
 
 class TurnText(_Msg):

@@ -107,3 +107,29 @@ async def test_create_session_with_voice_codes_and_seed_equals_local(
     assert torch.equal(await _say(remote, "A seeded voice.", 10), expected)
     await client.aclose()
     assert engine.session_ids == []
+
+
+async def test_per_turn_eos_options_travel_to_the_engine(make_tiny_engine, make_server):
+    # A turn's EOS options (min_frames, eos_after_text) set remotely act as set locally: the
+    # turn speaks at least min_frames frames and its frames equal the local turn's.
+    async def say(session, **eos):
+        turn = await session.start_turn(max_frames=40, **eos)
+        turn.push_text("Hi.")
+        turn.end_text()
+        return torch.stack([c.codes for c in [c async for c in turn]])
+
+    options = [dict(min_frames=9), dict(min_frames=5, eos_after_text=True)]
+    engine = make_tiny_engine()
+    local = engine.create_session(sampling=GREEDY)
+    expected = [await say(local, **eos) for eos in options]
+    engine.shutdown()
+
+    engine = make_tiny_engine()
+    server = await make_server(engine)
+    client = RemoteEngine(server.url)
+    remote = await client.create_session(sampling=GREEDY)
+    for eos, want in zip(options, expected, strict=True):
+        got = await say(remote, **eos)
+        assert got.shape[0] >= eos["min_frames"]
+        assert torch.equal(got, want)
+    await client.aclose()
