@@ -108,6 +108,14 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="mask EOS until a turn's whole text has been fed",
     )
+    p.add_argument(
+        "--prefix-cache-mib",
+        type=float,
+        default=None,
+        metavar="MIB",
+        help="device memory for the prompt prefix cache (KV of each distinct system sentence + "
+        "voice, shared by new conversations; default 256, 0: off)",
+    )
 
 
 def _pool(text: str) -> tuple[int, int]:

@@ -59,6 +59,9 @@ class EngineOptions(BaseModel):
     compile: str | None = Field(None, description="torch.compile backend of the graphed step")
     eos_min_frames: int = Field(0, ge=0)
     eos_after_text: bool = False
+    prefix_cache_mib: float | None = Field(
+        None, ge=0, description="prompt prefix cache size (None: the engine's default; 0: off)"
+    )
 
     @field_validator("kv_pools", mode="before")
     @classmethod
@@ -88,6 +91,8 @@ class EngineOptions(BaseModel):
             "eos_min_frames": self.eos_min_frames,
             "eos_after_text": self.eos_after_text,
         }
+        if self.prefix_cache_mib is not None:
+            kw["prefix_cache_bytes"] = int(self.prefix_cache_mib * 2**20)
         if self.max_sessions is not None:
             kw["max_sessions"] = self.max_sessions
         if self.kv_pools:

@@ -41,11 +41,12 @@ def test_ray_strings_and_cli_flags_make_the_same_options():
         "idle_expiry_s": "30",
         "write_timeout_s": "2.5",
         "max_pending_connections": "4",
+        "prefix_cache_mib": "64",
     }
     engine_kw, server_kw = split_options(ray_args, EngineOptions, ServerOptions)
     argv = ["serve", "--tiny", "/x", "--kv-pools", "16x2048", "2x32768", "--lookahead", "0"]
     argv += ["--no-codec", "--idle-expiry", "30", "--write-timeout", "2.5"]
-    argv += ["--max-pending-connections", "4"]
+    argv += ["--max-pending-connections", "4", "--prefix-cache-mib", "64"]
     cli_engine, cli_server = serve_options(build_parser().parse_args(argv))
     assert EngineOptions.model_validate(engine_kw) == cli_engine
     assert ServerOptions.model_validate(server_kw) == cli_server
@@ -57,6 +58,9 @@ def test_ray_strings_and_cli_flags_make_the_same_options():
         2000,
     )
     assert cfg.lookahead_s is None  # 0: unpaced
+    assert cfg.prefix_cache_bytes == 64 * 2**20
+    assert EngineOptions(tiny="/x").engine_config().prefix_cache_bytes > 0  # on by default
+    assert EngineOptions(tiny="/x", prefix_cache_mib=0).engine_config().prefix_cache_bytes == 0
     limits = cli_server.limits()
     assert (limits.idle_expiry_s, limits.write_timeout_s, limits.max_pending_connections) == (
         30.0,
