@@ -146,7 +146,7 @@ def _bench(python: Path, out: Path, *args: str) -> tuple[subprocess.CompletedPro
         env=_env(python, MOSS_FIXTURES=str(fixtures_root())),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # a guard against hangs: the whole dry run takes ~2 min on 2 idle cores
     )
     summary = json.loads((out / "summary.json").read_text())
     return proc, summary
