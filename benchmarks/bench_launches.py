@@ -111,6 +111,7 @@ def run_sessions(model, codec, n: int, args) -> dict:
         turn_reserve=60,
         lookahead_s=None,
         graphed_decode=args.graphed == "on",
+        graphed_prefill=args.graphed_prefill == "on",
     )
     engine = MossEngine(model, layout_for(model), codec=codec, config=config)
     counter = instrument(engine)
@@ -150,6 +151,10 @@ def run_sessions(model, codec, n: int, args) -> dict:
             },
             "per_tick_outside": [outside(t) for t in decode_ticks],
         },
+        "prefill_chunk": {  # the first tick's prefill of all n turns (the TTFA path)
+            k: first.get("prefill", {}).get(k, 0)
+            for k in ("outside", "inside_graph", "graph_calls")
+        },
         "first_tick": first,
     }
 
@@ -169,6 +174,12 @@ def main() -> None:
     ap.add_argument("--ticks", type=int, default=3, help="decode ticks measured per count")
     ap.add_argument("--greedy", action="store_true", help="greedy sessions instead of sampled")
     ap.add_argument("--graphed", choices=["on", "off"], default="on", help="graphed steps")
+    ap.add_argument(
+        "--graphed-prefill",
+        choices=["on", "off"],
+        default="on",
+        help="with --graphed on: prefill chunks through their graph buckets (off: eager)",
+    )
     ap.add_argument("--no-codec", action="store_true", help="codes only, no PCM decode")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
@@ -185,6 +196,7 @@ def main() -> None:
         "codec": None if codec is None else sizes,
         "dtype": args.dtype,
         "graphed_decode": args.graphed == "on",
+        "graphed_prefill": args.graphed == "on" and args.graphed_prefill == "on",
         "sampling": "greedy" if args.greedy else "sampled",
         "decode_tick_outside_grows": len(set(outside)) > 1,
         "env": environment(device),
@@ -200,7 +212,9 @@ def main() -> None:
         args.out,
         f"launches: decode tick ops outside graphs at {counts} sessions: "
         f"{'/'.join(map(str, outside))} (decode {parts['decode']}, deliver {parts['deliver']}, "
-        f"codec {parts['codec']}; {sizes}, {args.device})",
+        f"codec {parts['codec']}); first tick's prefill chunk "
+        f"{'/'.join(str(r['prefill_chunk']['outside']) for r in results)} "
+        f"({sizes}, {args.device})",
     )
 
 

@@ -5,6 +5,12 @@ header and text lead) to the session's cached history, so its cost is those rows
 over everything before them. TTFA, as the engine pays it once a turn's text is in, is that
 prefill + the turn's first frame (local transformer + sampling) + the codec's first frame.
 
+Each part runs as the engine runs it (``--graphed on``, the default): the prefill chunk
+through its graph bucket (``GraphedPrefill``; a chunk no bucket holds runs eagerly, reported
+as ``prefill_path``), the first frame through ``GraphedFrameStep`` and the codec frame through
+``GraphedCodecDecode``, replayed as CUDA graphs on a GPU (the padded buffers eagerly on a
+CPU). ``--graphed off`` times the plain eager calls.
+
 The cached history is a stand-in (the slot's length is set; values do not change the cost).
 
     python benchmarks/bench_prefill.py                                  # tiny model + codec
@@ -21,6 +27,7 @@ from _common import emit, environment, fixtures_root, time_calls
 from bench_model_step import DTYPES, build_model
 
 from moss_pipecat.model import BatchSampling, SamplingParams
+from moss_pipecat.model.graphs import GraphedFrameStep, GraphedPrefill
 from moss_pipecat.model.sampling import NoiseKeys
 
 TARGETS_MS = {"prefill": 30.0, "ttfa": 40.0}  # H100, bf16, real sizes (issue #8)
@@ -44,24 +51,42 @@ def measure(model, codec, H: int, T: int, args, device: torch.device, gen) -> di
     slot = torch.zeros(1, dtype=torch.int64, device=device)
     state = codec.new_stream_state(1) if codec is not None else None
     stream = state.add_stream() if state is not None else None
-    cache = model.new_cache(1, H + T + 1)
+    cache = model.new_cache(1, H + T + 1)  # + the spare position graphed steps write padding to
     rows = torch.empty(1, T, cfg.channels, dtype=torch.int64)
     rows[..., 0] = torch.randint(0, cfg.text_pad, (1, T), generator=gen)
     rows[..., 1:] = torch.randint(0, 1024, (1, T, cfg.rvq), generator=gen)
     rows = rows.to(device)
     hidden: list[torch.Tensor] = []
+    graphed = args.graphed == "on"
+    prefill_graph = GraphedPrefill(model, cache) if graphed else None
+    frame_graph = GraphedFrameStep(model, window=50, max_batch=1) if graphed else None
+    codec_graph = None
+    if graphed and codec is not None:
+        from moss_pipecat.codec.graphs import GraphedCodecDecode
+
+        codec_graph = GraphedCodecDecode(codec, state)
+    paths: set[str] = set()
 
     def prefill() -> None:
         cache.lengths[0] = H  # back to the same history every call
-        hidden[:] = [model.prefill(rows, cache, slot)]
+        out = None
+        if prefill_graph is not None:
+            out = prefill_graph.step(rows, [0], [T], H + T)
+        paths.add("eager" if out is None else "graphed")
+        hidden[:] = [model.prefill(rows, cache, slot) if out is None else out]
 
     def first_frame() -> torch.Tensor:
+        if frame_graph is not None:
+            return frame_graph.step(hidden[0], sampling, None, keys)
         return model.generate_frame(hidden[0], sampling, None, keys)
 
     def codec_frame(frame: torch.Tensor) -> None:
         if codec is not None:
             codes = frame.clamp(0, 1023).T[:, :, None]  # [Q, 1, 1]
-            codec.decode_step(state, codes, [stream], check=False)
+            if codec_graph is not None:
+                codec_graph.step(codes, [stream])
+            else:
+                codec.decode_step(state, codes, [stream], check=False)
 
     def ttfa() -> None:
         prefill()
@@ -69,12 +94,13 @@ def measure(model, codec, H: int, T: int, args, device: torch.device, gen) -> di
 
     t_prefill = time_calls(prefill, device, args.warmup, args.iters)
     t_frame = time_calls(first_frame, device, args.warmup, args.iters)
-    frame = first_frame()
+    frame = first_frame().clone()
     t_codec = time_calls(lambda: codec_frame(frame), device, 1, args.iters)
     t_ttfa = time_calls(ttfa, device, args.warmup, args.iters)
     return {
         "history": H,
         "turn_rows": T,
+        "prefill_path": "/".join(sorted(paths)),
         "prefill_ms": t_prefill["median_ms"],
         "first_frame_ms": t_frame["median_ms"],
         "codec_frame_ms": t_codec["median_ms"] if codec is not None else None,
@@ -97,6 +123,12 @@ def main() -> None:
     )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    ap.add_argument(
+        "--graphed",
+        choices=["on", "off"],
+        default="on",
+        help="time the engine's graphed steps (prefill chunk, first frame, codec frame)",
+    )
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--out")
@@ -117,6 +149,8 @@ def main() -> None:
         "model": args.checkpoint or ("real-size random" if args.real_size else "tiny fixture"),
         "codec": None if codec is None else ("real-size random" if args.real_size else "tiny"),
         "dtype": args.dtype,
+        "graphed": args.graphed == "on",
+        "cuda_graphs": args.graphed == "on" and device.type == "cuda",
         "targets_ms": TARGETS_MS,
         "env": environment(device),
         "results": results,
@@ -126,8 +160,8 @@ def main() -> None:
         out,
         args.out,
         f"prefill/TTFA: worst TTFA {worst['ttfa_ms']:.1f} ms (prefill {worst['prefill_ms']:.1f} "
-        f"ms of {worst['turn_rows']} rows over {worst['history']} history) "
-        f"({args.device}, {args.dtype})",
+        f"ms of {worst['turn_rows']} rows over {worst['history']} history, "
+        f"{worst['prefill_path']}) ({args.device}, {args.dtype}, graphed {args.graphed})",
     )
 
 

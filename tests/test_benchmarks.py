@@ -119,6 +119,8 @@ def test_prefill(fixtures_dir):
     )
     assert [(r["history"], r["turn_rows"]) for r in out["results"]] == [(0, 5), (40, 5)]
     assert all(r["codec_frame_ms"] > 0 and r["ttfa_ms"] > 0 for r in out["results"])
+    # The TTFA parts run the engine's graphed steps (the prefill chunk in its bucket).
+    assert out["graphed"] and all(r["prefill_path"] == "graphed" for r in out["results"])
 
 
 def test_prefix_cache(fixtures_dir):
@@ -152,3 +154,4 @@ def test_launches(fixtures_dir):
         assert tick["per_tick_outside"] and tick["outside"] > 0 and tick["inside_graph"] > 0
         assert {"decode", "deliver", "codec"} <= set(tick["by_phase"])
         assert {"prefill", "first_frame", "decode", "codec"} <= set(r["first_tick"])
+        assert r["prefill_chunk"]["graph_calls"] == 1  # the turns' prefill replays a bucket

@@ -41,6 +41,9 @@ class EngineConfig:
         graphed_decode: run decode steps through the padded static-buffer step that is
             captured as CUDA graphs on a GPU (on a CPU it runs eagerly: same results, for
             tests). None: on for CUDA devices.
+        graphed_prefill: with ``graphed_decode``, prefill chunks that fit a bucket (a few
+            sessions, up to 256 rows) run through padded static buffers too, replayed as
+            CUDA graphs on a GPU (the TTFA path); larger ones run eagerly.
         capture_graphs_at_start: with CUDA graphs, ``start()`` captures every bucket the
             configured sessions can hit (seconds at start-up), so no call waits for a capture.
         compile_decode: ``torch.compile`` backend for the graphed decode step ("inductor":
@@ -72,6 +75,7 @@ class EngineConfig:
     max_text_chars: int = 20000
     max_user_frames: int = 1500
     graphed_decode: bool | None = None
+    graphed_prefill: bool = True
     capture_graphs_at_start: bool = True
     compile_decode: str | None = None
     kv_pools: tuple[tuple[int, int], ...] | None = None

@@ -223,9 +223,9 @@ class MossEngine:
         return graphs is not None and graphs.use_cuda_graphs
 
     def capture_graphs(self) -> int:
-        """Prepares (on CUDA: captures) every decode-step bucket each KV pool's sessions can
-        hit, and the codec's. Call before ``start()``, or it runs on the engine thread.
-        Returns the number of buckets."""
+        """Prepares (on CUDA: captures) every decode-step and prefill bucket each KV pool's
+        sessions can hit, and the codec's. Call before ``start()``, or it runs on the engine
+        thread. Returns the number of buckets."""
         if self._thread is not None and threading.current_thread() is not self._thread:
             return self.submit(self.capture_graphs).result()
         t0 = time.perf_counter()
@@ -234,11 +234,13 @@ class MossEngine:
             for pool in self._pools:
                 if pool.graphs is not None:
                     n += pool.graphs.capture_all(pool.n_slots)
+                if pool.prefill is not None:
+                    n += pool.prefill.capture_all()
             if self._frame_graph is not None:
                 n += self._frame_graph.capture_all()
             if self._codec_graph is not None:
                 n += self._codec_graph.capture_all(self.model.cfg.rvq)  # the codes it decodes
-        logger.info(f"prepared {n} decode-step buckets in {time.perf_counter() - t0:.1f} s")
+        logger.info(f"prepared {n} graph buckets in {time.perf_counter() - t0:.1f} s")
         return n
 
     @property
@@ -741,11 +743,16 @@ class MossEngine:
                 for s, n in zip(batch, sizes, strict=True)
             ]
         ).to(self.device)  # [B, T, 17]; padding repeats a real row and is never attended
-        slots = torch.tensor([s.slot for s in batch], device=self.device)
-        n_new = torch.tensor(sizes, device=self.device)
-        kv_len = max(s.cache_len for s in batch) + T
-        cache = self._pools[batch[0].pool].cache  # the batch shares one pool
-        hidden = self.model.backbone(rows, cache, slots, n_new, kv_len)  # [B, T, H]
+        pool = self._pools[batch[0].pool]  # the batch shares one pool
+        last = None  # [B, H]: each session's last row, from a graph bucket if one holds it
+        if pool.prefill is not None:
+            need = max(s.cache_len + n for s, n in zip(batch, sizes, strict=True))
+            last = pool.prefill.step(rows, [s.slot for s in batch], sizes, need)
+        if last is None:
+            slots = torch.tensor([s.slot for s in batch], device=self.device)
+            n_new = torch.tensor(sizes, device=self.device)
+            kv_len = max(s.cache_len for s in batch) + T
+            hidden = self.model.backbone(rows, pool.cache, slots, n_new, kv_len)  # [B, T, H]
         done = []
         for b, (s, n) in enumerate(zip(batch, sizes, strict=True)):
             s.cache_len += n
@@ -754,7 +761,7 @@ class MossEngine:
             if s.to_feed.shape[0] == 0:
                 s.to_feed = None
                 s.phase = Phase.DECODE
-                done.append((s, hidden[b, n - 1]))
+                done.append((s, hidden[b, n - 1] if last is None else last[b]))
         return done
 
     # ---- frames -----------------------------------------------------------------------------
@@ -938,13 +945,16 @@ class MossEngine:
 class KVPool:
     """One KV cache of equal-capacity slots (plus, graphed, a spare position per slot)."""
 
-    def __init__(self, cache, capacity: int, n_slots: int, hist_offset: int, graphs) -> None:
+    def __init__(
+        self, cache, capacity: int, n_slots: int, hist_offset: int, graphs, prefill=None
+    ) -> None:
         self.cache, self.capacity, self.hist_offset, self.graphs = (
             cache,
             capacity,
             hist_offset,
             graphs,
         )
+        self.prefill = prefill  # GraphedPrefill, or None: prefill chunks run eagerly
         self.n_slots = n_slots
         self.free = list(range(n_slots))
 
@@ -958,11 +968,11 @@ class KVPool:
         graphed: bool,
         config: EngineConfig,
     ) -> KVPool:
-        # The graphed step runs idle slots too; their writes need one spare position.
+        # The graphed steps run idle rows too; their writes need one spare position.
         cache = model.new_cache(n_slots, capacity + int(graphed))
-        graphs = None
+        graphs = prefill = None
         if graphed:
-            from moss_pipecat.model.graphs import GraphedDecodeStep
+            from moss_pipecat.model.graphs import GraphedDecodeStep, GraphedPrefill
 
             graphs = GraphedDecodeStep(
                 model,
@@ -970,7 +980,9 @@ class KVPool:
                 window=config.repetition_window_max,
                 compile_backend=config.compile_decode,
             )
-        return cls(cache, capacity, n_slots, hist_offset, graphs)
+            if config.graphed_prefill:
+                prefill = GraphedPrefill(model, cache)
+        return cls(cache, capacity, n_slots, hist_offset, graphs, prefill)
 
     def release(self, slot: int) -> None:
         self.free.append(slot)

@@ -43,6 +43,7 @@ class Qwen3Backbone(nn.Module):
         cache: KVCache,
         slots: torch.Tensor | None = None,
         kv_len: int | None = None,
+        valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Runs T new positions per row on top of each slot's cached history.
 
@@ -51,6 +52,10 @@ class Qwen3Backbone(nn.Module):
             cache: the backbone cache; row b uses slot ``slots[b]`` (or slot b when None).
             kv_len: attend over cache positions [0, kv_len) only (a bound on every row's
                 length + T; defaults to the whole cache, the static shape for graphs).
+            valid: [B] rows per batch row whose keys/values are kept; the others (padding)
+                write theirs to the slot's last position, its spare, which no call attends
+                to (``kv_len`` < ``cache.max_len``), instead of above the valid ones: a padded
+                chunk then never writes past a slot's end. None: every row writes in place.
         Returns:
             [B, T, H] final-norm hidden states. Does not advance ``cache.lengths``.
         """
@@ -64,6 +69,10 @@ class Qwen3Backbone(nn.Module):
         S = cache.max_len if kv_len is None else kv_len
         key_pos = torch.arange(S, device=x.device)
         mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, S]
+        writes = positions
+        if valid is not None:
+            keep = torch.arange(T, device=x.device)[None, :] < valid[:, None]  # [B, T]
+            writes = torch.where(keep, positions, cache.max_len - 1)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, cache.writer(i, slots, positions, S), mask)
+            x = layer(x, cos, sin, cache.writer(i, slots, writes, S), mask)
         return self.norm(x)

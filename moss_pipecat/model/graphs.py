@@ -1,5 +1,5 @@
-"""The decode step and a turn's first frame on static buffers, captured as CUDA graphs per
-bucket (``moss_pipecat.cuda_graphs.BucketedGraph``).
+"""The decode step, a turn's first frame and prefill chunks on static buffers, captured as
+CUDA graphs per bucket (``moss_pipecat.cuda_graphs.BucketedGraph``).
 
 A real-time step is a few thousand small kernels (one backbone row, 16 local-transformer
 positions, sampling); at small batches their launch overhead, not the GPU, sets the frame
@@ -28,7 +28,21 @@ from moss_pipecat.model.kv_cache import KVCache
 from moss_pipecat.model.moss_tts import MossTTSRealtime
 from moss_pipecat.model.sampling import NO_HISTORY, BatchSampling, NoiseKeys
 
-__all__ = ["DEFAULT_BATCH_BUCKETS", "GraphedDecodeStep", "GraphedFrameStep", "default_kv_buckets"]
+__all__ = [
+    "DEFAULT_BATCH_BUCKETS",
+    "DEFAULT_PREFILL_BATCHES",
+    "DEFAULT_PREFILL_ROWS",
+    "GraphedDecodeStep",
+    "GraphedFrameStep",
+    "GraphedPrefill",
+    "default_kv_buckets",
+]
+
+# Prefill chunks: a turn's own rows (header + text lead: ~16), a user turn or a first turn
+# with a voice prompt (~64-256); few sessions start a turn in the same tick. Larger chunks
+# and batches run eagerly (their launches are a small part of their time).
+DEFAULT_PREFILL_ROWS = (16, 64, 256)
+DEFAULT_PREFILL_BATCHES = (1, 2, 4, 8)
 
 _SETTINGS = ("temperature", "top_k", "top_p", "penalty")
 
@@ -287,3 +301,123 @@ class GraphedFrameStep:
         B = hidden.shape[0]
         frames = self.graphs(self.bucket(B), slice(0, B), {"hidden": hidden, **values})
         return frames[:B]
+
+
+class GraphedPrefill:
+    """A prefill chunk (``MossTTSRealtime.backbone`` over a few sessions' next rows) padded
+    to (batch, rows, context) buckets and replayed as CUDA graphs: the turn prefill on the
+    time-to-first-audio path, a few hundred launches at real size when eager.
+
+    Unlike the decode step, rows are gathered by slot (a prefill involves a few sessions, not
+    a prefix of the pool). Padding never changes a session: a batch row's rows past its
+    ``n_new`` (and every row of a padding batch row, ``n_new`` 0) write their keys/values to
+    the slot's spare last position (``backbone(spare_writes=True)``), so lengths grow by the
+    real rows only and nothing lands above a slot's valid entries or past its end. The cache
+    needs that spare position: every slot's length stays below ``cache.max_len`` (as for
+    ``GraphedDecodeStep``). Chunks no bucket holds return None: run them eagerly.
+
+    Args:
+        model, cache: the model and the cache whose slots are prefilled.
+        row_buckets: chunk lengths graphs are captured for.
+        batch_buckets: sessions per call (capped at the cache's slots).
+        kv_buckets: context lengths (default: powers of two up to ``cache.max_len - 1``).
+        use_cuda_graphs: capture graphs (CUDA only); False runs the padded path eagerly.
+    """
+
+    def __init__(
+        self,
+        model: MossTTSRealtime,
+        cache: KVCache,
+        row_buckets: Sequence[int] = DEFAULT_PREFILL_ROWS,
+        batch_buckets: Sequence[int] = DEFAULT_PREFILL_BATCHES,
+        kv_buckets: Sequence[int] | None = None,
+        use_cuda_graphs: bool | None = None,
+    ) -> None:
+        self.model, self.cache = model, cache
+        self.row_buckets = tuple(sorted({r for r in row_buckets if r >= 1}))
+        self.batch_buckets = tuple(sorted({min(b, cache.n_slots) for b in batch_buckets if b >= 1}))
+        usable = max(cache.max_len - 1, 1)  # the last position is the padding rows' spare
+        self.kv_buckets = tuple(sorted(kv_buckets or default_kv_buckets(usable)))
+        if self.kv_buckets[-1] >= cache.max_len:
+            raise ValueError("kv buckets must leave the spare position out")
+        cfg, device = model.cfg, cache.device
+        self._pad_row = torch.full(
+            (cfg.channels,), cfg.audio_pad_token, dtype=torch.int64, device=device
+        )
+        self._pad_row[0] = cfg.text_pad
+        self.graphs: BucketedGraph[tuple[int, int, int]] = BucketedGraph(
+            "prefill",
+            self._inputs,
+            self._body,
+            use_cuda_graphs=device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs,
+        )
+
+    @property
+    def use_cuda_graphs(self) -> bool:
+        return self.graphs.use_cuda_graphs
+
+    def bucket(self, batch: int, rows: int, kv_len: int) -> tuple[int, int, int] | None:
+        """(batch, rows, context) bucket of a chunk, or None if none holds it."""
+        b = smallest_bucket(self.batch_buckets, batch)
+        t = smallest_bucket(self.row_buckets, rows)
+        k = smallest_bucket(self.kv_buckets, kv_len)
+        return None if b is None or t is None or k is None else (b, t, k)
+
+    def _inputs(self, key: tuple[int, int, int]) -> dict[str, StaticInput]:
+        B, T, _ = key
+        dev = self.cache.device
+        return {
+            "rows": StaticInput(self._pad_row.repeat(B, T, 1), self._pad_row),  # [B, T, 17]
+            "slots": StaticInput(torch.zeros(B, dtype=torch.int64, device=dev), 0),
+            "n_new": StaticInput(torch.zeros(B, dtype=torch.int64, device=dev), 0),  # idle
+        }
+
+    def _body(self, inputs: dict[str, torch.Tensor], key: tuple[int, int, int]) -> torch.Tensor:
+        B, _, K = key
+        n_new = inputs["n_new"]
+        hidden = self.model.backbone(
+            inputs["rows"], self.cache, inputs["slots"], n_new, K, spare_writes=True
+        )  # [B, T, H]
+        last = (n_new - 1).clamp(min=0)
+        return hidden[torch.arange(B, device=n_new.device), last]  # [B, H]
+
+    def capture_all(self) -> int:
+        """Prepares every bucket; returns the count."""
+        return self.graphs.prepare(
+            (b, t, k) for b in self.batch_buckets for t in self.row_buckets for k in self.kv_buckets
+        )
+
+    def step(
+        self, rows: torch.Tensor, slots: Sequence[int], n_new: Sequence[int], kv_len: int
+    ) -> torch.Tensor | None:
+        """Appends ``rows[b, :n_new[b]]`` to slot ``slots[b]`` (distinct slots, lengths below
+        the spare) and returns the hidden state of each one's last row, [B, H] (a copy); or
+        None, changing nothing, when no bucket holds the chunk (run it eagerly then). More
+        sessions than the largest batch bucket run as several replays.
+
+        Args:
+            rows: [B, T, 17]; kv_len: a bound on every slot's length + its ``n_new``.
+        """
+        B = rows.shape[0]
+        slots, n_new = list(slots), list(n_new)
+        if len(slots) != B or len(n_new) != B or len(set(slots)) != B:
+            raise ValueError(f"need {B} distinct slots and row counts, got {slots} / {n_new}")
+        most = self.batch_buckets[-1]
+        groups = []  # (first session, sessions, rows, bucket)
+        for i in range(0, B, most):
+            n = n_new[i : i + most]
+            key = self.bucket(len(n), max(n), kv_len)
+            if key is None:
+                return None
+            groups.append((i, len(n), max(n), key))
+        dev = self.cache.device
+        rows = rows.to(dev)
+        out = []
+        for i, b, t, key in groups:
+            values = {
+                "rows": rows[i : i + b, :t],
+                "slots": torch.tensor(slots[i : i + b], dtype=torch.int64, device=dev),
+                "n_new": torch.tensor(n_new[i : i + b], dtype=torch.int64, device=dev),
+            }
+            out.append(self.graphs(key, (slice(0, b), slice(0, t)), values)[:b])
+        return out[0].clone() if len(out) == 1 else torch.cat(out)

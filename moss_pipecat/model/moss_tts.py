@@ -83,6 +83,7 @@ class MossTTSRealtime(nn.Module):
         slots: torch.Tensor | None = None,
         n_new: torch.Tensor | None = None,
         kv_len: int | None = None,
+        spare_writes: bool = False,
     ) -> torch.Tensor:
         """Appends rows to each slot's history and returns their hidden states.
 
@@ -92,14 +93,21 @@ class MossTTSRealtime(nn.Module):
             rows: [B, T, 17] ids; row b goes to slot ``slots[b]`` (slot b when None).
             n_new: [B] number of valid (non-padding) rows per batch row; defaults to T.
                 A slot's length grows by its ``n_new``; padding rows are overwritten later.
+            spare_writes: padding rows write their keys/values to each slot's last position
+                (a spare no call attends to) rather than above its valid ones, so a chunk
+                padded past a slot's end stays in bounds. Batch rows with ``n_new`` 0 then
+                change nothing, whatever slot they name (a slot may appear more than once).
         Returns:
             [B, T, H] final-norm hidden states.
         """
-        hidden = self.language_model(self.embedding(rows), cache, slots, kv_len)
+        valid = n_new if spare_writes else None
+        hidden = self.language_model(self.embedding(rows), cache, slots, kv_len, valid)
         B, T, _ = rows.shape
         grow = torch.full((B,), T, device=rows.device) if n_new is None else n_new
         if slots is None:
             cache.lengths[:B] += grow
+        elif spare_writes:
+            cache.lengths.index_add_(0, slots, grow)  # repeated slots: their n_new add up
         else:
             cache.lengths[slots] += grow
         return hidden

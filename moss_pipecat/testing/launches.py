@@ -14,7 +14,7 @@ phase:
     codec          the batched one-frame PCM decode (``_decode_pcm``)
     other          the rest of the tick (scheduling)
 
-The graphed steps (TTS decode step, first frame, codec) run their padded static-buffer path
+The graphed steps (TTS decode step, prefill chunk, first frame, codec) run their padded static-buffer path
 without CUDA graphs, on any device: exactly the code a graph replays. Each call of a graphed
 step's body (``BucketedGraph.body``, what a replay stands for) counts as one op outside the
 graphs; the ops inside it are counted apart. Used by ``benchmarks/bench_launches.py`` and the tests.
@@ -122,6 +122,7 @@ def instrument(engine: MossEngine) -> OpCounter:
     the caller, see ``count_ticks``). Its graphed steps run their static-buffer path without
     CUDA graphs; every bucket's buffers are made first, as the engine does on a GPU."""
     steps = [p.graphs for p in engine._pools if p.graphs is not None]
+    steps += [p.prefill for p in engine._pools if p.prefill is not None]
     steps += [g for g in (engine._frame_graph, engine._codec_graph) if g is not None]
     graphs = [step.graphs for step in steps]  # their BucketedGraph
     for g in graphs:

@@ -55,6 +55,32 @@ def test_decode_tick_ops_outside_graphs_do_not_grow_with_sessions(
     # not grow either.
     for phase in ("first_frame", "codec"):
         assert outside(ticks[2][0], [phase]) == outside(ticks[16][0], [phase]), phase
+    # The turns' prefill chunk replays its graph buckets (8 sessions at most per replay):
+    # outside them only the chunk's rows are built, a few ops per session.
+    for n, (first, *_) in ticks.items():
+        prefill = first["prefill"]
+        assert prefill["graph_calls"] == -(-n // 8), n
+        assert prefill["inside_graph"] > 100 * prefill["graph_calls"]
+        assert prefill["outside"] < 40 + 8 * n, (n, prefill)
+
+
+def test_prefill_chunk_ops_outside_graphs_drop(tiny_model, golden_layout, realtime_meta):
+    """The same first tick with prefill chunks eager: the model's ops run outside graphs."""
+    counts = {}
+    for graphed_prefill in (False, True):
+        config = EngineConfig(
+            max_sessions=2, max_context=256, context_budget=200, turn_reserve=60,
+            lookahead_s=None, graphed_decode=True, graphed_prefill=graphed_prefill,
+        )  # fmt: skip
+        engine = MossEngine(tiny_model, golden_layout, config=config)
+        counter = instrument(engine)
+        gen = torch.Generator().manual_seed(2)
+        texts = [random_text(gen, realtime_meta, 16) for _ in range(2)]
+        start_turns(engine, [SAMPLINGS[0]] * 2, texts, frames=8)
+        counts[graphed_prefill] = count_ticks(engine, counter, 1)[0]["prefill"]
+    eager, graphed = counts[False], counts[True]
+    assert eager["graph_calls"] == 0 and graphed["graph_calls"] == 1
+    assert graphed["outside"] * 5 < eager["outside"], counts
 
 
 def test_capture_prepares_the_codec_buckets_the_engine_decodes(

@@ -179,8 +179,9 @@ async def test_eight_concurrent_sessions_equal_each_alone(
     assert engine.graphed == graphed and not engine.uses_cuda_graphs
     if graphed:  # every bucket prepared up front (captured on CUDA) changes nothing
         n_kv = len(engine._pools[0].graphs.kv_buckets)
-        # batch 1/2/4/8 for the decode step (x kv buckets), the first frame and the codec
-        assert engine.capture_graphs() == 4 * n_kv + 4 + 4
+        # batch 1/2/4/8 for the decode step (x kv buckets), the first frame and the codec,
+        # and for prefill chunks (x 3 row buckets x kv buckets)
+        assert engine.capture_graphs() == 4 * n_kv + 4 + 4 + 4 * 3 * n_kv
     sessions = [engine.create_session(sampling=GREEDY) for _ in scripts]
     together = await asyncio.gather(
         *(

@@ -151,3 +151,47 @@ def test_graphed_engine_equals_eager_engine(realtime_dir, golden_layout, realtim
     eager, graphed = asyncio.run(speak_all(False)), asyncio.run(speak_all(True))
     for a, b in zip(eager, graphed, strict=True):
         assert torch.equal(a.cpu(), b.cpu())
+
+
+def test_prefill_graph_replay_equals_padded_eager_and_eager(realtime_dir, long_rows):
+    """Graphed prefill chunks (padded rows and sessions, replayed) equal the same padded
+    chunks run eagerly exactly, and the eager prefill's frames after them."""
+    from moss_pipecat.model.graphs import GraphedPrefill
+
+    model = MossTTSRealtime.from_pretrained(realtime_dir, device=CUDA)
+    plan = [([2, 0], [5, 7]), ([3], [30]), ([0, 1, 3], [3, 8, 20]), ([2, 4, 0, 1], [1, 2, 31, 7])]
+    caches, lasts = {}, {}
+    for mode in ("graph", "padded", "eager"):
+        cache = model.new_cache(5, 161, device=CUDA)
+        graphed = GraphedPrefill(
+            model, cache, row_buckets=(8, 32), batch_buckets=(1, 4), kv_buckets=(32, 64, 160),
+            use_cuda_graphs=mode == "graph",
+        )  # fmt: skip
+        out = []
+        for i, (slots, sizes) in enumerate(plan):
+            T = max(sizes)
+            rows = torch.stack([long_rows[3 * i + 7 * b :][:T] for b in range(len(slots))])
+            rows = rows.to(CUDA)
+            if mode == "eager":
+                kv_len = max(int(cache.lengths[s]) for s in slots) + T
+                n_new = torch.tensor(sizes, device=CUDA)
+                h = model.backbone(rows, cache, torch.tensor(slots, device=CUDA), n_new, kv_len)
+                out.append(h[torch.arange(len(slots), device=CUDA), n_new - 1])
+            else:
+                kv_len = max(int(cache.lengths[s]) + n for s, n in zip(slots, sizes, strict=True))
+                out.append(graphed.step(rows, slots, sizes, kv_len))
+        caches[mode], lasts[mode] = cache, out
+    for a, b, c in zip(lasts["graph"], lasts["padded"], lasts["eager"], strict=True):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, c, atol=1e-4, rtol=0)
+    assert torch.equal(caches["graph"].lengths, caches["eager"].lengths)
+    slots = torch.arange(5, device=CUDA)
+    sampling = BatchSampling.from_params([SamplingParams.greedy_decoding()] * 5, device=CUDA)
+    history = torch.full((5, 50, model.cfg.rvq), NO_HISTORY, device=CUDA)
+    kv_len = int(caches["eager"].lengths.max()) + 1
+    frames = [
+        model.decode_step(long_rows[:5, None].to(CUDA), caches[m], slots, kv_len, sampling,
+                          history)[0]
+        for m in ("graph", "eager")
+    ]  # fmt: skip
+    assert torch.equal(frames[0], frames[1])

@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_flatten
 from moss_pipecat.codec import CodecConfig, MossAudioCodec, real_config_dict
 from moss_pipecat.codec.graphs import GraphedCodecDecode
 from moss_pipecat.model import BatchSampling, MossTTSRealtime, MossTTSRealtimeConfig, SamplingParams
-from moss_pipecat.model.graphs import GraphedDecodeStep, GraphedFrameStep
+from moss_pipecat.model.graphs import GraphedDecodeStep, GraphedFrameStep, GraphedPrefill
 from moss_pipecat.model.sampling import NO_HISTORY, NoiseKeys, keyed_noise
 
 META = torch.device("meta")
@@ -73,6 +73,25 @@ def test_decode_step_has_no_host_sync_at_real_size(real_model: MossTTSRealtime, 
     assert "aten.bitwise_xor.Tensor" in guard.names  # the sampling noise is made in the step
     assert frames.shape == (8, cfg.rvq) and frames.dtype == torch.int64
     assert hidden.shape == (8, cfg.language.hidden_size)
+
+
+def test_prefill_chunk_has_no_host_sync_at_real_size(real_model: MossTTSRealtime):
+    """The graphed prefill chunk (padded rows and sessions, spare-position writes, the last
+    row's hidden state picked on the device) is capturable."""
+    cache = real_model.new_cache(4, 257, device=META)  # + the spare position per slot
+    graphed = GraphedPrefill(
+        real_model, cache, row_buckets=(16,), batch_buckets=(2,), kv_buckets=(256,)
+    )
+    key = (2, 16, 256)
+    inputs = graphed.graphs.bucket(key).inputs
+    assert inputs["rows"].device == META and inputs["rows"].shape == (2, 16, 17)
+    inputs["n_new"][:1] = 5  # one session of 5 rows, one idle batch row
+    with OnlyMeta() as guard:
+        hidden = graphed.graphs.launch(key)  # what the prefill graph records
+    assert guard.offenders == []
+    assert guard.ops > 28 * 20  # the guard saw every backbone layer
+    assert "aten.index_add_.default" in guard.names  # lengths grow by the real rows only
+    assert hidden.shape == (2, real_model.cfg.language.hidden_size)
 
 
 def test_sampling_noise_path_has_no_host_sync(real_model: MossTTSRealtime):
