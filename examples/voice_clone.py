@@ -28,12 +28,16 @@ async def main() -> None:
     engine = load_engine_from_args(args)
     try:
         tts = MossTTSService(
-            engine=engine, settings=MossTTSSettings(voice=str(args.voice), seed=args.seed)
+            engine=engine,
+            settings=MossTTSSettings(voice=str(args.voice), seed=args.seed),
+            # Runtime updates may name voice files only in this directory (settings can come
+            # from a client).
+            voice_dir=args.second_voice.parent,
         )
         async with Session(tts) as s:
             await s.say("This is the voice of the reference recording.")
             await s.worker.queue_frame(
-                TTSUpdateSettingsFrame(delta=MossTTSSettings(voice=str(args.second_voice)))
+                TTSUpdateSettingsFrame(delta=MossTTSSettings(voice=args.second_voice.name))
             )
             await s.say("And now I speak with the second reference voice.")
         for path in s.write_wavs(args.out, prefix="voice"):

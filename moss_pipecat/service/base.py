@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,9 @@ class MossTTSSettings(TTSSettings):
     """Runtime-updatable settings of ``MossTTSService`` (pipecat's settings pattern).
 
     Parameters:
-        voice: path of a reference WAV to clone (None: the model's own voice).
+        voice: path of a reference WAV to clone (None: the model's own voice). A voice named
+            in a runtime update (``TTSUpdateSettingsFrame``) must lie under the service's
+            ``voice_dir`` (a relative path is read from there).
         temperature, top_k, top_p, repetition_penalty: sampling (upstream defaults 0.8, 30,
             0.6, 1.1); greedy: argmax decoding (deterministic).
         seed: reseeds the session's sampler.
@@ -133,6 +136,10 @@ class MossTTSServiceBase(TTSService):
         user_audio_max_s: longest user turn kept (the most recent audio).
         output_latency_s: playback delay after the transport reports the bot speaking (a
             device buffer): the heard clock starts that much later.
+        voice_dir: the directory voice files named in runtime settings updates are read from
+            (settings can arrive from a client, e.g. over RTVI: they must not name any file on
+            the host). None: runtime updates cannot change the voice to a file. The voice in
+            the constructor's ``settings`` is trusted and may be anywhere.
         settings: ``MossTTSSettings``.
         **kwargs: for ``TTSService`` (sample_rate, text_transforms, ...).
 
@@ -159,6 +166,7 @@ class MossTTSServiceBase(TTSService):
         capture_user_audio: bool = True,
         user_audio_max_s: float = 30.0,
         output_latency_s: float = 0.0,
+        voice_dir: str | os.PathLike | None = None,
         settings: MossTTSSettings | None = None,
         **kwargs: Any,
     ) -> None:
@@ -195,6 +203,8 @@ class MossTTSServiceBase(TTSService):
         self._settings_dirty = True
         self._voice_dirty = is_given(defaults.voice) and defaults.voice is not None
         self._voice: str | None = None  # the voice the session has
+        self._voice_dir = Path(voice_dir).expanduser().resolve() if voice_dir else None
+        self._voice_from_update = False  # the pending voice came from a runtime update
         self._transcript: list[str] = []
         self._consumed_user_messages = 0
         # The heard clock (pipeline clock, ns). pipecat times a context's words from its
@@ -283,6 +293,7 @@ class MossTTSServiceBase(TTSService):
             # Applied when the next reply starts, so a reply never changes voice midway.
             self._settings_dirty = True
             self._voice_dirty |= "voice" in changed
+            self._voice_from_update |= "voice" in changed
         return changed
 
     def _sampling(self) -> SamplingParams:
@@ -318,9 +329,18 @@ class MossTTSServiceBase(TTSService):
                 s.voice = self._voice  # the session kept its voice: say so in the settings
                 await self.push_error(error_msg=f"MOSS TTS: voice not changed: {e}", exception=e)
 
-    @staticmethod
-    def _voice_file(voice: str) -> Path:
+    def _voice_file(self, voice: str) -> Path:
+        """The file of a voice setting: a runtime update's lies under ``voice_dir``."""
         path = Path(voice).expanduser()
+        if self._voice_from_update:
+            if self._voice_dir is None:
+                raise InvalidInputError(
+                    "a runtime settings update cannot name a voice file unless the service "
+                    "has a voice_dir"
+                )
+            path = (self._voice_dir / path).resolve()  # symlinks and '..' resolved first
+            if not path.is_relative_to(self._voice_dir):
+                raise InvalidInputError(f"voice reference {voice!r} lies outside voice_dir")
         if not path.is_file():
             raise InvalidInputError(f"voice reference {voice!r} is not a file")
         return path

@@ -155,13 +155,13 @@ async def test_settings_update_takes_effect_on_the_next_turn(tiny_engine, tmp_pa
     voice = tmp_path / "voice.wav"
     t = np.arange(24000) / 24000
     sf.write(voice, (0.3 * np.sin(2 * np.pi * 150 * t)).astype(np.float32), 24000)
-    tts = MossTTSService(engine=tiny_engine)
+    tts = MossTTSService(engine=tiny_engine, voice_dir=tmp_path)
     frames = [
         *reply("First ", "reply."),
         UrgentProbe(),  # read while the first reply plays, before the update is sent
         SleepFrame(0.2),
-        TTSUpdateSettingsFrame(
-            delta=MossTTSSettings(voice=str(voice), greedy=True, top_k=5, context_budget=1500)
+        TTSUpdateSettingsFrame(  # a voice_dir voice, by its name
+            delta=MossTTSSettings(voice="voice.wav", greedy=True, top_k=5, context_budget=1500)
         ),
         *reply("Second ", "reply."),
         SleepFrame(0.3),
@@ -281,16 +281,35 @@ async def test_llm_context_keeps_the_spoken_words(tiny_engine):
     assert said and said[-1]["content"].split() == text.split()
 
 
-@pytest.mark.parametrize("kind", ["missing", "not-audio"])
+@pytest.mark.parametrize(
+    "kind", ["missing", "not-audio", "outside-voice-dir", "dot-dot", "symlink-out", "no-voice-dir"]
+)
 async def test_a_bad_voice_is_one_error_and_the_service_keeps_speaking(
     talkative_engine, tmp_path, kind
 ):
-    bad = tmp_path / ("nope.wav" if kind == "missing" else "notes.wav")
-    if kind == "not-audio":
-        bad.write_text("this is not a wav file")
-    tts = MossTTSService(engine=talkative_engine, settings=MossTTSSettings(greedy=True))
+    voices, elsewhere = tmp_path / "voices", tmp_path / "elsewhere"
+    voices.mkdir()
+    elsewhere.mkdir()
+    real = elsewhere / "real.wav"  # a readable voice, but not where voices live
+    t = np.arange(24000) / 24000
+    sf.write(real, (0.3 * np.sin(2 * np.pi * 150 * t)).astype(np.float32), 24000)
+    bad = {
+        "missing": str(voices / "nope.wav"),
+        "not-audio": str(voices / "notes.wav"),
+        "outside-voice-dir": str(real),
+        "dot-dot": "../elsewhere/real.wav",
+        "symlink-out": "link.wav",
+        "no-voice-dir": str(real),
+    }[kind]
+    (voices / "notes.wav").write_text("this is not a wav file")
+    (voices / "link.wav").symlink_to(real)
+    tts = MossTTSService(
+        engine=talkative_engine,
+        settings=MossTTSSettings(greedy=True),
+        voice_dir=None if kind == "no-voice-dir" else voices,
+    )
     frames = [*reply("First ", "reply."), SleepFrame(0.3), Probe()]
-    frames += [TTSUpdateSettingsFrame(delta=MossTTSSettings(voice=str(bad)))]
+    frames += [TTSUpdateSettingsFrame(delta=MossTTSSettings(voice=bad))]
     for i in range(3):
         frames += [*reply(f"Reply {i} ", "after the bad voice."), SleepFrame(0.4)]
     frames.append(Probe())
