@@ -95,7 +95,7 @@ class AgentConfig:
     def fixtures_dir(self) -> Path:
         if self.fixtures:
             return Path(self.fixtures)
-        from moss_pipecat.engine.factory import tiny_fixtures_dir
+        from moss_pipecat.engine import tiny_fixtures_dir
 
         return tiny_fixtures_dir()
 

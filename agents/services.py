@@ -20,8 +20,7 @@ from pipecat.services.whisper.stt import WhisperSTTService
 
 from agents.config import AgentConfig
 from agents.local_llm import LlamaServer, LocalLlamaLLMService
-from moss_pipecat.engine.engine import MossEngine
-from moss_pipecat.engine.factory import TINY_ENGINE_CONFIG
+from moss_pipecat.engine import TINY_ENGINE_CONFIG, MossEngine
 from moss_pipecat.pcm import float_to_pcm16, pcm16_to_float, resample
 from moss_pipecat.service import MossTTSService, MossTTSSettings
 
@@ -80,7 +79,7 @@ def load_shared_models(config: AgentConfig) -> SharedModels:
     """Loads the MOSS engine (and the in-process LLM if configured)."""
     logger.info(f"agent: {config.describe()}")
     if config.uses_tiny_tts:
-        from moss_pipecat.engine.factory import load_tiny_engine
+        from moss_pipecat.engine import load_tiny_engine
 
         logger.warning(
             "TTS is the tiny random-weight MOSS fixture model: its audio is noise-like by "
@@ -88,7 +87,7 @@ def load_shared_models(config: AgentConfig) -> SharedModels:
         )
         engine = load_tiny_engine(config.fixtures_dir, config=TINY_ENGINE_CONFIG)
     else:
-        from moss_pipecat.engine.factory import DEFAULT_CODEC, load_engine
+        from moss_pipecat.engine import DEFAULT_CODEC, load_engine
 
         engine = load_engine(
             config.tts_model, config.tts_codec or DEFAULT_CODEC, device=config.tts_device

@@ -28,8 +28,7 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.transports.base_transport import TransportParams
 from pipecat.workers.runner import WorkerRunner
 
-from moss_pipecat.engine.engine import MossEngine
-from moss_pipecat.engine.factory import TINY_ENGINE_CONFIG, tiny_fixtures_dir
+from moss_pipecat.engine import TINY_ENGINE_CONFIG, MossEngine, tiny_fixtures_dir
 from moss_pipecat.testing.speaker import BotState, RealtimeOutputTransport
 
 REPO = Path(__file__).resolve().parent.parent  # the sample recordings live in agents/eval/
@@ -59,13 +58,12 @@ def parser(description: str, out: str) -> argparse.ArgumentParser:
 def load_engine_from_args(args: argparse.Namespace) -> MossEngine:
     """The real checkpoints with --model, else the tiny fixture model (noise-like audio)."""
     if args.model:
-        from moss_pipecat.engine.config import EngineConfig
-        from moss_pipecat.engine.factory import DEFAULT_CODEC, load_engine
+        from moss_pipecat.engine import DEFAULT_CODEC, EngineConfig, load_engine
 
         config = EngineConfig(eos_min_frames=args.eos_min_frames)
         codec = args.codec or DEFAULT_CODEC
         return load_engine(args.model, codec, device=args.device, config=config)
-    from moss_pipecat.engine.factory import load_tiny_engine
+    from moss_pipecat.engine import load_tiny_engine
 
     fixtures = args.fixtures or tiny_fixtures_dir()
     print(f"tiny random-weight MOSS model from {fixtures}: the audio is NOISE-LIKE by design")

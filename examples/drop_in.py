@@ -6,7 +6,7 @@
 
 In your bot it is these lines (the engine is loaded once per process and shared):
 
-    from moss_pipecat.engine.factory import load_engine
+    from moss_pipecat.engine import load_engine
     from moss_pipecat.service import MossTTSService, MossTTSSettings
 
     engine = load_engine("OpenMOSS-Team/MOSS-TTS-Realtime", "OpenMOSS-Team/MOSS-Audio-Tokenizer")

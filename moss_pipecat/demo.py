@@ -22,10 +22,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from moss_pipecat.engine.engine import MossEngine
-from moss_pipecat.engine.events import TurnSummary
-from moss_pipecat.engine.factory import tiny_fixtures_dir
-from moss_pipecat.engine.session import Session
+from moss_pipecat.engine import MossEngine, Session, TurnSummary, tiny_fixtures_dir
 
 TURNS = [
     "Hello! I'm a streaming text to speech model, and I speak while the text is still arriving.",
@@ -115,12 +112,12 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.model:
-        from moss_pipecat.engine.factory import DEFAULT_CODEC, load_engine
+        from moss_pipecat.engine import DEFAULT_CODEC, load_engine
 
         engine = load_engine(args.model, args.codec or DEFAULT_CODEC, device=args.device)
         what = args.model
     else:
-        from moss_pipecat.engine.factory import load_tiny_engine
+        from moss_pipecat.engine import load_tiny_engine
 
         fixtures = args.fixtures or tiny_fixtures_dir()
         engine = load_tiny_engine(fixtures, device=args.device)

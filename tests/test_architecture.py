@@ -1,0 +1,143 @@
+"""The package's shape: layers import downward, no import circles, modules stay small, and
+user-facing code uses the public engine API.
+
+Known debts are listed with the issue that removes them; the list may only shrink.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "moss_pipecat"
+MAX_LINES = 450
+
+# Modules over MAX_LINES today, with the most lines each may have until it is split.
+OVERSIZED = {
+    "moss_pipecat/engine/engine.py": 1010,  # issue #15.1: scheduler, runner, KV pools, commands
+    "moss_pipecat/testing/fixtures.py": 1150,  # fixture-set writer: model, codec, goldens
+    "moss_pipecat/server/client.py": 840,  # issue #15.1: session, link, engine apart
+    "moss_pipecat/server/core.py": 710,  # issue #15.1: hub, connection, conversation apart
+    "moss_pipecat/server/protocol.py": 680,  # the two message unions; binary frames apart
+    "moss_pipecat/service/base.py": 700,  # replies, heard clock, settings apart
+}
+# Layers, bottom first: a module may import its own layer and those below it.
+# (the remote pipecat service is a user of the server package's client)
+LAYERS = ["model", "codec", "engine", "server", "service"]
+
+
+def _module(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules of this package imported by ``path`` (any depth, TYPE_CHECKING blocks aside)."""
+    tree = ast.parse(path.read_text())
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip.update(id(n) for b in node.body for n in ast.walk(b))
+    out = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.startswith("moss_pipecat"):
+                out.add(node.module)
+                out.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("moss_pipecat"))
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    files = {_module(p): p for p in PACKAGE.rglob("*.py")}
+    return {m: {i for i in _imports(p) if i in files and i != m} for m, p in files.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> set[frozenset[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    found: set[frozenset[str]] = set()
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.add(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.add(frozenset(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_circle_finder_finds_circles():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a", "e"}, "e": {"d"}, "f": set()}
+    assert _cycles(graph) == {frozenset("abc"), frozenset("de")}
+
+
+def test_no_import_circles():
+    graph = _graph()
+    # A package's __init__ re-exporting its modules is not a circle of logic.
+    graph = {m: {i for i in deps if not m.startswith(i + ".")} for m, deps in graph.items()}
+    assert not _cycles(graph)
+
+
+def test_layers_import_downward():
+    wrong = []
+    for module, deps in _graph().items():
+        layer = module.split(".")[1] if module.count(".") else ""
+        if layer not in LAYERS:
+            continue
+        for dep in deps:
+            dep_layer = dep.split(".")[1] if dep.count(".") else ""
+            if dep_layer not in LAYERS or LAYERS.index(dep_layer) <= LAYERS.index(layer):
+                continue
+            wrong.append(f"{module} -> {dep}")
+    assert not wrong
+
+
+def test_modules_stay_small():
+    sizes = {
+        str(p.relative_to(REPO)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")
+    }
+    too_big = {f: n for f, n in sizes.items() if n > OVERSIZED.get(f, MAX_LINES)}
+    assert not too_big
+    # A module that was split is taken off the list.
+    assert all(sizes.get(f, 0) > MAX_LINES for f in OVERSIZED)
+
+
+def test_user_code_imports_the_public_engine_api():
+    """Examples and agents use ``moss_pipecat.engine``'s exports, not its modules."""
+    internal = []
+    for path in [*(REPO / "examples").glob("*.py"), *(REPO / "agents").glob("*.py")]:
+        for dep in _imports(path):
+            if dep.startswith("moss_pipecat.engine.") and dep.count(".") >= 2:
+                mod = ".".join(dep.split(".")[:3])
+                if (PACKAGE / "engine" / f"{mod.split('.')[-1]}.py").exists():
+                    internal.append(f"{path.relative_to(REPO)}: {mod}")
+    assert not internal
