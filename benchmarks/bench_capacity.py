@@ -17,7 +17,7 @@ import argparse
 import asyncio
 
 from _common import emit, environment
-from bench_engine import add_engine_args, build_engine, run_round
+from _setup import add_engine_args, build_engine, run_round
 
 
 def main() -> None:

@@ -29,8 +29,7 @@ import statistics
 
 import torch
 from _common import emit, environment, fixtures_root
-from bench_engine import layout_for
-from bench_model_step import DTYPES, build_model
+from _setup import DTYPES, build_model, layout_for
 
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.engine import MossEngine

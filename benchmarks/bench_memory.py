@@ -13,7 +13,7 @@ import argparse
 
 import torch
 from _common import emit, fixtures_root
-from bench_model_step import DTYPES
+from _setup import DTYPES
 
 from moss_pipecat.codec import CodecConfig, MossAudioCodec, real_config_dict
 from moss_pipecat.model import KVCache, MossTTSRealtime, MossTTSRealtimeConfig

@@ -13,34 +13,17 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import emit, environment, fixtures_root, time_calls
+from _common import emit, environment, time_calls
+from _setup import DTYPES, build_model
 
 from moss_pipecat.model import (
     BatchSampling,
     FrameHistory,
     MossTTSRealtime,
-    MossTTSRealtimeConfig,
     SamplingParams,
 )
 from moss_pipecat.model.graphs import GraphedDecodeStep
 from moss_pipecat.model.sampling import NoiseKeys
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def build_model(args, device: torch.device, dtype: torch.dtype) -> MossTTSRealtime:
-    if args.checkpoint:
-        return MossTTSRealtime.from_pretrained(args.checkpoint, dtype=dtype, device=device)
-    if args.real_size or args.random_weights:
-        cfg = (
-            MossTTSRealtimeConfig.real()
-            if args.real_size
-            else MossTTSRealtime.from_pretrained(fixtures_root() / "realtime").cfg
-        )
-        with torch.device(device):
-            model = MossTTSRealtime(cfg).to(dtype)
-        return model.init_random_().eval().requires_grad_(False)
-    return MossTTSRealtime.from_pretrained(fixtures_root() / "realtime", dtype=dtype, device=device)
 
 
 def bench_batch(

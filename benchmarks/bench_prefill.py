@@ -23,24 +23,14 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import emit, environment, fixtures_root, time_calls
-from bench_model_step import DTYPES, build_model
+from _common import emit, environment, time_calls
+from _setup import DTYPES, build_codec, build_model
 
 from moss_pipecat.model import BatchSampling, SamplingParams
 from moss_pipecat.model.graphs import GraphedFrameStep, GraphedPrefill
 from moss_pipecat.model.sampling import NoiseKeys
 
 TARGETS_MS = {"prefill": 30.0, "ttfa": 40.0}  # H100, bf16, real sizes (issue #8)
-
-
-def build_codec(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
-    if args.no_codec:
-        return None
-    from moss_pipecat.codec import CodecConfig, MossAudioCodec, real_config_dict
-
-    if args.real_size:
-        return MossAudioCodec.random(CodecConfig.from_dict(real_config_dict()), dtype, device)
-    return MossAudioCodec.from_pretrained(fixtures_root() / "codec", device=device)
 
 
 def measure(model, codec, H: int, T: int, args, device: torch.device, gen) -> dict:

@@ -25,25 +25,14 @@ import statistics
 import time
 
 import torch
-from _common import emit, environment, fixtures_root, sync
-from bench_engine import layout_for
-from bench_model_step import DTYPES, build_model
+from _common import emit, environment, sync
+from _setup import DTYPES, build_codec, build_model, layout_for
 
 from moss_pipecat.engine.config import FRAME_SECONDS, EngineConfig
 from moss_pipecat.engine.engine import MossEngine
 from moss_pipecat.model import SamplingParams
 
 TARGET_TTFA_MS = 40.0  # H100, bf16, real sizes (issue #16)
-
-
-def build_codec(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
-    if args.no_codec:
-        return None
-    from moss_pipecat.codec import CodecConfig, MossAudioCodec, real_config_dict
-
-    if args.real_size:
-        return MossAudioCodec.random(CodecConfig.from_dict(real_config_dict()), dtype, device)
-    return MossAudioCodec.from_pretrained(fixtures_root() / "codec", device=device)
 
 
 async def new_conversation(engine: MossEngine, voice: torch.Tensor, text: list[int]) -> tuple:

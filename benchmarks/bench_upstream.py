@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 from _common import emit, environment, fixtures_root, time_calls
-from bench_model_step import DTYPES, build_model
+from _setup import DTYPES, build_model
 from safetensors.torch import load_file
 
 from moss_pipecat._log import logger

@@ -1,0 +1,145 @@
+"""Building what the benchmarks measure: models, codecs, engines, a round of sessions.
+
+Shared by the benchmark scripts (they import this module, never each other).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import statistics
+import time
+
+import torch
+from _common import fixtures_root
+
+from moss_pipecat.engine import EngineConfig, MossEngine, RowLayout
+from moss_pipecat.model import MossTTSRealtime, MossTTSRealtimeConfig, SamplingParams
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_model(args, device: torch.device, dtype: torch.dtype) -> MossTTSRealtime:
+    if args.checkpoint:
+        return MossTTSRealtime.from_pretrained(args.checkpoint, dtype=dtype, device=device)
+    if args.real_size or args.random_weights:
+        cfg = (
+            MossTTSRealtimeConfig.real()
+            if args.real_size
+            else MossTTSRealtime.from_pretrained(fixtures_root() / "realtime").cfg
+        )
+        with torch.device(device):
+            model = MossTTSRealtime(cfg).to(dtype)
+        return model.init_random_().eval().requires_grad_(False)
+    return MossTTSRealtime.from_pretrained(fixtures_root() / "realtime", dtype=dtype, device=device)
+
+
+def build_codec(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+    """None with ``--no-codec``; random real-size weights with ``--real-size``; else the
+    fixture codec."""
+    if args.no_codec:
+        return None
+    from moss_pipecat.codec import CodecConfig, MossAudioCodec, real_config_dict
+
+    if args.real_size:
+        return MossAudioCodec.random(CodecConfig.from_dict(real_config_dict()), dtype, device)
+    return MossAudioCodec.from_pretrained(fixtures_root() / "codec", device=device)
+
+
+def layout_for(model) -> RowLayout:
+    """Stand-in specials for a model without a tokenizer (timing does not depend on them)."""
+    cfg = model.cfg
+    v = cfg.language.vocab_size
+    return RowLayout(
+        rvq=cfg.rvq,
+        audio_pad=cfg.audio_pad_token,
+        audio_bos=cfg.audio_bos,
+        audio_eos=cfg.audio_eos,
+        text_pad=cfg.text_pad,
+        ref_audio_pad=cfg.reference_audio_pad,
+        im_start=v - 7,
+        im_end=v - 6,
+        newline=(v - 5,),
+        roles={"assistant": (v - 4,), "user": (v - 3,), "system": (v - 2,), "context": (v - 1,)},
+    )
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+async def run_round(engine: MossEngine, n: int, n_text: int, frames: int, seed: int) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    sessions = [engine.create_session(sampling=SamplingParams(), seed=i) for i in range(n)]
+    vocab = min(engine.layout.im_start, engine.model.cfg.text_pad)
+
+    async def one(session) -> tuple[float, list[float], int]:
+        text = torch.randint(0, vocab, (n_text,), generator=gen).tolist()
+        # Exactly ``frames`` frames per turn (EOS masked until then): the load does not depend
+        # on where a model happens to stop (a random-weight one may stop at once).
+        turn = await session.start_turn(max_frames=frames, min_frames=frames)
+        t0 = time.perf_counter()
+        turn.push_ids(text)
+        turn.end_text()
+        stamps = [time.perf_counter() async for _ in turn]
+        await session.close()
+        ttfa = stamps[0] - t0 if stamps else float("nan")
+        gaps = [b - a for a, b in itertools.pairwise(stamps)]
+        return ttfa, gaps, len(stamps)
+
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(one(s) for s in sessions))
+    wall = time.perf_counter() - t0
+    ttfas = [r[0] for r in results]
+    gaps = [g for r in results for g in r[1]]
+    total = sum(r[2] for r in results)
+    return {
+        "sessions": n,
+        "frames_total": total,
+        "wall_s": wall,
+        "frames_per_s": total / wall,
+        "realtime_sessions_supported": total / wall / 12.5,
+        "ttfa_ms_p50": 1e3 * statistics.median(ttfas),
+        "ttfa_ms_max": 1e3 * max(ttfas),
+        "gap_ms_p50": 1e3 * pct(gaps, 0.5),
+        "gap_ms_p99": 1e3 * pct(gaps, 0.99),
+    }
+
+
+def add_engine_args(ap: argparse.ArgumentParser) -> None:
+    """Model, codec, device and pacing options shared with bench_capacity."""
+    ap.add_argument("--checkpoint", help="TTS checkpoint dir or hub id (default: tiny fixture)")
+    ap.add_argument("--real-size", action="store_true")
+    ap.add_argument("--random-weights", action="store_true")
+    ap.add_argument("--no-codec", action="store_true", help="codes only, no PCM decode")
+    ap.add_argument("--frames", type=int, default=40, help="frames per turn")
+    ap.add_argument("--text-tokens", type=int, default=24)
+    ap.add_argument("--lookahead", type=float, default=None, help="seconds; default unlimited")
+    ap.add_argument(
+        "--graphed", choices=["auto", "on", "off"], default="auto", help="graphed decode step"
+    )
+    ap.add_argument("--compile", metavar="BACKEND", help="torch.compile the graphed step")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    ap.add_argument("--out")
+
+
+def build_engine(args: argparse.Namespace, max_sessions: int) -> MossEngine:
+    """A started engine for ``max_sessions`` sessions (random or checkpoint weights)."""
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    model = build_model(args, device, dtype)
+    codec = build_codec(args, device, dtype)
+    config = EngineConfig(
+        max_sessions=max_sessions,
+        max_context=512 + args.frames + args.text_tokens,
+        context_budget=500,
+        turn_reserve=100,
+        lookahead_s=args.lookahead,
+        graphed_decode={"auto": None, "on": True, "off": False}[args.graphed],
+        compile_decode=args.compile,
+    )
+    engine = MossEngine(model, layout_for(model), codec=codec, config=config).start()
+    asyncio.run(run_round(engine, 1, args.text_tokens, 3, seed=0))  # warm-up
+    return engine
