@@ -112,8 +112,9 @@ class BucketedGraph(Generic[K]):
         make_inputs: ``key -> {name: StaticInput}``, the static inputs of bucket ``key``.
         body: ``(inputs, key) -> outputs``; reads only ``inputs`` (and state it owns, like a
             KV cache), with static shapes and no host sync (it is what the graph records).
+        device: where the buffers live.
         use_cuda_graphs: capture and replay (CUDA only); False (the off switch) runs the body
-            eagerly on the same buffers.
+            eagerly on the same buffers; None: graphs on a CUDA device.
         warm_up_runs: body runs before a capture, on idle inputs.
 
     Attributes:
@@ -126,11 +127,12 @@ class BucketedGraph(Generic[K]):
         make_inputs: Callable[[K], dict[str, StaticInput]],
         body: Callable[[dict[str, torch.Tensor], K], Any],
         *,
-        use_cuda_graphs: bool,
+        device: torch.device,
+        use_cuda_graphs: bool | None = None,
         warm_up_runs: int = 2,
     ) -> None:
         self.name, self.make_inputs, self.body = name, make_inputs, body
-        self.use_cuda_graphs = use_cuda_graphs
+        self.use_cuda_graphs = device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs
         self.warm_up_runs = warm_up_runs
         self.capture: Callable[..., Any] = capture_graph
         self._buckets: dict[K, Bucket] = {}
@@ -203,3 +205,13 @@ class BucketedGraph(Generic[K]):
                 t = b.inputs[name]
                 t[index[: t.dim()]] = value
         return self.launch(key)
+
+
+class GraphedStep:
+    """A step that runs through one ``BucketedGraph`` (``self.graphs``)."""
+
+    graphs: BucketedGraph
+
+    @property
+    def use_cuda_graphs(self) -> bool:
+        return self.graphs.use_cuda_graphs

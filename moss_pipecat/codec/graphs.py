@@ -23,6 +23,7 @@ from moss_pipecat.codec.streaming import CodecStreamState
 from moss_pipecat.cuda_graphs import (
     DEFAULT_BATCH_BUCKETS,
     BucketedGraph,
+    GraphedStep,
     StaticInput,
     capped_buckets,
     smallest_bucket,
@@ -30,7 +31,7 @@ from moss_pipecat.cuda_graphs import (
 from moss_pipecat.errors import InvalidInputError
 
 
-class GraphedCodecDecode:
+class GraphedCodecDecode(GraphedStep):
     """``MossAudioCodec.decode_step`` for one frame per stream, padded and graph-replayed.
 
     Args:
@@ -50,18 +51,14 @@ class GraphedCodecDecode:
             raise InvalidInputError("stream state was made for a different codec config")
         self.codec, self.state = codec, state
         self.batch_buckets = capped_buckets(batch_buckets, state.capacity)
-        cuda = state.device.type == "cuda"
         # key: (rows, quantizers decoded)
         self.graphs: BucketedGraph[tuple[int, int]] = BucketedGraph(
             "codec decode",
             self._inputs,
             self._body,
-            use_cuda_graphs=cuda if use_cuda_graphs is None else use_cuda_graphs,
+            device=state.device,
+            use_cuda_graphs=use_cuda_graphs,
         )
-
-    @property
-    def use_cuda_graphs(self) -> bool:
-        return self.graphs.use_cuda_graphs
 
     def bucket(self, rows: int) -> int:
         """Smallest bucket holding ``rows`` rows (``rows`` <= the state's capacity)."""

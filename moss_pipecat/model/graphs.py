@@ -20,6 +20,7 @@ import torch
 from moss_pipecat.cuda_graphs import (
     DEFAULT_BATCH_BUCKETS,
     BucketedGraph,
+    GraphedStep,
     StaticInput,
     capped_buckets,
     smallest_bucket,
@@ -104,7 +105,7 @@ def _sampling_of(
     return sampling, inputs["history"], NoiseKeys(seed=inputs["seed"], counter=inputs["counter"])
 
 
-class GraphedDecodeStep:
+class GraphedDecodeStep(GraphedStep):
     """``MossTTSRealtime.decode_step`` over a prefix of the cache's slots, replayed as CUDA
     graphs per (rows, context) bucket.
 
@@ -161,12 +162,9 @@ class GraphedDecodeStep:
             "decode",
             self._inputs,
             self._body,
-            use_cuda_graphs=device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs,
+            device=device,
+            use_cuda_graphs=use_cuda_graphs,
         )
-
-    @property
-    def use_cuda_graphs(self) -> bool:
-        return self.graphs.use_cuda_graphs
 
     def bucket(self, rows: int, kv_len: int) -> tuple[int, int]:
         """(rows, context) bucket for stepping slots ``0..rows-1`` with ``kv_len`` positions."""
@@ -232,7 +230,7 @@ class GraphedDecodeStep:
         return frames[idx], hidden[idx]
 
 
-class GraphedFrameStep:
+class GraphedFrameStep(GraphedStep):
     """``MossTTSRealtime.generate_frame`` (local transformer + sampling from a given hidden
     state) padded to batch buckets and replayed as CUDA graphs: the first frame of a turn,
     right after its prefill, which is on the time-to-first-audio path.
@@ -254,17 +252,13 @@ class GraphedFrameStep:
         p = next(model.parameters())
         self.model, self.window, self.dtype, self.device = model, window, p.dtype, p.device
         self.batch_buckets = capped_buckets(batch_buckets, max_batch)
-        cuda = self.device.type == "cuda"
         self.graphs: BucketedGraph[int] = BucketedGraph(
             "first-frame",
             self._inputs,
             self._body,
-            use_cuda_graphs=cuda if use_cuda_graphs is None else use_cuda_graphs,
+            device=self.device,
+            use_cuda_graphs=use_cuda_graphs,
         )
-
-    @property
-    def use_cuda_graphs(self) -> bool:
-        return self.graphs.use_cuda_graphs
 
     def bucket(self, batch: int) -> int:
         b = smallest_bucket(self.batch_buckets, batch)
@@ -303,7 +297,7 @@ class GraphedFrameStep:
         return frames[:B]
 
 
-class GraphedPrefill:
+class GraphedPrefill(GraphedStep):
     """A prefill chunk (``MossTTSRealtime.backbone`` over a few sessions' next rows) padded
     to (batch, rows, context) buckets and replayed as CUDA graphs: the turn prefill on the
     time-to-first-audio path, a few hundred launches at real size when eager.
@@ -349,12 +343,9 @@ class GraphedPrefill:
             "prefill",
             self._inputs,
             self._body,
-            use_cuda_graphs=device.type == "cuda" if use_cuda_graphs is None else use_cuda_graphs,
+            device=device,
+            use_cuda_graphs=use_cuda_graphs,
         )
-
-    @property
-    def use_cuda_graphs(self) -> bool:
-        return self.graphs.use_cuda_graphs
 
     def bucket(self, batch: int, rows: int, kv_len: int) -> tuple[int, int, int] | None:
         """(batch, rows, context) bucket of a chunk, or None if none holds it."""
