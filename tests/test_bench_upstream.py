@@ -1,4 +1,4 @@
-"""benchmarks/bench_upstream.py without upstream: argument errors and the pure helpers.
+"""benchmarks/upstream/bench_upstream.py without upstream: argument errors and the pure helpers.
 
 The side-by-side run itself needs a checkout of OpenMOSS/MOSS-TTS (and transformers 5.0.0), so it
 is not run here.
@@ -19,12 +19,13 @@ from safetensors import safe_open
 from moss_pipecat.model import IGNORED_KEYS, MossTTSRealtimeConfig
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "benchmarks" / "bench_upstream.py"
+SCRIPT = REPO / "benchmarks" / "upstream" / "bench_upstream.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    # The benchmarks import their siblings (``_common``) as top-level modules.
+    # The benchmarks import their helpers (``_common``) as top-level modules; this script puts
+    # their folder on ``sys.path`` itself.
     sys.path.insert(0, str(SCRIPT.parent))
     try:
         yield importlib.import_module("bench_upstream")

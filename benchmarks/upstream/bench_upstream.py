@@ -23,7 +23,8 @@ script from an environment with transformers 5.0.0, e.g. a side venv that reuses
     echo "import site; site.addsitedir('$PWD/.venv/lib/python3.11/site-packages')" \\
         > /tmp/upstream-venv/lib/python3.11/site-packages/zz_moss_pipecat.pth
     /tmp/upstream-venv/bin/pip install transformers==5.0.0
-    /tmp/upstream-venv/bin/python benchmarks/bench_upstream.py --upstream-repo ~/src/MOSS-TTS
+    /tmp/upstream-venv/bin/python benchmarks/upstream/bench_upstream.py \\
+        --upstream-repo ~/src/MOSS-TTS
 
     ... --upstream-repo DIR                                  # tiny fixture model, CPU
     ... --upstream-repo DIR --checkpoint OpenMOSS-Team/MOSS-TTS-Realtime --device cuda \\
@@ -47,8 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import emit, environment, fixtures_root, time_calls
-from _setup import DTYPES, build_model
 from safetensors.torch import load_file
 
 from moss_pipecat._log import logger
@@ -62,6 +61,13 @@ from moss_pipecat.model import (
 )
 from moss_pipecat.model.graphs import GraphedDecodeStep
 from moss_pipecat.model.sampling import NoiseKeys
+
+# The helpers shared by the benchmarks (benchmarks/_common.py, _setup.py) sit one folder up.
+BENCHMARKS = Path(__file__).resolve().parent.parent
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
+from _common import emit, environment, fixtures_root, time_calls  # noqa: E402
+from _setup import DTYPES, build_model  # noqa: E402
 
 # Where the realtime model lives in the upstream repository, and the modules we drive.
 UPSTREAM_SUBDIR = "moss_tts_realtime"
