@@ -1,0 +1,43 @@
+"""Client of the engine server: ``RemoteEngine`` -> ``RemoteSession`` -> ``RemoteTurn``.
+
+The async API mirrors ``moss_pipecat.engine.session.Session`` / ``TurnStream``: the same
+method names, arguments, return types (``AudioChunk``, ``TurnSummary``) and exception types
+(``InvalidInputError``, ``TurnStateError``, ``CapacityError``, ...). What a network adds:
+
+* every call may raise ``ServerUnavailableError`` (server unreachable, gone mid-request, or no
+  reply within ``request_timeout``); iterating a turn raises it when the connection drops;
+* a dropped connection is re-opened on the next call, with exponential backoff for up to
+  ``reconnect_timeout`` seconds; the server keeps the conversation (its acoustic history) for
+  its idle expiry, so ``RemoteSession.resumed`` is normally True after a reconnect; if the
+  server lost it (restart, expiry), the session starts afresh with its voice and sampling
+  re-applied, and ``resumed`` is False (``history_lost`` counts such events);
+* user audio can be sent as audio (``add_user_audio_turn``) and encoded by the server's codec;
+* resuming a conversation takes its resume secret (``RemoteSession.resume_secret``): a session
+  draws one for the conversation it creates and proposes it in its first hello (so a retry
+  after a lost ``ready`` still holds it), keeps the one in force for its reconnects, and
+  another process resumes with ``create_session(conversation_id=..., resume_secret=...)``.
+
+Messages are built and read through the protocol's models (``protocol.ClientMessage`` and
+``protocol.ServerMessage``).
+
+Where things live: ``remote_engine`` (``RemoteEngine``: TLS, token, handshake, backoff),
+``remote_session`` (``RemoteSession``: the calls, reconnect and resume), ``link`` (``_Link``: one
+websocket, its writer and reader tasks), ``remote_turn`` (``RemoteTurn``), ``wire`` (messages
+and binary payloads). This module re-exports the public names.
+"""
+
+from moss_pipecat.server.client.remote_engine import RemoteEngine
+from moss_pipecat.server.client.remote_session import RemoteSession
+from moss_pipecat.server.client.remote_turn import RemoteTurn
+from moss_pipecat.server.client.wire import codes_bytes, pcm16_from_audio
+from moss_pipecat.server.errors import ForbiddenError, ServerUnavailableError
+
+__all__ = [
+    "ForbiddenError",
+    "RemoteEngine",
+    "RemoteSession",
+    "RemoteTurn",
+    "ServerUnavailableError",
+    "codes_bytes",
+    "pcm16_from_audio",
+]

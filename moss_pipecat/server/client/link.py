@@ -1,0 +1,194 @@
+"""``_Link``: one websocket of a ``RemoteSession``, with its writer and reader tasks, the
+requests waiting for replies, and the turns the reader routes audio to."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import torch
+from loguru import logger
+
+from moss_pipecat.engine.events import AudioChunk
+from moss_pipecat.errors import MossError, SessionClosedError
+from moss_pipecat.server import protocol as P
+from moss_pipecat.server.client.remote_turn import RemoteTurn
+from moss_pipecat.server.client.wire import _build
+from moss_pipecat.server.errors import ForbiddenError, ServerUnavailableError, UnauthorizedError
+
+if TYPE_CHECKING:
+    from moss_pipecat.server.client.remote_session import RemoteSession
+
+
+class _Link:
+    """One websocket of a session: a writer task (keeps send order), a reader task (routes
+    replies, audio and turn ends), and the pending requests."""
+
+    def __init__(self, session: RemoteSession, ws: Any, ready: P.Ready) -> None:
+        self.session = session
+        self.ws = ws
+        self.ready = ready
+        self.limits: P.ReadyLimits = ready.limits
+        self.failure: MossError | None = None
+        self.pending: dict[int, asyncio.Future] = {}
+        self.turns: dict[int, RemoteTurn] = {}
+        self._outbox: asyncio.Queue = asyncio.Queue()
+        self._next_req = 0
+        loop = asyncio.get_running_loop()
+        self._writer = loop.create_task(self._write())
+        self._reader = loop.create_task(self._read())
+
+    @property
+    def alive(self) -> bool:
+        return self.failure is None
+
+    def send_nowait(self, data: str | bytes) -> None:
+        if self.failure is not None:
+            raise ServerUnavailableError(f"connection lost: {self.failure}")
+        self._outbox.put_nowait(data)
+
+    async def request(
+        self,
+        cls: type[P._Msg],
+        payload: bytes | None = None,
+        timeout: float = 30.0,
+        **fields: Any,
+    ) -> Any:
+        """Sends a request of type ``cls`` with ``fields`` (and its binary payload); returns
+        the reply (a ``Result``, or the ``RemoteTurn`` a ``turn.start`` opened)."""
+        req = self._next_req
+        self._next_req += 1
+        msg = _build(cls, req=req, **fields)
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.pending[req] = fut
+        try:
+            self.send_nowait(msg.to_json())
+            if payload is not None:
+                self.send_nowait(payload)
+            try:
+                return await asyncio.wait_for(fut, timeout)
+            except TimeoutError:
+                err = ServerUnavailableError(f"no reply to {msg.type!r} within {timeout} s")
+                await self.fail(err)
+                raise err from None
+        finally:
+            self.pending.pop(req, None)
+
+    async def _write(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            while True:
+                data = await self._outbox.get()
+                await self.ws.send(data)
+        except ConnectionClosed as e:
+            await self.fail(ServerUnavailableError(f"connection closed: {e}"))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            await self.fail(ServerUnavailableError(f"send failed: {e!r}"))
+
+    async def _read(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            async for message in self.ws:
+                if isinstance(message, bytes):
+                    self._audio(message)
+                else:
+                    self._control(message)
+            await self.fail(self._closed_error())
+        except ConnectionClosed:
+            await self.fail(self._closed_error())
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            logger.exception("remote session reader failed")
+            await self.fail(ServerUnavailableError(f"bad data from server: {e!r}"))
+
+    def _closed_error(self) -> MossError:
+        rcvd = getattr(self.ws, "close_rcvd", None)
+        code = rcvd.code if rcvd is not None else None
+        reason = rcvd.reason if rcvd is not None else ""
+        if code == P.CLOSE_UNAUTHORIZED:
+            return UnauthorizedError("the server refused the token")
+        if code == P.CLOSE_FORBIDDEN:
+            return ForbiddenError("the server refused the conversation's resume secret")
+        if code == P.CLOSE_SUPERSEDED:
+            return ServerUnavailableError("another connection took over this conversation")
+        return ServerUnavailableError(f"connection to the server lost (code {code} {reason})")
+
+    def _audio(self, data: bytes) -> None:
+        turn_id, index, codes, pcm = P.unpack_audio(data)
+        turn = self.turns.get(turn_id)
+        if turn is not None:
+            words = tuple(turn._words.pop(index, ()))
+            codes_t = torch.tensor(codes, dtype=torch.int64)
+            turn._put(AudioChunk(turn_id, index, codes_t, pcm, words))
+
+    def _control(self, text: str) -> None:
+        msg = P.parse_server_message(text)
+        if isinstance(msg, P.TurnStarted):
+            turn = RemoteTurn(self.session, self, msg.turn_id)
+            self.turns[turn.turn_id] = turn
+            self._resolve(msg.req, turn)
+        elif isinstance(msg, P.TurnWords):
+            turn = self.turns.get(msg.turn_id)
+            if turn is not None:
+                turn._words[msg.index] = list(msg.words)
+        elif isinstance(msg, P.TurnEnded):
+            turn = self.turns.pop(msg.turn_id, None)
+            if turn is not None:
+                turn._put(msg.summary.to_summary())
+        elif isinstance(msg, P.Result):
+            self._resolve(msg.req, msg)
+        elif isinstance(msg, P.ErrorReply):
+            err = msg.to_exception()
+            if msg.req is not None and msg.req in self.pending:
+                fut = self.pending[msg.req]
+                if not fut.done():
+                    fut.set_exception(err)
+            elif msg.turn_id is not None and msg.turn_id in self.turns:
+                self.turns[msg.turn_id]._deferred = err
+            else:
+                logger.warning(f"server error: {msg.code}: {msg.message}")
+            if msg.fatal:
+                self.failure = self.failure or err
+        else:  # a ``ready`` out of turn, or a type this client does not know
+            logger.debug(f"ignoring server message {getattr(msg, 'type', None)!r}")
+
+    def _resolve(self, req: int | None, value: Any) -> None:
+        fut = self.pending.get(req) if req is not None else None
+        if fut is not None and not fut.done():
+            fut.set_result(value)
+
+    async def fail(self, err: MossError) -> None:
+        """Marks the link dead: pending requests and open turns get ``err``."""
+        if self.failure is None:
+            self.failure = err
+        err = self.failure
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        for turn in self.turns.values():
+            turn._put(err)
+        self.turns.clear()
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ws.close(), 2.0)
+
+    async def close(self) -> None:
+        """Closes the socket and stops both tasks."""
+        if self.failure is None:
+            self.failure = SessionClosedError("session closed")
+        for task in (self._writer, self._reader):
+            if task is not asyncio.current_task():
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(), 2.0)
+        for task in (self._writer, self._reader):
+            if task is not asyncio.current_task():
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self.fail(self.failure)

@@ -1,0 +1,205 @@
+"""``RemoteEngine``: connects sessions to an engine server (TLS, token, handshake, and
+reconnecting with exponential backoff)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from typing import Any
+
+from moss_pipecat.errors import CapacityError, InvalidInputError, MossError
+from moss_pipecat.model.sampling import SamplingParams
+from moss_pipecat.server import protocol as P
+from moss_pipecat.server.client.link import _Link
+from moss_pipecat.server.client.remote_session import RemoteSession
+from moss_pipecat.server.errors import (
+    ForbiddenError,
+    ProtocolError,
+    ServerUnavailableError,
+    UnauthorizedError,
+)
+
+
+class RemoteEngine:
+    """Connects sessions to an engine server.
+
+    Args:
+        url: ``ws://host:port/v1/ws`` (a bare ``ws://host:port`` gets the path added), or
+            ``wss://`` for a server with TLS.
+        token: bearer token (default: none), sent as ``Authorization: Bearer`` with the
+            websocket upgrade.
+        connect_timeout: seconds for one connection attempt (TCP + upgrade + hello).
+        request_timeout: seconds to wait for any reply.
+        reconnect_timeout: total seconds of retrying (exponential backoff) before a call
+            gives up with ``ServerUnavailableError``.
+        ping_interval, ping_timeout: websocket keepalive; a silent server is detected in at
+            most their sum.
+        frame_timeout: once a turn's text has ended, the longest wait for its next frame (or
+            its end) before the turn fails with ``ServerUnavailableError`` (None: no limit).
+        ssl_ca_file: ``wss://`` only: PEM file of the CA(s) to trust for the server's
+            certificate (e.g. a self-signed one), instead of the system's.
+        ssl_context: ``wss://`` only: the ``ssl.SSLContext`` to use (overrides
+            ``ssl_ca_file``). A certificate that fails verification raises
+            ``TLSVerificationError`` at once (no retries).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        connect_timeout: float = 5.0,
+        request_timeout: float = 30.0,
+        reconnect_timeout: float = 10.0,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 2.0,
+        ping_interval: float | None = 5.0,
+        ping_timeout: float | None = 10.0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        frame_timeout: float | None = 30.0,
+        ssl_ca_file: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if "/" not in url.split("://", 1)[-1]:
+            url = url.rstrip("/") + P.WS_PATH
+        self.url = url
+        self.token = token
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.reconnect_timeout = reconnect_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.max_message_bytes = max_message_bytes
+        self.frame_timeout = frame_timeout
+        self._ssl = _client_ssl(url, ssl_ca_file, ssl_context)
+        self._sessions: set[RemoteSession] = set()
+
+    async def create_session(
+        self,
+        *,
+        conversation_id: str | None = None,
+        voice: Any | None = None,
+        sampling: SamplingParams | None = None,
+        seed: int | None = None,
+        resume_secret: str | None = None,
+    ) -> RemoteSession:
+        """Opens (or, with a known ``conversation_id``, resumes) a conversation.
+
+        Args:
+            conversation_id: id to resume or create (default: the server picks one).
+            voice: reference voice as codec frames [R, rvq] (applied unless resumed).
+            sampling, seed: for a new conversation (a resumed one keeps its own).
+            resume_secret: the conversation's resume secret (``RemoteSession.resume_secret``
+                of the session that created it), needed to resume a conversation that exists;
+                for a new conversation, the secret to give it (default: a random one).
+
+        Raises:
+            ForbiddenError: the conversation exists and ``resume_secret`` is missing or wrong.
+        """
+        session = RemoteSession(self, conversation_id, sampling, seed, resume_secret)
+        await session._ensure()
+        if voice is not None and not session.resumed:
+            await session.set_voice(voice)
+        self._sessions.add(session)
+        return session
+
+    async def aclose(self) -> None:
+        """Closes every session opened through this engine."""
+        for s in list(self._sessions):
+            await s.close()
+
+    async def _connect(self, session: RemoteSession) -> _Link:
+        """Opens a connection for ``session`` with exponential backoff."""
+        deadline = time.monotonic() + self.reconnect_timeout
+        delay = self.backoff_initial
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._connect_once(session)
+            except (
+                UnauthorizedError,
+                ForbiddenError,
+                ProtocolError,
+                CapacityError,
+                InvalidInputError,
+            ):
+                raise  # retrying cannot help
+            except ssl.SSLCertVerificationError as e:
+                from moss_pipecat.server.errors import TLSVerificationError
+
+                raise TLSVerificationError(
+                    f"the TLS certificate of {self.url} failed verification "
+                    f"({e.verify_message}): give RemoteEngine the server's CA (ssl_ca_file=)"
+                ) from None
+            except (OSError, TimeoutError, ServerUnavailableError, MossError) as e:
+                last = e
+            except Exception as e:  # websockets' handshake errors
+                last = e
+                if _http_status(e) == 401:
+                    raise UnauthorizedError("the server refused the token") from None
+            if time.monotonic() + delay > deadline:
+                raise ServerUnavailableError(
+                    f"cannot reach {self.url} after {attempt} attempts: {last!r}"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.backoff_max)
+
+    async def _connect_once(self, session: RemoteSession) -> _Link:
+        from websockets.asyncio.client import connect
+
+        headers = {}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if session.id is not None:
+            headers[P.SESSION_HEADER] = session.id  # Ray Serve routes a conversation by it
+        ws = await connect(
+            self.url,
+            additional_headers=headers,
+            open_timeout=self.connect_timeout,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            close_timeout=2,
+            max_size=self.max_message_bytes,
+            compression=None,
+            proxy=None,
+            ssl=self._ssl,
+        )
+        try:
+            await asyncio.wait_for(ws.send(session._hello().to_json()), self.connect_timeout)
+            reply = P.parse_server_message(await asyncio.wait_for(ws.recv(), self.connect_timeout))
+            if isinstance(reply, P.ErrorReply):
+                raise reply.to_exception()
+            if not isinstance(reply, P.Ready):
+                raise ProtocolError(f"expected ready, got {getattr(reply, 'type', None)!r}")
+        except BaseException as e:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 2.0)
+            if isinstance(e, MossError | asyncio.CancelledError):
+                raise
+            raise ServerUnavailableError(f"handshake with {self.url} failed: {e!r}") from None
+        session._ready(reply)
+        return _Link(session, ws, reply)
+
+
+def _client_ssl(
+    url: str, ca_file: str | None, context: ssl.SSLContext | None
+) -> ssl.SSLContext | None:
+    """The TLS context for ``url`` (None for plain ``ws://``)."""
+    if not url.lower().startswith("wss://"):
+        if ca_file is not None or context is not None:
+            raise InvalidInputError(f"TLS options need a wss:// url, got {url!r}")
+        return None
+    if context is not None:
+        return context
+    # The system's CAs (or ``ca_file``'s), host name checked.
+    return ssl.create_default_context(cafile=ca_file)
+
+
+def _http_status(e: Exception) -> int | None:
+    response = getattr(e, "response", None)
+    return getattr(response, "status_code", None)

@@ -1,0 +1,271 @@
+"""``RemoteSession``: one conversation on the server, re-connected (and resumed, or its voice
+and sampling re-applied) on the next call after its link drops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from loguru import logger
+
+from moss_pipecat.engine.events import TurnSummary
+from moss_pipecat.errors import InvalidInputError, MossError, SessionClosedError
+from moss_pipecat.model.sampling import SamplingParams
+from moss_pipecat.server import protocol as P
+from moss_pipecat.server.client.wire import (
+    _build,
+    _wire_sampling,
+    codes_bytes,
+    pcm16_from_audio,
+)
+from moss_pipecat.server.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from moss_pipecat.server.client.link import _Link
+    from moss_pipecat.server.client.remote_engine import RemoteEngine
+    from moss_pipecat.server.client.remote_turn import RemoteTurn
+
+
+class RemoteSession:
+    """Async handle of one conversation on an engine server; mirrors ``Session``.
+
+    Create it with ``RemoteEngine.create_session``.
+    """
+
+    def __init__(
+        self,
+        engine: RemoteEngine,
+        conversation_id: str | None,
+        sampling: SamplingParams | None,
+        seed: int | None,
+        resume_secret: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.id = conversation_id
+        # The conversation's resume secret, sent in every hello. A new conversation gets ours
+        # (drawn here, before the first hello: a retry of a handshake whose ``ready`` was lost
+        # must hold it too); ``ready`` says which one is in force.
+        self.resume_secret = resume_secret or secrets.token_urlsafe(32)
+        self.closed = False
+        self.resumed = False  # did the last (re)connect find the conversation on the server?
+        self.reconnects = 0
+        self.history_lost = 0  # reconnects that found the conversation gone
+        self.audio: P.AudioInfo | None = None  # what the server's frames carry
+        self.server_id: str | None = None  # the server (replica) the last connection reached
+        self._sampling = sampling
+        self._seed = seed
+        self._voice: tuple[str, bytes, int | None] | None = None  # re-sent after a history loss
+        self._link: _Link | None = None
+        self._connect_lock = asyncio.Lock()
+        self._turn: RemoteTurn | None = None
+
+    # ---- connection -------------------------------------------------------------------------
+    async def _ensure(self) -> _Link:
+        if self.closed:
+            raise SessionClosedError(f"session {self.id!r} is closed")
+        link = self._link
+        if link is not None and link.alive:
+            return link
+        async with self._connect_lock:
+            if self._link is not None and self._link.alive:
+                return self._link
+            if self._link is not None:
+                await self._link.close()
+                self._link = None
+            first = self.id is None or self.audio is None
+            link = await self.engine._connect(self)
+            self._link = link
+            if not first:
+                self.reconnects += 1
+            if not first and not self.resumed:
+                self.history_lost += 1
+                logger.warning(f"conversation {self.id}: the server lost its history")
+            if not self.resumed and self._voice is not None:
+                fmt, data, rate = self._voice
+                await self._request(
+                    link, P.Voice, data, format=fmt, sample_rate=rate, bytes=len(data)
+                )
+            return link
+
+    def _hello(self) -> P.Hello:
+        return _build(
+            P.Hello,
+            v=P.PROTOCOL_VERSION,
+            conversation_id=self.id,
+            resume_secret=self.resume_secret,
+            token=self.engine.token or None,
+            sampling=None if self._sampling is None else _wire_sampling(self._sampling),
+            seed=self._seed,
+        )
+
+    def _ready(self, ready: P.Ready) -> None:
+        """Takes what the server's ``ready`` says about the conversation."""
+        self.id = ready.conversation_id
+        self.resumed = ready.resumed
+        if ready.resume_secret is not None:  # the one we sent, unless the server chose
+            self.resume_secret = ready.resume_secret
+        self.audio = ready.audio
+        self.server_id = ready.server_id
+
+    async def _request(
+        self, link: _Link, cls: type[P._Msg], payload: bytes | None = None, **fields: Any
+    ) -> Any:
+        return await link.request(cls, payload, self.engine.request_timeout, **fields)
+
+    async def _call(self, cls: type[P._Msg], payload: bytes | None = None, **fields: Any) -> Any:
+        link = await self._ensure()
+        return await self._request(link, cls, payload, **fields)
+
+    # ---- turns ----------------------------------------------------------------------------------
+    async def start_turn(
+        self,
+        max_frames: int | None = None,
+        *,
+        min_frames: int | None = None,
+        eos_after_text: bool | None = None,
+    ) -> RemoteTurn:
+        """Opens an assistant turn (fails if one is open); arguments as ``Session.start_turn``."""
+        if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
+            raise InvalidInputError(f"max_frames must be a positive int, got {max_frames!r}")
+        if min_frames is not None and (not isinstance(min_frames, int) or min_frames < 0):
+            raise InvalidInputError(f"min_frames must be an int >= 0, got {min_frames!r}")
+        self._turn = await self._call(
+            P.TurnStart,
+            max_frames=max_frames,
+            min_frames=min_frames,
+            eos_after_text=eos_after_text,
+        )
+        return self._turn
+
+    async def interrupt(self, heard_frames: int) -> TurnSummary | None:
+        """Stops the current (or just finished) turn, keeping its first ``heard_frames``
+        frames in the conversation. Returns None if there was nothing to cut."""
+        if self._turn is not None and self._turn.summary is None:
+            self._turn.cancel()
+        heard = int(heard_frames)
+        if heard < 0:
+            raise InvalidInputError(f"heard_frames must be >= 0, got {heard}")
+        reply: P.Result = await self._call(P.Interrupt, heard_frames=heard)
+        return None if reply.summary is None else reply.summary.to_summary()
+
+    async def add_user_turn(self, text_ids: Sequence[int], frames: Any) -> None:
+        """Adds what the user said as transcript ids and codec frames [A, rvq] (as locally)."""
+        ids = [int(i) for i in text_ids]
+        if any(i < 0 for i in ids):
+            raise InvalidInputError("user text ids must be >= 0")
+        data, n = codes_bytes(frames)
+        if n == 0:
+            raise InvalidInputError("a user turn needs at least one audio frame")
+        await self._call(P.UserTurn, data, text_ids=ids, format="codes", bytes=len(data))
+
+    async def add_user_audio_turn(self, text: str, audio: Any, sample_rate: int) -> None:
+        """Adds what the user said as its transcript and audio; the server encodes the audio.
+
+        Args:
+            text: the transcript.
+            audio: mono PCM16 bytes, an int16 array, or float samples in [-1, 1].
+            sample_rate: rate of ``audio`` (resampled by the server's codec).
+        """
+        data = self._check_audio(audio, sample_rate)
+        await self._call(
+            P.UserTurn,
+            data,
+            text=str(text),
+            format="pcm16",
+            sample_rate=int(sample_rate),
+            bytes=len(data),
+        )
+
+    def _check_audio(self, audio: Any, sample_rate: int) -> bytes:
+        data = pcm16_from_audio(audio)
+        if not data:
+            raise InvalidInputError("empty audio")
+        if not isinstance(sample_rate, int) or sample_rate <= 0:
+            raise InvalidInputError(f"sample_rate must be a positive int, got {sample_rate!r}")
+        limit = self._link.limits.max_audio_seconds if self._link else None
+        if limit is not None and len(data) / 2 / sample_rate > limit:
+            raise InvalidInputError(f"audio longer than the server's {limit} s")
+        return data
+
+    # ---- settings ---------------------------------------------------------------------------
+    async def set_voice(self, frames: Any | None) -> None:
+        """Replaces the reference voice (codec frames [R, rvq]) or removes it (None)."""
+        if frames is None:
+            await self._call(P.Voice, format="none")
+            self._voice = None
+            return
+        data, _ = codes_bytes(frames)
+        await self._call(P.Voice, data, format="codes", bytes=len(data))
+        self._voice = ("codes", data, None)
+
+    async def set_voice_audio(self, audio: Any, sample_rate: int) -> None:
+        """Replaces the reference voice with a recording (encoded by the server's codec)."""
+        data = self._check_audio(audio, sample_rate)
+        await self._call(
+            P.Voice, data, format="pcm16", sample_rate=int(sample_rate), bytes=len(data)
+        )
+        self._voice = ("pcm16", data, int(sample_rate))
+
+    async def set_sampling(self, sampling: SamplingParams, seed: int | None = None) -> None:
+        await self._call(
+            P.Settings,
+            sampling=_wire_sampling(sampling),
+            seed=None if seed is None else int(seed),
+        )
+        self._sampling = sampling
+        if seed is not None:
+            self._seed = seed
+
+    async def set_limits(
+        self,
+        context_budget: int | None = None,
+        lookahead_s: float | None = None,
+        unlimited_lookahead: bool = False,
+    ) -> None:
+        """Per-conversation context budget and lookahead (None: the server engine's)."""
+        limits = _build(
+            P.Limits,
+            context_budget=context_budget,
+            lookahead_s=lookahead_s,
+            unlimited_lookahead=unlimited_lookahead,
+        )
+        await self._call(P.Settings, limits=limits)
+
+    async def reset(self) -> None:
+        """Forgets every turn (keeps the system prompt and voice)."""
+        await self._call(P.Reset)
+
+    async def close(self) -> None:
+        """Ends the conversation on the server (best effort if the server is gone)."""
+        if self.closed:
+            return
+        link = self._link
+        if link is not None and link.alive:
+            with contextlib.suppress(MossError):
+                await self._request(link, P.Close)
+        self.closed = True
+        if link is not None:
+            await link.close()
+        self._link = None
+        self.engine._sessions.discard(self)
+
+    async def snapshot(self) -> dict:
+        """The server's snapshot (``rows`` as a tensor), for tests and debugging."""
+        reply: P.Result = await self._call(P.Snapshot)
+        if reply.snapshot is None:
+            raise ProtocolError("the server's snapshot result has no snapshot")
+        snap = reply.snapshot.model_dump()
+        snap["rows"] = torch.tensor(snap["rows"], dtype=torch.int64).reshape(-1, 17)
+        snap["turns"] = [tuple(t) for t in snap["turns"]]
+        snap["sampling"] = reply.snapshot.sampling.to_params()
+        return snap
+
+    async def __aenter__(self) -> RemoteSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

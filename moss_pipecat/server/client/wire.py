@@ -1,0 +1,70 @@
+"""What the client puts on the wire: protocol messages built from keyword fields, and the
+binary payloads (PCM16 audio, codec frames) of user turns and voices."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+
+from moss_pipecat.errors import InvalidInputError
+from moss_pipecat.model.sampling import SamplingParams
+from moss_pipecat.pcm import float_to_pcm16
+from moss_pipecat.server import protocol as P
+
+
+def _build(cls: type[P._Msg], **fields: Any) -> P._Msg:
+    """A client message; fields left None are not sent. Values the protocol refuses are the
+    caller's mistake: ``InvalidInputError`` (as the local engine raises), before sending."""
+    try:
+        return cls(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5]
+        )
+        raise InvalidInputError(f"invalid {cls.__name__} message: {problems}") from None
+
+
+def pcm16_from_audio(audio: Any) -> bytes:
+    """Mono audio as little-endian int16 bytes.
+
+    Accepts PCM16 bytes, an int16 array/tensor, or float samples in [-1, 1] (numpy/torch).
+    """
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        data = bytes(audio)
+        if len(data) % 2:
+            raise InvalidInputError("PCM16 audio must have an even number of bytes")
+        return data
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu().numpy()
+    a = np.asarray(audio)
+    if a.ndim == 2:  # [channels, samples] or [samples, channels]: average to mono
+        a = a.mean(axis=0 if a.shape[0] < a.shape[1] else 1)
+    if a.ndim != 1:
+        raise InvalidInputError(f"audio must be 1-D (mono), got shape {a.shape}")
+    if a.dtype == np.int16:
+        return a.astype("<i2", copy=False).tobytes()
+    if not np.issubdtype(a.dtype, np.floating):
+        raise InvalidInputError(f"audio must be int16 or float samples, got {a.dtype}")
+    return float_to_pcm16(a)
+
+
+def codes_bytes(frames: Any, rvq: int = 16) -> tuple[bytes, int]:
+    """Codec frames [T, rvq] as little-endian uint16 bytes; returns (bytes, T)."""
+    t = torch.as_tensor(frames)
+    if t.dim() != 2 or t.shape[1] != rvq:
+        raise InvalidInputError(f"frames must be [frames, {rvq}], got {tuple(t.shape)}")
+    if t.is_floating_point():
+        raise InvalidInputError(f"frames must be integer codes, got {t.dtype}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) > 65535):
+        raise InvalidInputError("codes out of range")
+    return t.cpu().numpy().astype("<u2").tobytes(), int(t.shape[0])
+
+
+def _wire_sampling(params: SamplingParams) -> P.Sampling:
+    try:
+        return P.Sampling.of(params)
+    except ValidationError as e:
+        raise InvalidInputError(f"sampling values out of the protocol's range: {e}") from None
