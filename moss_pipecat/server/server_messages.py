@@ -1,0 +1,235 @@
+"""Server -> client messages of the wire protocol (``ServerMessage``) and their parsing on the
+client (``parse_server_message``); see ``protocol`` for when each one is sent."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+
+from moss_pipecat.engine.events import AudioChunk, TurnSummary
+from moss_pipecat.errors import MossError
+from moss_pipecat.server.client_messages import Sampling
+from moss_pipecat.server.error_codes import error_code, error_from_wire
+from moss_pipecat.server.errors import ProtocolError
+from moss_pipecat.server.wire_json import WireModel, by_type, problems
+
+
+class _Out(WireModel):
+    """Server -> client: a client ignores fields it does not know (a newer server's)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+Words = list[tuple[str, float]]
+
+
+class AudioInfo(_Out):
+    """What the audio frames carry."""
+
+    sample_rate: int
+    frame_samples: int
+    rvq: int
+    pcm: bool  # frames carry PCM (the server has a codec)
+
+
+class ReadyLimits(_Out):
+    """The server's limits a client should respect before sending (None: not told)."""
+
+    max_message_bytes: int | None = None
+    max_audio_seconds: float | None = None
+    max_text_chars: int | None = None
+    max_ids_per_message: int | None = None
+    max_ids_per_turn: int | None = None
+    idle_expiry_s: float | None = None
+
+
+class Ready(_Out):
+    type: Literal["ready"] = "ready"
+    v: int
+    conversation_id: str
+    resumed: bool
+    resume_secret: str | None = None  # the conversation's: needed to resume it
+    server_id: str | None = None
+    audio: AudioInfo
+    limits: ReadyLimits
+
+
+class TurnStarted(_Out):
+    type: Literal["turn.started"] = "turn.started"
+    req: int
+    turn_id: int
+
+
+class TurnWords(_Out):
+    """The word times the engine placed with frame ``index``; sent just before that frame."""
+
+    type: Literal["turn.words"] = "turn.words"
+    turn_id: int
+    index: int
+    words: Words
+
+    @classmethod
+    def of(cls, chunk: AudioChunk) -> TurnWords:
+        return cls(turn_id=chunk.turn_id, index=chunk.index, words=list(chunk.words))
+
+
+class WireSummary(_Out):
+    """``TurnSummary`` on the wire; ``error`` is [code, message]."""
+
+    turn_id: int
+    stop: str
+    audio_frames: int = 0
+    heard_frames: int = 0
+    text_ids: list[int] = []  # noqa: RUF012 (pydantic copies defaults)
+    text: str = ""
+    spoken_text: str = ""
+    words: Words = []  # noqa: RUF012
+    ttfa_s: float | None = None
+    error: tuple[str, str] | None = None
+
+    @classmethod
+    def of(cls, s: TurnSummary) -> WireSummary:
+        return cls(
+            turn_id=s.turn_id,
+            stop=s.stop,
+            audio_frames=s.audio_frames,
+            heard_frames=s.heard_frames,
+            text_ids=list(s.text_ids),
+            text=s.text,
+            spoken_text=s.spoken_text,
+            words=list(s.words),
+            ttfa_s=s.ttfa_s,
+            error=None if s.error is None else (error_code(s.error), str(s.error)),
+        )
+
+    def to_summary(self) -> TurnSummary:
+        return TurnSummary(
+            turn_id=self.turn_id,
+            stop=self.stop,
+            audio_frames=self.audio_frames,
+            heard_frames=self.heard_frames,
+            text_ids=list(self.text_ids),
+            text=self.text,
+            spoken_text=self.spoken_text,
+            words=list(self.words),
+            ttfa_s=self.ttfa_s,
+            error=None if self.error is None else error_from_wire(*self.error),
+        )
+
+
+class TurnEnded(_Out):
+    type: Literal["turn.end"] = "turn.end"
+    turn_id: int
+    summary: WireSummary
+
+
+class WireSnapshot(_Out):
+    """The engine's snapshot of a conversation (for tests and debugging); keys the engine adds
+    travel too (as JSON values)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    rows: list[list[int]]  # [N, 17]
+    turns: list[tuple[str, int]]  # (role, text ids)
+    phase: str
+    sampling: Sampling
+    cache_len: int | None = None
+    device_cache_len: int | None = None
+    pool_capacity: int | None = None
+    system_rows: int | None = None
+    slot: int | None = None
+    context_budget: int | None = None
+
+    @classmethod
+    def of(cls, snap: dict[str, Any]) -> WireSnapshot:
+        data = {str(k): _jsonable(v) for k, v in snap.items() if k != "sampling"}
+        return cls(**data, sampling=Sampling.of(snap["sampling"]))
+
+
+class Result(_Out):
+    """The reply to a request; ``summary`` (``interrupt``: null when there was nothing to cut)
+    and ``snapshot`` are sent only by the requests that return them."""
+
+    type: Literal["result"] = "result"
+    req: int
+    summary: WireSummary | None = None
+    snapshot: WireSnapshot | None = None
+
+
+class ErrorReply(_Out):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    fatal: bool  # the server closes the connection after it
+    req: int | None = None  # the request it answers
+    turn_id: int | None = None  # the turn whose input it refuses
+
+    @classmethod
+    def of(
+        cls,
+        code: str,
+        message: str,
+        *,
+        req: int | None = None,
+        turn_id: int | None = None,
+        fatal: bool = False,
+    ) -> ErrorReply:
+        """An error reply (``req`` and ``turn_id`` are sent only when given)."""
+        extra = {k: v for k, v in (("req", req), ("turn_id", turn_id)) if v is not None}
+        return cls(code=code, message=message, fatal=fatal, **extra)
+
+    def to_exception(self) -> MossError:
+        return error_from_wire(self.code, self.message)
+
+
+ServerMessage = Annotated[
+    Ready | TurnStarted | TurnWords | TurnEnded | Result | ErrorReply,
+    Field(discriminator="type"),
+]
+_SERVER_ADAPTER: TypeAdapter[Any] = TypeAdapter(ServerMessage)
+SERVER_MESSAGES: dict[str, type[_Out]] = by_type(ServerMessage)
+
+
+def parse_server_message(text: str | bytes) -> _Out | None:
+    """Parses one JSON message from the server (a ``ServerMessage``); None for a type this
+    client does not know (a newer server's).
+
+    Raises:
+        ProtocolError: not JSON, or a known type with invalid fields.
+    """
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ProtocolError(f"server sent invalid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("server sent a JSON value that is not an object")
+    if data.get("type") not in SERVER_MESSAGES:
+        return None
+    try:
+        return _SERVER_ADAPTER.validate_python(data)
+    except ValidationError as e:
+        raise ProtocolError(
+            f"invalid {data['type']!r} message from the server: {problems(e, skip=1)}"
+        ) from None
+
+
+def _jsonable(v: Any) -> Any:
+    """Snapshot values as JSON (tensors as nested lists, dataclasses as objects)."""
+    import dataclasses
+    import enum
+
+    if hasattr(v, "tolist"):  # tensors, numpy arrays and scalars
+        return v.tolist()
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return _jsonable(dataclasses.asdict(v))
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, enum.Enum):
+        return _jsonable(v.value)
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)
