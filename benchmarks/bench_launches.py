@@ -126,7 +126,7 @@ def run_sessions(model, codec, n: int, args) -> dict:
         t.get("decode", {}).get("calls") != 1 for t in decode_ticks
     ):
         raise RuntimeError(f"the ticks did not run as planned: {ticks}")
-    ended = [s for s in engine._sessions.values() if s.turn is None]
+    ended = [s for s in engine.core.sessions.values() if s.turn is None]
     if ended:
         raise RuntimeError(f"{len(ended)} turns ended early")
 

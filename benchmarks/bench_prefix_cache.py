@@ -55,7 +55,8 @@ def time_prefills(engine: MossEngine) -> None:
     """Records the seconds of each of the engine's prefill calls in ``engine.prefill_s``
     (synchronized on a GPU, so each is the call's own time)."""
     engine.prefill_s = []
-    real = engine._prefill_chunk
+    scheduler = engine.core.scheduler
+    real = scheduler.prefill_chunk
 
     def timed(batch):
         sync(engine.device)
@@ -65,7 +66,7 @@ def time_prefills(engine: MossEngine) -> None:
         engine.prefill_s.append(time.perf_counter() - t0)
         return out
 
-    engine._prefill_chunk = timed
+    scheduler.prefill_chunk = timed
 
 
 def summarize(mode: str, samples: list[tuple], hits: int, misses: int) -> dict:
@@ -175,7 +176,7 @@ def main() -> None:
     off, cached = engine_for(0), engine_for(EngineConfig().prefix_cache_bytes)
     try:
         results = measure(off, cached, voice, other_voice, text, args)
-        entry_bytes = prefix_rows * cached._pools[0].cache.nbytes_per_position()
+        entry_bytes = prefix_rows * cached.core.pools[0].cache.nbytes_per_position()
     finally:
         off.shutdown()
         cached.shutdown()

@@ -8,6 +8,21 @@ The public API is here; user code imports from ``moss_pipecat.engine``, not its 
     session = engine.create_session()
 """
 
+from moss_pipecat.engine.commands import (
+    AddUserTurn,
+    Close,
+    Command,
+    CreateSession,
+    EndText,
+    Interrupt,
+    PushText,
+    Reset,
+    SetLimits,
+    SetSampling,
+    SetVoice,
+    Snapshot,
+    StartTurn,
+)
 from moss_pipecat.engine.config import FRAME_SECONDS, EngineConfig
 from moss_pipecat.engine.engine import MossEngine
 from moss_pipecat.engine.events import AudioChunk, TurnSummary
@@ -28,11 +43,24 @@ __all__ = [
     "DEFAULT_MODEL",
     "FRAME_SECONDS",
     "TINY_ENGINE_CONFIG",
+    "AddUserTurn",
     "AudioChunk",
+    "Close",
+    "Command",
+    "CreateSession",
+    "EndText",
     "EngineConfig",
+    "Interrupt",
     "MossEngine",
+    "PushText",
+    "Reset",
     "RowLayout",
     "Session",
+    "SetLimits",
+    "SetSampling",
+    "SetVoice",
+    "Snapshot",
+    "StartTurn",
     "SyncSession",
     "TurnStream",
     "TurnSummary",

@@ -117,7 +117,7 @@ class PrefixCache:
     # ---- use ---------------------------------------------------------------------------------
     def restore(self, rows: torch.Tensor, cache: KVCache, slot: int) -> PrefixEntry | None:
         """Copies the KV of prefix ``rows`` into positions 0..P-1 of ``slot`` on a hit (the
-        slot's length is the caller's to set) and marks the entry most recently used.
+        slot's length becomes P) and marks the entry most recently used.
 
         Returns:
             The entry, or None on a miss (nothing is copied).
@@ -127,9 +127,7 @@ class PrefixCache:
             self.misses += 1
             return None
         self._check_layout(cache)
-        n = entry.n_rows
-        cache.k[:, slot, :, :n] = entry.k  # [layers, kv heads, P, head_dim]
-        cache.v[:, slot, :, :n] = entry.v
+        cache.write_slot(slot, entry.k, entry.v)  # [layers, kv heads, P, head_dim]
         self._entries.move_to_end(entry.key)
         entry.hits += 1
         self.hits += 1
@@ -157,11 +155,12 @@ class PrefixCache:
             _, old = self._entries.popitem(last=False)
             self._bytes -= old.nbytes
             self.evictions += 1
+        k, v = cache.read_slot(slot, n)  # [layers, kv heads, P, head_dim]
         entry = PrefixEntry(
             key=PrefixKey.of(rows),
             rows=rows.detach().to("cpu", torch.int64).clone(),
-            k=cache.k[:, slot, :, :n].clone(),  # [layers, kv heads, P, head_dim]
-            v=cache.v[:, slot, :, :n].clone(),
+            k=k.clone(),  # copies: the slot moves on
+            v=v.clone(),
         )
         self._entries[entry.key] = entry
         self._bytes += entry.nbytes

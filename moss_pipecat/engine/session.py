@@ -1,16 +1,32 @@
 """Caller-side handles: ``Session`` (async), ``SyncSession`` (blocking) and ``TurnStream``.
 
-Every method forwards to the engine thread; nothing here touches model state.
+Each method builds one command (``engine.commands``) and submits it; nothing here touches
+engine state. Input is checked by the commands and by ``MossEngine.submit``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from moss_pipecat.engine.commands import (
+    AddUserTurn,
+    Close,
+    Command,
+    EndText,
+    Interrupt,
+    PushText,
+    Reset,
+    SetLimits,
+    SetSampling,
+    SetVoice,
+    Snapshot,
+    StartTurn,
+)
 from moss_pipecat.engine.events import AudioChunk, Channel, TurnSummary
 from moss_pipecat.errors import InvalidInputError, SessionClosedError, TurnStateError
 from moss_pipecat.model.sampling import SamplingParams
@@ -93,8 +109,10 @@ class TurnStream:
             raise TurnStateError("text already ended for this turn")
 
     def _send(self, ids: list[int], text: str, done: bool, ends: list[int] | None = None) -> None:
-        sid, tid = self.session.id, self.turn_id
-        self._engine.submit(lambda: self._engine._push(sid, tid, ids, text, done, ends))
+        kind = EndText if done else PushText
+        self.session.submit(
+            kind(self.turn_id, tuple(ids), text, None if ends is None else tuple(ends))
+        )
 
     # ---- audio out -----------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -143,13 +161,15 @@ class Session:
         self.closed = False
         self._turn: TurnStream | None = None
 
-    def _call(self, fn, *args: Any):
+    def submit(self, command: Command) -> Future:
+        """Submits a command for this conversation; returns the future of its result."""
         if self.closed:
             raise SessionClosedError(f"session {self.id!r} is closed")
-        return self.engine.submit(lambda: fn(self.id, *args))
+        return self.engine.submit(self.id, command)
 
-    async def _await(self, fn, *args: Any):
-        return await asyncio.wrap_future(self._call(fn, *args))
+    async def request(self, command: Command) -> Any:
+        """Submits a command and awaits its result."""
+        return await asyncio.wrap_future(self.submit(command))
 
     # ---- turns -------------------------------------------------------------------------------
     async def start_turn(
@@ -168,36 +188,27 @@ class Session:
             eos_after_text: mask EOS until the whole text has been fed; default: the
                 engine's ``eos_after_text``.
         """
-        _check_max_frames(max_frames)
-        _check_min_frames(min_frames)
-        channel = Channel()
-        turn_id = await self._await(
-            self.engine._start_turn, channel, max_frames, min_frames, eos_after_text
-        )
-        self._turn = TurnStream(self, turn_id, channel)
+        command = StartTurn(Channel(), max_frames, min_frames, eos_after_text)
+        return self._opened(command, await self.request(command))
+
+    def _opened(self, command: StartTurn, turn_id: int) -> TurnStream:
+        self._turn = TurnStream(self, turn_id, command.channel)
         return self._turn
+
+    def _drop_unread(self) -> None:
+        if self._turn is not None and self._turn.summary is None:
+            self._turn.cancel()
 
     async def interrupt(self, heard_frames: int) -> TurnSummary | None:
         """Stops the current (or just finished) assistant turn and keeps only the first
         ``heard_frames`` frames in the conversation. Returns None if there was nothing to cut."""
-        if self._turn is not None and self._turn.summary is None:
-            self._turn.cancel()
-        return await self._await(self.engine._interrupt, int(heard_frames))
+        command = Interrupt(heard_frames)
+        self._drop_unread()
+        return await self.request(command)
 
     async def add_user_turn(self, text_ids: Sequence[int], frames: torch.Tensor) -> None:
         """Adds what the user said: transcript ids and the speech's codec frames [A, rvq]."""
-        text_ids, frames = self._user_turn_args(text_ids, frames)
-        await self._await(self.engine._add_user_turn, text_ids, frames)
-
-    def _user_turn_args(self, text_ids, frames) -> tuple[list[int], torch.Tensor]:
-        frames = self.engine.layout.check_frames(frames, "user audio frames")
-        if frames.shape[0] == 0:
-            raise InvalidInputError("a user turn needs at least one audio frame")
-        vocab = self.engine.model.cfg.language.vocab_size
-        ids = [int(i) for i in text_ids]
-        if any(not 0 <= i < vocab for i in ids):
-            raise InvalidInputError(f"user text ids must be in [0, {vocab})")
-        return ids, frames
+        await self.request(AddUserTurn(tuple(text_ids), frames))
 
     def user_text_ids(self, text: str) -> list[int]:
         """Tokenizes a whole user transcript with the engine's tokenizer."""
@@ -214,13 +225,10 @@ class Session:
     # ---- settings ----------------------------------------------------------------------------
     async def set_voice(self, frames: torch.Tensor | None) -> None:
         """Replaces the reference voice (codec frames [R, rvq]) or removes it (None)."""
-        if frames is not None:
-            frames = self.engine.layout.check_frames(frames, "voice")
-        await self._await(self.engine._set_voice, frames)
+        await self.request(SetVoice(frames))
 
     async def set_sampling(self, sampling: SamplingParams, seed: int | None = None) -> None:
-        self.engine._check_sampling(sampling)
-        await self._await(self.engine._set_sampling, sampling, seed)
+        await self.request(SetSampling(sampling, seed))
 
     async def set_limits(
         self,
@@ -230,26 +238,27 @@ class Session:
     ) -> None:
         """Per-session overrides of the engine's context budget and lookahead (None: the
         engine's value; ``unlimited_lookahead`` generates as fast as possible)."""
-        await self._await(self.engine._set_limits, context_budget, lookahead_s, unlimited_lookahead)
+        await self.request(SetLimits(context_budget, lookahead_s, unlimited_lookahead))
 
     async def reset(self) -> None:
         """Forgets every turn (keeps the system prompt and voice)."""
-        await self._await(self.engine._reset)
+        await self.request(Reset())
 
     async def close(self) -> None:
         if self.closed:
             return
-        fut = self._call(self.engine._close)
+        fut = self.submit(Close())
         self.closed = True
         await asyncio.wrap_future(fut)
 
     async def snapshot(self) -> dict:
         """Rows of the conversation and cache bookkeeping (for tests and debugging)."""
-        return await self._await(self.engine._snapshot)
+        return await self.request(Snapshot())
 
 
 class SyncSession:
-    """Blocking twin of ``Session`` for scripts (do not use inside an event loop)."""
+    """Blocking twin of ``Session`` for scripts (do not use inside an event loop): the same
+    commands, waited for."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -258,8 +267,8 @@ class SyncSession:
     def id(self) -> str:
         return self.session.id
 
-    def _run(self, fn, *args: Any):
-        return self.session._call(fn, *args).result()
+    def request(self, command: Command) -> Any:
+        return self.session.submit(command).result()
 
     def start_turn(
         self,
@@ -268,13 +277,8 @@ class SyncSession:
         min_frames: int | None = None,
         eos_after_text: bool | None = None,
     ) -> TurnStream:
-        _check_max_frames(max_frames)
-        _check_min_frames(min_frames)
-        s = self.session
-        channel = Channel()
-        turn_id = self._run(s.engine._start_turn, channel, max_frames, min_frames, eos_after_text)
-        s._turn = TurnStream(s, turn_id, channel)
-        return s._turn
+        command = StartTurn(Channel(), max_frames, min_frames, eos_after_text)
+        return self.session._opened(command, self.request(command))
 
     def say(
         self,
@@ -294,42 +298,27 @@ class SyncSession:
         return chunks, turn.summary
 
     def interrupt(self, heard_frames: int) -> TurnSummary | None:
-        s = self.session
-        if s._turn is not None and s._turn.summary is None:
-            s._turn.cancel()
-        return self._run(s.engine._interrupt, int(heard_frames))
+        command = Interrupt(heard_frames)
+        self.session._drop_unread()
+        return self.request(command)
 
     def add_user_turn(self, text_ids: Sequence[int], frames: torch.Tensor) -> None:
-        text_ids, frames = self.session._user_turn_args(text_ids, frames)
-        self._run(self.session.engine._add_user_turn, text_ids, frames)
+        self.request(AddUserTurn(tuple(text_ids), frames))
 
     def set_voice(self, frames: torch.Tensor | None) -> None:
-        if frames is not None:
-            frames = self.session.engine.layout.check_frames(frames, "voice")
-        self._run(self.session.engine._set_voice, frames)
+        self.request(SetVoice(frames))
 
     def set_sampling(self, sampling: SamplingParams, seed: int | None = None) -> None:
-        self.session.engine._check_sampling(sampling)
-        self._run(self.session.engine._set_sampling, sampling, seed)
+        self.request(SetSampling(sampling, seed))
 
     def reset(self) -> None:
-        self._run(self.session.engine._reset)
+        self.request(Reset())
 
     def close(self) -> None:
         if not self.session.closed:
-            fut = self.session._call(self.session.engine._close)
+            fut = self.session.submit(Close())
             self.session.closed = True
             fut.result()
 
     def snapshot(self) -> dict:
-        return self._run(self.session.engine._snapshot)
-
-
-def _check_max_frames(max_frames: int | None) -> None:
-    if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
-        raise InvalidInputError(f"max_frames must be a positive int, got {max_frames!r}")
-
-
-def _check_min_frames(min_frames: int | None) -> None:
-    if min_frames is not None and (not isinstance(min_frames, int) or min_frames < 0):
-        raise InvalidInputError(f"min_frames must be an int >= 0, got {min_frames!r}")
+        return self.request(Snapshot())

@@ -69,6 +69,27 @@ class KVCache:
     def reset(self, slot: int) -> None:
         self.truncate(slot, 0)
 
+    def copy_slot(self, slot: int, dst: KVCache, dst_slot: int, n: int) -> None:
+        """Copies this slot's first ``n`` positions into ``dst_slot`` of ``dst`` (which may be
+        this cache) and gives the copy that length."""
+        self._check_slot(slot)
+        dst._check_slot(dst_slot)
+        if n > dst.max_len:
+            raise CapacityError(f"{n} positions do not fit a cache of max_len {dst.max_len}")
+        dst.write_slot(dst_slot, *self.read_slot(slot, n))
+
+    def read_slot(self, slot: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of one slot's first ``n`` keys and values: [n_layers, n_kv_heads, n, head_dim]."""
+        return self.k[:, slot, :, :n], self.v[:, slot, :, :n]
+
+    def write_slot(self, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Writes keys/values [n_layers, n_kv_heads, n, head_dim] at positions 0..n-1 of a slot
+        and sets its length to n."""
+        n = k.shape[2]
+        self.k[:, slot, :, :n] = k
+        self.v[:, slot, :, :n] = v
+        self.lengths[slot] = n
+
     def nbytes_per_position(self) -> int:
         """KV bytes one position of one slot occupies (all layers, keys and values)."""
         n_layers, _, n_kv, _, hd = self.k.shape

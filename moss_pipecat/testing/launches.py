@@ -6,18 +6,19 @@ ops outside the graphs are what grows a tick's CPU time with the number of sessi
 ``instrument`` wraps an engine so that a ``TorchDispatchMode`` counts every op of a tick by
 phase:
 
-    turn_start     a turn's prompt rows, once per turn (``_begin_prefill``)
-    prefill        one backbone call over a pool's prefill chunks (``_prefill_chunk``)
-    first_frame    the first frame of the turns whose prefill ended (``_first_frames``)
-    decode         one decode step of every stepping session (``_decode``)
-    deliver        frames recorded, chunks sent, turns ended (``_deliver``, codec excluded)
-    codec          the batched one-frame PCM decode (``_decode_pcm``)
+    turn_start     a turn's prompt rows, once per turn (``Scheduler.begin_prefill``)
+    prefill        one backbone call over a pool's prefill chunks (``Scheduler.prefill_chunk``)
+    first_frame    the first frame of the turns whose prefill ended (``Scheduler.first_frames``)
+    decode         one decode step of every stepping session (``Scheduler.decode``)
+    deliver        frames recorded, chunks sent, turns ended (``Scheduler.deliver``, codec excluded)
+    codec          the batched one-frame PCM decode (``Scheduler.decode_pcm``)
     other          the rest of the tick (scheduling)
 
-The graphed steps (TTS decode step, prefill chunk, first frame, codec) run their padded static-buffer path
-without CUDA graphs, on any device: exactly the code a graph replays. Each call of a graphed
-step's body (``BucketedGraph.body``, what a replay stands for) counts as one op outside the
-graphs; the ops inside it are counted apart. Used by ``benchmarks/bench_launches.py`` and the tests.
+The graphed steps (TTS decode step, prefill chunk, first frame, codec) run their padded
+static-buffer path without CUDA graphs, on any device: exactly the code a graph replays. Each
+call of a graphed step's body (``BucketedGraph.body``, what a replay stands for) counts as one
+op outside the graphs; the ops inside it are counted apart. Used by
+``benchmarks/bench_launches.py`` and the tests.
 """
 
 from __future__ import annotations
@@ -34,13 +35,13 @@ if TYPE_CHECKING:
     from moss_pipecat.engine.engine import MossEngine
     from moss_pipecat.model.sampling import SamplingParams
 
-PHASES = {  # engine method -> phase
-    "_begin_prefill": "turn_start",
-    "_prefill_chunk": "prefill",
-    "_first_frames": "first_frame",
-    "_decode": "decode",
-    "_deliver": "deliver",
-    "_decode_pcm": "codec",
+PHASES = {  # scheduler method -> phase
+    "begin_prefill": "turn_start",
+    "prefill_chunk": "prefill",
+    "first_frames": "first_frame",
+    "decode": "decode",
+    "deliver": "deliver",
+    "decode_pcm": "codec",
 }
 
 
@@ -121,16 +122,14 @@ def instrument(engine: MossEngine) -> OpCounter:
     """Counts ``engine``'s ops by phase (the engine must not be started: its ticks are run by
     the caller, see ``count_ticks``). Its graphed steps run their static-buffer path without
     CUDA graphs; every bucket's buffers are made first, as the engine does on a GPU."""
-    steps = [p.graphs for p in engine._pools if p.graphs is not None]
-    steps += [p.prefill for p in engine._pools if p.prefill is not None]
-    steps += [g for g in (engine._frame_graph, engine._codec_graph) if g is not None]
-    graphs = [step.graphs for step in steps]  # their BucketedGraph
+    graphs = [step.graphs for step in engine.core.runner.graph_steps()]  # their BucketedGraph
     for g in graphs:
         g.use_cuda_graphs = False
     engine.capture_graphs()
     counter = OpCounter()
+    scheduler = engine.core.scheduler
     for method, phase in PHASES.items():
-        setattr(engine, method, counter.phase(phase, getattr(engine, method)))
+        setattr(scheduler, method, counter.phase(phase, getattr(scheduler, method)))
     for g in graphs:
         g.body = counter.graphed(g.body)
     return counter
@@ -144,15 +143,17 @@ def start_turns(
 ) -> list[str]:
     """Opens one session per sampling (seed = its index) with a turn of exactly ``frames``
     frames whose whole text is already known. Returns the session ids."""
+    from moss_pipecat.engine.commands import CreateSession, EndText, StartTurn
     from moss_pipecat.engine.events import Channel
 
+    core = engine.core
     sids = []
     with torch.inference_mode():
         for i, (sampling, text) in enumerate(zip(samplings, texts, strict=True)):
             sid = f"s{i}"
-            engine._create(sid, None, sampling, i)
-            turn = engine._start_turn(sid, Channel(), max_frames=frames, min_frames=frames)
-            engine._push(sid, turn, list(text), "", True)
+            core.execute(sid, CreateSession(None, sampling, i))
+            turn = core.execute(sid, StartTurn(Channel(), max_frames=frames, min_frames=frames))
+            core.execute(sid, EndText(turn, tuple(text)))
             sids.append(sid)
     return sids
 
@@ -164,7 +165,7 @@ def count_ticks(engine: MossEngine, counter: OpCounter, ticks: int) -> list[dict
         for _ in range(ticks):
             counter.reset()
             with counter:
-                engine._tick()
+                engine.core.tick()
             out.append(counter.snapshot())
     return out
 

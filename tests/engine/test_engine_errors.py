@@ -125,7 +125,7 @@ def test_a_failing_session_does_not_hurt_the_others(make_engine, tiny_model, mon
     engine = make_engine(max_sessions=3)
     ref = expected(engine)
     sessions = [SyncSession(engine.create_session(sampling=GREEDY)) for _ in range(3)]
-    doomed = engine._sessions[sessions[1].id].slot
+    doomed = engine.core.sessions[sessions[1].id].slot
     real = tiny_model.backbone
 
     def flaky(rows, cache, slots=None, *args, **kwargs):

@@ -30,7 +30,7 @@ def _ticks(model, layout, codec, meta, n: int) -> list[dict]:
     texts = [random_text(gen, meta, 16) for _ in range(n)]
     start_turns(engine, [SAMPLINGS[i % 3] for i in range(n)], texts, frames=8)
     ticks = count_ticks(engine, counter, 4)
-    assert all(s.turn is not None for s in engine._sessions.values())  # nothing ended early
+    assert all(s.turn is not None for s in engine.core.sessions.values())  # nothing ended early
     return ticks
 
 
@@ -93,5 +93,5 @@ def test_capture_prepares_the_codec_buckets_the_engine_decodes(
     )
     engine = MossEngine(tiny_model, golden_layout, codec=tiny_codec, config=config)
     engine.capture_graphs()
-    graph = engine._codec_graph
+    graph = engine.core.runner.codec_graph
     assert graph.graphs.keys == {(b, tiny_model.cfg.rvq) for b in graph.batch_buckets}

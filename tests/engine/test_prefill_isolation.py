@@ -54,13 +54,13 @@ def _collect(turns, timeout: float = 30.0):
 
 CASES = {
     # The step that turns a turn's text into prompt rows (one session at a time).
-    "begin_prefill": lambda e, sid: ("_begin_prefill", _raise_for(sid, e._begin_prefill, False)),
+    "begin_prefill": lambda s, sid: ("begin_prefill", _raise_for(sid, s.begin_prefill, False)),
     # The batched backbone call over every prefilling session.
-    "prefill_chunk": lambda e, sid: ("_prefill_chunk", _raise_for(sid, e._prefill_chunk, True)),
+    "prefill_chunk": lambda s, sid: ("prefill_chunk", _raise_for(sid, s.prefill_chunk, True)),
     # The batched first-frame call (local transformer + sampling after the prefill).
-    "first_frames": lambda e, sid: ("_first_frames", _raise_for(sid, e._first_frames, True)),
+    "first_frames": lambda s, sid: ("first_frames", _raise_for(sid, s.first_frames, True)),
     # The per-session bookkeeping of the first frame (room for the next step).
-    "deliver_first": lambda e, sid: ("_room_for_step", _raise_for(sid, e._room_for_step, False)),
+    "deliver_first": lambda s, sid: ("room_for_step", _raise_for(sid, s.room_for_step, False)),
 }
 
 
@@ -77,19 +77,19 @@ def test_a_fault_in_one_sessions_prefill_fails_only_its_turn(
 
     sessions = [SyncSession(engine.create_session(sampling=GREEDY)) for _ in range(BYSTANDERS + 1)]
     culprit = sessions[2]
+    scheduler = engine.core.scheduler
     if where == "fail_turn_too":  # the prefill fails, and so does rolling its turn back
-        name, fn = CASES["prefill_chunk"](engine, culprit.id)
-        monkeypatch.setattr(engine, name, fn)
-        monkeypatch.setattr(
-            engine, "_close_record", _raise_for(culprit.id, engine._close_record, False)
-        )
+        name, fn = CASES["prefill_chunk"](scheduler, culprit.id)
+        monkeypatch.setattr(scheduler, name, fn)
+        core = engine.core
+        monkeypatch.setattr(core, "close_record", _raise_for(culprit.id, core.close_record, False))
     else:
-        name, fn = CASES[where](engine, culprit.id)
-        monkeypatch.setattr(engine, name, fn)
+        name, fn = CASES[where](scheduler, culprit.id)
+        monkeypatch.setattr(scheduler, name, fn)
 
     turns = [s.start_turn(max_frames=12) for s in sessions]
     gate = threading.Event()
-    engine.submit(gate.wait)  # hold the engine so every prefill lands in one tick
+    engine.call(gate.wait)  # hold the engine so every prefill lands in one tick
     for t in turns:
         t.push_ids(text)
         t.end_text()

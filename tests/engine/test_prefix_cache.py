@@ -202,10 +202,12 @@ async def test_a_cached_conversation_equals_one_prefilled_from_scratch(
     assert cached.stats["prefix_hits"] == 1 and cached.stats["prefix_misses"] == 1
     _assert_same(ref, got)
     # The copied prefix KV is the one a prefill makes (to float rounding of another shape).
-    n = scratch._system_rows(voice).shape[0]
+    n = scratch.system_rows(voice).shape[0]
     for name in ("k", "v"):
-        mine = getattr(cached._pools[0].cache, name)[:, cached._sessions[session.id].slot, :, :n]
-        theirs = getattr(scratch._pools[0].cache, name)[:, 0, :, :n]
+        mine = getattr(cached.core.pools[0].cache, name)[
+            :, cached.core.sessions[session.id].slot, :, :n
+        ]
+        theirs = getattr(scratch.core.pools[0].cache, name)[:, 0, :, :n]
         torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
 
 
@@ -265,7 +267,7 @@ def test_a_cache_hit_prefills_no_prefix_row(make_engine, realtime_meta, voice_co
 
 
 def _per_position(engine) -> int:
-    return engine._pools[0].cache.nbytes_per_position()
+    return engine.core.pools[0].cache.nbytes_per_position()
 
 
 async def _say_matches_fresh(session, text, model, layout, max_frames: int = 12) -> None:
@@ -285,7 +287,7 @@ async def test_lru_eviction_and_voice_changes(
     prefix is prefilled again, and every conversation matches a fresh run."""
     probe = make_engine(max_sessions=1, **OFF)
     voice_a, voice_b = voice_codes, random_frames(torch.Generator().manual_seed(3), 4)
-    prefix_a, prefix_b = probe._system_rows(voice_a), probe._system_rows(voice_b)
+    prefix_a, prefix_b = probe.system_rows(voice_a), probe.system_rows(voice_b)
     budget = max(prefix_a.shape[0], prefix_b.shape[0]) * _per_position(probe)  # not both
     engine = make_engine(max_sessions=2, prefix_cache_bytes=budget)
     gen = torch.Generator().manual_seed(6)
@@ -327,7 +329,7 @@ async def test_reset_and_budget_trims_keep_the_prefix_in_the_slot(
     engine = make_engine(max_context=320, context_budget=300, turn_reserve=80)
     session = engine.create_session(voice=voice_codes, sampling=GREEDY)
     gen = torch.Generator().manual_seed(9)
-    prefix = engine._system_rows(voice_codes).shape[0]
+    prefix = engine.system_rows(voice_codes).shape[0]
     trimmed = False
     for i in range(8):
         await session.add_user_turn(random_text(gen, realtime_meta, 6), random_frames(gen, 10))
@@ -359,12 +361,13 @@ async def test_a_slot_emptied_by_a_fault_restarts_from_the_cache(
     def fault(*args, **kwargs):
         raise RuntimeError("simulated fault")
 
-    engine._prefill_chunk, engine._close_record = fault, fault  # instance attributes: undone below
+    scheduler, core = engine.core.scheduler, engine.core
+    scheduler.prefill_chunk, core.close_record = fault, fault  # instance attributes: undone below
     turn = await session.start_turn(max_frames=8)
     turn.push_ids(random_text(gen, realtime_meta, 14))
     turn.end_text()
     assert (await turn.wait()).stop == "error"
-    del engine._prefill_chunk, engine._close_record
+    del scheduler.prefill_chunk, core.close_record
     assert (await session.snapshot())["cache_len"] == 0
 
     await _say_matches_fresh(

@@ -178,7 +178,7 @@ async def test_eight_concurrent_sessions_equal_each_alone(
     engine = make_engine(max_sessions=8, graphed_decode=graphed, codec=tiny_codec)
     assert engine.graphed == graphed and not engine.uses_cuda_graphs
     if graphed:  # every bucket prepared up front (captured on CUDA) changes nothing
-        n_kv = len(engine._pools[0].graphs.kv_buckets)
+        n_kv = len(engine.core.runner.decode_graphs[0].kv_buckets)
         # batch 1/2/4/8 for the decode step (x kv buckets), the first frame and the codec,
         # and for prefill chunks (x 3 row buckets x kv buckets)
         assert engine.capture_graphs() == 4 * n_kv + 4 + 4 + 4 * 3 * n_kv

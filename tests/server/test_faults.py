@@ -278,7 +278,7 @@ async def test_a_stuck_engine_fails_the_turn_instead_of_hanging(make_tiny_engine
     turn.end_text()
     await _read(turn, 1)
     release = threading.Event()
-    engine.submit(lambda: release.wait(20))  # the engine thread stops stepping (pings go on)
+    engine.call(lambda: release.wait(20))  # the engine thread stops stepping (pings go on)
     try:
         t0 = time.monotonic()
         with pytest.raises(ServerUnavailableError, match="no audio"):

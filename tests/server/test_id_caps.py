@@ -85,10 +85,10 @@ async def test_a_conversation_keeps_only_the_ids_its_turns_fed(
         assert len(summary["text_ids"]) == 4000  # the summary still says what was asked
 
     def held() -> int:
-        state = engine._sessions["cap-conv"]
+        state = engine.core.sessions["cap-conv"]
         return sum(len(t.text_ids) for t in state.history.turns)
 
-    held_ids = await asyncio.to_thread(lambda: engine.submit(held).result(5))
+    held_ids = await asyncio.to_thread(lambda: engine.call(held).result(5))
     # Each kept turn holds the ids its rows fed (+1 for its closing row), not 4000.
     assert 0 < held_ids <= turns * 20, held_ids
     await ws.send(json.dumps({"type": "close", "req": 99}))

@@ -1,0 +1,226 @@
+"""The model runner: every device call the engine makes, batched, on plain tensors and lists.
+
+It knows nothing of sessions or turns: the scheduler hands it slots, rows and each row's
+sampling, and gets frames and PCM back. It owns what lives on the device besides the KV pools:
+the repetition-history buffer (one row per slot), the codec's streaming state, and the graphed
+steps (decode and prefill per KV pool, first frame, codec).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from moss_pipecat._log import logger
+from moss_pipecat.engine.config import EngineConfig
+from moss_pipecat.engine.kv_pools import KVPools
+from moss_pipecat.model import BatchSampling, MossTTSRealtime, SamplingParams
+from moss_pipecat.model.sampling import NO_HISTORY, NoiseKeys
+
+
+@dataclass(frozen=True)
+class RowSampling:
+    """How one row of a batch samples its next frame."""
+
+    params: SamplingParams
+    seed: int  # the session's noise key ...
+    counter: int  # ... and its frame counter: the noise is a pure function of both
+    eos_allowed: bool
+    hist_row: int  # its row of the repetition-history buffer
+
+
+class ModelRunner:
+    """Batched prefill, frame and codec calls for the engine (engine thread only)."""
+
+    def __init__(
+        self,
+        model: MossTTSRealtime,
+        codec: Any | None,
+        config: EngineConfig,
+        pools: KVPools,
+        graphed: bool,
+    ) -> None:
+        self.model, self.codec, self.config, self.pools = model, codec, config, pools
+        self.device = next(model.parameters()).device
+        window = config.repetition_window_max
+        self.hist = torch.full(
+            (pools.n_slots, window, model.cfg.rvq),
+            NO_HISTORY,
+            dtype=torch.int64,
+            device=self.device,
+        )  # [slots, W, rvq]: each slot's last W frames, oldest first
+        self.codec_state = codec.new_stream_state(pools.n_slots) if codec is not None else None
+        # Graphed steps (None: eager). Decode and prefill graphs are bound to a pool's cache.
+        self.decode_graphs: list[Any] = [None] * len(pools)
+        self.prefill_graphs: list[Any] = [None] * len(pools)
+        self.frame_graph = self.codec_graph = None
+        if graphed:
+            from moss_pipecat.model.graphs import (
+                GraphedDecodeStep,
+                GraphedFrameStep,
+                GraphedPrefill,
+            )
+
+            for i, pool in enumerate(pools):
+                self.decode_graphs[i] = GraphedDecodeStep(
+                    model, pool.cache, window=window, compile_backend=config.compile_decode
+                )
+                if config.graphed_prefill:
+                    self.prefill_graphs[i] = GraphedPrefill(model, pool.cache)
+            self.frame_graph = GraphedFrameStep(model, window=window, max_batch=pools.n_slots)
+            if codec is not None:
+                from moss_pipecat.codec.graphs import GraphedCodecDecode
+
+                self.codec_graph = GraphedCodecDecode(codec, self.codec_state)
+
+    # ---- graphs ------------------------------------------------------------------------------
+    @property
+    def graphed(self) -> bool:
+        return self.decode_graphs[0] is not None
+
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        step = self.decode_graphs[0]
+        return step is not None and step.use_cuda_graphs
+
+    def graph_steps(self) -> list[Any]:
+        """Every graphed step (for capture and for counting what runs outside graphs)."""
+        steps = [g for g in self.decode_graphs + self.prefill_graphs if g is not None]
+        return steps + [g for g in (self.frame_graph, self.codec_graph) if g is not None]
+
+    def capture_graphs(self) -> int:
+        """Prepares (on CUDA: captures) every bucket each step can hit; returns their number."""
+        t0 = time.perf_counter()
+        n = 0
+        with torch.inference_mode():
+            for pool, decode, prefill in zip(
+                self.pools, self.decode_graphs, self.prefill_graphs, strict=True
+            ):
+                if decode is not None:
+                    n += decode.capture_all(pool.n_slots)
+                if prefill is not None:
+                    n += prefill.capture_all()
+            if self.frame_graph is not None:
+                n += self.frame_graph.capture_all()
+            if self.codec_graph is not None:
+                n += self.codec_graph.capture_all(self.model.cfg.rvq)  # the codes it decodes
+        logger.info(f"prepared {n} graph buckets in {time.perf_counter() - t0:.1f} s")
+        return n
+
+    # ---- backbone ----------------------------------------------------------------------------
+    def prefill(
+        self, pool: int, rows: Sequence[torch.Tensor], slots: list[int], lengths: list[int]
+    ) -> torch.Tensor:
+        """Feeds each slot its ``rows[b]`` [n_b, 17] after its ``lengths[b]`` cached positions
+        (one padded backbone call); returns each slot's last hidden state [B, H]."""
+        sizes = [r.shape[0] for r in rows]
+        T = max(sizes)
+        padded = torch.stack([torch.cat((r, r[-1:].expand(T - r.shape[0], -1))) for r in rows]).to(
+            self.device
+        )  # [B, T, 17]; padding repeats a real row and is never attended
+        graph = self.prefill_graphs[pool]
+        if graph is not None:
+            need = max(n + k for n, k in zip(lengths, sizes, strict=True))
+            last = graph.step(padded, slots, sizes, need)  # None: no bucket holds it
+            if last is not None:
+                return last
+        slot_t = torch.tensor(slots, device=self.device)
+        n_new = torch.tensor(sizes, device=self.device)
+        kv_len = max(lengths) + T
+        hidden = self.model.backbone(padded, self.pools[pool].cache, slot_t, n_new, kv_len)
+        last_row = torch.tensor(sizes, device=self.device) - 1
+        return hidden[torch.arange(len(rows), device=self.device), last_row]  # [B, H]
+
+    # ---- frames ------------------------------------------------------------------------------
+    def first_frames(self, hidden: torch.Tensor, rows: list[RowSampling]) -> torch.Tensor:
+        """Frame 0 of new turns from their last prefill hidden states [B, H] (the repetition
+        penalty starts afresh); returns [B, rvq] on the host."""
+        hist_rows = self._hist_rows(rows)
+        self.hist[hist_rows] = NO_HISTORY
+        hist, penalty_hist, sampling, noise = self._sampling_inputs(rows, hist_rows)
+        if self.frame_graph is not None:
+            frames = self.frame_graph.step(hidden, sampling, penalty_hist, noise)  # [B, rvq]
+        else:
+            frames = self.model.generate_frame(hidden, sampling, penalty_hist, noise)
+        self._push_history(hist_rows, hist, frames)
+        return frames.cpu()
+
+    def decode(
+        self,
+        pool: int,
+        step_rows: torch.Tensor,
+        slots: list[int],
+        lengths: list[int],
+        rows: list[RowSampling],
+    ) -> torch.Tensor:
+        """One step for each slot: its step row [B, 17] in, its next frame out (one fused
+        call); returns [B, rvq] on the host."""
+        x = step_rows[:, None].to(self.device)  # [B, 1, 17]
+        kv_len = max(lengths) + 1
+        hist_rows = self._hist_rows(rows)
+        hist, penalty_hist, sampling, noise = self._sampling_inputs(rows, hist_rows)
+        graph = self.decode_graphs[pool]
+        if graph is not None:
+            frames, _ = graph.step(x, slots, kv_len, sampling, penalty_hist, noise)
+        else:
+            slot_t = torch.tensor(slots, device=self.device)
+            cache = self.pools[pool].cache
+            frames, _ = self.model.decode_step(
+                x, cache, slot_t, kv_len, sampling, penalty_hist, noise
+            )
+        self._push_history(hist_rows, hist, frames)
+        return frames.cpu()
+
+    def copy_history(self, src_row: int, dst_row: int) -> None:
+        self.hist[dst_row] = self.hist[src_row]
+
+    def _hist_rows(self, rows: list[RowSampling]) -> torch.Tensor:
+        return torch.tensor([r.hist_row for r in rows], device=self.device)
+
+    def _sampling_inputs(self, rows: list[RowSampling], hist_rows: torch.Tensor):
+        """Penalty history (each row's own window), sampling settings and noise keys (the
+        noise itself is made inside the step from each row's seed and counter: no launch per
+        session)."""
+        dev = self.device
+        hist = self.hist[hist_rows]  # [B, W, rvq]
+        W = hist.shape[1]
+        windows = torch.tensor([r.params.repetition_window for r in rows], device=dev)
+        old = torch.arange(W, device=dev)[None, :] < (W - windows)[:, None]  # [B, W]
+        penalty_hist = hist.masked_fill(old[:, :, None], NO_HISTORY)
+        params = [r.params for r in rows]
+        noise = None
+        if not all(p.greedy for p in params):
+            noise = NoiseKeys.from_ints([r.seed for r in rows], [r.counter for r in rows], dev)
+        allow = [r.eos_allowed for r in rows]
+        return hist, penalty_hist, BatchSampling.from_params(params, dev, allow), noise
+
+    def _push_history(self, rows: torch.Tensor, hist: torch.Tensor, frames: torch.Tensor) -> None:
+        if hist.shape[1]:
+            self.hist[rows] = torch.cat((hist[:, 1:], frames[:, None]), dim=1)
+
+    # ---- codec -------------------------------------------------------------------------------
+    def open_streams(self, n: int) -> list[int]:
+        """Codec stream slots for ``n`` turns starting (their decoder state starts afresh)."""
+        return list(self.codec_state.add_streams(n))
+
+    def close_stream(self, slot: int) -> None:
+        self.codec_state.remove_stream(slot)
+
+    def pcm(self, frames: Sequence[torch.Tensor], streams: list[int]) -> list[bytes]:
+        """16-bit PCM of one frame [rvq] per codec stream (one batched decode step)."""
+        from moss_pipecat.codec import pcm16
+
+        size = self.codec.config.quantizer.codebook_size
+        # [Q, B, 1]; specials (pad/BOS) can only appear in untrained models: clamp for the codec
+        codes = torch.stack(list(frames), dim=1)[:, :, None].clamp(0, size - 1)
+        if self.codec_graph is not None:
+            wav = self.codec_graph.step(codes, streams)
+        else:
+            wav = self.codec.decode_step(self.codec_state, codes, streams, check=False)
+        # int16 for the whole batch, one copy to the host, then each row's bytes.
+        pcm = pcm16(wav).cpu().numpy().astype("<i2", copy=False)  # [B, samples]
+        return [row.tobytes() for row in pcm]

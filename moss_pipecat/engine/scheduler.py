@@ -1,0 +1,316 @@
+"""The scheduler: what each engine tick runs, for whom, and what the results mean.
+
+Each tick gathers every session that is ready (prefill chunks, decode steps whose next text
+token is known and that are within their real-time lookahead) into batched runner calls, one
+per KV pool: a padded backbone call for prefills, then one frame call for every turn whose
+prefill ended, then one fused decode step. A session waiting for text costs nothing. A failing
+batch is retried session by session so only the culprit fails (``isolated``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+
+from moss_pipecat._log import logger
+from moss_pipecat.engine.events import AudioChunk, TurnSummary
+from moss_pipecat.engine.history import AssistantTurn
+from moss_pipecat.engine.runner import RowSampling
+from moss_pipecat.engine.state import Phase, SessionState, now
+from moss_pipecat.errors import CapacityError
+
+if TYPE_CHECKING:
+    from moss_pipecat.engine.core import EngineCore
+
+
+class Scheduler:
+    """Runs the engine's ticks over the core's sessions (engine thread only)."""
+
+    def __init__(self, core: EngineCore) -> None:
+        self.core = core
+        self.runner = core.runner
+        self.layout, self.config = core.layout, core.config
+        self._rr = 0  # rotates the prefill order for fairness
+
+    def tick(self) -> float | None:
+        """One round of work. Returns 0 if work was done, else how long to wait (None: until
+        a command arrives)."""
+        t_now = now()
+        sessions = list(self.core.sessions.values())
+        if sessions:
+            self._rr = (self._rr + 1) % len(sessions)
+            sessions = sessions[self._rr :] + sessions[: self._rr]
+        for s in sessions:
+            if s.ready_to_prefill(self.layout.delay):
+                try:
+                    self.begin_prefill(s, t_now)
+                except Exception as e:
+                    self.core.fail_safely(s, e)
+        prefills = [s for s in sessions if s.phase is Phase.PREFILL]
+        done = []
+        for group in _by_pool(prefills):  # one backbone call per KV pool
+            done += self.isolated(group, self.prefill_chunk)
+        self.keep_prefixes(prefills)
+        done = [(s, h) for s, h in done if s.turn is not None]  # drop turns that failed
+        if done:
+            hidden_of = dict(done)
+            first = self.isolated([s for s, _ in done], lambda b: self.first_frames(b, hidden_of))
+            self.deliver(first)
+        pad = self.layout.text_pad
+        steppers = [
+            s
+            for s in sessions
+            if s.phase is Phase.DECODE
+            and s.turn.record.frames
+            and s.next_text_id(pad) is not None
+            and s.within_lookahead(self.config, t_now)
+        ]
+        for group in _by_pool(steppers):
+            self.deliver(self.isolated(group, self.decode))
+        if done or steppers or prefills:
+            self.core.stats["ticks"] += 1
+            return 0.0
+        waits = [
+            s.seconds_until_lookahead(self.config, t_now)
+            for s in sessions
+            if s.phase is Phase.DECODE and s.next_text_id(pad) is not None
+        ]
+        return min(waits) if waits else None
+
+    def isolated(self, batch: list[SessionState], fn: Callable[[list[SessionState]], list]):
+        """Runs ``fn`` on the batch; if it raises, runs each session alone and fails only the
+        sessions that still raise. Returns the concatenated results.
+
+        ``fn`` must change host state only after its model calls succeed; the device-side cache
+        lengths a failed call may have advanced are restored from the host mirror.
+        """
+        core = self.core
+        try:
+            return fn(batch)
+        except Exception as e:
+            core.resync_lengths(batch)
+            if len(batch) == 1:
+                core.fail_safely(batch[0], e)
+                return []
+        out = []
+        for s in batch:
+            try:
+                out += fn([s])
+            except Exception as e:
+                core.resync_lengths([s])
+                core.fail_safely(s, e)
+        return out
+
+    # ---- prefill ----------------------------------------------------------------------------
+    def begin_prefill(self, s: SessionState, t_now: float) -> None:
+        t, layout = s.turn, self.layout
+        header = layout.header("assistant", first=not s.history.turns)
+        prompt = layout.prefill_rows(header, t.tokens)[header.shape[0] :]
+        try:
+            self.core.fit_budget(s, header.shape[0] + prompt.shape[0])
+        except CapacityError as e:
+            self.core.fail_turn(s, e)
+            return
+        self.use_prefix(s)
+        rec = AssistantTurn(
+            text_ids=t.tokens,
+            lead=prompt.shape[0],
+            prompt=prompt,
+            turn_id=t.turn_id,
+            text=t.text,
+            words=t.words,
+        )
+        s.history.turns.append(rec)
+        t.record, t.fed_text, t.t_trigger = rec, rec.lead, t_now
+        s.to_feed = s.history.all_rows()[s.cache_len :]
+        s.phase = Phase.PREFILL
+
+    def use_prefix(self, s: SessionState) -> None:
+        """A prefill that would feed the system block (a new conversation, a new voice, a
+        cache emptied by a fault) copies its KV from the prefix cache instead; on a miss the
+        block's KV is kept once the prefill has fed it (``keep_prefixes``)."""
+        core, system = self.core, s.history.system
+        s.prefix_pending = None
+        if not core.prefix_cache.enabled or s.cache_len >= system.shape[0]:
+            return
+        if core.prefix_cache.restore(system, core.pools[s.pool].cache, s.slot) is None:
+            s.prefix_pending = system
+            core.stats["prefix_misses"] += 1
+            return
+        core.truncate(s, system.shape[0])
+        core.stats["prefix_hits"] += 1
+        core.stats["prefix_rows_reused"] += system.shape[0]
+
+    def keep_prefixes(self, prefills: list[SessionState]) -> None:
+        """Stores the system-block KV of the sessions whose prefill missed the prefix cache
+        and has now fed that block (the block still being the one it missed on)."""
+        core = self.core
+        for s in prefills:
+            system = s.prefix_pending
+            if system is None or s.cache_len < system.shape[0]:
+                continue
+            s.prefix_pending = None
+            if s.history.system is not system:
+                continue
+            try:
+                core.prefix_cache.store(system, core.pools[s.pool].cache, s.slot)
+            except Exception:  # a cache that cannot grow costs speed, never a turn
+                logger.exception(f"session {s.session_id}: could not keep its prompt prefix")
+
+    def prefill_chunk(self, batch: list[SessionState]) -> list[tuple[SessionState, torch.Tensor]]:
+        """Feeds each session its next chunk of rows; returns (session, last hidden [H]) for
+        the sessions whose prefill is complete."""
+        chunk = self.config.prefill_chunk
+        rows = [s.to_feed[:chunk] for s in batch]
+        last = self.runner.prefill(
+            batch[0].pool,  # the batch shares one pool
+            rows,
+            [s.slot for s in batch],
+            [s.cache_len for s in batch],
+        )  # [B, H]
+        done = []
+        for b, (s, r) in enumerate(zip(batch, rows, strict=True)):
+            n = r.shape[0]
+            s.cache_len += n
+            s.to_feed = s.to_feed[n:]
+            self.core.stats["prefill_rows"] += n
+            if s.to_feed.shape[0] == 0:
+                s.to_feed = None
+                s.phase = Phase.DECODE
+                done.append((s, last[b]))
+        return done
+
+    # ---- frames -----------------------------------------------------------------------------
+    def first_frames(
+        self, batch: list[SessionState], hidden_of: dict[SessionState, torch.Tensor]
+    ) -> list:
+        """Frame 0 of each turn whose prefill just ended (no repetition penalty yet)."""
+        hidden = torch.stack([hidden_of[s] for s in batch])  # [B, H]
+        frames = self.runner.first_frames(hidden, [_sampling(s, False) for s in batch])
+        for s in batch:
+            s.noise_counter += 1
+        return list(zip(batch, frames, strict=True))
+
+    def decode(self, batch: list[SessionState]) -> list:
+        """One step for each session: its step row in, its next frame out."""
+        pad = self.layout.text_pad
+        prev = torch.stack([s.turn.record.frames[-1] for s in batch])  # [B, rvq]
+        step_rows = self.layout.step_rows([s.next_text_id(pad) for s in batch], prev)  # [B, 17]
+        frames = self.runner.decode(
+            batch[0].pool,  # the batch shares one pool
+            step_rows,
+            [s.slot for s in batch],
+            [s.cache_len for s in batch],
+            [_sampling(s, True) for s in batch],
+        )
+        for s, row in zip(batch, step_rows, strict=True):
+            t = s.turn
+            t.record.steps.append(row)
+            if t.fed_text < len(t.tokens):
+                t.fed_text += 1
+            s.cache_len += 1
+            s.noise_counter += 1
+        self.core.stats["decode_steps"] += len(batch)
+        return list(zip(batch, frames, strict=True))
+
+    def deliver(self, items: list[tuple[SessionState, torch.Tensor]]) -> None:
+        """Records each new frame, sends audio chunks out, and ends the turns that are done."""
+        eos = self.layout.audio_eos
+        t_now = now()
+        # Codebook 0 of every frame in one look (not a host read per session).
+        ended = (torch.stack([f for _, f in items])[:, 0] == eos).tolist() if items else []
+        audio: list[tuple[SessionState, torch.Tensor, int]] = []
+        for (s, f), end in zip(items, ended, strict=True):
+            t = s.turn
+            t.record.frames.append(f)
+            if t.t_first is None:
+                t.t_first = t_now
+            self.core.stats["frames"] += 1
+            if not end:
+                audio.append((s, f, len(t.record.frames) - 1))
+        pcm = self.pcm_isolated([(s, f) for s, f, _ in audio])
+        for (s, f, index), p in zip(audio, pcm, strict=True):
+            t = s.turn
+            if t is not None:
+                words = tuple(t.words.on_audio(index + 1, t.fed_chars()))
+                t.channel.put(AudioChunk(t.turn_id, index, f, p, words))
+        for (s, _), end in zip(items, ended, strict=True):
+            if s.turn is None:
+                continue  # its audio failed to decode: the turn already ended with an error
+            try:
+                rec = s.turn.record
+                if end:
+                    self.finish(s, "eos")
+                elif len(rec.frames) >= s.frame_cap(self.config) or not self.room_for_step(s):
+                    self.finish(s, "max_frames")
+            except Exception as e:  # this session's bookkeeping: the others go on
+                self.core.fail_safely(s, e)
+
+    def room_for_step(self, s: SessionState) -> bool:
+        """Whether the slot takes another step (plus closing rows), moving to a larger pool
+        if it must."""
+        cfg = self.config
+        if s.out_of_room(cfg.max_context):
+            return False
+        return not s.out_of_room(self.core.pools[s.pool].capacity) or self.core.make_room(
+            s, min(s.cache_len + cfg.turn_reserve, cfg.max_context)
+        )
+
+    def pcm_isolated(self, items: list[tuple[SessionState, torch.Tensor]]) -> list:
+        """Batched codec decode; if it fails, session by session, failing only the culprits."""
+        try:
+            return self.decode_pcm(items)
+        except Exception as e:
+            if len(items) > 1:
+                return [p for item in items for p in self.pcm_isolated([item])]
+            s = items[0][0]
+            if s.codec_slot is not None:  # its stream state is suspect: start it afresh
+                self.runner.close_stream(s.codec_slot)
+                s.codec_slot = None
+            self.core.fail_turn(s, e)
+            return [None]
+
+    def decode_pcm(self, items: list[tuple[SessionState, torch.Tensor]]) -> list[bytes | None]:
+        if self.core.codec is None or not items:
+            return [None] * len(items)
+        new = [s for s, _ in items if s.codec_slot is None]  # turns starting: reset together
+        if new:
+            for s, slot in zip(new, self.runner.open_streams(len(new)), strict=True):
+                s.codec_slot = slot
+        return self.runner.pcm([f for _, f in items], [s.codec_slot for s, _ in items])
+
+    def finish(self, s: SessionState, stop: str) -> None:
+        t, rec = s.turn, s.turn.record
+        total = rec.audio_frames(self.layout.audio_eos)
+        rec.close(self.layout, total)
+        all_fed = t.text_done and t.fed_text >= len(t.tokens)
+        if stop == "eos" and all_fed:
+            s.learn_speaking_rate(t.text.strip(), total)
+        # Words never fed (an early EOS, a frame cap) were not said: they get no time.
+        tail = t.words.finish(total, t.fed_chars())
+        summary = TurnSummary(
+            t.turn_id,
+            stop,
+            audio_frames=total,
+            heard_frames=total,
+            text_ids=list(t.tokens),
+            text=t.text,
+            spoken_text=t.words.heard_text(total),
+            words=tail,
+        )
+        self.core.end_turn(s, summary)
+
+
+def _by_pool(sessions: list[SessionState]) -> list[list[SessionState]]:
+    groups: dict[int, list[SessionState]] = {}
+    for s in sessions:
+        groups.setdefault(s.pool, []).append(s)
+    return [groups[i] for i in sorted(groups)]
+
+
+def _sampling(s: SessionState, stepping: bool) -> RowSampling:
+    """How the session's next frame samples; ``stepping``: it comes from a decode step (which
+    feeds a text token), not from a prefill."""
+    return RowSampling(s.sampling, s.seed, s.noise_counter, s.eos_allowed(stepping), s.hist_row)
