@@ -38,7 +38,11 @@ async def _run_local(engine, scripts):
 
 
 async def _run_remote(url, scripts):
-    client = RemoteEngine(url, token=TOKEN, request_timeout=30)
+    # 32 handshakes at once on a loaded 2-core CI box can take longer than the 5 s default;
+    # this test is about equal audio, not connect latency.
+    client = RemoteEngine(
+        url, token=TOKEN, request_timeout=30, connect_timeout=30, reconnect_timeout=90
+    )
 
     async def one(i, script):
         session = await client.create_session(conversation_id=f"parity-{i}", sampling=GREEDY)
