@@ -1,0 +1,79 @@
+"""One client connection: serialised sends, each with a deadline; abort and close."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from moss_pipecat.server import protocol as P
+from moss_pipecat.server.budget import Admission
+from moss_pipecat.server.transport import Transport, TransportClosed
+
+if TYPE_CHECKING:
+    from moss_pipecat.server.conversation import Conversation
+
+
+@dataclass(eq=False)
+class Connection:
+    """One client connection (serialises sends; several tasks write to it).
+
+    Every send waits at most ``write_timeout`` seconds (for the send lock and the socket
+    together); past it the peer is taken to be reading nothing and the connection is dropped.
+    """
+
+    transport: Transport
+    write_timeout: float | None = None
+    on_slow: Callable[[], None] | None = None  # called when a send times out
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    conversation: Conversation | None = None
+    closed: bool = False
+    aborted: bool = False
+    admission: Admission | None = None  # its slot in the connection budget
+
+    async def send_message(self, msg: P.ServerMessage) -> None:
+        await self._send(self.transport.send_text, msg.to_json())
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._send(self.transport.send_bytes, data)
+
+    async def _send(self, send: Callable[[Any], Awaitable[None]], data: str | bytes) -> None:
+        if self.aborted:
+            raise TransportClosed("connection dropped")
+        try:
+            await asyncio.wait_for(self._locked_send(send, data), self.write_timeout)
+        except TimeoutError:
+            logger.warning(f"dropping a client that read nothing for {self.write_timeout} s")
+            if self.on_slow is not None and not self.aborted:
+                self.on_slow()
+            self.abort()
+            raise TransportClosed("write timeout") from None
+
+    async def _locked_send(self, send: Callable[[Any], Awaitable[None]], data: Any) -> None:
+        async with self.send_lock:
+            await send(data)
+
+    def abort(self) -> None:
+        """Drops the connection now (no closing handshake); never blocks."""
+        if self.aborted:
+            return
+        self.aborted = self.closed = True
+        try:
+            self.transport.abort()
+        except Exception as e:  # already gone
+            logger.debug(f"abort: {e!r}")
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Closing handshake, bounded by the write timeout (then the connection is dropped)."""
+        if self.aborted:
+            return
+        self.closed = True
+        try:
+            await asyncio.wait_for(self.transport.close(code, reason), self.write_timeout)
+        except TimeoutError:
+            self.abort()
+        except TransportClosed:
+            pass

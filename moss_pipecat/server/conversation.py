@@ -1,0 +1,36 @@
+"""One conversation held by the server: its engine session, its live turn, its client."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from moss_pipecat.engine.session import Session, TurnStream
+from moss_pipecat.model.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from moss_pipecat.server.connection import Connection
+
+
+@dataclass(eq=False)
+class Conversation:
+    """One conversation held by the server: its engine session and its live turn."""
+
+    id: str
+    session: Session
+    sampling: SamplingParams
+    # Proves a resuming client is the one that created the conversation (the id may be known).
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    conn: Connection | None = None
+    detached_at: float | None = None
+    turn: TurnStream | None = None
+    pump: asyncio.Task | None = None
+    frames_sent: int = 0
+    turn_ids: int = 0  # ids and characters sent with ``turn.ids`` for the open turn
+    turn_chars: int = 0
+    # The turn a departed connection left open, and the frames it received: cut by the hub's
+    # ``_settle`` (under ``lock``) before anyone else uses the conversation.
+    cut: tuple[TurnStream, int] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # engine calls of attach/detach
