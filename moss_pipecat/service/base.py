@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,100 +23,31 @@ from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     CancelFrame,
-    ControlFrame,
     EndFrame,
     ErrorFrame,
     Frame,
-    InputAudioRawFrame,
     InterruptionFrame,
     StartFrame,
-    TranscriptionFrame,
     TTSAudioRawFrame,
     TTSStoppedFrame,
     TTSTextFrame,
-    UserStartedSpeakingFrame,
-    UserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TextAggregationMode, TTSService
-from pipecat.transports.base_output import BaseOutputTransport
-from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
 from moss_pipecat.engine.config import FRAME_SECONDS
-from moss_pipecat.errors import InvalidInputError, MossError
-from moss_pipecat.model.sampling import SamplingParams
-from moss_pipecat.service.user_audio import UserAudioRecorder, UserUtterance
-
-MAX_TRACKED_REPLIES = 4
-_DEFAULT_SAMPLING = SamplingParams()
-FRAME_NS = round(FRAME_SECONDS * 1e9)
-
-
-@dataclass
-class MossTTSSettings(TTSSettings):
-    """Runtime-updatable settings of ``MossTTSService`` (pipecat's settings pattern).
-
-    Parameters:
-        voice: path of a reference WAV to clone (None: the model's own voice). A voice named
-            in a runtime update (``TTSUpdateSettingsFrame``) must lie under the service's
-            ``voice_dir`` (a relative path is read from there).
-        temperature, top_k, top_p, repetition_penalty: sampling (upstream defaults 0.8, 30,
-            0.6, 1.1); greedy: argmax decoding (deterministic).
-        seed: reseeds the session's sampler.
-        context_budget: KV positions the conversation may use before its oldest turns are
-            dropped (None: the engine's).
-        lookahead_s: how far generation may run ahead of playback (None: the engine's).
-    """
-
-    temperature: float | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
-    top_k: int | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
-    top_p: float | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
-    repetition_penalty: float | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
-    greedy: bool | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
-    seed: int | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
-    context_budget: int | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
-    lookahead_s: float | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
-
-
-@dataclass
-class _SpokenWordsEnd(ControlFrame):
-    """Queued in a reply's audio context after its last word time: words pipecat would
-    still emit for that context (its force-complete of text never timed) were not spoken."""
-
-    context_id: str = ""
-
-
-@dataclass(eq=False)
-class _Reply:
-    """One bot reply: a pipecat audio context and the engine turn speaking it.
-
-    The service owns a reply from its first piece of text: the reply's task opens its engine
-    turn (once the reply before it has ended), feeds it and reads its frames, so an
-    interruption at any moment finds every reply and closes whatever each one opened.
-
-    One clock says what was heard: ``start_ns`` is when the reply's audio starts playing;
-    its word frames are released at ``start_ns + word time`` and the frames kept on an
-    interruption are those played since ``start_ns``.
-    """
-
-    context_id: str
-    previous: _Reply | None
-    pending: list[str] = field(default_factory=list)  # text before the engine turn opened
-    text_ended: bool = False
-    flushed: bool = False  # pipecat ended the reply's text (its words are all registered)
-    task: asyncio.Task | None = None
-    opening: asyncio.Future | None = None  # the engine's start_turn, never cancelled midway
-    turn: Any | None = None  # TurnStream (local) or its remote twin
-    finished: asyncio.Event = field(default_factory=asyncio.Event)  # engine turn over
-    frames: int = 0  # frames read from the engine
-    pushed: int = 0  # frames pushed downstream
-    baseline_ns: int | None = None  # pipecat's word-time zero for this context
-    start_ns: int | None = None  # playback start: the heard clock's zero
-    held_words: list[tuple[str, float]] = field(default_factory=list)
-    read_done: bool = False  # every frame and word read from the engine
-    closed: bool = False  # TTSStoppedFrame queued
-    words_closed: bool = False  # its last word frame went out
+from moss_pipecat.errors import MossError
+from moss_pipecat.service.reply import (
+    MAX_TRACKED_REPLIES,
+    HeardClock,
+    Reply,
+    SpokenWordsEnd,
+    output_transport_downstream,
+)
+from moss_pipecat.service.settings import MossTTSSettings, SessionSettings, default_settings
+from moss_pipecat.service.user_audio import UserUtterance
+from moss_pipecat.service.user_turns import UserTurns
 
 
 class MossTTSServiceBase(TTSService):
@@ -170,19 +100,7 @@ class MossTTSServiceBase(TTSService):
         settings: MossTTSSettings | None = None,
         **kwargs: Any,
     ) -> None:
-        defaults = MossTTSSettings(
-            model=model or "OpenMOSS-Team/MOSS-TTS-Realtime",
-            voice=None,
-            language=None,
-            temperature=_DEFAULT_SAMPLING.temperature,
-            top_k=_DEFAULT_SAMPLING.top_k,
-            top_p=_DEFAULT_SAMPLING.top_p,
-            repetition_penalty=_DEFAULT_SAMPLING.repetition_penalty,
-            greedy=_DEFAULT_SAMPLING.greedy,
-            seed=None,
-            context_budget=None,
-            lookahead_s=None,
-        )
+        defaults = default_settings(model)
         if settings is not None:
             defaults.apply_update(settings)
         kwargs.setdefault("text_aggregation_mode", TextAggregationMode.TOKEN)
@@ -193,26 +111,17 @@ class MossTTSServiceBase(TTSService):
             settings=defaults,
             **kwargs,
         )
-        self._llm_context = context
-        self._capture_user_audio = capture_user_audio
-        self._recorder = UserAudioRecorder(max_seconds=user_audio_max_s)
-        self._output_latency_ns = round(output_latency_s * 1e9)
+        self._user_turns = UserTurns(context, capture_user_audio, user_audio_max_s)
         self._session: Any | None = None
-        self._replies: dict[str, _Reply] = {}
-        self._order: list[_Reply] = []  # oldest first; the newest is the last to speak
-        self._settings_dirty = True
-        self._voice_dirty = is_given(defaults.voice) and defaults.voice is not None
-        self._voice: str | None = None  # the voice the session has
-        self._voice_dir = Path(voice_dir).expanduser().resolve() if voice_dir else None
-        self._voice_from_update = False  # the pending voice came from a runtime update
-        self._transcript: list[str] = []
-        self._consumed_user_messages = 0
-        # The heard clock (pipeline clock, ns). pipecat times a context's words from its
-        # first audio push, or from its last word if later; mirrored in _last_word_pts.
-        self._bot_speaking = False
-        self._playback_reported = False  # the transport reports playback (BotStarted...)
-        self._playback_end_ns = 0  # when the audio pushed so far ends playing
-        self._last_word_pts = 0
+        self._replies: dict[str, Reply] = {}
+        self._order: list[Reply] = []  # oldest first; the newest is the last to speak
+        self._session_settings = SessionSettings(defaults, voice_dir)  # what the session lacks
+        self._clock = HeardClock(  # what was heard, when
+            round(output_latency_s * 1e9),
+            now=lambda: self.get_clock().get_time(),
+            release_words=self.add_word_timestamps,
+            close_reply=self._close_reply,
+        )
         # (service, context_id, TurnSummary): a reply was cut to what the user heard.
         self._register_event_handler("on_reply_interrupted")
 
@@ -227,20 +136,8 @@ class MossTTSServiceBase(TTSService):
 
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
-        self._playback_reported = self._output_transport_downstream()
+        self._clock.playback_reported = output_transport_downstream(self)
         self._session = await self._open_session()
-
-    def _output_transport_downstream(self) -> bool:
-        """Whether an output transport (which reports playback) follows in the pipeline.
-
-        Otherwise the first BotStartedSpeakingFrame tells; until then replies play from
-        their first audio push."""
-        node, hops = self.next, 0
-        while node is not None and hops < 256:
-            if isinstance(node, BaseOutputTransport):
-                return True
-            node, hops = node.next, hops + 1
-        return False
 
     # ---- what subclasses provide ------------------------------------------------------------
     async def _open_session(self) -> Any:
@@ -289,85 +186,35 @@ class MossTTSServiceBase(TTSService):
     # ================================================================== settings
     async def _update_settings(self, delta: TTSSettings) -> dict[str, Any]:
         changed = await super()._update_settings(delta)
-        if changed:
-            # Applied when the next reply starts, so a reply never changes voice midway.
-            self._settings_dirty = True
-            self._voice_dirty |= "voice" in changed
-            self._voice_from_update |= "voice" in changed
+        self._session_settings.updated(changed)
         return changed
 
-    def _sampling(self) -> SamplingParams:
-        s, d = self._settings, _DEFAULT_SAMPLING
-        return SamplingParams(
-            temperature=d.temperature if s.temperature is None else s.temperature,
-            top_k=d.top_k if s.top_k is None else s.top_k,
-            top_p=d.top_p if s.top_p is None else s.top_p,
-            repetition_penalty=(
-                d.repetition_penalty if s.repetition_penalty is None else s.repetition_penalty
-            ),
-            greedy=bool(s.greedy),
-        )
-
     async def _apply_settings(self) -> None:
-        """Brings the session up to the settings; a setting it refuses gives one ErrorFrame
-        and the previous value stays (the reply still speaks)."""
-        if not self._settings_dirty:
-            return
-        s = self._settings
-        self._settings_dirty = False
-        try:
-            await self._session.set_sampling(self._sampling(), s.seed if is_given(s.seed) else None)
-            await self._session.set_limits(s.context_budget, s.lookahead_s)
-        except MossError as e:
-            await self.push_error(error_msg=f"MOSS TTS: settings not applied: {e}", exception=e)
-        if self._voice_dirty:
-            self._voice_dirty = False
-            try:
-                await self._set_voice(s.voice)
-                self._voice = s.voice
-            except MossError as e:
-                s.voice = self._voice  # the session kept its voice: say so in the settings
-                await self.push_error(error_msg=f"MOSS TTS: voice not changed: {e}", exception=e)
+        """Brings the session up to the settings (see ``SessionSettings.apply``)."""
+        await self._session_settings.apply(
+            self._session, self._settings, self._set_voice, self.push_error
+        )
 
     def _voice_file(self, voice: str) -> Path:
         """The file of a voice setting: a runtime update's lies under ``voice_dir``."""
-        path = Path(voice).expanduser()
-        if self._voice_from_update:
-            if self._voice_dir is None:
-                raise InvalidInputError(
-                    "a runtime settings update cannot name a voice file unless the service "
-                    "has a voice_dir"
-                )
-            path = (self._voice_dir / path).resolve()  # symlinks and '..' resolved first
-            if not path.is_relative_to(self._voice_dir):
-                raise InvalidInputError(f"voice reference {voice!r} lies outside voice_dir")
-        if not path.is_file():
-            raise InvalidInputError(f"voice reference {voice!r} is not a file")
-        return path
+        return self._session_settings.voice_file(voice)
 
     # ================================================================== frames
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         if isinstance(frame, InterruptionFrame):
             await self._roll_back_to_heard()
         elif isinstance(frame, BotStartedSpeakingFrame):
-            await self._on_bot_started_speaking()
+            await self._clock.bot_started_speaking(self._order)
         elif isinstance(frame, BotStoppedSpeakingFrame):
-            self._bot_speaking = False
-        elif self._capture_user_audio:
-            if isinstance(frame, InputAudioRawFrame):
-                self._recorder.add_audio(frame.audio, frame.sample_rate, frame.num_channels)
-            elif isinstance(frame, UserStartedSpeakingFrame):
-                self._recorder.user_started()
-            elif isinstance(frame, UserStoppedSpeakingFrame):
-                self._recorder.user_stopped()
-            elif isinstance(frame, TranscriptionFrame) and frame.text.strip():
-                self._transcript.append(frame.text.strip())
+            self._clock.bot_speaking = False
+        else:
+            self._user_turns.on_frame(frame)
         await super().process_frame(frame, direction)
 
     async def push_frame(
         self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM
     ) -> None:
-        if isinstance(frame, _SpokenWordsEnd):
+        if isinstance(frame, SpokenWordsEnd):
             reply = self._replies.get(frame.context_id)
             if reply is not None:
                 reply.words_closed = True
@@ -378,7 +225,7 @@ class MossTTSServiceBase(TTSService):
                 logger.debug(f"{self}: not spoken, kept out of the context: {frame.text!r}")
                 return
         if isinstance(frame, TTSAudioRawFrame) and frame.context_id in self._replies:
-            await self._on_audio_pushed(self._replies[frame.context_id])
+            await self._clock.audio_pushed(self._replies[frame.context_id])
         await super().push_frame(frame, direction)
 
     # ================================================================== synthesis
@@ -401,7 +248,7 @@ class MossTTSServiceBase(TTSService):
             await self._feed(reply, text)
         yield None
 
-    async def _feed(self, reply: _Reply, text: str) -> bool:
+    async def _feed(self, reply: Reply, text: str) -> bool:
         """Pushes text into the reply's open turn; bad text gives an ErrorFrame and the reply
         speaks what it has."""
         if reply.turn.summary is not None:
@@ -422,7 +269,7 @@ class MossTTSServiceBase(TTSService):
             await self._end_text(reply)
             await self._close_reply(reply)
 
-    async def _end_text(self, reply: _Reply) -> None:
+    async def _end_text(self, reply: Reply) -> None:
         if reply.text_ended:
             return
         reply.text_ended = True
@@ -433,8 +280,8 @@ class MossTTSServiceBase(TTSService):
             except MossError as e:
                 await self.push_error(error_msg=f"MOSS TTS: {e}", exception=e)
 
-    def _new_reply(self, context_id: str) -> _Reply:
-        reply = _Reply(context_id, previous=self._order[-1] if self._order else None)
+    def _new_reply(self, context_id: str) -> Reply:
+        reply = Reply(context_id, previous=self._order[-1] if self._order else None)
         self._replies[context_id] = reply
         self._order.append(reply)
         # Older replies finished playing long ago; a few are kept for the heard estimate.
@@ -443,7 +290,7 @@ class MossTTSServiceBase(TTSService):
         reply.task = self.create_task(self._speak(reply), f"moss-reply-{context_id}")
         return reply
 
-    async def _speak(self, reply: _Reply) -> None:
+    async def _speak(self, reply: Reply) -> None:
         """Opens the reply's engine turn once the conversation is free, feeds it, reads it."""
         try:
             if reply.previous is not None:
@@ -475,7 +322,7 @@ class MossTTSServiceBase(TTSService):
         finally:
             reply.finished.set()
 
-    async def _read_reply(self, reply: _Reply) -> None:
+    async def _read_reply(self, reply: Reply) -> None:
         """Moves the engine turn's frames and word times into the reply's audio context."""
         context_id, turn = reply.context_id, reply.turn
         out_rate, in_rate = self.sample_rate, self._pcm_rate
@@ -493,7 +340,7 @@ class MossTTSServiceBase(TTSService):
                 await self.append_to_audio_context(
                     context_id, TTSAudioRawFrame(audio, out_rate, 1, context_id=context_id)
                 )
-            await self._add_words(reply, chunk.words)
+            await self._clock.add_words(reply, chunk.words)
         if resampler is not None:
             tail = await resampler.flush()
             if tail:
@@ -506,13 +353,13 @@ class MossTTSServiceBase(TTSService):
             await self.push_error(
                 error_msg=f"MOSS TTS turn failed: {summary.error}", exception=summary.error
             )
-        await self._add_words(reply, summary.words)
+        await self._clock.add_words(reply, summary.words)
         reply.read_done = True
         if reply.frames == 0:
             reply.held_words.clear()  # no audio, so no playback to wait for
         await self._close_reply(reply)
 
-    async def _close_reply(self, reply: _Reply) -> None:
+    async def _close_reply(self, reply: Reply) -> None:
         """Ends the reply's audio context once every word time it has is queued."""
         if reply.closed or not reply.read_done or not reply.flushed or reply.held_words:
             return  # pipecat still has its text (words it holds come after ours), or ours
@@ -521,81 +368,14 @@ class MossTTSServiceBase(TTSService):
         reply.closed = True
         context_id = reply.context_id
         if self.audio_context_available(context_id):
-            await self.append_to_audio_context(context_id, _SpokenWordsEnd(context_id))
+            await self.append_to_audio_context(context_id, SpokenWordsEnd(context_id))
             await self.append_to_audio_context(context_id, TTSStoppedFrame(context_id=context_id))
             await self.remove_audio_context(context_id)
 
-    # ================================================================== the heard clock
-    async def _add_words(self, reply: _Reply, words: Any) -> None:
-        """Queues word times on the heard clock (held until the reply's playback start)."""
-        if not words:
-            return
-        if reply.start_ns is None:
-            reply.held_words.extend(words)
-            return
-        # pipecat releases a word at baseline + t; shifted so it comes out at start + t.
-        shift = (reply.start_ns - reply.baseline_ns) / 1e9
-        timed = [(w, t + shift) for w, t in words]
-        self._last_word_pts = max(
-            self._last_word_pts, reply.baseline_ns + round(timed[-1][1] * 1e9)
-        )
-        await self.add_word_timestamps(timed, reply.context_id)
-
-    async def _on_audio_pushed(self, reply: _Reply) -> None:
-        """pipecat pushes the reply's audio: its first frame fixes the word-time baseline
-        and, where the transport is already playing or reports nothing, the playback start."""
-        reply.pushed += 1
-        if reply.baseline_ns is None:
-            now = self.get_clock().get_time()
-            reply.baseline_ns = max(self._last_word_pts, now)
-            if self._bot_speaking:  # it plays after the audio already queued
-                await self._start_playback(reply, max(reply.baseline_ns, self._playback_end_ns))
-            elif not self._playback_reported:  # no transport says when it plays
-                await self._start_playback(reply, reply.baseline_ns)
-        if reply.start_ns is not None:
-            self._playback_end_ns = max(
-                self._playback_end_ns, reply.start_ns + reply.pushed * FRAME_NS
-            )
-
-    async def _on_bot_started_speaking(self) -> None:
-        now = self.get_clock().get_time()
-        self._bot_speaking = self._playback_reported = True
-        for reply in self._order:
-            if reply.baseline_ns is not None and reply.start_ns is None:
-                start = max(reply.baseline_ns, now + self._output_latency_ns)
-                await self._start_playback(reply, start)
-                self._playback_end_ns = max(self._playback_end_ns, start + reply.pushed * FRAME_NS)
-
-    async def _start_playback(self, reply: _Reply, start_ns: int) -> None:
-        reply.start_ns = start_ns
-        held, reply.held_words = reply.held_words, []
-        await self._add_words(reply, held)
-        await self._close_reply(reply)
-
-    def _heard_frames(self, reply: _Reply, now_ns: int) -> int:
-        if reply.start_ns is None:
-            return 0
-        heard = (now_ns - reply.start_ns) // FRAME_NS
-        return max(0, min(reply.pushed, heard))
-
     # ================================================================== user turns
-    def _user_transcript(self) -> str:
-        if self._transcript:
-            text = " ".join(self._transcript)
-            self._transcript.clear()
-            return text
-        if self._llm_context is None:
-            return ""
-        messages = self._llm_context.get_messages()
-        new = messages[self._consumed_user_messages :]
-        self._consumed_user_messages = len(messages)
-        parts = [_message_text(m) for m in new if _message_role(m) == "user"]
-        return " ".join(p for p in parts if p)
-
     async def _add_user_turn(self) -> None:
         """Adds what the user said since the last reply (audio + transcript) to the history."""
-        transcript = self._user_transcript()
-        utterance = self._recorder.take() if self._capture_user_audio else None
+        transcript, utterance = self._user_turns.take()
         if utterance is None or utterance.seconds < FRAME_SECONDS:
             return
         try:
@@ -628,7 +408,7 @@ class MossTTSServiceBase(TTSService):
                     turn = None
             if turn is not None and self._session is not None:
                 turn.cancel()
-                heard = self._heard_frames(reply, now) if reply is playing else 0
+                heard = reply.heard_frames(now) if reply is playing else 0
                 try:
                     summary = await self._session.interrupt(heard)
                 except MossError as e:
@@ -645,26 +425,4 @@ class MossTTSServiceBase(TTSService):
                     )
             if reply is playing:
                 break  # the replies before it were heard in full
-        # pipecat restarts its word clock after an interruption; so does the heard clock.
-        self._last_word_pts = 0
-        self._playback_end_ns = 0
-
-
-def _message_role(message: Any) -> str | None:
-    if isinstance(message, dict):
-        return message.get("role")
-    return getattr(message, "role", None)
-
-
-def _message_text(message: Any) -> str:
-    content = (
-        message.get("content") if isinstance(message, dict) else getattr(message, "content", "")
-    )
-    if isinstance(content, str):
-        return content.strip()
-    if isinstance(content, list):
-        texts = [
-            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-        ]
-        return " ".join(t.strip() for t in texts if t)
-    return ""
+        self._clock.restart()

@@ -1,0 +1,161 @@
+"""One bot reply's bookkeeping and the heard clock: when each reply's audio plays, so word
+frames come out as they are heard and an interruption keeps what was heard."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipecat.frames.frames import ControlFrame
+from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.transports.base_output import BaseOutputTransport
+
+from moss_pipecat.engine.config import FRAME_SECONDS
+
+MAX_TRACKED_REPLIES = 4
+FRAME_NS = round(FRAME_SECONDS * 1e9)
+
+
+@dataclass
+class SpokenWordsEnd(ControlFrame):
+    """Queued in a reply's audio context after its last word time: words pipecat would
+    still emit for that context (its force-complete of text never timed) were not spoken."""
+
+    context_id: str = ""
+
+
+@dataclass(eq=False)
+class Reply:
+    """One bot reply: a pipecat audio context and the engine turn speaking it.
+
+    The service owns a reply from its first piece of text: the reply's task opens its engine
+    turn (once the reply before it has ended), feeds it and reads its frames, so an
+    interruption at any moment finds every reply and closes whatever each one opened.
+
+    One clock says what was heard: ``start_ns`` is when the reply's audio starts playing;
+    its word frames are released at ``start_ns + word time`` and the frames kept on an
+    interruption are those played since ``start_ns``.
+    """
+
+    context_id: str
+    previous: Reply | None
+    pending: list[str] = field(default_factory=list)  # text before the engine turn opened
+    text_ended: bool = False
+    flushed: bool = False  # pipecat ended the reply's text (its words are all registered)
+    task: asyncio.Task | None = None
+    opening: asyncio.Future | None = None  # the engine's start_turn, never cancelled midway
+    turn: Any | None = None  # TurnStream (local) or its remote twin
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # engine turn over
+    frames: int = 0  # frames read from the engine
+    pushed: int = 0  # frames pushed downstream
+    baseline_ns: int | None = None  # pipecat's word-time zero for this context
+    start_ns: int | None = None  # playback start: the heard clock's zero
+    held_words: list[tuple[str, float]] = field(default_factory=list)
+    read_done: bool = False  # every frame and word read from the engine
+    closed: bool = False  # TTSStoppedFrame queued
+    words_closed: bool = False  # its last word frame went out
+
+    def heard_frames(self, now_ns: int) -> int:
+        """Frames of this reply played by ``now_ns`` on the heard clock."""
+        if self.start_ns is None:
+            return 0
+        heard = (now_ns - self.start_ns) // FRAME_NS
+        return max(0, min(self.pushed, heard))
+
+
+class HeardClock:
+    """When the replies' audio plays (pipeline clock, ns), so word frames come out as heard.
+
+    A reply's playback starts when the transport reports the bot speaking (plus the output
+    latency), or right after the audio already playing; until then its word times are held.
+    pipecat times a context's words from its first audio push, or from its last word if
+    later; mirrored in ``last_word_pts``.
+
+    Args:
+        output_latency_ns: playback delay after the transport reports the bot speaking.
+        now: the pipeline clock (ns).
+        release_words: hands word times to pipecat (``TTSService.add_word_timestamps``).
+        close_reply: called when a reply's playback starts (its held words are queued).
+    """
+
+    def __init__(
+        self,
+        output_latency_ns: int,
+        *,
+        now: Callable[[], int],
+        release_words: Callable[[list[tuple[str, float]], str], Awaitable[None]],
+        close_reply: Callable[[Reply], Awaitable[None]],
+    ) -> None:
+        self._output_latency_ns = output_latency_ns
+        self._now = now
+        self._release_words = release_words
+        self._close_reply = close_reply
+        self.bot_speaking = False
+        self.playback_reported = False  # the transport reports playback (BotStarted...)
+        self.playback_end_ns = 0  # when the audio pushed so far ends playing
+        self.last_word_pts = 0
+
+    async def add_words(self, reply: Reply, words: Any) -> None:
+        """Queues word times on the heard clock (held until the reply's playback start)."""
+        if not words:
+            return
+        if reply.start_ns is None:
+            reply.held_words.extend(words)
+            return
+        # pipecat releases a word at baseline + t; shifted so it comes out at start + t.
+        shift = (reply.start_ns - reply.baseline_ns) / 1e9
+        timed = [(w, t + shift) for w, t in words]
+        self.last_word_pts = max(self.last_word_pts, reply.baseline_ns + round(timed[-1][1] * 1e9))
+        await self._release_words(timed, reply.context_id)
+
+    async def audio_pushed(self, reply: Reply) -> None:
+        """pipecat pushes the reply's audio: its first frame fixes the word-time baseline
+        and, where the transport is already playing or reports nothing, the playback start."""
+        reply.pushed += 1
+        if reply.baseline_ns is None:
+            now = self._now()
+            reply.baseline_ns = max(self.last_word_pts, now)
+            if self.bot_speaking:  # it plays after the audio already queued
+                await self._start_playback(reply, max(reply.baseline_ns, self.playback_end_ns))
+            elif not self.playback_reported:  # no transport says when it plays
+                await self._start_playback(reply, reply.baseline_ns)
+        if reply.start_ns is not None:
+            self.playback_end_ns = max(
+                self.playback_end_ns, reply.start_ns + reply.pushed * FRAME_NS
+            )
+
+    async def bot_started_speaking(self, replies: list[Reply]) -> None:
+        """The transport reports playback: pushed replies waiting for it start playing."""
+        now = self._now()
+        self.bot_speaking = self.playback_reported = True
+        for reply in replies:
+            if reply.baseline_ns is not None and reply.start_ns is None:
+                start = max(reply.baseline_ns, now + self._output_latency_ns)
+                await self._start_playback(reply, start)
+                self.playback_end_ns = max(self.playback_end_ns, start + reply.pushed * FRAME_NS)
+
+    async def _start_playback(self, reply: Reply, start_ns: int) -> None:
+        reply.start_ns = start_ns
+        held, reply.held_words = reply.held_words, []
+        await self.add_words(reply, held)
+        await self._close_reply(reply)
+
+    def restart(self) -> None:
+        """pipecat restarts its word clock after an interruption; so does the heard clock."""
+        self.last_word_pts = 0
+        self.playback_end_ns = 0
+
+
+def output_transport_downstream(processor: FrameProcessor) -> bool:
+    """Whether an output transport (which reports playback) follows ``processor``.
+
+    Otherwise the first BotStartedSpeakingFrame tells; until then replies play from
+    their first audio push."""
+    node, hops = processor.next, 0
+    while node is not None and hops < 256:
+        if isinstance(node, BaseOutputTransport):
+            return True
+        node, hops = node.next, hops + 1
+    return False
