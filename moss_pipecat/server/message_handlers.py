@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from moss_pipecat.engine.commands import SetLimits, SetSampling
 from moss_pipecat.engine.session import TurnStream
 from moss_pipecat.errors import InvalidInputError, MossError, SessionClosedError
 from moss_pipecat.server import protocol as P
@@ -183,13 +184,23 @@ async def _voice(r: Request, msg: P.Voice) -> Any:
 
 
 async def _settings(r: Request, msg: P.Settings) -> Any:
+    """``SetSampling`` for new sampling or a seed, ``SetLimits`` for limits: both checked
+    before either is applied, so a bad half changes nothing."""
     conv = r.conv
     s = conv.session
-    sampling = msg.sampling.to_params() if msg.sampling is not None else conv.sampling
-    await s.set_sampling(sampling, msg.seed)
+    commands: list[SetSampling | SetLimits] = []
+    sampling = conv.sampling
+    if msg.sampling is not None or msg.seed is not None:
+        if msg.sampling is not None:
+            sampling = msg.sampling.to_params()
+        commands.append(SetSampling(sampling, msg.seed))
     if msg.limits is not None:
         lim = msg.limits
-        await s.set_limits(lim.context_budget, lim.lookahead_s, lim.unlimited_lookahead)
+        commands.append(SetLimits(lim.context_budget, lim.lookahead_s, lim.unlimited_lookahead))
+    for command in commands:
+        command.checked(s.engine.facts)
+    for command in commands:
+        await s.request(command)
     conv.sampling = sampling
     return P.Result(req=msg.req)
 
