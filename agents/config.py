@@ -106,9 +106,11 @@ def profile_defaults(profile: str) -> AgentConfig:
         raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
     if profile == "offline":
         return AgentConfig(profile="offline")
+    from moss_pipecat.engine import DEFAULT_CODEC, DEFAULT_MODEL
+
     gpu = dict(
-        tts_model="OpenMOSS-Team/MOSS-TTS-Realtime",
-        tts_codec="OpenMOSS-Team/MOSS-Audio-Tokenizer",
+        tts_model=DEFAULT_MODEL,
+        tts_codec=DEFAULT_CODEC,
         tts_device="cuda",
         llm_max_tokens=200,
         smart_turn=True,

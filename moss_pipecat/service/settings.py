@@ -12,6 +12,7 @@ from typing import Any
 from pipecat.services.settings import TTSSettings
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
+from moss_pipecat.engine.factory import DEFAULT_MODEL
 from moss_pipecat.errors import InvalidInputError, MossError
 from moss_pipecat.model.sampling import SamplingParams
 
@@ -47,7 +48,7 @@ class MossTTSSettings(TTSSettings):
 def default_settings(model: str | None = None) -> MossTTSSettings:
     """Every setting given: the model's own voice, upstream sampling, the engine's limits."""
     return MossTTSSettings(
-        model=model or "OpenMOSS-Team/MOSS-TTS-Realtime",
+        model=model or DEFAULT_MODEL,
         voice=None,
         language=None,
         temperature=_DEFAULT_SAMPLING.temperature,
