@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from moss_pipecat.engine.config import EngineConfig
@@ -32,9 +34,16 @@ def test_text_pieces_become_the_whole_texts_tokens(engine):
     s = SyncSession(engine.create_session(sampling=SamplingParams.greedy_decoding()))
     text = "Héllo, wörld! 3.14 **bold** 👩‍👩‍👧 done"
     turn = s.start_turn(max_frames=30)
-    for i in range(0, len(text), 3):
-        turn.push_text(text[i : i + 3])
-    turn.end_text()
+    # Every piece reaches the engine before its next tick: a model that may end the turn at
+    # its first frame (EOS) cannot drop pieces still on their way.
+    gate = threading.Event()
+    engine.call(gate.wait)
+    try:
+        for i in range(0, len(text), 3):
+            turn.push_text(text[i : i + 3])
+        turn.end_text()
+    finally:
+        gate.set()
     summary = turn.wait_sync()
     assert summary.text_ids == engine.map_text_ids(encode_text(engine.tokenizer, text))
     assert summary.text == text

@@ -47,7 +47,7 @@ async def test_growing_conversation_moves_to_a_larger_pool_with_identical_output
     assert capacities[0] == 128 and capacities[-1] == 512  # started small, moved up
     for (c1, s1, _, snap1), (c2, s2, _, snap2) in zip(ref, got, strict=True):
         assert s1.stop == s2.stop
-        assert torch.equal(torch.stack([c.codes for c in c1]), torch.stack([c.codes for c in c2]))
+        assert [c.codes.tolist() for c in c1] == [c.codes.tolist() for c in c2]  # may be none
         assert torch.equal(snap1["rows"], snap2["rows"])
         assert snap2["cache_len"] == snap2["device_cache_len"]
 
