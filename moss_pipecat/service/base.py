@@ -49,6 +49,10 @@ from moss_pipecat.service.settings import MossTTSSettings, SessionSettings, defa
 from moss_pipecat.service.user_audio import UserUtterance
 from moss_pipecat.service.user_turns import UserTurns
 
+# How long pipecat waits on a reply's audio context with nothing coming before ending it: a
+# safety net only (a transport that never reports playback), not a pause in the LLM's text.
+REPLY_IDLE_TIMEOUT_S = 60.0
+
 
 class MossTTSServiceBase(TTSService):
     """Streaming MOSS-TTS-Realtime with acoustic turn history and interruption rollback.
@@ -104,6 +108,10 @@ class MossTTSServiceBase(TTSService):
         if settings is not None:
             defaults.apply_update(settings)
         kwargs.setdefault("text_aggregation_mode", TextAggregationMode.TOKEN)
+        # Every reply ends its audio context itself (on its end, an error or an interruption).
+        # pipecat's default idle end (3 s without text or audio) would cut a reply whose LLM
+        # text pauses that long in two and lose the words spoken before the pause.
+        kwargs.setdefault("stop_frame_timeout_s", REPLY_IDLE_TIMEOUT_S)
         super().__init__(
             push_text_frames=False,  # word frames follow playback: the context keeps what was heard
             push_start_frame=True,
@@ -122,12 +130,23 @@ class MossTTSServiceBase(TTSService):
             release_words=self.add_word_timestamps,
             close_reply=self._close_reply,
         )
+        # Set while no interruption is rolling the engine back: a reply opens its turn only
+        # then, so the rollback cuts the turn it means to cut.
+        self._history_settled = asyncio.Event()
+        self._history_settled.set()
         # (service, context_id, TurnSummary): a reply was cut to what the user heard.
         self._register_event_handler("on_reply_interrupted")
 
     # ================================================================== lifecycle
     def can_generate_metrics(self) -> bool:
         return True
+
+    @property
+    def supports_processing_metrics(self) -> bool:
+        """False: ``run_tts`` hands text to the engine turn and returns; the audio comes later
+        from the reply's task, so there is no synthesis time to measure around it (TTFB and
+        TTFA carry the latency)."""
+        return False
 
     @property
     def session(self) -> Any | None:
@@ -157,6 +176,11 @@ class MossTTSServiceBase(TTSService):
         raise NotImplementedError
 
     async def stop(self, frame: EndFrame) -> None:
+        # pipecat lets every audio context end before it ends the LLM reply in progress: a
+        # reply whose text never ended speaks what it was given, then ends.
+        for reply in list(self._order):
+            if not reply.flushed:
+                await self.flush_audio(reply.context_id)
         await super().stop(frame)
         await self._shutdown()
 
@@ -242,10 +266,12 @@ class MossTTSServiceBase(TTSService):
             reply = self._new_reply(context_id)
         if reply.text_ended:
             pass  # the reply already ended (the model ended it, or its text failed)
-        elif reply.turn is None:
-            reply.pending.append(text)
         else:
-            await self._feed(reply, text)
+            await self.start_tts_usage_metrics(text)  # pipecat counts streamed tokens itself
+            if reply.turn is None:
+                reply.pending.append(text)
+            else:
+                await self._feed(reply, text)
         yield None
 
     async def _feed(self, reply: Reply, text: str) -> bool:
@@ -268,6 +294,11 @@ class MossTTSServiceBase(TTSService):
             reply.flushed = True
             await self._end_text(reply)
             await self._close_reply(reply)
+        elif context_id and self.audio_context_available(context_id):
+            # pipecat opened the context but no reply speaks it (the service was written off,
+            # or had no session): it ends now, not after the idle timeout.
+            await self.append_to_audio_context(context_id, TTSStoppedFrame(context_id=context_id))
+            await self.remove_audio_context(context_id)
 
     async def _end_text(self, reply: Reply) -> None:
         if reply.text_ended:
@@ -281,7 +312,14 @@ class MossTTSServiceBase(TTSService):
                 await self.push_error(error_msg=f"MOSS TTS: {e}", exception=e)
 
     def _new_reply(self, context_id: str) -> Reply:
-        reply = Reply(context_id, previous=self._order[-1] if self._order else None)
+        # pipecat's record of the utterance says whether an interruption may drop it (a
+        # TTSSpeakFrame or BotBackchannelFrame can be uninterruptible).
+        context = self._tts_contexts.get(context_id)
+        reply = Reply(
+            context_id,
+            previous=self._order[-1] if self._order else None,
+            interruptible=context.interruptible if context is not None else True,
+        )
         self._replies[context_id] = reply
         self._order.append(reply)
         # Older replies finished playing long ago; a few are kept for the heard estimate.
@@ -293,10 +331,8 @@ class MossTTSServiceBase(TTSService):
     async def _speak(self, reply: Reply) -> None:
         """Opens the reply's engine turn once the conversation is free, feeds it, reads it."""
         try:
-            if reply.previous is not None:
-                # One engine turn at a time per conversation; replies speak in order, each
-                # whole (a TTSSpeakFrame during a streaming reply waits for its end).
-                await reply.previous.finished.wait()
+            await self._wait_for_turn(reply)
+            reply.started = True  # no await since the wait: a rollback sees it or blocks it
             await self._apply_settings()
             await self._add_user_turn()
             # Shielded: cancelled midway, the turn would open with nobody owning it; the
@@ -321,6 +357,22 @@ class MossTTSServiceBase(TTSService):
             await self._close_reply(reply)
         finally:
             reply.finished.set()
+
+    async def _wait_for_turn(self, reply: Reply) -> None:
+        """Returns once the reply may open its engine turn.
+
+        One engine turn at a time per conversation; replies speak in order, each whole (a
+        TTSSpeakFrame during a streaming reply waits for its end). An interruption re-links
+        the replies it keeps (``previous``) and holds them until the engine is rolled back.
+        """
+        while True:
+            previous = reply.previous
+            if previous is not None and not previous.finished.is_set():
+                await previous.finished.wait()
+            elif not self._history_settled.is_set():
+                await self._history_settled.wait()
+            else:
+                return
 
     async def _read_reply(self, reply: Reply) -> None:
         """Moves the engine turn's frames and word times into the reply's audio context."""
@@ -385,19 +437,45 @@ class MossTTSServiceBase(TTSService):
 
     # ================================================================== interruption
     async def _roll_back_to_heard(self) -> None:
-        """Stops every reply and cuts the engine history back to the audio the user heard.
+        """Stops every interruptible reply and cuts the engine history back to the audio the
+        user heard.
 
         Replies newer than the one playing were not heard at all; the playing one was heard
         up to now (on the heard clock); older ones were heard in full. A reply whose engine
         turn was being opened is waited for and closed, so no turn is left without an owner.
+
+        Uninterruptible replies (pipecat keeps their audio contexts) speak on, in order. The
+        engine can only cut its newest turns: a dropped reply older than a kept one whose
+        turn has started stays in the history whole.
         """
-        replies, self._replies, self._order = self._order, {}, []
-        if not replies:
+        replies = self._order
+        kept = [r for r in replies if not r.interruptible]
+        self._order, self._replies = kept, {r.context_id: r for r in kept}
+        if len(kept) == len(replies):
             return
+        # pipecat restarts its word clock unless the context playing is an uninterruptible one
+        # (TTSService._interrupt_audio_contexts, which runs after this); so does the heard clock.
+        preserved = {k for k, c in self._tts_contexts.items() if not c.interruptible}
+        restart_clock = self._audio_context_manager.playing_context_id not in preserved
+        self._history_settled.clear()
+        try:
+            for i, reply in enumerate(kept):
+                reply.previous = kept[i - 1] if i else None
+            sealed = max((i for i, r in enumerate(replies) if r in kept and r.started), default=-1)
+            await self._drop_replies([r for r in replies if r.interruptible], replies[sealed + 1 :])
+        finally:
+            self._history_settled.set()
+        if restart_clock:
+            self._clock.restart()
+
+    async def _drop_replies(self, dropped: list[Reply], newest: list[Reply]) -> None:
+        """Cancels the dropped replies and rolls back those among ``newest`` (the replies
+        after the last kept one that started, oldest first)."""
         now = self.get_clock().get_time()
-        for reply in replies:
+        for reply in dropped:
             if reply.task is not None:
                 await self.cancel_task(reply.task)
+        replies = [r for r in newest if r.interruptible]
         playing = next((r for r in reversed(replies) if r.baseline_ns is not None), None)
         for reply in reversed(replies):
             turn = reply.turn
@@ -425,4 +503,3 @@ class MossTTSServiceBase(TTSService):
                     )
             if reply is playing:
                 break  # the replies before it were heard in full
-        self._clock.restart()

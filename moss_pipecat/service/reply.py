@@ -40,11 +40,13 @@ class Reply:
     """
 
     context_id: str
-    previous: Reply | None
+    previous: Reply | None  # the reply whose engine turn comes before this one's
+    interruptible: bool = True  # False: an interruption lets it speak on (pipecat's context)
     pending: list[str] = field(default_factory=list)  # text before the engine turn opened
     text_ended: bool = False
     flushed: bool = False  # pipecat ended the reply's text (its words are all registered)
     task: asyncio.Task | None = None
+    started: bool = False  # its turn is being opened: the replies before it stay as they are
     opening: asyncio.Future | None = None  # the engine's start_turn, never cancelled midway
     turn: Any | None = None  # TurnStream (local) or its remote twin
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # engine turn over
