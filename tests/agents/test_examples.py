@@ -50,5 +50,7 @@ def test_examples_run_offline(tmp_path, fixtures_dir):
     out = runs["interruption"].result().stdout
     played = float(re.search(r"played ([0-9.]+) s", out).group(1))
     kept = int(re.search(r"MOSS kept (\d+) frames", out).group(1))
-    assert 0.5 < played < 3.0 and abs(kept * 0.08 - played) < 0.5, out
+    # (On a starved CPU less than the 1.5 s asked for is played by the cut; what counts is
+    # that the cut came mid-reply and MOSS kept what was played.)
+    assert 0.2 < played < 3.0 and abs(kept * 0.08 - played) < 0.5, out
     assert "user(" in runs["multi_turn"].result().stdout
