@@ -68,7 +68,8 @@ def write_wav(path: Path, pcm: bytes, sr: int) -> None:
 async def conversation(engine: MossEngine, out: Path, seed: int) -> list[dict]:
     codec = engine.codec
     sr = codec.sampling_rate
-    voice = codec.encode_frames(torch.from_numpy(synthetic_speech(2.0, 140.0)), sr)
+    rvq = engine.layout.rvq  # the codebooks the TTS model reads
+    voice = codec.encode_frames(torch.from_numpy(synthetic_speech(2.0, 140.0)), sr, rvq)
     session = engine.create_session(voice=voice, seed=seed)
     report = []
 
@@ -93,7 +94,7 @@ async def conversation(engine: MossEngine, out: Path, seed: int) -> list[dict]:
     for i, (user, bot) in enumerate(zip(USER_SAYS, TURNS[1:], strict=True), start=2):
         wav = synthetic_speech(1.2, 220.0, seed=i)
         await session.add_user_turn(
-            session.user_text_ids(user), codec.encode_frames(torch.from_numpy(wav), sr)
+            session.user_text_ids(user), codec.encode_frames(torch.from_numpy(wav), sr, rvq)
         )
         pcm, s = await speak(session, bot, stop_after=15 if i == 2 else None)
         record(f"turn{i}_bot" + ("_interrupted" if s.stop == "interrupted" else ""), pcm, s)

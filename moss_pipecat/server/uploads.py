@@ -78,6 +78,6 @@ class AudioUploads:
 
         def encode() -> torch.Tensor:
             with torch.inference_mode():
-                return codec.encode_frames(wav, rate).cpu()
+                return codec.encode_frames(wav, rate, rvq).cpu()
 
         return await asyncio.get_running_loop().run_in_executor(self._encoder, encode)

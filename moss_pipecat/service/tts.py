@@ -96,6 +96,7 @@ class MossTTSService(MossTTSServiceBase):
             self._engine.codec.encode_frames,
             torch.from_numpy(utterance.audio),
             utterance.sample_rate,
+            self._engine.layout.rvq,  # the codebooks the TTS model reads
         )
         if frames.shape[0] == 0:
             return
@@ -114,7 +115,8 @@ class MossTTSService(MossTTSServiceBase):
                     wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
                 except Exception as e:  # soundfile raises several types for a non-audio file
                     raise InvalidInputError(f"cannot read voice reference {voice!r}: {e}") from e
-                return self._engine.codec.encode_frames(torch.from_numpy(wav.T.copy()), sr)
+                wav_t = torch.from_numpy(wav.T.copy())
+                return self._engine.codec.encode_frames(wav_t, sr, self._engine.layout.rvq)
 
             frames = await asyncio.to_thread(encode)
         await self._session.set_voice(frames)
