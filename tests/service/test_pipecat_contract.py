@@ -11,6 +11,7 @@ model.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import pytest
@@ -411,3 +412,78 @@ async def test_a_written_off_service_still_ends_each_utterance_it_opens(talkativ
     kinds = [type(f) for f in down if isinstance(f, (TTSStartedFrame, TTSStoppedFrame))]
     assert kinds == [TTSStartedFrame, TTSStoppedFrame]
     assert not any(isinstance(f, TTSAudioRawFrame) for f in down)
+
+
+async def test_an_uninterruptible_speak_frame_behind_an_interrupted_reply_speaks_whole(
+    talkative_engine,
+):
+    # The protected utterance waits for the streaming reply's engine turn; the interruption
+    # drops and rolls back that reply, and the protected one then speaks, whole, in order.
+    tts = service(talkative_engine)
+    protected = TTSSpeakFrame("One more thing.", append_to_context=False)
+    protected.interruptible = False
+    frames = [
+        LLMFullResponseStartFrame(),
+        *(LLMTextFrame(f" word{i}") for i in range(3)),
+        protected,
+        *(LLMTextFrame(f" word{i}") for i in range(3, 12)),
+        SleepFrame(0.1),
+        InterruptionFrame(),
+        SleepFrame(0.1),
+        *llm_reply("After that."),
+        SleepFrame(0.5),
+        Probe(),
+    ]
+    down, up, (snap,) = await run(tts, frames)
+    assert errors(up) == []
+    cut = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
+    after = spoken_groups(down[cut:])
+    assert [words_of(down, ctx) for ctx, _ in after] == [
+        ["One", "more", "thing."],
+        ["After", "that."],
+    ]
+    assert snap["phase"] == "idle"
+    assert [role for role, _ in snap["turns"]][-2:] == ["assistant", "assistant"]
+
+
+async def test_text_the_llm_marks_skip_tts_is_not_spoken(talkative_engine):
+    start, text, end = (
+        LLMFullResponseStartFrame(),
+        LLMTextFrame("Not for speech."),
+        LLMFullResponseEndFrame(),
+    )
+    for f in (start, text, end):
+        f.skip_tts = True
+    frames = [start, text, end, *llm_reply("Spoken.")]
+    down, up = await run_test(service(talkative_engine), frames_to_send=frames)
+    assert errors(up) == []
+    (group,) = spoken_groups(down)
+    assert words_of(down, group[0]) == ["Spoken."]
+    skipped = [f for f in down if isinstance(f, AggregatedTextFrame) and f.skip_tts]
+    assert [f.text for f in skipped] == ["Not for speech."]
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_barge_ins_among_uninterruptible_utterances(talkative_engine, seed):
+    # Interruptions land anywhere among streaming replies and protected speak frames: every
+    # protected utterance is spoken whole, the rest stop, and the conversation stays usable.
+    rng = random.Random(seed)
+    frames, protected = [], []
+    for i in range(8):
+        tokens = [LLMTextFrame(f" w{i}x{k}") for k in range(rng.randint(2, 8))]
+        frames += [LLMFullResponseStartFrame(), *tokens[:1]]
+        if rng.random() < 0.6:
+            speak = TTSSpeakFrame(f"Protected number {i}.", append_to_context=False)
+            speak.interruptible = False
+            protected.append(speak.text.split())
+            frames.append(speak)
+        # (At least 50 ms: the interruption, a system frame, must not overtake the text.)
+        frames += [*tokens[1:], SleepFrame(rng.uniform(0.05, 0.2)), InterruptionFrame()]
+    frames += [*llm_reply("That is all."), SleepFrame(1.0), Probe()]
+    down, up, (snap,) = await run(service(talkative_engine), frames)
+    assert errors(up) == []
+    spoken = [words_of(down, ctx) for ctx, _ in spoken_groups(down)]
+    assert [w for w in spoken if w[:1] == ["Protected"]] == protected
+    assert spoken[-1] == ["That", "is", "all."], spoken
+    assert snap["phase"] == "idle"
+    assert all(role == "assistant" for role, _ in snap["turns"])
