@@ -121,13 +121,17 @@ def add_engine_args(ap: argparse.ArgumentParser) -> None:
         "--graphed", choices=["auto", "on", "off"], default="auto", help="graphed decode step"
     )
     ap.add_argument("--compile", metavar="BACKEND", help="torch.compile the graphed step")
+    ap.add_argument(
+        "--graphed-prefill", choices=["on", "off"], default="on", help="bucketed prefill graphs"
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     ap.add_argument("--out")
 
 
-def build_engine(args: argparse.Namespace, max_sessions: int) -> MossEngine:
-    """A started engine for ``max_sessions`` sessions (random or checkpoint weights)."""
+def build_engine(args: argparse.Namespace, max_sessions: int) -> tuple[MossEngine, dict]:
+    """A started engine for ``max_sessions`` sessions (random or checkpoint weights), and what
+    capturing its graphs cost (``capture_graphs``)."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     model = build_model(args, device, dtype)
     codec = build_codec(args, device, dtype)
@@ -139,7 +143,27 @@ def build_engine(args: argparse.Namespace, max_sessions: int) -> MossEngine:
         lookahead_s=args.lookahead,
         graphed_decode={"auto": None, "on": True, "off": False}[args.graphed],
         compile_decode=args.compile,
+        graphed_prefill=args.graphed_prefill == "on",
     )
-    engine = MossEngine(model, layout_for(model), codec=codec, config=config).start()
+    engine = MossEngine(model, layout_for(model), codec=codec, config=config)
+    capture = capture_graphs(engine)
+    engine.start()
     asyncio.run(run_round(engine, 1, args.text_tokens, 3, seed=0))  # warm-up
-    return engine
+    return engine, capture
+
+
+def capture_graphs(engine: MossEngine) -> dict:
+    """Captures every graph bucket of a not yet started engine; returns how many, how long it
+    took and, on CUDA, the device memory it reserved (graph pools and static buffers)."""
+    cuda = engine.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(engine.device)
+        before = torch.cuda.memory_reserved(engine.device)
+    t0 = time.perf_counter()
+    buckets = engine.capture_graphs() if engine.graphed else 0
+    seconds = time.perf_counter() - t0
+    out = {"buckets": buckets, "seconds": round(seconds, 2), "cuda_graphs": engine.uses_cuda_graphs}
+    if cuda:
+        torch.cuda.synchronize(engine.device)
+        out["reserved_mib"] = round((torch.cuda.memory_reserved(engine.device) - before) / 2**20, 1)
+    return out

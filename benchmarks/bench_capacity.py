@@ -31,7 +31,7 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    engine = build_engine(args, args.max_sessions)
+    engine, capture = build_engine(args, args.max_sessions)
     probes: list[dict] = []
 
     def passes(n: int) -> bool:
@@ -69,6 +69,8 @@ def main() -> None:
         "dtype": args.dtype,
         "graphed_decode": engine.graphed,
         "compile": args.compile,
+        "graphed_prefill": args.graphed_prefill,
+        "graph_capture": capture,
         "gap_ms_limit": args.gap_ms,
         "frames_per_turn": args.frames,
         "warm_rounds": args.warm_rounds,

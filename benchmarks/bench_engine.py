@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8])
     args = ap.parse_args()
 
-    engine = build_engine(args, max(args.sessions))
+    engine, capture = build_engine(args, max(args.sessions))
     rounds = []
     try:
         for n in args.sessions:
@@ -42,6 +42,8 @@ def main() -> None:
         "lookahead_s": args.lookahead,
         "graphed_decode": engine.graphed,
         "compile": args.compile,
+        "graphed_prefill": args.graphed_prefill,
+        "graph_capture": capture,
         "env": environment(engine.device),
         "results": rounds,
     }

@@ -29,7 +29,7 @@ set -uo pipefail
 # ---- the steps, most important first (a budget cut drops the tail) --------------------------
 # To add a benchmark: put its name here and a branch in step_spec below. A step whose script is
 # missing is recorded as skipped.
-STEPS=(tests step codec prefill engine prefix launches memory capacity)
+STEPS=(tests step codec prefill engine prefix launches memory capacity prefill_graphs)
 
 # step_spec NAME: sets SCRIPT (benchmarks/...), REAL and TINY (arguments beyond the common
 # ones), COMPILE (1: takes --compile), COMMON (1: takes the model/device arguments), LIMIT (s).
@@ -71,6 +71,12 @@ step_spec() {
       SCRIPT=bench_capacity.py COMPILE=1 LIMIT=240
       REAL="--max-sessions 256 --frames 50"
       TINY="--max-sessions 3 --frames 4" ;;
+    prefill_graphs)
+      # The engine step again without prefill graphs: the difference of the two
+      # graph_capture.reserved_mib is what the prefill graphs cost on the device.
+      SCRIPT=bench_engine.py COMPILE=1 LIMIT=150
+      REAL="--sessions 1 16 64 --frames 5 --graphed-prefill off"
+      TINY="--sessions 1 2 --frames 3 --graphed-prefill off" ;;
     *) return 1 ;;
   esac
 }
