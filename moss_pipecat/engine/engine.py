@@ -23,9 +23,11 @@ from moss_pipecat._log import logger
 from moss_pipecat.engine.commands import Close, Command, CreateSession, EngineFacts
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.core import EngineCore
+from moss_pipecat.engine.handlers import HANDLERS
 from moss_pipecat.engine.prefix_cache import PrefixCache
 from moss_pipecat.engine.rows import RowLayout
 from moss_pipecat.engine.session import Session
+from moss_pipecat.errors import InvalidInputError
 from moss_pipecat.model import MossTTSRealtime, SamplingParams
 
 
@@ -119,6 +121,10 @@ class MossEngine:
         ``InvalidInputError`` at once); the engine thread applies commands between ticks in
         the order they were submitted.
         """
+        if type(command) not in HANDLERS:
+            raise InvalidInputError(f"not an engine command: {command!r}")
+        if not isinstance(session_id, str) or not session_id:
+            raise InvalidInputError(f"session id must be a non-empty str, got {session_id!r}")
         command = command.checked(self.facts)
         return self.call(lambda: self.core.execute(session_id, command))
 
