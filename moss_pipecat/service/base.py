@@ -82,8 +82,9 @@ class MossTTSServiceBase(TTSService):
     audio already playing; until then its word frames are held. Word frames are released at
     playback start + the engine's word time, and an interruption keeps the frames played
     since playback start: the LLM context and MOSS's history keep the same words. In a
-    pipeline without an output transport after this service (none found downstream and no
-    BotStartedSpeakingFrame seen), a reply plays from its first audio push.
+    pipeline without an output transport after this service (none found downstream), a reply
+    plays from its first audio push, or after the audio already playing while a
+    ``BotStartedSpeakingFrame`` says the bot is speaking.
 
     Event handlers: ``on_reply_interrupted(service, context_id, summary)`` after a reply was
     cut to what the user heard (``summary.spoken_text`` is what the history kept).

@@ -95,7 +95,7 @@ class HeardClock:
         self._release_words = release_words
         self._close_reply = close_reply
         self.bot_speaking = False
-        self.playback_reported = False  # the transport reports playback (BotStarted...)
+        self.playback_reported = False  # an output transport downstream reports playback
         self.playback_end_ns = 0  # when the audio pushed so far ends playing
         self.last_word_pts = 0
 
@@ -131,7 +131,10 @@ class HeardClock:
     async def bot_started_speaking(self, replies: list[Reply]) -> None:
         """The transport reports playback: pushed replies waiting for it start playing."""
         now = self._now()
-        self.bot_speaking = self.playback_reported = True
+        # Only an output transport found downstream makes replies wait for this frame: one
+        # seen without it (a nested pipeline, frames injected by a test) may never come
+        # again for the next reply, which would then never start (nor end).
+        self.bot_speaking = True
         for reply in replies:
             if reply.baseline_ns is not None and reply.start_ns is None:
                 start = max(reply.baseline_ns, now + self._output_latency_ns)
@@ -153,8 +156,8 @@ class HeardClock:
 def output_transport_downstream(processor: FrameProcessor) -> bool:
     """Whether an output transport (which reports playback) follows ``processor``.
 
-    Otherwise the first BotStartedSpeakingFrame tells; until then replies play from
-    their first audio push."""
+    Otherwise a reply plays from its first audio push, or after the audio already playing
+    while a BotStartedSpeakingFrame says the bot is speaking."""
     node, hops = processor.next, 0
     while node is not None and hops < 256:
         if isinstance(node, BaseOutputTransport):

@@ -19,6 +19,8 @@ from pipecat.frames.frames import (
     AggregatedTextFrame,
     AggregatedTextProgressFrame,
     BotBackchannelFrame,
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
     CancelFrame,
     DataFrame,
     ErrorFrame,
@@ -487,3 +489,23 @@ async def test_barge_ins_among_uninterruptible_utterances(talkative_engine, seed
     assert spoken[-1] == ["That", "is", "all."], spoken
     assert snap["phase"] == "idle"
     assert all(role == "assistant" for role, _ in snap["turns"])
+
+
+async def test_bot_speaking_frames_without_a_transport_never_hold_a_reply(talkative_engine):
+    # pipecat's tests model the output transport by sending BotStarted/BotStoppedSpeakingFrame
+    # themselves; with no transport downstream, a reply after them still plays and ends.
+    frames = [
+        TTSSpeakFrame("First one here."),
+        SleepFrame(0.5),
+        BotStartedSpeakingFrame(),
+        BotStoppedSpeakingFrame(),
+        TTSSpeakFrame("Second one."),
+        FooFrame(label="after"),
+    ]
+    down, up = await run_test(service(talkative_engine), frames_to_send=frames)
+    assert errors(up) == []
+    groups = spoken_groups(down)
+    spoken = [words_of(down, ctx) for ctx, _ in groups]
+    assert spoken == [["First", "one", "here."], ["Second", "one."]]
+    stops = [i for i, f in enumerate(down) if isinstance(f, TTSStoppedFrame)]
+    assert [f.label for f in down[stops[-1] :] if isinstance(f, FooFrame)] == ["after"]
