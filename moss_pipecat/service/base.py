@@ -38,6 +38,7 @@ from pipecat.services.tts_service import TextAggregationMode, TTSService
 
 from moss_pipecat.engine.config import FRAME_SECONDS
 from moss_pipecat.errors import MossError
+from moss_pipecat.service.interruption import cut_to_heard, plan_interruption, wait_for_turn
 from moss_pipecat.service.reply import (
     MAX_TRACKED_REPLIES,
     HeardClock,
@@ -49,8 +50,7 @@ from moss_pipecat.service.settings import MossTTSSettings, SessionSettings, defa
 from moss_pipecat.service.user_audio import UserUtterance
 from moss_pipecat.service.user_turns import UserTurns
 
-# How long pipecat waits on a reply's audio context with nothing coming before ending it: a
-# safety net only (a transport that never reports playback), not a pause in the LLM's text.
+# pipecat's idle end of a reply's audio context: a safety net only, not a pause in the text.
 REPLY_IDLE_TIMEOUT_S = 60.0
 
 
@@ -144,9 +144,7 @@ class MossTTSServiceBase(TTSService):
 
     @property
     def supports_processing_metrics(self) -> bool:
-        """False: ``run_tts`` hands text to the engine turn and returns; the audio comes later
-        from the reply's task, so there is no synthesis time to measure around it (TTFB and
-        TTFA carry the latency)."""
+        """False: ``run_tts`` hands text to the engine and returns (TTFB/TTFA time the audio)."""
         return False
 
     @property
@@ -177,8 +175,7 @@ class MossTTSServiceBase(TTSService):
         raise NotImplementedError
 
     async def stop(self, frame: EndFrame) -> None:
-        # pipecat lets every audio context end before it ends the LLM reply in progress: a
-        # reply whose text never ended speaks what it was given, then ends.
+        # pipecat waits for the audio contexts to end before it ends the LLM reply in progress.
         for reply in list(self._order):
             if not reply.flushed:
                 await self.flush_audio(reply.context_id)
@@ -332,7 +329,7 @@ class MossTTSServiceBase(TTSService):
     async def _speak(self, reply: Reply) -> None:
         """Opens the reply's engine turn once the conversation is free, feeds it, reads it."""
         try:
-            await self._wait_for_turn(reply)
+            await wait_for_turn(reply, self._history_settled)
             reply.started = True  # no await since the wait: a rollback sees it or blocks it
             await self._apply_settings()
             await self._add_user_turn()
@@ -358,22 +355,6 @@ class MossTTSServiceBase(TTSService):
             await self._close_reply(reply)
         finally:
             reply.finished.set()
-
-    async def _wait_for_turn(self, reply: Reply) -> None:
-        """Returns once the reply may open its engine turn.
-
-        One engine turn at a time per conversation; replies speak in order, each whole (a
-        TTSSpeakFrame during a streaming reply waits for its end). An interruption re-links
-        the replies it keeps (``previous``) and holds them until the engine is rolled back.
-        """
-        while True:
-            previous = reply.previous
-            if previous is not None and not previous.finished.is_set():
-                await previous.finished.wait()
-            elif not self._history_settled.is_set():
-                await self._history_settled.wait()
-            else:
-                return
 
     async def _read_reply(self, reply: Reply) -> None:
         """Moves the engine turn's frames and word times into the reply's audio context."""
@@ -439,20 +420,10 @@ class MossTTSServiceBase(TTSService):
     # ================================================================== interruption
     async def _roll_back_to_heard(self) -> None:
         """Stops every interruptible reply and cuts the engine history back to the audio the
-        user heard.
-
-        Replies newer than the one playing were not heard at all; the playing one was heard
-        up to now (on the heard clock); older ones were heard in full. A reply whose engine
-        turn was being opened is waited for and closed, so no turn is left without an owner.
-
-        Uninterruptible replies (pipecat keeps their audio contexts) speak on, in order. The
-        engine can only cut its newest turns: a dropped reply older than a kept one whose
-        turn has started stays in the history whole.
-        """
-        replies = self._order
-        kept = [r for r in replies if not r.interruptible]
-        self._order, self._replies = kept, {r.context_id: r for r in kept}
-        if len(kept) == len(replies):
+        user heard (``cut_to_heard``); uninterruptible replies speak on, in order."""
+        plan = plan_interruption(self._order)
+        self._order, self._replies = plan.kept, {r.context_id: r for r in plan.kept}
+        if not plan.dropped:
             return
         # pipecat restarts its word clock unless the context playing is an uninterruptible one
         # (TTSService._interrupt_audio_contexts, which runs after this); so does the heard clock.
@@ -460,47 +431,19 @@ class MossTTSServiceBase(TTSService):
         restart_clock = self._audio_context_manager.playing_context_id not in preserved
         self._history_settled.clear()
         try:
-            for i, reply in enumerate(kept):
-                reply.previous = kept[i - 1] if i else None
-            sealed = max((i for i, r in enumerate(replies) if r in kept and r.started), default=-1)
-            await self._drop_replies([r for r in replies if r.interruptible], replies[sealed + 1 :])
+            now = self.get_clock().get_time()
+            for reply in plan.dropped:
+                if reply.task is not None:
+                    await self.cancel_task(reply.task)
+            await cut_to_heard(plan.newest, self._session, now, self._reply_cut, self.push_error)
         finally:
             self._history_settled.set()
         if restart_clock:
             self._clock.restart()
 
-    async def _drop_replies(self, dropped: list[Reply], newest: list[Reply]) -> None:
-        """Cancels the dropped replies and rolls back those among ``newest`` (the replies
-        after the last kept one that started, oldest first)."""
-        now = self.get_clock().get_time()
-        for reply in dropped:
-            if reply.task is not None:
-                await self.cancel_task(reply.task)
-        replies = [r for r in newest if r.interruptible]
-        playing = next((r for r in reversed(replies) if r.baseline_ns is not None), None)
-        for reply in reversed(replies):
-            turn = reply.turn
-            if turn is None and reply.opening is not None:
-                try:
-                    turn = await reply.opening
-                except MossError:
-                    turn = None
-            if turn is not None and self._session is not None:
-                turn.cancel()
-                heard = reply.heard_frames(now) if reply is playing else 0
-                try:
-                    summary = await self._session.interrupt(heard)
-                except MossError as e:
-                    await self.push_error(error_msg=f"MOSS TTS: interrupt failed: {e}", exception=e)
-                    summary = None
-                if summary is not None:
-                    await self._call_event_handler(
-                        "on_reply_interrupted", reply.context_id, summary
-                    )
-                    logger.debug(
-                        f"{self}: interrupted reply {reply.context_id}: kept "
-                        f"{summary.heard_frames}/{summary.audio_frames} frames "
-                        f"({summary.spoken_text!r})"
-                    )
-            if reply is playing:
-                break  # the replies before it were heard in full
+    async def _reply_cut(self, reply: Reply, summary: Any) -> None:
+        await self._call_event_handler("on_reply_interrupted", reply.context_id, summary)
+        logger.debug(
+            f"{self}: interrupted reply {reply.context_id}: kept "
+            f"{summary.heard_frames}/{summary.audio_frames} frames ({summary.spoken_text!r})"
+        )

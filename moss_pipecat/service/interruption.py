@@ -1,0 +1,103 @@
+"""What an interruption keeps and drops among the replies, cutting the engine history back to
+what the user heard, and when a reply may open its engine turn."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from moss_pipecat.errors import MossError
+from moss_pipecat.service.reply import Reply
+
+
+@dataclass
+class InterruptionPlan:
+    """The replies an interruption keeps and drops.
+
+    Parameters:
+        kept: the uninterruptible replies (pipecat keeps their audio contexts), oldest first,
+            each chained to the kept one before it.
+        dropped: the replies to stop.
+        newest: the dropped replies whose engine turns can still be cut, oldest first: the
+            engine cuts only its newest turns, so a dropped reply older than a kept one whose
+            turn has started stays in the history whole.
+    """
+
+    kept: list[Reply]
+    dropped: list[Reply]
+    newest: list[Reply]
+
+
+def plan_interruption(replies: list[Reply]) -> InterruptionPlan:
+    """Splits ``replies`` (oldest first) and re-chains the kept ones to speak in order."""
+    kept = [r for r in replies if not r.interruptible]
+    for i, reply in enumerate(kept):
+        reply.previous = kept[i - 1] if i else None
+    sealed = max((i for i, r in enumerate(replies) if r in kept and r.started), default=-1)
+    return InterruptionPlan(
+        kept=kept,
+        dropped=[r for r in replies if r.interruptible],
+        newest=[r for r in replies[sealed + 1 :] if r.interruptible],
+    )
+
+
+async def cut_to_heard(
+    replies: list[Reply],
+    session: Any | None,
+    now_ns: int,
+    on_cut: Callable[[Reply, Any], Awaitable[None]],
+    push_error: Callable[..., Awaitable[None]],
+) -> None:
+    """Closes the engine turns of stopped replies (oldest first), keeping what was heard.
+
+    Replies newer than the one playing were not heard at all; the playing one was heard up
+    to ``now_ns`` (on the heard clock); older ones were heard in full. A reply whose engine
+    turn was being opened is waited for and closed, so no turn is left without an owner.
+
+    Args:
+        replies: the replies whose turns may be cut (``InterruptionPlan.newest``), their
+            tasks already cancelled.
+        session: the conversation's session (None: closed, nothing to cut).
+        now_ns: when the interruption came (pipeline clock).
+        on_cut: called with each reply and the summary of what its turn kept.
+        push_error: the service's ``push_error`` (the engine refused a cut).
+    """
+    playing = next((r for r in reversed(replies) if r.baseline_ns is not None), None)
+    for reply in reversed(replies):
+        turn = reply.turn
+        if turn is None and reply.opening is not None:
+            try:
+                turn = await reply.opening
+            except MossError:
+                turn = None
+        if turn is not None and session is not None:
+            turn.cancel()
+            heard = reply.heard_frames(now_ns) if reply is playing else 0
+            try:
+                summary = await session.interrupt(heard)
+            except MossError as e:
+                await push_error(error_msg=f"MOSS TTS: interrupt failed: {e}", exception=e)
+                summary = None
+            if summary is not None:
+                await on_cut(reply, summary)
+        if reply is playing:
+            break  # the replies before it were heard in full
+
+
+async def wait_for_turn(reply: Reply, settled: asyncio.Event) -> None:
+    """Returns once the reply may open its engine turn.
+
+    One engine turn at a time per conversation; replies speak in order, each whole (a
+    TTSSpeakFrame during a streaming reply waits for its end). An interruption re-chains the
+    replies it keeps (``previous``) and clears ``settled`` until the engine is rolled back.
+    """
+    while True:
+        previous = reply.previous
+        if previous is not None and not previous.finished.is_set():
+            await previous.finished.wait()
+        elif not settled.is_set():
+            await settled.wait()
+        else:
+            return
