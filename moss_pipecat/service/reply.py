@@ -58,12 +58,53 @@ class Reply:
     read_done: bool = False  # every frame and word read from the engine
     closed: bool = False  # TTSStoppedFrame queued
     words_closed: bool = False  # its last word frame went out
+    # The playout: runs of frames played back to back, as (clock ns the run starts, its first
+    # frame). A new run starts where the audio ran out before the next frame came (the LLM or
+    # the engine stalled): the device then plays that frame when it arrives.
+    runs: list[tuple[int, int]] = field(default_factory=list)
+
+    def play(self, start_ns: int) -> None:
+        """Playback starts at ``start_ns``: the frames pushed so far play from there."""
+        self.start_ns = start_ns
+        self.runs = [(start_ns, 0)]
+
+    def frame_pushed(self, earliest_ns: int) -> None:
+        """Frame ``pushed - 1`` was just pushed; it cannot play before ``earliest_ns`` (now,
+        plus the output latency of a device that had run dry)."""
+        if not self.runs:
+            return  # not playing yet: it plays in the first run
+        if earliest_ns > self.end_ns(self.pushed - 1):
+            self.runs.append((earliest_ns, self.pushed - 1))
+
+    def end_ns(self, frames: int | None = None) -> int:
+        """When the first ``frames`` frames (default: all pushed) have played."""
+        frames = self.pushed if frames is None else frames
+        start, first = self.runs[-1]
+        for run in reversed(self.runs):
+            if run[1] <= max(frames - 1, 0):
+                start, first = run
+                break
+        return start + (frames - first) * FRAME_NS
+
+    def time_ns(self, seconds: float, earliest_ns: int) -> int:
+        """Clock time at which the reply's audio reaches ``seconds``. Audio not pushed yet
+        (made, on its way through pipecat) plays right after what was pushed, or from
+        ``earliest_ns`` if that has run out by then."""
+        frame = int(seconds / FRAME_SECONDS)
+        if frame >= self.pushed:
+            base = max(self.end_ns(), earliest_ns)
+            return base + round((seconds - self.pushed * FRAME_SECONDS) * 1e9)
+        start, first = next(r for r in reversed(self.runs) if r[1] <= frame)
+        return start + round((seconds - first * FRAME_SECONDS) * 1e9)
 
     def heard_frames(self, now_ns: int) -> int:
         """Frames of this reply played by ``now_ns`` on the heard clock."""
-        if self.start_ns is None:
-            return 0
-        heard = (now_ns - self.start_ns) // FRAME_NS
+        heard = 0
+        for i, (start, first) in enumerate(self.runs):
+            if start > now_ns:
+                break
+            last = self.runs[i + 1][1] if i + 1 < len(self.runs) else self.pushed
+            heard = first + min(last - first, (now_ns - start) // FRAME_NS)
         return max(0, min(self.pushed, heard))
 
 
@@ -100,33 +141,39 @@ class HeardClock:
         self.last_word_pts = 0
 
     async def add_words(self, reply: Reply, words: Any) -> None:
-        """Queues word times on the heard clock (held until the reply's playback start)."""
+        """Queues word times on the heard clock (held until the reply's playback start), each
+        where its audio plays in the playout."""
         if not words:
             return
         if reply.start_ns is None:
             reply.held_words.extend(words)
             return
-        # pipecat releases a word at baseline + t; shifted so it comes out at start + t.
-        shift = (reply.start_ns - reply.baseline_ns) / 1e9
-        timed = [(w, t + shift) for w, t in words]
+        earliest = self._now() + self._latency_ns()
+        # pipecat releases a word at baseline + t'; t' puts it where its audio plays.
+        timed = [(w, (reply.time_ns(t, earliest) - reply.baseline_ns) / 1e9) for w, t in words]
         self.last_word_pts = max(self.last_word_pts, reply.baseline_ns + round(timed[-1][1] * 1e9))
         await self._release_words(timed, reply.context_id)
 
     async def audio_pushed(self, reply: Reply) -> None:
         """pipecat pushes the reply's audio: its first frame fixes the word-time baseline
-        and, where the transport is already playing or reports nothing, the playback start."""
+        and, where the transport is already playing or reports nothing, the playback start;
+        a frame that comes after the audio ran out starts a new run of the playout."""
         reply.pushed += 1
+        now = self._now()
         if reply.baseline_ns is None:
-            now = self._now()
             reply.baseline_ns = max(self.last_word_pts, now)
             if self.bot_speaking:  # it plays after the audio already queued
                 await self._start_playback(reply, max(reply.baseline_ns, self.playback_end_ns))
             elif not self.playback_reported:  # no transport says when it plays
                 await self._start_playback(reply, reply.baseline_ns)
+        else:
+            reply.frame_pushed(now + self._latency_ns())
         if reply.start_ns is not None:
-            self.playback_end_ns = max(
-                self.playback_end_ns, reply.start_ns + reply.pushed * FRAME_NS
-            )
+            self.playback_end_ns = max(self.playback_end_ns, reply.end_ns())
+
+    def _latency_ns(self) -> int:
+        """How long after its push a frame plays when the device has run dry."""
+        return self._output_latency_ns if self.playback_reported else 0
 
     async def bot_started_speaking(self, replies: list[Reply]) -> None:
         """The transport reports playback: pushed replies waiting for it start playing."""
@@ -139,10 +186,10 @@ class HeardClock:
             if reply.baseline_ns is not None and reply.start_ns is None:
                 start = max(reply.baseline_ns, now + self._output_latency_ns)
                 await self._start_playback(reply, start)
-                self.playback_end_ns = max(self.playback_end_ns, start + reply.pushed * FRAME_NS)
+                self.playback_end_ns = max(self.playback_end_ns, reply.end_ns())
 
     async def _start_playback(self, reply: Reply, start_ns: int) -> None:
-        reply.start_ns = start_ns
+        reply.play(start_ns)
         held, reply.held_words = reply.held_words, []
         await self.add_words(reply, held)
         await self._close_reply(reply)

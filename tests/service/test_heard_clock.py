@@ -16,6 +16,9 @@ import pytest
 from pipecat.frames.frames import (
     ErrorFrame,
     InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
     OutputAudioRawFrame,
     StartFrame,
     TTSAudioRawFrame,
@@ -29,6 +32,7 @@ from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import TransportParams
 
 from moss_pipecat.service import MossTTSService, MossTTSSettings
+from moss_pipecat.service.reply import Reply
 
 from .conftest import WordRecorder
 from .test_moss_tts_service import reply
@@ -148,3 +152,61 @@ async def test_llm_context_never_holds_more_than_was_played(talkative_engine, cu
     _, transport, _, cuts = await _run(talkative_engine, frames, context)
     (cut,) = cuts
     assert cut.heard_frames <= len(transport.played)
+
+
+def test_the_playout_restarts_where_the_audio_ran_out():
+    """Frames pushed after the device ran dry (a stalled LLM) play from when they come, not
+    from when the run before them would have gone on: what was heard, and where a word
+    plays, follow the real playout."""
+    ms = 1_000_000
+    reply = Reply("c", None)
+    for _ in range(10):  # 10 frames, playing from t = 1000 ms
+        reply.pushed += 1
+        reply.frame_pushed(0)
+    reply.play(1000 * ms)
+    assert reply.end_ns() == 1800 * ms
+    for _ in range(5):  # pushed at 3000 ms, long after the audio ran out at 1800 ms
+        reply.pushed += 1
+        reply.frame_pushed(3000 * ms + 150 * ms)  # + the device's start latency
+    assert reply.runs == [(1000 * ms, 0), (3150 * ms, 10)]
+    assert reply.end_ns() == 3550 * ms
+    assert reply.heard_frames(1500 * ms) == 6
+    assert reply.heard_frames(3000 * ms) == 10  # the gap: nothing more was heard
+    assert reply.heard_frames(3330 * ms) == 12
+    assert reply.heard_frames(9000 * ms) == 15
+    # A word 0.9 s into the audio (frame 11) plays 0.1 s into the second run.
+    assert reply.time_ns(0.9, 0) == 3250 * ms
+    # Audio not pushed yet follows the playout, or starts over if that will have run out.
+    assert reply.time_ns(1.25, 0) == 3600 * ms
+    assert reply.time_ns(1.25, 5000 * ms) == 5050 * ms
+    for _ in range(2):  # pushed while the device still plays: the same run goes on
+        reply.pushed += 1
+        reply.frame_pushed(3300 * ms)
+    assert len(reply.runs) == 2 and reply.end_ns() == 3710 * ms
+
+
+async def test_after_an_llm_stall_a_barge_in_keeps_only_what_was_played(talkative_engine):
+    """The LLM stops mid-reply for 2 s (the audio runs out), then streams the rest; a barge-in
+    soon after keeps no more than the transport played, and the context the same words."""
+    context = LLMContext()
+    words = [f"w{i}" for i in range(40)]
+    frames = [
+        LLMFullResponseStartFrame(),
+        *(LLMTextFrame(w + " ") for w in words[:6]),
+        SleepFrame(2.0),
+        *(LLMTextFrame(w + " ") for w in words[6:]),
+        LLMFullResponseEndFrame(),
+        SleepFrame(0.6),
+        InterruptionFrame(),
+        SleepFrame(0.3),
+    ]
+    _, transport, _, cuts = await _run(talkative_engine, frames, context)
+    (cut,) = cuts
+    # (Audio chunks only: the transport writes its end silence, one long chunk, after the cut.)
+    played_s = sum(n for _, n in transport.played if n <= 80_000_000) / 1e9
+    assert cut.heard_frames < cut.audio_frames  # cut mid-reply
+    # (The clock counts whole frames played; the device holds about one chunk more.)
+    assert cut.heard_frames * 0.08 <= played_s + 0.08, (cut.heard_frames, played_s)
+    kept = cut.spoken_text.split()
+    (said,) = _assistant_messages(context) or [[]]
+    assert said == words[: len(said)] and len(said) <= len(kept) + 1, (said, kept)
