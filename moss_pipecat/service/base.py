@@ -105,9 +105,7 @@ class MossTTSServiceBase(TTSService):
         settings: MossTTSSettings | None = None,
         **kwargs: Any,
     ) -> None:
-        defaults = default_settings(model)
-        if settings is not None:
-            defaults.apply_update(settings)
+        defaults = default_settings(model, settings)
         kwargs.setdefault("text_aggregation_mode", TextAggregationMode.TOKEN)
         # Every reply ends its audio context itself (on its end, an error or an interruption).
         # pipecat's default idle end (3 s without text or audio) would cut a reply whose LLM
@@ -207,6 +205,9 @@ class MossTTSServiceBase(TTSService):
 
     # ================================================================== settings
     async def _update_settings(self, delta: TTSSettings) -> dict[str, Any]:
+        error = self._session_settings.refuse_model_change(delta, self._settings)
+        if error is not None:
+            await self.push_error(error_msg=f"MOSS TTS: {error}", exception=error)
         changed = await super()._update_settings(delta)
         self._session_settings.updated(changed)
         return changed

@@ -45,9 +45,12 @@ class MossTTSSettings(TTSSettings):
     lookahead_s: float | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
 
 
-def default_settings(model: str | None = None) -> MossTTSSettings:
-    """Every setting given: the model's own voice, upstream sampling, the engine's limits."""
-    return MossTTSSettings(
+def default_settings(
+    model: str | None = None, overrides: MossTTSSettings | None = None
+) -> MossTTSSettings:
+    """Every setting given: the model's own voice, upstream sampling, the engine's limits
+    (then ``overrides``, the settings a service was constructed with)."""
+    settings = MossTTSSettings(
         model=model or DEFAULT_MODEL,
         voice=None,
         language=None,
@@ -60,6 +63,9 @@ def default_settings(model: str | None = None) -> MossTTSSettings:
         context_budget=None,
         lookahead_s=None,
     )
+    if overrides is not None:
+        settings.apply_update(overrides)
+    return settings
 
 
 def sampling_params(settings: MossTTSSettings) -> SamplingParams:
@@ -127,6 +133,15 @@ class SessionSettings:
             self._dirty = True
             self._voice_dirty |= "voice" in changed
             self._voice_from_update |= "voice" in changed
+
+    @staticmethod
+    def refuse_model_change(delta: TTSSettings, settings: MossTTSSettings) -> MossError | None:
+        """One engine, one model: a runtime update cannot swap it. Drops a new ``model`` from
+        ``delta`` (before it is applied); returns the error to report (None: no new model)."""
+        if not is_given(delta.model) or delta.model == settings.model:
+            return None
+        asked, delta.model = delta.model, NOT_GIVEN
+        return InvalidInputError(f"the model cannot change at runtime (asked for {asked!r})")
 
     def voice_file(self, voice: str) -> Path:
         """The file of a voice setting: a runtime update's lies under ``voice_dir``."""

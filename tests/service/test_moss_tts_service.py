@@ -319,3 +319,17 @@ async def test_a_bad_voice_is_one_error_and_the_service_keeps_speaking(
     contexts = contexts_of(down)
     assert len(contexts) == 4  # every reply spoke
     assert after["system_rows"] == before["system_rows"]  # the previous voice stayed
+
+
+async def test_a_runtime_model_change_is_refused_and_the_replies_go_on(tiny_engine):
+    tts = MossTTSService(engine=tiny_engine)
+    model = tts._settings.model
+    frames = [*reply("First ", "reply."), SleepFrame(0.3)]
+    frames += [TTSUpdateSettingsFrame(delta=MossTTSSettings(model="someone/else", greedy=True))]
+    frames += [*reply("Second ", "reply."), SleepFrame(0.4), Probe()]
+    down, up, (after,) = await run(tts, frames)
+    errors = [f.error for f in up if isinstance(f, ErrorFrame)]
+    assert len(errors) == 1 and "model cannot change" in errors[0]
+    assert tts._settings.model == model
+    assert after["sampling"].greedy is True  # the rest of the update applied
+    assert len(contexts_of(down)) == 2
