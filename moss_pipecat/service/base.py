@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from loguru import logger
-from pipecat.audio.utils import create_stream_resampler
 from pipecat.frames.frames import (
     AggregatedTextProgressFrame,
     BotStartedSpeakingFrame,
@@ -32,7 +31,7 @@ from pipecat.frames.frames import (
     TTSStoppedFrame,
     TTSTextFrame,
 )
-from pipecat.processors.frame_processor import FrameDirection
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TextAggregationMode, TTSService
 
@@ -46,7 +45,9 @@ from moss_pipecat.service.reply import (
     SpokenWordsEnd,
     output_transport_downstream,
 )
+from moss_pipecat.service.resampling import resampled
 from moss_pipecat.service.settings import MossTTSSettings, SessionSettings, default_settings
+from moss_pipecat.service.tracing import ReplyTracer
 from moss_pipecat.service.user_audio import UserUtterance
 from moss_pipecat.service.user_turns import UserTurns
 
@@ -77,14 +78,10 @@ class MossTTSServiceBase(TTSService):
         settings: ``MossTTSSettings``.
         **kwargs: for ``TTSService`` (sample_rate, text_transforms, ...).
 
-    What was heard has one clock. A reply's playback starts when the transport reports the
-    bot speaking (``BotStartedSpeakingFrame``, plus ``output_latency_s``), or right after the
-    audio already playing; until then its word frames are held. Word frames are released at
-    playback start + the engine's word time, and an interruption keeps the frames played
-    since playback start: the LLM context and MOSS's history keep the same words. In a
-    pipeline without an output transport after this service (none found downstream), a reply
-    plays from its first audio push, or after the audio already playing while a
-    ``BotStartedSpeakingFrame`` says the bot is speaking.
+    What was heard has one clock (``HeardClock`` in ``service/reply.py``): word frames come out
+    as their audio plays and an interruption keeps the frames played, so the LLM context and
+    MOSS's history keep the same words. With ``PipelineTask(enable_tracing=True)`` each reply
+    is an OpenTelemetry span (``service/tracing.py``).
 
     Event handlers: ``on_reply_interrupted(service, context_id, summary)`` after a reply was
     cut to what the user heard (``summary.spoken_text`` is what the history kept).
@@ -133,6 +130,7 @@ class MossTTSServiceBase(TTSService):
         # then, so the rollback cuts the turn it means to cut.
         self._history_settled = asyncio.Event()
         self._history_settled.set()
+        self._tracer = ReplyTracer(self, attributes=self._trace_attributes)
         # (service, context_id, TurnSummary): a reply was cut to what the user heard.
         self._register_event_handler("on_reply_interrupted")
 
@@ -149,6 +147,10 @@ class MossTTSServiceBase(TTSService):
     def session(self) -> Any | None:
         """The session holding this pipeline's conversation (None before start)."""
         return self._session
+
+    async def setup(self, setup: FrameProcessorSetup) -> None:
+        await super().setup(setup)
+        self._tracer.configure(setup.enable_tracing, setup.tracing_context)
 
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
@@ -172,19 +174,23 @@ class MossTTSServiceBase(TTSService):
     async def _set_voice(self, voice: str | None) -> None:
         raise NotImplementedError
 
+    def _trace_attributes(self) -> dict[str, Any]:
+        return {}  # what a subclass adds to each reply's span (as its engine turn opens)
+
     async def stop(self, frame: EndFrame) -> None:
         # pipecat waits for the audio contexts to end before it ends the LLM reply in progress.
         for reply in list(self._order):
             if not reply.flushed:
                 await self.flush_audio(reply.context_id)
         await super().stop(frame)
-        await self._shutdown()
+        await self._shutdown(graceful=True)
 
     async def cancel(self, frame: CancelFrame) -> None:
         await super().cancel(frame)
-        await self._shutdown()
+        await self._shutdown(graceful=False)
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, *, graceful: bool) -> None:
+        self._tracer.close(graceful=graceful)
         for reply in self._order:
             if reply.task is not None:
                 await self.cancel_task(reply.task)
@@ -230,6 +236,7 @@ class MossTTSServiceBase(TTSService):
             await self._clock.bot_started_speaking(self._order)
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._clock.bot_speaking = False
+            self._tracer.playback_stopped()
         else:
             self._user_turns.on_frame(frame)
         await super().process_frame(frame, direction)
@@ -249,6 +256,7 @@ class MossTTSServiceBase(TTSService):
                 return
         if isinstance(frame, TTSAudioRawFrame) and frame.context_id in self._replies:
             await self._clock.audio_pushed(self._replies[frame.context_id])
+        self._tracer.frame_pushed(frame)
         await super().push_frame(frame, direction)
 
     # ================================================================== synthesis
@@ -267,6 +275,7 @@ class MossTTSServiceBase(TTSService):
             pass  # the reply already ended (the model ended it, or its text failed)
         else:
             await self.start_tts_usage_metrics(text)  # pipecat counts streamed tokens itself
+            self._tracer.text_added(reply, text)
             if reply.turn is None:
                 reply.pending.append(text)
             else:
@@ -324,6 +333,7 @@ class MossTTSServiceBase(TTSService):
         # Older replies finished playing long ago; a few are kept for the heard estimate.
         while len(self._order) > MAX_TRACKED_REPLIES and self._order[0].closed:
             self._replies.pop(self._order.pop(0).context_id, None)
+        self._tracer.reply_started(reply)
         reply.task = self.create_task(self._speak(reply), f"moss-reply-{context_id}")
         return reply
 
@@ -338,6 +348,7 @@ class MossTTSServiceBase(TTSService):
             # interruption waits for it instead and closes it.
             reply.opening = asyncio.ensure_future(self._session.start_turn())
             reply.turn = await asyncio.shield(reply.opening)
+            self._tracer.turn_opened(reply)
             pending, reply.pending = reply.pending, []
             for piece in pending:
                 if not await self._feed(reply, piece):
@@ -348,6 +359,7 @@ class MossTTSServiceBase(TTSService):
             await self._read_reply(reply)
         except MossError as e:  # e.g. the engine server went away mid-reply
             await self.push_error(error_msg=f"MOSS TTS reply failed: {e}", exception=e)
+            self._tracer.failed(reply, e)
             if reply.turn is not None and reply.turn.summary is None:
                 with contextlib.suppress(MossError):  # leave no turn open without an owner
                     await self._session.interrupt(0)
@@ -359,35 +371,22 @@ class MossTTSServiceBase(TTSService):
 
     async def _read_reply(self, reply: Reply) -> None:
         """Moves the engine turn's frames and word times into the reply's audio context."""
-        context_id, turn = reply.context_id, reply.turn
-        out_rate, in_rate = self.sample_rate, self._pcm_rate
-        # One resampler per reply: its filter state must not leak across an interruption, and
-        # within a reply it is never cleared (pipecat's default clears it after 0.2 s without
-        # audio, dropping the samples it holds: a reply that waits for LLM text, or a busy
-        # host, would lose audio and click).
-        resampler = create_stream_resampler(clear_after_secs=None) if out_rate != in_rate else None
-        async for chunk in turn:
-            audio = chunk.pcm
-            if resampler is not None:
-                audio = await resampler.resample(audio, in_rate, out_rate)
-            reply.frames += 1
+        context_id, turn, out_rate = reply.context_id, reply.turn, self.sample_rate
+        async for chunk, audio in resampled(turn, self._pcm_rate, out_rate):
             if audio:
                 await self.append_to_audio_context(
                     context_id, TTSAudioRawFrame(audio, out_rate, 1, context_id=context_id)
                 )
-            await self._clock.add_words(reply, chunk.words)
-        if resampler is not None:
-            tail = await resampler.flush()
-            if tail:
-                await self.append_to_audio_context(
-                    context_id, TTSAudioRawFrame(tail, out_rate, 1, context_id=context_id)
-                )
+            if chunk is not None:  # None: the resampler's tail
+                reply.frames += 1
+                await self._clock.add_words(reply, chunk.words)
         summary = turn.summary
         reply.text_ended = True  # text after the model ended a reply is dropped
         if summary.stop == "error":
             await self.push_error(
                 error_msg=f"MOSS TTS turn failed: {summary.error}", exception=summary.error
             )
+            self._tracer.failed(reply, summary.error)
         await self._clock.add_words(reply, summary.words)
         reply.read_done = True
         if reply.frames == 0:
@@ -433,6 +432,7 @@ class MossTTSServiceBase(TTSService):
         self._history_settled.clear()
         try:
             now = self.get_clock().get_time()
+            self._tracer.interrupted(plan.dropped, now)
             for reply in plan.dropped:
                 if reply.task is not None:
                     await self.cancel_task(reply.task)

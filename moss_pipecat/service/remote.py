@@ -68,6 +68,18 @@ class MossRemoteTTSService(MossTTSServiceBase):
             return self._session.resume_secret
         return self._resume_secret
 
+    def _trace_attributes(self) -> dict[str, Any]:
+        """The server's conversation and the session's reconnects when the reply's turn opened
+        (a reply that had to reconnect shows one more than the reply before it)."""
+        session = self._session
+        if session is None:
+            return {}
+        return {
+            "moss.conversation_id": session.id or "",
+            "moss.reconnects": session.reconnects,
+            "moss.history_lost": session.history_lost,
+        }
+
     async def _open_session(self) -> RemoteSession:
         if self._remote is None:
             self._remote = RemoteEngine(self._url, self._token, **self._tls)

@@ -12,6 +12,8 @@ from moss_pipecat.engine.factory import FoldIds
 from moss_pipecat.model import SamplingParams
 from moss_pipecat.server import EngineServer, ServerConfig, ServerLimits
 
+from ..service.tracing_helpers import span_exporter, traced_pipelines  # noqa: F401 (fixtures)
+
 GREEDY = SamplingParams.greedy_decoding()
 TOKEN = "test-token"
 

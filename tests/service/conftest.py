@@ -16,6 +16,8 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.factory import load_tiny_engine
 
+from .tracing_helpers import span_exporter, traced_pipelines  # noqa: F401 (fixtures)
+
 
 def service_engine(fixtures_dir, **overrides):
     """A started tiny engine with the service tests' limits (``overrides`` change them)."""
