@@ -111,12 +111,8 @@ class ReplyTracer:
 
     def text_added(self, reply: Reply, text: str) -> None:
         entry = self._open.get(reply.context_id)
-        if entry is None or not text:
-            return
-        entry.texts.append(text)
-        joined = "".join(entry.texts)  # token pieces carry their own spaces
-        entry.span.set_attribute("text", joined)
-        entry.span.set_attribute("metrics.character_count", len(joined))
+        if entry is not None and text:
+            entry.texts.append(text)  # on the span as it ends: one join per reply, not per token
 
     def frame_pushed(self, frame: Frame) -> None:
         """The service pushes ``frame``: a reply's first audio is its TTFB (as pipecat's), its
@@ -199,6 +195,9 @@ class ReplyTracer:
         entry = self._open.pop(reply.context_id)
         span = entry.span
         try:
+            text = "".join(entry.texts)  # token pieces carry their own spaces
+            span.set_attribute("text", text)
+            span.set_attribute("metrics.character_count", len(text))
             span.set_attribute("tts.interrupted", interrupted)
             span.set_attribute("moss.frames", reply.frames)
             span.set_attribute("moss.heard_frames", heard)
