@@ -1,0 +1,118 @@
+"""How much prefill a tick may run, who gets it, and whether one more conversation fits.
+
+A tick runs every decoding call's next frame plus the prefill rows of turns that are
+starting. Unbounded, one tick can prefill every new turn at once while every running call
+waits for its frame. Here:
+
+* ``plan_prefill``: a per-tick row budget shared by all sessions; each gets at most one chunk,
+  turns whose first audio is due go before re-prefills (a trimmed, moved or restored history
+  fed again), oldest trigger first, and a re-prefill waits behind newer turns for at most
+  ``REFEED_YIELD_S`` (so nothing starves).
+* ``tick_budget``: with ``EngineConfig.frame_deadline_s``, the rows whose projected cost fits
+  beside this tick's decode step, first frames and codec call within the deadline (costs
+  learned online, ``engine.costs``).
+* ``admits``: a new conversation is refused when a tick with every conversation speaking
+  would no longer fit the deadline.
+
+Pure functions over plain values; the scheduler feeds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from moss_pipecat.engine.costs import CostModel
+
+# A re-prefill (seconds of history fed again) yields to turns that triggered at most this much
+# after it: long enough for a burst of new turns to get their first audio, short enough that
+# the re-prefill's own first audio is never pushed back indefinitely.
+REFEED_YIELD_S = 1.0
+# Rows a tick always may prefill, whatever the projection says: prefill keeps moving even when
+# the decode step alone fills the deadline (admission keeps that from being the usual case).
+# One row bucket of the graphed prefill.
+PROGRESS_ROWS = 16
+
+
+@dataclass(frozen=True)
+class PrefillWant:
+    """One session's claim on this tick's prefill.
+
+    Attributes:
+        key: who (the scheduler's session).
+        rows: rows it still has to feed before its first frame.
+        since: when its turn triggered (clock seconds).
+        refeed: True while it feeds history again (rows that were cached once).
+    """
+
+    key: Hashable
+    rows: int
+    since: float
+    refeed: bool = False
+
+
+def plan_prefill(wants: list[PrefillWant], budget: int | None, chunk: int) -> dict[Hashable, int]:
+    """Rows each session prefills this tick: at most ``chunk`` each, ``budget`` in all (None:
+    unbounded), in priority order. Sessions left out (or cut short) go on next tick."""
+    if budget is None:
+        return {w.key: min(w.rows, chunk) for w in wants if w.rows > 0}
+    order = sorted(
+        (w for w in wants if w.rows > 0),
+        key=lambda w: w.since + (REFEED_YIELD_S if w.refeed else 0.0),
+    )  # sorted is stable: equal keys keep the scheduler's rotating order
+    plan, left = {}, budget
+    for w in order:
+        if left <= 0:
+            break
+        n = min(w.rows, chunk, left)
+        plan[w.key] = n
+        left -= n
+    return plan
+
+
+def tick_budget(
+    costs: CostModel,
+    deadline_s: float | None,
+    cap: int | None,
+    decoding: int,
+    starting: int,
+    codec: bool,
+) -> int | None:
+    """Prefill rows this tick may run (None: unbounded).
+
+    Args:
+        costs: the learned call costs.
+        deadline_s: the frame deadline of every decoding call (None: no adaptive budget).
+        cap: the static per-tick cap (``EngineConfig.prefill_budget_rows``; None: none).
+        decoding: calls that step this tick; starting: turns that may get a first frame.
+        codec: whether frames are decoded to PCM (a codec call per tick).
+    """
+    if deadline_s is None or decoding == 0:
+        return cap  # no running call waits on this tick
+    fixed = _sum(
+        costs.predict("decode", decoding + starting),
+        costs.predict("first_frame", starting),
+        costs.predict("codec", decoding + starting) if codec else 0.0,
+    )
+    limit = cap if cap is not None else 1 << 20
+    rows = costs.largest_within("prefill", deadline_s - fixed, limit)
+    if rows is None:
+        return cap  # prefill never measured yet: the first one teaches its cost
+    return max(rows, min(PROGRESS_ROWS, limit))
+
+
+def admits(costs: CostModel, deadline_s: float | None, conversations: int, codec: bool) -> bool:
+    """Whether ``conversations`` (counting the new one) can all speak at once within the
+    deadline, with room left for a turn to start. True while the costs are unknown."""
+    if deadline_s is None or not costs.knows("decode"):
+        return True
+    projected = _sum(
+        costs.predict("decode", conversations),
+        costs.predict("codec", conversations) if codec else 0.0,
+        costs.predict("prefill", PROGRESS_ROWS),
+    )
+    return projected <= deadline_s
+
+
+def _sum(*costs: float | None) -> float:
+    return sum(c for c in costs if c is not None)
