@@ -91,18 +91,19 @@ class Scheduler:
     ) -> dict[SessionState, int]:
         """Rows each prefilling session feeds this tick, within the tick's budget."""
         cfg = self.config
+        wants = [
+            PrefillWant(s, s.to_feed.shape[0], s.turn.t_trigger, s.cache_len < s.refeed_end)
+            for s in prefills
+        ]
         budget = tick_budget(
             self.core.costs,
             cfg.frame_deadline_s,
             cfg.prefill_budget_rows,
             decoding=sum(self.steps(s, t_now) for s in sessions),
-            starting=len(prefills),
+            wants=wants,
+            chunk=cfg.prefill_chunk,
             codec=self.core.codec is not None,
         )
-        wants = [
-            PrefillWant(s, s.to_feed.shape[0], s.turn.t_trigger, s.cache_len < s.refeed_end)
-            for s in prefills
-        ]
         plan = plan_prefill(wants, budget, cfg.prefill_chunk)
         if budget is not None and sum(plan.values()) < sum(
             min(w.rows, cfg.prefill_chunk) for w in wants
