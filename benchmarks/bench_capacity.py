@@ -9,6 +9,8 @@ doubles until it fails, then bisects. Each N is measured in steady state, after
     python benchmarks/bench_capacity.py                                     # tiny model + codec
     python benchmarks/bench_capacity.py --real-size --random-weights --device cuda \\
         --dtype bfloat16 --max-sessions 256
+    python benchmarks/bench_capacity.py --simulate benchmarks/results/h200-2026-11-26 \\
+        --frames 50 --max-sessions 512                                      # virtual time, CPU
 """
 
 from __future__ import annotations
@@ -29,7 +31,19 @@ def main() -> None:
     ap.add_argument(
         "--warm-rounds", type=int, default=1, help="short unmeasured rounds before each N"
     )
+    ap.add_argument(
+        "--simulate",
+        metavar="COSTS",
+        help="no device: a gpu_bench.sh output folder (or saved cost table); the scheduler runs "
+        "in virtual time on a simulated device, budget off vs on (figures are simulated)",
+    )
     args = ap.parse_args()
+    if args.simulate:
+        from _simulate import run
+
+        out, line = run(args)
+        emit(out, args.out, line)
+        return
 
     engine, capture = build_engine(args, args.max_sessions)
     probes: list[dict] = []

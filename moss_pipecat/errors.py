@@ -27,6 +27,11 @@ class CapacityError(MossError):
     """A request would exceed a configured limit (cache length, batch slots, ...)."""
 
 
+class OverloadedError(CapacityError):
+    """A new conversation is refused: serving it would make running calls miss their frame
+    deadlines (``EngineConfig.frame_deadline_s``). Retry later or on another engine."""
+
+
 class SessionError(MossError):
     """A session-level request that cannot be honoured in the session's current state."""
 

@@ -24,6 +24,14 @@ class EngineConfig:
             compute an interruption wastes. None = as fast as possible.
         prefill_chunk: rows prefilled per session per tick, so a long (re-)prefill never
             stalls the other sessions' decode steps for long.
+        prefill_budget_rows: rows prefilled per tick across all sessions (chunks shared in
+            priority order: turns whose first audio is due before re-prefills, oldest first;
+            see ``engine.pacing``). None: unbounded (every session its chunk each tick).
+        frame_deadline_s: the frame deadline of a decoding call (80 ms: one frame of audio).
+            When set, the engine learns what its calls cost, bounds each tick's prefill so the
+            projected tick fits the deadline while calls are decoding, and refuses a new
+            conversation (``OverloadedError``) when a tick with every conversation speaking
+            would not fit. None: off.
         max_turn_frames: absolute cap on frames per assistant turn.
         frames_per_text_token, min_turn_frames: the per-turn cap relative to text length
             (ends a runaway turn): min_turn_frames + frames_per_text_token * tokens.
@@ -66,6 +74,8 @@ class EngineConfig:
     turn_reserve: int = 2000
     lookahead_s: float | None = 1.0
     prefill_chunk: int = 1024
+    prefill_budget_rows: int | None = None
+    frame_deadline_s: float | None = None
     max_turn_frames: int = 1500
     frames_per_text_token: float = 8.0
     min_turn_frames: int = 40
@@ -94,6 +104,10 @@ class EngineConfig:
             raise InvalidInputError("lookahead_s must be > 0 or None")
         if self.prefill_chunk < 1 or self.max_turn_frames < 1 or self.min_turn_frames < 1:
             raise InvalidInputError("prefill_chunk, max_turn_frames, min_turn_frames must be >= 1")
+        if self.prefill_budget_rows is not None and self.prefill_budget_rows < 1:
+            raise InvalidInputError("prefill_budget_rows must be >= 1 or None")
+        if self.frame_deadline_s is not None and not self.frame_deadline_s > 0:
+            raise InvalidInputError("frame_deadline_s must be > 0 or None")
         if self.eos_min_frames < 0:
             raise InvalidInputError("eos_min_frames must be >= 0")
         if self.prefix_cache_bytes < 0:

@@ -13,14 +13,16 @@ on an engine whose thread is not running.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from moss_pipecat._log import logger
+from moss_pipecat.engine.clock import Clock, MonotonicClock
 from moss_pipecat.engine.commands import Command
 from moss_pipecat.engine.config import EngineConfig
+from moss_pipecat.engine.costs import CostModel
 from moss_pipecat.engine.events import TurnSummary
 from moss_pipecat.engine.handlers import HANDLERS
 from moss_pipecat.engine.history import AssistantTurn
@@ -45,8 +47,11 @@ class EngineCore:
         config: EngineConfig,
         system_text_ids: Sequence[int],
         voice_instruction_ids: Sequence[int],
+        clock: Clock | None = None,
+        runner_factory: Callable[..., ModelRunner] | None = None,
     ) -> None:
         self.model, self.layout, self.codec, self.config = model, layout, codec, config
+        self.clock = clock or MonotonicClock()
         self.system_text_ids = list(system_text_ids)
         self.voice_instruction_ids = list(voice_instruction_ids)
         device = next(model.parameters()).device
@@ -55,12 +60,18 @@ class EngineCore:
             graphed = device.type == "cuda"
         # The graphed steps run idle rows too; their writes need one spare position per slot.
         self.pools = KVPools(model, config, spare=graphed)
-        self.runner = ModelRunner(model, codec, config, self.pools, graphed)
+        # A simulated device (``moss_pipecat.testing.simulated_device``) stands in here.
+        make_runner = runner_factory or ModelRunner
+        self.runner = make_runner(model, codec, config, self.pools, graphed)
         self.sessions: dict[str, SessionState] = {}
         # KV of each distinct system block (system sentence + voice), shared by all sessions.
         self.prefix_cache = PrefixCache(config.prefix_cache_bytes)
         self.stats = {"ticks": 0, "prefill_rows": 0, "decode_steps": 0, "frames": 0}
         self.stats.update(prefix_hits=0, prefix_misses=0, prefix_rows_reused=0)
+        # Pacing (``engine.pacing``): conversations refused for load, ticks whose prefill the
+        # budget cut short.
+        self.stats.update(refused_overload=0, prefill_capped_ticks=0)
+        self.costs = CostModel()  # what each kind of device call costs, learned online
         self.scheduler = Scheduler(self)
 
     # ---- entry points ------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from moss_pipecat._log import logger
+from moss_pipecat.engine.clock import Clock
 from moss_pipecat.engine.commands import Close, Command, CreateSession, EngineFacts
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.core import EngineCore
@@ -44,6 +45,9 @@ class MossEngine:
         tokenizer: optional tokenizer for ``push_text``; without it turns take ids.
         text_id_map: optional map applied to every token id from the tokenizer (a tiny test
             model's vocabulary is smaller than the real tokenizer's).
+        clock: where the engine reads time (default: the monotonic clock).
+        runner_factory: builds the model runner (default ``ModelRunner``; a simulated device
+            passes its own, driven in virtual time through ``core`` without the thread).
     """
 
     def __init__(
@@ -57,6 +61,8 @@ class MossEngine:
         voice_instruction_ids: Sequence[int] = (),
         tokenizer: Any | None = None,
         text_id_map: Callable[[int], int] | None = None,
+        clock: Clock | None = None,
+        runner_factory: Callable[..., Any] | None = None,
     ) -> None:
         self.model = model
         self.layout = layout
@@ -66,7 +72,14 @@ class MossEngine:
         self.text_id_map = text_id_map
         self.device = next(model.parameters()).device
         self.core = EngineCore(
-            model, layout, codec, self.config, system_text_ids, voice_instruction_ids
+            model,
+            layout,
+            codec,
+            self.config,
+            system_text_ids,
+            voice_instruction_ids,
+            clock=clock,
+            runner_factory=runner_factory,
         )
         self.facts = EngineFacts(layout, self.config, model.cfg.language.vocab_size)
         self._mailbox: deque[tuple[Callable[[], Any], Future]] = deque()

@@ -29,9 +29,15 @@ from moss_pipecat.engine.commands import (
 )
 from moss_pipecat.engine.events import TurnSummary
 from moss_pipecat.engine.history import AssistantTurn, ConversationHistory, UserTurn
+from moss_pipecat.engine.pacing import admits
 from moss_pipecat.engine.state import OpenTurn, Phase, SessionState
 from moss_pipecat.engine.word_times import WordTimer
-from moss_pipecat.errors import CapacityError, InvalidInputError, TurnStateError
+from moss_pipecat.errors import (
+    CapacityError,
+    InvalidInputError,
+    OverloadedError,
+    TurnStateError,
+)
 
 if TYPE_CHECKING:
     from moss_pipecat.engine.core import EngineCore
@@ -40,6 +46,13 @@ if TYPE_CHECKING:
 def create_session(core: EngineCore, sid: str, c: CreateSession) -> None:
     if sid in core.sessions:
         raise InvalidInputError(f"session {sid!r} already exists")
+    deadline = core.config.frame_deadline_s
+    if not admits(core.costs, deadline, len(core.sessions) + 1, core.codec is not None):
+        core.stats["refused_overload"] += 1
+        raise OverloadedError(
+            f"engine at capacity: {len(core.sessions) + 1} conversations speaking at once "
+            f"would miss the {1e3 * deadline:.0f} ms frame deadline"
+        )
     pool, slot = core.pools.allocate()
     seed = c.seed if c.seed is not None else int(torch.randint(0, 2**62, ()).item())
     history = ConversationHistory(core.layout, core.system_rows(c.voice))

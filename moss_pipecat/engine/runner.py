@@ -111,6 +111,11 @@ class ModelRunner:
         logger.info(f"prepared {n} graph buckets in {time.perf_counter() - t0:.1f} s")
         return n
 
+    def sync(self) -> None:
+        """Waits for the device's queued work (timing a call whose results stay there)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     # ---- backbone ----------------------------------------------------------------------------
     def prefill(
         self, pool: int, rows: Sequence[torch.Tensor], slots: list[int], lengths: list[int]

@@ -10,15 +10,16 @@ batch is retried session by session so only the culprit fails (``isolated``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from moss_pipecat._log import logger
 from moss_pipecat.engine.events import AudioChunk, TurnSummary
 from moss_pipecat.engine.history import AssistantTurn
+from moss_pipecat.engine.pacing import PrefillWant, plan_prefill, tick_budget
 from moss_pipecat.engine.runner import RowSampling
-from moss_pipecat.engine.state import Phase, SessionState, now
+from moss_pipecat.engine.state import Phase, SessionState
 from moss_pipecat.errors import CapacityError
 
 if TYPE_CHECKING:
@@ -31,13 +32,15 @@ class Scheduler:
     def __init__(self, core: EngineCore) -> None:
         self.core = core
         self.runner = core.runner
+        self.clock = core.clock
         self.layout, self.config = core.layout, core.config
         self._rr = 0  # rotates the prefill order for fairness
+        self._plan: dict[SessionState, int] = {}  # this tick's prefill rows per session
 
     def tick(self) -> float | None:
         """One round of work. Returns 0 if work was done, else how long to wait (None: until
         a command arrives)."""
-        t_now = now()
+        t_now = self.clock.now()
         sessions = list(self.core.sessions.values())
         if sessions:
             self._rr = (self._rr + 1) % len(sessions)
@@ -49,8 +52,9 @@ class Scheduler:
                 except Exception as e:
                     self.core.fail_safely(s, e)
         prefills = [s for s in sessions if s.phase is Phase.PREFILL]
+        self._plan = self.plan(prefills, sessions, t_now)
         done = []
-        for group in _by_pool(prefills):  # one backbone call per KV pool
+        for group in _by_pool([s for s in prefills if s in self._plan]):  # one call per pool
             done += self.isolated(group, self.prefill_chunk)
         self.keep_prefixes(prefills)
         done = [(s, h) for s, h in done if s.turn is not None]  # drop turns that failed
@@ -58,26 +62,65 @@ class Scheduler:
             hidden_of = dict(done)
             first = self.isolated([s for s, _ in done], lambda b: self.first_frames(b, hidden_of))
             self.deliver(first)
-        pad = self.layout.text_pad
-        steppers = [
-            s
-            for s in sessions
-            if s.phase is Phase.DECODE
-            and s.turn.record.frames
-            and s.next_text_id(pad) is not None
-            and s.within_lookahead(self.config, t_now)
-        ]
+        steppers = [s for s in sessions if self.steps(s, t_now)]
         for group in _by_pool(steppers):
             self.deliver(self.isolated(group, self.decode))
         if done or steppers or prefills:
             self.core.stats["ticks"] += 1
             return 0.0
+        pad = self.layout.text_pad
         waits = [
             s.seconds_until_lookahead(self.config, t_now)
             for s in sessions
             if s.phase is Phase.DECODE and s.next_text_id(pad) is not None
         ]
         return min(waits) if waits else None
+
+    def steps(self, s: SessionState, t_now: float) -> bool:
+        """Whether the session takes a decode step this tick (it has a frame to follow, its
+        next text token is known, and it is within its real-time lookahead)."""
+        return (
+            s.phase is Phase.DECODE
+            and bool(s.turn.record.frames)
+            and s.next_text_id(self.layout.text_pad) is not None
+            and s.within_lookahead(self.config, t_now)
+        )
+
+    def plan(
+        self, prefills: list[SessionState], sessions: list[SessionState], t_now: float
+    ) -> dict[SessionState, int]:
+        """Rows each prefilling session feeds this tick, within the tick's budget."""
+        cfg = self.config
+        wants = [
+            PrefillWant(s, s.to_feed.shape[0], s.turn.t_trigger, s.cache_len < s.refeed_end)
+            for s in prefills
+        ]
+        budget = tick_budget(
+            self.core.costs,
+            cfg.frame_deadline_s,
+            cfg.prefill_budget_rows,
+            decoding=sum(self.steps(s, t_now) for s in sessions),
+            wants=wants,
+            chunk=cfg.prefill_chunk,
+            codec=self.core.codec is not None,
+        )
+        plan = plan_prefill(wants, budget, cfg.prefill_chunk)
+        if budget is not None and sum(plan.values()) < sum(
+            min(w.rows, cfg.prefill_chunk) for w in wants
+        ):
+            self.core.stats["prefill_capped_ticks"] += 1
+        return plan
+
+    def timed(self, kind: str, size: int, call: Callable[[], Any]) -> Any:
+        """Runs one device call; with a frame deadline, teaches the cost model what it took."""
+        if self.config.frame_deadline_s is None:
+            return call()
+        t0 = self.clock.now()
+        out = call()
+        if kind == "prefill":
+            self.runner.sync()  # its results stay on the device: wait for them to be made
+        self.core.costs.observe(kind, size, self.clock.now() - t0)
+        return out
 
     def isolated(self, batch: list[SessionState], fn: Callable[[list[SessionState]], list]):
         """Runs ``fn`` on the batch; if it raises, runs each session alone and fails only the
@@ -122,6 +165,7 @@ class Scheduler:
             text=t.text,
             words=t.words,
         )
+        s.refeed_end = _refeed_end(s)
         s.history.turns.append(rec)
         t.record, t.fed_text, t.t_trigger = rec, rec.lead, t_now
         s.to_feed = s.history.all_rows()[s.cache_len :]
@@ -162,13 +206,16 @@ class Scheduler:
     def prefill_chunk(self, batch: list[SessionState]) -> list[tuple[SessionState, torch.Tensor]]:
         """Feeds each session its next chunk of rows; returns (session, last hidden [H]) for
         the sessions whose prefill is complete."""
-        chunk = self.config.prefill_chunk
-        rows = [s.to_feed[:chunk] for s in batch]
-        last = self.runner.prefill(
-            batch[0].pool,  # the batch shares one pool
-            rows,
-            [s.slot for s in batch],
-            [s.cache_len for s in batch],
+        rows = [s.to_feed[: self._plan[s]] for s in batch]
+        last = self.timed(
+            "prefill",
+            sum(r.shape[0] for r in rows),
+            lambda: self.runner.prefill(
+                batch[0].pool,  # the batch shares one pool
+                rows,
+                [s.slot for s in batch],
+                [s.cache_len for s in batch],
+            ),
         )  # [B, H]
         done = []
         for b, (s, r) in enumerate(zip(batch, rows, strict=True)):
@@ -188,7 +235,10 @@ class Scheduler:
     ) -> list:
         """Frame 0 of each turn whose prefill just ended (no repetition penalty yet)."""
         hidden = torch.stack([hidden_of[s] for s in batch])  # [B, H]
-        frames = self.runner.first_frames(hidden, [_sampling(s, False) for s in batch])
+        rows = [_sampling(s, False) for s in batch]
+        frames = self.timed(
+            "first_frame", len(batch), lambda: self.runner.first_frames(hidden, rows)
+        )
         for s in batch:
             s.noise_counter += 1
         return list(zip(batch, frames, strict=True))
@@ -198,12 +248,16 @@ class Scheduler:
         pad = self.layout.text_pad
         prev = torch.stack([s.turn.record.frames[-1] for s in batch])  # [B, rvq]
         step_rows = self.layout.step_rows([s.next_text_id(pad) for s in batch], prev)  # [B, 17]
-        frames = self.runner.decode(
-            batch[0].pool,  # the batch shares one pool
-            step_rows,
-            [s.slot for s in batch],
-            [s.cache_len for s in batch],
-            [_sampling(s, True) for s in batch],
+        frames = self.timed(
+            "decode",
+            len(batch),
+            lambda: self.runner.decode(
+                batch[0].pool,  # the batch shares one pool
+                step_rows,
+                [s.slot for s in batch],
+                [s.cache_len for s in batch],
+                [_sampling(s, True) for s in batch],
+            ),
         )
         for s, row in zip(batch, step_rows, strict=True):
             t = s.turn
@@ -218,7 +272,7 @@ class Scheduler:
     def deliver(self, items: list[tuple[SessionState, torch.Tensor]]) -> None:
         """Records each new frame, sends audio chunks out, and ends the turns that are done."""
         eos = self.layout.audio_eos
-        t_now = now()
+        t_now = self.clock.now()
         # Codebook 0 of every frame in one look (not a host read per session).
         ended = (torch.stack([f for _, f in items])[:, 0] == eos).tolist() if items else []
         audio: list[tuple[SessionState, torch.Tensor, int]] = []
@@ -279,7 +333,8 @@ class Scheduler:
         if new:
             for s, slot in zip(new, self.runner.open_streams(len(new)), strict=True):
                 s.codec_slot = slot
-        return self.runner.pcm([f for _, f in items], [s.codec_slot for s, _ in items])
+        frames, streams = [f for _, f in items], [s.codec_slot for s, _ in items]
+        return self.timed("codec", len(items), lambda: self.runner.pcm(frames, streams))
 
     def finish(self, s: SessionState, stop: str) -> None:
         t, rec = s.turn, s.turn.record
@@ -301,6 +356,15 @@ class Scheduler:
             words=tail,
         )
         self.core.end_turn(s, summary)
+
+
+def _refeed_end(s: SessionState) -> int:
+    """Where the rows this new turn brings start (the end of the last assistant turn): the
+    history below it was fed before, so a prefill that starts under it is a re-prefill. A
+    conversation's first turn re-feeds nothing (0)."""
+    turns = s.history.turns
+    last = max((i for i, t in enumerate(turns) if isinstance(t, AssistantTurn)), default=None)
+    return 0 if last is None else s.history.offset(last + 1)
 
 
 def _by_pool(sessions: list[SessionState]) -> list[list[SessionState]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -64,6 +63,7 @@ class SessionState:
     turn: OpenTurn | None = None
     to_feed: torch.Tensor | None = None  # rows of the prefill still to feed
     prefix_pending: torch.Tensor | None = None  # system rows to keep in the prefix cache once fed
+    refeed_end: int = 0  # rows below this were cached once: feeding them again is a re-prefill
     next_turn_id: int = 0
     chars_per_second: float = DEFAULT_CHARS_PER_SECOND
     codec_slot: int | None = None
@@ -137,7 +137,3 @@ class SessionState:
         if text and frames >= 12:
             rate = len(text) / (frames * FRAME_SECONDS)
             self.chars_per_second = 0.7 * self.chars_per_second + 0.3 * rate
-
-
-def now() -> float:
-    return time.monotonic()

@@ -1,0 +1,148 @@
+"""How much prefill a tick may run, who gets it, and whether one more conversation fits.
+
+A tick runs every decoding call's next frame plus the prefill rows of turns that are
+starting. Unbounded, one tick can prefill every new turn at once while every running call
+waits for its frame. Here:
+
+* ``plan_prefill``: a per-tick row budget shared by all sessions; each gets at most one chunk,
+  turns whose first audio is due go before re-prefills (a trimmed, moved or restored history
+  fed again), oldest trigger first, and a re-prefill waits behind newer turns for at most
+  ``REFEED_YIELD_S`` (so nothing starves).
+* ``tick_budget``: with ``EngineConfig.frame_deadline_s``, the rows whose projected cost fits
+  beside this tick's decode step, first frames and codec call within the deadline (costs
+  learned online, ``engine.costs``).
+* ``admits``: a new conversation is refused when a tick with every conversation speaking
+  would no longer fit the deadline.
+
+Pure functions over plain values; the scheduler feeds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from moss_pipecat.engine.costs import CostModel
+
+# A re-prefill (seconds of history fed again) yields to turns that triggered at most this much
+# after it: long enough for a burst of new turns to get their first audio, short enough that
+# the re-prefill's own first audio is never pushed back indefinitely.
+REFEED_YIELD_S = 1.0
+# Rows a tick always may prefill, whatever the projection says: prefill keeps moving even when
+# the decode step alone fills the deadline (admission keeps that from being the usual case).
+# One row bucket of the graphed prefill.
+PROGRESS_ROWS = 16
+
+
+@dataclass(frozen=True)
+class PrefillWant:
+    """One session's claim on this tick's prefill.
+
+    Attributes:
+        key: who (the scheduler's session).
+        rows: rows it still has to feed before its first frame.
+        since: when its turn triggered (clock seconds).
+        refeed: True while it feeds history again (rows that were cached once).
+    """
+
+    key: Hashable
+    rows: int
+    since: float
+    refeed: bool = False
+
+
+def priority(wants: list[PrefillWant]) -> list[PrefillWant]:
+    """Who prefills first: oldest trigger first, a re-prefill as if it triggered
+    ``REFEED_YIELD_S`` later (``sorted`` is stable: ties keep the scheduler's rotation)."""
+    return sorted(
+        (w for w in wants if w.rows > 0),
+        key=lambda w: w.since + (REFEED_YIELD_S if w.refeed else 0.0),
+    )
+
+
+def plan_prefill(wants: list[PrefillWant], budget: int | None, chunk: int) -> dict[Hashable, int]:
+    """Rows each session prefills this tick: at most ``chunk`` each, ``budget`` in all (None:
+    unbounded), in ``priority`` order. Sessions left out (or cut short) go on next tick."""
+    if budget is None:
+        return {w.key: min(w.rows, chunk) for w in wants if w.rows > 0}
+    plan, left = {}, budget
+    for w in priority(wants):
+        if left <= 0:
+            break
+        n = min(w.rows, chunk, left)
+        plan[w.key] = n
+        left -= n
+    return plan
+
+
+def tick_budget(
+    costs: CostModel,
+    deadline_s: float | None,
+    cap: int | None,
+    decoding: int,
+    wants: list[PrefillWant],
+    chunk: int,
+    codec: bool,
+) -> int | None:
+    """Prefill rows this tick may run (None: unbounded).
+
+    With a deadline and calls decoding, sessions are taken in ``priority`` order while the
+    projected tick still fits: the decode step (the running calls and every turn whose
+    prefill ends here, which steps in the same tick), those turns' first frames, the codec
+    calls (the first frames', then every frame's) and the prefill itself. Then as many rows
+    of the next session as still fit.
+
+    Args:
+        costs: the learned call costs.
+        deadline_s: the frame deadline of every decoding call (None: no adaptive budget).
+        cap: the static per-tick cap (``EngineConfig.prefill_budget_rows``; None: none).
+        decoding: calls that step this tick.
+        wants: the sessions that have rows to prefill; chunk: rows per session per tick.
+        codec: whether frames are decoded to PCM (a codec call per tick).
+    """
+    if deadline_s is None or decoding == 0 or not costs.knows("prefill"):
+        return cap  # no running call waits on this tick / the first prefill teaches its cost
+    limit = cap if cap is not None else 1 << 30
+
+    def fixed(starting: int) -> float:
+        frames = decoding + starting  # first frames are delivered (and decoded) on their own
+        return _sum(
+            costs.predict("decode", frames),
+            costs.predict("first_frame", starting),
+            costs.predict("codec", frames) if codec else 0.0,
+            costs.predict("codec", starting) if codec else 0.0,
+        )
+
+    rows = starting = 0
+    for w in priority(wants):
+        n = min(w.rows, chunk)
+        ends = n == w.rows  # its prefill ends this tick: a first frame and a step too
+        total = rows + n
+        if total > limit or _sum(costs.predict("prefill", total), fixed(starting + ends)) > (
+            deadline_s
+        ):
+            break
+        rows, starting = total, starting + ends
+    spare = deadline_s - fixed(starting)
+    rows = max(rows, costs.largest_within("prefill", spare, limit) or 0)  # part of the next
+    return max(rows, min(PROGRESS_ROWS, limit))
+
+
+def admits(costs: CostModel, deadline_s: float | None, conversations: int, codec: bool) -> bool:
+    """Whether ``conversations`` (counting the new one) can all speak at once within the
+    deadline in a tick that also starts a turn (the least prefill a tick always runs, and
+    its first frame). True while the costs are unknown."""
+    if deadline_s is None or not costs.knows("decode"):
+        return True
+    projected = _sum(
+        costs.predict("decode", conversations),
+        costs.predict("codec", conversations) if codec else 0.0,
+        costs.predict("prefill", PROGRESS_ROWS),
+        costs.predict("first_frame", 1),
+        costs.predict("codec", 1) if codec else 0.0,
+    )
+    return projected <= deadline_s
+
+
+def _sum(*costs: float | None) -> float:
+    return sum(c for c in costs if c is not None)

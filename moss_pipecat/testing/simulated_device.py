@@ -1,0 +1,179 @@
+"""A simulated device: the model runner's interface, well-formed outputs, a virtual clock.
+
+``SimulatedRunner`` stands in for ``engine.runner.ModelRunner``: every call returns what the
+real one would in shape and kind (hidden states, frames of codes with EOS after a drawn turn
+length, silent PCM) and advances a ``VirtualClock`` by what the call costs on a measured GPU
+(``DeviceCosts``). ``simulated_engine`` builds a ``MossEngine`` around it with a model on the
+``meta`` device (its KV pools take no memory), so the real scheduler serves hundreds of
+sessions on a CPU in seconds of wall time (in the spirit of the Vidur inference simulator).
+Drive it without the engine thread: ``core.execute`` and ``core.tick``, with the clock moved
+between events (``testing.sim_traffic``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from moss_pipecat.engine import EngineConfig, MossEngine, RowLayout
+from moss_pipecat.engine.clock import VirtualClock
+from moss_pipecat.engine.kv_pools import KVPools
+from moss_pipecat.engine.runner import RowSampling
+from moss_pipecat.model import MossTTSRealtime, MossTTSRealtimeConfig
+from moss_pipecat.testing.device_costs import DeviceCosts
+
+SAMPLES_PER_FRAME = 1920  # 80 ms at 24 kHz
+
+
+class SimulatedRunner:
+    """``ModelRunner``'s calls on a simulated device.
+
+    Args:
+        clock: advanced by each call's cost.
+        costs: seconds per call kind and size.
+        rvq, audio_eos: the frames' codebooks and the EOS code (codebook 0 ends a turn).
+        n_slots: KV slots (one repetition-history row and one codec stream each).
+        turn_frames: (lo, hi): each turn's length in frames is drawn uniformly from it (by the
+            session's seed and frame counter, so a run is reproducible); the frame after the
+            last is EOS (if the engine allows EOS then; else audio goes on).
+    """
+
+    graphed = False
+    uses_cuda_graphs = False
+
+    def __init__(
+        self,
+        clock: VirtualClock,
+        costs: DeviceCosts,
+        rvq: int,
+        audio_eos: int,
+        n_slots: int,
+        turn_frames: tuple[int, int] = (40, 120),
+    ) -> None:
+        self.clock, self.costs = clock, costs
+        self.rvq, self.audio_eos = rvq, audio_eos
+        self.turn_frames = turn_frames
+        self._made = [0] * n_slots  # frames of the current turn, per history row
+        self._length = [0] * n_slots  # its drawn length
+        self._free_streams = list(range(n_slots))
+        self.calls: dict[str, int] = {}
+
+    @classmethod
+    def factory(cls, clock: VirtualClock, costs: DeviceCosts, **kw: Any):
+        """A ``runner_factory`` for ``MossEngine`` (same arguments as ``ModelRunner``)."""
+
+        def make(model, codec, config: EngineConfig, pools: KVPools, graphed: bool):
+            cfg = model.cfg
+            return cls(clock, costs, cfg.rvq, cfg.audio_eos, pools.n_slots, **kw)
+
+        return make
+
+    def _spend(self, kind: str, size: int) -> None:
+        self.calls[kind] = self.calls.get(kind, 0) + 1
+        self.clock.advance(self.costs.cost(kind, size))
+
+    # ---- ModelRunner's interface ----------------------------------------------------------------
+    def graph_steps(self) -> list[Any]:
+        return []
+
+    def capture_graphs(self) -> int:
+        return 0
+
+    def sync(self) -> None:
+        pass
+
+    def prefill(
+        self, pool: int, rows: Sequence[torch.Tensor], slots: list[int], lengths: list[int]
+    ) -> torch.Tensor:
+        self._spend("prefill", sum(r.shape[0] for r in rows))
+        return torch.zeros(len(rows), 1)  # [B, H]: nothing reads a simulated hidden state
+
+    def first_frames(self, hidden: torch.Tensor, rows: list[RowSampling]) -> torch.Tensor:
+        self._spend("first_frame", len(rows))
+        for r in rows:
+            draw = random.Random(hash((r.seed, r.counter)))
+            self._made[r.hist_row] = 0
+            self._length[r.hist_row] = draw.randint(*self.turn_frames)
+        return self._frames(rows)
+
+    def decode(
+        self,
+        pool: int,
+        step_rows: torch.Tensor,
+        slots: list[int],
+        lengths: list[int],
+        rows: list[RowSampling],
+    ) -> torch.Tensor:
+        self._spend("decode", len(rows))
+        return self._frames(rows)
+
+    def _frames(self, rows: list[RowSampling]) -> torch.Tensor:
+        frames = torch.zeros(len(rows), self.rvq, dtype=torch.int64)  # [B, rvq]: code 0, audio
+        for b, r in enumerate(rows):
+            h = r.hist_row
+            if self._made[h] >= self._length[h] and r.eos_allowed:
+                frames[b, 0] = self.audio_eos
+            self._made[h] += 1
+        return frames
+
+    def copy_history(self, src_row: int, dst_row: int) -> None:
+        self._made[dst_row], self._length[dst_row] = self._made[src_row], self._length[src_row]
+
+    def open_streams(self, n: int) -> list[int]:
+        taken, self._free_streams = self._free_streams[:n], self._free_streams[n:]
+        return taken
+
+    def close_stream(self, slot: int) -> None:
+        self._free_streams.append(slot)
+
+    def pcm(self, frames: Sequence[torch.Tensor], streams: list[int]) -> list[bytes]:
+        self._spend("codec", len(frames))
+        return [bytes(2 * SAMPLES_PER_FRAME)] * len(frames)  # silence, 16-bit
+
+
+def stand_in_layout(cfg: MossTTSRealtimeConfig) -> RowLayout:
+    """Row specials for a model without a tokenizer: the vocabulary's last ids (timing does
+    not depend on them)."""
+    v = cfg.language.vocab_size
+    return RowLayout(
+        rvq=cfg.rvq,
+        audio_pad=cfg.audio_pad_token,
+        audio_bos=cfg.audio_bos,
+        audio_eos=cfg.audio_eos,
+        text_pad=cfg.text_pad,
+        ref_audio_pad=cfg.reference_audio_pad,
+        im_start=v - 7,
+        im_end=v - 6,
+        newline=(v - 5,),
+        roles={"assistant": (v - 4,), "user": (v - 3,), "system": (v - 2,), "context": (v - 1,)},
+    )
+
+
+def simulated_engine(
+    costs: DeviceCosts,
+    config: EngineConfig,
+    clock: VirtualClock | None = None,
+    turn_frames: tuple[int, int] = (40, 120),
+    model_config: MossTTSRealtimeConfig | None = None,
+) -> MossEngine:
+    """A ``MossEngine`` (not started) on a simulated device: the real-size model on ``meta``
+    (no memory), a codec stand-in (frames come out as silent PCM), ``SimulatedRunner``."""
+    clock = clock or VirtualClock()
+    with torch.device("meta"):
+        model = MossTTSRealtime(model_config or MossTTSRealtimeConfig.real())
+    factory = SimulatedRunner.factory(clock, costs, turn_frames=turn_frames)
+    return MossEngine(
+        model,
+        stand_in_layout(model.cfg),
+        codec=_SILENT_CODEC,
+        config=config,
+        clock=clock,
+        runner_factory=factory,
+    )
+
+
+# The engine decodes PCM when it has a codec; the simulated runner makes the PCM itself.
+_SILENT_CODEC = object()
