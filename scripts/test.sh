@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# Sets up .venv (first run only) and runs the whole test suite.
+# Sets up .venv (first run only), checks lint and formatting, runs the whole test suite.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/parity -k model`.
+# MOSS_TEST_WORKERS sets how many pytest-xdist workers run the tests (0: in this process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+# Lint and formatting are part of the test: a violation fails the command before any test runs.
+LINTED=(moss_pipecat agents examples benchmarks tests scripts)
+.venv/bin/ruff check "${LINTED[@]}"
+.venv/bin/ruff format --check "${LINTED[@]}"
+# Three workers on two cores: many tests wait (real-time audio, sockets, subprocesses) rather
+# than compute. Work units and their order: tests/conftest.py.
 # pytest exits 5 when it collected no test: that is a failure here, never a silent pass.
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q -n "${MOSS_TEST_WORKERS:-3}" "$@"

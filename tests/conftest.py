@@ -7,6 +7,7 @@ same parity tests run against any fixture set with the same layout.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,56 @@ from safetensors.torch import load_file
 from moss_pipecat.engine.factory import tiny_fixtures_dir
 
 REPO = Path(__file__).resolve().parent.parent
+
+# ---- running in parallel (pytest-xdist, as scripts/test.sh does) ------------------------------
+
+# Work units for the workers: a test module is one unit (its module fixtures, engines and
+# servers, are built once); the agent tests, which play audio in real time through bot
+# processes, are one unit together, so no two of them compete for the CPU with each other.
+REALTIME_UNIT = "tests/agents/"
+# Units known to take the longest start first, so none of them begins last and runs alone.
+LONGEST_FIRST = (
+    REALTIME_UNIT,
+    "tests/test_minimal_env.py",
+    "tests/test_benchmarks.py",
+    "tests/service/test_barge_in.py",
+    "tests/engine/test_prefix_cache.py",
+    "tests/engine/test_sessions.py",
+    "tests/model/test_graphs.py",
+    "tests/test_wheel.py",
+    "tests/server/test_ray.py",
+    "tests/server/test_parity.py",
+    "tests/server/test_faults.py",
+)
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit a test is scheduled with: its module, or the real-time unit."""
+    return REALTIME_UNIT if nodeid.startswith(REALTIME_UNIT) else nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    def rank(item) -> int:
+        unit = work_unit(item.nodeid)
+        return LONGEST_FIRST.index(unit) if unit in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a unit is kept
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: unknown without xdist
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Workers share the cores: one thread each (the tiny models gain nothing from more).
+    torch.set_num_threads(1)
 
 
 def fixtures_root() -> Path:

@@ -9,6 +9,7 @@ from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
     SystemFrame,
+    TTSAudioRawFrame,
     TTSTextFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
@@ -73,17 +74,30 @@ class SnapshotProbe(FrameProcessor):
 
 
 class WordRecorder(FrameProcessor):
-    """Keeps the word frames that pass (an assistant aggregator after it consumes them)."""
+    """Keeps the word frames that pass (an assistant aggregator after it consumes them) and
+    when each audio frame passed (pipeline clock, ns)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.words: list[TTSTextFrame] = []
+        self.audio_ns: list[int] = []
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, TTSTextFrame):
             self.words.append(frame)
+        elif isinstance(frame, TTSAudioRawFrame):
+            self.audio_ns.append(self.get_clock().get_time())
         await self.push_frame(frame, direction)
+
+    def playout_end_ns(self, frame_ns: int) -> int:
+        """When the audio that passed has played, with no output transport: each frame plays
+        when it comes or right after the one before it, whichever is later (a busy CPU can
+        leave gaps between runs of frames, which the heard clock follows)."""
+        end = 0
+        for t in self.audio_ns:
+            end = max(end, t) + frame_ns
+        return end
 
 
 def user_audio_frames(seconds: float, sample_rate: int = 16000, f0: float = 180.0):
