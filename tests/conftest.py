@@ -61,7 +61,25 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             return work_unit(nodeid)
 
+    config.option.loadscopereorder = False  # keep LONGEST_FIRST (xdist sorts by test count)
     return ByWorkUnit(config, log)
+
+
+# The real-time unit is handed out first. A worker yields the CPU (a higher nice value, for it
+# and the processes it starts) once it runs anything else, so audio played in real time through
+# bot processes keeps its pace beside the compute-bound tests (a starved bot misses VAD, STT and
+# TTFA deadlines that a real deployment, where the call has the CPU, would meet).
+BATCH_NICENESS = 10
+_yielded_cpu = False
+
+
+def pytest_runtest_setup(item) -> None:
+    global _yielded_cpu
+    if _yielded_cpu or not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    if work_unit(item.nodeid) != REALTIME_UNIT:
+        os.nice(BATCH_NICENESS)
+        _yielded_cpu = True
 
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
