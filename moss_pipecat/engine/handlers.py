@@ -31,7 +31,6 @@ from moss_pipecat.engine.events import TurnSummary
 from moss_pipecat.engine.history import AssistantTurn, ConversationHistory, UserTurn
 from moss_pipecat.engine.pacing import admits
 from moss_pipecat.engine.state import OpenTurn, Phase, SessionState
-from moss_pipecat.engine.word_times import WordTimer
 from moss_pipecat.errors import (
     CapacityError,
     InvalidInputError,
@@ -73,7 +72,7 @@ def start_turn(core: EngineCore, sid: str, c: StartTurn) -> int:
         max_frames=c.max_frames,
         min_frames=cfg.eos_min_frames if c.min_frames is None else c.min_frames,
         eos_after_text=cfg.eos_after_text if c.eos_after_text is None else c.eos_after_text,
-        words=WordTimer(s.chars_per_second),
+        words=s.word_timer(),
     )
     s.next_turn_id += 1
     s.phase = Phase.WAIT_TEXT

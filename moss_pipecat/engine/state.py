@@ -10,10 +10,9 @@ import torch
 from moss_pipecat.engine.config import FRAME_SECONDS, EngineConfig
 from moss_pipecat.engine.events import Channel
 from moss_pipecat.engine.history import AssistantTurn, ConversationHistory
+from moss_pipecat.engine.speaking_rate import SpeakingRates
 from moss_pipecat.engine.word_times import WordTimer
 from moss_pipecat.model.sampling import SamplingParams
-
-DEFAULT_CHARS_PER_SECOND = 14.0  # typical English TTS speaking rate, refined per session
 
 
 class Phase(enum.Enum):
@@ -65,7 +64,7 @@ class SessionState:
     prefix_pending: torch.Tensor | None = None  # system rows to keep in the prefix cache once fed
     refeed_end: int = 0  # rows below this were cached once: feeding them again is a re-prefill
     next_turn_id: int = 0
-    chars_per_second: float = DEFAULT_CHARS_PER_SECOND
+    rates: SpeakingRates = field(default_factory=SpeakingRates)  # refined per session
     codec_slot: int | None = None
     # Per-session overrides of the engine's EngineConfig (None: the engine's value).
     context_budget: int | None = None
@@ -133,7 +132,9 @@ class SessionState:
         return self.cache_len + 3 > capacity
 
     def learn_speaking_rate(self, text: str, frames: int) -> None:
-        """Refines the speaking rate from a turn that spoke its whole text."""
-        if text and frames >= 12:
-            rate = len(text) / (frames * FRAME_SECONDS)
-            self.chars_per_second = 0.7 * self.chars_per_second + 0.3 * rate
+        """Refines the speaking rates from a turn that spoke its whole text."""
+        self.rates.learn(text, frames)
+
+    def word_timer(self) -> WordTimer:
+        """A new turn's word timer, at the session's speaking rates."""
+        return WordTimer(self.rates.other, self.rates.cjk)

@@ -37,6 +37,7 @@ from tokenizers import PreTokenizedString, Tokenizer
 
 from moss_pipecat._log import logger
 from moss_pipecat.engine.rows import DEFAULT_DELAY, RowLayout
+from moss_pipecat.engine.token_cuts import inner_cut, vocab_bytes
 from moss_pipecat.errors import CheckpointError, InvalidInputError
 
 DEFAULT_MAX_CHARS = 20_000
@@ -67,6 +68,7 @@ def load_tokenizer(repo_or_path: str | PathLike[str], **kwargs: Any) -> Any:
         raise CheckpointError(f"cannot load a tokenizer from {str(repo_or_path)!r}: {e}") from e
     _backend(tokenizer)
     _backward_composers()  # build the table now, not on the first push of a turn (~30 ms)
+    vocab_bytes(_backend(tokenizer))  # and the vocabulary's bytes (~1.5 s, CJK commits)
     logger.debug("loaded tokenizer {} from {}", type(tokenizer).__name__, repo_or_path)
     return tokenizer
 
@@ -315,6 +317,13 @@ class IncrementalTokenizer:
         enc = _encode(self._backend, tail)
         if not enc.split_starts:
             return []
+        # Inside a CJK run (one pre-token until a break), ids no later text can change.
+        inner = inner_cut(
+            self._backend, tail, enc.split_starts[-1], enc.tokens_before[-1], enc.offsets
+        )
+        whole = len(enc.split_starts) < 2 or enc.split_ends[-2] <= enc.split_starts[-1]
+        if inner is not None and whole and _safe_start(tail[inner[1]]):
+            return self._commit(enc, *inner)
         limit = min(enc.split_starts[-1], _trailing_space_start(tail))
         for k in range(len(enc.split_starts) - 1, 0, -1):
             start = enc.split_starts[k]

@@ -1,14 +1,17 @@
-"""When each word of a turn is spoken, estimated from the frames generated and the text fed.
+"""When each unit (word, or CJK character) of a turn is spoken, estimated from the frames
+generated and the text fed.
 
 MOSS-TTS-Realtime reports no word timings, so the engine estimates them, once, for everyone
-(the pipecat service, the server's clients, interruption summaries): a word starts after its
-preceding characters at the session's speaking rate, never later than the audio generated so
-far, and only once the model has been fed the whole word (the text fed is an upper bound on
-what can have been said). When the turn ends, the fed words not yet placed are spread evenly
-over the rest of its audio; words never fed (an early EOS, a frame cap) are never placed.
+(the pipecat service, the server's clients, interruption summaries): a unit (see ``units``)
+starts after its preceding text at the session's speaking rates (one per script class, see
+``speaking_rate``), never later than the audio generated so far, and only once the model has
+been fed the whole unit (the text fed is an upper bound on what can have been said). When the
+turn ends, the fed units not yet placed are spread evenly over the rest of its audio; units
+never fed (an early EOS, a frame cap) are never placed.
 
 Times are seconds from the turn's first audio frame, strictly increasing, and always inside
-the turn's audio. ``heard(frames)`` is the one answer to "which words did the user hear".
+the turn's audio. ``heard(frames)`` is the one answer to "which units did the user hear", and
+``heard_text(frames)`` writes them as the text had them (``units.join_units``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from moss_pipecat.engine.config import FRAME_SECONDS
+from moss_pipecat.engine.speaking_rate import DEFAULT_CJK_CHARS_PER_SECOND, SpeakingRates
+from moss_pipecat.engine.units import TimedWord, join_units, next_unit, touches_next, unit_text
 
 # Smallest gap between two word times: keeps times strictly increasing (pipecat orders word
 # frames by them) without visibly moving any word.
@@ -24,24 +29,31 @@ MIN_GAP_S = 0.001
 
 @dataclass
 class WordTimer:
-    """Word timestamps of one assistant turn.
+    """Unit timestamps of one assistant turn.
 
     Attributes:
-        chars_per_second: the speaking rate used to place words.
+        chars_per_second: speaking rate of scripts written with spaces (Latin, Hangul, …).
+        cjk_chars_per_second: speaking rate of CJK characters.
         text: the turn's text so far (the offsets in ``fed_chars`` index into it).
-        placed: every word placed so far with its time, in order.
+        placed: every unit placed so far with its time, in order.
     """
 
     chars_per_second: float
+    cjk_chars_per_second: float = DEFAULT_CJK_CHARS_PER_SECOND
     text: str = ""
-    placed: list[tuple[str, float]] = field(default_factory=list)
-    _next: int = 0  # char offset where the next unplaced word may start
+    placed: list[TimedWord] = field(default_factory=list)
+    _next: int = 0  # char offset where the next unplaced unit may start
+    _next_s: float = 0.0  # spoken seconds of the text before ``_next``
+    _glued: bool = False  # the last unit placed touches the next one (no space between)
+
+    def __post_init__(self) -> None:
+        self._rates = SpeakingRates(self.chars_per_second, self.cjk_chars_per_second)
 
     def add_text(self, piece: str) -> None:
         self.text += piece
 
-    def on_audio(self, frames: int, fed_chars: int) -> list[tuple[str, float]]:
-        """Places the words that start within ``frames`` generated frames.
+    def on_audio(self, frames: int, fed_chars: int) -> list[TimedWord]:
+        """Places the units that start within ``frames`` generated frames.
 
         Args:
             frames: audio frames of the turn generated so far.
@@ -49,58 +61,72 @@ class WordTimer:
         """
         audio_s = frames * FRAME_SECONDS
         out = []
-        for word, start in self._words(fed_chars, final=False):
-            t = max(start / self.chars_per_second, self._after_last())
+        for start, end, spaced, glued in self._units(fed_chars, final=False):
+            start_s = self._next_s + self._rates.seconds(self.text[self._next : start])
+            t = max(start_s, self._after_last())
             if t >= audio_s:
                 break
-            out.append(self._place(word, start, t))
+            out.append(self._place(start, end, spaced, glued, start_s, t))
         return out
 
-    def finish(self, frames: int, fed_chars: int) -> list[tuple[str, float]]:
-        """The turn ended after ``frames`` audio frames: places its remaining fed words,
+    def finish(self, frames: int, fed_chars: int) -> list[TimedWord]:
+        """The turn ended after ``frames`` audio frames: places its remaining fed units,
         evenly over the audio left, all before the audio's end."""
-        end = frames * FRAME_SECONDS
-        rest = self._words(fed_chars, final=True) if frames > 0 else []
+        end_s = frames * FRAME_SECONDS
+        rest = self._units(fed_chars, final=True) if frames > 0 else []
         if not rest:
             return []
         if self.placed:
-            last = self.placed[-1][1]  # < end: on_audio only places inside the audio
-            step = (end - last) / (len(rest) + 1)
+            last = self.placed[-1][1]  # < end_s: on_audio only places inside the audio
+            step = (end_s - last) / (len(rest) + 1)
             times = [last + step * (k + 1) for k in range(len(rest))]
         else:
-            times = [end * k / len(rest) for k in range(len(rest))]
-        return [self._place(w, s, t) for (w, s), t in zip(rest, times, strict=True)]
+            times = [end_s * k / len(rest) for k in range(len(rest))]
+        return [self._place(*u, 0.0, t) for u, t in zip(rest, times, strict=True)]
 
-    def heard(self, frames: int) -> list[tuple[str, float]]:
-        """The words placed before the end of the first ``frames`` frames."""
+    def heard(self, frames: int) -> list[TimedWord]:
+        """The units placed before the end of the first ``frames`` frames."""
         limit = frames * FRAME_SECONDS
-        return [(w, t) for w, t in self.placed if t < limit]
+        return [w for w in self.placed if w[1] < limit]
 
     def heard_text(self, frames: int) -> str:
-        return " ".join(w for w, _ in self.heard(frames))
+        """The heard units as the text wrote them (no space between CJK units)."""
+        return join_units(self.heard(frames))
 
     # ---- internals -----------------------------------------------------------------------
     def _after_last(self) -> float:
         return self.placed[-1][1] + MIN_GAP_S if self.placed else 0.0
 
-    def _words(self, fed_chars: int, final: bool) -> list[tuple[str, int]]:
-        """Unplaced words fed whole, with their start offsets. Until the turn ends, a word
-        touching the end of the text may still grow, so it waits."""
+    def _units(self, fed_chars: int, final: bool) -> list[tuple[int, int, bool, bool]]:
+        """Unplaced units fed whole: (start, end, spaced, touches the next unit). Until the
+        turn ends, a unit touching the end of the text may still grow, so it waits; so does
+        a unit whose spacing depends on a unit not known whole yet."""
         text, out = self.text, []
-        i, n = self._next, min(len(self.text), fed_chars)
-        while i < n:
-            while i < n and text[i].isspace():
-                i += 1
-            j = i
-            while j < len(text) and not text[j].isspace():
-                j += 1
-            if i == j or j > n or (j == len(text) and not final):
-                break
-            out.append((text[i:j], i))
-            i = j
+        n = min(len(text), fed_chars)
+        i, glued_left = self._next, self._glued
+        while (u := next_unit(text, i, final)) is not None and u[1] <= n:
+            start, end = u
+            glued_right = touches_next(text, end)
+            if glued_left and not glued_right:
+                # A space after a unit touching its left neighbour: if the unit after the
+                # space touches its right neighbour, the space is only writable inside one
+                # unit (see ``units``), so the two are one.
+                after = next_unit(text, end, final)
+                if after is None and not final:
+                    break  # the next unit is still on its way
+                if after is not None and touches_next(text, after[1]):
+                    if after[1] > n:
+                        break
+                    end, glued_right = after[1], True
+            out.append((start, end, glued_left or glued_right, glued_right))
+            i, glued_left = end, glued_right
         return out
 
-    def _place(self, word: str, start: int, t: float) -> tuple[str, float]:
-        self._next = start + len(word)
-        self.placed.append((word, t))
-        return word, t
+    def _place(
+        self, start: int, end: int, spaced: bool, glued: bool, start_s: float, t: float
+    ) -> TimedWord:
+        word = TimedWord(unit_text(self.text, start, end), t, spaced)
+        self._next_s = start_s + self._rates.seconds(self.text[start:end])
+        self._next, self._glued = end, glued
+        self.placed.append(word)
+        return word

@@ -51,10 +51,14 @@ Server -> client
     audio (binary)   ``AUDIO_HEADER`` = magic ``b"MSA1"``, turn_id u32, index u32, n u16,
                      then n codes u16, then the frame's PCM (int16 LE, empty without a codec);
                      all little-endian. One frame (80 ms) per message, sent as generated.
-    ``turn.words``   turn_id, index, words [[word, seconds], ...]: the word times the engine
-                     placed with frame ``index``; sent just before that frame
+    ``turn.words``   turn_id, index, words [[word, seconds], ...], spaced [i, ...]: the word
+                     times the engine placed with frame ``index``; sent just before that
+                     frame. A word is a unit (a word, or a CJK character); ``spaced`` (optional,
+                     default none) lists the units that carry their own spacing: two spaced
+                     units join with nothing between them, any others with one space
+                     (``engine.units.join_units``)
     ``turn.end``     turn_id, summary {turn_id, stop, audio_frames, heard_frames, text_ids,
-                     text, spoken_text, words, ttfa_s, error}
+                     text, spoken_text, words, spaced, ttfa_s, error}
     ``result``       req, plus what the request returns (``summary``, ``snapshot``)
     ``error``        code, message, req? (the request it answers), turn_id?, fatal (the
                      server closes the connection after a fatal error)

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from moss_pipecat.engine.events import AudioChunk, TurnSummary
+from moss_pipecat.engine.units import TimedWord, is_spaced
 from moss_pipecat.errors import MossError
 from moss_pipecat.server.client_messages import Sampling
 from moss_pipecat.server.error_codes import error_code, error_from_wire
@@ -23,6 +24,18 @@ class _Out(WireModel):
 
 
 Words = list[tuple[str, float]]
+
+
+def spaced_indices(words: list[tuple[str, float]]) -> list[int]:
+    """Which of ``words`` carry their own spacing (``units.TimedWord.spaced``): the client
+    joins those without a space, as the engine does (``units.join_units``)."""
+    return [i for i, w in enumerate(words) if is_spaced(w)]
+
+
+def timed_words(words: Words, spaced: list[int]) -> list[TimedWord]:
+    """The engine's words back from the wire (a server without ``spaced`` sends none)."""
+    marked = set(spaced)
+    return [TimedWord(w, t, i in marked) for i, (w, t) in enumerate(words)]
 
 
 class AudioInfo(_Out):
@@ -69,10 +82,16 @@ class TurnWords(_Out):
     turn_id: int
     index: int
     words: Words
+    spaced: list[int] = []  # noqa: RUF012 (indices into words; see ``spaced_indices``)
 
     @classmethod
     def of(cls, chunk: AudioChunk) -> TurnWords:
-        return cls(turn_id=chunk.turn_id, index=chunk.index, words=list(chunk.words))
+        words = list(chunk.words)
+        extra = {"spaced": spaced} if (spaced := spaced_indices(words)) else {}
+        return cls(turn_id=chunk.turn_id, index=chunk.index, words=words, **extra)
+
+    def timed_words(self) -> list[TimedWord]:
+        return timed_words(self.words, self.spaced)
 
 
 class WireSummary(_Out):
@@ -86,11 +105,13 @@ class WireSummary(_Out):
     text: str = ""
     spoken_text: str = ""
     words: Words = []  # noqa: RUF012
+    spaced: list[int] = []  # noqa: RUF012 (indices into words; see ``spaced_indices``)
     ttfa_s: float | None = None
     error: tuple[str, str] | None = None
 
     @classmethod
     def of(cls, s: TurnSummary) -> WireSummary:
+        extra = {"spaced": spaced} if (spaced := spaced_indices(s.words)) else {}
         return cls(
             turn_id=s.turn_id,
             stop=s.stop,
@@ -102,6 +123,7 @@ class WireSummary(_Out):
             words=list(s.words),
             ttfa_s=s.ttfa_s,
             error=None if s.error is None else (error_code(s.error), str(s.error)),
+            **extra,  # only when some words carry their own spacing: older clients see none
         )
 
     def to_summary(self) -> TurnSummary:
@@ -113,7 +135,7 @@ class WireSummary(_Out):
             text_ids=list(self.text_ids),
             text=self.text,
             spoken_text=self.spoken_text,
-            words=list(self.words),
+            words=timed_words(self.words, self.spaced),
             ttfa_s=self.ttfa_s,
             error=None if self.error is None else error_from_wire(*self.error),
         )

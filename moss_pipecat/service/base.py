@@ -251,8 +251,7 @@ class MossTTSServiceBase(TTSService):
             return  # ours alone
         if isinstance(frame, (TTSTextFrame, AggregatedTextProgressFrame)):
             reply = self._replies.get(frame.context_id or "")
-            if reply is not None and reply.words_closed:
-                logger.debug(f"{self}: not spoken, kept out of the context: {frame.text!r}")
+            if reply is not None and not reply.word_frame_passes(frame):
                 return
         if isinstance(frame, TTSAudioRawFrame) and frame.context_id in self._replies:
             await self._clock.audio_pushed(self._replies[frame.context_id])

@@ -4,15 +4,19 @@ frames come out as they are heard and an interruption keeps what was heard."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipecat.frames.frames import ControlFrame
+from loguru import logger
+from pipecat.frames.frames import AggregatedTextProgressFrame, ControlFrame, TTSTextFrame
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.transports.base_output import BaseOutputTransport
 
 from moss_pipecat.engine.config import FRAME_SECONDS
+from moss_pipecat.engine.units import TimedWord, is_cjk_char, is_spaced
 
 MAX_TRACKED_REPLIES = 4
 FRAME_NS = round(FRAME_SECONDS * 1e9)
@@ -62,6 +66,34 @@ class Reply:
     # frame). A new run starts where the audio ran out before the next frame came (the LLM or
     # the engine stalled): the device then plays that frame when it arrives.
     runs: list[tuple[int, int]] = field(default_factory=list)
+    # Units released to pipecat whose word frame has not come back yet (their spacing).
+    released: deque[TimedWord] = field(default_factory=deque)
+
+    def word_frame_passes(self, frame: TTSTextFrame | AggregatedTextProgressFrame) -> bool:
+        """Whether a word (or progress) frame of this reply goes on, spacing set: none after
+        its last word time (``SpokenWordsEnd``: pipecat's force-complete of text never
+        timed, which was not spoken)."""
+        if self.words_closed:
+            logger.debug(f"not spoken, kept out of the context: {frame.text!r}")
+            return False
+        if isinstance(frame, TTSTextFrame):
+            self.mark_spacing(frame)
+        return True
+
+    def mark_spacing(self, frame: TTSTextFrame) -> None:
+        """Gives a word frame the spacing of the unit it was released as.
+
+        pipecat's sequencer marks every later word of a sentence ``includes_inter_frame_spaces``
+        once one of them was, so a mixed sentence would lose the spaces around its words;
+        the frame's own unit says. A frame that is not the next unit (pipecat matched the
+        words differently) keeps whether it is CJK text.
+        """
+        unit = self.released.popleft() if self.released else None
+        if unit is not None and unit.text == frame.text:
+            frame.includes_inter_frame_spaces = unit.spaced
+            return
+        logger.debug(f"word frame {frame.text!r} is not the unit released ({unit!r})")
+        frame.includes_inter_frame_spaces = any(is_cjk_char(ch) for ch in frame.text)
 
     def play(self, start_ns: int) -> None:
         """Playback starts at ``start_ns``: the frames pushed so far play from there."""
@@ -119,7 +151,8 @@ class HeardClock:
     Args:
         output_latency_ns: playback delay after the transport reports the bot speaking.
         now: the pipeline clock (ns).
-        release_words: hands word times to pipecat (``TTSService.add_word_timestamps``).
+        release_words: hands word times to pipecat (``TTSService.add_word_timestamps``), with
+            whether they carry their own spacing (``includes_inter_frame_spaces``).
         close_reply: called when a reply's playback starts (its held words are queued).
     """
 
@@ -128,7 +161,7 @@ class HeardClock:
         output_latency_ns: int,
         *,
         now: Callable[[], int],
-        release_words: Callable[[list[tuple[str, float]], str], Awaitable[None]],
+        release_words: Callable[[list[tuple[str, float]], str, bool | None], Awaitable[None]],
         close_reply: Callable[[Reply], Awaitable[None]],
     ) -> None:
         self._output_latency_ns = output_latency_ns
@@ -150,9 +183,15 @@ class HeardClock:
             return
         earliest = self._now() + self._latency_ns()
         # pipecat releases a word at baseline + t'; t' puts it where its audio plays.
-        timed = [(w, (reply.time_ns(t, earliest) - reply.baseline_ns) / 1e9) for w, t in words]
+        timed = [
+            TimedWord(w[0], (reply.time_ns(w[1], earliest) - reply.baseline_ns) / 1e9, is_spaced(w))
+            for w in words
+        ]
         self.last_word_pts = max(self.last_word_pts, reply.baseline_ns + round(timed[-1][1] * 1e9))
-        await self._release_words(timed, reply.context_id)
+        reply.released.extend(timed)
+        # One call per run of equal spacing: pipecat takes one flag per call.
+        for spaced, run in itertools.groupby(timed, key=is_spaced):
+            await self._release_words(list(run), reply.context_id, True if spaced else None)
 
     async def audio_pushed(self, reply: Reply) -> None:
         """pipecat pushes the reply's audio: its first frame fixes the word-time baseline

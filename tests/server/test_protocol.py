@@ -268,3 +268,22 @@ def test_cli_kv_pools_and_graph_flags_make_the_engine_config():
                 ["serve", "--tiny", "/x", "--graphs", "off", "--compile", "inductor"]
             )
         )
+
+
+def test_cjk_units_travel_with_their_spacing_and_old_messages_still_parse():
+    from moss_pipecat.engine.units import TimedWord, join_units
+
+    words = (TimedWord("你", 0.0, True), TimedWord("好，", 0.2, True), TimedWord("Bob", 0.5))
+    text = P.TurnWords.of(AudioChunk(2, 7, torch.zeros(16, dtype=torch.int64), None, words))
+    wire = json.loads(text.to_json())
+    assert wire["words"] == [["你", 0.0], ["好，", 0.2], ["Bob", 0.5]] and wire["spaced"] == [0, 1]
+    back = P.parse_server_message(json.dumps(wire)).timed_words()
+    assert [(w.text, w.seconds, w.spaced) for w in back] == [(*w, w.spaced) for w in words]
+    assert join_units(back) == "你好， Bob"
+    del wire["spaced"]  # a server from before the field: plain words, joined with spaces
+    assert join_units(P.parse_server_message(json.dumps(wire)).timed_words()) == "你 好， Bob"
+    s = TurnSummary(3, "interrupted", 4, 2, [1, 2], "你好， Bob", "你好，", words=list(words[:2]))
+    summary = P.WireSummary.of(s)
+    assert summary.spaced == [0, 1]
+    got = P.parse_server_message(P.TurnEnded(turn_id=3, summary=summary).to_json())
+    assert join_units(got.summary.to_summary().words) == "你好，"

@@ -80,6 +80,12 @@ async def _run(engine, frames, context):
         output_latency_s=LATENCY_S,
         settings=MossTTSSettings(greedy=True, lookahead_s=0.5),
     )
+    return await run_playing(tts, frames, context)
+
+
+async def run_playing(tts, frames, context):
+    """Runs ``tts`` (built with ``output_latency_s=LATENCY_S``) before the real-time
+    transport, a word recorder and ``context``'s assistant aggregator, on a busy loop."""
     cuts = []
 
     @tts.event_handler("on_reply_interrupted")

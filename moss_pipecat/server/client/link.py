@@ -136,7 +136,7 @@ class _Link:
         elif isinstance(msg, P.TurnWords):
             turn = self.turns.get(msg.turn_id)
             if turn is not None:
-                turn._words[msg.index] = list(msg.words)
+                turn._words[msg.index] = msg.timed_words()
         elif isinstance(msg, P.TurnEnded):
             turn = self.turns.pop(msg.turn_id, None)
             if turn is not None:

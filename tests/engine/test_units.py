@@ -1,0 +1,118 @@
+"""Units fit the script: CJK characters one by one (punctuation on the one before), words
+elsewhere; they are placed as their text is fed, at each script's rate, and join back into the
+text without a space added or lost."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import pytest
+
+from moss_pipecat.engine.config import FRAME_SECONDS
+from moss_pipecat.engine.speaking_rate import SpeakingRates
+from moss_pipecat.engine.units import TimedWord, join_units
+from moss_pipecat.engine.word_times import WordTimer
+
+ZH = "你好，今天天气很好。我们去公园散步吧。"
+JA = "「こんにちは」と言った。"
+MIXED = "你好 Alice，明天见。我用iPhone拍照 and share it。"
+
+
+def _all_units(text: str, frames: int = 400) -> list[TimedWord]:
+    timer = WordTimer(chars_per_second=14.0, cjk_chars_per_second=4.5)
+    timer.add_text(text)
+    placed = []
+    for f in range(1, frames):
+        placed += timer.on_audio(f, fed_chars=len(text))
+    return placed + timer.finish(frames, fed_chars=len(text))
+
+
+@pytest.mark.parametrize(
+    ("text", "units", "spaced"),
+    [
+        (ZH, ["你", "好，", "今", "天", "天", "气", "很", "好。", "我", "们", "去", "公", "园",
+              "散", "步", "吧。"], [True] * 16),
+        (JA, ["「こ", "ん", "に", "ち", "は」", "と", "言", "っ", "た。"], [True] * 9),
+        ("Hello world, how are you?", ["Hello", "world,", "how", "are", "you?"], [False] * 5),
+        ("안녕하세요 여러분, 반갑습니다.", ["안녕하세요", "여러분,", "반갑습니다."], [False] * 3),
+        # A word ends where CJK starts; a space between two units that each touch their
+        # other neighbour is only writable inside one unit.
+        (MIXED, ["你", "好 Alice，", "明", "天", "见。", "我", "用", "iPhone", "拍", "照",
+                 "and", "share", "it。"],
+         [True] * 10 + [False, False, False]),
+        ("你好 世界", ["你", "好 世", "界"], [True] * 3),
+    ],
+)  # fmt: skip
+def test_units_fit_the_script_and_join_back_to_the_text(text, units, spaced):
+    placed = _all_units(text)
+    assert [w.text for w in placed] == units
+    assert [w.spaced for w in placed] == spaced
+    assert join_units(placed) == text
+    for n in range(len(placed) + 1):  # every prefix is the text's own prefix
+        assert text.startswith(join_units(placed[:n]))
+
+
+def test_plain_pairs_join_with_spaces_as_words_always_did():
+    assert join_units([("a", 0.0), ("b", 0.1)]) == "a b"
+    w = TimedWord("好", 0.5, spaced=True)
+    word, t = w  # unpacks as the (word, seconds) pair it always was
+    assert (word, t) == ("好", 0.5) and w == ("好", 0.5)
+
+
+def test_chinese_units_are_placed_while_the_text_streams():
+    """Each character is placed once the next one is fed (its punctuation may follow)."""
+    timer = WordTimer(chars_per_second=14.0, cjk_chars_per_second=4.5)
+    placed = []
+    for k, ch in enumerate(ZH, start=1):
+        timer.add_text(ch)
+        placed += timer.on_audio(1000, fed_chars=k)  # audio far ahead: only the text bounds
+        assert join_units(placed) == ZH[: len(join_units(placed))]
+    assert len(placed) == 15  # all but the last, which may still grow until the turn ends
+    placed += timer.finish(1000, fed_chars=len(ZH))
+    assert join_units(placed) == ZH
+
+
+def test_each_script_is_placed_at_its_own_rate():
+    rates = SpeakingRates(other=14.0, cjk=4.5)
+    text = "Hello there 你好吗"
+    placed = _all_units(text)
+    times = dict(placed)
+    # "Hello there " at 14 chars/s, then one Chinese character at 4.5 chars/s.
+    assert times["你"] == pytest.approx(len("Hello there ") / 14.0)
+    assert times["好"] == pytest.approx(len("Hello there ") / 14.0 + 1 / 4.5)
+    assert rates.seconds("你好，") == pytest.approx(3 / 4.5)
+    assert rates.seconds("Hi, 你") == pytest.approx(4 / 14.0 + 1 / 4.5)
+
+
+def test_learning_moves_each_scripts_rate_by_its_share():
+    english = SpeakingRates(other=14.0, cjk=4.5)
+    english.learn("a" * 100, frames=100)  # 100 chars in 8 s: 12.5 chars/s
+    assert english.other == pytest.approx(0.7 * 14.0 + 0.3 * 12.5)  # the single rate's rule
+    assert english.cjk == 4.5
+    chinese = SpeakingRates(other=14.0, cjk=4.5)
+    chinese.learn("你" * 30, frames=100)  # 30 chars in 8 s: 3.75 chars/s
+    assert chinese.cjk == pytest.approx(0.7 * 4.5 + 0.3 * 3.75)
+    assert chinese.other == 14.0
+    mixed = SpeakingRates(other=14.0, cjk=4.5)
+    mixed.learn("你" * 9 + "a" * 28, frames=50)  # predicted 2 s + 2 s, took 4 s: unchanged
+    assert (mixed.other, mixed.cjk) == (pytest.approx(14.0), pytest.approx(4.5))
+    short = SpeakingRates()
+    short.learn("你好", frames=5)  # too short to say anything
+    assert short == SpeakingRates()
+
+
+@pytest.mark.parametrize("text", [ZH, JA, MIXED])
+def test_cut_by_frames_is_a_prefix_of_the_text(text):
+    timer = WordTimer(chars_per_second=14.0, cjk_chars_per_second=4.5)
+    timer.add_text(text)
+    frames = 60
+    placed = []
+    for f in range(1, frames):
+        placed += timer.on_audio(f, fed_chars=len(text))
+    placed += timer.finish(frames, fed_chars=len(text))
+    times = [t for _, t in placed]
+    assert all(a < b for a, b in pairwise(times)) and times[-1] < frames * FRAME_SECONDS
+    for heard in range(frames + 1):
+        kept = timer.heard_text(heard)
+        assert text.startswith(kept)
+        assert len(timer.heard(heard)) == sum(t < heard * FRAME_SECONDS for t in times)

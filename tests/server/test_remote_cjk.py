@@ -1,0 +1,57 @@
+"""MossRemoteTTSService keeps CJK and mixed replies as heard, exactly as the local service
+(``tests/service/test_cjk_replies.py``): the units' spacing travels in ``turn.words``."""
+
+from __future__ import annotations
+
+import pytest
+from pipecat.frames.frames import InterruptionFrame
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.tests.utils import SleepFrame
+
+from moss_pipecat.service import MossTTSSettings
+from moss_pipecat.service.remote import MossRemoteTTSService
+
+from ..service.test_cjk_replies import (
+    CUTS_S,
+    MIXED,
+    TEXTS,
+    assistant_text,
+    check_barge_in,
+    check_word_frames,
+    tokens,
+)
+from ..service.test_heard_clock import LATENCY_S, run_playing
+from ..service.test_moss_tts_service import reply
+
+
+async def _remote(make_tiny_engine, make_server) -> MossRemoteTTSService:
+    engine = make_tiny_engine(max_sessions=2, eos_after_text=True, eos_min_frames=4)
+    server = await make_server(engine)
+    return MossRemoteTTSService(
+        url=server.url,
+        output_latency_s=LATENCY_S,
+        settings=MossTTSSettings(greedy=True, lookahead_s=0.5),
+    )
+
+
+@pytest.mark.parametrize("lang", list(TEXTS))
+async def test_a_remote_barge_in_keeps_in_the_context_what_moss_kept(
+    make_tiny_engine, make_server, lang
+):
+    text, context = TEXTS[lang], LLMContext()
+    cut_s = CUTS_S[list(TEXTS).index(lang)]  # each language at another playback point
+    frames = [*reply(*tokens(text)), SleepFrame(cut_s), InterruptionFrame(), SleepFrame(0.3)]
+    tts = await _remote(make_tiny_engine, make_server)
+    down, transport, recorder, cuts = await run_playing(tts, frames, context)
+    check_barge_in(text, assistant_text(context), cuts)
+    check_word_frames(recorder, transport, down)
+
+
+async def test_a_whole_mixed_reply_reaches_the_context_as_written(make_tiny_engine, make_server):
+    context = LLMContext()
+    tts = await _remote(make_tiny_engine, make_server)
+    frames = [*reply(*tokens(MIXED)), SleepFrame(6.0)]
+    down, transport, recorder, cuts = await run_playing(tts, frames, context)
+    assert not cuts
+    assert assistant_text(context) == MIXED
+    check_word_frames(recorder, transport, down)

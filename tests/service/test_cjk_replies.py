@@ -1,0 +1,111 @@
+"""Chinese, Japanese and mixed replies keep exactly what was heard (issue #21).
+
+Replies are streamed a token (one or two characters) at a time into MossTTSService and played
+by a real-time output transport; a barge-in at several playback points must leave in the LLM
+context the text MOSS's history kept (``spoken_text``): the same units, no space added between
+CJK characters nor lost between words. The remote service is held to the same
+(``tests/server/test_remote_cjk.py``).
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import pytest
+from pipecat.frames.frames import InterruptionFrame, TTSAudioRawFrame
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.tests.utils import SleepFrame
+
+from moss_pipecat.engine.units import is_cjk_char, join_units
+from moss_pipecat.engine.word_times import WordTimer
+from moss_pipecat.service import MossTTSService, MossTTSSettings
+
+from .test_heard_clock import LATENCY_S, run_playing
+from .test_moss_tts_service import reply
+
+ZH = "你好，今天天气很好。我们去公园散步吧。然后一起吃午饭，下午再回家休息。"
+JA = "こんにちは、今日はいい天気ですね。公園に行きましょう。それから昼ご飯を食べます。"
+MIXED = "你好 Alice，明天见。我们一起去 Central Park 散步吧，然后用iPhone拍照。"
+# Long enough that every cut below lands while the text is still being read (the turn cannot
+# end before: the talkative engine masks EOS until the whole text is fed).
+TEXTS = {"zh": ZH * 3, "ja": JA * 3, "mixed": MIXED * 3}
+CUTS_S = (1.0, 1.8, 2.6)
+
+
+def tokens(text: str) -> list[str]:
+    """An LLM's stream: one, then two characters a piece, spaces kept where they were."""
+    pieces, i = [], 0
+    while i < len(text):
+        n = 1 + len(pieces) % 2
+        pieces.append(text[i : i + n])
+        i += n
+    return pieces
+
+
+def assistant_text(context: LLMContext) -> str:
+    (said,) = [m["content"] for m in context.get_messages() if m["role"] == "assistant"] or [""]
+    return said
+
+
+def unit_prefixes(text: str) -> list[str]:
+    """The text as written after each of its units (the only texts a cut can keep)."""
+    timer = WordTimer(chars_per_second=14.0)
+    timer.add_text(text)
+    units = timer.finish(10_000, fed_chars=len(text))
+    return [join_units(units[:n]) for n in range(len(units) + 1)]
+
+
+def check_barge_in(text: str, said: str, cuts: list) -> None:
+    """One cut mid-reply; the context holds what MOSS kept, a prefix of the text cut after a
+    unit, with no space added or lost. The two agree but for the unit whose audio starts in
+    the frame playing at the barge-in (the heard clock counts whole frames; the transport
+    releases a word frame at its start): one unit at most, as for English."""
+    (cut,) = cuts
+    assert 0 < cut.heard_frames < cut.audio_frames
+    prefixes = unit_prefixes(text)
+    kept = prefixes.index(cut.spoken_text)  # raises if MOSS kept anything else
+    assert kept > 0
+    assert said in prefixes and abs(prefixes.index(said) - kept) <= 1, (said, cut.spoken_text)
+
+
+def check_word_frames(recorder, transport, down) -> None:
+    """Word frames come while the reply plays: strictly increasing PTS inside the audio, CJK
+    ones marked as carrying their own spacing."""
+    pts = [f.pts for f in recorder.words]
+    assert pts and all(a < b for a, b in pairwise(pts))
+    assert sum(isinstance(f, TTSAudioRawFrame) for f in down) > 0
+    start, end = transport.played[0][0], transport.played[-1][0] + transport.played[-1][1]
+    assert start - 0.05e9 <= pts[0] and pts[-1] < end
+    for f in recorder.words:
+        if all(is_cjk_char(ch) or not ch.isalnum() for ch in f.text):
+            assert f.includes_inter_frame_spaces, f.text
+
+
+def _tts(engine) -> MossTTSService:
+    return MossTTSService(
+        engine=engine,
+        output_latency_s=LATENCY_S,
+        settings=MossTTSSettings(greedy=True, lookahead_s=0.5),
+    )
+
+
+@pytest.mark.parametrize("lang", list(TEXTS))
+@pytest.mark.parametrize("cut_s", CUTS_S)
+async def test_a_barge_in_keeps_in_the_context_what_moss_kept(talkative_engine, lang, cut_s):
+    text, context = TEXTS[lang], LLMContext()
+    frames = [*reply(*tokens(text)), SleepFrame(cut_s), InterruptionFrame(), SleepFrame(0.3)]
+    down, transport, recorder, cuts = await run_playing(_tts(talkative_engine), frames, context)
+    check_barge_in(text, assistant_text(context), cuts)
+    check_word_frames(recorder, transport, down)
+
+
+@pytest.mark.parametrize("lang", ["zh", "ja", "mixed"])
+async def test_a_whole_reply_reaches_the_context_as_written(talkative_engine, lang):
+    text, context = {"zh": ZH, "ja": JA, "mixed": MIXED}[lang], LLMContext()
+    frames = [*reply(*tokens(text)), SleepFrame(6.0)]
+    down, transport, recorder, cuts = await run_playing(_tts(talkative_engine), frames, context)
+    assert not cuts
+    assert assistant_text(context) == text  # every unit, no space added or lost
+    check_word_frames(recorder, transport, down)
+    # Units stream while the reply plays: the first is out long before the audio ends.
+    assert recorder.words[0].pts < transport.played[len(transport.played) // 2][0]
