@@ -98,7 +98,9 @@ def _start_server(fixtures_dir, port: int, log) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
-async def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 40.0) -> None:
+async def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    # A hang guard, not a timing check: a server process starting on a loaded box (parallel
+    # test workers, niced) takes tens of seconds to import and load.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the server process died"
