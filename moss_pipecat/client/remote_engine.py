@@ -9,17 +9,17 @@ import ssl
 import time
 from typing import Any
 
+from moss_pipecat import protocol as P
+from moss_pipecat.client.link import _Link
+from moss_pipecat.client.remote_session import RemoteSession
 from moss_pipecat.errors import CapacityError, InvalidInputError, MossError
-from moss_pipecat.model.sampling import SamplingParams
-from moss_pipecat.server import protocol as P
-from moss_pipecat.server.client.link import _Link
-from moss_pipecat.server.client.remote_session import RemoteSession
-from moss_pipecat.server.errors import (
+from moss_pipecat.protocol.errors import (
     ForbiddenError,
     ProtocolError,
     ServerUnavailableError,
     UnauthorizedError,
 )
+from moss_pipecat.speech.sampling import SamplingParams
 
 
 class RemoteEngine:
@@ -130,7 +130,7 @@ class RemoteEngine:
             ):
                 raise  # retrying cannot help
             except ssl.SSLCertVerificationError as e:
-                from moss_pipecat.server.errors import TLSVerificationError
+                from moss_pipecat.protocol.errors import TLSVerificationError
 
                 raise TLSVerificationError(
                     f"the TLS certificate of {self.url} failed verification "

@@ -26,11 +26,11 @@ websocket, its writer and reader tasks), ``remote_turn`` (``RemoteTurn``), ``wir
 and binary payloads). This module re-exports the public names.
 """
 
-from moss_pipecat.server.client.remote_engine import RemoteEngine
-from moss_pipecat.server.client.remote_session import RemoteSession
-from moss_pipecat.server.client.remote_turn import RemoteTurn
-from moss_pipecat.server.client.wire import codes_bytes, pcm16_from_audio
-from moss_pipecat.server.errors import ForbiddenError, ServerUnavailableError
+from moss_pipecat.client.remote_engine import RemoteEngine
+from moss_pipecat.client.remote_session import RemoteSession
+from moss_pipecat.client.remote_turn import RemoteTurn
+from moss_pipecat.client.wire import codes_bytes, pcm16_from_audio
+from moss_pipecat.protocol.errors import ForbiddenError, ServerUnavailableError
 
 __all__ = [
     "ForbiddenError",

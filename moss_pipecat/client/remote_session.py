@@ -9,25 +9,24 @@ import secrets
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
 from loguru import logger
 
-from moss_pipecat.engine.events import TurnSummary
-from moss_pipecat.errors import InvalidInputError, MossError, SessionClosedError
-from moss_pipecat.model.sampling import SamplingParams
-from moss_pipecat.server import protocol as P
-from moss_pipecat.server.client.wire import (
+from moss_pipecat import protocol as P
+from moss_pipecat.client.wire import (
     _build,
     _wire_sampling,
     codes_bytes,
     pcm16_from_audio,
 )
-from moss_pipecat.server.errors import ProtocolError
+from moss_pipecat.errors import InvalidInputError, MossError, SessionClosedError
+from moss_pipecat.protocol.errors import ProtocolError
+from moss_pipecat.speech.events import TurnSummary
+from moss_pipecat.speech.sampling import SamplingParams
 
 if TYPE_CHECKING:
-    from moss_pipecat.server.client.link import _Link
-    from moss_pipecat.server.client.remote_engine import RemoteEngine
-    from moss_pipecat.server.client.remote_turn import RemoteTurn
+    from moss_pipecat.client.link import _Link
+    from moss_pipecat.client.remote_engine import RemoteEngine
+    from moss_pipecat.client.remote_turn import RemoteTurn
 
 
 class RemoteSession:
@@ -258,6 +257,8 @@ class RemoteSession:
         reply: P.Result = await self._call(P.Snapshot)
         if reply.snapshot is None:
             raise ProtocolError("the server's snapshot result has no snapshot")
+        import torch  # snapshots are for tests and debugging, which have the full install
+
         snap = reply.snapshot.model_dump()
         snap["rows"] = torch.tensor(snap["rows"], dtype=torch.int64).reshape(-1, 17)
         snap["turns"] = [tuple(t) for t in snap["turns"]]

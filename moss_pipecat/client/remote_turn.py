@@ -9,15 +9,15 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
-from moss_pipecat.engine.events import AudioChunk, TurnSummary
+from moss_pipecat import protocol as P
+from moss_pipecat.client.wire import _build
 from moss_pipecat.errors import InvalidInputError, MossError, SessionClosedError, TurnStateError
-from moss_pipecat.server import protocol as P
-from moss_pipecat.server.client.wire import _build
-from moss_pipecat.server.errors import ServerUnavailableError
+from moss_pipecat.protocol.errors import ServerUnavailableError
+from moss_pipecat.speech.events import AudioChunk, TurnSummary
 
 if TYPE_CHECKING:
-    from moss_pipecat.server.client.link import _Link
-    from moss_pipecat.server.client.remote_session import RemoteSession
+    from moss_pipecat.client.link import _Link
+    from moss_pipecat.client.remote_session import RemoteSession
 
 _TEXT_PIECE = 4096  # characters per turn.text message (stays far below the message cap)
 

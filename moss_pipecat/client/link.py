@@ -7,18 +7,17 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-import torch
 from loguru import logger
 
-from moss_pipecat.engine.events import AudioChunk
+from moss_pipecat import protocol as P
+from moss_pipecat.client.remote_turn import RemoteTurn
+from moss_pipecat.client.wire import _build, codes_array
 from moss_pipecat.errors import MossError, SessionClosedError
-from moss_pipecat.server import protocol as P
-from moss_pipecat.server.client.remote_turn import RemoteTurn
-from moss_pipecat.server.client.wire import _build
-from moss_pipecat.server.errors import ForbiddenError, ServerUnavailableError, UnauthorizedError
+from moss_pipecat.protocol.errors import ForbiddenError, ServerUnavailableError, UnauthorizedError
+from moss_pipecat.speech.events import AudioChunk
 
 if TYPE_CHECKING:
-    from moss_pipecat.server.client.remote_session import RemoteSession
+    from moss_pipecat.client.remote_session import RemoteSession
 
 
 class _Link:
@@ -124,7 +123,7 @@ class _Link:
         turn = self.turns.get(turn_id)
         if turn is not None:
             words = tuple(turn._words.pop(index, ()))
-            codes_t = torch.tensor(codes, dtype=torch.int64)
+            codes_t = codes_array(codes)
             turn._put(AudioChunk(turn_id, index, codes_t, pcm, words))
 
     def _control(self, text: str) -> None:
