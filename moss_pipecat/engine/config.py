@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from moss_pipecat.errors import InvalidInputError
-
-FRAME_SECONDS = 0.08  # one audio frame = 1920 samples at 24 kHz
+from moss_pipecat.speech.frames import FRAME_SECONDS  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

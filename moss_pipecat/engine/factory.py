@@ -17,12 +17,11 @@ from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.engine import MossEngine
 from moss_pipecat.errors import CheckpointError
 from moss_pipecat.model import MossTTSRealtime
+from moss_pipecat.speech.models import DEFAULT_CODEC, DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from moss_pipecat.codec import MossAudioCodec
 
-DEFAULT_MODEL = "OpenMOSS-Team/MOSS-TTS-Realtime"
-DEFAULT_CODEC = "OpenMOSS-Team/MOSS-Audio-Tokenizer"
 
 # Where a checkout finds the conformance fixtures when ``$MOSS_FIXTURES`` is not set: the shared
 # folder beside the repository.

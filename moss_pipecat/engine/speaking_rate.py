@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from moss_pipecat.engine.config import FRAME_SECONDS
-from moss_pipecat.engine.units import is_cjk_class
+from moss_pipecat.speech.units import is_cjk_class
 
 DEFAULT_CHARS_PER_SECOND = 14.0  # typical English TTS speaking rate
 DEFAULT_CJK_CHARS_PER_SECOND = 4.5  # typical Mandarin rate (characters = syllables)

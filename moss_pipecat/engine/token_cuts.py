@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from moss_pipecat.engine.units import is_cjk_char
+from moss_pipecat.speech.units import is_cjk_char
 
 
 @functools.cache

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from moss_pipecat.engine.config import FRAME_SECONDS
 from moss_pipecat.engine.speaking_rate import DEFAULT_CJK_CHARS_PER_SECOND, SpeakingRates
-from moss_pipecat.engine.units import TimedWord, join_units, next_unit, touches_next, unit_text
+from moss_pipecat.speech.units import TimedWord, join_units, next_unit, touches_next, unit_text
 
 # Smallest gap between two word times: keeps times strictly increasing (pipecat orders word
 # frames by them) without visibly moving any word.

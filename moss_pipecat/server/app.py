@@ -21,8 +21,8 @@ from typing import Any
 from fastapi import Request, WebSocket  # module level: FastAPI resolves annotations here
 from loguru import logger
 
+from moss_pipecat import protocol as P
 from moss_pipecat.engine.engine import MossEngine
-from moss_pipecat.server import protocol as P
 from moss_pipecat.server.config import ServerConfig
 from moss_pipecat.server.core import ConversationHub
 from moss_pipecat.server.transport import ABORT_EXTENSION, AsgiTransport

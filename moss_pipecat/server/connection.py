@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from moss_pipecat.server import protocol as P
+from moss_pipecat import protocol as P
 from moss_pipecat.server.budget import Admission
 from moss_pipecat.server.transport import Transport, TransportClosed
 

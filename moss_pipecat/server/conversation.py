@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from moss_pipecat.engine.session import Session, TurnStream
-from moss_pipecat.model.sampling import SamplingParams
+from moss_pipecat.speech.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from moss_pipecat.server.connection import Connection

@@ -28,20 +28,20 @@ from typing import Any
 
 from loguru import logger
 
+from moss_pipecat import protocol as P
 from moss_pipecat.engine.engine import MossEngine
 from moss_pipecat.errors import CapacityError, MossError, SessionClosedError
-from moss_pipecat.model.sampling import SamplingParams
-from moss_pipecat.server import protocol as P
+from moss_pipecat.protocol.errors import ForbiddenError, ProtocolError
 from moss_pipecat.server.budget import Admission, ConnectionBudget
 from moss_pipecat.server.config import ServerConfig
 from moss_pipecat.server.connection import Connection
 from moss_pipecat.server.conversation import Conversation
-from moss_pipecat.server.errors import ForbiddenError, ProtocolError
 from moss_pipecat.server.handshake import run_handshake
 from moss_pipecat.server.message_handlers import serve_requests
 from moss_pipecat.server.metrics import ServerMetrics
 from moss_pipecat.server.transport import Transport, TransportClosed
 from moss_pipecat.server.uploads import AudioUploads
+from moss_pipecat.speech.sampling import SamplingParams
 
 
 class ConversationHub:

@@ -1,35 +1,22 @@
-"""Errors of the engine server and its client (all ``MossError`` subclasses)."""
+"""The errors of the wire protocol live in ``moss_pipecat.protocol.errors`` (the client raises
+them too); re-exported here, where the server's users found them."""
 
-from __future__ import annotations
+from moss_pipecat.protocol.errors import (
+    ForbiddenError,
+    ProtocolError,
+    RemoteError,
+    ServerError,
+    ServerUnavailableError,
+    TLSVerificationError,
+    UnauthorizedError,
+)
 
-from moss_pipecat.errors import MossError
-
-
-class ServerError(MossError):
-    """Base class of errors about talking to an engine server."""
-
-
-class ServerUnavailableError(ServerError):
-    """The server cannot be reached, went away mid-request, or did not answer in time."""
-
-
-class TLSVerificationError(ServerUnavailableError):
-    """The server's TLS certificate failed verification (unknown CA, wrong host name,
-    expired). Retrying cannot help: give the client the CA (``ssl_ca_file``) or an
-    ``ssl_context`` that trusts it."""
-
-
-class ProtocolError(ServerError):
-    """A message broke the wire protocol (malformed, unknown type, too large, out of order)."""
-
-
-class UnauthorizedError(ServerError):
-    """The server wants a (different) bearer token."""
-
-
-class RemoteError(ServerError):
-    """The server failed for a reason of its own (an internal error)."""
-
-
-class ForbiddenError(ServerError):
-    """The conversation exists and the hello did not carry its resume secret (or a wrong one)."""
+__all__ = [
+    "ForbiddenError",
+    "ProtocolError",
+    "RemoteError",
+    "ServerError",
+    "ServerUnavailableError",
+    "TLSVerificationError",
+    "UnauthorizedError",
+]

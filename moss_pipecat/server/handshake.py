@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from moss_pipecat import protocol as P
 from moss_pipecat.errors import MossError
-from moss_pipecat.server import protocol as P
+from moss_pipecat.protocol.errors import ForbiddenError
 from moss_pipecat.server.connection import Connection
-from moss_pipecat.server.errors import ForbiddenError
 
 if TYPE_CHECKING:
     from moss_pipecat.server.core import ConversationHub

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from moss_pipecat import protocol as P
 from moss_pipecat.engine.commands import SetLimits, SetSampling
 from moss_pipecat.engine.session import TurnStream
 from moss_pipecat.errors import InvalidInputError, MossError, SessionClosedError
-from moss_pipecat.server import protocol as P
 from moss_pipecat.server.connection import Connection
 from moss_pipecat.server.conversation import Conversation
 from moss_pipecat.server.transport import TransportClosed

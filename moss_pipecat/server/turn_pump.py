@@ -10,8 +10,8 @@ import asyncio
 
 from loguru import logger
 
+from moss_pipecat import protocol as P
 from moss_pipecat.engine.session import TurnStream
-from moss_pipecat.server import protocol as P
 from moss_pipecat.server.conversation import Conversation
 from moss_pipecat.server.metrics import ServerMetrics
 from moss_pipecat.server.transport import TransportClosed

@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from moss_pipecat import protocol as P
 from moss_pipecat.engine.engine import MossEngine
 from moss_pipecat.errors import InvalidInputError
 from moss_pipecat.pcm import pcm16_to_float
-from moss_pipecat.server import protocol as P
 from moss_pipecat.server.config import ServerLimits
 from moss_pipecat.server.connection import Connection
 

@@ -35,7 +35,6 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSet
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TextAggregationMode, TTSService
 
-from moss_pipecat.engine.config import FRAME_SECONDS
 from moss_pipecat.errors import MossError
 from moss_pipecat.service.interruption import cut_to_heard, plan_interruption, wait_for_turn
 from moss_pipecat.service.reply import (
@@ -50,6 +49,7 @@ from moss_pipecat.service.settings import MossTTSSettings, SessionSettings, defa
 from moss_pipecat.service.tracing import ReplyTracer
 from moss_pipecat.service.user_audio import UserUtterance
 from moss_pipecat.service.user_turns import UserTurns
+from moss_pipecat.speech.frames import FRAME_SECONDS
 
 # pipecat's idle end of a reply's audio context: a safety net only, not a pause in the text.
 REPLY_IDLE_TIMEOUT_S = 60.0

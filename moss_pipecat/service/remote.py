@@ -13,7 +13,7 @@ import asyncio
 import ssl
 from typing import Any
 
-from moss_pipecat.server.client import RemoteEngine, RemoteSession
+from moss_pipecat.client import RemoteEngine, RemoteSession
 from moss_pipecat.service.base import MossTTSServiceBase
 from moss_pipecat.service.user_audio import UserUtterance
 

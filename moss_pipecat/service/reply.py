@@ -15,8 +15,8 @@ from pipecat.frames.frames import AggregatedTextProgressFrame, ControlFrame, TTS
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.transports.base_output import BaseOutputTransport
 
-from moss_pipecat.engine.config import FRAME_SECONDS
-from moss_pipecat.engine.units import TimedWord, is_cjk_char, is_spaced
+from moss_pipecat.speech.frames import FRAME_SECONDS
+from moss_pipecat.speech.units import TimedWord, is_cjk_char, is_spaced
 
 MAX_TRACKED_REPLIES = 4
 FRAME_NS = round(FRAME_SECONDS * 1e9)

@@ -12,9 +12,9 @@ from typing import Any
 from pipecat.services.settings import TTSSettings
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
-from moss_pipecat.engine.factory import DEFAULT_MODEL
 from moss_pipecat.errors import InvalidInputError, MossError
-from moss_pipecat.model.sampling import SamplingParams
+from moss_pipecat.speech.models import DEFAULT_MODEL
+from moss_pipecat.speech.sampling import SamplingParams
 
 _DEFAULT_SAMPLING = SamplingParams()
 

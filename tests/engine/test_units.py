@@ -10,8 +10,8 @@ import pytest
 
 from moss_pipecat.engine.config import FRAME_SECONDS
 from moss_pipecat.engine.speaking_rate import SpeakingRates
-from moss_pipecat.engine.units import TimedWord, join_units
 from moss_pipecat.engine.word_times import WordTimer
+from moss_pipecat.speech.units import TimedWord, join_units
 
 ZH = "你好，今天天气很好。我们去公园散步吧。"
 JA = "「こんにちは」と言った。"

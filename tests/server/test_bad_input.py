@@ -11,10 +11,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from moss_pipecat.client import RemoteEngine
 from moss_pipecat.errors import InvalidInputError, TurnStateError
 from moss_pipecat.model import SamplingParams
-from moss_pipecat.server import RemoteEngine, ServerUnavailableError, UnauthorizedError
-from moss_pipecat.server.protocol import unpack_audio
+from moss_pipecat.protocol import unpack_audio
+from moss_pipecat.server import ServerUnavailableError, UnauthorizedError
 
 from .conftest import GREEDY, TOKEN, eventually, free_port
 
@@ -256,7 +257,7 @@ async def test_http_endpoints(server):
 
 
 async def test_audio_frames_round_trip():
-    from moss_pipecat.server.protocol import pack_audio
+    from moss_pipecat.protocol import pack_audio
 
     codes = list(range(1011, 1027))
     data = pack_audio(7, 42, codes, b"\x01\x02" * 1920)

@@ -13,6 +13,7 @@ import json
 import torch
 from websockets.asyncio.client import connect
 
+from moss_pipecat.client import codes_bytes
 from moss_pipecat.engine import (
     AddUserTurn,
     Close,
@@ -27,7 +28,6 @@ from moss_pipecat.engine import (
     Snapshot,
     StartTurn,
 )
-from moss_pipecat.server.client import codes_bytes
 
 from .conftest import eventually
 

@@ -10,7 +10,7 @@ import struct
 import time
 from urllib.parse import urlparse
 
-from moss_pipecat.server import RemoteEngine
+from moss_pipecat.client import RemoteEngine
 
 from .conftest import TOKEN, eventually
 from .rawws import RawWebsocket

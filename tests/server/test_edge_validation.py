@@ -9,7 +9,7 @@ import json
 import pytest
 from websockets.asyncio.client import connect
 
-from moss_pipecat.server.protocol import unpack_audio
+from moss_pipecat.protocol import unpack_audio
 
 
 async def _recv_json(ws, timeout: float = 10.0) -> dict:

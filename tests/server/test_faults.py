@@ -11,8 +11,9 @@ import urllib.request
 import pytest
 import torch
 
+from moss_pipecat.client import RemoteEngine
 from moss_pipecat.errors import InvalidInputError
-from moss_pipecat.server import RemoteEngine, ServerUnavailableError
+from moss_pipecat.server import ServerUnavailableError
 
 from .conftest import GREEDY, eventually, free_port
 from .scripts import make_script, run_script

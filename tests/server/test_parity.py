@@ -10,7 +10,7 @@ import tracemalloc
 
 import torch
 
-from moss_pipecat.server import RemoteEngine
+from moss_pipecat.client import RemoteEngine
 
 from .conftest import GREEDY, TOKEN, eventually
 from .scripts import make_script, run_script

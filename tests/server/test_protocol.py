@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from moss_pipecat import protocol as P
 from moss_pipecat.cli import build_parser
 from moss_pipecat.engine.events import AudioChunk, TurnSummary
 from moss_pipecat.errors import (
@@ -16,14 +17,13 @@ from moss_pipecat.errors import (
     UnknownSessionError,
 )
 from moss_pipecat.model import SamplingParams
-from moss_pipecat.server import protocol as P
-from moss_pipecat.server.app import bearer_token
-from moss_pipecat.server.errors import (
+from moss_pipecat.protocol.errors import (
     ForbiddenError,
     ProtocolError,
     RemoteError,
     ServerUnavailableError,
 )
+from moss_pipecat.server.app import bearer_token
 from moss_pipecat.server.metrics import ServerMetrics
 
 
@@ -271,7 +271,7 @@ def test_cli_kv_pools_and_graph_flags_make_the_engine_config():
 
 
 def test_cjk_units_travel_with_their_spacing_and_old_messages_still_parse():
-    from moss_pipecat.engine.units import TimedWord, join_units
+    from moss_pipecat.speech.units import TimedWord, join_units
 
     words = (TimedWord("你", 0.0, True), TimedWord("好，", 0.2, True), TimedWord("Bob", 0.5))
     text = P.TurnWords.of(AudioChunk(2, 7, torch.zeros(16, dtype=torch.int64), None, words))

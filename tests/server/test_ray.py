@@ -11,7 +11,8 @@ import torch
 
 pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install '.[serve]')")
 
-from moss_pipecat.server import RemoteEngine, UnauthorizedError
+from moss_pipecat.client import RemoteEngine
+from moss_pipecat.server import UnauthorizedError
 
 from .conftest import GREEDY, TOKEN, free_port
 

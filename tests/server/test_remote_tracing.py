@@ -6,7 +6,7 @@ from opentelemetry.trace import StatusCode
 from pipecat.frames.frames import ErrorFrame
 from pipecat.tests.utils import SleepFrame, run_test
 
-from moss_pipecat.server.client import RemoteEngine
+from moss_pipecat.client import RemoteEngine
 from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 

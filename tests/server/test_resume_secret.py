@@ -15,9 +15,10 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from moss_pipecat.server import RemoteEngine, ServerUnavailableError
-from moss_pipecat.server import protocol as P
-from moss_pipecat.server.errors import ForbiddenError
+from moss_pipecat import protocol as P
+from moss_pipecat.client import RemoteEngine
+from moss_pipecat.protocol.errors import ForbiddenError
+from moss_pipecat.server import ServerUnavailableError
 
 from .conftest import GREEDY, TOKEN, eventually
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from moss_pipecat.client import RemoteEngine
 from moss_pipecat.model import SamplingParams
-from moss_pipecat.server import RemoteEngine
 
 from .conftest import GREEDY
 

@@ -14,7 +14,7 @@ import time
 import pytest
 from websockets.asyncio.client import connect
 
-from moss_pipecat.server import RemoteEngine
+from moss_pipecat.client import RemoteEngine
 
 from .conftest import eventually
 from .rawws import RawWebsocket

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from moss_pipecat.server import EngineServer, RemoteEngine, ServerConfig
-from moss_pipecat.server.errors import TLSVerificationError
+from moss_pipecat.client import RemoteEngine
+from moss_pipecat.protocol.errors import TLSVerificationError
+from moss_pipecat.server import EngineServer, ServerConfig
 
 from .conftest import GREEDY, TOKEN
 

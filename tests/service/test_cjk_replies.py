@@ -16,9 +16,9 @@ from pipecat.frames.frames import InterruptionFrame, TTSAudioRawFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.tests.utils import SleepFrame
 
-from moss_pipecat.engine.units import is_cjk_char, join_units
 from moss_pipecat.engine.word_times import WordTimer
 from moss_pipecat.service import MossTTSService, MossTTSSettings
+from moss_pipecat.speech.units import is_cjk_char, join_units
 
 from .test_heard_clock import LATENCY_S, run_playing
 from .test_moss_tts_service import reply

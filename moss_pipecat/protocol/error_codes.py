@@ -10,7 +10,7 @@ from moss_pipecat.errors import (
     TurnStateError,
     UnknownSessionError,
 )
-from moss_pipecat.server.errors import (
+from moss_pipecat.protocol.errors import (
     ForbiddenError,
     ProtocolError,
     RemoteError,

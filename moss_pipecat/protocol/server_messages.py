@@ -8,13 +8,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
-from moss_pipecat.engine.events import AudioChunk, TurnSummary
-from moss_pipecat.engine.units import TimedWord, is_spaced
 from moss_pipecat.errors import MossError
-from moss_pipecat.server.client_messages import Sampling
-from moss_pipecat.server.error_codes import error_code, error_from_wire
-from moss_pipecat.server.errors import ProtocolError
-from moss_pipecat.server.wire_json import WireModel, by_type, problems
+from moss_pipecat.protocol.client_messages import Sampling
+from moss_pipecat.protocol.error_codes import error_code, error_from_wire
+from moss_pipecat.protocol.errors import ProtocolError
+from moss_pipecat.protocol.wire_json import WireModel, by_type, problems
+from moss_pipecat.speech.events import AudioChunk, TurnSummary
+from moss_pipecat.speech.units import TimedWord, is_spaced
 
 
 class _Out(WireModel):

@@ -9,25 +9,24 @@ import secrets
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
 from loguru import logger
 
-from moss_pipecat.engine.events import TurnSummary
-from moss_pipecat.errors import InvalidInputError, MossError, SessionClosedError
-from moss_pipecat.model.sampling import SamplingParams
-from moss_pipecat.server import protocol as P
-from moss_pipecat.server.client.wire import (
+from moss_pipecat import protocol as P
+from moss_pipecat.client.remote_turn import RemoteTurn
+from moss_pipecat.client.wire import (
     _build,
     _wire_sampling,
     codes_bytes,
     pcm16_from_audio,
 )
-from moss_pipecat.server.errors import ProtocolError
+from moss_pipecat.errors import InvalidInputError, MossError, SessionClosedError
+from moss_pipecat.protocol.errors import ProtocolError
+from moss_pipecat.speech.events import TurnSummary
+from moss_pipecat.speech.sampling import SamplingParams
 
 if TYPE_CHECKING:
-    from moss_pipecat.server.client.link import _Link
-    from moss_pipecat.server.client.remote_engine import RemoteEngine
-    from moss_pipecat.server.client.remote_turn import RemoteTurn
+    from moss_pipecat.client.link import Link
+    from moss_pipecat.client.remote_engine import RemoteEngine
 
 
 class RemoteSession:
@@ -59,12 +58,13 @@ class RemoteSession:
         self._sampling = sampling
         self._seed = seed
         self._voice: tuple[str, bytes, int | None] | None = None  # re-sent after a history loss
-        self._link: _Link | None = None
+        self._link: Link | None = None
         self._connect_lock = asyncio.Lock()
         self._turn: RemoteTurn | None = None
 
     # ---- connection -------------------------------------------------------------------------
-    async def _ensure(self) -> _Link:
+    async def open(self) -> Link:
+        """The live link, (re)connecting first when there is none (each call does this)."""
         if self.closed:
             raise SessionClosedError(f"session {self.id!r} is closed")
         link = self._link
@@ -77,7 +77,7 @@ class RemoteSession:
                 await self._link.close()
                 self._link = None
             first = self.id is None or self.audio is None
-            link = await self.engine._connect(self)
+            link = await self.engine.connect(self)
             self._link = link
             if not first:
                 self.reconnects += 1
@@ -91,7 +91,8 @@ class RemoteSession:
                 )
             return link
 
-    def _hello(self) -> P.Hello:
+    def hello(self) -> P.Hello:
+        """The ``hello`` that opens (or resumes) this conversation on a new connection."""
         return _build(
             P.Hello,
             v=P.PROTOCOL_VERSION,
@@ -102,7 +103,7 @@ class RemoteSession:
             seed=self._seed,
         )
 
-    def _ready(self, ready: P.Ready) -> None:
+    def take_ready(self, ready: P.Ready) -> None:
         """Takes what the server's ``ready`` says about the conversation."""
         self.id = ready.conversation_id
         self.resumed = ready.resumed
@@ -112,12 +113,12 @@ class RemoteSession:
         self.server_id = ready.server_id
 
     async def _request(
-        self, link: _Link, cls: type[P._Msg], payload: bytes | None = None, **fields: Any
+        self, link: Link, cls: type[P._Msg], payload: bytes | None = None, **fields: Any
     ) -> Any:
         return await link.request(cls, payload, self.engine.request_timeout, **fields)
 
     async def _call(self, cls: type[P._Msg], payload: bytes | None = None, **fields: Any) -> Any:
-        link = await self._ensure()
+        link = await self.open()
         return await self._request(link, cls, payload, **fields)
 
     # ---- turns ----------------------------------------------------------------------------------
@@ -133,12 +134,16 @@ class RemoteSession:
             raise InvalidInputError(f"max_frames must be a positive int, got {max_frames!r}")
         if min_frames is not None and (not isinstance(min_frames, int) or min_frames < 0):
             raise InvalidInputError(f"min_frames must be an int >= 0, got {min_frames!r}")
-        self._turn = await self._call(
+        link = await self.open()
+        inbox = await self._request(
+            link,
             P.TurnStart,
             max_frames=max_frames,
             min_frames=min_frames,
             eos_after_text=eos_after_text,
         )
+        # The link filled the turn's inbox from the moment the server opened it; the turn reads it.
+        self._turn = RemoteTurn(self, link, inbox)
         return self._turn
 
     async def interrupt(self, heard_frames: int) -> TurnSummary | None:
@@ -251,13 +256,15 @@ class RemoteSession:
         if link is not None:
             await link.close()
         self._link = None
-        self.engine._sessions.discard(self)
+        self.engine.discard(self)
 
     async def snapshot(self) -> dict:
         """The server's snapshot (``rows`` as a tensor), for tests and debugging."""
         reply: P.Result = await self._call(P.Snapshot)
         if reply.snapshot is None:
             raise ProtocolError("the server's snapshot result has no snapshot")
+        import torch  # snapshots are for tests and debugging, which have the full install
+
         snap = reply.snapshot.model_dump()
         snap["rows"] = torch.tensor(snap["rows"], dtype=torch.int64).reshape(-1, 17)
         snap["turns"] = [tuple(t) for t in snap["turns"]]

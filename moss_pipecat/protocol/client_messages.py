@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
-from moss_pipecat.model.sampling import SamplingParams
-from moss_pipecat.server.wire_json import WireModel, by_type, problems
+from moss_pipecat.protocol.wire_json import WireModel, by_type, problems
+from moss_pipecat.speech.sampling import SamplingParams
 
 PROTOCOL_VERSION = 1
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"

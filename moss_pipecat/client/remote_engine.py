@@ -9,17 +9,17 @@ import ssl
 import time
 from typing import Any
 
+from moss_pipecat import protocol as P
+from moss_pipecat.client.link import Link
+from moss_pipecat.client.remote_session import RemoteSession
 from moss_pipecat.errors import CapacityError, InvalidInputError, MossError
-from moss_pipecat.model.sampling import SamplingParams
-from moss_pipecat.server import protocol as P
-from moss_pipecat.server.client.link import _Link
-from moss_pipecat.server.client.remote_session import RemoteSession
-from moss_pipecat.server.errors import (
+from moss_pipecat.protocol.errors import (
     ForbiddenError,
     ProtocolError,
     ServerUnavailableError,
     UnauthorizedError,
 )
+from moss_pipecat.speech.sampling import SamplingParams
 
 
 class RemoteEngine:
@@ -101,19 +101,24 @@ class RemoteEngine:
             ForbiddenError: the conversation exists and ``resume_secret`` is missing or wrong.
         """
         session = RemoteSession(self, conversation_id, sampling, seed, resume_secret)
-        await session._ensure()
+        await session.open()
         if voice is not None and not session.resumed:
             await session.set_voice(voice)
         self._sessions.add(session)
         return session
+
+    def discard(self, session: RemoteSession) -> None:
+        """Forgets a closed session (``RemoteSession.close`` calls it)."""
+        self._sessions.discard(session)
 
     async def aclose(self) -> None:
         """Closes every session opened through this engine."""
         for s in list(self._sessions):
             await s.close()
 
-    async def _connect(self, session: RemoteSession) -> _Link:
-        """Opens a connection for ``session`` with exponential backoff."""
+    async def connect(self, session: RemoteSession) -> Link:
+        """Opens a connection for ``session`` with exponential backoff (``RemoteSession.open``
+        calls it)."""
         deadline = time.monotonic() + self.reconnect_timeout
         delay = self.backoff_initial
         attempt = 0
@@ -130,7 +135,7 @@ class RemoteEngine:
             ):
                 raise  # retrying cannot help
             except ssl.SSLCertVerificationError as e:
-                from moss_pipecat.server.errors import TLSVerificationError
+                from moss_pipecat.protocol.errors import TLSVerificationError
 
                 raise TLSVerificationError(
                     f"the TLS certificate of {self.url} failed verification "
@@ -149,7 +154,7 @@ class RemoteEngine:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.backoff_max)
 
-    async def _connect_once(self, session: RemoteSession) -> _Link:
+    async def _connect_once(self, session: RemoteSession) -> Link:
         from websockets.asyncio.client import connect
 
         headers = {}
@@ -170,7 +175,7 @@ class RemoteEngine:
             ssl=self._ssl,
         )
         try:
-            await asyncio.wait_for(ws.send(session._hello().to_json()), self.connect_timeout)
+            await asyncio.wait_for(ws.send(session.hello().to_json()), self.connect_timeout)
             reply = P.parse_server_message(await asyncio.wait_for(ws.recv(), self.connect_timeout))
             if isinstance(reply, P.ErrorReply):
                 raise reply.to_exception()
@@ -182,8 +187,8 @@ class RemoteEngine:
             if isinstance(e, MossError | asyncio.CancelledError):
                 raise
             raise ServerUnavailableError(f"handshake with {self.url} failed: {e!r}") from None
-        session._ready(reply)
-        return _Link(session, ws, reply)
+        session.take_ready(reply)
+        return Link(ws, reply)
 
 
 def _client_ssl(

@@ -1,5 +1,5 @@
-"""``RemoteTurn``: one assistant turn on the server, fed text by the caller and audio by the
-link's reader."""
+"""``RemoteTurn``: one assistant turn on the server, fed text by the caller; it reads its audio
+from the inbox the link's reader fills."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
-from moss_pipecat.engine.events import AudioChunk, TurnSummary
-from moss_pipecat.errors import InvalidInputError, MossError, SessionClosedError, TurnStateError
-from moss_pipecat.server import protocol as P
-from moss_pipecat.server.client.wire import _build
-from moss_pipecat.server.errors import ServerUnavailableError
+from moss_pipecat import protocol as P
+from moss_pipecat.client.wire import _build
+from moss_pipecat.errors import InvalidInputError, SessionClosedError, TurnStateError
+from moss_pipecat.protocol.errors import ServerUnavailableError
+from moss_pipecat.speech.events import AudioChunk, TurnSummary
 
 if TYPE_CHECKING:
-    from moss_pipecat.server.client.link import _Link
-    from moss_pipecat.server.client.remote_session import RemoteSession
+    from moss_pipecat.client.inbox import TurnInbox
+    from moss_pipecat.client.link import Link
+    from moss_pipecat.client.remote_session import RemoteSession
 
 _TEXT_PIECE = 4096  # characters per turn.text message (stays far below the message cap)
 
@@ -25,18 +26,16 @@ _TEXT_PIECE = 4096  # characters per turn.text message (stays far below the mess
 class RemoteTurn:
     """One assistant turn on a server; mirrors ``TurnStream`` (async iteration only)."""
 
-    def __init__(self, session: RemoteSession, link: _Link, turn_id: int) -> None:
+    def __init__(self, session: RemoteSession, link: Link, inbox: TurnInbox) -> None:
         self.session = session
-        self.turn_id = turn_id
+        self.turn_id = inbox.turn_id
         self.summary: TurnSummary | None = None
         self._link = link
-        self._queue: asyncio.Queue = asyncio.Queue()
+        self._inbox = inbox
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._chars = 0
         self._text_ended = False
         self._cancelled = False
-        self._deferred: MossError | None = None  # an input error the server reported
-        self._words: dict[int, list[tuple[str, float]]] = {}  # by frame index, until it comes
 
     # ---- text in ---------------------------------------------------------------------------
     def push_text(self, piece: str | bytes) -> None:
@@ -79,8 +78,8 @@ class RemoteTurn:
             raise SessionClosedError(f"session {self.session.id!r} is closed")
         if self._text_ended:
             raise TurnStateError("text already ended for this turn")
-        if self._deferred is not None:
-            err, self._deferred = self._deferred, None
+        err = self._inbox.take_deferred()
+        if err is not None:
             raise err
         if self._link.failure is not None and self.summary is None:
             raise ServerUnavailableError(f"connection lost: {self._link.failure}")
@@ -103,10 +102,10 @@ class RemoteTurn:
         last = time.monotonic()
         while self.summary is None:
             try:
-                if not self._queue.empty():
-                    item = self._queue.get_nowait()  # the common case: no timer needed
+                if not self._inbox.empty():
+                    item = self._inbox.get_nowait()  # the common case: no timer needed
                 else:
-                    item = await asyncio.wait_for(self._queue.get(), 1.0)
+                    item = await asyncio.wait_for(self._inbox.get(), 1.0)
             except TimeoutError:
                 # A live socket with a stuck engine answers pings but sends nothing: once the
                 # text has ended, silence longer than ``frame_timeout`` is a failure.
@@ -128,7 +127,3 @@ class RemoteTurn:
         async for _ in self:
             pass
         return self.summary
-
-    # ---- fed by the link's reader --------------------------------------------------------------
-    def _put(self, item: AudioChunk | TurnSummary | BaseException) -> None:
-        self._queue.put_nowait(item)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from moss_pipecat.server.errors import ProtocolError
+from moss_pipecat.protocol.errors import ProtocolError
 
 AUDIO_MAGIC = b"MSA1"
 AUDIO_HEADER = struct.Struct("<4sIIH")  # magic, turn_id, index, number of codes

@@ -3,16 +3,16 @@ binary payloads (PCM16 audio, codec frames) of user turns and voices."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from pydantic import ValidationError
 
+from moss_pipecat import protocol as P
 from moss_pipecat.errors import InvalidInputError
-from moss_pipecat.model.sampling import SamplingParams
 from moss_pipecat.pcm import float_to_pcm16
-from moss_pipecat.server import protocol as P
+from moss_pipecat.speech.sampling import SamplingParams
 
 
 def _build(cls: type[P._Msg], **fields: Any) -> P._Msg:
@@ -37,7 +37,7 @@ def pcm16_from_audio(audio: Any) -> bytes:
         if len(data) % 2:
             raise InvalidInputError("PCM16 audio must have an even number of bytes")
         return data
-    if isinstance(audio, torch.Tensor):
+    if _is_tensor(audio):
         audio = audio.detach().cpu().numpy()
     a = np.asarray(audio)
     if a.ndim == 2:  # [channels, samples] or [samples, channels]: average to mono
@@ -53,14 +53,31 @@ def pcm16_from_audio(audio: Any) -> bytes:
 
 def codes_bytes(frames: Any, rvq: int = 16) -> tuple[bytes, int]:
     """Codec frames [T, rvq] as little-endian uint16 bytes; returns (bytes, T)."""
-    t = torch.as_tensor(frames)
-    if t.dim() != 2 or t.shape[1] != rvq:
+    if _is_tensor(frames):
+        frames = frames.detach().cpu().numpy()
+    t = np.asarray(frames)
+    if t.ndim != 2 or t.shape[1] != rvq:
         raise InvalidInputError(f"frames must be [frames, {rvq}], got {tuple(t.shape)}")
-    if t.is_floating_point():
+    if t.dtype.kind not in "iub":  # floats (and strings, objects) are not codes
         raise InvalidInputError(f"frames must be integer codes, got {t.dtype}")
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) > 65535):
+    if t.size and (int(t.min()) < 0 or int(t.max()) > 65535):
         raise InvalidInputError("codes out of range")
-    return t.cpu().numpy().astype("<u2").tobytes(), int(t.shape[0])
+    return t.astype("<u2").tobytes(), int(t.shape[0])
+
+
+def codes_array(codes: Sequence[int]) -> Any:
+    """A frame's codes as an int64 tensor, as the local engine gives them; a numpy array where
+    torch is not installed (the client's light install needs no torch)."""
+    try:
+        import torch
+    except ImportError:
+        return np.asarray(codes, dtype=np.int64)
+    return torch.tensor(codes, dtype=torch.int64)
+
+
+def _is_tensor(x: Any) -> bool:
+    # Duck-typed so that a torch tensor is accepted without importing torch.
+    return hasattr(x, "detach") and hasattr(x, "cpu")
 
 
 def _wire_sampling(params: SamplingParams) -> P.Sampling:

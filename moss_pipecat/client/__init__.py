@@ -21,16 +21,19 @@ Messages are built and read through the protocol's models (``protocol.ClientMess
 ``protocol.ServerMessage``).
 
 Where things live: ``remote_engine`` (``RemoteEngine``: TLS, token, handshake, backoff),
-``remote_session`` (``RemoteSession``: the calls, reconnect and resume), ``link`` (``_Link``: one
-websocket, its writer and reader tasks), ``remote_turn`` (``RemoteTurn``), ``wire`` (messages
-and binary payloads). This module re-exports the public names.
+``remote_session`` (``RemoteSession``: the calls, reconnect and resume), ``remote_turn``
+(``RemoteTurn``), ``link`` (``Link``: one websocket, its writer and reader tasks), ``inbox``
+(``TurnInbox``: what the link received for a turn, read by the turn), ``wire`` (messages and
+binary payloads). Each uses the next one's public methods only, in that order; the client
+needs the protocol (``moss_pipecat.protocol``) and no torch. This module re-exports the public
+names.
 """
 
-from moss_pipecat.server.client.remote_engine import RemoteEngine
-from moss_pipecat.server.client.remote_session import RemoteSession
-from moss_pipecat.server.client.remote_turn import RemoteTurn
-from moss_pipecat.server.client.wire import codes_bytes, pcm16_from_audio
-from moss_pipecat.server.errors import ForbiddenError, ServerUnavailableError
+from moss_pipecat.client.remote_engine import RemoteEngine
+from moss_pipecat.client.remote_session import RemoteSession
+from moss_pipecat.client.remote_turn import RemoteTurn
+from moss_pipecat.client.wire import codes_bytes, pcm16_from_audio
+from moss_pipecat.protocol.errors import ForbiddenError, ServerUnavailableError
 
 __all__ = [
     "ForbiddenError",

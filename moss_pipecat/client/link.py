@@ -1,38 +1,34 @@
-"""``_Link``: one websocket of a ``RemoteSession``, with its writer and reader tasks, the
-requests waiting for replies, and the turns the reader routes audio to."""
+"""``Link``: one websocket of a ``RemoteSession``, with its writer and reader tasks, the
+requests waiting for replies, and the inboxes of the turns the reader routes audio to (the
+link knows no session and no turn: they read what it receives)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
 from loguru import logger
 
-from moss_pipecat.engine.events import AudioChunk
+from moss_pipecat import protocol as P
+from moss_pipecat.client.inbox import TurnInbox
+from moss_pipecat.client.wire import _build, codes_array
 from moss_pipecat.errors import MossError, SessionClosedError
-from moss_pipecat.server import protocol as P
-from moss_pipecat.server.client.remote_turn import RemoteTurn
-from moss_pipecat.server.client.wire import _build
-from moss_pipecat.server.errors import ForbiddenError, ServerUnavailableError, UnauthorizedError
-
-if TYPE_CHECKING:
-    from moss_pipecat.server.client.remote_session import RemoteSession
+from moss_pipecat.protocol.errors import ForbiddenError, ServerUnavailableError, UnauthorizedError
+from moss_pipecat.speech.events import AudioChunk
 
 
-class _Link:
+class Link:
     """One websocket of a session: a writer task (keeps send order), a reader task (routes
-    replies, audio and turn ends), and the pending requests."""
+    replies, audio and turn ends into the turns' inboxes), and the pending requests."""
 
-    def __init__(self, session: RemoteSession, ws: Any, ready: P.Ready) -> None:
-        self.session = session
+    def __init__(self, ws: Any, ready: P.Ready) -> None:
         self.ws = ws
         self.ready = ready
         self.limits: P.ReadyLimits = ready.limits
         self.failure: MossError | None = None
         self.pending: dict[int, asyncio.Future] = {}
-        self.turns: dict[int, RemoteTurn] = {}
+        self.turns: dict[int, TurnInbox] = {}  # open turns by id
         self._outbox: asyncio.Queue = asyncio.Queue()
         self._next_req = 0
         loop = asyncio.get_running_loop()
@@ -56,7 +52,7 @@ class _Link:
         **fields: Any,
     ) -> Any:
         """Sends a request of type ``cls`` with ``fields`` (and its binary payload); returns
-        the reply (a ``Result``, or the ``RemoteTurn`` a ``turn.start`` opened)."""
+        the reply (a ``Result``, or the ``TurnInbox`` of the turn a ``turn.start`` opened)."""
         req = self._next_req
         self._next_req += 1
         msg = _build(cls, req=req, **fields)
@@ -121,26 +117,26 @@ class _Link:
 
     def _audio(self, data: bytes) -> None:
         turn_id, index, codes, pcm = P.unpack_audio(data)
-        turn = self.turns.get(turn_id)
-        if turn is not None:
-            words = tuple(turn._words.pop(index, ()))
-            codes_t = torch.tensor(codes, dtype=torch.int64)
-            turn._put(AudioChunk(turn_id, index, codes_t, pcm, words))
+        inbox = self.turns.get(turn_id)
+        if inbox is not None:
+            words = inbox.take_words(index)
+            codes_t = codes_array(codes)
+            inbox.put(AudioChunk(turn_id, index, codes_t, pcm, words))
 
     def _control(self, text: str) -> None:
         msg = P.parse_server_message(text)
         if isinstance(msg, P.TurnStarted):
-            turn = RemoteTurn(self.session, self, msg.turn_id)
-            self.turns[turn.turn_id] = turn
-            self._resolve(msg.req, turn)
+            inbox = TurnInbox(msg.turn_id)
+            self.turns[msg.turn_id] = inbox
+            self._resolve(msg.req, inbox)
         elif isinstance(msg, P.TurnWords):
-            turn = self.turns.get(msg.turn_id)
-            if turn is not None:
-                turn._words[msg.index] = msg.timed_words()
+            inbox = self.turns.get(msg.turn_id)
+            if inbox is not None:
+                inbox.add_words(msg.index, msg.timed_words())
         elif isinstance(msg, P.TurnEnded):
-            turn = self.turns.pop(msg.turn_id, None)
-            if turn is not None:
-                turn._put(msg.summary.to_summary())
+            inbox = self.turns.pop(msg.turn_id, None)
+            if inbox is not None:
+                inbox.put(msg.summary.to_summary())
         elif isinstance(msg, P.Result):
             self._resolve(msg.req, msg)
         elif isinstance(msg, P.ErrorReply):
@@ -150,7 +146,7 @@ class _Link:
                 if not fut.done():
                     fut.set_exception(err)
             elif msg.turn_id is not None and msg.turn_id in self.turns:
-                self.turns[msg.turn_id]._deferred = err
+                self.turns[msg.turn_id].defer(err)
             else:
                 logger.warning(f"server error: {msg.code}: {msg.message}")
             if msg.fatal:
@@ -171,8 +167,8 @@ class _Link:
         for fut in self.pending.values():
             if not fut.done():
                 fut.set_exception(err)
-        for turn in self.turns.values():
-            turn._put(err)
+        for inbox in self.turns.values():
+            inbox.put(err)
         self.turns.clear()
         if self.ws is not None:
             with contextlib.suppress(Exception):

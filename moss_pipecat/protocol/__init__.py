@@ -1,0 +1,208 @@
+"""Wire protocol of the engine server, version 1.
+
+One websocket per conversation, at ``ws://HOST:PORT/v1/ws``. Control messages are JSON text
+frames ``{"type": ..., ...}``; audio and uploads are binary frames. Nothing is ever pickled.
+
+Connection
+    The client may send ``Authorization: Bearer TOKEN`` (and, behind Ray Serve, the routing
+    header ``x-session-id: CONVERSATION_ID``) with the upgrade request. Its first message must
+    be ``hello`` (within ``hello_timeout_s``); the server answers ``ready`` or ``error`` and
+    closes. A conversation outlives its connection: the server keeps its engine session (and
+    with it the acoustic history in the KV cache) for ``idle_expiry_s`` after the last
+    connection left, so a client that reconnects with the same ``conversation_id`` gets its
+    history back (``ready.resumed`` says whether it did). A second connection for a
+    conversation replaces the first (which is closed with code 4409).
+
+    A conversation id is not a credential: ``ready`` gives the creating client the
+    conversation's ``resume_secret`` (random, per conversation), and a ``hello`` for a
+    conversation that exists must carry it (compared in constant time). Without it, or with a
+    wrong one, the hello is refused (``error`` code ``forbidden``, close 4403) and the live
+    connection and the conversation are left as they were. A client may propose the secret
+    of a conversation it creates (``resume_secret`` in that hello; 22 to 256 URL-safe
+    characters, i.e. at least 128 bits drawn at random): then a retry of a handshake whose
+    ``ready`` was lost still holds the conversation's secret. Without one the server draws it.
+
+Client -> server (JSON)
+    ``hello``       v, conversation_id?, resume_secret?, token?, sampling?, seed?
+                    (sampling/seed apply to a new conversation only; resume_secret is
+                    required when conversation_id names a live conversation)
+    ``turn.start``  req, max_frames?                 -> ``turn.started`` {req, turn_id}
+    ``turn.text``   turn_id, text                    (no reply; a failure ends the turn)
+    ``turn.ids``    turn_id, ids, text?              (token ids instead of text)
+    ``turn.end``    turn_id                          (text ended)
+    ``interrupt``   req, heard_frames                -> ``result`` {req, summary | null}
+    ``user_turn``   req, text | text_ids, format ("pcm16" | "codes"), sample_rate (pcm16),
+                    bytes                            + one binary frame -> ``result``
+    ``voice``       req, format ("pcm16" | "codes" | "none"), sample_rate, bytes
+                    + one binary frame unless "none" -> ``result``
+    ``settings``    req, sampling?, seed?, limits? {context_budget?, lookahead_s?,
+                    unlimited_lookahead?}            -> ``result``
+    ``reset``       req                              -> ``result``
+    ``snapshot``    req                              -> ``result`` {snapshot}
+    ``close``       req                              -> ``result``; ends the conversation
+
+    Binary uploads follow their JSON header immediately: ``pcm16`` is mono little-endian int16
+    at ``sample_rate``; ``codes`` is little-endian uint16 frames, row-major ``[frames, 16]``.
+
+Server -> client
+    ``ready``        v, conversation_id, resumed, resume_secret, server_id, limits {...},
+                     audio {...}
+    ``turn.started`` req, turn_id
+    audio (binary)   ``AUDIO_HEADER`` = magic ``b"MSA1"``, turn_id u32, index u32, n u16,
+                     then n codes u16, then the frame's PCM (int16 LE, empty without a codec);
+                     all little-endian. One frame (80 ms) per message, sent as generated.
+    ``turn.words``   turn_id, index, words [[word, seconds], ...], spaced [i, ...]: the word
+                     times the engine placed with frame ``index``; sent just before that
+                     frame. A word is a unit (a word, or a CJK character); ``spaced`` (optional,
+                     default none) lists the units that carry their own spacing: two spaced
+                     units join with nothing between them, any others with one space
+                     (``engine.units.join_units``)
+    ``turn.end``     turn_id, summary {turn_id, stop, audio_frames, heard_frames, text_ids,
+                     text, spoken_text, words, spaced, ttfa_s, error}
+    ``result``       req, plus what the request returns (``summary``, ``snapshot``)
+    ``error``        code, message, req? (the request it answers), turn_id?, fatal (the
+                     server closes the connection after a fatal error)
+
+Both directions are pydantic models (``ClientMessage``, ``ServerMessage``: one discriminated
+union on ``type`` each); a message is sent as built (``to_json``): the fields given when it was
+made, null included, and ``type``. Error codes and exception types map both ways through one
+table, ``ERROR_CODES``.
+
+Close codes: 4400 protocol violation before ``ready``, 4401 unauthorized, 4403 forbidden
+(a resume without the conversation's secret), 4408 no hello in time, 4409 replaced by a
+newer connection for the conversation, 1001 server going away, 1009 frame over the hard size
+cap.
+
+The parts live apart (this module gathers them, so ``protocol.X`` names all of them):
+``client_messages`` (the client's messages and their checks), ``server_messages`` (the
+server's), ``error_codes`` (the code table), ``wire_audio`` (binary audio frames) and
+``wire_json`` (what the JSON messages of both directions share).
+"""
+
+from __future__ import annotations
+
+from moss_pipecat.protocol.client_messages import (
+    CLIENT_MESSAGES,
+    CONVERSATION_ID_PATTERN,
+    MAX_REPETITION_WINDOW,
+    MAX_TOP_K,
+    PROTOCOL_VERSION,
+    RESUME_SECRET_PATTERN,
+    ClientMessage,
+    Close,
+    Finite,
+    Hello,
+    Interrupt,
+    Limits,
+    MessageError,
+    ReqId,
+    Reset,
+    Sampling,
+    Seed,
+    Settings,
+    Snapshot,
+    TurnEnd,
+    TurnId,
+    TurnIds,
+    TurnStart,
+    TurnText,
+    UserTurn,
+    Voice,
+    parse_client_message,
+)
+from moss_pipecat.protocol.client_messages import _Msg as _Msg  # the client's requests' base
+from moss_pipecat.protocol.error_codes import ERROR_CODES, error_code, error_from_wire
+from moss_pipecat.protocol.errors import ProtocolError, ServerUnavailableError
+from moss_pipecat.protocol.server_messages import (
+    SERVER_MESSAGES,
+    AudioInfo,
+    ErrorReply,
+    Ready,
+    ReadyLimits,
+    Result,
+    ServerMessage,
+    TurnEnded,
+    TurnStarted,
+    TurnWords,
+    WireSnapshot,
+    WireSummary,
+    Words,
+    parse_server_message,
+)
+from moss_pipecat.protocol.server_messages import _Out as _Out
+from moss_pipecat.protocol.wire_audio import AUDIO_HEADER, AUDIO_MAGIC, pack_audio, unpack_audio
+from moss_pipecat.protocol.wire_json import WireModel, dumps
+
+WS_PATH = "/v1/ws"
+SESSION_HEADER = "x-session-id"  # Ray Serve's session-affinity header (ConsistentHashRouter)
+
+# ---- close codes ---------------------------------------------------------------------------
+CLOSE_PROTOCOL = 4400
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_HELLO_TIMEOUT = 4408
+CLOSE_SUPERSEDED = 4409
+CLOSE_GOING_AWAY = 1001
+
+__all__ = [
+    "AUDIO_HEADER",
+    "AUDIO_MAGIC",
+    "CLIENT_MESSAGES",
+    "CLOSE_FORBIDDEN",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_HELLO_TIMEOUT",
+    "CLOSE_PROTOCOL",
+    "CLOSE_SUPERSEDED",
+    "CLOSE_UNAUTHORIZED",
+    "CONVERSATION_ID_PATTERN",
+    "ERROR_CODES",
+    "MAX_REPETITION_WINDOW",
+    "MAX_TOP_K",
+    "PROTOCOL_VERSION",
+    "RESUME_SECRET_PATTERN",
+    "SERVER_MESSAGES",
+    "SESSION_HEADER",
+    "WS_PATH",
+    "AudioInfo",
+    "ClientMessage",
+    "Close",
+    "ErrorReply",
+    "Finite",
+    "Hello",
+    "Interrupt",
+    "Limits",
+    "MessageError",
+    "ProtocolError",
+    "Ready",
+    "ReadyLimits",
+    "ReqId",
+    "Reset",
+    "Result",
+    "Sampling",
+    "Seed",
+    "ServerMessage",
+    "ServerUnavailableError",
+    "Settings",
+    "Snapshot",
+    "TurnEnd",
+    "TurnEnded",
+    "TurnId",
+    "TurnIds",
+    "TurnStart",
+    "TurnStarted",
+    "TurnText",
+    "TurnWords",
+    "UserTurn",
+    "Voice",
+    "WireModel",
+    "WireSnapshot",
+    "WireSummary",
+    "Words",
+    "dumps",
+    "error_code",
+    "error_from_wire",
+    "pack_audio",
+    "parse_client_message",
+    "parse_server_message",
+    "unpack_audio",
+]
