@@ -78,10 +78,9 @@ class MossTTSServiceBase(TTSService):
         settings: ``MossTTSSettings``.
         **kwargs: for ``TTSService`` (sample_rate, text_transforms, ...).
 
-    What was heard has one clock (``HeardClock`` in ``service/reply.py``): word frames come out
-    as their audio plays and an interruption keeps the frames played, so the LLM context and
-    MOSS's history keep the same words. With ``PipelineTask(enable_tracing=True)`` each reply
-    is an OpenTelemetry span (``service/tracing.py``).
+    What was heard has one clock (``HeardClock``, ``service/reply.py``): a word frame comes out
+    once its frame has played and an interruption keeps the frames played, so the LLM context
+    and MOSS's history keep the same words. Tracing: ``service/tracing.py``.
 
     Event handlers: ``on_reply_interrupted(service, context_id, summary)`` after a reply was
     cut to what the user heard (``summary.spoken_text`` is what the history kept).
@@ -130,6 +129,7 @@ class MossTTSServiceBase(TTSService):
         # then, so the rollback cuts the turn it means to cut.
         self._history_settled = asyncio.Event()
         self._history_settled.set()
+        self._interruption_ns: int | None = None  # when the last interruption was pushed on
         self._tracer = ReplyTracer(self, attributes=self._trace_attributes)
         # (service, context_id, TurnSummary): a reply was cut to what the user heard.
         self._register_event_handler("on_reply_interrupted")
@@ -231,8 +231,8 @@ class MossTTSServiceBase(TTSService):
     # ================================================================== frames
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         if isinstance(frame, InterruptionFrame):
-            await self._roll_back_to_heard()
-        elif isinstance(frame, BotStartedSpeakingFrame):
+            return await self._roll_back_to_heard(frame, direction)
+        if isinstance(frame, BotStartedSpeakingFrame):
             await self._clock.bot_started_speaking(self._order)
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._clock.bot_speaking = False
@@ -244,6 +244,8 @@ class MossTTSServiceBase(TTSService):
     async def push_frame(
         self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM
     ) -> None:
+        if isinstance(frame, InterruptionFrame) and direction == FrameDirection.DOWNSTREAM:
+            self._interruption_ns = self.get_clock().get_time()  # what was heard: as it passes
         if isinstance(frame, SpokenWordsEnd):
             reply = self._replies.get(frame.context_id)
             if reply is not None:
@@ -417,33 +419,31 @@ class MossTTSServiceBase(TTSService):
             await self.push_error(error_msg=f"MOSS TTS: user turn not kept: {e}", exception=e)
 
     # ================================================================== interruption
-    async def _roll_back_to_heard(self) -> None:
-        """Stops every interruptible reply and cuts the engine history back to the audio the
-        user heard (``cut_to_heard``); uninterruptible replies speak on, in order."""
+    async def _roll_back_to_heard(self, frame: InterruptionFrame, direction: FrameDirection):
+        """Stops every interruptible reply, lets pipecat drop their contexts and pass the
+        interruption on, then cuts the engine history back to the audio heard when it passed
+        (``interruption.heard_frames``); uninterruptible replies speak on, in order."""
         plan = plan_interruption(self._order)
         self._order, self._replies = plan.kept, {r.context_id: r for r in plan.kept}
-        if not plan.dropped:
-            return
-        # pipecat restarts its word clock unless the context playing is an uninterruptible one
-        # (TTSService._interrupt_audio_contexts, which runs after this); so does the heard clock.
+        # pipecat restarts its word clock unless an uninterruptible context plays; so do we.
         preserved = {k for k, c in self._tts_contexts.items() if not c.interruptible}
         restart_clock = self._audio_context_manager.playing_context_id not in preserved
         self._history_settled.clear()
         try:
-            now = self.get_clock().get_time()
-            self._tracer.interrupted(plan.dropped, now)
+            self._tracer.interrupted(plan.dropped, self.get_clock().get_time())
             for reply in plan.dropped:
                 if reply.task is not None:
                     await self.cancel_task(reply.task)
+            self._interruption_ns = None
+            await super().process_frame(frame, direction)  # sets _interruption_ns (push_frame)
+            now = self._interruption_ns or self.get_clock().get_time()
             await cut_to_heard(plan.newest, self._session, now, self._reply_cut, self.push_error)
         finally:
             self._history_settled.set()
-        if restart_clock:
+        if restart_clock and plan.dropped:
             self._clock.restart()
 
     async def _reply_cut(self, reply: Reply, summary: Any) -> None:
         await self._call_event_handler("on_reply_interrupted", reply.context_id, summary)
-        logger.debug(
-            f"{self}: interrupted reply {reply.context_id}: kept "
-            f"{summary.heard_frames}/{summary.audio_frames} frames ({summary.spoken_text!r})"
-        )
+        kept = f"{summary.heard_frames}/{summary.audio_frames} frames ({summary.spoken_text!r})"
+        logger.debug(f"{self}: interrupted reply {reply.context_id}: kept {kept}")

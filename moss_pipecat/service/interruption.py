@@ -60,7 +60,8 @@ async def cut_to_heard(
         replies: the replies whose turns may be cut (``InterruptionPlan.newest``), their
             tasks already cancelled.
         session: the conversation's session (None: closed, nothing to cut).
-        now_ns: when the interruption came (pipeline clock).
+        now_ns: when the interruption was passed on to the transport (pipeline clock): the
+            transport releases no word frame after it.
         on_cut: called with each reply and the summary of what its turn kept.
         push_error: the service's ``push_error`` (the engine refused a cut).
     """
@@ -74,7 +75,7 @@ async def cut_to_heard(
                 turn = None
         if turn is not None and session is not None:
             turn.cancel()
-            heard = reply.heard_frames(now_ns) if reply is playing else 0
+            heard = heard_frames(reply, now_ns) if reply is playing else 0
             try:
                 summary = await session.interrupt(heard)
             except MossError as e:
@@ -84,6 +85,24 @@ async def cut_to_heard(
                 await on_cut(reply, summary)
         if reply is playing:
             break  # the replies before it were heard in full
+
+
+def heard_frames(reply: Reply, now_ns: int) -> int:
+    """The frames of the reply playing at an interruption that MOSS keeps: those played by
+    ``now_ns`` (``Reply.heard_frames``), but none from the frame of the first unit whose word
+    frame pipecat has not pushed yet.
+
+    Played frames alone match the word frames released by ``now_ns``, the moment the service
+    passed the interruption on to the transport (each word frame is released once its frame
+    has played, ``Reply.release_ns``; the transport drops the ones it still holds). The cap
+    covers pipecat pushing a word late (its audio-context task behind the clock): that word
+    never reaches the context (the interruption drops it), so MOSS keeps no frame from its own
+    on. The engine keeps the units before the cut (``WordTimer.heard``): the same units as the
+    word frames released, and never a frame that was not played.
+    """
+    heard = reply.heard_frames(now_ns)
+    unpushed = reply.first_unpushed_frame()
+    return heard if unpushed is None else min(heard, unpushed)
 
 
 async def wait_for_turn(reply: Reply, settled: asyncio.Event) -> None:

@@ -38,9 +38,12 @@ class Reply:
     turn (once the reply before it has ended), feeds it and reads its frames, so an
     interruption at any moment finds every reply and closes whatever each one opened.
 
-    One clock says what was heard: ``start_ns`` is when the reply's audio starts playing;
-    its word frames are released at ``start_ns + word time`` and the frames kept on an
-    interruption are those played since ``start_ns``.
+    One clock says what was heard: ``start_ns`` is when the reply's audio starts playing,
+    ``runs`` how it played on; the frames kept on an interruption are those played by then
+    (``heard_frames``) and each unit's word frame is released when the frame its time falls in
+    has finished playing (``release_ns``), on the same mapping. So a unit at ``t`` is released
+    by ``T`` exactly when ``heard_frames(T) > floor(t / F)``, i.e. ``t < heard_frames(T) * F``:
+    the engine's rule for what was heard (``WordTimer.heard``).
     """
 
     context_id: str
@@ -66,7 +69,8 @@ class Reply:
     # frame). A new run starts where the audio ran out before the next frame came (the LLM or
     # the engine stalled): the device then plays that frame when it arrives.
     runs: list[tuple[int, int]] = field(default_factory=list)
-    # Units released to pipecat whose word frame has not come back yet (their spacing).
+    # Units released to pipecat whose word frame has not come back yet (their spacing), at
+    # their engine times.
     released: deque[TimedWord] = field(default_factory=deque)
 
     def word_frame_passes(self, frame: TTSTextFrame | AggregatedTextProgressFrame) -> bool:
@@ -129,6 +133,20 @@ class Reply:
         start, first = next(r for r in reversed(self.runs) if r[1] <= frame)
         return start + round((seconds - first * FRAME_SECONDS) * 1e9)
 
+    def release_ns(self, seconds: float, earliest_ns: int) -> int:
+        """When the unit at ``seconds`` is released: once the frame its time falls in has
+        finished playing, i.e. once ``floor(seconds / F) + 1`` frames have played (the mapping
+        ``heard_frames`` counts with). Captions thus lag the audio by less than one frame."""
+        frames = int(seconds / FRAME_SECONDS) + 1
+        if frames <= self.pushed:
+            return self.end_ns(frames)
+        return self.time_ns(frames * FRAME_SECONDS, earliest_ns)
+
+    def first_unpushed_frame(self) -> int | None:
+        """The frame of the first unit released to pipecat whose word frame has not passed the
+        service yet (None: every released unit's has)."""
+        return int(self.released[0][1] / FRAME_SECONDS) if self.released else None
+
     def heard_frames(self, now_ns: int) -> int:
         """Frames of this reply played by ``now_ns`` on the heard clock."""
         heard = 0
@@ -175,20 +193,21 @@ class HeardClock:
 
     async def add_words(self, reply: Reply, words: Any) -> None:
         """Queues word times on the heard clock (held until the reply's playback start), each
-        where its audio plays in the playout."""
+        released once its frame has played in the playout (``Reply.release_ns``)."""
         if not words:
             return
         if reply.start_ns is None:
             reply.held_words.extend(words)
             return
         earliest = self._now() + self._latency_ns()
-        # pipecat releases a word at baseline + t'; t' puts it where its audio plays.
+        # pipecat releases a word at baseline + t'; t' puts it where its frame has played.
+        base = reply.baseline_ns
         timed = [
-            TimedWord(w[0], (reply.time_ns(w[1], earliest) - reply.baseline_ns) / 1e9, is_spaced(w))
+            TimedWord(w[0], (reply.release_ns(w[1], earliest) - base) / 1e9, is_spaced(w))
             for w in words
         ]
         self.last_word_pts = max(self.last_word_pts, reply.baseline_ns + round(timed[-1][1] * 1e9))
-        reply.released.extend(timed)
+        reply.released.extend(TimedWord(w[0], w[1], is_spaced(w)) for w in words)
         # One call per run of equal spacing: pipecat takes one flag per call.
         for spaced, run in itertools.groupby(timed, key=is_spaced):
             await self._release_words(list(run), reply.context_id, True if spaced else None)
