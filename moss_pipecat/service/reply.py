@@ -20,6 +20,7 @@ from moss_pipecat.speech.units import TimedWord, is_cjk_char, is_spaced
 
 MAX_TRACKED_REPLIES = 4
 FRAME_NS = round(FRAME_SECONDS * 1e9)
+RELEASE_STEP_NS = 1_000  # between units released at the end of one frame
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Reply:
     # Units released to pipecat whose word frame has not come back yet (their spacing), at
     # their engine times.
     released: deque[TimedWord] = field(default_factory=deque)
+    last_release_ns: int = 0  # when its last released unit goes out (clock ns)
 
     def word_frame_passes(self, frame: TTSTextFrame | AggregatedTextProgressFrame) -> bool:
         """Whether a word (or progress) frame of this reply goes on, spacing set: none after
@@ -201,11 +203,13 @@ class HeardClock:
             return
         earliest = self._now() + self._latency_ns()
         # pipecat releases a word at baseline + t'; t' puts it where its frame has played.
-        base = reply.baseline_ns
-        timed = [
-            TimedWord(w[0], (reply.release_ns(w[1], earliest) - base) / 1e9, is_spaced(w))
-            for w in words
-        ]
+        # Units of one frame go out RELEASE_STEP_NS apart, so word times strictly increase;
+        # none is released before its frame has played.
+        base, timed = reply.baseline_ns, []
+        for w in words:
+            at = max(reply.release_ns(w[1], earliest), reply.last_release_ns + RELEASE_STEP_NS)
+            reply.last_release_ns = at
+            timed.append(TimedWord(w[0], (at - base) / 1e9, is_spaced(w)))
         self.last_word_pts = max(self.last_word_pts, reply.baseline_ns + round(timed[-1][1] * 1e9))
         reply.released.extend(TimedWord(w[0], w[1], is_spaced(w)) for w in words)
         # One call per run of equal spacing: pipecat takes one flag per call.

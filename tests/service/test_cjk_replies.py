@@ -71,7 +71,7 @@ def check_word_frames(recorder, transport, down) -> None:
     """Word frames come while the reply plays: PTS in order (units of one frame share the
     frame's end) inside the audio, CJK ones marked as carrying their own spacing."""
     pts = [f.pts for f in recorder.words]
-    assert pts and all(a <= b for a, b in pairwise(pts))
+    assert pts and all(a < b for a, b in pairwise(pts))
     assert sum(isinstance(f, TTSAudioRawFrame) for f in down) > 0
     start, end = transport.played[0][0], transport.played[-1][0] + transport.played[-1][1]
     assert start - 0.05e9 <= pts[0] and pts[-1] < end
