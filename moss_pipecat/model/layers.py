@@ -25,9 +25,11 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # One F.rms_norm (one fused kernel on GPU, vs. seven ops written out), normalised in
-        # fp32. With one weight row it is scaled inside the same kernel: in fp32 the same
-        # numbers as scaling after; in bf16 one rounding instead of two (see PERFORMANCE.md).
-        if self.weight.dim() == 1:
+        # fp32. The reference casts the normed value back, then scales it in the activation
+        # dtype. In fp32 scaling inside F.rms_norm gives the same numbers in one kernel less;
+        # in bf16 it would round once instead of twice (other numbers), so there it stays
+        # apart (see docs/PERFORMANCE.md).
+        if self.weight.dim() == 1 and x.dtype == torch.float32:
             return F.rms_norm(x, (x.shape[-1],), self.weight, eps=self.eps)
         return self.weight * F.rms_norm(x, (x.shape[-1],), eps=self.eps)
 

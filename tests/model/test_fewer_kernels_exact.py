@@ -56,9 +56,11 @@ def test_sampling_filters_and_penalty_equal_the_former_ones(ties):
     assert torch.equal(got, _former_filter(logits, s.temperature, s.top_k, s.top_p))
 
 
-def test_rms_norm_with_its_weight_inside_equals_scaling_after():
-    x = torch.randn(3, 5, 64) * 3
-    norm = RMSNorm(64, 1e-6)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_equals_scaling_after(dtype):
+    """fp32 scales inside F.rms_norm (same numbers); bf16 keeps the reference's two roundings."""
+    x = (torch.randn(3, 5, 64) * 3).to(dtype)
+    norm = RMSNorm(64, 1e-6).to(dtype)
     with torch.no_grad():
         norm.weight.normal_()
     assert torch.equal(norm(x), norm.weight * F.rms_norm(x, (64,), eps=1e-6))
