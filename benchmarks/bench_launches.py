@@ -9,6 +9,12 @@ static-buffer path without CUDA graphs, on any device: the code a replay runs. A
 call counts as one op outside the graphs and its own ops as "inside_graph"; with
 ``--graphed off`` the plain eager path runs and everything counts as outside.
 
+Kernels inside the graphs (``kernels`` in the JSON; ``--kernels`` reports only these): one
+decode step of the real model at batch 1 (sampled) and one codec frame of the real codec, in
+bf16 on the ``meta`` device, counted as the GPU runs them: views and allocations are not
+kernels, a fused op (``rms_norm``, attention) or a custom op counts once (see
+``moss_pipecat/testing/kernels.py``). Seconds on a CPU, no weights.
+
 Scenario per session count N: N sessions each start a sampled turn with all its text at once;
 tick 1 prefills them all, makes their first frames and steps them once (the first tick), the
 next ``--ticks`` ticks are decode ticks of all N sessions together. Counts do not depend on
@@ -19,6 +25,7 @@ narrows their widths (``--widths``), so the counts are the real model's in secon
     python benchmarks/bench_launches.py                                # tiny fixture model + codec
     python benchmarks/bench_launches.py --real-size --sessions 1 8 64 160
     python benchmarks/bench_launches.py --real-size --random-weights --device cuda --dtype bfloat16
+    python benchmarks/bench_launches.py --kernels                      # kernels per step only
 """
 
 from __future__ import annotations
@@ -34,8 +41,10 @@ from _setup import DTYPES, build_model, layout_for
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.engine import MossEngine
 from moss_pipecat.model import MossTTSRealtime, MossTTSRealtimeConfig, SamplingParams
+from moss_pipecat.testing.kernels import codec_frame_kernels, decode_step_kernels
 from moss_pipecat.testing.launches import count_ticks, instrument, outside, start_turns
 
+META = torch.device("meta")
 NARROW = 16  # --widths narrow divides every width by this (depths, heads, vocabularies kept)
 DECODE_PHASES = ("decode", "deliver", "codec", "other")
 
@@ -158,6 +167,24 @@ def run_sessions(model, codec, n: int, args) -> dict:
     }
 
 
+def step_kernels(dtype_name: str) -> dict:
+    """Kernels of one real-size decode step (batch 1) and one codec frame, on ``meta``."""
+    dtype = DTYPES[dtype_name]
+    out = {"dtype": dtype_name, "device": "meta", "sizes": "real"}
+    for name, fn in (("decode_step", decode_step_kernels), ("codec_frame", codec_frame_kernels)):
+        k = fn(dtype)
+        out[name] = {"kernels": k.total, "by_op": k.by_op}
+    return out
+
+
+def kernels_summary(k: dict) -> str:
+    return (
+        f"kernels per graphed step ({k['dtype']}, real size, counted on {k['device']}): "
+        f"decode step b=1 {k['decode_step']['kernels']}, "
+        f"codec frame b=1 {k['codec_frame']['kernels']}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--checkpoint", help="TTS checkpoint dir or hub id (default: tiny fixture)")
@@ -182,9 +209,25 @@ def main() -> None:
     ap.add_argument("--no-codec", action="store_true", help="codes only, no PCM decode")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    ap.add_argument(
+        "--kernels",
+        action="store_true",
+        help="only the kernels of one real-size decode step and codec frame (meta device)",
+    )
+    ap.add_argument(
+        "--kernels-dtype",
+        default="bfloat16",
+        choices=sorted(DTYPES),
+        help="dtype of the kernel count (default: the GPU's, bf16)",
+    )
     ap.add_argument("--out")
     args = ap.parse_args()
 
+    kernels = step_kernels(args.kernels_dtype)
+    if args.kernels:
+        out = {"benchmark": "launches", "kernels": kernels, "env": environment(META)}
+        emit(out, args.out, kernels_summary(kernels))
+        return
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     model, codec, sizes = build(args, device, dtype)
     results = [run_sessions(model, codec, n, args) for n in args.sessions]
@@ -199,6 +242,7 @@ def main() -> None:
         "sampling": "greedy" if args.greedy else "sampled",
         "decode_tick_outside_grows": len(set(outside)) > 1,
         "env": environment(device),
+        "kernels": kernels,
         "results": results,
     }
     counts = "/".join(str(n) for n in args.sessions)
@@ -213,7 +257,7 @@ def main() -> None:
         f"{'/'.join(map(str, outside))} (decode {parts['decode']}, deliver {parts['deliver']}, "
         f"codec {parts['codec']}); first tick's prefill chunk "
         f"{'/'.join(str(r['prefill_chunk']['outside']) for r in results)} "
-        f"({sizes}, {args.device})",
+        f"({sizes}, {args.device}); {kernels_summary(kernels)}",
     )
 
 

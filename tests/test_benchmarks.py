@@ -86,6 +86,10 @@ def test_engine(fixtures_dir, graphed):
     )
     assert out["graphed_decode"] == (graphed == "on")
     assert [r["sessions"] for r in out["results"]] == [1, 2]
+    kernels = out["kernels"]  # inside the graphs: real size, bf16, on meta
+    assert kernels["dtype"] == "bfloat16" and kernels["device"] == "meta"
+    for step in ("decode_step", "codec_frame"):
+        assert kernels[step]["kernels"] == sum(kernels[step]["by_op"].values()) > 0
     assert all(0 < r["frames_total"] <= r["sessions"] * 6 for r in out["results"])
 
 
@@ -149,6 +153,10 @@ def test_launches(fixtures_dir):
         "bench_launches.py", "--sessions", "1", "2", "--ticks", "2", fixtures=fixtures_dir
     )
     assert [r["sessions"] for r in out["results"]] == [1, 2]
+    kernels = out["kernels"]  # inside the graphs: real size, bf16, on meta
+    assert kernels["dtype"] == "bfloat16" and kernels["device"] == "meta"
+    for step in ("decode_step", "codec_frame"):
+        assert kernels[step]["kernels"] == sum(kernels[step]["by_op"].values()) > 0
     for r in out["results"]:
         tick = r["decode_tick"]
         assert tick["per_tick_outside"] and tick["outside"] > 0 and tick["inside_graph"] > 0

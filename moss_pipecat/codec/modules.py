@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moss_pipecat.codec.config import StageConfig
+from moss_pipecat.masks import additive_mask
 
 
 class PatchFold(nn.Module):
@@ -62,12 +63,27 @@ def rope_cos_sin(
     return torch.cos(angles), torch.sin(angles)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotates dims (2i, 2i+1) of ``x [B, H, T, Dh]`` by ``cos/sin [B|1, 1, T, Dh/2]``."""
-    xf = x.float().unflatten(-1, (-1, 2))  # [B, H, T, Dh/2, 2]
-    x0, x1 = xf[..., 0], xf[..., 1]
-    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return out.flatten(-2).to(x.dtype)
+def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dim tables for ``apply_rope`` from ``rope_cos_sin``'s ``[..., Dh/2]``: ``[..., Dh]``
+    cos repeated per pair (c, c) and sin signed per pair (-s, s). Made once per stage and
+    step, shared by every layer."""
+    c = torch.stack((cos, cos), dim=-1).flatten(-2)  # [..., Dh]
+    s = torch.stack((-sin, sin), dim=-1).flatten(-2)  # [..., Dh]
+    return c, s
+
+
+def apply_rope(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Rotates dims (2i, 2i+1) of ``x [..., T, Dh]`` by ``rope_tables``' ``c/s`` (broadcast
+    to ``x``), in float32.
+
+    Written as ``x * c + pair_swapped(x) * s``: pair i gives ``x0*cos + x1*(-sin)`` and
+    ``x1*cos + x0*sin``, bit for bit the reference's ``x0*cos - x1*sin`` and
+    ``x0*sin + x1*cos`` (a - b is a + (-b) in IEEE arithmetic, and a sum of two terms does
+    not depend on their order), in 4 kernels instead of 7.
+    """
+    xf = x.float()
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # [..., Dh]: (x1, x0) pairs
+    return (xf * c + swapped * s).to(x.dtype)
 
 
 @dataclass
@@ -146,9 +162,9 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         b, t, d = x.shape
         qkv = self.in_projs[0](x).view(b, t, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, T, Dh]
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
+        q, k = apply_rope(qkv[:2], cos, sin).unbind(0)  # q and k rotated together
+        v = qkv[2]  # [B, H, T, Dh]
         if kv is not None:
             # Write first, then attend over the ring; the ring's slack keeps every key the
             # chunk's earliest query still needs (see RingView).
@@ -229,16 +245,17 @@ class TransformerStage(nn.Module):
         t = x.shape[1]
         steps = torch.arange(t, device=x.device)
         if ring is None:
-            cos, sin = rope_cos_sin(steps, cfg.head_dim, cfg.max_period)  # [T, Dh/2]
-            cos, sin = cos[None, None], sin[None, None]  # [1, 1, T, Dh/2]
-            mask = band_mask(t, cfg.context, x.device)
+            cos, sin = rope_tables(*rope_cos_sin(steps, cfg.head_dim, cfg.max_period))
+            cos, sin = cos[None, None], sin[None, None]  # [1, 1, T, Dh]
+            allowed = band_mask(t, cfg.context, x.device)
             write_idx = None
         else:
             positions = ring.start[:, None] + steps  # [B, T]
-            cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.max_period)  # [B, T, Dh/2]
-            cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, Dh/2]
-            mask = ring_mask(positions, ring.size, cfg.context)
+            cos, sin = rope_tables(*rope_cos_sin(positions, cfg.head_dim, cfg.max_period))
+            cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, Dh]
+            allowed = ring_mask(positions, ring.size, cfg.context)
             write_idx = torch.remainder(positions, ring.size)
+        mask = additive_mask(allowed, x.dtype)  # once for every layer of the stage
         for i, layer in enumerate(self.transformer.layers):
             kv = None if ring is None else (ring.k[i], ring.v[i])
             x = layer(x, cos, sin, mask, kv, write_idx)

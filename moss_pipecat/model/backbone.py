@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from moss_pipecat.masks import additive_mask
 from moss_pipecat.model.config import MossTTSRealtimeConfig, TransformerConfig
 from moss_pipecat.model.kv_cache import KVCache
 from moss_pipecat.model.layers import DecoderLayer, RMSNorm, rope_cos_sin
@@ -68,7 +69,8 @@ class Qwen3Backbone(nn.Module):
         )
         S = cache.max_len if kv_len is None else kv_len
         key_pos = torch.arange(S, device=x.device)
-        mask = (key_pos[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, S]
+        allowed = key_pos[None, None, :] <= positions[:, :, None]  # [B, T, S]
+        mask = additive_mask(allowed, x.dtype)[:, None]  # [B, 1, T, S]
         writes = positions
         if valid is not None:
             keep = torch.arange(T, device=x.device)[None, :] < valid[:, None]  # [B, T]

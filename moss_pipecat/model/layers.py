@@ -24,8 +24,13 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim if rows is None else (rows, dim)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalised in fp32 inside F.rms_norm (one fused kernel on GPU, vs. seven ops
-        # written out), cast back, then scaled in the activation dtype, like the reference.
+        # One F.rms_norm (one fused kernel on GPU, vs. seven ops written out), normalised in
+        # fp32. The reference casts the normed value back, then scales it in the activation
+        # dtype. In fp32 scaling inside F.rms_norm gives the same numbers in one kernel less;
+        # in bf16 it would round once instead of twice (other numbers), so there it stays
+        # apart (see docs/PERFORMANCE.md).
+        if self.weight.dim() == 1 and x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, eps=self.eps)
         return self.weight * F.rms_norm(x, (x.shape[-1],), eps=self.eps)
 
 
@@ -107,7 +112,7 @@ class Attention(nn.Module):
         kv: KVWriter,
         mask: torch.Tensor,
     ) -> torch.Tensor:
-        """x: [B, T, D]; mask: [B, 1, T, S] (True = attend); returns [B, T, D]."""
+        """x: [B, T, D]; mask: [B, 1, T, S] additive (``additive_mask``); returns [B, T, D]."""
         B, T, _ = x.shape
         nq, nkv, hd = self.n_heads, self.n_kv, self.head_dim
         qkv = self.qkv_proj(x).view(B, T, nq + 2 * nkv, hd)
@@ -132,7 +137,7 @@ def grouped_attention(
 
     Args:
         q: [B, h, T, hd]; k, v: [B, n_kv, S, hd] (query head i uses kv head i // (h / n_kv));
-        mask: [B or 1, 1, T, S] bool, True = attend.
+        mask: [B or 1, 1, T, S], bool (True = attend) or additive in q's dtype.
     Returns:
         [B, h, T, hd].
     """

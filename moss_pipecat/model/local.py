@@ -9,14 +9,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from moss_pipecat.masks import additive_mask
 from moss_pipecat.model.config import MossTTSRealtimeConfig
 from moss_pipecat.model.layers import DecoderLayer, KVWriter, RMSNorm, rope_cos_sin
 from moss_pipecat.model.sampling import (
     BatchSampling,
     NoiseKeys,
-    choose_tokens,
+    choose_with,
+    filter_plan,
     keyed_noise,
     mask_token,
+    penalty_factors,
     seen_mask,
 )
 
@@ -65,15 +68,15 @@ class LocalTransformer(nn.Module):
         ]
 
     def _tables(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """RoPE cos/sin [1, 1, rvq, hd] and the causal mask [rvq, rvq] of one frame's
-        positions, made once per frame rather than once per codebook."""
+        """RoPE cos/sin [1, 1, rvq, hd] and the causal mask [rvq, rvq] (additive) of one
+        frame's positions, made once per frame rather than once per codebook."""
         c = self.cfg.local
         positions = torch.arange(self.rvq, device=like.device)[None]  # [1, rvq]
         cos, sin = rope_cos_sin(
             positions, c.head_dim, c.rope_theta, c.rope_scaling_factor, like.dtype
         )
         causal = positions[0][None, :] <= positions[0][:, None]  # [rvq (query), rvq (key)]
-        return cos, sin, causal
+        return cos, sin, additive_mask(causal, like.dtype)
 
     def _run(
         self,
@@ -135,9 +138,13 @@ class LocalTransformer(nn.Module):
             noise = keyed_noise(noise, self.rvq, self.cfg.audio_vocab_size)  # [B, rvq, V]
         kvs = self._scratch(B, hidden)
         tables = self._tables(hidden)
-        seen = None  # [B, rvq, V]: the window is fixed for the frame, so one scatter for all
+        # The penalty window and the filter settings are fixed for the frame: their per-row
+        # tensors are made once for all codebooks.
+        V = self.cfg.audio_vocab_size
+        factors = None  # [B, rvq, V]
         if history is not None:
-            seen = seen_mask(history.transpose(1, 2), self.cfg.audio_vocab_size)
+            factors = penalty_factors(seen_mask(history.transpose(1, 2), V), sampling.penalty)
+        plan = None if noise is None else filter_plan(sampling.top_k, sampling.top_p, V)
         x = hidden[:, None]  # [B, 1, H]
         codes = []
         for i in range(self.rvq):
@@ -145,10 +152,11 @@ class LocalTransformer(nn.Module):
             logits = self.local_lm_heads[i](out).float()  # [B, V]
             if i == 0:
                 logits = mask_token(logits, self.cfg.audio_eos, sampling.allow_eos)
-            code = choose_tokens(
+            code = choose_with(
                 logits,
-                None if seen is None else seen[:, i],
+                None if factors is None else factors[:, i],
                 sampling,
+                plan,
                 None if noise is None else noise[:, i],
             )
             codes.append(code)

@@ -80,14 +80,26 @@ def mask_token(logits: torch.Tensor, token: int, allow: torch.Tensor | None) -> 
     return logits.masked_fill(~allow[:, None] & column, float("-inf"))
 
 
+def penalty_factors(seen: torch.Tensor, penalty: torch.Tensor | float) -> torch.Tensor:
+    """The repetition penalty of every id: ``penalty`` where ``seen`` ([B, ..., V] bool), 1
+    elsewhere (float32, the shape of ``seen``). Made once per frame for all its codebooks."""
+    p = torch.as_tensor(penalty, dtype=torch.float32, device=seen.device)
+    p = p.reshape(-1, *([1] * (seen.dim() - 1)))  # [B or 1, 1, ..., 1]
+    return torch.where(seen, p, 1.0)
+
+
+def penalize_with(logits: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """logit * f where logit < 0, logit / f elsewhere, ``factors`` from ``penalty_factors``
+    (a factor of 1 leaves a logit exactly as it is: one pass, no second select)."""
+    return torch.where(logits < 0, logits * factors, logits / factors)
+
+
 def penalize(
     logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor | float
 ) -> torch.Tensor:
     """Repetition penalty on the ``seen`` ids ([B, V] bool): logit * penalty where logit < 0,
     logit / penalty elsewhere."""
-    p = torch.as_tensor(penalty, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
-    penalised = torch.where(logits < 0, logits * p, logits / p)
-    return torch.where(seen, penalised, logits)
+    return penalize_with(logits, penalty_factors(seen, penalty).to(logits.dtype))
 
 
 def apply_repetition_penalty(
@@ -106,6 +118,44 @@ def apply_repetition_penalty(
     return penalize(logits, seen_mask(history, logits.shape[-1]), penalty)
 
 
+@dataclass
+class FilterPlan:
+    """What top-k and top-p need of each row, the same for every codebook of a frame (made
+    once per frame by ``filter_plan``): ``kth`` [B, 1], where the k-th largest score sits in
+    descending order; ``tail`` [B, V], the top-p bound ``1 - p`` per ascending position, -inf
+    at the last one (the most likely token always survives)."""
+
+    kth: torch.Tensor
+    tail: torch.Tensor
+
+
+def filter_plan(top_k: torch.Tensor, top_p: torch.Tensor, vocab: int) -> FilterPlan:
+    """``FilterPlan`` of per-row settings: top_k [B] int64 (0 disables it), top_p [B]."""
+    k = torch.where(top_k > 0, top_k, vocab).clamp(1, vocab)  # [B]
+    last = torch.arange(vocab, device=top_p.device) == vocab - 1  # [V]
+    tail = (1 - top_p)[:, None].masked_fill(last, float("-inf"))  # [B, V]
+    return FilterPlan(kth=(k - 1)[:, None], tail=tail)
+
+
+def filter_with(logits: torch.Tensor, temperature: torch.Tensor, plan: FilterPlan) -> torch.Tensor:
+    """``filter_logits`` with its per-row constants made beforehand (``filter_plan``).
+
+    Top-p sorts the top-k survivors (ascending) and the kept scores are scattered back to
+    their ids from that order. (One sort could serve both filters, but which of several
+    tied scores a top-p cut drops follows the order an unstable sort leaves them in, and
+    that depends on the whole row: the sorted row must stay the one it was.)
+    """
+    scores = logits / temperature[:, None]  # [B, V]
+    # top-k: keep every score >= the k-th largest (ties at the cut kept).
+    kth = scores.sort(dim=-1, descending=True).values.gather(1, plan.kth)  # [B, 1]
+    scores = scores.masked_fill(scores < kth, float("-inf"))
+    # top-p: drop the low tail whose cumulative probability is <= 1 - p (ascending order).
+    asc, order = scores.sort(dim=-1, descending=False)  # [B, V]
+    cum = asc.softmax(dim=-1).cumsum(dim=-1)
+    kept = asc.masked_fill(cum <= plan.tail, float("-inf"))  # [B, V], ascending order
+    return torch.empty_like(scores).scatter_(1, order, kept)  # back to id order
+
+
 def filter_logits(
     logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
 ) -> torch.Tensor:
@@ -115,21 +165,7 @@ def filter_logits(
         logits: [B, V] (already penalised).
         temperature, top_p: [B] float; top_k: [B] int64, 0 disables top-k.
     """
-    V = logits.shape[-1]
-    scores = logits / temperature[:, None]
-    # top-k: keep every score >= the k-th largest.
-    k = torch.where(top_k > 0, top_k, V).clamp(1, V)  # [B]
-    desc = scores.sort(dim=-1, descending=True).values  # [B, V]
-    kth = desc.gather(1, (k - 1)[:, None])  # [B, 1]
-    scores = scores.masked_fill(scores < kth, float("-inf"))
-    # top-p: drop the low tail whose cumulative probability is <= 1 - p (ascending order);
-    # the most likely token always survives.
-    asc, order = scores.sort(dim=-1, descending=False)  # [B, V]
-    cum = asc.softmax(dim=-1).cumsum(dim=-1)
-    drop_sorted = cum <= (1 - top_p)[:, None]
-    drop_sorted[:, -1] = False
-    drop = drop_sorted.scatter(1, order, drop_sorted)
-    return scores.masked_fill(drop, float("-inf"))
+    return filter_with(logits, temperature, filter_plan(top_k, top_p, logits.shape[-1]))
 
 
 @dataclass
@@ -225,12 +261,27 @@ def choose_tokens(
     Returns:
         [B] int64.
     """
-    if seen is not None:
-        logits = penalize(logits, seen, sampling.penalty)
+    factors = None if seen is None else penalty_factors(seen, sampling.penalty)
+    plan = None if noise is None else filter_plan(sampling.top_k, sampling.top_p, logits.shape[-1])
+    return choose_with(logits, factors, sampling, plan, noise)
+
+
+def choose_with(
+    logits: torch.Tensor,
+    factors: torch.Tensor | None,
+    sampling: BatchSampling,
+    plan: FilterPlan | None,
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
+    """``choose_tokens`` with the per-frame parts made beforehand: ``factors`` [B, V] from
+    ``penalty_factors`` (None: no penalty) and ``plan`` from ``filter_plan`` (needed when
+    ``noise`` is given)."""
+    if factors is not None:
+        logits = penalize_with(logits, factors)
     greedy = logits.argmax(dim=-1)  # first maximum on ties: lowest id
     if noise is None:
         return greedy
-    probs = filter_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p).softmax(-1)
+    probs = filter_with(logits, sampling.temperature, plan).softmax(-1)
     drawn = (probs / noise).argmax(dim=-1)
     return torch.where(sampling.greedy, greedy, drawn)
 
