@@ -103,6 +103,18 @@ def test_capacity(fixtures_dir):
     assert out["capacity_sessions"] == 0 and out["at_capacity"] is None
 
 
+def test_capacity_simulated(fixtures_dir):
+    # The H200 cost table of the repository, a short search: seconds on a CPU, no model.
+    h200 = BENCH / "results" / "h200-2026-11-26"
+    args = ("--simulate", str(h200), "--frames", "8", "--max-sessions", "4")
+    out = run_bench("bench_capacity.py", *args, fixtures=fixtures_dir)
+    assert out["simulated"] is True and "h200-2026-11-26" in out["costs"]
+    for setting in ("budget_off", "budget_on"):
+        r = out[setting]
+        assert 0 <= r["capacity_sessions"] <= 4
+        assert [p["sessions"] for p in r["probes"]][:1] == [1]
+
+
 def test_prefill(fixtures_dir):
     out = run_bench(
         "bench_prefill.py",

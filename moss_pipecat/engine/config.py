@@ -32,6 +32,12 @@ class EngineConfig:
             projected tick fits the deadline while calls are decoding, and refuses a new
             conversation (``OverloadedError``) when a tick with every conversation speaking
             would not fit. None: off.
+        cost_table: a cost table the cost model starts from (a ``scripts/gpu_bench.sh``
+            output folder, or a table saved by ``DeviceCosts.save``; see
+            ``engine.device_costs``), so a fresh engine paces and refuses from its first tick
+            instead of admitting everyone until its own calls have taught it; its own
+            measurements take over from there. Use a table measured on the same GPU model
+            and settings (dtype, graphs). None: learn from nothing.
         max_turn_frames: absolute cap on frames per assistant turn.
         frames_per_text_token, min_turn_frames: the per-turn cap relative to text length
             (ends a runaway turn): min_turn_frames + frames_per_text_token * tokens.
@@ -76,6 +82,7 @@ class EngineConfig:
     prefill_chunk: int = 1024
     prefill_budget_rows: int | None = None
     frame_deadline_s: float | None = None
+    cost_table: str | None = None
     max_turn_frames: int = 1500
     frames_per_text_token: float = 8.0
     min_turn_frames: int = 40

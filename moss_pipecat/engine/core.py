@@ -23,6 +23,7 @@ from moss_pipecat.engine.clock import Clock, MonotonicClock
 from moss_pipecat.engine.commands import Command
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.costs import CostModel
+from moss_pipecat.engine.device_costs import DeviceCosts
 from moss_pipecat.engine.events import TurnSummary
 from moss_pipecat.engine.handlers import HANDLERS
 from moss_pipecat.engine.history import AssistantTurn
@@ -72,6 +73,8 @@ class EngineCore:
         # budget cut short.
         self.stats.update(refused_overload=0, prefill_capped_ticks=0)
         self.costs = CostModel()  # what each kind of device call costs, learned online
+        if config.cost_table is not None:  # ... starting from a measured table
+            DeviceCosts.load(config.cost_table).prime(self.costs)
         self.scheduler = Scheduler(self)
 
     # ---- entry points ------------------------------------------------------------------------

@@ -20,10 +20,10 @@ import torch
 
 from moss_pipecat.engine import EngineConfig, MossEngine, RowLayout
 from moss_pipecat.engine.clock import VirtualClock
+from moss_pipecat.engine.device_costs import DeviceCosts
 from moss_pipecat.engine.kv_pools import KVPools
 from moss_pipecat.engine.runner import RowSampling
 from moss_pipecat.model import MossTTSRealtime, MossTTSRealtimeConfig
-from moss_pipecat.testing.device_costs import DeviceCosts
 
 SAMPLES_PER_FRAME = 1920  # 80 ms at 24 kHz
 
