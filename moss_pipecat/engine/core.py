@@ -79,7 +79,9 @@ class EngineCore:
 
     # ---- entry points ------------------------------------------------------------------------
     def execute(self, session_id: str, command: Command) -> Any:
-        """Applies one (checked) command; returns its result."""
+        """Applies one (checked) command; returns its result. The session's audio still on
+        its way out is sent first, so a command sees its turn as the caller has."""
+        self.scheduler.settle(session_id)
         return HANDLERS[type(command)](self, session_id, command)
 
     def tick(self) -> float | None:
@@ -197,6 +199,9 @@ class EngineCore:
         emptied (its next turn re-prefills the history)."""
         if s.turn is None:
             return
+        self.scheduler.settle(s.session_id)  # its audio made so far goes out first
+        if s.turn is None:
+            return  # it ended with that audio
         try:
             self.fail_turn(s, error)
             return

@@ -83,6 +83,7 @@ def tick_budget(
     wants: list[PrefillWant],
     chunk: int,
     codec: bool,
+    overlap: bool = False,
 ) -> int | None:
     """Prefill rows this tick may run (None: unbounded).
 
@@ -99,6 +100,7 @@ def tick_budget(
         decoding: calls that step this tick.
         wants: the sessions that have rows to prefill; chunk: rows per session per tick.
         codec: whether frames are decoded to PCM (a codec call per tick).
+        overlap: the codec runs beside the next decode step (``EngineConfig.overlap_codec``).
     """
     if deadline_s is None or decoding == 0 or not costs.knows("prefill"):
         return cap  # no running call waits on this tick / the first prefill teaches its cost
@@ -106,6 +108,10 @@ def tick_budget(
 
     def fixed(starting: int) -> float:
         frames = decoding + starting  # first frames are delivered (and decoded) on their own
+        if overlap:
+            return _sum(
+                frame_time(costs, frames, starting, codec), costs.predict("first_frame", starting)
+            )
         return _sum(
             costs.predict("decode", frames),
             costs.predict("first_frame", starting),
@@ -128,20 +134,43 @@ def tick_budget(
     return max(rows, min(PROGRESS_ROWS, limit))
 
 
-def admits(costs: CostModel, deadline_s: float | None, conversations: int, codec: bool) -> bool:
+def admits(
+    costs: CostModel,
+    deadline_s: float | None,
+    conversations: int,
+    codec: bool,
+    overlap: bool = False,
+) -> bool:
     """Whether ``conversations`` (counting the new one) can all speak at once within the
     deadline in a tick that also starts a turn (the least prefill a tick always runs, and
     its first frame). True while the costs are unknown."""
     if deadline_s is None or not costs.knows("decode"):
         return True
+    if overlap:
+        step = frame_time(costs, conversations, 1, codec)
+    else:
+        step = _sum(
+            costs.predict("decode", conversations),
+            costs.predict("codec", conversations) if codec else 0.0,
+        )
     projected = _sum(
-        costs.predict("decode", conversations),
-        costs.predict("codec", conversations) if codec else 0.0,
+        step,
         costs.predict("prefill", PROGRESS_ROWS),
         costs.predict("first_frame", 1),
-        costs.predict("codec", 1) if codec else 0.0,
+        costs.predict("codec", 1) if codec and not overlap else 0.0,
     )
     return projected <= deadline_s
+
+
+def frame_time(costs: CostModel, frames: int, starting: int, codec: bool) -> float:
+    """With the codec beside the decode step (``EngineConfig.overlap_codec``): the longer of
+    the decode step over ``frames`` and the codec calls (``starting`` first frames' own, then
+    every frame's). A learned decode step already holds any wait for the codec beside it, so
+    this agrees whether costs were primed from a table or learned."""
+    step = costs.predict("decode", frames) or 0.0
+    if not codec:
+        return step
+    return max(step, _sum(costs.predict("codec", frames), costs.predict("codec", starting)))
 
 
 def _sum(*costs: float | None) -> float:
