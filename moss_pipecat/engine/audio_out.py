@@ -38,6 +38,7 @@ class PendingAudio:
     pcm: torch.Tensor | None = None
     finishes: list[tuple[SessionState, OpenTurn, str]] = field(default_factory=list)
     sessions: set[str] = field(default_factory=set)  # whose audio or end is here
+    ending: set[str] = field(default_factory=set)  # whose end is here
 
     def send(
         self,
@@ -46,7 +47,8 @@ class PendingAudio:
         finish: Callable[[SessionState, str], None],
     ) -> None:
         """Puts each chunk (with its PCM) into its turn's channel, then ends the turns that
-        were waiting for it. A turn that ended meanwhile (it failed) gets nothing more."""
+        were waiting for it. A turn that ended meanwhile (it failed, was interrupted or
+        closed) gets nothing more: its caller never had these frames, so never heard them."""
         pcm = to_bytes(pcm_host) if pcm_host is not None else [None] * len(self.chunks)
         for (s, turn, index, codes, words), p in zip(self.chunks, pcm, strict=True):
             if s.turn is turn:

@@ -79,8 +79,8 @@ class EngineCore:
 
     # ---- entry points ------------------------------------------------------------------------
     def execute(self, session_id: str, command: Command) -> Any:
-        """Applies one (checked) command; returns its result. The session's audio still on
-        its way out is sent first, so a command sees its turn as the caller has."""
+        """Applies one (checked) command; returns its result (a turn that ends with audio
+        still on its way out ends first: ``Scheduler.settle``)."""
         self.scheduler.settle(session_id)
         return HANDLERS[type(command)](self, session_id, command)
 
@@ -182,7 +182,7 @@ class EngineCore:
         s.turn = None
         s.to_feed = None
         s.phase = Phase.IDLE
-        self._close_stream(s)
+        self.release_stream(s)
 
     def fail_turn(self, s: SessionState, error: BaseException) -> None:
         """Ends the turn with an error, rolling back whatever it fed; the session stays usable."""
@@ -199,7 +199,7 @@ class EngineCore:
         emptied (its next turn re-prefills the history)."""
         if s.turn is None:
             return
-        self.scheduler.settle(s.session_id)  # its audio made so far goes out first
+        self.scheduler.settle()  # its audio made so far goes out first
         if s.turn is None:
             return  # it ended with that audio
         try:
@@ -214,10 +214,11 @@ class EngineCore:
             s.history.turns.pop()
         self.truncate(s, 0)
         s.turn, s.to_feed, s.phase = None, None, Phase.IDLE
-        self._close_stream(s)
+        self.release_stream(s)
         t.channel.put(TurnSummary(t.turn_id, "error", text=t.text, error=error))
 
-    def _close_stream(self, s: SessionState) -> None:
+    def release_stream(self, s: SessionState) -> None:
+        """Frees the session's codec stream (its turn has no more frames to decode)."""
         if s.codec_slot is not None:
             self.runner.close_stream(s.codec_slot)
             s.codec_slot = None

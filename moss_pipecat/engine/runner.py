@@ -120,19 +120,21 @@ class ModelRunner:
         return n
 
     def sync(self) -> None:
-        """Waits for the device's queued work (timing a call whose results stay there)."""
+        """Waits for the work queued on the main stream (timing a call whose results stay
+        there); not for the codec beside it."""
         self.host_syncs += 1
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            torch.cuda.current_stream(self.device).synchronize()
 
-    def to_host(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def to_host(self, tensors: Sequence[torch.Tensor], codec: bool = False) -> list[torch.Tensor]:
         """The tensors on the host, with one wait on the device: the one place the engine's
-        results cross to the host (frames and PCM of a tick together; counted)."""
+        results cross to the host (frames and PCM of a tick together; counted). ``codec``:
+        some were made on the codec stream (the wait covers it too)."""
         self.host_syncs += 1
         if self.device.type != "cuda":
             return [t.cpu() for t in tensors]
         main = torch.cuda.current_stream(self.device)
-        if self.codec_stream is not None:
+        if codec and self.codec_stream is not None:
             main.wait_stream(self.codec_stream)  # PCM made beside this tick's decode step
         out = [t.to("cpu", non_blocking=True) for t in tensors]  # pinned, queued on main
         main.synchronize()
@@ -231,8 +233,14 @@ class ModelRunner:
 
     # ---- codec -------------------------------------------------------------------------------
     def open_streams(self, n: int) -> list[int]:
-        """Codec stream slots for ``n`` turns starting (their decoder state starts afresh)."""
-        return list(self.codec_state.add_streams(n))
+        """Codec stream slots for ``n`` turns starting (their decoder state starts afresh, on
+        the codec's stream: after the codec calls queued there, which may still read a slot
+        that was just freed)."""
+        if self.codec_stream is None:
+            return list(self.codec_state.add_streams(n))
+        self.codec_stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.codec_stream):
+            return list(self.codec_state.add_streams(n))
 
     def close_stream(self, slot: int) -> None:
         self.codec_state.remove_stream(slot)

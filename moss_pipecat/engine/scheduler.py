@@ -38,7 +38,7 @@ class Scheduler:
         self._rr = 0  # rotates the prefill order for fairness
         self._plan: dict[SessionState, int] = {}  # this tick's prefill rows per session
         self._ticks = 0
-        self._pending: PendingAudio | None = None  # audio whose PCM is still on the device
+        self._pending: list[PendingAudio] = []  # audio whose PCM is still on the device
 
     def tick(self) -> float | None:
         """One round of work. Returns 0 if work was done, else how long to wait (None: until
@@ -69,7 +69,7 @@ class Scheduler:
         steppers = [s for s in sessions if self.steps(s, t_now)]
         for group in _by_pool(steppers):
             self.deliver(self.isolated(group, self.decode))
-        late = self._pending is not None and self._pending.tick < self._ticks
+        late = any(p.tick < self._ticks for p in self._pending)
         if late:  # no decode step this tick for the codec to run beside: send it now
             self.settle()
         if done or steppers or prefills or late:
@@ -246,7 +246,9 @@ class Scheduler:
         hidden = torch.stack([hidden_of[s] for s in batch])  # [B, H]
         rows = [_sampling(s, False) for s in batch]
         frames = self.timed(
-            "first_frame", len(batch), lambda: self.host([self.runner.first_frames(hidden, rows)])
+            "first_frame",
+            len(batch),
+            lambda: self.host([self.runner.first_frames(hidden, rows)], pcm=False),
         )[0]
         for s in batch:
             s.noise_counter += 1
@@ -313,36 +315,43 @@ class Scheduler:
                     out.finishes.append((s, s.turn, "max_frames"))
             except Exception as e:  # this session's bookkeeping: the others go on
                 self.core.fail_safely(s, e)
+        for s, _, _ in out.finishes:  # no more frames to decode: its codec slot is free now
+            self.core.release_stream(s)  # (a new stream's reset queues after this codec call)
         out.sessions = {s.session_id for s, *_ in out.chunks + out.finishes}
+        out.ending = {s.session_id for s, *_ in out.finishes}
         if out.chunks or out.finishes:
-            self.settle()  # (nothing is pending here: this tick's host wait sent it)
-            self._pending = out
+            self._pending.append(out)
         if not self.config.overlap_codec or out.pcm is None:
             self.settle()
 
-    def host(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    def host(self, tensors: list[torch.Tensor], pcm: bool = True) -> list[torch.Tensor]:
         """``tensors`` on the host, in one wait on the device that also brings (and sends)
-        the audio still pending from the tick before."""
-        pending, self._pending = self._pending, None
-        extra = [pending.pcm] if pending is not None and pending.pcm is not None else []
+        the audio still pending (``pcm``; else this wait does not wait for the codec)."""
+        pending, self._pending = (self._pending, []) if pcm else ([], self._pending)
+        extra = [p.pcm for p in pending if p.pcm is not None]
         if not tensors and not extra:
             out = []
         else:
-            out = self.runner.to_host([*tensors, *extra])
-        if pending is not None:
-            pending.send(out[-1] if extra else None, self.runner.pcm_bytes, self._finish_safely)
+            out = self.runner.to_host([*tensors, *extra], codec=bool(extra))
+        rows = iter(out[len(tensors) :])
+        for p in pending:  # oldest first: a session's chunks stay in order
+            p.send(
+                next(rows) if p.pcm is not None else None,
+                self.runner.pcm_bytes,
+                self._finish_safely,
+            )
         return out[: len(tensors)]
 
     def settle(self, session_id: str | None = None) -> None:
-        """Sends the pending audio now (only if it holds ``session_id``'s, when given): before
-        anything changes the turns it belongs to."""
-        pending = self._pending
-        if pending is not None and (session_id is None or session_id in pending.sessions):
+        """Sends the pending audio now: all of it, or (``session_id``) only if that session's
+        turn ends with it, so a command finds that turn ended as it would without overlap.
+        Chunks of a turn that a command ends meanwhile (an interruption, a close) are not sent:
+        they were made after what the caller reports heard (``PendingAudio.send``)."""
+        if any(session_id is None or session_id in p.ending for p in self._pending):
             self.host([])
 
     def _ends_pending(self, s: SessionState) -> bool:
-        p = self._pending
-        return p is not None and any(x is s for x, _, _ in p.finishes)
+        return any(x is s for p in self._pending for x, _, _ in p.finishes)
 
     def _finish_safely(self, s: SessionState, stop: str) -> None:
         try:

@@ -92,12 +92,13 @@ class SimulatedRunner:
         return 0
 
     def sync(self) -> None:
-        self.host_syncs += 1
-        self.clock.advance_to(self._codec_free_at)
+        self.host_syncs += 1  # the main stream: the clock is there already
 
-    def to_host(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """One host wait: for the main stream (the clock) and the codec stream."""
-        self.sync()
+    def to_host(self, tensors: Sequence[torch.Tensor], codec: bool = False) -> list[torch.Tensor]:
+        """One host wait: for the main stream (the clock), and the codec stream if asked."""
+        self.host_syncs += 1
+        if codec:
+            self.clock.advance_to(self._codec_free_at)
         return list(tensors)
 
     @staticmethod
