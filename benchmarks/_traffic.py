@@ -109,6 +109,7 @@ def burst(make: Maker, args, seed: int = 7) -> dict:
     worst = max(during, default=float("nan"))
     return {
         "running": running,
+        "running_admitted": calls.admitted,
         "burst_calls": extra,
         "burst_within_s": args.burst_within_s,
         "burst_admitted": new.admitted if new else 0,

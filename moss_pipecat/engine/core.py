@@ -20,7 +20,7 @@ import torch
 
 from moss_pipecat._log import logger
 from moss_pipecat.engine.clock import Clock, MonotonicClock
-from moss_pipecat.engine.commands import Command
+from moss_pipecat.engine.commands import Command, PushText
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.costs import CostModel
 from moss_pipecat.engine.device_costs import DeviceCosts
@@ -79,9 +79,13 @@ class EngineCore:
 
     # ---- entry points ------------------------------------------------------------------------
     def execute(self, session_id: str, command: Command) -> Any:
-        """Applies one (checked) command; returns its result (a turn that ends with audio
-        still on its way out ends first: ``Scheduler.settle``)."""
-        self.scheduler.settle(session_id)
+        """Applies one (checked) command; returns its result. A turn that ends with audio
+        still on its way out is ended as it would be without overlap: text for it is dropped
+        (late text), anything else first sends that audio and ends it (``Scheduler.settle``)."""
+        if self.scheduler.ending(session_id):
+            if isinstance(command, PushText):
+                return None  # its turn has ended (its last audio is on its way): dropped
+            self.scheduler.settle()
         return HANDLERS[type(command)](self, session_id, command)
 
     def tick(self) -> float | None:

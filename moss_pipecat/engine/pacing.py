@@ -109,9 +109,7 @@ def tick_budget(
     def fixed(starting: int) -> float:
         frames = decoding + starting  # first frames are delivered (and decoded) on their own
         if overlap:
-            return _sum(
-                frame_time(costs, frames, starting, codec), costs.predict("first_frame", starting)
-            )
+            return overlapped(costs, decoding, starting, codec)
         return _sum(
             costs.predict("decode", frames),
             costs.predict("first_frame", starting),
@@ -146,31 +144,34 @@ def admits(
     its first frame). True while the costs are unknown."""
     if deadline_s is None or not costs.knows("decode"):
         return True
-    if overlap:
-        step = frame_time(costs, conversations, 1, codec)
-    else:
-        step = _sum(
-            costs.predict("decode", conversations),
-            costs.predict("codec", conversations) if codec else 0.0,
-        )
+    if overlap:  # the new conversation's turn starts among them
+        tick = overlapped(costs, conversations - 1, 1, codec)
+        return _sum(tick, costs.predict("prefill", PROGRESS_ROWS)) <= deadline_s
     projected = _sum(
-        step,
+        costs.predict("decode", conversations),
+        costs.predict("codec", conversations) if codec else 0.0,
         costs.predict("prefill", PROGRESS_ROWS),
         costs.predict("first_frame", 1),
-        costs.predict("codec", 1) if codec and not overlap else 0.0,
+        costs.predict("codec", 1) if codec else 0.0,
     )
     return projected <= deadline_s
 
 
-def frame_time(costs: CostModel, frames: int, starting: int, codec: bool) -> float:
-    """With the codec beside the decode step (``EngineConfig.overlap_codec``): the longer of
-    the decode step over ``frames`` and the codec calls (``starting`` first frames' own, then
-    every frame's). A learned decode step already holds any wait for the codec beside it, so
-    this agrees whether costs were primed from a table or learned."""
-    step = costs.predict("decode", frames) or 0.0
+def overlapped(costs: CostModel, decoding: int, starting: int, codec: bool) -> float:
+    """A tick's cost besides its prefill with the codec beside the decode step
+    (``EngineConfig.overlap_codec``): the main stream runs the first frames and the decode
+    step (every call and the ``starting`` turns); the codec stream runs the last tick's frames
+    (about ``decoding``) from the tick's start, then, after the first frames' host wait, their
+    own codec call; the tick ends when both have. Counting the prefill as if it hid none of
+    the last tick's codec call makes this an upper bound. A learned decode step already holds
+    any wait for the codec, so this holds for primed and learned costs alike."""
+    first = costs.predict("first_frame", starting) or 0.0
+    step = costs.predict("decode", decoding + starting) or 0.0
     if not codec:
-        return step
-    return max(step, _sum(costs.predict("codec", frames), costs.predict("codec", starting)))
+        return first + step
+    last = costs.predict("codec", decoding) or 0.0
+    own = costs.predict("codec", starting) or 0.0
+    return max(first + step, max(last, first) + own)
 
 
 def _sum(*costs: float | None) -> float:

@@ -342,13 +342,16 @@ class Scheduler:
             )
         return out[: len(tensors)]
 
-    def settle(self, session_id: str | None = None) -> None:
-        """Sends the pending audio now: all of it, or (``session_id``) only if that session's
-        turn ends with it, so a command finds that turn ended as it would without overlap.
-        Chunks of a turn that a command ends meanwhile (an interruption, a close) are not sent:
-        they were made after what the caller reports heard (``PendingAudio.send``)."""
-        if any(session_id is None or session_id in p.ending for p in self._pending):
+    def settle(self) -> None:
+        """Sends the pending audio now (and ends the turns that end with it). Chunks of a turn
+        that ended meanwhile (interrupted, closed) are not sent: they were made after what
+        its caller reports heard (``PendingAudio.send``)."""
+        if self._pending:
             self.host([])
+
+    def ending(self, session_id: str) -> bool:
+        """Whether the session's turn ends once its pending audio is out."""
+        return any(session_id in p.ending for p in self._pending)
 
     def _ends_pending(self, s: SessionState) -> bool:
         return any(x is s for p in self._pending for x, _, _ in p.finishes)
