@@ -88,7 +88,7 @@ class Scheduler:
         next text token is known, and it is within its real-time lookahead)."""
         return (
             s.phase is Phase.DECODE
-            and not self._ends_pending(s)
+            and not self.ending(s.session_id)
             and bool(s.turn.record.frames)
             and s.next_text_id(self.layout.text_pad) is not None
             and s.within_lookahead(self.config, t_now)
@@ -352,9 +352,6 @@ class Scheduler:
     def ending(self, session_id: str) -> bool:
         """Whether the session's turn ends once its pending audio is out."""
         return any(session_id in p.ending for p in self._pending)
-
-    def _ends_pending(self, s: SessionState) -> bool:
-        return any(x is s for p in self._pending for x, _, _ in p.finishes)
 
     def _finish_safely(self, s: SessionState, stop: str) -> None:
         try:
