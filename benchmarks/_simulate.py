@@ -1,18 +1,53 @@
-"""``bench_capacity.py --simulate COSTS``: the capacity search on a simulated device (the real
-scheduler, virtual time, a GPU run's cost table), budget off vs on. Figures are simulated."""
+"""``bench_capacity.py --simulate COSTS``: capacity on a simulated device (the real scheduler,
+virtual time, a GPU run's cost table) before and after issue #22's items 1-2: phone-call
+traffic, a burst on top of running calls, and all calls starting at once. Figures are
+simulated."""
 
 from __future__ import annotations
 
 import time
 
+from _traffic import burst, capacity_search, traffic_passes, traffic_probe
+
 from moss_pipecat.engine import EngineConfig
 from moss_pipecat.engine.clock import VirtualClock
-from moss_pipecat.testing.device_costs import DeviceCosts
+from moss_pipecat.engine.device_costs import DeviceCosts
 from moss_pipecat.testing.sim_traffic import CallPlan, pct, run_traffic
 from moss_pipecat.testing.simulated_device import simulated_engine
 
+# (name, frame deadline: the prefill budget and admission, codec overlap)
+SETTINGS = (
+    ("before", False, False),  # neither item
+    ("budget", True, False),  # item 1: prefill budget + admission
+    ("budget_overlap", True, True),  # items 1 and 2
+)
 
-def probe(costs: DeviceCosts, n: int, frames: int, text: int, deadline: float | None) -> dict:
+
+def _engine(costs: DeviceCosts, cfg: EngineConfig, clock: VirtualClock, deadline: bool):
+    engine = simulated_engine(costs, cfg, clock)
+    if deadline:
+        costs.prime(engine.core.costs)  # a warm engine: it has seen these calls before
+    return engine
+
+
+def traffic_maker(costs: DeviceCosts, gap_ms: float, deadline: bool, overlap: bool):
+    def make(n: int):
+        clock = VirtualClock()
+        cfg = EngineConfig(
+            max_sessions=n,
+            max_context=4096,
+            context_budget=3500,
+            turn_reserve=500,
+            lookahead_s=None,  # every speaking call steps every tick: the device's worst case
+            frame_deadline_s=gap_ms / 1e3 if deadline else None,
+            overlap_codec=overlap,
+        )
+        return _engine(costs, cfg, clock, deadline), clock
+
+    return make
+
+
+def at_once(costs, n, frames, text, deadline: float | None, overlap: bool) -> dict:
     clock = VirtualClock()
     cfg = EngineConfig(
         max_sessions=n,
@@ -21,46 +56,18 @@ def probe(costs: DeviceCosts, n: int, frames: int, text: int, deadline: float | 
         turn_reserve=100,
         lookahead_s=None,
         frame_deadline_s=deadline,
+        overlap_codec=overlap,
     )
-    engine = simulated_engine(costs, cfg, clock)
-    if deadline is not None:
-        costs.prime(engine.core.costs)  # a warm engine: it has seen these calls before
+    engine = _engine(costs, cfg, clock, deadline is not None)
     r = run_traffic(engine, clock, [CallPlan(0.0, turns=(text,), frames=frames)] * n)
     return {
-        "sessions": n,
+        "calls": n,
         "admitted": r.admitted,
         "refused": r.refused,
-        "ttfa_ms_p50": 1e3 * pct(r.ttfa_s, 0.5),
-        "ttfa_ms_p99": 1e3 * pct(r.ttfa_s, 0.99),
-        "gap_ms_p99": 1e3 * pct(r.gaps_s, 0.99),
-        "gap_ms_max": 1e3 * max(r.gaps_s, default=float("nan")),
+        "ttfa_ms_p50": round(1e3 * pct(r.ttfa_s, 0.5), 1),
+        "ttfa_ms_p99": round(1e3 * pct(r.ttfa_s, 0.99), 1),
+        "gap_ms_p99": round(1e3 * pct(r.gaps_s, 0.99), 1),
     }
-
-
-def capacity(costs, frames, text, deadline, gap_ms, max_sessions) -> dict:
-    """Largest N whose calls (all starting at once) are all admitted with p99 gap < gap_ms;
-    the doubling-then-bisection of the GPU benchmark."""
-    probes: list[dict] = []
-
-    def passes(n: int) -> bool:
-        p = probe(costs, n, frames, text, deadline)
-        p["passed"] = p["refused"] == 0 and p["gap_ms_p99"] < gap_ms
-        probes.append(p)
-        return p["passed"]
-
-    good, bad, n = 0, None, 1
-    while n <= max_sessions:
-        if not passes(n):
-            bad = n
-            break
-        good, n = n, (2 * n if n < max_sessions else max_sessions + 1)
-        n = min(n, max_sessions) if good < max_sessions else n
-    if bad is not None:
-        while bad - good > 1:
-            mid = (good + bad) // 2
-            good, bad = (mid, bad) if passes(mid) else (good, mid)
-    best = max((p for p in probes if p["passed"]), key=lambda p: p["sessions"], default=None)
-    return {"capacity_sessions": good, "at_capacity": best, "probes": probes}
 
 
 def run(args) -> tuple[dict, str]:
@@ -70,24 +77,48 @@ def run(args) -> tuple[dict, str]:
         "benchmark": "capacity",
         "simulated": True,
         "costs": costs.source,
-        "gap_ms_limit": args.gap_ms,
-        "frames_per_turn": args.frames,
-        "text_tokens": args.text_tokens,
-        "starts": "all at once",
+        "goal": {
+            "traffic": f"every call admitted, p99 frame gap < {args.gap_ms:g} ms, p99 TTFA <= "
+            f"{args.ttfa_ms:g} ms",
+            "burst": f"running calls' max frame gap < {args.burst_gap_ms:g} ms",
+            "all_at_once": f"every call admitted, p99 frame gap < {args.gap_ms:g} ms",
+        },
+        "traffic": {
+            "arrivals": f"Poisson over {args.ramp_s:g} s, measured {args.measure_s:g} s after",
+            "calls": "user turns (1-4 s of speech + transcript) and bot replies (10-60 tokens "
+            "at 40 tokens/s, 0.35 s after the user stops), 20% cut by a barge-in",
+        },
+        "all_at_once": {"frames_per_turn": args.frames, "text_tokens": args.text_tokens},
+        "settings": {},
     }
-    for name, deadline in (("budget_off", None), ("budget_on", args.gap_ms / 1e3)):
-        out[name] = capacity(
-            costs, args.frames, args.text_tokens, deadline, args.gap_ms, args.max_sessions
+    for name, deadline, overlap in SETTINGS:
+        make = traffic_maker(costs, args.gap_ms, deadline, overlap)
+        seeds = iter(range(1000))
+        r = {"frame_deadline_ms": args.gap_ms if deadline else None, "overlap_codec": overlap}
+        r["traffic"] = capacity_search(
+            lambda n, make=make, seeds=seeds: traffic_probe(make, n, args, next(seeds)),
+            traffic_passes(args),
+            args,
         )
+        r["burst"] = burst(make, args)
+        dl = args.gap_ms / 1e3 if deadline else None
+
+        def once(n: int, dl=dl, overlap=overlap) -> dict:
+            return at_once(costs, n, args.frames, args.text_tokens, dl, overlap)
+
+        r["all_at_once"] = capacity_search(
+            once, lambda p: p["refused"] == 0 and p["gap_ms_p99"] < args.gap_ms, args
+        )
+        out["settings"][name] = r
     out["wall_s"] = round(time.perf_counter() - t0, 2)
-    off, on = out["budget_off"], out["budget_on"]
 
-    def ttfa(r: dict) -> str:
-        return f"{r['at_capacity']['ttfa_ms_p99']:.0f}" if r["at_capacity"] else "n/a"
+    def brief(name: str) -> str:
+        r = out["settings"][name]
+        b = r["burst"]
+        return (
+            f"{name}: {r['traffic']['capacity_calls']} calls (traffic), burst max gap "
+            f"{b['running_gap_ms_max']:g} ms, {r['all_at_once']['capacity_calls']} at once"
+        )
 
-    line = (
-        f"SIMULATED capacity ({costs.source}): {off['capacity_sessions']} calls (TTFA p99 "
-        f"{ttfa(off)} ms) budget off, {on['capacity_sessions']} (TTFA p99 {ttfa(on)} ms) "
-        f"budget on, p99 gap < {args.gap_ms:.0f} ms, all starting at once"
-    )
+    line = f"SIMULATED capacity ({costs.source}): " + "; ".join(brief(n) for n, *_ in SETTINGS)
     return out, line

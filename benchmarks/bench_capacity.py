@@ -10,7 +10,14 @@ doubles until it fails, then bisects. Each N is measured in steady state, after
     python benchmarks/bench_capacity.py --real-size --random-weights --device cuda \\
         --dtype bfloat16 --max-sessions 256
     python benchmarks/bench_capacity.py --simulate benchmarks/results/h200-2026-11-26 \\
-        --frames 50 --max-sessions 512                                      # virtual time, CPU
+        --frames 50 --start 32 --max-sessions 512                           # virtual time, CPU
+
+``--simulate`` runs three cases on a simulated device, before and after issue #22's items 1-2
+(the prefill budget with admission; the codec beside the next decode step): phone-call traffic
+(calls arriving over time, user turns and streamed bot replies with barge-ins: the most
+concurrent calls with p99 frame gap < ``--gap-ms`` and p99 TTFA <= ``--ttfa-ms``), a burst
+(``--burst-calls`` starting within ``--burst-within-s`` on top of ``--burst-running``: the
+running calls' largest gap) and all calls starting at once (the search above).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import asyncio
 
 from _common import emit, environment
 from _setup import add_engine_args, build_engine, run_round
+from _traffic import add_traffic_args
 
 
 def main() -> None:
@@ -31,6 +39,7 @@ def main() -> None:
     ap.add_argument(
         "--warm-rounds", type=int, default=1, help="short unmeasured rounds before each N"
     )
+    add_traffic_args(ap)
     ap.add_argument(
         "--simulate",
         metavar="COSTS",
@@ -38,6 +47,12 @@ def main() -> None:
         "in virtual time on a simulated device, budget off vs on (figures are simulated)",
     )
     args = ap.parse_args()
+    if args.traffic and not args.simulate:
+        from _traffic import real_traffic
+
+        out, line = real_traffic(args)
+        emit(out, args.out, line)
+        return
     if args.simulate:
         from _simulate import run
 

@@ -116,6 +116,21 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="device memory for the prompt prefix cache (KV of each distinct system sentence + "
         "voice, shared by new conversations; default 256, 0: off)",
     )
+    p.add_argument(
+        "--frame-deadline-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="pace each tick's prefill to this frame deadline and refuse a new conversation "
+        "(wire code capacity) when every conversation speaking at once would miss it (e.g. 80)",
+    )
+    p.add_argument(
+        "--cost-table",
+        default=None,
+        metavar="PATH",
+        help="a scripts/gpu_bench.sh output folder (same GPU and settings) the engine's cost "
+        "model starts from, so pacing and refusals hold from the first call",
+    )
 
 
 def _pool(text: str) -> tuple[int, int]:

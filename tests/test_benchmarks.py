@@ -107,6 +107,23 @@ def test_capacity(fixtures_dir):
     assert out["capacity_sessions"] == 0 and out["at_capacity"] is None
 
 
+def test_capacity_simulated(fixtures_dir):
+    # The repository's H200 cost table, tiny searches: seconds on a CPU, no model weights.
+    h200 = BENCH / "results" / "h200-2026-11-26"
+    args = ("--simulate", str(h200), "--frames", "6", "--max-sessions", "2", "--ramp-s", "1")
+    args += ("--measure-s", "2", "--burst-running", "2", "--burst-calls", "2")
+    out = run_bench("bench_capacity.py", *args, "--burst-watch-s", "1", fixtures=fixtures_dir)
+    assert out["simulated"] is True and "h200-2026-11-26" in out["costs"]
+    assert list(out["settings"]) == ["before", "budget", "budget_overlap"]
+    for r in out["settings"].values():
+        for case in ("traffic", "all_at_once"):
+            assert 0 <= r[case]["capacity_calls"] <= 2
+            assert r[case]["probes"][0]["calls"] == 1
+        assert r["traffic"]["probes"][0]["admitted"] == 1
+        b = r["burst"]
+        assert b["running"] == 2 and b["burst_admitted"] + b["burst_refused"] == 2
+
+
 def test_prefill(fixtures_dir):
     out = run_bench(
         "bench_prefill.py",

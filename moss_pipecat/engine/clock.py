@@ -39,3 +39,14 @@ class VirtualClock:
     def advance_to(self, t: float) -> None:
         """Moves to ``t`` if it lies ahead (the past is left alone)."""
         self._t = max(self._t, float(t))
+
+
+class SleepingClock(MonotonicClock):
+    """Wall time that a traffic driver "advances" by sleeping: the driver written for a
+    ``VirtualClock`` (``testing.call_traffic``) runs a real device in real time."""
+
+    def advance(self, seconds: float) -> None:
+        time.sleep(max(0.0, seconds))
+
+    def advance_to(self, t: float) -> None:
+        self.advance(t - self.now())

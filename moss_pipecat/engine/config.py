@@ -31,6 +31,19 @@ class EngineConfig:
             projected tick fits the deadline while calls are decoding, and refuses a new
             conversation (``OverloadedError``) when a tick with every conversation speaking
             would not fit. None: off.
+        cost_table: a cost table the cost model starts from (a ``scripts/gpu_bench.sh``
+            output folder, or a table saved by ``DeviceCosts.save``; see
+            ``engine.device_costs``), so a fresh engine paces and refuses from its first tick
+            instead of admitting everyone until its own calls have taught it; its own
+            measurements take over from there. Use a table measured on the same GPU model
+            and settings (dtype, graphs). None: learn from nothing.
+        overlap_codec: decode each tick's frames to PCM on a CUDA stream of its own, beside
+            the next tick's decode step (events order them; no host wait between them), and
+            deliver that PCM at the next tick's one wait on the device: a tick costs about
+            max(decode step, codec) instead of their sum, and audio leaves one tick later.
+            Frames and PCM are the same either way. On a CPU the stream is a no-op (same
+            schedule, nothing runs beside). The tick projection (``engine.pacing``) counts
+            the codec beside the decode step then.
         max_turn_frames: absolute cap on frames per assistant turn.
         frames_per_text_token, min_turn_frames: the per-turn cap relative to text length
             (ends a runaway turn): min_turn_frames + frames_per_text_token * tokens.
@@ -75,6 +88,8 @@ class EngineConfig:
     prefill_chunk: int = 1024
     prefill_budget_rows: int | None = None
     frame_deadline_s: float | None = None
+    cost_table: str | None = None
+    overlap_codec: bool = False
     max_turn_frames: int = 1500
     frames_per_text_token: float = 8.0
     min_turn_frames: int = 40

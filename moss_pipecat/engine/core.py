@@ -20,9 +20,10 @@ import torch
 
 from moss_pipecat._log import logger
 from moss_pipecat.engine.clock import Clock, MonotonicClock
-from moss_pipecat.engine.commands import Command
+from moss_pipecat.engine.commands import Command, PushText
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.costs import CostModel
+from moss_pipecat.engine.device_costs import DeviceCosts
 from moss_pipecat.engine.events import TurnSummary
 from moss_pipecat.engine.handlers import HANDLERS
 from moss_pipecat.engine.history import AssistantTurn
@@ -72,11 +73,19 @@ class EngineCore:
         # budget cut short.
         self.stats.update(refused_overload=0, prefill_capped_ticks=0)
         self.costs = CostModel()  # what each kind of device call costs, learned online
+        if config.cost_table is not None:  # ... starting from a measured table
+            DeviceCosts.load(config.cost_table).prime(self.costs)
         self.scheduler = Scheduler(self)
 
     # ---- entry points ------------------------------------------------------------------------
     def execute(self, session_id: str, command: Command) -> Any:
-        """Applies one (checked) command; returns its result."""
+        """Applies one (checked) command; returns its result. A turn that ends with audio
+        still on its way out is ended as it would be without overlap: text for it is dropped
+        (late text), anything else first sends that audio and ends it (``Scheduler.settle``)."""
+        if self.scheduler.ending(session_id):
+            if isinstance(command, PushText):
+                return None  # its turn has ended (its last audio is on its way): dropped
+            self.scheduler.settle()
         return HANDLERS[type(command)](self, session_id, command)
 
     def tick(self) -> float | None:
@@ -177,7 +186,7 @@ class EngineCore:
         s.turn = None
         s.to_feed = None
         s.phase = Phase.IDLE
-        self._close_stream(s)
+        self.release_stream(s)
 
     def fail_turn(self, s: SessionState, error: BaseException) -> None:
         """Ends the turn with an error, rolling back whatever it fed; the session stays usable."""
@@ -194,6 +203,9 @@ class EngineCore:
         emptied (its next turn re-prefills the history)."""
         if s.turn is None:
             return
+        self.scheduler.settle()  # its audio made so far goes out first
+        if s.turn is None:
+            return  # it ended with that audio
         try:
             self.fail_turn(s, error)
             return
@@ -206,10 +218,11 @@ class EngineCore:
             s.history.turns.pop()
         self.truncate(s, 0)
         s.turn, s.to_feed, s.phase = None, None, Phase.IDLE
-        self._close_stream(s)
+        self.release_stream(s)
         t.channel.put(TurnSummary(t.turn_id, "error", text=t.text, error=error))
 
-    def _close_stream(self, s: SessionState) -> None:
+    def release_stream(self, s: SessionState) -> None:
+        """Frees the session's codec stream (its turn has no more frames to decode)."""
         if s.codec_slot is not None:
             self.runner.close_stream(s.codec_slot)
             s.codec_slot = None

@@ -46,7 +46,8 @@ def create_session(core: EngineCore, sid: str, c: CreateSession) -> None:
     if sid in core.sessions:
         raise InvalidInputError(f"session {sid!r} already exists")
     deadline = core.config.frame_deadline_s
-    if not admits(core.costs, deadline, len(core.sessions) + 1, core.codec is not None):
+    n, codec = len(core.sessions) + 1, core.codec is not None
+    if not admits(core.costs, deadline, n, codec, core.config.overlap_codec):
         core.stats["refused_overload"] += 1
         raise OverloadedError(
             f"engine at capacity: {len(core.sessions) + 1} conversations speaking at once "

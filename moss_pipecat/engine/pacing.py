@@ -83,6 +83,7 @@ def tick_budget(
     wants: list[PrefillWant],
     chunk: int,
     codec: bool,
+    overlap: bool = False,
 ) -> int | None:
     """Prefill rows this tick may run (None: unbounded).
 
@@ -99,6 +100,7 @@ def tick_budget(
         decoding: calls that step this tick.
         wants: the sessions that have rows to prefill; chunk: rows per session per tick.
         codec: whether frames are decoded to PCM (a codec call per tick).
+        overlap: the codec runs beside the next decode step (``EngineConfig.overlap_codec``).
     """
     if deadline_s is None or decoding == 0 or not costs.knows("prefill"):
         return cap  # no running call waits on this tick / the first prefill teaches its cost
@@ -106,6 +108,8 @@ def tick_budget(
 
     def fixed(starting: int) -> float:
         frames = decoding + starting  # first frames are delivered (and decoded) on their own
+        if overlap:
+            return overlapped(costs, decoding, starting, codec)
         return _sum(
             costs.predict("decode", frames),
             costs.predict("first_frame", starting),
@@ -128,12 +132,21 @@ def tick_budget(
     return max(rows, min(PROGRESS_ROWS, limit))
 
 
-def admits(costs: CostModel, deadline_s: float | None, conversations: int, codec: bool) -> bool:
+def admits(
+    costs: CostModel,
+    deadline_s: float | None,
+    conversations: int,
+    codec: bool,
+    overlap: bool = False,
+) -> bool:
     """Whether ``conversations`` (counting the new one) can all speak at once within the
     deadline in a tick that also starts a turn (the least prefill a tick always runs, and
     its first frame). True while the costs are unknown."""
     if deadline_s is None or not costs.knows("decode"):
         return True
+    if overlap:  # the new conversation's turn starts among them
+        tick = overlapped(costs, conversations - 1, 1, codec)
+        return _sum(tick, costs.predict("prefill", PROGRESS_ROWS)) <= deadline_s
     projected = _sum(
         costs.predict("decode", conversations),
         costs.predict("codec", conversations) if codec else 0.0,
@@ -142,6 +155,23 @@ def admits(costs: CostModel, deadline_s: float | None, conversations: int, codec
         costs.predict("codec", 1) if codec else 0.0,
     )
     return projected <= deadline_s
+
+
+def overlapped(costs: CostModel, decoding: int, starting: int, codec: bool) -> float:
+    """A tick's cost besides its prefill with the codec beside the decode step
+    (``EngineConfig.overlap_codec``): the main stream runs the first frames and the decode
+    step (every call and the ``starting`` turns); the codec stream runs the last tick's frames
+    (about ``decoding``) from the tick's start, then, after the first frames' host wait, their
+    own codec call; the tick ends when both have. Counting the prefill as if it hid none of
+    the last tick's codec call makes this an upper bound. A learned decode step already holds
+    any wait for the codec, so this holds for primed and learned costs alike."""
+    first = costs.predict("first_frame", starting) or 0.0
+    step = costs.predict("decode", decoding + starting) or 0.0
+    if not codec:
+        return first + step
+    last = costs.predict("codec", decoding) or 0.0
+    own = costs.predict("codec", starting) or 0.0
+    return max(first + step, max(last, first) + own)
 
 
 def _sum(*costs: float | None) -> float:

@@ -54,6 +54,14 @@ class ModelRunner:
             device=self.device,
         )  # [slots, W, rvq]: each slot's last W frames, oldest first
         self.codec_state = codec.new_stream_state(pools.n_slots) if codec is not None else None
+        # The codec runs on its own stream (``EngineConfig.overlap_codec``), beside the next
+        # decode step; on a CPU a stream is a no-op and the codec runs where it is called.
+        self.codec_stream = (
+            torch.cuda.Stream(self.device)
+            if self.device.type == "cuda" and config.overlap_codec
+            else None
+        )
+        self.host_syncs = 0  # host waits on the device (``to_host``, ``sync``), for tests
         # Graphed steps (None: eager). Decode and prefill graphs are bound to a pool's cache.
         self.decode_graphs: list[Any] = [None] * len(pools)
         self.prefill_graphs: list[Any] = [None] * len(pools)
@@ -112,9 +120,25 @@ class ModelRunner:
         return n
 
     def sync(self) -> None:
-        """Waits for the device's queued work (timing a call whose results stay there)."""
+        """Waits for the work queued on the main stream (timing a call whose results stay
+        there); not for the codec beside it."""
+        self.host_syncs += 1
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            torch.cuda.current_stream(self.device).synchronize()
+
+    def to_host(self, tensors: Sequence[torch.Tensor], codec: bool = False) -> list[torch.Tensor]:
+        """The tensors on the host, with one wait on the device: the one place the engine's
+        results cross to the host (frames and PCM of a tick together; counted). ``codec``:
+        some were made on the codec stream (the wait covers it too)."""
+        self.host_syncs += 1
+        if self.device.type != "cuda":
+            return [t.cpu() for t in tensors]
+        main = torch.cuda.current_stream(self.device)
+        if codec and self.codec_stream is not None:
+            main.wait_stream(self.codec_stream)  # PCM made beside this tick's decode step
+        out = [t.to("cpu", non_blocking=True) for t in tensors]  # pinned, queued on main
+        main.synchronize()
+        return out
 
     # ---- backbone ----------------------------------------------------------------------------
     def prefill(
@@ -143,7 +167,7 @@ class ModelRunner:
     # ---- frames ------------------------------------------------------------------------------
     def first_frames(self, hidden: torch.Tensor, rows: list[RowSampling]) -> torch.Tensor:
         """Frame 0 of new turns from their last prefill hidden states [B, H] (the repetition
-        penalty starts afresh); returns [B, rvq] on the host."""
+        penalty starts afresh); returns [B, rvq] on the device (``to_host`` brings them)."""
         hist_rows = self._hist_rows(rows)
         self.hist[hist_rows] = NO_HISTORY
         hist, penalty_hist, sampling, noise = self._sampling_inputs(rows, hist_rows)
@@ -152,7 +176,7 @@ class ModelRunner:
         else:
             frames = self.model.generate_frame(hidden, sampling, penalty_hist, noise)
         self._push_history(hist_rows, hist, frames)
-        return frames.cpu()
+        return frames
 
     def decode(
         self,
@@ -163,7 +187,7 @@ class ModelRunner:
         rows: list[RowSampling],
     ) -> torch.Tensor:
         """One step for each slot: its step row [B, 17] in, its next frame out (one fused
-        call); returns [B, rvq] on the host."""
+        call); returns [B, rvq] on the device (``to_host`` brings them)."""
         x = step_rows[:, None].to(self.device)  # [B, 1, 17]
         kv_len = max(lengths) + 1
         hist_rows = self._hist_rows(rows)
@@ -178,7 +202,7 @@ class ModelRunner:
                 x, cache, slot_t, kv_len, sampling, penalty_hist, noise
             )
         self._push_history(hist_rows, hist, frames)
-        return frames.cpu()
+        return frames
 
     def copy_history(self, src_row: int, dst_row: int) -> None:
         self.hist[dst_row] = self.hist[src_row]
@@ -209,23 +233,42 @@ class ModelRunner:
 
     # ---- codec -------------------------------------------------------------------------------
     def open_streams(self, n: int) -> list[int]:
-        """Codec stream slots for ``n`` turns starting (their decoder state starts afresh)."""
-        return list(self.codec_state.add_streams(n))
+        """Codec stream slots for ``n`` turns starting (their decoder state starts afresh, on
+        the codec's stream: after the codec calls queued there, which may still read a slot
+        that was just freed)."""
+        if self.codec_stream is None:
+            return list(self.codec_state.add_streams(n))
+        self.codec_stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.codec_stream):
+            return list(self.codec_state.add_streams(n))
 
     def close_stream(self, slot: int) -> None:
         self.codec_state.remove_stream(slot)
 
-    def pcm(self, frames: Sequence[torch.Tensor], streams: list[int]) -> list[bytes]:
-        """16-bit PCM of one frame [rvq] per codec stream (one batched decode step)."""
+    def pcm(self, frames: Sequence[torch.Tensor], streams: list[int]) -> torch.Tensor:
+        """16-bit PCM [B, samples] of one frame [rvq] per codec stream (one batched decode
+        step), left on the device; with a codec stream it runs there, ordered after the
+        work queued so far (the frames it decodes) and beside what is queued next."""
         from moss_pipecat.codec import pcm16
 
         size = self.codec.config.quantizer.codebook_size
+        codes = torch.stack(list(frames), dim=1).to(self.device)  # one copy for the batch
         # [Q, B, 1]; specials (pad/BOS) can only appear in untrained models: clamp for the codec
-        codes = torch.stack(list(frames), dim=1)[:, :, None].clamp(0, size - 1)
+        codes = codes[:, :, None].clamp(0, size - 1)
+        if self.codec_stream is None:
+            return pcm16(self._codec_step(codes, streams))
+        self.codec_stream.wait_stream(torch.cuda.current_stream(self.device))  # an event
+        with torch.cuda.stream(self.codec_stream):
+            codes.record_stream(self.codec_stream)  # made on main, freed after the codec
+            return pcm16(self._codec_step(codes, streams))
+
+    def _codec_step(self, codes: torch.Tensor, streams: list[int]) -> torch.Tensor:
         if self.codec_graph is not None:
-            wav = self.codec_graph.step(codes, streams)
-        else:
-            wav = self.codec.decode_step(self.codec_state, codes, streams, check=False)
-        # int16 for the whole batch, one copy to the host, then each row's bytes.
-        pcm = pcm16(wav).cpu().numpy().astype("<i2", copy=False)  # [B, samples]
-        return [row.tobytes() for row in pcm]
+            return self.codec_graph.step(codes, streams)
+        return self.codec.decode_step(self.codec_state, codes, streams, check=False)
+
+    @staticmethod
+    def pcm_bytes(pcm: torch.Tensor) -> list[bytes]:
+        """Each row's bytes of host PCM [B, samples] (int16, little-endian)."""
+        rows = pcm.numpy().astype("<i2", copy=False)
+        return [row.tobytes() for row in rows]

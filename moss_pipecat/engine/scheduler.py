@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from moss_pipecat._log import logger
-from moss_pipecat.engine.events import AudioChunk, TurnSummary
+from moss_pipecat.engine.audio_out import PendingAudio
+from moss_pipecat.engine.events import TurnSummary
 from moss_pipecat.engine.history import AssistantTurn
 from moss_pipecat.engine.pacing import PrefillWant, plan_prefill, tick_budget
 from moss_pipecat.engine.runner import RowSampling
@@ -36,11 +37,14 @@ class Scheduler:
         self.layout, self.config = core.layout, core.config
         self._rr = 0  # rotates the prefill order for fairness
         self._plan: dict[SessionState, int] = {}  # this tick's prefill rows per session
+        self._ticks = 0
+        self._pending: list[PendingAudio] = []  # audio whose PCM is still on the device
 
     def tick(self) -> float | None:
         """One round of work. Returns 0 if work was done, else how long to wait (None: until
         a command arrives)."""
         t_now = self.clock.now()
+        self._ticks += 1
         sessions = list(self.core.sessions.values())
         if sessions:
             self._rr = (self._rr + 1) % len(sessions)
@@ -65,7 +69,10 @@ class Scheduler:
         steppers = [s for s in sessions if self.steps(s, t_now)]
         for group in _by_pool(steppers):
             self.deliver(self.isolated(group, self.decode))
-        if done or steppers or prefills:
+        late = any(p.tick < self._ticks for p in self._pending)
+        if late:  # no decode step this tick for the codec to run beside: send it now
+            self.settle()
+        if done or steppers or prefills or late:
             self.core.stats["ticks"] += 1
             return 0.0
         pad = self.layout.text_pad
@@ -81,6 +88,7 @@ class Scheduler:
         next text token is known, and it is within its real-time lookahead)."""
         return (
             s.phase is Phase.DECODE
+            and not self.ending(s.session_id)
             and bool(s.turn.record.frames)
             and s.next_text_id(self.layout.text_pad) is not None
             and s.within_lookahead(self.config, t_now)
@@ -103,6 +111,7 @@ class Scheduler:
             wants=wants,
             chunk=cfg.prefill_chunk,
             codec=self.core.codec is not None,
+            overlap=cfg.overlap_codec,
         )
         plan = plan_prefill(wants, budget, cfg.prefill_chunk)
         if budget is not None and sum(plan.values()) < sum(
@@ -237,8 +246,10 @@ class Scheduler:
         hidden = torch.stack([hidden_of[s] for s in batch])  # [B, H]
         rows = [_sampling(s, False) for s in batch]
         frames = self.timed(
-            "first_frame", len(batch), lambda: self.runner.first_frames(hidden, rows)
-        )
+            "first_frame",
+            len(batch),
+            lambda: self.host([self.runner.first_frames(hidden, rows)], pcm=False),
+        )[0]
         for s in batch:
             s.noise_counter += 1
         return list(zip(batch, frames, strict=True))
@@ -251,14 +262,18 @@ class Scheduler:
         frames = self.timed(
             "decode",
             len(batch),
-            lambda: self.runner.decode(
-                batch[0].pool,  # the batch shares one pool
-                step_rows,
-                [s.slot for s in batch],
-                [s.cache_len for s in batch],
-                [_sampling(s, True) for s in batch],
+            lambda: self.host(
+                [
+                    self.runner.decode(
+                        batch[0].pool,  # the batch shares one pool
+                        step_rows,
+                        [s.slot for s in batch],
+                        [s.cache_len for s in batch],
+                        [_sampling(s, True) for s in batch],
+                    )
+                ]
             ),
-        )
+        )[0]
         for s, row in zip(batch, step_rows, strict=True):
             t = s.turn
             t.record.steps.append(row)
@@ -270,37 +285,79 @@ class Scheduler:
         return list(zip(batch, frames, strict=True))
 
     def deliver(self, items: list[tuple[SessionState, torch.Tensor]]) -> None:
-        """Records each new frame, sends audio chunks out, and ends the turns that are done."""
+        """Records each new frame (host), launches the codec on the audio frames, and sends
+        the audio out and ends the turns that are done: at once, or with
+        ``overlap_codec`` at the next tick's host wait (``audio_out``)."""
         eos = self.layout.audio_eos
         t_now = self.clock.now()
         # Codebook 0 of every frame in one look (not a host read per session).
         ended = (torch.stack([f for _, f in items])[:, 0] == eos).tolist() if items else []
-        audio: list[tuple[SessionState, torch.Tensor, int]] = []
+        out = PendingAudio(self._ticks)
         for (s, f), end in zip(items, ended, strict=True):
             t = s.turn
             t.record.frames.append(f)
             if t.t_first is None:
                 t.t_first = t_now
             self.core.stats["frames"] += 1
-            if not end:
-                audio.append((s, f, len(t.record.frames) - 1))
-        pcm = self.pcm_isolated([(s, f) for s, f, _ in audio])
-        for (s, f, index), p in zip(audio, pcm, strict=True):
-            t = s.turn
-            if t is not None:
+            if not end:  # word times now: the text fed so far places them
+                index = len(t.record.frames) - 1
                 words = tuple(t.words.on_audio(index + 1, t.fed_chars()))
-                t.channel.put(AudioChunk(t.turn_id, index, f, p, words))
+                out.chunks.append((s, t, index, f, words))
+        out.pcm = self.pcm_isolated(out)
         for (s, _), end in zip(items, ended, strict=True):
             if s.turn is None:
                 continue  # its audio failed to decode: the turn already ended with an error
             try:
                 rec = s.turn.record
                 if end:
-                    self.finish(s, "eos")
+                    out.finishes.append((s, s.turn, "eos"))
                 elif len(rec.frames) >= s.frame_cap(self.config) or not self.room_for_step(s):
-                    self.finish(s, "max_frames")
+                    out.finishes.append((s, s.turn, "max_frames"))
             except Exception as e:  # this session's bookkeeping: the others go on
                 self.core.fail_safely(s, e)
+        for s, _, _ in out.finishes:  # no more frames to decode: its codec slot is free now
+            self.core.release_stream(s)  # (a new stream's reset queues after this codec call)
+        out.sessions = {s.session_id for s, *_ in out.chunks + out.finishes}
+        out.ending = {s.session_id for s, *_ in out.finishes}
+        if out.chunks or out.finishes:
+            self._pending.append(out)
+        if not self.config.overlap_codec or out.pcm is None:
+            self.settle()
+
+    def host(self, tensors: list[torch.Tensor], pcm: bool = True) -> list[torch.Tensor]:
+        """``tensors`` on the host, in one wait on the device that also brings (and sends)
+        the audio still pending (``pcm``; else this wait does not wait for the codec)."""
+        pending, self._pending = (self._pending, []) if pcm else ([], self._pending)
+        extra = [p.pcm for p in pending if p.pcm is not None]
+        if not tensors and not extra:
+            out = []
+        else:
+            out = self.runner.to_host([*tensors, *extra], codec=bool(extra))
+        rows = iter(out[len(tensors) :])
+        for p in pending:  # oldest first: a session's chunks stay in order
+            p.send(
+                next(rows) if p.pcm is not None else None,
+                self.runner.pcm_bytes,
+                self._finish_safely,
+            )
+        return out[: len(tensors)]
+
+    def settle(self) -> None:
+        """Sends the pending audio now (and ends the turns that end with it). Chunks of a turn
+        that ended meanwhile (interrupted, closed) are not sent: they were made after what
+        its caller reports heard (``PendingAudio.send``)."""
+        if self._pending:
+            self.host([])
+
+    def ending(self, session_id: str) -> bool:
+        """Whether the session's turn ends once its pending audio is out."""
+        return any(session_id in p.ending for p in self._pending)
+
+    def _finish_safely(self, s: SessionState, stop: str) -> None:
+        try:
+            self.finish(s, stop)
+        except Exception as e:  # this session's bookkeeping: the others go on
+            self.core.fail_safely(s, e)
 
     def room_for_step(self, s: SessionState) -> bool:
         """Whether the slot takes another step (plus closing rows), moving to a larger pool
@@ -312,29 +369,41 @@ class Scheduler:
             s, min(s.cache_len + cfg.turn_reserve, cfg.max_context)
         )
 
-    def pcm_isolated(self, items: list[tuple[SessionState, torch.Tensor]]) -> list:
-        """Batched codec decode; if it fails, session by session, failing only the culprits."""
+    def pcm_isolated(self, out: PendingAudio) -> torch.Tensor | None:
+        """Launches the batched codec call on ``out``'s frames (PCM left on the device); if
+        it fails, session by session, failing only the culprits (their chunks are dropped)."""
+        if self.core.codec is None or not out.chunks:
+            return None
         try:
-            return self.decode_pcm(items)
+            return self.decode_pcm(out.chunks)
         except Exception as e:
-            if len(items) > 1:
-                return [p for item in items for p in self.pcm_isolated([item])]
-            s = items[0][0]
-            if s.codec_slot is not None:  # its stream state is suspect: start it afresh
-                self.runner.close_stream(s.codec_slot)
-                s.codec_slot = None
-            self.core.fail_turn(s, e)
-            return [None]
+            if len(out.chunks) == 1:
+                s = out.chunks[0][0]
+                if s.codec_slot is not None:  # its stream state is suspect: start it afresh
+                    self.runner.close_stream(s.codec_slot)
+                    s.codec_slot = None
+                self.core.fail_turn(s, e)
+                out.chunks = []
+                return None
+            first_error = e
+        rows, kept = [], []
+        for chunk in out.chunks:
+            one = PendingAudio(out.tick, [chunk])
+            pcm = self.pcm_isolated(one)
+            if one.chunks:
+                rows.append(pcm)
+                kept.append(chunk)
+        out.chunks = kept
+        logger.debug(f"batched codec call failed ({first_error!r}); ran it session by session")
+        return torch.cat(rows) if rows else None
 
-    def decode_pcm(self, items: list[tuple[SessionState, torch.Tensor]]) -> list[bytes | None]:
-        if self.core.codec is None or not items:
-            return [None] * len(items)
-        new = [s for s, _ in items if s.codec_slot is None]  # turns starting: reset together
+    def decode_pcm(self, chunks: list) -> torch.Tensor:
+        new = [s for s, *_ in chunks if s.codec_slot is None]  # turns starting: reset together
         if new:
             for s, slot in zip(new, self.runner.open_streams(len(new)), strict=True):
                 s.codec_slot = slot
-        frames, streams = [f for _, f in items], [s.codec_slot for s, _ in items]
-        return self.timed("codec", len(items), lambda: self.runner.pcm(frames, streams))
+        frames, streams = [c[3] for c in chunks], [c[0].codec_slot for c in chunks]
+        return self.timed("codec", len(chunks), lambda: self.runner.pcm(frames, streams))
 
     def finish(self, s: SessionState, stop: str) -> None:
         t, rec = s.turn, s.turn.record

@@ -30,7 +30,7 @@ from loguru import logger
 
 from moss_pipecat import protocol as P
 from moss_pipecat.engine.engine import MossEngine
-from moss_pipecat.errors import CapacityError, MossError, SessionClosedError
+from moss_pipecat.errors import CapacityError, MossError, OverloadedError, SessionClosedError
 from moss_pipecat.protocol.errors import ForbiddenError, ProtocolError
 from moss_pipecat.server.budget import Admission, ConnectionBudget
 from moss_pipecat.server.config import ServerConfig
@@ -224,17 +224,28 @@ class ConversationHub:
             return self.engine.acreate_session(sampling=sampling, seed=seed, session_id=cid)
 
         try:
-            return await create()
-        except CapacityError:
-            # Make room by closing the conversation that has waited longest for its client.
-            idle = [c for c in self.conversations.values() if c.conn is None]
-            if not idle:
+            try:
+                return await create()
+            except OverloadedError:
+                # The engine is out of frame time, not of slots: a detached conversation costs
+                # no decode time, so evicting one would end someone's call and serve no one.
                 raise
-            victim = min(idle, key=lambda c: c.detached_at or 0.0)
-            logger.info(f"conversation {victim.id}: evicted to make room")
-            self._forget(victim)
-            await self._end_session(victim)
-            return await create()
+            except CapacityError:
+                # Out of slots: make room by closing the conversation that has waited longest
+                # for its client.
+                idle = [c for c in self.conversations.values() if c.conn is None]
+                if not idle:
+                    raise
+                victim = min(idle, key=lambda c: c.detached_at or 0.0)
+                logger.info(f"conversation {victim.id}: evicted to make room")
+                self._forget(victim)
+                await self._end_session(victim)
+                return await create()
+        except CapacityError as e:
+            reason = "overloaded" if isinstance(e, OverloadedError) else "full"
+            self.metrics.conversations_refused.inc(reason=reason)
+            logger.info(f"conversation {cid}: refused ({reason}): {e}")
+            raise
 
     async def _detach(self, conv: Conversation, conn: Connection) -> None:
         """The connection ended: its open turn is cut to the frames it received."""

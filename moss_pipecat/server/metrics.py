@@ -84,6 +84,13 @@ class ServerMetrics:
             "Websocket upgrades refused, by reason (unauthorized, busy, pending_busy, origin).",
             ["reason"],
         )
+        self.conversations_refused = _Counter(
+            r,
+            "moss_server_conversations_refused",
+            "New conversations the engine refused (wire code capacity), by reason: overloaded "
+            "(every call speaking at once would miss the frame deadline), full (no free slot).",
+            ["reason"],
+        )
         self.expired = _Counter(
             r, "moss_server_sessions_expired", "Conversations closed after idle expiry."
         )

@@ -62,6 +62,12 @@ class EngineOptions(BaseModel):
     prefix_cache_mib: float | None = Field(
         None, ge=0, description="prompt prefix cache size (None: the engine's default; 0: off)"
     )
+    frame_deadline_ms: float | None = Field(
+        None, gt=0, description="pace prefill and refuse new conversations for this deadline"
+    )
+    cost_table: str | None = Field(
+        None, description="gpu_bench.sh folder (or saved table) the cost model starts from"
+    )
 
     @field_validator("kv_pools", mode="before")
     @classmethod
@@ -91,6 +97,9 @@ class EngineOptions(BaseModel):
             "eos_min_frames": self.eos_min_frames,
             "eos_after_text": self.eos_after_text,
         }
+        if self.frame_deadline_ms is not None:
+            kw["frame_deadline_s"] = self.frame_deadline_ms / 1e3
+        kw["cost_table"] = self.cost_table
         if self.prefix_cache_mib is not None:
             kw["prefix_cache_bytes"] = int(self.prefix_cache_mib * 2**20)
         if self.max_sessions is not None:

@@ -37,6 +37,7 @@ from pipecat.services.tts_service import TextAggregationMode, TTSService
 
 from moss_pipecat.errors import MossError
 from moss_pipecat.service.interruption import cut_to_heard, plan_interruption, wait_for_turn
+from moss_pipecat.service.refusal import open_or_refuse
 from moss_pipecat.service.reply import (
     MAX_TRACKED_REPLIES,
     HeardClock,
@@ -69,12 +70,11 @@ class MossTTSServiceBase(TTSService):
         capture_user_audio: keep the user's speech (input audio between user started/stopped
             speaking) in the model's context, with its transcript.
         user_audio_max_s: longest user turn kept (the most recent audio).
-        output_latency_s: playback delay after the transport reports the bot speaking (a
-            device buffer): the heard clock starts that much later.
-        voice_dir: the directory voice files named in runtime settings updates are read from
-            (settings can arrive from a client, e.g. over RTVI: they must not name any file on
-            the host). None: runtime updates cannot change the voice to a file. The voice in
-            the constructor's ``settings`` is trusted and may be anywhere.
+        output_latency_s: playback delay (a device buffer) after the transport reports the
+            bot speaking: the heard clock starts that much later.
+        voice_dir: where voice files named in runtime settings updates are read from (they
+            may come from a client, e.g. over RTVI, and must not name any file on the host);
+            None: they cannot set a file voice. The constructor's ``settings`` are trusted.
         settings: ``MossTTSSettings``.
         **kwargs: for ``TTSService`` (sample_rate, text_transforms, ...).
 
@@ -82,8 +82,8 @@ class MossTTSServiceBase(TTSService):
     once its frame has played and an interruption keeps the frames played, so the LLM context
     and MOSS's history keep the same words. Tracing: ``service/tracing.py``.
 
-    Event handlers: ``on_reply_interrupted(service, context_id, summary)`` after a reply was
-    cut to what the user heard (``summary.spoken_text`` is what the history kept).
+    Event handlers: ``on_reply_interrupted(service, context_id, summary)``: a reply was cut to
+    what the user heard (``summary.spoken_text``: what the history kept).
     """
 
     Settings = MossTTSSettings
@@ -155,7 +155,7 @@ class MossTTSServiceBase(TTSService):
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
         self._clock.playback_reported = output_transport_downstream(self)
-        self._session = await self._open_session()
+        self._session = await open_or_refuse(self, self._open_session)
 
     # ---- what subclasses provide ------------------------------------------------------------
     async def _open_session(self) -> Any:
@@ -321,8 +321,7 @@ class MossTTSServiceBase(TTSService):
                 await self.push_error(error_msg=f"MOSS TTS: {e}", exception=e)
 
     def _new_reply(self, context_id: str) -> Reply:
-        # pipecat's record of the utterance says whether an interruption may drop it (a
-        # TTSSpeakFrame or BotBackchannelFrame can be uninterruptible).
+        # pipecat's record says if an interruption may drop it (TTSSpeakFrame may not).
         context = self._tts_contexts.get(context_id)
         reply = Reply(
             context_id,
@@ -345,8 +344,7 @@ class MossTTSServiceBase(TTSService):
             reply.started = True  # no await since the wait: a rollback sees it or blocks it
             await self._apply_settings()
             await self._add_user_turn()
-            # Shielded: cancelled midway, the turn would open with nobody owning it; the
-            # interruption waits for it instead and closes it.
+            # Shielded: cancelled midway it would open unowned; the interruption closes it.
             reply.opening = asyncio.ensure_future(self._session.start_turn())
             reply.turn = await asyncio.shield(reply.opening)
             self._tracer.turn_opened(reply)

@@ -20,10 +20,10 @@ import torch
 
 from moss_pipecat.engine import EngineConfig, MossEngine, RowLayout
 from moss_pipecat.engine.clock import VirtualClock
+from moss_pipecat.engine.device_costs import DeviceCosts
 from moss_pipecat.engine.kv_pools import KVPools
 from moss_pipecat.engine.runner import RowSampling
 from moss_pipecat.model import MossTTSRealtime, MossTTSRealtimeConfig
-from moss_pipecat.testing.device_costs import DeviceCosts
 
 SAMPLES_PER_FRAME = 1920  # 80 ms at 24 kHz
 
@@ -39,6 +39,10 @@ class SimulatedRunner:
         turn_frames: (lo, hi): each turn's length in frames is drawn uniformly from it (by the
             session's seed and frame counter, so a run is reproducible); the frame after the
             last is EOS (if the engine allows EOS then; else audio goes on).
+        overlap: the codec runs on a stream of its own (``EngineConfig.overlap_codec``): a
+            codec call occupies that stream from when it is launched (or the stream frees)
+            for its cost, and only a host wait (``to_host``) waits for it; otherwise it
+            advances the clock as it is called.
     """
 
     graphed = False
@@ -52,8 +56,12 @@ class SimulatedRunner:
         audio_eos: int,
         n_slots: int,
         turn_frames: tuple[int, int] = (40, 120),
+        overlap: bool = False,
     ) -> None:
         self.clock, self.costs = clock, costs
+        self.overlap = overlap
+        self._codec_free_at = 0.0  # when the codec stream has done what it was given
+        self.host_syncs = 0
         self.rvq, self.audio_eos = rvq, audio_eos
         self.turn_frames = turn_frames
         self._made = [0] * n_slots  # frames of the current turn, per history row
@@ -67,6 +75,7 @@ class SimulatedRunner:
 
         def make(model, codec, config: EngineConfig, pools: KVPools, graphed: bool):
             cfg = model.cfg
+            kw.setdefault("overlap", config.overlap_codec)
             return cls(clock, costs, cfg.rvq, cfg.audio_eos, pools.n_slots, **kw)
 
         return make
@@ -83,7 +92,18 @@ class SimulatedRunner:
         return 0
 
     def sync(self) -> None:
-        pass
+        self.host_syncs += 1  # the main stream: the clock is there already
+
+    def to_host(self, tensors: Sequence[torch.Tensor], codec: bool = False) -> list[torch.Tensor]:
+        """One host wait: for the main stream (the clock), and the codec stream if asked."""
+        self.host_syncs += 1
+        if codec:
+            self.clock.advance_to(self._codec_free_at)
+        return list(tensors)
+
+    @staticmethod
+    def pcm_bytes(pcm: torch.Tensor) -> list[bytes]:
+        return [bytes(2 * pcm.shape[1])] * pcm.shape[0]  # silence, 16-bit
 
     def prefill(
         self, pool: int, rows: Sequence[torch.Tensor], slots: list[int], lengths: list[int]
@@ -129,9 +149,14 @@ class SimulatedRunner:
     def close_stream(self, slot: int) -> None:
         self._free_streams.append(slot)
 
-    def pcm(self, frames: Sequence[torch.Tensor], streams: list[int]) -> list[bytes]:
-        self._spend("codec", len(frames))
-        return [bytes(2 * SAMPLES_PER_FRAME)] * len(frames)  # silence, 16-bit
+    def pcm(self, frames: Sequence[torch.Tensor], streams: list[int]) -> torch.Tensor:
+        if self.overlap:  # beside what the main stream does next, after what it did so far
+            self.calls["codec"] = self.calls.get("codec", 0) + 1
+            start = max(self.clock.now(), self._codec_free_at)
+            self._codec_free_at = start + self.costs.cost("codec", len(frames))
+        else:
+            self._spend("codec", len(frames))
+        return torch.zeros(len(frames), SAMPLES_PER_FRAME, dtype=torch.int16)  # [B, samples]
 
 
 def stand_in_layout(cfg: MossTTSRealtimeConfig) -> RowLayout:

@@ -9,7 +9,7 @@ import pytest
 
 from moss_pipecat.engine import EngineConfig
 from moss_pipecat.engine.clock import VirtualClock
-from moss_pipecat.testing.device_costs import DeviceCosts
+from moss_pipecat.engine.device_costs import DeviceCosts
 from moss_pipecat.testing.sim_traffic import CallPlan, run_traffic
 from moss_pipecat.testing.simulated_device import simulated_engine
 

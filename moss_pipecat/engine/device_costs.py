@@ -1,4 +1,9 @@
-"""What each device call costs on a measured GPU: the simulated device's cost table.
+"""What each device call costs on a measured GPU: a cost table read from ``gpu_bench.sh``.
+
+Two users: ``EngineConfig.cost_table`` seeds a real engine's cost model with it (so a fresh
+engine paces and admits from its first tick instead of admitting everyone until it has
+learned), and the simulated device (``moss_pipecat.testing.simulated_device``) advances its
+virtual clock by it.
 
 ``DeviceCosts`` holds, per call kind, (size, seconds) points (size: the batch of a decode step,
 first frame or codec call; the rows of a prefill call) and interpolates linearly between them
