@@ -86,10 +86,6 @@ def test_engine(fixtures_dir, graphed):
     )
     assert out["graphed_decode"] == (graphed == "on")
     assert [r["sessions"] for r in out["results"]] == [1, 2]
-    kernels = out["kernels"]  # inside the graphs: real size, bf16, on meta
-    assert kernels["dtype"] == "bfloat16" and kernels["device"] == "meta"
-    for step in ("decode_step", "codec_frame"):
-        assert kernels[step]["kernels"] == sum(kernels[step]["by_op"].values()) > 0
     assert all(0 < r["frames_total"] <= r["sessions"] * 6 for r in out["results"])
 
 

@@ -186,8 +186,12 @@ def test_encode_resamples_other_rates(codec: MossAudioCodec, codec_golden: dict,
     ref = codec.encode(back, sr, num_quantizers=16)
     assert torch.equal(enc.codes, ref.codes)
     assert enc.codes.shape[-1] == math.ceil(back.shape[-1] / codec.samples_per_frame)
-    if rate > sr:  # nearly lossless round trip (measured 0.09 at 44.1/48 kHz on variant a)
-        assert maxabs(enc.hidden[..., :-1], codec_golden["encode.hidden"][..., :-1]) < 0.25
+    if rate > sr:
+        # A nearly lossless round trip, relative to the hidden's scale (an encoder's gain is
+        # the fixture set's: measured 4.1% of the largest value on the default set, 6.0% on a
+        # seed-13 set whose hidden runs twice as large).
+        golden = codec_golden["encode.hidden"][..., :-1]
+        assert maxabs(enc.hidden[..., :-1], golden) < 0.1 * golden.abs().max()
 
 
 def test_encode_downmix_and_batch(codec: MossAudioCodec, codec_golden: dict) -> None:
