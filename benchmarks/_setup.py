@@ -16,6 +16,7 @@ from _common import fixtures_root
 
 from moss_pipecat.engine import EngineConfig, MossEngine, RowLayout
 from moss_pipecat.model import MossTTSRealtime, MossTTSRealtimeConfig, SamplingParams
+from moss_pipecat.testing.simulated_device import stand_in_layout
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -49,20 +50,7 @@ def build_codec(args: argparse.Namespace, device: torch.device, dtype: torch.dty
 
 def layout_for(model) -> RowLayout:
     """Stand-in specials for a model without a tokenizer (timing does not depend on them)."""
-    cfg = model.cfg
-    v = cfg.language.vocab_size
-    return RowLayout(
-        rvq=cfg.rvq,
-        audio_pad=cfg.audio_pad_token,
-        audio_bos=cfg.audio_bos,
-        audio_eos=cfg.audio_eos,
-        text_pad=cfg.text_pad,
-        ref_audio_pad=cfg.reference_audio_pad,
-        im_start=v - 7,
-        im_end=v - 6,
-        newline=(v - 5,),
-        roles={"assistant": (v - 4,), "user": (v - 3,), "system": (v - 2,), "context": (v - 1,)},
-    )
+    return stand_in_layout(model.cfg)
 
 
 def pct(xs: list[float], q: float) -> float:
