@@ -68,3 +68,24 @@ def emit(result: dict, out: str | None, summary: str) -> None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")
     print(summary, file=sys.stderr)
+
+
+def largest_passing(passes: Callable[[int], bool], start: int, cap: int) -> tuple[int, bool]:
+    """The largest n in 1..cap for which ``passes(n)`` holds, assuming it holds up to a point:
+    grows geometrically from ``start`` while it passes, then bisects between the last pass and
+    the first failure. Returns (n, whether the cap was reached without a failure); n is 0 when
+    even the first probe fails."""
+    good, bad, n = 0, None, max(1, min(start, cap))
+    while n <= cap:
+        if not passes(n):
+            bad = n
+            break
+        good = n
+        if n == cap:
+            break
+        n = min(2 * n, cap)
+    if bad is not None:
+        while bad - good > 1:
+            mid = (good + bad) // 2
+            good, bad = (mid, bad) if passes(mid) else (good, mid)
+    return good, bad is None

@@ -8,6 +8,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from _common import largest_passing
+
 from moss_pipecat.testing.call_traffic import Arrival, CallShape, poisson_arrivals, run_calls
 from moss_pipecat.testing.sim_traffic import pct
 
@@ -55,25 +57,11 @@ def capacity_search(probe: Callable[[int], dict], passes: Callable[[dict], bool]
         probes.append(p)
         return p["passed"]
 
-    good, bad, n = 0, None, max(1, min(args.start, args.max_sessions))
-    while n <= args.max_sessions:
-        if not ok(n):
-            bad = n
-            break
-        good = n
-        if n == args.max_sessions:
-            break
-        n = min(2 * n, args.max_sessions)
-    if bad is not None:
-        lo = good
-        while bad - lo > 1:
-            mid = (lo + bad) // 2
-            lo, bad = (mid, bad) if ok(mid) else (lo, mid)
-        good = lo
+    good, capped = largest_passing(ok, args.start, args.max_sessions)
     best = [p for p in probes if p["passed"] and p["calls"] == good]
     return {
         "capacity_calls": good,
-        "capped_by_max_sessions": bad is None,
+        "capped_by_max_sessions": capped,
         "at_capacity": best[0] if best else None,
         "probes": probes,
     }

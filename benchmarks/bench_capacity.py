@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from _common import emit, environment
+from _common import emit, environment, largest_passing
 from _setup import add_engine_args, build_engine, run_round
 from _traffic import add_traffic_args
 
@@ -74,20 +74,7 @@ def main() -> None:
         return r["passed"]
 
     try:
-        good, bad = 0, None
-        n = max(1, min(args.start, args.max_sessions))
-        while n <= args.max_sessions:  # grow geometrically while it keeps up
-            if not passes(n):
-                bad = n
-                break
-            good = n
-            if n == args.max_sessions:
-                break
-            n = min(2 * n, args.max_sessions)
-        if bad is not None:
-            while bad - good > 1:  # bisect between the last pass and the first failure
-                mid = (good + bad) // 2
-                good, bad = (mid, bad) if passes(mid) else (good, mid)
+        good, at_cap = largest_passing(passes, args.start, args.max_sessions)
     finally:
         engine.shutdown()
     best = max((p for p in probes if p["passed"]), key=lambda p: p["sessions"], default=None)
@@ -104,12 +91,12 @@ def main() -> None:
         "frames_per_turn": args.frames,
         "warm_rounds": args.warm_rounds,
         "capacity_sessions": good,
-        "capped_by_max_sessions": bad is None,
+        "capped_by_max_sessions": at_cap,
         "at_capacity": best,
         "env": environment(engine.device),
         "probes": probes,
     }
-    capped = " (the --max-sessions cap)" if bad is None else ""
+    capped = " (the --max-sessions cap)" if at_cap else ""
     emit(
         out,
         args.out,

@@ -32,17 +32,21 @@ def _module(path: Path) -> str:
     return ".".join(parts)
 
 
-def _imports(path: Path) -> set[str]:
-    """Modules of this package imported by ``path`` (any depth, TYPE_CHECKING blocks aside)."""
+def _import_nodes(path: Path) -> list[ast.AST]:
+    """Every import statement of ``path``, at any depth, TYPE_CHECKING blocks aside."""
     tree = ast.parse(path.read_text())
     skip: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             skip.update(id(n) for b in node.body for n in ast.walk(b))
+    imports = (ast.Import, ast.ImportFrom)
+    return [n for n in ast.walk(tree) if isinstance(n, imports) and id(n) not in skip]
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules of this package imported by ``path`` (any depth, TYPE_CHECKING blocks aside)."""
     out = set()
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
+    for node in _import_nodes(path):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module.startswith("moss_pipecat"):
                 out.add(node.module)
@@ -166,15 +170,8 @@ def test_engine_handles_use_no_private_engine_name():
 def _external_imports(path: Path) -> set[str]:
     """Top-level names of everything ``path`` imports, anywhere in it (function bodies too;
     TYPE_CHECKING blocks aside)."""
-    tree = ast.parse(path.read_text())
-    skip: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skip.update(id(n) for b in node.body for n in ast.walk(b))
     out = set()
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
+    for node in _import_nodes(path):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             out.add(node.module.split(".")[0])
         elif isinstance(node, ast.Import):
