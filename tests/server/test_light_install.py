@@ -11,68 +11,23 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "transformers", "fastapi", "uvicorn", "ray", "safetensors")
 
-BOT = """
-import asyncio, json, sys
-
-HEAVY = {heavy!r}
-
-
-class Blocker:
-    # A meta-path finder: the heavy packages are "not installed" in this process.
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in HEAVY:
-            raise ImportError(f"blocked in the light-install test: {{name}}")
-        return None
-
-
-sys.meta_path.insert(0, Blocker())
-
-from pipecat.frames.frames import (
-    ErrorFrame, LLMFullResponseEndFrame, LLMFullResponseStartFrame, LLMTextFrame,
-    TTSAudioRawFrame,
-)
-from pipecat.pipeline.pipeline import Pipeline
-from pipecat.tests.utils import SleepFrame, run_test
-
-from moss_pipecat.service import MossTTSSettings
-from moss_pipecat.service.remote import MossRemoteTTSService
-
-
-async def main():
-    tts = MossRemoteTTSService(url={url!r}, settings=MossTTSSettings(greedy=True))
-    frames = [
-        LLMFullResponseStartFrame(), LLMTextFrame("Hello from "), LLMTextFrame("a light bot."),
-        LLMFullResponseEndFrame(), SleepFrame(1.0),
-    ]
-    down, up = await run_test(Pipeline([tts]), frames_to_send=frames)
-    audio = [f for f in down if isinstance(f, TTSAudioRawFrame)]
-    print(json.dumps({{
-        "audio_frames": len(audio),
-        "audio_bytes": sum(len(f.audio) for f in audio),
-        "errors": [str(f.error) for f in up if isinstance(f, ErrorFrame)],
-        "heavy": sorted({{m.split(".")[0] for m in sys.modules}} & set(HEAVY)),
-    }}))
-
-
-asyncio.run(main())
-"""
+BOT = Path(__file__).with_name("light_bot.py")
 
 
 async def test_remote_service_runs_without_torch_or_the_server(
     make_tiny_engine, make_server, tmp_path
 ):
     server = await make_server(make_tiny_engine())
-    script = tmp_path / "light_bot.py"
-    script.write_text(BOT.format(heavy=HEAVY, url=server.url))
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(script),
+        str(BOT),
+        server.url,
+        "--block-heavy",
         cwd=tmp_path,
         env=env,
         stdout=asyncio.subprocess.PIPE,
