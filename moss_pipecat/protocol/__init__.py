@@ -84,8 +84,6 @@ from __future__ import annotations
 from moss_pipecat.protocol.client_messages import (
     CLIENT_MESSAGES,
     CONVERSATION_ID_PATTERN,
-    MAX_REPETITION_WINDOW,
-    MAX_TOP_K,
     PROTOCOL_VERSION,
     RESUME_SECRET_PATTERN,
     ClientMessage,
@@ -132,6 +130,7 @@ from moss_pipecat.protocol.server_messages import (
 from moss_pipecat.protocol.server_messages import _Out as _Out
 from moss_pipecat.protocol.wire_audio import AUDIO_HEADER, AUDIO_MAGIC, pack_audio, unpack_audio
 from moss_pipecat.protocol.wire_json import WireModel, dumps
+from moss_pipecat.speech.sampling import MAX_REPETITION_WINDOW, MAX_TOP_K
 
 WS_PATH = "/v1/ws"
 SESSION_HEADER = "x-session-id"  # Ray Serve's session-affinity header (ConsistentHashRouter)
