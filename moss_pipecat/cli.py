@@ -16,7 +16,7 @@ import sys
 
 from loguru import logger
 
-from moss_pipecat.server.config import TOKEN_ENV
+from moss_pipecat.server.config import TOKEN_ENV, option_limits
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,31 +43,20 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ssl-keyfile", default=None, metavar="PEM", help="the certificate's key")
     p.add_argument("--max-sessions", type=int, default=None, help="conversations held at once")
     p.add_argument(
-        "--max-connections", type=int, default=None, help="authenticated websockets (256)"
-    )
-    p.add_argument(
-        "--max-pending-connections",
+        "--max-text-chars",
         type=int,
         default=None,
-        help="websockets without an Authorization header, until their hello (16)",
+        help="characters of one reply's text (the engine's default). Deprecated: without "
+        "--max-transcript-chars it limits the user transcript too",
     )
-    p.add_argument("--max-message-bytes", type=int, default=None, help="JSON message (64 KiB)")
-    p.add_argument("--max-audio-seconds", type=float, default=None, help="upload length (60)")
-    p.add_argument("--max-text-chars", type=int, default=None, help="turn text (20000)")
-    p.add_argument(
-        "--idle-expiry",
-        dest="idle_expiry_s",
-        type=float,
-        default=None,
-        help="seconds a conversation without a connection is kept (300)",
-    )
-    p.add_argument(
-        "--write-timeout",
-        dest="write_timeout_s",
-        type=float,
-        default=None,
-        help="seconds a send to a client may wait before the client is dropped (10)",
-    )
+    for f in option_limits():  # the server's limits table: flag, default and meaning
+        p.add_argument(
+            "--" + f.name.removesuffix("_s").replace("_", "-"),
+            dest=f.name,
+            type=type(f.default),
+            default=None,
+            help=f"{f.metadata['what']} ({f.default})",
+        )
     p.add_argument(
         "--lookahead",
         dest="lookahead_s",

@@ -103,7 +103,11 @@ class RemoteEngine:
         session = RemoteSession(self, conversation_id, sampling, seed, resume_secret)
         await session.open()
         if voice is not None and not session.resumed:
-            await session.set_voice(voice)
+            try:
+                await session.set_voice(voice)
+            except BaseException:
+                await session.close()  # a refused voice leaves no conversation behind
+                raise
         self._sessions.add(session)
         return session
 

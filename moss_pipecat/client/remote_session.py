@@ -21,6 +21,14 @@ from moss_pipecat.client.wire import (
 )
 from moss_pipecat.errors import InvalidInputError, MossError, SessionClosedError
 from moss_pipecat.protocol.errors import ProtocolError
+from moss_pipecat.speech.commands import (
+    AddUserTurn,
+    CreateSession,
+    Interrupt,
+    SetLimits,
+    SetSampling,
+    StartTurn,
+)
 from moss_pipecat.speech.events import TurnSummary
 from moss_pipecat.speech.sampling import SamplingParams
 
@@ -43,6 +51,8 @@ class RemoteSession:
         seed: int | None,
         resume_secret: str | None = None,
     ) -> None:
+        # The engine's own checks, before anything is sent.
+        created = CreateSession(sampling=sampling or SamplingParams(), seed=seed)
         self.engine = engine
         self.id = conversation_id
         # The conversation's resume secret, sent in every hello. A new conversation gets ours
@@ -56,7 +66,7 @@ class RemoteSession:
         self.audio: P.AudioInfo | None = None  # what the server's frames carry
         self.server_id: str | None = None  # the server (replica) the last connection reached
         self._sampling = sampling
-        self._seed = seed
+        self._seed = created.seed
         self._voice: tuple[str, bytes, int | None] | None = None  # re-sent after a history loss
         self._link: Link | None = None
         self._connect_lock = asyncio.Lock()
@@ -130,18 +140,11 @@ class RemoteSession:
         eos_after_text: bool | None = None,
     ) -> RemoteTurn:
         """Opens an assistant turn (fails if one is open); arguments as ``Session.start_turn``."""
-        if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
-            raise InvalidInputError(f"max_frames must be a positive int, got {max_frames!r}")
-        if min_frames is not None and (not isinstance(min_frames, int) or min_frames < 0):
-            raise InvalidInputError(f"min_frames must be an int >= 0, got {min_frames!r}")
-        link = await self.open()
-        inbox = await self._request(
-            link,
-            P.TurnStart,
-            max_frames=max_frames,
-            min_frames=min_frames,
-            eos_after_text=eos_after_text,
+        command = StartTurn(
+            max_frames=max_frames, min_frames=min_frames, eos_after_text=eos_after_text
         )
+        link = await self.open()
+        inbox = await self._request(link, P.TurnStart, **P.TurnStart.fields_of(command))
         # The link filled the turn's inbox from the moment the server opened it; the turn reads it.
         self._turn = RemoteTurn(self, link, inbox)
         return self._turn
@@ -149,23 +152,32 @@ class RemoteSession:
     async def interrupt(self, heard_frames: int) -> TurnSummary | None:
         """Stops the current (or just finished) turn, keeping its first ``heard_frames``
         frames in the conversation. Returns None if there was nothing to cut."""
+        command = Interrupt(heard_frames)
         if self._turn is not None and self._turn.summary is None:
             self._turn.cancel()
-        heard = int(heard_frames)
-        if heard < 0:
-            raise InvalidInputError(f"heard_frames must be >= 0, got {heard}")
-        reply: P.Result = await self._call(P.Interrupt, heard_frames=heard)
+        reply: P.Result = await self._call(P.Interrupt, **P.Interrupt.fields_of(command))
         return None if reply.summary is None else reply.summary.to_summary()
 
     async def add_user_turn(self, text_ids: Sequence[int], frames: Any) -> None:
         """Adds what the user said as transcript ids and codec frames [A, rvq] (as locally)."""
-        ids = [int(i) for i in text_ids]
-        if any(i < 0 for i in ids):
-            raise InvalidInputError("user text ids must be >= 0")
-        data, n = codes_bytes(frames)
+        command = AddUserTurn(text_ids, frames)
+        link = await self.open()
+        data = self._codes(frames, "user audio frames")
+        await self._request(
+            link,
+            P.UserTurn,
+            data,
+            text_ids=list(command.text_ids),
+            format="codes",
+            bytes=len(data),
+        )
+
+    def _codes(self, frames: Any, name: str) -> bytes:
+        """Codec frames [n >= 1, rvq] as the wire's bytes (the engine checks the codes)."""
+        data, n = codes_bytes(frames, self.audio.rvq if self.audio else 16)
         if n == 0:
-            raise InvalidInputError("a user turn needs at least one audio frame")
-        await self._call(P.UserTurn, data, text_ids=ids, format="codes", bytes=len(data))
+            raise InvalidInputError(f"{name} need at least one audio frame")
+        return data
 
     async def add_user_audio_turn(self, text: str, audio: Any, sample_rate: int) -> None:
         """Adds what the user said as its transcript and audio; the server encodes the audio.
@@ -203,7 +215,8 @@ class RemoteSession:
             await self._call(P.Voice, format="none")
             self._voice = None
             return
-        data, _ = codes_bytes(frames)
+        await self.open()
+        data = self._codes(frames, "voice")
         await self._call(P.Voice, data, format="codes", bytes=len(data))
         self._voice = ("codes", data, None)
 
@@ -216,14 +229,11 @@ class RemoteSession:
         self._voice = ("pcm16", data, int(sample_rate))
 
     async def set_sampling(self, sampling: SamplingParams, seed: int | None = None) -> None:
-        await self._call(
-            P.Settings,
-            sampling=_wire_sampling(sampling),
-            seed=None if seed is None else int(seed),
-        )
-        self._sampling = sampling
-        if seed is not None:
-            self._seed = seed
+        command = SetSampling(sampling, seed)
+        await self._call(P.Settings, sampling=_wire_sampling(command.sampling), seed=command.seed)
+        self._sampling = command.sampling
+        if command.seed is not None:
+            self._seed = command.seed
 
     async def set_limits(
         self,
@@ -232,13 +242,8 @@ class RemoteSession:
         unlimited_lookahead: bool = False,
     ) -> None:
         """Per-conversation context budget and lookahead (None: the server engine's)."""
-        limits = _build(
-            P.Limits,
-            context_budget=context_budget,
-            lookahead_s=lookahead_s,
-            unlimited_lookahead=unlimited_lookahead,
-        )
-        await self._call(P.Settings, limits=limits)
+        command = SetLimits(context_budget, lookahead_s, unlimited_lookahead)
+        await self._call(P.Settings, limits=P.Limits.of(command))
 
     async def reset(self) -> None:
         """Forgets every turn (keeps the system prompt and voice)."""

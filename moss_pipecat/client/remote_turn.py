@@ -13,6 +13,7 @@ from moss_pipecat import protocol as P
 from moss_pipecat.client.wire import _build
 from moss_pipecat.errors import InvalidInputError, SessionClosedError, TurnStateError
 from moss_pipecat.protocol.errors import ServerUnavailableError
+from moss_pipecat.speech.commands import PushText
 from moss_pipecat.speech.events import AudioChunk, TurnSummary
 
 if TYPE_CHECKING:
@@ -53,9 +54,7 @@ class RemoteTurn:
     def push_ids(self, ids: Sequence[int], text: str = "") -> None:
         """Feeds text token ids (model vocabulary)."""
         self._check_open()
-        ids = [int(i) for i in ids]
-        if any(i < 0 for i in ids):
-            raise InvalidInputError("text ids must be >= 0")
+        ids = list(PushText(self.turn_id, ids, text).ids)  # the engine command's checks
         step = int(self._link.limits.max_ids_per_message or 4096)
         msgs = [
             _build(P.TurnIds, turn_id=self.turn_id, ids=ids[i : i + step], text="" if i else text)

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from moss_pipecat import protocol as P
 from moss_pipecat.errors import InvalidInputError
 from moss_pipecat.pcm import float_to_pcm16
+from moss_pipecat.protocol.wire_json import problems
 from moss_pipecat.speech.sampling import SamplingParams
 
 
@@ -21,10 +22,7 @@ def _build(cls: type[P._Msg], **fields: Any) -> P._Msg:
     try:
         return cls(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5]
-        )
-        raise InvalidInputError(f"invalid {cls.__name__} message: {problems}") from None
+        raise InvalidInputError(f"invalid {cls.__name__} message: {problems(e)}") from None
 
 
 def pcm16_from_audio(audio: Any) -> bytes:

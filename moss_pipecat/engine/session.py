@@ -59,7 +59,6 @@ class TurnStream:
     def push_ids(self, ids: Sequence[int], text: str = "") -> None:
         """Feeds text token ids (e.g. for a model without a tokenizer)."""
         self._check_open()
-        ids = [int(i) for i in ids]
         self._send(ids, text, done=False)
 
     def push_text(self, piece: str | bytes) -> None:
@@ -108,11 +107,11 @@ class TurnStream:
         if self._text_ended:
             raise TurnStateError("text already ended for this turn")
 
-    def _send(self, ids: list[int], text: str, done: bool, ends: list[int] | None = None) -> None:
+    def _send(
+        self, ids: Sequence[int], text: str, done: bool, ends: list[int] | None = None
+    ) -> None:
         kind = EndText if done else PushText
-        self.session.submit(
-            kind(self.turn_id, tuple(ids), text, None if ends is None else tuple(ends))
-        )
+        self.session.submit(kind(self.turn_id, tuple(ids), text, ends))
 
     # ---- audio out -----------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -310,6 +309,14 @@ class SyncSession:
 
     def set_sampling(self, sampling: SamplingParams, seed: int | None = None) -> None:
         self.request(SetSampling(sampling, seed))
+
+    def set_limits(
+        self,
+        context_budget: int | None = None,
+        lookahead_s: float | None = None,
+        unlimited_lookahead: bool = False,
+    ) -> None:
+        self.request(SetLimits(context_budget, lookahead_s, unlimited_lookahead))
 
     def reset(self) -> None:
         self.request(Reset())

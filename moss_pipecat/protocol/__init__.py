@@ -26,7 +26,8 @@ Client -> server (JSON)
     ``hello``       v, conversation_id?, resume_secret?, token?, sampling?, seed?
                     (sampling/seed apply to a new conversation only; resume_secret is
                     required when conversation_id names a live conversation)
-    ``turn.start``  req, max_frames?                 -> ``turn.started`` {req, turn_id}
+    ``turn.start``  req, max_frames?, min_frames?, eos_after_text?
+                                                     -> ``turn.started`` {req, turn_id}
     ``turn.text``   turn_id, text                    (no reply; a failure ends the turn)
     ``turn.ids``    turn_id, ids, text?              (token ids instead of text)
     ``turn.end``    turn_id                          (text ended)
@@ -40,6 +41,13 @@ Client -> server (JSON)
     ``reset``       req                              -> ``result``
     ``snapshot``    req                              -> ``result`` {snapshot}
     ``close``       req                              -> ``result``; ends the conversation
+
+    A message that carries an engine command (``turn.start``, ``turn.text``, ``turn.ids``,
+    ``turn.end``, ``interrupt``, ``settings.limits``) takes the command's fields by name and is
+    checked by the command itself (``moss_pipecat.speech.commands``): a value the command
+    refuses is a ``bad_message``; one only the engine can judge (the vocabulary, the context,
+    codec frames) is ``invalid_input``. Sampling values are checked against their ranges
+    (``speech.sampling.in_range``) the same way.
 
     Binary uploads follow their JSON header immediately: ``pcm16`` is mono little-endian int16
     at ``sample_rate``; ``codes`` is little-endian uint16 frames, row-major ``[frames, 16]``.
@@ -84,8 +92,6 @@ from __future__ import annotations
 from moss_pipecat.protocol.client_messages import (
     CLIENT_MESSAGES,
     CONVERSATION_ID_PATTERN,
-    MAX_REPETITION_WINDOW,
-    MAX_TOP_K,
     PROTOCOL_VERSION,
     RESUME_SECRET_PATTERN,
     ClientMessage,
@@ -132,6 +138,7 @@ from moss_pipecat.protocol.server_messages import (
 from moss_pipecat.protocol.server_messages import _Out as _Out
 from moss_pipecat.protocol.wire_audio import AUDIO_HEADER, AUDIO_MAGIC, pack_audio, unpack_audio
 from moss_pipecat.protocol.wire_json import WireModel, dumps
+from moss_pipecat.speech.sampling import MAX_REPETITION_WINDOW, MAX_TOP_K
 
 WS_PATH = "/v1/ws"
 SESSION_HEADER = "x-session-id"  # Ray Serve's session-affinity header (ConsistentHashRouter)

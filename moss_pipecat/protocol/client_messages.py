@@ -1,28 +1,80 @@
 """Client -> server messages of the wire protocol (``ClientMessage``), parsed and validated
-at the edge (``parse_client_message``); see ``protocol`` for what each one does."""
+at the edge (``parse_client_message``); see ``protocol`` for what each one does.
+
+A message that carries a command (``_CommandMsg``: ``turn.start``, ``turn.text``/``turn.ids``,
+``turn.end``, ``interrupt``, the ``limits`` of ``settings``) names the command and its fields;
+its values are checked by that command (``moss_pipecat.speech.commands``), never restated here,
+so the server refuses what the local engine refuses (as ``bad_message``) and a client that
+builds the message gets the engine's ``InvalidInputError``.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from moss_pipecat.protocol.wire_json import WireModel, by_type, problems
-from moss_pipecat.speech.sampling import SamplingParams
+from moss_pipecat.speech import commands as C
+from moss_pipecat.speech import fields as F
+from moss_pipecat.speech.sampling import (
+    SamplingParams,
+    in_range,
+)
 
 PROTOCOL_VERSION = 1
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 # ``secrets.token_urlsafe(16..192)``: a proposed secret has at least 128 bits if drawn at random
 RESUME_SECRET_PATTERN = r"^[A-Za-z0-9_-]{22,256}$"
-MAX_TOP_K = 4096  # above the audio vocabulary (1027): a larger top_k filters nothing more
-MAX_REPETITION_WINDOW = 4096  # the engine's own cap (``repetition_window_max``) is lower
 
 
 class _Msg(WireModel):
     """Client -> server: strict, unknown fields refused (everything is checked at the edge)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class _CommandMsg(_Msg):
+    """A message carrying the fields ``COMMAND_FIELDS`` of the engine command ``COMMAND``
+    (same names); the command's checks are the message's."""
+
+    COMMAND: ClassVar[type]
+    COMMAND_FIELDS: ClassVar[tuple[str, ...]]
+
+    @model_validator(mode="after")
+    def _command_checks(self) -> Any:
+        self.command()  # InvalidInputError is a ValueError: a validation error here
+        return self
+
+    def command_fields(self) -> dict[str, Any]:
+        """The command's fields this message carries."""
+        return {name: getattr(self, name) for name in self.COMMAND_FIELDS}
+
+    def command(self) -> Any:
+        """The command this message asks for (checked)."""
+        return self.COMMAND(**self.command_fields())
+
+    @classmethod
+    def fields_of(cls, command: Any) -> dict[str, Any]:
+        """The fields of ``command`` this message carries, as JSON values; None fields are left
+        out (they mean the engine's default)."""
+        values = {name: getattr(command, name) for name in cls.COMMAND_FIELDS}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if v is not None
+        }
+
+    @classmethod
+    def of(cls, command: Any, **fields: Any) -> Any:
+        """The message carrying ``command`` (and ``fields``, e.g. ``req``)."""
+        return cls(**cls.fields_of(command), **fields)
 
 
 Finite = Field(allow_inf_nan=False)
@@ -34,19 +86,22 @@ _DEFAULTS = SamplingParams()
 class Sampling(_Msg):
     """``SamplingParams`` on the wire (missing fields take the engine defaults).
 
-    Ranges are checked here, at the edge: anything past them is a ``bad_message`` (finer
-    checks, e.g. ``temperature > 0`` unless greedy, are the engine's ``invalid_input``)."""
+    Each value's range is checked here (``speech.sampling.in_range``): past it, a
+    ``bad_message``; the rules between values (``temperature > 0`` unless greedy) and the
+    engine's own caps are the engine's ``invalid_input``."""
 
     # Defaults: the engine's own (SamplingParams), never restated here.
-    temperature: Annotated[float, Finite, Field(ge=0, le=100)] = _DEFAULTS.temperature
-    # top_k 0: off; past the vocabulary: off.
-    top_k: Annotated[int, Field(ge=0, le=MAX_TOP_K)] = _DEFAULTS.top_k
-    top_p: Annotated[float, Finite, Field(gt=0, le=1)] = _DEFAULTS.top_p
-    repetition_penalty: Annotated[float, Finite, Field(gt=0, le=100)] = _DEFAULTS.repetition_penalty
-    repetition_window: Annotated[int, Field(ge=0, le=MAX_REPETITION_WINDOW)] = (
-        _DEFAULTS.repetition_window
-    )
+    temperature: float = _DEFAULTS.temperature
+    top_k: int = _DEFAULTS.top_k  # 0: off; past the vocabulary: off
+    top_p: float = _DEFAULTS.top_p
+    repetition_penalty: float = _DEFAULTS.repetition_penalty
+    repetition_window: int = _DEFAULTS.repetition_window
     greedy: bool = _DEFAULTS.greedy
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Sampling:
+        in_range(self.model_dump())
+        return self
 
     def to_params(self) -> SamplingParams:
         return SamplingParams(**self.model_dump())
@@ -57,8 +112,9 @@ class Sampling(_Msg):
 
 
 ReqId = Annotated[int, Field(ge=0, lt=2**53)]
-TurnId = Annotated[int, Field(ge=0, lt=2**32)]
-Seed = Annotated[int, Field(ge=0, lt=2**63)]
+TurnId = Annotated[int, Field(ge=0, lt=C.MAX_TURN_ID)]
+Seed = Annotated[int, AfterValidator(F.seed)]
+TokenIds = Annotated[list[int], AfterValidator(lambda ids: list(F.token_ids("text ids", ids)))]
 
 
 class Hello(_Msg):
@@ -71,43 +127,53 @@ class Hello(_Msg):
     seed: Seed | None = None
 
 
-class TurnStart(_Msg):
+class TurnStart(_CommandMsg):
+    COMMAND = C.StartTurn
+    COMMAND_FIELDS = ("max_frames", "min_frames", "eos_after_text")
     type: Literal["turn.start"] = "turn.start"
     req: ReqId
-    max_frames: Annotated[int, Field(ge=1)] | None = None
-    min_frames: Annotated[int, Field(ge=0, lt=2**31)] | None = None  # None: the engine's
+    max_frames: int | None = None  # None: no cap of the caller's own
+    min_frames: int | None = None  # None: the engine's
     eos_after_text: bool | None = None  # None: the engine's
 
 
-class TurnText(_Msg):
+class TurnText(_CommandMsg):
+    COMMAND = C.PushText
+    COMMAND_FIELDS = ("turn_id", "text")
     type: Literal["turn.text"] = "turn.text"
     turn_id: TurnId
     text: str
 
 
-class TurnIds(_Msg):
+class TurnIds(_CommandMsg):
+    COMMAND = C.PushText
+    COMMAND_FIELDS = ("turn_id", "ids", "text")
     type: Literal["turn.ids"] = "turn.ids"
     turn_id: TurnId
-    ids: list[Annotated[int, Field(ge=0, lt=2**31)]]
+    ids: list[int]
     text: str = ""
 
 
-class TurnEnd(_Msg):
+class TurnEnd(_CommandMsg):
+    COMMAND = C.EndText
+    COMMAND_FIELDS = ("turn_id",)
     type: Literal["turn.end"] = "turn.end"
     turn_id: TurnId
 
 
-class Interrupt(_Msg):
+class Interrupt(_CommandMsg):
+    COMMAND = C.Interrupt
+    COMMAND_FIELDS = ("heard_frames",)
     type: Literal["interrupt"] = "interrupt"
     req: ReqId
-    heard_frames: Annotated[int, Field(ge=0, lt=2**31)]
+    heard_frames: int
 
 
 class UserTurn(_Msg):
     type: Literal["user_turn"] = "user_turn"
     req: ReqId
     text: str | None = None
-    text_ids: list[Annotated[int, Field(ge=0, lt=2**31)]] | None = None
+    text_ids: TokenIds | None = None
     format: Literal["pcm16", "codes"]
     sample_rate: Annotated[int, Field(ge=1)] | None = None
     bytes: Annotated[int, Field(ge=1)]
@@ -121,11 +187,13 @@ class Voice(_Msg):
     bytes: Annotated[int, Field(ge=0)] = 0
 
 
-class Limits(_Msg):
+class Limits(_CommandMsg):
     """Per-conversation overrides of the engine's context budget and lookahead."""
 
-    context_budget: Annotated[int, Field(gt=0, le=1 << 20)] | None = None
-    lookahead_s: Annotated[float, Field(gt=0, le=3600)] | None = None
+    COMMAND = C.SetLimits
+    COMMAND_FIELDS = ("context_budget", "lookahead_s", "unlimited_lookahead")
+    context_budget: int | None = None
+    lookahead_s: float | None = None
     unlimited_lookahead: bool = False
 
 

@@ -26,10 +26,14 @@ def by_type(union: Any) -> dict[str, type[WireModel]]:
 
 
 def problems(e: ValidationError, skip: int = 0) -> str:
-    """A validation error in one line: its first five problems, locations from ``skip`` on."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc'][skip:])}: {err['msg']}" for err in e.errors()[:5]
-    )
+    """A validation error in one line: its first five problems, locations from ``skip`` on (a
+    check's own message as it wrote it)."""
+    out = []
+    for err in e.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"][skip:])
+        msg = err["msg"].removeprefix("Value error, ")
+        out.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(out)
 
 
 def dumps(msg: dict[str, Any]) -> str:

@@ -3,16 +3,38 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import Field, InitVar, dataclass, field, fields
+from typing import Any
 
 from moss_pipecat.errors import InvalidInputError
 
 TOKEN_ENV = "MOSS_PIPECAT_TOKEN"
+DEPRECATED_TEXT_CHARS = (
+    "max_text_chars as the user transcript's limit is deprecated: use max_transcript_chars "
+    "(max_text_chars is the reply text's, the engine's)"
+)
+
+
+def _limit(
+    default: float,
+    what: str,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    option: bool = True,
+) -> Any:
+    """One row of the limits table: default, what it limits (the CLI's help), its bound, and
+    whether it is an option of ``moss-pipecat serve`` / the Ray app (``server.options``)."""
+    meta = {"what": what, "ge": ge, "gt": gt, "option": option}
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """Bounds on what one client may ask of the server.
+    """Bounds on what one client may ask of the server: the one table of the server's limits,
+    their defaults and bounds. ``moss-pipecat serve``'s flags and the options model the CLI and
+    Ray's ``build_app`` share are made from it (``option_limits``).
 
     Attributes:
         max_connections: open websockets of authenticated clients (a valid ``Authorization:
@@ -26,12 +48,13 @@ class ServerLimits:
         max_audio_seconds: longest user-turn or voice upload.
         min_sample_rate, max_sample_rate: accepted rates of PCM uploads.
         max_ids_per_message: token ids in one ``turn.ids`` / ``user_turn`` message.
-        max_ids_per_turn: token ids one assistant turn may be sent (``turn.ids``; text pushed
-            as ``turn.text`` is capped by the engine's ``max_text_chars``). A conversation holds
-            no more than its history's rows after a turn ends (the engine drops a finished
-            turn's unfed ids), so per conversation the cap is this plus the context.
-        max_text_chars: characters of one user transcript (turn text is capped by the engine's
-            ``max_text_chars`` too).
+        max_ids_per_turn: token ids one assistant turn may be sent (``turn.ids``; the reply's
+            text is capped by the engine's ``max_text_chars``). A conversation holds no more
+            than its history's rows after a turn ends (the engine drops a finished turn's unfed
+            ids), so per conversation the cap is this plus the context.
+        max_transcript_chars: characters of one user transcript (``user_turn.text``); the
+            reply's text is the engine's ``max_text_chars``. ``max_text_chars=`` is accepted
+            as its deprecated old name.
         handshake_timeout_s: time a new TCP connection has to send its whole HTTP request
             (the websocket upgrade): a socket that sends nothing, or trickles a request, is
             closed.
@@ -44,35 +67,44 @@ class ServerLimits:
             ends as if the client had disconnected.
     """
 
-    max_connections: int = 256
-    max_pending_connections: int = 16
-    max_message_bytes: int = 64 * 1024
-    max_audio_seconds: float = 60.0
-    min_sample_rate: int = 8000
-    max_sample_rate: int = 48000
-    max_ids_per_message: int = 8192
-    max_ids_per_turn: int = 20000
-    max_text_chars: int = 20000
-    handshake_timeout_s: float = 10.0
-    hello_timeout_s: float = 10.0
-    pending_hello_timeout_s: float = 3.0
-    upload_timeout_s: float = 10.0
-    idle_expiry_s: float = 300.0
-    write_timeout_s: float = 10.0
+    max_connections: int = _limit(256, "authenticated websockets", ge=1)
+    max_pending_connections: int = _limit(
+        16, "websockets without an Authorization header, until their hello", ge=0
+    )
+    max_message_bytes: int = _limit(64 * 1024, "bytes of one JSON message", ge=1024)
+    max_audio_seconds: float = _limit(60.0, "seconds of one audio upload", gt=0)
+    min_sample_rate: int = _limit(8000, "lowest PCM upload rate", gt=0, option=False)
+    max_sample_rate: int = _limit(48000, "highest PCM upload rate", gt=0, option=False)
+    max_ids_per_message: int = _limit(8192, "token ids in one message", ge=1, option=False)
+    max_ids_per_turn: int = _limit(20000, "token ids sent to one turn", ge=1, option=False)
+    max_transcript_chars: int = _limit(20000, "characters of one user transcript", ge=1)
+    handshake_timeout_s: float = _limit(10.0, "seconds for the HTTP upgrade request", gt=0)
+    hello_timeout_s: float = _limit(10.0, "seconds an authenticated socket has for hello", gt=0)
+    pending_hello_timeout_s: float = _limit(
+        3.0, "seconds a socket without the header has for hello", gt=0
+    )
+    upload_timeout_s: float = _limit(
+        10.0, "seconds for an upload's binary frame", gt=0, option=False
+    )
+    idle_expiry_s: float = _limit(
+        300.0, "seconds a conversation without a connection is kept", ge=0
+    )
+    write_timeout_s: float = _limit(
+        10.0, "seconds a send to a client may wait before the client is dropped", gt=0
+    )
+    max_text_chars: InitVar[int | None] = None  # deprecated: max_transcript_chars
 
-    def __post_init__(self) -> None:
-        if self.max_connections < 1 or self.max_message_bytes < 1024:
-            raise InvalidInputError("max_connections >= 1 and max_message_bytes >= 1024 needed")
-        if not 0 < self.min_sample_rate <= self.max_sample_rate:
-            raise InvalidInputError("need 0 < min_sample_rate <= max_sample_rate")
-        if self.max_audio_seconds <= 0 or self.idle_expiry_s < 0:
-            raise InvalidInputError("max_audio_seconds must be > 0 and idle_expiry_s >= 0")
-        if not self.write_timeout_s > 0:
-            raise InvalidInputError("write_timeout_s must be > 0")
-        if self.max_pending_connections < 0:
-            raise InvalidInputError("max_pending_connections must be >= 0")
-        if min(self.hello_timeout_s, self.pending_hello_timeout_s, self.handshake_timeout_s) <= 0:
-            raise InvalidInputError("handshake and hello timeouts must be > 0")
+    def __post_init__(self, max_text_chars: int | None) -> None:
+        if max_text_chars is not None:
+            warnings.warn(DEPRECATED_TEXT_CHARS, DeprecationWarning, stacklevel=3)
+            object.__setattr__(self, "max_transcript_chars", max_text_chars)
+        for f in fields(self):
+            value, ge, gt = getattr(self, f.name), f.metadata["ge"], f.metadata["gt"]
+            if (ge is not None and not value >= ge) or (gt is not None and not value > gt):
+                bound = f">= {ge}" if ge is not None else f"> {gt}"
+                raise InvalidInputError(f"{f.name} must be {bound}, got {value!r}")
+        if self.min_sample_rate > self.max_sample_rate:
+            raise InvalidInputError("need min_sample_rate <= max_sample_rate")
 
     @property
     def max_pcm_bytes(self) -> int:
@@ -120,3 +152,8 @@ class ServerConfig:
     @property
     def tls(self) -> bool:
         return self.ssl_certfile is not None
+
+
+def option_limits() -> tuple[Field, ...]:
+    """The rows of the limits table that are options of the CLI and the Ray app."""
+    return tuple(f for f in fields(ServerLimits) if f.metadata["option"])

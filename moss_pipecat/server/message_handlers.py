@@ -91,9 +91,7 @@ async def _hello(r: Request, msg: P.Hello) -> Any:
 
 async def _turn_start(r: Request, msg: P.TurnStart) -> Any:
     conv = r.conv
-    turn = await conv.session.start_turn(
-        msg.max_frames, min_frames=msg.min_frames, eos_after_text=msg.eos_after_text
-    )
+    turn = await conv.session.start_turn(**msg.command_fields())
     conv.turn, conv.frames_sent = turn, 0
     conv.turn_ids = conv.turn_chars = 0
     await r.conn.send_message(P.TurnStarted(req=msg.req, turn_id=turn.turn_id))
@@ -158,8 +156,8 @@ async def _user_turn(r: Request, msg: P.UserTurn) -> Any:
     if (msg.text is None) == (msg.text_ids is None):
         raise InvalidInputError("a user turn needs exactly one of text and text_ids")
     if msg.text is not None:
-        if len(msg.text) > limits.max_text_chars:
-            raise InvalidInputError(f"transcript over {limits.max_text_chars} chars")
+        if len(msg.text) > limits.max_transcript_chars:
+            raise InvalidInputError(f"transcript over {limits.max_transcript_chars} chars")
         ids = conv.session.user_text_ids(msg.text)
     else:
         if len(msg.text_ids) > limits.max_ids_per_message:
@@ -195,8 +193,7 @@ async def _settings(r: Request, msg: P.Settings) -> Any:
             sampling = msg.sampling.to_params()
         commands.append(SetSampling(sampling, msg.seed))
     if msg.limits is not None:
-        lim = msg.limits
-        commands.append(SetLimits(lim.context_budget, lim.lookahead_s, lim.unlimited_lookahead))
+        commands.append(msg.limits.command())
     for command in commands:
         command.checked(s.engine.facts)
     for command in commands:

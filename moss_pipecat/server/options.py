@@ -9,13 +9,20 @@ bearer token is never an option: it comes from ``$MOSS_PIPECAT_TOKEN`` or ``toke
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from moss_pipecat.server.config import TOKEN_ENV, ServerConfig, ServerLimits
+from moss_pipecat.server.config import (
+    DEPRECATED_TEXT_CHARS,
+    TOKEN_ENV,
+    ServerConfig,
+    ServerLimits,
+    option_limits,
+)
 
 
 def parse_pools(value: str | Sequence[Any]) -> tuple[tuple[int, int], ...]:
@@ -54,7 +61,9 @@ class EngineOptions(BaseModel):
     turn_reserve: int | None = Field(None, ge=1)
     kv_pools: tuple[tuple[int, int], ...] | None = None
     lookahead_s: float = Field(1.0, ge=0, description="generation ahead of real time (0: off)")
-    max_text_chars: int = Field(20000, ge=1, description="characters per turn text")
+    max_text_chars: int | None = Field(
+        None, ge=1, description="characters of one reply's text (default: the engine's)"
+    )
     graphs: Literal["auto", "on", "off"] = "auto"
     compile: str | None = Field(None, description="torch.compile backend of the graphed step")
     eos_min_frames: int = Field(0, ge=0)
@@ -91,12 +100,13 @@ class EngineOptions(BaseModel):
 
         kw: dict[str, Any] = {
             "lookahead_s": self.lookahead_s or None,  # 0: unpaced
-            "max_text_chars": self.max_text_chars,
             "graphed_decode": {"auto": None, "on": True, "off": False}[self.graphs],
             "compile_decode": self.compile,
             "eos_min_frames": self.eos_min_frames,
             "eos_after_text": self.eos_after_text,
         }
+        if self.max_text_chars is not None:
+            kw["max_text_chars"] = self.max_text_chars
         if self.frame_deadline_ms is not None:
             kw["frame_deadline_s"] = self.frame_deadline_ms / 1e3
         kw["cost_table"] = self.cost_table
@@ -142,23 +152,9 @@ class EngineOptions(BaseModel):
         )
 
 
-_LIMIT_FIELDS = (
-    "max_connections",
-    "max_pending_connections",
-    "max_message_bytes",
-    "max_audio_seconds",
-    "max_text_chars",
-    "handshake_timeout_s",
-    "hello_timeout_s",
-    "pending_hello_timeout_s",
-    "idle_expiry_s",
-    "write_timeout_s",
-)
-
-
-class ServerOptions(BaseModel):
-    """Where the server listens, TLS, where the token comes from, and the per-client limits
-    (``ServerLimits``; ``max_text_chars`` caps a user transcript)."""
+class _ServerSettings(BaseModel):
+    """Where the server listens, TLS, and where the token comes from (``ServerOptions`` adds
+    the limits)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -167,19 +163,12 @@ class ServerOptions(BaseModel):
     token_file: str | None = Field(None, description="file holding the bearer token")
     ssl_certfile: str | None = Field(None, description="PEM certificate chain: serve wss://")
     ssl_keyfile: str | None = Field(None, description="PEM private key of the certificate")
-    max_connections: int = Field(256, ge=1)
-    max_pending_connections: int = Field(16, ge=0)
-    max_message_bytes: int = Field(64 * 1024, ge=1024)
-    max_audio_seconds: float = Field(60.0, gt=0)
-    max_text_chars: int = Field(20000, ge=1)
-    handshake_timeout_s: float = Field(10.0, gt=0)
-    hello_timeout_s: float = Field(10.0, gt=0)
-    pending_hello_timeout_s: float = Field(3.0, gt=0)
-    idle_expiry_s: float = Field(300.0, ge=0)
-    write_timeout_s: float = Field(10.0, gt=0)
+    max_text_chars: int | None = Field(
+        None, ge=1, description="deprecated as the transcript's limit: max_transcript_chars"
+    )
 
     @model_validator(mode="after")
-    def _tls_pair(self) -> ServerOptions:
+    def _tls_pair(self) -> _ServerSettings:
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("TLS needs both ssl_certfile and ssl_keyfile")
         return self
@@ -194,7 +183,12 @@ class ServerOptions(BaseModel):
         return os.environ.get(TOKEN_ENV) or None
 
     def limits(self) -> ServerLimits:
-        return ServerLimits(**{k: getattr(self, k) for k in _LIMIT_FIELDS})
+        values = {f.name: getattr(self, f.name) for f in option_limits()}
+        if self.max_text_chars is not None and "max_transcript_chars" not in self.model_fields_set:
+            # The old option limited the reply text and the transcript both: it still does.
+            warnings.warn(DEPRECATED_TEXT_CHARS, DeprecationWarning, stacklevel=2)
+            values["max_transcript_chars"] = self.max_text_chars
+        return ServerLimits(**values)
 
     def server_config(self) -> ServerConfig:
         return ServerConfig(
@@ -205,6 +199,22 @@ class ServerOptions(BaseModel):
             ssl_certfile=self.ssl_certfile,
             ssl_keyfile=self.ssl_keyfile,
         )
+
+
+def _limit_option(f: Any) -> tuple[type, Any]:
+    m = f.metadata
+    return type(f.default), Field(f.default, ge=m["ge"], gt=m["gt"], description=m["what"])
+
+
+# The per-client limits are the rows of ``ServerLimits`` (its defaults and bounds), not restated.
+ServerOptions = create_model(
+    "ServerOptions",
+    __base__=_ServerSettings,
+    __doc__="Where the server listens, TLS, where the token comes from, and the per-client "
+    "limits (the option rows of ``ServerLimits``).",
+    __module__=__name__,
+    **{f.name: _limit_option(f) for f in option_limits()},
+)
 
 
 def split_options(values: dict[str, Any], *models: type[BaseModel]) -> list[dict[str, Any]]:

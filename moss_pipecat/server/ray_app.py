@@ -117,10 +117,10 @@ def build_app(args: dict[str, Any] | None = None):
 
     Args (all optional, strings accepted): every ``EngineOptions`` field (model, codec, tiny,
     device, dtype, no_codec, max_sessions, max_context, context_budget, turn_reserve,
-    kv_pools="128x2048,24x8192", lookahead_s, max_text_chars, graphs, compile,
-    eos_min_frames, eos_after_text), every ``ServerOptions`` limit (max_connections,
-    max_pending_connections, idle_expiry_s, write_timeout_s, ...; ``token_file``), and the
-    ``RayOptions``:
+    kv_pools="128x2048,24x8192", lookahead_s, max_text_chars (the reply's text), graphs,
+    compile, eos_min_frames, eos_after_text), every option row of the server's limits table
+    (``ServerLimits``: max_connections, max_transcript_chars, idle_expiry_s, ...; their
+    defaults are there), ``token_file``, and the ``RayOptions``:
 
         num_replicas: fixed replica count; or min_replicas/max_replicas to autoscale.
         num_gpus: GPUs per replica (default 1 if CUDA is visible, else 0); num_cpus.

@@ -138,7 +138,6 @@ def test_bad_commands_fail_at_submit_and_change_nothing(make_engine, realtime_me
         AddUserTurn((1,), frames[:0]),  # no audio
         SetSampling(SamplingParams(repetition_window=engine.config.repetition_window_max + 1)),
         SetLimits(context_budget=engine.config.max_context + 1),
-        SetLimits(lookahead_s=0.0),
         CreateSession(frames[:, :-1]),
     ]
     gate = threading.Event()
@@ -163,6 +162,9 @@ def test_bad_commands_fail_at_submit_and_change_nothing(make_engine, realtime_me
         lambda: Interrupt(-1),
         lambda: Interrupt(1.5),
         lambda: Interrupt(True),
+        lambda: SetLimits(lookahead_s=0.0),
+        lambda: PushText(0, (-1,)),
+        lambda: SetSampling(GREEDY, seed=-1),
     ):
         with pytest.raises(InvalidInputError):
             make()

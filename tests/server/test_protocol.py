@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -287,3 +289,42 @@ def test_cjk_units_travel_with_their_spacing_and_old_messages_still_parse():
     assert summary.spaced == [0, 1]
     got = P.parse_server_message(P.TurnEnded(turn_id=3, summary=summary).to_json())
     assert join_units(got.summary.to_summary().words) == "你好，"
+
+
+def _described(section: str, end: str) -> dict[str, str]:
+    """The protocol description's message table between ``section`` and ``end``: type -> its
+    entry's text."""
+    doc = P.__doc__
+    body = doc[doc.index(section) + len(section) : doc.index(end, doc.index(section))]
+    entries: dict[str, str] = {}
+    current = None
+    for line in body.splitlines():
+        head = re.match(r"^    ``([a-z_.]+)``(.*)$", line)
+        if head:
+            current = head.group(1)
+            entries[current] = head.group(2)
+        elif current is not None and line.startswith("     "):
+            entries[current] += " " + line.strip()
+        else:
+            current = None
+    return entries
+
+
+def test_the_protocol_description_names_every_field_of_every_message():
+    tables = [
+        (_described("Client -> server (JSON)", "\n\n"), P.CLIENT_MESSAGES),
+        (_described("Server -> client", "Both directions"), P.SERVER_MESSAGES),
+    ]
+    for entries, models in tables:
+        assert set(entries) == set(models)
+        for kind, model in models.items():
+            names = [n for n in model.model_fields if n != "type"]
+            if kind == "settings":  # its limits are a command's fields: listed with it
+                names += list(P.Limits.model_fields)
+            missing = [n for n in names if not re.search(rf"\b{n}\b", entries[kind])]
+            assert not missing, (kind, missing)
+    # A message that carries a command takes the command's fields by their names.
+    for model in [*P.CLIENT_MESSAGES.values(), P.Limits]:
+        for name in getattr(model, "COMMAND_FIELDS", ()):
+            assert name in model.model_fields
+            assert name in {f.name for f in dataclasses.fields(model.COMMAND)}
