@@ -29,6 +29,12 @@ class InterruptionPlan:
     dropped: list[Reply]
     newest: list[Reply]
 
+    def heard(self, now_ns: int) -> dict[str, int]:
+        """The frames each dropped reply keeps (by context id), the interruption having been
+        passed on at ``now_ns``: ``heard_frames``, the one answer the engine history and the
+        replies' trace spans both take."""
+        return {r.context_id: heard_frames(r, now_ns) for r in self.dropped}
+
 
 def plan_interruption(replies: list[Reply]) -> InterruptionPlan:
     """Splits ``replies`` (oldest first) and re-chains the kept ones to speak in order."""
@@ -46,22 +52,24 @@ def plan_interruption(replies: list[Reply]) -> InterruptionPlan:
 async def cut_to_heard(
     replies: list[Reply],
     session: Any | None,
-    now_ns: int,
+    heard: dict[str, int],
     on_cut: Callable[[Reply, Any], Awaitable[None]],
     push_error: Callable[..., Awaitable[None]],
 ) -> None:
     """Closes the engine turns of stopped replies (oldest first), keeping what was heard.
 
-    Replies newer than the one playing were not heard at all; the playing one was heard up
-    to ``now_ns`` (on the heard clock); older ones were heard in full. A reply whose engine
-    turn was being opened is waited for and closed, so no turn is left without an owner.
+    Replies newer than the one playing were not heard at all; the playing one keeps the frames
+    ``heard`` gives it; older ones were heard in full (the engine cuts only its newest turns). A
+    reply whose engine turn was being opened is waited for and closed, so no turn is left
+    without an owner.
 
     Args:
         replies: the replies whose turns may be cut (``InterruptionPlan.newest``), their
             tasks already cancelled.
         session: the conversation's session (None: closed, nothing to cut).
-        now_ns: when the interruption was passed on to the transport (pipeline clock): the
-            transport releases no word frame after it.
+        heard: each reply's frames kept, by context id: ``heard_frames`` at the moment the
+            interruption was passed on to the transport (the same answer the reply's trace
+            span records).
         on_cut: called with each reply and the summary of what its turn kept.
         push_error: the service's ``push_error`` (the engine refused a cut).
     """
@@ -75,9 +83,10 @@ async def cut_to_heard(
                 turn = None
         if turn is not None and session is not None:
             turn.cancel()
-            heard = heard_frames(reply, now_ns) if reply is playing else 0
             try:
-                summary = await session.interrupt(heard)
+                summary = await session.interrupt(
+                    heard[reply.context_id] if reply is playing else 0
+                )
             except MossError as e:
                 await push_error(error_msg=f"MOSS TTS: interrupt failed: {e}", exception=e)
                 summary = None
