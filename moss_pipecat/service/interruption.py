@@ -107,7 +107,34 @@ def heard_frames(reply: Reply, now_ns: int) -> int:
     covers pipecat pushing a word late (its audio-context task behind the clock): that word
     never reaches the context (the interruption drops it), so MOSS keeps no frame from its own
     on. The engine keeps the units before the cut (``WordTimer.heard``): the same units as the
-    word frames released, and never a frame that was not played.
+    word frames released, and never a frame that was not played. The reply's trace span takes
+    this same count (``InterruptionPlan.heard``).
+
+    What this cannot see (pipecat 1.14), and why it is not closed here: between ``now_ns`` and
+    the moment pipecat's assistant aggregator handles the interruption, a word frame already
+    passed on can still be lost or misfiled, and nothing of it comes back upstream:
+
+    - dropped: an interruptible data frame waiting in a processor's queue when the
+      InterruptionFrame (a SystemFrame, which overtakes it) arrives is discarded
+      (``FrameProcessor`` resets its process queue: the output transport's and the
+      aggregator's); the transport also empties its clock queue and cancels its clock task if
+      it waits to push an interruptible frame, so a word whose PTS has passed but that a busy
+      event loop has not pushed yet is dropped. MOSS keeps that word.
+    - misfiled: a word frame the transport pushed just before the InterruptionFrame, still in
+      the aggregator's input queue with it, is taken after it (SystemFrames first) and goes
+      into the next assistant message. MOSS does not keep it in this turn.
+
+    Holding word frames in the service does not help (they still cross those queues after the
+    count is read), nor do uninterruptible word frames (none dropped, but every one still on
+    its way is then misfiled). The aggregator does report what it wrote
+    (``LLMContextAssistantTurnFrame``, upstream), but only after the cut must be made and only
+    when the text is not empty (an empty one sends nothing, so it cannot be awaited), and the
+    engine cannot re-cut a turn it has closed. Words reach the transport's clock queue long
+    before their PTS (the engine runs ahead of playback), so these need the event loop held
+    for longer than the gap between a word's PTS and ``now_ns``: rare, and off by that word.
+    Closing it needs an engine command that trims the last assistant turn to a unit count
+    (applied when that frame arrives before the next reply opens its turn), or pipecat
+    reporting upstream which word frames its transport released.
     """
     heard = reply.heard_frames(now_ns)
     unpushed = reply.first_unpushed_frame()
