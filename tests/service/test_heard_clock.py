@@ -35,6 +35,7 @@ from moss_pipecat.service import MossTTSService, MossTTSSettings
 from moss_pipecat.service.reply import Reply
 
 from .conftest import WordRecorder
+from .heard_units import EngineLog, check_within_one_unit_of_heard
 from .test_moss_tts_service import reply
 
 LATENCY_S = 0.15
@@ -46,7 +47,18 @@ class PlayingOutputTransport(BaseOutputTransport):
     def __init__(self) -> None:
         super().__init__(TransportParams(audio_out_enabled=True, audio_out_sample_rate=24000))
         self.played: list[tuple[int, int]] = []  # (clock ns a chunk started playing, ns long)
+        self.interrupted_ns: int | None = None  # when the last interruption reached it
         self._play_until = 0
+
+    async def process_frame(self, frame, direction) -> None:
+        if isinstance(frame, InterruptionFrame):
+            self.interrupted_ns = self.get_clock().get_time()
+        await super().process_frame(frame, direction)
+
+    def heard_s(self) -> float:
+        """Seconds of audio played when the last interruption reached the transport."""
+        at = self.interrupted_ns
+        return sum(min(max(at - start, 0), length) for start, length in self.played) / 1e9
 
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
@@ -76,7 +88,7 @@ async def _busy_loop(stop: asyncio.Event) -> None:
 
 async def _run(engine, frames, context):
     tts = MossTTSService(
-        engine=engine,
+        engine=engine,  # an EngineLog too
         output_latency_s=LATENCY_S,
         settings=MossTTSSettings(greedy=True, lookahead_s=0.5),
     )
@@ -118,7 +130,8 @@ async def test_after_a_barge_in_the_llm_context_holds_the_words_moss_kept(talkat
     text = " ".join(f"word{i}" for i in range(40))
     frames = [*reply(*(w + " " for w in text.split())), SleepFrame(1.6), InterruptionFrame()]
     frames += [SleepFrame(0.3)]
-    *_, cuts = await _run(talkative_engine, frames, context)
+    log = EngineLog(talkative_engine)
+    _, transport, _, cuts = await _run(log, frames, context)
     (cut,) = cuts
     assert 0 < cut.heard_frames < cut.audio_frames  # cut mid-reply
     kept = cut.spoken_text.split()
@@ -127,6 +140,9 @@ async def test_after_a_barge_in_the_llm_context_holds_the_words_moss_kept(talkat
     # Exactly the same words: each is released once its frame has played, and MOSS keeps the
     # frames played.
     assert said == kept
+    # Within a word of the words placed in what the transport had played.
+    (units,) = log.turns
+    check_within_one_unit_of_heard(cut, units, transport.heard_s())
 
 
 async def test_word_times_are_increasing_and_inside_the_replys_audio(talkative_engine):
