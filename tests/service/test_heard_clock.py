@@ -32,7 +32,9 @@ from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import TransportParams
 
 from moss_pipecat.service import MossTTSService, MossTTSSettings
+from moss_pipecat.service.interruption import plan_interruption
 from moss_pipecat.service.reply import Reply
+from moss_pipecat.speech.units import TimedWord
 
 from .conftest import WordRecorder
 from .heard_units import EngineLog, check_within_one_unit_of_heard
@@ -205,6 +207,30 @@ def test_the_playout_restarts_where_the_audio_ran_out():
         reply.pushed += 1
         reply.frame_pushed(3300 * ms)
     assert len(reply.runs) == 2 and reply.end_ns() == 3710 * ms
+
+
+def test_an_interruption_gives_the_history_and_the_span_one_heard_count():
+    """What an interruption keeps of the reply playing: the frames played when it was passed
+    on, but none from the frame of a unit whose word frame pipecat had not pushed yet (that
+    word never reaches the context). The history and the reply's trace span both take this
+    one answer (``InterruptionPlan.heard``)."""
+    ms = 1_000_000
+    playing, queued = Reply("playing", None), Reply("queued", None)
+    for _ in range(10):
+        playing.pushed += 1
+        playing.frame_pushed(0)
+    playing.play(0)
+    queued.pushed = 3  # made, not playing yet: nothing of it was heard
+    plan = plan_interruption([playing, queued])
+    assert plan.dropped == plan.newest == [playing, queued]
+    assert plan.heard(500 * ms) == {"playing": 6, "queued": 0}
+    # Units released to pipecat at 0.35 s (frame 4) and 0.5 s whose word frames it has not
+    # pushed: the history keeps no frame from frame 4 on, whatever has played.
+    playing.released.extend([TimedWord("late", 0.35, True), TimedWord("later", 0.5, True)])
+    assert plan.heard(500 * ms) == {"playing": 4, "queued": 0}
+    assert plan.heard(200 * ms) == {"playing": 2, "queued": 0}
+    playing.released.popleft()  # its word frame passed the service
+    assert plan.heard(900 * ms) == {"playing": 6, "queued": 0}
 
 
 async def test_after_an_llm_stall_a_barge_in_keeps_only_what_was_played(talkative_engine):
