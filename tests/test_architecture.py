@@ -7,6 +7,7 @@ Known debts are listed with the issue that removes them; the list may only shrin
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -218,7 +219,8 @@ def test_the_light_path_needs_no_torch_and_no_engine():
             wrong.append(f"{module} -> {lib}")
     assert not wrong
     # The remote service's own modules import the engine side only through the light path.
-    remote = ["remote", "base", "reply", "interruption", "settings", "resampling", "tracing"]
+    remote = ["remote", "base", "reply", "phases", "interruption", "settings", "resampling"]
+    remote += ["tracing", "pipecat_compat"]
     for name in [*remote, "user_audio", "user_turns"]:
         deps = _imports(PACKAGE / "service" / f"{name}.py")
         assert not [d for d in deps if d.startswith(below)], name
@@ -237,3 +239,110 @@ def test_client_classes_use_each_others_public_names_only():
                 continue
             reach.append(f"{path.name}: {ast.unparse(node)}")
     assert not reach
+
+
+# ---- pipecat's private names: only in the compat module ---------------------------------------
+COMPAT = PACKAGE / "service" / "pipecat_compat.py"
+
+
+@functools.cache
+def _pipecat_private_names() -> frozenset[str]:
+    """The private names (``_x``) of every pipecat class the package imports, along their MROs:
+    methods and class attributes, and the instance attributes their code sets on ``self``."""
+    import importlib
+    import inspect
+    import textwrap
+
+    classes = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in _import_nodes(path):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipecat"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    obj = getattr(module, alias.name, None)
+                    if isinstance(obj, type):
+                        classes.add(obj)
+    names = set()
+    for klass in {k for cls in classes for k in cls.__mro__}:
+        if klass.__module__.startswith("pipecat"):
+            names.update(n for n in vars(klass) if n.startswith("_") and not n.startswith("__"))
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+            names.update(
+                n.attr
+                for n in ast.walk(tree)
+                if isinstance(n, ast.Attribute)
+                and isinstance(n.ctx, ast.Store)
+                and isinstance(n.value, ast.Name)
+                and n.value.id == "self"
+                and n.attr.startswith("_")
+                and not n.attr.startswith("__")
+            )
+    return frozenset(names)
+
+
+def _pipecat_private_uses(source: str, private: frozenset[str], hooks: frozenset[str]) -> list[str]:
+    """Where ``source`` touches a pipecat private name: reads or writes one (on any object),
+    defines a method of that name (an override), or imports a private pipecat module or name.
+    A subclass hook in ``hooks`` may be defined and called through ``super()`` only."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr in private:
+            if not (node.attr in hooks and ast.unparse(node.value) == "super()"):
+                found.append(ast.unparse(node))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in private:
+            if node.name not in hooks:
+                found.append(f"def {node.name}")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipecat"):
+            parts = node.module.split(".") + [a.name for a in node.names]
+            found += [f"import {node.module}.{p}" for p in parts if p.startswith("_")]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("pipecat") and any(
+                    p.startswith("_") for p in alias.name.split(".")
+                ):
+                    found.append(f"import {alias.name}")
+    return found
+
+
+def test_the_private_name_finder_finds_them():
+    private = _pipecat_private_names()
+    assert {"_tts_contexts", "_audio_context_manager", "_register_event_handler"} <= private
+    hooks = frozenset({"_update_settings"})
+    source = (
+        "from pipecat.utils._private import x\n"
+        "class S:\n"
+        "    def _update_settings(self, d):\n"
+        "        super()._update_settings(d)\n"
+        "        self._update_settings(d)\n"
+        "        return self._tts_contexts, other._audio_context_manager.playing_context_id\n"
+        "    def _interrupt_audio_contexts(self):\n"
+        "        self._settings = None\n"
+    )
+    assert sorted(_pipecat_private_uses(source, private, hooks)) == [
+        "def _interrupt_audio_contexts",
+        "import pipecat.utils._private._private",
+        "other._audio_context_manager",
+        "self._settings",
+        "self._tts_contexts",
+        "self._update_settings",
+    ]
+
+
+def test_only_the_compat_module_touches_pipecat_private_names():
+    """Every use of pipecat's internals lives in ``service/pipecat_compat.py`` (checked against
+    the installed pipecat by ``tests/service/test_pipecat_compat.py``); the rest of the package
+    uses pipecat's public API, and pipecat's documented subclass hooks it declares. A module
+    that imports pipecat names none of pipecat's private names, not even for its own state
+    (it would shadow pipecat's)."""
+    from moss_pipecat.service.pipecat_compat import SUBCLASS_HOOKS
+
+    private = _pipecat_private_names()
+    touched = []
+    for path in PACKAGE.rglob("*.py"):
+        if path == COMPAT or "pipecat" not in _external_imports(path):
+            continue  # a module without pipecat holds no pipecat object
+        for use in _pipecat_private_uses(path.read_text(), private, SUBCLASS_HOOKS):
+            touched.append(f"{path.relative_to(REPO)}: {use}")
+    assert not touched
+    # The compat module does touch them (else the check above could not fail).
+    assert _pipecat_private_uses(COMPAT.read_text(), private, SUBCLASS_HOOKS)

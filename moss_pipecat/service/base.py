@@ -36,7 +36,9 @@ from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TextAggregationMode, TTSService
 
 from moss_pipecat.errors import MossError
+from moss_pipecat.service import pipecat_compat as compat
 from moss_pipecat.service.interruption import cut_to_heard, plan_interruption, wait_for_turn
+from moss_pipecat.service.phases import ReplyPhase
 from moss_pipecat.service.refusal import open_or_refuse
 from moss_pipecat.service.reply import (
     MAX_TRACKED_REPLIES,
@@ -87,7 +89,6 @@ class MossTTSServiceBase(TTSService):
     """
 
     Settings = MossTTSSettings
-    _settings: MossTTSSettings
 
     def __init__(
         self,
@@ -132,7 +133,7 @@ class MossTTSServiceBase(TTSService):
         self._interruption_ns: int | None = None  # when the last interruption was pushed on
         self._tracer = ReplyTracer(self, attributes=self._trace_attributes)
         # (service, context_id, TurnSummary): a reply was cut to what the user heard.
-        self._register_event_handler("on_reply_interrupted")
+        compat.register_event(self, "on_reply_interrupted")
 
     # ================================================================== lifecycle
     def can_generate_metrics(self) -> bool:
@@ -211,7 +212,7 @@ class MossTTSServiceBase(TTSService):
 
     # ================================================================== settings
     async def _update_settings(self, delta: TTSSettings) -> dict[str, Any]:
-        error = self._session_settings.refuse_model_change(delta, self._settings)
+        error = self._session_settings.refuse_model_change(delta, self.settings)
         if error is not None:
             await self.push_error(error_msg=f"MOSS TTS: {error}", exception=error)
         changed = await super()._update_settings(delta)
@@ -221,7 +222,7 @@ class MossTTSServiceBase(TTSService):
     async def _apply_settings(self) -> None:
         """Brings the session up to the settings (see ``SessionSettings.apply``)."""
         await self._session_settings.apply(
-            self._session, self._settings, self._set_voice, self.push_error
+            self._session, self.settings, self._set_voice, self.push_error
         )
 
     def _voice_file(self, voice: str) -> Path:
@@ -249,7 +250,7 @@ class MossTTSServiceBase(TTSService):
         if isinstance(frame, SpokenWordsEnd):
             reply = self._replies.get(frame.context_id)
             if reply is not None:
-                reply.words_closed = True
+                reply.move(ReplyPhase.DONE)
             return  # ours alone
         if isinstance(frame, (TTSTextFrame, AggregatedTextProgressFrame)):
             reply = self._replies.get(frame.context_id or "")
@@ -272,9 +273,7 @@ class MossTTSServiceBase(TTSService):
                 yield ErrorFrame(error="MOSS TTS: the TTS session is not running")
                 return
             reply = self._new_reply(context_id)
-        if reply.text_ended:
-            pass  # the reply already ended (the model ended it, or its text failed)
-        else:
+        if reply.takes_text:  # else its text ended (the model ended it, or its text failed)
             await self.start_tts_usage_metrics(text)  # pipecat counts streamed tokens itself
             self._tracer.text_added(reply, text)
             if reply.turn is None:
@@ -310,11 +309,13 @@ class MossTTSServiceBase(TTSService):
             await self.remove_audio_context(context_id)
 
     async def _end_text(self, reply: Reply) -> None:
-        if reply.text_ended:
+        """No more text goes into the reply's open turn (before it opens, ``flushed`` says so
+        and ``_speak`` ends it once the held text is fed)."""
+        if reply.phase is not ReplyPhase.FEEDING:
             return
-        reply.text_ended = True
+        reply.move(ReplyPhase.TEXT_ENDED)
         turn = reply.turn
-        if turn is not None and turn.summary is None:
+        if turn.summary is None:
             try:
                 turn.end_text()
             except MossError as e:
@@ -322,11 +323,10 @@ class MossTTSServiceBase(TTSService):
 
     def _new_reply(self, context_id: str) -> Reply:
         # pipecat's record says if an interruption may drop it (TTSSpeakFrame may not).
-        context = self._tts_contexts.get(context_id)
         reply = Reply(
             context_id,
             previous=self._order[-1] if self._order else None,
-            interruptible=context.interruptible if context is not None else True,
+            interruptible=compat.context_interruptible(self, context_id),
         )
         self._replies[context_id] = reply
         self._order.append(reply)
@@ -341,19 +341,20 @@ class MossTTSServiceBase(TTSService):
         """Opens the reply's engine turn once the conversation is free, feeds it, reads it."""
         try:
             await wait_for_turn(reply, self._history_settled)
-            reply.started = True  # no await since the wait: a rollback sees it or blocks it
+            # No await since the wait: a rollback sees it opening or blocks it.
+            reply.move(ReplyPhase.OPENING)
             await self._apply_settings()
             await self._add_user_turn()
             # Shielded: cancelled midway it would open unowned; the interruption closes it.
             reply.opening = asyncio.ensure_future(self._session.start_turn())
             reply.turn = await asyncio.shield(reply.opening)
+            reply.move(ReplyPhase.FEEDING)
             self._tracer.turn_opened(reply)
             pending, reply.pending = reply.pending, []
             for piece in pending:
                 if not await self._feed(reply, piece):
                     break
-            if reply.text_ended:
-                reply.text_ended = False
+            if reply.flushed:  # pipecat ended the text while the turn was opening
                 await self._end_text(reply)
             await self._read_reply(reply)
         except MossError as e:  # e.g. the engine server went away mid-reply
@@ -362,7 +363,7 @@ class MossTTSServiceBase(TTSService):
             if reply.turn is not None and reply.turn.summary is None:
                 with contextlib.suppress(MossError):  # leave no turn open without an owner
                     await self._session.interrupt(0)
-            reply.read_done = reply.flushed = True
+            reply.move(ReplyPhase.FAILED)
             reply.held_words.clear()
             await self._close_reply(reply)
         finally:
@@ -380,25 +381,25 @@ class MossTTSServiceBase(TTSService):
                 reply.frames += 1
                 await self._clock.add_words(reply, chunk.words)
         summary = turn.summary
-        reply.text_ended = True  # text after the model ended a reply is dropped
+        await self._end_text(reply)  # text after the model ended a reply is dropped
         if summary.stop == "error":
             await self.push_error(
                 error_msg=f"MOSS TTS turn failed: {summary.error}", exception=summary.error
             )
             self._tracer.failed(reply, summary.error)
         await self._clock.add_words(reply, summary.words)
-        reply.read_done = True
+        reply.move(ReplyPhase.READ)
         if reply.frames == 0:
             reply.held_words.clear()  # no audio, so no playback to wait for
         await self._close_reply(reply)
 
     async def _close_reply(self, reply: Reply) -> None:
         """Ends the reply's audio context once every word time it has is queued."""
-        if reply.closed or not reply.read_done or not reply.flushed or reply.held_words:
-            return  # pipecat still has its text (words it holds come after ours), or ours
+        if not reply.ready_to_close:
+            return
         if reply.frames > 0 and reply.start_ns is None:
             return  # words wait for playback to start; closing follows them
-        reply.closed = True
+        reply.move(ReplyPhase.CLOSED)
         context_id = reply.context_id
         if self.audio_context_available(context_id):
             await self.append_to_audio_context(context_id, SpokenWordsEnd(context_id))
@@ -424,24 +425,25 @@ class MossTTSServiceBase(TTSService):
         plan = plan_interruption(self._order)
         self._order, self._replies = plan.kept, {r.context_id: r for r in plan.kept}
         # pipecat restarts its word clock unless an uninterruptible context plays; so do we.
-        preserved = {k for k, c in self._tts_contexts.items() if not c.interruptible}
-        restart_clock = self._audio_context_manager.playing_context_id not in preserved
+        restart_clock = compat.interruption_restarts_word_clock(self)
         self._history_settled.clear()
         try:
-            self._tracer.interrupted(plan.dropped, self.get_clock().get_time())
             for reply in plan.dropped:
+                reply.move(ReplyPhase.STOPPED)
                 if reply.task is not None:
                     await self.cancel_task(reply.task)
             self._interruption_ns = None
             await super().process_frame(frame, direction)  # sets _interruption_ns (push_frame)
             now = self._interruption_ns or self.get_clock().get_time()
-            await cut_to_heard(plan.newest, self._session, now, self._reply_cut, self.push_error)
+            heard = plan.heard(now)  # one answer for the history and the trace span
+            self._tracer.interrupted(plan.dropped, heard)
+            await cut_to_heard(plan.newest, self._session, heard, self._reply_cut, self.push_error)
         finally:
             self._history_settled.set()
         if restart_clock and plan.dropped:
             self._clock.restart()
 
     async def _reply_cut(self, reply: Reply, summary: Any) -> None:
-        await self._call_event_handler("on_reply_interrupted", reply.context_id, summary)
+        await compat.call_event(self, "on_reply_interrupted", reply.context_id, summary)
         kept = f"{summary.heard_frames}/{summary.audio_frames} frames ({summary.spoken_text!r})"
         logger.debug(f"{self}: interrupted reply {reply.context_id}: kept {kept}")

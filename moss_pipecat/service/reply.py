@@ -15,6 +15,7 @@ from pipecat.frames.frames import AggregatedTextProgressFrame, ControlFrame, TTS
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.transports.base_output import BaseOutputTransport
 
+from moss_pipecat.service.phases import TAKES_TEXT, TURN_STARTED, ReplyPhase, check_move
 from moss_pipecat.speech.frames import FRAME_SECONDS
 from moss_pipecat.speech.units import TimedWord, is_cjk_char, is_spaced
 
@@ -49,23 +50,23 @@ class Reply:
 
     context_id: str
     previous: Reply | None  # the reply whose engine turn comes before this one's
+    # Facts apart from the phase: pipecat's context says if an interruption may drop it (fixed
+    # at creation), and pipecat ends its text (``flushed``: its words are all registered)
+    # whatever the engine turn is doing, even before it opens.
     interruptible: bool = True  # False: an interruption lets it speak on (pipecat's context)
+    flushed: bool = False
+    phase: ReplyPhase = ReplyPhase.WAITING  # changed by ``move`` only
     pending: list[str] = field(default_factory=list)  # text before the engine turn opened
-    text_ended: bool = False
-    flushed: bool = False  # pipecat ended the reply's text (its words are all registered)
     task: asyncio.Task | None = None
-    started: bool = False  # its turn is being opened: the replies before it stay as they are
     opening: asyncio.Future | None = None  # the engine's start_turn, never cancelled midway
     turn: Any | None = None  # TurnStream (local) or its remote twin
-    finished: asyncio.Event = field(default_factory=asyncio.Event)  # engine turn over
+    # Set when its task ends (in any phase): the next reply may open its engine turn.
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
     frames: int = 0  # frames read from the engine
     pushed: int = 0  # frames pushed downstream
     baseline_ns: int | None = None  # pipecat's word-time zero for this context
     start_ns: int | None = None  # playback start: the heard clock's zero
     held_words: list[tuple[str, float]] = field(default_factory=list)
-    read_done: bool = False  # every frame and word read from the engine
-    closed: bool = False  # TTSStoppedFrame queued
-    words_closed: bool = False  # its last word frame went out
     # The playout: runs of frames played back to back, as (clock ns the run starts, its first
     # frame). A new run starts where the audio ran out before the next frame came (the LLM or
     # the engine stalled): the device then plays that frame when it arrives.
@@ -75,11 +76,39 @@ class Reply:
     released: deque[TimedWord] = field(default_factory=deque)
     last_release_ns: int = 0  # when its last released unit goes out (clock ns)
 
+    def move(self, phase: ReplyPhase) -> None:
+        """Moves the reply to ``phase``; ``ReplyPhaseError`` if its life allows no such move
+        (``phases.TRANSITIONS``)."""
+        check_move(self.context_id, self.phase, phase)
+        self.phase = phase
+
+    @property
+    def takes_text(self) -> bool:
+        """Whether LLM text for it is still spoken (not once its text ended or it stopped)."""
+        return self.phase in TAKES_TEXT and not self.flushed
+
+    @property
+    def started(self) -> bool:
+        """Its engine turn is being opened or was: the replies before it stay as they are."""
+        return self.phase in TURN_STARTED
+
+    @property
+    def closed(self) -> bool:
+        """Its audio context has ended (or is ending)."""
+        return self.phase in (ReplyPhase.CLOSED, ReplyPhase.DONE)
+
+    @property
+    def ready_to_close(self) -> bool:
+        """Its audio context may end: read to the end with pipecat's text ended (words pipecat
+        holds come after ours), or failed; and none of its word times held back."""
+        done = self.phase is ReplyPhase.FAILED or (self.phase is ReplyPhase.READ and self.flushed)
+        return done and not self.held_words
+
     def word_frame_passes(self, frame: TTSTextFrame | AggregatedTextProgressFrame) -> bool:
         """Whether a word (or progress) frame of this reply goes on, spacing set: none after
         its last word time (``SpokenWordsEnd``: pipecat's force-complete of text never
         timed, which was not spoken)."""
-        if self.words_closed:
+        if self.phase is ReplyPhase.DONE:
             logger.debug(f"not spoken, kept out of the context: {frame.text!r}")
             return False
         if isinstance(frame, TTSTextFrame):

@@ -25,6 +25,7 @@ from loguru import logger
 from pipecat.frames.frames import Frame, TTSAudioRawFrame, TTSStoppedFrame
 from pipecat.utils.tracing.setup import is_tracing_available
 
+from moss_pipecat.service.interruption import heard_frames
 from moss_pipecat.service.reply import Reply
 
 if is_tracing_available():
@@ -87,7 +88,7 @@ class ReplyTracer:
         self._settle(now)
         try:
             span = trace.get_tracer("moss_pipecat").start_span(SPAN_NAME, context=self._parent())
-            settings = self._service._settings
+            settings = self._service.settings
             add_tts_span_attributes(
                 span=span,
                 service_name=type(self._service).__name__,
@@ -134,15 +135,16 @@ class ReplyTracer:
         if self._open:
             self._settle(self._now())
 
-    def interrupted(self, replies: list[Reply], now_ns: int) -> None:
-        """An interruption stops ``replies`` at ``now_ns``: each keeps what was heard by then
-        (a reply that had already played out completed)."""
+    def interrupted(self, replies: list[Reply], heard: dict[str, int]) -> None:
+        """An interruption stops ``replies``: each keeps the frames ``heard`` gives it (by
+        context id: the interruption's own answer, ``interruption.heard_frames``); a reply
+        that had already played out completed."""
         for reply in replies:
             entry = self._open.get(reply.context_id)
             if entry is not None:
-                heard = reply.heard_frames(now_ns)
-                done = entry.synthesized and heard >= reply.pushed
-                self._end(reply, interrupted=not done, heard=heard)
+                kept = heard[reply.context_id]
+                done = entry.synthesized and kept >= reply.pushed
+                self._end(reply, interrupted=not done, heard=kept)
 
     def failed(self, reply: Reply, error: Exception | str) -> None:
         """The reply's engine turn failed (the server went away, the engine refused it)."""
@@ -163,7 +165,7 @@ class ReplyTracer:
             if graceful and entry.synthesized:
                 self._end(reply, interrupted=False, heard=reply.pushed, end_ns=_played_ns(reply))
             else:
-                self.interrupted([reply], now)
+                self.interrupted([reply], {reply.context_id: heard_frames(reply, now)})
 
     # ---- helpers ----------------------------------------------------------------------------
     def _now(self) -> int:

@@ -8,9 +8,11 @@ from pipecat.frames.frames import InterruptionFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.tests.utils import SleepFrame
 
+from moss_pipecat.client import RemoteEngine
 from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
+from ..service.heard_units import EngineLog, check_within_one_unit_of_heard
 from ..service.test_cjk_replies import (
     CUTS_S,
     MIXED,
@@ -24,11 +26,12 @@ from ..service.test_heard_clock import LATENCY_S, run_playing
 from ..service.test_moss_tts_service import reply
 
 
-async def _remote(make_tiny_engine, make_server) -> MossRemoteTTSService:
+async def _remote(make_tiny_engine, make_server, remote=None) -> MossRemoteTTSService:
     engine = make_tiny_engine(max_sessions=2, eos_after_text=True, eos_min_frames=4)
     server = await make_server(engine)
     return MossRemoteTTSService(
         url=server.url,
+        remote=remote(server.url) if remote is not None else None,
         output_latency_s=LATENCY_S,
         settings=MossTTSSettings(greedy=True, lookahead_s=0.5),
     )
@@ -41,10 +44,21 @@ async def test_a_remote_barge_in_keeps_in_the_context_what_moss_kept(
     text, context = TEXTS[lang], LLMContext()
     cut_s = CUTS_S[list(TEXTS).index(lang)]  # each language at another playback point
     frames = [*reply(*tokens(text)), SleepFrame(cut_s), InterruptionFrame(), SleepFrame(0.3)]
-    tts = await _remote(make_tiny_engine, make_server)
-    down, transport, recorder, cuts = await run_playing(tts, frames, context)
+    logs = []
+
+    def remote(url: str) -> EngineLog:
+        logs.append(EngineLog(RemoteEngine(url)))
+        return logs[-1]
+
+    tts = await _remote(make_tiny_engine, make_server, remote)
+    try:
+        down, transport, recorder, cuts = await run_playing(tts, frames, context)
+    finally:
+        await logs[0].aclose()
     check_barge_in(text, assistant_text(context), cuts)
     check_word_frames(recorder, transport, down)
+    (units,) = logs[0].turns  # the units as they came over the wire (turn.words)
+    check_within_one_unit_of_heard(cuts[0], units, transport.heard_s())
 
 
 async def test_a_whole_mixed_reply_reaches_the_context_as_written(make_tiny_engine, make_server):

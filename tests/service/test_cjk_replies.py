@@ -20,6 +20,7 @@ from moss_pipecat.engine.word_times import WordTimer
 from moss_pipecat.service import MossTTSService, MossTTSSettings
 from moss_pipecat.speech.units import is_cjk_char, join_units
 
+from .heard_units import EngineLog, check_within_one_unit_of_heard
 from .test_heard_clock import LATENCY_S, run_playing
 from .test_moss_tts_service import reply
 
@@ -93,9 +94,12 @@ def _tts(engine) -> MossTTSService:
 async def test_a_barge_in_keeps_in_the_context_what_moss_kept(talkative_engine, lang, cut_s):
     text, context = TEXTS[lang], LLMContext()
     frames = [*reply(*tokens(text)), SleepFrame(cut_s), InterruptionFrame(), SleepFrame(0.3)]
-    down, transport, recorder, cuts = await run_playing(_tts(talkative_engine), frames, context)
+    log = EngineLog(talkative_engine)
+    down, transport, recorder, cuts = await run_playing(_tts(log), frames, context)
     check_barge_in(text, assistant_text(context), cuts)
     check_word_frames(recorder, transport, down)
+    (units,) = log.turns
+    check_within_one_unit_of_heard(cuts[0], units, transport.heard_s())
 
 
 @pytest.mark.parametrize("lang", ["zh", "ja", "mixed"])

@@ -32,9 +32,12 @@ from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import TransportParams
 
 from moss_pipecat.service import MossTTSService, MossTTSSettings
+from moss_pipecat.service.interruption import plan_interruption
 from moss_pipecat.service.reply import Reply
+from moss_pipecat.speech.units import TimedWord
 
 from .conftest import WordRecorder
+from .heard_units import EngineLog, check_within_one_unit_of_heard
 from .test_moss_tts_service import reply
 
 LATENCY_S = 0.15
@@ -46,7 +49,18 @@ class PlayingOutputTransport(BaseOutputTransport):
     def __init__(self) -> None:
         super().__init__(TransportParams(audio_out_enabled=True, audio_out_sample_rate=24000))
         self.played: list[tuple[int, int]] = []  # (clock ns a chunk started playing, ns long)
+        self.interrupted_ns: int | None = None  # when the last interruption reached it
         self._play_until = 0
+
+    async def process_frame(self, frame, direction) -> None:
+        if isinstance(frame, InterruptionFrame):
+            self.interrupted_ns = self.get_clock().get_time()
+        await super().process_frame(frame, direction)
+
+    def heard_s(self) -> float:
+        """Seconds of audio played when the last interruption reached the transport."""
+        at = self.interrupted_ns
+        return sum(min(max(at - start, 0), length) for start, length in self.played) / 1e9
 
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
@@ -76,7 +90,7 @@ async def _busy_loop(stop: asyncio.Event) -> None:
 
 async def _run(engine, frames, context):
     tts = MossTTSService(
-        engine=engine,
+        engine=engine,  # an EngineLog too
         output_latency_s=LATENCY_S,
         settings=MossTTSSettings(greedy=True, lookahead_s=0.5),
     )
@@ -118,7 +132,8 @@ async def test_after_a_barge_in_the_llm_context_holds_the_words_moss_kept(talkat
     text = " ".join(f"word{i}" for i in range(40))
     frames = [*reply(*(w + " " for w in text.split())), SleepFrame(1.6), InterruptionFrame()]
     frames += [SleepFrame(0.3)]
-    *_, cuts = await _run(talkative_engine, frames, context)
+    log = EngineLog(talkative_engine)
+    _, transport, _, cuts = await _run(log, frames, context)
     (cut,) = cuts
     assert 0 < cut.heard_frames < cut.audio_frames  # cut mid-reply
     kept = cut.spoken_text.split()
@@ -127,6 +142,9 @@ async def test_after_a_barge_in_the_llm_context_holds_the_words_moss_kept(talkat
     # Exactly the same words: each is released once its frame has played, and MOSS keeps the
     # frames played.
     assert said == kept
+    # Within a word of the words placed in what the transport had played.
+    (units,) = log.turns
+    check_within_one_unit_of_heard(cut, units, transport.heard_s())
 
 
 async def test_word_times_are_increasing_and_inside_the_replys_audio(talkative_engine):
@@ -189,6 +207,30 @@ def test_the_playout_restarts_where_the_audio_ran_out():
         reply.pushed += 1
         reply.frame_pushed(3300 * ms)
     assert len(reply.runs) == 2 and reply.end_ns() == 3710 * ms
+
+
+def test_an_interruption_gives_the_history_and_the_span_one_heard_count():
+    """What an interruption keeps of the reply playing: the frames played when it was passed
+    on, but none from the frame of a unit whose word frame pipecat had not pushed yet (that
+    word never reaches the context). The history and the reply's trace span both take this
+    one answer (``InterruptionPlan.heard``)."""
+    ms = 1_000_000
+    playing, queued = Reply("playing", None), Reply("queued", None)
+    for _ in range(10):
+        playing.pushed += 1
+        playing.frame_pushed(0)
+    playing.play(0)
+    queued.pushed = 3  # made, not playing yet: nothing of it was heard
+    plan = plan_interruption([playing, queued])
+    assert plan.dropped == plan.newest == [playing, queued]
+    assert plan.heard(500 * ms) == {"playing": 6, "queued": 0}
+    # Units released to pipecat at 0.35 s (frame 4) and 0.5 s whose word frames it has not
+    # pushed: the history keeps no frame from frame 4 on, whatever has played.
+    playing.released.extend([TimedWord("late", 0.35, True), TimedWord("later", 0.5, True)])
+    assert plan.heard(500 * ms) == {"playing": 4, "queued": 0}
+    assert plan.heard(200 * ms) == {"playing": 2, "queued": 0}
+    playing.released.popleft()  # its word frame passed the service
+    assert plan.heard(900 * ms) == {"playing": 6, "queued": 0}
 
 
 async def test_after_an_llm_stall_a_barge_in_keeps_only_what_was_played(talkative_engine):
