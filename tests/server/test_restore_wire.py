@@ -28,7 +28,7 @@ async def _talk(session, voice, ids_range) -> None:
     turn.push_text("Hello there.")
     turn.end_text()
     await turn.wait()
-    lo, hi = ids_range
+    lo = ids_range[0]
     frames = torch.randint(0, 1024, (6, 16), generator=torch.Generator().manual_seed(2))
     await session.add_user_turn(list(range(lo, lo + 4)), frames)
     turn = await session.start_turn(max_frames=30)
