@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+from loguru import logger
 
 from moss_pipecat import protocol as P
-from moss_pipecat.engine.records import HistoryChange, TurnRecord
+from moss_pipecat.engine.records import HistoryChange, HistoryCursor, TurnRecord
 from moss_pipecat.errors import MossError
 from moss_pipecat.server.conversation import Conversation
 from moss_pipecat.server.transport import TransportClosed
@@ -31,7 +32,10 @@ async def send_history(conv: Conversation, full: bool = False) -> None:
     async with conv.history_lock:
         try:
             change = await conv.session.history_delta(conv.cursor, full)
-        except MossError:  # the conversation ended meanwhile
+        except Exception as e:  # never the turn's or the request's failure
+            if not isinstance(e, MossError):  # MossError: the conversation ended meanwhile
+                logger.exception(f"conversation {conv.id}: history delta failed")
+            conv.cursor = HistoryCursor()  # the next delta is a full one: nothing is missed
             return
         conv.history_rev += 1
         conn = conv.conn
