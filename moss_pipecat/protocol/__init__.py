@@ -23,9 +23,10 @@ Connection
     ``ready`` was lost still holds the conversation's secret. Without one the server draws it.
 
 Client -> server (JSON)
-    ``hello``       v, conversation_id?, resume_secret?, token?, sampling?, seed?
+    ``hello``       v, conversation_id?, resume_secret?, token?, sampling?, seed?, history?
                     (sampling/seed apply to a new conversation only; resume_secret is
-                    required when conversation_id names a live conversation)
+                    required when conversation_id names a live conversation; history: the
+                    client keeps a journal, send it ``history`` deltas)
     ``turn.start``  req, max_frames?                 -> ``turn.started`` {req, turn_id}
     ``turn.text``   turn_id, text                    (no reply; a failure ends the turn)
     ``turn.ids``    turn_id, ids, text?              (token ids instead of text)
@@ -64,10 +65,11 @@ Server -> client
     ``turn.end``     turn_id, summary {turn_id, stop, audio_frames, heard_frames, text_ids,
                      text, spoken_text, words, spaced, ttfa_s, error}
     ``history``      rev, full, drop, keep, turns [{role, ids, lead, codes}], voice_changed,
-                     voice, seed, noise: what changed in the conversation's history, sent after
-                     every change (before the ``result`` or ``turn.end`` of what changed it)
-                     and, full, after a ``ready`` that resumed; a client keeps it to
-                     ``restore`` the conversation on a server that lost it
+                     voice, seed, noise: what changed in the conversation's history, sent to a
+                     client whose hello asked for ``history`` after every change (before the
+                     ``result`` or ``turn.end`` of what changed it) and, full, after a ``ready``
+                     that resumed; the client keeps it to ``restore`` the conversation on a
+                     server that lost it
     ``result``       req, plus what the request returns (``summary``, ``snapshot``)
     ``error``        code, message, req? (the request it answers), turn_id?, fatal (the
                      server closes the connection after a fatal error)
