@@ -131,8 +131,10 @@ def turn_of(layout: RowLayout, r: TurnRecord) -> Turn:
     ids, lead = list(r.text_ids), r.lead
     prompt = layout.text_rows(ids[:lead])
     prompt[-1, 1] = layout.audio_bos
-    steps = [layout.step_row(ids[lead + j], f) for j, f in enumerate(r.frames)]
-    closing = layout.closing_rows(iter(ids[lead + len(steps) :]))
+    k = r.frames.shape[0]
+    text = torch.tensor(ids[lead : lead + k], dtype=torch.int64)[:, None]  # [k, 1]
+    steps = list(torch.cat((text, r.frames.to(torch.int64)), dim=1).unbind(0))  # k x [17]
+    closing = layout.closing_rows(iter(ids[lead + k :]))
     return AssistantTurn(ids, lead, prompt, steps, list(r.frames), closing)
 
 
