@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
@@ -22,9 +23,12 @@ class Link:
     """One websocket of a session: a writer task (keeps send order), a reader task (routes
     replies, audio and turn ends into the turns' inboxes), and the pending requests."""
 
-    def __init__(self, ws: Any, ready: P.Ready) -> None:
+    def __init__(
+        self, ws: Any, ready: P.Ready, on_history: Callable[[P.History], None] | None = None
+    ) -> None:
         self.ws = ws
         self.ready = ready
+        self.on_history = on_history  # takes the server's history deltas, in order
         self.limits: P.ReadyLimits = ready.limits
         self.failure: MossError | None = None
         self.pending: dict[int, asyncio.Future] = {}
@@ -137,6 +141,9 @@ class Link:
             inbox = self.turns.pop(msg.turn_id, None)
             if inbox is not None:
                 inbox.put(msg.summary.to_summary())
+        elif isinstance(msg, P.History):
+            if self.on_history is not None:
+                self.on_history(msg)
         elif isinstance(msg, P.Result):
             self._resolve(msg.req, msg)
         elif isinstance(msg, P.ErrorReply):

@@ -43,6 +43,9 @@ class RemoteEngine:
         ssl_context: ``wss://`` only: the ``ssl.SSLContext`` to use (overrides
             ``ssl_ca_file``). A certificate that fails verification raises
             ``TLSVerificationError`` at once (no retries).
+        journal: keep each conversation's history as the server reports it and restore it
+            to a server that lost the conversation (a restart, a lost replica); False: such
+            a conversation starts afresh with its voice (``history_lost``).
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class RemoteEngine:
         frame_timeout: float | None = 30.0,
         ssl_ca_file: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        journal: bool = True,
     ) -> None:
         if "/" not in url.split("://", 1)[-1]:
             url = url.rstrip("/") + P.WS_PATH
@@ -75,6 +79,7 @@ class RemoteEngine:
         self.ping_timeout = ping_timeout
         self.max_message_bytes = max_message_bytes
         self.frame_timeout = frame_timeout
+        self.journal = journal
         self._ssl = _client_ssl(url, ssl_ca_file, ssl_context)
         self._sessions: set[RemoteSession] = set()
 
@@ -192,7 +197,8 @@ class RemoteEngine:
                 raise
             raise ServerUnavailableError(f"handshake with {self.url} failed: {e!r}") from None
         session.take_ready(reply)
-        return Link(ws, reply)
+        journal = session.journal if self.journal else None
+        return Link(ws, reply, on_history=None if journal is None else journal.apply)
 
 
 def _client_ssl(

@@ -11,9 +11,15 @@ client messages map onto these one to one (``turn.text`` and ``turn.ids`` both p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Union
 
+import torch
+
+from moss_pipecat.engine.records import TurnRecord, check_records
+from moss_pipecat.errors import InvalidInputError
+from moss_pipecat.speech import fields as F
 from moss_pipecat.speech.commands import (
     AddUserTurn,
     Close,
@@ -27,6 +33,7 @@ from moss_pipecat.speech.commands import (
     SetVoice,
     Snapshot,
     StartTurn,
+    _Command,
 )
 
 if TYPE_CHECKING:
@@ -40,9 +47,11 @@ __all__ = [
     "CreateSession",
     "EndText",
     "EngineFacts",
+    "HistoryDelta",
     "Interrupt",
     "PushText",
     "Reset",
+    "RestoreHistory",
     "SetLimits",
     "SetSampling",
     "SetVoice",
@@ -61,6 +70,48 @@ class EngineFacts:
     text_vocab: int
 
 
+# Commands only the engine side builds (the server, from a client's binary restore frame): they
+# carry tensors and history records, so they live here rather than in the pure-Python
+# ``speech.commands`` the remote client shares.
+
+
+@dataclass(frozen=True)
+class RestoreHistory(_Command):
+    """Gives a conversation with no turns yet the history a client kept of it (after its
+    server was lost): the voice, the turns (``TurnRecord``, oldest first) and, when given,
+    the sampling noise's key and position. The rows are rebuilt exactly as the engine built
+    them; the next prefill feeds them. Result: None."""
+
+    turns: tuple[TurnRecord, ...] = ()
+    voice: torch.Tensor | None = field(default=None, compare=False)  # codec frames [R, rvq]
+    seed: int | None = None
+    noise_counter: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.turns, tuple) or any(
+            not isinstance(t, TurnRecord) for t in self.turns
+        ):
+            raise InvalidInputError("turns must be a tuple of TurnRecord")
+        object.__setattr__(self, "seed", F.seed(self.seed))
+        object.__setattr__(
+            self, "noise_counter", F.integer("noise_counter", self.noise_counter, 0, 2**62)
+        )
+
+    def checked(self, facts: EngineFacts) -> RestoreHistory:
+        voice = None if self.voice is None else facts.layout.check_frames(self.voice, "voice")
+        turns = check_records(facts, self.turns)
+        return dataclasses.replace(self, turns=turns, voice=voice)
+
+
+@dataclass(frozen=True)
+class HistoryDelta(_Command):
+    """Result: what changed in the history since ``cursor`` (a ``records.HistoryCursor``
+    that only this command touches), as a ``records.HistoryChange``; ``full``: everything."""
+
+    cursor: Any = field(compare=False)
+    full: bool = False
+
+
 Command = Union[  # noqa: UP007 (a runtime alias that reads well in signatures)
     CreateSession,
     StartTurn,
@@ -73,5 +124,7 @@ Command = Union[  # noqa: UP007 (a runtime alias that reads well in signatures)
     SetLimits,
     Reset,
     Snapshot,
+    RestoreHistory,
+    HistoryDelta,
     Close,
 ]

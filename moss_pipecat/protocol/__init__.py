@@ -23,9 +23,10 @@ Connection
     ``ready`` was lost still holds the conversation's secret. Without one the server draws it.
 
 Client -> server (JSON)
-    ``hello``       v, conversation_id?, resume_secret?, token?, sampling?, seed?
+    ``hello``       v, conversation_id?, resume_secret?, token?, sampling?, seed?, history?
                     (sampling/seed apply to a new conversation only; resume_secret is
-                    required when conversation_id names a live conversation)
+                    required when conversation_id names a live conversation; history: the
+                    client keeps a journal, send it ``history`` deltas)
     ``turn.start``  req, max_frames?, min_frames?, eos_after_text?
                                                      -> ``turn.started`` {req, turn_id}
     ``turn.text``   turn_id, text                    (no reply; a failure ends the turn)
@@ -41,6 +42,10 @@ Client -> server (JSON)
     ``reset``       req                              -> ``result``
     ``snapshot``    req                              -> ``result`` {snapshot}
     ``close``       req                              -> ``result``; ends the conversation
+    ``restore``     req, turns, voice_frames?, seed?, noise?, bytes + one binary frame
+                    -> ``result``: a conversation with no turns yet gets the history the
+                    client kept of it (its journal of ``history`` deltas; see
+                    ``protocol.history`` for the frame), checked like any input
 
     A message that carries an engine command (``turn.start``, ``turn.text``, ``turn.ids``,
     ``turn.end``, ``interrupt``, ``settings.limits``) takes the command's fields by name and is
@@ -67,6 +72,12 @@ Server -> client
                      (``engine.units.join_units``)
     ``turn.end``     turn_id, summary {turn_id, stop, audio_frames, heard_frames, text_ids,
                      text, spoken_text, words, spaced, ttfa_s, error}
+    ``history``      rev, full, drop, keep, turns [{role, ids, lead, codes}], voice_changed,
+                     voice, seed, noise: what changed in the conversation's history, sent to a
+                     client whose hello asked for ``history`` after every change (before the
+                     ``result`` or ``turn.end`` of what changed it) and, full, after a ``ready``
+                     that resumed; the client keeps it to ``restore`` the conversation on a
+                     server that lost it
     ``result``       req, plus what the request returns (``summary``, ``snapshot``)
     ``error``        code, message, req? (the request it answers), turn_id?, fatal (the
                      server closes the connection after a fatal error)
@@ -84,7 +95,8 @@ cap.
 The parts live apart (this module gathers them, so ``protocol.X`` names all of them):
 ``client_messages`` (the client's messages and their checks), ``server_messages`` (the
 server's), ``error_codes`` (the code table), ``wire_audio`` (binary audio frames) and
-``wire_json`` (what the JSON messages of both directions share).
+``wire_json`` (what the JSON messages of both directions share) and ``history`` (the
+``restore`` frame and the codes of ``history`` turns).
 """
 
 from __future__ import annotations
@@ -103,6 +115,7 @@ from moss_pipecat.protocol.client_messages import (
     MessageError,
     ReqId,
     Reset,
+    Restore,
     Sampling,
     Seed,
     Settings,
@@ -119,10 +132,13 @@ from moss_pipecat.protocol.client_messages import (
 from moss_pipecat.protocol.client_messages import _Msg as _Msg  # the client's requests' base
 from moss_pipecat.protocol.error_codes import ERROR_CODES, error_code, error_from_wire
 from moss_pipecat.protocol.errors import ProtocolError, ServerUnavailableError
+from moss_pipecat.protocol.history import codes_b64, codes_from_b64, pack_restore, unpack_restore
 from moss_pipecat.protocol.server_messages import (
     SERVER_MESSAGES,
     AudioInfo,
     ErrorReply,
+    History,
+    HistoryTurn,
     Ready,
     ReadyLimits,
     Result,
@@ -176,6 +192,8 @@ __all__ = [
     "ErrorReply",
     "Finite",
     "Hello",
+    "History",
+    "HistoryTurn",
     "Interrupt",
     "Limits",
     "MessageError",
@@ -184,6 +202,7 @@ __all__ = [
     "ReadyLimits",
     "ReqId",
     "Reset",
+    "Restore",
     "Result",
     "Sampling",
     "Seed",
@@ -205,11 +224,15 @@ __all__ = [
     "WireSnapshot",
     "WireSummary",
     "Words",
+    "codes_b64",
+    "codes_from_b64",
     "dumps",
     "error_code",
     "error_from_wire",
     "pack_audio",
+    "pack_restore",
     "parse_client_message",
     "parse_server_message",
     "unpack_audio",
+    "unpack_restore",
 ]

@@ -33,6 +33,7 @@ class Connection:
     closed: bool = False
     aborted: bool = False
     admission: Admission | None = None  # its slot in the connection budget
+    history: bool = False  # the client keeps a journal: send it ``history`` deltas
 
     async def send_message(self, msg: P.ServerMessage) -> None:
         await self._send(self.transport.send_text, msg.to_json())

@@ -7,6 +7,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from moss_pipecat.engine.records import HistoryCursor
 from moss_pipecat.engine.session import Session, TurnStream
 from moss_pipecat.speech.sampling import SamplingParams
 
@@ -34,3 +35,7 @@ class Conversation:
     # ``_settle`` (under ``lock``) before anyone else uses the conversation.
     cut: tuple[TurnStream, int] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # engine calls of attach/detach
+    # What the client was last told of the history (``server.history_feed``).
+    cursor: HistoryCursor = field(default_factory=HistoryCursor)
+    history_rev: int = 0
+    history_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -10,6 +10,7 @@ from moss_pipecat import protocol as P
 from moss_pipecat.errors import MossError
 from moss_pipecat.protocol.errors import ForbiddenError
 from moss_pipecat.server.connection import Connection
+from moss_pipecat.server.history_feed import send_history
 
 if TYPE_CHECKING:
     from moss_pipecat.server.core import ConversationHub
@@ -62,6 +63,7 @@ async def run_handshake(hub: ConversationHub, conn: Connection) -> bool:
         await hub.send_error(conn, "unavailable", "server is shutting down", fatal=True)
         await conn.close(P.CLOSE_GOING_AWAY, "draining")
         return False
+    conn.history = hello.history
     try:
         conv, resumed = await hub.attach(conn, hello)
     except MossError as e:
@@ -88,4 +90,6 @@ async def run_handshake(hub: ConversationHub, conn: Connection) -> bool:
             ),
         )
     )
+    if resumed:  # the client's journal may have missed deltas while it was away
+        await send_history(conv, full=True)
     return True

@@ -13,6 +13,7 @@ from loguru import logger
 from moss_pipecat import protocol as P
 from moss_pipecat.engine.session import TurnStream
 from moss_pipecat.server.conversation import Conversation
+from moss_pipecat.server.history_feed import send_history
 from moss_pipecat.server.metrics import ServerMetrics
 from moss_pipecat.server.transport import TransportClosed
 
@@ -37,6 +38,7 @@ async def pump(conv: Conversation, turn: TurnStream, metrics: ServerMetrics) -> 
             except TransportClosed:
                 conn = None
         summary = turn.summary
+        await send_history(conv)  # the client's journal holds the turn before its end
         metrics.turns.inc(stop=summary.stop)
         if summary.ttfa_s is not None:
             metrics.ttfa.observe(summary.ttfa_s)

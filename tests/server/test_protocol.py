@@ -43,6 +43,7 @@ def test_every_client_message_parses_and_rejects_extra_fields():
         "reset": {"req": 1},
         "snapshot": {"req": 1},
         "close": {"req": 1},
+        "restore": {"req": 1, "turns": 2, "voice_frames": 3, "seed": 4, "noise": 5, "bytes": 9},
     }
     assert set(samples) == set(P.CLIENT_MESSAGES)
     for kind, fields in samples.items():
@@ -130,6 +131,15 @@ def test_every_server_message_round_trips_through_its_model():
         P.TurnEnded(turn_id=1, summary=summary),
         P.Result(req=3),
         P.Result(req=4, snapshot=snapshot),
+        P.History(
+            rev=2,
+            drop=1,
+            keep=3,
+            turns=[P.HistoryTurn(role="assistant", ids=[1, 2, 3], lead=1, codes="AAAB")],
+            voice_changed=True,
+            seed=7,
+            noise=11,
+        ),
         P.ErrorReply.of("forbidden", "no", fatal=True),
     ]
     assert {m.type for m in samples} == set(P.SERVER_MESSAGES)
