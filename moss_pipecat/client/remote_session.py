@@ -53,6 +53,7 @@ class RemoteSession:
         self.resumed = False  # did the last (re)connect find the conversation on the server?
         self.reconnects = 0
         self.history_lost = 0  # reconnects that found the conversation gone
+        self.moves = 0  # reconnects because the server drained (``goaway``)
         self.audio: P.AudioInfo | None = None  # what the server's frames carry
         self.server_id: str | None = None  # the server (replica) the last connection reached
         self._sampling = sampling
@@ -73,14 +74,16 @@ class RemoteSession:
         async with self._connect_lock:
             if self._link is not None and self._link.alive:
                 return self._link
-            if self._link is not None:
-                await self._link.close()
-                self._link = None
+            old, self._link = self._link, None
+            if old is not None:
+                await old.close()
             first = self.id is None or self.audio is None
-            link = await self.engine.connect(self)
+            link = await self.engine.connect(self, after=old)
             self._link = link
             if not first:
                 self.reconnects += 1
+            if old is not None and old.moved is not None:
+                self.moves += 1
             if not first and not self.resumed:
                 self.history_lost += 1
                 logger.warning(f"conversation {self.id}: the server lost its history")

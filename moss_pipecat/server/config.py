@@ -42,6 +42,10 @@ class ServerLimits:
         write_timeout_s: the longest any one send to a client may wait (its socket buffers
             full because it reads nothing); past it the connection is dropped, and its turn
             ends as if the client had disconnected.
+        drain_timeout_s: how long a draining server (SIGTERM, a Ray replica shutdown) lets
+            turns in flight run after telling its clients to move (``goaway``); then it cuts
+            them at the frames sent and exits. Keep it below the orchestrator's kill grace
+            period (Kubernetes: 30 s).
     """
 
     max_connections: int = 256
@@ -59,6 +63,7 @@ class ServerLimits:
     upload_timeout_s: float = 10.0
     idle_expiry_s: float = 300.0
     write_timeout_s: float = 10.0
+    drain_timeout_s: float = 20.0
 
     def __post_init__(self) -> None:
         if self.max_connections < 1 or self.max_message_bytes < 1024:
@@ -69,6 +74,8 @@ class ServerLimits:
             raise InvalidInputError("max_audio_seconds must be > 0 and idle_expiry_s >= 0")
         if not self.write_timeout_s > 0:
             raise InvalidInputError("write_timeout_s must be > 0")
+        if self.drain_timeout_s < 0:
+            raise InvalidInputError("drain_timeout_s must be >= 0")
         if self.max_pending_connections < 0:
             raise InvalidInputError("max_pending_connections must be >= 0")
         if min(self.hello_timeout_s, self.pending_hello_timeout_s, self.handshake_timeout_s) <= 0:

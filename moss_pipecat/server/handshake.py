@@ -88,4 +88,6 @@ async def run_handshake(hub: ConversationHub, conn: Connection) -> bool:
             ),
         )
     )
+    conn.ready = True
+    await hub.tell_to_move(conn)  # a drain that began during the handshake
     return True

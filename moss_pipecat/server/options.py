@@ -153,6 +153,7 @@ _LIMIT_FIELDS = (
     "pending_hello_timeout_s",
     "idle_expiry_s",
     "write_timeout_s",
+    "drain_timeout_s",
 )
 
 
@@ -177,6 +178,9 @@ class ServerOptions(BaseModel):
     pending_hello_timeout_s: float = Field(3.0, gt=0)
     idle_expiry_s: float = Field(300.0, ge=0)
     write_timeout_s: float = Field(10.0, gt=0)
+    drain_timeout_s: float = Field(
+        20.0, ge=0, description="seconds a draining server lets turns in flight end"
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerOptions:
