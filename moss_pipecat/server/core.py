@@ -65,6 +65,7 @@ class ConversationHub:
         # The conversation map: held across engine calls, never across a connection's I/O.
         self._lock = asyncio.Lock()
         self._reaper: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop
         self._tasks: set[asyncio.Task] = set()  # farewells to replaced connections
         self._drain: asyncio.Future | None = None
         self._goaway_deadline = 0.0
@@ -85,6 +86,7 @@ class ConversationHub:
     # ================================================================== lifecycle
     def start(self) -> None:
         """Starts the expiry reaper (call inside the serving event loop)."""
+        self._loop = asyncio.get_running_loop()
         if self._reaper is None:
             self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
 
@@ -98,6 +100,14 @@ class ConversationHub:
             wait = self.limits.drain_timeout_s if timeout is None else timeout
             self._drain = asyncio.ensure_future(self._drain_once(wait))
         await asyncio.shield(self._drain)
+
+    def drain_threadsafe(self) -> None:
+        """Starts ``drain`` from any thread (e.g. Ray's own event loop); returns at once."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self.draining = True  # never served: nothing to move
+            return
+        loop.call_soon_threadsafe(lambda: self._spawn(self.drain()))
 
     async def _drain_once(self, timeout: float) -> None:
         self.draining = True

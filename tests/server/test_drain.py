@@ -116,6 +116,56 @@ async def test_a_drained_call_finishes_its_turn_and_goes_on_on_the_next_server(
     assert engine_b.session_ids == []
 
 
+async def test_the_pipecat_service_keeps_talking_across_a_drain(make_tiny_engine, make_server):
+    from pipecat.frames.frames import (
+        ErrorFrame,
+        LLMFullResponseEndFrame,
+        LLMFullResponseStartFrame,
+        LLMTextFrame,
+        TTSAudioRawFrame,
+    )
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.tests.utils import SleepFrame, run_test
+
+    from moss_pipecat.service import MossTTSSettings
+    from moss_pipecat.service.remote import MossRemoteTTSService
+
+    from ..service.conftest import Probe, SnapshotProbe
+
+    def reply(*pieces: str) -> list:
+        return [LLMFullResponseStartFrame(), *map(LLMTextFrame, pieces), LLMFullResponseEndFrame()]
+
+    # Paced replies of at most 40 frames (3.2 s), each one past its text.
+    config = dict(
+        max_sessions=2, lookahead_s=0.3, eos_after_text=True, eos_min_frames=4, max_turn_frames=40
+    )
+    a, b = [await make_server(make_tiny_engine(**config)) for _ in range(2)]
+    tts = MossRemoteTTSService(url=[a.url, b.url], settings=MossTTSSettings(greedy=True))
+
+    async def drain_mid_reply():
+        await eventually(lambda: a.hub.metrics.frames.value() >= 3, 60, "the first audio")
+        await a.hub.drain(timeout=60)
+        return tts.session
+
+    drainer = asyncio.create_task(drain_mid_reply())
+    probe = SnapshotProbe(tts)
+    frames = [
+        *reply("Hello ", "before ", "the deploy."),
+        SleepFrame(0.5),
+        *reply("And ", "after it."),
+        SleepFrame(6.0),
+        Probe(),
+    ]
+    down, up = await run_test(Pipeline([tts, probe]), frames_to_send=frames)
+    session = await asyncio.wait_for(drainer, 60)
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    contexts = [f.context_id for f in down if isinstance(f, TTSAudioRawFrame)]
+    assert len(set(contexts)) == 2  # both replies spoke: the first on A, the second on B
+    (snap,) = probe.snapshots
+    assert session.moves == 1 and session.server_id == b.hub.server_id
+    assert [r for r, _ in snap["turns"]] == ["assistant"]  # B starts afresh (no history yet)
+
+
 # ================================================================== a SIGTERM deploy
 CALLS = 8
 

@@ -1,0 +1,154 @@
+"""Calls move between the replicas of a real local Ray Serve app (two tiny CPU replicas): a
+replica that is killed, and one that Ray stops (a scale-down, which drains it: ``goaway``,
+turns in flight end, the calls go on on the other replica). Slow (a Ray cluster and replica
+starts): one module, one app. Opt-in by installation, as ``test_ray``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install '.[serve]')")
+
+from moss_pipecat.client import RemoteEngine
+from moss_pipecat.protocol.errors import ServerUnavailableError
+
+from .conftest import GREEDY, eventually, free_port
+
+LONG_TEXT = "This is a rather long sentence that keeps the model talking for a while. " * 3
+
+
+def _app_args(fixtures_dir, replicas: int) -> dict:
+    return {
+        "tiny": str(fixtures_dir),
+        "num_replicas": str(replicas),
+        "num_gpus": "0",
+        "num_cpus": "0.5",
+        "max_sessions": "4",
+        "lookahead_s": "0.3",  # paced: a turn is in flight for seconds
+        "eos_min_frames": "80",  # turns run to their max_frames
+        "max_context": "1024",
+        "context_budget": "900",
+        "turn_reserve": "100",
+        "drain_timeout_s": "30",
+    }
+
+
+@pytest.fixture(scope="module")
+def ray_app(fixtures_dir):
+    import ray
+    from ray import serve
+
+    from moss_pipecat.server.ray_app import build_app
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+
+        def deploy(replicas: int) -> None:
+            app = build_app(_app_args(fixtures_dir, replicas))
+            serve.run(app, name="moss", route_prefix="/")
+
+        deploy(2)
+        yield f"ws://127.0.0.1:{port}", deploy
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _running() -> int:
+    from ray import serve
+
+    deployments = serve.status().applications["moss"].deployments
+    return deployments["MossEngine"].replica_states.get("RUNNING", 0)
+
+
+async def _two_replicas(ray_app) -> None:
+    deploy = ray_app[1]
+    if _running() != 2:  # another test scaled down, or killed one (Ray replaces it)
+        await asyncio.to_thread(deploy, 2)
+    await eventually(lambda: _running() == 2, 180, "two running replicas")
+
+
+async def _calls_on_both_replicas(client, prefix: str):
+    """Two conversations on different replicas (the hash ring places them by id; a replica
+    that just started joins the proxy's ring a little after Ray calls it running)."""
+    first = await client.create_session(conversation_id=f"{prefix}-0", sampling=GREEDY)
+    deadline = asyncio.get_running_loop().time() + 180  # a hang guard
+    k = 0
+    while asyncio.get_running_loop().time() < deadline:
+        k += 1
+        other = await client.create_session(conversation_id=f"{prefix}-{k}", sampling=GREEDY)
+        if other.server_id != first.server_id:
+            return first, other
+        await other.close()
+    pytest.fail(f"{k} conversation ids all went to one replica")
+
+
+async def _say(session, max_frames: int, text: str = "Hello there.") -> int:
+    turn = await session.start_turn(max_frames=max_frames)
+    turn.push_text(text)
+    turn.end_text()
+    return (await turn.wait()).audio_frames
+
+
+async def _open_turn(session, max_frames: int):
+    turn = await session.start_turn(max_frames=max_frames)
+    turn.push_text(LONG_TEXT)
+    turn.end_text()
+    chunks = []
+    async for chunk in turn:
+        chunks.append(chunk)
+        if len(chunks) == 2:
+            break
+    return turn, chunks
+
+
+async def test_a_killed_replica_s_call_goes_on_on_the_other_replica(ray_app):
+    await _two_replicas(ray_app)
+    client = RemoteEngine(ray_app[0], reconnect_timeout=90, request_timeout=60)
+    victim, witness = await _calls_on_both_replicas(client, "kill")
+    assert await _say(victim, 4) == 4
+    killed = victim.server_id
+    turn, _ = await _open_turn(victim, 40)
+    os.kill(int(killed.split(":")[1]), signal.SIGKILL)  # server_id: host:pid:nonce
+    with pytest.raises(ServerUnavailableError):  # the turn in flight at the loss is lost
+        await asyncio.wait_for(turn.wait(), 60)
+
+    assert await _say(victim, 4, "Still here.") == 4  # reconnects: another replica
+    assert victim.server_id != killed and victim.reconnects == 1
+    assert not victim.resumed and victim.history_lost == 1  # no history there (yet)
+    # The other replica's call never noticed.
+    assert await _say(witness, 4) == 4 and witness.reconnects == 0
+    await client.aclose()
+
+
+async def test_a_stopped_replica_drains_its_calls_to_the_other_replica(ray_app):
+    await _two_replicas(ray_app)
+    url, deploy = ray_app
+    client = RemoteEngine(url, reconnect_timeout=90, request_timeout=60)
+    calls = await _calls_on_both_replicas(client, "drain")
+    live = [await _open_turn(s, 30) for s in calls]
+    scale_down = asyncio.create_task(asyncio.to_thread(deploy, 1))  # Ray stops one replica
+    await eventually(
+        lambda: any(s._link.moved is not None for s in calls), 120, "a replica's goaway"
+    )
+    moved = [s for s in calls if s._link.moved is not None]
+    stayed = [s for s in calls if s._link.moved is None]
+    assert len(moved) == len(stayed) == 1
+    # Both turns in flight end whole, the drained one included.
+    for turn, chunks in live:
+        chunks += [c async for c in turn]
+        assert turn.summary.stop == "max_frames" and len(chunks) == 30
+    await scale_down
+    gone = moved[0].server_id
+    assert await _say(moved[0], 4, "After the move.") == 4
+    assert moved[0].moves == 1 and moved[0].server_id == stayed[0].server_id != gone
+    assert await _say(stayed[0], 4) == 4 and stayed[0].reconnects == 0
+    await eventually(lambda: _running() == 1, 120, "the stopped replica to go")
+    await client.aclose()
