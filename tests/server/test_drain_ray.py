@@ -1,7 +1,7 @@
-"""Calls move between the replicas of a real local Ray Serve app (two tiny CPU replicas): a
-replica that is killed, and one that Ray stops (a scale-down, which drains it: ``goaway``,
-turns in flight end, the calls go on on the other replica). Slow (a Ray cluster and replica
-starts): one module, one app. Opt-in by installation, as ``test_ray``."""
+"""Calls move between the replicas of a real local Ray Serve app (tiny CPU replicas): from a
+replica that is killed, and from replicas that Ray stops for a redeploy (they drain:
+``goaway``, turns in flight end, the calls go on on the new replica). Slow (a Ray cluster and
+replica starts): one module, one app. Opt-in by installation, as ``test_ray``."""
 
 from __future__ import annotations
 
@@ -128,27 +128,26 @@ async def test_a_killed_replica_s_call_goes_on_on_the_other_replica(ray_app):
     await client.aclose()
 
 
-async def test_a_stopped_replica_drains_its_calls_to_the_other_replica(ray_app):
+async def test_a_redeploy_drains_the_old_replicas_calls_to_the_new_one(ray_app):
     await _two_replicas(ray_app)
     url, deploy = ray_app
     client = RemoteEngine(url, reconnect_timeout=90, request_timeout=60)
-    calls = await _calls_on_both_replicas(client, "drain")
+    calls = await _calls_on_both_replicas(client, "deploy")
+    old = {s.server_id for s in calls}
     live = [await _open_turn(s, 30) for s in calls]
-    scale_down = asyncio.create_task(asyncio.to_thread(deploy, 1))  # Ray stops one replica
-    await eventually(
-        lambda: any(s._link.moved is not None for s in calls), 120, "a replica's goaway"
-    )
-    moved = [s for s in calls if s._link.moved is not None]
-    stayed = [s for s in calls if s._link.moved is None]
-    assert len(moved) == len(stayed) == 1
-    # Both turns in flight end whole, the drained one included.
+    # A new version of the app (each ``serve.run`` of it is one) with one replica: Ray starts
+    # it, then stops both old replicas, which drain.
+    redeploy = asyncio.create_task(asyncio.to_thread(deploy, 1))
+    await eventually(lambda: all(s._link.moved for s in calls), 180, "both replicas' goaway")
+    # Both turns in flight end whole on their draining replicas.
     for turn, chunks in live:
         chunks += [c async for c in turn]
-        assert turn.summary.stop == "max_frames" and len(chunks) == 30
-    await scale_down
-    gone = moved[0].server_id
-    assert await _say(moved[0], 4, "After the move.") == 4
-    assert moved[0].moves == 1 and moved[0].server_id == stayed[0].server_id != gone
-    assert await _say(stayed[0], 4) == 4 and stayed[0].reconnects == 0
-    await eventually(lambda: _running() == 1, 120, "the stopped replica to go")
+        assert turn.summary.stop == "max_frames" and turn.summary.error is None
+        assert len(chunks) == 30
+    await redeploy
+    for s in calls:  # the calls go on, on the new replica
+        assert await _say(s, 4, "After the deploy.") == 4
+        assert s.server_id not in old and (s.moves, s.reconnects) == (1, 1)
+    assert calls[0].server_id == calls[1].server_id
+    await eventually(lambda: _running() == 1, 120, "the old replicas to go")
     await client.aclose()
