@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
@@ -26,11 +27,18 @@ class Link:
     """One websocket of a session: a writer task (keeps send order), a reader task (routes
     replies, audio and turn ends into the turns' inboxes), and the pending requests."""
 
-    def __init__(self, ws: Any, ready: P.Ready, url: str = "") -> None:
+    def __init__(
+        self,
+        ws: Any,
+        ready: P.Ready,
+        url: str = "",
+        on_history: Callable[[P.History], None] | None = None,
+    ) -> None:
         self.ws = ws
         self.url = url  # the server URL it reached
         self.ready = ready
         self.moved: P.GoAway | None = None  # the server's ``goaway``
+        self.on_history = on_history  # takes the server's history deltas, in order
         self.limits: P.ReadyLimits = ready.limits
         self.failure: MossError | None = None
         self.pending: dict[int, asyncio.Future] = {}
@@ -145,6 +153,9 @@ class Link:
             if inbox is not None:
                 inbox.put(msg.summary.to_summary())
             self._leave_when_done()
+        elif isinstance(msg, P.History):
+            if self.on_history is not None:
+                self.on_history(msg)
         elif isinstance(msg, P.Result):
             self._resolve(msg.req, msg)
             self._leave_when_done()

@@ -47,6 +47,9 @@ class RemoteEngine:
         ssl_context: ``wss://`` only: the ``ssl.SSLContext`` to use (overrides
             ``ssl_ca_file``). A certificate that fails verification raises
             ``TLSVerificationError`` at once (no retries).
+        journal: keep each conversation's history as the server reports it and restore it
+            to a server that lost the conversation (a restart, a lost replica); False: such
+            a conversation starts afresh with its voice (``history_lost``).
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class RemoteEngine:
         frame_timeout: float | None = 30.0,
         ssl_ca_file: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        journal: bool = True,
     ) -> None:
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -81,6 +85,7 @@ class RemoteEngine:
         self.ping_timeout = ping_timeout
         self.max_message_bytes = max_message_bytes
         self.frame_timeout = frame_timeout
+        self.journal = journal
         schemes = {u.split("://", 1)[0].lower() for u in self.urls}
         if len(schemes) > 1:
             raise InvalidInputError(f"mixed ws:// and wss:// URLs: {self.urls}")
@@ -203,7 +208,8 @@ class RemoteEngine:
                 raise
             raise ServerUnavailableError(f"handshake with {url} failed: {e!r}") from None
         session.take_ready(reply)
-        return Link(ws, reply, url)
+        journal = session.journal if self.journal else None
+        return Link(ws, reply, url, on_history=None if journal is None else journal.apply)
 
 
 def _client_ssl(

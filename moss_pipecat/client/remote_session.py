@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from moss_pipecat import protocol as P
+from moss_pipecat.client.journal import Journal
 from moss_pipecat.client.remote_turn import RemoteTurn
 from moss_pipecat.client.wire import (
     _build,
@@ -20,7 +21,7 @@ from moss_pipecat.client.wire import (
     pcm16_from_audio,
 )
 from moss_pipecat.errors import InvalidInputError, MossError, SessionClosedError
-from moss_pipecat.protocol.errors import ProtocolError
+from moss_pipecat.protocol.errors import ProtocolError, ServerUnavailableError
 from moss_pipecat.speech.events import TurnSummary
 from moss_pipecat.speech.sampling import SamplingParams
 
@@ -52,16 +53,21 @@ class RemoteSession:
         self.closed = False
         self.resumed = False  # did the last (re)connect find the conversation on the server?
         self.reconnects = 0
-        self.history_lost = 0  # reconnects that found the conversation gone
+        self.history_lost = 0  # reconnects that found the conversation gone (and not restored)
+        self.restored = 0  # reconnects that found it gone and restored it from the journal
         self.moves = 0  # reconnects because the server drained (``goaway``)
+        # The history as the server reported it: restored to a server that lost it.
+        self.journal = Journal()
         self.audio: P.AudioInfo | None = None  # what the server's frames carry
         self.server_id: str | None = None  # the server (replica) the last connection reached
         self._sampling = sampling
         self._seed = seed
         self._voice: tuple[str, bytes, int | None] | None = None  # re-sent after a history loss
+        self._limits: P.Limits | None = None  # re-applied to a conversation made anew
         self._link: Link | None = None
         self._connect_lock = asyncio.Lock()
         self._turn: RemoteTurn | None = None
+        self._turn_link: Link | None = None  # the link the turn streams on
 
     # ---- connection -------------------------------------------------------------------------
     async def open(self) -> Link:
@@ -84,15 +90,33 @@ class RemoteSession:
                 self.reconnects += 1
             if old is not None and old.moved is not None:
                 self.moves += 1
-            if not first and not self.resumed:
-                self.history_lost += 1
-                logger.warning(f"conversation {self.id}: the server lost its history")
-            if not self.resumed and self._voice is not None:
-                fmt, data, rate = self._voice
-                await self._request(
-                    link, P.Voice, data, format=fmt, sample_rate=rate, bytes=len(data)
-                )
+            if not self.resumed:
+                await self._made_anew(link, first)
             return link
+
+    async def _made_anew(self, link: Link, first: bool) -> None:
+        """The server made the conversation anew: its limits again, then its history from the
+        journal (or, without one, its voice)."""
+        if self._limits is not None:
+            await self._request(link, P.Settings, limits=self._limits)
+        if not first and self.journal.restorable:
+            fields, data = self.journal.restore_request()
+            try:
+                await self._request(link, P.Restore, data, **fields)
+                self.restored += 1
+                logger.info(f"conversation {self.id}: history restored on {self.server_id}")
+                return
+            except ServerUnavailableError:
+                raise
+            except MossError as e:  # refused (e.g. a smaller server): start afresh
+                logger.warning(f"conversation {self.id}: restore refused: {e}")
+        if not first:
+            self.history_lost += 1
+            logger.warning(f"conversation {self.id}: the server lost its history")
+        self.journal.clear()
+        if self._voice is not None:
+            fmt, data, rate = self._voice
+            await self._request(link, P.Voice, data, format=fmt, sample_rate=rate, bytes=len(data))
 
     def hello(self) -> P.Hello:
         """The ``hello`` that opens (or resumes) this conversation on a new connection."""
@@ -113,6 +137,7 @@ class RemoteSession:
         if ready.resume_secret is not None:  # the one we sent, unless the server chose
             self.resume_secret = ready.resume_secret
         self.audio = ready.audio
+        self.journal.rvq = ready.audio.rvq
         self.server_id = ready.server_id
 
     async def _request(
@@ -146,18 +171,25 @@ class RemoteSession:
             eos_after_text=eos_after_text,
         )
         # The link filled the turn's inbox from the moment the server opened it; the turn reads it.
-        self._turn = RemoteTurn(self, link, inbox)
+        self._turn, self._turn_link = RemoteTurn(self, link, inbox), link
         return self._turn
 
     async def interrupt(self, heard_frames: int) -> TurnSummary | None:
         """Stops the current (or just finished) turn, keeping its first ``heard_frames``
         frames in the conversation. Returns None if there was nothing to cut."""
-        if self._turn is not None and self._turn.summary is None:
-            self._turn.cancel()
+        turn, turn_link = self._turn, self._turn_link
+        if turn is not None and turn.summary is None:
+            turn.cancel()
         heard = int(heard_frames)
         if heard < 0:
             raise InvalidInputError(f"heard_frames must be >= 0, got {heard}")
-        reply: P.Result = await self._call(P.Interrupt, heard_frames=heard)
+        link = await self.open()
+        if turn is not None and not turn.ended and turn_link is not link and not self.resumed:
+            # The turn was lost with its server (it never reached the journal): the server
+            # now holding the conversation has nothing of it to cut. (One that ended before
+            # its server went, e.g. after a ``goaway``, is in the journal: it is cut there.)
+            return None
+        reply: P.Result = await self._request(link, P.Interrupt, heard_frames=heard)
         return None if reply.summary is None else reply.summary.to_summary()
 
     async def add_user_turn(self, text_ids: Sequence[int], frames: Any) -> None:
@@ -242,6 +274,7 @@ class RemoteSession:
             unlimited_lookahead=unlimited_lookahead,
         )
         await self._call(P.Settings, limits=limits)
+        self._limits = limits
 
     async def reset(self) -> None:
         """Forgets every turn (keeps the system prompt and voice)."""
@@ -256,6 +289,7 @@ class RemoteSession:
             with contextlib.suppress(MossError):
                 await self._request(link, P.Close)
         self.closed = True
+        self.journal.clear()  # dropped with the conversation
         if link is not None:
             await link.close()
         self._link = None

@@ -14,9 +14,11 @@ from moss_pipecat.engine.commands import (
     Command,
     CreateSession,
     EndText,
+    HistoryDelta,
     Interrupt,
     PushText,
     Reset,
+    RestoreHistory,
     SetLimits,
     SetSampling,
     SetVoice,
@@ -34,6 +36,7 @@ from moss_pipecat.engine.factory import (
     load_tiny_engine,
     tiny_fixtures_dir,
 )
+from moss_pipecat.engine.records import HistoryChange, HistoryCursor, TurnRecord
 from moss_pipecat.engine.rows import DEFAULT_DELAY, RowLayout
 from moss_pipecat.engine.session import Session, SyncSession, TurnStream
 
@@ -50,10 +53,14 @@ __all__ = [
     "CreateSession",
     "EndText",
     "EngineConfig",
+    "HistoryChange",
+    "HistoryCursor",
+    "HistoryDelta",
     "Interrupt",
     "MossEngine",
     "PushText",
     "Reset",
+    "RestoreHistory",
     "RowLayout",
     "Session",
     "SetLimits",
@@ -62,6 +69,7 @@ __all__ = [
     "Snapshot",
     "StartTurn",
     "SyncSession",
+    "TurnRecord",
     "TurnStream",
     "TurnSummary",
     "load_engine",

@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import operator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
 from moss_pipecat.engine.events import Channel
+from moss_pipecat.engine.records import TurnRecord, check_records
 from moss_pipecat.errors import InvalidInputError
 from moss_pipecat.model.sampling import SamplingParams
 
@@ -190,6 +191,43 @@ class Snapshot(_Command):
 
 
 @dataclass(frozen=True)
+class RestoreHistory(_Command):
+    """Gives a conversation with no turns yet the history a client kept of it (after its
+    server was lost): the voice, the turns (``TurnRecord``, oldest first) and, when given,
+    the sampling noise's key and position. The rows are rebuilt exactly as the engine built
+    them; the next prefill feeds them. Result: None."""
+
+    turns: tuple[TurnRecord, ...] = ()
+    voice: torch.Tensor | None = field(default=None, compare=False)  # codec frames [R, rvq]
+    seed: int | None = None
+    noise_counter: int = 0
+
+    def checked(self, facts: EngineFacts) -> RestoreHistory:
+        if not isinstance(self.turns, tuple) or any(
+            not isinstance(t, TurnRecord) for t in self.turns
+        ):
+            raise InvalidInputError("turns must be a tuple of TurnRecord")
+        if not _is_int(self.noise_counter) or not 0 <= self.noise_counter < 2**62:
+            raise InvalidInputError(
+                f"noise_counter must be an int >= 0, got {self.noise_counter!r}"
+            )
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
+            raise InvalidInputError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
+        voice = None if self.voice is None else facts.layout.check_frames(self.voice, "voice")
+        turns = check_records(facts, self.turns)
+        return dataclasses.replace(self, turns=turns, voice=voice)
+
+
+@dataclass(frozen=True)
+class HistoryDelta(_Command):
+    """Result: what changed in the history since ``cursor`` (a ``records.HistoryCursor``
+    that only this command touches), as a ``records.HistoryChange``; ``full``: everything."""
+
+    cursor: Any = field(compare=False)
+    full: bool = False
+
+
+@dataclass(frozen=True)
 class Close(_Command):
     """Ends an open turn ("closed") and frees the session's slot; closing twice is a no-op."""
 
@@ -206,6 +244,8 @@ Command = Union[  # noqa: UP007 (a runtime alias that reads well in signatures)
     SetLimits,
     Reset,
     Snapshot,
+    RestoreHistory,
+    HistoryDelta,
     Close,
 ]
 

@@ -18,9 +18,11 @@ from moss_pipecat.engine.commands import (
     Close,
     CreateSession,
     EndText,
+    HistoryDelta,
     Interrupt,
     PushText,
     Reset,
+    RestoreHistory,
     SetLimits,
     SetSampling,
     SetVoice,
@@ -30,6 +32,7 @@ from moss_pipecat.engine.commands import (
 from moss_pipecat.engine.events import TurnSummary
 from moss_pipecat.engine.history import AssistantTurn, ConversationHistory, UserTurn
 from moss_pipecat.engine.pacing import admits
+from moss_pipecat.engine.records import HistoryChange, history_delta, turn_of
 from moss_pipecat.engine.state import OpenTurn, Phase, SessionState
 from moss_pipecat.errors import (
     CapacityError,
@@ -195,6 +198,27 @@ def snapshot(core: EngineCore, sid: str, c: Snapshot) -> dict:
     }
 
 
+def restore_history(core: EngineCore, sid: str, c: RestoreHistory) -> None:
+    s = core.state(sid)
+    if s.phase is not Phase.IDLE or s.history.turns:
+        raise TurnStateError("only a conversation with no turns yet can be restored")
+    system, turns = s.history.system, s.history.turns
+    s.history.system = core.system_rows(c.voice)
+    s.history.turns = [turn_of(core.layout, r) for r in c.turns]
+    try:
+        core.fit_budget(s, 0)  # this engine's budget may be smaller: trimmed as it would be
+    except CapacityError:
+        s.history.system, s.history.turns = system, turns
+        raise
+    if c.seed is not None:
+        s.seed, s.noise_counter = int(c.seed), c.noise_counter
+    core.truncate(s, 0)  # the next prefill feeds it all (the prefix cache serves the system)
+
+
+def history_change(core: EngineCore, sid: str, c: HistoryDelta) -> HistoryChange:
+    return history_delta(core.layout, core.state(sid), c.cursor, c.full)
+
+
 def close(core: EngineCore, sid: str, c: Close) -> None:
     s = core.sessions.get(sid)
     if s is None:
@@ -219,5 +243,7 @@ HANDLERS: dict[type, Callable[[EngineCore, str, Any], Any]] = {
     SetLimits: set_limits,
     Reset: reset,
     Snapshot: snapshot,
+    RestoreHistory: restore_history,
+    HistoryDelta: history_change,
     Close: close,
 }

@@ -18,9 +18,11 @@ from moss_pipecat.engine.commands import (
     Close,
     Command,
     EndText,
+    HistoryDelta,
     Interrupt,
     PushText,
     Reset,
+    RestoreHistory,
     SetLimits,
     SetSampling,
     SetVoice,
@@ -28,6 +30,7 @@ from moss_pipecat.engine.commands import (
     StartTurn,
 )
 from moss_pipecat.engine.events import AudioChunk, Channel, TurnSummary
+from moss_pipecat.engine.records import HistoryChange, HistoryCursor, TurnRecord
 from moss_pipecat.errors import InvalidInputError, SessionClosedError, TurnStateError
 from moss_pipecat.model.sampling import SamplingParams
 
@@ -255,6 +258,21 @@ class Session:
         """Rows of the conversation and cache bookkeeping (for tests and debugging)."""
         return await self.request(Snapshot())
 
+    async def restore(
+        self,
+        turns: Sequence[TurnRecord],
+        voice: torch.Tensor | None = None,
+        seed: int | None = None,
+        noise_counter: int = 0,
+    ) -> None:
+        """Gives this conversation (no turns yet) a history kept elsewhere (see
+        ``RestoreHistory``)."""
+        await self.request(RestoreHistory(tuple(turns), voice, seed, noise_counter))
+
+    async def history_delta(self, cursor: HistoryCursor, full: bool = False) -> HistoryChange:
+        """What changed in the history since ``cursor`` (see ``HistoryDelta``)."""
+        return await self.request(HistoryDelta(cursor, full))
+
 
 class SyncSession:
     """Blocking twin of ``Session`` for scripts (do not use inside an event loop): the same
@@ -322,3 +340,15 @@ class SyncSession:
 
     def snapshot(self) -> dict:
         return self.request(Snapshot())
+
+    def restore(
+        self,
+        turns: Sequence[TurnRecord],
+        voice: torch.Tensor | None = None,
+        seed: int | None = None,
+        noise_counter: int = 0,
+    ) -> None:
+        self.request(RestoreHistory(tuple(turns), voice, seed, noise_counter))
+
+    def history_delta(self, cursor: HistoryCursor, full: bool = False) -> HistoryChange:
+        return self.request(HistoryDelta(cursor, full))

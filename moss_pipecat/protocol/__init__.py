@@ -108,6 +108,7 @@ from moss_pipecat.protocol.client_messages import (
     MessageError,
     ReqId,
     Reset,
+    Restore,
     Sampling,
     Seed,
     Settings,
@@ -124,11 +125,14 @@ from moss_pipecat.protocol.client_messages import (
 from moss_pipecat.protocol.client_messages import _Msg as _Msg  # the client's requests' base
 from moss_pipecat.protocol.error_codes import ERROR_CODES, error_code, error_from_wire
 from moss_pipecat.protocol.errors import ProtocolError, ServerUnavailableError
+from moss_pipecat.protocol.history import codes_b64, codes_from_b64, pack_restore, unpack_restore
 from moss_pipecat.protocol.server_messages import (
     SERVER_MESSAGES,
     AudioInfo,
     ErrorReply,
     GoAway,
+    History,
+    HistoryTurn,
     Ready,
     ReadyLimits,
     Result,
@@ -182,6 +186,8 @@ __all__ = [
     "Finite",
     "GoAway",
     "Hello",
+    "History",
+    "HistoryTurn",
     "Interrupt",
     "Limits",
     "MessageError",
@@ -190,6 +196,7 @@ __all__ = [
     "ReadyLimits",
     "ReqId",
     "Reset",
+    "Restore",
     "Result",
     "Sampling",
     "Seed",
@@ -211,11 +218,15 @@ __all__ = [
     "WireSnapshot",
     "WireSummary",
     "Words",
+    "codes_b64",
+    "codes_from_b64",
     "dumps",
     "error_code",
     "error_from_wire",
     "pack_audio",
+    "pack_restore",
     "parse_client_message",
     "parse_server_message",
     "unpack_audio",
+    "unpack_restore",
 ]

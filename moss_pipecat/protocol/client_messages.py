@@ -152,6 +152,20 @@ class Close(_Msg):
     req: ReqId
 
 
+class Restore(_Msg):
+    """A conversation's history back (the client's journal), for a conversation with no turns
+    yet: ``turns`` records and ``voice_frames`` voice frames in one binary frame of ``bytes``
+    (layout: ``protocol.history``) -> ``result``."""
+
+    type: Literal["restore"] = "restore"
+    req: ReqId
+    turns: Annotated[int, Field(ge=0, lt=2**20)]
+    voice_frames: Annotated[int, Field(ge=1, lt=2**20)] | None = None
+    seed: Seed | None = None
+    noise: Annotated[int, Field(ge=0, lt=2**62)] = 0
+    bytes: Annotated[int, Field(ge=1)]
+
+
 ClientMessage = Annotated[
     Hello
     | TurnStart
@@ -164,6 +178,7 @@ ClientMessage = Annotated[
     | Settings
     | Reset
     | Snapshot
+    | Restore
     | Close,
     Field(discriminator="type"),
 ]

@@ -180,6 +180,35 @@ class Result(_Out):
     snapshot: WireSnapshot | None = None
 
 
+class HistoryTurn(_Out):
+    """One finished turn as its record (``engine.records.TurnRecord``)."""
+
+    role: str
+    ids: list[int]
+    lead: int = 0
+    codes: str  # base64, little-endian uint16 [frames, rvq]
+
+
+class History(_Out):
+    """What changed in the conversation's history, sent after every change (before the
+    ``result`` or ``turn.end`` of what changed it) and, with ``full``, after a ``ready`` that
+    resumed. A client drops ``drop`` turns from the front of its journal, keeps the next
+    ``keep`` and appends ``turns`` (``full``: starts from nothing); ``voice`` replaces the
+    reference voice when ``voice_changed`` (null: none). ``rev`` counts the deltas of this
+    conversation on this server: one more than the last, or ``full``."""
+
+    type: Literal["history"] = "history"
+    rev: int
+    full: bool = False
+    drop: int = 0
+    keep: int = 0
+    turns: list[HistoryTurn] = []  # noqa: RUF012 (pydantic copies defaults)
+    voice_changed: bool = False
+    voice: str | None = None
+    seed: int | None = None
+    noise: int = 0
+
+
 class ErrorReply(_Out):
     type: Literal["error"] = "error"
     code: str
@@ -218,7 +247,7 @@ class GoAway(_Out):
 
 
 ServerMessage = Annotated[
-    Ready | TurnStarted | TurnWords | TurnEnded | Result | ErrorReply | GoAway,
+    Ready | TurnStarted | TurnWords | TurnEnded | Result | History | ErrorReply | GoAway,
     Field(discriminator="type"),
 ]
 _SERVER_ADAPTER: TypeAdapter[Any] = TypeAdapter(ServerMessage)

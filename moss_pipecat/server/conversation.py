@@ -7,6 +7,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from moss_pipecat.engine.records import HistoryCursor
 from moss_pipecat.engine.session import Session, TurnStream
 from moss_pipecat.speech.sampling import SamplingParams
 
@@ -40,3 +41,7 @@ class Conversation:
     out: asyncio.Lock = field(default_factory=asyncio.Lock)
     held: TurnStream | None = None
     held_cut: asyncio.Future | None = None
+    # What the client was last told of the history (``server.history_feed``).
+    cursor: HistoryCursor = field(default_factory=HistoryCursor)
+    history_rev: int = 0
+    history_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

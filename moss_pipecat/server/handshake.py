@@ -10,6 +10,7 @@ from moss_pipecat import protocol as P
 from moss_pipecat.errors import MossError
 from moss_pipecat.protocol.errors import ForbiddenError
 from moss_pipecat.server.connection import Connection
+from moss_pipecat.server.history_feed import send_history
 
 if TYPE_CHECKING:
     from moss_pipecat.server.core import ConversationHub
@@ -88,6 +89,8 @@ async def run_handshake(hub: ConversationHub, conn: Connection) -> bool:
             ),
         )
     )
+    if resumed:  # the client's journal may have missed deltas while it was away
+        await send_history(conv, full=True)
     conn.ready = True
     await hub.tell_to_move(conn)  # a drain that began during the handshake
     return True

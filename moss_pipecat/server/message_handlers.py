@@ -21,6 +21,7 @@ from moss_pipecat.engine.session import TurnStream
 from moss_pipecat.errors import InvalidInputError, MossError, SessionClosedError
 from moss_pipecat.server.connection import Connection
 from moss_pipecat.server.conversation import Conversation
+from moss_pipecat.server.history_feed import handle_restore, send_history
 from moss_pipecat.server.transport import TransportClosed
 from moss_pipecat.server.turn_pump import await_pump, pump
 
@@ -148,6 +149,7 @@ async def _turn_input(
 
 async def _interrupt(r: Request, msg: P.Interrupt) -> Any:
     summary = await r.conv.session.interrupt(msg.heard_frames)
+    await send_history(r.conv)
     wire = None if summary is None else P.WireSummary.of(summary)
     return P.Result(req=msg.req, summary=wire)  # null: there was nothing to cut
 
@@ -168,6 +170,7 @@ async def _user_turn(r: Request, msg: P.UserTurn) -> Any:
     if frames.shape[0] == 0:
         raise InvalidInputError("the user audio is shorter than one frame (80 ms)")
     await conv.session.add_user_turn(ids, frames)
+    await send_history(conv)
     return P.Result(req=msg.req)
 
 
@@ -175,11 +178,13 @@ async def _voice(r: Request, msg: P.Voice) -> Any:
     session = r.conv.session
     if msg.format == "none":
         await session.set_voice(None)
+        await send_history(r.conv)
         return P.Result(req=msg.req)
     frames = await r.hub.uploads.decode(r.conn, msg.format, msg.bytes, msg.sample_rate)
     if frames.shape[0] == 0:
         raise InvalidInputError("the voice reference is shorter than one frame (80 ms)")
     await session.set_voice(frames)
+    await send_history(r.conv)
     return P.Result(req=msg.req)
 
 
@@ -207,6 +212,7 @@ async def _settings(r: Request, msg: P.Settings) -> Any:
 
 async def _reset(r: Request, msg: P.Reset) -> Any:
     await r.conv.session.reset()
+    await send_history(r.conv)
     return P.Result(req=msg.req)
 
 
@@ -241,5 +247,6 @@ HANDLERS: dict[type, Handler] = {
     P.Settings: _settings,
     P.Reset: _reset,
     P.Snapshot: _snapshot,
+    P.Restore: handle_restore,
     P.Close: _close,
 }

@@ -15,6 +15,7 @@ from moss_pipecat import protocol as P
 from moss_pipecat.engine.session import TurnStream
 from moss_pipecat.errors import MossError
 from moss_pipecat.server.conversation import Conversation
+from moss_pipecat.server.history_feed import send_history
 from moss_pipecat.server.metrics import ServerMetrics
 from moss_pipecat.server.transport import TransportClosed
 
@@ -43,6 +44,7 @@ async def pump(conv: Conversation, turn: TurnStream, metrics: ServerMetrics) -> 
         if conv.held is turn and conv.held_cut is not None:
             # What the engine kept is the cut's: the client learns that one.
             summary = await conv.held_cut or summary
+        await send_history(conv)  # the client's journal holds the turn before its end
         metrics.turns.inc(stop=summary.stop)
         if summary.ttfa_s is not None:
             metrics.ttfa.observe(summary.ttfa_s)

@@ -2,7 +2,8 @@
 
 The server is a thin translator: what a message asks of a conversation is one engine command
 (``moss_pipecat.engine.commands``), so the remote session behaves as the local one. Recorded at
-``MossEngine.submit``, message by message, over a real websocket.
+``MossEngine.submit``, message by message, over a real websocket. A message that changes the
+history is followed by the ``HistoryDelta`` that tells the client what changed (issue #24).
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ import json
 import torch
 from websockets.asyncio.client import connect
 
+from moss_pipecat import protocol as P
 from moss_pipecat.client import codes_bytes
 from moss_pipecat.engine import (
     AddUserTurn,
     Close,
     CreateSession,
     EndText,
+    HistoryDelta,
     Interrupt,
     PushText,
     Reset,
+    RestoreHistory,
     SetLimits,
     SetSampling,
     SetVoice,
@@ -85,14 +89,16 @@ async def test_each_client_message_is_its_engine_command(make_tiny_engine, make_
     tid = 0
     await sent([{"type": "turn.text", "turn_id": tid, "text": "Hello there, "}], [PushText])
     await sent([{"type": "turn.ids", "turn_id": tid, "ids": [], "text": ""}], [PushText])
-    await sent([{"type": "turn.end", "turn_id": tid}], [EndText], "turn.end")
-    await sent([{"type": "interrupt", "req": 2, "heard_frames": 1}], [Interrupt], "result")
+    await sent([{"type": "turn.end", "turn_id": tid}], [EndText, HistoryDelta], "turn.end")
+    await sent(
+        [{"type": "interrupt", "req": 2, "heard_frames": 1}], [Interrupt, HistoryDelta], "result"
+    )
 
     user = {"type": "user_turn", "req": 3, "text": "yes please", "format": "codes"}
-    await sent([{**user, "bytes": len(codes)}, codes], [AddUserTurn], "result")
+    await sent([{**user, "bytes": len(codes)}, codes], [AddUserTurn, HistoryDelta], "result")
     voice = {"type": "voice", "req": 4, "format": "codes", "bytes": len(codes)}
-    await sent([voice, codes], [SetVoice], "result")
-    await sent([{"type": "voice", "req": 5, "format": "none"}], [SetVoice], "result")
+    await sent([voice, codes], [SetVoice, HistoryDelta], "result")
+    await sent([{"type": "voice", "req": 5, "format": "none"}], [SetVoice, HistoryDelta], "result")
 
     sampling = {"type": "settings", "req": 6, "sampling": {"temperature": 0.8}, "seed": 3}
     await sent([sampling], [SetSampling], "result")
@@ -110,7 +116,11 @@ async def test_each_client_message_is_its_engine_command(make_tiny_engine, make_
     assert reply["type"] == "error" and reply["code"] == "invalid_input", reply
     assert seen[start:] == []
 
-    await sent([{"type": "reset", "req": 9}], [Reset], "result")
+    await sent([{"type": "reset", "req": 9}], [Reset, HistoryDelta], "result")
+    ids = [5, 6]
+    fields, data = P.pack_restore(None, [("user", 0, ids, frames.numpy())])
+    restore = {"type": "restore", "req": 13, **fields}
+    await sent([restore, data], [RestoreHistory, HistoryDelta], "result")
     await sent([{"type": "snapshot", "req": 10}], [Snapshot], "result")
     await sent([{"type": "close", "req": 11}], [Close], "result")
     await ws.close()

@@ -1,7 +1,7 @@
 """Draining for deploys: ``goaway``, turns in flight end (or are cut at what the client
 received when the deadline passes), no new conversation is admitted, and the calls go on on
-another server. In-process servers, and ``moss-pipecat serve`` processes stopped with
-SIGTERM."""
+another server with their history (restored from the client's journal). In-process servers,
+and ``moss-pipecat serve`` processes stopped with SIGTERM."""
 
 from __future__ import annotations
 
@@ -105,10 +105,16 @@ async def test_a_drained_call_finishes_its_turn_and_goes_on_on_the_next_server(
     assert turn.summary.stop == "max_frames" and len(chunks) == 30  # the whole turn
     await asyncio.wait_for(drain, 30)  # every client left: no waiting for the deadline
     assert session.moves == 0  # moves happen on the next call
+    lost = await a.hub.conversations["move-1"].session.snapshot()
 
-    turn = await session.start_turn(max_frames=4)
+    # The next call lands on B, which gets the conversation's history back, row for row.
+    moved = await session.snapshot()
     assert session.server_id not in (None, first_server) and session.server_id == b.hub.server_id
     assert (session.moves, session.reconnects) == (1, 1)
+    assert (session.restored, session.history_lost) == (1, 0)
+    assert [r for r, _ in moved["turns"]] == [r for r, _ in lost["turns"]] == ["assistant"]
+    assert torch.equal(moved["rows"], lost["rows"])
+    turn = await session.start_turn(max_frames=4)
     turn.push_text("On the next server.")
     turn.end_text()
     assert (await turn.wait()).audio_frames == 4
@@ -163,7 +169,12 @@ async def test_the_pipecat_service_keeps_talking_across_a_drain(make_tiny_engine
     assert len(set(contexts)) == 2  # both replies spoke: the first on A, the second on B
     (snap,) = probe.snapshots
     assert session.moves == 1 and session.server_id == b.hub.server_id
-    assert [r for r, _ in snap["turns"]] == ["assistant"]  # B starts afresh (no history yet)
+    assert (session.restored, session.history_lost) == (1, 0)
+    # B holds the first reply exactly as A kept it, then the second.
+    lost = await a.hub.conversations[session.id].session.snapshot()
+    assert [r for r, _ in lost["turns"]] == ["assistant"]
+    assert [r for r, _ in snap["turns"]] == ["assistant", "assistant"]
+    assert torch.equal(snap["rows"][: lost["rows"].shape[0]], lost["rows"])
 
 
 # ================================================================== a SIGTERM deploy
@@ -192,7 +203,9 @@ async def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180.0)
     pytest.fail("the server did not become ready")
 
 
-async def test_a_sigterm_deploy_moves_every_live_call_to_the_second_server(fixtures_dir, tmp_path):
+async def test_a_sigterm_deploy_moves_every_live_call_to_the_second_server(
+    fixtures_dir, tmp_path, golden_layout
+):
     ports = [free_port(), free_port()]
     log = open(tmp_path / "servers.log", "wb")
     procs = [_serve(fixtures_dir, p, log) for p in ports]
@@ -214,6 +227,7 @@ async def test_a_sigterm_deploy_moves_every_live_call_to_the_second_server(fixtu
             return await turn.wait()
 
         assert all(r.audio_frames == 4 for r in await asyncio.gather(*map(first_turn, sessions)))
+        before = [await s.snapshot() for s in sessions]
 
         async def open_turn(s):
             turn = await s.start_turn(max_frames=24)  # ~2 s of paced audio
@@ -244,11 +258,23 @@ async def test_a_sigterm_deploy_moves_every_live_call_to_the_second_server(fixtu
             turn.end_text()
             return await turn.wait()
 
+        # Every call goes on on the second server with its history: the rows of its first
+        # turn as the first server had them, then exactly the frames of the second turn the
+        # client received (nothing lost, nothing unheard added).
+        moved = [await s.snapshot() for s in sessions]
+        specials = min(golden_layout.audio_pad, golden_layout.audio_bos, golden_layout.audio_eos)
+        for s, snap, was, (_, chunks) in zip(sessions, moved, before, live, strict=True):
+            assert s.server_id not in old and (s.moves, s.reconnects) == (1, 1)
+            assert (s.restored, s.history_lost) == (1, 0)
+            assert [r for r, _ in snap["turns"]] == ["assistant", "assistant"]
+            n = was["rows"].shape[0]
+            assert torch.equal(snap["rows"][:n], was["rows"])
+            rows = snap["rows"][n:]
+            frames = rows[rows[:, 1] < specials, 1:]
+            assert torch.equal(frames, torch.stack([c.codes for c in chunks]))
+        assert len({s.server_id for s in sessions}) == 1
         after = await asyncio.gather(*map(next_turn, sessions))
         assert all(r.audio_frames == 4 and r.error is None for r in after)
-        for s in sessions:
-            assert s.server_id not in old and (s.moves, s.reconnects) == (1, 1)
-        assert len({s.server_id for s in sessions}) == 1
         for s in sessions:
             await s.close()
     finally:

@@ -10,6 +10,7 @@ import os
 import signal
 
 import pytest
+import torch
 
 pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install '.[serve]')")
 
@@ -114,15 +115,20 @@ async def test_a_killed_replica_s_call_goes_on_on_the_other_replica(ray_app):
     client = RemoteEngine(ray_app[0], reconnect_timeout=90, request_timeout=60)
     victim, witness = await _calls_on_both_replicas(client, "kill")
     assert await _say(victim, 4) == 4
+    before = await victim.snapshot()
     killed = victim.server_id
     turn, _ = await _open_turn(victim, 40)
     os.kill(int(killed.split(":")[1]), signal.SIGKILL)  # server_id: host:pid:nonce
     with pytest.raises(ServerUnavailableError):  # the turn in flight at the loss is lost
         await asyncio.wait_for(turn.wait(), 60)
 
-    assert await _say(victim, 4, "Still here.") == 4  # reconnects: another replica
+    # The next call reconnects to another replica, which gets the history back from the
+    # client's journal: the first turn, row for row (the turn cut by the kill is not in it).
+    after = await victim.snapshot()
     assert victim.server_id != killed and victim.reconnects == 1
-    assert not victim.resumed and victim.history_lost == 1  # no history there (yet)
+    assert (victim.restored, victim.history_lost) == (1, 0)
+    assert torch.equal(after["rows"], before["rows"])
+    assert await _say(victim, 4, "Still here.") == 4
     # The other replica's call never noticed.
     assert await _say(witness, 4) == 4 and witness.reconnects == 0
     await client.aclose()
@@ -145,9 +151,12 @@ async def test_a_redeploy_drains_the_old_replicas_calls_to_the_new_one(ray_app):
         assert turn.summary.stop == "max_frames" and turn.summary.error is None
         assert len(chunks) == 30
     await redeploy
-    for s in calls:  # the calls go on, on the new replica
+    for s in calls:  # the calls go on, on the new replica, with their history
         assert await _say(s, 4, "After the deploy.") == 4
         assert s.server_id not in old and (s.moves, s.reconnects) == (1, 1)
+        assert (s.restored, s.history_lost) == (1, 0)
+        snap = await s.snapshot()
+        assert [r for r, _ in snap["turns"]] == ["assistant", "assistant"]
     assert calls[0].server_id == calls[1].server_id
     await eventually(lambda: _running() == 1, 120, "the old replicas to go")
     await client.aclose()

@@ -66,7 +66,7 @@ async def test_client_disconnect_mid_stream_frees_the_turn_and_reconnect_resumes
 async def test_conversation_expires_after_idle_timeout(make_tiny_engine, make_server, voice_codes):
     engine = make_tiny_engine(eos_min_frames=4)  # every turn here speaks its 4 frames
     server = await make_server(engine, idle_expiry_s=0.3, reap_interval_s=0.05)
-    client = RemoteEngine(server.url)
+    client = RemoteEngine(server.url, journal=False)  # a client that keeps no history
     voice = voice_codes
     session = await client.create_session(conversation_id="exp-1", sampling=GREEDY, voice=voice)
     system = (await session.snapshot())["rows"]
@@ -122,7 +122,11 @@ async def test_server_killed_then_restarted_clear_error_then_recovery(fixtures_d
     try:
         await _wait_ready(port, procs[0])
         client = RemoteEngine(
-            f"ws://127.0.0.1:{port}", reconnect_timeout=1.0, ping_interval=1.0, ping_timeout=2.0
+            f"ws://127.0.0.1:{port}",
+            reconnect_timeout=1.0,
+            ping_interval=1.0,
+            ping_timeout=2.0,
+            journal=False,  # a client that keeps no history (tests/server/test_restore_*)
         )
         session = await client.create_session(conversation_id="kill-1", sampling=GREEDY)
         turn = await session.start_turn(max_frames=6)

@@ -41,6 +41,7 @@ def test_every_client_message_parses_and_rejects_extra_fields():
         "reset": {"req": 1},
         "snapshot": {"req": 1},
         "close": {"req": 1},
+        "restore": {"req": 1, "turns": 2, "voice_frames": 3, "seed": 4, "noise": 5, "bytes": 9},
     }
     assert set(samples) == set(P.CLIENT_MESSAGES)
     for kind, fields in samples.items():
@@ -128,6 +129,15 @@ def test_every_server_message_round_trips_through_its_model():
         P.TurnEnded(turn_id=1, summary=summary),
         P.Result(req=3),
         P.Result(req=4, snapshot=snapshot),
+        P.History(
+            rev=2,
+            drop=1,
+            keep=3,
+            turns=[P.HistoryTurn(role="assistant", ids=[1, 2, 3], lead=1, codes="AAAB")],
+            voice_changed=True,
+            seed=7,
+            noise=11,
+        ),
         P.ErrorReply.of("forbidden", "no", fatal=True),
         P.GoAway(deadline_s=19.5),
     ]
@@ -147,7 +157,7 @@ def test_every_server_message_round_trips_through_its_model():
     wire = json.loads(samples[5].to_json())["snapshot"]
     assert wire["rows"] == [[0] * 17] * 2 and wire["engine_added_later"] == 3
     assert "summary" not in json.loads(samples[5].to_json())
-    assert json.loads(samples[7].to_json()) == {"type": "goaway", "deadline_s": 19.5}
+    assert json.loads(samples[-1].to_json()) == {"type": "goaway", "deadline_s": 19.5}
     assert P.parse_server_message('{"type": "goaway", "deadline_s": 1}').reason == "shutdown"
     # A newer server's fields and types do not break this client; a broken message does.
     assert P.parse_server_message('{"type": "result", "req": 1, "new": 2}') == P.Result(req=1)

@@ -1,0 +1,86 @@
+"""The conversation's history to its client, and back (issue #24).
+
+After every change to a conversation's history the client gets a ``history`` delta (what
+changed since the last one), before the reply of what changed it, so its journal always holds
+what the server holds; a ``ready`` that resumed is followed by a full one. A client whose
+server was lost sends its journal back with ``restore`` to the conversation the next server
+made anew; it is checked like any input (the frame's sizes, then the engine's
+``RestoreHistory`` checks) and refused with nothing changed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from moss_pipecat import protocol as P
+from moss_pipecat.engine.records import HistoryChange, TurnRecord
+from moss_pipecat.errors import MossError
+from moss_pipecat.server.conversation import Conversation
+from moss_pipecat.server.transport import TransportClosed
+
+if TYPE_CHECKING:
+    from moss_pipecat.server.message_handlers import Request
+
+
+async def send_history(conv: Conversation, full: bool = False) -> None:
+    """Sends the conversation's client what changed in its history (nothing when it has no
+    client: the next ``ready`` is followed by a full delta). Deltas go out in the order they
+    were taken (one at a time, under the conversation's ``history_lock``)."""
+    async with conv.history_lock:
+        try:
+            change = await conv.session.history_delta(conv.cursor, full)
+        except MossError:  # the conversation ended meanwhile
+            return
+        conv.history_rev += 1
+        conn = conv.conn
+        if conn is None or conn.closed:
+            return
+        try:
+            await conn.send_message(history_message(change, conv.history_rev))
+        except TransportClosed:
+            pass
+
+
+def history_message(change: HistoryChange, rev: int) -> P.History:
+    voice = change.voice
+    return P.History(
+        rev=rev,
+        full=change.full,
+        drop=change.drop,
+        keep=change.keep,
+        turns=[
+            P.HistoryTurn(
+                role=t.role, ids=list(t.text_ids), lead=t.lead, codes=P.codes_b64(t.frames.numpy())
+            )
+            for t in change.turns
+        ],
+        voice_changed=change.voice_changed,
+        voice=None if voice is None else P.codes_b64(voice.numpy()),
+        seed=change.seed,
+        noise=change.noise_counter,
+    )
+
+
+def restore_limit(r: Request) -> int:
+    """The largest ``restore`` frame: a turn table row, a text id and a frame per context
+    row, and the longest voice upload."""
+    cfg, rvq = r.hub.engine.config, r.hub.engine.layout.rvq
+    return cfg.max_context * (16 + 4 + 2 * rvq) + r.hub.limits.max_code_bytes(rvq)
+
+
+async def handle_restore(r: Request, msg: P.Restore) -> Any:
+    """``restore``: the journal's binary frame read, unpacked and applied (``RestoreHistory``),
+    then the full history the client now holds."""
+    conv, rvq = r.conv, r.hub.engine.layout.rvq
+    data = await r.hub.uploads.receive(r.conn, msg.bytes, restore_limit(r))
+    voice, records = P.unpack_restore(msg, data, rvq)
+    turns = [
+        TurnRecord(role, tuple(ids.tolist()), torch.from_numpy(frames), lead)
+        for role, lead, ids, frames in records
+    ]
+    voice_t = None if voice is None else torch.from_numpy(voice)
+    await conv.session.restore(turns, voice_t, msg.seed, msg.noise)
+    await send_history(conv, full=True)
+    return P.Result(req=msg.req)

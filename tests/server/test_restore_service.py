@@ -1,0 +1,177 @@
+"""A call through ``MossRemoteTTSService`` survives ``kill -9`` of its server (issue #24): the
+server is killed in the middle of a reply and restarted on the same port; the next reply
+restores the conversation from the client's journal and goes on, and the new server holds the
+rows the old one held, less the reply that was in flight (it never ended: nothing of it is in
+the journal)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+import torch
+from pipecat.frames.frames import (
+    DataFrame,
+    ErrorFrame,
+    Frame,
+    InterruptionFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    TTSStoppedFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.task import PipelineParams
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.tests.utils import run_test
+
+from moss_pipecat.service import MossTTSSettings
+from moss_pipecat.service.remote import MossRemoteTTSService
+
+from ..service.conftest import user_audio_frames
+from .conftest import free_port
+from .test_faults import _start_server, _wait_ready
+from .test_remote_service import reply
+
+LONG = [w + " " for w in ("This reply goes on and on for quite a while " * 4).split()]
+
+
+class Cue(DataFrame):
+    """A step of the director's script: ``what`` once the ``reply``-th reply has ``frames``
+    audio frames out (``frames`` None: once it has ended)."""
+
+    def __init__(self, what: str, reply: int, frames: int | None = None) -> None:
+        super().__init__()
+        self.what, self.reply, self.frames = what, reply, frames
+
+
+class Watcher(FrameProcessor):
+    """Downstream of the TTS: the replies' audio frames and ends, as they come out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contexts: list[str] = []  # replies in the order their audio began
+        self.frames: dict[str, int] = {}
+        self.stopped: set[str] = set()
+        self.changed = asyncio.Event()
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TTSAudioRawFrame):
+            if frame.context_id not in self.frames:
+                self.contexts.append(frame.context_id)
+            self.frames[frame.context_id] = self.frames.get(frame.context_id, 0) + 1
+        elif isinstance(frame, TTSStoppedFrame):
+            self.stopped.add(frame.context_id)
+        self.changed.set()
+        await self.push_frame(frame, direction)
+
+    async def reached(self, reply: int, frames: int | None) -> None:
+        def done() -> bool:
+            if len(self.contexts) <= reply:
+                return False
+            ctx = self.contexts[reply]
+            return ctx in self.stopped if frames is None else self.frames[ctx] >= frames
+
+        while not done():  # woken by each frame that comes out, never by a timer
+            self.changed.clear()
+            await asyncio.wait_for(self.changed.wait(), 60)
+
+
+class Director(FrameProcessor):
+    """Upstream of the TTS: holds the frames behind a ``Cue`` until the watcher has seen what
+    it waits for, then does it: a barge-in, a snapshot, or a snapshot and ``kill -9`` of the
+    server and a new one on its port."""
+
+    def __init__(self, tts, watcher: Watcher, procs: list, restart) -> None:
+        super().__init__()
+        self.tts, self.watcher, self.procs, self.restart = tts, watcher, procs, restart
+        self.snapshots: dict[str, dict] = {}
+        self.session = None  # the service's, as the last cue found it
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if not isinstance(frame, Cue):
+            await self.push_frame(frame, direction)
+            return
+        await self.watcher.reached(frame.reply, frame.frames)
+        if frame.what == "barge-in":
+            await self.push_frame(InterruptionFrame())
+            return
+        self.session = self.tts.session
+        self.snapshots[frame.what] = await self.session.snapshot()
+        if frame.what == "kill":
+            self.procs[-1].kill()
+            self.procs[-1].wait(10)
+            await self.restart()
+
+
+async def test_a_call_goes_on_with_its_history_after_kill_9(fixtures_dir, tmp_path):
+    port = free_port()
+    log = open(tmp_path / "server.log", "wb")
+    procs = [_start_server(fixtures_dir, port, log)]
+
+    async def restart() -> None:
+        procs.append(_start_server(fixtures_dir, port, log))
+        await _wait_ready(port, procs[-1])
+
+    try:
+        await _wait_ready(port, procs[0])
+        tts = MossRemoteTTSService(
+            url=f"ws://127.0.0.1:{port}", settings=MossTTSSettings(greedy=True)
+        )
+        watcher = Watcher()
+        director = Director(tts, watcher, procs, restart)
+        frames = [
+            *reply("Hello ", "over the ", "network."),
+            Cue("hello", 0),
+            UserStartedSpeakingFrame(),
+            *user_audio_frames(0.8),
+            UserStoppedSpeakingFrame(),
+            TranscriptionFrame("Nice to hear", "user", "2026-12-03"),
+            *reply(*LONG),
+            Cue("barge-in", 1, 5),  # cut to what was heard
+            *reply("Short ", "one."),
+            Cue("finished", 2),  # the history before the reply in flight at the kill
+            *reply(*LONG),
+            Cue("kill", 3, 5),  # mid-reply
+            *reply("After ", "the restart."),
+            Cue("after", 4),
+        ]
+        _, up = await run_test(
+            Pipeline([director, tts, watcher]),
+            frames_to_send=frames,
+            pipeline_params=PipelineParams(audio_out_sample_rate=24000),
+        )
+        snaps = director.snapshots
+        finished, killed, after = snaps["finished"], snaps["kill"], snaps["after"]
+        session = director.session
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        log.close()
+
+    # The user turn (its speech passes at once) and "Hello", the barge-in reply (unless
+    # nothing of it had been heard) and "Short one.".
+    roles = [r for r, _ in finished["turns"]]
+    assert roles.count("user") == 1 and roles.count("assistant") in (2, 3), roles
+    n = finished["rows"].shape[0]
+    # Just before the kill: the finished history and the reply in flight.
+    assert killed["phase"] != "idle" and killed["rows"].shape[0] > n
+    assert torch.equal(killed["rows"][:n], finished["rows"])
+    # The new server: the finished history, restored row for row, and the reply after it.
+    assert session.restored == 1 and session.history_lost == 0 and not session.resumed
+    assert [r for r, _ in after["turns"]] == [*roles, "assistant"]
+    assert torch.equal(after["rows"][:n], finished["rows"])
+    assert after["turn_frames"][:-1] == finished["turn_frames"]
+    assert after["turn_frames"][-1] > 0
+    # The reply in flight failed with the server (an ErrorFrame), and only it.
+    errors = [f.error for f in up if isinstance(f, ErrorFrame)]
+    assert errors and all("restore" not in e for e in errors), errors
+    assert len(watcher.contexts) == 5  # every reply spoke, the one cut by the kill too
