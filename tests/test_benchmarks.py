@@ -176,3 +176,14 @@ def test_launches(fixtures_dir):
         assert {"decode", "deliver", "codec"} <= set(tick["by_phase"])
         assert {"prefill", "first_frame", "decode", "codec"} <= set(r["first_tick"])
         assert r["prefill_chunk"]["graph_calls"] == 1  # the turns' prefill replays a bucket
+
+
+def test_restore(fixtures_dir):
+    out = run_bench("bench_restore.py", "--minutes", "0.2", "--repeats", "1", fixtures=fixtures_dir)
+    assert out["reconnects_restored"] == {"restored": 1, "history_lost": 0}
+    assert out["reconnects_no_journal"] == {"restored": 0, "history_lost": 1}
+    journal = out["journal"]
+    assert journal["turns"] == 2 and journal["bytes_in_memory_per_minute"] > 0
+    assert journal["wire_bytes_per_minute"] > journal["bytes_in_memory_per_minute"]
+    for key in ("restored", "no_journal"):
+        assert out[f"reachable_to_first_audio_ms_{key}"]["median"] > 0

@@ -128,6 +128,7 @@ class RemoteSession:
             token=self.engine.token or None,
             sampling=None if self._sampling is None else _wire_sampling(self._sampling),
             seed=self._seed,
+            history=self.engine.journal or None,
         )
 
     def take_ready(self, ready: P.Ready) -> None:

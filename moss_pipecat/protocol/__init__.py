@@ -23,9 +23,10 @@ Connection
     ``ready`` was lost still holds the conversation's secret. Without one the server draws it.
 
 Client -> server (JSON)
-    ``hello``       v, conversation_id?, resume_secret?, token?, sampling?, seed?
+    ``hello``       v, conversation_id?, resume_secret?, token?, sampling?, seed?, history?
                     (sampling/seed apply to a new conversation only; resume_secret is
-                    required when conversation_id names a live conversation)
+                    required when conversation_id names a live conversation; history: the
+                    client keeps a journal, send it ``history`` deltas)
     ``turn.start``  req, max_frames?                 -> ``turn.started`` {req, turn_id}
     ``turn.text``   turn_id, text                    (no reply; a failure ends the turn)
     ``turn.ids``    turn_id, ids, text?              (token ids instead of text)
@@ -40,6 +41,10 @@ Client -> server (JSON)
     ``reset``       req                              -> ``result``
     ``snapshot``    req                              -> ``result`` {snapshot}
     ``close``       req                              -> ``result``; ends the conversation
+    ``restore``     req, turns, voice_frames?, seed?, noise?, bytes + one binary frame
+                    -> ``result``: a conversation with no turns yet gets the history the
+                    client kept of it (its journal of ``history`` deltas; see
+                    ``protocol.history`` for the frame), checked like any input
 
     Binary uploads follow their JSON header immediately: ``pcm16`` is mono little-endian int16
     at ``sample_rate``; ``codes`` is little-endian uint16 frames, row-major ``[frames, 16]``.
@@ -59,6 +64,12 @@ Server -> client
                      (``engine.units.join_units``)
     ``turn.end``     turn_id, summary {turn_id, stop, audio_frames, heard_frames, text_ids,
                      text, spoken_text, words, spaced, ttfa_s, error}
+    ``history``      rev, full, drop, keep, turns [{role, ids, lead, codes}], voice_changed,
+                     voice, seed, noise: what changed in the conversation's history, sent to a
+                     client whose hello asked for ``history`` after every change (before the
+                     ``result`` or ``turn.end`` of what changed it) and, full, after a ``ready``
+                     that resumed; the client keeps it to ``restore`` the conversation on a
+                     server that lost it
     ``result``       req, plus what the request returns (``summary``, ``snapshot``)
     ``error``        code, message, req? (the request it answers), turn_id?, fatal (the
                      server closes the connection after a fatal error)
@@ -87,7 +98,8 @@ cap.
 The parts live apart (this module gathers them, so ``protocol.X`` names all of them):
 ``client_messages`` (the client's messages and their checks), ``server_messages`` (the
 server's), ``error_codes`` (the code table), ``wire_audio`` (binary audio frames) and
-``wire_json`` (what the JSON messages of both directions share).
+``wire_json`` (what the JSON messages of both directions share) and ``history`` (the
+``restore`` frame and the codes of ``history`` turns).
 """
 
 from __future__ import annotations

@@ -69,6 +69,7 @@ class Hello(_Msg):
     token: str | None = None
     sampling: Sampling | None = None
     seed: Seed | None = None
+    history: bool = False  # send ``history`` deltas (the client keeps a journal)
 
 
 class TurnStart(_Msg):

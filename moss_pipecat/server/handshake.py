@@ -63,6 +63,7 @@ async def run_handshake(hub: ConversationHub, conn: Connection) -> bool:
         await hub.send_error(conn, "unavailable", "server is shutting down", fatal=True)
         await conn.close(P.CLOSE_GOING_AWAY, "draining")
         return False
+    conn.history = hello.history
     try:
         conv, resumed = await hub.attach(conn, hello)
     except MossError as e:

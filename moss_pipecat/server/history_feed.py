@@ -1,8 +1,9 @@
 """The conversation's history to its client, and back (issue #24).
 
-After every change to a conversation's history the client gets a ``history`` delta (what
-changed since the last one), before the reply of what changed it, so its journal always holds
-what the server holds; a ``ready`` that resumed is followed by a full one. A client whose
+After every change to a conversation's history a client that keeps a journal (its ``hello``
+said ``history``) gets a ``history`` delta (what changed since the last one), before the reply
+of what changed it, so its journal always holds what the server holds; a ``ready`` that
+resumed is followed by a full one. A client whose
 server was lost sends its journal back with ``restore`` to the conversation the next server
 made anew; it is checked like any input (the frame's sizes, then the engine's
 ``RestoreHistory`` checks) and refused with nothing changed.
@@ -13,9 +14,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+from loguru import logger
 
 from moss_pipecat import protocol as P
-from moss_pipecat.engine.records import HistoryChange, TurnRecord
+from moss_pipecat.engine.records import HistoryChange, HistoryCursor, TurnRecord
 from moss_pipecat.errors import MossError
 from moss_pipecat.server.conversation import Conversation
 from moss_pipecat.server.transport import TransportClosed
@@ -26,12 +28,18 @@ if TYPE_CHECKING:
 
 async def send_history(conv: Conversation, full: bool = False) -> None:
     """Sends the conversation's client what changed in its history (nothing when it has no
-    client: the next ``ready`` is followed by a full delta). Deltas go out in the order they
-    were taken (one at a time, under the conversation's ``history_lock``)."""
+    client, or one that keeps no journal: the next ``ready`` of one that does is followed by a
+    full delta). Deltas go out in the order they were taken (one at a time, under the
+    conversation's ``history_lock``)."""
     async with conv.history_lock:
+        if conv.conn is None or not conv.conn.history:
+            return
         try:
             change = await conv.session.history_delta(conv.cursor, full)
-        except MossError:  # the conversation ended meanwhile
+        except Exception as e:  # never the turn's or the request's failure
+            if not isinstance(e, MossError):  # MossError: the conversation ended meanwhile
+                logger.exception(f"conversation {conv.id}: history delta failed")
+            conv.cursor = HistoryCursor()  # the next delta is a full one: nothing is missed
             return
         conv.history_rev += 1
         conn = conv.conn

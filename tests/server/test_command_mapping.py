@@ -2,8 +2,9 @@
 
 The server is a thin translator: what a message asks of a conversation is one engine command
 (``moss_pipecat.engine.commands``), so the remote session behaves as the local one. Recorded at
-``MossEngine.submit``, message by message, over a real websocket. A message that changes the
-history is followed by the ``HistoryDelta`` that tells the client what changed (issue #24).
+``MossEngine.submit``, message by message, over a real websocket. For a client that keeps a
+journal (``hello.history``), a message that changes the history is followed by the
+``HistoryDelta`` that tells it what changed (issue #24).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 import torch
 from websockets.asyncio.client import connect
 
@@ -53,7 +55,8 @@ async def _reply(ws, want: str) -> dict:
             return msg
 
 
-async def test_each_client_message_is_its_engine_command(make_tiny_engine, make_server):
+@pytest.mark.parametrize("history", [False, True])
+async def test_each_client_message_is_its_engine_command(make_tiny_engine, make_server, history):
     engine = make_tiny_engine()
     seen: list[tuple[str, type]] = []
     submit = engine.submit
@@ -83,22 +86,23 @@ async def test_each_client_message_is_its_engine_command(make_tiny_engine, make_
 
     ws = await connect(server.url, compression=None, max_size=None)
     hello = {"type": "hello", "conversation_id": "map-1", "sampling": GREEDY_WIRE}
+    if history:
+        hello["history"] = True
+    told = [HistoryDelta] if history else []  # what changed, to a client keeping a journal
     await sent([hello], [CreateSession], reply="ready")
 
     await sent([{"type": "turn.start", "req": 1, "max_frames": 4}], [StartTurn], "turn.started")
     tid = 0
     await sent([{"type": "turn.text", "turn_id": tid, "text": "Hello there, "}], [PushText])
     await sent([{"type": "turn.ids", "turn_id": tid, "ids": [], "text": ""}], [PushText])
-    await sent([{"type": "turn.end", "turn_id": tid}], [EndText, HistoryDelta], "turn.end")
-    await sent(
-        [{"type": "interrupt", "req": 2, "heard_frames": 1}], [Interrupt, HistoryDelta], "result"
-    )
+    await sent([{"type": "turn.end", "turn_id": tid}], [EndText, *told], "turn.end")
+    await sent([{"type": "interrupt", "req": 2, "heard_frames": 1}], [Interrupt, *told], "result")
 
     user = {"type": "user_turn", "req": 3, "text": "yes please", "format": "codes"}
-    await sent([{**user, "bytes": len(codes)}, codes], [AddUserTurn, HistoryDelta], "result")
+    await sent([{**user, "bytes": len(codes)}, codes], [AddUserTurn, *told], "result")
     voice = {"type": "voice", "req": 4, "format": "codes", "bytes": len(codes)}
-    await sent([voice, codes], [SetVoice, HistoryDelta], "result")
-    await sent([{"type": "voice", "req": 5, "format": "none"}], [SetVoice, HistoryDelta], "result")
+    await sent([voice, codes], [SetVoice, *told], "result")
+    await sent([{"type": "voice", "req": 5, "format": "none"}], [SetVoice, *told], "result")
 
     sampling = {"type": "settings", "req": 6, "sampling": {"temperature": 0.8}, "seed": 3}
     await sent([sampling], [SetSampling], "result")
@@ -116,11 +120,10 @@ async def test_each_client_message_is_its_engine_command(make_tiny_engine, make_
     assert reply["type"] == "error" and reply["code"] == "invalid_input", reply
     assert seen[start:] == []
 
-    await sent([{"type": "reset", "req": 9}], [Reset, HistoryDelta], "result")
-    ids = [5, 6]
-    fields, data = P.pack_restore(None, [("user", 0, ids, frames.numpy())])
+    await sent([{"type": "reset", "req": 9}], [Reset, *told], "result")
+    fields, data = P.pack_restore(None, [("user", 0, [5, 6], frames.numpy())])
     restore = {"type": "restore", "req": 13, **fields}
-    await sent([restore, data], [RestoreHistory, HistoryDelta], "result")
+    await sent([restore, data], [RestoreHistory, *told], "result")
     await sent([{"type": "snapshot", "req": 10}], [Snapshot], "result")
     await sent([{"type": "close", "req": 11}], [Close], "result")
     await ws.close()
