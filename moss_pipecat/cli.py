@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
 
 from loguru import logger
@@ -176,17 +177,15 @@ def serve(args: argparse.Namespace) -> int:
             )
     engine = engine_options.load_engine()
 
-    async def run() -> None:
-        import signal
+    def exit_cleanly(sig: int, frame: object) -> None:
+        # uvicorn handles SIGTERM/SIGINT while serving (the server drains: clients are told
+        # to move, turns in flight end), then raises the signal again for this handler.
+        raise SystemExit(0)
 
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)  # drain: close conversations, then exit
-        with contextlib.suppress(asyncio.CancelledError):
-            await run_server(engine, config)
-
-    asyncio.run(run())
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, exit_cleanly)
+    with contextlib.suppress(SystemExit):
+        asyncio.run(run_server(engine, config))
     return 0
 
 

@@ -11,6 +11,10 @@ method names, arguments, return types (``AudioChunk``, ``TurnSummary``) and exce
   its idle expiry, so ``RemoteSession.resumed`` is normally True after a reconnect; if the
   server lost it (restart, expiry), the session starts afresh with its voice and sampling
   re-applied, and ``resumed`` is False (``history_lost`` counts such events);
+* a server that drains for a deploy sends ``goaway``: the turn in flight ends on that
+  connection, and the next call reconnects, to the next of several URLs
+  (``RemoteEngine([url_a, url_b])``) or to the same one (a load balancer, Ray Serve);
+  ``RemoteSession.moves`` counts such moves;
 * user audio can be sent as audio (``add_user_audio_turn``) and encoded by the server's codec;
 * resuming a conversation takes its resume secret (``RemoteSession.resume_secret``): a session
   draws one for the conversation it creates and proposes it in its first hello (so a retry

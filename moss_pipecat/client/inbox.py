@@ -18,9 +18,12 @@ class TurnInbox:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._words: dict[int, list[tuple[str, float]]] = {}  # by frame index, until it comes
         self._deferred: MossError | None = None  # an input error the server reported
+        self.ended = False  # its summary came: the link may go (a move) without failing it
 
     # ---- filled by the link -------------------------------------------------------------------
     def put(self, item: AudioChunk | TurnSummary | BaseException) -> None:
+        if isinstance(item, TurnSummary):
+            self.ended = True
         self._queue.put_nowait(item)
 
     def add_words(self, index: int, words: list[tuple[str, float]]) -> None:

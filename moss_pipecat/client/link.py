@@ -1,6 +1,10 @@
 """``Link``: one websocket of a ``RemoteSession``, with its writer and reader tasks, the
 requests waiting for replies, and the inboxes of the turns the reader routes audio to (the
-link knows no session and no turn: they read what it receives)."""
+link knows no session and no turn: they read what it receives).
+
+A server that drains sends ``goaway``: the link then serves only what is in flight (its open
+turn, the requests awaiting replies) and closes itself once that is done, so the session's
+next call connects anew (``moved`` says why it went)."""
 
 from __future__ import annotations
 
@@ -24,10 +28,16 @@ class Link:
     replies, audio and turn ends into the turns' inboxes), and the pending requests."""
 
     def __init__(
-        self, ws: Any, ready: P.Ready, on_history: Callable[[P.History], None] | None = None
+        self,
+        ws: Any,
+        ready: P.Ready,
+        url: str = "",
+        on_history: Callable[[P.History], None] | None = None,
     ) -> None:
         self.ws = ws
+        self.url = url  # the server URL it reached
         self.ready = ready
+        self.moved: P.GoAway | None = None  # the server's ``goaway``
         self.on_history = on_history  # takes the server's history deltas, in order
         self.limits: P.ReadyLimits = ready.limits
         self.failure: MossError | None = None
@@ -35,6 +45,7 @@ class Link:
         self.turns: dict[int, TurnInbox] = {}  # open turns by id
         self._outbox: asyncio.Queue = asyncio.Queue()
         self._next_req = 0
+        self._leaving: asyncio.Task | None = None
         loop = asyncio.get_running_loop()
         self._writer = loop.create_task(self._write())
         self._reader = loop.create_task(self._read())
@@ -141,11 +152,17 @@ class Link:
             inbox = self.turns.pop(msg.turn_id, None)
             if inbox is not None:
                 inbox.put(msg.summary.to_summary())
+            self._leave_when_done()
         elif isinstance(msg, P.History):
             if self.on_history is not None:
                 self.on_history(msg)
         elif isinstance(msg, P.Result):
             self._resolve(msg.req, msg)
+            self._leave_when_done()
+        elif isinstance(msg, P.GoAway):
+            logger.info(f"{self.url}: the server is going away ({msg.reason}): moving")
+            self.moved = msg
+            self._leave_when_done()
         elif isinstance(msg, P.ErrorReply):
             err = msg.to_exception()
             if msg.req is not None and msg.req in self.pending:
@@ -158,8 +175,20 @@ class Link:
                 logger.warning(f"server error: {msg.code}: {msg.message}")
             if msg.fatal:
                 self.failure = self.failure or err
+            self._leave_when_done()
         else:  # a ``ready`` out of turn, or a type this client does not know
             logger.debug(f"ignoring server message {getattr(msg, 'type', None)!r}")
+
+    def _leave_when_done(self) -> None:
+        """After a ``goaway``: once no turn is open and no request awaits its reply, the
+        link stops being usable (synchronously, so no new request slips in) and closes."""
+        if self.moved is None or self._leaving is not None or self.turns:
+            return
+        if any(not fut.done() for fut in self.pending.values()):
+            return
+        if self.failure is None:
+            self.failure = ServerUnavailableError(f"{self.url} asked its clients to move")
+        self._leaving = asyncio.get_running_loop().create_task(self.close())
 
     def _resolve(self, req: int | None, value: Any) -> None:
         fut = self.pending.get(req) if req is not None else None

@@ -1,5 +1,5 @@
 """``RemoteEngine``: connects sessions to an engine server (TLS, token, handshake, and
-reconnecting with exponential backoff)."""
+reconnecting with exponential backoff, over one or several server URLs)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import ssl
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from moss_pipecat import protocol as P
@@ -27,7 +28,10 @@ class RemoteEngine:
 
     Args:
         url: ``ws://host:port/v1/ws`` (a bare ``ws://host:port`` gets the path added), or
-            ``wss://`` for a server with TLS.
+            ``wss://`` for a server with TLS; or several such URLs (servers of one
+            deployment): a session reconnects to the URL it was on, goes to the next one when
+            its server drains (``goaway``), and tries them in turn while none answers. One URL
+            behind a load balancer (or Ray Serve) works the same way.
         token: bearer token (default: none), sent as ``Authorization: Bearer`` with the
             websocket upgrade.
         connect_timeout: seconds for one connection attempt (TCP + upgrade + hello).
@@ -50,7 +54,7 @@ class RemoteEngine:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         token: str | None = None,
         *,
         connect_timeout: float = 5.0,
@@ -66,9 +70,11 @@ class RemoteEngine:
         ssl_context: ssl.SSLContext | None = None,
         journal: bool = True,
     ) -> None:
-        if "/" not in url.split("://", 1)[-1]:
-            url = url.rstrip("/") + P.WS_PATH
-        self.url = url
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise InvalidInputError("RemoteEngine needs a server URL")
+        self.urls = [_with_path(u) for u in urls]
+        self.url = self.urls[0]
         self.token = token
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
@@ -80,7 +86,10 @@ class RemoteEngine:
         self.max_message_bytes = max_message_bytes
         self.frame_timeout = frame_timeout
         self.journal = journal
-        self._ssl = _client_ssl(url, ssl_ca_file, ssl_context)
+        schemes = {u.split("://", 1)[0].lower() for u in self.urls}
+        if len(schemes) > 1:
+            raise InvalidInputError(f"mixed ws:// and wss:// URLs: {self.urls}")
+        self._ssl = _client_ssl(self.url, ssl_ca_file, ssl_context)
         self._sessions: set[RemoteSession] = set()
 
     async def create_session(
@@ -125,16 +134,21 @@ class RemoteEngine:
         for s in list(self._sessions):
             await s.close()
 
-    async def connect(self, session: RemoteSession) -> Link:
+    async def connect(self, session: RemoteSession, after: Link | None = None) -> Link:
         """Opens a connection for ``session`` with exponential backoff (``RemoteSession.open``
-        calls it)."""
+        calls it), trying the URLs in turn: first the one of the link ``after`` (the one the
+        session lost), or the next one when that server asked its clients to move."""
         deadline = time.monotonic() + self.reconnect_timeout
         delay = self.backoff_initial
         attempt = 0
+        at = self.urls.index(after.url) if after is not None and after.url in self.urls else 0
+        if after is not None and after.moved is not None:
+            at += 1
         while True:
+            url = self.urls[(at + attempt) % len(self.urls)]
             attempt += 1
             try:
-                return await self._connect_once(session)
+                return await self._connect_once(session, url)
             except (
                 UnauthorizedError,
                 ForbiddenError,
@@ -153,17 +167,18 @@ class RemoteEngine:
             except (OSError, TimeoutError, ServerUnavailableError, MossError) as e:
                 last = e
             except Exception as e:  # websockets' handshake errors
-                last = e
+                last = _refusal(e, url)
                 if _http_status(e) == 401:
                     raise UnauthorizedError("the server refused the token") from None
             if time.monotonic() + delay > deadline:
+                where = self.url if len(self.urls) == 1 else ", ".join(self.urls)
                 raise ServerUnavailableError(
-                    f"cannot reach {self.url} after {attempt} attempts: {last!r}"
+                    f"cannot reach {where} after {attempt} attempts: {last!r}"
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.backoff_max)
 
-    async def _connect_once(self, session: RemoteSession) -> Link:
+    async def _connect_once(self, session: RemoteSession, url: str) -> Link:
         from websockets.asyncio.client import connect
 
         headers = {}
@@ -172,7 +187,7 @@ class RemoteEngine:
         if session.id is not None:
             headers[P.SESSION_HEADER] = session.id  # Ray Serve routes a conversation by it
         ws = await connect(
-            self.url,
+            url,
             additional_headers=headers,
             open_timeout=self.connect_timeout,
             ping_interval=self.ping_interval,
@@ -195,10 +210,10 @@ class RemoteEngine:
                 await asyncio.wait_for(ws.close(), 2.0)
             if isinstance(e, MossError | asyncio.CancelledError):
                 raise
-            raise ServerUnavailableError(f"handshake with {self.url} failed: {e!r}") from None
+            raise ServerUnavailableError(f"handshake with {url} failed: {e!r}") from None
         session.take_ready(reply)
         journal = session.journal if self.journal else None
-        return Link(ws, reply, on_history=None if journal is None else journal.apply)
+        return Link(ws, reply, url, on_history=None if journal is None else journal.apply)
 
 
 def _client_ssl(
@@ -213,6 +228,20 @@ def _client_ssl(
         return context
     # The system's CAs (or ``ca_file``'s), host name checked.
     return ssl.create_default_context(cafile=ca_file)
+
+
+def _with_path(url: str) -> str:
+    return url.rstrip("/") + P.WS_PATH if "/" not in url.split("://", 1)[-1] else url
+
+
+def _refusal(e: Exception, url: str) -> Exception:
+    """A refused upgrade with the server's reason (e.g. 503 ``draining``); else ``e``."""
+    status = _http_status(e)
+    if status is None:
+        return e
+    body = getattr(getattr(e, "response", None), "body", b"") or b""
+    reason = body.decode("utf-8", "replace").strip()[:200]
+    return ServerUnavailableError(f"{url} refused the connection: HTTP {status} {reason}")
 
 
 def _http_status(e: Exception) -> int | None:

@@ -65,6 +65,7 @@ class RemoteSession:
         self.reconnects = 0
         self.history_lost = 0  # reconnects that found the conversation gone (and not restored)
         self.restored = 0  # reconnects that found it gone and restored it from the journal
+        self.moves = 0  # reconnects because the server drained (``goaway``)
         # The history as the server reported it: restored to a server that lost it.
         self.journal = Journal()
         self.audio: P.AudioInfo | None = None  # what the server's frames carry
@@ -89,14 +90,16 @@ class RemoteSession:
         async with self._connect_lock:
             if self._link is not None and self._link.alive:
                 return self._link
-            if self._link is not None:
-                await self._link.close()
-                self._link = None
+            old, self._link = self._link, None
+            if old is not None:
+                await old.close()
             first = self.id is None or self.audio is None
-            link = await self.engine.connect(self)
+            link = await self.engine.connect(self, after=old)
             self._link = link
             if not first:
                 self.reconnects += 1
+            if old is not None and old.moved is not None:
+                self.moves += 1
             if not self.resumed:
                 await self._made_anew(link, first)
             return link
@@ -183,9 +186,10 @@ class RemoteSession:
         if turn is not None and turn.summary is None:
             turn.cancel()
         link = await self.open()
-        if turn is not None and turn.summary is None and turn_link is not link and not self.resumed:
+        if turn is not None and not turn.ended and turn_link is not link and not self.resumed:
             # The turn was lost with its server (it never reached the journal): the server
-            # now holding the conversation has nothing of it to cut.
+            # now holding the conversation has nothing of it to cut. (One that ended before
+            # its server went, e.g. after a ``goaway``, is in the journal: it is cut there.)
             return None
         reply: P.Result = await self._request(link, P.Interrupt, **P.Interrupt.fields_of(command))
         return None if reply.summary is None else reply.summary.to_summary()

@@ -80,11 +80,16 @@ class RemoteTurn:
         err = self._inbox.take_deferred()
         if err is not None:
             raise err
-        if self._link.failure is not None and self.summary is None:
+        if self._link.failure is not None and not self.ended:
             raise ServerUnavailableError(f"connection lost: {self._link.failure}")
 
+    @property
+    def ended(self) -> bool:
+        """The server ended the turn (its summary came, read or not)."""
+        return self.summary is not None or self._inbox.ended
+
     def _send(self, msg: P._Msg) -> None:
-        if self.summary is not None:
+        if self.ended:
             return  # the turn already ended: late text is dropped (as in the engine)
         self._link.send_nowait(msg.to_json())
 

@@ -81,6 +81,17 @@ Server -> client
     ``result``       req, plus what the request returns (``summary``, ``snapshot``)
     ``error``        code, message, req? (the request it answers), turn_id?, fatal (the
                      server closes the connection after a fatal error)
+    ``goaway``       deadline_s, reason: the server is draining (a deploy): the client
+                     finishes the turn in flight here, then reconnects (another server, or
+                     the same URL behind a load balancer) for what comes next; a turn still
+                     open ``deadline_s`` after it is cut at the frames the client received
+                     (its ``turn.end`` has stop ``interrupted``)
+
+Draining
+    On SIGTERM (``moss-pipecat serve``) or a Ray Serve replica shutdown the server stops
+    admitting (upgrades get 503 ``draining``, ``/readyz`` 503), sends every connection a
+    goaway, lets turns in flight end (cutting them at the frames sent when the drain
+    deadline, ``drain_timeout_s``, passes), closes what is left with 1001, and exits.
 
 Both directions are pydantic models (``ClientMessage``, ``ServerMessage``: one discriminated
 union on ``type`` each); a message is sent as built (``to_json``): the fields given when it was
@@ -137,6 +148,7 @@ from moss_pipecat.protocol.server_messages import (
     SERVER_MESSAGES,
     AudioInfo,
     ErrorReply,
+    GoAway,
     History,
     HistoryTurn,
     Ready,
@@ -191,6 +203,7 @@ __all__ = [
     "Close",
     "ErrorReply",
     "Finite",
+    "GoAway",
     "Hello",
     "History",
     "HistoryTurn",

@@ -235,8 +235,19 @@ class ErrorReply(_Out):
         return error_from_wire(self.code, self.message)
 
 
+class GoAway(_Out):
+    """The server is going away (a deploy, a scale-down): it admits no new conversation; the
+    client finishes the turn in flight on this connection, then reconnects (to another server)
+    for what comes next. A turn still open ``deadline_s`` seconds after this message is cut
+    at the frames the client received (its ``turn.end`` says so: stop ``interrupted``)."""
+
+    type: Literal["goaway"] = "goaway"
+    deadline_s: float = Field(ge=0)
+    reason: str = "shutdown"
+
+
 ServerMessage = Annotated[
-    Ready | TurnStarted | TurnWords | TurnEnded | Result | History | ErrorReply,
+    Ready | TurnStarted | TurnWords | TurnEnded | Result | History | ErrorReply | GoAway,
     Field(discriminator="type"),
 ]
 _SERVER_ADAPTER: TypeAdapter[Any] = TypeAdapter(ServerMessage)

@@ -92,6 +92,10 @@ def create_app(hub: ConversationHub) -> Any:
                 await _deny(ws, 401, "unauthorized\n", {"WWW-Authenticate": "Bearer"})
                 return
             authorized = True
+        if hub.draining:  # a deploy: the client should go to another server
+            metrics.refused.inc(reason="draining")
+            await _deny(ws, 503, "draining: this server is shutting down\n", {"Retry-After": "1"})
+            return
         if not hub.ready:
             metrics.refused.inc(reason="not_ready")
             await _deny(ws, 503, "not ready\n")
@@ -117,7 +121,8 @@ def create_app(hub: ConversationHub) -> Any:
     @app.get("/readyz")
     async def readyz() -> PlainTextResponse:
         ok = hub.ready
-        return PlainTextResponse("ready\n" if ok else "not ready\n", 200 if ok else 503)
+        text = "ready\n" if ok else "draining\n" if hub.draining else "not ready\n"
+        return PlainTextResponse(text, 200 if ok else 503)
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
@@ -321,6 +326,12 @@ class EngineServer:
         logger.info(f"moss engine server listening on {self.url}")
         return self
 
+    async def drain(self, timeout: float | None = None) -> None:
+        """Drains for a deploy (``ConversationHub.drain``: no new conversations, clients told
+        to move, turns in flight end or are cut at ``timeout``), then ``stop``."""
+        await self.hub.drain(timeout)
+        await self.stop()
+
     async def stop(self) -> None:
         """Closes connections (1001) and conversations; stops listening."""
         if self._uvicorn is None:
@@ -335,8 +346,16 @@ class EngineServer:
             await asyncio.to_thread(self.engine.shutdown)
 
     async def serve_forever(self) -> None:
+        """Waits until uvicorn's main loop ends (its ``should_exit``: a captured signal)."""
         if self._main is not None:
             await asyncio.shield(self._main)
+
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:
+        """uvicorn's signal handling (SIGINT/SIGTERM end ``serve_forever``), for a server
+        run in the main thread; the caller drains within the block."""
+        if self._uvicorn is None:
+            raise RuntimeError("the server is not started")
+        return self._uvicorn.capture_signals()
 
     async def __aenter__(self) -> EngineServer:
         return await self.start()
@@ -346,10 +365,17 @@ class EngineServer:
 
 
 async def run_server(engine: MossEngine, config: ServerConfig) -> None:
-    """Serves until cancelled (SIGINT/SIGTERM in the CLI), then drains."""
+    """Serves until SIGTERM or SIGINT, then drains (``EngineServer.drain``) and returns.
+
+    The signals are uvicorn's own handling (``capture_signals``: a signal ends its main
+    loop); once drained, uvicorn raises the signal again for the handler that was in place
+    before (the CLI's, which exits with status 0). Cancelling the task stops at once.
+    """
     server = EngineServer(engine, config, own_engine=True)
     await server.start()
     try:
-        await server.serve_forever()
+        with server.capture_signals():
+            await server.serve_forever()
+            await server.drain()
     finally:
         await server.stop()

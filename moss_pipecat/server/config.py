@@ -65,6 +65,10 @@ class ServerLimits:
         write_timeout_s: the longest any one send to a client may wait (its socket buffers
             full because it reads nothing); past it the connection is dropped, and its turn
             ends as if the client had disconnected.
+        drain_timeout_s: how long a draining server (SIGTERM, a Ray replica shutdown) lets
+            turns in flight run after telling its clients to move (``goaway``); then it cuts
+            them at the frames sent and exits. Keep it below the orchestrator's kill grace
+            period (Kubernetes: 30 s).
     """
 
     max_connections: int = _limit(256, "authenticated websockets", ge=1)
@@ -91,6 +95,9 @@ class ServerLimits:
     )
     write_timeout_s: float = _limit(
         10.0, "seconds a send to a client may wait before the client is dropped", gt=0
+    )
+    drain_timeout_s: float = _limit(
+        20.0, "seconds a draining server lets turns in flight end after its goaway", ge=0
     )
     max_text_chars: InitVar[int | None] = None  # deprecated: max_transcript_chars
 

@@ -33,6 +33,8 @@ class Connection:
     closed: bool = False
     aborted: bool = False
     admission: Admission | None = None  # its slot in the connection budget
+    ready: bool = False  # ``ready`` went out: the client reads server messages from here on
+    moving: bool = False  # told to move (``goaway``)
     history: bool = False  # the client keeps a journal: send it ``history`` deltas
 
     async def send_message(self, msg: P.ServerMessage) -> None:

@@ -35,6 +35,12 @@ class Conversation:
     # ``_settle`` (under ``lock``) before anyone else uses the conversation.
     cut: tuple[TurnStream, int] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # engine calls of attach/detach
+    # A turn's frames and its end go out under ``out``, so a drain's cut reads an exact
+    # ``frames_sent``; the pump sends no more frames of the turn ``held``, and its end is the
+    # cut's (``held_cut``: the engine's summary of the cut, None when nothing was cut).
+    out: asyncio.Lock = field(default_factory=asyncio.Lock)
+    held: TurnStream | None = None
+    held_cut: asyncio.Future | None = None
     # What the client was last told of the history (``server.history_feed``).
     cursor: HistoryCursor = field(default_factory=HistoryCursor)
     history_rev: int = 0

@@ -40,6 +40,7 @@ from moss_pipecat.server.handshake import run_handshake
 from moss_pipecat.server.message_handlers import serve_requests
 from moss_pipecat.server.metrics import ServerMetrics
 from moss_pipecat.server.transport import Transport, TransportClosed
+from moss_pipecat.server.turn_pump import cut_to_sent
 from moss_pipecat.server.uploads import AudioUploads
 from moss_pipecat.speech.sampling import SamplingParams
 
@@ -64,7 +65,12 @@ class ConversationHub:
         # The conversation map: held across engine calls, never across a connection's I/O.
         self._lock = asyncio.Lock()
         self._reaper: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop
         self._tasks: set[asyncio.Task] = set()  # farewells to replaced connections
+        self._drain: asyncio.Future | None = None
+        self._goaway_deadline = 0.0
+        self._no_connections = asyncio.Event()  # set while ``connections`` is empty
+        self._no_connections.set()
         self.uploads = AudioUploads(engine, self.limits)  # user audio and voices
         # Open sockets, authenticated and pending apart (admitted by the app at the upgrade).
         self.budget = ConnectionBudget(
@@ -80,8 +86,61 @@ class ConversationHub:
     # ================================================================== lifecycle
     def start(self) -> None:
         """Starts the expiry reaper (call inside the serving event loop)."""
+        self._loop = asyncio.get_running_loop()
         if self._reaper is None:
             self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Drains the server for a deploy (idempotent): stops admitting (upgrades and hellos
+        are refused, ``/readyz`` says not ready), tells every client to move (``goaway``),
+        lets turns in flight end, and when ``timeout`` (default ``drain_timeout_s``) passes
+        cuts the turns still open at the frames their clients received. Returns once every
+        client has left or the turns are cut; ``stop`` closes what is left."""
+        if self._drain is None:
+            wait = self.limits.drain_timeout_s if timeout is None else timeout
+            self._drain = asyncio.ensure_future(self._drain_once(wait))
+        await asyncio.shield(self._drain)
+
+    def drain_threadsafe(self) -> None:
+        """Starts ``drain`` from any thread (e.g. Ray's own event loop); returns at once."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self.draining = True  # never served: nothing to move
+            return
+        loop.call_soon_threadsafe(lambda: self._spawn(self.drain()))
+
+    async def _drain_once(self, timeout: float) -> None:
+        self.draining = True
+        logger.info(
+            f"draining: {len(self.connections)} connections told to move, "
+            f"turns in flight get {timeout} s"
+        )
+        self._goaway_deadline = time.monotonic() + timeout
+        await asyncio.gather(*(self.tell_to_move(c) for c in list(self.connections)))
+        try:
+            await asyncio.wait_for(self._no_connections.wait(), timeout)
+            return
+        except TimeoutError:
+            pass
+        open_turns = [c for c in self.conversations.values() if c.turn is not None]
+        logger.info(f"drain deadline: cutting {len(open_turns)} turns at the frames sent")
+        pumps = [c.pump for c in open_turns if c.pump is not None]
+        await asyncio.gather(*(cut_to_sent(c) for c in open_turns), return_exceptions=True)
+        if pumps:  # their ``turn.end`` goes out before ``stop`` closes the connections
+            await asyncio.wait(pumps, timeout=self.limits.write_timeout_s)
+
+    async def tell_to_move(self, conn: Connection) -> None:
+        """Sends ``goaway`` to a connection whose client reads server messages (it went
+        ``ready``), once; the handshake calls it too, for a connection that went ready
+        after the drain began."""
+        if not self.draining or conn.moving or not conn.ready:
+            return
+        conn.moving = True
+        left = max(0.0, self._goaway_deadline - time.monotonic())
+        try:
+            await conn.send_message(P.GoAway(deadline_s=round(left, 3), reason="shutdown"))
+        except TransportClosed:
+            pass
 
     async def stop(self) -> None:
         """Closes every connection (1001) and every conversation."""
@@ -136,6 +195,7 @@ class ConversationHub:
         )
         conn.admission = admission
         self.connections.add(conn)
+        self._no_connections.clear()
         try:
             if await run_handshake(self, conn):
                 await serve_requests(self, conn)
@@ -145,6 +205,8 @@ class ConversationHub:
             logger.exception("connection handler failed")
         finally:
             self.connections.discard(conn)
+            if not self.connections:
+                self._no_connections.set()
             conv = conn.conversation
             if conv is not None:
                 await self._detach(conv, conn)

@@ -92,4 +92,6 @@ async def run_handshake(hub: ConversationHub, conn: Connection) -> bool:
     )
     if resumed:  # the client's journal may have missed deltas while it was away
         await send_history(conv, full=True)
+    conn.ready = True
+    await hub.tell_to_move(conn)  # a drain that began during the handshake
     return True

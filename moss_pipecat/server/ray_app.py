@@ -23,11 +23,15 @@ replicas' environment, never from the command line.
 Autoscaling (``min_replicas``/``max_replicas`` instead of ``num_replicas``): every open
 websocket counts as one ongoing request, so ``target_ongoing_requests`` is conversations per
 replica (default: 3/4 of ``max_sessions``) and ``max_ongoing_requests`` caps connections per
-replica (default: ``max_sessions + 4``). Scaling changes the hash ring: a conversation whose
-replica went away, or whose id now maps to a new replica, reconnects to a replica without its
-history (the client sees ``resumed == False`` and continues with a fresh context). Scale-down
-waits up to ``graceful_shutdown_timeout_s`` for open connections; keep ``downscale_delay_s``
-long (minutes) so short gaps between calls do not shed conversations.
+replica (default: ``max_sessions + 4``). Keep ``downscale_delay_s`` long (minutes) so short
+gaps between calls do not shed conversations.
+
+A replica that Ray stops (scale-down, a new version) drains as ``moss-pipecat serve`` does on
+SIGTERM (``ray_drain``): it tells its clients to move (``goaway``), lets turns in flight end
+(cut at ``drain_timeout_s``), and Ray waits for that (``graceful_shutdown_timeout_s`` is set
+above the drain deadline). The controller has taken it off the hash ring by then, so a moved
+conversation reconnects to a live replica; so does one whose replica died. Either way the
+new replica has no history of it (the client sees ``resumed == False``).
 """
 
 from typing import Any
@@ -82,6 +86,7 @@ def make_deployment():
 
     from moss_pipecat.server.app import create_app
     from moss_pipecat.server.core import ConversationHub
+    from moss_pipecat.server.ray_drain import drain_on_replica_shutdown
 
     @serve.deployment(name="MossEngine", health_check_period_s=10, health_check_timeout_s=30)
     @serve.ingress()
@@ -92,6 +97,7 @@ def make_deployment():
             self.engine = engine.load_engine()
             config = server.server_config()  # the token is read here, on the replica
             self.hub = ConversationHub(self.engine, config)
+            drain_on_replica_shutdown(self.hub.drain_threadsafe)
 
         def __serve_build_asgi_app__(self) -> Any:
             # The standalone server's app; its lifespan starts and drains the hub.
@@ -149,6 +155,10 @@ def build_app(args: dict[str, Any] | None = None):
         "ray_actor_options": {"num_gpus": num_gpus, "num_cpus": ray_opts.num_cpus},
         # Every open websocket is one ongoing request for its whole life.
         "max_ongoing_requests": ray_opts.max_ongoing_requests or max_sessions + 4,
+        # A stopping replica drains (ray_drain): Ray waits past the drain's deadline (and the
+        # sends of the cut turns' ends) before it kills the replica.
+        "graceful_shutdown_timeout_s": server.drain_timeout_s + server.write_timeout_s + 5,
+        "graceful_shutdown_wait_loop_s": 0.5,
     }
     router = _router_config()
     if router is not None:

@@ -3,7 +3,9 @@
 The conversation (and its acoustic history) lives on the server, keyed by the conversation
 id, so it survives this process reconnecting. User speech and reference voices travel as PCM
 and are encoded by the server's codec. A lost server becomes an ``ErrorFrame`` for the turn in
-flight; the next turn reconnects (with backoff) and goes on. The session keeps the
+flight; the next turn reconnects (with backoff) and goes on. A server that drains for a
+deploy (``goaway``) lets the reply in flight finish; the next one goes to another server
+(the next of several URLs, or the same URL behind a load balancer). The session keeps the
 conversation's resume secret (the server's proof of who created it) for those reconnects.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 from moss_pipecat.client import RemoteEngine, RemoteSession
@@ -22,7 +25,8 @@ class MossRemoteTTSService(MossTTSServiceBase):
     """MOSS-TTS-Realtime served by ``moss-pipecat serve`` (or its Ray Serve deployment).
 
     Args:
-        url: the server's websocket URL (``ws://HOST:PORT/v1/ws``, ``wss://`` with TLS).
+        url: the server's websocket URL (``ws://HOST:PORT/v1/ws``, ``wss://`` with TLS), or
+            several servers' URLs (see ``RemoteEngine``).
         token: bearer token, when the server requires one.
         ssl_ca_file, ssl_context: the CA to trust for a ``wss://`` server's certificate, or
             the whole TLS context (see ``RemoteEngine``).
@@ -38,7 +42,7 @@ class MossRemoteTTSService(MossTTSServiceBase):
     def __init__(
         self,
         *,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         token: str | None = None,
         conversation_id: str | None = None,
         resume_secret: str | None = None,

@@ -141,6 +141,7 @@ def test_every_server_message_round_trips_through_its_model():
             noise=11,
         ),
         P.ErrorReply.of("forbidden", "no", fatal=True),
+        P.GoAway(deadline_s=19.5),
     ]
     assert {m.type for m in samples} == set(P.SERVER_MESSAGES)
     for msg in samples:
@@ -158,6 +159,8 @@ def test_every_server_message_round_trips_through_its_model():
     wire = json.loads(samples[5].to_json())["snapshot"]
     assert wire["rows"] == [[0] * 17] * 2 and wire["engine_added_later"] == 3
     assert "summary" not in json.loads(samples[5].to_json())
+    assert json.loads(samples[-1].to_json()) == {"type": "goaway", "deadline_s": 19.5}
+    assert P.parse_server_message('{"type": "goaway", "deadline_s": 1}').reason == "shutdown"
     # A newer server's fields and types do not break this client; a broken message does.
     assert P.parse_server_message('{"type": "result", "req": 1, "new": 2}') == P.Result(req=1)
     assert P.parse_server_message('{"type": "telemetry", "x": 1}') is None
