@@ -11,6 +11,8 @@ from torch import nn
 
 from moss_pipecat.masks import additive_mask
 from moss_pipecat.model.config import MossTTSRealtimeConfig
+from moss_pipecat.model.fused_sampling import NO_EOS, choose_codebook, keyed_noise_op
+from moss_pipecat.model.kernels import Fusable
 from moss_pipecat.model.layers import DecoderLayer, KVWriter, RMSNorm, rope_cos_sin
 from moss_pipecat.model.sampling import (
     BatchSampling,
@@ -48,7 +50,7 @@ class LocalModel(nn.Module):
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
 
 
-class LocalTransformer(nn.Module):
+class LocalTransformer(Fusable, nn.Module):
     def __init__(self, cfg: MossTTSRealtimeConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -134,13 +136,16 @@ class LocalTransformer(nn.Module):
             [B, rvq] int64 codes.
         """
         B = hidden.shape[0]
+        V = self.cfg.audio_vocab_size
         if isinstance(noise, NoiseKeys):
-            noise = keyed_noise(noise, self.rvq, self.cfg.audio_vocab_size)  # [B, rvq, V]
+            if self.fused:
+                noise = keyed_noise_op(noise.seed, noise.counter, self.rvq, V)
+            else:
+                noise = keyed_noise(noise, self.rvq, V)  # [B, rvq, V]
         kvs = self._scratch(B, hidden)
         tables = self._tables(hidden)
         # The penalty window and the filter settings are fixed for the frame: their per-row
         # tensors are made once for all codebooks.
-        V = self.cfg.audio_vocab_size
         factors = None  # [B, rvq, V]
         if history is not None:
             factors = penalty_factors(seen_mask(history.transpose(1, 2), V), sampling.penalty)
@@ -149,16 +154,19 @@ class LocalTransformer(nn.Module):
         codes = []
         for i in range(self.rvq):
             out = self._run(x, kvs, i, tables)[:, 0]  # [B, H]
-            logits = self.local_lm_heads[i](out).float()  # [B, V]
-            if i == 0:
-                logits = mask_token(logits, self.cfg.audio_eos, sampling.allow_eos)
-            code = choose_with(
-                logits,
-                None if factors is None else factors[:, i],
-                sampling,
-                plan,
-                None if noise is None else noise[:, i],
-            )
+            logits = self.local_lm_heads[i](out)  # [B, V]
+            f = None if factors is None else factors[:, i]
+            n = None if noise is None else noise[:, i]
+            if self.fused:
+                eos = self.cfg.audio_eos if i == 0 else NO_EOS
+                kth, tail = (None, None) if plan is None else (plan.kth, plan.tail)
+                t, g = sampling.temperature, sampling.greedy
+                code = choose_codebook(logits, f, t, g, kth, tail, n, eos, sampling.allow_eos)
+            else:
+                logits = logits.float()
+                if i == 0:
+                    logits = mask_token(logits, self.cfg.audio_eos, sampling.allow_eos)
+                code = choose_with(logits, f, sampling, plan, n)
             codes.append(code)
             if i + 1 < self.rvq:
                 x = self.model.embed_tokens[i](code)[:, None]

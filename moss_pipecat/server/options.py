@@ -57,6 +57,7 @@ class EngineOptions(BaseModel):
     max_text_chars: int = Field(20000, ge=1, description="characters per turn text")
     graphs: Literal["auto", "on", "off"] = "auto"
     compile: str | None = Field(None, description="torch.compile backend of the graphed step")
+    fused: Literal["on", "off"] = Field("off", description="the model's fused ops")
     eos_min_frames: int = Field(0, ge=0)
     eos_after_text: bool = False
     prefix_cache_mib: float | None = Field(
@@ -94,6 +95,7 @@ class EngineOptions(BaseModel):
             "max_text_chars": self.max_text_chars,
             "graphed_decode": {"auto": None, "on": True, "off": False}[self.graphs],
             "compile_decode": self.compile,
+            "fused": self.fused == "on",
             "eos_min_frames": self.eos_min_frames,
             "eos_after_text": self.eos_after_text,
         }
