@@ -35,7 +35,8 @@ from moss_pipecat.engine.scheduler import Scheduler
 from moss_pipecat.engine.state import Phase, SessionState
 from moss_pipecat.errors import CapacityError, SessionClosedError, UnknownSessionError
 from moss_pipecat.model import MossTTSRealtime
-from moss_pipecat.model.kernels import register_device_kernels, use_fused
+from moss_pipecat.model.device_kernels import register_device_kernels
+from moss_pipecat.model.kernels import use_fused
 
 
 class EngineCore:

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 # Ops whose device implementation is one kernel (name -> the device types it is one on),
-# filled by ``register_device_kernels``. An op without one runs its formula on that device,
-# and the kernel count says so.
+# filled by ``device_kernels.register_device_kernels``. An op without one runs its formula
+# on that device, and the kernel count says so.
 SINGLE_KERNEL: dict[str, set[str]] = {}
 
 
@@ -141,17 +141,6 @@ class Fusable:
     """Mixin of the modules with a fused path: ``fused`` (class default False) picks it."""
 
     fused: bool = False
-
-
-def register_device_kernels() -> dict[str, set[str]]:
-    """Puts the Triton kernels (``moss_pipecat.model.triton_kernels``) under their ops as
-    their CUDA implementations where ``triton`` can be imported; returns ``SINGLE_KERNEL``."""
-    try:
-        from moss_pipecat.model import triton_kernels
-    except ImportError:  # no triton: every op runs its formula
-        return SINGLE_KERNEL
-    triton_kernels.register()
-    return SINGLE_KERNEL
 
 
 def use_fused(model: nn.Module, on: bool) -> None:

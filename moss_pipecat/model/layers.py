@@ -7,6 +7,8 @@ the local transformer (a 16-position cache that lives for one frame).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -188,13 +190,50 @@ class DecoderLayer(Fusable, nn.Module):
         kv: KVWriter,
         mask: torch.Tensor,
     ) -> torch.Tensor:
-        attn = self.self_attn(self.input_layernorm(x), cos, sin, kv, mask)
-        if not self.fused:
-            x = x + attn
-            return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def fused_forward(
+        self,
+        x: torch.Tensor,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv: KVWriter,
+        mask: torch.Tensor,
+        next_norm: RMSNorm,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` through the fused ops, with the next norm (the next layer's input norm
+        or the stack's final one) fused into its last residual add. x: the residual stream,
+        h: this layer's normed input; returns (x, h) for the next layer, the same numbers as
+        ``forward`` then ``next_norm``."""
+        attn = self.self_attn(h, cos, sin, kv, mask)
         norm = self.post_attention_layernorm
-        x, h = kernels.add_rms_norm(x, attn, norm.weight, norm.eps)  # the same sum and norm
-        return x + self.mlp(h)
+        x, h = kernels.add_rms_norm(x, attn, norm.weight, norm.eps)
+        return kernels.add_rms_norm(x, self.mlp(h), next_norm.weight, next_norm.eps)
+
+
+def run_stack(
+    layers: Sequence[DecoderLayer],
+    norm: RMSNorm,
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    kvs: Sequence[KVWriter],
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Decoder layers (layer i writes through ``kvs[i]``), then the final ``norm``: each
+    layer's ``forward``, or with fused layers ``fused_forward`` (each residual add fused
+    with the norm after it)."""
+    if not layers[0].fused:
+        for layer, kv in zip(layers, kvs, strict=True):
+            x = layer(x, cos, sin, kv, mask)
+        return norm(x)
+    h = layers[0].input_layernorm(x)
+    norms = [layer.input_layernorm for layer in layers[1:]] + [norm]
+    for layer, kv, next_norm in zip(layers, kvs, norms, strict=True):
+        x, h = layer.fused_forward(x, h, cos, sin, kv, mask, next_norm)
+    return h
 
 
 class KVWriter:

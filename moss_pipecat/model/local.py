@@ -13,7 +13,7 @@ from moss_pipecat.masks import additive_mask
 from moss_pipecat.model.config import MossTTSRealtimeConfig
 from moss_pipecat.model.fused_sampling import NO_EOS, choose_codebook, keyed_noise_op
 from moss_pipecat.model.kernels import Fusable
-from moss_pipecat.model.layers import DecoderLayer, KVWriter, RMSNorm, rope_cos_sin
+from moss_pipecat.model.layers import DecoderLayer, KVWriter, RMSNorm, rope_cos_sin, run_stack
 from moss_pipecat.model.sampling import (
     BatchSampling,
     NoiseKeys,
@@ -64,10 +64,9 @@ class LocalTransformer(Fusable, nn.Module):
     def _scratch(self, B: int, like: torch.Tensor) -> list[_FrameKV]:
         c = self.cfg.local
         shape = (B, c.num_key_value_heads, self.rvq, c.head_dim)
-        return [
-            _FrameKV(like.new_zeros(shape), like.new_zeros(shape))
-            for _ in range(c.num_hidden_layers)
-        ]
+        # one zeroed buffer (one kernel) for every layer's keys and values
+        buf = like.new_zeros((c.num_hidden_layers, 2, *shape))
+        return [_FrameKV(kv[0], kv[1]) for kv in buf]
 
     def _tables(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """RoPE cos/sin [1, 1, rvq, hd] and the causal mask [rvq, rvq] (additive) of one
@@ -92,10 +91,9 @@ class LocalTransformer(Fusable, nn.Module):
         cos, sin, causal = tables
         cos, sin = cos[:, :, start : start + T], sin[:, :, start : start + T]
         mask = causal[start : start + T][None, None]  # [1, 1, T, rvq]
-        for layer, kv in zip(self.model.layers, kvs, strict=True):
+        for kv in kvs:
             kv.start = start
-            x = layer(x, cos, sin, kv, mask)
-        return self.model.norm(x)
+        return run_stack(self.model.layers, self.model.norm, x, cos, sin, kvs, mask)
 
     def teacher_forced_logits(self, hidden: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Logits of every codebook given the true previous codes.

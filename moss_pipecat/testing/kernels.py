@@ -151,7 +151,7 @@ def decode_step_kernels(
     that size, every row stepping and sampled with the default settings: repetition penalty,
     temperature, top-k, top-p, keyed noise, EOS maskable), on ``meta``; ``fused``: through
     the model's fused ops, each counted once where CUDA has a kernel for it
-    (``kernels.register_device_kernels``: with ``triton`` installed) and as its formula
+    (``device_kernels.register_device_kernels``: with ``triton`` installed) and as its formula
     otherwise."""
     from moss_pipecat.model import (
         BatchSampling,
@@ -159,8 +159,9 @@ def decode_step_kernels(
         MossTTSRealtimeConfig,
         SamplingParams,
     )
+    from moss_pipecat.model.device_kernels import register_device_kernels
     from moss_pipecat.model.graphs import GraphedDecodeStep
-    from moss_pipecat.model.kernels import register_device_kernels, use_fused
+    from moss_pipecat.model.kernels import use_fused
 
     with META:
         model = MossTTSRealtime(MossTTSRealtimeConfig.real()).to(dtype).eval()

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from moss_pipecat.model import MossTTSRealtime
+from moss_pipecat.model.device_kernels import register_device_kernels
 from moss_pipecat.model.graphs import GraphedDecodeStep
-from moss_pipecat.model.kernels import register_device_kernels, use_fused
+from moss_pipecat.model.kernels import use_fused
 from tests.gpu.test_cuda_graphs import _prefilled, _run_steps
 from tests.model.test_fused_triton import SHAPES, assert_near
 

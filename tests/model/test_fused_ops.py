@@ -15,7 +15,7 @@ import torch
 
 from moss_pipecat.model import MossTTSRealtime, MossTTSRealtimeConfig
 from moss_pipecat.model.kernels import SINGLE_KERNEL, silu_mul, use_fused
-from moss_pipecat.model.layers import DecoderLayer, rope_cos_sin
+from moss_pipecat.model.layers import DecoderLayer, RMSNorm, rope_cos_sin, run_stack
 from moss_pipecat.model.local import LocalTransformer
 from moss_pipecat.model.sampling import NO_HISTORY, BatchSampling, NoiseKeys, SamplingParams
 from moss_pipecat.testing.kernels import KernelCounter
@@ -72,12 +72,16 @@ class _Scratch:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shapes", ["tiny", "narrow_real"])
-def test_fused_decoder_layer_equals_plain(tiny_model, dtype, shapes):
+def test_fused_decoder_stack_equals_plain(tiny_model, dtype, shapes):
+    """Three decoder layers and the final norm (``run_stack``): each residual add fused with
+    the norm after it, q/k norm + RoPE, SiLU·mul, the norms with their weights."""
     cfg = tiny_model.cfg.language if shapes == "tiny" else _narrow_real().language
     gen = torch.Generator().manual_seed(3)
-    layer = DecoderLayer(cfg).to(dtype)
+    stack = torch.nn.ModuleList(
+        [DecoderLayer(cfg) for _ in range(3)] + [RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)]
+    ).to(dtype)
     with torch.no_grad():
-        for p in layer.parameters():  # random norms too, so their weights matter
+        for p in stack.parameters():  # random norms too, so their weights matter
             p.copy_(torch.randn(p.shape, generator=gen) * 0.2 + (1 if p.dim() == 1 else 0))
     B, T = 3, 5
     x = torch.randn(B, T, cfg.hidden_size, generator=gen).to(dtype)
@@ -86,8 +90,9 @@ def test_fused_decoder_layer_equals_plain(tiny_model, dtype, shapes):
     mask = torch.zeros(1, 1, T, T, dtype=dtype).masked_fill(
         torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")
     )
+    kvs = [_Scratch()] * 3
     with torch.no_grad():
-        plain, fused = _both(layer, lambda: layer(x, cos, sin, _Scratch(), mask))
+        plain, fused = _both(stack, run_stack, stack[:3], stack[3], x, cos, sin, kvs, mask)
     assert plain.dtype == dtype
     assert torch.equal(plain, fused)
 
@@ -202,6 +207,8 @@ def test_fused_ops_count_once_with_device_kernels():
     assert fused.by_op["moss.keyed_noise.default"] == 1
     assert fused.by_op["moss.silu_mul.default"] == layers
     assert fused.by_op["moss.norm_rope.default"] == layers
-    assert fused.by_op["moss.add_rms_norm.default"] == layers
-    assert fused.by_op["moss.rms_norm.default"] == layers + cfg.rvq  # + the final norms
+    # each residual add with the norm after it; one plain norm per stack call (its input)
+    assert fused.by_op["moss.add_rms_norm.default"] == 2 * layers
+    assert fused.by_op["moss.rms_norm.default"] == cfg.rvq
+    assert "aten.add" not in fused.by_op
     assert fused.total < plain.total
