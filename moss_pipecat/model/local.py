@@ -66,7 +66,7 @@ class LocalTransformer(Fusable, nn.Module):
         shape = (B, c.num_key_value_heads, self.rvq, c.head_dim)
         # one zeroed buffer (one kernel) for every layer's keys and values
         buf = like.new_zeros((c.num_hidden_layers, 2, *shape))
-        return [_FrameKV(kv[0], kv[1]) for kv in buf]
+        return [_FrameKV(buf[i, 0], buf[i, 1]) for i in range(c.num_hidden_layers)]
 
     def _tables(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """RoPE cos/sin [1, 1, rvq, hd] and the causal mask [rvq, rvq] (additive) of one
