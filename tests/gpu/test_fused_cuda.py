@@ -17,7 +17,7 @@ from moss_pipecat.model.device_kernels import register_device_kernels
 from moss_pipecat.model.graphs import GraphedDecodeStep
 from moss_pipecat.model.kernels import use_fused
 from tests.gpu.test_cuda_graphs import _prefilled, _run_steps
-from tests.model.test_fused_triton import SHAPES, assert_near
+from tests.model.fused_helpers import SHAPES, assert_near
 
 CUDA = torch.device("cuda")
 triton_kernels = pytest.importorskip("moss_pipecat.model.triton_kernels")
