@@ -41,6 +41,7 @@ from _setup import DTYPES, build_model, layout_for
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.engine import MossEngine
 from moss_pipecat.model import MossTTSRealtime, MossTTSRealtimeConfig, SamplingParams
+from moss_pipecat.model.kernels import SINGLE_KERNEL
 from moss_pipecat.testing.kernels import codec_frame_kernels, decode_step_kernels
 from moss_pipecat.testing.launches import count_ticks, instrument, outside, start_turns
 
@@ -168,19 +169,29 @@ def run_sessions(model, codec, n: int, args) -> dict:
 
 
 def step_kernels(dtype_name: str) -> dict:
-    """Kernels of one real-size decode step (batch 1) and one codec frame, on ``meta``."""
+    """Kernels of one real-size decode step (batch 1, plain and through the fused ops) and
+    one codec frame, on ``meta``."""
     dtype = DTYPES[dtype_name]
     out = {"dtype": dtype_name, "device": "meta", "sizes": "real"}
-    for name, fn in (("decode_step", decode_step_kernels), ("codec_frame", codec_frame_kernels)):
+    for name, fn in (
+        ("decode_step", decode_step_kernels),
+        ("decode_step_fused", lambda d: decode_step_kernels(d, fused=True)),
+        ("codec_frame", codec_frame_kernels),
+    ):
         k = fn(dtype)
         out[name] = {"kernels": k.total, "by_op": k.by_op}
+    # the fused ops counted once: those with a CUDA kernel (Triton, where it is installed)
+    out["fused_single_kernel_ops"] = sorted(
+        op for op, devices in SINGLE_KERNEL.items() if "cuda" in devices
+    )
     return out
 
 
 def kernels_summary(k: dict) -> str:
     return (
         f"kernels per graphed step ({k['dtype']}, real size, counted on {k['device']}): "
-        f"decode step b=1 {k['decode_step']['kernels']}, "
+        f"decode step b=1 {k['decode_step']['kernels']} "
+        f"(fused ops: {k['decode_step_fused']['kernels']}), "
         f"codec frame b=1 {k['codec_frame']['kernels']}"
     )
 

@@ -87,6 +87,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="torch.compile the graphed decode step (e.g. inductor; minutes at start)",
     )
     p.add_argument(
+        "--fused",
+        choices=["on", "off"],
+        default=None,
+        help="run the model through its fused ops (same frames; default off)",
+    )
+    p.add_argument(
         "--eos-min-frames",
         type=int,
         default=None,

@@ -68,6 +68,15 @@ class EngineConfig:
             configured sessions can hit (seconds at start-up), so no call waits for a capture.
         compile_decode: ``torch.compile`` backend for the graphed decode step ("inductor":
             fused kernels inside the graphs; minutes of compiling at start). None: off.
+        fused: run the model through its fused ops (``moss_pipecat.model.kernels``: norm
+            with its weight, residual add + norm, q/k norm + RoPE, SiLU·mul, one sampling op
+            per codebook, one keyed-noise op per frame). On a CPU each op runs the plain
+            path's formula: the same frames bit for bit. On CUDA with ``triton`` installed
+            each op is one Triton kernel (``model.triton_kernels``; the same roundings, a
+            reduction's order and a last bit of ``rsqrt`` may differ); without it the ops run
+            their formulas there too. Off by default; it should default on for CUDA once it
+            is measured there (``tests/gpu/test_fused_cuda.py``, ``scripts/gpu_bench.sh``).
+            The setting belongs to the model: engines sharing one model share it.
         kv_pools: ((slots, capacity), ...) KV-cache pools, so memory follows real context
             length: a session starts in the smallest pool with a free slot and moves (its KV
             copied, not recomputed) to a larger one when its conversation outgrows it. The
@@ -102,6 +111,7 @@ class EngineConfig:
     graphed_prefill: bool = True
     capture_graphs_at_start: bool = True
     compile_decode: str | None = None
+    fused: bool = False
     kv_pools: tuple[tuple[int, int], ...] | None = None
     prefix_cache_bytes: int = 256 * 2**20
 

@@ -35,6 +35,8 @@ from moss_pipecat.engine.scheduler import Scheduler
 from moss_pipecat.engine.state import Phase, SessionState
 from moss_pipecat.errors import CapacityError, SessionClosedError, UnknownSessionError
 from moss_pipecat.model import MossTTSRealtime
+from moss_pipecat.model.device_kernels import register_device_kernels
+from moss_pipecat.model.kernels import use_fused
 
 
 class EngineCore:
@@ -56,6 +58,9 @@ class EngineCore:
         self.system_text_ids = list(system_text_ids)
         self.voice_instruction_ids = list(voice_instruction_ids)
         device = next(model.parameters()).device
+        if config.fused:
+            register_device_kernels()
+        use_fused(model, config.fused)
         graphed = config.graphed_decode
         if graphed is None:
             graphed = device.type == "cuda"

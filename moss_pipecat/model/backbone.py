@@ -8,7 +8,7 @@ from torch import nn
 from moss_pipecat.masks import additive_mask
 from moss_pipecat.model.config import MossTTSRealtimeConfig, TransformerConfig
 from moss_pipecat.model.kv_cache import KVCache
-from moss_pipecat.model.layers import DecoderLayer, RMSNorm, rope_cos_sin
+from moss_pipecat.model.layers import DecoderLayer, RMSNorm, rope_cos_sin, run_stack
 
 
 class RowEmbedding(nn.Module):
@@ -75,6 +75,5 @@ class Qwen3Backbone(nn.Module):
         if valid is not None:
             keep = torch.arange(T, device=x.device)[None, :] < valid[:, None]  # [B, T]
             writes = torch.where(keep, positions, cache.max_len - 1)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, cache.writer(i, slots, writes, S), mask)
-        return self.norm(x)
+        kvs = [cache.writer(i, slots, writes, S) for i in range(len(self.layers))]
+        return run_stack(self.layers, self.norm, x, cos, sin, kvs, mask)

@@ -7,16 +7,26 @@ the local transformer (a 16-position cache that lives for one frame).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moss_pipecat.model import kernels
 from moss_pipecat.model.config import TransformerConfig
+from moss_pipecat.model.kernels import (
+    Fusable,
+    apply_rope,  # noqa: F401 (re-exported: the model's RoPE)
+    norm_rope_formula,
+    scaled_rms_norm,
+    silu_mul_formula,
+)
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(Fusable, nn.Module):
     """RMS norm over the last axis of size ``dim``; with ``rows``, one weight row per row of
-    the second-to-last axis (e.g. per attention head)."""
+    the second-to-last axis (e.g. per attention head). See ``kernels.scaled_rms_norm``."""
 
     def __init__(self, dim: int, eps: float, rows: int | None = None) -> None:
         super().__init__()
@@ -24,14 +34,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim if rows is None else (rows, dim)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # One F.rms_norm (one fused kernel on GPU, vs. seven ops written out), normalised in
-        # fp32. The reference casts the normed value back, then scales it in the activation
-        # dtype. In fp32 scaling inside F.rms_norm gives the same numbers in one kernel less;
-        # in bf16 it would round once instead of twice (other numbers), so there it stays
-        # apart (see docs/PERFORMANCE.md).
-        if self.weight.dim() == 1 and x.dtype == torch.float32:
-            return F.rms_norm(x, (x.shape[-1],), self.weight, eps=self.eps)
-        return self.weight * F.rms_norm(x, (x.shape[-1],), eps=self.eps)
+        if self.fused:
+            return kernels.rms_norm(x, self.weight, self.eps)
+        return scaled_rms_norm(x, self.weight, self.eps)
 
 
 def rope_cos_sin(
@@ -53,18 +58,7 @@ def rope_cos_sin(
     return cos.to(dtype)[:, None], sin.to(dtype)[:, None]
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE: x*cos + [-x2, x1]*sin, written as x*cos + [x2, x1]*signed_sin (the
-    sign lives in the table: one kernel less per call, bit-identical).
-
-    x: [B, heads, T, hd]; cos/sin: [B, 1, T, hd] from ``rope_cos_sin``.
-    """
-    half = x.shape[-1] // 2
-    swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + swapped * sin
-
-
-class Attention(nn.Module):
+class Attention(Fusable, nn.Module):
     """Qwen3 attention with q/k/v as one matmul and the q/k norms as one per-head norm (a
     third of the kernels; the decode step is launch-bound).
 
@@ -118,13 +112,18 @@ class Attention(nn.Module):
         qkv = self.qkv_proj(x).view(B, T, nq + 2 * nkv, hd)
         qk, v = qkv.split((nq + nkv, nkv), dim=2)  # views
         # q and k normed and rotated together: the same math as apart, element for element.
-        qk = self.qk_norm(qk)
-        q, k = apply_rope(qk.transpose(1, 2), cos, sin).split((nq, nkv), dim=1)
+        q, k = self._norm_rope(qk, cos, sin).split((nq, nkv), dim=1)
         v = v.transpose(1, 2)
         # q: [B, h, T, hd]; k, v: [B, n_kv, T, hd]
         k_all, v_all = kv.write(k, v)  # [B, n_kv, S, hd]
         out = grouped_attention(q, k_all, v_all, mask)  # [B, h, T, hd]
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def _norm_rope(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """qk [B, T, nq + nkv, hd] -> normed and rotated [B, nq + nkv, T, hd]."""
+        if self.fused:
+            return kernels.norm_rope(qk, self.qk_norm.weight, cos, sin, self.qk_norm.eps)
+        return norm_rope_formula(qk, self.qk_norm.weight, cos, sin, self.qk_norm.eps)
 
 
 def grouped_attention(
@@ -152,7 +151,7 @@ def grouped_attention(
     return out.reshape(B, h, T, hd)
 
 
-class MLP(nn.Module):
+class MLP(Fusable, nn.Module):
     """SwiGLU with gate and up as one matmul (``gate_up_proj``: gate rows, then up rows;
     the checkpoint keeps them apart, see ``Attention``)."""
 
@@ -170,11 +169,12 @@ class MLP(nn.Module):
         state[f"{prefix}gate_proj.weight"], state[f"{prefix}up_proj.weight"] = gate, up
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        gate_up = self.gate_up_proj(x)
+        inner = kernels.silu_mul(gate_up) if self.fused else silu_mul_formula(gate_up)
+        return self.down_proj(inner)
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(Fusable, nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -192,6 +192,48 @@ class DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def fused_forward(
+        self,
+        x: torch.Tensor,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv: KVWriter,
+        mask: torch.Tensor,
+        next_norm: RMSNorm,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` through the fused ops, with the next norm (the next layer's input norm
+        or the stack's final one) fused into its last residual add. x: the residual stream,
+        h: this layer's normed input; returns (x, h) for the next layer, the same numbers as
+        ``forward`` then ``next_norm``."""
+        attn = self.self_attn(h, cos, sin, kv, mask)
+        norm = self.post_attention_layernorm
+        x, h = kernels.add_rms_norm(x, attn, norm.weight, norm.eps)
+        return kernels.add_rms_norm(x, self.mlp(h), next_norm.weight, next_norm.eps)
+
+
+def run_stack(
+    layers: Sequence[DecoderLayer],
+    norm: RMSNorm,
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    kvs: Sequence[KVWriter],
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Decoder layers (layer i writes through ``kvs[i]``), then the final ``norm``: each
+    layer's ``forward``, or with fused layers ``fused_forward`` (each residual add fused
+    with the norm after it)."""
+    if not layers[0].fused:
+        for layer, kv in zip(layers, kvs, strict=True):
+            x = layer(x, cos, sin, kv, mask)
+        return norm(x)
+    h = layers[0].input_layernorm(x)
+    norms = [layer.input_layernorm for layer in layers[1:]] + [norm]
+    for layer, kv, next_norm in zip(layers, kvs, norms, strict=True):
+        x, h = layer.fused_forward(x, h, cos, sin, kv, mask, next_norm)
+    return h
 
 
 class KVWriter:

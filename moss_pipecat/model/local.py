@@ -11,7 +11,9 @@ from torch import nn
 
 from moss_pipecat.masks import additive_mask
 from moss_pipecat.model.config import MossTTSRealtimeConfig
-from moss_pipecat.model.layers import DecoderLayer, KVWriter, RMSNorm, rope_cos_sin
+from moss_pipecat.model.fused_sampling import NO_EOS, choose_codebook, keyed_noise_op
+from moss_pipecat.model.kernels import Fusable
+from moss_pipecat.model.layers import DecoderLayer, KVWriter, RMSNorm, rope_cos_sin, run_stack
 from moss_pipecat.model.sampling import (
     BatchSampling,
     NoiseKeys,
@@ -48,7 +50,7 @@ class LocalModel(nn.Module):
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
 
 
-class LocalTransformer(nn.Module):
+class LocalTransformer(Fusable, nn.Module):
     def __init__(self, cfg: MossTTSRealtimeConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -62,10 +64,9 @@ class LocalTransformer(nn.Module):
     def _scratch(self, B: int, like: torch.Tensor) -> list[_FrameKV]:
         c = self.cfg.local
         shape = (B, c.num_key_value_heads, self.rvq, c.head_dim)
-        return [
-            _FrameKV(like.new_zeros(shape), like.new_zeros(shape))
-            for _ in range(c.num_hidden_layers)
-        ]
+        # one zeroed buffer (one kernel) for every layer's keys and values
+        buf = like.new_zeros((c.num_hidden_layers, 2, *shape))
+        return [_FrameKV(buf[i, 0], buf[i, 1]) for i in range(c.num_hidden_layers)]
 
     def _tables(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """RoPE cos/sin [1, 1, rvq, hd] and the causal mask [rvq, rvq] (additive) of one
@@ -90,10 +91,9 @@ class LocalTransformer(nn.Module):
         cos, sin, causal = tables
         cos, sin = cos[:, :, start : start + T], sin[:, :, start : start + T]
         mask = causal[start : start + T][None, None]  # [1, 1, T, rvq]
-        for layer, kv in zip(self.model.layers, kvs, strict=True):
+        for kv in kvs:
             kv.start = start
-            x = layer(x, cos, sin, kv, mask)
-        return self.model.norm(x)
+        return run_stack(self.model.layers, self.model.norm, x, cos, sin, kvs, mask)
 
     def teacher_forced_logits(self, hidden: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Logits of every codebook given the true previous codes.
@@ -134,13 +134,16 @@ class LocalTransformer(nn.Module):
             [B, rvq] int64 codes.
         """
         B = hidden.shape[0]
+        V = self.cfg.audio_vocab_size
         if isinstance(noise, NoiseKeys):
-            noise = keyed_noise(noise, self.rvq, self.cfg.audio_vocab_size)  # [B, rvq, V]
+            if self.fused:
+                noise = keyed_noise_op(noise.seed, noise.counter, self.rvq, V)
+            else:
+                noise = keyed_noise(noise, self.rvq, V)  # [B, rvq, V]
         kvs = self._scratch(B, hidden)
         tables = self._tables(hidden)
         # The penalty window and the filter settings are fixed for the frame: their per-row
         # tensors are made once for all codebooks.
-        V = self.cfg.audio_vocab_size
         factors = None  # [B, rvq, V]
         if history is not None:
             factors = penalty_factors(seen_mask(history.transpose(1, 2), V), sampling.penalty)
@@ -149,16 +152,19 @@ class LocalTransformer(nn.Module):
         codes = []
         for i in range(self.rvq):
             out = self._run(x, kvs, i, tables)[:, 0]  # [B, H]
-            logits = self.local_lm_heads[i](out).float()  # [B, V]
-            if i == 0:
-                logits = mask_token(logits, self.cfg.audio_eos, sampling.allow_eos)
-            code = choose_with(
-                logits,
-                None if factors is None else factors[:, i],
-                sampling,
-                plan,
-                None if noise is None else noise[:, i],
-            )
+            logits = self.local_lm_heads[i](out)  # [B, V]
+            f = None if factors is None else factors[:, i]
+            n = None if noise is None else noise[:, i]
+            if self.fused:
+                eos = self.cfg.audio_eos if i == 0 else NO_EOS
+                kth, tail = (None, None) if plan is None else (plan.kth, plan.tail)
+                t, g = sampling.temperature, sampling.greedy
+                code = choose_codebook(logits, f, t, g, kth, tail, n, eos, sampling.allow_eos)
+            else:
+                logits = logits.float()
+                if i == 0:
+                    logits = mask_token(logits, self.cfg.audio_eos, sampling.allow_eos)
+                code = choose_with(logits, f, sampling, plan, n)
             codes.append(code)
             if i + 1 < self.rvq:
                 x = self.model.embed_tokens[i](code)[:, None]

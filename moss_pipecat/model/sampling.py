@@ -276,14 +276,26 @@ def choose_with(
     """``choose_tokens`` with the per-frame parts made beforehand: ``factors`` [B, V] from
     ``penalty_factors`` (None: no penalty) and ``plan`` from ``filter_plan`` (needed when
     ``noise`` is given)."""
+    return choose_rows(logits, factors, sampling.temperature, sampling.greedy, plan, noise)
+
+
+def choose_rows(
+    logits: torch.Tensor,
+    factors: torch.Tensor | None,
+    temperature: torch.Tensor,
+    greedy: torch.Tensor,
+    plan: FilterPlan | None,
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
+    """``choose_with`` given the only settings it reads: temperature [B], greedy [B] bool."""
     if factors is not None:
         logits = penalize_with(logits, factors)
-    greedy = logits.argmax(dim=-1)  # first maximum on ties: lowest id
+    greedy_ids = logits.argmax(dim=-1)  # first maximum on ties: lowest id
     if noise is None:
-        return greedy
-    probs = filter_with(logits, sampling.temperature, plan).softmax(-1)
+        return greedy_ids
+    probs = filter_with(logits, temperature, plan).softmax(-1)
     drawn = (probs / noise).argmax(dim=-1)
-    return torch.where(sampling.greedy, greedy, drawn)
+    return torch.where(greedy, greedy_ids, drawn)
 
 
 def sample_probs(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -66,6 +66,7 @@ class EngineOptions(BaseModel):
     )
     graphs: Literal["auto", "on", "off"] = "auto"
     compile: str | None = Field(None, description="torch.compile backend of the graphed step")
+    fused: Literal["on", "off"] = Field("off", description="the model's fused ops")
     eos_min_frames: int = Field(0, ge=0)
     eos_after_text: bool = False
     prefix_cache_mib: float | None = Field(
@@ -102,6 +103,7 @@ class EngineOptions(BaseModel):
             "lookahead_s": self.lookahead_s or None,  # 0: unpaced
             "graphed_decode": {"auto": None, "on": True, "off": False}[self.graphs],
             "compile_decode": self.compile,
+            "fused": self.fused == "on",
             "eos_min_frames": self.eos_min_frames,
             "eos_after_text": self.eos_after_text,
         }

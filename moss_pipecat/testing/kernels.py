@@ -18,7 +18,9 @@ What counts as one kernel:
   kernels ATen spends turning it into an additive one on CUDA: ``zeros_like``,
   ``logical_not``, ``masked_fill_``);
 * a custom op (``torch.library``) once: the dispatch mode sees it as one op and not what its
-  implementation runs.
+  implementation runs; except our fused ops (``moss::``, ``moss_pipecat.model.kernels``) that
+  have no single-kernel implementation on the device counted for (``device``, CUDA by
+  default): those run their formula there, so their formula's kernels are counted.
 
 The count is the same on any device and torch build that decomposes the same way; it does
 not include what a compiler (``torch.compile``) would fuse further.
@@ -78,7 +80,11 @@ class KernelCounter:
     the function's name (``rms_norm``), custom ops under theirs.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cuda") -> None:
+        from moss_pipecat.model.fused_sampling import FORMULAS as SAMPLING_FORMULAS
+        from moss_pipecat.model.kernels import FORMULAS, SINGLE_KERNEL
+
+        formulas = {**FORMULAS, **SAMPLING_FORMULAS}
         self.by_op: Counter[str] = Counter()
         self._fused_depth = 0
         counter = self
@@ -86,6 +92,10 @@ class KernelCounter:
         class _Functions(TorchFunctionMode):
             def __torch_function__(self, func, types, args=(), kwargs=None):
                 kwargs = kwargs or {}
+                op = func.name() if isinstance(func, torch._ops.OpOverload) else None
+                if op in formulas and device not in SINGLE_KERNEL.get(op, ()):
+                    with self:  # no kernel of its own there: count what its formula runs
+                        return formulas[op](*args, **kwargs)
                 kernels = FUSED.get(func)
                 if kernels is None or counter._fused_depth:
                     return func(*args, **kwargs)
@@ -135,22 +145,30 @@ class StepKernels:
 
 
 def decode_step_kernels(
-    dtype: torch.dtype = torch.bfloat16, batch: int = 1, context: int = 256
+    dtype: torch.dtype = torch.bfloat16, batch: int = 1, context: int = 256, fused: bool = False
 ) -> StepKernels:
     """Kernels of one graphed decode step of the real model at ``batch`` rows (a bucket of
     that size, every row stepping and sampled with the default settings: repetition penalty,
-    temperature, top-k, top-p, keyed noise, EOS maskable), on ``meta``."""
+    temperature, top-k, top-p, keyed noise, EOS maskable), on ``meta``; ``fused``: through
+    the model's fused ops, each counted once where CUDA has a kernel for it
+    (``device_kernels.register_device_kernels``: with ``triton`` installed) and as its formula
+    otherwise."""
     from moss_pipecat.model import (
         BatchSampling,
         MossTTSRealtime,
         MossTTSRealtimeConfig,
         SamplingParams,
     )
+    from moss_pipecat.model.device_kernels import register_device_kernels
     from moss_pipecat.model.graphs import GraphedDecodeStep
+    from moss_pipecat.model.kernels import use_fused
 
     with META:
         model = MossTTSRealtime(MossTTSRealtimeConfig.real()).to(dtype).eval()
     model.requires_grad_(False)
+    if fused:
+        register_device_kernels()
+    use_fused(model, fused)
     cache = model.new_cache(batch, context + 1, device=META)  # + the spare position
     step = GraphedDecodeStep(model, cache, window=50, batch_buckets=(batch,), kv_buckets=(context,))
     key = (batch, context)

@@ -63,7 +63,7 @@ def test_fused_and_custom_ops_count_once():
 
 def test_real_decode_step_kernels():
     k = decode_step_kernels(torch.bfloat16)
-    assert k.total == 2566
+    assert k.total == 2559
     # 28 backbone layers + 16 codebooks x 4 local layers; 3 norms each, + the final norms
     assert k.by_op["rms_norm"] == 92 * 3 + 1 + 16
     assert k.by_op["aten.mm"] == 92 * 4 + 16  # + the 16 codebook heads
@@ -73,3 +73,26 @@ def test_real_codec_frame_kernels():
     k = codec_frame_kernels(torch.bfloat16)
     assert k.total == 1520
     assert k.by_op["aten.native_layer_norm"] == 68 * 2  # 68 decoder layers, 2 norms each
+
+
+def test_real_decode_step_kernels_fused():
+    """The decode step through the fused ops: their formulas' kernels where CUDA has no
+    kernel for them (the same count as the plain step), each op once where it has one (as
+    ``device_kernels`` registers with ``triton`` installed: every fused op)."""
+    from moss_pipecat.model.kernels import SINGLE_KERNEL
+
+    saved = {k: set(v) for k, v in SINGLE_KERNEL.items()}
+    ops = ["rms_norm", "add_rms_norm", "norm_rope", "silu_mul", "choose_codebook", "keyed_noise"]
+    try:
+        SINGLE_KERNEL.clear()
+        SINGLE_KERNEL.update({f"moss::{op}": {"cuda"} for op in ops})
+        k = decode_step_kernels(torch.bfloat16, fused=True)
+    finally:
+        SINGLE_KERNEL.clear()
+        SINGLE_KERNEL.update(saved)
+    assert k.total == 1197
+    assert k.by_op["moss.choose_codebook.default"] == 16
+    assert k.by_op["moss.keyed_noise.default"] == 1
+    assert k.by_op["moss.add_rms_norm.default"] == 92 * 2  # each residual add + the next norm
+    assert k.by_op["moss.rms_norm.default"] == 1 + 16  # the input norm of each stack call
+    assert k.by_op["aten.mm"] == 92 * 4 + 16

@@ -1,0 +1,17 @@
+"""The fused ops' device kernels, where they can be had: the Triton kernels of
+``moss_pipecat.model.triton_kernels`` need ``triton`` (not a dependency of this package)."""
+
+from __future__ import annotations
+
+from moss_pipecat.model.kernels import SINGLE_KERNEL
+
+
+def register_device_kernels() -> dict[str, set[str]]:
+    """Puts the Triton kernels under their ops as their CUDA implementations where ``triton``
+    can be imported (without it every op runs its formula); returns ``SINGLE_KERNEL``."""
+    try:
+        from moss_pipecat.model import triton_kernels
+    except ImportError:
+        return SINGLE_KERNEL
+    triton_kernels.register()
+    return SINGLE_KERNEL

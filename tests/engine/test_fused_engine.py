@@ -1,0 +1,56 @@
+"""The engine with fused ops (``EngineConfig.fused``) makes the frames it makes without them:
+greedy and seeded turns identical frame for frame (float32, CPU), through the graphed
+(padded static-buffer) step, and a fused session alone makes what it makes in a batch of 8."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moss_pipecat.engine.session import SyncSession
+from moss_pipecat.model import SamplingParams
+from moss_pipecat.model.kernels import Fusable, use_fused
+
+FRAMES = 8
+
+
+@pytest.fixture(autouse=True)
+def _plain_model_after(tiny_model):
+    yield
+    use_fused(tiny_model, False)  # the session's model goes back as the other tests know it
+
+
+def _say(engine, text: list[int], sampling: SamplingParams, seed: int) -> torch.Tensor:
+    session = SyncSession(engine.create_session(sampling=sampling, seed=seed))
+    chunks, summary = session.say(ids=text, max_frames=FRAMES, min_frames=FRAMES)
+    assert summary.stop == "max_frames" and len(chunks) == FRAMES
+    return torch.stack([c.codes for c in chunks])
+
+
+@pytest.mark.parametrize("sampling", [SamplingParams.greedy_decoding(), SamplingParams()])
+def test_fused_engine_makes_the_plain_engines_frames(
+    make_engine, tiny_model, realtime_golden, sampling
+):
+    text = realtime_golden["session.text1"].tolist()
+    frames = {}
+    for fused in (False, True):
+        engine = make_engine(graphed_decode=True, fused=fused)
+        assert all(m.fused == fused for m in tiny_model.modules() if isinstance(m, Fusable))
+        frames[fused] = _say(engine, text, sampling, seed=77)
+        engine.shutdown()
+    assert torch.equal(frames[True], frames[False])
+
+
+def test_fused_session_alone_equals_in_a_batch_of_8(make_engine, realtime_golden):
+    text = realtime_golden["session.text1"].tolist()
+    sampled = SamplingParams()
+    alone = _say(make_engine(graphed_decode=True, fused=True), text, sampled, seed=3)
+    engine = make_engine(graphed_decode=True, fused=True, max_sessions=8)
+    others = [SyncSession(engine.create_session(sampling=sampled, seed=100 + i)) for i in range(7)]
+    turns = [o.start_turn(max_frames=FRAMES, min_frames=FRAMES) for o in others]
+    for t in turns:
+        t.push_ids(text[::-1])
+        t.end_text()
+    assert torch.equal(_say(engine, text, sampled, seed=3), alone)
+    for t in turns:
+        t.wait_sync()
