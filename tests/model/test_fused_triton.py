@@ -4,7 +4,7 @@ real-size-narrow shapes. They round where the formulas round; what may differ is
 of a reduction summed in another order or of ``exp``/``rsqrt`` (numpy's here, libdevice's on
 a GPU): float32 within a few ulps, bf16 equal but for rare one-ulp flips.
 
-Skipped without ``triton`` (not a dependency yet) and where CUDA is present (there
+Skipped without ``triton`` (a dev dependency on Linux) and where CUDA is present (there
 ``tests/gpu/test_fused_cuda.py`` runs them compiled)."""
 
 from __future__ import annotations
