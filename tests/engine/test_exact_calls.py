@@ -16,13 +16,13 @@ from moss_pipecat.model import SamplingParams
 
 SEEDED = SamplingParams()  # sampled: the keyed noise and every setting take part
 GREEDY = SamplingParams.greedy_decoding()
-# Partners' history lengths: other key lengths than the session's, batches that cross a row
-# block (1..13 rows).
-PARTNER_LENGTHS = (3, 57, 12, 100, 5, 77, 64, 9, 45, 90, 11, 20)
+# Partners' history lengths: other key lengths than the session's; batches of 1..21 rows,
+# across row blocks and across the threads a batch is split over.
+PARTNER_LENGTHS = (3, 57, 12, 100, 5, 77, 64, 9, 45, 90, 11, 20, 33, 41, 8, 70, 26, 15, 52, 60)
 
 
 def _runner(model) -> ModelRunner:
-    config = EngineConfig(max_sessions=16, max_context=256, context_budget=200, turn_reserve=20)
+    config = EngineConfig(max_sessions=24, max_context=256, context_budget=200, turn_reserve=20)
     return ModelRunner(model, None, config, KVPools(model, config), graphed=False)
 
 
@@ -66,18 +66,18 @@ def test_a_prompt_split_into_calls_equals_it_in_one_call(tiny_model, split):
     for i, n in enumerate(split):
         sizes = {3: 9 + 7 * i, 4: 40 - 11 * i}  # other lengths than the session's rows
         partners = {p: _rows(tiny_model, n, seed=100 * i + p) for p, n in sizes.items()}
-        hidden = _prefill(parts, {0: rows[start : start + n], **partners})
+        hidden = _prefill(parts, {**partners, 0: rows[start : start + n]})
         start += n
-    frames = parts.first_frames(hidden, [_sampling(parts, s, 0) for s in (0, 3, 4)])
+    frames = parts.first_frames(hidden, [_sampling(parts, s, 0) for s in (3, 4, 0)])
 
-    assert torch.equal(hidden[0], last[0])  # the last row's hidden state, bit for bit
-    assert torch.equal(frames[0], frame[0])
+    assert torch.equal(hidden[2], last[0])  # the last row's hidden state, bit for bit
+    assert torch.equal(frames[2], frame[0])
     for a, b in zip(_kv(parts, 0), _kv(whole, 0), strict=True):
         assert a.shape[-2] == rows.shape[0] and torch.equal(a, b)  # every layer's keys, values
 
 
 def test_a_session_decoding_alone_equals_it_decoding_beside_others(tiny_model):
-    history, steps = _rows(tiny_model, 30, seed=2), _rows(tiny_model, 12, seed=3)
+    history, steps = _rows(tiny_model, 30, seed=2), _rows(tiny_model, 16, seed=3)
     alone, busy = _runner(tiny_model), _runner(tiny_model)
     _prefill(alone, {0: history})
     _prefill(busy, {0: history})
@@ -86,15 +86,16 @@ def test_a_session_decoding_alone_equals_it_decoding_beside_others(tiny_model):
 
     for i in range(steps.shape[0]):
         frame = alone.decode(0, steps[i : i + 1], [0], [30 + i], [_sampling(alone, 0, i)])
-        # 1..13 sessions per step, the session at another row each time.
-        partners = list(range(1, 1 + i + 1))
-        slots = [*partners[: i // 2], 0, *partners[i // 2 :]]
+        # 1..21 sessions per step, the session at another row each time.
+        partners = list(range(1, 1 + (i * 7) % 21))
+        at = (i * 5) % (len(partners) + 1)
+        slots = [*partners[:at], 0, *partners[at:]]
         lengths = [int(busy.pools[0].cache.lengths[s]) for s in slots]
         step_rows = torch.stack(
             [steps[i] if s == 0 else _rows(tiny_model, 1, 50 + s)[0] for s in slots]
         )
         frames = busy.decode(0, step_rows, slots, lengths, [_sampling(busy, s, i) for s in slots])
-        assert torch.equal(frames[slots.index(0)], frame[0]), f"step {i}: frames differ"
+        assert torch.equal(frames[at], frame[0]), f"step {i}: frames differ"
 
     for a, b in zip(_kv(busy, 0), _kv(alone, 0), strict=True):
         assert a.shape[-2] == 30 + steps.shape[0] and torch.equal(a, b)
