@@ -64,8 +64,7 @@ class EngineCore:
         graphed = config.graphed_decode
         if graphed is None:
             graphed = device.type == "cuda"
-        # The graphed steps run idle rows too; their writes need one spare position per slot.
-        self.pools = KVPools(model, config, spare=graphed)
+        self.pools = KVPools(model, config)
         # A simulated device (``moss_pipecat.testing.simulated_device``) stands in here.
         make_runner = runner_factory or ModelRunner
         self.runner = make_runner(model, codec, config, self.pools, graphed)

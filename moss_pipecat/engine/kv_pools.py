@@ -15,8 +15,9 @@ from moss_pipecat.model.kv_cache import KVCache
 
 
 class KVPool:
-    """One KV cache of ``n_slots`` slots of ``capacity`` positions (plus, for the graphed
-    steps, a spare position per slot that idle rows write to)."""
+    """One KV cache of ``n_slots`` slots of ``capacity`` positions plus a spare position per
+    slot, which padding rows (idle rows of a graphed step, the rows an exact eager call adds
+    to fill its row blocks) write to."""
 
     def __init__(self, cache: KVCache, capacity: int, n_slots: int, hist_offset: int) -> None:
         self.cache = cache
@@ -37,11 +38,11 @@ class KVPool:
 class KVPools:
     """The engine's KV pools, smallest capacity first (``EngineConfig.pools()``)."""
 
-    def __init__(self, model: MossTTSRealtime, config: EngineConfig, spare: bool) -> None:
+    def __init__(self, model: MossTTSRealtime, config: EngineConfig) -> None:
         self.pools: list[KVPool] = []
         offset = 0
         for n_slots, capacity in config.pools():
-            cache = model.new_cache(n_slots, capacity + int(spare))
+            cache = model.new_cache(n_slots, capacity + 1)  # + the spare position
             self.pools.append(KVPool(cache, capacity, n_slots, offset))
             offset += n_slots
         self.n_slots = offset

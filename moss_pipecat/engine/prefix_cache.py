@@ -10,8 +10,9 @@ first once their bytes pass the budget. One cache belongs to one engine and its 
 KV layout (layers, heads, head size, dtype, device) is checked on every copy.
 
 Keys and values at position p depend only on rows 0..p, so the prefix's KV is the same
-whatever followed it when it was prefilled (up to float rounding of differently shaped calls,
-the same freedom batching already takes: frames are exact, see tests/engine/test_prefix_cache.py).
+whatever followed it when it was prefilled: bit for bit in eager calls, which give a row the
+same numbers however its rows were split (``model.row_blocks``; tests/engine/test_exact_calls.py);
+graphed calls round per bucket.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from moss_pipecat._log import logger
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.kv_pools import KVPools
 from moss_pipecat.model import BatchSampling, MossTTSRealtime, SamplingParams
+from moss_pipecat.model.row_blocks import padded_rows
 from moss_pipecat.model.sampling import NO_HISTORY, NoiseKeys
 
 
@@ -147,21 +148,23 @@ class ModelRunner:
         """Feeds each slot its ``rows[b]`` [n_b, 17] after its ``lengths[b]`` cached positions
         (one padded backbone call); returns each slot's last hidden state [B, H]."""
         sizes = [r.shape[0] for r in rows]
-        T = max(sizes)
+        T = padded_rows(max(sizes))
         padded = torch.stack([torch.cat((r, r[-1:].expand(T - r.shape[0], -1))) for r in rows]).to(
             self.device
-        )  # [B, T, 17]; padding repeats a real row and is never attended
+        )  # [B, T, 17]; padding repeats a real row, writes to the spare, is never attended
         graph = self.prefill_graphs[pool]
         if graph is not None:
             need = max(n + k for n, k in zip(lengths, sizes, strict=True))
             last = graph.step(padded, slots, sizes, need)  # None: no bucket holds it
             if last is not None:
                 return last
+        # Eager and exact: whole row blocks over whole-slot keys (``model.row_blocks``), so
+        # each row's numbers are the same however its turn was split or batched.
         slot_t = torch.tensor(slots, device=self.device)
         n_new = torch.tensor(sizes, device=self.device)
-        kv_len = max(lengths) + T
-        hidden = self.model.backbone(padded, self.pools[pool].cache, slot_t, n_new, kv_len)
-        last_row = torch.tensor(sizes, device=self.device) - 1
+        cache = self.pools[pool].cache
+        hidden = self.model.backbone(padded, cache, slot_t, n_new, spare_writes=True)
+        last_row = n_new - 1
         return hidden[torch.arange(len(rows), device=self.device), last_row]  # [B, H]
 
     # ---- frames ------------------------------------------------------------------------------
@@ -170,12 +173,15 @@ class ModelRunner:
         penalty starts afresh); returns [B, rvq] on the device (``to_host`` brings them)."""
         hist_rows = self._hist_rows(rows)
         self.hist[hist_rows] = NO_HISTORY
-        hist, penalty_hist, sampling, noise = self._sampling_inputs(rows, hist_rows)
         if self.frame_graph is not None:
+            hist, penalty_hist, sampling, noise = self._sampling_inputs(rows, hist_rows)
             frames = self.frame_graph.step(hidden, sampling, penalty_hist, noise)  # [B, rvq]
         else:
-            frames = self.model.generate_frame(hidden, sampling, penalty_hist, noise)
-        self._push_history(hist_rows, hist, frames)
+            B, pad, padded = self._row_blocks(rows)
+            hist, penalty_hist, sampling, noise = self._sampling_inputs(padded)
+            hidden = torch.cat((hidden, hidden[:1].expand(pad, -1)))  # [B + pad, H]
+            frames = self.model.generate_frame(hidden, sampling, penalty_hist, noise)[:B]
+        self._push_history(hist_rows, hist[: len(rows)], frames)
         return frames
 
     def decode(
@@ -189,19 +195,26 @@ class ModelRunner:
         """One step for each slot: its step row [B, 17] in, its next frame out (one fused
         call); returns [B, rvq] on the device (``to_host`` brings them)."""
         x = step_rows[:, None].to(self.device)  # [B, 1, 17]
-        kv_len = max(lengths) + 1
         hist_rows = self._hist_rows(rows)
-        hist, penalty_hist, sampling, noise = self._sampling_inputs(rows, hist_rows)
         graph = self.decode_graphs[pool]
         if graph is not None:
+            hist, penalty_hist, sampling, noise = self._sampling_inputs(rows, hist_rows)
+            kv_len = max(lengths) + 1
             frames, _ = graph.step(x, slots, kv_len, sampling, penalty_hist, noise)
         else:
-            slot_t = torch.tensor(slots, device=self.device)
+            # Exact, as ``prefill``: padding rows copy the first and change nothing (n_new 0,
+            # their writes on the spare position); their frames are dropped.
+            B, pad, padded = self._row_blocks(rows)
+            hist, penalty_hist, sampling, noise = self._sampling_inputs(padded)
+            x = torch.cat((x, x[:1].expand(pad, -1, -1)))  # [B + pad, 1, 17]
+            slot_t = torch.tensor(slots + slots[:1] * pad, device=self.device)
+            n_new = torch.tensor([1] * B + [0] * pad, device=self.device)
             cache = self.pools[pool].cache
             frames, _ = self.model.decode_step(
-                x, cache, slot_t, kv_len, sampling, penalty_hist, noise
+                x, cache, slot_t, None, sampling, penalty_hist, noise, n_new, spare_writes=True
             )
-        self._push_history(hist_rows, hist, frames)
+            frames = frames[:B]
+        self._push_history(hist_rows, hist[: len(rows)], frames)
         return frames
 
     def copy_history(self, src_row: int, dst_row: int) -> None:
@@ -210,11 +223,20 @@ class ModelRunner:
     def _hist_rows(self, rows: list[RowSampling]) -> torch.Tensor:
         return torch.tensor([r.hist_row for r in rows], device=self.device)
 
-    def _sampling_inputs(self, rows: list[RowSampling], hist_rows: torch.Tensor):
+    @staticmethod
+    def _row_blocks(rows: list[RowSampling]) -> tuple[int, int, list[RowSampling]]:
+        """(rows, padding rows, the rows padded with copies of the first) of an eager call
+        filled to whole row blocks (``model.row_blocks``)."""
+        B = len(rows)
+        pad = padded_rows(B) - B
+        return B, pad, rows + rows[:1] * pad
+
+    def _sampling_inputs(self, rows: list[RowSampling], hist_rows: torch.Tensor | None = None):
         """Penalty history (each row's own window), sampling settings and noise keys (the
         noise itself is made inside the step from each row's seed and counter: no launch per
         session)."""
         dev = self.device
+        hist_rows = self._hist_rows(rows) if hist_rows is None else hist_rows
         hist = self.hist[hist_rows]  # [B, W, rvq]
         W = hist.shape[1]
         windows = torch.tensor([r.params.repetition_window for r in rows], device=dev)

@@ -52,11 +52,15 @@ class Qwen3Backbone(nn.Module):
             x: [B, T, H] input embeddings of the new positions.
             cache: the backbone cache; row b uses slot ``slots[b]`` (or slot b when None).
             kv_len: attend over cache positions [0, kv_len) only (a bound on every row's
-                length + T; defaults to the whole cache, the static shape for graphs).
+                length + T: the graphs' context buckets). None: the whole slot, which eager
+                calls use: attention's last bits depend on the key length (how the kernels
+                block and sum it), so a length taken from the call would make a row's numbers
+                depend on how a prompt was split and on the batch's other rows; over the whole
+                slot, masked keys add exactly zero and every call sees the same length.
             valid: [B] rows per batch row whose keys/values are kept; the others (padding)
-                write theirs to the slot's last position, its spare, which no call attends
-                to (``kv_len`` < ``cache.max_len``), instead of above the valid ones: a padded
-                chunk then never writes past a slot's end. None: every row writes in place.
+                write theirs to the slot's last position, its spare, which every query masks
+                (no slot's length reaches it), instead of above the valid ones: a padded chunk
+                then never writes past a slot's end. None: every row writes in place.
         Returns:
             [B, T, H] final-norm hidden states. Does not advance ``cache.lengths``.
         """

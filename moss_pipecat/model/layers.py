@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moss_pipecat.masks import additive_mask
 from moss_pipecat.model import kernels
 from moss_pipecat.model.config import TransformerConfig
 from moss_pipecat.model.kernels import (
@@ -144,11 +145,28 @@ def grouped_attention(
     n_kv, S = k.shape[1], k.shape[2]
     g = h // n_kv
     if g == 1:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return _attention(q, k, v, mask)
     qg = q.reshape(B, n_kv, g * T, hd)  # head i = kv * g + j -> rows j*T .. j*T+T-1
     mg = mask[:, :, None].expand(mask.shape[0], 1, g, T, S).reshape(mask.shape[0], 1, g * T, S)
-    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mg)  # [B, n_kv, g*T, hd]
+    out = _attention(qg, k, v, mg)  # [B, n_kv, g*T, hd]
     return out.reshape(B, h, T, hd)
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor):
+    """SDPA; on a CPU written out (scores, softmax, weighted sum: batched matmuls). The CPU's
+    fused kernel gives a batch row other last bits depending on which thread ran it (seen at
+    head_dim 8), so a session's numbers would depend on its place in the batch; the batched
+    matmuls and the softmax compute every row alike. q: [B, n, T, hd]; k, v: [B, n, S, hd];
+    mask: [B or 1, 1, T, S], bool or additive."""
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if mask.dtype == torch.bool:
+        mask = additive_mask(mask, q.dtype)
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + mask  # [B, n, T, S]
+    probs = torch.softmax(scores, dim=-1)
+    # A query with no key to attend gets zeros, as from SDPA (softmax would give NaN).
+    probs = probs.masked_fill(scores.amax(dim=-1, keepdim=True) == float("-inf"), 0.0)
+    return probs @ v
 
 
 class MLP(Fusable, nn.Module):

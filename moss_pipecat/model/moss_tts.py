@@ -139,9 +139,7 @@ class MossTTSRealtime(nn.Module):
         elif B > cache.n_slots:
             raise InvalidInputError(f"batch {B} exceeds the cache's {cache.n_slots} slots")
         ensure_capacity(cache, slots, B, T)
-        start = cache.lengths[:B] if slots is None else cache.lengths[slots]
-        kv_len = int(start.max()) + T  # prefill may sync: attend only over what exists
-        hidden = self.backbone(rows, cache, slots, n_new, kv_len)  # [B, T, H]
+        hidden = self.backbone(rows, cache, slots, n_new)  # [B, T, H] (keys: the whole slot)
         last = (n_new - 1) if n_new is not None else torch.full((B,), T - 1, device=rows.device)
         return hidden[torch.arange(B, device=rows.device), last]
 
@@ -160,12 +158,13 @@ class MossTTSRealtime(nn.Module):
         self,
         rows: torch.Tensor,
         cache: KVCache,
-        slots: torch.Tensor,
-        kv_len: int,
+        slots: torch.Tensor | None,
+        kv_len: int | None,
         sampling: BatchSampling,
         history: torch.Tensor | None = None,
         noise: torch.Tensor | NoiseKeys | None = None,
         n_new: torch.Tensor | None = None,
+        spare_writes: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One real-time step for a batch of sessions: each row's step row through the backbone
         (appended to its slot), then the 16 codes of its next frame. No host sync: this is the
@@ -174,15 +173,18 @@ class MossTTSRealtime(nn.Module):
         Args:
             rows: [B, 1, 17] step rows (next text id beside the previous frame).
             slots: [B] cache slots, or None for slots 0..B-1 (read in place, no gather);
-                kv_len: static bound on every stepped slot's length + 1.
+                kv_len: static bound on every stepped slot's length + 1 (None: the whole
+                slot, see ``Qwen3Backbone.forward``).
             n_new: [B] int64, 1 to append the row to its slot, 0 to leave the slot's length
                 as it is (default: all 1).
+            spare_writes: see ``backbone`` (rows with ``n_new`` 0 then change nothing, so a
+                batch may be padded with rows naming any slot).
             history, noise: see ``LocalTransformer.generate`` (``NoiseKeys``: the noise is
                 made inside the step).
         Returns:
             frames [B, rvq] int64 and the backbone hidden states [B, H].
         """
-        hidden = self.backbone(rows, cache, slots, n_new, kv_len)[:, 0]  # [B, H]
+        hidden = self.backbone(rows, cache, slots, n_new, kv_len, spare_writes)[:, 0]  # [B, H]
         return self.local_transformer.generate(hidden, sampling, history, noise), hidden
 
     def new_cache(
