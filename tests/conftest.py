@@ -28,7 +28,10 @@ REALTIME_UNIT = "tests/agents/"
 LONGEST_FIRST = (
     REALTIME_UNIT,
     "tests/test_minimal_env.py",
+    "tests/server/test_drain_ray.py",
     "tests/test_benchmarks.py",
+    "tests/server/test_restore_service.py",
+    "tests/server/test_drain.py",
     "tests/service/test_barge_in.py",
     "tests/engine/test_prefix_cache.py",
     "tests/engine/test_sessions.py",
