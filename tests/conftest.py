@@ -18,6 +18,12 @@ from moss_pipecat.engine.factory import tiny_fixtures_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Without a GPU the fused ops' Triton kernels run in Triton's interpreter. triton.jit reads this
+# when a kernel is defined, so it must be set before any test imports model.triton_kernels
+# (the engine registers them as soon as one is built with triton installed).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # ---- running in parallel (pytest-xdist, as scripts/test.sh does) ------------------------------
 
 # Work units for the workers: a test module is one unit (its module fixtures, engines and

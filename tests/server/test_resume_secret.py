@@ -169,8 +169,8 @@ async def test_a_retried_handshake_whose_ready_was_lost_resumes(server, monkeypa
     real = RemoteEngine._connect_once
     attempts = []
 
-    async def lose_the_first_ready(self, session):
-        link = await real(self, session)
+    async def lose_the_first_ready(self, session, url):
+        link = await real(self, session, url)
         attempts.append(session.resume_secret)
         if len(attempts) == 1:
             await link.close()
