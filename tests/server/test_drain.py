@@ -7,11 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 
 import pytest
 import torch
@@ -20,25 +15,9 @@ from moss_pipecat.client import RemoteEngine
 from moss_pipecat.protocol.errors import ServerUnavailableError
 
 from .conftest import GREEDY, eventually, free_port
+from .processes import http_get, read_chunks, serve_process, stop_all, wait_ready
 
 LONG_TEXT = "This is a rather long sentence that keeps the model talking for a while. " * 3
-
-
-async def _read(turn, n: int) -> list:
-    chunks = []
-    async for chunk in turn:
-        chunks.append(chunk)
-        if len(chunks) == n:
-            break
-    return chunks
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 async def test_the_drain_deadline_cuts_the_turn_at_the_frames_the_client_received(
@@ -53,7 +32,7 @@ async def test_the_drain_deadline_cuts_the_turn_at_the_frames_the_client_receive
     turn = await session.start_turn(max_frames=60)
     turn.push_text(LONG_TEXT)
     turn.end_text()
-    chunks = await _read(turn, 3)
+    chunks = await read_chunks(turn, 3)
     drain = asyncio.create_task(server.hub.drain(timeout=0.5))
     await eventually(lambda: session._link.moved is not None, what="the goaway")
     assert session._link.alive  # the turn in flight goes on over it
@@ -61,7 +40,7 @@ async def test_the_drain_deadline_cuts_the_turn_at_the_frames_the_client_receive
     # Draining: no new conversation, and a clear refusal (not a hang, not a handshake error).
     with pytest.raises(ServerUnavailableError, match="HTTP 503 draining"):
         await RemoteEngine(server.url, reconnect_timeout=0.3).create_session()
-    assert await asyncio.to_thread(_get, server.http_url + "/readyz") == (503, "draining\n")
+    assert await asyncio.to_thread(http_get, server.http_url + "/readyz") == (503, "draining\n")
 
     chunks += [c async for c in turn]
     summary = turn.summary
@@ -81,7 +60,7 @@ async def test_the_drain_deadline_cuts_the_turn_at_the_frames_the_client_receive
     ref = await local.start_turn(max_frames=60)
     ref.push_text(LONG_TEXT)
     ref.end_text()
-    ref_chunks = await _read(ref, len(chunks))
+    ref_chunks = await read_chunks(ref, len(chunks))
     assert torch.equal(frames, torch.stack([c.codes for c in ref_chunks]))
     await local.close()
 
@@ -99,7 +78,7 @@ async def test_a_drained_call_finishes_its_turn_and_goes_on_on_the_next_server(
     turn = await session.start_turn(max_frames=30)
     turn.push_text(LONG_TEXT)
     turn.end_text()
-    chunks = await _read(turn, 2)
+    chunks = await read_chunks(turn, 2)
     drain = asyncio.create_task(a.hub.drain(timeout=60))
     chunks += [c async for c in turn]
     assert turn.summary.stop == "max_frames" and len(chunks) == 30  # the whole turn
@@ -181,37 +160,15 @@ async def test_the_pipecat_service_keeps_talking_across_a_drain(make_tiny_engine
 CALLS = 8
 
 
-def _serve(fixtures_dir, port: int, log) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "moss_pipecat.cli", "serve", "--tiny", str(fixtures_dir)]
-    cmd += ["--port", str(port), "--lookahead", "0.5", "--max-sessions", str(CALLS)]
-    cmd += ["--eos-min-frames", "80", "--drain-timeout", "60"]  # turns run to max_frames
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-
-
-async def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180.0) -> None:
-    # A hang guard, not a timing check: starting a server on a loaded box takes a while.
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the server process died"
-        try:
-            status, _ = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/readyz")
-            if status == 200:
-                return
-        except OSError:
-            pass
-        await asyncio.sleep(0.2)
-    pytest.fail("the server did not become ready")
-
-
 async def test_a_sigterm_deploy_moves_every_live_call_to_the_second_server(
     fixtures_dir, tmp_path, golden_layout
 ):
     ports = [free_port(), free_port()]
     log = open(tmp_path / "servers.log", "wb")
-    procs = [_serve(fixtures_dir, p, log) for p in ports]
+    procs = [serve_process(fixtures_dir, p, log, CALLS, ("--drain-timeout", "60")) for p in ports]
     urls = [f"ws://127.0.0.1:{p}" for p in ports]
     try:
-        await asyncio.gather(*(_wait_ready(p, proc) for p, proc in zip(ports, procs, strict=True)))
+        await asyncio.gather(*(wait_ready(p, proc) for p, proc in zip(ports, procs, strict=True)))
         client = RemoteEngine(urls, reconnect_timeout=30, request_timeout=60)
         sessions = [
             await client.create_session(conversation_id=f"deploy-{k}", sampling=GREEDY)
@@ -233,7 +190,7 @@ async def test_a_sigterm_deploy_moves_every_live_call_to_the_second_server(
             turn = await s.start_turn(max_frames=24)  # ~2 s of paced audio
             turn.push_text(LONG_TEXT)
             turn.end_text()
-            return turn, await _read(turn, 2)
+            return turn, await read_chunks(turn, 2)
 
         live = await asyncio.gather(*map(open_turn, sessions))
         procs[0].send_signal(signal.SIGTERM)  # the deploy
@@ -278,13 +235,7 @@ async def test_a_sigterm_deploy_moves_every_live_call_to_the_second_server(
         for s in sessions:
             await s.close()
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_all(procs, 30)
         log.close()
     assert procs[1].returncode == 0, (tmp_path / "servers.log").read_text()[-3000:]
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 import torch
@@ -16,18 +13,10 @@ from moss_pipecat.errors import InvalidInputError
 from moss_pipecat.server import ServerUnavailableError
 
 from .conftest import GREEDY, eventually, free_port
+from .processes import read_chunks, serve_process, stop_all, wait_ready
 from .scripts import make_script, run_script
 
 LONG_TEXT = "This is a rather long sentence that keeps the model talking for a while. " * 3
-
-
-async def _read(turn, n: int) -> list:
-    chunks = []
-    async for chunk in turn:
-        chunks.append(chunk)
-        if len(chunks) == n:
-            break
-    return chunks
 
 
 async def test_client_disconnect_mid_stream_frees_the_turn_and_reconnect_resumes(
@@ -41,7 +30,7 @@ async def test_client_disconnect_mid_stream_frees_the_turn_and_reconnect_resumes
     turn = await session.start_turn(max_frames=60)
     turn.push_text(LONG_TEXT)
     turn.end_text()
-    assert len(await _read(turn, 3)) == 3
+    assert len(await read_chunks(turn, 3)) == 3
     session._link.ws.transport.abort()  # TCP reset: no close handshake
 
     with pytest.raises(ServerUnavailableError):
@@ -92,35 +81,12 @@ async def test_conversation_expires_after_idle_timeout(make_tiny_engine, make_se
     await session.close()
 
 
-def _start_server(fixtures_dir, port: int, log) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "moss_pipecat.cli", "serve", "--tiny", str(fixtures_dir)]
-    cmd += ["--port", str(port), "--lookahead", "0.5", "--max-sessions", "2"]
-    cmd += ["--eos-min-frames", "80"]  # turns run to their max_frames, wherever EOS would be
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-
-
-async def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    # A hang guard, not a timing check: a server process starting on a loaded box (parallel
-    # test workers, niced) takes tens of seconds to import and load.
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the server process died"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        await asyncio.sleep(0.2)
-    pytest.fail("the server did not become ready")
-
-
 async def test_server_killed_then_restarted_clear_error_then_recovery(fixtures_dir, tmp_path):
     port = free_port()
     log = open(tmp_path / "server.log", "wb")
-    procs = [_start_server(fixtures_dir, port, log)]
+    procs = [serve_process(fixtures_dir, port, log)]
     try:
-        await _wait_ready(port, procs[0])
+        await wait_ready(port, procs[0])
         client = RemoteEngine(
             f"ws://127.0.0.1:{port}",
             reconnect_timeout=1.0,
@@ -137,7 +103,7 @@ async def test_server_killed_then_restarted_clear_error_then_recovery(fixtures_d
         turn = await session.start_turn(max_frames=80)  # ~6 s of paced audio
         turn.push_text(LONG_TEXT)
         turn.end_text()
-        await _read(turn, 2)
+        await read_chunks(turn, 2)
         procs[0].kill()
         procs[0].wait(10)
         t0 = time.monotonic()
@@ -148,8 +114,8 @@ async def test_server_killed_then_restarted_clear_error_then_recovery(fixtures_d
             await asyncio.wait_for(session.start_turn(max_frames=4), 10)
         assert time.monotonic() - t0 < 8
 
-        procs.append(_start_server(fixtures_dir, port, log))
-        await _wait_ready(port, procs[1])
+        procs.append(serve_process(fixtures_dir, port, log))
+        await wait_ready(port, procs[1])
         turn = await session.start_turn(max_frames=4)  # reconnects
         assert not session.resumed and session.history_lost == 1
         turn.push_text("After the restart.")
@@ -158,13 +124,7 @@ async def test_server_killed_then_restarted_clear_error_then_recovery(fixtures_d
         assert len(chunks) == 4 and all(len(c.pcm) == 3840 for c in chunks)
         await session.close()
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_all(procs, 10)
         log.close()
     assert procs[1].returncode == 0, (tmp_path / "server.log").read_text()[-2000:]
 
@@ -283,7 +243,7 @@ async def test_a_stuck_engine_fails_the_turn_instead_of_hanging(make_tiny_engine
     turn = await session.start_turn(max_frames=60)
     turn.push_text(LONG_TEXT)
     turn.end_text()
-    await _read(turn, 1)
+    await read_chunks(turn, 1)
     release = threading.Event()
     engine.call(lambda: release.wait(20))  # the engine thread stops stepping (pings go on)
     try:

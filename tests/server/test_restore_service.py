@@ -31,7 +31,7 @@ from moss_pipecat.service.remote import MossRemoteTTSService
 
 from ..service.conftest import user_audio_frames
 from .conftest import free_port
-from .test_faults import _start_server, _wait_ready
+from .processes import serve_process, wait_ready
 from .test_remote_service import reply
 
 LONG = [w + " " for w in ("This reply goes on and on for quite a while " * 4).split()]
@@ -110,14 +110,14 @@ class Director(FrameProcessor):
 async def test_a_call_goes_on_with_its_history_after_kill_9(fixtures_dir, tmp_path):
     port = free_port()
     log = open(tmp_path / "server.log", "wb")
-    procs = [_start_server(fixtures_dir, port, log)]
+    procs = [serve_process(fixtures_dir, port, log)]
 
     async def restart() -> None:
-        procs.append(_start_server(fixtures_dir, port, log))
-        await _wait_ready(port, procs[-1])
+        procs.append(serve_process(fixtures_dir, port, log))
+        await wait_ready(port, procs[-1])
 
     try:
-        await _wait_ready(port, procs[0])
+        await wait_ready(port, procs[0])
         tts = MossRemoteTTSService(
             url=f"ws://127.0.0.1:{port}", settings=MossTTSSettings(greedy=True)
         )
