@@ -30,11 +30,15 @@ if not torch.cuda.is_available():
 # servers, are built once); the agent tests, which play audio in real time through bot
 # processes, are one unit together, so no two of them compete for the CPU with each other.
 REALTIME_UNIT = "tests/agents/"
+# The Ray Serve modules are one unit too: one worker, one local Ray cluster for both
+# (tests/server/conftest.py's ray_cluster) rather than two clusters competing for the cores.
+RAY_UNIT = "tests/server/ray"
+RAY_MODULES = ("tests/server/test_ray.py", "tests/server/test_drain_ray.py")
 # Units known to take the longest start first, so none of them begins last and runs alone.
 LONGEST_FIRST = (
     REALTIME_UNIT,
     "tests/test_minimal_env.py",
-    "tests/server/test_drain_ray.py",
+    RAY_UNIT,
     "tests/test_benchmarks.py",
     "tests/server/test_restore_service.py",
     "tests/server/test_drain.py",
@@ -43,15 +47,17 @@ LONGEST_FIRST = (
     "tests/engine/test_sessions.py",
     "tests/model/test_graphs.py",
     "tests/test_wheel.py",
-    "tests/server/test_ray.py",
     "tests/server/test_parity.py",
     "tests/server/test_faults.py",
 )
 
 
 def work_unit(nodeid: str) -> str:
-    """The unit a test is scheduled with: its module, or the real-time unit."""
-    return REALTIME_UNIT if nodeid.startswith(REALTIME_UNIT) else nodeid.split("::", 1)[0]
+    """The unit a test is scheduled with: its module, the real-time unit or the Ray unit."""
+    if nodeid.startswith(REALTIME_UNIT):
+        return REALTIME_UNIT
+    module = nodeid.split("::", 1)[0]
+    return RAY_UNIT if module in RAY_MODULES else module
 
 
 def pytest_collection_modifyitems(config, items) -> None:

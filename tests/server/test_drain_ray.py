@@ -17,7 +17,7 @@ pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip instal
 from moss_pipecat.client import RemoteEngine
 from moss_pipecat.protocol.errors import ServerUnavailableError
 
-from .conftest import GREEDY, eventually, free_port
+from .conftest import GREEDY, eventually
 
 LONG_TEXT = "This is a rather long sentence that keeps the model talking for a while. " * 3
 
@@ -39,27 +39,20 @@ def _app_args(fixtures_dir, replicas: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ray_app(fixtures_dir):
-    import ray
+def ray_app(ray_cluster, fixtures_dir):
     from ray import serve
 
     from moss_pipecat.server.ray_app import build_app
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    def deploy(replicas: int) -> None:
+        app = build_app(_app_args(fixtures_dir, replicas))
+        serve.run(app, name="moss", route_prefix="/")
+
+    deploy(2)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-
-        def deploy(replicas: int) -> None:
-            app = build_app(_app_args(fixtures_dir, replicas))
-            serve.run(app, name="moss", route_prefix="/")
-
-        deploy(2)
-        yield f"ws://127.0.0.1:{port}", deploy
+        yield ray_cluster, deploy
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        serve.delete("moss")
 
 
 def _running() -> int:

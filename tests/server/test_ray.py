@@ -4,8 +4,6 @@ same frames as the local engine. Opt-in by installation: skipped when ``ray[serv
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -14,7 +12,7 @@ pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip instal
 from moss_pipecat.client import RemoteEngine
 from moss_pipecat.server import UnauthorizedError
 
-from .conftest import GREEDY, TOKEN, free_port
+from .conftest import GREEDY, TOKEN
 
 TEXTS = ["Hello from a replica.", "And a second turn."]
 
@@ -33,38 +31,32 @@ async def _turns(session) -> list[torch.Tensor]:
 
 
 @pytest.fixture
-def ray_serve(fixtures_dir, tmp_path):
-    import ray
+def ray_serve(ray_cluster, fixtures_dir, tmp_path):
     from ray import serve
 
     from moss_pipecat.server.ray_app import build_app
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    port = free_port()
     token_file = tmp_path / "token"  # read by each replica: the token is never an argument
     token_file.write_text(TOKEN + "\n")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    app = build_app(
+        {
+            "tiny": str(fixtures_dir),
+            "num_replicas": "2",
+            "num_gpus": "0",
+            "num_cpus": "0.5",
+            "max_sessions": "4",
+            "lookahead_s": "0",
+            "max_context": "1024",
+            "context_budget": "900",
+            "turn_reserve": "100",
+            "token_file": str(token_file),
+        }
+    )
+    serve.run(app, name="moss", route_prefix="/")
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app = build_app(
-            {
-                "tiny": str(fixtures_dir),
-                "num_replicas": "2",
-                "num_gpus": "0",
-                "num_cpus": "0.5",
-                "max_sessions": "4",
-                "lookahead_s": "0",
-                "max_context": "1024",
-                "context_budget": "900",
-                "turn_reserve": "100",
-                "token_file": str(token_file),
-            }
-        )
-        serve.run(app, name="moss", route_prefix="/")
-        yield f"ws://127.0.0.1:{port}"
+        yield ray_cluster
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        serve.delete("moss")
 
 
 async def test_ray_app_serves_conversations_pinned_to_replicas(ray_serve, make_tiny_engine):
