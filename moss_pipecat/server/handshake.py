@@ -10,7 +10,7 @@ from moss_pipecat import protocol as P
 from moss_pipecat.errors import MossError
 from moss_pipecat.protocol.errors import ForbiddenError
 from moss_pipecat.server.connection import Connection
-from moss_pipecat.server.history_feed import send_history
+from moss_pipecat.server.history_feed import greet
 
 if TYPE_CHECKING:
     from moss_pipecat.server.core import ConversationHub
@@ -72,26 +72,22 @@ async def run_handshake(hub: ConversationHub, conn: Connection) -> bool:
         close = P.CLOSE_FORBIDDEN if isinstance(e, ForbiddenError) else P.CLOSE_PROTOCOL
         await conn.close(close, code)
         return False
-    await conn.send_message(
-        P.Ready(
-            v=P.PROTOCOL_VERSION,
-            conversation_id=conv.id,
-            resumed=resumed,
-            resume_secret=conv.secret,
-            server_id=hub.server_id,
-            audio=hub.audio_info(),
-            limits=P.ReadyLimits(
-                max_message_bytes=hub.limits.max_message_bytes,
-                max_audio_seconds=hub.limits.max_audio_seconds,
-                max_text_chars=hub.engine.config.max_text_chars,
-                max_ids_per_message=hub.limits.max_ids_per_message,
-                max_ids_per_turn=hub.limits.max_ids_per_turn,
-                idle_expiry_s=hub.limits.idle_expiry_s,
-            ),
-        )
+    ready = P.Ready(
+        v=P.PROTOCOL_VERSION,
+        conversation_id=conv.id,
+        resumed=resumed,
+        resume_secret=conv.secret,
+        server_id=hub.server_id,
+        audio=hub.audio_info(),
+        limits=P.ReadyLimits(
+            max_message_bytes=hub.limits.max_message_bytes,
+            max_audio_seconds=hub.limits.max_audio_seconds,
+            max_text_chars=hub.engine.config.max_text_chars,
+            max_ids_per_message=hub.limits.max_ids_per_message,
+            max_ids_per_turn=hub.limits.max_ids_per_turn,
+            idle_expiry_s=hub.limits.idle_expiry_s,
+        ),
     )
-    if resumed:  # the client's journal may have missed deltas while it was away
-        await send_history(conv, full=True)
-    conn.ready = True
+    await greet(conv, conn, ready)
     await hub.tell_to_move(conn)  # a drain that began during the handshake
     return True

@@ -23,32 +23,50 @@ from moss_pipecat.server.conversation import Conversation
 from moss_pipecat.server.transport import TransportClosed
 
 if TYPE_CHECKING:
+    from moss_pipecat.server.connection import Connection
     from moss_pipecat.server.message_handlers import Request
 
 
 async def send_history(conv: Conversation, full: bool = False) -> None:
     """Sends the conversation's client what changed in its history (nothing when it has no
-    client, or one that keeps no journal: the next ``ready`` of one that does is followed by a
-    full delta). Deltas go out in the order they were taken (one at a time, under the
-    conversation's ``history_lock``)."""
+    client, or one that keeps no journal). A connection still in its handshake gets nothing:
+    ``greet`` sends it a full delta right after its ``ready``, taken after this change, so a
+    delta never reaches a client before its ``ready``. Deltas go out in the order they were
+    taken (one at a time, under the conversation's ``history_lock``)."""
     async with conv.history_lock:
-        if conv.conn is None or not conv.conn.history:
-            return
-        try:
-            change = await conv.session.history_delta(conv.cursor, full)
-        except Exception as e:  # never the turn's or the request's failure
-            if not isinstance(e, MossError):  # MossError: the conversation ended meanwhile
-                logger.exception(f"conversation {conv.id}: history delta failed")
-            conv.cursor = HistoryCursor()  # the next delta is a full one: nothing is missed
-            return
-        conv.history_rev += 1
         conn = conv.conn
-        if conn is None or conn.closed:
+        if conn is None or not conn.history or not conn.ready:
             return
-        try:
-            await conn.send_message(history_message(change, conv.history_rev))
-        except TransportClosed:
-            pass
+        await _send_delta(conv, conn, full)
+
+
+async def greet(conv: Conversation, conn: Connection, ready: P.Ready) -> None:
+    """The handshake's last step: ``ready``, then (a resumed conversation whose client keeps a
+    journal, which may have missed deltas while it was away) the full history; no delta can
+    come between them (``history_lock``), and the connection is ready after both."""
+    async with conv.history_lock:
+        await conn.send_message(ready)
+        if ready.resumed and conn.history:
+            await _send_delta(conv, conn, full=True)
+        conn.ready = True
+
+
+async def _send_delta(conv: Conversation, conn: Connection, full: bool) -> None:
+    """(``history_lock`` held)"""
+    try:
+        change = await conv.session.history_delta(conv.cursor, full)
+    except Exception as e:  # never the turn's or the request's failure
+        if not isinstance(e, MossError):  # MossError: the conversation ended meanwhile
+            logger.exception(f"conversation {conv.id}: history delta failed")
+        conv.cursor = HistoryCursor()  # the next delta is a full one: nothing is missed
+        return
+    conv.history_rev += 1
+    if conn.closed or conv.conn is not conn:
+        return
+    try:
+        await conn.send_message(history_message(change, conv.history_rev))
+    except TransportClosed:
+        pass
 
 
 def history_message(change: HistoryChange, rev: int) -> P.History:

@@ -184,3 +184,42 @@ async def test_hostile_restores_are_refused_and_touch_nothing(
     after = await other.snapshot()
     assert torch.equal(after["rows"], victim["rows"]) and other.reconnects == 0
     await other.close()
+
+
+async def test_a_resuming_client_hears_ready_before_any_history(
+    make_tiny_engine, make_server, monkeypatch
+):
+    # The race CI met: a connection that takes over a conversation mid-turn cuts that turn, and
+    # the turn's end makes a history delta; the new connection must get its ``ready`` first,
+    # then one full delta that holds the cut turn.
+    from moss_pipecat.server import handshake
+
+    engine = make_tiny_engine(lookahead_s=0.4, eos_min_frames=30)
+    server = await make_server(engine, token=TOKEN)
+    session = await RemoteEngine(server.url, token=TOKEN).create_session(
+        conversation_id="r-2", sampling=GREEDY
+    )
+    turn = await session.start_turn(max_frames=30)
+    turn.push_text(LONG_TEXT)
+    turn.end_text()
+    async for _ in turn:
+        break  # streaming now
+    conv = server.hub.conversations["r-2"]
+    real_greet = handshake.greet
+
+    async def late_greet(conv, conn, ready):
+        # The taken-over turn ends (and its pump asks for a delta) before the ready goes out.
+        await eventually(lambda: conv.turn is None, what="the cut turn to end")
+        await real_greet(conv, conn, ready)
+
+    monkeypatch.setattr(handshake, "greet", late_greet)
+    ws = await _ws(
+        server, {"conversation_id": "r-2", "resume_secret": session.resume_secret, "history": True}
+    )
+    ready = json.loads(await asyncio.wait_for(ws.recv(), 20))
+    assert (ready["type"], ready["resumed"]) == ("ready", True)
+    first = json.loads(await asyncio.wait_for(ws.recv(), 20))
+    assert (first["type"], first["full"]) == ("history", True)
+    assert [t["role"] for t in first["turns"]] == ["assistant"]
+    assert conv.conn is not None and conv.conn.ready
+    await ws.close()
