@@ -16,8 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moss_pipecat.codec import kernels
 from moss_pipecat.codec.config import StageConfig
+from moss_pipecat.codec.kernels import apply_rope, rope_write_formula, scaled_add
 from moss_pipecat.masks import additive_mask
+from moss_pipecat.model.kernels import Fusable
 
 
 class PatchFold(nn.Module):
@@ -70,20 +73,6 @@ def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, tor
     c = torch.stack((cos, cos), dim=-1).flatten(-2)  # [..., Dh]
     s = torch.stack((-sin, sin), dim=-1).flatten(-2)  # [..., Dh]
     return c, s
-
-
-def apply_rope(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """Rotates dims (2i, 2i+1) of ``x [..., T, Dh]`` by ``rope_tables``' ``c/s`` (broadcast
-    to ``x``), in float32.
-
-    Written as ``x * c + pair_swapped(x) * s``: pair i gives ``x0*cos + x1*(-sin)`` and
-    ``x1*cos + x0*sin``, bit for bit the reference's ``x0*cos - x1*sin`` and
-    ``x0*sin + x1*cos`` (a - b is a + (-b) in IEEE arithmetic, and a sum of two terms does
-    not depend on their order), in 4 kernels instead of 7.
-    """
-    xf = x.float()
-    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # [..., Dh]: (x1, x0) pairs
-    return (xf * c + swapped * s).to(x.dtype)
 
 
 @dataclass
@@ -141,8 +130,9 @@ class LayerScale(nn.Module):
         return self.scale * x
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention, fused q/k/v (upstream names ``in_projs.0``, ``out_projs.0``)."""
+class Attention(Fusable, nn.Module):
+    """Multi-head self-attention, fused q/k/v (upstream names ``in_projs.0``, ``out_projs.0``).
+    Fused (``kernels.use_fused``), a stream chunk's RoPE and ring writes are one op."""
 
     def __init__(self, d_model: int, num_heads: int) -> None:
         super().__init__()
@@ -162,17 +152,16 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         b, t, d = x.shape
         qkv = self.in_projs[0](x).view(b, t, 3, self.num_heads, self.head_dim)
-        qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
-        q, k = apply_rope(qkv[:2], cos, sin).unbind(0)  # q and k rotated together
-        v = qkv[2]  # [B, H, T, Dh]
         if kv is not None:
             # Write first, then attend over the ring; the ring's slack keeps every key the
             # chunk's earliest query still needs (see RingView).
-            ring_k, ring_v = kv
-            idx = write_idx[:, None, :, None].expand(b, self.num_heads, t, self.head_dim)
-            ring_k.scatter_(2, idx, k)
-            ring_v.scatter_(2, idx, v)
-            k, v = ring_k, ring_v
+            write = kernels.rope_write if self.fused else rope_write_formula
+            q = write(qkv, cos, sin, kv[0], kv[1], write_idx)
+            k, v = kv
+        else:
+            qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
+            q, k = apply_rope(qkv[:2], cos, sin).unbind(0)  # q and k rotated together
+            v = qkv[2]  # [B, H, T, Dh]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, Dh]
         y = y.transpose(1, 2).reshape(b, t, d)
         return self.out_projs[0](y)
@@ -206,6 +195,35 @@ class Block(nn.Module):
         h = self.linear2(F.gelu(self.linear1(self.norm2(x))))
         return x + self.layer_scale_2(h)
 
+    def fused_forward(
+        self,
+        x: torch.Tensor,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor] | None,
+        write_idx: torch.Tensor | None,
+        next_norm: nn.LayerNorm | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``forward`` through the fused ops, each residual add fused with the norm after it
+        (``norm2``; then ``next_norm``, the next layer's ``norm1``, if any). x: the residual
+        stream, h: ``norm1(x)``; returns the new (x, ``next_norm(x)`` or None)."""
+        attn = self.self_attn(h, cos, sin, mask, kv, write_idx)
+        n2 = self.norm2
+        x, h = kernels.add_layer_norm(
+            x, attn, _scale(self.layer_scale_1), n2.weight, n2.bias, n2.eps
+        )
+        h = self.linear2(F.gelu(self.linear1(h)))
+        scale = _scale(self.layer_scale_2)
+        if next_norm is None:
+            return scaled_add(x, h, scale), None
+        return kernels.add_layer_norm(x, h, scale, next_norm.weight, next_norm.bias, next_norm.eps)
+
+
+def _scale(m: nn.Module) -> torch.Tensor | None:
+    return m.scale if isinstance(m, LayerScale) else None
+
 
 class TransformerLayers(nn.Module):
     """Holds the blocks so parameter names match upstream (``transformer.layers.N``)."""
@@ -215,7 +233,7 @@ class TransformerLayers(nn.Module):
         self.layers = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
 
 
-class TransformerStage(nn.Module):
+class TransformerStage(Fusable, nn.Module):
     """Projected causal transformer: ``input_proj`` -> blocks -> ``output_proj`` (projections
     only where the widths differ, as upstream)."""
 
@@ -256,9 +274,16 @@ class TransformerStage(nn.Module):
             allowed = ring_mask(positions, ring.size, cfg.context)
             write_idx = torch.remainder(positions, ring.size)
         mask = additive_mask(allowed, x.dtype)  # once for every layer of the stage
-        for i, layer in enumerate(self.transformer.layers):
-            kv = None if ring is None else (ring.k[i], ring.v[i])
-            x = layer(x, cos, sin, mask, kv, write_idx)
+        layers = self.transformer.layers
+        kvs = [None if ring is None else (ring.k[i], ring.v[i]) for i in range(len(layers))]
+        if self.fused:
+            h = layers[0].norm1(x)
+            norms = [layer.norm1 for layer in layers[1:]] + [None]
+            for layer, kv, next_norm in zip(layers, kvs, norms, strict=True):
+                x, h = layer.fused_forward(x, h, cos, sin, mask, kv, write_idx, next_norm)
+        else:
+            for layer, kv in zip(layers, kvs, strict=True):
+                x = layer(x, cos, sin, mask, kv, write_idx)
         if self.output_proj is not None:
             x = self.output_proj(x)
         return x

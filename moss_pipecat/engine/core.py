@@ -35,7 +35,6 @@ from moss_pipecat.engine.scheduler import Scheduler
 from moss_pipecat.engine.state import Phase, SessionState
 from moss_pipecat.errors import CapacityError, SessionClosedError, UnknownSessionError
 from moss_pipecat.model import MossTTSRealtime
-from moss_pipecat.model.device_kernels import register_device_kernels
 from moss_pipecat.model.kernels import use_fused
 
 
@@ -59,8 +58,12 @@ class EngineCore:
         self.voice_instruction_ids = list(voice_instruction_ids)
         device = next(model.parameters()).device
         if config.fused:
-            register_device_kernels()
-        use_fused(model, config.fused)
+            from moss_pipecat.codec.kernels import register_device_kernels
+
+            register_device_kernels()  # the model's and the codec's
+        for part in (model, codec):  # the one switch for both (a stand-in codec has none)
+            if isinstance(part, torch.nn.Module):
+                use_fused(part, config.fused)
         graphed = config.graphed_decode
         if graphed is None:
             graphed = device.type == "cuda"

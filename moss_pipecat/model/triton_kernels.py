@@ -46,7 +46,7 @@ def _log(x, ACCURATE: tl.constexpr):
 
 
 @triton.jit
-def _rnd(v, dtype: tl.constexpr):
+def round_to(v, dtype: tl.constexpr):
     """float32 v rounded to ``dtype`` as torch rounds it (to nearest, ties to even), kept in
     float32. bf16 is rounded with integer ops on the bits: the same on a GPU and in Triton's
     interpreter (whose own float32 -> bf16 cast truncates); a store into a bf16 tensor is then
@@ -66,9 +66,9 @@ def _silu_mul_kernel(x_ptr, out_ptr, inter, BLOCK: tl.constexpr, ACCURATE: tl.co
     keep = cols < inter
     gate = tl.load(x_ptr + row * 2 * inter + cols, mask=keep).to(tl.float32)
     up = tl.load(x_ptr + row * 2 * inter + inter + cols, mask=keep)
-    silu = _rnd(gate / (1.0 + _exp(-gate, ACCURATE)), up.dtype)  # rounded as F.silu rounds
+    silu = round_to(gate / (1.0 + _exp(-gate, ACCURATE)), up.dtype)  # rounded as F.silu rounds
     out = silu.to(tl.float32) * up.to(tl.float32)
-    tl.store(out_ptr + row * inter + cols, _rnd(out, up.dtype), mask=keep)
+    tl.store(out_ptr + row * inter + cols, round_to(out, up.dtype), mask=keep)
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
@@ -91,7 +91,7 @@ def _normed(x, w, dim, eps, WEIGHT_INSIDE: tl.constexpr):
     rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / dim + eps)
     if WEIGHT_INSIDE:  # float32 with one weight row: F.rms_norm's own weight
         return x * rstd * w.to(tl.float32)
-    normed = _rnd(x * rstd, w.dtype)
+    normed = round_to(x * rstd, w.dtype)
     return normed * w.to(tl.float32)
 
 
@@ -107,11 +107,11 @@ def _rms_norm_kernel(
     dt = x.dtype
     if ADD:  # the residual sum, rounded to the activation dtype before it is normed
         y = tl.load(y_ptr + row * dim + cols, mask=keep, other=0.0)
-        x = _rnd(x.to(tl.float32) + y.to(tl.float32), dt)
+        x = round_to(x.to(tl.float32) + y.to(tl.float32), dt)
         tl.store(sum_ptr + row * dim + cols, x, mask=keep)
     w = tl.load(w_ptr + (row % w_rows) * dim + cols, mask=keep, other=0.0)
     out = _normed(x.to(tl.float32), w, dim, eps, WEIGHT_INSIDE)
-    tl.store(out_ptr + row * dim + cols, _rnd(out, dt), mask=keep)
+    tl.store(out_ptr + row * dim + cols, round_to(out, dt), mask=keep)
 
 
 def _norm(x: torch.Tensor, y: torch.Tensor | None, weight: torch.Tensor, eps: float):
@@ -163,14 +163,14 @@ def _norm_rope_kernel(
     x32, xs32 = x.to(tl.float32), xs.to(tl.float32)
     rstd = 1.0 / tl.sqrt(tl.sum(x32 * x32, axis=0) / HD + eps)
     dt = x.dtype
-    n = _rnd(_rnd(x32 * rstd, dt).to(tl.float32) * w.to(tl.float32), dt)
-    ns = _rnd(_rnd(xs32 * rstd, dt).to(tl.float32) * ws.to(tl.float32), dt)
+    n = round_to(round_to(x32 * rstd, dt).to(tl.float32) * w.to(tl.float32), dt)
+    ns = round_to(round_to(xs32 * rstd, dt).to(tl.float32) * ws.to(tl.float32), dt)
     table = b * s_cb + t * s_ct + cols  # cos/sin [B or 1, 1, T, HD], broadcast over heads
     c = tl.load(cos_ptr + table).to(tl.float32)
     s = tl.load(sin_ptr + table).to(tl.float32)
-    a = _rnd(n.to(tl.float32) * c, dt).to(tl.float32)
-    r = _rnd(ns.to(tl.float32) * s, dt).to(tl.float32)
-    tl.store(out_ptr + ((b * heads + h) * T + t) * HD + cols, _rnd(a + r, dt))
+    a = round_to(n.to(tl.float32) * c, dt).to(tl.float32)
+    r = round_to(ns.to(tl.float32) * s, dt).to(tl.float32)
+    tl.store(out_ptr + ((b * heads + h) * T + t) * HD + cols, round_to(a + r, dt))
 
 
 def norm_rope(

@@ -81,10 +81,11 @@ class KernelCounter:
     """
 
     def __init__(self, device: str = "cuda") -> None:
+        from moss_pipecat.codec.kernels import FORMULAS as CODEC_FORMULAS
         from moss_pipecat.model.fused_sampling import FORMULAS as SAMPLING_FORMULAS
         from moss_pipecat.model.kernels import FORMULAS, SINGLE_KERNEL
 
-        formulas = {**FORMULAS, **SAMPLING_FORMULAS}
+        formulas = {**FORMULAS, **SAMPLING_FORMULAS, **CODEC_FORMULAS}
         self.by_op: Counter[str] = Counter()
         self._fused_depth = 0
         counter = self
@@ -183,11 +184,16 @@ def decode_step_kernels(
     return StepKernels.of(counter)
 
 
-def codec_frame_kernels(dtype: torch.dtype = torch.bfloat16, batch: int = 1) -> StepKernels:
+def codec_frame_kernels(
+    dtype: torch.dtype = torch.bfloat16, batch: int = 1, fused: bool = False
+) -> StepKernels:
     """Kernels of one graphed one-frame streaming decode of the real codec at ``batch`` rows
-    (16 quantizers, as the TTS feeds it), on ``meta``."""
+    (16 quantizers, as the TTS feeds it), on ``meta``; ``fused``: through the codec's fused
+    ops, counted as ``decode_step_kernels`` counts the model's."""
     from moss_pipecat.codec import CodecConfig, MossAudioCodec, real_config_dict
     from moss_pipecat.codec.graphs import GraphedCodecDecode
+    from moss_pipecat.codec.kernels import register_device_kernels
+    from moss_pipecat.model.kernels import use_fused
 
     config = CodecConfig.from_dict(real_config_dict())
     with META:
@@ -196,6 +202,9 @@ def codec_frame_kernels(dtype: torch.dtype = torch.bfloat16, batch: int = 1) -> 
         if not name.startswith("quantizer."):  # the quantizer stays fp32, as when loaded
             p.data = p.data.to(dtype)
     codec._finish()
+    if fused:
+        register_device_kernels()
+    use_fused(codec, fused)
     state = codec.new_stream_state(batch)
     graphed = GraphedCodecDecode(codec, state, batch_buckets=(batch,))
     key = (batch, 16)

@@ -1,6 +1,7 @@
 """The engine with fused ops (``EngineConfig.fused``) makes the frames it makes without them:
 greedy and seeded turns identical frame for frame (float32, CPU), through the graphed
-(padded static-buffer) step, and a fused session alone makes what it makes in a batch of 8."""
+(padded static-buffer) step, with the codec's PCM identical too (the one switch fuses model
+and codec), and a fused session alone makes what it makes in a batch of 8."""
 
 from __future__ import annotations
 
@@ -15,16 +16,18 @@ FRAMES = 8
 
 
 @pytest.fixture(autouse=True)
-def _plain_model_after(tiny_model):
+def _plain_model_after(tiny_model, tiny_codec):
     yield
-    use_fused(tiny_model, False)  # the session's model goes back as the other tests know it
+    for part in (tiny_model, tiny_codec):  # back as the other tests of the session know them
+        use_fused(part, False)
 
 
-def _say(engine, text: list[int], sampling: SamplingParams, seed: int) -> torch.Tensor:
+def _say(engine, text: list[int], sampling: SamplingParams, seed: int, pcm: bool = False):
     session = SyncSession(engine.create_session(sampling=sampling, seed=seed))
     chunks, summary = session.say(ids=text, max_frames=FRAMES, min_frames=FRAMES)
     assert summary.stop == "max_frames" and len(chunks) == FRAMES
-    return torch.stack([c.codes for c in chunks])
+    codes = torch.stack([c.codes for c in chunks])
+    return (codes, b"".join(c.pcm for c in chunks)) if pcm else codes
 
 
 @pytest.mark.parametrize("sampling", [SamplingParams.greedy_decoding(), SamplingParams()])
@@ -39,6 +42,22 @@ def test_fused_engine_makes_the_plain_engines_frames(
         frames[fused] = _say(engine, text, sampling, seed=77)
         engine.shutdown()
     assert torch.equal(frames[True], frames[False])
+
+
+@pytest.mark.parametrize("graphed", [True, False], ids=["graphed", "eager"])
+def test_fused_engine_decodes_the_plain_engines_pcm(
+    make_engine, tiny_model, tiny_codec, realtime_golden, graphed
+):
+    text = realtime_golden["session.text1"].tolist()
+    out = {}
+    for fused in (False, True):
+        engine = make_engine(codec=tiny_codec, graphed_decode=graphed, fused=fused)
+        assert all(m.fused == fused for m in tiny_codec.modules() if isinstance(m, Fusable))
+        out[fused] = _say(engine, text, SamplingParams(), seed=5, pcm=True)
+        engine.shutdown()
+    assert torch.equal(out[True][0], out[False][0])
+    assert len(out[True][1]) == 2 * FRAMES * tiny_codec.samples_per_frame
+    assert out[True][1] == out[False][1]
 
 
 def test_fused_session_alone_equals_in_a_batch_of_8(make_engine, realtime_golden):
