@@ -169,14 +169,15 @@ def run_sessions(model, codec, n: int, args) -> dict:
 
 
 def step_kernels(dtype_name: str) -> dict:
-    """Kernels of one real-size decode step (batch 1, plain and through the fused ops) and
-    one codec frame, on ``meta``."""
+    """Kernels of one real-size decode step and one codec frame (batch 1, each plain and
+    through the fused ops), on ``meta``."""
     dtype = DTYPES[dtype_name]
     out = {"dtype": dtype_name, "device": "meta", "sizes": "real"}
     for name, fn in (
         ("decode_step", decode_step_kernels),
         ("decode_step_fused", lambda d: decode_step_kernels(d, fused=True)),
         ("codec_frame", codec_frame_kernels),
+        ("codec_frame_fused", lambda d: codec_frame_kernels(d, fused=True)),
     ):
         k = fn(dtype)
         out[name] = {"kernels": k.total, "by_op": k.by_op}
@@ -192,7 +193,8 @@ def kernels_summary(k: dict) -> str:
         f"kernels per graphed step ({k['dtype']}, real size, counted on {k['device']}): "
         f"decode step b=1 {k['decode_step']['kernels']} "
         f"(fused ops: {k['decode_step_fused']['kernels']}), "
-        f"codec frame b=1 {k['codec_frame']['kernels']}"
+        f"codec frame b=1 {k['codec_frame']['kernels']} "
+        f"(fused ops: {k['codec_frame_fused']['kernels']})"
     )
 
 

@@ -168,9 +168,10 @@ def test_launches(fixtures_dir):
     assert [r["sessions"] for r in out["results"]] == [1, 2]
     kernels = out["kernels"]  # inside the graphs: real size, bf16, on meta
     assert kernels["dtype"] == "bfloat16" and kernels["device"] == "meta"
-    for step in ("decode_step", "decode_step_fused", "codec_frame"):
+    for step in ("decode_step", "decode_step_fused", "codec_frame", "codec_frame_fused"):
         assert kernels[step]["kernels"] == sum(kernels[step]["by_op"].values()) > 0
     assert kernels["decode_step_fused"]["kernels"] <= kernels["decode_step"]["kernels"]
+    assert kernels["codec_frame_fused"]["kernels"] <= kernels["codec_frame"]["kernels"]
     for r in out["results"]:
         tick = r["decode_tick"]
         assert tick["per_tick_outside"] and tick["outside"] > 0 and tick["inside_graph"] > 0
