@@ -1,6 +1,9 @@
-"""On a GPU: the fused ops' CUDA kernels (Triton, ``moss_pipecat.model.triton_kernels``)
-against the ops' formulas, and the graphed decode step through the fused ops against the
-graphed plain one (CUDA graphs replayed, float32 tiny model: greedy and seeded frames equal).
+"""On a GPU: the fused ops' CUDA kernels (Triton, ``moss_pipecat.model.triton_kernels`` and
+``moss_pipecat.codec.triton_kernels``) against the ops' formulas, the graphed decode step
+through the fused ops against the graphed plain one (CUDA graphs replayed, float32 tiny model:
+greedy and seeded frames equal), and the graphed codec frame through the fused ops against the
+graphed plain one (the codec's LayerNorm kernel sums in another order than torch's: PCM within
+float rounding, int16 PCM at most one step apart).
 
 Written without a GPU at hand (the CPU suite checks the kernels in Triton's interpreter,
 ``tests/model/test_fused_triton.py``): these are the checks a first GPU run must pass before
@@ -12,10 +15,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from moss_pipecat.codec import MossAudioCodec, pcm16
+from moss_pipecat.codec import kernels as codec_kernels
+from moss_pipecat.codec.graphs import GraphedCodecDecode
 from moss_pipecat.model import MossTTSRealtime
 from moss_pipecat.model.device_kernels import register_device_kernels
 from moss_pipecat.model.graphs import GraphedDecodeStep
-from moss_pipecat.model.kernels import use_fused
+from moss_pipecat.model.kernels import SINGLE_KERNEL, use_fused
+from tests.codec import fused_helpers as codec_cases
 from tests.gpu.test_cuda_graphs import _prefilled, _run_steps
 from tests.model.fused_helpers import SHAPES, assert_near
 
@@ -65,3 +72,55 @@ def test_graphed_fused_step_equals_graphed_plain_step(realtime_dir, long_rows):
     finally:
         use_fused(model, False)
     assert torch.equal(frames[True], frames[False])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", codec_cases.SHAPES)
+def test_cuda_codec_kernels_match_the_formulas(dtype, shape):
+    """The codec's ops run their Triton kernels on CUDA (``SINGLE_KERNEL``) and equal the
+    formulas (torch's CUDA kernels): RoPE, ring writes and the residual sum bit for bit."""
+    codec_kernels.register_device_kernels()
+    assert {"cuda"} <= SINGLE_KERNEL["moss::codec_rope_write"]
+    d, heads = codec_cases.SHAPES[shape]
+    for scaled in (True, False):
+        args = codec_cases.layer_norm_case(d, dtype, scaled, device=CUDA)
+        got = codec_kernels.add_layer_norm(*args)
+        want = codec_kernels.add_layer_norm_formula(*args)
+        assert torch.equal(got[0], want[0])
+        codec_cases.assert_layer_norm_near(got[1], want[1])
+    for steps in (1, 8):
+        qkv, c, s, idx, state = codec_cases.rope_case(d, heads, steps, dtype, device=CUDA)
+        want_state, b = state.clone(), qkv.shape[0]
+        want = codec_kernels.rope_write_formula(
+            qkv, c, s, want_state[0, :b], want_state[1, :b], idx
+        )
+        got = codec_kernels.rope_write(qkv, c, s, state[0, :b], state[1, :b], idx)
+        assert torch.equal(got, want) and torch.equal(state, want_state)
+
+
+def test_graphed_fused_codec_frame_equals_graphed_plain_frame(codec_dir):
+    """Three streams of different ages through the captured codec frame, fused and plain."""
+    codec = MossAudioCodec.from_pretrained(codec_dir, device=CUDA)
+    codec_kernels.register_device_kernels()
+    size = codec.config.quantizer.codebook_size
+    codes = torch.randint(0, size, (16, 3, 8), generator=torch.Generator().manual_seed(3))
+    pcm = {}
+    try:
+        for fused in (False, True):
+            use_fused(codec, fused)
+            state = codec.new_stream_state(4)
+            graphed = GraphedCodecDecode(codec, state, batch_buckets=(1, 2, 4))
+            assert graphed.graphs.use_cuda_graphs
+            graphed.capture_all(16)
+            state.add_streams(2)
+            out = []
+            for f in range(codes.shape[2]):
+                if f == 3:
+                    state.add_stream()
+                slots = [0, 1, 2] if f >= 3 else [0, 1]
+                out.append(graphed.step(codes[:, slots, f].to(CUDA), slots).flatten().cpu())
+            pcm[fused] = torch.cat(out)
+    finally:
+        use_fused(codec, False)
+    torch.testing.assert_close(pcm[True], pcm[False], atol=1e-5, rtol=0)
+    assert (pcm16(pcm[True]).int() - pcm16(pcm[False]).int()).abs().max() <= 1
