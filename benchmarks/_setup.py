@@ -96,6 +96,41 @@ async def run_round(engine: MossEngine, n: int, n_text: int, frames: int, seed: 
     }
 
 
+def add_fused_arg(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--fused",
+        choices=["on", "off"],
+        default="off",
+        help="through the fused ops (model and codec; Triton kernels on CUDA)",
+    )
+
+
+def use_fused_ops(module: torch.nn.Module, on: bool) -> None:
+    """``module`` (model or codec) through its fused ops, with their device kernels."""
+    from moss_pipecat.codec.kernels import register_device_kernels
+    from moss_pipecat.model.kernels import use_fused
+
+    if on:
+        register_device_kernels()
+    use_fused(module, on)
+
+
+def gpu_kernels(fn, device: torch.device) -> dict | None:
+    """What the GPU ran in one call of ``fn`` (e.g. one graph replay), from the profiler:
+    kernels, and memcpy/memset operations apart; None off CUDA (nothing measured)."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize(device)
+    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    copies = sum(1 for n in names if n.lower().startswith(("memcpy", "memset")))
+    return {"kernels": len(names) - copies, "copies": copies}
+
+
 def add_engine_args(ap: argparse.ArgumentParser) -> None:
     """Model, codec, device and pacing options shared with bench_capacity."""
     ap.add_argument("--checkpoint", help="TTS checkpoint dir or hub id (default: tiny fixture)")
@@ -109,6 +144,12 @@ def add_engine_args(ap: argparse.ArgumentParser) -> None:
         "--graphed", choices=["auto", "on", "off"], default="auto", help="graphed decode step"
     )
     ap.add_argument("--compile", metavar="BACKEND", help="torch.compile the graphed step")
+    add_fused_arg(ap)
+    ap.add_argument(
+        "--kernel-cache-dir",
+        metavar="DIR",
+        help="compiled kernels kept here (a second run with the same DIR compiles nothing)",
+    )
     ap.add_argument(
         "--graphed-prefill", choices=["on", "off"], default="on", help="bucketed prefill graphs"
     )
@@ -132,6 +173,8 @@ def build_engine(args: argparse.Namespace, max_sessions: int) -> tuple[MossEngin
         graphed_decode={"auto": None, "on": True, "off": False}[args.graphed],
         compile_decode=args.compile,
         graphed_prefill=args.graphed_prefill == "on",
+        fused=args.fused == "on",
+        kernel_cache_dir=args.kernel_cache_dir,
     )
     engine = MossEngine(model, layout_for(model), codec=codec, config=config)
     capture = capture_graphs(engine)

@@ -153,6 +153,8 @@ def real_traffic(args) -> tuple[dict, str]:
         graphed_decode={"auto": None, "on": True, "off": False}[args.graphed],
         compile_decode=args.compile,
         graphed_prefill=args.graphed_prefill == "on",
+        fused=args.fused == "on",
+        kernel_cache_dir=args.kernel_cache_dir,
         frame_deadline_s=args.gap_ms / 1e3 if args.admission else None,
         cost_table=args.cost_table,
         overlap_codec=args.overlap,

@@ -17,6 +17,7 @@ import time
 
 import torch
 from _common import emit, environment, fixtures_root, time_calls
+from _setup import add_fused_arg, gpu_kernels, use_fused_ops
 
 from moss_pipecat.checkpoint import read_config
 from moss_pipecat.codec import CodecConfig, MossAudioCodec, real_config_dict
@@ -57,12 +58,14 @@ def main() -> None:
         choices=["eager", "graphed"],
         help="graphed: static buffers + CUDA graphs (on CPU the same padded path, eagerly)",
     )
+    add_fused_arg(ap)
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
 
     device = torch.device(args.device)
     t0 = time.perf_counter()
     codec, source = build(args, device)
+    use_fused_ops(codec, args.fused == "on")
     load_s = time.perf_counter() - t0
     qc = codec.config.quantizer
     hop = codec.samples_per_frame
@@ -86,6 +89,11 @@ def main() -> None:
                     graphed.step(codes, slots)
 
             timing = time_calls(step, device, args.warmup, args.frames)
+            if graphed is not None:  # the kernels one replay runs (CUDA: profiler)
+                key = (graphed.bucket(b), args.quantizers)
+                timing["gpu_kernels_per_replay"] = gpu_kernels(
+                    lambda g=graphed, k=key: g.graphs.launch(k), device
+                )
             per_frame = timing["median_ms"]
             results.append(
                 {
@@ -104,6 +112,7 @@ def main() -> None:
         "source": source,
         "parameters": codec.num_parameters(),
         "dtype": args.dtype,
+        "fused": args.fused == "on",
         "frame_ms": frame_ms,
         "quantizers": args.quantizers,
         "load_s": load_s,
@@ -114,7 +123,7 @@ def main() -> None:
         f"{r['mode']} B={r['batch']}: {r['median_ms']:.2f} ms/frame (RTF {r['rtf']:.3f})"
         for r in results
     )
-    emit(result, args.out, f"{summary} [{source}, {args.dtype}, {device}]")
+    emit(result, args.out, f"{summary} [{source}, {args.dtype}, {device}, fused {args.fused}]")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,12 @@ between consecutive frames of a session (p50/p99), and aggregate frames/s.
     python benchmarks/bench_engine.py                               # tiny fixture model + codec
     python benchmarks/bench_engine.py --sessions 1 4 16 --frames 50 --lookahead 1.0
     python benchmarks/bench_engine.py --real-size --random-weights --sessions 1 --frames 5
+    python benchmarks/bench_engine.py --fused on --kernel-cache-dir DIR    # twice: no compile
+
+``start_up`` reports what preparing the graphs cost by phase (decode, prefill, first_frame,
+codec): buckets, seconds (capturing, and compiling a kernel's first run), device MiB (CUDA
+only), and how many entries the kernel caches gained (0 on a second start with the same
+``--kernel-cache-dir``: nothing compiled).
 """
 
 from __future__ import annotations
@@ -43,7 +49,10 @@ def main() -> None:
         "graphed_decode": engine.graphed,
         "compile": args.compile,
         "graphed_prefill": args.graphed_prefill,
+        "fused": args.fused == "on",
         "graph_capture": capture,
+        # by phase: seconds, device MiB (CUDA), kernel-cache entries added (0: no compile)
+        "start_up": engine.start_up,
         "env": environment(engine.device),
         "results": rounds,
     }

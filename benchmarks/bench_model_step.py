@@ -14,7 +14,7 @@ import argparse
 
 import torch
 from _common import emit, environment, time_calls
-from _setup import DTYPES, build_model
+from _setup import DTYPES, add_fused_arg, build_model, gpu_kernels, use_fused_ops
 
 from moss_pipecat.model import (
     BatchSampling,
@@ -68,6 +68,9 @@ def bench_batch(
         length[0] += 1
 
     t = time_calls(step, device, args.warmup, args.iters)
+    if graphed is not None:  # the kernels one replay of this bucket runs (CUDA: profiler)
+        key = graphed.bucket(B, length[0])  # the last step's bucket (already captured)
+        t["gpu_kernels_per_replay"] = gpu_kernels(lambda: graphed.graphs.launch(key), device)
     t.update(
         batch=B,
         mode=mode,
@@ -95,11 +98,13 @@ def main() -> None:
     ap.add_argument(
         "--compile", metavar="BACKEND", help="torch.compile the graphed step (e.g. inductor)"
     )
+    add_fused_arg(ap)
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
 
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     model = build_model(args, device, dtype)
+    use_fused_ops(model, args.fused == "on")
     params = SamplingParams.greedy_decoding() if args.greedy else SamplingParams()
     with torch.inference_mode():
         results = [
@@ -113,6 +118,7 @@ def main() -> None:
         "dtype": args.dtype,
         "context": args.context,
         "compile": args.compile,
+        "fused": args.fused == "on",
         "sampling": "greedy" if args.greedy else "sampled",
         "parameters": model.num_parameters(),
         "env": environment(device),
@@ -124,7 +130,7 @@ def main() -> None:
         args.out,
         f"model_step: b1 {results[0]['median_ms']:.2f} ms/frame ({results[0]['mode']}); best "
         f"{best['frames_per_s']:.0f} frames/s at batch {best['batch']} ({best['mode']}, "
-        f"{args.device}, {args.dtype})",
+        f"{args.device}, {args.dtype}, fused {args.fused})",
     )
 
 

@@ -90,7 +90,13 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         "--fused",
         choices=["on", "off"],
         default=None,
-        help="run the model through its fused ops (same frames; default off)",
+        help="run the model and the codec through their fused ops (same frames; default off)",
+    )
+    p.add_argument(
+        "--kernel-cache-dir",
+        metavar="DIR",
+        default=None,
+        help="keep compiled kernels (Triton, inductor) here, so a restart does not recompile",
     )
     p.add_argument(
         "--eos-min-frames",

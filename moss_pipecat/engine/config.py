@@ -76,7 +76,13 @@ class EngineConfig:
             reduction's order and a last bit of ``rsqrt`` may differ); without it the ops run
             their formulas there too. Off by default; it should default on for CUDA once it
             is measured there (``tests/gpu/test_fused_cuda.py``, ``scripts/gpu_bench.sh``).
-            The setting belongs to the model: engines sharing one model share it.
+            The setting belongs to the model and the codec (this switch sets both):
+            engines sharing them share it.
+        kernel_cache_dir: folder for the compiled kernels (Triton's and inductor's caches,
+            ``engine.start_up``), kept across restarts so a restart does not compile again
+            (their defaults live in the home and temp dirs, which a container loses); it
+            sets ``TRITON_CACHE_DIR`` and ``TORCHINDUCTOR_CACHE_DIR`` for the process. None:
+            the environment's (or their defaults).
         kv_pools: ((slots, capacity), ...) KV-cache pools, so memory follows real context
             length: a session starts in the smallest pool with a free slot and moves (its KV
             copied, not recomputed) to a larger one when its conversation outgrows it. The
@@ -112,6 +118,7 @@ class EngineConfig:
     capture_graphs_at_start: bool = True
     compile_decode: str | None = None
     fused: bool = False
+    kernel_cache_dir: str | None = None
     kv_pools: tuple[tuple[int, int], ...] | None = None
     prefix_cache_bytes: int = 256 * 2**20
 

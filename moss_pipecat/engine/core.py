@@ -32,6 +32,7 @@ from moss_pipecat.engine.prefix_cache import PrefixCache
 from moss_pipecat.engine.rows import RowLayout
 from moss_pipecat.engine.runner import ModelRunner
 from moss_pipecat.engine.scheduler import Scheduler
+from moss_pipecat.engine.start_up import use_kernel_cache
 from moss_pipecat.engine.state import Phase, SessionState
 from moss_pipecat.errors import CapacityError, SessionClosedError, UnknownSessionError
 from moss_pipecat.model import MossTTSRealtime
@@ -57,6 +58,7 @@ class EngineCore:
         self.system_text_ids = list(system_text_ids)
         self.voice_instruction_ids = list(voice_instruction_ids)
         device = next(model.parameters()).device
+        use_kernel_cache(config.kernel_cache_dir)  # before anything compiles
         if config.fused:
             from moss_pipecat.codec.kernels import register_device_kernels
 

@@ -206,6 +206,12 @@ class MossEngine:
         return self.core.runner.capture_graphs()
 
     @property
+    def start_up(self) -> dict | None:
+        """What ``capture_graphs`` cost, by phase (buckets, seconds, device MiB on CUDA) and
+        the kernel-cache entries it added (0: nothing compiled); None before it ran."""
+        return self.core.runner.start_up
+
+    @property
     def stats(self) -> dict[str, int]:
         """Counters: ticks, prefill rows, decode steps, frames, prefix-cache hits/misses."""
         return self.core.stats

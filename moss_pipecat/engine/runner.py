@@ -8,7 +8,6 @@ steps (decode and prefill per KV pool, first frame, codec).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from moss_pipecat._log import logger
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.kv_pools import KVPools
+from moss_pipecat.engine.start_up import PhaseCosts, cache_entries
 from moss_pipecat.model import BatchSampling, MossTTSRealtime, SamplingParams
 from moss_pipecat.model.row_blocks import padded_rows
 from moss_pipecat.model.sampling import NO_HISTORY, NoiseKeys
@@ -67,6 +67,7 @@ class ModelRunner:
         self.decode_graphs: list[Any] = [None] * len(pools)
         self.prefill_graphs: list[Any] = [None] * len(pools)
         self.frame_graph = self.codec_graph = None
+        self.start_up: dict | None = None  # what preparing the graphs cost (capture_graphs)
         if graphed:
             from moss_pipecat.model.graphs import (
                 GraphedDecodeStep,
@@ -102,22 +103,29 @@ class ModelRunner:
         return steps + [g for g in (self.frame_graph, self.codec_graph) if g is not None]
 
     def capture_graphs(self) -> int:
-        """Prepares (on CUDA: captures) every bucket each step can hit; returns their number."""
-        t0 = time.perf_counter()
-        n = 0
+        """Prepares (on CUDA: captures) every bucket each step can hit; returns their number.
+        What it cost, by phase, is kept in ``start_up`` (``start_up.PhaseCosts.report``)."""
+        costs = PhaseCosts(self.device)
+        entries = cache_entries()
         with torch.inference_mode():
             for pool, decode, prefill in zip(
                 self.pools, self.decode_graphs, self.prefill_graphs, strict=True
             ):
                 if decode is not None:
-                    n += decode.capture_all(pool.n_slots)
+                    costs.measure("decode", lambda d=decode, p=pool: d.capture_all(p.n_slots))
                 if prefill is not None:
-                    n += prefill.capture_all()
+                    costs.measure("prefill", prefill.capture_all)
             if self.frame_graph is not None:
-                n += self.frame_graph.capture_all()
-            if self.codec_graph is not None:
-                n += self.codec_graph.capture_all(self.model.cfg.rvq)  # the codes it decodes
-        logger.info(f"prepared {n} graph buckets in {time.perf_counter() - t0:.1f} s")
+                costs.measure("first_frame", self.frame_graph.capture_all)
+            if self.codec_graph is not None:  # the codes it decodes: rvq quantizers
+                costs.measure("codec", lambda: self.codec_graph.capture_all(self.model.cfg.rvq))
+        costs.cache_entries_added = cache_entries() - entries
+        self.start_up = costs.report()
+        n = sum(p["buckets"] for p in costs.phases.values())
+        logger.info(
+            f"prepared {n} graph buckets in {self.start_up['seconds']:.1f} s "
+            f"({costs.cache_entries_added} new kernel-cache entries)"
+        )
         return n
 
     def sync(self) -> None:

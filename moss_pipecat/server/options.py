@@ -66,7 +66,10 @@ class EngineOptions(BaseModel):
     )
     graphs: Literal["auto", "on", "off"] = "auto"
     compile: str | None = Field(None, description="torch.compile backend of the graphed step")
-    fused: Literal["on", "off"] = Field("off", description="the model's fused ops")
+    fused: Literal["on", "off"] = Field("off", description="the model's and codec's fused ops")
+    kernel_cache_dir: str | None = Field(
+        None, description="compiled kernels kept here across restarts (None: their defaults)"
+    )
     eos_min_frames: int = Field(0, ge=0)
     eos_after_text: bool = False
     prefix_cache_mib: float | None = Field(
@@ -104,6 +107,7 @@ class EngineOptions(BaseModel):
             "graphed_decode": {"auto": None, "on": True, "off": False}[self.graphs],
             "compile_decode": self.compile,
             "fused": self.fused == "on",
+            "kernel_cache_dir": self.kernel_cache_dir,
             "eos_min_frames": self.eos_min_frames,
             "eos_after_text": self.eos_after_text,
         }
