@@ -57,12 +57,20 @@ def main() -> None:
         "results": rounds,
     }
     best = max(rounds, key=lambda r: r["frames_per_s"])
+    start = engine.start_up
+    started = (
+        ""
+        if start is None
+        else f"; start-up {start['seconds']:.1f} s, "
+        f"{start['kernel_cache_entries_added']} new kernel-cache entries"
+    )
     emit(
         out,
         args.out,
         f"engine: TTFA p50 {rounds[0]['ttfa_ms_p50']:.1f} ms at 1 session; "
         f"{best['frames_per_s']:.0f} frames/s ({best['realtime_sessions_supported']:.1f} real-time "
-        f"sessions) at {best['sessions']} sessions ({args.device}, {args.dtype})",
+        f"sessions) at {best['sessions']} sessions ({args.device}, {args.dtype}, "
+        f"fused {args.fused}){started}",
     )
 
 

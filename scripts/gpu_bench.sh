@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU-only tests, then every benchmark at the real model sizes (random weights, no download),
-# JSON into out/gpu/ (one file per benchmark, a log each, and summary.json). Runs on an
+# JSON into out/gpu/ (one file per benchmark, a log each, and summary.json); the step, codec
+# and engine benchmarks run plain and again through the fused ops (*_fused). Runs on an
 # air-gapped GPU box: if the machine's own python (${PYTHON:-python3}) has a CUDA torch it is
 # used as is (no venv, no install; the package is imported from this checkout via PYTHONPATH);
 # only otherwise does scripts/bootstrap.sh make .venv from the package index.
@@ -29,7 +30,12 @@ set -uo pipefail
 # ---- the steps, most important first (a budget cut drops the tail) --------------------------
 # To add a benchmark: put its name here and a branch in step_spec below. A step whose script is
 # missing is recorded as skipped.
-STEPS=(tests step codec prefill engine prefix launches memory capacity prefill_graphs)
+# The *_fused steps rerun a benchmark through the fused ops (--fused on: the Triton kernels of
+# the model and the codec), to set beside its plain run; engine_fused starts on an empty kernel cache
+# (its start_up says what compiling cost), engine_fused_warm starts again on the same cache
+# (start_up.kernel_cache_entries_added must be 0: a restart compiles nothing).
+STEPS=(tests step codec prefill engine step_fused codec_fused engine_fused engine_fused_warm
+  prefix launches memory capacity prefill_graphs)
 
 # step_spec NAME: sets SCRIPT (benchmarks/...), REAL and TINY (arguments beyond the common
 # ones), COMPILE (1: takes --compile), COMMON (1: takes the model/device arguments), LIMIT (s).
@@ -37,11 +43,11 @@ step_spec() {
   SCRIPT="" REAL="" TINY="" COMPILE=0 COMMON=1 LIMIT=120
   case $1 in
     tests) LIMIT=120 ;;
-    step)
+    step|step_fused)
       SCRIPT=bench_model_step.py COMPILE=1 LIMIT=150
       REAL="--batch 1 8 64 160 --context 2048"
       TINY="--batch 1 3 --context 16 --iters 2 --warmup 1" ;;
-    codec)
+    codec|codec_fused)
       SCRIPT=bench_codec_decode.py LIMIT=90
       REAL="--batch 1 8 64 160"
       TINY="--batch 1 2 --frames 2 --warmup 1" ;;
@@ -49,10 +55,10 @@ step_spec() {
       SCRIPT=bench_prefill.py LIMIT=120
       REAL="--history 1000 8000 30000 --turn-rows 20 80"
       TINY="--history 0 40 --turn-rows 5 --iters 2 --warmup 1" ;;
-    engine)
+    engine|engine_fused|engine_fused_warm)
       SCRIPT=bench_engine.py COMPILE=1 LIMIT=150
       REAL="--sessions 1 16 64 --frames 50"
-      TINY="--sessions 1 2 --frames 6" ;;
+      TINY="--sessions 1 2 --frames 6 --graphed on" ;;
     prefix)
       # TTFA of a new conversation with a 10 s voice: prompt prefix cache hit vs prefill.
       SCRIPT=bench_prefix_cache.py LIMIT=120
@@ -78,6 +84,13 @@ step_spec() {
       REAL="--sessions 1 16 64 --frames 5 --graphed-prefill off"
       TINY="--sessions 1 2 --frames 3 --graphed-prefill off" ;;
     *) return 1 ;;
+  esac
+  case $1 in
+    *_fused) REAL+=" --fused on" TINY+=" --fused on" ;;
+    engine_fused_warm) REAL+=" --fused on" TINY+=" --fused on" ;;
+  esac
+  case $1 in engine_fused*)
+    REAL+=" --kernel-cache-dir $KERNEL_CACHE" TINY+=" --kernel-cache-dir $KERNEL_CACHE" ;;
   esac
 }
 
@@ -159,6 +172,9 @@ if [ ${#WHEELS[@]} -gt 0 ]; then
   done
 fi
 export PYTHONPATH="$REPO${SITE_EXTRA:+:$SITE_EXTRA}${PYTHONPATH:+:$PYTHONPATH}"
+# The kernel cache of the engine_fused steps: empty at the first, reused by the second.
+KERNEL_CACHE=$(mktemp -d "${TMPDIR:-/tmp}/gpu_bench_kernels.XXXXXX")
+TMP_DIRS+=("$KERNEL_CACHE")
 export PYTHONUNBUFFERED=1
 
 # torch, the GPU, and whether the package's core imports here (and with which logger).
