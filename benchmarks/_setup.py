@@ -107,7 +107,7 @@ def add_fused_arg(ap: argparse.ArgumentParser) -> None:
 
 def use_fused_ops(module: torch.nn.Module, on: bool) -> None:
     """``module`` (model or codec) through its fused ops, with their device kernels."""
-    from moss_pipecat.codec.kernels import register_device_kernels
+    from moss_pipecat.codec.device_kernels import register_device_kernels
     from moss_pipecat.model.kernels import use_fused
 
     if on:

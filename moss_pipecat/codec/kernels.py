@@ -12,7 +12,7 @@ Two ops cover what a decoder layer spends most of its kernels on outside its mat
 
 Each op's registered implementation is the formula the plain path calls, so on a CPU the
 fused codec decodes the plain codec's PCM bit for bit; on CUDA, where ``triton`` is
-installed, ``register_device_kernels`` puts the Triton kernels of
+installed, ``codec.device_kernels.register_device_kernels`` puts the Triton kernels of
 ``moss_pipecat.codec.triton_kernels`` under them (and the model's, see
 ``moss_pipecat.model.device_kernels``). ``kernels.use_fused(codec, on)`` switches a codec's
 stages, as it does a model's layers.
@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from moss_pipecat.model import device_kernels
-from moss_pipecat.model.kernels import SINGLE_KERNEL
 
 
 def apply_rope(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -125,15 +122,3 @@ FORMULAS = {
     "moss::codec_add_layer_norm": add_layer_norm_formula,
     "moss::codec_rope_write": rope_write_formula,
 }
-
-
-def register_device_kernels() -> dict[str, set[str]]:
-    """The model's device kernels and the codec's (Triton, where ``triton`` can be imported;
-    without it every op runs its formula); returns ``SINGLE_KERNEL``."""
-    device_kernels.register_device_kernels()
-    try:
-        from moss_pipecat.codec import triton_kernels
-    except ImportError:
-        return SINGLE_KERNEL
-    triton_kernels.register()
-    return SINGLE_KERNEL

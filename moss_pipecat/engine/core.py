@@ -60,7 +60,7 @@ class EngineCore:
         device = next(model.parameters()).device
         use_kernel_cache(config.kernel_cache_dir)  # before anything compiles
         if config.fused:
-            from moss_pipecat.codec.kernels import register_device_kernels
+            from moss_pipecat.codec.device_kernels import register_device_kernels
 
             register_device_kernels()  # the model's and the codec's
         for part in (model, codec):  # the one switch for both (a stand-in codec has none)

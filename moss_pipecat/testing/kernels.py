@@ -191,8 +191,8 @@ def codec_frame_kernels(
     (16 quantizers, as the TTS feeds it), on ``meta``; ``fused``: through the codec's fused
     ops, counted as ``decode_step_kernels`` counts the model's."""
     from moss_pipecat.codec import CodecConfig, MossAudioCodec, real_config_dict
+    from moss_pipecat.codec.device_kernels import register_device_kernels
     from moss_pipecat.codec.graphs import GraphedCodecDecode
-    from moss_pipecat.codec.kernels import register_device_kernels
     from moss_pipecat.model.kernels import use_fused
 
     config = CodecConfig.from_dict(real_config_dict())

@@ -17,6 +17,7 @@ import torch
 
 from moss_pipecat.codec import MossAudioCodec, pcm16
 from moss_pipecat.codec import kernels as codec_kernels
+from moss_pipecat.codec.device_kernels import register_device_kernels as register_codec_kernels
 from moss_pipecat.codec.graphs import GraphedCodecDecode
 from moss_pipecat.model import MossTTSRealtime
 from moss_pipecat.model.device_kernels import register_device_kernels
@@ -79,7 +80,7 @@ def test_graphed_fused_step_equals_graphed_plain_step(realtime_dir, long_rows):
 def test_cuda_codec_kernels_match_the_formulas(dtype, shape):
     """The codec's ops run their Triton kernels on CUDA (``SINGLE_KERNEL``) and equal the
     formulas (torch's CUDA kernels): RoPE, ring writes and the residual sum bit for bit."""
-    codec_kernels.register_device_kernels()
+    register_codec_kernels()
     assert {"cuda"} <= SINGLE_KERNEL["moss::codec_rope_write"]
     d, heads = codec_cases.SHAPES[shape]
     for scaled in (True, False):
@@ -101,7 +102,7 @@ def test_cuda_codec_kernels_match_the_formulas(dtype, shape):
 def test_graphed_fused_codec_frame_equals_graphed_plain_frame(codec_dir):
     """Three streams of different ages through the captured codec frame, fused and plain."""
     codec = MossAudioCodec.from_pretrained(codec_dir, device=CUDA)
-    codec_kernels.register_device_kernels()
+    register_codec_kernels()
     size = codec.config.quantizer.codebook_size
     codes = torch.randint(0, size, (16, 3, 8), generator=torch.Generator().manual_seed(3))
     pcm = {}
