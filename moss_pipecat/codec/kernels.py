@@ -4,8 +4,8 @@ custom ops (the codec's counterpart of ``moss_pipecat.model.kernels``; same rule
 Two ops cover what a decoder layer spends most of its kernels on outside its matmuls:
 
 * ``moss::codec_add_layer_norm``: the residual add of a layer-scaled branch and the
-  LayerNorm after it (the same layer's second norm, or the next layer's first), 4 kernels
-  (scale, add, norm; the norm is one) -> 1;
+  LayerNorm after it (the same layer's second norm, or the next layer's first), 3 kernels
+  (LayerScale product, add, norm) -> 1;
 * ``moss::codec_rope_write``: q and k rotated (interleaved RoPE, in float32) and the new keys
   and values written into the stage's KV rings, 8 kernels (2 casts, pair swap, 2 products,
   sum, 2 scatters) -> 1.
@@ -14,7 +14,7 @@ Each op's registered implementation is the formula the plain path calls, so on a
 fused codec decodes the plain codec's PCM bit for bit; on CUDA, where ``triton`` is
 installed, ``codec.device_kernels.register_device_kernels`` puts the Triton kernels of
 ``moss_pipecat.codec.triton_kernels`` under them (and the model's, see
-``moss_pipecat.model.device_kernels``). ``kernels.use_fused(codec, on)`` switches a codec's
+``moss_pipecat.model.device_kernels``). ``model.kernels.use_fused(codec, on)`` switches a codec's
 stages, as it does a model's layers.
 """
 

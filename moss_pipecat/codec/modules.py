@@ -132,7 +132,7 @@ class LayerScale(nn.Module):
 
 class Attention(Fusable, nn.Module):
     """Multi-head self-attention, fused q/k/v (upstream names ``in_projs.0``, ``out_projs.0``).
-    Fused (``kernels.use_fused``), a stream chunk's RoPE and ring writes are one op."""
+    Fused (``model.kernels.use_fused``), a stream chunk's RoPE and ring writes are one op."""
 
     def __init__(self, d_model: int, num_heads: int) -> None:
         super().__init__()
