@@ -56,6 +56,8 @@ def test_model_step(fixtures_dir):
         ("graphed", 3),
     ]
     assert all(r["median_ms"] > 0 for r in out["results"])
+    # a GPU figure only where a GPU measured it
+    assert [r.get("gpu_kernels_per_replay", 0) for r in out["results"]] == [0, 0, None, None]
 
 
 def test_codec_decode(fixtures_dir):
@@ -69,10 +71,11 @@ def test_codec_decode(fixtures_dir):
         ("graphed", 2),
     }
     assert all(r["state_mib_per_stream"] > 0 for r in out["results"])
+    assert all(r.get("gpu_kernels_per_replay") is None for r in out["results"])
 
 
-@pytest.mark.parametrize("graphed", ["off", "on"])
-def test_engine(fixtures_dir, graphed):
+@pytest.mark.parametrize("graphed, fused", [("off", "off"), ("on", "off"), ("on", "on")])
+def test_engine(fixtures_dir, tmp_path, graphed, fused):
     out = run_bench(
         "bench_engine.py",
         "--sessions",
@@ -82,11 +85,23 @@ def test_engine(fixtures_dir, graphed):
         "6",
         "--graphed",
         graphed,
+        "--fused",
+        fused,
+        "--kernel-cache-dir",
+        str(tmp_path),
         fixtures=fixtures_dir,
     )
-    assert out["graphed_decode"] == (graphed == "on")
+    assert out["graphed_decode"] == (graphed == "on") and out["fused"] == (fused == "on")
     assert [r["sessions"] for r in out["results"]] == [1, 2]
     assert all(0 < r["frames_total"] <= r["sessions"] * 6 for r in out["results"])
+    start = out["start_up"]  # what preparing the graphs cost, by phase
+    if graphed == "off":
+        assert start is None
+        return
+    assert set(start["phases"]) == {"decode", "prefill", "first_frame", "codec"}
+    assert all(p["reserved_mib"] is None for p in start["phases"].values())  # no GPU here
+    assert start["kernel_cache"]["TRITON_CACHE_DIR"] == str(tmp_path / "triton")
+    assert start["kernel_cache_entries_added"] == 0  # the interpreter compiles nothing
 
 
 def test_capacity(fixtures_dir):
