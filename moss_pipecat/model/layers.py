@@ -194,18 +194,18 @@ def key_block_attention(
     top = q.new_full((B, n, M, 1), float("-inf"))  # running max
     total = q.new_zeros((B, n, M, 1))  # running sum of weights
     acc = q.new_zeros((B, n, M, hd))  # running weighted sum of values
-    scale = hd**-0.5
+    q = q * hd**-0.5  # the scale once, on the queries
     for j in range(0, S, KEY_BLOCK):
         kj, vj = k[:, :, j : j + KEY_BLOCK], v[:, :, j : j + KEY_BLOCK]  # [B, n, w, hd]
-        scores = (q @ kj.transpose(-1, -2)) * scale  # [B, n, M, w]
+        scores = q @ kj.transpose(-1, -2)  # [B, n, M, w]
         w = scores.shape[-1]
-        scores = (scores.view(B, n, g, T, w) + mask[..., j : j + KEY_BLOCK]).view(B, n, M, w)
+        scores.view(B, n, g, T, w).add_(mask[..., j : j + KEY_BLOCK])
         new_top = torch.maximum(top, scores.amax(dim=-1, keepdim=True))
         shift = new_top.masked_fill(new_top == float("-inf"), 0.0)  # no key yet: no NaN
-        weights = torch.exp(scores - shift)  # [B, n, M, w]
-        rescale = torch.exp(top - shift)
-        total = total * rescale + weights.sum(dim=-1, keepdim=True)
-        acc = acc * rescale + weights @ vj
+        weights = scores.sub_(shift).exp_()  # [B, n, M, w], in place: one buffer per block
+        rescale = (top - shift).exp_()
+        total = total.mul_(rescale).add_(weights.sum(dim=-1, keepdim=True))
+        acc = acc.mul_(rescale).add_(weights @ vj)
         top = new_top
     return acc / total.masked_fill(total == 0, 1.0)
 
