@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from moss_pipecat.client.link import Link
     from moss_pipecat.client.remote_engine import RemoteEngine
 
+# Connections one call tries when each drops while its conversation is being made again.
+_REMAKE_ATTEMPTS = 3
+
 
 class RemoteSession:
     """Async handle of one conversation on an engine server; mirrors ``Session``.
@@ -75,6 +78,9 @@ class RemoteSession:
         self._voice: tuple[str, bytes, int | None] | None = None  # re-sent after a history loss
         self._limits: P.Limits | None = None  # re-applied to a conversation made anew
         self._link: Link | None = None
+        # Set (to whether it was the first connection) while a conversation the server made
+        # anew is not yet whole again (limits, history or voice): see ``_finish_remake``.
+        self._remake: bool | None = None
         self._connect_lock = asyncio.Lock()
         self._turn: RemoteTurn | None = None
         self._turn_link: Link | None = None  # the link the turn streams on
@@ -90,43 +96,76 @@ class RemoteSession:
         async with self._connect_lock:
             if self._link is not None and self._link.alive:
                 return self._link
-            old, self._link = self._link, None
-            if old is not None:
-                await old.close()
-            first = self.id is None or self.audio is None
-            link = await self.engine.connect(self, after=old)
-            self._link = link
-            if not first:
-                self.reconnects += 1
-            if old is not None and old.moved is not None:
-                self.moves += 1
-            if not self.resumed:
-                await self._made_anew(link, first)
-            return link
+            for attempt in range(_REMAKE_ATTEMPTS):
+                link = await self._connect()
+                try:
+                    await self._finish_remake(link)
+                    return link
+                except ServerUnavailableError:
+                    # The link dropped while the conversation was being made again: the
+                    # next connection resumes it and finishes the job (``_finish_remake``).
+                    if link.alive or attempt == _REMAKE_ATTEMPTS - 1:
+                        raise
+            raise AssertionError("unreachable")
+
+    async def _connect(self) -> Link:
+        old, self._link = self._link, None
+        if old is not None:
+            await old.close()
+        first = self.id is None or self.audio is None
+        link = await self.engine.connect(self, after=old)
+        self._link = link
+        if not first:
+            self.reconnects += 1
+        if old is not None and old.moved is not None:
+            self.moves += 1
+        if not self.resumed:
+            self._remake = first
+            self.journal.restore_due = not first and self.journal.restorable
+        return link
+
+    async def _finish_remake(self, link: Link) -> None:
+        """Makes a conversation the server made anew whole again (``_made_anew``), also when
+        the connection that began it was lost before it was done and this one resumed it:
+        then the server's full history after ``ready`` says whether the restore landed."""
+        if self._remake is None:
+            return
+        if self.resumed and self.journal.restore_due:
+            await link.history_seen(self.engine.request_timeout)
+            if not self.journal.restore_due:  # it landed; its reply was lost
+                self._restored()
+                self._remake = None
+                return
+        await self._made_anew(link, self._remake)
+        self._remake = None
 
     async def _made_anew(self, link: Link, first: bool) -> None:
         """The server made the conversation anew: its limits again, then its history from the
         journal (or, without one, its voice)."""
         if self._limits is not None:
             await self._request(link, P.Settings, limits=self._limits)
-        if not first and self.journal.restorable:
+        if self.journal.restore_due:
             fields, data = self.journal.restore_request()
             try:
                 await self._request(link, P.Restore, data, **fields)
-                self.restored += 1
-                logger.info(f"conversation {self.id}: history restored on {self.server_id}")
+                self.journal.restore_due = False
+                self._restored()
                 return
             except ServerUnavailableError:
                 raise
             except MossError as e:  # refused (e.g. a smaller server): start afresh
                 logger.warning(f"conversation {self.id}: restore refused: {e}")
-        if not first:
-            self.history_lost += 1
-            logger.warning(f"conversation {self.id}: the server lost its history")
         self.journal.clear()
         if self._voice is not None:
             fmt, data, rate = self._voice
             await self._request(link, P.Voice, data, format=fmt, sample_rate=rate, bytes=len(data))
+        if not first:
+            self.history_lost += 1
+            logger.warning(f"conversation {self.id}: the server lost its history")
+
+    def _restored(self) -> None:
+        self.restored += 1
+        logger.info(f"conversation {self.id}: history restored on {self.server_id}")
 
     def hello(self) -> P.Hello:
         """The ``hello`` that opens (or resumes) this conversation on a new connection."""
