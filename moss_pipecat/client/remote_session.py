@@ -81,9 +81,10 @@ class RemoteSession:
         # Set (to whether it was the first connection) while a conversation the server made
         # anew is not yet whole again (limits, history or voice): see ``_finish_remake``.
         self._remake: bool | None = None
+        self._made = 0  # times a server made the conversation (anew)
         self._connect_lock = asyncio.Lock()
         self._turn: RemoteTurn | None = None
-        self._turn_link: Link | None = None  # the link the turn streams on
+        self._turn_made = 0  # ``_made`` when the turn started
 
     # ---- connection -------------------------------------------------------------------------
     async def open(self) -> Link:
@@ -96,7 +97,8 @@ class RemoteSession:
         async with self._connect_lock:
             if self._link is not None and self._link.alive:
                 return self._link
-            for attempt in range(_REMAKE_ATTEMPTS):
+            tries = 0
+            while True:
                 link = await self._connect()
                 try:
                     await self._finish_remake(link)
@@ -104,9 +106,9 @@ class RemoteSession:
                 except ServerUnavailableError:
                     # The link dropped while the conversation was being made again: the
                     # next connection resumes it and finishes the job (``_finish_remake``).
-                    if link.alive or attempt == _REMAKE_ATTEMPTS - 1:
+                    tries += 1
+                    if link.alive or tries == _REMAKE_ATTEMPTS:
                         raise
-            raise AssertionError("unreachable")
 
     async def _connect(self) -> Link:
         old, self._link = self._link, None
@@ -120,6 +122,7 @@ class RemoteSession:
         if old is not None and old.moved is not None:
             self.moves += 1
         if not self.resumed:
+            self._made += 1
             self._remake = first
             self.journal.restore_due = not first and self.journal.restorable
         return link
@@ -214,18 +217,18 @@ class RemoteSession:
         link = await self.open()
         inbox = await self._request(link, P.TurnStart, **P.TurnStart.fields_of(command))
         # The link filled the turn's inbox from the moment the server opened it; the turn reads it.
-        self._turn, self._turn_link = RemoteTurn(self, link, inbox), link
+        self._turn, self._turn_made = RemoteTurn(self, link, inbox), self._made
         return self._turn
 
     async def interrupt(self, heard_frames: int) -> TurnSummary | None:
         """Stops the current (or just finished) turn, keeping its first ``heard_frames``
         frames in the conversation. Returns None if there was nothing to cut."""
         command = Interrupt(heard_frames)
-        turn, turn_link = self._turn, self._turn_link
+        turn = self._turn
         if turn is not None and turn.summary is None:
             turn.cancel()
         link = await self.open()
-        if turn is not None and not turn.ended and turn_link is not link and not self.resumed:
+        if turn is not None and not turn.ended and self._turn_made != self._made:
             # The turn was lost with its server (it never reached the journal): the server
             # now holding the conversation has nothing of it to cut. (One that ended before
             # its server went, e.g. after a ``goaway``, is in the journal: it is cut there.)

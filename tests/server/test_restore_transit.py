@@ -17,25 +17,35 @@ from moss_pipecat.client.link import Link
 from .conftest import GREEDY
 
 
-async def _call_lost_with_its_server(make_tiny_engine, make_server, ids_range):
-    """A call on server ``a`` (a turn and a user turn), then ``a`` is gone; ``b`` is up.
-    Returns (session, the lost history's snapshot, b's engine)."""
-    a = await make_server(make_tiny_engine(eos_min_frames=3))
+async def _call_lost_with_its_server(make_tiny_engine, make_server, ids_range, in_flight=False):
+    """A call on server ``a`` (a user turn and a reply; with ``in_flight`` a second reply is
+    streaming), then ``a`` is gone; ``b`` is up. Returns (session, the lost history's
+    snapshot, b's engine, the reply in flight or None)."""
+    # Paced, no EOS before 30 frames: the reply in flight is still streaming at the loss.
+    a = await make_server(make_tiny_engine(lookahead_s=0.4, eos_min_frames=30))
     b_engine = make_tiny_engine(eos_min_frames=3)
     b = await make_server(b_engine)  # keeps a detached conversation (default idle expiry)
     session = await RemoteEngine([a.url, b.url]).create_session(
         conversation_id="transit", sampling=GREEDY
     )
+    frames = torch.randint(0, 1024, (5, 16), generator=torch.Generator().manual_seed(3))
+    await session.add_user_turn(list(range(ids_range[0], ids_range[0] + 3)), frames)
     turn = await session.start_turn(max_frames=4)
     turn.push_text("Hello there.")
     turn.end_text()
     await turn.wait()
-    frames = torch.randint(0, 1024, (5, 16), generator=torch.Generator().manual_seed(3))
-    await session.add_user_turn(list(range(ids_range[0], ids_range[0] + 3)), frames)
     before = await session.snapshot()
-    assert [r for r, _ in before["turns"]] == ["assistant", "user"]
+    assert [r for r, _ in before["turns"]] == ["user", "assistant"]
+    lost = None
+    if in_flight:
+        lost = await session.start_turn(max_frames=60)
+        lost.push_text("This reply is lost with its server, whatever was heard of it.")
+        lost.end_text()
+        chunks = aiter(lost)
+        for _ in range(2):
+            await anext(chunks)
     await a.stop()
-    return session, before, b_engine
+    return session, before, b_engine, lost
 
 
 def _count_restores(monkeypatch, drop_first: bool) -> list[str]:
@@ -81,11 +91,14 @@ async def _goes_on(session, before, engine) -> None:
 async def test_a_restore_lost_before_the_server_read_it_is_sent_again(
     make_tiny_engine, make_server, realtime_meta, monkeypatch
 ):
-    session, before, engine = await _call_lost_with_its_server(
-        make_tiny_engine, make_server, realtime_meta["text_ids_drawn_from"]
+    session, before, engine, lost = await _call_lost_with_its_server(
+        make_tiny_engine, make_server, realtime_meta["text_ids_drawn_from"], in_flight=True
     )
     sent = _count_restores(monkeypatch, drop_first=True)
-    await session.snapshot()  # made anew on b, restore lost, resumed there: restored again
+    # Made anew on b, restore lost, resumed there and restored again; the reply in flight
+    # at the loss is in no history: the barge-in cuts nothing (not the restored reply).
+    assert lost is not None and not lost.ended
+    assert await session.interrupt(2) is None
     assert len(sent) == 2 and sent[0] == sent[1]
     assert session.resumed and session.reconnects == 2
     await _goes_on(session, before, engine)
@@ -94,7 +107,7 @@ async def test_a_restore_lost_before_the_server_read_it_is_sent_again(
 async def test_a_restore_whose_reply_was_lost_is_not_sent_again(
     make_tiny_engine, make_server, realtime_meta, monkeypatch
 ):
-    session, before, engine = await _call_lost_with_its_server(
+    session, before, engine, _ = await _call_lost_with_its_server(
         make_tiny_engine, make_server, realtime_meta["text_ids_drawn_from"]
     )
     sent = _count_restores(monkeypatch, drop_first=False)
