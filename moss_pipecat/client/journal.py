@@ -46,6 +46,9 @@ class Journal:
         self.noise = 0
         self.valid = True  # False after a missed delta, until the next full one
         self.deltas = 0
+        # Set while a server that made the conversation anew may not hold this history yet
+        # (its ``restore`` is due, or was sent and no reply came): see ``apply``.
+        self.restore_due = False
 
     @property
     def restorable(self) -> bool:
@@ -61,6 +64,13 @@ class Journal:
     def apply(self, msg: P.History) -> None:
         """Takes one ``history`` delta (see ``protocol.History``)."""
         self.deltas += 1
+        if msg.full and self.restore_due:
+            if not msg.turns and msg.voice is None:
+                # The conversation as the server made it anew, before a restore landed: the
+                # journal keeps its history (the session restores it).
+                self.rev = msg.rev
+                return
+            self.restore_due = False  # it landed (a smaller server may have trimmed it)
         if not msg.full and msg.rev != self.rev + 1:
             if self.valid:
                 logger.warning(f"history delta {msg.rev} after {self.rev}: journal incomplete")

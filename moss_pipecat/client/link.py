@@ -43,6 +43,8 @@ class Link:
         self.failure: MossError | None = None
         self.pending: dict[int, asyncio.Future] = {}
         self.turns: dict[int, TurnInbox] = {}  # open turns by id
+        self._history_seen = False  # a ``history`` came on this link
+        self._history_waiter: asyncio.Future | None = None
         self._outbox: asyncio.Queue = asyncio.Queue()
         self._next_req = 0
         self._leaving: asyncio.Task | None = None
@@ -156,6 +158,8 @@ class Link:
         elif isinstance(msg, P.History):
             if self.on_history is not None:
                 self.on_history(msg)
+            self._history_seen = True
+            self._resolve_waiter(self._history_waiter, None)
         elif isinstance(msg, P.Result):
             self._resolve(msg.req, msg)
             self._leave_when_done()
@@ -191,17 +195,36 @@ class Link:
         self._leaving = asyncio.get_running_loop().create_task(self.close())
 
     def _resolve(self, req: int | None, value: Any) -> None:
-        fut = self.pending.get(req) if req is not None else None
+        self._resolve_waiter(self.pending.get(req) if req is not None else None, value)
+
+    @staticmethod
+    def _resolve_waiter(fut: asyncio.Future | None, value: Any) -> None:
         if fut is not None and not fut.done():
             fut.set_result(value)
+
+    async def history_seen(self, timeout: float) -> None:
+        """Returns once this link's first ``history`` has been taken (after a ``ready`` that
+        resumed, the server's full history comes next); raises the link's failure."""
+        if self._history_seen:
+            return
+        if self.failure is not None:
+            raise self.failure
+        if self._history_waiter is None:
+            self._history_waiter = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(self._history_waiter, timeout)
+        except TimeoutError:
+            err = ServerUnavailableError(f"no history within {timeout} s of a resumed ready")
+            await self.fail(err)
+            raise err from None
 
     async def fail(self, err: MossError) -> None:
         """Marks the link dead: pending requests and open turns get ``err``."""
         if self.failure is None:
             self.failure = err
         err = self.failure
-        for fut in self.pending.values():
-            if not fut.done():
+        for fut in [*self.pending.values(), self._history_waiter]:
+            if fut is not None and not fut.done():
                 fut.set_exception(err)
         for inbox in self.turns.values():
             inbox.put(err)

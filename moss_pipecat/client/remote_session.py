@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from moss_pipecat.client.link import Link
     from moss_pipecat.client.remote_engine import RemoteEngine
 
+# Connections one call tries when each drops while its conversation is being made again.
+_REMAKE_ATTEMPTS = 3
+
 
 class RemoteSession:
     """Async handle of one conversation on an engine server; mirrors ``Session``.
@@ -75,9 +78,13 @@ class RemoteSession:
         self._voice: tuple[str, bytes, int | None] | None = None  # re-sent after a history loss
         self._limits: P.Limits | None = None  # re-applied to a conversation made anew
         self._link: Link | None = None
+        # Set (to whether it was the first connection) while a conversation the server made
+        # anew is not yet whole again (limits, history or voice): see ``_finish_remake``.
+        self._remake: bool | None = None
+        self._made = 0  # times a server made the conversation (anew)
         self._connect_lock = asyncio.Lock()
         self._turn: RemoteTurn | None = None
-        self._turn_link: Link | None = None  # the link the turn streams on
+        self._turn_made = 0  # ``_made`` when the turn started
 
     # ---- connection -------------------------------------------------------------------------
     async def open(self) -> Link:
@@ -90,43 +97,78 @@ class RemoteSession:
         async with self._connect_lock:
             if self._link is not None and self._link.alive:
                 return self._link
-            old, self._link = self._link, None
-            if old is not None:
-                await old.close()
-            first = self.id is None or self.audio is None
-            link = await self.engine.connect(self, after=old)
-            self._link = link
-            if not first:
-                self.reconnects += 1
-            if old is not None and old.moved is not None:
-                self.moves += 1
-            if not self.resumed:
-                await self._made_anew(link, first)
-            return link
+            tries = 0
+            while True:
+                link = await self._connect()
+                try:
+                    await self._finish_remake(link)
+                    return link
+                except ServerUnavailableError:
+                    # The link dropped while the conversation was being made again: the
+                    # next connection resumes it and finishes the job (``_finish_remake``).
+                    tries += 1
+                    if link.alive or tries == _REMAKE_ATTEMPTS:
+                        raise
+
+    async def _connect(self) -> Link:
+        old, self._link = self._link, None
+        if old is not None:
+            await old.close()
+        first = self.id is None or self.audio is None
+        link = await self.engine.connect(self, after=old)
+        self._link = link
+        if not first:
+            self.reconnects += 1
+        if old is not None and old.moved is not None:
+            self.moves += 1
+        if not self.resumed:
+            self._made += 1
+            self._remake = first
+            self.journal.restore_due = not first and self.journal.restorable
+        return link
+
+    async def _finish_remake(self, link: Link) -> None:
+        """Makes a conversation the server made anew whole again (``_made_anew``), also when
+        the connection that began it was lost before it was done and this one resumed it:
+        then the server's full history after ``ready`` says whether the restore landed."""
+        if self._remake is None:
+            return
+        if self.resumed and self.journal.restore_due:
+            await link.history_seen(self.engine.request_timeout)
+            if not self.journal.restore_due:  # it landed; its reply was lost
+                self._restored()
+                self._remake = None
+                return
+        await self._made_anew(link, self._remake)
+        self._remake = None
 
     async def _made_anew(self, link: Link, first: bool) -> None:
         """The server made the conversation anew: its limits again, then its history from the
         journal (or, without one, its voice)."""
         if self._limits is not None:
             await self._request(link, P.Settings, limits=self._limits)
-        if not first and self.journal.restorable:
+        if self.journal.restore_due:
             fields, data = self.journal.restore_request()
             try:
                 await self._request(link, P.Restore, data, **fields)
-                self.restored += 1
-                logger.info(f"conversation {self.id}: history restored on {self.server_id}")
+                self.journal.restore_due = False
+                self._restored()
                 return
             except ServerUnavailableError:
                 raise
             except MossError as e:  # refused (e.g. a smaller server): start afresh
                 logger.warning(f"conversation {self.id}: restore refused: {e}")
-        if not first:
-            self.history_lost += 1
-            logger.warning(f"conversation {self.id}: the server lost its history")
         self.journal.clear()
         if self._voice is not None:
             fmt, data, rate = self._voice
             await self._request(link, P.Voice, data, format=fmt, sample_rate=rate, bytes=len(data))
+        if not first:
+            self.history_lost += 1
+            logger.warning(f"conversation {self.id}: the server lost its history")
+
+    def _restored(self) -> None:
+        self.restored += 1
+        logger.info(f"conversation {self.id}: history restored on {self.server_id}")
 
     def hello(self) -> P.Hello:
         """The ``hello`` that opens (or resumes) this conversation on a new connection."""
@@ -175,18 +217,18 @@ class RemoteSession:
         link = await self.open()
         inbox = await self._request(link, P.TurnStart, **P.TurnStart.fields_of(command))
         # The link filled the turn's inbox from the moment the server opened it; the turn reads it.
-        self._turn, self._turn_link = RemoteTurn(self, link, inbox), link
+        self._turn, self._turn_made = RemoteTurn(self, link, inbox), self._made
         return self._turn
 
     async def interrupt(self, heard_frames: int) -> TurnSummary | None:
         """Stops the current (or just finished) turn, keeping its first ``heard_frames``
         frames in the conversation. Returns None if there was nothing to cut."""
         command = Interrupt(heard_frames)
-        turn, turn_link = self._turn, self._turn_link
+        turn = self._turn
         if turn is not None and turn.summary is None:
             turn.cancel()
         link = await self.open()
-        if turn is not None and not turn.ended and turn_link is not link and not self.resumed:
+        if turn is not None and not turn.ended and self._turn_made != self._made:
             # The turn was lost with its server (it never reached the journal): the server
             # now holding the conversation has nothing of it to cut. (One that ended before
             # its server went, e.g. after a ``goaway``, is in the journal: it is cut there.)

@@ -47,6 +47,11 @@ class AssistantTurn:
             parts.append(self.closing)
         return torch.cat(parts)
 
+    def body_len(self) -> int:
+        """Rows of ``body()``, without building them."""
+        closing = 0 if self.closing is None else self.closing.shape[0]
+        return self.prompt.shape[0] + len(self.steps) + closing
+
     def audio_frames(self, eos: int) -> int:
         """Generated frames that are audio (a final EOS frame is not)."""
         n = len(self.frames)
@@ -79,6 +84,9 @@ class UserTurn:
     def body(self) -> torch.Tensor:
         return self.rows
 
+    def body_len(self) -> int:
+        return self.rows.shape[0]
+
 
 Turn = AssistantTurn | UserTurn
 
@@ -96,8 +104,11 @@ class ConversationHistory:
         return torch.cat((self.header(index), self.turns[index].body()))
 
     def offset(self, index: int) -> int:
-        """Row at which turn ``index`` starts."""
-        return self.system.shape[0] + sum(len(self.turn_rows(i)) for i in range(index))
+        """Row at which turn ``index`` starts (counted, not built: trims and budget checks
+        ask it of long histories)."""
+        turns = self.turns
+        rows = sum(self.layout.header_rows(turns[i].role, i == 0) for i in range(index))
+        return self.system.shape[0] + rows + sum(turns[i].body_len() for i in range(index))
 
     def all_rows(self) -> torch.Tensor:
         return torch.cat([self.system, *(self.turn_rows(i) for i in range(len(self.turns)))])

@@ -98,7 +98,7 @@ def check_records(facts: EngineFacts, turns: tuple[TurnRecord, ...]) -> tuple[Tu
     checked = tuple(t.checked(facts) for t in turns)
     layout, limit = facts.layout, facts.config.max_context
     rows = sum(
-        layout.header(t.role, first=i == 0).shape[0] + body_rows(layout, t)
+        layout.header_rows(t.role, first=i == 0) + body_rows(layout, t)
         for i, t in enumerate(checked)
     )
     if rows > limit:

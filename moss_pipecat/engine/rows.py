@@ -67,9 +67,15 @@ class RowLayout:
 
     def header(self, role: str, first: bool) -> torch.Tensor:
         """``<|im_start|> ROLE \\n``, preceded by ``<|im_end|> \\n`` unless it is the first turn."""
+        return self.text_rows(self._header_ids(role, first))
+
+    def header_rows(self, role: str, first: bool) -> int:
+        """Rows of ``header(role, first)``."""
+        return len(self._header_ids(role, first))
+
+    def _header_ids(self, role: str, first: bool) -> list[int]:
         ids = [] if first else [self.im_end, *self.newline]
-        ids += [self.im_start, *self.role_ids(role), *self.newline]
-        return self.text_rows(ids)
+        return [*ids, self.im_start, *self.role_ids(role), *self.newline]
 
     def system_block(
         self,

@@ -8,7 +8,7 @@ from torch import nn
 from moss_pipecat.masks import additive_mask
 from moss_pipecat.model.config import MossTTSRealtimeConfig, TransformerConfig
 from moss_pipecat.model.kv_cache import KVCache
-from moss_pipecat.model.layers import DecoderLayer, RMSNorm, rope_cos_sin, run_stack
+from moss_pipecat.model.layers import DecoderLayer, RMSNorm, key_span, rope_cos_sin, run_stack
 
 
 class RowEmbedding(nn.Module):
@@ -52,11 +52,14 @@ class Qwen3Backbone(nn.Module):
             x: [B, T, H] input embeddings of the new positions.
             cache: the backbone cache; row b uses slot ``slots[b]`` (or slot b when None).
             kv_len: attend over cache positions [0, kv_len) only (a bound on every row's
-                length + T: the graphs' context buckets). None: the whole slot, which eager
-                calls use: attention's last bits depend on the key length (how the kernels
-                block and sum it), so a length taken from the call would make a row's numbers
-                depend on how a prompt was split and on the batch's other rows; over the whole
-                slot, masked keys add exactly zero and every call sees the same length.
+                length + T: the graphs' context buckets). None: an eager call, which gives a
+                row the same numbers however its rows were split into calls and whoever
+                shares them. On a CPU it attends over whole key blocks up to its longest row
+                (``key_span``: the blocked CPU attention gives a row the same numbers over
+                any such span). Elsewhere over the whole slot: attention's last bits depend
+                on the key length (how the kernels block and sum it), so a length taken from
+                the call would make a row's numbers depend on the call; over the whole slot
+                every call sees the same length and masked keys add exactly zero.
             valid: [B] rows per batch row whose keys/values are kept; the others (padding)
                 write theirs to the slot's last position, its spare, which every query masks
                 (no slot's length reaches it), instead of above the valid ones: a padded chunk
@@ -71,7 +74,11 @@ class Qwen3Backbone(nn.Module):
         cos, sin = rope_cos_sin(
             positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor, x.dtype
         )
-        S = cache.max_len if kv_len is None else kv_len
+        if kv_len is None:
+            kv_len = cache.max_len
+            if x.device.type == "cpu":  # a host read is free here: skip the keys past every row
+                kv_len = key_span(int(start.max()) + T, cache.max_len)
+        S = kv_len
         key_pos = torch.arange(S, device=x.device)
         allowed = key_pos[None, None, :] <= positions[:, :, None]  # [B, T, S]
         mask = additive_mask(allowed, x.dtype)[:, None]  # [B, 1, T, S]

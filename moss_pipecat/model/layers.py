@@ -24,6 +24,10 @@ from moss_pipecat.model.kernels import (
     silu_mul_formula,
 )
 
+# Keys per block of the CPU attention (``key_block_attention``): a multiple of any vector
+# width, small enough that a block's scores stay in cache.
+KEY_BLOCK = 256
+
 
 class RMSNorm(Fusable, nn.Module):
     """RMS norm over the last axis of size ``dim``; with ``rows``, one weight row per row of
@@ -144,29 +148,66 @@ def grouped_attention(
     B, h, T, hd = q.shape
     n_kv, S = k.shape[1], k.shape[2]
     g = h // n_kv
-    if g == 1:
-        return _attention(q, k, v, mask)
     qg = q.reshape(B, n_kv, g * T, hd)  # head i = kv * g + j -> rows j*T .. j*T+T-1
+    if q.device.type == "cpu":
+        return key_block_attention(qg, k, v, mask, g).reshape(B, h, T, hd)
+    if g == 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     mg = mask[:, :, None].expand(mask.shape[0], 1, g, T, S).reshape(mask.shape[0], 1, g * T, S)
-    out = _attention(qg, k, v, mg)  # [B, n_kv, g*T, hd]
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mg)  # [B, n_kv, g*T, hd]
     return out.reshape(B, h, T, hd)
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor):
-    """SDPA; on a CPU written out (scores, softmax, weighted sum: batched matmuls). The CPU's
-    fused kernel gives a batch row other last bits depending on which thread ran it (seen at
-    head_dim 8), so a session's numbers would depend on its place in the batch; the batched
-    matmuls and the softmax compute every row alike. q: [B, n, T, hd]; k, v: [B, n, S, hd];
-    mask: [B or 1, 1, T, S], bool or additive."""
-    if q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+def key_span(need: int, slot_len: int) -> int:
+    """Keys an eager CPU call attends over when its longest row reaches ``need`` positions:
+    whole ``KEY_BLOCK`` blocks, at most the slot's ``slot_len``. Every such span gives each
+    row the numbers the whole slot gives (``key_block_attention``), at a cost that follows
+    the conversation's length rather than the slot's."""
+    return min(-(-need // KEY_BLOCK) * KEY_BLOCK, slot_len)
+
+
+def key_block_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, g: int
+) -> torch.Tensor:
+    """Attention written out for a CPU, one block of ``KEY_BLOCK`` keys at a time (online
+    softmax: a running max, sum and weighted sum, each block folded in by key order).
+
+    Exact whatever the call: every block is computed alike (the same widths, whole row
+    blocks of queries), and a block whose keys a query may not see leaves that query's
+    running state exactly as it was (its max is -inf: the rescale is exp(0) = 1, its
+    weights and their sum 0). So a row's numbers are the same over any span of whole blocks
+    that covers its keys (``key_span``), whichever rows share the call. (The CPU's fused SDPA
+    kernel gives a batch row other last bits depending on the thread that ran it.) A query
+    with no key to attend gets zeros, as from SDPA.
+
+    Args:
+        q: [B, n, g*T, hd] (g query heads folded into the time axis, head-major);
+        k, v: [B, n, S, hd]; mask: [B or 1, 1, T, S], bool or additive.
+    Returns:
+        [B, n, g*T, hd].
+    """
+    B, n, M, hd = q.shape
+    S, T = k.shape[2], M // g
     if mask.dtype == torch.bool:
         mask = additive_mask(mask, q.dtype)
-    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + mask  # [B, n, T, S]
-    probs = torch.softmax(scores, dim=-1)
-    # A query with no key to attend gets zeros, as from SDPA (softmax would give NaN).
-    probs = probs.masked_fill(scores.amax(dim=-1, keepdim=True) == float("-inf"), 0.0)
-    return probs @ v
+    mask = mask[:, :, None]  # [B or 1, 1, 1, T, S]: the same for the g heads of a kv head
+    top = q.new_full((B, n, M, 1), float("-inf"))  # running max
+    total = q.new_zeros((B, n, M, 1))  # running sum of weights
+    acc = q.new_zeros((B, n, M, hd))  # running weighted sum of values
+    q = q * hd**-0.5  # the scale once, on the queries
+    for j in range(0, S, KEY_BLOCK):
+        kj, vj = k[:, :, j : j + KEY_BLOCK], v[:, :, j : j + KEY_BLOCK]  # [B, n, w, hd]
+        scores = q @ kj.transpose(-1, -2)  # [B, n, M, w]
+        w = scores.shape[-1]
+        scores.view(B, n, g, T, w).add_(mask[..., j : j + KEY_BLOCK])
+        new_top = torch.maximum(top, scores.amax(dim=-1, keepdim=True))
+        shift = new_top.masked_fill(new_top == float("-inf"), 0.0)  # no key yet: no NaN
+        weights = scores.sub_(shift).exp_()  # [B, n, M, w], in place: one buffer per block
+        rescale = (top - shift).exp_()
+        total = total.mul_(rescale).add_(weights.sum(dim=-1, keepdim=True))
+        acc = acc.mul_(rescale).add_(weights @ vj)
+        top = new_top
+    return acc / total.masked_fill(total == 0, 1.0)
 
 
 class MLP(Fusable, nn.Module):

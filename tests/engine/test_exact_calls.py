@@ -13,6 +13,7 @@ from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.kv_pools import KVPools
 from moss_pipecat.engine.runner import ModelRunner, RowSampling
 from moss_pipecat.model import SamplingParams
+from moss_pipecat.model.layers import KEY_BLOCK
 
 SEEDED = SamplingParams()  # sampled: the keyed noise and every setting take part
 GREEDY = SamplingParams.greedy_decoding()
@@ -21,8 +22,10 @@ GREEDY = SamplingParams.greedy_decoding()
 PARTNER_LENGTHS = (3, 57, 12, 100, 5, 77, 64, 9, 45, 90, 11, 20, 33, 41, 8, 70, 26, 15, 52, 60)
 
 
-def _runner(model) -> ModelRunner:
-    config = EngineConfig(max_sessions=24, max_context=256, context_budget=200, turn_reserve=20)
+def _runner(model, max_context: int = 256) -> ModelRunner:
+    config = EngineConfig(
+        max_sessions=24, max_context=max_context, context_budget=max_context - 56, turn_reserve=20
+    )
     return ModelRunner(model, None, config, KVPools(model, config), graphed=False)
 
 
@@ -100,3 +103,32 @@ def test_a_session_decoding_alone_equals_it_decoding_beside_others(tiny_model):
     for a, b in zip(_kv(busy, 0), _kv(alone, 0), strict=True):
         assert a.shape[-2] == 30 + steps.shape[0] and torch.equal(a, b)
     assert torch.equal(busy.hist[busy.pools.hist_row(0, 0)], alone.hist[alone.pools.hist_row(0, 0)])
+
+
+def test_calls_over_other_spans_of_key_blocks_agree(tiny_model):
+    """A CPU call attends over the key blocks its longest row needs (``key_span``), so calls
+    of one session see other key lengths: a history spanning several blocks prefilled in one
+    call or in pieces beside longer partners, then decoded alone or beside a partner blocks
+    ahead of it, gives the same numbers bit for bit."""
+    context = 3 * KEY_BLOCK + 64
+    n = 2 * KEY_BLOCK + 37  # the session's history: three blocks
+    rows, steps = _rows(tiny_model, n, seed=6), _rows(tiny_model, 6, seed=7)
+    whole, parts = _runner(tiny_model, context), _runner(tiny_model, context)
+    last = _prefill(whole, {0: rows})
+    for start, stop in ((0, 40), (40, KEY_BLOCK + 9), (KEY_BLOCK + 9, n)):
+        partner = _rows(tiny_model, 3 * KEY_BLOCK - stop // 2, seed=stop)  # other spans
+        hidden = _prefill(parts, {1: partner, 0: rows[start:stop]})
+        parts.pools[0].cache.truncate(1, 0)
+    assert torch.equal(hidden[1], last[0])
+    for a, b in zip(_kv(parts, 0), _kv(whole, 0), strict=True):
+        assert a.shape[-2] == n and torch.equal(a, b)
+
+    _prefill(parts, {1: _rows(tiny_model, context - 20, seed=9)})  # a partner near the end
+    for i in range(steps.shape[0]):
+        alone = whole.decode(0, steps[i : i + 1], [0], [n + i], [_sampling(whole, 0, i)])
+        lengths = [n + i, int(parts.pools[0].cache.lengths[1])]
+        step_rows = torch.stack([steps[i], _rows(tiny_model, 1, 60 + i)[0]])
+        both = parts.decode(0, step_rows, [0, 1], lengths, [_sampling(parts, s, i) for s in (0, 1)])
+        assert torch.equal(both[0], alone[0]), f"step {i}: frames differ"
+    for a, b in zip(_kv(parts, 0), _kv(whole, 0), strict=True):
+        assert torch.equal(a, b)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moss_pipecat.model.layers import grouped_attention
+from moss_pipecat.model.layers import KEY_BLOCK, grouped_attention, key_span
 
 
 @pytest.mark.parametrize(("h", "n_kv", "T"), [(4, 4, 3), (4, 2, 1), (8, 2, 5), (16, 8, 7)])
@@ -27,3 +27,46 @@ def test_grouped_attention_equals_sdpa_gqa(h, n_kv, T):
     shared = mask[:1]
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=shared, enable_gqa=h != n_kv)
     torch.testing.assert_close(grouped_attention(q, k, v, shared), want, atol=1e-6, rtol=1e-5)
+
+
+def _causal(lengths: torch.Tensor, T: int, S: int) -> torch.Tensor:
+    """[B, 1, T, S] bool: row b's T queries end at its length (keys 0..position)."""
+    pos = (lengths - T)[:, None] + torch.arange(T)  # [B, T]
+    return (torch.arange(S)[None, None, :] <= pos[:, :, None])[:, None]
+
+
+def test_attention_over_several_key_blocks_equals_sdpa():
+    gen = torch.Generator().manual_seed(3)
+    B, h, n_kv, T, hd = 3, 8, 2, 8, 16
+    S = 2 * KEY_BLOCK + 57  # whole blocks and a partial one
+    q = torch.randn(B, h, T, hd, generator=gen)
+    k, v = (torch.randn(B, n_kv, S, hd, generator=gen) for _ in range(2))
+    mask = _causal(torch.tensor([S, KEY_BLOCK + 3, 40]), T, S)
+    mask[2, :, 0] = False  # a query with no key at all: zeros, as from SDPA
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    want[2, :, 0] = 0.0
+    torch.testing.assert_close(grouped_attention(q, k, v, mask), want, atol=1e-6, rtol=1e-5)
+
+
+def test_a_row_attends_alike_over_any_span_of_whole_key_blocks():
+    """The claim eager calls rest on: a query's numbers over the key blocks that cover it
+    equal, bit for bit, its numbers over the whole slot, whatever rows share the call."""
+    gen = torch.Generator().manual_seed(4)
+    h, n_kv, T, hd = 4, 2, 8, 16
+    S = 3 * KEY_BLOCK + 20  # the slot
+    q = torch.randn(2, h, T, hd, generator=gen)
+    k, v = (torch.randn(2, n_kv, S, hd, generator=gen) for _ in range(2))
+    lengths = torch.tensor([KEY_BLOCK - 5, 2 * KEY_BLOCK + 1])
+    whole = grouped_attention(q, k, v, _causal(lengths, T, S))
+    for span in (KEY_BLOCK, 2 * KEY_BLOCK, 3 * KEY_BLOCK):
+        # Row 0 alone over the blocks that cover it (and more).
+        got = grouped_attention(
+            q[:1], k[:1, :, :span], v[:1, :, :span], _causal(lengths[:1], T, span)
+        )
+        assert torch.equal(got[0], whole[0]), span
+    key_span_of_row_1 = key_span(int(lengths[1]), S)
+    assert key_span_of_row_1 == 3 * KEY_BLOCK
+    s = key_span_of_row_1
+    got = grouped_attention(q, k[:, :, :s], v[:, :, :s], _causal(lengths, T, s))
+    assert torch.equal(got, whole)
+    assert key_span(S, S) == S and key_span(1, S) == KEY_BLOCK
