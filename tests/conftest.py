@@ -30,8 +30,10 @@ if not torch.cuda.is_available():
 # servers, are built once); the agent tests, which play audio in real time through bot
 # processes, are one unit together, so no two of them compete for the CPU with each other.
 REALTIME_UNIT = "tests/agents/"
-# The Ray Serve modules are one unit too: one worker, one local Ray cluster for both
-# (tests/server/conftest.py's ray_cluster) rather than two clusters competing for the cores.
+# The Ray Serve modules are one unit too: one worker, one local Ray cluster and one app for
+# both (tests/server/conftest.py's ray_cluster, ray_moss_app) rather than two clusters
+# competing for the cores. In this order: test_ray runs on the app's first two replicas, before
+# test_drain_ray kills one and redeploys (every replica start costs tens of seconds).
 RAY_UNIT = "tests/server/ray"
 RAY_MODULES = ("tests/server/test_ray.py", "tests/server/test_drain_ray.py")
 # Units known to take the longest start first, so none of them begins last and runs alone.
@@ -61,9 +63,11 @@ def work_unit(nodeid: str) -> str:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    def rank(item) -> int:
+    def rank(item) -> tuple[int, int]:
         unit = work_unit(item.nodeid)
-        return LONGEST_FIRST.index(unit) if unit in LONGEST_FIRST else len(LONGEST_FIRST)
+        first = LONGEST_FIRST.index(unit) if unit in LONGEST_FIRST else len(LONGEST_FIRST)
+        module = item.nodeid.split("::", 1)[0]
+        return first, RAY_MODULES.index(module) if module in RAY_MODULES else 0
 
     items.sort(key=rank)  # stable: the order inside a unit is kept
 
