@@ -36,21 +36,27 @@ REALTIME_UNIT = "tests/agents/"
 # test_drain_ray kills one and redeploys (every replica start costs tens of seconds).
 RAY_UNIT = "tests/server/ray"
 RAY_MODULES = ("tests/server/test_ray.py", "tests/server/test_drain_ray.py")
-# Units known to take the longest start first, so none of them begins last and runs alone.
+# Units known to take the longest start first (longest first, as measured with --durations),
+# so none of them begins last and runs alone while the other workers are idle. The real-time
+# unit leads (its bots want the CPU: see BATCH_NICENESS), then the Ray unit, which mostly
+# waits for replica processes and so overlaps the compute-bound units best.
 LONGEST_FIRST = (
     REALTIME_UNIT,
-    "tests/test_minimal_env.py",
     RAY_UNIT,
-    "tests/test_benchmarks.py",
+    "tests/test_minimal_env.py",
     "tests/server/test_restore_service.py",
-    "tests/server/test_drain.py",
-    "tests/service/test_barge_in.py",
-    "tests/engine/test_prefix_cache.py",
     "tests/engine/test_sessions.py",
+    "tests/test_benchmarks.py",
+    "tests/service/test_pipecat_contract.py",
+    "tests/engine/test_prefix_cache.py",
     "tests/model/test_graphs.py",
-    "tests/test_wheel.py",
+    "tests/service/test_barge_in.py",
+    "tests/service/test_moss_tts_service.py",
     "tests/server/test_parity.py",
     "tests/server/test_faults.py",
+    "tests/test_wheel.py",
+    "tests/server/test_drain.py",
+    "tests/service/test_cjk_replies.py",
 )
 
 
