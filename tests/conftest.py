@@ -30,25 +30,33 @@ if not torch.cuda.is_available():
 # servers, are built once); the agent tests, which play audio in real time through bot
 # processes, are one unit together, so no two of them compete for the CPU with each other.
 REALTIME_UNIT = "tests/agents/"
-# The Ray Serve modules are one unit too: one worker, one local Ray cluster for both
-# (tests/server/conftest.py's ray_cluster) rather than two clusters competing for the cores.
+# The Ray Serve modules are one unit too: one worker, one local Ray cluster and one app for
+# both (tests/server/conftest.py's ray_cluster, ray_moss_app) rather than two clusters
+# competing for the cores. In this order: test_ray runs on the app's first two replicas, before
+# test_drain_ray kills one and redeploys (every replica start costs tens of seconds).
 RAY_UNIT = "tests/server/ray"
 RAY_MODULES = ("tests/server/test_ray.py", "tests/server/test_drain_ray.py")
-# Units known to take the longest start first, so none of them begins last and runs alone.
+# Units known to take the longest start first (longest first, as measured with --durations),
+# so none of them begins last and runs alone while the other workers are idle. The real-time
+# unit leads (its bots want the CPU: see BATCH_NICENESS), then the Ray unit, which mostly
+# waits for replica processes and so overlaps the compute-bound units best.
 LONGEST_FIRST = (
     REALTIME_UNIT,
-    "tests/test_minimal_env.py",
     RAY_UNIT,
-    "tests/test_benchmarks.py",
+    "tests/test_minimal_env.py",
     "tests/server/test_restore_service.py",
-    "tests/server/test_drain.py",
-    "tests/service/test_barge_in.py",
-    "tests/engine/test_prefix_cache.py",
     "tests/engine/test_sessions.py",
+    "tests/test_benchmarks.py",
+    "tests/service/test_pipecat_contract.py",
+    "tests/engine/test_prefix_cache.py",
     "tests/model/test_graphs.py",
-    "tests/test_wheel.py",
+    "tests/service/test_barge_in.py",
+    "tests/service/test_moss_tts_service.py",
     "tests/server/test_parity.py",
     "tests/server/test_faults.py",
+    "tests/test_wheel.py",
+    "tests/server/test_drain.py",
+    "tests/service/test_cjk_replies.py",
 )
 
 
@@ -61,9 +69,11 @@ def work_unit(nodeid: str) -> str:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    def rank(item) -> int:
+    def rank(item) -> tuple[int, int]:
         unit = work_unit(item.nodeid)
-        return LONGEST_FIRST.index(unit) if unit in LONGEST_FIRST else len(LONGEST_FIRST)
+        first = LONGEST_FIRST.index(unit) if unit in LONGEST_FIRST else len(LONGEST_FIRST)
+        module = item.nodeid.split("::", 1)[0]
+        return first, RAY_MODULES.index(module) if module in RAY_MODULES else 0
 
     items.sort(key=rank)  # stable: the order inside a unit is kept
 

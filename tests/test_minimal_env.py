@@ -16,6 +16,7 @@ import importlib.metadata as md
 import json
 import logging
 import os
+import posixpath
 import subprocess
 import sys
 import sysconfig
@@ -56,15 +57,19 @@ def _closure(roots: tuple[str, ...]) -> dict[str, md.Distribution]:
     return seen
 
 
-def _prefixes(files: set[Path]) -> set[Path]:
-    """Every file and every folder above one."""
+def _prefixes(files: set[str]) -> set[str]:
+    """Every file and every folder above one (relative POSIX paths, as strings: the venv holds
+    ~50k files, too many to hash as ``Path`` objects in a test's setup)."""
     out = set(files)
     for f in files:
-        out.update(f.parents)
+        cut = f.rfind("/")
+        while cut > 0 and f[:cut] not in out:  # a folder seen before has its parents in too
+            out.add(f[:cut])
+            cut = f.rfind("/", 0, cut)
     return out
 
 
-def _link(src_root: Path, dst_root: Path, rel: Path, allowed: set, others: set) -> None:
+def _link(src_root: Path, dst_root: Path, rel: str, allowed: set, others: set) -> None:
     """Links ``rel`` whole if no other distribution has files below it, else goes one level down.
 
     ``allowed`` and ``others``: the paths (files and folders) of the allowed distributions and
@@ -76,8 +81,8 @@ def _link(src_root: Path, dst_root: Path, rel: Path, allowed: set, others: set) 
     if src.is_dir() and rel in others:
         dst.mkdir(parents=True)
         for child in src.iterdir():
-            if rel / child.name in allowed:
-                _link(src_root, dst_root, rel / child.name, allowed, others)
+            if f"{rel}/{child.name}" in allowed:
+                _link(src_root, dst_root, f"{rel}/{child.name}", allowed, others)
     else:
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.symlink_to(src)
@@ -92,19 +97,20 @@ def minimal_python(tmp_path_factory) -> Path:
     site = Path(sysconfig.get_paths(vars={"base": str(venv), "platbase": str(venv)})["purelib"])
     keep = _closure(ALLOWED)
 
-    def files(dists) -> set[Path]:
+    def files(dists) -> set[str]:
         out = set()
         for d in dists:
             if Path(d.locate_file("")).resolve() != purelib.resolve():
                 continue  # an editable install's metadata lives elsewhere
-            out |= {Path(f) for f in d.files or () if not str(f).startswith("..")}
+            names = (posixpath.normpath(f) for f in map(str, d.files or ()))
+            out |= {f for f in names if not f.startswith("..")}
         return out
 
     allowed = _prefixes(files(keep.values()))
     others = _prefixes(
         files(d for d in md.distributions() if canonicalize_name(d.metadata["Name"]) not in keep)
     )
-    for top in sorted({Path(p.parts[0]) for p in allowed if p.parts}):
+    for top in sorted({p.split("/", 1)[0] for p in allowed}):
         _link(purelib, site, top, allowed, others)
     return venv / "bin" / "python"
 

@@ -181,15 +181,16 @@ class ModelRunner:
         penalty starts afresh); returns [B, rvq] on the device (``to_host`` brings them)."""
         hist_rows = self._hist_rows(rows)
         self.hist[hist_rows] = NO_HISTORY
+        hist, penalty_hist, sampling, noise = self._sampling_inputs(rows, hist_rows)
         if self.frame_graph is not None:
-            hist, penalty_hist, sampling, noise = self._sampling_inputs(rows, hist_rows)
             frames = self.frame_graph.step(hidden, sampling, penalty_hist, noise)  # [B, rvq]
         else:
-            B, pad, padded = self._row_blocks(rows)
-            hist, penalty_hist, sampling, noise = self._sampling_inputs(padded)
+            # Exact, as ``prefill``: the padding rows copy the first; only the real rows are
+            # sampled (``LocalTransformer.generate``).
+            pad = self._row_block_padding(len(rows))
             hidden = torch.cat((hidden, hidden[:1].expand(pad, -1)))  # [B + pad, H]
-            frames = self.model.generate_frame(hidden, sampling, penalty_hist, noise)[:B]
-        self._push_history(hist_rows, hist[: len(rows)], frames)
+            frames = self.model.generate_frame(hidden, sampling, penalty_hist, noise)
+        self._push_history(hist_rows, hist, frames)
         return frames
 
     def decode(
@@ -204,16 +205,15 @@ class ModelRunner:
         call); returns [B, rvq] on the device (``to_host`` brings them)."""
         x = step_rows[:, None].to(self.device)  # [B, 1, 17]
         hist_rows = self._hist_rows(rows)
+        hist, penalty_hist, sampling, noise = self._sampling_inputs(rows, hist_rows)
         graph = self.decode_graphs[pool]
         if graph is not None:
-            hist, penalty_hist, sampling, noise = self._sampling_inputs(rows, hist_rows)
             kv_len = max(lengths) + 1
             frames, _ = graph.step(x, slots, kv_len, sampling, penalty_hist, noise)
         else:
             # Exact, as ``prefill``: padding rows copy the first and change nothing (n_new 0,
-            # their writes on the spare position); their frames are dropped.
-            B, pad, padded = self._row_blocks(rows)
-            hist, penalty_hist, sampling, noise = self._sampling_inputs(padded)
+            # their writes on the spare position); only the real rows are sampled.
+            B, pad = len(rows), self._row_block_padding(len(rows))
             x = torch.cat((x, x[:1].expand(pad, -1, -1)))  # [B + pad, 1, 17]
             slot_t = torch.tensor(slots + slots[:1] * pad, device=self.device)
             n_new = torch.tensor([1] * B + [0] * pad, device=self.device)
@@ -221,8 +221,7 @@ class ModelRunner:
             frames, _ = self.model.decode_step(
                 x, cache, slot_t, None, sampling, penalty_hist, noise, n_new, spare_writes=True
             )
-            frames = frames[:B]
-        self._push_history(hist_rows, hist[: len(rows)], frames)
+        self._push_history(hist_rows, hist, frames)
         return frames
 
     def copy_history(self, src_row: int, dst_row: int) -> None:
@@ -232,12 +231,10 @@ class ModelRunner:
         return torch.tensor([r.hist_row for r in rows], device=self.device)
 
     @staticmethod
-    def _row_blocks(rows: list[RowSampling]) -> tuple[int, int, list[RowSampling]]:
-        """(rows, padding rows, the rows padded with copies of the first) of an eager call
-        filled to whole row blocks (``model.row_blocks``)."""
-        B = len(rows)
-        pad = padded_rows(B) - B
-        return B, pad, rows + rows[:1] * pad
+    def _row_block_padding(n: int) -> int:
+        """The padding rows that fill an eager call of ``n`` rows to whole row blocks
+        (``model.row_blocks``)."""
+        return padded_rows(n) - n
 
     def _sampling_inputs(self, rows: list[RowSampling], hist_rows: torch.Tensor | None = None):
         """Penalty history (each row's own window), sampling settings and noise keys (the

@@ -123,17 +123,21 @@ class LocalTransformer(Fusable, nn.Module):
 
         Args:
             hidden: [B, H] backbone hidden state of the row before the frame.
-            sampling: per-row settings; rows whose ``allow_eos`` is False never pick EOS on
-                codebook 0 (the code that ends a turn).
-            history: [B, W, rvq] codes of the turn's earlier frames for the repetition
+            sampling: settings of the first n rows (n <= B); rows whose ``allow_eos``
+                is False never pick EOS on codebook 0 (the code that ends a turn). Rows past
+                n only fill the matmuls to whole row blocks (``model.row_blocks``): they
+                are not sampled (they take row 0's codes) and not returned.
+            history: [n, W, rvq] codes of the turn's earlier frames for the repetition
                 penalty (``NO_HISTORY`` where empty), or None for no penalty.
             noise: the randomness of sampled rows: ``NoiseKeys`` (per-row seed and frame
-                counter; the noise is made here, ``keyed_noise``), or explicit [B, rvq, V]
+                counter; the noise is made here, ``keyed_noise``), or explicit [n, rvq, V]
                 Exp(1) noise, or None when every row is greedy.
         Returns:
-            [B, rvq] int64 codes.
+            [n, rvq] int64 codes.
         """
-        B = hidden.shape[0]
+        B, sampled = hidden.shape[0], sampling.temperature.shape[0]
+        if sampled > B:
+            raise ValueError(f"sampling settings for {sampled} rows, hidden states of {B}")
         V = self.cfg.audio_vocab_size
         if isinstance(noise, NoiseKeys):
             if self.fused:
@@ -152,7 +156,7 @@ class LocalTransformer(Fusable, nn.Module):
         codes = []
         for i in range(self.rvq):
             out = self._run(x, kvs, i, tables)[:, 0]  # [B, H]
-            logits = self.local_lm_heads[i](out)  # [B, V]
+            logits = self.local_lm_heads[i](out)[:sampled]  # [n, V] (the head ran on all B)
             f = None if factors is None else factors[:, i]
             n = None if noise is None else noise[:, i]
             if self.fused:
@@ -167,5 +171,7 @@ class LocalTransformer(Fusable, nn.Module):
                 code = choose_with(logits, f, sampling, plan, n)
             codes.append(code)
             if i + 1 < self.rvq:
+                if sampled < B:  # the padding rows go on with row 0's code
+                    code = torch.cat((code, code[:1].expand(B - sampled)))
                 x = self.model.embed_tokens[i](code)[:, None]
         return torch.stack(codes, dim=1)

@@ -84,6 +84,71 @@ def ray_cluster():
         ray.shutdown()
 
 
+# The tiny app both Ray modules run on (``ray_moss_app``): paced turns that run to their
+# max_frames (turns in flight for seconds, for the drain tests), behind a token.
+RAY_APP_ARGS = {
+    "num_gpus": "0",
+    "num_cpus": "0.5",
+    "max_sessions": "4",
+    "lookahead_s": "0.3",  # paced: a turn is in flight for seconds
+    "eos_min_frames": "80",  # turns run to their max_frames
+    "max_context": "1024",
+    "context_budget": "900",
+    "turn_reserve": "100",
+    "drain_timeout_s": "30",
+}
+
+
+class RayMossApp:
+    """The ``moss`` app on the local cluster: its proxy URL, and (re)deploys with a replica
+    count. Every ``deploy`` is a new version of the app (Ray replaces the replicas)."""
+
+    def __init__(self, url: str, args: dict[str, str]) -> None:
+        self.url = url
+        self.args = args
+        self.replicas = 0  # what the last deploy asked for
+
+    def deploy(self, replicas: int) -> None:
+        from ray import serve
+
+        from moss_pipecat.server.ray_app import build_app
+
+        app = build_app({**self.args, "num_replicas": str(replicas)})
+        serve.run(app, name="moss", route_prefix="/")
+        self.replicas = replicas
+
+    def running(self) -> int:
+        from ray import serve
+
+        deployments = serve.status().applications["moss"].deployments
+        return deployments["MossEngine"].replica_states.get("RUNNING", 0)
+
+    async def ensure(self, replicas: int) -> None:
+        """``replicas`` running replicas of the app. Only a deploy that asked for another
+        count is redone: a replica Ray lost (killed) is replaced by Ray itself, which is one
+        replica start where a new version would restart them all, one after the other."""
+        if self.replicas != replicas:
+            await asyncio.to_thread(self.deploy, replicas)
+        await eventually(lambda: self.running() == replicas, 180, f"{replicas} running replicas")
+
+
+@pytest.fixture(scope="session")
+def ray_moss_app(ray_cluster, fixtures_dir, tmp_path_factory):
+    """The tiny app, deployed once (two replicas) for both Ray modules (a replica start is
+    the slowest thing they do); deleted at the end of the session."""
+    from ray import serve
+
+    token_file = tmp_path_factory.mktemp("ray_token") / "token"
+    token_file.write_text(TOKEN + "\n")  # read by each replica: the token is never an argument
+    app = RayMossApp(ray_cluster, {"tiny": str(fixtures_dir), "token_file": str(token_file)})
+    app.args |= RAY_APP_ARGS
+    app.deploy(2)
+    try:
+        yield app
+    finally:
+        serve.delete("moss")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,7 +1,8 @@
 """Calls move between the replicas of a real local Ray Serve app (tiny CPU replicas): from a
 replica that is killed, and from replicas that Ray stops for a redeploy (they drain:
 ``goaway``, turns in flight end, the calls go on on the new replica). Slow (a Ray cluster and
-replica starts): one module, one app. Opt-in by installation, as ``test_ray``."""
+replica starts): one app for both Ray modules (``ray_moss_app``). Opt-in by installation,
+as ``test_ray``."""
 
 from __future__ import annotations
 
@@ -17,56 +18,9 @@ pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip instal
 from moss_pipecat.client import RemoteEngine
 from moss_pipecat.protocol.errors import ServerUnavailableError
 
-from .conftest import GREEDY, eventually
+from .conftest import GREEDY, TOKEN, eventually
 
 LONG_TEXT = "This is a rather long sentence that keeps the model talking for a while. " * 3
-
-
-def _app_args(fixtures_dir, replicas: int) -> dict:
-    return {
-        "tiny": str(fixtures_dir),
-        "num_replicas": str(replicas),
-        "num_gpus": "0",
-        "num_cpus": "0.5",
-        "max_sessions": "4",
-        "lookahead_s": "0.3",  # paced: a turn is in flight for seconds
-        "eos_min_frames": "80",  # turns run to their max_frames
-        "max_context": "1024",
-        "context_budget": "900",
-        "turn_reserve": "100",
-        "drain_timeout_s": "30",
-    }
-
-
-@pytest.fixture(scope="module")
-def ray_app(ray_cluster, fixtures_dir):
-    from ray import serve
-
-    from moss_pipecat.server.ray_app import build_app
-
-    def deploy(replicas: int) -> None:
-        app = build_app(_app_args(fixtures_dir, replicas))
-        serve.run(app, name="moss", route_prefix="/")
-
-    deploy(2)
-    try:
-        yield ray_cluster, deploy
-    finally:
-        serve.delete("moss")
-
-
-def _running() -> int:
-    from ray import serve
-
-    deployments = serve.status().applications["moss"].deployments
-    return deployments["MossEngine"].replica_states.get("RUNNING", 0)
-
-
-async def _two_replicas(ray_app) -> None:
-    deploy = ray_app[1]
-    if _running() != 2:  # another test scaled down, or killed one (Ray replaces it)
-        await asyncio.to_thread(deploy, 2)
-    await eventually(lambda: _running() == 2, 180, "two running replicas")
 
 
 async def _calls_on_both_replicas(client, prefix: str):
@@ -103,15 +57,18 @@ async def _open_turn(session, max_frames: int):
     return turn, chunks
 
 
-async def test_a_killed_replica_s_call_goes_on_on_the_other_replica(ray_app):
-    await _two_replicas(ray_app)
-    client = RemoteEngine(ray_app[0], reconnect_timeout=90, request_timeout=60)
+async def test_a_killed_replica_s_call_goes_on_on_the_other_replica(ray_moss_app):
+    await ray_moss_app.ensure(2)
+    client = RemoteEngine(ray_moss_app.url, TOKEN, reconnect_timeout=90, request_timeout=60)
     victim, witness = await _calls_on_both_replicas(client, "kill")
     assert await _say(victim, 4) == 4
     before = await victim.snapshot()
     killed = victim.server_id
     turn, _ = await _open_turn(victim, 40)
     os.kill(int(killed.split(":")[1]), signal.SIGKILL)  # server_id: host:pid:nonce
+    # Ray's controller sees the loss (its replacement starts: tens of seconds to be running),
+    # so a later count of running replicas never counts the dead one.
+    await eventually(lambda: ray_moss_app.running() < 2, 60, "Ray to see the killed replica")
     with pytest.raises(ServerUnavailableError):  # the turn in flight at the loss is lost
         await asyncio.wait_for(turn.wait(), 60)
 
@@ -127,16 +84,15 @@ async def test_a_killed_replica_s_call_goes_on_on_the_other_replica(ray_app):
     await client.aclose()
 
 
-async def test_a_redeploy_drains_the_old_replicas_calls_to_the_new_one(ray_app):
-    await _two_replicas(ray_app)
-    url, deploy = ray_app
-    client = RemoteEngine(url, reconnect_timeout=90, request_timeout=60)
+async def test_a_redeploy_drains_the_old_replicas_calls_to_the_new_one(ray_moss_app):
+    await ray_moss_app.ensure(2)  # the kill test's lost replica is back (Ray replaces it)
+    client = RemoteEngine(ray_moss_app.url, TOKEN, reconnect_timeout=90, request_timeout=60)
     calls = await _calls_on_both_replicas(client, "deploy")
     old = {s.server_id for s in calls}
     live = [await _open_turn(s, 30) for s in calls]
     # A new version of the app (each ``serve.run`` of it is one) with one replica: Ray starts
     # it, then stops both old replicas, which drain.
-    redeploy = asyncio.create_task(asyncio.to_thread(deploy, 1))
+    redeploy = asyncio.create_task(asyncio.to_thread(ray_moss_app.deploy, 1))
     await eventually(lambda: all(s._link.moved for s in calls), 180, "both replicas' goaway")
     # Both turns in flight end whole on their draining replicas.
     for turn, chunks in live:
@@ -151,5 +107,5 @@ async def test_a_redeploy_drains_the_old_replicas_calls_to_the_new_one(ray_app):
         snap = await s.snapshot()
         assert [r for r, _ in snap["turns"]] == ["assistant", "assistant"]
     assert calls[0].server_id == calls[1].server_id
-    await eventually(lambda: _running() == 1, 120, "the old replicas to go")
+    await eventually(lambda: ray_moss_app.running() == 1, 120, "the old replicas to go")
     await client.aclose()

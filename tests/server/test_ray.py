@@ -31,36 +31,15 @@ async def _turns(session) -> list[torch.Tensor]:
 
 
 @pytest.fixture
-def ray_serve(ray_cluster, fixtures_dir, tmp_path):
-    from ray import serve
-
-    from moss_pipecat.server.ray_app import build_app
-
-    token_file = tmp_path / "token"  # read by each replica: the token is never an argument
-    token_file.write_text(TOKEN + "\n")
-    app = build_app(
-        {
-            "tiny": str(fixtures_dir),
-            "num_replicas": "2",
-            "num_gpus": "0",
-            "num_cpus": "0.5",
-            "max_sessions": "4",
-            "lookahead_s": "0",
-            "max_context": "1024",
-            "context_budget": "900",
-            "turn_reserve": "100",
-            "token_file": str(token_file),
-        }
-    )
-    serve.run(app, name="moss", route_prefix="/")
-    try:
-        yield ray_cluster
-    finally:
-        serve.delete("moss")
+async def ray_serve(ray_moss_app):
+    """The shared app (``ray_moss_app``) with two running replicas: its proxy URL."""
+    await ray_moss_app.ensure(2)
+    return ray_moss_app.url
 
 
 async def test_ray_app_serves_conversations_pinned_to_replicas(ray_serve, make_tiny_engine):
-    engine = make_tiny_engine(max_sessions=1, max_context=1024)
+    # The app's turns run to their max_frames (``eos_min_frames``); so do the local ones.
+    engine = make_tiny_engine(max_sessions=1, max_context=1024, eos_min_frames=80)
     local = engine.create_session(sampling=GREEDY)
     expected = await _turns(local)
     await local.close()
