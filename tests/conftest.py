@@ -57,6 +57,8 @@ LONGEST_FIRST = (
     "tests/test_wheel.py",
     "tests/server/test_drain.py",
     "tests/service/test_cjk_replies.py",
+    "tests/codec/test_codec_fused.py",
+    "tests/server/test_restore_transit.py",
 )
 
 
