@@ -178,10 +178,13 @@ class RemoteSession:
         self._turn, self._turn_link = RemoteTurn(self, link, inbox), link
         return self._turn
 
-    async def interrupt(self, heard_frames: int) -> TurnSummary | None:
+    async def interrupt(
+        self, heard_frames: int, heard_units: int | None = None
+    ) -> TurnSummary | None:
         """Stops the current (or just finished) turn, keeping its first ``heard_frames``
-        frames in the conversation. Returns None if there was nothing to cut."""
-        command = Interrupt(heard_frames)
+        frames in the conversation (``heard_units``: the units the listener kept, see
+        ``Interrupt``). Returns None if there was nothing to cut."""
+        command = Interrupt(heard_frames, heard_units)
         turn, turn_link = self._turn, self._turn_link
         if turn is not None and turn.summary is None:
             turn.cancel()
