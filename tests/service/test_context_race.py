@@ -11,17 +11,23 @@ that holds a frame until an event (no sleeps decide the order):
 - a word the transport releases after the service passed the interruption on, which reaches
   the aggregator before the interruption does (a transport slow to take it).
 
-Word frames reach the real aggregator through a real-time output transport, as in a bot.
+Word frames reach the real aggregator through a real-time output transport, as in a bot;
+English, Chinese, Japanese and mixed replies alike (the remote service: ``tests/server/
+test_remote_cjk.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
 from pipecat.frames.frames import (
     ErrorFrame,
     Frame,
     InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    TextType,
     TTSTextFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline
@@ -34,10 +40,13 @@ from pipecat.tests.utils import SleepFrame, run_test
 from moss_pipecat.service import MossTTSService, MossTTSSettings
 
 from .heard_units import EngineLog, check_within_one_unit_of_heard
+from .test_cjk_replies import TEXTS as CJK_TEXTS
+from .test_cjk_replies import tokens, unit_prefixes
 from .test_heard_clock import LATENCY_S, PlayingOutputTransport
 from .test_moss_tts_service import reply
 
 WORDS = [f"word{i}" for i in range(40)]
+TEXTS = {"en": " ".join(WORDS), **CJK_TEXTS}
 NEXT_REPLY = "Sorry, go on please."
 
 
@@ -98,7 +107,7 @@ class LateInterruption(FrameProcessor):
     def __init__(self, barger: Barger, assistant: FrameProcessor, nth: int) -> None:
         super().__init__()
         self._barger, self._nth = barger, nth
-        self._sent: list[TTSTextFrame] = []  # word frames passed on to the transport
+        self.sent: list[TTSTextFrame] = []  # word frames passed on to the transport
         self._word_taken = asyncio.Event()
         self.word: TTSTextFrame | None = None
         assistant.add_event_handler("on_after_process_frame", self._taken)
@@ -110,15 +119,37 @@ class LateInterruption(FrameProcessor):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, TTSTextFrame):
-            self._sent.append(frame)
-            if len(self._sent) == self._nth:
+            self.sent.append(frame)
+            if len(self.sent) == self._nth:
                 await self._barger.barge_in()
         elif isinstance(frame, InterruptionFrame) and direction == FrameDirection.DOWNSTREAM:
             now = self.get_clock().get_time()
-            self.word = next((f for f in self._sent if f.pts > now), None)
+            self.word = next((f for f in self.sent if f.pts > now), None)
             if self.word is not None:
                 await self._word_taken.wait()
         await self.push_frame(frame, direction)
+
+
+async def test_the_aggregator_leaves_out_a_word_cleared_as_it_is_about_to_take_it():
+    """What the context gate relies on in pipecat: the assistant aggregator's
+    ``on_before_process_frame`` handlers run inline, right before it takes the frame, and it
+    reads ``append_to_context`` when it does."""
+    context = LLMContext()
+    assistant = LLMContextAggregatorPair(context).assistant()
+    seen = []
+
+    def before(_aggregator, frame):
+        if isinstance(frame, TTSTextFrame):
+            seen.append(frame.text)
+            frame.append_to_context = frame.text != "out"
+
+    assistant.add_event_handler("on_before_process_frame", before)
+    words = [TTSTextFrame(w, text_type=TextType.WORD) for w in ("kept", "out", "too")]
+    await run_test(
+        assistant, frames_to_send=[LLMFullResponseStartFrame(), *words, LLMFullResponseEndFrame()]
+    )
+    assert seen == ["kept", "out", "too"]
+    assert assistant_messages(context) == ["kept too"]
 
 
 def _tts(engine) -> MossTTSService:
@@ -153,8 +184,9 @@ def assistant_messages(context: LLMContext) -> list[str]:
     return [m["content"] for m in context.get_messages() if m["role"] == "assistant"]
 
 
-def word_tokens(words: list[str]) -> list[str]:
-    return [w + " " for w in words]
+def text_tokens(lang: str) -> list[str]:
+    """The reply streamed as an LLM would: English a word a piece, CJK one or two characters."""
+    return [w + " " for w in WORDS] if lang == "en" else tokens(TEXTS[lang])
 
 
 async def barge_in_with_a_word_on_its_way(tts, tokens, *, reorder: bool, nth: int = 4):
@@ -175,17 +207,18 @@ async def barge_in_with_a_word_on_its_way(tts, tokens, *, reorder: bool, nth: in
     return assistant_messages(context), cuts, transport
 
 
-async def test_a_word_dropped_on_its_way_to_the_context_is_not_kept(talkative_engine):
-    """The 4th word's frame has played (MOSS would count it heard) but pipecat drops it on its
-    way: neither the context nor MOSS keep it."""
+@pytest.mark.parametrize("lang", list(TEXTS))
+async def test_a_word_dropped_on_its_way_to_the_context_is_not_kept(talkative_engine, lang):
+    """The 4th unit's frame has played (MOSS would count it heard) but pipecat drops its word
+    frame on the way: neither the context nor MOSS keep it; the next reply is whole."""
     log = EngineLog(talkative_engine)
     said, cuts, transport = await barge_in_with_a_word_on_its_way(
-        _tts(log), word_tokens(WORDS), reorder=False
+        _tts(log), text_tokens(lang), reorder=False
     )
     (cut,) = cuts
     assert said[0] == cut.spoken_text
-    assert cut.spoken_text.split() == WORDS[:3]
-    assert said[1].split() == NEXT_REPLY.split()  # the next reply, whole
+    assert unit_prefixes(TEXTS[lang]).index(cut.spoken_text) == 3
+    assert said[1].split() == NEXT_REPLY.split()
     check_within_one_unit_of_heard(cut, log.turns[0], transport.heard_s())
 
 
@@ -195,7 +228,7 @@ async def test_a_word_reaching_the_context_after_the_interruption_goes_nowhere(
     """The 4th word reaches the aggregator behind the interruption: it is not in the message
     cut (MOSS does not keep it either), nor at the head of the next one."""
     said, cuts, _ = await barge_in_with_a_word_on_its_way(
-        _tts(talkative_engine), word_tokens(WORDS), reorder=True
+        _tts(talkative_engine), text_tokens("en"), reorder=True
     )
     (cut,) = cuts
     assert said[0] == cut.spoken_text
@@ -206,7 +239,7 @@ async def test_a_word_reaching_the_context_after_the_interruption_goes_nowhere(
 async def barge_in_taken_late(tts, tokens, nth: int = 4):
     """Barges in as the ``nth`` word goes on to the transport; the transport takes the
     interruption only once the aggregator has taken a word released after that. Returns the
-    assistant messages, MOSS's cuts and that word."""
+    assistant messages, MOSS's cuts and how many units came before that word."""
     context, barger = LLMContext(), Barger()
     assistant = LLMContextAggregatorPair(context).assistant()
     late = LateInterruption(barger, assistant, nth)
@@ -214,17 +247,18 @@ async def barge_in_taken_late(tts, tokens, nth: int = 4):
     frames = [*reply(*tokens), SleepFrame(5.0)]
     await run_race([barger, tts, late, PlayingOutputTransport(), assistant], frames)
     assert late.word is not None  # a word not played yet reached the aggregator first
-    return assistant_messages(context), cuts, late.word
+    return assistant_messages(context), cuts, late.sent.index(late.word)
 
 
+@pytest.mark.parametrize("lang", list(TEXTS))
 async def test_a_word_released_after_the_interruption_passed_the_tts_is_not_kept(
-    talkative_engine,
+    talkative_engine, lang
 ):
     """A word the transport releases after the TTS passed the interruption on reaches the
     aggregator first: the context and MOSS hold the same units, without it (its frame had not
     played when the TTS passed the interruption on)."""
-    said, cuts, word = await barge_in_taken_late(_tts(talkative_engine), word_tokens(WORDS))
+    said, cuts, before = await barge_in_taken_late(_tts(talkative_engine), text_tokens(lang))
     (cut,) = cuts
     assert 0 < cut.heard_frames < cut.audio_frames
     assert said == [cut.spoken_text]
-    assert word.text.strip() not in cut.spoken_text.split()
+    assert unit_prefixes(TEXTS[lang]).index(cut.spoken_text) <= before
