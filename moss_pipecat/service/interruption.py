@@ -99,8 +99,8 @@ async def cut_to_heard(
     on_cut: Callable[[Reply, Any], Awaitable[None]],
     push_error: Callable[..., Awaitable[None]],
 ) -> None:
-    """Closes the engine turns of the plan's stopped replies (oldest first), keeping what was
-    heard.
+    """Closes the engine turns of the plan's stopped replies (newest first: the engine cuts its
+    newest turn), keeping what was heard.
 
     Replies newer than the one playing were not heard at all; the playing one keeps what
     ``plan.decided`` gives it; older ones were heard in full (the engine cuts only its newest
@@ -114,7 +114,7 @@ async def cut_to_heard(
         on_cut: called with each reply and the summary of what its turn kept.
         push_error: the service's ``push_error`` (the engine refused a cut).
     """
-    playing, heard = plan.playing, plan.decided or {}
+    playing, decided = plan.playing, plan.decided or {}
     for reply in reversed(plan.cut):
         turn = reply.turn
         if turn is None and reply.opening is not None:
@@ -124,7 +124,7 @@ async def cut_to_heard(
                 turn = None
         if turn is not None and session is not None:
             turn.cancel()
-            kept = heard[reply.context_id] if reply is playing else Heard(0, None)
+            kept = decided[reply.context_id] if reply is playing else Heard(0, None)
             try:
                 summary = await session.interrupt(kept.frames, kept.units)
             except MossError as e:
