@@ -220,10 +220,13 @@ class RemoteSession:
         self._turn, self._turn_made = RemoteTurn(self, link, inbox), self._made
         return self._turn
 
-    async def interrupt(self, heard_frames: int) -> TurnSummary | None:
+    async def interrupt(
+        self, heard_frames: int, heard_units: int | None = None
+    ) -> TurnSummary | None:
         """Stops the current (or just finished) turn, keeping its first ``heard_frames``
-        frames in the conversation. Returns None if there was nothing to cut."""
-        command = Interrupt(heard_frames)
+        frames in the conversation (``heard_units``: the units the listener kept, see
+        ``Interrupt``). Returns None if there was nothing to cut."""
+        command = Interrupt(heard_frames, heard_units)
         turn = self._turn
         if turn is not None and turn.summary is None:
             turn.cancel()

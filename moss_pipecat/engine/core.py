@@ -167,8 +167,16 @@ class EngineCore:
             self.truncate(s, min(s.cache_len, s.history.system.shape[0]))
 
     # ---- how turns end -----------------------------------------------------------------------
-    def close_record(self, s: SessionState, index: int, heard: int, summary: TurnSummary) -> None:
-        """Cuts assistant turn ``index`` to ``heard`` frames and rolls the cache back."""
+    def close_record(
+        self,
+        s: SessionState,
+        index: int,
+        heard: int,
+        summary: TurnSummary,
+        units: int | None = None,
+    ) -> None:
+        """Cuts assistant turn ``index`` to ``heard`` frames and rolls the cache back; its
+        spoken text is its first ``units`` units if given (``Interrupt.heard_units``)."""
         rec: AssistantTurn = s.history.turns[index]
         total = rec.audio_frames(self.layout.audio_eos)
         start = s.history.offset(index)
@@ -182,7 +190,7 @@ class EngineCore:
         self.truncate(s, min(s.cache_len, keep))
         summary.audio_frames = total
         summary.heard_frames = kept
-        summary.spoken_text = rec.words.heard_text(kept) if rec.words is not None else ""
+        summary.spoken_text = rec.words.heard_text(kept, units) if rec.words is not None else ""
 
     def end_turn(self, s: SessionState, summary: TurnSummary) -> None:
         t = s.turn

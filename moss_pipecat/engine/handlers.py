@@ -114,7 +114,7 @@ def interrupt(core: EngineCore, sid: str, c: Interrupt) -> TurnSummary | None:
     if t is not None:
         summary = TurnSummary(t.turn_id, "interrupted", text_ids=list(t.tokens), text=t.text)
         if t.record is not None:
-            core.close_record(s, len(s.history.turns) - 1, heard, summary)
+            core.close_record(s, len(s.history.turns) - 1, heard, summary, c.heard_units)
         s.to_feed = None
         core.end_turn(s, summary)
         return summary
@@ -125,7 +125,7 @@ def interrupt(core: EngineCore, sid: str, c: Interrupt) -> TurnSummary | None:
         return None  # everything was heard already
     summary = TurnSummary(last.turn_id, "interrupted", text_ids=list(last.text_ids))
     summary.text = last.text
-    core.close_record(s, len(s.history.turns) - 1, heard, summary)
+    core.close_record(s, len(s.history.turns) - 1, heard, summary, c.heard_units)
     return summary
 
 

@@ -201,10 +201,13 @@ class Session:
         if self._turn is not None and self._turn.summary is None:
             self._turn.cancel()
 
-    async def interrupt(self, heard_frames: int) -> TurnSummary | None:
+    async def interrupt(
+        self, heard_frames: int, heard_units: int | None = None
+    ) -> TurnSummary | None:
         """Stops the current (or just finished) assistant turn and keeps only the first
-        ``heard_frames`` frames in the conversation. Returns None if there was nothing to cut."""
-        command = Interrupt(heard_frames)
+        ``heard_frames`` frames in the conversation; ``heard_units``: the units the listener
+        kept (``Interrupt``). Returns None if there was nothing to cut."""
+        command = Interrupt(heard_frames, heard_units)
         self._drop_unread()
         return await self.request(command)
 
@@ -314,8 +317,8 @@ class SyncSession:
         chunks = list(turn)
         return chunks, turn.summary
 
-    def interrupt(self, heard_frames: int) -> TurnSummary | None:
-        command = Interrupt(heard_frames)
+    def interrupt(self, heard_frames: int, heard_units: int | None = None) -> TurnSummary | None:
+        command = Interrupt(heard_frames, heard_units)
         self.session._drop_unread()
         return self.request(command)
 

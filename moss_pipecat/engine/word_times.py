@@ -89,9 +89,10 @@ class WordTimer:
         limit = frames * FRAME_SECONDS
         return [w for w in self.placed if w[1] < limit]
 
-    def heard_text(self, frames: int) -> str:
-        """The heard units as the text wrote them (no space between CJK units)."""
-        return join_units(self.heard(frames))
+    def heard_text(self, frames: int, units: int | None = None) -> str:
+        """The heard units as the text wrote them (no space between CJK units); ``units``: the
+        first that many units placed instead (the listener's own count, see ``Interrupt``)."""
+        return join_units(self.heard(frames) if units is None else self.placed[:units])
 
     # ---- internals -----------------------------------------------------------------------
     def _after_last(self) -> float:

@@ -164,10 +164,11 @@ class TurnEnd(_CommandMsg):
 
 class Interrupt(_CommandMsg):
     COMMAND = C.Interrupt
-    COMMAND_FIELDS = ("heard_frames",)
+    COMMAND_FIELDS = ("heard_frames", "heard_units")
     type: Literal["interrupt"] = "interrupt"
     req: ReqId
     heard_frames: int
+    heard_units: int | None = None
 
 
 class UserTurn(_Msg):

@@ -146,7 +146,7 @@ async def _turn_input(
 
 
 async def _interrupt(r: Request, msg: P.Interrupt) -> Any:
-    summary = await r.conv.session.interrupt(msg.heard_frames)
+    summary = await r.conv.session.interrupt(msg.heard_frames, msg.heard_units)
     await send_history(r.conv)
     wire = None if summary is None else P.WireSummary.of(summary)
     return P.Result(req=msg.req, summary=wire)  # null: there was nothing to cut

@@ -37,7 +37,13 @@ from pipecat.services.tts_service import TextAggregationMode, TTSService
 
 from moss_pipecat.errors import MossError
 from moss_pipecat.service import pipecat_compat as compat
-from moss_pipecat.service.interruption import cut_to_heard, plan_interruption, wait_for_turn
+from moss_pipecat.service.context_gate import ContextGate
+from moss_pipecat.service.interruption import (
+    InterruptionPlan,
+    cut_to_heard,
+    plan_interruption,
+    wait_for_turn,
+)
 from moss_pipecat.service.phases import ReplyPhase
 from moss_pipecat.service.refusal import open_or_refuse
 from moss_pipecat.service.reply import (
@@ -52,7 +58,6 @@ from moss_pipecat.service.settings import MossTTSSettings, SessionSettings, defa
 from moss_pipecat.service.tracing import ReplyTracer
 from moss_pipecat.service.user_audio import UserUtterance
 from moss_pipecat.service.user_turns import UserTurns
-from moss_pipecat.speech.frames import FRAME_SECONDS
 
 # pipecat's idle end of a reply's audio context: a safety net only, not a pause in the text.
 REPLY_IDLE_TIMEOUT_S = 60.0
@@ -81,8 +86,9 @@ class MossTTSServiceBase(TTSService):
         **kwargs: for ``TTSService`` (sample_rate, text_transforms, ...).
 
     What was heard has one clock (``HeardClock``, ``service/reply.py``): a word frame comes out
-    once its frame has played and an interruption keeps the frames played, so the LLM context
-    and MOSS's history keep the same words. Tracing: ``service/tracing.py``.
+    once its frame has played and an interruption keeps the frames played; MOSS's history keeps
+    the units pipecat's assistant aggregator took, and no later one gets in
+    (``service/context_gate.py``), so both hold the same units. Tracing: ``service/tracing.py``.
 
     Event handlers: ``on_reply_interrupted(service, context_id, summary)``: a reply was cut to
     what the user heard (``summary.spoken_text``: what the history kept).
@@ -130,7 +136,8 @@ class MossTTSServiceBase(TTSService):
         # then, so the rollback cuts the turn it means to cut.
         self._history_settled = asyncio.Event()
         self._history_settled.set()
-        self._interruption_ns: int | None = None  # when the last interruption was pushed on
+        self._interrupting = InterruptionPlan.none()  # the one being handled, if any
+        self._context_gate = ContextGate()  # what of each reply the LLM context took
         self._tracer = ReplyTracer(self, attributes=self._trace_attributes)
         # (service, context_id, TurnSummary): a reply was cut to what the user heard.
         compat.register_event(self, "on_reply_interrupted")
@@ -156,6 +163,7 @@ class MossTTSServiceBase(TTSService):
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
         self._clock.playback_reported = output_transport_downstream(self)
+        self._context_gate.attach(self)
         self._session = await open_or_refuse(self, self._open_session)
 
     # ---- what subclasses provide ------------------------------------------------------------
@@ -192,6 +200,7 @@ class MossTTSServiceBase(TTSService):
 
     async def _shutdown(self, *, graceful: bool) -> None:
         self._tracer.close(graceful=graceful)
+        self._context_gate.detach()
         for reply in self._order:
             if reply.task is not None:
                 await self.cancel_task(reply.task)
@@ -246,14 +255,15 @@ class MossTTSServiceBase(TTSService):
         self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM
     ) -> None:
         if isinstance(frame, InterruptionFrame) and direction == FrameDirection.DOWNSTREAM:
-            self._interruption_ns = self.get_clock().get_time()  # what was heard: as it passes
+            self._interrupting.decide(self.get_clock().get_time())  # what was heard, as it passes
         if isinstance(frame, SpokenWordsEnd):
             reply = self._replies.get(frame.context_id)
             if reply is not None:
                 reply.move(ReplyPhase.DONE)
             return  # ours alone
         if isinstance(frame, (TTSTextFrame, AggregatedTextProgressFrame)):
-            reply = self._replies.get(frame.context_id or "")
+            cid = frame.context_id or ""  # (a reply being stopped is no longer in _replies)
+            reply = self._replies.get(cid) or self._interrupting.dropped_reply(cid)
             if reply is not None and not reply.word_frame_passes(frame):
                 return
         if isinstance(frame, TTSAudioRawFrame) and frame.context_id in self._replies:
@@ -344,7 +354,7 @@ class MossTTSServiceBase(TTSService):
             # No await since the wait: a rollback sees it opening or blocks it.
             reply.move(ReplyPhase.OPENING)
             await self._apply_settings()
-            await self._add_user_turn()
+            await self._user_turns.add_to_history(self._add_user_audio_turn, self.push_error)
             # Shielded: cancelled midway it would open unowned; the interruption closes it.
             reply.opening = asyncio.ensure_future(self._session.start_turn())
             reply.turn = await asyncio.shield(reply.opening)
@@ -406,23 +416,12 @@ class MossTTSServiceBase(TTSService):
             await self.append_to_audio_context(context_id, TTSStoppedFrame(context_id=context_id))
             await self.remove_audio_context(context_id)
 
-    # ================================================================== user turns
-    async def _add_user_turn(self) -> None:
-        """Adds what the user said since the last reply (audio + transcript) to the history."""
-        transcript, utterance = self._user_turns.take()
-        if utterance is None or utterance.seconds < FRAME_SECONDS:
-            return
-        try:
-            await self._add_user_audio_turn(transcript, utterance)
-        except MossError as e:
-            await self.push_error(error_msg=f"MOSS TTS: user turn not kept: {e}", exception=e)
-
     # ================================================================== interruption
     async def _roll_back_to_heard(self, frame: InterruptionFrame, direction: FrameDirection):
         """Stops every interruptible reply, lets pipecat drop their contexts and pass the
-        interruption on, then cuts the engine history back to the audio heard when it passed
-        (``interruption.heard_frames``); uninterruptible replies speak on, in order."""
-        plan = plan_interruption(self._order)
+        interruption on, then cuts the engine history back to what was heard when it passed
+        (``InterruptionPlan.decide``); uninterruptible replies speak on, in order."""
+        plan = self._interrupting = plan_interruption(self._order, self._context_gate.attached)
         self._order, self._replies = plan.kept, {r.context_id: r for r in plan.kept}
         # pipecat restarts its word clock unless an uninterruptible context plays; so do we.
         restart_clock = compat.interruption_restarts_word_clock(self)
@@ -432,13 +431,12 @@ class MossTTSServiceBase(TTSService):
                 reply.move(ReplyPhase.STOPPED)
                 if reply.task is not None:
                     await self.cancel_task(reply.task)
-            self._interruption_ns = None
-            await super().process_frame(frame, direction)  # sets _interruption_ns (push_frame)
-            now = self._interruption_ns or self.get_clock().get_time()
-            heard = plan.heard(now)  # one answer for the history and the trace span
-            self._tracer.interrupted(plan.dropped, heard)
-            await cut_to_heard(plan.newest, self._session, heard, self._reply_cut, self.push_error)
+            await super().process_frame(frame, direction)  # decides as it passes (push_frame)
+            heard = plan.decide(self.get_clock().get_time())  # history, LLM context, span
+            self._tracer.interrupted(plan.dropped, {k: h.frames for k, h in heard.items()})
+            await cut_to_heard(plan, self._session, self._reply_cut, self.push_error)
         finally:
+            self._interrupting = InterruptionPlan.none()
             self._history_settled.set()
         if restart_clock and plan.dropped:
             self._clock.restart()

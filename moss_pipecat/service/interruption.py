@@ -12,9 +12,20 @@ from moss_pipecat.errors import MossError
 from moss_pipecat.service.reply import Reply
 
 
+@dataclass(frozen=True)
+class Heard:
+    """What an interruption keeps of a reply: its first ``frames`` audio frames, and its first
+    ``units`` units in the text (those the LLM context took; None: no context counts them, the
+    units in the frames kept)."""
+
+    frames: int
+    units: int | None
+
+
 @dataclass
 class InterruptionPlan:
-    """The replies an interruption keeps and drops.
+    """The replies an interruption keeps and drops, and (once ``decide`` is called) what each
+    dropped reply keeps.
 
     Parameters:
         kept: the uninterruptible replies (pipecat keeps their audio contexts), oldest first,
@@ -28,16 +39,48 @@ class InterruptionPlan:
     kept: list[Reply]
     dropped: list[Reply]
     newest: list[Reply]
+    context_counts: bool = False  # an assistant aggregator counts the units taken (the gate's)
+    decided: dict[str, Heard] | None = None
 
-    def heard(self, now_ns: int) -> dict[str, int]:
-        """The frames each dropped reply keeps (by context id), the interruption having been
-        passed on at ``now_ns``: ``heard_frames``, the one answer the engine history and the
-        replies' trace spans both take."""
-        return {r.context_id: heard_frames(r, now_ns) for r in self.dropped}
+    @classmethod
+    def none(cls) -> InterruptionPlan:
+        """No interruption: nothing to decide."""
+        return cls(kept=[], dropped=[], newest=[])
+
+    def dropped_reply(self, context_id: str) -> Reply | None:
+        """The dropped reply speaking ``context_id`` (None: none)."""
+        return next((r for r in self.dropped if r.context_id == context_id), None)
+
+    @property
+    def playing(self) -> Reply | None:
+        """The newest reply whose engine turn can be cut that has started playing: it keeps
+        what was heard, those after it nothing, those before it everything."""
+        return next((r for r in reversed(self.newest) if r.baseline_ns is not None), None)
+
+    @property
+    def cut(self) -> list[Reply]:
+        """The replies whose engine turns are cut: the one playing and those after it."""
+        playing = self.playing
+        return self.newest[self.newest.index(playing) :] if playing else list(self.newest)
+
+    def decide(self, now_ns: int) -> dict[str, Heard]:
+        """What each dropped reply keeps (by context id), the interruption being passed on at
+        ``now_ns``: the one answer the engine history, the LLM context and the replies' trace
+        spans all take. Decided once (later calls return the first answer): from then on no
+        word frame of a reply cut goes into the LLM context (``context_gate``).
+        """
+        if self.decided is None:
+            for reply in self.cut:
+                reply.words_closed = True
+            counts = self.context_counts
+            self.decided = {r.context_id: heard(r, now_ns, counts) for r in self.dropped}
+        return self.decided
 
 
-def plan_interruption(replies: list[Reply]) -> InterruptionPlan:
-    """Splits ``replies`` (oldest first) and re-chains the kept ones to speak in order."""
+def plan_interruption(replies: list[Reply], context_counts: bool = False) -> InterruptionPlan:
+    """Splits ``replies`` (oldest first) and re-chains the kept ones to speak in order;
+    ``context_counts``: an assistant aggregator downstream counts the units taken
+    (``ContextGate.attached``)."""
     kept = [r for r in replies if not r.interruptible]
     for i, reply in enumerate(kept):
         reply.previous = kept[i - 1] if i else None
@@ -46,35 +89,33 @@ def plan_interruption(replies: list[Reply]) -> InterruptionPlan:
         kept=kept,
         dropped=[r for r in replies if r.interruptible],
         newest=[r for r in replies[sealed + 1 :] if r.interruptible],
+        context_counts=context_counts,
     )
 
 
 async def cut_to_heard(
-    replies: list[Reply],
+    plan: InterruptionPlan,
     session: Any | None,
-    heard: dict[str, int],
     on_cut: Callable[[Reply, Any], Awaitable[None]],
     push_error: Callable[..., Awaitable[None]],
 ) -> None:
-    """Closes the engine turns of stopped replies (oldest first), keeping what was heard.
+    """Closes the engine turns of the plan's stopped replies (newest first: the engine cuts its
+    newest turn), keeping what was heard.
 
-    Replies newer than the one playing were not heard at all; the playing one keeps the frames
-    ``heard`` gives it; older ones were heard in full (the engine cuts only its newest turns). A
-    reply whose engine turn was being opened is waited for and closed, so no turn is left
-    without an owner.
+    Replies newer than the one playing were not heard at all; the playing one keeps what
+    ``plan.decided`` gives it; older ones were heard in full (the engine cuts only its newest
+    turns). A reply whose engine turn was being opened is waited for and closed, so no turn is
+    left without an owner.
 
     Args:
-        replies: the replies whose turns may be cut (``InterruptionPlan.newest``), their
-            tasks already cancelled.
+        plan: the interruption, decided (``InterruptionPlan.decide``); its replies' tasks
+            already cancelled.
         session: the conversation's session (None: closed, nothing to cut).
-        heard: each reply's frames kept, by context id: ``heard_frames`` at the moment the
-            interruption was passed on to the transport (the same answer the reply's trace
-            span records).
         on_cut: called with each reply and the summary of what its turn kept.
         push_error: the service's ``push_error`` (the engine refused a cut).
     """
-    playing = next((r for r in reversed(replies) if r.baseline_ns is not None), None)
-    for reply in reversed(replies):
+    playing, decided = plan.playing, plan.decided or {}
+    for reply in reversed(plan.cut):
         turn = reply.turn
         if turn is None and reply.opening is not None:
             try:
@@ -83,62 +124,36 @@ async def cut_to_heard(
                 turn = None
         if turn is not None and session is not None:
             turn.cancel()
+            kept = decided[reply.context_id] if reply is playing else Heard(0, None)
             try:
-                summary = await session.interrupt(
-                    heard[reply.context_id] if reply is playing else 0
-                )
+                summary = await session.interrupt(kept.frames, kept.units)
             except MossError as e:
                 await push_error(error_msg=f"MOSS TTS: interrupt failed: {e}", exception=e)
                 summary = None
             if summary is not None:
                 await on_cut(reply, summary)
-        if reply is playing:
-            break  # the replies before it were heard in full
 
 
-def heard_frames(reply: Reply, now_ns: int) -> int:
-    """The frames of the reply playing at an interruption that MOSS keeps: those played by
-    ``now_ns`` (``Reply.heard_frames``), but none from the frame of the first unit whose word
-    frame pipecat has not pushed yet.
+def heard(reply: Reply, now_ns: int, context_counts: bool) -> Heard:
+    """What an interruption passed on at ``now_ns`` keeps of ``reply``.
 
-    Played frames alone match the word frames released by ``now_ns``, the moment the service
-    passed the interruption on to the transport (each word frame is released once its frame
-    has played, ``Reply.release_ns``; the transport drops the ones it still holds). The cap
-    covers pipecat pushing a word late (its audio-context task behind the clock): that word
-    never reaches the context (the interruption drops it), so MOSS keeps no frame from its own
-    on. The engine keeps the units before the cut (``WordTimer.heard``): the same units as the
-    word frames released, and never a frame that was not played. The reply's trace span takes
-    this same count (``InterruptionPlan.heard``).
+    Units: those the LLM context took (``Reply.taken``, counted by the context gate), when an
+    assistant aggregator downstream counts them; the gate lets no later one in, so the context
+    holds exactly these. Frames: those played by ``now_ns`` (``Reply.heard_frames``), but none
+    from the frame of the first unit the context did not take: that word is not in the context
+    (on its way, pipecat's queues drop it or file it behind the interruption, where the gate
+    keeps it out), so MOSS keeps none of its audio either. Units are released once their frame
+    has played (``Reply.release_ns``), so those taken lie in frames played, give or take the
+    one frame a late push can shift. The reply's trace span takes the same frame count.
 
-    What this cannot see (pipecat 1.14), and why it is not closed here: between ``now_ns`` and
-    the moment pipecat's assistant aggregator handles the interruption, a word frame already
-    passed on can still be lost or misfiled, and nothing of it comes back upstream:
-
-    - dropped: an interruptible data frame waiting in a processor's queue when the
-      InterruptionFrame (a SystemFrame, which overtakes it) arrives is discarded
-      (``FrameProcessor`` resets its process queue: the output transport's and the
-      aggregator's); the transport also empties its clock queue and cancels its clock task if
-      it waits to push an interruptible frame, so a word whose PTS has passed but that a busy
-      event loop has not pushed yet is dropped. MOSS keeps that word.
-    - misfiled: a word frame the transport pushed just before the InterruptionFrame, still in
-      the aggregator's input queue with it, is taken after it (SystemFrames first) and goes
-      into the next assistant message. MOSS does not keep it in this turn.
-
-    Holding word frames in the service does not help (they still cross those queues after the
-    count is read), nor do uninterruptible word frames (none dropped, but every one still on
-    its way is then misfiled). The aggregator does report what it wrote
-    (``LLMContextAssistantTurnFrame``, upstream), but only after the cut must be made and only
-    when the text is not empty (an empty one sends nothing, so it cannot be awaited), and the
-    engine cannot re-cut a turn it has closed. Words reach the transport's clock queue long
-    before their PTS (the engine runs ahead of playback), so these need the event loop held
-    for longer than the gap between a word's PTS and ``now_ns``: rare, and off by that word.
-    Closing it needs an engine command that trims the last assistant turn to a unit count
-    (applied when that frame arrives before the next reply opens its turn), or pipecat
-    reporting upstream which word frames its transport released.
+    With no context counting units, the frames stop at the first unit whose word frame has not
+    passed the service, and the engine keeps the units in the frames kept (``WordTimer.heard``).
     """
-    heard = reply.heard_frames(now_ns)
-    unpushed = reply.first_unpushed_frame()
-    return heard if unpushed is None else min(heard, unpushed)
+    frames = reply.heard_frames(now_ns)
+    first_out = reply.unit_frame(reply.taken if context_counts else reply.passed)
+    if first_out is not None:
+        frames = min(frames, first_out)
+    return Heard(frames, reply.taken if context_counts else None)
 
 
 async def wait_for_turn(reply: Reply, settled: asyncio.Event) -> None:

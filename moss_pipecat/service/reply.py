@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,8 @@ from moss_pipecat.speech.units import TimedWord, is_cjk_char, is_spaced
 MAX_TRACKED_REPLIES = 4
 FRAME_NS = round(FRAME_SECONDS * 1e9)
 RELEASE_STEP_NS = 1_000  # between units released at the end of one frame
+# A word frame's metadata entry naming its reply and unit: (Reply, index in ``Reply.units``).
+WORD_TAG = "moss_pipecat.unit"
 
 
 @dataclass
@@ -71,9 +72,15 @@ class Reply:
     # frame). A new run starts where the audio ran out before the next frame came (the LLM or
     # the engine stalled): the device then plays that frame when it arrives.
     runs: list[tuple[int, int]] = field(default_factory=list)
-    # Units released to pipecat whose word frame has not come back yet (their spacing), at
-    # their engine times.
-    released: deque[TimedWord] = field(default_factory=deque)
+    # Every unit released to pipecat, in order, at its engine time (and its spacing). Their
+    # word frames pass the service in that order (``passed`` so far), then pipecat's assistant
+    # aggregator takes them into the LLM context (``taken``: ``context_gate.ContextGate``).
+    units: list[TimedWord] = field(default_factory=list)
+    passed: int = 0
+    taken: int = 0
+    # An interruption decided what the reply keeps: none of its later word frames goes into
+    # the LLM context (``InterruptionPlan.decide``).
+    words_closed: bool = False
     last_release_ns: int = 0  # when its last released unit goes out (clock ns)
 
     def move(self, phase: ReplyPhase) -> None:
@@ -107,8 +114,8 @@ class Reply:
     def word_frame_passes(self, frame: TTSTextFrame | AggregatedTextProgressFrame) -> bool:
         """Whether a word (or progress) frame of this reply goes on, spacing set: none after
         its last word time (``SpokenWordsEnd``: pipecat's force-complete of text never
-        timed, which was not spoken)."""
-        if self.phase is ReplyPhase.DONE:
+        timed, which was not spoken), nor once an interruption decided what it keeps."""
+        if self.phase is ReplyPhase.DONE or self.words_closed:
             logger.debug(f"not spoken, kept out of the context: {frame.text!r}")
             return False
         if isinstance(frame, TTSTextFrame):
@@ -116,14 +123,18 @@ class Reply:
         return True
 
     def mark_spacing(self, frame: TTSTextFrame) -> None:
-        """Gives a word frame the spacing of the unit it was released as.
+        """Gives a word frame the spacing of the unit it was released as, and tags it with
+        that unit (``WORD_TAG``, for the context gate).
 
         pipecat's sequencer marks every later word of a sentence ``includes_inter_frame_spaces``
         once one of them was, so a mixed sentence would lose the spaces around its words;
         the frame's own unit says. A frame that is not the next unit (pipecat matched the
         words differently) keeps whether it is CJK text.
         """
-        unit = self.released.popleft() if self.released else None
+        unit = self.units[self.passed] if self.passed < len(self.units) else None
+        if unit is not None:
+            frame.metadata[WORD_TAG] = (self, self.passed)
+            self.passed += 1
         if unit is not None and unit.text == frame.text:
             frame.includes_inter_frame_spaces = unit.spaced
             return
@@ -173,10 +184,9 @@ class Reply:
             return self.end_ns(frames)
         return self.time_ns(frames * FRAME_SECONDS, earliest_ns)
 
-    def first_unpushed_frame(self) -> int | None:
-        """The frame of the first unit released to pipecat whose word frame has not passed the
-        service yet (None: every released unit's has)."""
-        return int(self.released[0][1] / FRAME_SECONDS) if self.released else None
+    def unit_frame(self, index: int) -> int | None:
+        """The frame unit ``index`` is spoken in (None: no such unit was released)."""
+        return int(self.units[index][1] / FRAME_SECONDS) if index < len(self.units) else None
 
     def heard_frames(self, now_ns: int) -> int:
         """Frames of this reply played by ``now_ns`` on the heard clock."""
@@ -240,7 +250,7 @@ class HeardClock:
             reply.last_release_ns = at
             timed.append(TimedWord(w[0], (at - base) / 1e9, is_spaced(w)))
         self.last_word_pts = max(self.last_word_pts, reply.baseline_ns + round(timed[-1][1] * 1e9))
-        reply.released.extend(TimedWord(w[0], w[1], is_spaced(w)) for w in words)
+        reply.units.extend(TimedWord(w[0], w[1], is_spaced(w)) for w in words)
         # One call per run of equal spacing: pipecat takes one flag per call.
         for spaced, run in itertools.groupby(timed, key=is_spaced):
             await self._release_words(list(run), reply.context_id, True if spaced else None)
@@ -296,9 +306,14 @@ def output_transport_downstream(processor: FrameProcessor) -> bool:
 
     Otherwise a reply plays from its first audio push, or after the audio already playing
     while a BotStartedSpeakingFrame says the bot is speaking."""
+    return find_downstream(processor, BaseOutputTransport) is not None
+
+
+def find_downstream(processor: FrameProcessor, kind: type[FrameProcessor]) -> Any | None:
+    """The first processor of type ``kind`` after ``processor`` (None: none)."""
     node, hops = processor.next, 0
     while node is not None and hops < 256:
-        if isinstance(node, BaseOutputTransport):
-            return True
+        if isinstance(node, kind):
+            return node
         node, hops = node.next, hops + 1
-    return False
+    return None

@@ -25,7 +25,7 @@ from loguru import logger
 from pipecat.frames.frames import Frame, TTSAudioRawFrame, TTSStoppedFrame
 from pipecat.utils.tracing.setup import is_tracing_available
 
-from moss_pipecat.service.interruption import heard_frames
+from moss_pipecat.service.interruption import heard as heard_of
 from moss_pipecat.service.reply import Reply
 
 if is_tracing_available():
@@ -66,13 +66,13 @@ class ReplyTracer:
         self._service = service
         self._attributes = attributes
         self._enabled = False
-        self._context: Any | None = None  # pipecat's TracingContext (conversation, turn)
+        self._trace_parent: Any | None = None  # pipecat's TracingContext (conversation, turn)
         self._open: dict[str, _ReplySpan] = {}  # by context id
 
     def configure(self, enabled: bool, tracing_context: Any | None) -> None:
         """The pipeline's tracing switch and context (``FrameProcessorSetup``)."""
         self._enabled = enabled and is_tracing_available()
-        self._context = tracing_context
+        self._trace_parent = tracing_context
 
     @property
     def enabled(self) -> bool:
@@ -137,7 +137,7 @@ class ReplyTracer:
 
     def interrupted(self, replies: list[Reply], heard: dict[str, int]) -> None:
         """An interruption stops ``replies``: each keeps the frames ``heard`` gives it (by
-        context id: the interruption's own answer, ``interruption.heard_frames``); a reply
+        context id: the interruption's own answer, ``InterruptionPlan.decide``); a reply
         that had already played out completed."""
         for reply in replies:
             entry = self._open.get(reply.context_id)
@@ -165,16 +165,19 @@ class ReplyTracer:
             if graceful and entry.synthesized:
                 self._end(reply, interrupted=False, heard=reply.pushed, end_ns=_played_ns(reply))
             else:
-                self.interrupted([reply], {reply.context_id: heard_frames(reply, now)})
+                kept = heard_of(reply, now, context_counts=False).frames
+                self.interrupted([reply], {reply.context_id: kept})
 
     # ---- helpers ----------------------------------------------------------------------------
     def _now(self) -> int:
         return self._service.get_clock().get_time()
 
     def _parent(self) -> Any | None:
-        if self._context is None:
+        if self._trace_parent is None:
             return None
-        return self._context.get_turn_context() or self._context.get_conversation_context()
+        return (
+            self._trace_parent.get_turn_context() or self._trace_parent.get_conversation_context()
+        )
 
     def _describe(self, entry: _ReplySpan) -> None:
         entry.described = True

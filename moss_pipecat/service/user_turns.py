@@ -3,6 +3,7 @@ or the pipeline's ``LLMContext``) and, when captured, the speech audio."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pipecat.frames.frames import (
@@ -13,7 +14,9 @@ from pipecat.frames.frames import (
     UserStoppedSpeakingFrame,
 )
 
+from moss_pipecat.errors import MossError
 from moss_pipecat.service.user_audio import UserAudioRecorder, UserUtterance
+from moss_pipecat.speech.frames import FRAME_SECONDS
 
 
 class UserTurns:
@@ -52,6 +55,21 @@ class UserTurns:
         transcript = self._user_transcript()
         utterance = self._recorder.take() if self._capture_audio else None
         return transcript, utterance
+
+    async def add_to_history(
+        self,
+        add: Callable[[str, UserUtterance], Awaitable[None]],
+        push_error: Callable[..., Awaitable[None]],
+    ) -> None:
+        """Adds what the user said since the last reply (audio + transcript) with ``add`` (the
+        service's ``_add_user_audio_turn``); a refusal is reported with ``push_error``."""
+        transcript, utterance = self.take()
+        if utterance is None or utterance.seconds < FRAME_SECONDS:
+            return
+        try:
+            await add(transcript, utterance)
+        except MossError as e:
+            await push_error(error_msg=f"MOSS TTS: user turn not kept: {e}", exception=e)
 
     def _user_transcript(self) -> str:
         if self._transcript:

@@ -115,12 +115,18 @@ class EndText(PushText):
 @dataclass(frozen=True)
 class Interrupt(_Command):
     """Stops the open (or just finished) assistant turn and keeps its first ``heard_frames``
-    frames in the conversation; result: the turn's ``TurnSummary``, or None if nothing was cut."""
+    frames in the conversation; result: the turn's ``TurnSummary``, or None if nothing was cut.
+
+    ``heard_units``: how many of the turn's units (in the order they were placed) the listener
+    kept, e.g. the words that reached an LLM context; the summary's ``spoken_text`` is those
+    (at most the units placed). None: the units placed in the heard frames."""
 
     heard_frames: int
+    heard_units: int | None = None
 
     def __post_init__(self) -> None:
         _set(self, "heard_frames", F.integer("heard_frames", self.heard_frames))
+        _set(self, "heard_units", F.optional_integer("heard_units", self.heard_units))
 
 
 @dataclass(frozen=True)

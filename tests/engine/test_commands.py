@@ -162,6 +162,8 @@ def test_bad_commands_fail_at_submit_and_change_nothing(make_engine, realtime_me
         lambda: Interrupt(-1),
         lambda: Interrupt(1.5),
         lambda: Interrupt(True),
+        lambda: Interrupt(1, heard_units=-1),
+        lambda: Interrupt(1, heard_units=2.0),
         lambda: SetLimits(lookahead_s=0.0),
         lambda: PushText(0, (-1,)),
         lambda: SetSampling(GREEDY, seed=-1),

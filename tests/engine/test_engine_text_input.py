@@ -6,12 +6,13 @@ import threading
 
 import pytest
 
-from moss_pipecat.engine.config import EngineConfig
+from moss_pipecat.engine.config import FRAME_SECONDS, EngineConfig
 from moss_pipecat.engine.factory import load_tiny_engine
 from moss_pipecat.engine.session import SyncSession
 from moss_pipecat.engine.text import encode_text
 from moss_pipecat.errors import InvalidInputError
 from moss_pipecat.model import SamplingParams
+from moss_pipecat.speech.units import join_units
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +79,24 @@ def test_odd_text_input(engine):
     assert background.wait_sync().stop in ("eos", "max_frames")
     s.close()
     other.close()
+
+
+def test_an_interruption_keeps_the_units_the_listener_kept(engine):
+    """``heard_units`` (the units an LLM context took) is what the cut turn's spoken text
+    holds, whatever frames are kept; without it, the units placed in the frames kept."""
+    s = SyncSession(engine.create_session(sampling=SamplingParams.greedy_decoding()))
+    text = "one two three four five six seven eight nine ten"
+    turn = s.start_turn(max_frames=40, min_frames=30, eos_after_text=True)
+    turn.push_text(text)
+    turn.end_text()
+    chunks = list(turn)
+    placed = [w for c in chunks for w in c.words] + list(turn.summary.words)
+    assert len(placed) == len(text.split())
+    frames = turn.summary.audio_frames
+    heard = [w for w in placed if w[1] < (frames - 1) * FRAME_SECONDS]
+    cut = s.interrupt(frames - 1)  # the units in the frames kept
+    assert cut.spoken_text == join_units(heard)
+    cut = s.interrupt(frames - 2, heard_units=2)  # the context took two
+    assert cut.heard_frames == frames - 2 and cut.spoken_text == "one two"
+    assert s.interrupt(1, heard_units=0).spoken_text == ""
+    s.close()

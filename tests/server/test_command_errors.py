@@ -92,6 +92,9 @@ def _rows(engine) -> list[tuple[type, str, tuple, dict, dict | None]]:
         rows.append(
             (Interrupt, "interrupt", (heard,), {}, {"type": "interrupt", "heard_frames": heard})
         )
+    for units in (-1, 2.5, True, "3", 2**31):
+        wire = {"type": "interrupt", "heard_frames": 1, "heard_units": units}
+        rows.append((Interrupt, "interrupt", (1,), dict(heard_units=units), wire))
     for ids, f in (
         ([-1], frames),
         ([1.5], frames),

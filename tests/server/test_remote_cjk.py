@@ -1,5 +1,7 @@
 """MossRemoteTTSService keeps CJK and mixed replies as heard, exactly as the local service
-(``tests/service/test_cjk_replies.py``): the units' spacing travels in ``turn.words``."""
+(``tests/service/test_cjk_replies.py``): the units' spacing travels in ``turn.words``, and the
+units the LLM context took in the interrupt's ``heard_units`` (``tests/service/
+test_context_race.py``: word frames on their way when the user barges in)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,12 @@ from ..service.test_cjk_replies import (
     check_barge_in,
     check_word_frames,
     tokens,
+    unit_prefixes,
+)
+from ..service.test_context_race import (
+    NEXT_REPLY,
+    barge_in_taken_late,
+    barge_in_with_a_word_on_its_way,
 )
 from ..service.test_heard_clock import LATENCY_S, run_playing
 from ..service.test_moss_tts_service import reply
@@ -69,3 +77,29 @@ async def test_a_whole_mixed_reply_reaches_the_context_as_written(make_tiny_engi
     assert not cuts
     assert assistant_text(context) == MIXED
     check_word_frames(recorder, transport, down)
+
+
+@pytest.mark.parametrize("lang", ["zh", "mixed"])
+async def test_a_remote_barge_in_with_a_word_on_its_way_keeps_the_same_units(
+    make_tiny_engine, make_server, lang
+):
+    """The 4th unit's word frame is dropped on its way to the aggregator: the server's history
+    keeps the three units the context took (``heard_units`` over the wire)."""
+    text = TEXTS[lang]
+    tts = await _remote(make_tiny_engine, make_server)
+    said, cuts, _ = await barge_in_with_a_word_on_its_way(tts, tokens(text), reorder=False)
+    (cut,) = cuts
+    assert said[0] == cut.spoken_text
+    assert unit_prefixes(text).index(cut.spoken_text) == 3
+    assert said[1].split() == NEXT_REPLY.split()
+
+
+async def test_a_remote_barge_in_taken_late_keeps_the_same_units(make_tiny_engine, make_server):
+    """A unit released after the service passed the interruption on reaches the aggregator
+    first: the gate keeps it out and the server's history keeps the units the context holds."""
+    text = TEXTS["ja"]
+    tts = await _remote(make_tiny_engine, make_server)
+    said, cuts, before = await barge_in_taken_late(tts, tokens(text))
+    (cut,) = cuts
+    assert said == [cut.spoken_text]
+    assert unit_prefixes(text).index(cut.spoken_text) <= before

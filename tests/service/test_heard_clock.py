@@ -32,7 +32,7 @@ from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import TransportParams
 
 from moss_pipecat.service import MossTTSService, MossTTSSettings
-from moss_pipecat.service.interruption import plan_interruption
+from moss_pipecat.service.interruption import Heard, heard, plan_interruption
 from moss_pipecat.service.reply import Reply
 from moss_pipecat.speech.units import TimedWord
 
@@ -209,28 +209,43 @@ def test_the_playout_restarts_where_the_audio_ran_out():
     assert len(reply.runs) == 2 and reply.end_ns() == 3710 * ms
 
 
-def test_an_interruption_gives_the_history_and_the_span_one_heard_count():
-    """What an interruption keeps of the reply playing: the frames played when it was passed
-    on, but none from the frame of a unit whose word frame pipecat had not pushed yet (that
-    word never reaches the context). The history and the reply's trace span both take this
-    one answer (``InterruptionPlan.heard``)."""
+def test_an_interruption_decides_once_what_the_history_the_context_and_the_span_keep():
+    """What an interruption keeps of the reply playing: the units the LLM context took (an
+    assistant aggregator counts them), and the frames played when it was passed on, but none
+    from the frame of the first unit the context did not take (that word is not in the
+    context). It is decided once, as the interruption passes the service; from then on no word
+    of a reply cut goes into the context. The history and the reply's trace span both take
+    this one answer."""
     ms = 1_000_000
     playing, queued = Reply("playing", None), Reply("queued", None)
     for _ in range(10):
         playing.pushed += 1
         playing.frame_pushed(0)
+    playing.baseline_ns = 0
     playing.play(0)
     queued.pushed = 3  # made, not playing yet: nothing of it was heard
-    plan = plan_interruption([playing, queued])
-    assert plan.dropped == plan.newest == [playing, queued]
-    assert plan.heard(500 * ms) == {"playing": 6, "queued": 0}
-    # Units released to pipecat at 0.35 s (frame 4) and 0.5 s whose word frames it has not
-    # pushed: the history keeps no frame from frame 4 on, whatever has played.
-    playing.released.extend([TimedWord("late", 0.35, True), TimedWord("later", 0.5, True)])
-    assert plan.heard(500 * ms) == {"playing": 4, "queued": 0}
-    assert plan.heard(200 * ms) == {"playing": 2, "queued": 0}
-    playing.released.popleft()  # its word frame passed the service
-    assert plan.heard(900 * ms) == {"playing": 6, "queued": 0}
+    # Units released to pipecat at 0.1 s (frame 1), 0.35 s (frame 4) and 0.5 s (frame 6).
+    playing.units.extend(
+        [TimedWord("one", 0.1, True), TimedWord("late", 0.35, True), TimedWord("later", 0.5, True)]
+    )
+    # No context counts them: frames stop at the first unit whose word frame has not passed
+    # the service, and the engine keeps the units in the frames kept.
+    playing.passed = 1
+    assert heard(playing, 500 * ms, context_counts=False) == Heard(4, None)
+    assert heard(playing, 200 * ms, context_counts=False) == Heard(2, None)
+    playing.passed = 3
+    assert heard(playing, 900 * ms, context_counts=False) == Heard(10, None)
+    # The aggregator took the first unit only: the second one's frame on is not kept.
+    playing.taken = 1
+    assert heard(playing, 500 * ms, context_counts=True) == Heard(4, 1)
+    plan = plan_interruption([playing, queued], context_counts=True)
+    assert plan.dropped == plan.newest == plan.cut == [playing, queued]
+    assert plan.playing is playing
+    decided = plan.decide(500 * ms)
+    assert decided == {"playing": Heard(4, 1), "queued": Heard(0, 0)}
+    assert playing.words_closed and queued.words_closed
+    playing.taken = 3  # (the gate lets no more in; were it to count one) the answer stands
+    assert plan.decide(900 * ms) is decided
 
 
 async def test_after_an_llm_stall_a_barge_in_keeps_only_what_was_played(talkative_engine):
