@@ -59,6 +59,8 @@ LONGEST_FIRST = (
     "tests/service/test_cjk_replies.py",
     "tests/codec/test_codec_fused.py",
     "tests/server/test_restore_transit.py",
+    "tests/service/test_context_race.py",
+    "tests/server/test_remote_cjk.py",
 )
 
 
