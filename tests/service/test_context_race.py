@@ -98,8 +98,8 @@ class WordOnItsWay(FrameProcessor):
 
 
 class LateInterruption(FrameProcessor):
-    """Between the TTS and the transport: the user barges in as the ``nth`` word frame goes
-    on to the transport (a word whose frame has not played yet), and the interruption reaches
+    """Between the TTS and the transport: the user barges in once the aggregator has taken the
+    ``nth`` word frame (its audio has played, whatever the load), and the interruption reaches
     the transport only once the aggregator has taken a word frame whose PTS came after the
     interruption got here (a loaded loop lets the transport's clock run on before it takes
     the interruption)."""
@@ -108,11 +108,16 @@ class LateInterruption(FrameProcessor):
         super().__init__()
         self._barger, self._nth = barger, nth
         self.sent: list[TTSTextFrame] = []  # word frames passed on to the transport
+        self._taken_words = 0
         self._word_taken = asyncio.Event()
         self.word: TTSTextFrame | None = None
         assistant.add_event_handler("on_after_process_frame", self._taken)
 
-    def _taken(self, _aggregator: FrameProcessor, frame: Frame) -> None:
+    async def _taken(self, _aggregator: FrameProcessor, frame: Frame) -> None:
+        if isinstance(frame, TTSTextFrame):
+            self._taken_words += 1
+            if self._taken_words == self._nth:
+                await self._barger.barge_in()
         if frame is self.word:
             self._word_taken.set()
 
@@ -120,8 +125,6 @@ class LateInterruption(FrameProcessor):
         await super().process_frame(frame, direction)
         if isinstance(frame, TTSTextFrame):
             self.sent.append(frame)
-            if len(self.sent) == self._nth:
-                await self._barger.barge_in()
         elif isinstance(frame, InterruptionFrame) and direction == FrameDirection.DOWNSTREAM:
             now = self.get_clock().get_time()
             self.word = next((f for f in self.sent if f.pts > now), None)
@@ -237,7 +240,7 @@ async def test_a_word_reaching_the_context_after_the_interruption_goes_nowhere(
 
 
 async def barge_in_taken_late(tts, tokens, nth: int = 4):
-    """Barges in as the ``nth`` word goes on to the transport; the transport takes the
+    """Barges in once the ``nth`` word is in the context; the transport takes the
     interruption only once the aggregator has taken a word released after that. Returns the
     assistant messages, MOSS's cuts and how many units came before that word."""
     context, barger = LLMContext(), Barger()
