@@ -17,7 +17,7 @@ from .test_remote_service import reply
 
 class BreakBeforeSecondReply(MossRemoteTTSService):
     """Breaks the connection once the first reply's engine turn is over, right before the
-    second reply opens its own (``_add_user_turn`` runs just before ``start_turn``)."""
+    second reply opens its own (``_apply_settings`` runs just before ``start_turn``)."""
 
     def __init__(self, *, server=None, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -25,7 +25,7 @@ class BreakBeforeSecondReply(MossRemoteTTSService):
         self.opened = 0
         self.conversation_id: str | None = None
 
-    async def _add_user_turn(self) -> None:
+    async def _apply_settings(self) -> None:
         self.opened += 1
         if self.opened == 2:
             session = self.session
@@ -36,7 +36,7 @@ class BreakBeforeSecondReply(MossRemoteTTSService):
                 link = session._link
                 link.ws.transport.abort()  # TCP reset: the next request reconnects
                 await eventually(lambda: not link.alive, what="the client to see the reset")
-        await super()._add_user_turn()
+        await super()._apply_settings()
 
 
 async def test_remote_reply_spans_carry_the_conversation_and_reconnects(
