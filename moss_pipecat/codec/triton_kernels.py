@@ -20,8 +20,7 @@ import triton
 import triton.language as tl
 
 from moss_pipecat.codec import kernels
-from moss_pipecat.model.kernels import SINGLE_KERNEL
-from moss_pipecat.model.triton_kernels import round_to
+from moss_pipecat.model.triton_kernels import register_cuda, round_to
 
 EXACT = {"enable_fp_fusion": False}  # launch option: every product and sum rounded apart
 
@@ -139,14 +138,7 @@ KERNELS = {
     "moss::codec_rope_write": (kernels.rope_write, rope_write),
 }
 
-_registered: list[str] = []
-
 
 def register() -> None:
-    """These kernels become the CUDA implementations of their ops (once) and are recorded in
-    ``SINGLE_KERNEL``."""
-    for name, (op, kernel) in KERNELS.items():
-        if name not in _registered:
-            op.register_kernel("cuda")(kernel)
-            _registered.append(name)
-        SINGLE_KERNEL.setdefault(name, set()).add("cuda")
+    """The codec's kernels (``KERNELS``), see ``model.triton_kernels.register_cuda``."""
+    register_cuda(KERNELS)

@@ -348,11 +348,17 @@ KERNELS = {
 _registered: list[str] = []
 
 
-def register() -> None:
-    """These kernels become the CUDA implementations of their ops (once) and are recorded in
+def register_cuda(table: dict) -> None:
+    """The kernels of ``table`` (op name -> (op, kernel)) become the CUDA implementations of
+    their ops (once: torch refuses a second registration) and are recorded in
     ``SINGLE_KERNEL``."""
-    for name, (op, kernel) in KERNELS.items():
+    for name, (op, kernel) in table.items():
         if name not in _registered:
             op.register_kernel("cuda")(kernel)
             _registered.append(name)
         kernels.SINGLE_KERNEL.setdefault(name, set()).add("cuda")
+
+
+def register() -> None:
+    """The model's kernels (``KERNELS``), see ``register_cuda``."""
+    register_cuda(KERNELS)
