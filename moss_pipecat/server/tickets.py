@@ -9,8 +9,8 @@ ticket::
     1.CREATED_MS.ISSUED_MS.MAC   MAC = HMAC-SHA256(resume key, id, SHA-256(secret), both times)
 
 base64url, unpadded. The servers of a deployment share the resume key (``ServerConfig``); a
-server without one draws its own, so its tickets mean nothing elsewhere and nothing changes
-from a server that has none. A ticket is good when it verifies for the hello's id and secret
+server without one draws its own, so its tickets mean nothing elsewhere (as servers behaved
+before tickets). A ticket is good when it verifies for the hello's id and secret
 (``hmac.compare_digest``) and was issued within ``resume_ticket_max_age_s``:
 
 - the id is free: the conversation is made with the ticket's creation time (its priority);
@@ -20,6 +20,11 @@ from a server that has none. A ticket is good when it verifies for the hello's i
 
 The clock is the wall clock (``time.time``): replicas' clocks agree to NTP's milliseconds,
 far below the time a squatter needs to notice a lost server.
+
+What no ticket can tell (servers share no state): a client that made the id's conversation
+first and ended it keeps a good ticket for up to ``resume_ticket_max_age_s``, and one that
+claims a guessable id before its call begins holds it; both look like an owner whose server
+was lost. Unguessable ids (the server picks one when the hello names none) avoid both.
 """
 
 from __future__ import annotations
