@@ -17,7 +17,7 @@ import sys
 
 from loguru import logger
 
-from moss_pipecat.server.config import TOKEN_ENV, option_limits
+from moss_pipecat.server.config import RESUME_KEY_ENV, TOKEN_ENV, option_limits
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +39,13 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="PATH",
         help=f"file holding the bearer token (default: ${TOKEN_ENV}; never on the command line)",
+    )
+    p.add_argument(
+        "--resume-key-file",
+        default=None,
+        metavar="PATH",
+        help=f"file holding the resume key every server of a deployment shares, so resume "
+        f"tickets hold across restarts (default: ${RESUME_KEY_ENV}, else one per process)",
     )
     p.add_argument("--ssl-certfile", default=None, metavar="PEM", help="serve wss:// (TLS)")
     p.add_argument("--ssl-keyfile", default=None, metavar="PEM", help="the certificate's key")

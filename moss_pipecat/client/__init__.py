@@ -20,6 +20,9 @@ method names, arguments, return types (``AudioChunk``, ``TurnSummary``) and exce
   draws one for the conversation it creates and proposes it in its first hello (so a retry
   after a lost ``ready`` still holds it), keeps the one in force for its reconnects, and
   another process resumes with ``create_session(conversation_id=..., resume_secret=...)``.
+* a server that lost the conversation gives it back from whoever made it anew meanwhile to
+  the session whose resume ticket (``RemoteSession.resume_ticket``, from ``ready`` and each
+  ``history`` delta, sent in every hello) proves it made the conversation first;
 
 Messages are built and read through the protocol's models (``protocol.ClientMessage`` and
 ``protocol.ServerMessage``).

@@ -100,6 +100,7 @@ class RemoteEngine:
         sampling: SamplingParams | None = None,
         seed: int | None = None,
         resume_secret: str | None = None,
+        resume_ticket: str | None = None,
     ) -> RemoteSession:
         """Opens (or, with a known ``conversation_id``, resumes) a conversation.
 
@@ -110,11 +111,14 @@ class RemoteEngine:
             resume_secret: the conversation's resume secret (``RemoteSession.resume_secret``
                 of the session that created it), needed to resume a conversation that exists;
                 for a new conversation, the secret to give it (default: a random one).
+            resume_ticket: the conversation's resume ticket (``RemoteSession.resume_ticket``
+                of the session that created it), which takes it back from a client that made
+                it anew after its server was lost; none needed otherwise.
 
         Raises:
             ForbiddenError: the conversation exists and ``resume_secret`` is missing or wrong.
         """
-        session = RemoteSession(self, conversation_id, sampling, seed, resume_secret)
+        session = RemoteSession(self, conversation_id, sampling, seed, resume_secret, resume_ticket)
         await session.open()
         if voice is not None and not session.resumed:
             try:
@@ -212,8 +216,7 @@ class RemoteEngine:
                 raise
             raise ServerUnavailableError(f"handshake with {url} failed: {e!r}") from None
         session.take_ready(reply)
-        journal = session.journal if self.journal else None
-        return Link(ws, reply, url, on_history=None if journal is None else journal.apply)
+        return Link(ws, reply, url, on_history=session.take_history if self.journal else None)
 
 
 def _client_ssl(

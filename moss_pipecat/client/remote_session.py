@@ -54,6 +54,7 @@ class RemoteSession:
         sampling: SamplingParams | None,
         seed: int | None,
         resume_secret: str | None = None,
+        resume_ticket: str | None = None,
     ) -> None:
         # The engine's own checks, before anything is sent.
         created = CreateSession(sampling=sampling or SamplingParams(), seed=seed)
@@ -63,6 +64,10 @@ class RemoteSession:
         # (drawn here, before the first hello: a retry of a handshake whose ``ready`` was lost
         # must hold it too); ``ready`` says which one is in force.
         self.resume_secret = resume_secret or secrets.token_urlsafe(32)
+        # The server's proof that we made the conversation (``ready`` and each ``history``
+        # give a fresh one), sent in every hello: a server that lost the conversation gives
+        # it back to us from whoever made it anew meanwhile (``protocol``).
+        self.resume_ticket = resume_ticket
         self.closed = False
         self.resumed = False  # did the last (re)connect find the conversation on the server?
         self.reconnects = 0
@@ -177,6 +182,7 @@ class RemoteSession:
             v=P.PROTOCOL_VERSION,
             conversation_id=self.id,
             resume_secret=self.resume_secret,
+            resume_ticket=self.resume_ticket,
             token=self.engine.token or None,
             sampling=None if self._sampling is None else _wire_sampling(self._sampling),
             seed=self._seed,
@@ -189,9 +195,18 @@ class RemoteSession:
         self.resumed = ready.resumed
         if ready.resume_secret is not None:  # the one we sent, unless the server chose
             self.resume_secret = ready.resume_secret
+        if ready.resume_ticket is not None:  # none from a server older than tickets
+            self.resume_ticket = ready.resume_ticket
         self.audio = ready.audio
         self.journal.rvq = ready.audio.rvq
         self.server_id = ready.server_id
+
+    def take_history(self, msg: P.History) -> None:
+        """Takes a ``history`` delta (the link's reader calls it, in order): the journal's,
+        and the fresh resume ticket it carries."""
+        if msg.resume_ticket is not None:
+            self.resume_ticket = msg.resume_ticket
+        self.journal.apply(msg)
 
     async def _request(
         self, link: Link, cls: type[P._Msg], payload: bytes | None = None, **fields: Any

@@ -22,11 +22,24 @@ Connection
     characters, i.e. at least 128 bits drawn at random): then a retry of a handshake whose
     ``ready`` was lost still holds the conversation's secret. Without one the server draws it.
 
+    A server that lost a conversation (killed, a lost replica) knows nothing of its secret:
+    whoever says hello first with the id makes it anew. So ``ready`` (and each ``history``
+    delta) also gives the client a ``resume_ticket``: the servers' proof, signed with a key
+    the servers of a deployment share, of when the client made the conversation with its
+    secret; the client sends it in every hello. A hello whose ticket is good (its id and
+    secret, issued within ``resume_ticket_max_age_s``) for a conversation held with another
+    secret and made after the ticket's conversation wins it: the holder gets a fatal
+    ``forbidden`` error (close 4403) and its conversation is closed; the hello's conversation
+    is made anew (``resumed`` false) with the ticket's creation time, for the client to
+    ``restore``. Any other ticket changes nothing (``forbidden`` as without one);
+    ``server.tickets`` has the rules.
+
 Client -> server (JSON)
-    ``hello``       v, conversation_id?, resume_secret?, token?, sampling?, seed?, history?
-                    (sampling/seed apply to a new conversation only; resume_secret is
-                    required when conversation_id names a live conversation; history: the
-                    client keeps a journal, send it ``history`` deltas)
+    ``hello``       v, conversation_id?, resume_secret?, resume_ticket?, token?, sampling?,
+                    seed?, history? (sampling/seed apply to a new conversation only;
+                    resume_secret is required when conversation_id names a live
+                    conversation; resume_ticket: the last one the client was given;
+                    history: the client keeps a journal, send it ``history`` deltas)
     ``turn.start``  req, max_frames?, min_frames?, eos_after_text?
                                                      -> ``turn.started`` {req, turn_id}
     ``turn.text``   turn_id, text                    (no reply; a failure ends the turn)
@@ -58,8 +71,8 @@ Client -> server (JSON)
     at ``sample_rate``; ``codes`` is little-endian uint16 frames, row-major ``[frames, 16]``.
 
 Server -> client
-    ``ready``        v, conversation_id, resumed, resume_secret, server_id, limits {...},
-                     audio {...}
+    ``ready``        v, conversation_id, resumed, resume_secret, resume_ticket, server_id,
+                     limits {...}, audio {...}
     ``turn.started`` req, turn_id
     audio (binary)   ``AUDIO_HEADER`` = magic ``b"MSA1"``, turn_id u32, index u32, n u16,
                      then n codes u16, then the frame's PCM (int16 LE, empty without a codec);
@@ -73,11 +86,11 @@ Server -> client
     ``turn.end``     turn_id, summary {turn_id, stop, audio_frames, heard_frames, text_ids,
                      text, spoken_text, words, spaced, ttfa_s, error}
     ``history``      rev, full, drop, keep, turns [{role, ids, lead, codes}], voice_changed,
-                     voice, seed, noise: what changed in the conversation's history, sent to a
-                     client whose hello asked for ``history`` after every change (before the
-                     ``result`` or ``turn.end`` of what changed it) and, full, after a ``ready``
-                     that resumed; the client keeps it to ``restore`` the conversation on a
-                     server that lost it
+                     voice, seed, noise, resume_ticket: what changed in the conversation's
+                     history, sent to a client whose hello asked for ``history`` after every
+                     change (before the ``result`` or ``turn.end`` of what changed it) and,
+                     full, after a ``ready`` that resumed; the client keeps it to ``restore``
+                     the conversation on a server that lost it (resume_ticket: a fresh one)
     ``result``       req, plus what the request returns (``summary``, ``snapshot``)
     ``error``        code, message, req? (the request it answers), turn_id?, fatal (the
                      server closes the connection after a fatal error)
@@ -117,6 +130,7 @@ from moss_pipecat.protocol.client_messages import (
     CONVERSATION_ID_PATTERN,
     PROTOCOL_VERSION,
     RESUME_SECRET_PATTERN,
+    RESUME_TICKET_PATTERN,
     ClientMessage,
     Close,
     Finite,
@@ -195,6 +209,7 @@ __all__ = [
     "MAX_TOP_K",
     "PROTOCOL_VERSION",
     "RESUME_SECRET_PATTERN",
+    "RESUME_TICKET_PATTERN",
     "SERVER_MESSAGES",
     "SESSION_HEADER",
     "WS_PATH",

@@ -34,6 +34,8 @@ PROTOCOL_VERSION = 1
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 # ``secrets.token_urlsafe(16..192)``: a proposed secret has at least 128 bits if drawn at random
 RESUME_SECRET_PATTERN = r"^[A-Za-z0-9_-]{22,256}$"
+# ``1.CREATED_MS.ISSUED_MS.MAC``: what a server issued (``server.tickets``); opaque to clients
+RESUME_TICKET_PATTERN = r"^1\.[0-9]{1,15}\.[0-9]{1,15}\.[A-Za-z0-9_-]{43}$"
 
 
 class _Msg(WireModel):
@@ -122,6 +124,7 @@ class Hello(_Msg):
     v: int = PROTOCOL_VERSION
     conversation_id: Annotated[str, Field(pattern=CONVERSATION_ID_PATTERN)] | None = None
     resume_secret: Annotated[str, Field(pattern=RESUME_SECRET_PATTERN)] | None = None
+    resume_ticket: Annotated[str, Field(pattern=RESUME_TICKET_PATTERN)] | None = None
     token: str | None = None
     sampling: Sampling | None = None
     seed: Seed | None = None

@@ -32,4 +32,5 @@ class RemoteError(ServerError):
 
 
 class ForbiddenError(ServerError):
-    """The conversation exists and the hello did not carry its resume secret (or a wrong one)."""
+    """The conversation exists and the hello did not carry its resume secret (or a wrong one),
+    or the conversation was taken back by the client that made it first (its resume ticket)."""

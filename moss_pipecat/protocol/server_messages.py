@@ -64,6 +64,7 @@ class Ready(_Out):
     conversation_id: str
     resumed: bool
     resume_secret: str | None = None  # the conversation's: needed to resume it
+    resume_ticket: str | None = None  # proves the creation to the deployment's servers
     server_id: str | None = None
     audio: AudioInfo
     limits: ReadyLimits
@@ -195,7 +196,8 @@ class History(_Out):
     resumed. A client drops ``drop`` turns from the front of its journal, keeps the next
     ``keep`` and appends ``turns`` (``full``: starts from nothing); ``voice`` replaces the
     reference voice when ``voice_changed`` (null: none). ``rev`` counts the deltas of this
-    conversation on this server: one more than the last, or ``full``."""
+    conversation on this server: one more than the last, or ``full``. ``resume_ticket``: the
+    conversation's, issued afresh (as in ``ready``)."""
 
     type: Literal["history"] = "history"
     rev: int
@@ -207,6 +209,7 @@ class History(_Out):
     voice: str | None = None
     seed: int | None = None
     noise: int = 0
+    resume_ticket: str | None = None
 
 
 class ErrorReply(_Out):

@@ -10,6 +10,8 @@ from typing import Any
 from moss_pipecat.errors import InvalidInputError
 
 TOKEN_ENV = "MOSS_PIPECAT_TOKEN"
+RESUME_KEY_ENV = "MOSS_PIPECAT_RESUME_KEY"
+MIN_RESUME_KEY_CHARS = 32
 DEPRECATED_TEXT_CHARS = (
     "max_text_chars as the user transcript's limit is deprecated: use max_transcript_chars "
     "(max_text_chars is the reply text's, the engine's)"
@@ -69,6 +71,10 @@ class ServerLimits:
             turns in flight run after telling its clients to move (``goaway``); then it cuts
             them at the frames sent and exits. Keep it below the orchestrator's kill grace
             period (Kubernetes: 30 s).
+        resume_ticket_max_age_s: how long a resume ticket (``server.tickets``) is good after
+            its server issued it (in ``ready`` and each ``history`` delta): a client that
+            proves with one that it created a conversation takes it back from whoever made
+            it anew after the conversation's server was lost.
     """
 
     max_connections: int = _limit(256, "authenticated websockets", ge=1)
@@ -98,6 +104,9 @@ class ServerLimits:
     )
     drain_timeout_s: float = _limit(
         20.0, "seconds a draining server lets turns in flight end after its goaway", ge=0
+    )
+    resume_ticket_max_age_s: float = _limit(
+        900.0, "seconds a resume ticket is good after it was issued", gt=0
     )
     max_text_chars: InitVar[int | None] = None  # deprecated: max_transcript_chars
 
@@ -135,6 +144,10 @@ class ServerConfig:
         port: TCP port (0 picks a free one).
         token: bearer token clients must present (header or ``hello``); None = no auth.
             Defaults to ``$MOSS_PIPECAT_TOKEN``.
+        resume_key: the key of the resume tickets (``server.tickets``), shared by every server
+            of a deployment so that one server's tickets hold on the others and after a
+            restart; None: one drawn per process (tickets then hold on this process only).
+            Defaults to ``$MOSS_PIPECAT_RESUME_KEY``.
         limits: per-client bounds.
         ssl_certfile, ssl_keyfile: PEM certificate chain and private key: serve ``wss://``
             and ``https://`` (TLS) instead of plain ``ws://``.
@@ -145,6 +158,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     token: str | None = field(default_factory=lambda: os.environ.get(TOKEN_ENV) or None)
+    resume_key: str | None = field(
+        default_factory=lambda: os.environ.get(RESUME_KEY_ENV) or None, repr=False
+    )
     limits: ServerLimits = field(default_factory=ServerLimits)
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
@@ -155,6 +171,11 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise InvalidInputError("TLS needs both ssl_certfile and ssl_keyfile")
+        if self.resume_key is not None and len(self.resume_key) < MIN_RESUME_KEY_CHARS:
+            raise InvalidInputError(
+                f"the resume key needs at least {MIN_RESUME_KEY_CHARS} characters "
+                "(e.g. openssl rand -base64 32)"
+            )
 
     @property
     def tls(self) -> bool:

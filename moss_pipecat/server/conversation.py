@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from moss_pipecat.engine.records import HistoryCursor
 from moss_pipecat.engine.session import Session, TurnStream
+from moss_pipecat.server.tickets import ResumeTickets
 from moss_pipecat.speech.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -24,6 +25,10 @@ class Conversation:
     sampling: SamplingParams
     # Proves a resuming client is the one that created the conversation (the id may be known).
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    # When its first creator made it (ms; a good resume ticket carries it over from the
+    # server that was lost), and the server's ticket book: ``resume_ticket``.
+    created_ms: int = 0
+    tickets: ResumeTickets | None = None
     conn: Connection | None = None
     detached_at: float | None = None
     turn: TurnStream | None = None
@@ -45,3 +50,9 @@ class Conversation:
     cursor: HistoryCursor = field(default_factory=HistoryCursor)
     history_rev: int = 0
     history_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def resume_ticket(self) -> str | None:
+        """A fresh resume ticket for the conversation's id, secret and creation time."""
+        if self.tickets is None:
+            return None
+        return self.tickets.issue(self.id, self.secret, self.created_ms)

@@ -39,6 +39,7 @@ from moss_pipecat.server.conversation import Conversation
 from moss_pipecat.server.handshake import run_handshake
 from moss_pipecat.server.message_handlers import serve_requests
 from moss_pipecat.server.metrics import ServerMetrics
+from moss_pipecat.server.tickets import REFUSALS, TAKEN_OVER, ResumeTickets
 from moss_pipecat.server.transport import Transport, TransportClosed
 from moss_pipecat.server.turn_pump import cut_to_sent
 from moss_pipecat.server.uploads import AudioUploads
@@ -72,6 +73,8 @@ class ConversationHub:
         self._no_connections = asyncio.Event()  # set while ``connections`` is empty
         self._no_connections.set()
         self.uploads = AudioUploads(engine, self.limits)  # user audio and voices
+        # Proofs of who made a conversation first, for the deployment's servers (``tickets``).
+        self.tickets = ResumeTickets(self.config.resume_key, self.limits.resume_ticket_max_age_s)
         # Open sockets, authenticated and pending apart (admitted by the app at the upgrade).
         self.budget = ConnectionBudget(
             self.limits.max_connections, self.limits.max_pending_connections
@@ -237,27 +240,39 @@ class ConversationHub:
         """Gives ``conn`` the conversation its ``hello`` names: resumed (with its secret) or
         created; a connection that held it is replaced. Returns (conversation, resumed).
 
+        A hello with another secret whose resume ticket proves an earlier creation takes the
+        id back from its holder (``server.tickets``): the holder's conversation is closed (its
+        connection told why) and the hello's made anew.
+
         Raises:
             ForbiddenError: it exists and the hello lacks its resume secret (nothing changes).
             MossError: the engine could not create a session (e.g. ``CapacityError``).
         """
         cid = hello.conversation_id or uuid.uuid4().hex
+        claim = self.tickets.check(hello.resume_ticket, cid, hello.resume_secret)
         async with self._lock:
             conv = self.conversations.get(cid)
             if conv is not None and conv.session.closed:
                 self.conversations.pop(cid, None)
                 conv = None
-            resumed = conv is not None
             if conv is not None and not _secret_matches(hello.resume_secret, conv.secret):
-                # Refused before anything changes: the live connection and its turn go on.
-                logger.warning(f"conversation {cid}: resume refused (no or wrong resume secret)")
-                raise ForbiddenError(
-                    f"conversation {cid!r} exists: resuming it needs its resume_secret"
-                )
+                if isinstance(claim, str) or claim.created_ms >= conv.created_ms:
+                    # Refused before anything changes: the live connection and its turn go on.
+                    reason = claim if isinstance(claim, str) else "ticket_newer"
+                    self.metrics.resume_refused.inc(reason=reason)
+                    logger.warning(f"conversation {cid}: resume refused ({reason})")
+                    raise ForbiddenError(REFUSALS[reason].format(cid=cid))
+                await self._end_session(self._take_back(conv))
+                conv = None
+            resumed = conv is not None
             if conv is None:
                 sampling = hello.sampling.to_params() if hello.sampling else SamplingParams()
                 session = await self._create_session(cid, sampling, hello.seed)
-                conv = Conversation(cid, session, sampling)
+                conv = Conversation(cid, session, sampling, tickets=self.tickets)
+                # A good ticket's creation time, or now.
+                conv.created_ms = (
+                    self.tickets.now_ms() if isinstance(claim, str) else claim.created_ms
+                )
                 if hello.resume_secret is not None:  # the creator's own (see protocol)
                     conv.secret = hello.resume_secret
                 self.conversations[cid] = conv
@@ -273,11 +288,32 @@ class ConversationHub:
         logger.debug(f"conversation {cid}: attached (resumed={resumed})")
         return conv, resumed
 
-    async def _farewell(self, old: Connection) -> None:
+    def _take_back(self, squatter: Conversation) -> Conversation:
+        """Forgets the conversation a later creator made under an id whose first creator
+        proved itself (hub lock held; the caller ends its session); its connection is told
+        why and closed."""
+        logger.warning(f"conversation {squatter.id}: taken back by its first creator")
+        self.metrics.takeovers.inc()
+        self._forget(squatter)
+        conn = squatter.conn
+        if conn is not None:
+            self._unlink(squatter, conn)
+            squatter.cut = None  # the session ends: nothing to cut
+            why = TAKEN_OVER.format(cid=squatter.id)
+            self._spawn(self._farewell(conn, "forbidden", why, P.CLOSE_FORBIDDEN))
+        return squatter
+
+    async def _farewell(
+        self,
+        old: Connection,
+        code: str = "superseded",
+        why: str = "a newer connection took over",
+        close: int = P.CLOSE_SUPERSEDED,
+    ) -> None:
         """Tells a replaced connection why, then closes it (each step within the write
         timeout, else it is dropped)."""
-        await self.send_error(old, "superseded", "a newer connection took over", fatal=True)
-        await old.close(P.CLOSE_SUPERSEDED, "superseded")
+        await self.send_error(old, code, why, fatal=True)
+        await old.close(close, code)
 
     async def _create_session(self, cid: str, sampling: SamplingParams, seed: int | None):
         """(hub lock held)"""

@@ -77,6 +77,7 @@ async def run_handshake(hub: ConversationHub, conn: Connection) -> bool:
         conversation_id=conv.id,
         resumed=resumed,
         resume_secret=conv.secret,
+        resume_ticket=conv.resume_ticket(),
         server_id=hub.server_id,
         audio=hub.audio_info(),
         limits=P.ReadyLimits(

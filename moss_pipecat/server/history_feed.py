@@ -64,12 +64,13 @@ async def _send_delta(conv: Conversation, conn: Connection, full: bool) -> None:
     if conn.closed or conv.conn is not conn:
         return
     try:
-        await conn.send_message(history_message(change, conv.history_rev))
+        msg = history_message(change, conv.history_rev, conv.resume_ticket())
+        await conn.send_message(msg)
     except TransportClosed:
         pass
 
 
-def history_message(change: HistoryChange, rev: int) -> P.History:
+def history_message(change: HistoryChange, rev: int, ticket: str | None = None) -> P.History:
     voice = change.voice
     return P.History(
         rev=rev,
@@ -86,6 +87,7 @@ def history_message(change: HistoryChange, rev: int) -> P.History:
         voice=None if voice is None else P.codes_b64(voice.numpy()),
         seed=change.seed,
         noise=change.noise_counter,
+        resume_ticket=ticket,
     )
 
 

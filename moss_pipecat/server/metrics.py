@@ -91,6 +91,20 @@ class ServerMetrics:
             "(every call speaking at once would miss the frame deadline), full (no free slot).",
             ["reason"],
         )
+        self.resume_refused = _Counter(
+            r,
+            "moss_server_resume_refused",
+            "Hellos refused for a conversation held with another resume secret, by the resume "
+            "ticket's fault: no_ticket, ticket_invalid, ticket_expired, ticket_newer (the "
+            "holder made the conversation first).",
+            ["reason"],
+        )
+        self.takeovers = _Counter(
+            r,
+            "moss_server_resume_takeovers",
+            "Conversations given back to the client whose resume ticket proved it made them "
+            "first (the holder, who made them anew after their server was lost, is closed).",
+        )
         self.expired = _Counter(
             r, "moss_server_sessions_expired", "Conversations closed after idle expiry."
         )

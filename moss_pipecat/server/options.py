@@ -2,8 +2,9 @@
 Ray Serve app (``ray_app.build_app``): the same names, defaults, checks and policy in both.
 
 Values may come as strings (Ray's ``serve run ... key=value``); pydantic converts them. The
-bearer token is never an option: it comes from ``$MOSS_PIPECAT_TOKEN`` or ``token_file``
-(argv is readable by every local user).
+bearer token and the resume key are never options: they come from ``$MOSS_PIPECAT_TOKEN`` or
+``token_file`` and ``$MOSS_PIPECAT_RESUME_KEY`` or ``resume_key_file`` (argv is readable by
+every local user).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from moss_pipecat.server.config import (
     DEPRECATED_TEXT_CHARS,
+    RESUME_KEY_ENV,
     TOKEN_ENV,
     ServerConfig,
     ServerLimits,
@@ -167,6 +169,9 @@ class _ServerSettings(BaseModel):
     host: str = Field("127.0.0.1", description="bind address (default: loopback only)")
     port: int = Field(8765, ge=0, le=65535, description="TCP port (0: any free port)")
     token_file: str | None = Field(None, description="file holding the bearer token")
+    resume_key_file: str | None = Field(
+        None, description="file holding the resume key the servers of a deployment share"
+    )
     ssl_certfile: str | None = Field(None, description="PEM certificate chain: serve wss://")
     ssl_keyfile: str | None = Field(None, description="PEM private key of the certificate")
     max_text_chars: int | None = Field(
@@ -188,6 +193,16 @@ class _ServerSettings(BaseModel):
             return token
         return os.environ.get(TOKEN_ENV) or None
 
+    def resume_key(self, default: str | None = None) -> str | None:
+        """The resume key (``ServerConfig.resume_key``): ``resume_key_file``'s content, else
+        ``$MOSS_PIPECAT_RESUME_KEY``, else ``default`` (None: one drawn per process)."""
+        if self.resume_key_file:
+            key = Path(self.resume_key_file).read_text().strip()
+            if not key:
+                raise ValueError(f"resume key file {self.resume_key_file} is empty")
+            return key
+        return os.environ.get(RESUME_KEY_ENV) or default
+
     def limits(self) -> ServerLimits:
         values = {f.name: getattr(self, f.name) for f in option_limits()}
         if self.max_text_chars is not None and "max_transcript_chars" not in self.model_fields_set:
@@ -196,11 +211,13 @@ class _ServerSettings(BaseModel):
             values["max_transcript_chars"] = self.max_text_chars
         return ServerLimits(**values)
 
-    def server_config(self) -> ServerConfig:
+    def server_config(self, default_resume_key: str | None = None) -> ServerConfig:
+        """The server's config; ``default_resume_key``: the key when none is configured."""
         return ServerConfig(
             host=self.host,
             port=self.port,
             token=self.token(),
+            resume_key=self.resume_key(default_resume_key),
             limits=self.limits(),
             ssl_certfile=self.ssl_certfile,
             ssl_keyfile=self.ssl_keyfile,

@@ -20,6 +20,15 @@ or on GPUs (one replica per GPU)::
 The token comes from ``token_file`` (read on each replica) or ``$MOSS_PIPECAT_TOKEN`` in the
 replicas' environment, never from the command line.
 
+Every replica of the app signs and checks resume tickets (``tickets``) with one resume key, so
+the call of a lost replica takes its conversation back on another replica from a client that
+made it anew meanwhile: ``resume_key_file`` (read on each replica) or
+``$MOSS_PIPECAT_RESUME_KEY`` in the replicas' environment, else one key drawn by ``build_app``
+on the driver (or ``$MOSS_PIPECAT_RESUME_KEY`` there) and given to every replica it starts: a
+replica Ray restarts gets the same, and a redeploy draws a new one (tickets of the old
+version then prove nothing on the new one: as without tickets). Configure a key to keep
+tickets across redeploys.
+
 Autoscaling (``min_replicas``/``max_replicas`` instead of ``num_replicas``): every open
 websocket counts as one ongoing request, so ``target_ongoing_requests`` is conversations per
 replica (default: 3/4 of ``max_sessions``) and ``max_ongoing_requests`` caps connections per
@@ -31,14 +40,18 @@ SIGTERM (``ray_drain``): it tells its clients to move (``goaway``), lets turns i
 (cut at ``drain_timeout_s``), and Ray waits for that (``graceful_shutdown_timeout_s`` is set
 above the drain deadline). The controller has taken it off the hash ring by then, so a moved
 conversation reconnects to a live replica; so does one whose replica died. Either way the
-new replica has no history of it (the client sees ``resumed == False``).
+new replica has no history of it (the client sees ``resumed == False`` and restores it from
+its journal).
 """
 
+import os
+import secrets
 from typing import Any
 
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
+from moss_pipecat.server.config import RESUME_KEY_ENV
 from moss_pipecat.server.options import EngineOptions, ServerOptions, split_options
 
 AFFINITY_ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
@@ -93,9 +106,13 @@ def make_deployment():
     class MossEngineReplica:
         """One engine (one GPU) serving conversations over websockets."""
 
-        def __init__(self, engine: EngineOptions, server: ServerOptions) -> None:
+        def __init__(
+            self, engine: EngineOptions, server: ServerOptions, resume_key: str | None = None
+        ) -> None:
             self.engine = engine.load_engine()
-            config = server.server_config()  # the token is read here, on the replica
+            # The token and a configured resume key are read here, on the replica; else the
+            # key ``build_app`` drew, the same for every replica of the app.
+            config = server.server_config(default_resume_key=resume_key)
             self.hub = ConversationHub(self.engine, config)
             drain_on_replica_shutdown(self.hub.drain_threadsafe)
 
@@ -126,7 +143,7 @@ def build_app(args: dict[str, Any] | None = None):
     kv_pools="128x2048,24x8192", lookahead_s, max_text_chars (the reply's text), graphs,
     compile, eos_min_frames, eos_after_text), every option row of the server's limits table
     (``ServerLimits``: max_connections, max_transcript_chars, idle_expiry_s, ...; their
-    defaults are there), ``token_file``, and the ``RayOptions``:
+    defaults are there), ``token_file``, ``resume_key_file``, and the ``RayOptions``:
 
         num_replicas: fixed replica count; or min_replicas/max_replicas to autoscale.
         num_gpus: GPUs per replica (default 1 if CUDA is visible, else 0); num_cpus.
@@ -174,4 +191,11 @@ def build_app(args: dict[str, Any] | None = None):
         }
     else:
         options["num_replicas"] = ray_opts.num_replicas or 1
-    return make_deployment().options(**options).bind(engine, server)
+    return make_deployment().options(**options).bind(engine, server, app_resume_key())
+
+
+def app_resume_key() -> str:
+    """The resume key ``build_app`` gives every replica of one app when they have none of
+    their own (``resume_key_file``, ``$MOSS_PIPECAT_RESUME_KEY``): the driver's
+    ``$MOSS_PIPECAT_RESUME_KEY``, else one drawn now."""
+    return os.environ.get(RESUME_KEY_ENV) or secrets.token_urlsafe(32)

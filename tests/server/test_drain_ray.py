@@ -64,6 +64,7 @@ async def test_a_killed_replica_s_call_goes_on_on_the_other_replica(ray_moss_app
     assert await _say(victim, 4) == 4
     before = await victim.snapshot()
     killed = victim.server_id
+    created = victim.resume_ticket.split(".")[1]  # when the call made its conversation
     turn, _ = await _open_turn(victim, 40)
     os.kill(int(killed.split(":")[1]), signal.SIGKILL)  # server_id: host:pid:nonce
     # Ray's controller sees the loss (its replacement starts: tens of seconds to be running),
@@ -78,6 +79,9 @@ async def test_a_killed_replica_s_call_goes_on_on_the_other_replica(ray_moss_app
     assert victim.server_id != killed and victim.reconnects == 1
     assert (victim.restored, victim.history_lost) == (1, 0)
     assert torch.equal(after["rows"], before["rows"])
+    # The replicas share the app's resume key: the other one honoured the lost one's ticket
+    # (the conversation keeps its first creation time, its claim on the id).
+    assert victim.resume_ticket.split(".")[1] == created
     assert await _say(victim, 4, "Still here.") == 4
     # The other replica's call never noticed.
     assert await _say(witness, 4) == 4 and witness.reconnects == 0
