@@ -18,13 +18,17 @@ from itertools import pairwise
 from typing import Any
 
 from pipecat.frames.frames import (
+    AggregatedTextFrame,
+    AggregatedTextProgressFrame,
     EndFrame,
     ErrorFrame,
     Frame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
+    TextType,
     TTSAudioRawFrame,
+    TTSTextFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.task import PipelineParams
@@ -34,6 +38,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import run_test
 
 from moss_pipecat.service import MossTTSService, MossTTSSettings
+from moss_pipecat.service.word_order import MatchOrder
 
 from .conftest import WordRecorder
 from .heard_units import EngineLog
@@ -135,3 +140,24 @@ async def test_words_parked_until_their_sentence_ends_come_out_before_the_next(
     tts = MossTTSService(engine=log, settings=MossTTSSettings(greedy=True))
     rate = talkative_engine.codec.sampling_rate
     check_in_order(*await speak_a_sentence_ended_while_spoken(tts, log, rate))
+
+
+def _word(text: str, pts: int) -> tuple[TTSTextFrame, AggregatedTextProgressFrame]:
+    word = TTSTextFrame(text, text_type=TextType.WORD)
+    progress = AggregatedTextProgressFrame(0, "c", "The Mona Lisa", TextType.SENTENCE, text, "")
+    word.pts = progress.pts = pts
+    return word, progress
+
+
+def test_queued_text_of_earlier_words_is_pulled_ahead_and_its_copies_skipped():
+    order = MatchOrder()
+    sentence = AggregatedTextFrame("The Mona Lisa", TextType.SENTENCE)  # announced, no pts
+    the, mona, lisa = _word("The", 100), _word("Mona", 200), _word("Lisa", 300)
+    for frame in (sentence, *the, TTSAudioRawFrame(b"\0\0", 24000, 1), *lisa):
+        order.queued(frame)  # the audio is not text: not recorded
+    # "Mona", matched as its word time left the queue: the queued frames of "The" first, with
+    # the announcement before them; "Lisa" (a later word) stays queued.
+    assert order.due(mona[0]) == [sentence, *the, mona[0]]
+    assert order.due(mona[1]) == [mona[1]]
+    assert [order.due(f) for f in (sentence, *the)] == [[], [], []]  # their queued copies
+    assert [order.due(f) for f in lisa] == [[lisa[0]], [lisa[1]]]  # leaving in turn
