@@ -17,6 +17,7 @@ skipped. Nothing waits: the frames go out in the order they were matched.
 
 from __future__ import annotations
 
+from loguru import logger
 from pipecat.frames.frames import AggregatedTextFrame, AggregatedTextProgressFrame, Frame
 
 # What the sequencer makes: a sentence's announcement, word frames (``TTSTextFrame`` is an
@@ -56,4 +57,5 @@ class MatchOrder:
             return [frame]
         ahead, self._queued = self._queued[: earlier[-1] + 1], self._queued[earlier[-1] + 1 :]
         self._ahead.update(f.id for f in ahead)
+        logger.debug(f"{len(ahead)} text frames matched before {frame} pushed ahead of it")
         return [*ahead, frame]
