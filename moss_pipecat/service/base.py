@@ -18,7 +18,6 @@ from typing import Any
 
 from loguru import logger
 from pipecat.frames.frames import (
-    AggregatedTextProgressFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     CancelFrame,
@@ -29,7 +28,6 @@ from pipecat.frames.frames import (
     StartFrame,
     TTSAudioRawFrame,
     TTSStoppedFrame,
-    TTSTextFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
 from pipecat.services.settings import TTSSettings
@@ -58,6 +56,7 @@ from moss_pipecat.service.settings import MossTTSSettings, SessionSettings, defa
 from moss_pipecat.service.tracing import ReplyTracer
 from moss_pipecat.service.user_audio import UserUtterance
 from moss_pipecat.service.user_turns import UserTurns
+from moss_pipecat.service.word_order import SEQUENCED
 
 # pipecat's idle end of a reply's audio context: a safety net only, not a pause in the text.
 REPLY_IDLE_TIMEOUT_S = 60.0
@@ -188,9 +187,8 @@ class MossTTSServiceBase(TTSService):
 
     async def stop(self, frame: EndFrame) -> None:
         # pipecat waits for the audio contexts to end before it ends the LLM reply in progress.
-        for reply in list(self._order):
-            if not reply.flushed:
-                await self.flush_audio(reply.context_id)
+        for reply in [r for r in self._order if not r.flushed]:
+            await self.flush_audio(reply.context_id)
         await super().stop(frame)
         await self._shutdown(graceful=True)
 
@@ -257,19 +255,26 @@ class MossTTSServiceBase(TTSService):
         if isinstance(frame, InterruptionFrame) and direction == FrameDirection.DOWNSTREAM:
             self._interrupting.decide(self.get_clock().get_time())  # what was heard, as it passes
         if isinstance(frame, SpokenWordsEnd):
-            reply = self._replies.get(frame.context_id)
-            if reply is not None:
+            if (reply := self._replies.get(frame.context_id)) is not None:
                 reply.move(ReplyPhase.DONE)
             return  # ours alone
-        if isinstance(frame, (TTSTextFrame, AggregatedTextProgressFrame)):
+        if isinstance(frame, SEQUENCED):
             cid = frame.context_id or ""  # (a reply being stopped is no longer in _replies)
             reply = self._replies.get(cid) or self._interrupting.dropped_reply(cid)
-            if reply is not None and not reply.word_frame_passes(frame):
+            if reply is not None:
+                for f in reply.text_frames_due(frame):
+                    self._tracer.frame_pushed(f)
+                    await super().push_frame(f, direction)
                 return
         if isinstance(frame, TTSAudioRawFrame) and frame.context_id in self._replies:
             await self._clock.audio_pushed(self._replies[frame.context_id])
         self._tracer.frame_pushed(frame)
         await super().push_frame(frame, direction)
+
+    async def append_to_audio_context(self, context_id: str | None, frame: Any) -> None:
+        if (reply := self._replies.get(context_id or "")) is not None:
+            reply.match_order.queued(frame)  # pipecat's sequencer queues its text frames here
+        await super().append_to_audio_context(context_id, frame)
 
     # ================================================================== synthesis
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
@@ -443,5 +448,3 @@ class MossTTSServiceBase(TTSService):
 
     async def _reply_cut(self, reply: Reply, summary: Any) -> None:
         await compat.call_event(self, "on_reply_interrupted", reply.context_id, summary)
-        kept = f"{summary.heard_frames}/{summary.audio_frames} frames ({summary.spoken_text!r})"
-        logger.debug(f"{self}: interrupted reply {reply.context_id}: kept {kept}")

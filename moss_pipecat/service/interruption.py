@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from loguru import logger
+
 from moss_pipecat.errors import MossError
 from moss_pipecat.service.reply import Reply
 
@@ -131,6 +133,10 @@ async def cut_to_heard(
                 await push_error(error_msg=f"MOSS TTS: interrupt failed: {e}", exception=e)
                 summary = None
             if summary is not None:
+                kept = f"{summary.heard_frames}/{summary.audio_frames} frames"
+                logger.debug(
+                    f"interrupted reply {reply.context_id}: kept {kept} ({summary.spoken_text!r})"
+                )
                 await on_cut(reply, summary)
 
 

@@ -10,11 +10,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
-from pipecat.frames.frames import AggregatedTextProgressFrame, ControlFrame, TTSTextFrame
+from pipecat.frames.frames import (
+    AggregatedTextProgressFrame,
+    ControlFrame,
+    Frame,
+    TTSTextFrame,
+)
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.transports.base_output import BaseOutputTransport
 
 from moss_pipecat.service.phases import TAKES_TEXT, TURN_STARTED, ReplyPhase, check_move
+from moss_pipecat.service.word_order import MatchOrder
 from moss_pipecat.speech.frames import FRAME_SECONDS
 from moss_pipecat.speech.units import TimedWord, is_cjk_char, is_spaced
 
@@ -78,6 +84,8 @@ class Reply:
     units: list[TimedWord] = field(default_factory=list)
     passed: int = 0
     taken: int = 0
+    # Its text frames the sequencer queued: they pass in the order they were matched.
+    match_order: MatchOrder = field(default_factory=MatchOrder)
     # An interruption decided what the reply keeps: none of its later word frames goes into
     # the LLM context (``InterruptionPlan.decide``).
     words_closed: bool = False
@@ -111,10 +119,18 @@ class Reply:
         done = self.phase is ReplyPhase.FAILED or (self.phase is ReplyPhase.READ and self.flushed)
         return done and not self.held_words
 
-    def word_frame_passes(self, frame: TTSTextFrame | AggregatedTextProgressFrame) -> bool:
-        """Whether a word (or progress) frame of this reply goes on, spacing set: none after
-        its last word time (``SpokenWordsEnd``: pipecat's force-complete of text never
-        timed, which was not spoken), nor once an interruption decided what it keeps."""
+    def text_frames_due(self, frame: Frame) -> list[Frame]:
+        """The text frames to push now for ``frame``, in the order pipecat's sequencer matched
+        them (``MatchOrder.due``), less those that do not pass (``text_frame_passes``)."""
+        return [f for f in self.match_order.due(frame) if self.text_frame_passes(f)]
+
+    def text_frame_passes(self, frame: Frame) -> bool:
+        """Whether a text frame of this reply goes on, a word's spacing set: no word (or
+        progress) after its last word time (``SpokenWordsEnd``: pipecat's force-complete of
+        text never timed, which was not spoken), nor once an interruption decided what it
+        keeps; a sentence's announcement always."""
+        if not isinstance(frame, (TTSTextFrame, AggregatedTextProgressFrame)):
+            return True
         if self.phase is ReplyPhase.DONE or self.words_closed:
             logger.debug(f"not spoken, kept out of the context: {frame.text!r}")
             return False

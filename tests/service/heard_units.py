@@ -4,6 +4,7 @@ transport had played when the interruption reached it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from moss_pipecat.speech.frames import FRAME_SECONDS
@@ -11,10 +12,11 @@ from moss_pipecat.speech.units import TimedWord, join_units
 
 
 class _TurnLog:
-    """A turn stream as the service reads it, keeping every unit its frames place."""
+    """A turn stream as the service reads it, keeping every unit its frames place (and telling
+    ``on_frame`` of each frame as the service reads it)."""
 
-    def __init__(self, turn: Any, units: list[TimedWord]) -> None:
-        self._turn, self._units = turn, units
+    def __init__(self, turn: Any, units: list[TimedWord], on_frame: Callable | None) -> None:
+        self._turn, self._units, self._on_frame = turn, units, on_frame
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._turn, name)
@@ -25,37 +27,42 @@ class _TurnLog:
     async def _chunks(self):
         async for chunk in self._turn:
             self._units.extend(chunk.words)
+            if self._on_frame is not None:
+                self._on_frame(chunk)
             yield chunk
 
 
 class _SessionLog:
-    def __init__(self, session: Any, turns: list[list[TimedWord]]) -> None:
-        self._session, self._turns = session, turns
+    def __init__(self, session: Any, log: EngineLog) -> None:
+        self._session, self._log = session, log
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._session, name)
 
     async def start_turn(self, *args: Any, **kwargs: Any) -> _TurnLog:
-        self._turns.append([])
-        return _TurnLog(await self._session.start_turn(*args, **kwargs), self._turns[-1])
+        self._log.turns.append([])
+        turn = await self._session.start_turn(*args, **kwargs)
+        return _TurnLog(turn, self._log.turns[-1], self._log.on_frame)
 
 
 class EngineLog:
     """Wraps a ``MossEngine`` (``acreate_session``) or a ``RemoteEngine`` (``create_session``):
-    ``turns`` holds, per engine turn, the units its frames placed, at their engine times."""
+    ``turns`` holds, per engine turn, the units its frames placed, at their engine times;
+    ``on_frame`` (if set) is called with each frame (chunk) as the service reads it."""
 
     def __init__(self, engine: Any) -> None:
         self._engine = engine
         self.turns: list[list[TimedWord]] = []
+        self.on_frame: Callable[[Any], None] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
     async def acreate_session(self, *args: Any, **kwargs: Any) -> _SessionLog:
-        return _SessionLog(await self._engine.acreate_session(*args, **kwargs), self.turns)
+        return _SessionLog(await self._engine.acreate_session(*args, **kwargs), self)
 
     async def create_session(self, *args: Any, **kwargs: Any) -> _SessionLog:
-        return _SessionLog(await self._engine.create_session(*args, **kwargs), self.turns)
+        return _SessionLog(await self._engine.create_session(*args, **kwargs), self)
 
 
 def check_within_one_unit_of_heard(cut: Any, units: list[TimedWord], heard_s: float) -> None:
