@@ -108,7 +108,7 @@ class LateInterruption(FrameProcessor):
         super().__init__()
         self._barger, self._nth = barger, nth
         self.sent: list[TTSTextFrame] = []  # word frames passed on to the transport
-        self._taken_words = 0
+        self._taken_words, self._barged = 0, False
         self._word_taken = asyncio.Event()
         self.word: TTSTextFrame | None = None
         assistant.add_event_handler("on_after_process_frame", self._taken)
@@ -116,15 +116,26 @@ class LateInterruption(FrameProcessor):
     async def _taken(self, _aggregator: FrameProcessor, frame: Frame) -> None:
         if isinstance(frame, TTSTextFrame):
             self._taken_words += 1
-            if self._taken_words == self._nth:
-                await self._barger.barge_in()
+            await self._barge_in_once_ahead()
         if frame is self.word:
             self._word_taken.set()
+
+    async def _barge_in_once_ahead(self) -> None:
+        """Barges in once the ``nth`` word was taken and a word not played yet has passed here
+        (on a loaded box the TTS may run behind the transport for a while: the race needs a
+        word ahead of the playback, so the barge-in waits for one rather than missing it)."""
+        if self._barged or self._taken_words < self._nth:
+            return
+        now = self.get_clock().get_time()
+        if any(f.pts > now for f in self.sent):
+            self._barged = True
+            await self._barger.barge_in()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, TTSTextFrame):
             self.sent.append(frame)
+            await self._barge_in_once_ahead()
         elif isinstance(frame, InterruptionFrame) and direction == FrameDirection.DOWNSTREAM:
             now = self.get_clock().get_time()
             self.word = next((f for f in self.sent if f.pts > now), None)
