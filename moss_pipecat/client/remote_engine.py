@@ -212,8 +212,7 @@ class RemoteEngine:
                 raise
             raise ServerUnavailableError(f"handshake with {url} failed: {e!r}") from None
         session.take_ready(reply)
-        journal = session.journal if self.journal else None
-        return Link(ws, reply, url, on_history=None if journal is None else journal.apply)
+        return Link(ws, reply, url, journal=session.journal if self.journal else None)
 
 
 def _client_ssl(
