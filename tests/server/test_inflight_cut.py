@@ -6,6 +6,9 @@ is a bad in-flight cut is refused and changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -179,3 +182,97 @@ def test_a_hostile_in_flight_cut_is_refused_and_changes_nothing(make_engine, rea
     target.restore([good])
     assert target.snapshot()["turn_frames"] == [4]
     assert np.array_equal(journal.lost.frames, good.frames.numpy())
+
+
+async def test_a_session_keeps_the_turn_lost_with_its_server_and_hostile_cuts_are_refused(
+    make_tiny_engine, make_server, realtime_meta
+):
+    """Over the wire, in one process: a turn that has spoken all its text is lost with its
+    connection and the server forgets the conversation; the session's interrupt (what was heard)
+    cuts it in the journal, the reconnect restores it: the rows are the old ones cut by the
+    engine's own rule. Then restores whose in-flight cut is bad (codes out of the vocabulary,
+    text ids out of range, more frames than its rows) are refused, touching nothing."""
+    from websockets.asyncio.client import connect
+
+    from moss_pipecat.client import RemoteEngine
+
+    from .conftest import TOKEN, eventually
+    from .test_restore_inflight import engine_cut
+
+    engine = make_tiny_engine(eos_min_frames=60)
+    server = await make_server(engine, token=TOKEN, idle_expiry_s=0)
+    layout = engine.layout
+    session = await RemoteEngine(server.url, token=TOKEN).create_session(
+        conversation_id="lost-1", sampling=GREEDY
+    )
+    turn = await session.start_turn(max_frames=4)
+    turn.push_text("Hello there.")
+    turn.end_text()
+    await turn.wait()
+    turn = await session.start_turn(max_frames=60)
+    turn.push_text("This reply speaks all of its text and then waits for more that never comes")
+    chunks = []
+    async for chunk in turn:  # until it has said all its text (a snapshot after each frame)
+        chunks.append(chunk)
+        stall = await session.snapshot()
+        text = stall["turns"][-1][1]
+        if len(chunks) == stall["turn_frames"][-1] == text - layout.lead(text) + 1:
+            break
+    heard = len(chunks) - 2  # the listener heard all but its last two frames
+    session._link.ws.transport.abort()  # the server loses the conversation with its client
+    await eventually(lambda: "lost-1" not in server.hub.conversations, what="it to end")
+    assert await session.interrupt(heard) is None  # restored with its heard part: no more to cut
+    assert session.restored == 1 and session.history_lost == 0
+    after = await session.snapshot()
+    assert torch.equal(after["rows"], engine_cut(layout, stall, chunks, heard))
+    assert after["turn_frames"] == [4, heard]
+    records = [(t.role, t.lead, t.ids, t.frames) for t in session.journal.turns]
+    assert len(records) == 2 and len(records[1][3]) == heard
+
+    ws = await connect(
+        server.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, max_size=None
+    )
+    await ws.send(json.dumps({"type": "hello", "conversation_id": "h-2"}))
+    assert json.loads(await ws.recv())["type"] == "ready"
+    role, lead, ids, frames = records[1]
+    oov = frames.astype(np.int64).copy()
+    oov[-1, 0] = layout.audio_eos + 1
+    vocab = engine.model.cfg.language.vocab_size
+    bad = {
+        "codes out of the vocabulary": (role, lead, ids, oov),
+        "text ids out of range": (role, lead, np.array([*ids[:-1], vocab]), frames),
+        "more frames than its rows": (role, lead, ids, np.concatenate((frames, frames[:1]))),
+    }
+    for req, (name, last) in enumerate(bad.items()):
+        fields, data = P.pack_restore(None, [records[0], last])
+        await ws.send(json.dumps({"type": "restore", "req": req, **fields}))
+        await ws.send(data)
+        reply = await _answer(ws, req)
+        assert (reply["type"], reply.get("code"), reply.get("fatal")) == (
+            "error",
+            "invalid_input",
+            False,
+        ), name
+        assert "turn" in reply["message"] or "code" in reply["message"], reply
+    await ws.send(json.dumps({"type": "snapshot", "req": 10}))
+    assert (await _answer(ws, 10))["snapshot"]["turns"] == []
+    fields, data = P.pack_restore(None, records)
+    await ws.send(json.dumps({"type": "restore", "req": 11, **fields}))
+    await ws.send(data)
+    assert (await _answer(ws, 11))["type"] == "result"
+    await ws.send(json.dumps({"type": "snapshot", "req": 12}))
+    rows = (await _answer(ws, 12))["snapshot"]["rows"]
+    assert torch.equal(torch.tensor(rows).reshape(-1, layout.channels), after["rows"])
+    await ws.close()
+    assert torch.equal((await session.snapshot())["rows"], after["rows"])  # untouched
+    await session.close()
+
+
+async def _answer(ws, req: int) -> dict:
+    """The ``result`` or ``error`` answering ``req`` (other messages skipped)."""
+    while True:
+        msg = await asyncio.wait_for(ws.recv(), 20)
+        if isinstance(msg, str):
+            data = json.loads(msg)
+            if data.get("req") == req and data["type"] in ("result", "error"):
+                return data
