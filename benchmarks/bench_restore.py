@@ -7,7 +7,10 @@ goes away and a new one (a fresh engine) starts on the same port; from the momen
 connections, the next reply is timed to its first audio (reconnect, hello, ``restore`` of the
 journal, prefill of the whole history, first frame). The same loss without a journal (the
 conversation starts afresh) is the baseline. The journal's cost: its size in memory, the bytes
-of the ``history`` deltas on the wire and the client CPU spent taking them, per minute of call.
+of the ``history`` deltas on the wire and the client CPU spent taking them, per minute of call;
+and what keeping the reply in flight costs (the text ids that come with its frames in
+``turn.words``, the journal's copy of its frames): bytes on the wire per second of audio, beside
+the audio's own, and the client CPU.
 
 A long call's restore without generating all of it: ``--replay-minutes`` repeats the real call's
 journal turns (valid records, whatever their order) up to that length before the loss, so the
@@ -32,12 +35,14 @@ from pathlib import Path
 import torch
 from _common import emit, environment, fixtures_root
 
+from moss_pipecat import protocol as P
 from moss_pipecat.client import RemoteEngine
 from moss_pipecat.client.journal import Journal
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.factory import load_tiny_engine
 from moss_pipecat.model import SamplingParams
 from moss_pipecat.server import EngineServer, ServerConfig
+from moss_pipecat.speech.frames import FRAME_SECONDS
 
 USER_FRAMES, BOT_FRAMES = 50, 75  # 4 s of user speech, 6 s of reply: 10 s of call
 REPLY = "Sure, I can help with that; let me look it up and tell you what I find right away."
@@ -64,6 +69,43 @@ class JournalMeter:
     def reset(self) -> None:
         self.deltas = self.wire_bytes = 0
         self.cpu_s = 0.0
+
+
+class InflightMeter:
+    """Wraps the journal's in-flight hooks: the wire bytes of ``turn.words``'s text fields (a
+    message sent for them alone counts whole), the audio frames and their bytes, client CPU."""
+
+    def __init__(self) -> None:
+        self.text_bytes = self.frames = self.audio_bytes = 0
+        self.cpu_s = 0.0
+        self._text, self._frame = Journal.turn_text, Journal.turn_frame
+        meter = self
+
+        def turn_text(journal: Journal, msg) -> None:
+            t0 = time.thread_time()
+            meter._text(journal, msg)
+            meter.cpu_s += time.thread_time() - t0
+            if msg.text_ids:  # less the message it would be without them (none: no words)
+                spaced = {"spaced": msg.spaced} if msg.spaced else {}
+                plain = P.TurnWords(turn_id=msg.turn_id, index=msg.index, words=msg.words, **spaced)
+                meter.text_bytes += len(msg.to_json()) - (len(plain.to_json()) if msg.words else 0)
+
+        def turn_frame(journal: Journal, turn_id: int, index: int, codes) -> None:
+            t0 = time.thread_time()
+            meter._frame(journal, turn_id, index, codes)
+            meter.cpu_s += time.thread_time() - t0
+            meter.frames += 1
+
+        Journal.turn_text, Journal.turn_frame = turn_text, turn_frame
+
+    def report(self, audio_frame_bytes: int) -> dict:
+        seconds = self.frames * FRAME_SECONDS
+        return {
+            "text_wire_bytes_per_audio_second": self.text_bytes / seconds,
+            "audio_wire_bytes_per_audio_second": self.frames * audio_frame_bytes / seconds,
+            "client_cpu_ms_per_audio_minute": 1e3 * self.cpu_s / seconds * 60,
+            "frames": self.frames,
+        }
 
 
 async def speak(session, text: str, frames: int) -> float | None:
@@ -102,7 +144,7 @@ async def run(args) -> dict:
     engines = [load_tiny_engine(args.fixtures, config=config) for _ in range(2)]
     meta = json.loads((Path(args.fixtures) / "realtime" / "golden.json").read_text())
     text_ids = tuple(meta["text_ids_drawn_from"])  # the fixture model's own text ids
-    meter = JournalMeter()
+    meter, inflight = JournalMeter(), InflightMeter()
     gen = torch.Generator().manual_seed(0)
     server = await EngineServer(engines[0], ServerConfig(host="127.0.0.1", port=0)).start()
     out: dict = {"call_seconds": 60 * args.minutes, "frames_per_minute": 750}
@@ -123,6 +165,9 @@ async def run(args) -> dict:
                     "turns": len(session.journal.turns),
                     "history_rows": (await session.snapshot())["rows"].shape[0],
                 }
+                audio = session.audio  # a frame's message: header, codes, PCM
+                frame_bytes = P.AUDIO_HEADER.size + 2 * audio.rvq + 2 * audio.frame_samples
+                out["inflight"] = inflight.report(frame_bytes)
                 if args.replay_minutes:  # after the journal's own figures
                     copies = max(1, round(args.replay_minutes / args.minutes))
                     session.journal.turns = session.journal.turns * copies
@@ -182,7 +227,8 @@ def main() -> None:
         f"restore: reachable -> first audio {restored:.0f} ms (no journal {afresh:.0f} ms); "
         f"journal {j['bytes_in_memory_per_minute'] / 1024:.1f} KiB/min in memory, "
         f"{j['wire_bytes_per_minute'] / 1024:.1f} KiB/min on the wire, "
-        f"{j['client_cpu_ms_per_minute']:.1f} ms CPU/min",
+        f"{j['client_cpu_ms_per_minute']:.1f} ms CPU/min; the reply in flight: "
+        f"{result['inflight']['text_wire_bytes_per_audio_second']:.0f} B/s of audio on the wire",
     )
 
 

@@ -4,16 +4,73 @@
 It holds what the server's history holds, turn by turn (``engine.records.TurnRecord`` as
 numpy arrays): bounded as that is by the conversation's context budget (the server's trims
 arrive as deltas too), and dropped with the conversation. Pure Python and numpy (no torch).
+
+It also holds the assistant turn in flight (one turn at most: ``InflightTurn``), from the
+codes of its frames and the text ids that come with them (``turn.words``), until its end
+reaches the history. When its server is lost the caller says how much of it was heard
+(``keep_lost``: the service's decision, as for an interruption), and the restore carries it,
+cut there exactly as the engine's interruption cuts a turn.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from loguru import logger
 
 from moss_pipecat import protocol as P
+
+# A turn in flight holds at most this many rows (frames and text ids): a bound far above any
+# server's context, so a journal never grows without one.
+MAX_INFLIGHT_ROWS = 1 << 16
+
+
+@dataclass
+class InflightTurn:
+    """The assistant turn being generated, as its server reported it: its text ids (from the
+    ``turn.words`` messages) and its frames' codes (from its audio), both in order."""
+
+    turn_id: int
+    ids: list[int] = field(default_factory=list)
+    frames: list[np.ndarray] = field(default_factory=list)  # [rvq] uint16 each
+    lead: int | None = None
+    pad: int | None = None
+    whole: bool = True  # False once something was missed: it cannot be rebuilt
+
+    def add_text(self, msg: P.TurnWords) -> None:
+        if msg.lead is not None:
+            self.lead, self.pad = msg.lead, msg.text_pad
+        self.whole = self.whole and msg.text_from == len(self.ids)
+        self.ids.extend(msg.text_ids)
+        self._bound()
+
+    def add_frame(self, index: int, codes: np.ndarray) -> None:
+        self.whole = self.whole and index == len(self.frames)
+        self.frames.append(codes)
+        self._bound()
+
+    def _bound(self) -> None:
+        if len(self.ids) + len(self.frames) > MAX_INFLIGHT_ROWS:
+            self.whole, self.ids, self.frames = False, [], []
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * len(self.ids) + sum(f.nbytes for f in self.frames)
+
+    def cut(self, heard: int) -> JournalTurn | None:
+        """The turn as an interruption after ``heard`` frames leaves it in the engine
+        (``AssistantTurn.close``): its ``lead`` prompt ids, its first ``heard`` frames, each on
+        the row of the next text id, and the EOS row; ``text_pad`` past the text. None when
+        nothing is kept (nothing heard, as in the engine) or it cannot be rebuilt."""
+        k = min(heard, len(self.frames))
+        if k <= 0 or not self.whole or self.lead is None or self.pad is None:
+            return None
+        n = self.lead + k + 1
+        ids = (self.ids + [self.pad] * n)[:n]
+        frames = np.stack(self.frames[:k]).astype(np.uint16)  # [k, rvq]
+        return JournalTurn("assistant", np.asarray(ids, dtype=np.uint32), self.lead, frames)
 
 
 @dataclass(frozen=True)
@@ -49,17 +106,59 @@ class Journal:
         # Set while a server that made the conversation anew may not hold this history yet
         # (its ``restore`` is due, or was sent and no reply came): see ``apply``.
         self.restore_due = False
+        self.inflight: InflightTurn | None = None  # the assistant turn being generated
+        # The turn in flight when its server was lost, cut at what was heard (``keep_lost``):
+        # restored after the history, until a server reports holding it.
+        self.lost: JournalTurn | None = None
+        self._lost_from: InflightTurn | None = None  # what ``lost`` was cut from
+        self._lost_heard = 0
 
     @property
     def restorable(self) -> bool:
         """Whether there is a history to restore (a voice or a turn) and it is whole."""
-        return self.valid and (bool(self.turns) or self.voice is not None)
+        has = bool(self.turns) or self.voice is not None or self.lost is not None
+        return self.valid and has
 
     @property
     def nbytes(self) -> int:
         """The journal's size: its ids and codes."""
         voice = 0 if self.voice is None else self.voice.nbytes
-        return voice + sum(t.nbytes for t in self.turns)
+        extra = sum(t.nbytes for t in (self.inflight, self.lost) if t is not None)
+        return voice + extra + sum(t.nbytes for t in self.turns)
+
+    # ---- the turn in flight (filled by the link's reader) ----------------------------------
+    def turn_started(self, turn_id: int) -> None:
+        self.inflight = InflightTurn(turn_id)
+
+    def turn_text(self, msg: P.TurnWords) -> None:
+        """Takes a ``turn.words`` message's text ids (one without any changes nothing)."""
+        t = self.inflight
+        if t is not None and t.turn_id == msg.turn_id and (msg.text_ids or msg.lead is not None):
+            t.add_text(msg)
+
+    def turn_frame(self, turn_id: int, index: int, codes: Sequence[int]) -> None:
+        t = self.inflight
+        if t is not None and t.turn_id == turn_id:
+            t.add_frame(index, np.asarray(codes, dtype=np.uint16))
+
+    def turn_ended(self, turn_id: int) -> None:
+        """Its end came (the history delta before it holds the turn)."""
+        if self.inflight is not None and self.inflight.turn_id == turn_id:
+            self.inflight = None
+
+    def keep_lost(self, turn_id: int, heard: int) -> None:
+        """Turn ``turn_id`` was lost with its server after ``heard`` of its frames were heard
+        (the caller's decision): the next restore carries it, cut there."""
+        t = self.inflight
+        if t is None or t.turn_id != turn_id:
+            t = self._lost_from  # decided again before the restore (a barge-in on its audio)
+            if t is None or t.turn_id != turn_id:
+                return
+            heard = min(heard, self._lost_heard)  # what was heard never grows back
+        self.inflight, self._lost_from, self._lost_heard = None, t, heard
+        self.lost = t.cut(heard)
+        kept = 0 if self.lost is None else len(self.lost.frames)
+        logger.info(f"turn {turn_id} lost with its server: {kept} heard frames kept")
 
     def apply(self, msg: P.History) -> None:
         """Takes one ``history`` delta (see ``protocol.History``)."""
@@ -81,7 +180,10 @@ class Journal:
         for t in msg.turns:
             frames = P.codes_from_b64(t.codes, self.rvq)
             turns.append(JournalTurn(t.role, np.asarray(t.ids, dtype=np.uint32), t.lead, frames))
+            if t.role == "assistant":  # the turn in flight ended: it is in the history now
+                self.inflight = None
         self.turns = turns
+        self.lost = self._lost_from = None  # a server holds the history: with it, or not
         if msg.full or msg.voice_changed:
             self.voice = None if msg.voice is None else P.codes_from_b64(msg.voice, self.rvq)
         self.seed, self.noise, self.rev = msg.seed, msg.noise, msg.rev
@@ -89,6 +191,7 @@ class Journal:
 
     def restore_request(self) -> tuple[dict, bytes]:
         """The ``restore`` message's fields and its binary frame."""
-        records = [(t.role, t.lead, t.ids, t.frames) for t in self.turns]
+        turns = self.turns if self.lost is None else [*self.turns, self.lost]
+        records = [(t.role, t.lead, t.ids, t.frames) for t in turns]
         fields, data = P.pack_restore(self.voice, records)
         return {**fields, "seed": self.seed, "noise": self.noise}, data

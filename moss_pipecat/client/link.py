@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -21,6 +20,11 @@ from moss_pipecat.client.wire import _build, codes_array
 from moss_pipecat.errors import MossError, SessionClosedError
 from moss_pipecat.protocol.errors import ForbiddenError, ServerUnavailableError, UnauthorizedError
 from moss_pipecat.speech.events import AudioChunk
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from moss_pipecat.client.journal import Journal
 
 
 class Link:
@@ -32,13 +36,16 @@ class Link:
         ws: Any,
         ready: P.Ready,
         url: str = "",
+        journal: Journal | None = None,
         on_history: Callable[[P.History], None] | None = None,
     ) -> None:
         self.ws = ws
         self.url = url  # the server URL it reached
         self.ready = ready
         self.moved: P.GoAway | None = None  # the server's ``goaway``
-        self.on_history = on_history  # takes the server's history deltas, in order
+        # Takes the server's history deltas in order, and the rows of the turn in flight.
+        self.journal = journal
+        self.on_history = on_history  # also told of each delta (the resume ticket it carries)
         self.limits: P.ReadyLimits = ready.limits
         self.failure: MossError | None = None
         self.pending: dict[int, asyncio.Future] = {}
@@ -136,6 +143,8 @@ class Link:
         turn_id, index, codes, pcm = P.unpack_audio(data)
         inbox = self.turns.get(turn_id)
         if inbox is not None:
+            if self.journal is not None:
+                self.journal.turn_frame(turn_id, index, codes)
             words = inbox.take_words(index)
             codes_t = codes_array(codes)
             inbox.put(AudioChunk(turn_id, index, codes_t, pcm, words))
@@ -145,17 +154,25 @@ class Link:
         if isinstance(msg, P.TurnStarted):
             inbox = TurnInbox(msg.turn_id)
             self.turns[msg.turn_id] = inbox
+            if self.journal is not None:
+                self.journal.turn_started(msg.turn_id)
             self._resolve(msg.req, inbox)
         elif isinstance(msg, P.TurnWords):
             inbox = self.turns.get(msg.turn_id)
             if inbox is not None:
                 inbox.add_words(msg.index, msg.timed_words())
+                if self.journal is not None:
+                    self.journal.turn_text(msg)
         elif isinstance(msg, P.TurnEnded):
             inbox = self.turns.pop(msg.turn_id, None)
             if inbox is not None:
                 inbox.put(msg.summary.to_summary())
+            if self.journal is not None:
+                self.journal.turn_ended(msg.turn_id)
             self._leave_when_done()
         elif isinstance(msg, P.History):
+            if self.journal is not None:
+                self.journal.apply(msg)
             if self.on_history is not None:
                 self.on_history(msg)
             self._history_seen = True

@@ -216,7 +216,13 @@ class RemoteEngine:
                 raise
             raise ServerUnavailableError(f"handshake with {url} failed: {e!r}") from None
         session.take_ready(reply)
-        return Link(ws, reply, url, on_history=session.take_history if self.journal else None)
+        return Link(
+            ws,
+            reply,
+            url,
+            journal=session.journal if self.journal else None,
+            on_history=session.take_history,
+        )
 
 
 def _client_ssl(

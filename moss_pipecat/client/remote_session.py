@@ -90,6 +90,9 @@ class RemoteSession:
         self._connect_lock = asyncio.Lock()
         self._turn: RemoteTurn | None = None
         self._turn_made = 0  # ``_made`` when the turn started
+        # The turn lost with its server whose heard part a restore made the last turn (until
+        # the history changes again).
+        self._lost_restored: RemoteTurn | None = None
 
     # ---- connection -------------------------------------------------------------------------
     async def open(self) -> Link:
@@ -154,9 +157,11 @@ class RemoteSession:
             await self._request(link, P.Settings, limits=self._limits)
         if self.journal.restore_due:
             fields, data = self.journal.restore_request()
+            carried = self.journal.lost is not None
             try:
                 await self._request(link, P.Restore, data, **fields)
                 self.journal.restore_due = False
+                self._lost_restored = self._turn if carried else None
                 self._restored()
                 return
             except ServerUnavailableError:
@@ -202,11 +207,10 @@ class RemoteSession:
         self.server_id = ready.server_id
 
     def take_history(self, msg: P.History) -> None:
-        """Takes a ``history`` delta (the link's reader calls it, in order): the journal's,
-        and the fresh resume ticket it carries."""
+        """Takes a ``history`` delta's fresh resume ticket (the link's reader calls it, in
+        order, after the journal took the delta)."""
         if msg.resume_ticket is not None:
             self.resume_ticket = msg.resume_ticket
-        self.journal.apply(msg)
 
     async def _request(
         self, link: Link, cls: type[P._Msg], payload: bytes | None = None, **fields: Any
@@ -245,12 +249,18 @@ class RemoteSession:
         turn = self._turn
         if turn is not None and turn.summary is None:
             turn.cancel()
+        if turn is not None and turn.lost and self._turn_made == self._made:
+            # Lost with its server: what the caller heard of it is kept (the journal holds
+            # its rows); a server that lost the conversation gets it with the restore.
+            self.journal.keep_lost(turn.turn_id, command.heard_frames)
         link = await self.open()
         if turn is not None and not turn.ended and self._turn_made != self._made:
-            # The turn was lost with its server (it never reached the journal): the server
-            # now holding the conversation has nothing of it to cut. (One that ended before
-            # its server went, e.g. after a ``goaway``, is in the journal: it is cut there.)
-            return None
+            # The turn was lost with its server: the server now holding the conversation has
+            # nothing of it to cut, unless its heard part was restored as its last turn (then
+            # a later decision that heard less cuts it there). (One that ended before its
+            # server went, e.g. after a ``goaway``, is in the journal: it is cut there.)
+            if self._lost_restored is not turn:
+                return None
         reply: P.Result = await self._request(link, P.Interrupt, **P.Interrupt.fields_of(command))
         return None if reply.summary is None else reply.summary.to_summary()
 

@@ -88,6 +88,11 @@ class RemoteTurn:
         """The server ended the turn (its summary came, read or not)."""
         return self.summary is not None or self._inbox.ended
 
+    @property
+    def lost(self) -> bool:
+        """Its connection failed before the server ended it."""
+        return self._link.failure is not None and not self.ended
+
     def _send(self, msg: P._Msg) -> None:
         if self.ended:
             return  # the turn already ended: late text is dropped (as in the engine)

@@ -25,13 +25,14 @@ class PendingAudio:
     """Frames of one tick whose PCM is on the device (or None: no codec).
 
     Attributes:
-        tick: the tick that made them.
+        tick: the tick that made them; pad: the ``<|text_pad|>`` id (``TurnText``).
         chunks: (session, its turn, frame index, codes [rvq], words) per frame, in order.
         pcm: int16 [B, samples] on the device, one row per chunk (None: codes only).
         finishes: (session, turn, stop) of the turns that end once these chunks are out.
     """
 
     tick: int
+    pad: int
     chunks: list[tuple[SessionState, OpenTurn, int, torch.Tensor, tuple]] = field(
         default_factory=list
     )
@@ -52,7 +53,8 @@ class PendingAudio:
         pcm = to_bytes(pcm_host) if pcm_host is not None else [None] * len(self.chunks)
         for (s, turn, index, codes, words), p in zip(self.chunks, pcm, strict=True):
             if s.turn is turn:
-                turn.channel.put(AudioChunk(turn.turn_id, index, codes, p, words))
+                text = turn.new_text(self.pad)  # the text ids it got since: the turn's rows so far
+                turn.channel.put(AudioChunk(turn.turn_id, index, codes, p, words, text))
         for s, turn, stop in self.finishes:
             if s.turn is turn:
                 finish(s, stop)

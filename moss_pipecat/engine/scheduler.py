@@ -292,7 +292,7 @@ class Scheduler:
         t_now = self.clock.now()
         # Codebook 0 of every frame in one look (not a host read per session).
         ended = (torch.stack([f for _, f in items])[:, 0] == eos).tolist() if items else []
-        out = PendingAudio(self._ticks)
+        out = PendingAudio(self._ticks, self.layout.text_pad)
         for (s, f), end in zip(items, ended, strict=True):
             t = s.turn
             t.record.frames.append(f)
@@ -388,7 +388,7 @@ class Scheduler:
             first_error = e
         rows, kept = [], []
         for chunk in out.chunks:
-            one = PendingAudio(out.tick, [chunk])
+            one = PendingAudio(out.tick, out.pad, [chunk])
             pcm = self.pcm_isolated(one)
             if one.chunks:
                 rows.append(pcm)

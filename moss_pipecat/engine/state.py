@@ -13,6 +13,7 @@ from moss_pipecat.engine.history import AssistantTurn, ConversationHistory
 from moss_pipecat.engine.speaking_rate import SpeakingRates
 from moss_pipecat.engine.word_times import WordTimer
 from moss_pipecat.model.sampling import SamplingParams
+from moss_pipecat.speech.events import TurnText
 
 
 class Phase(enum.Enum):
@@ -41,6 +42,14 @@ class OpenTurn:
     eos_after_text: bool = False  # EOS masked until the whole text is fed
     words: WordTimer | None = None
     token_ends: list[int] = field(default_factory=list)  # end char (in text) of each token
+    reported: int = 0  # text ids told with its chunks so far (``new_text``)
+
+    def new_text(self, pad: int) -> TurnText | None:
+        """The text ids received since the last call (None: none), for the turn's next chunk."""
+        start, self.reported = self.reported, len(self.tokens)
+        if start == self.reported:
+            return None
+        return TurnText(start, tuple(self.tokens[start:]), self.record.lead, pad)
 
     def fed_chars(self) -> int:
         """Characters of ``text`` the fed text tokens cover: an upper bound on what was said."""

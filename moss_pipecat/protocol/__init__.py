@@ -82,7 +82,12 @@ Server -> client
                      frame. A word is a unit (a word, or a CJK character); ``spaced`` (optional,
                      default none) lists the units that carry their own spacing: two spaced
                      units join with nothing between them, any others with one space
-                     (``engine.units.join_units``)
+                     (``engine.units.join_units``); text_from, text_ids (optional, sent
+                     when the turn got text since its previous frame; lead and text_pad with
+                     its first ids): the turn's text ids from its ``text_from``-th, so a
+                     client's journal holds the turn in flight (its rows: ``lead`` ids, then
+                     one id per frame row, ``text_pad`` past the text, an EOS row) and keeps
+                     it, cut at what was heard, when the server is lost
     ``turn.end``     turn_id, summary {turn_id, stop, audio_frames, heard_frames, text_ids,
                      text, spoken_text, words, spaced, ttfa_s, error}
     ``history``      rev, full, drop, keep, turns [{role, ids, lead, codes}], voice_changed,

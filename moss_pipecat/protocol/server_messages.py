@@ -77,19 +77,38 @@ class TurnStarted(_Out):
 
 
 class TurnWords(_Out):
-    """The word times the engine placed with frame ``index``; sent just before that frame."""
+    """What frame ``index`` brings beside its audio, sent just before that frame: the word
+    times the engine placed with it, and the text ids the turn received since its previous
+    frame (``speech.events.TurnText``: ``text_ids``, the turn's ``text_from``-th first;
+    ``lead`` and ``text_pad`` with its first ids), which with the frames' codes are the
+    turn's rows. A server that sends no text ids (an older one) leaves its client unable to
+    keep the turn in flight when it is lost."""
 
     type: Literal["turn.words"] = "turn.words"
     turn_id: int
     index: int
     words: Words
     spaced: list[int] = []  # noqa: RUF012 (indices into words; see ``spaced_indices``)
+    text_from: int = 0
+    text_ids: list[int] = []  # noqa: RUF012
+    lead: int | None = None
+    text_pad: int | None = None
 
     @classmethod
     def of(cls, chunk: AudioChunk) -> TurnWords:
         words = list(chunk.words)
-        extra = {"spaced": spaced} if (spaced := spaced_indices(words)) else {}
+        extra: dict[str, Any] = {"spaced": spaced} if (spaced := spaced_indices(words)) else {}
+        text = chunk.text
+        if text is not None:  # its first ids bring the turn's lead and pad
+            extra.update(text_from=text.start, text_ids=list(text.ids))
+            if text.start == 0:
+                extra.update(lead=text.lead, text_pad=text.pad)
         return cls(turn_id=chunk.turn_id, index=chunk.index, words=words, **extra)
+
+    @staticmethod
+    def wanted(chunk: AudioChunk) -> bool:
+        """Whether ``chunk`` has anything for this message (words or text ids)."""
+        return bool(chunk.words) or chunk.text is not None
 
     def timed_words(self) -> list[TimedWord]:
         return timed_words(self.words, self.spaced)

@@ -30,7 +30,7 @@ async def pump(conv: Conversation, turn: TurnStream, metrics: ServerMetrics) -> 
                 if conv.held is turn or conn is None or conn.closed or conv.conn is not conn:
                     continue  # cut, or the client left: keep draining so the turn can end
                 try:
-                    if chunk.words:  # ahead of its frame: the client attaches them to it
+                    if P.TurnWords.wanted(chunk):  # ahead of its frame, which it goes with
                         await conn.send_message(P.TurnWords.of(chunk))
                     data = P.pack_audio(chunk.turn_id, chunk.index, chunk.codes.tolist(), chunk.pcm)
                     await conn.send_bytes(data)

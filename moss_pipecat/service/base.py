@@ -10,7 +10,6 @@ consistent; on an interruption the engine rolls back to what the user actually h
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -39,6 +38,7 @@ from moss_pipecat.service.context_gate import ContextGate
 from moss_pipecat.service.interruption import (
     InterruptionPlan,
     cut_to_heard,
+    keep_heard_at_loss,
     plan_interruption,
     wait_for_turn,
 )
@@ -375,11 +375,11 @@ class MossTTSServiceBase(TTSService):
         except MossError as e:  # e.g. the engine server went away mid-reply
             await self.push_error(error_msg=f"MOSS TTS reply failed: {e}", exception=e)
             self._tracer.failed(reply, e)
-            if reply.turn is not None and reply.turn.summary is None:
-                with contextlib.suppress(MossError):  # leave no turn open without an owner
-                    await self._session.interrupt(0)
+            if reply.turn is not None and reply.turn.summary is None:  # none left unowned
+                await keep_heard_at_loss(reply, self._session)
             reply.move(ReplyPhase.FAILED)
-            reply.held_words.clear()
+            if reply.frames == 0:  # else its words go out as its audio plays
+                reply.held_words.clear()
             await self._close_reply(reply)
         finally:
             reply.finished.set()

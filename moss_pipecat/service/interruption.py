@@ -4,6 +4,7 @@ what the user heard, and when a reply may open its engine turn."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -160,6 +161,17 @@ def heard(reply: Reply, now_ns: int, context_counts: bool) -> Heard:
     if first_out is not None:
         frames = min(frames, first_out)
     return Heard(frames, reply.taken if context_counts else None)
+
+
+async def keep_heard_at_loss(reply: Reply, session: Any) -> None:
+    """Ends the engine turn of a reply that failed (its server lost, most often) keeping what
+    was heard of it: every frame the reply pushed, for nothing stops their playout (only an
+    interruption would, and it decides again, with less); the units placed in them
+    (``WordTimer.heard``), whose word frames go into the LLM context as those frames play.
+    A session that lost its server keeps that much in the history it restores."""
+    heard = Heard(reply.frames, None)
+    with contextlib.suppress(MossError):
+        await session.interrupt(heard.frames, heard.units)
 
 
 async def wait_for_turn(reply: Reply, settled: asyncio.Event) -> None:

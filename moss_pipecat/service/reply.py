@@ -114,10 +114,12 @@ class Reply:
 
     @property
     def ready_to_close(self) -> bool:
-        """Its audio context may end: read to the end with pipecat's text ended (words pipecat
-        holds come after ours), or failed; and none of its word times held back."""
-        done = self.phase is ReplyPhase.FAILED or (self.phase is ReplyPhase.READ and self.flushed)
-        return done and not self.held_words
+        """Its audio context may end: read to the end, or failed, with pipecat's text ended
+        (pipecat matches our word times to its text once that ended: words of a context that
+        ends before are dropped), or failed with no audio; and none of its word times held."""
+        ended = self.phase in (ReplyPhase.READ, ReplyPhase.FAILED) and self.flushed
+        silent = self.phase is ReplyPhase.FAILED and self.frames == 0
+        return (ended or silent) and not self.held_words
 
     def text_frames_due(self, frame: Frame) -> list[Frame]:
         """The text frames to push now for ``frame``, in the order pipecat's sequencer matched

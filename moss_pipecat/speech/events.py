@@ -14,6 +14,26 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class TurnText:
+    """Text ids an assistant turn received since its previous chunk: with the chunks' codes,
+    the turn's rows as they stand (``lead`` prompt ids with BOS, then frame ``j`` on the row
+    of id ``lead + j``, ``pad`` past the text, an EOS row closing it), so a client's journal
+    can keep the turn in flight, cut at what was heard, when its server is lost
+    (``client.journal.InflightTurn``).
+
+    Attributes:
+        start: the index in the turn's text of ``ids[0]``.
+        ids: the new text ids.
+        lead: the turn's prompt rows; pad: the ``<|text_pad|>`` id.
+    """
+
+    start: int
+    ids: tuple[int, ...]
+    lead: int
+    pad: int
+
+
+@dataclass(frozen=True)
 class AudioChunk:
     """One generated audio frame (80 ms).
 
@@ -25,6 +45,7 @@ class AudioChunk:
         words: the words this frame lets the engine place, as (word, seconds from the
             turn's first frame): strictly increasing across a turn, always inside the audio
             generated so far (see ``engine.word_times``).
+        text: the text ids the turn received since its previous chunk (None: none).
     """
 
     turn_id: int
@@ -32,6 +53,7 @@ class AudioChunk:
     codes: torch.Tensor
     pcm: bytes | None
     words: tuple[tuple[str, float], ...] = ()
+    text: TurnText | None = None
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """A call through ``MossRemoteTTSService`` survives ``kill -9`` of its server (issue #24): the
 server is killed in the middle of a reply and restarted on the same port; the next reply
 restores the conversation from the client's journal and goes on, and the new server holds the
-rows the old one held, less the reply that was in flight (it never ended: nothing of it is in
-the journal)."""
+rows the old one held, and the reply that was in flight cut at what was heard: every frame the
+service pushed, which plays on (its rows exactly: ``test_restore_inflight``)."""
 
 from __future__ import annotations
 
@@ -167,10 +167,11 @@ async def test_a_call_goes_on_with_its_history_after_kill_9(fixtures_dir, tmp_pa
     assert torch.equal(killed["rows"][:n], finished["rows"])
     # The new server: the finished history, restored row for row, and the reply after it.
     assert session.restored == 1 and session.history_lost == 0 and not session.resumed
-    assert [r for r, _ in after["turns"]] == [*roles, "assistant"]
+    assert [r for r, _ in after["turns"]] == [*roles, "assistant", "assistant"]
     assert torch.equal(after["rows"][:n], finished["rows"])
-    assert after["turn_frames"][:-1] == finished["turn_frames"]
-    assert after["turn_frames"][-1] > 0
+    heard = watcher.frames[watcher.contexts[3]]  # all it pushed plays: all of it was heard
+    assert after["turn_frames"] == [*finished["turn_frames"], heard, after["turn_frames"][-1]]
+    assert heard >= 5 and after["turn_frames"][-1] > 0
     # The reply in flight failed with the server (an ErrorFrame), and only it.
     errors = [f.error for f in up if isinstance(f, ErrorFrame)]
     assert errors and all("restore" not in e for e in errors), errors

@@ -72,18 +72,21 @@ def _count_restores(monkeypatch, drop_first: bool) -> list[str]:
     return sent
 
 
-async def _goes_on(session, before, engine) -> None:
-    """The history is the lost one, on one conversation, and the call goes on."""
+async def _goes_on(session, before, engine, heard: int = 0) -> None:
+    """The history is the lost one (with the reply in flight at the loss, cut to its ``heard``
+    frames), on one conversation, and the call goes on."""
     after = await session.snapshot()
-    assert torch.equal(after["rows"], before["rows"])
-    assert after["turn_frames"] == before["turn_frames"]
+    n = before["rows"].shape[0]
+    assert torch.equal(after["rows"][:n], before["rows"])
+    assert after["turn_frames"] == before["turn_frames"] + ([heard] if heard else [])
+    assert after["rows"].shape[0] > n if heard else after["rows"].shape[0] == n
     assert session.restored == 1 and session.history_lost == 0
     assert engine.session_ids == [session.id]
     turn = await session.start_turn(max_frames=3)
     turn.push_text("Still here.")
     turn.end_text()
     assert (await turn.wait()).audio_frames == 3
-    assert len(session.journal.turns) == 3 and session.journal.valid
+    assert len(session.journal.turns) == 3 + bool(heard) and session.journal.valid
     assert not session.journal.restore_due
     await session.close()
 
@@ -95,13 +98,14 @@ async def test_a_restore_lost_before_the_server_read_it_is_sent_again(
         make_tiny_engine, make_server, realtime_meta["text_ids_drawn_from"], in_flight=True
     )
     sent = _count_restores(monkeypatch, drop_first=True)
-    # Made anew on b, restore lost, resumed there and restored again; the reply in flight
-    # at the loss is in no history: the barge-in cuts nothing (not the restored reply).
+    # The barge-in on the reply in flight at the loss says 2 of its frames were heard: made
+    # anew on b with them, restore lost, resumed there and restored again (the same restore),
+    # the reply kept to those 2 frames (nothing more to cut).
     assert lost is not None and not lost.ended
     assert await session.interrupt(2) is None
     assert len(sent) == 2 and sent[0] == sent[1]
     assert session.resumed and session.reconnects == 2
-    await _goes_on(session, before, engine)
+    await _goes_on(session, before, engine, heard=2)
 
 
 async def test_a_restore_whose_reply_was_lost_is_not_sent_again(

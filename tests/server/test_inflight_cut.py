@@ -1,0 +1,278 @@
+"""The turn in flight when a server is lost (issue #24): the client's journal keeps its rows
+from what the server sends with its frames (their codes, and the text ids of ``turn.words``),
+and cut at what was heard they are the rows an interruption at that point leaves in the engine,
+id for id; restored on another engine they give the same history. A restore whose last turn
+is a bad in-flight cut is refused and changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from moss_pipecat import protocol as P
+from moss_pipecat.client.journal import Journal
+from moss_pipecat.engine.records import HistoryCursor, TurnRecord
+from moss_pipecat.engine.session import SyncSession
+from moss_pipecat.errors import InvalidInputError
+from moss_pipecat.model import SamplingParams
+
+from ..engine.helpers import random_frames, random_text
+
+GREEDY = SamplingParams.greedy_decoding()
+
+
+def _journal_of(s: SyncSession) -> Journal:
+    """A client's journal holding ``s``'s finished history (a full delta, over the wire)."""
+    from moss_pipecat.server.history_feed import history_message
+
+    journal = Journal()
+    msg = history_message(s.history_delta(HistoryCursor(), full=True), 1)
+    journal.apply(P.parse_server_message(msg.to_json()))
+    return journal
+
+
+def _hear(journal: Journal, chunk) -> None:
+    """One frame as the link takes it: its ``turn.words`` (when the server sends one), then its
+    audio frame, both through the wire's encoding."""
+    if P.TurnWords.wanted(chunk):
+        journal.turn_text(P.parse_server_message(P.TurnWords.of(chunk).to_json()))
+    data = P.pack_audio(chunk.turn_id, chunk.index, chunk.codes.tolist(), chunk.pcm)
+    turn_id, index, codes, _ = P.unpack_audio(data)
+    journal.turn_frame(turn_id, index, codes)
+
+
+def _records(journal: Journal) -> list[TurnRecord]:
+    fields, data = journal.restore_request()
+    voice, records = P.unpack_restore(P.Restore(req=0, **fields), data, journal.rvq)
+    assert voice is None
+    return [
+        TurnRecord(role, tuple(ids.tolist()), torch.from_numpy(frames), lead)
+        for role, lead, ids, frames in records
+    ]
+
+
+# (text ids, whether the text ends (after the ids pushed late), ids pushed one after each of
+# the first frames, chunks read, heard): a cut inside the frames fed; all the frames of a turn
+# that waits for text (its last frame never fed: the cut adds its row); a text shorter than
+# the delay; text arriving between frames (text ids told in several messages).
+CASES = {
+    "cut among fed frames": (20, True, 0, 7, 4),
+    "waiting for text, all heard": (16, False, 0, None, None),
+    "shorter than the delay": (5, True, 0, 6, 6),
+    "text arriving while it speaks": (13, True, 3, 9, 8),
+    "heard nothing": (20, True, 0, 3, 0),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_journal_cuts_the_turn_in_flight_as_the_engine_interrupts_it(
+    make_engine, realtime_meta, case
+):
+    n_text, ends, more, read, heard = CASES[case]
+    engine = make_engine()
+    layout = engine.layout
+    gen = torch.Generator().manual_seed(11)
+    s = SyncSession(engine.create_session(sampling=GREEDY))
+    s.add_user_turn(random_text(gen, realtime_meta, 4), random_frames(gen, 5, layout.rvq))
+    first = s.start_turn(max_frames=6)
+    first.push_ids(random_text(gen, realtime_meta, 15))
+    first.end_text()
+    first.wait_sync()
+    journal = _journal_of(s)
+
+    turn = s.start_turn(max_frames=60, min_frames=60)  # no EOS: it speaks what it is told
+    journal.turn_started(turn.turn_id)
+    turn.push_ids(random_text(gen, realtime_meta, n_text))
+    if ends and not more:
+        turn.end_text()
+    if read is None:  # it waits for text after its last token's frame: all of it is out
+        read = n_text - layout.lead(n_text) + 1
+        heard = read
+    frames = iter(turn)
+    for i in range(read):
+        _hear(journal, next(frames))
+        if i < more:
+            turn.push_ids(random_text(gen, realtime_meta, 1))
+            if i == more - 1 and ends:
+                turn.end_text()
+    cut = s.interrupt(heard)
+    expected = s.snapshot()["rows"]
+    engine_turns = [*s.history_delta(HistoryCursor(), full=True).turns]
+    journal.keep_lost(turn.turn_id, heard)
+
+    got = _records(journal)
+    if heard == 0:  # the engine drops a turn nobody heard; so does the journal
+        assert cut is None or cut.heard_frames == 0
+        assert len(got) == len(engine_turns) == 2
+    else:
+        assert cut.heard_frames == heard
+        assert [(r.role, r.text_ids, r.lead) for r in got] == [
+            (r.role, r.text_ids, r.lead) for r in engine_turns
+        ]
+        assert all(torch.equal(a.frames, b.frames) for a, b in zip(got, engine_turns, strict=True))
+    # Restored on another engine: the rows the interrupted one holds.
+    other = SyncSession(make_engine().create_session(sampling=GREEDY))
+    other.restore(got)
+    assert torch.equal(other.snapshot()["rows"], expected)
+
+
+def test_a_turn_missing_text_or_frames_is_dropped(make_engine, realtime_meta):
+    """A server that sends no text ids (an older one), or a frame that never came: the journal
+    cannot rebuild the turn and drops it (as before the turn in flight was kept)."""
+    engine = make_engine()
+    gen = torch.Generator().manual_seed(2)
+    s = SyncSession(engine.create_session(sampling=GREEDY))
+    turn = s.start_turn(max_frames=10)
+    turn.push_ids(random_text(gen, realtime_meta, 20))
+    turn.end_text()
+    chunks = list(turn)
+    old, gap = Journal(), Journal()
+    for j in (old, gap):
+        j.turn_started(turn.turn_id)
+    for c in chunks:
+        old.turn_frame(c.turn_id, c.index, c.codes.tolist())  # no turn.words text
+        if c.index != 3:
+            _hear(gap, c)
+    for j in (old, gap):
+        j.keep_lost(turn.turn_id, 6)
+        assert j.lost is None and not j.restorable
+
+
+def test_a_hostile_in_flight_cut_is_refused_and_changes_nothing(make_engine, realtime_meta):
+    """A restore whose last assistant turn (the in-flight cut) has codes out of the vocabulary,
+    text ids out of range, or more frames than its text rows: refused, the conversation as it
+    was, and the good restore still lands."""
+    engine = make_engine()
+    layout = engine.layout
+    vocab = engine.model.cfg.language.vocab_size
+    gen = torch.Generator().manual_seed(4)
+    s = SyncSession(engine.create_session(sampling=GREEDY))
+    turn = s.start_turn(max_frames=30, min_frames=30)
+    journal = Journal()
+    journal.turn_started(turn.turn_id)
+    turn.push_ids(random_text(gen, realtime_meta, 18))
+    frames = iter(turn)
+    for _ in range(5):
+        _hear(journal, next(frames))
+    journal.keep_lost(turn.turn_id, 4)
+    (good,) = _records(journal)
+    frames_oov = good.frames.clone()
+    frames_oov[-1, 3] = layout.audio_eos + 1
+    bad = {
+        "codes out of the vocabulary": TurnRecord("assistant", good.text_ids, frames_oov, 12),
+        "text ids out of range": TurnRecord(
+            "assistant", (*good.text_ids[:-1], vocab), good.frames, good.lead
+        ),
+        "more frames than its rows": TurnRecord(
+            "assistant", good.text_ids, torch.cat((good.frames, good.frames[:1])), good.lead
+        ),
+    }
+    target = SyncSession(make_engine().create_session(sampling=GREEDY))
+    before = target.snapshot()
+    for name, record in bad.items():
+        with pytest.raises(InvalidInputError):
+            target.restore([record])
+            pytest.fail(name)
+        after = target.snapshot()
+        assert torch.equal(after["rows"], before["rows"]) and after["turns"] == [], name
+    target.restore([good])
+    assert target.snapshot()["turn_frames"] == [4]
+    assert np.array_equal(journal.lost.frames, good.frames.numpy())
+
+
+async def test_a_session_keeps_the_turn_lost_with_its_server_and_hostile_cuts_are_refused(
+    make_tiny_engine, make_server, realtime_meta
+):
+    """Over the wire, in one process: a turn that has spoken all its text is lost with its
+    connection and the server forgets the conversation; the session's interrupt (what was heard)
+    cuts it in the journal, the reconnect restores it: the rows are the old ones cut by the
+    engine's own rule. Then restores whose in-flight cut is bad (codes out of the vocabulary,
+    text ids out of range, more frames than its rows) are refused, touching nothing."""
+    from websockets.asyncio.client import connect
+
+    from moss_pipecat.client import RemoteEngine
+
+    from .conftest import TOKEN, eventually
+    from .test_restore_inflight import engine_cut
+
+    engine = make_tiny_engine(eos_min_frames=60)
+    server = await make_server(engine, token=TOKEN, idle_expiry_s=0)
+    layout = engine.layout
+    session = await RemoteEngine(server.url, token=TOKEN).create_session(
+        conversation_id="lost-1", sampling=GREEDY
+    )
+    turn = await session.start_turn(max_frames=4)
+    turn.push_text("Hello there.")
+    turn.end_text()
+    await turn.wait()
+    turn = await session.start_turn(max_frames=60)
+    turn.push_text("This reply speaks all of its text and then waits for more that never comes")
+    chunks = []
+    async for chunk in turn:  # until it has said all its text (a snapshot after each frame)
+        chunks.append(chunk)
+        stall = await session.snapshot()
+        text = stall["turns"][-1][1]
+        if len(chunks) == stall["turn_frames"][-1] == text - layout.lead(text) + 1:
+            break
+    heard = len(chunks) - 2  # the listener heard all but its last two frames
+    session._link.ws.transport.abort()  # the server loses the conversation with its client
+    await eventually(lambda: "lost-1" not in server.hub.conversations, what="it to end")
+    assert await session.interrupt(heard) is None  # restored with its heard part: no more to cut
+    assert session.restored == 1 and session.history_lost == 0
+    after = await session.snapshot()
+    assert torch.equal(after["rows"], engine_cut(layout, stall, chunks, heard))
+    assert after["turn_frames"] == [4, heard]
+    records = [(t.role, t.lead, t.ids, t.frames) for t in session.journal.turns]
+    assert len(records) == 2 and len(records[1][3]) == heard
+
+    ws = await connect(
+        server.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, max_size=None
+    )
+    await ws.send(json.dumps({"type": "hello", "conversation_id": "h-2"}))
+    assert json.loads(await ws.recv())["type"] == "ready"
+    role, lead, ids, frames = records[1]
+    oov = frames.astype(np.int64).copy()
+    oov[-1, 0] = layout.audio_eos + 1
+    vocab = engine.model.cfg.language.vocab_size
+    bad = {
+        "codes out of the vocabulary": (role, lead, ids, oov),
+        "text ids out of range": (role, lead, np.array([*ids[:-1], vocab]), frames),
+        "more frames than its rows": (role, lead, ids, np.concatenate((frames, frames[:1]))),
+    }
+    for req, (name, last) in enumerate(bad.items()):
+        fields, data = P.pack_restore(None, [records[0], last])
+        await ws.send(json.dumps({"type": "restore", "req": req, **fields}))
+        await ws.send(data)
+        reply = await _answer(ws, req)
+        assert (reply["type"], reply.get("code"), reply.get("fatal")) == (
+            "error",
+            "invalid_input",
+            False,
+        ), name
+        assert "turn" in reply["message"] or "code" in reply["message"], reply
+    await ws.send(json.dumps({"type": "snapshot", "req": 10}))
+    assert (await _answer(ws, 10))["snapshot"]["turns"] == []
+    fields, data = P.pack_restore(None, records)
+    await ws.send(json.dumps({"type": "restore", "req": 11, **fields}))
+    await ws.send(data)
+    assert (await _answer(ws, 11))["type"] == "result"
+    await ws.send(json.dumps({"type": "snapshot", "req": 12}))
+    rows = (await _answer(ws, 12))["snapshot"]["rows"]
+    assert torch.equal(torch.tensor(rows).reshape(-1, layout.channels), after["rows"])
+    await ws.close()
+    assert torch.equal((await session.snapshot())["rows"], after["rows"])  # untouched
+    await session.close()
+
+
+async def _answer(ws, req: int) -> dict:
+    """The ``result`` or ``error`` answering ``req`` (other messages skipped)."""
+    while True:
+        msg = await asyncio.wait_for(ws.recv(), 20)
+        if isinstance(msg, str):
+            data = json.loads(msg)
+            if data.get("req") == req and data["type"] in ("result", "error"):
+                return data
