@@ -36,7 +36,7 @@ def preload() -> None:
         import _common  # noqa: F401
         import _setup  # noqa: F401
         import torch
-        import torch._dynamo  # noqa: F401 (building a model on a device imports it: ~2 s)
+        import torch._dynamo  # noqa: F401 (most steps import it: ~2 s each)
 
         import moss_pipecat.codec.graphs
         import moss_pipecat.engine.engine
