@@ -21,6 +21,9 @@
 #     --dtype DTYPE       weights dtype (default bfloat16 on cuda, float32 on cpu)
 #     --env-only          only write summary.json (python, torch, CUDA, whether the package
 #                         imports, which optional modules do) and print it: a new box's check
+#     --one-interpreter   (--device cpu only) import torch and the package once and fork every
+#                         step from that interpreter (scripts/step_server.py): each step is
+#                         still its own process, without ~4 s of imports each
 #
 # A failing step is recorded (summary.json, NAME.log) and the others still run; the exit status
 # is nonzero if any step failed or timed out. Without fixtures beside the checkout, a tiny
@@ -98,6 +101,7 @@ usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0";
 
 # ---- arguments -------------------------------------------------------------------------------
 DEVICE=cuda TINY_RUN=0 OUT_DIR="" COMPILE_BACKEND="" BUDGET=0 ONLY="" SKIP="" DTYPE="" ENV_ONLY=0
+ONE_INTERPRETER=0
 WHEELS=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -111,11 +115,16 @@ while [ $# -gt 0 ]; do
     --skip) SKIP=,$2,; shift 2 ;;
     --dtype) DTYPE=$2; shift 2 ;;
     --env-only) ENV_ONLY=1; shift ;;
+    --one-interpreter) ONE_INTERPRETER=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "gpu_bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 case $DEVICE in cuda|cpu) ;; *) echo "gpu_bench.sh: --device is cuda or cpu" >&2; exit 2 ;; esac
+# Forking a process that holds CUDA state is unsafe: the GPU run keeps one fresh python a step.
+if [ "$ONE_INTERPRETER" = 1 ] && [ "$DEVICE" != cpu ]; then
+  echo "gpu_bench.sh: --one-interpreter is for --device cpu" >&2; exit 2
+fi
 for name in ${ONLY//,/ } ${SKIP//,/ }; do
   [[ " ${STEPS[*]} " == *" $name "* ]] || {
     echo "gpu_bench.sh: unknown step $name (steps: ${STEPS[*]})" >&2; exit 2; }
@@ -152,7 +161,10 @@ fi
 
 # The package comes from this checkout, never from an install.
 TMP_DIRS=()
-cleanup() { [ ${#TMP_DIRS[@]} -eq 0 ] || rm -rf "${TMP_DIRS[@]}"; }
+cleanup() {
+  [ -z "${STEPSRV_PID:-}" ] || kill "$STEPSRV_PID" 2>/dev/null
+  [ ${#TMP_DIRS[@]} -eq 0 ] || rm -rf "${TMP_DIRS[@]}"
+}
 trap cleanup EXIT
 SITE_EXTRA=""
 if [ ${#WHEELS[@]} -gt 0 ]; then
@@ -278,12 +290,17 @@ run_step() {
   local name=$1 limit=$2 rc status t0=$SECONDS
   shift 2
   echo "gpu_bench: [$name] $*" >&2
-  if [ "$limit" -gt 0 ] && command -v timeout >/dev/null; then
+  if [ -n "${STEPSRV_PID:-}" ]; then  # forked from the step server ("$PY" is its interpreter)
+    shift
+    printf '%s\0' "$limit" "$OUT_DIR/$name.log" "$#" "$@" >&"${STEPSRV[1]}"
+    read -r rc <&"${STEPSRV[0]}" || rc=1
+    [ "$rc" -ge 0 ] 2>/dev/null || rc=1
+  elif [ "$limit" -gt 0 ] && command -v timeout >/dev/null; then
     timeout --kill-after=15 "$limit" "$@" >"$OUT_DIR/$name.log" 2>&1
   else
     "$@" >"$OUT_DIR/$name.log" 2>&1
   fi
-  rc=$?
+  rc=${rc:-$?}
   if [ $rc = 0 ]; then status=ok
   elif [ $rc = 124 ] || [ $rc = 137 ]; then status=timeout
   else status=failed; fi
@@ -303,6 +320,14 @@ if [ "$ENV_ONLY" = 1 ]; then
   exit 0
 fi
 
+if [ "$ONE_INTERPRETER" = 1 ]; then
+  coproc STEPSRV { exec "$PY" scripts/step_server.py; }
+  if ! read -r ready <&"${STEPSRV[0]}" || [ "$ready" != ready ]; then
+    echo "gpu_bench: the step server did not start (scripts/step_server.py)" >&2
+    exit 1
+  fi
+  echo "gpu_bench: one interpreter: steps fork from $STEPSRV_PID" >&2
+fi
 FAILED=()
 for name in "${STEPS[@]}"; do
   step_spec "$name" || { echo "gpu_bench: no spec for step $name" >&2; exit 2; }
@@ -348,6 +373,12 @@ for name in "${STEPS[@]}"; do
   [ "$RUN_STATUS" = ok ] || FAILED+=("$name")
 done
 rm -f "$RECORDS"
+if [ -n "${STEPSRV_PID:-}" ]; then
+  pid=$STEPSRV_PID
+  eval "exec ${STEPSRV[1]}>&-"  # EOF: the server ends
+  wait "$pid"
+  STEPSRV_PID=""
+fi
 
 echo "gpu_bench: done in $((SECONDS - T_START)) s; JSON in $OUT_DIR/ (summary.json)" >&2
 if [ ${#FAILED[@]} -gt 0 ]; then

@@ -16,6 +16,7 @@ import importlib.metadata as md
 import json
 import logging
 import os
+import platform
 import posixpath
 import subprocess
 import sys
@@ -152,7 +153,7 @@ def _bench(python: Path, out: Path, *args: str) -> tuple[subprocess.CompletedPro
         env=_env(python, MOSS_FIXTURES=str(fixtures_root())),
         capture_output=True,
         text=True,
-        timeout=900,  # a guard against hangs: the whole dry run takes ~2 min on 2 idle cores
+        timeout=900,  # a guard against hangs: the whole dry run takes ~1 min on 2 idle cores
     )
     summary = json.loads((out / "summary.json").read_text())
     return proc, summary
@@ -161,14 +162,17 @@ def _bench(python: Path, out: Path, *args: str) -> tuple[subprocess.CompletedPro
 def test_gpu_bench_dry_run_in_minimal_env(minimal_python, tmp_path):
     """Every step the GPU run has, tiny and on the CPU: tests/gpu collects and skips, every
     benchmark writes its JSON, with only the allowed packages and no install. ``--wheels``
-    without pip: the wheels are unzipped onto PYTHONPATH."""
+    without pip: the wheels are unzipped onto PYTHONPATH. The steps fork from one interpreter
+    (``--one-interpreter``: the imports once, not once a step); a step as its own python
+    process is the next test's."""
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     _wheel(wheels, "mossprobe", "VALUE = 42\n")
     out = tmp_path / "gpu"
-    proc, summary = _bench(minimal_python, out, "--wheels", str(wheels))
+    proc, summary = _bench(minimal_python, out, "--wheels", str(wheels), "--one-interpreter")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "no venv, no install" in proc.stderr
+    assert "one interpreter: steps fork from" in proc.stderr
     assert summary["logger"] == "stdlib" and summary["package"] == str(REPO / "moss_pipecat")
     assert summary["wheels"] == ["mossprobe"] and summary["importable"]["mossprobe"]
     assert not (REPO / ".venv").samefile(Path(summary["executable"]).parent.parent)
@@ -240,6 +244,58 @@ def test_gpu_bench_wheels_with_pip_and_a_failing_step(tmp_path):
     assert summary["failed"] == ["codec"] and "FAILED: codec" in proc.stderr
     assert "invalid choice" in (out / "codec.log").read_text()
     assert json.loads((out / "memory.json").read_text())["kv_bytes_per_position"] > 0
+
+
+def test_step_server_runs_each_step_as_python_would(tmp_path):
+    """``scripts/step_server.py`` (``gpu_bench.sh --one-interpreter``) runs each request in a
+    child forked after the imports, as ``python ARGS`` would: arguments, ``sys.path[0]``, exit
+    status, output into the step's log, no state left from the step before; a step past its
+    limit is stopped and reported as ``timeout`` does (124)."""
+    steps = {
+        "mark": "import moss_pipecat, sys\nmoss_pipecat.MARK = 1\nprint(sys.argv[1:])\n",
+        "fresh": "import moss_pipecat, sys\nprint(sys.path[0])\n"
+        "sys.exit(3 if hasattr(moss_pipecat, 'MARK') else 0)\n",
+        "status": "raise SystemExit(5)\n",
+        "message": "raise SystemExit('bad input')\n",
+        "boom": "raise RuntimeError('boom')\n",
+        "hang": "import threading\nprint('waiting', flush=True)\nthreading.Event().wait()\n",
+    }
+    requests, limits = [], {"hang": "1"}
+    for name, source in steps.items():
+        (tmp_path / f"{name}.py").write_text(source)
+        argv = [str(tmp_path / f"{name}.py"), "a b", "c"]
+        requests.append((name, [limits.get(name, "0"), str(tmp_path / f"{name}.log"), *argv]))
+    requests.append(("module", ["0", str(tmp_path / "module.log"), "-m", "platform", "--terse"]))
+    payload = b"".join(
+        b"".join(f.encode() + b"\0" for f in (*fields[:2], str(len(fields) - 2), *fields[2:]))
+        for _, fields in requests
+    )
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "step_server.py")],
+        input=payload,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    replies = proc.stdout.decode().split()
+    assert replies[0] == "ready"
+    assert dict(zip([n for n, _ in requests], map(int, replies[1:]), strict=True)) == {
+        "mark": 0,
+        "fresh": 0,  # the mark was the other child's
+        "status": 5,
+        "message": 1,
+        "boom": 1,
+        "hang": 124,
+        "module": 0,
+    }
+    log = {name: (tmp_path / f"{name}.log").read_text() for name, _ in requests}
+    assert log["mark"] == "['a b', 'c']\n"
+    assert log["fresh"] == f"{tmp_path}\n"
+    assert log["status"] == "" and log["message"] == "bad input\n"
+    assert "RuntimeError: boom" in log["boom"] and log["hang"] == "waiting\n"
+    assert log["module"].strip() == platform.platform(terse=True)
 
 
 # ---- the stand-in logger and the soxr error, in process --------------------------------------

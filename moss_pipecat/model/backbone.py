@@ -8,7 +8,14 @@ from torch import nn
 from moss_pipecat.masks import additive_mask
 from moss_pipecat.model.config import MossTTSRealtimeConfig, TransformerConfig
 from moss_pipecat.model.kv_cache import KVCache
-from moss_pipecat.model.layers import DecoderLayer, RMSNorm, key_span, rope_cos_sin, run_stack
+from moss_pipecat.model.layers import (
+    DecoderLayer,
+    Embedding,
+    RMSNorm,
+    key_span,
+    rope_cos_sin,
+    run_stack,
+)
 
 
 class RowEmbedding(nn.Module):
@@ -17,8 +24,8 @@ class RowEmbedding(nn.Module):
     def __init__(self, cfg: MossTTSRealtimeConfig) -> None:
         super().__init__()
         H = cfg.language.hidden_size
-        tables = [nn.Embedding(cfg.language.vocab_size, H)]
-        tables += [nn.Embedding(cfg.audio_vocab_size, H) for _ in range(cfg.rvq)]
+        tables = [Embedding(cfg.language.vocab_size, H)]
+        tables += [Embedding(cfg.audio_vocab_size, H) for _ in range(cfg.rvq)]
         self.embed_tokens = nn.ModuleList(tables)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:

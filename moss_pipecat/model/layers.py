@@ -29,6 +29,16 @@ from moss_pipecat.model.kernels import (
 KEY_BLOCK = 256
 
 
+class Embedding(nn.Embedding):
+    """``nn.Embedding`` that leaves a table built on ``meta`` as it is: loading assigns the
+    checkpoint's table, and ``normal_`` on a meta tensor runs torch's Python reference, whose
+    first call imports ``torch._dynamo`` (~2 s of CPU at every process's start-up)."""
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
 class RMSNorm(Fusable, nn.Module):
     """RMS norm over the last axis of size ``dim``; with ``rows``, one weight row per row of
     the second-to-last axis (e.g. per attention head). See ``kernels.scaled_rms_norm``."""

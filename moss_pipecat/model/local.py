@@ -13,7 +13,14 @@ from moss_pipecat.masks import additive_mask
 from moss_pipecat.model.config import MossTTSRealtimeConfig
 from moss_pipecat.model.fused_sampling import NO_EOS, choose_codebook, keyed_noise_op
 from moss_pipecat.model.kernels import Fusable
-from moss_pipecat.model.layers import DecoderLayer, KVWriter, RMSNorm, rope_cos_sin, run_stack
+from moss_pipecat.model.layers import (
+    DecoderLayer,
+    Embedding,
+    KVWriter,
+    RMSNorm,
+    rope_cos_sin,
+    run_stack,
+)
 from moss_pipecat.model.sampling import (
     BatchSampling,
     NoiseKeys,
@@ -44,7 +51,7 @@ class LocalModel(nn.Module):
         super().__init__()
         c = cfg.local
         self.embed_tokens = nn.ModuleList(
-            nn.Embedding(cfg.audio_vocab_size, c.hidden_size) for _ in range(cfg.rvq - 1)
+            Embedding(cfg.audio_vocab_size, c.hidden_size) for _ in range(cfg.rvq - 1)
         )
         self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_hidden_layers))
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)

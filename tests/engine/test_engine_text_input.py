@@ -8,6 +8,7 @@ import pytest
 
 from moss_pipecat.engine.config import FRAME_SECONDS, EngineConfig
 from moss_pipecat.engine.factory import load_tiny_engine
+from moss_pipecat.engine.offline_tokenizer import shared_offline_tokenizer
 from moss_pipecat.engine.session import SyncSession
 from moss_pipecat.engine.text import encode_text
 from moss_pipecat.errors import InvalidInputError
@@ -29,6 +30,15 @@ def engine(fixtures_dir):
     e = load_tiny_engine(fixtures_dir, config=config, with_codec=False)
     yield e
     e.shutdown()
+
+
+def test_tiny_engines_share_one_offline_tokenizer(engine, fixtures_dir):
+    """A process builds the offline tokenizer once for all its tiny engines."""
+    other = load_tiny_engine(fixtures_dir, config=engine.config, with_codec=False)
+    try:
+        assert other.tokenizer is engine.tokenizer is shared_offline_tokenizer()
+    finally:
+        other.shutdown()
 
 
 def test_text_pieces_become_the_whole_texts_tokens(engine):

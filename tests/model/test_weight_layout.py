@@ -4,12 +4,20 @@ module (``.to(dtype)`` / ``.to(device)`` keep it whole and give what loading the
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from moss_pipecat.model import MossTTSRealtime, SamplingParams, generate_turn
+from moss_pipecat.model.layers import Embedding
 from moss_pipecat.model.moss_tts import IGNORED_KEYS
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_checkpoint_keys_and_values_round_trip(tiny_model, realtime_dir):
@@ -24,6 +32,36 @@ def test_checkpoint_keys_and_values_round_trip(tiny_model, realtime_dir):
     again = MossTTSRealtime.from_state_dict(tiny_model.cfg, {k: v.clone() for k, v in ours.items()})
     mine = tiny_model.state_dict()
     assert all(torch.equal(v, mine[k]) for k, v in again.state_dict().items())
+
+
+def test_loading_leaves_the_compiler_unimported(realtime_dir, codec_dir):
+    """The model and the codec are built on ``meta`` and get the checkpoint's tensors: their
+    tables are not initialised there, so a process that never compiles never imports
+    ``torch._dynamo`` (~2 s of its start-up). Built on a real device, a table is initialised as
+    ``nn.Embedding`` does."""
+    code = (
+        "import sys\n"
+        "from moss_pipecat.codec import MossAudioCodec\n"
+        "from moss_pipecat.model import MossTTSRealtime\n"
+        "MossTTSRealtime.from_pretrained(sys.argv[1])\n"
+        "MossAudioCodec.from_pretrained(sys.argv[2])\n"
+        "print([m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(realtime_dir), str(codec_dir)],
+        env={"PATH": "", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-1] == "[]"
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        ours = Embedding(7, 3, padding_idx=2).weight
+        torch.manual_seed(5)
+        theirs = nn.Embedding(7, 3, padding_idx=2).weight
+    assert torch.equal(ours, theirs) and not ours.eq(0).all()
 
 
 def _frames(model: MossTTSRealtime, prompt: torch.Tensor, sampling: SamplingParams):

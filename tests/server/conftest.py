@@ -21,9 +21,9 @@ TOKEN = "test-token"
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from moss_pipecat.engine.offline_tokenizer import offline_tokenizer
+    from moss_pipecat.engine.offline_tokenizer import shared_offline_tokenizer
 
-    return offline_tokenizer()
+    return shared_offline_tokenizer()  # the one the tiny engines of this process share
 
 
 @pytest.fixture
