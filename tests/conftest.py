@@ -45,10 +45,13 @@ LONGEST_FIRST = (
     RAY_UNIT,
     "tests/test_minimal_env.py",
     "tests/server/test_restore_service.py",
+    "tests/server/test_restore_inflight.py",
+    "tests/server/test_squatting.py",
     "tests/engine/test_sessions.py",
     "tests/test_benchmarks.py",
     "tests/service/test_pipecat_contract.py",
     "tests/engine/test_prefix_cache.py",
+    "tests/engine/test_kv_pools.py",
     "tests/model/test_graphs.py",
     "tests/service/test_barge_in.py",
     "tests/service/test_moss_tts_service.py",
@@ -61,6 +64,8 @@ LONGEST_FIRST = (
     "tests/server/test_restore_transit.py",
     "tests/service/test_context_race.py",
     "tests/server/test_remote_cjk.py",
+    "tests/server/test_remote_word_order.py",
+    "tests/server/test_inflight_cut.py",
 )
 
 
