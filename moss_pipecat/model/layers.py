@@ -194,18 +194,21 @@ def key_block_attention(
     """
     B, n, M, hd = q.shape
     S, T = k.shape[2], M // g
-    hides = _blocks_hiding_keys(mask, S)
+    # Traced (the compiled decode step): no host reads, no out= buffers; the same numbers.
+    traced = torch.compiler.is_compiling()
+    hides = [True] * -(-S // KEY_BLOCK) if traced else _blocks_hiding_keys(mask, S)
     mask = mask[:, :, None]  # [B or 1, 1, 1, T, S]: the same for the g heads of a kv head
     top = q.new_full((B, n, M, 1), float("-inf"))  # running max
     total = q.new_zeros((B, n, M, 1))  # running sum of weights
     acc = q.new_zeros((B, n, M, hd))  # running weighted sum of values
-    block = q.new_empty((B, n, M, KEY_BLOCK))  # every whole block's scores, in turn
-    summed = q.new_empty((B, n, M, hd))  # every block's weighted values, in turn
+    block = None if traced else q.new_empty((B, n, M, KEY_BLOCK))  # each block's scores
+    summed = None if traced else q.new_empty((B, n, M, hd))  # each block's weighted values
     q = q * hd**-0.5  # the scale once, on the queries
     for j, hidden in zip(range(0, S, KEY_BLOCK), hides, strict=True):
         kj, vj = k[:, :, j : j + KEY_BLOCK], v[:, :, j : j + KEY_BLOCK]  # [B, n, w, hd]
         w = kj.shape[2]
-        scores = torch.matmul(q, kj.transpose(-1, -2), out=block if w == KEY_BLOCK else None)
+        whole = block is not None and w == KEY_BLOCK
+        scores = torch.matmul(q, kj.transpose(-1, -2), out=block if whole else None)
         if hidden:  # [B, n, M, w]
             part = mask[..., j : j + KEY_BLOCK]
             if part.dtype == torch.bool:
