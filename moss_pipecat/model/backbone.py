@@ -88,7 +88,11 @@ class Qwen3Backbone(nn.Module):
         S = kv_len
         key_pos = torch.arange(S, device=x.device)
         allowed = key_pos[None, None, :] <= positions[:, :, None]  # [B, T, S]
-        mask = additive_mask(allowed, x.dtype)[:, None]  # [B, 1, T, S]
+        # [B, 1, T, S]. The CPU attention takes it as it is (it hides keys only in the blocks
+        # that need it: a long prefill would spend more making the additive one than using it).
+        mask = (
+            allowed[:, None] if x.device.type == "cpu" else additive_mask(allowed, x.dtype)[:, None]
+        )
         writes = positions
         if valid is not None:
             keep = torch.arange(T, device=x.device)[None, :] < valid[:, None]  # [B, T]

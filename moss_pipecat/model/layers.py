@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moss_pipecat.masks import additive_mask
 from moss_pipecat.model import kernels
 from moss_pipecat.model.config import TransformerConfig
 from moss_pipecat.model.kernels import (
@@ -121,7 +120,8 @@ class Attention(Fusable, nn.Module):
         kv: KVWriter,
         mask: torch.Tensor,
     ) -> torch.Tensor:
-        """x: [B, T, D]; mask: [B, 1, T, S] additive (``additive_mask``); returns [B, T, D]."""
+        """x: [B, T, D]; mask: [B, 1, T, S] additive (``additive_mask``) or bool (True =
+        attend); returns [B, T, D]."""
         B, T, _ = x.shape
         nq, nkv, hd = self.n_heads, self.n_kv, self.head_dim
         qkv = self.qkv_proj(x).view(B, T, nq + 2 * nkv, hd)
@@ -190,34 +190,59 @@ def key_block_attention(
     kernel gives a batch row other last bits depending on the thread that ran it.) A query
     with no key to attend gets zeros, as from SDPA.
 
+    Where the time goes (a long prefill is all attention): each block's scores are written
+    into one buffer kept for the call (a fresh one per block costs the allocator's page
+    faults, as much as the matmul), and the mask is applied only to the blocks it hides a
+    key of (in a causal prefill, those at the diagonal): elsewhere it would add zeros,
+    which change no number.
+
     Args:
         q: [B, n, g*T, hd] (g query heads folded into the time axis, head-major);
-        k, v: [B, n, S, hd]; mask: [B or 1, 1, T, S], bool or additive.
+        k, v: [B, n, S, hd]; mask: [B or 1, 1, T, S], bool (True = attend) or additive.
     Returns:
         [B, n, g*T, hd].
     """
     B, n, M, hd = q.shape
     S, T = k.shape[2], M // g
-    if mask.dtype == torch.bool:
-        mask = additive_mask(mask, q.dtype)
+    # Traced (the compiled decode step): no host reads, no out= buffers; the same numbers.
+    traced = torch.compiler.is_compiling()
+    hides = [True] * -(-S // KEY_BLOCK) if traced else _blocks_hiding_keys(mask, S)
     mask = mask[:, :, None]  # [B or 1, 1, 1, T, S]: the same for the g heads of a kv head
     top = q.new_full((B, n, M, 1), float("-inf"))  # running max
     total = q.new_zeros((B, n, M, 1))  # running sum of weights
     acc = q.new_zeros((B, n, M, hd))  # running weighted sum of values
+    block = None if traced else q.new_empty((B, n, M, KEY_BLOCK))  # each block's scores
+    summed = None if traced else q.new_empty((B, n, M, hd))  # each block's weighted values
     q = q * hd**-0.5  # the scale once, on the queries
-    for j in range(0, S, KEY_BLOCK):
+    for j, hidden in zip(range(0, S, KEY_BLOCK), hides, strict=True):
         kj, vj = k[:, :, j : j + KEY_BLOCK], v[:, :, j : j + KEY_BLOCK]  # [B, n, w, hd]
-        scores = q @ kj.transpose(-1, -2)  # [B, n, M, w]
-        w = scores.shape[-1]
-        scores.view(B, n, g, T, w).add_(mask[..., j : j + KEY_BLOCK])
+        w = kj.shape[2]
+        whole = block is not None and w == KEY_BLOCK
+        scores = torch.matmul(q, kj.transpose(-1, -2), out=block if whole else None)
+        if hidden:  # [B, n, M, w]
+            part = mask[..., j : j + KEY_BLOCK]
+            if part.dtype == torch.bool:
+                scores.view(B, n, g, T, w).masked_fill_(~part, float("-inf"))
+            else:
+                scores.view(B, n, g, T, w).add_(part)
         new_top = torch.maximum(top, scores.amax(dim=-1, keepdim=True))
         shift = new_top.masked_fill(new_top == float("-inf"), 0.0)  # no key yet: no NaN
-        weights = scores.sub_(shift).exp_()  # [B, n, M, w], in place: one buffer per block
+        weights = scores.sub_(shift).exp_()  # [B, n, M, w], in place
         rescale = (top - shift).exp_()
         total = total.mul_(rescale).add_(weights.sum(dim=-1, keepdim=True))
-        acc = acc.mul_(rescale).add_(weights @ vj)
+        acc = acc.mul_(rescale).add_(torch.matmul(weights, vj, out=summed))
         top = new_top
     return acc / total.masked_fill(total == 0, 1.0)
+
+
+def _blocks_hiding_keys(mask: torch.Tensor, S: int) -> list[bool]:
+    """For each block of ``KEY_BLOCK`` keys, whether ``mask`` [B or 1, 1, T, S] (bool, True
+    = attend, or additive) changes any score in it (a hidden key, or a nonzero bias)."""
+    changes = ~mask if mask.dtype == torch.bool else mask != 0
+    blocks = -(-S // KEY_BLOCK)
+    per_key = changes.new_zeros(blocks * KEY_BLOCK)
+    per_key[:S] = changes.flatten(0, 2).any(dim=0)  # [S]
+    return per_key.view(blocks, KEY_BLOCK).any(dim=-1).tolist()
 
 
 class MLP(Fusable, nn.Module):

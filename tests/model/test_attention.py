@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from moss_pipecat.masks import additive_mask
 from moss_pipecat.model.layers import KEY_BLOCK, grouped_attention, key_span
 
 
@@ -70,3 +71,23 @@ def test_a_row_attends_alike_over_any_span_of_whole_key_blocks():
     got = grouped_attention(q, k[:, :, :s], v[:, :, :s], _causal(lengths, T, s))
     assert torch.equal(got, whole)
     assert key_span(S, S) == S and key_span(1, S) == KEY_BLOCK
+
+
+def test_a_mask_counts_only_in_the_blocks_it_changes():
+    """The CPU attention applies a mask only to the key blocks it changes: a boolean mask
+    and its additive twin give the same numbers bit for bit, and a bias in a block where
+    every key is visible (an additive mask that hides nothing there) still counts."""
+    gen = torch.Generator().manual_seed(5)
+    B, h, n_kv, T, hd = 2, 4, 2, 8, 16
+    S = 3 * KEY_BLOCK  # blocks 0-1 wholly visible to every query, block 2 at the diagonal
+    q = torch.randn(B, h, T, hd, generator=gen)
+    k, v = (torch.randn(B, n_kv, S, hd, generator=gen) for _ in range(2))
+    allowed = _causal(torch.tensor([S - 3, S]), T, S)
+    additive = additive_mask(allowed, q.dtype)
+    assert torch.equal(grouped_attention(q, k, v, allowed), grouped_attention(q, k, v, additive))
+    biased = additive.clone()
+    biased[..., KEY_BLOCK + 7] = 2.0  # one key of a wholly visible block weighs more
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=biased, enable_gqa=True)
+    got = grouped_attention(q, k, v, biased)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(got, grouped_attention(q, k, v, additive), atol=1e-4)
