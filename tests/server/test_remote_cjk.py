@@ -66,7 +66,7 @@ async def test_a_remote_barge_in_keeps_in_the_context_what_moss_kept(
     check_barge_in(text, assistant_text(context), cuts)
     check_word_frames(recorder, transport, down)
     (units,) = logs[0].turns  # the units as they came over the wire (turn.words)
-    check_within_one_unit_of_heard(cuts[0], units, transport.heard_s())
+    check_within_one_unit_of_heard(cuts[0], units, transport.heard_s(), transport.speaking_s())
 
 
 async def test_a_whole_mixed_reply_reaches_the_context_as_written(make_tiny_engine, make_server):

@@ -65,12 +65,21 @@ class EngineLog:
         return _SessionLog(await self._engine.create_session(*args, **kwargs), self)
 
 
-def check_within_one_unit_of_heard(cut: Any, units: list[TimedWord], heard_s: float) -> None:
+def check_within_one_unit_of_heard(
+    cut: Any, units: list[TimedWord], heard_s: float, speaking_s: float | None = None
+) -> None:
     """The history kept a prefix of the turn's units (``spoken_text``) within one unit (a CJK
     character or a word) of the units placed in the frames heard (``heard_s`` of audio, as
-    the transport played it, in whole 80 ms frames)."""
+    the transport played it, in whole 80 ms frames). With ``speaking_s`` (the transport's
+    ``speaking_s()``: what it would have played had it never run dry), a loaded loop's
+    underruns count too: the kept units lie within one of the range between the two."""
     kept = [n for n in range(len(units) + 1) if join_units(units[:n]) == cut.spoken_text]
     assert kept, f"{cut.spoken_text!r} is not a prefix of the units placed"
-    heard_end = int(heard_s / FRAME_SECONDS + 1e-9) * FRAME_SECONDS
-    heard = sum(1 for u in units if u[1] < heard_end)
-    assert abs(kept[-1] - heard) <= 1, (kept[-1], heard, heard_s)
+
+    def units_in(seconds: float) -> int:
+        end = int(seconds / FRAME_SECONDS + 1e-9) * FRAME_SECONDS
+        return sum(1 for u in units if u[1] < end)
+
+    low = units_in(heard_s)
+    high = max(low, units_in(speaking_s)) if speaking_s is not None else low
+    assert low - 1 <= kept[-1] <= high + 1, (kept[-1], low, high, heard_s, speaking_s)

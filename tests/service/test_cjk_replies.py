@@ -99,7 +99,7 @@ async def test_a_barge_in_keeps_in_the_context_what_moss_kept(talkative_engine, 
     check_barge_in(text, assistant_text(context), cuts)
     check_word_frames(recorder, transport, down)
     (units,) = log.turns
-    check_within_one_unit_of_heard(cuts[0], units, transport.heard_s())
+    check_within_one_unit_of_heard(cuts[0], units, transport.heard_s(), transport.speaking_s())
 
 
 @pytest.mark.parametrize("lang", ["zh", "ja", "mixed"])

@@ -233,7 +233,7 @@ async def test_a_word_dropped_on_its_way_to_the_context_is_not_kept(talkative_en
     assert said[0] == cut.spoken_text
     assert unit_prefixes(TEXTS[lang]).index(cut.spoken_text) == 3
     assert said[1].split() == NEXT_REPLY.split()
-    check_within_one_unit_of_heard(cut, log.turns[0], transport.heard_s())
+    check_within_one_unit_of_heard(cut, log.turns[0], transport.heard_s(), transport.speaking_s())
 
 
 async def test_a_word_reaching_the_context_after_the_interruption_goes_nowhere(
