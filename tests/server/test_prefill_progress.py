@@ -12,7 +12,6 @@ import threading
 import pytest
 import torch
 
-from moss_pipecat import protocol as P
 from moss_pipecat.client import RemoteEngine
 from moss_pipecat.server import ServerUnavailableError
 
@@ -110,9 +109,3 @@ async def test_a_stuck_prefill_sends_no_progress_and_fails_the_turn(
         assert turn.prefilled[0] <= done  # nothing claimed progress past where it stuck
     finally:
         gate.set()
-
-
-def test_progress_is_a_known_message_and_old_clients_ignore_unknown_ones():
-    msg = P.TurnProgress(turn_id=3, rows_done=10, rows_total=40)
-    assert P.parse_server_message(msg.to_json()) == msg
-    assert P.parse_server_message('{"type": "turn.someday", "turn_id": 3}') is None
