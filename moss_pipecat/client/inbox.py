@@ -1,12 +1,14 @@
-"""``TurnInbox``: what the link's reader has received for one turn (audio chunks, the summary or
-a failure, the words of frames still to come, an input error to raise on the next call). The
-link owns and fills it; the ``RemoteTurn`` reads it, so the link needs to know no turn."""
+"""``TurnInbox``: what the link's reader has received for one turn (audio chunks, progress of
+its prefill, the summary or a failure, the words of frames still to come, an input error to
+raise on the next call). The link owns and fills it; the ``RemoteTurn`` reads it, so the link
+needs to know no turn."""
 
 from __future__ import annotations
 
 import asyncio
 
 from moss_pipecat.errors import MossError
+from moss_pipecat.protocol.server_messages import TurnProgress
 from moss_pipecat.speech.events import AudioChunk, TurnSummary
 
 
@@ -21,7 +23,7 @@ class TurnInbox:
         self.ended = False  # its summary came: the link may go (a move) without failing it
 
     # ---- filled by the link -------------------------------------------------------------------
-    def put(self, item: AudioChunk | TurnSummary | BaseException) -> None:
+    def put(self, item: AudioChunk | TurnProgress | TurnSummary | BaseException) -> None:
         if isinstance(item, TurnSummary):
             self.ended = True
         self._queue.put_nowait(item)
@@ -45,8 +47,8 @@ class TurnInbox:
     def empty(self) -> bool:
         return self._queue.empty()
 
-    def get_nowait(self) -> AudioChunk | TurnSummary | BaseException:
+    def get_nowait(self) -> AudioChunk | TurnProgress | TurnSummary | BaseException:
         return self._queue.get_nowait()
 
-    async def get(self) -> AudioChunk | TurnSummary | BaseException:
+    async def get(self) -> AudioChunk | TurnProgress | TurnSummary | BaseException:
         return await self._queue.get()

@@ -163,6 +163,10 @@ class Link:
                 inbox.add_words(msg.index, msg.timed_words())
                 if self.journal is not None:
                     self.journal.turn_text(msg)
+        elif isinstance(msg, P.TurnProgress):
+            inbox = self.turns.get(msg.turn_id)
+            if inbox is not None:
+                inbox.put(msg)  # the turn's sign of life while its prefill runs long
         elif isinstance(msg, P.TurnEnded):
             inbox = self.turns.pop(msg.turn_id, None)
             if inbox is not None:

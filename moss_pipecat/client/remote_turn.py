@@ -37,6 +37,9 @@ class RemoteTurn:
         self._chars = 0
         self._text_ended = False
         self._cancelled = False
+        # (rows fed, rows to feed) of the turn's prefill, as the server last told
+        # (``turn.progress``); (0, 0) until it does (a short prefill, an older server).
+        self.prefilled: tuple[int, int] = (0, 0)
 
     # ---- text in ---------------------------------------------------------------------------
     def push_text(self, piece: str | bytes) -> None:
@@ -123,9 +126,11 @@ class RemoteTurn:
                     await self._link.fail(err)
                     raise err from None
                 continue
-            last = time.monotonic()
+            last = time.monotonic()  # audio, or a prefill's progress: the server is alive
             if isinstance(item, TurnSummary):
                 self.summary = item
+            elif isinstance(item, P.TurnProgress):
+                self.prefilled = (item.rows_done, item.rows_total)
             elif isinstance(item, BaseException):
                 raise item
             elif not self._cancelled:

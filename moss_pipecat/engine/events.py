@@ -25,6 +25,10 @@ class Channel:
             self._loop = None
         self._async: asyncio.Queue | None = asyncio.Queue() if self._loop else None
         self._sync: queue.SimpleQueue = queue.SimpleQueue()
+        # (rows fed, rows to feed) of the turn's prefill, a side channel beside the chunks:
+        # the engine thread replaces the tuple whole per prefill chunk, so any thread reads
+        # a consistent pair without a lock. (0, 0) until the prefill starts.
+        self.prefilled: tuple[int, int] = (0, 0)
 
     def put(self, item: object) -> None:
         if self._loop is None:

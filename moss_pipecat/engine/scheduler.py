@@ -177,7 +177,7 @@ class Scheduler:
         s.refeed_end = _refeed_end(s)
         s.history.turns.append(rec)
         t.record, t.fed_text, t.t_trigger = rec, rec.lead, t_now
-        s.to_feed = s.history.all_rows()[s.cache_len :]
+        s.feed(s.history.all_rows()[s.cache_len :])
         s.phase = Phase.PREFILL
 
     def use_prefix(self, s: SessionState) -> None:
@@ -229,8 +229,7 @@ class Scheduler:
         done = []
         for b, (s, r) in enumerate(zip(batch, rows, strict=True)):
             n = r.shape[0]
-            s.cache_len += n
-            s.to_feed = s.to_feed[n:]
+            s.fed(n)
             self.core.stats["prefill_rows"] += n
             if s.to_feed.shape[0] == 0:
                 s.to_feed = None

@@ -117,6 +117,13 @@ class TurnStream:
         self.session.submit(kind(self.turn_id, tuple(ids), text, ends))
 
     # ---- audio out -----------------------------------------------------------------------------
+    @property
+    def prefilled(self) -> tuple[int, int]:
+        """(rows fed, rows to feed) of this turn's prefill (its history and prompt rows not yet
+        in the cache), advanced by the engine thread per prefill chunk; (0, 0) before the
+        prefill starts. Cheap and safe from any thread: a keepalive's proof of progress."""
+        return self._channel.prefilled
+
     def cancel(self) -> None:
         """Drops every chunk not yet read (the engine's interrupt does the rest)."""
         self._cancelled = True

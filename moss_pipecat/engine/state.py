@@ -80,6 +80,19 @@ class SessionState:
     lookahead_s: float | None = None
     unlimited_lookahead: bool = False
 
+    # ---- prefill -----------------------------------------------------------------------------
+    def feed(self, rows: torch.Tensor) -> None:
+        """Starts the turn's prefill of ``rows`` [N, C]; its channel tells how far it got."""
+        self.to_feed = rows
+        self.turn.channel.prefilled = (0, rows.shape[0])
+
+    def fed(self, n: int) -> None:
+        """The next ``n`` rows of the prefill are in the cache."""
+        self.cache_len += n
+        self.to_feed = self.to_feed[n:]
+        done, total = self.turn.channel.prefilled
+        self.turn.channel.prefilled = (done + n, total)
+
     # ---- readiness -------------------------------------------------------------------------
     def ready_to_prefill(self, delay: int) -> bool:
         t = self.turn

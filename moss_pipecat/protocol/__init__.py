@@ -88,6 +88,11 @@ Server -> client
                      client's journal holds the turn in flight (its rows: ``lead`` ids, then
                      one id per frame row, ``text_pad`` past the text, an EOS row) and keeps
                      it, cut at what was heard, when the server is lost
+    ``turn.progress`` turn_id, rows_done, rows_total: a keepalive while a turn's prefill
+                     runs long (a restored long call): sent when the turn has sent no frame
+                     for ``progress_interval_s`` and its prefill fed more rows since; a
+                     stuck engine sends none. A client treats it as a sign of life (an
+                     older one ignores it, as any type it does not know)
     ``turn.end``     turn_id, summary {turn_id, stop, audio_frames, heard_frames, text_ids,
                      text, spoken_text, words, spaced, ttfa_s, error}
     ``history``      rev, full, drop, keep, turns [{role, ids, lead, codes}], voice_changed,
@@ -175,6 +180,7 @@ from moss_pipecat.protocol.server_messages import (
     Result,
     ServerMessage,
     TurnEnded,
+    TurnProgress,
     TurnStarted,
     TurnWords,
     WireSnapshot,
@@ -247,6 +253,7 @@ __all__ = [
     "TurnEnded",
     "TurnId",
     "TurnIds",
+    "TurnProgress",
     "TurnStart",
     "TurnStarted",
     "TurnText",

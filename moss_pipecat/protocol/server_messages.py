@@ -114,6 +114,17 @@ class TurnWords(_Out):
         return timed_words(self.words, self.spaced)
 
 
+class TurnProgress(_Out):
+    """A keepalive that proves progress: the turn has sent no frame for a while, and its
+    prefill (the history and prompt rows it feeds before its first frame; a restored long
+    call's are many) fed more rows since. A stuck engine sends none."""
+
+    type: Literal["turn.progress"] = "turn.progress"
+    turn_id: int
+    rows_done: int  # rows of the prefill fed so far
+    rows_total: int  # rows it feeds in all
+
+
 class WireSummary(_Out):
     """``TurnSummary`` on the wire; ``error`` is [code, message]."""
 
@@ -269,7 +280,15 @@ class GoAway(_Out):
 
 
 ServerMessage = Annotated[
-    Ready | TurnStarted | TurnWords | TurnEnded | Result | History | ErrorReply | GoAway,
+    Ready
+    | TurnStarted
+    | TurnWords
+    | TurnProgress
+    | TurnEnded
+    | Result
+    | History
+    | ErrorReply
+    | GoAway,
     Field(discriminator="type"),
 ]
 _SERVER_ADAPTER: TypeAdapter[Any] = TypeAdapter(ServerMessage)

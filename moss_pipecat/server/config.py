@@ -71,6 +71,11 @@ class ServerLimits:
             turns in flight run after telling its clients to move (``goaway``); then it cuts
             them at the frames sent and exits. Keep it below the orchestrator's kill grace
             period (Kubernetes: 30 s).
+        progress_interval_s: how long a turn may go without a frame before its pump checks
+            its prefill: if the prefill fed more rows since, the client gets a
+            ``turn.progress`` (its sign of life while a long prefill runs, e.g. a restored
+            long call); a stuck engine feeds none, and the client's ``frame_timeout`` fails the
+            turn. Keep it well below the clients' ``frame_timeout`` (30 s by default).
         resume_ticket_max_age_s: how long a resume ticket (``server.tickets``) is good after
             its server issued it (in ``ready`` and each ``history`` delta): a client that
             proves with one that it created a conversation takes it back from whoever made
@@ -104,6 +109,9 @@ class ServerLimits:
     )
     drain_timeout_s: float = _limit(
         20.0, "seconds a draining server lets turns in flight end after its goaway", ge=0
+    )
+    progress_interval_s: float = _limit(
+        5.0, "seconds a turn goes without a frame before a turn.progress", gt=0
     )
     resume_ticket_max_age_s: float = _limit(
         900.0, "seconds a resume ticket is good after it was issued", gt=0

@@ -96,7 +96,8 @@ async def _turn_start(r: Request, msg: P.TurnStart) -> Any:
     conv.turn, conv.frames_sent = turn, 0
     conv.turn_ids = conv.turn_chars = 0
     await r.conn.send_message(P.TurnStarted(req=msg.req, turn_id=turn.turn_id))
-    conv.pump = asyncio.get_running_loop().create_task(pump(conv, turn, r.hub.metrics))
+    every = r.hub.limits.progress_interval_s
+    conv.pump = asyncio.get_running_loop().create_task(pump(conv, turn, r.hub.metrics, every))
     return None
 
 

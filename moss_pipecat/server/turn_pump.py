@@ -20,13 +20,18 @@ from moss_pipecat.server.metrics import ServerMetrics
 from moss_pipecat.server.transport import TransportClosed
 
 
-async def pump(conv: Conversation, turn: TurnStream, metrics: ServerMetrics) -> None:
-    """Forwards a turn's frames as they come; then its summary."""
+async def pump(
+    conv: Conversation, turn: TurnStream, metrics: ServerMetrics, progress_s: float
+) -> None:
+    """Forwards a turn's frames as they come; then its summary. Until its first frame, a
+    ``turn.progress`` every ``progress_s`` seconds in which its prefill advanced."""
     conn = conv.conn
     sent = 0
+    keepalive = asyncio.get_running_loop().create_task(_keepalive(conv, turn, progress_s))
     try:
         async for chunk in turn:
             async with conv.out:
+                keepalive.cancel()  # under ``out``: never mid-send; a frame is a sign of life
                 if conv.held is turn or conn is None or conn.closed or conv.conn is not conn:
                     continue  # cut, or the client left: keep draining so the turn can end
                 try:
@@ -49,6 +54,7 @@ async def pump(conv: Conversation, turn: TurnStream, metrics: ServerMetrics) -> 
         if summary.ttfa_s is not None:
             metrics.ttfa.observe(summary.ttfa_s)
         async with conv.out:
+            keepalive.cancel()
             if conn is not None and conv.conn is conn:
                 msg = P.TurnEnded(turn_id=turn.turn_id, summary=P.WireSummary.of(summary))
                 try:
@@ -62,8 +68,30 @@ async def pump(conv: Conversation, turn: TurnStream, metrics: ServerMetrics) -> 
     except Exception:
         logger.exception(f"conversation {conv.id}: audio pump failed")
     finally:
+        keepalive.cancel()
         if conv.turn is turn:
             conv.turn = None
+
+
+async def _keepalive(conv: Conversation, turn: TurnStream, every: float) -> None:
+    """Tells the client the turn's prefill is moving: each ``every`` seconds in which it fed
+    rows, a ``turn.progress``. A stuck engine feeds none, so its client's frame timeout still
+    fails the turn; a keepalive, not a synchronization."""
+    conn, told = conv.conn, 0
+    while conn is not None:
+        await asyncio.sleep(every)
+        done, total = turn.prefilled  # advanced by the engine thread
+        if done <= told:
+            continue
+        told = done
+        msg = P.TurnProgress(turn_id=turn.turn_id, rows_done=done, rows_total=total)
+        async with conv.out:  # held only to send, as for a frame
+            if conv.held is turn or conn.closed or conv.conn is not conn:
+                return
+            try:
+                await conn.send_message(msg)
+            except TransportClosed:
+                return
 
 
 async def cut_to_sent(conv: Conversation) -> None:

@@ -141,6 +141,7 @@ def test_every_server_message_round_trips_through_its_model():
             noise=11,
         ),
         P.ErrorReply.of("forbidden", "no", fatal=True),
+        P.TurnProgress(turn_id=2, rows_done=10, rows_total=40),
         P.GoAway(deadline_s=19.5),
     ]
     assert {m.type for m in samples} == set(P.SERVER_MESSAGES)
