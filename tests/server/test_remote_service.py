@@ -7,12 +7,14 @@ import asyncio
 import numpy as np
 from pipecat.frames.frames import (
     ErrorFrame,
+    Frame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
+    TTSStoppedFrame,
     TTSTextFrame,
     TTSUpdateSettingsFrame,
     UserStartedSpeakingFrame,
@@ -20,6 +22,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.task import PipelineParams
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import SleepFrame, run_test
 
 from moss_pipecat.service import MossTTSService, MossTTSSettings
@@ -109,19 +112,52 @@ async def test_remote_interruption_and_settings(make_tiny_engine, make_server):
     assert kept <= 3 + 12 + pushed + 1  # rolled back to at most what was sent
 
 
+class _StopServerBeforeReply(FrameProcessor):
+    """Before the TTS: holds the second reply until the first one has ended (``first_done``)
+    and the server is stopped, so the first reply is whole and the second meets no server."""
+
+    def __init__(self, server) -> None:
+        super().__init__()
+        self.server, self.first_done, self._replies = server, asyncio.Event(), 0
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, LLMFullResponseStartFrame):
+            self._replies += 1
+            if self._replies == 2:
+                await self.first_done.wait()
+                await self.server.stop()
+        await self.push_frame(frame, direction)
+
+
+class _ReplyEnded(FrameProcessor):
+    """After the TTS: sets ``done`` when the first reply's audio has ended."""
+
+    def __init__(self, done: asyncio.Event) -> None:
+        super().__init__()
+        self.done = done
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TTSStoppedFrame):
+            self.done.set()
+        await self.push_frame(frame, direction)
+
+
 async def test_lost_server_is_an_error_frame_not_a_hang(make_tiny_engine, make_server):
     engine = make_tiny_engine(max_sessions=2)
     server = await make_server(engine)
     tts = MossRemoteTTSService(url=server.url)
-    frames = [*reply("First ", "works."), SleepFrame(0.6), *reply("Second ", "fails.")]
-
-    async def stop_later():
-        await asyncio.sleep(0.4)
-        await server.stop()
-
-    stopper = asyncio.create_task(stop_later())
-    down, up, _ = await asyncio.wait_for(run(tts, frames), timeout=60)
-    await stopper
+    gate = _StopServerBeforeReply(server)
+    frames = [*reply("First ", "works."), *reply("Second ", "fails.")]
+    down, up = await asyncio.wait_for(
+        run_test(
+            Pipeline([gate, tts, _ReplyEnded(gate.first_done)]),
+            frames_to_send=frames,
+            pipeline_params=PipelineParams(audio_out_sample_rate=24000),
+        ),
+        timeout=60,
+    )
     errors = [f for f in up if isinstance(f, ErrorFrame)]
     assert errors, "the lost server must surface as an ErrorFrame"
     assert len({f.context_id for f in down if isinstance(f, TTSAudioRawFrame)}) == 1
