@@ -7,11 +7,13 @@ Connection
     The client may send ``Authorization: Bearer TOKEN`` (and, behind Ray Serve, the routing
     header ``x-session-id: CONVERSATION_ID``) with the upgrade request. Its first message must
     be ``hello`` (within ``hello_timeout_s``); the server answers ``ready`` or ``error`` and
-    closes. A conversation outlives its connection: the server keeps its engine session (and
-    with it the acoustic history in the KV cache) for ``idle_expiry_s`` after the last
-    connection left, so a client that reconnects with the same ``conversation_id`` gets its
-    history back (``ready.resumed`` says whether it did). A second connection for a
-    conversation replaces the first (which is closed with code 4409).
+    closes. A hello whose ``conversation_id`` is not the ``x-session-id`` header sent with it
+    (or names none) is refused (``bad_message``): the header chose the server. A
+    conversation outlives its connection: the server keeps its engine session (and with it
+    the acoustic history in the KV cache) for ``idle_expiry_s`` after the last connection
+    left, so a client that reconnects with the same ``conversation_id`` gets its history back
+    (``ready.resumed`` says whether it did). A second connection for a conversation replaces
+    the first (which is closed with code 4409).
 
     A conversation id is not a credential: ``ready`` gives the creating client the
     conversation's ``resume_secret`` (random, per conversation), and a ``hello`` for a
