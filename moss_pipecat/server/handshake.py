@@ -74,10 +74,10 @@ async def run_handshake(hub: ConversationHub, conn: Connection) -> bool:
     try:
         conv, resumed = await hub.attach(conn, hello)
     except MossError as e:
-        code = P.error_code(e)
-        await hub.send_error(conn, code, str(e), fatal=True)
+        fields = P.error_fields(e)
+        await hub.send_error(conn, **fields, fatal=True)
         close = P.CLOSE_FORBIDDEN if isinstance(e, ForbiddenError) else P.CLOSE_PROTOCOL
-        await conn.close(close, code)
+        await conn.close(close, fields["code"])
         return False
     ready = P.Ready(
         v=P.PROTOCOL_VERSION,
