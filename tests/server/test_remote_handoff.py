@@ -2,26 +2,28 @@
 restarted with saved credentials): the second service, given the first's conversation id,
 resume secret and resume ticket, resumes it with its history; and when the server that held it
 was lost and someone else made the id anew meanwhile, the ticket (and only the ticket) takes
-the id back."""
+the id back. Credentials the server refuses (the resume ones, the token) are one clear
+``ErrorFrame`` at the start, not an error per reply that never says why."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from pipecat.frames.frames import ErrorFrame, Frame
+from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.task import PipelineParams
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import run_test
+from pipecat.utils.errors import ErrorCategory
 
 from moss_pipecat.client import RemoteEngine
-from moss_pipecat.protocol.errors import ForbiddenError
+from moss_pipecat.protocol.errors import ForbiddenError, UnauthorizedError
 from moss_pipecat.server.config import RESUME_KEY_ENV
 from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
 from .conftest import GREEDY as GREEDY_SAMPLING
-from .test_remote_service import reply
+from .test_remote_service import reply, run
 from .test_restore_service import Cue, Watcher
 
 GREEDY = MossTTSSettings(greedy=True)
@@ -109,9 +111,9 @@ async def test_a_second_service_resumes_the_conversation_with_the_first_one_s_cr
     assert cid == "handed-1" and secret and ticket
 
     # The second service found the conversation with its history, and went on with it.
-    run, tts = second["run"], second["tts"]
-    resumed, after = run.snapshots["resumed"], run.snapshots["after"]
-    session = run.credentials["after"]
+    went_on, tts = second["run"], second["tts"]
+    resumed, after = went_on.snapshots["resumed"], went_on.snapshots["after"]
+    session = went_on.credentials["after"]
     assert torch.equal(resumed["rows"], before["rows"]) and resumed["turns"] == before["turns"]
     assert [r for r, _ in after["turns"]] == ["assistant", "assistant"]
     n = before["rows"].shape[0]
@@ -138,9 +140,9 @@ async def test_the_ticket_takes_the_id_back_from_whoever_made_it_anew_after_a_lo
         await a.stop()  # lost with the conversation (and its secret)
 
     owner = MossRemoteTTSService(url=a.url, conversation_id="CA2024", settings=GREEDY)
-    run, _, errors = await _run(owner, [*reply("Hello ", "there."), Cue("saved", 0)], lose_server)
+    saved, _, errors = await _run(owner, [*reply("Hello ", "there."), Cue("saved", 0)], lose_server)
     assert not errors
-    cid, secret, ticket = run.credentials["saved"]
+    cid, secret, ticket = saved.credentials["saved"]
 
     # Whoever knows the (guessable) id is first on b: a conversation of its own.
     squatter = await RemoteEngine(b.url).create_session(
@@ -148,9 +150,19 @@ async def test_the_ticket_takes_the_id_back_from_whoever_made_it_anew_after_a_lo
     )
     assert not squatter.resumed and squatter.resume_secret != secret
 
-    # The id and secret alone prove nothing to b (it never saw the conversation): refused.
-    with pytest.raises(ForbiddenError, match="resume_secret"):
-        await RemoteEngine(b.url).create_session(conversation_id=cid, resume_secret=secret)
+    # A bot restarted with the id and secret alone proves nothing to b (it never saw the
+    # conversation): one clear refusal, no audio, and pipecat gives it no more text.
+    stale = MossRemoteTTSService(
+        url=b.url, conversation_id=cid, resume_secret=secret, settings=GREEDY
+    )
+    down, up, _ = await run(stale, [*reply("Hello ", "again."), *reply("And ", "again.")])
+    refusals = [f for f in up if isinstance(f, ErrorFrame)]
+    assert len(refusals) == 1, [f.error for f in refusals]
+    assert isinstance(refusals[0].exception, ForbiddenError)
+    assert refusals[0].category is ErrorCategory.AUTHORIZATION
+    assert refusals[0].error.startswith("MOSS TTS: this call was refused: the server refused")
+    assert "resume_ticket" in refusals[0].error and secret not in refusals[0].error
+    assert not stale.is_usable and not [f for f in down if isinstance(f, TTSAudioRawFrame)]
     assert b.hub.metrics.resume_refused.value(reason="no_ticket") == 1
 
     # A restarted bot with all three takes the id back (made anew: it has no journal of the
@@ -178,3 +190,17 @@ async def test_the_ticket_takes_the_id_back_from_whoever_made_it_anew_after_a_lo
     assert b.hub.metrics.resume_refused.value(reason="ticket_newer") == 1
     assert b_engine.session_ids == []  # the squatter's was closed, the bot's ended with it
     await squatter.close()
+
+
+async def test_a_refused_token_is_one_error_frame(make_tiny_engine, make_server):
+    server = await make_server(make_tiny_engine(), token="right-token")
+    tts = MossRemoteTTSService(url=server.url, token="wrong-token", settings=GREEDY)
+    down, up, _ = await run(tts, [*reply("Hello ", "there."), *reply("And ", "again.")])
+    refusals = [f for f in up if isinstance(f, ErrorFrame)]
+    assert len(refusals) == 1, [f.error for f in refusals]
+    assert isinstance(refusals[0].exception, UnauthorizedError)
+    assert refusals[0].category is ErrorCategory.AUTHENTICATION
+    assert refusals[0].error.startswith("MOSS TTS: this call was refused: the server refused")
+    assert "wrong-token" not in refusals[0].error and "right-token" not in refusals[0].error
+    assert not tts.is_usable and not [f for f in down if isinstance(f, TTSAudioRawFrame)]
+    assert server.hub.engine.session_ids == []
