@@ -23,6 +23,7 @@ from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
 from .conftest import GREEDY as GREEDY_SAMPLING
+from .conftest import eventually
 from .test_remote_service import reply, run
 from .test_restore_service import Cue, Watcher
 
@@ -174,6 +175,7 @@ async def test_the_ticket_takes_the_id_back_from_whoever_made_it_anew_after_a_lo
 
     async def squatter_calls(what: str) -> None:
         if what == "spoke":  # the bot still holds the id: the squatter cannot take it back
+            await eventually(lambda: not squatter._link.alive, 10, "the squatter to be told")
             with pytest.raises(ForbiddenError, match="created earlier") as e:
                 await squatter.snapshot()
             refused.append(e.value)
