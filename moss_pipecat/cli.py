@@ -131,7 +131,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="MS",
         help="pace each tick's prefill to this frame deadline and refuse a new conversation "
-        "(wire code capacity) when every conversation speaking at once would miss it (e.g. 80)",
+        "(wire code capacity, subcode overloaded) when every conversation speaking at once "
+        "would miss it (e.g. 80)",
     )
     p.add_argument(
         "--cost-table",

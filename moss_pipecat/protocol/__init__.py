@@ -7,11 +7,13 @@ Connection
     The client may send ``Authorization: Bearer TOKEN`` (and, behind Ray Serve, the routing
     header ``x-session-id: CONVERSATION_ID``) with the upgrade request. Its first message must
     be ``hello`` (within ``hello_timeout_s``); the server answers ``ready`` or ``error`` and
-    closes. A conversation outlives its connection: the server keeps its engine session (and
-    with it the acoustic history in the KV cache) for ``idle_expiry_s`` after the last
-    connection left, so a client that reconnects with the same ``conversation_id`` gets its
-    history back (``ready.resumed`` says whether it did). A second connection for a
-    conversation replaces the first (which is closed with code 4409).
+    closes. A hello whose ``conversation_id`` is not the ``x-session-id`` header sent with it
+    (or names none) is refused (``bad_message``): the header chose the server. A
+    conversation outlives its connection: the server keeps its engine session (and with it
+    the acoustic history in the KV cache) for ``idle_expiry_s`` after the last connection
+    left, so a client that reconnects with the same ``conversation_id`` gets its history back
+    (``ready.resumed`` says whether it did). A second connection for a conversation replaces
+    the first (which is closed with code 4409).
 
     A conversation id is not a credential: ``ready`` gives the creating client the
     conversation's ``resume_secret`` (random, per conversation), and a ``hello`` for a
@@ -103,7 +105,10 @@ Server -> client
                      the conversation on a server that lost it (resume_ticket: a fresh one)
     ``result``       req, plus what the request returns (``summary``, ``snapshot``)
     ``error``        code, message, req? (the request it answers), turn_id?, fatal (the
-                     server closes the connection after a fatal error)
+                     server closes the connection after a fatal error), subcode? (a finer
+                     code: ``overloaded`` beside ``capacity`` for a conversation refused
+                     because every call speaking at once would miss its frame deadline,
+                     where ``capacity`` alone means no free slot; see ``error_codes``)
     ``goaway``       deadline_s, reason: the server is draining (a deploy): the client
                      finishes the turn in flight here, then reconnects (another server, or
                      the same URL behind a load balancer) for what comes next; a turn still
@@ -165,7 +170,14 @@ from moss_pipecat.protocol.client_messages import (
     parse_client_message,
 )
 from moss_pipecat.protocol.client_messages import _Msg as _Msg  # the client's requests' base
-from moss_pipecat.protocol.error_codes import ERROR_CODES, error_code, error_from_wire
+from moss_pipecat.protocol.error_codes import (
+    ERROR_CODES,
+    ERROR_SUBCODES,
+    error_code,
+    error_fields,
+    error_from_wire,
+    error_subcode,
+)
 from moss_pipecat.protocol.errors import ProtocolError, ServerUnavailableError
 from moss_pipecat.protocol.history import codes_b64, codes_from_b64, pack_restore, unpack_restore
 from moss_pipecat.protocol.server_messages import (
@@ -216,6 +228,7 @@ __all__ = [
     "CLOSE_UNAUTHORIZED",
     "CONVERSATION_ID_PATTERN",
     "ERROR_CODES",
+    "ERROR_SUBCODES",
     "MAX_REPETITION_WINDOW",
     "MAX_TOP_K",
     "PROTOCOL_VERSION",
@@ -268,7 +281,9 @@ __all__ = [
     "codes_from_b64",
     "dumps",
     "error_code",
+    "error_fields",
     "error_from_wire",
+    "error_subcode",
     "pack_audio",
     "pack_restore",
     "parse_client_message",

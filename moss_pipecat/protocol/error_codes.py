@@ -6,6 +6,7 @@ from moss_pipecat.errors import (
     CapacityError,
     InvalidInputError,
     MossError,
+    OverloadedError,
     SessionClosedError,
     TurnStateError,
     UnknownSessionError,
@@ -37,10 +38,19 @@ ERROR_CODES: tuple[tuple[str, type[MossError]], ...] = (
     ("superseded", ServerUnavailableError),
     ("internal", RemoteError),
 )
+# Finer codes, for subclasses of a listed type that a client may want to tell apart. One goes
+# out as ``subcode`` beside the code of its nearest listed class, so a client that predates it
+# still raises that class (a parent of its own): an overloaded engine is a ``capacity``
+# refusal to every client, and an ``OverloadedError`` to those that know ``overloaded``.
+ERROR_SUBCODES: tuple[tuple[str, type[MossError]], ...] = (
+    ("overloaded", OverloadedError),  # refused for frame time: every call would miss deadlines
+)
 _TYPE_OF_CODE: dict[str, type[MossError]] = dict(ERROR_CODES)
 _CODE_OF_TYPE: dict[type, str] = {}
 for _code, _cls in ERROR_CODES:
     _CODE_OF_TYPE.setdefault(_cls, _code)
+_TYPE_OF_SUBCODE: dict[str, type[MossError]] = dict(ERROR_SUBCODES)
+_SUBCODE_OF_TYPE: dict[type, str] = {cls: code for code, cls in ERROR_SUBCODES}
 
 
 def error_code(exc: BaseException) -> str:
@@ -52,6 +62,30 @@ def error_code(exc: BaseException) -> str:
     return "internal"
 
 
-def error_from_wire(code: str, message: str) -> MossError:
-    """The exception a client raises for an ``error`` reply (unknown codes: ``RemoteError``)."""
-    return _TYPE_OF_CODE.get(code, RemoteError)(message)
+def error_subcode(exc: BaseException) -> str | None:
+    """The finer code sent beside ``error_code(exc)``: the first listed for a class of the
+    exception's MRO below the class its code is for (None: none)."""
+    for cls in type(exc).__mro__:
+        if cls in _CODE_OF_TYPE:
+            return None
+        subcode = _SUBCODE_OF_TYPE.get(cls)
+        if subcode is not None:
+            return subcode
+    return None
+
+
+def error_fields(exc: BaseException) -> dict[str, str]:
+    """How an exception raised while handling a request goes out: the ``error`` reply's
+    ``code``, ``message`` and (when it has one) ``subcode``."""
+    fields = {"code": error_code(exc), "message": str(exc)}
+    subcode = error_subcode(exc)
+    if subcode is not None:
+        fields["subcode"] = subcode
+    return fields
+
+
+def error_from_wire(code: str, message: str, subcode: str | None = None) -> MossError:
+    """The exception a client raises for an ``error`` reply: the subcode's type when it knows
+    it, else the code's (unknown codes: ``RemoteError``)."""
+    cls = _TYPE_OF_SUBCODE.get(subcode) if subcode is not None else None
+    return (cls or _TYPE_OF_CODE.get(code, RemoteError))(message)

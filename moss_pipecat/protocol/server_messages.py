@@ -249,6 +249,7 @@ class ErrorReply(_Out):
     fatal: bool  # the server closes the connection after it
     req: int | None = None  # the request it answers
     turn_id: int | None = None  # the turn whose input it refuses
+    subcode: str | None = None  # a finer code than ``code`` (``error_codes.ERROR_SUBCODES``)
 
     @classmethod
     def of(
@@ -259,13 +260,15 @@ class ErrorReply(_Out):
         req: int | None = None,
         turn_id: int | None = None,
         fatal: bool = False,
+        subcode: str | None = None,
     ) -> ErrorReply:
-        """An error reply (``req`` and ``turn_id`` are sent only when given)."""
-        extra = {k: v for k, v in (("req", req), ("turn_id", turn_id)) if v is not None}
+        """An error reply (``req``, ``turn_id`` and ``subcode`` are sent only when given)."""
+        given = (("req", req), ("turn_id", turn_id), ("subcode", subcode))
+        extra = {k: v for k, v in given if v is not None}
         return cls(code=code, message=message, fatal=fatal, **extra)
 
     def to_exception(self) -> MossError:
-        return error_from_wire(self.code, self.message)
+        return error_from_wire(self.code, self.message, self.subcode)
 
 
 class GoAway(_Out):

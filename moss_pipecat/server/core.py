@@ -226,10 +226,11 @@ class ConversationHub:
         req: int | None = None,
         turn_id: int | None = None,
         fatal: bool = False,
+        subcode: str | None = None,
     ) -> None:
         """Sends an ``error`` reply (counted by code); a closed connection gets none."""
         self.metrics.errors.inc(code=code)
-        msg = P.ErrorReply.of(code, message, req=req, turn_id=turn_id, fatal=fatal)
+        msg = P.ErrorReply.of(code, message, req=req, turn_id=turn_id, fatal=fatal, subcode=subcode)
         try:
             await conn.send_message(msg)
         except TransportClosed:

@@ -4,6 +4,7 @@ fatal ``error`` and a close code; see ``protocol``)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from moss_pipecat import protocol as P
@@ -59,6 +60,12 @@ async def run_handshake(hub: ConversationHub, conn: Connection) -> bool:
         )
         await conn.close(P.CLOSE_PROTOCOL, "version")
         return False
+    misrouted = _misrouted(_routing_header(t.headers), hello.conversation_id)
+    if misrouted is not None:
+        hub.metrics.misrouted.inc()
+        await hub.send_error(conn, "bad_message", misrouted, fatal=True)
+        await conn.close(P.CLOSE_PROTOCOL, "bad_message")
+        return False
     if hub.draining:
         await hub.send_error(conn, "unavailable", "server is shutting down", fatal=True)
         await conn.close(P.CLOSE_GOING_AWAY, "draining")
@@ -67,10 +74,10 @@ async def run_handshake(hub: ConversationHub, conn: Connection) -> bool:
     try:
         conv, resumed = await hub.attach(conn, hello)
     except MossError as e:
-        code = P.error_code(e)
-        await hub.send_error(conn, code, str(e), fatal=True)
+        fields = P.error_fields(e)
+        await hub.send_error(conn, **fields, fatal=True)
         close = P.CLOSE_FORBIDDEN if isinstance(e, ForbiddenError) else P.CLOSE_PROTOCOL
-        await conn.close(close, code)
+        await conn.close(close, fields["code"])
         return False
     ready = P.Ready(
         v=P.PROTOCOL_VERSION,
@@ -92,3 +99,25 @@ async def run_handshake(hub: ConversationHub, conn: Connection) -> bool:
     await greet(conv, conn, ready)
     await hub.tell_to_move(conn)  # a drain that began during the handshake
     return True
+
+
+def _routing_header(headers: Mapping[str, str]) -> str | None:
+    """The ``x-session-id`` header as Ray Serve's proxy reads it to route: names (lower-case
+    here) with ``-`` and ``_`` alike, the last one sent."""
+    want = P.SESSION_HEADER.replace("-", "_")
+    values = [v for k, v in headers.items() if k.replace("-", "_") == want]
+    return values[-1] if values else None
+
+
+def _misrouted(header: str | None, cid: str | None) -> str | None:
+    """Why a hello whose conversation id is not its connection's routing header is refused
+    (None: it is, or no header came). Ray Serve routes a connection by the header, so another
+    id may have reached a replica that does not hold that conversation (and would make it
+    anew there, beside the one that does); plain servers need no header."""
+    if header is None or header == cid:
+        return None
+    return (
+        f"the {P.SESSION_HEADER} header ({header[:128]!r}) must be the hello's "
+        f"conversation_id ({cid!r}): it routes the connection to the server that holds "
+        "the conversation"
+    )

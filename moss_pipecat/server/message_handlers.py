@@ -69,7 +69,7 @@ async def serve_requests(hub: ConversationHub, conn: Connection) -> None:
         except TransportClosed:
             raise
         except MossError as e:
-            await hub.send_error(conn, P.error_code(e), str(e), req=req)
+            await hub.send_error(conn, **P.error_fields(e), req=req)
             continue
         except Exception as e:  # a bug: report it, keep serving
             logger.exception("request failed")
@@ -141,7 +141,7 @@ async def _turn_input(
     try:
         push(turn)
     except MossError as e:
-        await r.hub.send_error(r.conn, P.error_code(e), str(e), turn_id=msg.turn_id)
+        await r.hub.send_error(r.conn, **P.error_fields(e), turn_id=msg.turn_id)
     except P.MessageError as e:  # refused: the turn goes on with what it had
         await r.hub.send_error(r.conn, e.code, str(e), turn_id=msg.turn_id)
 

@@ -105,6 +105,13 @@ class ServerMetrics:
             "Conversations given back to the client whose resume ticket proved it made them "
             "first (the holder, who made them anew after their server was lost, is closed).",
         )
+        self.misrouted = _Counter(
+            r,
+            "moss_server_hellos_misrouted",
+            "Hellos refused (bad_message) because their conversation id is not the x-session-id "
+            "header their connection was routed by (Ray Serve may have sent it to a replica "
+            "that does not hold the conversation).",
+        )
         self.expired = _Counter(
             r, "moss_server_sessions_expired", "Conversations closed after idle expiry."
         )

@@ -5,8 +5,9 @@ Each replica mounts the very app ``moss-pipecat serve`` runs (``app.create_app``
 engine and server options are the same model as the CLI's (``options``). A
 conversation's KV cache lives on one replica, so every connection of a conversation must land
 there: clients send the conversation id in the ``x-session-id`` header (``RemoteEngine`` always
-does) and the deployment routes with Ray Serve's ``ConsistentHashRouter`` (Ray >= 2.60) with no
-fallback replica, so the same id maps to the same replica while the replica set is unchanged.
+does; a hello for another id than the header's is refused, see ``handshake``) and the
+deployment routes with Ray Serve's ``ConsistentHashRouter`` (Ray >= 2.60) with no fallback
+replica, so the same id maps to the same replica while the replica set is unchanged.
 
 Run locally on CPU with the tiny model::
 

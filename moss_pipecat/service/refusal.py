@@ -1,12 +1,15 @@
 """A conversation the engine refuses (it is full, or overloaded: every call speaking at once
-would miss its frame deadline) becomes one clear ``ErrorFrame`` instead of a failed start.
+would miss its frame deadline), or an engine server refuses to this client (the token, or the
+conversation's resume credentials: ``resume_secret``, ``resume_ticket``), becomes one clear
+``ErrorFrame`` instead of a failed start (which pipecat only logs, and every reply after it
+then errs without saying why).
 
 The StartFrame still reaches the processors after the TTS and the pipeline goes on. The error
 marks the service unusable (pipecat's ``force_treat_as_permanent``: this call will not get a
 session from this engine), so pipecat gives it no more text (no reply errors one by one as
 silent audio contexts) and applies the pipeline's ``ProcessorUnusablePolicy``; a
-``ServiceSwitcher`` fails over to another TTS. The category is rate-limit: the refusal is
-about load, and a later call may be admitted.
+``ServiceSwitcher`` fails over to another TTS. The category is rate-limit for a refusal about
+load (a later call may be admitted), authentication or authorization for the server's.
 """
 
 from __future__ import annotations
@@ -17,32 +20,56 @@ from typing import Any
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.utils.errors import ErrorCategory
 
-from moss_pipecat.errors import CapacityError, OverloadedError
+from moss_pipecat.errors import CapacityError, MossError, OverloadedError
+from moss_pipecat.protocol.errors import ForbiddenError, UnauthorizedError
+
+# Refusals that no retry of this call can change, by type: (why, what to do, category).
+_ACCESS = {
+    UnauthorizedError: (
+        "the server refused the token",
+        "give the service the server's token",
+        ErrorCategory.AUTHENTICATION,
+    ),
+    ForbiddenError: (
+        "the server refused to resume the conversation",
+        "give the service its conversation's resume_secret (and resume_ticket after a lost "
+        "server), or another conversation_id",
+        ErrorCategory.AUTHORIZATION,
+    ),
+}
 
 
-def refusal_message(error: CapacityError) -> str:
-    """What the ErrorFrame says: why, and what to do about it."""
+def refusal(error: MossError) -> tuple[str, ErrorCategory] | None:
+    """What the ErrorFrame says (why, and what to do about it) and its category; None: not a
+    refusal."""
+    for cls, (why, todo, category) in _ACCESS.items():
+        if isinstance(error, cls):
+            return f"MOSS TTS: this call was refused: {why}; {todo} ({error})", category
+    if not isinstance(error, CapacityError):
+        return None
     why = (
         "the engine is overloaded (one more call would make running calls miss their frame "
         "deadline)"
         if isinstance(error, OverloadedError)
         else "the engine has no free conversation slot"
     )
-    return f"MOSS TTS: this call was refused: {why}; retry later or on another engine ({error})"
+    todo = "retry later or on another engine"
+    return f"MOSS TTS: this call was refused: {why}; {todo} ({error})", ErrorCategory.RATE_LIMIT
 
 
 async def open_or_refuse(
     service: FrameProcessor, open_session: Callable[[], Awaitable[Any]]
 ) -> Any | None:
-    """Opens the service's session; on a capacity refusal pushes the one ErrorFrame and
-    returns None."""
+    """Opens the service's session; on a refusal pushes the one ErrorFrame and returns
+    None."""
     try:
         return await open_session()
-    except CapacityError as e:
+    except MossError as e:
+        refused = refusal(e)
+        if refused is None:
+            raise
+        message, category = refused
         await service.push_error(
-            error_msg=refusal_message(e),
-            exception=e,
-            category=ErrorCategory.RATE_LIMIT,
-            force_treat_as_permanent=True,
+            error_msg=message, exception=e, category=category, force_treat_as_permanent=True
         )
         return None

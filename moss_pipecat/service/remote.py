@@ -6,7 +6,9 @@ and are encoded by the server's codec. A lost server becomes an ``ErrorFrame`` f
 flight; the next turn reconnects (with backoff) and goes on. A server that drains for a
 deploy (``goaway``) lets the reply in flight finish; the next one goes to another server
 (the next of several URLs, or the same URL behind a load balancer). The session keeps the
-conversation's resume secret (the server's proof of who created it) for those reconnects.
+conversation's resume secret (what resuming it takes) and its resume ticket (the servers'
+proof of who made it first) for those reconnects; another process continues the conversation
+with the id, the secret and the last ticket (``resume_secret``, ``resume_ticket``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ class MossRemoteTTSService(MossTTSServiceBase):
         resume_secret: to resume a conversation another process created (its service's or
             session's ``resume_secret``); a new conversation gets a random one, readable as
             ``resume_secret`` once the service has started.
+        resume_ticket: with ``resume_secret``, the conversation's last resume ticket (its
+            service's or session's ``resume_ticket``, fresh after each turn): if the server
+            lost the conversation and someone else made it anew under its id, the ticket
+            takes the id back (``server.tickets``); not needed otherwise.
         remote: an existing ``RemoteEngine`` to share between pipelines (``url``/``token``
             are then ignored).
         **kwargs: ``MossTTSServiceBase`` and ``TTSService`` arguments.
@@ -46,6 +52,7 @@ class MossRemoteTTSService(MossTTSServiceBase):
         token: str | None = None,
         conversation_id: str | None = None,
         resume_secret: str | None = None,
+        resume_ticket: str | None = None,
         remote: RemoteEngine | None = None,
         ssl_ca_file: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
@@ -60,6 +67,7 @@ class MossRemoteTTSService(MossTTSServiceBase):
         self._tls = {"ssl_ca_file": ssl_ca_file, "ssl_context": ssl_context}
         self._conversation_id = conversation_id
         self._resume_secret = resume_secret
+        self._resume_ticket = resume_ticket
 
     @property
     def session(self) -> RemoteSession | None:
@@ -71,6 +79,15 @@ class MossRemoteTTSService(MossTTSServiceBase):
         if self._session is not None and self._session.resume_secret is not None:
             return self._session.resume_secret
         return self._resume_secret
+
+    @property
+    def resume_ticket(self) -> str | None:
+        """The conversation's last resume ticket (the server issues a fresh one when the
+        session connects and after every change to the history; None before the service
+        started, or from a server without tickets). Save it with ``resume_secret``."""
+        if self._session is not None and self._session.resume_ticket is not None:
+            return self._session.resume_ticket
+        return self._resume_ticket
 
     def _trace_attributes(self) -> dict[str, Any]:
         """The server's conversation and the session's reconnects when the reply's turn opened
@@ -88,7 +105,9 @@ class MossRemoteTTSService(MossTTSServiceBase):
         if self._remote is None:
             self._remote = RemoteEngine(self._url, self._token, **self._tls)
         return await self._remote.create_session(
-            conversation_id=self._conversation_id, resume_secret=self._resume_secret
+            conversation_id=self._conversation_id,
+            resume_secret=self._resume_secret,
+            resume_ticket=self._resume_ticket,
         )
 
     async def _after_close(self) -> None:

@@ -1,6 +1,8 @@
 """An engine out of frame time refuses a new conversation: the server's capacity refusal (wire
-code ``capacity``), counted by reason, without evicting anyone's idle conversation; the remote
-pipecat service turns it into one ErrorFrame."""
+code ``capacity``, subcode ``overloaded``: ``OverloadedError`` on the client, as the local
+engine raises), counted by reason, without evicting anyone's idle conversation; the remote
+pipecat service turns it into one ErrorFrame that says why. A full engine's refusal stays a
+plain ``capacity`` (``CapacityError``)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import asyncio
 import pytest
 from pipecat.frames.frames import ErrorFrame, TTSAudioRawFrame
 
-from moss_pipecat.errors import CapacityError
+from moss_pipecat.errors import CapacityError, OverloadedError
 from moss_pipecat.server import RemoteEngine
 from moss_pipecat.service.remote import MossRemoteTTSService
 
@@ -28,8 +30,9 @@ async def test_overload_is_refused_as_capacity_and_never_evicts_an_idle_conversa
     client = RemoteEngine(server.url, reconnect_timeout=0.5)
     a = await client.create_session(conversation_id="ov-a")
     b = await client.create_session(conversation_id="ov-b")
-    with pytest.raises(CapacityError, match="frame deadline"):  # refused, not retried
+    with pytest.raises(CapacityError, match="frame deadline") as info:  # refused, not retried
         await asyncio.wait_for(client.create_session(conversation_id="ov-c"), 5)
+    assert type(info.value) is OverloadedError  # the local engine's type
     assert metrics.conversations_refused.value(reason="overloaded") == 1
     assert metrics.errors.value(code="capacity") == 1
 
@@ -61,8 +64,9 @@ async def test_a_full_engine_still_evicts_and_counts_its_refusals_as_full(
     server = await make_server(engine)
     client = RemoteEngine(server.url, reconnect_timeout=0.5)
     a = await client.create_session(conversation_id="full-a")
-    with pytest.raises(CapacityError):
+    with pytest.raises(CapacityError) as info:
         await asyncio.wait_for(client.create_session(conversation_id="full-b"), 5)
+    assert type(info.value) is CapacityError  # no free slot: not an overload
     assert server.hub.metrics.conversations_refused.value(reason="full") == 1
     a._link.ws.transport.abort()
     await eventually(lambda: server.hub.conversations["full-a"].conn is None, what="detach")
@@ -83,7 +87,8 @@ async def test_the_remote_service_turns_an_overload_refusal_into_one_error_frame
     down, up, _ = await run(tts, [*reply("Hello ", "there."), *reply("And ", "again.")])
     errors = [f for f in up if isinstance(f, ErrorFrame)]
     assert len(errors) == 1, [f.error for f in errors]
-    assert isinstance(errors[0].exception, CapacityError)
+    assert isinstance(errors[0].exception, OverloadedError)
     assert "refused" in errors[0].error and "frame deadline" in errors[0].error
+    assert "the engine is overloaded" in errors[0].error  # not "no free conversation slot"
     assert not [f for f in down if isinstance(f, TTSAudioRawFrame)]
     assert engine.session_ids == []

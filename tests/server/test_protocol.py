@@ -15,6 +15,7 @@ from moss_pipecat.engine.events import AudioChunk, TurnSummary
 from moss_pipecat.errors import (
     CapacityError,
     InvalidInputError,
+    OverloadedError,
     TurnStateError,
     UnknownSessionError,
 )
@@ -206,6 +207,37 @@ def test_error_codes_map_to_the_engine_exception_types():
     assert P.error_code(UnknownSessionError("x")) == "unknown_session"  # not session_closed
     with pytest.raises(ProtocolError):
         P.unpack_audio(b"nope")
+
+
+def test_an_overload_is_capacity_to_older_clients_and_overloaded_to_newer_ones():
+    fields = P.error_fields(OverloadedError("busy"))
+    assert fields == {"code": "capacity", "message": "busy", "subcode": "overloaded"}
+    wire = json.loads(P.ErrorReply.of(**fields, fatal=True).to_json())
+    assert wire == {
+        "type": "error",
+        "code": "capacity",
+        "message": "busy",
+        "fatal": True,
+        "subcode": "overloaded",
+    }
+    assert type(P.parse_server_message(json.dumps(wire)).to_exception()) is OverloadedError
+    # A client older than the subcode ignores the field: it reads the code alone.
+    assert type(P.error_from_wire(wire["code"], wire["message"])) is CapacityError
+    # A subcode newer than this client: the code's type.
+    assert type(P.error_from_wire("capacity", "m", "newer-subcode")) is CapacityError
+    # A full engine (no free slot) sends no subcode.
+    assert P.error_fields(CapacityError("full")) == {"code": "capacity", "message": "full"}
+    assert "subcode" not in P.ErrorReply.of("capacity", "full").to_json()
+    # Every subcode's type goes out as its own subcode beside the code of a parent type that
+    # the one table lists (what an older client raises), and comes back as itself.
+    for subcode, cls in P.ERROR_SUBCODES:
+        err = cls("m")
+        assert P.error_subcode(err) == subcode and P.error_code(err) != "internal"
+        older = P.error_from_wire(P.error_code(err), "m")
+        assert type(older) is not cls and isinstance(err, type(older))
+        assert type(P.error_from_wire(P.error_code(err), "m", subcode)) is cls
+    assert P.error_subcode(ForbiddenError("x")) is None
+    assert P.error_subcode(RuntimeError("x")) is None
 
 
 def test_bearer_token_parsing():
