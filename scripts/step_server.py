@@ -8,9 +8,12 @@ gpu_bench.sh uses this mode for the CPU dry run.
 
 Requests come on stdin, each as NUL-terminated fields: the time limit in seconds (0: none), the
 log file, the argument count, then the arguments after ``python`` (``SCRIPT ARGS`` or ``-m MODULE
-ARGS``). The reply, on stdout, is one line per request: the step's exit status (124/137 when it
-ran past its limit, as ``timeout --kill-after=15`` reports). ``ready`` is printed once the imports
-are done; EOF on stdin ends the server.
+ARGS``). The log gets stdout and stderr both; a log field ``OUT|ERR`` (``|`` is in no log path
+here) sends stderr to a file of its own, as ``python ARGS >OUT 2>ERR`` does (tests/
+test_benchmarks.py reads the JSON on stdout apart from the log). The reply, on stdout, is one
+line per request: the step's exit status (124/137 when it ran past its limit, as ``timeout
+--kill-after=15`` reports). ``ready`` is printed once the imports are done; EOF on stdin ends
+the server.
 """
 
 from __future__ import annotations
@@ -57,13 +60,15 @@ def fields(fd: int) -> Iterator[str]:
 def run_child(log: str, argv: list[str]) -> None:
     """In the forked child: the step as ``python ARGV`` would run it, output into ``log``."""
     os.setsid()  # its own process group: a kill at the limit takes what it started too
-    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    out_path, _, err_path = log.partition("|")
+    out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    err = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if err_path else out
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(out, 1)
-    os.dup2(out, 2)
-    os.close(out)
-    os.close(null)
+    os.dup2(err, 2)
+    for fd in {out, err, null}:
+        os.close(fd)
     rc = 0
     try:
         if argv[0] == "-m":

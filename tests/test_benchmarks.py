@@ -14,29 +14,62 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
+STEP_SERVER = REPO / "scripts" / "step_server.py"
 
 
-def run_bench(script: str, *args: str, fixtures: Path) -> dict:
-    env = {**os.environ, "MOSS_FIXTURES": str(fixtures), "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(
-        [sys.executable, script, "--device", "cpu", *args]
-        if script != "bench_memory.py"
-        else [sys.executable, script, *args],
-        cwd=BENCH,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout)
-    assert proc.stderr.strip().splitlines()[-1]  # the one-line summary
-    return out
+class Benchmarks:
+    """Runs the benchmark scripts as ``python SCRIPT ARGS`` would, in ``benchmarks/``: each run
+    is a process of its own (its state, stdout, stderr, exit status), forked from one
+    interpreter that imported torch and the package once (``scripts/step_server.py``, as
+    ``gpu_bench.sh --one-interpreter``), not a fresh ``python`` paying the imports each time."""
+
+    LIMIT_S = 300
+
+    def __init__(self, fixtures: Path, logs: Path) -> None:
+        env = {**os.environ, "MOSS_FIXTURES": str(fixtures), "CUDA_VISIBLE_DEVICES": ""}
+        self.logs = logs
+        self.runs = 0
+        self.proc = subprocess.Popen(
+            [sys.executable, str(STEP_SERVER)],
+            cwd=BENCH,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self.proc.stdout.readline() == b"ready\n", "the step server did not start"
+
+    def run(self, script: str, *args: str) -> dict:
+        self.runs += 1
+        out, err = self.logs / f"{self.runs}.out", self.logs / f"{self.runs}.err"
+        argv = (
+            [script, "--device", "cpu", *args] if script != "bench_memory.py" else [script, *args]
+        )
+        fields = [str(self.LIMIT_S), f"{out}|{err}", str(len(argv)), *argv]
+        self.proc.stdin.write(b"".join(f.encode() + b"\0" for f in fields))
+        self.proc.stdin.flush()
+        rc = self.proc.stdout.readline().decode().strip()
+        stderr = err.read_text()
+        assert rc == "0", f"{script}: exit status {rc!r}\n{stderr[-3000:]}"
+        result = json.loads(out.read_text())
+        assert stderr.strip().splitlines()[-1]  # the one-line summary
+        return result
+
+    def close(self) -> None:
+        self.proc.stdin.close()  # EOF: the server ends
+        self.proc.wait(30)
 
 
-def test_model_step(fixtures_dir):
-    out = run_bench(
+@pytest.fixture(scope="module")
+def bench(fixtures_dir, tmp_path_factory):
+    benchmarks = Benchmarks(fixtures_dir, tmp_path_factory.mktemp("bench_runs"))
+    yield benchmarks.run
+    benchmarks.close()
+
+
+def test_model_step(bench):
+    out = bench(
         "bench_model_step.py",
         "--batch",
         "1",
@@ -47,7 +80,6 @@ def test_model_step(fixtures_dir):
         "1",
         "--context",
         "16",
-        fixtures=fixtures_dir,
     )
     assert [(r["mode"], r["batch"]) for r in out["results"]] == [
         ("eager", 1),
@@ -60,10 +92,8 @@ def test_model_step(fixtures_dir):
     assert [r.get("gpu_kernels_per_replay", 0) for r in out["results"]] == [0, 0, None, None]
 
 
-def test_codec_decode(fixtures_dir):
-    out = run_bench(
-        "bench_codec_decode.py", "--batch", "1", "2", "--frames", "2", fixtures=fixtures_dir
-    )
+def test_codec_decode(bench):
+    out = bench("bench_codec_decode.py", "--batch", "1", "2", "--frames", "2")
     assert {(r["mode"], r["batch"]) for r in out["results"]} == {
         ("eager", 1),
         ("eager", 2),
@@ -75,8 +105,8 @@ def test_codec_decode(fixtures_dir):
 
 
 @pytest.mark.parametrize("graphed, fused", [("off", "off"), ("on", "off"), ("on", "on")])
-def test_engine(fixtures_dir, tmp_path, graphed, fused):
-    out = run_bench(
+def test_engine(bench, tmp_path, graphed, fused):
+    out = bench(
         "bench_engine.py",
         "--sessions",
         "1",
@@ -89,7 +119,6 @@ def test_engine(fixtures_dir, tmp_path, graphed, fused):
         fused,
         "--kernel-cache-dir",
         str(tmp_path),
-        fixtures=fixtures_dir,
     )
     assert out["graphed_decode"] == (graphed == "on") and out["fused"] == (fused == "on")
     assert [r["sessions"] for r in out["results"]] == [1, 2]
@@ -104,10 +133,10 @@ def test_engine(fixtures_dir, tmp_path, graphed, fused):
     assert start["kernel_cache_entries_added"] == 0  # the interpreter compiles nothing
 
 
-def test_capacity(fixtures_dir):
+def test_capacity(bench):
     def capacity(gap_ms: str) -> dict:
         args = ("--max-sessions", "3", "--frames", "4", "--gap-ms", gap_ms)
-        return run_bench("bench_capacity.py", *args, fixtures=fixtures_dir)
+        return bench("bench_capacity.py", *args)
 
     # A generous gap limit: the search must grow to the cap and say so.
     out = capacity("100000")
@@ -118,12 +147,12 @@ def test_capacity(fixtures_dir):
     assert out["capacity_sessions"] == 0 and out["at_capacity"] is None
 
 
-def test_capacity_simulated(fixtures_dir):
+def test_capacity_simulated(bench):
     # The repository's H200 cost table, tiny searches: seconds on a CPU, no model weights.
     h200 = BENCH / "results" / "h200-2026-11-26"
     args = ("--simulate", str(h200), "--frames", "6", "--max-sessions", "2", "--ramp-s", "1")
     args += ("--measure-s", "2", "--burst-running", "2", "--burst-calls", "2")
-    out = run_bench("bench_capacity.py", *args, "--burst-watch-s", "1", fixtures=fixtures_dir)
+    out = bench("bench_capacity.py", *args, "--burst-watch-s", "1")
     assert out["simulated"] is True and "h200-2026-11-26" in out["costs"]
     assert list(out["settings"]) == ["before", "budget", "budget_overlap"]
     for r in out["settings"].values():
@@ -135,8 +164,8 @@ def test_capacity_simulated(fixtures_dir):
         assert b["running"] == 2 and b["burst_admitted"] + b["burst_refused"] == 2
 
 
-def test_prefill(fixtures_dir):
-    out = run_bench(
+def test_prefill(bench):
+    out = bench(
         "bench_prefill.py",
         "--history",
         "0",
@@ -147,7 +176,6 @@ def test_prefill(fixtures_dir):
         "2",
         "--warmup",
         "1",
-        fixtures=fixtures_dir,
     )
     assert [(r["history"], r["turn_rows"]) for r in out["results"]] == [(0, 5), (40, 5)]
     assert all(r["codec_frame_ms"] > 0 and r["ttfa_ms"] > 0 for r in out["results"])
@@ -155,8 +183,8 @@ def test_prefill(fixtures_dir):
     assert out["graphed"] and all(r["prefill_path"] == "graphed" for r in out["results"])
 
 
-def test_prefix_cache(fixtures_dir):
-    out = run_bench("bench_prefix_cache.py", "--iters", "2", "--warmup", "1", fixtures=fixtures_dir)
+def test_prefix_cache(bench):
+    out = bench("bench_prefix_cache.py", "--iters", "2", "--warmup", "1")
     modes = {r["mode"]: r for r in out["results"]}
     assert list(modes) == ["off", "miss", "hit"]
     assert out["voice_frames"] == 125 and out["prefix_rows"] > 125
@@ -171,15 +199,13 @@ def test_prefix_cache(fixtures_dir):
     assert all(r["ttfa_ms_p50"] > 0 and r["prefill_ms_p50"] > 0 for r in out["results"])
 
 
-def test_memory(fixtures_dir):
-    out = run_bench("bench_memory.py", "--real-size", fixtures=fixtures_dir)
+def test_memory(bench):
+    out = bench("bench_memory.py", "--real-size")
     assert out["kv_bytes_per_position"] == 112 * 1024
 
 
-def test_launches(fixtures_dir):
-    out = run_bench(
-        "bench_launches.py", "--sessions", "1", "2", "--ticks", "2", fixtures=fixtures_dir
-    )
+def test_launches(bench):
+    out = bench("bench_launches.py", "--sessions", "1", "2", "--ticks", "2")
     assert [r["sessions"] for r in out["results"]] == [1, 2]
     kernels = out["kernels"]  # inside the graphs: real size, bf16, on meta
     assert kernels["dtype"] == "bfloat16" and kernels["device"] == "meta"
@@ -195,8 +221,8 @@ def test_launches(fixtures_dir):
         assert r["prefill_chunk"]["graph_calls"] == 1  # the turns' prefill replays a bucket
 
 
-def test_restore(fixtures_dir):
-    out = run_bench("bench_restore.py", "--minutes", "0.2", "--repeats", "1", fixtures=fixtures_dir)
+def test_restore(bench):
+    out = bench("bench_restore.py", "--minutes", "0.2", "--repeats", "1")
     assert out["reconnects_restored"] == {"restored": 1, "history_lost": 0}
     assert out["reconnects_no_journal"] == {"restored": 0, "history_lost": 1}
     journal = out["journal"]

@@ -266,6 +266,10 @@ def test_step_server_runs_each_step_as_python_would(tmp_path):
         argv = [str(tmp_path / f"{name}.py"), "a b", "c"]
         requests.append((name, [limits.get(name, "0"), str(tmp_path / f"{name}.log"), *argv]))
     requests.append(("module", ["0", str(tmp_path / "module.log"), "-m", "platform", "--terse"]))
+    # ``OUT|ERR``: stderr into a file of its own, as ``python ARGS >OUT 2>ERR``.
+    (tmp_path / "split.py").write_text("import sys\nprint('out')\nprint('err', file=sys.stderr)\n")
+    split = f"{tmp_path / 'split.log'}|{tmp_path / 'split.err'}"
+    requests.append(("split", ["0", split, str(tmp_path / "split.py")]))
     payload = b"".join(
         b"".join(f.encode() + b"\0" for f in (*fields[:2], str(len(fields) - 2), *fields[2:]))
         for _, fields in requests
@@ -289,6 +293,7 @@ def test_step_server_runs_each_step_as_python_would(tmp_path):
         "boom": 1,
         "hang": 124,
         "module": 0,
+        "split": 0,
     }
     log = {name: (tmp_path / f"{name}.log").read_text() for name, _ in requests}
     assert log["mark"] == "['a b', 'c']\n"
@@ -296,6 +301,7 @@ def test_step_server_runs_each_step_as_python_would(tmp_path):
     assert log["status"] == "" and log["message"] == "bad input\n"
     assert "RuntimeError: boom" in log["boom"] and log["hang"] == "waiting\n"
     assert log["module"].strip() == platform.platform(terse=True)
+    assert (log["split"], (tmp_path / "split.err").read_text()) == ("out\n", "err\n")
 
 
 # ---- the stand-in logger and the soxr error, in process --------------------------------------
