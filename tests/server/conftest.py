@@ -75,7 +75,16 @@ def ray_cluster():
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Ray waits a fixed 30 s for its raylet to register; on a loaded box (this worker runs
+    # niced, and Ray's daemons inherit that) the first start can miss it. Start again, twice.
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception as e:
+            ray.shutdown()
+            if "timed out during startup" not in str(e) or attempt == 2:
+                raise
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         yield f"ws://127.0.0.1:{port}"
