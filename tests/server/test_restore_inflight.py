@@ -10,8 +10,6 @@ for that reply holds exactly the units placed in those frames."""
 
 from __future__ import annotations
 
-import subprocess
-
 import torch
 from pipecat.frames.frames import (
     ErrorFrame,
@@ -38,8 +36,7 @@ from moss_pipecat.service.remote import MossRemoteTTSService
 from moss_pipecat.speech.units import join_units
 
 from ..service.conftest import user_audio_frames
-from .conftest import free_port
-from .processes import serve_process, wait_ready
+from .processes import ServerProcess
 from .test_remote_service import reply
 from .test_restore_service import Cue, Watcher
 
@@ -96,10 +93,9 @@ class Director(FrameProcessor):
     reached the text's end, and all of them came out), snapshots it, kills the server and
     starts a new one on its port; ``ended`` waits for the reply's end; others snapshot."""
 
-    def __init__(self, tts, watcher: Watcher, delay: int, procs: list, restart) -> None:
+    def __init__(self, tts, watcher: Watcher, delay: int, server: ServerProcess) -> None:
         super().__init__()
-        self.tts, self.watcher, self.delay = tts, watcher, delay
-        self.procs, self.restart = procs, restart
+        self.tts, self.watcher, self.delay, self.server = tts, watcher, delay, server
         self.snapshots: dict[str, dict] = {}
         self.session = None  # the service's, as the last cue found it
 
@@ -121,9 +117,7 @@ class Director(FrameProcessor):
                     break
                 await self.watcher.changed.wait()  # woken by a frame, never by a timer
             self.snapshots["stall"] = snap
-            self.procs[-1].kill()
-            self.procs[-1].wait(10)
-            await self.restart()
+            await self.server.restart()
             return
         await self.watcher.reached(frame.reply, frame.frames)
         if frame.what != "ended":
@@ -149,20 +143,11 @@ async def test_the_reply_in_flight_at_kill_9_is_kept_cut_at_what_was_heard(
     fixtures_dir, realtime_meta, tmp_path
 ):
     layout = layout_from_golden(realtime_meta)
-    port = free_port()
-    log = open(tmp_path / "server.log", "wb")
-    procs = [serve_process(fixtures_dir, port, log)]
-
-    async def restart() -> None:
-        procs.append(serve_process(fixtures_dir, port, log))
-        await wait_ready(port, procs[-1])
-
-    engine = ChunkLog(RemoteEngine(f"ws://127.0.0.1:{port}", reconnect_timeout=120))
-    try:
-        await wait_ready(port, procs[0])
+    async with ServerProcess(fixtures_dir, tmp_path / "server.log") as server:
+        engine = ChunkLog(RemoteEngine(server.url, reconnect_timeout=120))
         tts = MossRemoteTTSService(remote=engine, settings=MossTTSSettings(greedy=True))
         watcher = Watcher()
-        director = Director(tts, watcher, layout.delay, procs, restart)
+        director = Director(tts, watcher, layout.delay, server)
         context = LLMContext()
         assistant = LLMContextAggregatorPair(context).assistant()
         frames = [
@@ -180,22 +165,15 @@ async def test_the_reply_in_flight_at_kill_9_is_kept_cut_at_what_was_heard(
             *reply("After ", "the restart."),
             Cue("after", 2),
         ]
-        _, up = await run_test(
-            Pipeline([director, tts, watcher, assistant]),
-            frames_to_send=frames,
-            pipeline_params=PipelineParams(audio_out_sample_rate=24000),
-        )
-        session = director.session
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        log.close()
-        await engine.engine.aclose()
+        try:
+            _, up = await run_test(
+                Pipeline([director, tts, watcher, assistant]),
+                frames_to_send=frames,
+                pipeline_params=PipelineParams(audio_out_sample_rate=24000),
+            )
+        finally:
+            await engine.engine.aclose()
+    session = director.session
 
     snaps = director.snapshots
     hello, stall, after = snaps["hello"], snaps["stall"], snaps["after"]

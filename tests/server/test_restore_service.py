@@ -7,7 +7,6 @@ service pushed, which plays on (its rows exactly: ``test_restore_inflight``)."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 
 import torch
 from pipecat.frames.frames import (
@@ -30,8 +29,7 @@ from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
 from ..service.conftest import user_audio_frames
-from .conftest import free_port
-from .processes import serve_process, wait_ready
+from .processes import ServerProcess
 from .test_remote_service import reply
 
 LONG = [w + " " for w in ("This reply goes on and on for quite a while " * 4).split()]
@@ -84,9 +82,9 @@ class Director(FrameProcessor):
     it waits for, then does it: a barge-in, a snapshot, or a snapshot and ``kill -9`` of the
     server and a new one on its port."""
 
-    def __init__(self, tts, watcher: Watcher, procs: list, restart) -> None:
+    def __init__(self, tts, watcher: Watcher, server: ServerProcess) -> None:
         super().__init__()
-        self.tts, self.watcher, self.procs, self.restart = tts, watcher, procs, restart
+        self.tts, self.watcher, self.server = tts, watcher, server
         self.snapshots: dict[str, dict] = {}
         self.session = None  # the service's, as the last cue found it
 
@@ -102,27 +100,14 @@ class Director(FrameProcessor):
         self.session = self.tts.session
         self.snapshots[frame.what] = await self.session.snapshot()
         if frame.what == "kill":
-            self.procs[-1].kill()
-            self.procs[-1].wait(10)
-            await self.restart()
+            await self.server.restart()
 
 
 async def test_a_call_goes_on_with_its_history_after_kill_9(fixtures_dir, tmp_path):
-    port = free_port()
-    log = open(tmp_path / "server.log", "wb")
-    procs = [serve_process(fixtures_dir, port, log)]
-
-    async def restart() -> None:
-        procs.append(serve_process(fixtures_dir, port, log))
-        await wait_ready(port, procs[-1])
-
-    try:
-        await wait_ready(port, procs[0])
-        tts = MossRemoteTTSService(
-            url=f"ws://127.0.0.1:{port}", settings=MossTTSSettings(greedy=True)
-        )
+    async with ServerProcess(fixtures_dir, tmp_path / "server.log") as server:
+        tts = MossRemoteTTSService(url=server.url, settings=MossTTSSettings(greedy=True))
         watcher = Watcher()
-        director = Director(tts, watcher, procs, restart)
+        director = Director(tts, watcher, server)
         frames = [
             *reply("Hello ", "over the ", "network."),
             Cue("hello", 0),
@@ -144,18 +129,9 @@ async def test_a_call_goes_on_with_its_history_after_kill_9(fixtures_dir, tmp_pa
             frames_to_send=frames,
             pipeline_params=PipelineParams(audio_out_sample_rate=24000),
         )
-        snaps = director.snapshots
-        finished, killed, after = snaps["finished"], snaps["kill"], snaps["after"]
-        session = director.session
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        log.close()
+    snaps = director.snapshots
+    finished, killed, after = snaps["finished"], snaps["kill"], snaps["after"]
+    session = director.session
 
     # The user turn (its speech passes at once) and "Hello", the barge-in reply (unless
     # nothing of it had been heard) and "Short one.".
