@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from pipecat.frames.frames import (
     ErrorFrame,
-    Frame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
@@ -25,7 +24,6 @@ from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.task import PipelineParams
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import run_test
 
 from moss_pipecat.client import RemoteEngine
@@ -36,9 +34,9 @@ from moss_pipecat.service.remote import MossRemoteTTSService
 from moss_pipecat.speech.units import join_units
 
 from ..service.conftest import user_audio_frames
+from .cues import Cue, CueDirector, Watcher
 from .processes import ServerProcess
 from .test_remote_service import reply
-from .test_restore_service import Cue, Watcher
 
 WAITING = [
     w + " "
@@ -87,23 +85,17 @@ class _Turn:
             yield chunk
 
 
-class Director(FrameProcessor):
-    """Holds the frames behind a ``Cue``: ``stall`` waits until the reply's turn has spoken
-    all the text it has (the server's snapshot, taken after each frame out, says its frames
-    reached the text's end, and all of them came out), snapshots it, kills the server and
-    starts a new one on its port; ``ended`` waits for the reply's end; others snapshot."""
+class Director(CueDirector):
+    """``stall`` waits until the reply's turn has spoken all the text it has (the server's
+    snapshot, taken after each frame out, says its frames reached the text's end, and all of
+    them came out), snapshots it, kills the server and starts a new one on its port; ``ended``
+    waits for the reply's end; others snapshot."""
 
     def __init__(self, tts, watcher: Watcher, delay: int, server: ServerProcess) -> None:
-        super().__init__()
-        self.tts, self.watcher, self.delay, self.server = tts, watcher, delay, server
-        self.snapshots: dict[str, dict] = {}
-        self.session = None  # the service's, as the last cue found it
+        super().__init__(tts, watcher, server)
+        self.delay = delay
 
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if not isinstance(frame, Cue):
-            await self.push_frame(frame, direction)
-            return
+    async def cue(self, frame: Cue) -> None:
         session = self.session = self.tts.session
         if frame.what == "stall":
             await self.watcher.reached(frame.reply, 1)
