@@ -43,7 +43,7 @@ class VirtualClock:
 
 class SleepingClock(MonotonicClock):
     """Wall time that a traffic driver "advances" by sleeping: the driver written for a
-    ``VirtualClock`` (``testing.call_traffic``) runs a real device in real time."""
+    ``VirtualClock`` (``testing.core_driver``) runs a real device in real time."""
 
     def advance(self, seconds: float) -> None:
         time.sleep(max(0.0, seconds))

@@ -25,6 +25,7 @@ from moss_pipecat.cuda_graphs import (
     capped_buckets,
     smallest_bucket,
 )
+from moss_pipecat.model.config import MossTTSRealtimeConfig
 from moss_pipecat.model.kv_cache import KVCache
 from moss_pipecat.model.moss_tts import MossTTSRealtime
 from moss_pipecat.model.sampling import NO_HISTORY, BatchSampling, NoiseKeys
@@ -55,6 +56,14 @@ def default_kv_buckets(max_len: int, smallest: int = 512) -> tuple[int, ...]:
         out.append(k)
         k *= 2
     return (*out, max_len)
+
+
+def _pad_row(cfg: MossTTSRealtimeConfig, device: torch.device) -> torch.Tensor:
+    """What an idle (padding) row feeds the backbone: the text pad, then the audio pad on
+    every codebook. [channels] int64."""
+    row = torch.full((cfg.channels,), cfg.audio_pad_token, dtype=torch.int64, device=device)
+    row[0] = cfg.text_pad
+    return row
 
 
 def _sampling_inputs(B: int, window: int, rvq: int, dev) -> dict[str, StaticInput]:
@@ -154,10 +163,7 @@ class GraphedDecodeStep(GraphedStep):
                 model.decode_step, backend=compile_backend, fullgraph=True, dynamic=True
             )
         cfg = model.cfg
-        self._pad_row = torch.full(
-            (cfg.channels,), cfg.audio_pad_token, dtype=torch.int64, device=device
-        )
-        self._pad_row[0] = cfg.text_pad
+        self._pad_row = _pad_row(cfg, device)
         self.graphs: BucketedGraph[tuple[int, int]] = BucketedGraph(
             "decode",
             self._inputs,
@@ -335,10 +341,7 @@ class GraphedPrefill(GraphedStep):
         if self.kv_buckets[-1] >= cache.max_len:
             raise ValueError("kv buckets must leave the spare position out")
         cfg, device = model.cfg, cache.device
-        self._pad_row = torch.full(
-            (cfg.channels,), cfg.audio_pad_token, dtype=torch.int64, device=device
-        )
-        self._pad_row[0] = cfg.text_pad
+        self._pad_row = _pad_row(cfg, device)
         self.graphs: BucketedGraph[tuple[int, int, int]] = BucketedGraph(
             "prefill",
             self._inputs,

@@ -125,6 +125,18 @@ class TurnProgress(_Out):
     rows_total: int  # rows it feeds in all
 
 
+# The fields a ``TurnSummary`` and its wire form hold alike (the others change form).
+_SUMMARY_AS_IS = (
+    "turn_id",
+    "stop",
+    "audio_frames",
+    "heard_frames",
+    "text",
+    "spoken_text",
+    "ttfa_s",
+)
+
+
 class WireSummary(_Out):
     """``TurnSummary`` on the wire; ``error`` is [code, message]."""
 
@@ -144,30 +156,18 @@ class WireSummary(_Out):
     def of(cls, s: TurnSummary) -> WireSummary:
         extra = {"spaced": spaced} if (spaced := spaced_indices(s.words)) else {}
         return cls(
-            turn_id=s.turn_id,
-            stop=s.stop,
-            audio_frames=s.audio_frames,
-            heard_frames=s.heard_frames,
+            **{name: getattr(s, name) for name in _SUMMARY_AS_IS},
             text_ids=list(s.text_ids),
-            text=s.text,
-            spoken_text=s.spoken_text,
             words=list(s.words),
-            ttfa_s=s.ttfa_s,
             error=None if s.error is None else (error_code(s.error), str(s.error)),
             **extra,  # only when some words carry their own spacing: older clients see none
         )
 
     def to_summary(self) -> TurnSummary:
         return TurnSummary(
-            turn_id=self.turn_id,
-            stop=self.stop,
-            audio_frames=self.audio_frames,
-            heard_frames=self.heard_frames,
+            **{name: getattr(self, name) for name in _SUMMARY_AS_IS},
             text_ids=list(self.text_ids),
-            text=self.text,
-            spoken_text=self.spoken_text,
             words=timed_words(self.words, self.spaced),
-            ttfa_s=self.ttfa_s,
             error=None if self.error is None else error_from_wire(*self.error),
         )
 

@@ -160,6 +160,17 @@ class EngineOptions(BaseModel):
         )
 
 
+def _secret(what: str, path: str | None, env: str, default: str | None = None) -> str | None:
+    """A secret never on argv: ``path``'s content (stripped; an empty file is an error), else
+    ``$env``, else ``default``."""
+    if path:
+        value = Path(path).read_text().strip()
+        if not value:
+            raise ValueError(f"{what} file {path} is empty")
+        return value
+    return os.environ.get(env) or default
+
+
 class _ServerSettings(BaseModel):
     """Where the server listens, TLS, and where the token comes from (``ServerOptions`` adds
     the limits)."""
@@ -186,22 +197,12 @@ class _ServerSettings(BaseModel):
 
     def token(self) -> str | None:
         """The bearer token: ``token_file``'s content, else ``$MOSS_PIPECAT_TOKEN``."""
-        if self.token_file:
-            token = Path(self.token_file).read_text().strip()
-            if not token:
-                raise ValueError(f"token file {self.token_file} is empty")
-            return token
-        return os.environ.get(TOKEN_ENV) or None
+        return _secret("token", self.token_file, TOKEN_ENV)
 
     def resume_key(self, default: str | None = None) -> str | None:
         """The resume key (``ServerConfig.resume_key``): ``resume_key_file``'s content, else
         ``$MOSS_PIPECAT_RESUME_KEY``, else ``default`` (None: one drawn per process)."""
-        if self.resume_key_file:
-            key = Path(self.resume_key_file).read_text().strip()
-            if not key:
-                raise ValueError(f"resume key file {self.resume_key_file} is empty")
-            return key
-        return os.environ.get(RESUME_KEY_ENV) or default
+        return _secret("resume key", self.resume_key_file, RESUME_KEY_ENV, default)
 
     def limits(self) -> ServerLimits:
         values = {f.name: getattr(self, f.name) for f in option_limits()}

@@ -2,37 +2,27 @@
 user turns (uploaded speech + transcript) and bot replies whose text streams in at an LLM's
 token rate, some cut by a barge-in; what every caller would measure.
 
-``run_calls`` drives the engine's core single-threaded (``execute`` between ``tick``s, as the
-engine thread would) on a clock that only the device's calls and the waits between events
-move (``VirtualClock`` with a simulated device); a call's timeline follows the audio as it
-would play: the user speaks after the bot's reply has played out (or from the barge-in), and
-the LLM's first token comes ``llm_ttft_s`` after the user stops.
+``run_calls`` drives the engine's core on a clock that only the device's calls and the waits
+between events move (``testing.core_driver``; ``VirtualClock`` with a simulated device); a
+call's timeline follows the audio as it would play: the user speaks after the bot's reply has
+played out (or from the barge-in), and the LLM's first token comes ``llm_ttft_s`` after the
+user stops.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from moss_pipecat.engine import MossEngine
 from moss_pipecat.engine.clock import VirtualClock
-from moss_pipecat.engine.commands import (
-    AddUserTurn,
-    Close,
-    CreateSession,
-    Interrupt,
-    PushText,
-    StartTurn,
-)
+from moss_pipecat.engine.commands import AddUserTurn, Close, Interrupt, PushText, StartTurn
 from moss_pipecat.engine.config import FRAME_SECONDS
 from moss_pipecat.engine.events import AudioChunk, TurnSummary
-from moss_pipecat.errors import CapacityError
-from moss_pipecat.testing.sim_traffic import _Stamped
+from moss_pipecat.testing.core_driver import CoreDriver, Stamped
 
 
 @dataclass(frozen=True)
@@ -101,16 +91,11 @@ def run_calls(
 ) -> CallsResult:
     """Serves the calls until each has hung up (no new reply starts after ``hang_up_s``).
     TTFA and gaps are kept for replies whose text is ready at or after ``measure_from_s``."""
-    core, layout = engine.core, engine.layout
+    driver = CoreDriver(engine, clock)
+    core, layout, at, text_id = driver.core, driver.layout, driver.at, driver.text_id
     rng = random.Random(seed)
     out = CallsResult()
-    events: list[tuple[float, int, Callable[[], None]]] = []
-    seq = itertools.count()
-    text_id = min(layout.im_start, layout.text_pad) - 1  # any ordinary text id
     live: set[str] = set()
-
-    def at(t: float, fn: Callable[[], None]) -> None:
-        heapq.heappush(events, (t, next(seq), fn))
 
     def user_turn(sid: str, g: GroupResult) -> None:
         """The user speaks from now; the LLM's reply follows."""
@@ -165,7 +150,7 @@ def run_calls(
             at(max(clock.now(), played) + shape.think_s, lambda: user_turn(sid, g))
 
         cap = None if shape.frames_per_token is None else round(8 + shape.frames_per_token * n)
-        turn = core.execute(sid, StartTurn(_Stamped(on_item), max_frames=cap))
+        turn = core.execute(sid, StartTurn(Stamped(on_item), max_frames=cap))
         t0, pushed = clock.now(), 0
         delay = layout.delay
         for k in range(0, n, shape.token_chunk):
@@ -183,9 +168,7 @@ def run_calls(
 
     def arrive(i: int, a: Arrival) -> None:
         sid, g = f"call-{i}", out.group(a.group)
-        try:
-            core.execute(sid, CreateSession(seed=i))
-        except CapacityError:
+        if not driver.admit(sid, seed=i):
             g.refused += 1
             return
         g.admitted += 1
@@ -195,19 +178,5 @@ def run_calls(
 
     for i, a in enumerate(arrivals):
         at(a.start, lambda i=i, a=a: arrive(i, a))
-    t_begin = clock.now()
-    while True:
-        while events and events[0][0] <= clock.now():
-            heapq.heappop(events)[2]()
-        wait = core.tick()
-        if wait == 0:
-            continue
-        if not events:
-            if wait is None:
-                break
-            clock.advance(wait)
-            continue
-        nxt = events[0][0]
-        clock.advance_to(nxt if wait is None else min(clock.now() + wait, nxt))
-    out.virtual_s = clock.now() - t_begin
+    out.virtual_s = driver.run()
     return out

@@ -1,26 +1,23 @@
 """Calls driven through an engine in virtual time: arrivals, turns, pauses, and what each
 listener would have measured (time to first audio, gaps between frames).
 
-``run_traffic`` runs the engine's core single-threaded (``execute`` between ``tick``s, as the
-engine thread would) on a ``VirtualClock`` that only the device's calls and the waits between
-events move, so a simulated device (``testing.simulated_device``) serves hundreds of calls in
-a few seconds of wall time.
+``run_traffic`` drives the engine's core on a ``VirtualClock`` (``testing.core_driver``), so a
+simulated device (``testing.simulated_device``) serves hundreds of calls in a few seconds of
+wall time.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from moss_pipecat.engine import MossEngine
 from moss_pipecat.engine.clock import VirtualClock
-from moss_pipecat.engine.commands import AddUserTurn, Close, CreateSession, EndText, StartTurn
-from moss_pipecat.engine.events import AudioChunk, Channel, TurnSummary
-from moss_pipecat.errors import CapacityError
+from moss_pipecat.engine.commands import AddUserTurn, Close, EndText, StartTurn
+from moss_pipecat.engine.events import AudioChunk, TurnSummary
+from moss_pipecat.testing.core_driver import CoreDriver, Stamped
 
 
 @dataclass(frozen=True)
@@ -60,29 +57,13 @@ class TrafficResult:
     virtual_s: float = 0.0
 
 
-class _Stamped(Channel):
-    """A turn's channel that stamps what the engine puts in it with the virtual time."""
-
-    def __init__(self, on_item: Callable[[object], None]) -> None:
-        super().__init__()
-        self._on_item = on_item
-
-    def put(self, item: object) -> None:
-        self._on_item(item)
-
-
 def run_traffic(engine: MossEngine, clock: VirtualClock, plans: list[CallPlan]) -> TrafficResult:
     """Serves ``plans`` on ``engine`` (not started: its core is driven here) until every call
     has ended; returns what the callers measured."""
-    core, layout = engine.core, engine.layout
+    driver = CoreDriver(engine, clock)
+    core, layout, at, text_id = driver.core, driver.layout, driver.at, driver.text_id
     out = TrafficResult()
-    events: list[tuple[float, int, Callable[[], None]]] = []
-    seq = itertools.count()
-    text_id = min(layout.im_start, layout.text_pad) - 1  # any ordinary text id
     open_turns: set[str] = set()
-
-    def at(t: float, fn: Callable[[], None]) -> None:
-        heapq.heappush(events, (t, next(seq), fn))
 
     def start_turn(sid: str, plan: CallPlan, k: int) -> None:
         if k > 0 and plan.user_frames:
@@ -111,15 +92,13 @@ def run_traffic(engine: MossEngine, clock: VirtualClock, plans: list[CallPlan]) 
                 at(clock.now(), lambda: core.execute(sid, Close()))
 
         n = plan.frames
-        turn_id = core.execute(sid, StartTurn(_Stamped(on_item), max_frames=n, min_frames=n))
+        turn_id = core.execute(sid, StartTurn(Stamped(on_item), max_frames=n, min_frames=n))
         open_turns.add(sid)
         core.execute(sid, EndText(turn_id, (text_id,) * plan.turns[k]))
 
     def arrive(i: int, plan: CallPlan) -> None:
         sid = f"call-{i}"
-        try:
-            core.execute(sid, CreateSession(seed=i))
-        except CapacityError:
+        if not driver.admit(sid, seed=i):
             out.refused += 1
             return
         out.admitted += 1
@@ -127,25 +106,9 @@ def run_traffic(engine: MossEngine, clock: VirtualClock, plans: list[CallPlan]) 
 
     for i, plan in enumerate(plans):
         at(plan.start, lambda i=i, plan=plan: arrive(i, plan))
-    t_begin = clock.now()
-    while True:
-        while events and events[0][0] <= clock.now():
-            heapq.heappop(events)[2]()
-        rows, t0 = core.stats["prefill_rows"], clock.now()
-        wait = core.tick()
-        if wait == 0:
-            out.tick_prefill_rows.append(core.stats["prefill_rows"] - rows)
-            out.tick_s.append(clock.now() - t0)
-            continue
-        if not events:
-            if wait is None:
-                break
-            clock.advance(wait)
-            continue
-        nxt = events[0][0]
-        clock.advance_to(nxt if wait is None else min(clock.now() + wait, nxt))
+    out.virtual_s = driver.run()
+    out.tick_prefill_rows, out.tick_s = driver.tick_prefill_rows, driver.tick_s
     out.starved += len(open_turns)
-    out.virtual_s = clock.now() - t_begin
     return out
 
 

@@ -1,5 +1,5 @@
 """Engine servers as child processes (``moss-pipecat serve --tiny``), for the tests that kill,
-restart or SIGTERM them, and the small turn helper they share."""
+restart or SIGTERM them."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import urllib.error
 import urllib.request
 
 import pytest
+
+from .conftest import free_port
 
 
 def serve_process(
@@ -59,11 +61,69 @@ def stop_all(procs: list[subprocess.Popen], wait_s: float) -> None:
                 p.kill()
 
 
-async def read_chunks(turn, n: int) -> list:
-    """The turn's first ``n`` chunks (fewer if it ends first), leaving the rest unread."""
-    chunks = []
-    async for chunk in turn:
-        chunks.append(chunk)
-        if len(chunks) == n:
-            break
-    return chunks
+class ServerProcess:
+    """One server's port on loopback, served by a child process (``serve_process``): started,
+    killed with ``kill -9`` and started again on the same port (a new process each time, all
+    logging to ``log_path``), and stopped (``stop_all``) when the ``async with`` ends.
+
+    ``procs`` are the processes in the order they started; the last one serves the port.
+    """
+
+    def __init__(
+        self,
+        fixtures_dir,
+        log_path,
+        max_sessions: int = 2,
+        extra: tuple[str, ...] = (),
+        stop_wait_s: float = 10,
+    ) -> None:
+        self.fixtures_dir, self.log_path = fixtures_dir, log_path
+        self.max_sessions, self.extra, self.stop_wait_s = max_sessions, extra, stop_wait_s
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.http_url = f"http://127.0.0.1:{self.port}"  # /readyz, /metrics
+        self.procs: list[subprocess.Popen] = []
+        self._log = None
+
+    def spawn(self) -> subprocess.Popen:
+        """A new process for the port, not waited for (``ready`` waits)."""
+        if self._log is None:
+            self._log = open(self.log_path, "ab")  # appended: servers may share a log
+        proc = serve_process(self.fixtures_dir, self.port, self._log, self.max_sessions, self.extra)
+        self.procs.append(proc)
+        return proc
+
+    async def ready(self) -> None:
+        """Until the newest process answers ``/readyz``."""
+        await wait_ready(self.port, self.procs[-1])
+
+    async def start(self) -> None:
+        self.spawn()
+        await self.ready()
+
+    def kill(self) -> None:
+        """``kill -9`` of the serving process: it keeps nothing, drains nothing."""
+        self.procs[-1].kill()
+        self.procs[-1].wait(10)
+
+    async def restart(self) -> None:
+        """``kill -9``, then a new process on the same port, ready."""
+        self.kill()
+        await self.start()
+
+    def stop(self) -> None:
+        stop_all(self.procs, self.stop_wait_s)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    async def __aenter__(self) -> ServerProcess:
+        try:
+            await self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.stop()

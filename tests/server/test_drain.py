@@ -14,10 +14,9 @@ import torch
 from moss_pipecat.client import RemoteEngine
 from moss_pipecat.protocol.errors import ServerUnavailableError
 
-from .conftest import GREEDY, eventually, free_port
-from .processes import http_get, read_chunks, serve_process, stop_all, wait_ready
-
-LONG_TEXT = "This is a rather long sentence that keeps the model talking for a while. " * 3
+from .conftest import GREEDY, eventually
+from .processes import ServerProcess, http_get
+from .turns import LONG_TEXT, read_chunks, say, speak
 
 
 async def test_the_drain_deadline_cuts_the_turn_at_the_frames_the_client_received(
@@ -29,9 +28,7 @@ async def test_the_drain_deadline_cuts_the_turn_at_the_frames_the_client_receive
     session = await RemoteEngine(server.url).create_session(
         conversation_id="cut-1", sampling=GREEDY
     )
-    turn = await session.start_turn(max_frames=60)
-    turn.push_text(LONG_TEXT)
-    turn.end_text()
+    turn = await speak(session, LONG_TEXT, 60)
     chunks = await read_chunks(turn, 3)
     drain = asyncio.create_task(server.hub.drain(timeout=0.5))
     await eventually(lambda: session._link.moved is not None, what="the goaway")
@@ -57,9 +54,7 @@ async def test_the_drain_deadline_cuts_the_turn_at_the_frames_the_client_receive
     frames = rows[rows[:, 1] < min(layout.audio_pad, layout.audio_bos, layout.audio_eos), 1:]
     assert torch.equal(frames, torch.stack([c.codes for c in chunks]))
     local = engine.create_session(sampling=GREEDY)
-    ref = await local.start_turn(max_frames=60)
-    ref.push_text(LONG_TEXT)
-    ref.end_text()
+    ref = await speak(local, LONG_TEXT, 60)
     ref_chunks = await read_chunks(ref, len(chunks))
     assert torch.equal(frames, torch.stack([c.codes for c in ref_chunks]))
     await local.close()
@@ -75,9 +70,7 @@ async def test_a_drained_call_finishes_its_turn_and_goes_on_on_the_next_server(
         conversation_id="move-1", sampling=GREEDY
     )
     first_server = session.server_id
-    turn = await session.start_turn(max_frames=30)
-    turn.push_text(LONG_TEXT)
-    turn.end_text()
+    turn = await speak(session, LONG_TEXT, 30)
     chunks = await read_chunks(turn, 2)
     drain = asyncio.create_task(a.hub.drain(timeout=60))
     chunks += [c async for c in turn]
@@ -93,10 +86,7 @@ async def test_a_drained_call_finishes_its_turn_and_goes_on_on_the_next_server(
     assert (session.restored, session.history_lost) == (1, 0)
     assert [r for r, _ in moved["turns"]] == [r for r, _ in lost["turns"]] == ["assistant"]
     assert torch.equal(moved["rows"], lost["rows"])
-    turn = await session.start_turn(max_frames=4)
-    turn.push_text("On the next server.")
-    turn.end_text()
-    assert (await turn.wait()).audio_frames == 4
+    assert await say(session, "On the next server.", 4) == 4
     await session.close()
     assert engine_b.session_ids == []
 
@@ -163,12 +153,14 @@ CALLS = 8
 async def test_a_sigterm_deploy_moves_every_live_call_to_the_second_server(
     fixtures_dir, tmp_path, golden_layout
 ):
-    ports = [free_port(), free_port()]
-    log = open(tmp_path / "servers.log", "wb")
-    procs = [serve_process(fixtures_dir, p, log, CALLS, ("--drain-timeout", "60")) for p in ports]
-    urls = [f"ws://127.0.0.1:{p}" for p in ports]
+    log = tmp_path / "servers.log"
+    drain = ("--drain-timeout", "60")
+    servers = [ServerProcess(fixtures_dir, log, CALLS, drain, stop_wait_s=30) for _ in range(2)]
+    urls = [s.url for s in servers]
     try:
-        await asyncio.gather(*(wait_ready(p, proc) for p, proc in zip(ports, procs, strict=True)))
+        for server in servers:
+            server.spawn()
+        await asyncio.gather(*(server.ready() for server in servers))
         client = RemoteEngine(urls, reconnect_timeout=30, request_timeout=60)
         sessions = [
             await client.create_session(conversation_id=f"deploy-{k}", sampling=GREEDY)
@@ -178,22 +170,18 @@ async def test_a_sigterm_deploy_moves_every_live_call_to_the_second_server(
         assert len(old) == 1  # every call on the first server
 
         async def first_turn(s):
-            turn = await s.start_turn(max_frames=4)
-            turn.push_text("Before the deploy.")
-            turn.end_text()
+            turn = await speak(s, "Before the deploy.", 4)
             return await turn.wait()
 
         assert all(r.audio_frames == 4 for r in await asyncio.gather(*map(first_turn, sessions)))
         before = [await s.snapshot() for s in sessions]
 
         async def open_turn(s):
-            turn = await s.start_turn(max_frames=24)  # ~2 s of paced audio
-            turn.push_text(LONG_TEXT)
-            turn.end_text()
+            turn = await speak(s, LONG_TEXT, 24)  # ~2 s of paced audio
             return turn, await read_chunks(turn, 2)
 
         live = await asyncio.gather(*map(open_turn, sessions))
-        procs[0].send_signal(signal.SIGTERM)  # the deploy
+        servers[0].procs[0].send_signal(signal.SIGTERM)  # the deploy
         await eventually(
             lambda: all(s._link.moved is not None for s in sessions), 60, "every goaway"
         )
@@ -207,12 +195,10 @@ async def test_a_sigterm_deploy_moves_every_live_call_to_the_second_server(
             assert turn.summary.stop == "max_frames" and turn.summary.error is None
             assert len(chunks) == 24 and [c.index for c in chunks] == list(range(24))
         # It exits cleanly once its clients left, well within its deadline (a hang guard).
-        assert await asyncio.to_thread(procs[0].wait, 50) == 0
+        assert await asyncio.to_thread(servers[0].procs[0].wait, 50) == 0
 
         async def next_turn(s):
-            turn = await s.start_turn(max_frames=4)
-            turn.push_text("After the deploy.")
-            turn.end_text()
+            turn = await speak(s, "After the deploy.", 4)
             return await turn.wait()
 
         # Every call goes on on the second server with its history: the rows of its first
@@ -235,9 +221,9 @@ async def test_a_sigterm_deploy_moves_every_live_call_to_the_second_server(
         for s in sessions:
             await s.close()
     finally:
-        stop_all(procs, 30)
-        log.close()
-    assert procs[1].returncode == 0, (tmp_path / "servers.log").read_text()[-3000:]
+        for server in servers:
+            server.stop()
+    assert servers[1].procs[0].returncode == 0, log.read_text()[-3000:]
 
 
 def test_the_drain_deadline_is_a_server_option():

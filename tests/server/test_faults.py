@@ -12,11 +12,10 @@ from moss_pipecat.client import RemoteEngine
 from moss_pipecat.errors import InvalidInputError
 from moss_pipecat.server import ServerUnavailableError
 
-from .conftest import GREEDY, eventually, free_port
-from .processes import read_chunks, serve_process, stop_all, wait_ready
+from .conftest import GREEDY, eventually
+from .processes import ServerProcess
 from .scripts import make_script, run_script
-
-LONG_TEXT = "This is a rather long sentence that keeps the model talking for a while. " * 3
+from .turns import LONG_TEXT, read_chunks, say, speak
 
 
 async def test_client_disconnect_mid_stream_frees_the_turn_and_reconnect_resumes(
@@ -27,9 +26,7 @@ async def test_client_disconnect_mid_stream_frees_the_turn_and_reconnect_resumes
     server = await make_server(engine)
     client = RemoteEngine(server.url)
     session = await client.create_session(conversation_id="drop-1", sampling=GREEDY)
-    turn = await session.start_turn(max_frames=60)
-    turn.push_text(LONG_TEXT)
-    turn.end_text()
+    turn = await speak(session, LONG_TEXT, 60)
     assert len(await read_chunks(turn, 3)) == 3
     session._link.ws.transport.abort()  # TCP reset: no close handshake
 
@@ -59,10 +56,7 @@ async def test_conversation_expires_after_idle_timeout(make_tiny_engine, make_se
     voice = voice_codes
     session = await client.create_session(conversation_id="exp-1", sampling=GREEDY, voice=voice)
     system = (await session.snapshot())["rows"]
-    turn = await session.start_turn(max_frames=4)
-    turn.push_text("Hi.")
-    turn.end_text()
-    await turn.wait()
+    await say(session, "Hi.", 4)
     session._link.ws.transport.abort()
     await eventually(lambda: engine.session_ids == [], what="the idle session to expire")
     assert server.hub.metrics.expired.value() == 1
@@ -82,30 +76,20 @@ async def test_conversation_expires_after_idle_timeout(make_tiny_engine, make_se
 
 
 async def test_server_killed_then_restarted_clear_error_then_recovery(fixtures_dir, tmp_path):
-    port = free_port()
-    log = open(tmp_path / "server.log", "wb")
-    procs = [serve_process(fixtures_dir, port, log)]
-    try:
-        await wait_ready(port, procs[0])
+    async with ServerProcess(fixtures_dir, tmp_path / "server.log") as server:
         client = RemoteEngine(
-            f"ws://127.0.0.1:{port}",
+            server.url,
             reconnect_timeout=1.0,
             ping_interval=1.0,
             ping_timeout=2.0,
             journal=False,  # a client that keeps no history (tests/server/test_restore_*)
         )
         session = await client.create_session(conversation_id="kill-1", sampling=GREEDY)
-        turn = await session.start_turn(max_frames=6)
-        turn.push_text("Before the crash.")
-        turn.end_text()
-        assert (await turn.wait()).audio_frames == 6
+        assert await say(session, "Before the crash.", 6) == 6
 
-        turn = await session.start_turn(max_frames=80)  # ~6 s of paced audio
-        turn.push_text(LONG_TEXT)
-        turn.end_text()
+        turn = await speak(session, LONG_TEXT, 80)  # ~6 s of paced audio
         await read_chunks(turn, 2)
-        procs[0].kill()
-        procs[0].wait(10)
+        server.kill()
         t0 = time.monotonic()
         with pytest.raises(ServerUnavailableError):
             await asyncio.wait_for(turn.wait(), 10)
@@ -114,8 +98,7 @@ async def test_server_killed_then_restarted_clear_error_then_recovery(fixtures_d
             await asyncio.wait_for(session.start_turn(max_frames=4), 10)
         assert time.monotonic() - t0 < 8
 
-        procs.append(serve_process(fixtures_dir, port, log))
-        await wait_ready(port, procs[1])
+        await server.start()
         turn = await session.start_turn(max_frames=4)  # reconnects
         assert not session.resumed and session.history_lost == 1
         turn.push_text("After the restart.")
@@ -123,10 +106,7 @@ async def test_server_killed_then_restarted_clear_error_then_recovery(fixtures_d
         chunks = [c async for c in turn]
         assert len(chunks) == 4 and all(len(c.pcm) == 3840 for c in chunks)
         await session.close()
-    finally:
-        stop_all(procs, 10)
-        log.close()
-    assert procs[1].returncode == 0, (tmp_path / "server.log").read_text()[-2000:]
+    assert server.procs[1].returncode == 0, (tmp_path / "server.log").read_text()[-2000:]
 
 
 async def test_a_failing_session_does_not_affect_the_others(
@@ -156,9 +136,7 @@ async def test_a_failing_session_does_not_affect_the_others(
             turn.end_text()
             outcomes.append(await turn.wait())
             await asyncio.sleep(0.01)
-        turn = await session.start_turn(max_frames=3)  # and the session still works
-        turn.push_text("fine")
-        turn.end_text()
+        turn = await speak(session, "fine", 3)  # and the session still works
         outcomes.append(await turn.wait())
         await session.close()
         return outcomes
@@ -184,10 +162,7 @@ async def test_a_second_connection_takes_over_the_conversation(make_tiny_engine,
     engine = make_tiny_engine(eos_min_frames=3)  # the first turn has audio, wherever EOS is
     server = await make_server(engine)
     first = await RemoteEngine(server.url).create_session(conversation_id="twin", sampling=GREEDY)
-    turn = await first.start_turn(max_frames=3)
-    turn.push_text("One.")
-    turn.end_text()
-    await turn.wait()
+    await say(first, "One.", 3)
     second = await RemoteEngine(server.url).create_session(
         conversation_id="twin", resume_secret=first.resume_secret
     )
@@ -240,9 +215,7 @@ async def test_a_stuck_engine_fails_the_turn_instead_of_hanging(make_tiny_engine
     server = await make_server(engine)
     client = RemoteEngine(server.url, frame_timeout=1.0)
     session = await client.create_session(conversation_id="stuck", sampling=GREEDY)
-    turn = await session.start_turn(max_frames=60)
-    turn.push_text(LONG_TEXT)
-    turn.end_text()
+    turn = await speak(session, LONG_TEXT, 60)
     await read_chunks(turn, 1)
     release = threading.Event()
     engine.call(lambda: release.wait(20))  # the engine thread stops stepping (pings go on)

@@ -6,7 +6,6 @@ is a bad in-flight cut is refused and changes nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import numpy as np
@@ -192,12 +191,12 @@ async def test_a_session_keeps_the_turn_lost_with_its_server_and_hostile_cuts_ar
     cuts it in the journal, the reconnect restores it: the rows are the old ones cut by the
     engine's own rule. Then restores whose in-flight cut is bad (codes out of the vocabulary,
     text ids out of range, more frames than its rows) are refused, touching nothing."""
-    from websockets.asyncio.client import connect
-
     from moss_pipecat.client import RemoteEngine
 
     from .conftest import TOKEN, eventually
     from .test_restore_inflight import engine_cut
+    from .turns import say
+    from .wire import answer, raw_hello
 
     engine = make_tiny_engine(eos_min_frames=60)
     server = await make_server(engine, token=TOKEN, idle_expiry_s=0)
@@ -205,10 +204,7 @@ async def test_a_session_keeps_the_turn_lost_with_its_server_and_hostile_cuts_ar
     session = await RemoteEngine(server.url, token=TOKEN).create_session(
         conversation_id="lost-1", sampling=GREEDY
     )
-    turn = await session.start_turn(max_frames=4)
-    turn.push_text("Hello there.")
-    turn.end_text()
-    await turn.wait()
+    await say(session, "Hello there.", 4)
     turn = await session.start_turn(max_frames=60)
     turn.push_text("This reply speaks all of its text and then waits for more that never comes")
     chunks = []
@@ -229,10 +225,7 @@ async def test_a_session_keeps_the_turn_lost_with_its_server_and_hostile_cuts_ar
     records = [(t.role, t.lead, t.ids, t.frames) for t in session.journal.turns]
     assert len(records) == 2 and len(records[1][3]) == heard
 
-    ws = await connect(
-        server.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, max_size=None
-    )
-    await ws.send(json.dumps({"type": "hello", "conversation_id": "h-2"}))
+    ws = await raw_hello(server, conversation_id="h-2")
     assert json.loads(await ws.recv())["type"] == "ready"
     role, lead, ids, frames = records[1]
     oov = frames.astype(np.int64).copy()
@@ -247,7 +240,7 @@ async def test_a_session_keeps_the_turn_lost_with_its_server_and_hostile_cuts_ar
         fields, data = P.pack_restore(None, [records[0], last])
         await ws.send(json.dumps({"type": "restore", "req": req, **fields}))
         await ws.send(data)
-        reply = await _answer(ws, req)
+        reply = await answer(ws, req)
         assert (reply["type"], reply.get("code"), reply.get("fatal")) == (
             "error",
             "invalid_input",
@@ -255,24 +248,14 @@ async def test_a_session_keeps_the_turn_lost_with_its_server_and_hostile_cuts_ar
         ), name
         assert "turn" in reply["message"] or "code" in reply["message"], reply
     await ws.send(json.dumps({"type": "snapshot", "req": 10}))
-    assert (await _answer(ws, 10))["snapshot"]["turns"] == []
+    assert (await answer(ws, 10))["snapshot"]["turns"] == []
     fields, data = P.pack_restore(None, records)
     await ws.send(json.dumps({"type": "restore", "req": 11, **fields}))
     await ws.send(data)
-    assert (await _answer(ws, 11))["type"] == "result"
+    assert (await answer(ws, 11))["type"] == "result"
     await ws.send(json.dumps({"type": "snapshot", "req": 12}))
-    rows = (await _answer(ws, 12))["snapshot"]["rows"]
+    rows = (await answer(ws, 12))["snapshot"]["rows"]
     assert torch.equal(torch.tensor(rows).reshape(-1, layout.channels), after["rows"])
     await ws.close()
     assert torch.equal((await session.snapshot())["rows"], after["rows"])  # untouched
     await session.close()
-
-
-async def _answer(ws, req: int) -> dict:
-    """The ``result`` or ``error`` answering ``req`` (other messages skipped)."""
-    while True:
-        msg = await asyncio.wait_for(ws.recv(), 20)
-        if isinstance(msg, str):
-            data = json.loads(msg)
-            if data.get("req") == req and data["type"] in ("result", "error"):
-                return data

@@ -10,12 +10,9 @@ for that reply holds exactly the units placed in those frames."""
 
 from __future__ import annotations
 
-import subprocess
-
 import torch
 from pipecat.frames.frames import (
     ErrorFrame,
-    Frame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
@@ -27,7 +24,6 @@ from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.task import PipelineParams
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import run_test
 
 from moss_pipecat.client import RemoteEngine
@@ -38,10 +34,9 @@ from moss_pipecat.service.remote import MossRemoteTTSService
 from moss_pipecat.speech.units import join_units
 
 from ..service.conftest import user_audio_frames
-from .conftest import free_port
-from .processes import serve_process, wait_ready
+from .cues import Cue, CueDirector, Watcher
+from .processes import ServerProcess
 from .test_remote_service import reply
-from .test_restore_service import Cue, Watcher
 
 WAITING = [
     w + " "
@@ -90,24 +85,17 @@ class _Turn:
             yield chunk
 
 
-class Director(FrameProcessor):
-    """Holds the frames behind a ``Cue``: ``stall`` waits until the reply's turn has spoken
-    all the text it has (the server's snapshot, taken after each frame out, says its frames
-    reached the text's end, and all of them came out), snapshots it, kills the server and
-    starts a new one on its port; ``ended`` waits for the reply's end; others snapshot."""
+class Director(CueDirector):
+    """``stall`` waits until the reply's turn has spoken all the text it has (the server's
+    snapshot, taken after each frame out, says its frames reached the text's end, and all of
+    them came out), snapshots it, kills the server and starts a new one on its port; ``ended``
+    waits for the reply's end; others snapshot."""
 
-    def __init__(self, tts, watcher: Watcher, delay: int, procs: list, restart) -> None:
-        super().__init__()
-        self.tts, self.watcher, self.delay = tts, watcher, delay
-        self.procs, self.restart = procs, restart
-        self.snapshots: dict[str, dict] = {}
-        self.session = None  # the service's, as the last cue found it
+    def __init__(self, tts, watcher: Watcher, delay: int, server: ServerProcess) -> None:
+        super().__init__(tts, watcher, server)
+        self.delay = delay
 
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if not isinstance(frame, Cue):
-            await self.push_frame(frame, direction)
-            return
+    async def cue(self, frame: Cue) -> None:
         session = self.session = self.tts.session
         if frame.what == "stall":
             await self.watcher.reached(frame.reply, 1)
@@ -121,9 +109,7 @@ class Director(FrameProcessor):
                     break
                 await self.watcher.changed.wait()  # woken by a frame, never by a timer
             self.snapshots["stall"] = snap
-            self.procs[-1].kill()
-            self.procs[-1].wait(10)
-            await self.restart()
+            await self.server.restart()
             return
         await self.watcher.reached(frame.reply, frame.frames)
         if frame.what != "ended":
@@ -149,20 +135,11 @@ async def test_the_reply_in_flight_at_kill_9_is_kept_cut_at_what_was_heard(
     fixtures_dir, realtime_meta, tmp_path
 ):
     layout = layout_from_golden(realtime_meta)
-    port = free_port()
-    log = open(tmp_path / "server.log", "wb")
-    procs = [serve_process(fixtures_dir, port, log)]
-
-    async def restart() -> None:
-        procs.append(serve_process(fixtures_dir, port, log))
-        await wait_ready(port, procs[-1])
-
-    engine = ChunkLog(RemoteEngine(f"ws://127.0.0.1:{port}", reconnect_timeout=120))
-    try:
-        await wait_ready(port, procs[0])
+    async with ServerProcess(fixtures_dir, tmp_path / "server.log") as server:
+        engine = ChunkLog(RemoteEngine(server.url, reconnect_timeout=120))
         tts = MossRemoteTTSService(remote=engine, settings=MossTTSSettings(greedy=True))
         watcher = Watcher()
-        director = Director(tts, watcher, layout.delay, procs, restart)
+        director = Director(tts, watcher, layout.delay, server)
         context = LLMContext()
         assistant = LLMContextAggregatorPair(context).assistant()
         frames = [
@@ -180,22 +157,15 @@ async def test_the_reply_in_flight_at_kill_9_is_kept_cut_at_what_was_heard(
             *reply("After ", "the restart."),
             Cue("after", 2),
         ]
-        _, up = await run_test(
-            Pipeline([director, tts, watcher, assistant]),
-            frames_to_send=frames,
-            pipeline_params=PipelineParams(audio_out_sample_rate=24000),
-        )
-        session = director.session
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        log.close()
-        await engine.engine.aclose()
+        try:
+            _, up = await run_test(
+                Pipeline([director, tts, watcher, assistant]),
+                frames_to_send=frames,
+                pipeline_params=PipelineParams(audio_out_sample_rate=24000),
+            )
+        finally:
+            await engine.engine.aclose()
+    session = director.session
 
     snaps = director.snapshots
     hello, stall, after = snaps["hello"], snaps["stall"], snaps["after"]

@@ -6,95 +6,34 @@ service pushed, which plays on (its rows exactly: ``test_restore_inflight``)."""
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-
 import torch
 from pipecat.frames.frames import (
-    DataFrame,
     ErrorFrame,
-    Frame,
     InterruptionFrame,
     TranscriptionFrame,
-    TTSAudioRawFrame,
-    TTSStoppedFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.task import PipelineParams
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import run_test
 
 from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
 from ..service.conftest import user_audio_frames
-from .conftest import free_port
-from .processes import serve_process, wait_ready
+from .cues import Cue, CueDirector, Watcher
+from .processes import ServerProcess
 from .test_remote_service import reply
 
 LONG = [w + " " for w in ("This reply goes on and on for quite a while " * 4).split()]
 
 
-class Cue(DataFrame):
-    """A step of the director's script: ``what`` once the ``reply``-th reply has ``frames``
-    audio frames out (``frames`` None: once it has ended)."""
+class Director(CueDirector):
+    """Waits until the watcher has seen what a cue waits for, then does it: a barge-in, a
+    snapshot, or a snapshot and ``kill -9`` of the server and a new one on its port."""
 
-    def __init__(self, what: str, reply: int, frames: int | None = None) -> None:
-        super().__init__()
-        self.what, self.reply, self.frames = what, reply, frames
-
-
-class Watcher(FrameProcessor):
-    """Downstream of the TTS: the replies' audio frames and ends, as they come out."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.contexts: list[str] = []  # replies in the order their audio began
-        self.frames: dict[str, int] = {}
-        self.stopped: set[str] = set()
-        self.changed = asyncio.Event()
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if isinstance(frame, TTSAudioRawFrame):
-            if frame.context_id not in self.frames:
-                self.contexts.append(frame.context_id)
-            self.frames[frame.context_id] = self.frames.get(frame.context_id, 0) + 1
-        elif isinstance(frame, TTSStoppedFrame):
-            self.stopped.add(frame.context_id)
-        self.changed.set()
-        await self.push_frame(frame, direction)
-
-    async def reached(self, reply: int, frames: int | None) -> None:
-        def done() -> bool:
-            if len(self.contexts) <= reply:
-                return False
-            ctx = self.contexts[reply]
-            return ctx in self.stopped if frames is None else self.frames[ctx] >= frames
-
-        while not done():  # woken by each frame that comes out, never by a timer
-            self.changed.clear()
-            await asyncio.wait_for(self.changed.wait(), 60)
-
-
-class Director(FrameProcessor):
-    """Upstream of the TTS: holds the frames behind a ``Cue`` until the watcher has seen what
-    it waits for, then does it: a barge-in, a snapshot, or a snapshot and ``kill -9`` of the
-    server and a new one on its port."""
-
-    def __init__(self, tts, watcher: Watcher, procs: list, restart) -> None:
-        super().__init__()
-        self.tts, self.watcher, self.procs, self.restart = tts, watcher, procs, restart
-        self.snapshots: dict[str, dict] = {}
-        self.session = None  # the service's, as the last cue found it
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if not isinstance(frame, Cue):
-            await self.push_frame(frame, direction)
-            return
+    async def cue(self, frame: Cue) -> None:
         await self.watcher.reached(frame.reply, frame.frames)
         if frame.what == "barge-in":
             await self.push_frame(InterruptionFrame())
@@ -102,27 +41,14 @@ class Director(FrameProcessor):
         self.session = self.tts.session
         self.snapshots[frame.what] = await self.session.snapshot()
         if frame.what == "kill":
-            self.procs[-1].kill()
-            self.procs[-1].wait(10)
-            await self.restart()
+            await self.server.restart()
 
 
 async def test_a_call_goes_on_with_its_history_after_kill_9(fixtures_dir, tmp_path):
-    port = free_port()
-    log = open(tmp_path / "server.log", "wb")
-    procs = [serve_process(fixtures_dir, port, log)]
-
-    async def restart() -> None:
-        procs.append(serve_process(fixtures_dir, port, log))
-        await wait_ready(port, procs[-1])
-
-    try:
-        await wait_ready(port, procs[0])
-        tts = MossRemoteTTSService(
-            url=f"ws://127.0.0.1:{port}", settings=MossTTSSettings(greedy=True)
-        )
+    async with ServerProcess(fixtures_dir, tmp_path / "server.log") as server:
+        tts = MossRemoteTTSService(url=server.url, settings=MossTTSSettings(greedy=True))
         watcher = Watcher()
-        director = Director(tts, watcher, procs, restart)
+        director = Director(tts, watcher, server)
         frames = [
             *reply("Hello ", "over the ", "network."),
             Cue("hello", 0),
@@ -144,18 +70,9 @@ async def test_a_call_goes_on_with_its_history_after_kill_9(fixtures_dir, tmp_pa
             frames_to_send=frames,
             pipeline_params=PipelineParams(audio_out_sample_rate=24000),
         )
-        snaps = director.snapshots
-        finished, killed, after = snaps["finished"], snaps["kill"], snaps["after"]
-        session = director.session
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        log.close()
+    snaps = director.snapshots
+    finished, killed, after = snaps["finished"], snaps["kill"], snaps["after"]
+    session = director.session
 
     # The user turn (its speech passes at once) and "Hello", the barge-in reply (unless
     # nothing of it had been heard) and "Short one.".

@@ -15,6 +15,7 @@ from moss_pipecat.client.journal import Journal
 from moss_pipecat.client.link import Link
 
 from .conftest import GREEDY
+from .turns import read_chunks, say, speak
 
 
 async def _call_lost_with_its_server(make_tiny_engine, make_server, ids_range, in_flight=False):
@@ -30,20 +31,15 @@ async def _call_lost_with_its_server(make_tiny_engine, make_server, ids_range, i
     )
     frames = torch.randint(0, 1024, (5, 16), generator=torch.Generator().manual_seed(3))
     await session.add_user_turn(list(range(ids_range[0], ids_range[0] + 3)), frames)
-    turn = await session.start_turn(max_frames=4)
-    turn.push_text("Hello there.")
-    turn.end_text()
-    await turn.wait()
+    await say(session, "Hello there.", 4)
     before = await session.snapshot()
     assert [r for r, _ in before["turns"]] == ["user", "assistant"]
     lost = None
     if in_flight:
-        lost = await session.start_turn(max_frames=60)
-        lost.push_text("This reply is lost with its server, whatever was heard of it.")
-        lost.end_text()
-        chunks = aiter(lost)
-        for _ in range(2):
-            await anext(chunks)
+        lost = await speak(
+            session, "This reply is lost with its server, whatever was heard of it.", 60
+        )
+        await read_chunks(lost, 2)
     await a.stop()
     return session, before, b_engine, lost
 
@@ -82,10 +78,7 @@ async def _goes_on(session, before, engine, heard: int = 0) -> None:
     assert after["rows"].shape[0] > n if heard else after["rows"].shape[0] == n
     assert session.restored == 1 and session.history_lost == 0
     assert engine.session_ids == [session.id]
-    turn = await session.start_turn(max_frames=3)
-    turn.push_text("Still here.")
-    turn.end_text()
-    assert (await turn.wait()).audio_frames == 3
+    assert await say(session, "Still here.", 3) == 3
     assert len(session.journal.turns) == 3 + bool(heard) and session.journal.valid
     assert not session.journal.restore_due
     await session.close()

@@ -9,31 +9,24 @@ import asyncio
 import json
 
 import numpy as np
-import pytest
 import torch
-from websockets.asyncio.client import connect
 
 from moss_pipecat import protocol as P
 from moss_pipecat.client import RemoteEngine
 
 from .conftest import GREEDY, TOKEN, eventually
-
-LONG_TEXT = "This is a rather long sentence that keeps the model talking for a while. " * 3
+from .turns import LONG_TEXT, read_chunks, say, speak
+from .wire import answer, raw_hello, refused_hello
 
 
 async def _talk(session, voice, ids_range) -> None:
     """A call with a voice, a user turn, a capped turn, a barge-in and a dropped turn."""
     await session.set_voice(voice)
-    turn = await session.start_turn(max_frames=5)
-    turn.push_text("Hello there.")
-    turn.end_text()
-    await turn.wait()
+    await say(session, "Hello there.", 5)
     lo = ids_range[0]
     frames = torch.randint(0, 1024, (6, 16), generator=torch.Generator().manual_seed(2))
     await session.add_user_turn(list(range(lo, lo + 4)), frames)
-    turn = await session.start_turn(max_frames=30)
-    turn.push_text(LONG_TEXT)
-    turn.end_text()
+    turn = await speak(session, LONG_TEXT, 30)
     n = 0
     async for _ in turn:
         n += 1
@@ -41,9 +34,7 @@ async def _talk(session, voice, ids_range) -> None:
             await session.interrupt(4)
             break
     await turn.wait()
-    turn = await session.start_turn(max_frames=30)
-    turn.push_text("Nobody hears this one.")
-    turn.end_text()
+    turn = await speak(session, "Nobody hears this one.", 30)
     async for _ in turn:
         await session.interrupt(0)
         break
@@ -71,34 +62,10 @@ async def test_a_lost_conversation_is_restored_from_the_journal(
     assert after["system_rows"] == before["system_rows"] > voice_codes.shape[0]
     assert after["turn_frames"] == before["turn_frames"]
     # And the call goes on, its journal whole.
-    turn = await session.start_turn(max_frames=3)
-    turn.push_text("Still here.")
-    turn.end_text()
-    assert (await turn.wait()).audio_frames == 3
+    assert await say(session, "Still here.", 3) == 3
     assert len(session.journal.turns) == 4 and session.journal.valid
     await session.close()
     assert session.journal.turns == [] and engine.session_ids == []
-
-
-async def _ws(server, hello: dict):
-    ws = await connect(
-        server.url,
-        additional_headers={"Authorization": f"Bearer {TOKEN}"},
-        compression=None,
-        max_size=None,
-    )
-    await ws.send(json.dumps({"type": "hello", **hello}))
-    return ws
-
-
-async def _answer(ws, req: int) -> dict:
-    """The ``result`` or ``error`` answering ``req`` (history deltas and others skipped)."""
-    while True:
-        msg = await asyncio.wait_for(ws.recv(), 20)
-        if isinstance(msg, str):
-            data = json.loads(msg)
-            if data.get("req") == req and data["type"] in ("result", "error"):
-                return data
 
 
 async def test_hostile_restores_are_refused_and_touch_nothing(
@@ -112,16 +79,13 @@ async def test_hostile_restores_are_refused_and_touch_nothing(
     other = await RemoteEngine(server.url, token=TOKEN).create_session(
         conversation_id="victim", sampling=GREEDY
     )
-    turn = await other.start_turn(max_frames=3)
-    turn.push_text("Mine.")
-    turn.end_text()
-    await turn.wait()
+    await say(other, "Mine.", 3)
     victim = await other.snapshot()
     good = other.journal.restore_request()
     records = [(t.role, t.lead, t.ids, t.frames) for t in other.journal.turns]
     (role, lead, ids, frames) = records[0]
 
-    ws = await _ws(server, {"conversation_id": "h-1"})
+    ws = await raw_hello(server, conversation_id="h-1")
     assert json.loads(await ws.recv())["type"] == "ready"
     req = iter(range(1, 1000))
 
@@ -129,7 +93,7 @@ async def test_hostile_restores_are_refused_and_touch_nothing(
         r = next(req)
         await ws.send(json.dumps({"type": "restore", "req": r, **fields}))
         await ws.send(data)
-        reply = await _answer(ws, r)
+        reply = await answer(ws, r)
         assert (reply["type"], reply["code"]) == ("error", code), reply
         assert not reply["fatal"]
 
@@ -162,24 +126,19 @@ async def test_hostile_restores_are_refused_and_touch_nothing(
     # Nothing changed: the conversation has no turns, and it can still be restored once.
     r = next(req)
     await ws.send(json.dumps({"type": "snapshot", "req": r}))
-    assert (await _answer(ws, r))["snapshot"]["turns"] == []
+    assert (await answer(ws, r))["snapshot"]["turns"] == []
     r = next(req)
     await ws.send(json.dumps({"type": "restore", "req": r, **good[0]}))
     await ws.send(good[1])
-    assert (await _answer(ws, r))["type"] == "result"
+    assert (await answer(ws, r))["type"] == "result"
     await restore(*good, "turn_state")  # not over a history it has
     await ws.close()
 
     # Someone else's conversation without its secret: refused at the hello, before the restore
     # sent right behind it is read.
-    ws = await _ws(server, {"conversation_id": "victim"})
-    await ws.send(json.dumps({"type": "restore", "req": 1, **good[0]}))
-    await ws.send(good[1])
-    reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
-    assert (reply["type"], reply["code"]) == ("error", "forbidden")
-    with pytest.raises(Exception):  # noqa: B017 (closed with 4403, nothing else sent)
-        await asyncio.wait_for(ws.recv(), 5)
-    assert ws.close_code == P.CLOSE_FORBIDDEN
+    restore = [{"type": "restore", "req": 1, **good[0]}, good[1]]
+    reply, rest = await refused_hello(server, conversation_id="victim", after=restore)
+    assert (reply["type"], reply["code"], rest) == ("error", "forbidden", [])
 
     after = await other.snapshot()
     assert torch.equal(after["rows"], victim["rows"]) and other.reconnects == 0
@@ -199,11 +158,7 @@ async def test_a_resuming_client_hears_ready_before_any_history(
     session = await RemoteEngine(server.url, token=TOKEN).create_session(
         conversation_id="r-2", sampling=GREEDY
     )
-    turn = await session.start_turn(max_frames=30)
-    turn.push_text(LONG_TEXT)
-    turn.end_text()
-    async for _ in turn:
-        break  # streaming now
+    await read_chunks(await speak(session, LONG_TEXT, 30), 1)  # streaming now
     conv = server.hub.conversations["r-2"]
     real_greet = handshake.greet
 
@@ -213,8 +168,8 @@ async def test_a_resuming_client_hears_ready_before_any_history(
         await real_greet(conv, conn, ready)
 
     monkeypatch.setattr(handshake, "greet", late_greet)
-    ws = await _ws(
-        server, {"conversation_id": "r-2", "resume_secret": session.resume_secret, "history": True}
+    ws = await raw_hello(
+        server, conversation_id="r-2", resume_secret=session.resume_secret, history=True
     )
     ready = json.loads(await asyncio.wait_for(ws.recv(), 20))
     assert (ready["type"], ready["resumed"]) == ("ready", True)

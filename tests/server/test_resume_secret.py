@@ -12,36 +12,14 @@ import asyncio
 import json
 
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
-from moss_pipecat import protocol as P
 from moss_pipecat.client import RemoteEngine
 from moss_pipecat.protocol.errors import ForbiddenError
 from moss_pipecat.server import ServerUnavailableError
 
 from .conftest import GREEDY, TOKEN, eventually
-
-LONG_TEXT = "This is a rather long sentence that keeps the model talking for a while. " * 3
-
-
-async def _refused_hello(server, **hello) -> tuple[dict, list]:
-    """Sends ``hello`` (then ``after``, without waiting) on a raw socket; returns the server's
-    first reply and every text message that came after it until the server closed."""
-    after = hello.pop("after", [])
-    ws = await connect(
-        server.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, compression=None
-    )
-    await ws.send(json.dumps({"type": "hello", **hello}))
-    for msg in after:
-        await ws.send(json.dumps(msg))
-    first = json.loads(await asyncio.wait_for(ws.recv(), 5))
-    rest = []
-    with pytest.raises(ConnectionClosed):
-        while True:
-            rest.append(await asyncio.wait_for(ws.recv(), 5))
-    assert ws.close_code == P.CLOSE_FORBIDDEN
-    return first, rest
+from .turns import LONG_TEXT, read_chunks, say, speak
+from .wire import raw_hello, refused_hello
 
 
 @pytest.fixture
@@ -59,18 +37,12 @@ async def test_a_resume_without_the_secret_is_refused_and_the_live_turn_goes_on(
     secret = owner.resume_secret
     assert secret and len(secret) >= 32
     conn = hub.conversations["owned-1"].conn
-    turn = await owner.start_turn(max_frames=30)
-    turn.push_text(LONG_TEXT)
-    turn.end_text()
-    indices = []
-    async for chunk in turn:
-        indices.append(chunk.index)
-        if len(indices) == 3:
-            break
+    turn = await speak(owner, LONG_TEXT, 30)
+    indices = [chunk.index for chunk in await read_chunks(turn, 3)]
 
     wrong = secret[:-1] + ("A" if secret[-1] != "A" else "B")
     for hello in ({}, {"resume_secret": wrong}):
-        reply, rest = await _refused_hello(server, conversation_id="owned-1", **hello)
+        reply, rest = await refused_hello(server, conversation_id="owned-1", **hello)
         assert (reply["type"], reply["code"], reply["fatal"]) == ("error", "forbidden", True)
         assert "resume_secret" in reply["message"] and secret not in reply["message"]
         assert rest == []
@@ -96,22 +68,19 @@ async def test_snapshot_and_reset_cannot_come_through_a_refused_takeover(server)
     owner = await RemoteEngine(server.url, token=TOKEN).create_session(
         conversation_id="owned-2", sampling=GREEDY
     )
-    turn = await owner.start_turn(max_frames=3)
-    turn.push_text("One.")
-    turn.end_text()
-    await turn.wait()
+    await say(owner, "One.", 3)
     before = await owner.snapshot()
     assert [role for role, _ in before["turns"]] == ["assistant"]
 
     # Requests sent right behind the hello are never handled.
     pipelined = [{"type": "snapshot", "req": 1}, {"type": "reset", "req": 2}]
-    reply, rest = await _refused_hello(server, conversation_id="owned-2", after=pipelined)
+    reply, rest = await refused_hello(server, conversation_id="owned-2", after=pipelined)
     assert reply["code"] == "forbidden" and rest == []
     # A conversation whose client is away (a network stall) is no easier to take.
     owner._link.ws.transport.abort()
     conv = hub.conversations["owned-2"]
     await eventually(lambda: conv.conn is None, what="the owner to be detached")
-    reply, rest = await _refused_hello(server, conversation_id="owned-2", after=pipelined)
+    reply, rest = await refused_hello(server, conversation_id="owned-2", after=pipelined)
     assert reply["code"] == "forbidden" and rest == []
 
     # The owner comes back with its secret and finds its history as it was.
@@ -125,10 +94,7 @@ async def test_with_the_secret_another_client_takes_over(server):
     first = await RemoteEngine(server.url, token=TOKEN).create_session(
         conversation_id="owned-3", sampling=GREEDY
     )
-    turn = await first.start_turn(max_frames=3)
-    turn.push_text("One.")
-    turn.end_text()
-    await turn.wait()
+    await say(first, "One.", 3)
     second = await RemoteEngine(server.url, token=TOKEN).create_session(
         conversation_id="owned-3", resume_secret=first.resume_secret
     )
@@ -150,10 +116,7 @@ async def test_secrets_are_per_conversation_and_a_raw_client_gets_one_drawn(serv
     assert server.hub.conversations["a"].secret == a.resume_secret
     assert server.hub.conversations[b.id].secret == b.resume_secret
     # A hello that proposes no secret gets one drawn by the server (random, URL-safe).
-    ws = await connect(
-        server.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, compression=None
-    )
-    await ws.send(json.dumps({"type": "hello", "conversation_id": "raw-1"}))
+    ws = await raw_hello(server, conversation_id="raw-1")
     ready = json.loads(await asyncio.wait_for(ws.recv(), 5))
     assert ready["type"] == "ready" and len(ready["resume_secret"]) >= 43
     assert ready["resume_secret"] == server.hub.conversations["raw-1"].secret

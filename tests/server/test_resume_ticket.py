@@ -8,13 +8,10 @@ the deployment's key, as another of its servers would."""
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 
 import pytest
 import torch
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from moss_pipecat import protocol as P
 from moss_pipecat.cli import build_parser, serve_options
@@ -28,7 +25,8 @@ from moss_pipecat.server.ray_app import app_resume_key
 from moss_pipecat.server.tickets import ResumeTickets
 
 from .conftest import GREEDY, TOKEN, eventually
-from .test_resume_secret import LONG_TEXT, _refused_hello
+from .turns import LONG_TEXT, read_chunks, say, speak
+from .wire import refused_hello
 
 KEY = "deployment-resume-key-for-tests-0123456789"
 
@@ -40,13 +38,6 @@ def shared_key(monkeypatch):
     return KEY
 
 
-async def _say(session, text: str, max_frames: int = 3) -> int:
-    turn = await session.start_turn(max_frames=max_frames)
-    turn.push_text(text)
-    turn.end_text()
-    return (await turn.wait()).audio_frames
-
-
 async def test_tickets_that_prove_nothing_are_refused_and_touch_nothing(
     shared_key, make_tiny_engine, make_server
 ):
@@ -56,17 +47,11 @@ async def test_tickets_that_prove_nothing_are_refused_and_touch_nothing(
     owner = await RemoteEngine(server.url, token=TOKEN).create_session(
         conversation_id="victim", sampling=GREEDY
     )
-    assert await _say(owner, "Mine.") == 3
+    assert await say(owner, "Mine.", 3) == 3
     before = await owner.snapshot()
     conn = hub.conversations["victim"].conn
-    turn = await owner.start_turn(max_frames=30)
-    turn.push_text(LONG_TEXT)
-    turn.end_text()
-    indices = []
-    async for chunk in turn:
-        indices.append(chunk.index)
-        if len(indices) == 3:
-            break
+    turn = await speak(owner, LONG_TEXT, 30)
+    indices = [chunk.index for chunk in await read_chunks(turn, 3)]
 
     book = ResumeTickets(shared_key, hub.limits.resume_ticket_max_age_s)
     _, created, issued, mac = owner.resume_ticket.split(".")
@@ -90,15 +75,16 @@ async def test_tickets_that_prove_nothing_are_refused_and_touch_nothing(
     for reason, tickets in cases.items():
         for ticket in tickets:
             hello = {"resume_secret": mine, "resume_ticket": ticket, "after": pipelined}
-            reply, rest = await _refused_hello(server, conversation_id="victim", **hello)
+            reply, rest = await refused_hello(server, conversation_id="victim", **hello)
             assert (reply["type"], reply["code"], reply["fatal"]) == ("error", "forbidden", True)
             assert "resume_secret" in reply["message"] and rest == []
             assert words[reason] in reply["message"]
             assert owner.resume_secret not in reply["message"] and KEY not in reply["message"]
         assert hub.metrics.resume_refused.value(reason=reason) == len(tickets)
     # A ticket that is not one is refused at the edge (before the conversation is looked up).
-    ws_reply, code = await _edge_refused(server, "victim", mine, "1.2.3.not-a-mac")
-    assert (ws_reply["code"], ws_reply["fatal"], code) == ("bad_message", True, P.CLOSE_PROTOCOL)
+    hello = {"conversation_id": "victim", "resume_secret": mine, "resume_ticket": "1.2.3.not-a-mac"}
+    ws_reply, rest = await refused_hello(server, P.CLOSE_PROTOCOL, **hello)
+    assert (ws_reply["code"], ws_reply["fatal"], rest) == ("bad_message", True, [])
     assert "resume_ticket" in ws_reply["message"]
     # Through the project's client, at once (no retries).
     with pytest.raises(ForbiddenError, match="created earlier"):
@@ -123,19 +109,6 @@ async def test_tickets_that_prove_nothing_are_refused_and_touch_nothing(
     await owner.close()
 
 
-async def _edge_refused(server, cid: str, secret: str, ticket: str) -> tuple[dict, int]:
-    """A hello with ``ticket``: the server's reply and its close code."""
-    ws = await connect(
-        server.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, compression=None
-    )
-    hello = {"type": "hello", "conversation_id": cid, "resume_secret": secret}
-    await ws.send(json.dumps({**hello, "resume_ticket": ticket}))
-    reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
-    with pytest.raises(ConnectionClosed):
-        await asyncio.wait_for(ws.recv(), 5)
-    return reply, ws.close_code
-
-
 async def test_the_first_creator_takes_its_conversation_back_from_a_squatter(
     shared_key, make_tiny_engine, make_server, realtime_meta
 ):
@@ -148,22 +121,19 @@ async def test_the_first_creator_takes_its_conversation_back_from_a_squatter(
     lo = realtime_meta["text_ids_drawn_from"][0]
     frames = torch.randint(0, 1024, (4, 16), generator=torch.Generator().manual_seed(9))
     await owner.add_user_turn(list(range(lo, lo + 3)), frames)
-    assert await _say(owner, "Hello there.") == 3
+    assert await say(owner, "Hello there.", 3) == 3
     before = await owner.snapshot()
     created = owner.resume_ticket.split(".")[1]
     await a.stop()  # lost, with the conversation
 
     # Whoever knows the id is first on b: a conversation of its own, a turn streaming.
     attacker = await RemoteEngine(b.url).create_session(conversation_id="CA42", sampling=GREEDY)
-    assert not attacker.resumed and await _say(attacker, "Not yours.") == 3
-    squat = await attacker.start_turn(max_frames=60)
-    squat.push_text(LONG_TEXT)
-    squat.end_text()
-    async for _ in squat:
-        break
+    assert not attacker.resumed and await say(attacker, "Not yours.", 3) == 3
+    squat = await speak(attacker, LONG_TEXT, 60)
+    await read_chunks(squat, 1)
 
     # The owner's next call takes it back (its ticket, from a, holds on b) and restores it.
-    assert await _say(owner, "Still here.") == 3
+    assert await say(owner, "Still here.", 3) == 3
     assert owner.server_id == b.hub.server_id and not owner.resumed
     assert (owner.restored, owner.history_lost) == (1, 0)
     after = await owner.snapshot()

@@ -14,53 +14,40 @@ import torch
 from moss_pipecat.client import RemoteEngine
 from moss_pipecat.protocol.errors import ForbiddenError
 
-from .conftest import GREEDY, free_port
-from .processes import http_get, serve_process, stop_all, wait_ready
+from .conftest import GREEDY
+from .processes import ServerProcess, http_get
+from .turns import say
 
 KEY = "squat-test-resume-key-0123456789abcdef"
-
-
-async def _say(session, text: str, max_frames: int = 4) -> int:
-    turn = await session.start_turn(max_frames=max_frames)
-    turn.push_text(text)
-    turn.end_text()
-    return (await turn.wait()).audio_frames
 
 
 async def test_a_squatter_after_kill_9_loses_the_id_and_the_owner_s_call_goes_on(
     fixtures_dir, tmp_path, realtime_meta
 ):
-    port = free_port()
-    log = open(tmp_path / "server.log", "wb")
     key_file = tmp_path / "resume.key"
     key_file.write_text(KEY + "\n")
     extra = ("--resume-key-file", str(key_file))
-    procs = [serve_process(fixtures_dir, port, log, extra=extra)]
-    url = f"ws://127.0.0.1:{port}"
-    try:
-        await wait_ready(port, procs[0])
+    async with ServerProcess(fixtures_dir, tmp_path / "server.log", extra=extra) as server:
+        url = server.url
         # The id is guessable (a telephony call SID).
         owner = await RemoteEngine(url).create_session(conversation_id="CA0001", sampling=GREEDY)
         lo = realtime_meta["text_ids_drawn_from"][0]
         frames = torch.randint(0, 1024, (5, 16), generator=torch.Generator().manual_seed(5))
         await owner.add_user_turn(list(range(lo, lo + 3)), frames)
-        assert await _say(owner, "Hello there.") == 4
+        assert await say(owner, "Hello there.", 4) == 4
         before = await owner.snapshot()
         assert [r for r, _ in before["turns"]] == ["user", "assistant"]
 
-        procs[0].kill()  # kill -9: the server keeps nothing
-        procs[0].wait(10)
-        procs.append(serve_process(fixtures_dir, port, log, extra=extra))
-        await wait_ready(port, procs[1])
+        await server.restart()  # kill -9: the server keeps nothing
 
         # The attacker is first on the new server: the id is free, so it makes the
         # conversation with its own secret, and a history of its own.
         attacker = await RemoteEngine(url).create_session(conversation_id="CA0001", sampling=GREEDY)
         assert not attacker.resumed and attacker.resume_secret != owner.resume_secret
-        assert await _say(attacker, "Not yours.", 3) == 3
+        assert await say(attacker, "Not yours.", 3) == 3
 
         # The owner's next call proves it came first: its history is back, the call goes on.
-        assert await _say(owner, "Still here.", 3) == 3
+        assert await say(owner, "Still here.", 3) == 3
         assert owner.restored == 1 and owner.history_lost == 0 and not owner.resumed
         after = await owner.snapshot()
         n = before["rows"].shape[0]
@@ -74,11 +61,8 @@ async def test_a_squatter_after_kill_9_loses_the_id_and_the_owner_s_call_goes_on
         with pytest.raises(ForbiddenError, match="created earlier"):
             await asyncio.wait_for(attacker.snapshot(), 10)
         assert (await owner.snapshot())["rows"].equal(after["rows"])
-        status, metrics = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/metrics")
+        status, metrics = await asyncio.to_thread(http_get, server.http_url + "/metrics")
         assert status == 200
         assert "moss_server_resume_takeovers_total 1.0" in metrics
         assert 'moss_server_resume_refused_total{reason="ticket_newer"} 2.0' in metrics
         await owner.close()
-    finally:
-        stop_all(procs, 10)
-        log.close()
