@@ -24,8 +24,8 @@ from moss_pipecat.service.remote import MossRemoteTTSService
 
 from .conftest import GREEDY as GREEDY_SAMPLING
 from .conftest import eventually
+from .cues import Cue, Watcher
 from .test_remote_service import reply, run
-from .test_restore_service import Cue, Watcher
 
 GREEDY = MossTTSSettings(greedy=True)
 KEY = "handoff-test-resume-key-0123456789abcdef"
