@@ -108,6 +108,10 @@ async def test_replies_come_in_order_each_with_its_words_before_its_end(make_tts
     turn = [LLMFullResponseStartFrame, TTSStoppedFrame, LLMFullResponseEndFrame]
     assert [type(f) for f in down if isinstance(f, tuple(turn))] == turn * 2
     assert spoken(down) == [["Hello", "there."], ["And", "welcome", "back."]]
+    # One context per reply, on everything the reply's text and audio make.
+    contexts = [ctx for ctx, _ in spoken_groups(down)]
+    text = [f for f in down if isinstance(f, (AggregatedTextFrame, AggregatedTextProgressFrame))]
+    assert len(set(contexts)) == 2 and text and {f.context_id for f in text} == set(contexts)
     words = [f for f in down if isinstance(f, TTSTextFrame)]
     assert all(a.pts < b.pts for a, b in pairwise(words))
     # Each reply's end frame follows its words, in order and on the transport's clock.
@@ -263,6 +267,15 @@ async def test_bare_aggregated_text_is_one_utterance_and_skipped_text_follows_it
     assert skipped.skip_tts and skipped.append_to_context
     first_words = [f for f in down if isinstance(f, TTSTextFrame) and f.text in ("hello", "world")]
     assert down.index(skipped) > max(down.index(f) for f in first_words)
+
+
+async def test_bare_aggregated_text_gives_each_word_its_span_of_the_raw_text(make_tts):
+    frame = AggregatedTextFrame("4111 1111", TextType.SENTENCE, raw_text="<card>4111 1111</card>")
+    down, up = await run_test(make_tts(), frames_to_send=[frame])
+    assert errors(up) == []
+    words = [f for f in down if isinstance(f, TTSTextFrame)]
+    spans = [("4111", "<card>4111"), ("1111", "1111</card>")]
+    assert [(f.text, f.raw_text) for f in words] == spans
 
 
 # ------------------------------------------------------------------ pausing frame processing

@@ -42,7 +42,7 @@ from pipecat.tests.utils import run_test
 from moss_pipecat.engine.word_times import WordTimer
 from moss_pipecat.service import MossTTSService, MossTTSSettings
 from moss_pipecat.service.word_order import MatchOrder
-from moss_pipecat.speech.units import join_units
+from moss_pipecat.speech.units import TimedWord, join_units
 
 from .conftest import WordRecorder
 from .heard_units import EngineLog
@@ -155,21 +155,18 @@ def check_in_order(
     # The words of the reply's units, in their order (as far as the model spoke) at increasing
     # times, those released by the moment among them; and so in the LLM context.
     text = [f.text for f in words]
-    assert (
-        len(text) >= released
-        and text == units_of("".join(script.sentence + script.end))[: len(text)]
-    )
+    units = units_of("".join(script.sentence + script.end))[: len(text)]
+    assert len(text) >= released and text == [u[0] for u in units]
     assert all(a.pts < b.pts for a, b in pairwise(words))
-    joined = [(f.text, 0.0, f.includes_inter_frame_spaces) for f in words]
-    assert said == [join_units(joined)]
+    assert said == [join_units(units)]  # as written: no space between CJK characters
 
 
-def units_of(text: str) -> list[str]:
-    """The units ``text`` is spoken in (words; a character each where written without spaces,
-    the stop with the one before it)."""
+def units_of(text: str) -> list[TimedWord]:
+    """The units ``text`` is spoken in, with their spacing (words; a character each where
+    written without spaces, the stop with the one before it)."""
     timer = WordTimer(chars_per_second=14.0)
     timer.add_text(text)
-    return [u[0] for u in timer.finish(10_000, fed_chars=len(text))]
+    return timer.finish(10_000, fed_chars=len(text))
 
 
 @pytest.mark.parametrize("script", [ENGLISH, CHINESE, JAPANESE], ids=["en", "zh", "ja"])
