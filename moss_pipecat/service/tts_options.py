@@ -42,8 +42,8 @@ def tts_service_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
         if name in out and out[name] != value:
             raise ValueError(f"MOSS TTS services run with {name}={value}: {why}")
         out[name] = value
-    if out.get("aggregate_sentences") is None:
-        out.setdefault("text_aggregation_mode", TextAggregationMode.TOKEN)
+    if out.get("text_aggregation_mode") is None and out.get("aggregate_sentences") is None:
+        out["text_aggregation_mode"] = TextAggregationMode.TOKEN
     out.setdefault("stop_frame_timeout_s", REPLY_IDLE_TIMEOUT_S)
     out.setdefault("pause_frame_processing", False)
     mode = out.get("text_aggregation_mode")
