@@ -30,7 +30,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
 from pipecat.services.settings import TTSSettings
-from pipecat.services.tts_service import TextAggregationMode, TTSService
+from pipecat.services.tts_service import TTSService
 
 from moss_pipecat.errors import MossError
 from moss_pipecat.service import pipecat_compat as compat
@@ -54,12 +54,10 @@ from moss_pipecat.service.reply import (
 from moss_pipecat.service.resampling import resampled
 from moss_pipecat.service.settings import MossTTSSettings, SessionSettings, default_settings
 from moss_pipecat.service.tracing import ReplyTracer
+from moss_pipecat.service.tts_options import tts_service_kwargs
 from moss_pipecat.service.user_audio import UserUtterance
 from moss_pipecat.service.user_turns import UserTurns
 from moss_pipecat.service.word_order import SEQUENCED
-
-# pipecat's idle end of a reply's audio context: a safety net only, not a pause in the text.
-REPLY_IDLE_TIMEOUT_S = 60.0
 
 
 class MossTTSServiceBase(TTSService):
@@ -108,18 +106,7 @@ class MossTTSServiceBase(TTSService):
         **kwargs: Any,
     ) -> None:
         defaults = default_settings(model, settings)
-        kwargs.setdefault("text_aggregation_mode", TextAggregationMode.TOKEN)
-        # Every reply ends its audio context itself (on its end, an error or an interruption).
-        # pipecat's default idle end (3 s without text or audio) would cut a reply whose LLM
-        # text pauses that long in two and lose the words spoken before the pause.
-        kwargs.setdefault("stop_frame_timeout_s", REPLY_IDLE_TIMEOUT_S)
-        super().__init__(
-            push_text_frames=False,  # word frames follow playback: the context keeps what was heard
-            push_start_frame=True,
-            pause_frame_processing=False,
-            settings=defaults,
-            **kwargs,
-        )
+        super().__init__(settings=defaults, **tts_service_kwargs(kwargs))
         self._user_turns = UserTurns(context, capture_user_audio, user_audio_max_s)
         self._session: Any | None = None
         self._replies: dict[str, Reply] = {}
@@ -295,6 +282,11 @@ class MossTTSServiceBase(TTSService):
                 reply.pending.append(text)
             else:
                 await self._feed(reply, text)
+            if context_id != compat.turn_context_id(self):
+                # Text of no LLM reply or speak frame (a bare AggregatedTextFrame): nothing will
+                # end it, so it is one whole utterance, its sentence ended as pipecat ends one.
+                await compat.end_pending_sentence(self, context_id)
+                await self.flush_audio(context_id)
         yield None
 
     async def _feed(self, reply: Reply, text: str) -> bool:

@@ -1,13 +1,14 @@
 """Every use of pipecat's private names in moss_pipecat, in one place.
 
-pipecat's public API does not say whether a TTS context may be dropped by an interruption, nor
-which context is playing; the service needs both, so it reads them here. pipecat also asks its
-subclasses to use a few underscore names (``_register_event_handler``/``_call_event_handler``
-for events, ``_update_settings`` as the settings hook "concrete services should override");
-those are called or declared here too. Nothing else in the package touches a pipecat private
-name (``tests/test_architecture.py``), and ``check_pipecat`` (run by
-``tests/service/test_pipecat_compat.py``) says, on a pipecat this was not written for, which of
-these names is gone or changed shape.
+pipecat's public API does not say whether a TTS context may be dropped by an interruption, which
+context is playing, nor which one its current reply is spoken in, and gives no way to end a
+context's pending sentence but the end of a reply; the service needs these, so they are here.
+pipecat also asks its subclasses to use a few underscore names
+(``_register_event_handler``/``_call_event_handler`` for events, ``_update_settings`` as the
+settings hook "concrete services should override"); those are called or declared here too.
+Nothing else in the package touches a pipecat private name (``tests/test_architecture.py``),
+and ``check_pipecat`` (run by ``tests/service/test_pipecat_compat.py``) says, on a pipecat this
+was not written for, which of these names is gone or changed shape.
 """
 
 from __future__ import annotations
@@ -49,6 +50,20 @@ def interruption_restarts_word_clock(service: TTSService) -> bool:
     interruption reaches pipecat."""
     preserved = {k for k, c in service._tts_contexts.items() if not c.interruptible}
     return service._audio_context_manager.playing_context_id not in preserved
+
+
+def turn_context_id(service: TTSService) -> str | None:
+    """The context pipecat speaks its current LLM reply or ``TTSSpeakFrame`` in (None: none);
+    text in any other context (a bare ``AggregatedTextFrame``) has no end of turn coming."""
+    return service._turn_context_id
+
+
+async def end_pending_sentence(service: TTSService, context_id: str) -> None:
+    """Ends the context's pending sentence in pipecat's streaming sequencer and queues what that
+    releases, as pipecat does at the end of a reply (``TTSService._handle_llm_response_end``):
+    the sentence's words can then be matched to their word times."""
+    frames = await service._aggregated_frame_sequencer.finalize(context_id)
+    await service._push_sequencer_frames(frames, context_id)
 
 
 # ---- pipecat's subclass API with underscore names --------------------------------------------
@@ -101,6 +116,15 @@ def problems() -> list[str]:
             "TTSService._interrupt_audio_contexts no longer decides from _tts_contexts' "
             "'interruptible' and the playing context: re-check interruption_restarts_word_clock"
         )
+    if "_turn_context_id" not in vars(probe):
+        found.append("TTSService()._turn_context_id is gone")
+    sequencer = getattr(probe, "_aggregated_frame_sequencer", None)
+    finalize = getattr(sequencer, "finalize", None)
+    if not inspect.iscoroutinefunction(finalize) or _params(finalize) != ["context_id"]:
+        found.append("TTSService()._aggregated_frame_sequencer.finalize(context_id) is gone")
+    push = getattr(TTSService, "_push_sequencer_frames", None)
+    if push is None or _params(push) != ["self", "frames", "context_id"]:
+        found.append("TTSService._push_sequencer_frames(frames, context_id) is gone")
     expected = {
         "_register_event_handler": ["self", "event_name", "sync"],
         "_call_event_handler": ["self", "event_name", "args", "kwargs"],

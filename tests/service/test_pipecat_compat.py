@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from pipecat.services.tts_service import TTSContext, TTSService
+from pipecat.utils.context.aggregated_frame_sequencer import AggregatedFrameSequencer
 
 from moss_pipecat.service import pipecat_compat as compat
 
@@ -49,6 +50,8 @@ def test_another_pipecat_version_is_reported(monkeypatch):
         (TTSService, "_interrupt_audio_contexts", "re-check interruption_restarts_word_clock"),
         (TTSService, "_update_settings", "TTSService._update_settings is gone"),
         (TTSService, "__init__", "_tts_contexts is not a dict"),
+        (TTSService, "_push_sequencer_frames", "TTSService._push_sequencer_frames"),
+        (AggregatedFrameSequencer, "finalize", "_aggregated_frame_sequencer.finalize"),
     ],
 )
 def test_a_private_name_that_changed_is_reported(monkeypatch, owner, name, says):

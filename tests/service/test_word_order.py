@@ -14,9 +14,11 @@ word time waits right behind it, a word of the sentence having been parked befor
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
+import pytest
 from pipecat.frames.frames import (
     AggregatedTextFrame,
     AggregatedTextProgressFrame,
@@ -37,8 +39,10 @@ from pipecat.processors.aggregators.llm_response_universal import LLMContextAggr
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import run_test
 
+from moss_pipecat.engine.word_times import WordTimer
 from moss_pipecat.service import MossTTSService, MossTTSSettings
 from moss_pipecat.service.word_order import MatchOrder
+from moss_pipecat.speech.units import TimedWord, join_units
 
 from .conftest import WordRecorder
 from .heard_units import EngineLog
@@ -47,12 +51,31 @@ SENTENCE = [f"word{i}" for i in range(40)]  # no end: pipecat cannot match its w
 END = [". Then", " it", " ends."]  # the first letter after the full stop ends the sentence
 
 
+@dataclass(frozen=True)
+class Script:
+    """A reply: ``sentence``, streamed with no end (its words parked), then ``end``, whose
+    first piece ends the sentence with its first letter after the stop."""
+
+    sentence: list[str]
+    end: list[str]
+
+
+ENGLISH = Script([w + " " for w in SENTENCE], END)
+# Written without spaces: a unit per character (the stop goes with the one before it), 40
+# units before the stop, streamed two characters a piece.
+_ZH = "我们今天一起去公园散步然后在湖边坐一会儿看看天上的白云听听树上的小鸟唱歌闻闻花香"
+_JA = "きょうはみんなでこうえんにいってからおひるごはんをたべていえでゆっくりやすみます"
+CHINESE = Script([_ZH[i : i + 2] for i in range(0, 40, 2)], ["。然后", "它", "结束了。"])
+JAPANESE = Script([_JA[i : i + 2] for i in range(0, 40, 2)], ["。それ", "から", "ねます。"])
+
+
 class LLM(FrameProcessor):
     """The pipeline's head: streams the unfinished sentence, and its end when ``finish`` is
     called; the EndFrame waits until then."""
 
-    def __init__(self) -> None:
+    def __init__(self, end: list[str]) -> None:
         super().__init__()
+        self.end = end
         self.finished = asyncio.Event()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
@@ -64,7 +87,7 @@ class LLM(FrameProcessor):
     async def finish(self, tts: FrameProcessor) -> None:
         """Ends the sentence; returns once the TTS has taken the end (pipecat's sequencer
         matched the parked words), then streams the rest of the reply."""
-        first = LLMTextFrame(END[0])
+        first = LLMTextFrame(self.end[0])
         taken = asyncio.Event()
 
         async def _processed(_tts: Any, frame: Frame) -> None:
@@ -74,7 +97,7 @@ class LLM(FrameProcessor):
         tts.add_event_handler("on_after_process_frame", _processed)
         await self.push_frame(first)
         await taken.wait()
-        for piece in END[1:]:
+        for piece in self.end[1:]:
             await self.push_frame(LLMTextFrame(piece))
         await self.push_frame(LLMFullResponseEndFrame())
         self.finished.set()
@@ -106,12 +129,14 @@ class SentenceEndsBetweenWordTimes:
             await self._llm.finish(self._tts)
 
 
-async def speak_a_sentence_ended_while_spoken(tts: FrameProcessor, log: EngineLog, rate: int):
+async def speak_a_sentence_ended_while_spoken(
+    tts: FrameProcessor, log: EngineLog, rate: int, script: Script = ENGLISH
+):
     """Runs one reply through the TTS, its first sentence ending while spoken (see the module
     docstring); returns the word frames, the assistant messages and the moment."""
-    llm, recorder, context = LLM(), WordRecorder(), LLMContext()
+    llm, recorder, context = LLM(script.end), WordRecorder(), LLMContext()
     moment = SentenceEndsBetweenWordTimes(tts, log, llm)
-    frames = [LLMFullResponseStartFrame(), *(LLMTextFrame(w + " ") for w in SENTENCE)]
+    frames = [LLMFullResponseStartFrame(), *(LLMTextFrame(w) for w in script.sentence)]
     _, up = await run_test(
         Pipeline([llm, tts, recorder, LLMContextAggregatorPair(context).assistant()]),
         frames_to_send=frames,
@@ -122,24 +147,37 @@ async def speak_a_sentence_ended_while_spoken(tts: FrameProcessor, log: EngineLo
     return recorder.words, said, moment
 
 
-def check_in_order(words, said: list[str], moment: SentenceEndsBetweenWordTimes) -> None:
+def check_in_order(
+    words, said: list[str], moment: SentenceEndsBetweenWordTimes, script: Script = ENGLISH
+) -> None:
     assert moment.at is not None  # it came: a word parked, the next one queued behind a frame
     released = sum(len(w) for w, _ in moment.reads[: moment.at + 1])
     # The words of the reply's units, in their order (as far as the model spoke) at increasing
     # times, those released by the moment among them; and so in the LLM context.
     text = [f.text for f in words]
-    assert len(text) >= released and text == " ".join(SENTENCE + END).split()[: len(text)]
+    units = units_of("".join(script.sentence + script.end))[: len(text)]
+    assert len(text) >= released and text == [u[0] for u in units]
     assert all(a.pts < b.pts for a, b in pairwise(words))
-    assert [s.split() for s in said] == [text]
+    assert said == [join_units(units)]  # as written: no space between CJK characters
 
 
+def units_of(text: str) -> list[TimedWord]:
+    """The units ``text`` is spoken in, with their spacing (words; a character each where
+    written without spaces, the stop with the one before it)."""
+    timer = WordTimer(chars_per_second=14.0)
+    timer.add_text(text)
+    return timer.finish(10_000, fed_chars=len(text))
+
+
+@pytest.mark.parametrize("script", [ENGLISH, CHINESE, JAPANESE], ids=["en", "zh", "ja"])
 async def test_words_parked_until_their_sentence_ends_come_out_before_the_next(
-    talkative_engine,
+    talkative_engine, script
 ):
     log = EngineLog(talkative_engine)
     tts = MossTTSService(engine=log, settings=MossTTSSettings(greedy=True))
     rate = talkative_engine.codec.sampling_rate
-    check_in_order(*await speak_a_sentence_ended_while_spoken(tts, log, rate))
+    said = await speak_a_sentence_ended_while_spoken(tts, log, rate, script)
+    check_in_order(*said, script)
 
 
 def _word(text: str, pts: int) -> tuple[TTSTextFrame, AggregatedTextProgressFrame]:

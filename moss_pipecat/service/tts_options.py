@@ -1,0 +1,56 @@
+"""The ``TTSService`` arguments a MOSS service runs with: its defaults, and the ones it cannot
+honour refused with a clear error (instead of pipecat's "got multiple values for keyword
+argument", or a reply that never ends)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipecat.services.tts_service import TextAggregationMode
+
+# pipecat's idle end of a reply's audio context: a safety net only, not a pause in the text.
+REPLY_IDLE_TIMEOUT_S = 60.0
+
+# What the service is built on, whatever the caller passes: word frames follow playback (the
+# LLM context keeps what was heard, from the engine's word times), and pipecat opens each
+# reply's audio context with its TTSStartedFrame.
+FIXED = {
+    "push_text_frames": (
+        False,
+        "word frames come from the engine's word times as the audio plays, so the LLM "
+        "context keeps what was heard",
+    ),
+    "push_start_frame": (True, "pipecat opens each reply's audio context"),
+}
+
+
+def tts_service_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` for ``TTSService.__init__``, with the service's defaults and fixed values.
+
+    Token streaming unless the caller chose a mode (``text_aggregation_mode``, or pipecat's
+    deprecated ``aggregate_sentences``); every reply ends its audio context itself, so
+    pipecat's idle end (3 s without text or audio by default, which would cut a reply whose LLM
+    text pauses that long in two) only backs that up; ``pause_frame_processing`` as pipecat has
+    it (every reply's audio context ends, so a pause always ends).
+
+    Raises:
+        ValueError: an argument the service cannot honour (see ``FIXED``), or token streaming
+            with ``reuse_context_id_within_turn=False`` (each token would be its own reply).
+    """
+    out = dict(kwargs)
+    for name, (value, why) in FIXED.items():
+        if name in out and out[name] != value:
+            raise ValueError(f"MOSS TTS services run with {name}={value}: {why}")
+        out[name] = value
+    if out.get("text_aggregation_mode") is None and out.get("aggregate_sentences") is None:
+        out["text_aggregation_mode"] = TextAggregationMode.TOKEN
+    out.setdefault("stop_frame_timeout_s", REPLY_IDLE_TIMEOUT_S)
+    out.setdefault("pause_frame_processing", False)
+    mode = out.get("text_aggregation_mode")
+    token = mode == TextAggregationMode.TOKEN or (mode is None and not out["aggregate_sentences"])
+    if token and out.get("reuse_context_id_within_turn") is False:
+        raise ValueError(
+            "MOSS TTS services stream tokens into one engine turn per reply: token streaming "
+            "needs reuse_context_id_within_turn=True (or use TextAggregationMode.SENTENCE)"
+        )
+    return out
