@@ -122,6 +122,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=4096, help="history rows to prefill")
     ap.add_argument("--repeats", type=int, default=2, help="prefills per process")
     ap.add_argument("--rounds", type=int, default=1, help="every case once per round")
+    ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     ap.add_argument("--device", default="cpu", choices=["cpu"], help="a CPU-only question")
     ap.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
     ap.add_argument("--out")
@@ -134,7 +135,7 @@ def main() -> None:
     results = [
         run_case(policy, case, args)
         for _ in range(args.rounds)
-        for case in CASES
+        for case in args.cases
         for policy in POLICIES.values()
     ]
     out = {
