@@ -230,3 +230,17 @@ def test_restore(bench):
     assert journal["wire_bytes_per_minute"] > journal["bytes_in_memory_per_minute"]
     for key in ("restored", "no_journal"):
         assert out[f"reachable_to_first_audio_ms_{key}"]["median"] > 0
+
+
+def test_openmp_wait(fixtures_dir):
+    args = ("--rows", "300", "--repeats", "1", "--cases", "main", "thread")
+    out = run_bench("bench_openmp_wait.py", *args, fixtures=fixtures_dir)
+    cases = [(r["case"], r["policy"]) for r in out["results"]]
+    assert cases == [
+        (case, policy) for case in ("main", "thread") for policy in ("libgomp default", "PASSIVE")
+    ]
+    for r in out["results"]:
+        (run,) = r["runs"]
+        assert run["cpu_s"] > 0 and run["wall_s"] > 0
+        if r["case"] == "thread":  # the prefill's own thread beside the main one
+            assert run["os_threads"] >= 2
