@@ -118,9 +118,11 @@ def pytest_runtest_setup(item) -> None:
         _yielded_cpu = True
 
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # Workers share the cores: one thread each (the tiny models gain nothing from more).
-    torch.set_num_threads(1)
+# One torch thread per test process: xdist workers share the cores, and the tiny models gain
+# nothing from more. In one process (`-n 0`) it also avoids libgomp's spinning team, which this
+# file cannot stop with OMP_WAIT_POLICY (torch is loaded before it runs): 62 s -> 6 s of CPU
+# for the attention/parity/exact-call modules (docs/PERFORMANCE.md, "OpenMP's wait policy").
+torch.set_num_threads(1)
 
 
 def fixtures_root() -> Path:
