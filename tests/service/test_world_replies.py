@@ -1,0 +1,65 @@
+"""Replies in the scripts and odd text users really send keep exactly what was heard, as the
+Chinese and Japanese ones do (``test_cjk_replies``, whose checks these reuse).
+
+Each reply streams into MossTTSService a token (one or two code points, or UTF-16 code units
+for ``SPLIT_SURROGATES``) at a time and plays through a real-time transport: its word frames
+come in order and the LLM context gets the text as written (pipecat's spacing: whitespace runs
+read as one space); a barge-in leaves in the context the units MOSS kept, never nothing once a
+unit was heard (a Thai reply has no spaces, a URL is one word). The remote service is held to
+the same (``tests/server/test_remote_cjk.py``).
+"""
+
+from __future__ import annotations
+
+import pytest
+from pipecat.frames.frames import InterruptionFrame
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.tests.utils import SleepFrame
+
+from ..world_texts import REPLIES, SPLIT_SURROGATES, utf16_tokens
+from .heard_units import EngineLog, check_within_one_unit_of_heard
+from .test_cjk_replies import _tts, assistant_text, check_barge_in, check_word_frames, tokens
+from .test_heard_clock import run_playing
+from .test_moss_tts_service import reply
+
+# Whole replies played out: the cases pipecat's sentence matching and spacing could get wrong.
+PLAYED_OUT = ("th_spaced", "vi_nfd", "emoji", "emoji_cjk", "cjk_punct", "spaces", "long_url")
+CUT_S = 1.8
+
+
+def stream(name: str, text: str) -> list[str]:
+    return utf16_tokens(text) if name in SPLIT_SURROGATES else tokens(text)
+
+
+def barge_in_text(name: str) -> str:
+    """Long enough that the cut lands while the text is still being read."""
+    text = REPLIES[name]
+    return text if len(text) > 300 else " ".join([text] * 3)
+
+
+def spacing(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("name", list(REPLIES))
+async def test_a_barge_in_keeps_in_the_context_what_moss_kept(talkative_engine, name):
+    text, context = barge_in_text(name), LLMContext()
+    frames = [*reply(*stream(name, text)), SleepFrame(CUT_S), InterruptionFrame()]
+    log = EngineLog(talkative_engine)
+    down, transport, recorder, cuts = await run_playing(
+        _tts(log), [*frames, SleepFrame(0.3)], context
+    )
+    check_barge_in(text, assistant_text(context), cuts)
+    check_word_frames(recorder, transport, down)
+    (units,) = log.turns
+    check_within_one_unit_of_heard(cuts[0], units, transport.heard_s(), transport.speaking_s())
+
+
+@pytest.mark.parametrize("name", PLAYED_OUT)
+async def test_a_whole_reply_reaches_the_context_as_written(talkative_engine, name):
+    text, context = REPLIES[name], LLMContext()
+    frames = [*reply(*stream(name, text)), SleepFrame(1.0 + len(text) / 10)]
+    down, transport, recorder, cuts = await run_playing(_tts(talkative_engine), frames, context)
+    assert not cuts
+    assert spacing(assistant_text(context)) == spacing(text)
+    check_word_frames(recorder, transport, down)
