@@ -12,9 +12,12 @@ the same (``tests/server/test_remote_cjk.py``).
 from __future__ import annotations
 
 import pytest
-from pipecat.frames.frames import InterruptionFrame
+from pipecat.frames.frames import InterruptionFrame, TextType, TTSTextFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.tests.utils import SleepFrame
+
+from moss_pipecat.service.reply import WORD_TAG, Reply
+from moss_pipecat.speech.units import TimedWord
 
 from ..world_texts import REPLIES, SPLIT_SURROGATES, utf16_tokens
 from .heard_units import EngineLog, check_within_one_unit_of_heard
@@ -63,3 +66,26 @@ async def test_a_whole_reply_reaches_the_context_as_written(talkative_engine, na
     assert not cuts
     assert spacing(assistant_text(context)) == spacing(text)
     check_word_frames(recorder, transport, down)
+
+
+def test_a_unit_pipecat_splits_at_a_sentence_end_passes_as_one_word_frame():
+    """pipecat matched ``บ. วั`` (one unit: the space is only writable inside it) half to one
+    sentence and half to the next: the halves pass as one frame, the unit's, its LLM text
+    spaced as the unit is, so the context takes (and counts) whole units."""
+    reply_ = Reply("c", None)
+    reply_.units = [TimedWord("บ. วั", 0.1, True), TimedWord("น", 0.2, True)]
+    first, rest, next_ = (TTSTextFrame(t, text_type=TextType.WORD) for t in ("บ.", "วั", "น"))
+    assert reply_.word_frames(first) == [] and reply_.passed == 0
+    (frame,) = reply_.word_frames(rest)
+    assert (frame.text, frame.raw_text, frame.includes_inter_frame_spaces) == ("บ. วั", "บ. วั", True)
+    assert frame.metadata[WORD_TAG] == (reply_, 0)
+    assert reply_.word_frames(next_) == [next_] and next_.metadata[WORD_TAG] == (reply_, 1)
+    # A frame that is no unit's (pipecat matched otherwise) passes with what it held.
+    other = Reply("d", None)
+    other.units = [TimedWord("สวัส", 0.1, True)]
+    held, stray = (
+        TTSTextFrame("สวั", text_type=TextType.WORD),
+        TTSTextFrame("x", text_type=TextType.WORD),
+    )
+    assert other.word_frames(held) == [] and other.word_frames(stray) == [held, stray]
+    assert held.includes_inter_frame_spaces and not stray.includes_inter_frame_spaces
