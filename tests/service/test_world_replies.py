@@ -28,6 +28,8 @@ from .test_moss_tts_service import reply
 # Whole replies played out: the cases pipecat's sentence matching and spacing could get wrong.
 PLAYED_OUT = ("th_spaced", "vi_nfd", "emoji", "emoji_cjk", "cjk_punct", "spaces", "long_url")
 CUT_S = 1.8
+# Replies with no letter at all, played out.
+SHORT = {"emoji_only": "👍🏽🎉", "punct_only": "?!"}
 
 
 def stream(name: str, text: str) -> list[str]:
@@ -58,9 +60,9 @@ async def test_a_barge_in_keeps_in_the_context_what_moss_kept(talkative_engine, 
     check_within_one_unit_of_heard(cuts[0], units, transport.heard_s(), transport.speaking_s())
 
 
-@pytest.mark.parametrize("name", PLAYED_OUT)
+@pytest.mark.parametrize("name", [*PLAYED_OUT, *SHORT])
 async def test_a_whole_reply_reaches_the_context_as_written(talkative_engine, name):
-    text, context = REPLIES[name], LLMContext()
+    text, context = {**REPLIES, **SHORT}[name], LLMContext()
     frames = [*reply(*stream(name, text)), SleepFrame(1.0 + len(text) / 10)]
     down, transport, recorder, cuts = await run_playing(_tts(talkative_engine), frames, context)
     assert not cuts
@@ -89,3 +91,11 @@ def test_a_unit_pipecat_splits_at_a_sentence_end_passes_as_one_word_frame():
     )
     assert other.word_frames(held) == [] and other.word_frames(stray) == [held, stray]
     assert held.includes_inter_frame_spaces and not stray.includes_inter_frame_spaces
+
+
+async def test_a_blank_reply_says_nothing_and_the_next_one_speaks(talkative_engine):
+    context = LLMContext()
+    frames = [*reply(" ", "\n\t", " "), *reply(*tokens("Hi there.")), SleepFrame(2.0)]
+    down, transport, recorder, cuts = await run_playing(_tts(talkative_engine), frames, context)
+    assert not cuts and assistant_text(context) == "Hi there."
+    check_word_frames(recorder, transport, down)
