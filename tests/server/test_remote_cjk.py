@@ -14,7 +14,7 @@ from moss_pipecat.client import RemoteEngine
 from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
-from ..service.heard_units import EngineLog, check_within_one_unit_of_heard
+from ..service.heard_units import SLACK_S, EngineLog, check_within_one_unit_of_heard
 from ..service.test_cjk_replies import (
     CUTS_S,
     MIXED,
@@ -64,10 +64,10 @@ async def test_a_remote_barge_in_keeps_what_moss_kept_in_any_script(
     make_tiny_engine, make_server, name
 ):
     text = barge_in_text(name)
-    await _barge_in(make_tiny_engine, make_server, text, stream(name, text), CUT_S)
+    await _barge_in(make_tiny_engine, make_server, text, stream(name, text), CUT_S, SLACK_S)
 
 
-async def _barge_in(make_tiny_engine, make_server, text, pieces, cut_s) -> None:
+async def _barge_in(make_tiny_engine, make_server, text, pieces, cut_s, slack_s=0.0) -> None:
     context = LLMContext()
     frames = [*reply(*pieces), SleepFrame(cut_s), InterruptionFrame(), SleepFrame(0.3)]
     logs = []
@@ -84,7 +84,8 @@ async def _barge_in(make_tiny_engine, make_server, text, pieces, cut_s) -> None:
     check_barge_in(text, assistant_text(context), cuts)
     check_word_frames(recorder, transport, down)
     (units,) = logs[0].turns  # the units as they came over the wire (turn.words)
-    check_within_one_unit_of_heard(cuts[0], units, transport.heard_s(), transport.speaking_s())
+    heard_s, speaking_s = transport.heard_s(), transport.speaking_s()
+    check_within_one_unit_of_heard(cuts[0], units, heard_s, speaking_s, slack_s)
 
 
 async def test_a_whole_mixed_reply_reaches_the_context_as_written(make_tiny_engine, make_server):
