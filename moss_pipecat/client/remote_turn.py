@@ -15,6 +15,7 @@ from moss_pipecat.errors import InvalidInputError, SessionClosedError, TurnState
 from moss_pipecat.protocol.errors import ServerUnavailableError
 from moss_pipecat.speech.commands import PushText
 from moss_pipecat.speech.events import AudioChunk, TurnSummary
+from moss_pipecat.speech.pieces import SurrogateJoiner
 
 if TYPE_CHECKING:
     from moss_pipecat.client.inbox import TurnInbox
@@ -34,6 +35,7 @@ class RemoteTurn:
         self._link = link
         self._inbox = inbox
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._surrogates = SurrogateJoiner()  # str pieces may split a pair: UTF-8 cannot
         self._chars = 0
         self._text_ended = False
         self._cancelled = False
@@ -50,7 +52,10 @@ class RemoteTurn:
         limit = self._link.limits.max_text_chars
         if limit is not None and self._chars > limit:
             raise InvalidInputError(f"turn text exceeds {limit} characters")
-        text = self._decoder.decode(piece) if isinstance(piece, bytes) else piece
+        if isinstance(piece, bytes):
+            text = self._decoder.decode(piece)
+        else:
+            text = self._surrogates.push(piece)
         for i in range(0, len(text), _TEXT_PIECE):
             self._send(_build(P.TurnText, turn_id=self.turn_id, text=text[i : i + _TEXT_PIECE]))
 
@@ -69,7 +74,7 @@ class RemoteTurn:
     def end_text(self) -> None:
         """No more text: the turn speaks what it has, then ends."""
         self._check_open()
-        tail = self._decoder.decode(b"", final=True)
+        tail = self._surrogates.finish() + self._decoder.decode(b"", final=True)
         if tail:
             self._send(_build(P.TurnText, turn_id=self.turn_id, text=tail))
         self._text_ended = True

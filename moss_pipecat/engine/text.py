@@ -39,6 +39,7 @@ from moss_pipecat._log import logger
 from moss_pipecat.engine.rows import DEFAULT_DELAY, RowLayout
 from moss_pipecat.engine.token_cuts import inner_cut, vocab_bytes
 from moss_pipecat.errors import CheckpointError, InvalidInputError
+from moss_pipecat.speech.pieces import SurrogateJoiner, join_surrogates
 
 DEFAULT_MAX_CHARS = 20_000
 ROLES = ("assistant", "user", "system", "context")
@@ -47,7 +48,6 @@ AUDIO_PAD, TEXT_PAD = "<|audio_pad|>", "<|text_pad|>"
 
 # C0 and C1 control characters except \t and \n (\r is folded into \n before this applies).
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def load_tokenizer(repo_or_path: str | PathLike[str], **kwargs: Any) -> Any:
@@ -90,12 +90,13 @@ def clean_text(text: str) -> str:
     """Sanitises text before tokenizing.
 
     ``\\r\\n`` and a lone ``\\r`` become ``\\n``; other control characters (C0/C1 except ``\\t``
-    and ``\\n``) become a space; lone surrogates become U+FFFD. Everything else (emoji, markdown,
+    and ``\\n``) become a space; surrogate pairs become their character and lone surrogates
+    U+FFFD (``pieces.join_surrogates``). Everything else (emoji, markdown,
     numbers, format characters such as ZWJ) is kept as is.
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub(" ", text)
-    return _SURROGATE.sub("\ufffd", text)
+    return join_surrogates(text)
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ class IncrementalTokenizer:
         self.max_chars = max_chars
         self.strip = strip
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._surrogates = SurrogateJoiner()  # str pieces may split a surrogate pair
         self._parts: list[str] = []  # cleaned text received so far
         self._len = 0
         self._tail = ""  # text not yet committed, from _tail_start on
@@ -246,9 +248,9 @@ class IncrementalTokenizer:
                 when the turn would exceed ``max_chars`` (then nothing changes).
         """
         self._check_open()
-        state = self._decoder.getstate()
+        state, held = self._decoder.getstate(), self._surrogates.held
         if isinstance(piece, str):
-            text = piece
+            text = self._surrogates.push(piece)
         elif isinstance(piece, (bytes, bytearray, memoryview)):
             text = self._decoder.decode(bytes(piece))
         else:
@@ -261,8 +263,10 @@ class IncrementalTokenizer:
         text = clean_text(text)
         # Count what finish() may still flush (a held "\r", an incomplete UTF-8 character).
         after = self._len + len(text) + hold_cr + bool(self._decoder.getstate()[0])
+        after += len(self._surrogates.held)
         if after > self.max_chars:
             self._decoder.setstate(state)
+            self._surrogates.held = held
             raise InvalidInputError(
                 f"turn text would reach {after} characters, more than max_chars={self.max_chars}"
             )
@@ -277,7 +281,7 @@ class IncrementalTokenizer:
             InvalidInputError: if the turn was already finished.
         """
         self._check_open()
-        rest = self._decoder.decode(b"", final=True)
+        rest = self._surrogates.finish() + self._decoder.decode(b"", final=True)
         if self._pending_cr:
             rest += "\r"
         self._pending_cr = False

@@ -24,6 +24,7 @@ from pipecat.frames.frames import (
     ErrorFrame,
     Frame,
     InterruptionFrame,
+    LLMTextFrame,
     StartFrame,
     TTSAudioRawFrame,
     TTSStoppedFrame,
@@ -58,6 +59,7 @@ from moss_pipecat.service.tts_options import tts_service_kwargs
 from moss_pipecat.service.user_audio import UserUtterance
 from moss_pipecat.service.user_turns import UserTurns
 from moss_pipecat.service.word_order import SEQUENCED
+from moss_pipecat.speech.pieces import SurrogateJoiner
 
 
 class MossTTSServiceBase(TTSService):
@@ -76,16 +78,14 @@ class MossTTSServiceBase(TTSService):
         user_audio_max_s: longest user turn kept (the most recent audio).
         output_latency_s: playback delay (a device buffer) after the transport reports the
             bot speaking: the heard clock starts that much later.
-        voice_dir: where voice files named in runtime settings updates are read from (they
-            may come from a client, e.g. over RTVI, and must not name any file on the host);
-            None: they cannot set a file voice. The constructor's ``settings`` are trusted.
+        voice_dir: where voice files named in runtime settings updates (from a client, e.g.
+            RTVI: never any host file) are read from; None: none. ``settings`` are trusted.
         settings: ``MossTTSSettings``.
         **kwargs: for ``TTSService`` (sample_rate, text_transforms, ...).
 
     What was heard has one clock (``HeardClock``, ``service/reply.py``): a word frame comes out
-    once its frame has played and an interruption keeps the frames played; MOSS's history keeps
-    the units pipecat's assistant aggregator took, and no later one gets in
-    (``service/context_gate.py``), so both hold the same units. Tracing: ``service/tracing.py``.
+    once its frame has played; MOSS's history keeps the units pipecat's assistant aggregator
+    took, and no later one gets in (``service/context_gate.py``). Tracing: ``service/tracing.py``.
 
     Event handlers: ``on_reply_interrupted(service, context_id, summary)``: a reply was cut to
     what the user heard (``summary.spoken_text``: what the history kept).
@@ -125,6 +125,7 @@ class MossTTSServiceBase(TTSService):
         self._interrupting = InterruptionPlan.none()  # the one being handled, if any
         self._context_gate = ContextGate()  # what of each reply the LLM context took
         self._tracer = ReplyTracer(self, attributes=self._trace_attributes)
+        self._llm_text = SurrogateJoiner()  # a surrogate pair split across two LLM frames
         # (service, context_id, TurnSummary): a reply was cut to what the user heard.
         compat.register_event(self, "on_reply_interrupted")
 
@@ -232,6 +233,8 @@ class MossTTSServiceBase(TTSService):
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._clock.bot_speaking = False
             self._tracer.playback_stopped()
+        elif isinstance(frame, LLMTextFrame):  # pipecat (its context too) gets whole characters
+            frame.text = self._llm_text.push(frame.text)
         else:
             self._user_turns.on_frame(frame)
         await super().process_frame(frame, direction)
@@ -330,14 +333,11 @@ class MossTTSServiceBase(TTSService):
 
     def _new_reply(self, context_id: str) -> Reply:
         # pipecat's record says if an interruption may drop it (TTSSpeakFrame may not).
-        reply = Reply(
-            context_id,
-            previous=self._order[-1] if self._order else None,
-            interruptible=compat.context_interruptible(self, context_id),
-        )
+        previous = self._order[-1] if self._order else None
+        interruptible = compat.context_interruptible(self, context_id)
+        reply = Reply(context_id, previous=previous, interruptible=interruptible)
         self._replies[context_id] = reply
         self._order.append(reply)
-        # Older replies finished playing long ago; a few are kept for the heard estimate.
         while len(self._order) > MAX_TRACKED_REPLIES and self._order[0].closed:
             self._replies.pop(self._order.pop(0).context_id, None)
         self._tracer.reply_started(reply)

@@ -22,7 +22,7 @@ from pipecat.transports.base_output import BaseOutputTransport
 from moss_pipecat.service.phases import TAKES_TEXT, TURN_STARTED, ReplyPhase, check_move
 from moss_pipecat.service.word_order import MatchOrder
 from moss_pipecat.speech.frames import FRAME_SECONDS
-from moss_pipecat.speech.units import TimedWord, is_cjk_char, is_spaced
+from moss_pipecat.speech.units import TimedWord, is_spaced, is_unit_char
 
 MAX_TRACKED_REPLIES = 4
 FRAME_NS = round(FRAME_SECONDS * 1e9)
@@ -83,6 +83,9 @@ class Reply:
     # aggregator takes them into the LLM context (``taken``: ``context_gate.ContextGate``).
     units: list[TimedWord] = field(default_factory=list)
     passed: int = 0
+    # Word frames holding the first pieces of unit ``passed`` (pipecat split it at a sentence
+    # end), with the whitespace the unit has before each: they pass as one frame.
+    pieces: list[tuple[str, TTSTextFrame]] = field(default_factory=list)
     taken: int = 0
     # Its text frames the sequencer queued: they pass in the order they were matched.
     match_order: MatchOrder = field(default_factory=MatchOrder)
@@ -123,41 +126,62 @@ class Reply:
 
     def text_frames_due(self, frame: Frame) -> list[Frame]:
         """The text frames to push now for ``frame``, in the order pipecat's sequencer matched
-        them (``MatchOrder.due``), less those that do not pass (``text_frame_passes``)."""
-        return [f for f in self.match_order.due(frame) if self.text_frame_passes(f)]
+        them (``MatchOrder.due``), less those that do not pass (``text_frame_passes``), a
+        unit's word frames one (``word_frames``)."""
+        out: list[Frame] = []
+        for f in self.match_order.due(frame):
+            if not self.text_frame_passes(f):
+                continue
+            out.extend(self.word_frames(f) if isinstance(f, TTSTextFrame) else [f])
+        return out
 
     def text_frame_passes(self, frame: Frame) -> bool:
-        """Whether a text frame of this reply goes on, a word's spacing set: no word (or
-        progress) after its last word time (``SpokenWordsEnd``: pipecat's force-complete of
-        text never timed, which was not spoken), nor once an interruption decided what it
-        keeps; a sentence's announcement always."""
+        """Whether a text frame of this reply goes on: no word (or progress) after its last
+        word time (``SpokenWordsEnd``: pipecat's force-complete of text never timed, which was
+        not spoken), nor once an interruption decided what it keeps; a sentence's announcement
+        always."""
         if not isinstance(frame, (TTSTextFrame, AggregatedTextProgressFrame)):
             return True
         if self.phase is ReplyPhase.DONE or self.words_closed:
             logger.debug(f"not spoken, kept out of the context: {frame.text!r}")
             return False
-        if isinstance(frame, TTSTextFrame):
-            self.mark_spacing(frame)
         return True
 
-    def mark_spacing(self, frame: TTSTextFrame) -> None:
-        """Gives a word frame the spacing of the unit it was released as, and tags it with
-        that unit (``WORD_TAG``, for the context gate).
+    def word_frames(self, frame: TTSTextFrame) -> list[TTSTextFrame]:
+        """The word frames to push for ``frame``, each with the spacing of the unit it was
+        released as and tagged with that unit (``WORD_TAG``, for the context gate).
 
         pipecat's sequencer marks every later word of a sentence ``includes_inter_frame_spaces``
         once one of them was, so a mixed sentence would lose the spaces around its words;
-        the frame's own unit says. A frame that is not the next unit (pipecat matched the
+        the frame's own unit says. A unit pipecat split in pieces (it matched its start to one
+        sentence and the rest to the next) passes as one frame, the unit's text, once its last
+        piece comes: one frame per unit keeps the units the context takes counted, and its
+        spacing writable. A frame that is not (a piece of) the next unit (pipecat matched the
         words differently) keeps whether it is CJK text.
         """
         unit = self.units[self.passed] if self.passed < len(self.units) else None
+        done = "".join(ws + f.text for ws, f in self.pieces)
+        rest = unit.text[len(done) :] if unit is not None and unit.text.startswith(done) else ""
+        ws = rest[: len(rest) - len(rest.lstrip())]
+        if frame.text and rest.lstrip() != frame.text and rest.lstrip().startswith(frame.text):
+            self.pieces.append((ws, frame))  # more of the unit is on its way
+            return []
+        pieces, self.pieces = self.pieces, []
         if unit is not None:
             frame.metadata[WORD_TAG] = (self, self.passed)
             self.passed += 1
-        if unit is not None and unit.text == frame.text:
+        if unit is not None and rest and rest.lstrip() == frame.text:
+            if pieces:  # the LLM's text of the pieces, as they were spaced
+                raw = "".join(w + (f.raw_text or f.text) for w, f in pieces)
+                frame.raw_text = raw + ws + (frame.raw_text or frame.text)
+                frame.text = unit.text
             frame.includes_inter_frame_spaces = unit.spaced
-            return
+            return [frame]
         logger.debug(f"word frame {frame.text!r} is not the unit released ({unit!r})")
-        frame.includes_inter_frame_spaces = any(is_cjk_char(ch) for ch in frame.text)
+        held = [f for _, f in pieces]
+        for f in (*held, frame):
+            f.includes_inter_frame_spaces = any(is_unit_char(ch) for ch in f.text)
+        return [*held, frame]
 
     def play(self, start_ns: int) -> None:
         """Playback starts at ``start_ns``: the frames pushed so far play from there."""

@@ -1,10 +1,20 @@
 """The units a turn's text is spoken (and timed, and cut) in, and how units join back into text.
 
-Scripts written with spaces (Latin, Hangul, Cyrillic, …) are spoken in words: a unit is a run
-of non-space characters. Chinese characters and Japanese kana/kanji are written without
-spaces, so each one is a unit of its own, with the punctuation after it attached
-(``好，`` ``す。``), like pipecat's Cartesia and ElevenLabs services report them. A word next
-to CJK characters ends where they start (``你好Alice，明天`` -> 你 / 好 / Alice， / 明 / 天).
+Scripts written with spaces (Latin, Hangul, Cyrillic, Arabic, Devanagari, …) are spoken in
+words: a unit is a run of non-space characters. Chinese characters and Japanese kana/kanji are
+written without spaces, so each one is a unit of its own, with the punctuation after it
+attached (``好，`` ``す。``), like pipecat's Cartesia and ElevenLabs services report them. So
+are the characters of the other scripts written without spaces between words (Thai, Lao,
+Khmer, Myanmar): their words cannot be found without a dictionary, and a reply must not be
+one unit, which nothing heard before its end could keep. A word next to such characters ends
+where they start (``你好Alice，明天`` -> 你 / 好 / Alice， / 明 / 天).
+
+Units are grapheme-aware: a unit never ends before a combining mark, a zero-width joiner or
+what it joins, a variation selector or an emoji modifier, nor between a virama and the
+consonant it stacks (Khmer, Myanmar). A unit ends after a sentence's closing punctuation
+(``好！`` then ``🎉我``), where pipecat's sentence splitting ends a sentence: a unit must not
+straddle two of pipecat's sentences. A word longer than ``MAX_WORD_CHARS`` (a long URL) is cut
+into units of at most that many characters, after its last punctuation mark if it has one.
 
 Units are written back without inventing or losing spaces: a unit that touches a neighbour
 (no space between them) is ``spaced`` -- it carries its own spacing, pipecat's
@@ -17,6 +27,8 @@ one unit (``你好 世界`` -> 你 / 好 世 / 界). Every layer (engine, wire, 
 """
 
 from __future__ import annotations
+
+import unicodedata
 
 # Scripts written without spaces, one unit per character: kana, CJK ideographs (with
 # extensions and compatibility forms), halfwidth katakana, bopomofo.
@@ -35,10 +47,37 @@ _CJK_RANGES = (
 _CJK_MARK_RANGES = ((0x3000, 0x303F), (0x30FB, 0x30FB), (0xFF00, 0xFFEF))
 
 
+# Scripts written without spaces between words, spoken in syllables: each character (with
+# its marks) is a unit. Thai, Lao, Myanmar, Khmer, Tai Le/New Tai Lue, Tai Tham, Tai Viet.
+_NO_SPACE_RANGES = (
+    (0x0E00, 0x0EFF),
+    (0x1000, 0x109F),
+    (0x1780, 0x17FF),
+    (0x1950, 0x19FF),
+    (0x1A20, 0x1AAF),
+    (0xA9E0, 0xA9FF),
+    (0xAA60, 0xAADF),
+)
+# Punctuation that ends a sentence; after it a unit takes only more of it and closing marks.
+# Inside a word only the CJK/fullwidth ones count ("v2.0" and "example.com" stay whole).
+_TERMINATORS = frozenset(".!?…‥‼⁇⁈⁉。！？．｡؟۔।॥။።")
+_CJK_TERMINATORS = frozenset("。！？．｡")
+_ZWJ = "\u200d"
+_ASAT = "\u103a"  # Myanmar: a virama (combining class 9) that ends a syllable, stacks nothing
+MAX_WORD_CHARS = 40  # about 3 s of speech: a longer word (a URL) is cut into several units
+
+
 def is_cjk_char(ch: str) -> bool:
-    """A character that is a unit by itself (punctuation marks of these blocks are not)."""
+    """A Chinese or Japanese character (punctuation marks of these blocks are not)."""
     o = ord(ch)
     return ch.isalnum() and any(lo <= o <= hi for lo, hi in _CJK_RANGES)
+
+
+def is_unit_char(ch: str) -> bool:
+    """A character that is a unit by itself: CJK, or a letter of a script written without
+    spaces (Thai, Lao, Khmer, Myanmar)."""
+    o = ord(ch)
+    return is_cjk_char(ch) or (ch.isalnum() and any(lo <= o <= hi for lo, hi in _NO_SPACE_RANGES))
 
 
 def is_cjk_class(ch: str) -> bool:
@@ -53,25 +92,81 @@ def _is_mark(ch: str) -> bool:
     return not ch.isspace() and not ch.isalnum()
 
 
+def _extends(text: str, i: int) -> bool:
+    """Whether ``text[i]`` belongs to the grapheme before it: a combining mark, a joiner or
+    what it joins, a variation selector or emoji modifier (Sk), the consonant after a virama,
+    a Hangul vowel or final jamo."""
+    ch, prev = text[i], text[i - 1]
+    o = ord(ch)
+    return (
+        unicodedata.category(ch) in ("Mn", "Mc", "Me", "Sk")
+        or ch == _ZWJ
+        or prev == _ZWJ
+        or 0xFE00 <= o <= 0xFE0F
+        or 0xE0100 <= o <= 0xE01EF
+        or 0x1F3FB <= o <= 0x1F3FF
+        or 0x1160 <= o <= 0x11FF
+        or 0xD7B0 <= o <= 0xD7FF
+        or (unicodedata.combining(prev) == 9 and prev != _ASAT and ch.isalpha())
+    )
+
+
+def _marks_end(text: str, i: int, terminators: frozenset[str]) -> int:
+    """End of the marks from ``i`` on that go with the unit before them: all of them, or up
+    to a sentence's end (its terminators, closing brackets and quotes, marks on those)."""
+    n, ended = len(text), False
+    while i < n and _is_mark(text[i]):
+        ch = text[i]
+        if ch in terminators:
+            ended = True
+        elif ended and not _extends(text, i) and not _closes(ch):
+            break
+        i += 1
+    return i
+
+
+def _closes(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Pe", "Pf") or ch in "\"'"
+
+
+def _word_end(text: str, start: int, i: int) -> int:
+    """End of the word run from ``i`` (its unit starts at ``start``): at a space, a unit
+    character, after a CJK sentence's end, or, past ``MAX_WORD_CHARS``, at the last place
+    within them that starts a grapheme with a letter or digit (after punctuation if there is
+    such a place in their second half)."""
+    n, last, after_mark = len(text), None, None
+    while i < n and not text[i].isspace() and not is_unit_char(text[i]):
+        if text[i] in _CJK_TERMINATORS:
+            return _marks_end(text, i, _CJK_TERMINATORS)
+        if i > start and text[i].isalnum() and not _extends(text, i):
+            if i - start <= MAX_WORD_CHARS or last is None:
+                last = i
+                if not text[i - 1].isalnum() and i - start > MAX_WORD_CHARS // 2:
+                    after_mark = i
+        if i - start >= MAX_WORD_CHARS and last is not None:
+            return after_mark or last
+        i += 1
+    return i
+
+
 def unit_end(text: str, start: int) -> int:
     """End offset of the raw unit starting at ``start`` (a non-space character).
 
-    A CJK character takes the punctuation right after it; punctuation opening a run
-    (``「你``) goes with the character it opens; any other run of characters is a word,
-    ending at a space or where a CJK character starts. The end may be ``len(text)``: a unit
-    touching the end of the text may still grow.
+    A unit character (with its grapheme) takes the punctuation right after it, up to a
+    sentence's end; punctuation opening a run (``「你``) goes with the character it opens;
+    any other run of characters is a word, ending at a space or where a unit character
+    starts (see the module docstring for its other ends). The end may be ``len(text)``: a
+    unit touching the end of the text may still grow.
     """
     n, i = len(text), start
-    while i < n and _is_mark(text[i]):
+    while i < n and _is_mark(text[i]) and text[i] not in _CJK_TERMINATORS:
         i += 1
-    if i < n and is_cjk_char(text[i]):
+    if i < n and is_unit_char(text[i]):
         i += 1
-        while i < n and _is_mark(text[i]):
-            i += 1
-        return i
-    while i < n and not text[i].isspace() and not is_cjk_char(text[i]):
-        i += 1
-    return i
+        while i < n and _extends(text, i):
+            i += 1  # its grapheme: marks, a consonant stacked by a virama, …
+        return _marks_end(text, i, _TERMINATORS)
+    return _word_end(text, start, i)
 
 
 def next_unit(text: str, i: int, final: bool) -> tuple[int, int] | None:

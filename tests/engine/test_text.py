@@ -34,6 +34,8 @@ from moss_pipecat.engine.text import (
 from moss_pipecat.errors import CheckpointError, InvalidInputError
 from moss_pipecat.model.config import MossTTSRealtimeConfig
 
+from ..world_texts import REPLIES, SPLIT_SURROGATES, utf16_tokens
+
 TEXTS = [
     "Hello there! I'm sure you'll like it; they've said we'd go, didn't they? It's John's car.",
     "Pi is 3.14159, a million is 1,000,000 and the date is 2026-11-23 at 10:30am (UTC+1).",
@@ -231,6 +233,7 @@ def test_clean_text():
     kept = "**bold** _it_ `code` # head\n- item 👩‍👩‍👧 👍🏽 3.14 1,000 cafe\u0301 \u200b\u00ad"
     assert clean_text(kept) == kept
     assert clean_text("bad \ud83d surrogate") == "bad \ufffd surrogate"
+    assert clean_text("pair \ud83d\ude00 joined") == "pair \U0001f600 joined"
     assert clean_text("") == ""
 
 
@@ -245,6 +248,17 @@ def test_invalid_and_incomplete_utf8_become_replacement_chars(moss_tokenizer):
     ids, it = _stream(moss_tokenizer, [b"ab\xff cd ", b"ok \xf0\x9f"])
     assert it.text == "ab\ufffd cd ok \ufffd"
     assert ids == _ref(moss_tokenizer, it.text)
+
+
+@pytest.mark.parametrize("name", SPLIT_SURROGATES)
+def test_surrogate_pairs_split_across_pieces_are_one_character(moss_tokenizer, name):
+    """An LLM client handing an emoji over as two lone surrogates: the turn's text and ids
+    are the whole text's, as if the emoji came in one piece."""
+    text = REPLIES[name]
+    ids, it = _stream(moss_tokenizer, utf16_tokens(text))
+    assert it.text == text and ids == _ref(moss_tokenizer, text)
+    ids, it = _stream(moss_tokenizer, ["ok \ud83d", "\ude00 and \ude00 end \ud83d"])
+    assert it.text == "ok \U0001f600 and \ufffd end \ufffd"  # lone halves, one left held
 
 
 def test_special_token_strings_are_plain_text(moss_tokenizer):

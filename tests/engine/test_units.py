@@ -11,7 +11,10 @@ import pytest
 from moss_pipecat.engine.config import FRAME_SECONDS
 from moss_pipecat.engine.speaking_rate import SpeakingRates
 from moss_pipecat.engine.word_times import WordTimer
-from moss_pipecat.speech.units import TimedWord, join_units
+from moss_pipecat.speech.pieces import SurrogateJoiner
+from moss_pipecat.speech.units import MAX_WORD_CHARS, TimedWord, join_units
+
+from ..world_texts import REPLIES, SPLIT_SURROGATES, utf16_tokens
 
 ZH = "你好，今天天气很好。我们去公园散步吧。"
 JA = "「こんにちは」と言った。"
@@ -41,6 +44,26 @@ def _all_units(text: str, frames: int = 400) -> list[TimedWord]:
                  "and", "share", "it。"],
          [True] * 10 + [False, False, False]),
         ("你好 世界", ["你", "好 世", "界"], [True] * 3),
+        # Scripts without spaces between words: a unit per character, with its marks (a
+        # virama's stacked consonant too, not after Myanmar's asat).
+        ("สวัสดีครับ", ["ส", "วั", "ส", "ดี", "ค", "รั", "บ"], [True] * 7),
+        ("ខ្មែរ", ["ខ្មែ", "រ"], [True] * 2),
+        ("မြန်မာ", ["မြ", "န်", "မာ"], [True] * 3),
+        ("नमस्ते दोस्तों", ["नमस्ते", "दोस्तों"], [False] * 2),
+        # A unit ends with its sentence (pipecat's sentences end there too), emoji and all.
+        ("太好了！🎉我们", ["太", "好", "了！", "🎉我", "们"], [True] * 5),
+        ("……！？。、", ["……！？。", "、"], [True] * 2),
+        ("他说：“你好。”然后", ["他", "说：“", "你", "好。”", "然", "后"], [True] * 6),
+        ("家👨\u200d👩\u200d👧好", ["家👨\u200d👩\u200d👧", "好"], [True] * 2),
+        ("ok 👍🏽 🇯🇵", ["ok", "👍🏽", "🇯🇵"], [False] * 3),
+        ("我用iPhone 15拍照", ["我", "用", "iPhone 15", "拍", "照"], [True] * 5),
+        ("价格１２３元", ["价", "格", "１２３", "元"], [True] * 4),
+        # A word longer than MAX_WORD_CHARS is cut: after punctuation in its second half, or
+        # at the limit, never inside a grapheme.
+        ("see https://example.com/some/path/to/a/long/page.html now",
+         ["see", "https://example.com/some/path/to/a/long/", "page.html", "now"],
+         [False, True, True, False]),
+        ("a" * 45 + "\u0301" * 2 + "b", ["a" * 40, "a" * 5 + "\u0301" * 2 + "b"], [True] * 2),
     ],
 )  # fmt: skip
 def test_units_fit_the_script_and_join_back_to_the_text(text, units, spaced):
@@ -116,3 +139,37 @@ def test_cut_by_frames_is_a_prefix_of_the_text(text):
         kept = timer.heard_text(heard)
         assert text.startswith(kept)
         assert len(timer.heard(heard)) == sum(t < heard * FRAME_SECONDS for t in times)
+
+
+@pytest.mark.parametrize("name", list(REPLIES))
+def test_units_of_streamed_text_are_those_of_the_whole_text(name):
+    """Every reply of the world table, streamed a code point (and, for emoji, a UTF-16 code
+    unit, joined as the tokenizer joins them) at a time: each unit is placed once it is known
+    whole, in order, and they are the units of the whole text, which they join back into."""
+    text = REPLIES[name]
+    pieces = [text[i : i + 1] for i in range(len(text))]
+    if name in SPLIT_SURROGATES:
+        pieces = utf16_tokens(text)
+    timer, joiner, placed = WordTimer(chars_per_second=14.0), SurrogateJoiner(), []
+    for piece in pieces:
+        timer.add_text(joiner.push(piece))
+        placed += timer.on_audio(10_000, fed_chars=len(timer.text))
+    timer.add_text(joiner.finish())
+    placed += timer.finish(10_000, fed_chars=len(timer.text))
+    assert timer.text == text
+    whole = WordTimer(chars_per_second=14.0)
+    whole.add_text(text)
+    whole = whole.finish(10_000, fed_chars=len(text))
+    assert [(w.text, w.spaced) for w in placed] == [(w.text, w.spaced) for w in whole]
+    assert " ".join(join_units(placed).split()) == " ".join(text.split())
+    assert max(len(w.text) for w in placed) <= MAX_WORD_CHARS + 4  # a grapheme's marks more
+    if name.startswith(("th", "long")):  # no reply is one unit a cut could not keep
+        assert len(placed) > 10
+
+
+def test_surrogate_pairs_are_joined_across_pieces():
+    joiner = SurrogateJoiner()
+    assert joiner.push("a\ud83d") == "a" and joiner.held == "\ud83d"
+    assert joiner.push("\ude00b") == "\U0001f600b"
+    assert joiner.push("\ude00\ud83d\ude00") == "\ufffd\U0001f600"  # a lone low half
+    assert joiner.push("\ud83d") == "" and joiner.finish() == "\ufffd"  # a high half at the end

@@ -14,7 +14,7 @@ from moss_pipecat.client import RemoteEngine
 from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
-from ..service.heard_units import EngineLog, check_within_one_unit_of_heard
+from ..service.heard_units import SLACK_S, EngineLog, check_within_one_unit_of_heard
 from ..service.test_cjk_replies import (
     CUTS_S,
     MIXED,
@@ -32,6 +32,9 @@ from ..service.test_context_race import (
 )
 from ..service.test_heard_clock import LATENCY_S, run_playing
 from ..service.test_moss_tts_service import reply
+from ..service.test_world_replies import CUT_S, barge_in_text, stream
+from ..world_texts import REPLIES, utf16_tokens
+from .conftest import GREEDY
 
 
 async def _remote(make_tiny_engine, make_server, remote=None) -> MossRemoteTTSService:
@@ -49,9 +52,24 @@ async def _remote(make_tiny_engine, make_server, remote=None) -> MossRemoteTTSSe
 async def test_a_remote_barge_in_keeps_in_the_context_what_moss_kept(
     make_tiny_engine, make_server, lang
 ):
-    text, context = TEXTS[lang], LLMContext()
     cut_s = CUTS_S[list(TEXTS).index(lang)]  # each language at another playback point
-    frames = [*reply(*tokens(text)), SleepFrame(cut_s), InterruptionFrame(), SleepFrame(0.3)]
+    text = TEXTS[lang]
+    await _barge_in(make_tiny_engine, make_server, text, tokens(text), cut_s)
+
+
+# Scripts without spaces, a unit pipecat splits at its sentence end, emoji split into lone
+# surrogates (which UTF-8, the wire, cannot carry), 500 Thai characters without a space.
+@pytest.mark.parametrize("name", ["th", "th_spaced", "emoji", "cjk_punct", "long_thai"])
+async def test_a_remote_barge_in_keeps_what_moss_kept_in_any_script(
+    make_tiny_engine, make_server, name
+):
+    text = barge_in_text(name)
+    await _barge_in(make_tiny_engine, make_server, text, stream(name, text), CUT_S, SLACK_S)
+
+
+async def _barge_in(make_tiny_engine, make_server, text, pieces, cut_s, slack_s=0.0) -> None:
+    context = LLMContext()
+    frames = [*reply(*pieces), SleepFrame(cut_s), InterruptionFrame(), SleepFrame(0.3)]
     logs = []
 
     def remote(url: str) -> EngineLog:
@@ -66,7 +84,8 @@ async def test_a_remote_barge_in_keeps_in_the_context_what_moss_kept(
     check_barge_in(text, assistant_text(context), cuts)
     check_word_frames(recorder, transport, down)
     (units,) = logs[0].turns  # the units as they came over the wire (turn.words)
-    check_within_one_unit_of_heard(cuts[0], units, transport.heard_s(), transport.speaking_s())
+    heard_s, speaking_s = transport.heard_s(), transport.speaking_s()
+    check_within_one_unit_of_heard(cuts[0], units, heard_s, speaking_s, slack_s)
 
 
 async def test_a_whole_mixed_reply_reaches_the_context_as_written(make_tiny_engine, make_server):
@@ -103,3 +122,29 @@ async def test_a_remote_barge_in_taken_late_keeps_the_same_units(make_tiny_engin
     (cut,) = cuts
     assert said == [cut.spoken_text]
     assert unit_prefixes(text).index(cut.spoken_text) <= before
+
+
+async def test_a_remote_turn_joins_a_surrogate_pair_split_across_pieces(
+    make_tiny_engine, make_server
+):
+    """A caller handing an emoji over as two lone surrogates (UTF-8, the wire, can carry
+    neither): the server's turn gets the text whole, a lone half as U+FFFD."""
+    server = await make_server(make_tiny_engine(max_sessions=2))
+    client = RemoteEngine(server.url)
+    try:
+        session = await client.create_session(sampling=GREEDY)
+        for pieces, want in (
+            (utf16_tokens(REPLIES["emoji"]), REPLIES["emoji"]),
+            (
+                ["ok \ud83d", "\ude00 and \ude00 then \ud83d"],
+                "ok \U0001f600 and \ufffd then \ufffd",
+            ),
+        ):
+            turn = await session.start_turn(max_frames=4)
+            for piece in pieces:
+                turn.push_text(piece)
+            turn.end_text()
+            _ = [c async for c in turn]
+            assert turn.summary.text == want
+    finally:
+        await client.aclose()
