@@ -232,9 +232,9 @@ def test_restore(bench):
         assert out[f"reachable_to_first_audio_ms_{key}"]["median"] > 0
 
 
-def test_openmp_wait(fixtures_dir):
+def test_openmp_wait(bench):
     args = ("--rows", "300", "--repeats", "1", "--cases", "main", "thread")
-    out = run_bench("bench_openmp_wait.py", *args, fixtures=fixtures_dir)
+    out = bench("bench_openmp_wait.py", *args)
     cases = [(r["case"], r["policy"]) for r in out["results"]]
     assert cases == [
         (case, policy) for case in ("main", "thread") for policy in ("libgomp default", "PASSIVE")
