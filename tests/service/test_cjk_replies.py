@@ -74,7 +74,7 @@ def check_word_frames(recorder, transport, down) -> None:
     pts = [f.pts for f in recorder.words]
     assert pts and all(a < b for a, b in pairwise(pts))
     assert sum(isinstance(f, TTSAudioRawFrame) for f in down) > 0
-    start, end = transport.played[0][0], transport.played[-1][0] + transport.played[-1][1]
+    start, end = transport.audio_start_ns(), transport.played[-1][0] + transport.played[-1][1]
     assert start - 0.05e9 <= pts[0] and pts[-1] < end
     for f in recorder.words:
         if any(map(is_unit_char, f.text)) and all(
