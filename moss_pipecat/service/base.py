@@ -55,7 +55,7 @@ from moss_pipecat.service.reply import (
 from moss_pipecat.service.resampling import resampled
 from moss_pipecat.service.settings import MossTTSSettings, SessionSettings, default_settings
 from moss_pipecat.service.tracing import ReplyTracer
-from moss_pipecat.service.tts_options import tts_service_kwargs
+from moss_pipecat.service.tts_options import streams_tokens, tts_service_kwargs
 from moss_pipecat.service.user_audio import UserUtterance
 from moss_pipecat.service.user_turns import UserTurns
 from moss_pipecat.service.word_order import SEQUENCED
@@ -106,7 +106,9 @@ class MossTTSServiceBase(TTSService):
         **kwargs: Any,
     ) -> None:
         defaults = default_settings(model, settings)
-        super().__init__(settings=defaults, **tts_service_kwargs(kwargs))
+        options = tts_service_kwargs(kwargs)
+        super().__init__(settings=defaults, **options)
+        self._sentences = not streams_tokens(options)  # pipecat hands over whole sentences
         self._user_turns = UserTurns(context, capture_user_audio, user_audio_max_s)
         self._session: Any | None = None
         self._replies: dict[str, Reply] = {}
@@ -281,6 +283,7 @@ class MossTTSServiceBase(TTSService):
         if reply.takes_text:  # else its text ended (the model ended it, or its text failed)
             await self.start_tts_usage_metrics(text)  # pipecat counts streamed tokens itself
             self._tracer.text_added(reply, text)
+            text = reply.next_sentence(text) if self._sentences else text
             if reply.turn is None:
                 reply.pending.append(text)
             else:

@@ -22,7 +22,7 @@ from pipecat.transports.base_output import BaseOutputTransport
 from moss_pipecat.service.phases import TAKES_TEXT, TURN_STARTED, ReplyPhase, check_move
 from moss_pipecat.service.word_order import MatchOrder
 from moss_pipecat.speech.frames import FRAME_SECONDS
-from moss_pipecat.speech.units import TimedWord, is_spaced, is_unit_char
+from moss_pipecat.speech.units import TimedWord, is_spaced, is_unit_char, sentence_seam
 
 MAX_TRACKED_REPLIES = 4
 FRAME_NS = round(FRAME_SECONDS * 1e9)
@@ -86,6 +86,7 @@ class Reply:
     # Word frames holding the first pieces of unit ``passed`` (pipecat split it at a sentence
     # end), with the whitespace the unit has before each: they pass as one frame.
     pieces: list[tuple[str, TTSTextFrame]] = field(default_factory=list)
+    tail: str = ""  # the last sentence fed (pipecat's sentence mode)
     taken: int = 0
     # Its text frames the sequencer queued: they pass in the order they were matched.
     match_order: MatchOrder = field(default_factory=MatchOrder)
@@ -146,6 +147,14 @@ class Reply:
             logger.debug(f"not spoken, kept out of the context: {frame.text!r}")
             return False
         return True
+
+    def next_sentence(self, sentence: str) -> str:
+        """A sentence of pipecat's sentence mode as fed after the reply's earlier ones: pipecat
+        strips the spaces between them, and without one the model reads "here.Another" and
+        the units merge across the sentences."""
+        seam = sentence_seam(self.tail, sentence)
+        self.tail = sentence or self.tail
+        return seam + sentence
 
     def word_frames(self, frame: TTSTextFrame) -> list[TTSTextFrame]:
         """The word frames to push for ``frame``, each with the spacing of the unit it was

@@ -46,11 +46,16 @@ def tts_service_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
         out["text_aggregation_mode"] = TextAggregationMode.TOKEN
     out.setdefault("stop_frame_timeout_s", REPLY_IDLE_TIMEOUT_S)
     out.setdefault("pause_frame_processing", False)
-    mode = out.get("text_aggregation_mode")
-    token = mode == TextAggregationMode.TOKEN or (mode is None and not out["aggregate_sentences"])
-    if token and out.get("reuse_context_id_within_turn") is False:
+    if streams_tokens(out) and out.get("reuse_context_id_within_turn") is False:
         raise ValueError(
             "MOSS TTS services stream tokens into one engine turn per reply: token streaming "
             "needs reuse_context_id_within_turn=True (or use TextAggregationMode.SENTENCE)"
         )
     return out
+
+
+def streams_tokens(kwargs: dict[str, Any]) -> bool:
+    """Whether the service runs with these (completed) arguments streams LLM tokens (else
+    pipecat hands it whole sentences)."""
+    mode = kwargs.get("text_aggregation_mode")
+    return mode == TextAggregationMode.TOKEN or (mode is None and not kwargs["aggregate_sentences"])

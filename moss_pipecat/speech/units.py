@@ -80,6 +80,15 @@ def is_unit_char(ch: str) -> bool:
     return is_cjk_char(ch) or (ch.isalnum() and any(lo <= o <= hi for lo, hi in _NO_SPACE_RANGES))
 
 
+def sentence_seam(before: str, sentence: str) -> str:
+    """What goes between two sentences fed one after the other when pipecat hands them over
+    stripped of spaces (its sentence mode): a space, unless either side is whitespace already
+    or CJK (those scripts put none between sentences)."""
+    if not before or not sentence or before[-1].isspace() or sentence[0].isspace():
+        return ""
+    return "" if is_cjk_class(before[-1]) or is_cjk_class(sentence[0]) else " "
+
+
 def is_cjk_class(ch: str) -> bool:
     """A character spoken at the CJK rate: a CJK character or CJK/fullwidth punctuation."""
     o = ord(ch)

@@ -12,7 +12,7 @@ from moss_pipecat.engine.config import FRAME_SECONDS
 from moss_pipecat.engine.speaking_rate import SpeakingRates
 from moss_pipecat.engine.word_times import WordTimer
 from moss_pipecat.speech.pieces import SurrogateJoiner
-from moss_pipecat.speech.units import MAX_WORD_CHARS, TimedWord, join_units
+from moss_pipecat.speech.units import MAX_WORD_CHARS, TimedWord, join_units, sentence_seam
 
 from ..world_texts import REPLIES, SPLIT_SURROGATES, utf16_tokens
 
@@ -173,3 +173,24 @@ def test_surrogate_pairs_are_joined_across_pieces():
     assert joiner.push("\ude00b") == "\U0001f600b"
     assert joiner.push("\ude00\ud83d\ude00") == "\ufffd\U0001f600"  # a lone low half
     assert joiner.push("\ud83d") == "" and joiner.finish() == "\ufffd"  # a high half at the end
+
+
+@pytest.mark.parametrize(
+    ("before", "sentence", "seam"),
+    [
+        ("One sentence here.", "Another one follows.", " "),  # pipecat stripped the space
+        ("안녕하세요.", "반갑습니다.", " "),  # Korean and Thai write spaces between sentences
+        ("ครับ.", "วันนี้", " "),
+        ("你好。", "我很好。", ""),  # CJK writes none
+        ("Hello.", "你好。", ""),
+        ("元気です。", "Thanks.", ""),
+        ("Trailing space. ", "Next.", ""),
+        ("First.", " Next.", ""),
+        ("", "First.", ""),  # a reply's first sentence
+        ("First.", "", ""),
+    ],
+)
+def test_sentences_handed_over_stripped_are_spaced_as_their_script_writes_them(
+    before, sentence, seam
+):
+    assert sentence_seam(before, sentence) == seam
