@@ -24,12 +24,14 @@ from pipecat.frames.frames import (
     TTSUpdateSettingsFrame,
 )
 from pipecat.metrics.metrics import ProcessingMetricsData, TTFBMetricsData, TTSUsageMetricsData
+from pipecat.pipeline.service_switcher import ServiceSwitcher, ServiceSwitcherStrategyFailover
 from pipecat.pipeline.task import PipelineParams
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.utils.text.markdown_text_filter import MarkdownTextFilter
 
 from moss_pipecat.errors import InvalidInputError
-from moss_pipecat.service import MossTTSSettings
+from moss_pipecat.service import MossTTSService, MossTTSSettings
+from moss_pipecat.service.remote import MossRemoteTTSService
 
 from ..service.test_pipecat_contract import errors, llm_reply, spoken_groups
 from . import test_contract_both_services as both_services
@@ -130,8 +132,46 @@ async def test_an_interruption_before_any_audio_leaves_the_next_reply_whole(make
     first += [] if where == "first" else [InterruptionFrame()]
     down, up, said = await assistant_messages(make_tts(), [*first, *llm_reply("Spoken whole.")])
     assert errors(up) == []
-    assert spoken(down)[-1] == ["Spoken", "whole."] and said[-1] == "Spoken whole."
+    # (pipecat sent the cut reply's TTSStartedFrame as its context opened; nothing followed)
+    assert spoken(down)[-1] == ["Spoken", "whole."] and said == ["Spoken whole."]
     assert "Never" not in [f.text for f in down if isinstance(f, TTSTextFrame)]
+
+
+@pytest.mark.parametrize("append", [True, False])
+async def test_queued_speak_frames_each_speak_whole_and_join_the_context_as_asked(make_tts, append):
+    texts = ["First notice.", "Second one.", "And a third."]
+    frames = [TTSSpeakFrame(t, append_to_context=append) for t in texts]
+    down, up, said = await assistant_messages(make_tts(), frames)
+    assert errors(up) == []
+    assert spoken(down) == [t.split() for t in texts]
+    assert said == (texts if append else [])
+
+
+async def test_a_speak_frame_joining_the_context_during_a_reply_is_kept_with_it(make_tts):
+    frames = [
+        LLMFullResponseStartFrame(),
+        LLMTextFrame("The reply"),
+        TTSSpeakFrame("A notice.", append_to_context=True),
+        LLMTextFrame(" goes on."),
+        LLMFullResponseEndFrame(),
+    ]
+    down, up, said = await assistant_messages(make_tts(), frames)
+    assert errors(up) == []
+    assert spoken(down) == [["The", "reply", "goes", "on."], ["A", "notice."]]
+    # pipecat commits what was spoken in an LLM turn at its end, in the order it was spoken.
+    assert said == ["The reply goes on. A notice."]
+
+
+async def test_an_end_frame_mid_reply_speaks_what_it_has_and_closes_the_session(make_tts):
+    text = "Ending before the reply ends."
+    frames = [LLMFullResponseStartFrame(), *(LLMTextFrame(" " + w) for w in text.split())]
+    tts = make_tts()
+    down, up = await run_test(tts, frames_to_send=frames)
+    assert errors(up) == []
+    ((_, kinds),) = spoken_groups(down)
+    assert TTSAudioRawFrame in kinds and tts.session is None
+    words = [f.text for f in down if isinstance(f, TTSTextFrame)]
+    assert words == text.split()[: len(words)]
 
 
 # ------------------------------------------------------------------ output audio
@@ -233,3 +273,26 @@ async def test_each_reply_has_one_ttfb_its_usage_and_no_processing_time(make_tts
     assert [d.value for d in mine if isinstance(d, TTSUsageMetricsData)] == [len(t) for t in texts]
     assert not [d for d in mine if isinstance(d, ProcessingMetricsData)]
     assert len(spoken_groups(down)) == 2
+
+
+# ------------------------------------------------------------------ fail-over
+@pytest.fixture
+async def make_refused(request, make_tiny_engine, make_server):
+    """A service of the kind under test whose engine has no free conversation slot."""
+    engine = make_tiny_engine(max_sessions=1)
+    await engine.acreate_session()  # the only slot, held for the test
+    if request.node.callspec.params["make_tts"] == "local":
+        return lambda: MossTTSService(engine=engine)
+    server = await make_server(engine)
+    return lambda: MossRemoteTTSService(url=server.url)
+
+
+async def test_a_refused_service_in_a_failover_switcher_hands_the_call_to_the_next(
+    make_tts, make_refused
+):
+    primary, backup = make_refused(), make_tts()
+    switcher = ServiceSwitcher([primary, backup], ServiceSwitcherStrategyFailover)
+    down, up = await run_test(switcher, frames_to_send=llm_reply("The backup speaks."))
+    assert errors(up) == []  # the switcher answered for the refusal by switching
+    assert not primary.is_usable and switcher.strategy.active_service is backup
+    assert spoken(down) == [["The", "backup", "speaks."]]
