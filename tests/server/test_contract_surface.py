@@ -19,6 +19,7 @@ from pipecat.frames.frames import (
     StopFrame,
     TTSAudioRawFrame,
     TTSSpeakFrame,
+    TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
     TTSUpdateSettingsFrame,
@@ -26,7 +27,9 @@ from pipecat.frames.frames import (
 from pipecat.metrics.metrics import ProcessingMetricsData, TTFBMetricsData, TTSUsageMetricsData
 from pipecat.pipeline.service_switcher import ServiceSwitcher, ServiceSwitcherStrategyFailover
 from pipecat.pipeline.task import PipelineParams
+from pipecat.services.tts_service import TextAggregationMode
 from pipecat.tests.utils import SleepFrame, run_test
+from pipecat.transcriptions.language import Language
 from pipecat.utils.text.markdown_text_filter import MarkdownTextFilter
 
 from moss_pipecat.errors import InvalidInputError
@@ -43,12 +46,15 @@ make_tts = both_services.make_tts  # the fixture: both services on the same tiny
 # ------------------------------------------------------------------ settings during a call
 async def test_a_sampling_update_between_replies_is_taken_and_both_replies_speak(make_tts):
     tts = make_tts()
-    update = TTSUpdateSettingsFrame(delta=MossTTSSettings(top_k=3, temperature=0.5))
+    update = TTSUpdateSettingsFrame(
+        delta=MossTTSSettings(top_k=3, temperature=0.5, language=Language.DE)
+    )
     frames = [*llm_reply("Before it."), update, *llm_reply("After it.")]
     down, up = await run_test(tts, frames_to_send=frames)
     assert errors(up) == []
     assert spoken(down) == [["Before", "it."], ["After", "it."]]
-    assert (tts.settings.top_k, tts.settings.temperature) == (3, 0.5)
+    settings = tts.settings
+    assert (settings.top_k, settings.temperature, settings.language) == (3, 0.5, Language.DE)
     assert update not in down  # it was this service's: pipecat takes it
 
 
@@ -234,6 +240,16 @@ async def test_after_a_stop_frame_the_service_goes_on_in_the_next_pipeline(make_
     assert errors(up) == [] and tts.session is None
 
 
+async def test_frames_carry_the_transport_destination_asked_for(make_tts):
+    tts = make_tts(transport_destination="phone")
+    down, up = await run_test(tts, frames_to_send=llm_reply("Routed audio."))
+    assert errors(up) == []
+    kinds = (TTSStartedFrame, TTSAudioRawFrame, TTSTextFrame, TTSStoppedFrame)
+    routed = [f for f in down if isinstance(f, kinds)]
+    assert {type(f) for f in routed} == set(kinds)
+    assert {f.transport_destination for f in routed} == {"phone"}
+
+
 # ------------------------------------------------------------------ text filters, transformers
 async def test_a_markdown_filter_speaks_plain_words_and_the_context_keeps_the_llms_text(make_tts):
     with pytest.warns(DeprecationWarning):  # deprecated in 1.14, still taken
@@ -254,6 +270,14 @@ async def test_a_transformer_added_after_construction_applies_to_the_next_reply(
     assert errors(up) == []
     assert spoken(down) == [["Salt", "and", "pepper."]]
     assert said == ["Salt & pepper."]
+
+
+async def test_a_trailing_space_for_each_sentence_changes_no_word(make_tts):
+    tts = make_tts(text_aggregation_mode=TextAggregationMode.SENTENCE, append_trailing_space=True)
+    text = "First sentence here. Then the second!"
+    down, up, said = await assistant_messages(tts, llm_reply(text))
+    assert errors(up) == []
+    assert spoken(down) == [text.split()] and said == [text]
 
 
 # ------------------------------------------------------------------ metrics
