@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pytest
 from pipecat.frames.frames import (
+    CancelFrame,
+    Frame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
@@ -25,8 +27,10 @@ from pipecat.frames.frames import (
     TTSUpdateSettingsFrame,
 )
 from pipecat.metrics.metrics import ProcessingMetricsData, TTFBMetricsData, TTSUsageMetricsData
+from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.service_switcher import ServiceSwitcher, ServiceSwitcherStrategyFailover
 from pipecat.pipeline.task import PipelineParams
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.tts_service import TextAggregationMode
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.transcriptions.language import Language
@@ -178,6 +182,38 @@ async def test_an_end_frame_mid_reply_speaks_what_it_has_and_closes_the_session(
     assert TTSAudioRawFrame in kinds and tts.session is None
     words = [f.text for f in down if isinstance(f, TTSTextFrame)]
     assert words == text.split()[: len(words)]
+
+
+class SessionSpy(FrameProcessor):
+    """Notes each session the TTS before it held while frames passed."""
+
+    def __init__(self, tts) -> None:
+        super().__init__()
+        self._tts, self.sessions = tts, []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if self._tts.session is not None and self._tts.session not in self.sessions:
+            self.sessions.append(self._tts.session)
+        await self.push_frame(frame, direction)
+
+
+@pytest.mark.parametrize("what", ["before_audio", "reply", "uninterruptible"])
+async def test_a_cancel_closes_the_one_session_whatever_is_speaking(make_tts, what):
+    if what == "uninterruptible":
+        speech = TTSSpeakFrame("A notice no one may cut short, " * 4, append_to_context=False)
+        speech.interruptible = False
+        frames = [speech]
+    else:
+        words = 3 if what == "before_audio" else 30  # 3 tokens: fewer than the text delay
+        frames = [LLMFullResponseStartFrame(), *(LLMTextFrame(f" w{i}") for i in range(words))]
+    tts = make_tts()
+    spy = SessionSpy(tts)
+    frames += [SleepFrame(0.2), CancelFrame()]
+    _, up = await run_test(Pipeline([tts, spy]), frames_to_send=frames, send_end_frame=False)
+    assert errors(up) == []
+    (session,) = spy.sessions
+    assert session.closed and tts.session is None
 
 
 # ------------------------------------------------------------------ output audio
