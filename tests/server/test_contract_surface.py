@@ -17,6 +17,7 @@ from pipecat.frames.frames import (
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
+    ManuallySwitchServiceFrame,
     MetricsFrame,
     StopFrame,
     TTSAudioRawFrame,
@@ -28,7 +29,11 @@ from pipecat.frames.frames import (
 )
 from pipecat.metrics.metrics import ProcessingMetricsData, TTFBMetricsData, TTSUsageMetricsData
 from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.service_switcher import ServiceSwitcher, ServiceSwitcherStrategyFailover
+from pipecat.pipeline.service_switcher import (
+    ServiceSwitcher,
+    ServiceSwitcherStrategyFailover,
+    ServiceSwitcherStrategyManual,
+)
 from pipecat.pipeline.task import PipelineParams
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.tts_service import TextAggregationMode
@@ -40,7 +45,7 @@ from moss_pipecat.errors import InvalidInputError
 from moss_pipecat.service import MossTTSService, MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
-from ..service.test_pipecat_contract import errors, llm_reply, spoken_groups
+from ..service.test_pipecat_contract import errors, llm_reply, spoken_groups, words_of
 from . import test_contract_both_services as both_services
 from .test_contract_both_services import assistant_messages, spoken
 
@@ -356,3 +361,29 @@ async def test_a_refused_service_in_a_failover_switcher_hands_the_call_to_the_ne
     assert errors(up) == []  # the switcher answered for the refusal by switching
     assert not primary.is_usable and switcher.strategy.active_service is backup
     assert spoken(down) == [["The", "backup", "speaks."]]
+
+
+async def test_a_manual_switch_between_replies_hands_the_next_one_over(make_tts):
+    first, second = make_tts(), make_tts()
+    spies = SessionSpy(first), SessionSpy(second)
+    switcher = ServiceSwitcher([first, second], ServiceSwitcherStrategyManual)
+    frames = [
+        *llm_reply("Said by the first."),
+        ManuallySwitchServiceFrame(service=second),
+        *llm_reply("Said by the second."),
+    ]
+    down, up = await run_test(Pipeline([switcher, *spies]), frames_to_send=frames)
+    assert errors(up) == []
+    # The switch takes effect as it reaches the switcher, while the first may still be
+    # speaking (pipecat's switcher, whatever the services): each reply is whole in its context.
+    contexts = [f.context_id for f in down if isinstance(f, TTSStartedFrame)]
+    assert len(contexts) == 2
+    assert [words_of(down, ctx) for ctx in contexts] == [
+        ["Said", "by", "the", "first."],
+        ["Said", "by", "the", "second."],
+    ]
+    stops = [f.context_id for f in down if isinstance(f, TTSStoppedFrame)]
+    assert sorted(stops) == sorted(contexts)
+    # Each held its own conversation while the call lasted; both ended with it.
+    (a,), (b,) = (spy.sessions for spy in spies)
+    assert a is not b and a.closed and b.closed
