@@ -153,7 +153,8 @@ class MossTTSServiceBase(TTSService):
         await super().start(frame)
         self._clock.playback_reported = output_transport_downstream(self)
         self._context_gate.attach(self)
-        self._session = await open_or_refuse(self, self._open_session)
+        if self._session is None:  # else a StopFrame kept it running: the conversation goes on
+            self._session = await open_or_refuse(self, self._open_session)
 
     # ---- what subclasses provide ------------------------------------------------------------
     async def _open_session(self) -> Any:
