@@ -52,6 +52,7 @@ LONGEST_FIRST = (
     "tests/test_benchmarks.py",
     "tests/service/test_pipecat_contract.py",
     "tests/server/test_contract_both_services.py",
+    "tests/server/test_contract_surface.py",
     "tests/service/test_world_replies.py",
     "tests/engine/test_prefix_cache.py",
     "tests/engine/test_kv_pools.py",
