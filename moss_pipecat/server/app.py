@@ -114,17 +114,18 @@ def create_app(hub: ConversationHub) -> Any:
         await hub.serve(AsgiTransport(ws, header_authorized=authorized), admission)
 
     # async routes: they run on the event loop, which owns the hub's state (no thread pool).
-    @app.get("/healthz")
+    # HEAD as well as GET (HTTP requires it; health checkers and load balancers send it).
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> PlainTextResponse:
         return PlainTextResponse("ok\n")
 
-    @app.get("/readyz")
+    @app.api_route("/readyz", methods=["GET", "HEAD"])
     async def readyz() -> PlainTextResponse:
         ok = hub.ready
         text = "ready\n" if ok else "draining\n" if hub.draining else "not ready\n"
         return PlainTextResponse(text, 200 if ok else 503)
 
-    @app.get("/metrics")
+    @app.api_route("/metrics", methods=["GET", "HEAD"])
     async def prometheus(request: Request) -> Response:
         if not hub.check_token(bearer_token(request.headers.get("authorization"))):
             return PlainTextResponse("unauthorized\n", 401, headers={"WWW-Authenticate": "Bearer"})

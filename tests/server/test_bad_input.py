@@ -231,8 +231,8 @@ async def test_unreachable_server_is_a_clear_error_not_a_hang():
 async def test_http_endpoints(server):
     base = server.http_url
 
-    def get(path: str, token: str | None = None):
-        req = urllib.request.Request(base + path)
+    def get(path: str, token: str | None = None, method: str = "GET"):
+        req = urllib.request.Request(base + path, method=method)
         if token:
             req.add_header("Authorization", f"Bearer {token}")
         try:
@@ -251,8 +251,14 @@ async def test_http_endpoints(server):
     assert "moss_server_frames_total 3" in text
     assert 'moss_server_ttfa_seconds_bucket{le="+Inf"} 1' in text
     assert "moss_server_sessions 0" in text
+    # HEAD, as health checkers send it (every server must take HEAD where it takes GET).
+    assert (await asyncio.to_thread(get, "/healthz", method="HEAD"))[:2] == (200, "")
+    assert (await asyncio.to_thread(get, "/readyz", method="HEAD"))[:2] == (200, "")
+    assert (await asyncio.to_thread(get, "/metrics", TOKEN, "HEAD"))[0] == 200
+    assert (await asyncio.to_thread(get, "/readyz", method="POST"))[0] == 405
     server.hub.draining = True
     assert (await asyncio.to_thread(get, "/readyz"))[0] == 503
+    assert (await asyncio.to_thread(get, "/readyz", method="HEAD"))[0] == 503
     server.hub.draining = False
 
 
