@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import Request, WebSocket  # module level: FastAPI resolves annotations here
@@ -351,6 +353,28 @@ class EngineServer:
         if self._main is not None:
             await asyncio.shield(self._main)
 
+    @contextlib.contextmanager
+    def signals_cut_the_drain(self) -> Iterator[None]:
+        """While the block runs (the drain), SIGTERM or SIGINT ends the drain's wait at once
+        (``ConversationHub.hurry_drain``): a second Ctrl+C, or an orchestrator's second TERM,
+        stops the server without waiting out ``drain_timeout_s``. Main thread only (elsewhere
+        signals keep their handlers)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+
+        def again(sig: int, frame: object) -> None:
+            logger.info(f"signal {sig} while draining: cutting the drain short")
+            loop.call_soon_threadsafe(self.hub.hurry_drain)
+
+        before = {sig: signal.signal(sig, again) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+
     def capture_signals(self) -> contextlib.AbstractContextManager[None]:
         """uvicorn's signal handling (SIGINT/SIGTERM end ``serve_forever``), for a server
         run in the main thread; the caller drains within the block."""
@@ -370,13 +394,15 @@ async def run_server(engine: MossEngine, config: ServerConfig) -> None:
 
     The signals are uvicorn's own handling (``capture_signals``: a signal ends its main
     loop); once drained, uvicorn raises the signal again for the handler that was in place
-    before (the CLI's, which exits with status 0). Cancelling the task stops at once.
+    before (the CLI's, which exits with status 0). A second signal during the drain cuts it
+    short (``signals_cut_the_drain``). Cancelling the task stops at once.
     """
     server = EngineServer(engine, config, own_engine=True)
     await server.start()
     try:
         with server.capture_signals():
             await server.serve_forever()
-            await server.drain()
+            with server.signals_cut_the_drain():
+                await server.drain()
     finally:
         await server.stop()
