@@ -27,7 +27,7 @@ from moss_pipecat import protocol as P
 from moss_pipecat.engine.engine import MossEngine
 from moss_pipecat.server.config import ServerConfig
 from moss_pipecat.server.core import ConversationHub
-from moss_pipecat.server.transport import ABORT_EXTENSION, AsgiTransport
+from moss_pipecat.server.transport import ABORT_EXTENSION, REFUSED_FRAME, AsgiTransport
 
 _DENIAL_EXTENSION = "websocket.http.response"
 _CLOSE_FOR_STATUS = {401: P.CLOSE_UNAUTHORIZED, 403: 1008, 503: 1013}
@@ -178,7 +178,8 @@ def _abortable_protocol() -> Any:
             self._failed = True
             close = self.conn.close_sent
             code, reason = (close.code, close.reason) if close is not None else (1011, "")
-            self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+            gone = {"type": "websocket.disconnect", "code": code, "reason": reason}
+            self.queue.put_nowait({**gone, REFUSED_FRAME: True})  # counted by the hub
             self.transport.write(b"".join(self.conn.data_to_send()))
             self.close_sent = True
             if self.transport.can_write_eof():

@@ -136,8 +136,7 @@ class ConversationHub:
             await asyncio.wait(pumps, timeout=self.limits.write_timeout_s)
 
     def hurry_drain(self) -> None:
-        """Ends the drain's wait for its clients now (before or during ``drain``): the turns
-        still open are cut at the frames their clients received, as at the deadline."""
+        """Ends the drain's wait for its clients now: open turns are cut as at its deadline."""
         self._hurry.set()
 
     async def tell_to_move(self, conn: Connection) -> None:
@@ -210,8 +209,9 @@ class ConversationHub:
         try:
             if await run_handshake(self, conn):
                 await serve_requests(self, conn)
-        except TransportClosed:
-            pass
+        except TransportClosed as e:
+            if e.error_code is not None:  # the server refused a frame (and closed): counted
+                self.metrics.errors.inc(code=e.error_code)
         except Exception:
             logger.exception("connection handler failed")
         finally:

@@ -18,6 +18,7 @@ from moss_pipecat.protocol import unpack_audio
 from moss_pipecat.server import ServerUnavailableError, UnauthorizedError
 
 from .conftest import GREEDY, TOKEN, eventually, free_port
+from .rawws import RawWebsocket
 
 
 async def _ws(server, token: str | None = TOKEN, **kw):
@@ -140,12 +141,30 @@ async def test_uploads_are_checked(server):
 
 
 async def test_frames_over_the_hard_cap_close_only_that_connection(server):
+    errors = server.hub.metrics.errors
     ws = await _ws(server, max_size=None)
     await _hello(ws)
     await ws.send(b"\x00" * (server.config.limits.max_frame_bytes + 1))
     with pytest.raises(ConnectionClosed) as info:
         await asyncio.wait_for(ws.recv(), 5)
     assert info.value.rcvd.code == 1009
+    # Text that is not UTF-8 is refused by the websocket layer too (1007).
+
+    def not_utf8() -> tuple[dict, int, bytes]:  # a blocking socket: off the server's loop
+        raw = RawWebsocket(server.url, headers={"Authorization": f"Bearer {TOKEN}"})
+        raw.send_json({"type": "hello"})
+        ready = json.loads(raw.recv()[1])
+        raw.sock.sendall(RawWebsocket.frame(b'{"type": "reset", "req": 1, "x": "\xff"}'))
+        opcode, payload = raw.recv()
+        raw.sock.close()
+        return ready, opcode, payload
+
+    ready, opcode, payload = await asyncio.to_thread(not_utf8)
+    assert ready["type"] == "ready"
+    assert opcode == 8 and int.from_bytes(payload[:2], "big") == 1007
+    # Both are counted as the errors they are (the handler records them before it lets go).
+    await eventually(lambda: not server.hub.connections, what="connections to close")
+    assert errors.value(code="too_large") == 1 and errors.value(code="bad_message") == 1
     await _still_serves(server)
 
 
