@@ -113,7 +113,8 @@ class Sampling(_Msg):
         return cls(**{name: getattr(params, name) for name in cls.model_fields})
 
 
-ReqId = Annotated[int, Field(ge=0, lt=2**53)]
+REQ_LIMIT = 2**53  # a ``req`` is an int below it (exact in every JSON implementation)
+ReqId = Annotated[int, Field(ge=0, lt=REQ_LIMIT)]
 TurnId = Annotated[int, Field(ge=0, lt=C.MAX_TURN_ID)]
 Seed = Annotated[int, AfterValidator(F.seed)]
 TokenIds = Annotated[list[int], AfterValidator(lambda ids: list(F.token_ids("text ids", ids)))]
@@ -285,8 +286,7 @@ def parse_client_message(text: str | bytes) -> _Msg:
         _check_unicode(data)
     if not isinstance(data, dict):
         raise MessageError("bad_message", "a message must be a JSON object")
-    req = data.get("req")
-    req = req if isinstance(req, int) and not isinstance(req, bool) and req >= 0 else None
+    req = _req_of(data)
     kind = data.get("type")
     if not isinstance(kind, str) or kind not in CLIENT_MESSAGES:
         raise MessageError("unknown_type", f"unknown message type {kind!r}", req)
@@ -298,14 +298,27 @@ def parse_client_message(text: str | bytes) -> _Msg:
         ) from None
 
 
+def _req_of(data: Any) -> int | None:
+    """The message's ``req`` when an error reply may quote it (a valid ``ReqId``), else None."""
+    req = data.get("req") if isinstance(data, dict) else None
+    ok = isinstance(req, int) and not isinstance(req, bool) and 0 <= req < REQ_LIMIT
+    return req if ok else None
+
+
 def _check_unicode(data: Any) -> None:
     """JSON ``\\uD800``-style escapes can make strings that are not Unicode (a lone surrogate):
-    nothing could encode them (the tokenizer, a reply that quotes them), so they are refused."""
+    nothing could encode them (the tokenizer, a reply that quotes them), so they are refused.
+    The check walks the message again, a few stack frames deeper than the parse did: nesting
+    the parse just managed can be too deep here, and is refused the same way."""
     try:
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        req = data.get("req") if isinstance(data, dict) else None
-        req = req if isinstance(req, int) and not isinstance(req, bool) and req >= 0 else None
         raise MessageError(
-            "bad_message", "a string holds a lone surrogate (\\ud800-\\udfff): not Unicode", req
+            "bad_message",
+            "a string holds a lone surrogate (\\ud800-\\udfff): not Unicode",
+            _req_of(data),
+        ) from None
+    except RecursionError:
+        raise MessageError(
+            "bad_message", "not valid JSON: nested too deeply", _req_of(data)
         ) from None

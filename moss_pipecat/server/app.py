@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import Request, WebSocket  # module level: FastAPI resolves annotations here
@@ -25,7 +27,7 @@ from moss_pipecat import protocol as P
 from moss_pipecat.engine.engine import MossEngine
 from moss_pipecat.server.config import ServerConfig
 from moss_pipecat.server.core import ConversationHub
-from moss_pipecat.server.transport import ABORT_EXTENSION, AsgiTransport
+from moss_pipecat.server.transport import ABORT_EXTENSION, REFUSED_FRAME, AsgiTransport
 
 _DENIAL_EXTENSION = "websocket.http.response"
 _CLOSE_FOR_STATUS = {401: P.CLOSE_UNAUTHORIZED, 403: 1008, 503: 1013}
@@ -114,17 +116,18 @@ def create_app(hub: ConversationHub) -> Any:
         await hub.serve(AsgiTransport(ws, header_authorized=authorized), admission)
 
     # async routes: they run on the event loop, which owns the hub's state (no thread pool).
-    @app.get("/healthz")
+    # HEAD as well as GET (HTTP requires it; health checkers and load balancers send it).
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> PlainTextResponse:
         return PlainTextResponse("ok\n")
 
-    @app.get("/readyz")
+    @app.api_route("/readyz", methods=["GET", "HEAD"])
     async def readyz() -> PlainTextResponse:
         ok = hub.ready
         text = "ready\n" if ok else "draining\n" if hub.draining else "not ready\n"
         return PlainTextResponse(text, 200 if ok else 503)
 
-    @app.get("/metrics")
+    @app.api_route("/metrics", methods=["GET", "HEAD"])
     async def prometheus(request: Request) -> Response:
         if not hub.check_token(bearer_token(request.headers.get("authorization"))):
             return PlainTextResponse("unauthorized\n", 401, headers={"WWW-Authenticate": "Bearer"})
@@ -175,7 +178,8 @@ def _abortable_protocol() -> Any:
             self._failed = True
             close = self.conn.close_sent
             code, reason = (close.code, close.reason) if close is not None else (1011, "")
-            self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+            gone = {"type": "websocket.disconnect", "code": code, "reason": reason}
+            self.queue.put_nowait({**gone, REFUSED_FRAME: True})  # counted by the hub
             self.transport.write(b"".join(self.conn.data_to_send()))
             self.close_sent = True
             if self.transport.can_write_eof():
@@ -350,6 +354,28 @@ class EngineServer:
         if self._main is not None:
             await asyncio.shield(self._main)
 
+    @contextlib.contextmanager
+    def signals_cut_the_drain(self) -> Iterator[None]:
+        """While the block runs (the drain), SIGTERM or SIGINT ends the drain's wait at once
+        (``ConversationHub.hurry_drain``): a second Ctrl+C, or an orchestrator's second TERM,
+        stops the server without waiting out ``drain_timeout_s``. Main thread only (elsewhere
+        signals keep their handlers)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+
+        def again(sig: int, frame: object) -> None:
+            logger.info(f"signal {sig} while draining: cutting the drain short")
+            loop.call_soon_threadsafe(self.hub.hurry_drain)
+
+        before = {sig: signal.signal(sig, again) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+
     def capture_signals(self) -> contextlib.AbstractContextManager[None]:
         """uvicorn's signal handling (SIGINT/SIGTERM end ``serve_forever``), for a server
         run in the main thread; the caller drains within the block."""
@@ -369,13 +395,15 @@ async def run_server(engine: MossEngine, config: ServerConfig) -> None:
 
     The signals are uvicorn's own handling (``capture_signals``: a signal ends its main
     loop); once drained, uvicorn raises the signal again for the handler that was in place
-    before (the CLI's, which exits with status 0). Cancelling the task stops at once.
+    before (the CLI's, which exits with status 0). A second signal during the drain cuts it
+    short (``signals_cut_the_drain``). Cancelling the task stops at once.
     """
     server = EngineServer(engine, config, own_engine=True)
     await server.start()
     try:
         with server.capture_signals():
             await server.serve_forever()
-            await server.drain()
+            with server.signals_cut_the_drain():
+                await server.drain()
     finally:
         await server.stop()

@@ -69,6 +69,7 @@ class ConversationHub:
         self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop
         self._tasks: set[asyncio.Task] = set()  # farewells to replaced connections
         self._drain: asyncio.Future | None = None
+        self._hurry = asyncio.Event()  # set: a drain waits no longer for its clients
         self._goaway_deadline = 0.0
         self._no_connections = asyncio.Event()  # set while ``connections`` is empty
         self._no_connections.set()
@@ -120,17 +121,23 @@ class ConversationHub:
         )
         self._goaway_deadline = time.monotonic() + timeout
         await asyncio.gather(*(self.tell_to_move(c) for c in list(self.connections)))
-        try:
-            await asyncio.wait_for(self._no_connections.wait(), timeout)
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._no_connections, self._hurry)]
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        if self._no_connections.is_set():
             return
-        except TimeoutError:
-            pass
         open_turns = [c for c in self.conversations.values() if c.turn is not None]
-        logger.info(f"drain deadline: cutting {len(open_turns)} turns at the frames sent")
+        why = "cut short" if self._hurry.is_set() else "deadline"
+        logger.info(f"drain {why}: cutting {len(open_turns)} turns at the frames sent")
         pumps = [c.pump for c in open_turns if c.pump is not None]
         await asyncio.gather(*(cut_to_sent(c) for c in open_turns), return_exceptions=True)
         if pumps:  # their ``turn.end`` goes out before ``stop`` closes the connections
             await asyncio.wait(pumps, timeout=self.limits.write_timeout_s)
+
+    def hurry_drain(self) -> None:
+        """Ends the drain's wait for its clients now: open turns are cut as at its deadline."""
+        self._hurry.set()
 
     async def tell_to_move(self, conn: Connection) -> None:
         """Sends ``goaway`` to a connection whose client reads server messages (it went
@@ -202,8 +209,9 @@ class ConversationHub:
         try:
             if await run_handshake(self, conn):
                 await serve_requests(self, conn)
-        except TransportClosed:
-            pass
+        except TransportClosed as e:
+            if e.error_code is not None:  # the server refused a frame (and closed): counted
+                self.metrics.errors.inc(code=e.error_code)
         except Exception:
             logger.exception("connection handler failed")
         finally:

@@ -77,7 +77,10 @@ class ServerMetrics:
         self.turns = _Counter(
             r, "moss_server_turns", "Assistant turns ended, by stop reason.", ["stop"]
         )
-        self.errors = _Counter(r, "moss_server_errors", "Error replies sent, by code.", ["code"])
+        # Error replies, and frames the websocket layer refused with a close (1009, 1007).
+        self.errors = _Counter(
+            r, "moss_server_errors", "Errors (replies and refused frames), by code.", ["code"]
+        )
         self.refused = _Counter(
             r,
             "moss_server_connections_refused",

@@ -15,12 +15,29 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 ABORT_EXTENSION = "moss.socket"  # scope["extensions"][...] = {"abort": fn, "buffered": fn}
+# In a ``websocket.disconnect`` message: the server closed because it refused the peer's frame.
+REFUSED_FRAME = "moss.refused_frame"
 
 _BACKGROUND: set[asyncio.Task] = set()  # fire-and-forget closes (kept referenced)
 
 
 class TransportClosed(Exception):
-    """The peer went away (or the connection was closed)."""
+    """The peer went away (or the connection was closed).
+
+    ``refused``: the close code the server sent when it refused what the peer sent (a frame
+    over the size cap 1009, text that is not UTF-8 1007, broken framing 1002), else None.
+    """
+
+    def __init__(self, why: str = "", refused: int | None = None) -> None:
+        super().__init__(why)
+        self.refused = refused
+
+    @property
+    def error_code(self) -> str | None:
+        """The refusal as the protocol's error code (None: not a refusal)."""
+        if self.refused is None:
+            return None
+        return "too_large" if self.refused == 1009 else "bad_message"
 
 
 class Transport(Protocol):
@@ -84,7 +101,8 @@ class AsgiTransport:
             raise TransportClosed(str(e)) from None
         if msg["type"] == "websocket.disconnect":
             self._closed = True
-            raise TransportClosed(f"disconnected ({msg.get('code')})")
+            refused = msg.get("code") if msg.get(REFUSED_FRAME) else None
+            raise TransportClosed(f"disconnected ({msg.get('code')})", refused)
         if msg.get("text") is not None:
             return msg["text"]
         return msg.get("bytes") or b""

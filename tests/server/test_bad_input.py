@@ -18,6 +18,7 @@ from moss_pipecat.protocol import unpack_audio
 from moss_pipecat.server import ServerUnavailableError, UnauthorizedError
 
 from .conftest import GREEDY, TOKEN, eventually, free_port
+from .rawws import RawWebsocket
 
 
 async def _ws(server, token: str | None = TOKEN, **kw):
@@ -140,12 +141,30 @@ async def test_uploads_are_checked(server):
 
 
 async def test_frames_over_the_hard_cap_close_only_that_connection(server):
+    errors = server.hub.metrics.errors
     ws = await _ws(server, max_size=None)
     await _hello(ws)
     await ws.send(b"\x00" * (server.config.limits.max_frame_bytes + 1))
     with pytest.raises(ConnectionClosed) as info:
         await asyncio.wait_for(ws.recv(), 5)
     assert info.value.rcvd.code == 1009
+    # Text that is not UTF-8 is refused by the websocket layer too (1007).
+
+    def not_utf8() -> tuple[dict, int, bytes]:  # a blocking socket: off the server's loop
+        raw = RawWebsocket(server.url, headers={"Authorization": f"Bearer {TOKEN}"})
+        raw.send_json({"type": "hello"})
+        ready = json.loads(raw.recv()[1])
+        raw.sock.sendall(RawWebsocket.frame(b'{"type": "reset", "req": 1, "x": "\xff"}'))
+        opcode, payload = raw.recv()
+        raw.sock.close()
+        return ready, opcode, payload
+
+    ready, opcode, payload = await asyncio.to_thread(not_utf8)
+    assert ready["type"] == "ready"
+    assert opcode == 8 and int.from_bytes(payload[:2], "big") == 1007
+    # Both are counted as the errors they are (the handler records them before it lets go).
+    await eventually(lambda: not server.hub.connections, what="connections to close")
+    assert errors.value(code="too_large") == 1 and errors.value(code="bad_message") == 1
     await _still_serves(server)
 
 
@@ -231,8 +250,8 @@ async def test_unreachable_server_is_a_clear_error_not_a_hang():
 async def test_http_endpoints(server):
     base = server.http_url
 
-    def get(path: str, token: str | None = None):
-        req = urllib.request.Request(base + path)
+    def get(path: str, token: str | None = None, method: str = "GET"):
+        req = urllib.request.Request(base + path, method=method)
         if token:
             req.add_header("Authorization", f"Bearer {token}")
         try:
@@ -251,8 +270,14 @@ async def test_http_endpoints(server):
     assert "moss_server_frames_total 3" in text
     assert 'moss_server_ttfa_seconds_bucket{le="+Inf"} 1' in text
     assert "moss_server_sessions 0" in text
+    # HEAD, as health checkers send it (every server must take HEAD where it takes GET).
+    assert (await asyncio.to_thread(get, "/healthz", method="HEAD"))[:2] == (200, "")
+    assert (await asyncio.to_thread(get, "/readyz", method="HEAD"))[:2] == (200, "")
+    assert (await asyncio.to_thread(get, "/metrics", TOKEN, "HEAD"))[0] == 200
+    assert (await asyncio.to_thread(get, "/readyz", method="POST"))[0] == 405
     server.hub.draining = True
     assert (await asyncio.to_thread(get, "/readyz"))[0] == 503
+    assert (await asyncio.to_thread(get, "/readyz", method="HEAD"))[0] == 503
     server.hub.draining = False
 
 

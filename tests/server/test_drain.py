@@ -226,6 +226,31 @@ async def test_a_sigterm_deploy_moves_every_live_call_to_the_second_server(
     assert servers[1].procs[0].returncode == 0, log.read_text()[-3000:]
 
 
+async def test_a_second_signal_cuts_the_drain_short(fixtures_dir, tmp_path):
+    # A second SIGTERM (or Ctrl+C) while draining: the turn still open is cut at the frames
+    # its client received and the server exits 0, not after its 600 s deadline (the waits
+    # below are hang guards; the second signal was ignored before).
+    extra = ("--drain-timeout", "600")
+    async with ServerProcess(fixtures_dir, tmp_path / "server.log", extra=extra) as server:
+        proc = server.procs[-1]
+        session = await RemoteEngine(server.url).create_session(sampling=GREEDY)
+        turn = await session.start_turn()
+        turn.push_text(LONG_TEXT)  # no end_text: the turn waits for more, with no end of its own
+        chunks = await read_chunks(turn, 1)
+        proc.send_signal(signal.SIGTERM)
+        await eventually(lambda: session._link.moved is not None, 60, "the goaway")
+        proc.send_signal(signal.SIGTERM)
+
+        async def rest() -> list:
+            return [c async for c in turn]
+
+        chunks += await asyncio.wait_for(rest(), 60)
+        summary = turn.summary
+        assert summary.stop == "interrupted" and summary.error is None
+        assert summary.heard_frames == len(chunks)  # cut at exactly what the client got
+        assert await asyncio.to_thread(proc.wait, 60) == 0
+
+
 def test_the_drain_deadline_is_a_server_option():
     from moss_pipecat.cli import build_parser, serve_options
     from moss_pipecat.errors import InvalidInputError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 
 import pytest
 import torch
@@ -73,6 +74,28 @@ def test_malformed_messages_raise_message_errors(raw, code):
     with pytest.raises(P.MessageError) as info:
         P.parse_client_message(raw)
     assert info.value.code == code
+
+
+def test_nesting_at_any_depth_is_a_bad_message():
+    # The parse and the Unicode check (for a \\u escape) both recurse, the check a few frames
+    # deeper: a depth the parse just managed overflowed the check ("internal" error; a hello
+    # nested so was dropped without a word). Whatever depth the stack leaves: bad_message.
+    for depth in range(1, sys.getrecursionlimit() + 10):
+        raw = '{"type": "reset", "req": 7, "x": ' + "[" * depth + '"\\u0041"' + "]" * depth + "}"
+        with pytest.raises(P.MessageError) as info:
+            P.parse_client_message(raw)
+        assert info.value.code == "bad_message", depth
+        assert info.value.req in (7, None)  # None: too deep for the parse itself
+
+
+@pytest.mark.parametrize("req", [2**53, 10**30])
+def test_an_error_quotes_only_a_req_the_protocol_allows(req):
+    with pytest.raises(P.MessageError) as info:
+        P.parse_client_message(P.dumps({"type": "reset", "req": req}))
+    assert info.value.code == "bad_message" and info.value.req is None
+    with pytest.raises(P.MessageError) as info:
+        P.parse_client_message(f'{{"type": "reset", "req": {req}, "x": "\\ud800"}}')
+    assert info.value.code == "bad_message" and info.value.req is None
 
 
 def test_sampling_and_summaries_round_trip():
