@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from _common import Session, load_engine_from_args, parser, wait_speaking
+from _common import OUT_RATE, Session, load_engine_from_args, parser, wait_speaking
 from pipecat.frames.frames import InterruptionFrame
 
 from moss_pipecat.service import MossTTSService, MossTTSSettings
@@ -42,7 +42,7 @@ async def main() -> None:
             await asyncio.sleep(0.3)
             cut = await tts.session.snapshot()
             await s.say("Sorry, go ahead.")
-        played = len(s.bot.segments[0].pcm) / 2 / 24000
+        played = len(s.bot.segments[0].pcm) / 2 / OUT_RATE  # the transport's rate
         print(f"played {played:.2f} s of the long reply before the interruption")
         print(f"MOSS kept {cut['turn_frames'][0]} frames (80 ms each) of it")
         for path in s.write_wavs(args.out, prefix="reply"):

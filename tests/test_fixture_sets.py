@@ -114,3 +114,11 @@ def test_fixture_sensitive_tests_hold_on_a_generated_set(generated: Path):
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *SENSITIVE]
     run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+def test_codec_quantizer_knobs_default_to_upstreams_and_keep_the_models_codebooks():
+    s = FixtureSpec(seed=3).resolved()
+    assert (s.codec_quantizers, s.codebook_dim) == (32, 8)
+    assert FixtureSpec(seed=3, codec_quantizers=16, codebook_dim=4).resolved().codebook_dim == 4
+    with pytest.raises(ValueError, match="codec_quantizers"):
+        FixtureSpec(seed=3, codec_quantizers=15).resolved()

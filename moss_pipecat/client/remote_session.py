@@ -380,7 +380,8 @@ class RemoteSession:
         import torch  # snapshots are for tests and debugging, which have the full install
 
         snap = reply.snapshot.model_dump()
-        snap["rows"] = torch.tensor(snap["rows"], dtype=torch.int64).reshape(-1, 17)
+        channels = (self.audio.rvq if self.audio else 16) + 1  # text + codebooks
+        snap["rows"] = torch.tensor(snap["rows"], dtype=torch.int64).reshape(-1, channels)
         snap["turns"] = [tuple(t) for t in snap["turns"]]
         snap["sampling"] = reply.snapshot.sampling.to_params()
         return snap

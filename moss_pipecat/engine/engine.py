@@ -25,6 +25,7 @@ from moss_pipecat.engine.commands import Close, Command, CreateSession, EngineFa
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.core import EngineCore
 from moss_pipecat.engine.handlers import HANDLERS
+from moss_pipecat.engine.parts import check_parts
 from moss_pipecat.engine.prefix_cache import PrefixCache
 from moss_pipecat.engine.rows import RowLayout
 from moss_pipecat.engine.session import Session
@@ -48,6 +49,9 @@ class MossEngine:
         clock: where the engine reads time (default: the monotonic clock).
         runner_factory: builds the model runner (default ``ModelRunner``; a simulated device
             passes its own, driven in virtual time through ``core`` without the thread).
+
+    Raises:
+        CheckpointError: the layout, model and codec disagree (``engine.parts.check_parts``).
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class MossEngine:
         clock: Clock | None = None,
         runner_factory: Callable[..., Any] | None = None,
     ) -> None:
+        check_parts(model.cfg, layout, codec)  # before anything is built on them
         self.model = model
         self.layout = layout
         self.codec = codec

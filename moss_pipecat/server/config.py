@@ -8,6 +8,7 @@ from dataclasses import Field, InitVar, dataclass, field, fields
 from typing import Any
 
 from moss_pipecat.errors import InvalidInputError
+from moss_pipecat.speech.frames import FRAME_SECONDS
 
 TOKEN_ENV = "MOSS_PIPECAT_TOKEN"
 RESUME_KEY_ENV = "MOSS_PIPECAT_RESUME_KEY"
@@ -135,7 +136,7 @@ class ServerLimits:
         return int(self.max_audio_seconds * self.max_sample_rate) * 2
 
     def max_code_bytes(self, rvq: int = 16) -> int:
-        return int(self.max_audio_seconds * 12.5 + 1) * rvq * 2
+        return int(self.max_audio_seconds * (1 / FRAME_SECONDS) + 1) * rvq * 2  # 12.5 frames/s
 
     @property
     def max_frame_bytes(self) -> int:

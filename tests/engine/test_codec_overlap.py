@@ -55,7 +55,8 @@ def _conversations(model, layout, codec, meta, overlap: bool) -> dict[str, list]
     with torch.inference_mode():
         for i, sid in enumerate(logs):
             core.execute(sid, CreateSession(None, SamplingParams(top_k=5), i))
-        turns["cap"] = core.execute("cap", StartTurn(_Log(logs["cap"]), max_frames=6))
+        # EOS masked: the cap ends it, whatever a fixture set's random model would say.
+        turns["cap"] = core.execute("cap", StartTurn(_Log(logs["cap"]), max_frames=6, min_frames=6))
         core.execute("cap", EndText(turns["cap"], tuple(text["cap"])))
         turns["stream"] = core.execute("stream", StartTurn(_Log(logs["stream"]), max_frames=14))
         turns["cut"] = core.execute("cut", StartTurn(_Log(logs["cut"]), min_frames=30))

@@ -26,8 +26,10 @@ def apply(records: list[TurnRecord], voice, change) -> tuple[list[TurnRecord], o
 
 
 def say(s: SyncSession, ids, max_frames, cut=None):
-    """One assistant turn; ``cut``: (after chunks, heard frames) interrupts it."""
-    turn = s.start_turn(max_frames=max_frames)
+    """One assistant turn of ``max_frames`` frames (EOS masked: where a fixture set's random
+    model ends a turn is not what these tests are about); ``cut``: (after chunks, heard
+    frames) interrupts it."""
+    turn = s.start_turn(max_frames=max_frames, min_frames=max_frames)
     turn.push_ids(ids)
     turn.end_text()
     if cut is None:
