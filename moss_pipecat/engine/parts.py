@@ -48,7 +48,7 @@ def check_parts(cfg: MossTTSRealtimeConfig, layout: RowLayout, codec: Any | None
         raise CheckpointError(
             f"the codec has {q.num_quantizers} quantizers, the model reads {cfg.rvq} codebooks"
         )
-    if q.codebook_size != cfg.audio_pad_token:
+    if q.codebook_size < cfg.audio_pad_token:  # a larger codebook decodes every code too
         raise CheckpointError(
             f"the codec's codebooks hold {q.codebook_size} codes, the model's audio codes are "
             f"0..{cfg.audio_pad_token - 1}"
