@@ -37,6 +37,7 @@ from pipecat.utils.errors import ErrorCategory
 from moss_pipecat.client import RemoteEngine, RemoteSession
 from moss_pipecat.errors import MossError, SessionClosedError
 from moss_pipecat.protocol.errors import ServerUnavailableError, TLSVerificationError
+from moss_pipecat.service import pipecat_compat as compat
 from moss_pipecat.service.base import MossTTSServiceBase
 from moss_pipecat.service.refusal import refuse
 from moss_pipecat.service.user_audio import UserUtterance
@@ -145,7 +146,7 @@ class MossRemoteTTSService(MossTTSServiceBase):
             connect=False,
         )
         try:
-            await session.open()
+            await self._open_link(session)
         except BaseException as e:
             if not isinstance(e, ServerUnavailableError) or isinstance(e, TLSVerificationError):
                 await session.close()  # will not heal: refused (``open_or_refuse``) or raised
@@ -161,7 +162,19 @@ class MossRemoteTTSService(MossTTSServiceBase):
     async def _reach_engine(self) -> None:
         if not self.is_usable:  # refused: replies given before pipecat knew end silently
             raise SessionClosedError("the service was written off")
-        await self._session.open()  # at once when connected; else connects (with backoff)
+        await self._open_link(self._session)  # at once when connected; else with backoff
+
+    async def _open_link(self, session: RemoteSession) -> None:
+        """Opens the session's link, telling pipecat's connection events (``on_connected``
+        when this made a connection, ``on_connection_error`` when none was made)."""
+        before = (session.connected_once, session.reconnects)
+        try:
+            await session.open()
+        except MossError as e:
+            await compat.call_event(self, "on_connection_error", str(e))
+            raise
+        if (session.connected_once, session.reconnects) != before:
+            await compat.call_event(self, "on_connected")
 
     async def _reply_failed(self, error: MossError, category: ErrorCategory | None = None) -> None:
         if not self.is_usable:

@@ -133,6 +133,16 @@ async def test_a_server_that_comes_up_after_the_start_is_reached_by_the_next_rep
     tts = MossRemoteTTSService(
         remote=client, conversation_id="late-start-1", settings=MossTTSSettings(greedy=True)
     )
+    events: list[str] = []
+
+    @tts.event_handler("on_connection_error")
+    async def on_connection_error(service, error: str) -> None:
+        events.append(error)
+
+    @tts.event_handler("on_connected")
+    async def on_connected(service) -> None:
+        events.append("connected")
+
     watcher, context = Watcher(), LLMContext()
     director = LateServer(tts, watcher, engine, port, token=None)
     frames = [
@@ -168,6 +178,11 @@ async def test_a_server_that_comes_up_after_the_start_is_reached_by_the_next_rep
         assert early.category is ErrorCategory.CONNECTIVITY
         assert silent.error.endswith("completed with no audio")
     assert tts.is_usable
+    # pipecat's connection events: the start's and each early reply's failure, then one
+    # connection.
+    failures = [e for e in events if e != "connected"]
+    assert events.count("connected") == 1 and events[-1] == "connected" and len(failures) == 4
+    assert all(e.startswith(f"cannot reach {url}") for e in failures)
 
     # Before the server: the secret the conversation will have, no ticket yet.
     cid, secret, ticket, connected = director.seen["serve"]
