@@ -101,6 +101,8 @@ class MossRemoteTTSService(MossTTSServiceBase):
 
     @property
     def session(self) -> RemoteSession | None:
+        """The conversation's session, from the start on (None before, after the end, or
+        when refused); ``session.connected_once`` says whether a server was reached yet."""
         return self._session
 
     @property
@@ -177,8 +179,8 @@ class MossRemoteTTSService(MossTTSServiceBase):
             await compat.call_event(self, "on_connected")
 
     async def _reply_failed(self, error: MossError, category: ErrorCategory | None = None) -> None:
-        if not self.is_usable:
-            return  # its one ErrorFrame is out
+        if isinstance(error, SessionClosedError) and not self.is_usable:
+            return  # written off (``_reach_engine``): its one ErrorFrame is out
         session = self._session
         if session is not None and not session.connected_once and await refuse(self, error):
             return  # the start's first connection, made late: refused as at the start
