@@ -7,10 +7,11 @@ method names, arguments, return types (``AudioChunk``, ``TurnSummary``) and exce
 * every call may raise ``ServerUnavailableError`` (server unreachable, gone mid-request, or no
   reply within ``request_timeout``); iterating a turn raises it when the connection drops;
 * a dropped connection is re-opened on the next call, with exponential backoff for up to
-  ``reconnect_timeout`` seconds; the server keeps the conversation (its acoustic history) for
-  its idle expiry, so ``RemoteSession.resumed`` is normally True after a reconnect; if the
-  server lost it (restart, expiry), the session starts afresh with its voice and sampling
-  re-applied, and ``resumed`` is False (``history_lost`` counts such events);
+  ``reconnect_timeout`` seconds (a session made with ``create_session(connect=False)`` makes
+  its first connection so too, on its first call); the server keeps the conversation (its
+  acoustic history) for its idle expiry, so ``RemoteSession.resumed`` is normally True after a
+  reconnect; if the server lost it (restart, expiry), the session starts afresh with its voice
+  and sampling re-applied, and ``resumed`` is False (``history_lost`` counts such events);
 * a server that drains for a deploy sends ``goaway``: the turn in flight ends on that
   connection, and the next call reconnects, to the next of several URLs
   (``RemoteEngine([url_a, url_b])``) or to the same one (a load balancer, Ray Serve);

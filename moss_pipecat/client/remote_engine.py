@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 import time
 from collections.abc import Sequence
@@ -101,6 +102,7 @@ class RemoteEngine:
         seed: int | None = None,
         resume_secret: str | None = None,
         resume_ticket: str | None = None,
+        connect: bool = True,
     ) -> RemoteSession:
         """Opens (or, with a known ``conversation_id``, resumes) a conversation.
 
@@ -114,11 +116,20 @@ class RemoteEngine:
             resume_ticket: the conversation's resume ticket (``RemoteSession.resume_ticket``
                 of the session that created it), which takes it back from a client that made
                 it anew after its server was lost; none needed otherwise.
+            connect: False: return the session unconnected (no ``voice`` then); its first call
+                connects, with the backoff of every reconnect, and makes or resumes the
+                conversation with this id and secret, which hold from now on
+                (``RemoteSession.connected_once`` says when that happened).
 
         Raises:
             ForbiddenError: the conversation exists and ``resume_secret`` is missing or wrong.
         """
         session = RemoteSession(self, conversation_id, sampling, seed, resume_secret, resume_ticket)
+        if not connect:
+            if voice is not None:
+                raise InvalidInputError("voice= needs connect=True (or set_voice once created)")
+            self._sessions.add(session)
+            return session
         await session.open()
         if voice is not None and not session.resumed:
             try:
@@ -141,7 +152,16 @@ class RemoteEngine:
     async def connect(self, session: RemoteSession, after: Link | None = None) -> Link:
         """Opens a connection for ``session`` with exponential backoff (``RemoteSession.open``
         calls it), trying the URLs in turn: first the one of the link ``after`` (the one the
-        session lost), or the next one when that server asked its clients to move."""
+        session lost), or the next one when that server asked its clients to move.
+
+        What retrying may heal is retried until ``reconnect_timeout``, then raised as
+        ``ServerUnavailableError`` naming the URL(s) and why the last attempt failed (``_why``):
+        a host name that does not resolve (DNS: a name not yet registered heals), a refused
+        connection (no server listening yet), no answer in ``connect_timeout``, a TLS handshake
+        that failed (e.g. plain ws on the port), an upgrade the server refused (HTTP 503: full
+        or draining). What cannot heal is raised at once: the server's refusals (token,
+        resume credentials, capacity, a bad hello) and a certificate that fails verification
+        (``TLSVerificationError``: the client needs the server's CA)."""
         deadline = time.monotonic() + self.reconnect_timeout
         delay = self.backoff_initial
         attempt = 0
@@ -177,7 +197,8 @@ class RemoteEngine:
             if time.monotonic() + delay > deadline:
                 where = self.url if len(self.urls) == 1 else ", ".join(self.urls)
                 raise ServerUnavailableError(
-                    f"cannot reach {where} after {attempt} attempts: {last!r}"
+                    f"cannot reach {where} after {attempt} attempts: "
+                    f"{_why(last, self.connect_timeout)}"
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.backoff_max)
@@ -251,6 +272,23 @@ def _refusal(e: Exception, url: str) -> Exception:
     body = getattr(getattr(e, "response", None), "body", b"") or b""
     reason = body.decode("utf-8", "replace").strip()[:200]
     return ServerUnavailableError(f"{url} refused the connection: HTTP {status} {reason}")
+
+
+def _why(e: BaseException, connect_timeout: float) -> str:
+    """Why one connection attempt failed, in words (DNS, refused, timed out, TLS, ...)."""
+    if isinstance(e, socket.gaierror):
+        return f"the host name does not resolve (DNS: {e.strerror or e})"
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused (no server is listening there)"
+    if isinstance(e, TimeoutError):
+        return f"no answer within connect_timeout ({connect_timeout} s)"
+    if isinstance(e, ssl.SSLError):
+        return f"the TLS handshake failed ({e.reason or e})"
+    if isinstance(e, OSError):
+        return str(e) or repr(e)  # e.g. network unreachable, several addresses refused
+    if isinstance(e, MossError):
+        return str(e)  # e.g. the upgrade refused (HTTP 503 draining), a handshake cut short
+    return repr(e)
 
 
 def _http_status(e: Exception) -> int | None:

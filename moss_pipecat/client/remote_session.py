@@ -95,6 +95,13 @@ class RemoteSession:
         self._lost_restored: RemoteTurn | None = None
 
     # ---- connection -------------------------------------------------------------------------
+    @property
+    def connected_once(self) -> bool:
+        """Whether a server has answered this session's hello (a ``ready``): before that, the
+        conversation may exist nowhere yet (``create_session(connect=False)``, or a server that
+        could not be reached), and its first connection makes (or resumes) it."""
+        return self.audio is not None
+
     async def open(self) -> Link:
         """The live link, (re)connecting first when there is none (each call does this)."""
         if self.closed:
@@ -122,7 +129,7 @@ class RemoteSession:
         old, self._link = self._link, None
         if old is not None:
             await old.close()
-        first = self.id is None or self.audio is None
+        first = not self.connected_once
         link = await self.engine.connect(self, after=old)
         self._link = link
         if not first:

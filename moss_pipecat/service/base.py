@@ -32,6 +32,7 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TTSService
+from pipecat.utils.errors import ErrorCategory
 
 from moss_pipecat.errors import MossError
 from moss_pipecat.service import pipecat_compat as compat
@@ -140,11 +141,6 @@ class MossTTSServiceBase(TTSService):
         """False: ``run_tts`` hands text to the engine and returns (TTFB/TTFA time the audio)."""
         return False
 
-    @property
-    def session(self) -> Any | None:
-        """The session holding this pipeline's conversation (None before start)."""
-        return self._session
-
     async def setup(self, setup: FrameProcessorSetup) -> None:
         await super().setup(setup)
         self._tracer.configure(setup.enable_tracing, setup.tracing_context)
@@ -159,6 +155,12 @@ class MossTTSServiceBase(TTSService):
     # ---- what subclasses provide ------------------------------------------------------------
     async def _open_session(self) -> Any:
         raise NotImplementedError
+
+    async def _reach_engine(self) -> None:
+        """Before a reply uses the session: reaches the engine (remote: connects) or raises."""
+
+    async def _reply_failed(self, error: MossError, category: ErrorCategory | None = None) -> None:
+        await self.push_error(f"MOSS TTS reply failed: {error}", exception=error, category=category)
 
     async def _after_close(self) -> None:
         """Called once the session is closed (e.g. to stop an engine the service owns)."""
@@ -354,6 +356,8 @@ class MossTTSServiceBase(TTSService):
             await wait_for_turn(reply, self._history_settled)
             # No await since the wait: a rollback sees it opening or blocks it.
             reply.move(ReplyPhase.OPENING)
+            # A reply that cannot reach the engine fails first: the next one sends what it kept.
+            await self._reach_engine()
             await self._apply_settings()
             await self._user_turns.add_to_history(self._add_user_audio_turn, self.push_error)
             # Shielded: cancelled midway it would open unowned; the interruption closes it.
@@ -369,7 +373,7 @@ class MossTTSServiceBase(TTSService):
                 await self._end_text(reply)
             await self._read_reply(reply)
         except MossError as e:  # e.g. the engine server went away mid-reply
-            await self.push_error(error_msg=f"MOSS TTS reply failed: {e}", exception=e)
+            await self._reply_failed(e)
             self._tracer.failed(reply, e)
             if reply.turn is not None and reply.turn.summary is None:  # none left unowned
                 await keep_heard_at_loss(reply, self._session)

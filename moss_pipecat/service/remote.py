@@ -9,6 +9,20 @@ deploy (``goaway``) lets the reply in flight finish; the next one goes to anothe
 conversation's resume secret (what resuming it takes) and its resume ticket (the servers'
 proof of who made it first) for those reconnects; another process continues the conversation
 with the id, the secret and the last ticket (``resume_secret``, ``resume_ticket``).
+
+A server that cannot be reached when the pipeline starts is the same case as one lost before
+the first reply (pipecat's websocket services do the same: a failed connect at the start is a
+non-permanent ``ErrorFrame``, and the next request connects): the service starts with its
+session unconnected and pushes one ``ErrorFrame`` (category connectivity) naming the URL and
+why (``RemoteEngine.connect``: DNS, refused, timed out, a TLS handshake, HTTP 503); each later
+reply connects first (the client's backoff, up to its ``reconnect_timeout``) and, reaching no
+server, fails with one such ``ErrorFrame`` before it sends anything, so the settings, voice and
+user turns it would have sent wait for the next reply. The first connection that succeeds
+makes the conversation with the id and resume secret the service was given or drew, and the
+reply speaks. What retrying cannot heal ends the service at its first connection, whenever it
+comes, as a refusal does (``service/refusal.py``: one permanent ``ErrorFrame``): the server's
+refusals, and a TLS certificate that fails verification (the client lacks the CA that signed
+it; waiting changes nothing, so the connection is not retried at all).
 """
 
 from __future__ import annotations
@@ -18,8 +32,14 @@ import ssl
 from collections.abc import Sequence
 from typing import Any
 
+from pipecat.utils.errors import ErrorCategory
+
 from moss_pipecat.client import RemoteEngine, RemoteSession
+from moss_pipecat.errors import MossError, SessionClosedError
+from moss_pipecat.protocol.errors import ServerUnavailableError, TLSVerificationError
+from moss_pipecat.service import pipecat_compat as compat
 from moss_pipecat.service.base import MossTTSServiceBase
+from moss_pipecat.service.refusal import refuse
 from moss_pipecat.service.user_audio import UserUtterance
 
 
@@ -32,17 +52,24 @@ class MossRemoteTTSService(MossTTSServiceBase):
         token: bearer token, when the server requires one.
         ssl_ca_file, ssl_context: the CA to trust for a ``wss://`` server's certificate, or
             the whole TLS context (see ``RemoteEngine``).
-        conversation_id: keeps the conversation across reconnects (default: a random one).
+        conversation_id: keeps the conversation across reconnects (default: one the server
+            draws at the first connection, ``session.id`` from then on).
         resume_secret: to resume a conversation another process created (its service's or
             session's ``resume_secret``); a new conversation gets a random one, readable as
-            ``resume_secret`` once the service has started.
+            ``resume_secret`` once the service has started (before the server was reached
+            too: the first connection gives the conversation that one).
         resume_ticket: with ``resume_secret``, the conversation's last resume ticket (its
             service's or session's ``resume_ticket``, fresh after each turn): if the server
             lost the conversation and someone else made it anew under its id, the ticket
             takes the id back (``server.tickets``); not needed otherwise.
         remote: an existing ``RemoteEngine`` to share between pipelines (``url``/``token``
-            are then ignored).
+            are then ignored); its ``reconnect_timeout`` bounds how long a reply waits for a
+            server that cannot be reached.
         **kwargs: ``MossTTSServiceBase`` and ``TTSService`` arguments.
+            ``max_consecutive_zero_audio_contexts`` defaults to 0 here: replies that cannot
+            reach the server (each reported) never write the service off, so it speaks again
+            once the server is back; give a count for pipecat to write it off after that
+            many silent replies (e.g. for a ``ServiceSwitcher`` to fail over).
     """
 
     def __init__(
@@ -60,6 +87,9 @@ class MossRemoteTTSService(MossTTSServiceBase):
     ) -> None:
         if remote is None and url is None:
             raise ValueError("MossRemoteTTSService needs url= (or remote=)")
+        # A reply without audio is one whose failure the service reported with its cause; one
+        # for a server not reached must not write the service off after pipecat's default 3.
+        kwargs.setdefault("max_consecutive_zero_audio_contexts", 0)
         super().__init__(**kwargs)
         self._remote = remote
         self._owns_remote = remote is None
@@ -71,11 +101,15 @@ class MossRemoteTTSService(MossTTSServiceBase):
 
     @property
     def session(self) -> RemoteSession | None:
+        """The conversation's session, from the start on (None before, after the end, or
+        when refused); ``session.connected_once`` says whether a server was reached yet."""
         return self._session
 
     @property
     def resume_secret(self) -> str | None:
-        """The conversation's resume secret (None before the session started)."""
+        """The conversation's resume secret: the one given, else (from the start on) the one
+        the session drew, which the first connection gives the conversation, so it can be
+        saved while the server is unreachable. None before the start, when none was given."""
         if self._session is not None and self._session.resume_secret is not None:
             return self._session.resume_secret
         return self._resume_secret
@@ -83,8 +117,9 @@ class MossRemoteTTSService(MossTTSServiceBase):
     @property
     def resume_ticket(self) -> str | None:
         """The conversation's last resume ticket (the server issues a fresh one when the
-        session connects and after every change to the history; None before the service
-        started, or from a server without tickets). Save it with ``resume_secret``."""
+        session connects and after every change to the history; until the server was first
+        reached, the one given, if any; None from a server without tickets). Save it with
+        ``resume_secret``."""
         if self._session is not None and self._session.resume_ticket is not None:
             return self._session.resume_ticket
         return self._resume_ticket
@@ -102,13 +137,56 @@ class MossRemoteTTSService(MossTTSServiceBase):
         }
 
     async def _open_session(self) -> RemoteSession:
+        """The session, connected unless no server could be reached (one ErrorFrame says so;
+        each reply connects first, ``_reach_engine``)."""
         if self._remote is None:
             self._remote = RemoteEngine(self._url, self._token, **self._tls)
-        return await self._remote.create_session(
+        session = await self._remote.create_session(
             conversation_id=self._conversation_id,
             resume_secret=self._resume_secret,
             resume_ticket=self._resume_ticket,
+            connect=False,
         )
+        try:
+            await self._open_link(session)
+        except BaseException as e:
+            if not isinstance(e, ServerUnavailableError) or isinstance(e, TLSVerificationError):
+                await session.close()  # will not heal: refused (``open_or_refuse``) or raised
+                raise
+            await self.push_error(
+                f"MOSS TTS: the engine server is unreachable: {e}; each reply will try to "
+                "connect again",
+                exception=e,
+                category=ErrorCategory.CONNECTIVITY,
+            )
+        return session
+
+    async def _reach_engine(self) -> None:
+        if not self.is_usable:  # refused: replies given before pipecat knew end silently
+            raise SessionClosedError("the service was written off")
+        await self._open_link(self._session)  # at once when connected; else with backoff
+
+    async def _open_link(self, session: RemoteSession) -> None:
+        """Opens the session's link, telling pipecat's connection events (``on_connected``
+        when this made a connection, ``on_connection_error`` when none was made)."""
+        before = (session.connected_once, session.reconnects)
+        try:
+            await session.open()
+        except MossError as e:
+            await compat.call_event(self, "on_connection_error", str(e))
+            raise
+        if (session.connected_once, session.reconnects) != before:
+            await compat.call_event(self, "on_connected")
+
+    async def _reply_failed(self, error: MossError, category: ErrorCategory | None = None) -> None:
+        if isinstance(error, SessionClosedError) and not self.is_usable:
+            return  # written off (``_reach_engine``): its one ErrorFrame is out
+        session = self._session
+        if session is not None and not session.connected_once and await refuse(self, error):
+            return  # the start's first connection, made late: refused as at the start
+        if isinstance(error, ServerUnavailableError):
+            category = ErrorCategory.CONNECTIVITY  # lost, or not reached: the next reply retries
+        await super()._reply_failed(error, category)
 
     async def _after_close(self) -> None:
         if self._owns_remote and self._remote is not None:

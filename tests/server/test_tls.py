@@ -199,3 +199,29 @@ async def test_the_cli_serves_wss_with_a_token_file_and_no_token_on_argv(fixture
             proc.kill()
         log.close()
     assert proc.returncode == 0, (tmp_path / "server.log").read_text()[-2000:]
+
+
+async def test_the_remote_service_without_the_ca_is_refused_once_at_its_start(tls_server):
+    """A certificate that fails verification will not heal by retrying: as a refusal, one
+    permanent ErrorFrame saying what to give the service, and pipecat gives it no more text."""
+    from pipecat.frames.frames import ErrorFrame, TTSAudioRawFrame
+    from pipecat.utils.errors import ErrorCategory
+
+    from moss_pipecat.service.remote import MossRemoteTTSService
+
+    from .test_remote_service import reply, run
+
+    server, _ = tls_server
+    tts = MossRemoteTTSService(url=server.url, token=TOKEN)
+    down, up, _ = await run(tts, [*reply("Hello ", "there."), *reply("And ", "again.")])
+    errors = [f for f in up if isinstance(f, ErrorFrame)]
+    assert len(errors) == 1, [f.error for f in errors]
+    (error,) = errors
+    assert isinstance(error.exception, TLSVerificationError)
+    assert error.category is ErrorCategory.CONNECTIVITY
+    assert error.error.startswith(
+        "MOSS TTS: this call was refused: the server's TLS certificate failed verification"
+    )
+    assert "ssl_ca_file" in error.error
+    assert not tts.is_usable and not [f for f in down if isinstance(f, TTSAudioRawFrame)]
+    assert server.hub.engine.session_ids == []
