@@ -17,6 +17,15 @@ from ..service.tracing_helpers import span_exporter, traced_pipelines  # noqa: F
 
 GREEDY = SamplingParams.greedy_decoding()
 TOKEN = "test-token"
+# A tiny engine whose turns never end before their text was read, nor before 4 frames (the
+# pipecat-contract tests: a random model would end a reply on EOS at any frame).
+TALKATIVE = dict(
+    eos_after_text=True,
+    eos_min_frames=4,
+    frames_per_text_token=1.5,
+    min_turn_frames=8,
+    max_text_chars=2000,
+)
 
 
 @pytest.fixture(scope="session")

@@ -51,6 +51,7 @@ from moss_pipecat.service import MossTTSService, MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
 from ..service.test_pipecat_contract import FooFrame, errors, llm_reply, spoken_groups, words_of
+from .conftest import TALKATIVE
 
 
 @pytest.fixture(params=["local", "remote"])
@@ -59,11 +60,7 @@ async def make_tts(request, make_tiny_engine, make_server):
     turns never end before their text was read, nor before 4 frames."""
     engine = make_tiny_engine(
         max_sessions=4,
-        eos_after_text=True,
-        eos_min_frames=4,
-        frames_per_text_token=1.5,
-        min_turn_frames=8,
-        max_text_chars=2000,
+        **TALKATIVE,
     )
     settings = MossTTSSettings(greedy=True)
     if request.param == "local":

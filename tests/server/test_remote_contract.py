@@ -24,6 +24,7 @@ from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
 from ..service.test_pipecat_contract import FooFrame, errors, spoken_groups, words_of
+from .conftest import TALKATIVE
 
 
 @pytest.fixture
@@ -31,11 +32,7 @@ async def remote_tts(make_tiny_engine, make_server):
     # Turns never end before their text was read (nor before 4 frames), as the local tests'.
     engine = make_tiny_engine(
         max_sessions=4,
-        eos_after_text=True,
-        eos_min_frames=4,
-        frames_per_text_token=1.5,
-        min_turn_frames=8,
-        max_text_chars=2000,
+        **TALKATIVE,
     )
     server = await make_server(engine)
 

@@ -35,7 +35,7 @@ from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
 from ..service.conftest import user_audio_frames
-from .conftest import free_port
+from .conftest import TALKATIVE, free_port
 from .cues import Cue, Watcher
 from .test_remote_service import reply
 
@@ -99,11 +99,7 @@ def late_engine(make_tiny_engine):
     """A tiny engine whose turns never end before their text was read."""
     return make_tiny_engine(
         max_sessions=2,
-        eos_after_text=True,
-        eos_min_frames=4,
-        frames_per_text_token=1.5,
-        min_turn_frames=8,
-        max_text_chars=2000,
+        **TALKATIVE,
     )
 
 
