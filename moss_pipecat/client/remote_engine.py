@@ -230,6 +230,10 @@ class RemoteEngine:
                 raise reply.to_exception()
             if not isinstance(reply, P.Ready):
                 raise ProtocolError(f"expected ready, got {getattr(reply, 'type', None)!r}")
+            if reply.v != P.PROTOCOL_VERSION:  # its messages would mean other things
+                raise ProtocolError(
+                    f"{url} speaks protocol v{reply.v}, this client v{P.PROTOCOL_VERSION}"
+                )
         except BaseException as e:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), 2.0)
