@@ -123,8 +123,11 @@ class Link:
             await self.fail(self._closed_error())
         except asyncio.CancelledError:
             raise
-        except Exception as e:
-            logger.exception("remote session reader failed")
+        except Exception as e:  # a message the protocol refuses is said; anything else traced
+            if isinstance(e, MossError):
+                logger.warning(f"remote session: bad data from the server: {e}")
+            else:
+                logger.exception("remote session reader failed")
             await self.fail(ServerUnavailableError(f"bad data from server: {e!r}"))
 
     def _closed_error(self) -> MossError:
