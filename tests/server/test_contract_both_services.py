@@ -143,7 +143,10 @@ async def test_text_marked_skip_tts_is_passed_on_unspoken(make_tts):
     assert [f.text for f in skipped] == ["Not for speech."]
 
 
-@pytest.mark.parametrize(("init_rate", "pipeline_rate"), [(16000, 24000), (None, 8000)])
+@pytest.mark.parametrize(
+    ("init_rate", "pipeline_rate"),
+    [(16000, 24000), (None, 8000), (None, 16000), (44100, 16000), (None, 44100), (48000, 24000)],
+)
 async def test_audio_is_mono_at_the_service_or_else_the_pipeline_rate(
     make_tts, init_rate, pipeline_rate
 ):

@@ -222,22 +222,6 @@ async def test_a_cancel_closes_the_one_session_whatever_is_speaking(make_tts, wh
 
 
 # ------------------------------------------------------------------ output audio
-@pytest.mark.parametrize(
-    ("init_rate", "pipeline_rate"), [(None, 16000), (44100, 16000), (None, 44100), (48000, None)]
-)
-async def test_audio_comes_at_every_rate_a_transport_asks_for(make_tts, init_rate, pipeline_rate):
-    tts = make_tts(sample_rate=init_rate)
-    params = PipelineParams(audio_out_sample_rate=pipeline_rate or 24000)
-    down, up = await run_test(
-        tts, frames_to_send=[TTSSpeakFrame("Rate check.")], pipeline_params=params
-    )
-    assert errors(up) == []
-    rate = init_rate or pipeline_rate
-    audio = [f for f in down if isinstance(f, TTSAudioRawFrame)]
-    assert audio and {(f.sample_rate, f.num_channels) for f in audio} == {(rate, 1)}
-    assert tts.sample_rate == rate and spoken(down) == [["Rate", "check."]]
-
-
 async def test_pipecats_own_stop_frames_add_no_second_stop(make_tts):
     tts = make_tts(push_stop_frames=True, stop_frame_timeout_s=0.5)
     frames = [*llm_reply("One reply."), TTSSpeakFrame("And a notice.")]
