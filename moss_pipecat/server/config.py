@@ -102,7 +102,9 @@ class ServerLimits:
     max_ids_per_message: int = _limit(8192, "token ids in one message", ge=1, option=False)
     max_ids_per_turn: int = _limit(20000, "token ids sent to one turn", ge=1, option=False)
     max_transcript_chars: int = _limit(20000, "characters of one user transcript", ge=1)
-    handshake_timeout_s: float = _limit(10.0, "seconds for the HTTP upgrade request", gt=0)
+    handshake_timeout_s: float = _limit(
+        10.0, "seconds a socket has for its whole HTTP request (e.g. the upgrade)", gt=0
+    )
     hello_timeout_s: float = _limit(10.0, "seconds an authenticated socket has for hello", gt=0)
     pending_hello_timeout_s: float = _limit(
         3.0, "seconds a socket without the header has for hello", gt=0
