@@ -11,11 +11,13 @@ tests/server/test_idle_sockets.py fails on a uvicorn that changed it.
   number (``idle_sockets``: past the bound the oldest is closed) and in time (the handshake
   deadline), so a flood of them cannot lock out health probes or clients.
 * ``abortable_websocket_protocol``: a peer that reads nothing can be dropped with a TCP reset,
-  and an oversized frame gets its close frame.
+  and an oversized frame gets its close frame; a text frame that is not UTF-8 is one warning
+  line in the log, not a traceback (``BadTextIsOneLine``).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -132,9 +134,30 @@ def hardened_http_protocol(
     return HardenedHTTPProtocol
 
 
+class BadTextIsOneLine(logging.Filter):
+    """uvicorn logs each websocket text frame that is not UTF-8 as an ERROR with a traceback
+    (``logger.exception`` on ``uvicorn.error``). It is the client's fault, refused with close
+    1007 and counted (``moss_server_errors_total{code="bad_message"}``): one WARNING line.
+    A filter on that logger, so public logging API: it sees the records logged there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, UnicodeDecodeError):
+            message = f"{record.getMessage()} ({exc.reason}): closed with 1007"
+            record.msg, record.args = message, ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_BAD_TEXT_FILTER = BadTextIsOneLine()
+
+
 def abortable_websocket_protocol() -> Any:
     """uvicorn's websocket protocol, also giving the app its socket (``ABORT_EXTENSION``): a
-    peer that reads nothing is then dropped with a TCP reset, not a close that waits on it."""
+    peer that reads nothing is then dropped with a TCP reset, not a close that waits on it.
+    Also quiets uvicorn's traceback for text that is not UTF-8 (``BadTextIsOneLine``)."""
+    logging.getLogger("uvicorn.error").addFilter(_BAD_TEXT_FILTER)  # once: a set, in effect
     try:
         from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
     except ImportError:
