@@ -1,11 +1,12 @@
 """The uvicorn protocol classes ``moss-pipecat serve`` runs: every reach into uvicorn's
 internals lives here (``app.EngineServer`` only picks them).
 
-Both extend uvicorn's own classes (tested with uvicorn 0.35 to 0.55) and lean on names that
-are not uvicorn's public API, so each checks for them first and, on a uvicorn that lacks them,
-the server runs uvicorn's stock protocol: it still works, only that hardening is off (and the
-log says so). ``http_protocol_problems`` lists what the HTTP one relies on;
-tests/server/test_idle_sockets.py fails on a uvicorn that changed it.
+Both extend uvicorn's own classes (the websocket one tested with uvicorn 0.35 to 0.54, the
+HTTP one written against 0.55) and lean on names that are not uvicorn's public API, so each
+checks for them first and, on a uvicorn that lacks them, the server runs uvicorn's stock
+protocol: it still works, only that hardening is off (and the log says so).
+``http_protocol_problems`` lists what the HTTP one relies on; tests/server/test_idle_sockets.py
+fails on an installed uvicorn that changed it.
 
 * ``hardened_http_protocol``: idle sockets (connected, no request in flight) are bounded in
   number (``idle_sockets``: past the bound the oldest is closed) and in time (the handshake
