@@ -11,6 +11,7 @@ import socket
 from urllib.parse import urlparse
 
 import pytest
+import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -33,6 +34,37 @@ def _connect(server, n: int) -> list[socket.socket]:
     it sees any connection made after."""
     u = urlparse(server.http_url)
     return [socket.create_connection((u.hostname, u.port), timeout=10) for _ in range(n)]
+
+
+class _PlainServer:
+    """uvicorn with the hardened HTTP protocol over ``base`` and an app that answers 200 to any
+    request: the protocol alone, on either of uvicorn's HTTP implementations."""
+
+    def __init__(self, base: type, handshake_timeout: float, max_idle: int) -> None:
+        self.closed: list[str] = []
+        http = hardened_http_protocol(handshake_timeout, max_idle, self.closed.append, base=base)
+        config = uvicorn.Config(_ok, http=http, lifespan="off", log_config=None, access_log=False)
+        config.load()
+        self.server = uvicorn.Server(config)
+        self.server.lifespan = config.lifespan_class(config)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.http_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    async def __aenter__(self) -> _PlainServer:
+        await self.server.startup(sockets=[self.sock])
+        self.main = asyncio.get_running_loop().create_task(self.server.main_loop())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        await self.main
+        await self.server.shutdown(sockets=[self.sock])
+
+
+async def _ok(scope, receive, send) -> None:
+    headers = [(b"content-length", b"3")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"ok\n"})
 
 
 def _read_response(sock: socket.socket, method: str) -> tuple[int, bytes]:
@@ -169,6 +201,25 @@ async def test_a_kept_alive_socket_that_trickles_its_next_request_is_closed(
         lambda: server.hub.metrics.idle_closed.value(reason="timeout") == 1,
         what="the deadline's close to be counted",
     )
+
+
+@pytest.mark.parametrize("base", [AutoHTTPProtocol, H11Protocol], ids=["auto", "h11"])
+async def test_either_of_uvicorns_http_protocols_bounds_its_idle_sockets(base):
+    # uvicorn's AutoHTTPProtocol is httptools' when httptools is installed, else h11's.
+    async with _PlainServer(base, handshake_timeout=0.5, max_idle=2) as server:
+        socks = await asyncio.to_thread(_connect, server, 3)
+        try:
+            assert await asyncio.to_thread(_closed_by_server, socks[0])  # evicted
+            assert await asyncio.to_thread(_request, socks[1], "GET", "/", True) == 200
+            socks[1].sendall(b"GET / HTTP/1.1\r\nHo")  # the next request, trickled
+            assert await asyncio.to_thread(_closed_by_server, socks[1])  # at the deadline
+            assert await asyncio.to_thread(_probe, server, "HEAD", "/") == 200
+            assert await asyncio.to_thread(_closed_by_server, socks[2])  # idle: the deadline
+            await eventually(lambda: len(server.closed) == 3, what="the closes to be counted")
+            assert sorted(server.closed) == ["evicted", "timeout", "timeout"]
+        finally:
+            for sock in socks:
+                sock.close()
 
 
 def test_idle_sockets_are_evicted_oldest_idle_first():
