@@ -151,7 +151,8 @@ async def test_probes_and_clients_get_through_more_idle_sockets_than_the_old_lim
 
 async def test_past_the_idle_bound_the_oldest_idle_socket_is_closed(make_tiny_engine, make_server):
     engine = make_tiny_engine()
-    server = await make_server(engine, token=TOKEN, max_idle_sockets=4)
+    # A long handshake deadline: on a loaded box too, only the bound closes sockets here.
+    server = await make_server(engine, token=TOKEN, max_idle_sockets=4, handshake_timeout_s=60)
     evicted = lambda: server.hub.metrics.idle_closed.value(reason="evicted")  # noqa: E731
     # Upgraded sockets are websockets, on the connection budgets: never idle HTTP sockets.
     peers = [await asyncio.to_thread(RawWebsocket, server.url, None, AUTH) for _ in range(2)]
