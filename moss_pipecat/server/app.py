@@ -27,7 +27,11 @@ from moss_pipecat import protocol as P
 from moss_pipecat.engine.engine import MossEngine
 from moss_pipecat.server.config import ServerConfig
 from moss_pipecat.server.core import ConversationHub
-from moss_pipecat.server.transport import ABORT_EXTENSION, REFUSED_FRAME, AsgiTransport
+from moss_pipecat.server.transport import AsgiTransport
+from moss_pipecat.server.uvicorn_protocols import (
+    abortable_websocket_protocol,
+    hardened_http_protocol,
+)
 
 _DENIAL_EXTENSION = "websocket.http.response"
 _CLOSE_FOR_STATUS = {401: P.CLOSE_UNAUTHORIZED, 403: 1008, 503: 1013}
@@ -137,100 +141,6 @@ def create_app(hub: ConversationHub) -> Any:
     return app
 
 
-# The two protocol classes below extend uvicorn's own (tested with uvicorn 0.35 to 0.54). They
-# lean on attributes that are not uvicorn's public API, so each one checks for them first and,
-# on a uvicorn that lacks them, the server runs with uvicorn's stock protocol: it still works,
-# only that hardening is off (and says so in the log). tests/server covers both hooks.
-
-
-def _abortable_protocol() -> Any:
-    """uvicorn's websocket protocol, also giving the app its socket (``ABORT_EXTENSION``): a
-    peer that reads nothing is then dropped with a TCP reset, not a close that waits on it."""
-    try:
-        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-    except ImportError:
-        logger.warning(
-            "this uvicorn has no sans-I/O websocket protocol: stalled peers are "
-            "closed, not aborted, and oversized frames get no close frame"
-        )
-        return "auto"
-    methods = ("handle_connect", "handle_parser_exception")
-    if not all(callable(getattr(WebSocketsSansIOProtocol, m, None)) for m in methods):
-        logger.warning(
-            "this uvicorn's websocket protocol lacks the hooks the server extends: "
-            "running its stock protocol"
-        )
-        return WebSocketsSansIOProtocol
-
-    class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
-        _failed = False
-
-        def handle_parser_exception(self) -> None:
-            # A frame over the size cap (or broken framing): send the close frame (1009, ...)
-            # and half-close, then discard what the peer still sends for a moment instead of
-            # closing at once: unread data would turn the close into a TCP reset that can
-            # destroy the close frame, and the client would never learn why.
-            if self._failed:
-                return
-            if not _has_attrs(self, "conn", "queue", "transport", "loop", "read_paused"):
-                super().handle_parser_exception()
-                return
-            self._failed = True
-            close = self.conn.close_sent
-            code, reason = (close.code, close.reason) if close is not None else (1011, "")
-            gone = {"type": "websocket.disconnect", "code": code, "reason": reason}
-            self.queue.put_nowait({**gone, REFUSED_FRAME: True})  # counted by the hub
-            self.transport.write(b"".join(self.conn.data_to_send()))
-            self.close_sent = True
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
-            if self.read_paused:
-                self.read_paused = False
-                self.transport.resume_reading()
-            self.close_timer = self.loop.call_later(2.0, self.transport.close)
-
-        def handle_connect(self, event: Any) -> None:
-            super().handle_connect(event)
-            scope = getattr(self, "scope", None)  # absent when the upgrade was malformed
-            if scope is not None and isinstance(scope.get("extensions"), dict):
-                transport = self.transport
-                scope["extensions"][ABORT_EXTENSION] = {
-                    "abort": transport.abort,
-                    "buffered": transport.get_write_buffer_size,
-                }
-
-    return AbortableWebSocketProtocol
-
-
-def _deadline_http_protocol(timeout: float) -> Any:
-    """uvicorn's HTTP protocol with a deadline for the request: a TCP connection that has not
-    sent a whole request (e.g. the websocket upgrade) ``timeout`` seconds after it opened is
-    closed, so idle or trickling sockets cannot pile up."""
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
-
-    class DeadlineHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._deadline = self.loop.call_later(timeout, self._request_too_slow)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._deadline.cancel()
-            super().connection_lost(exc)
-
-        def _request_too_slow(self) -> None:
-            upgraded = self.transport.get_protocol() is not self  # now a websocket's
-            # ``cycle`` is uvicorn's request in flight (None until a whole request arrived).
-            in_request = getattr(self, "cycle", None) is not None
-            if not upgraded and not in_request and not self.transport.is_closing():
-                self.transport.close()
-
-    return DeadlineHTTPProtocol
-
-
-def _has_attrs(obj: Any, *names: str) -> bool:
-    return all(hasattr(obj, n) for n in names)
-
-
 def _bind(host: str, port: int) -> socket.socket:
     family, kind, proto, _, addr = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -300,8 +210,12 @@ class EngineServer:
             host=cfg.host,
             port=self.port,
             lifespan="off",  # the hub is started and drained here, in order
-            http=_deadline_http_protocol(cfg.limits.handshake_timeout_s),
-            ws=_abortable_protocol(),
+            http=hardened_http_protocol(
+                cfg.limits.handshake_timeout_s,
+                cfg.limits.max_idle_sockets,
+                lambda reason: self.hub.metrics.idle_closed.inc(reason=reason),
+            ),
+            ws=abortable_websocket_protocol(),
             ws_max_size=cfg.limits.max_frame_bytes,
             ws_ping_interval=cfg.ping_interval_s,
             ws_ping_timeout=cfg.ping_timeout_s,
@@ -313,8 +227,10 @@ class EngineServer:
             server_header=False,
             proxy_headers=False,
             timeout_graceful_shutdown=5,
-            # Open sockets of any kind (plain HTTP included): 503 past the websocket budgets.
-            limit_concurrency=cfg.limits.max_connections + cfg.limits.max_pending_connections + 64,
+            # No limit_concurrency: uvicorn counts every open socket against it, idle ones
+            # included, and answers 503 to whatever request comes past it (health probes
+            # too). What costs is bounded instead: websockets by the hub's budgets, idle
+            # sockets by the HTTP protocol; the HTTP routes answer from memory at once.
         )
         config.load()
         self._uvicorn = uvicorn.Server(config)

@@ -47,6 +47,11 @@ class ServerLimits:
             is configured: they must authenticate in their ``hello`` within
             ``pending_hello_timeout_s`` and then move to ``max_connections``. A separate, small
             budget, so sockets that never say hello cannot lock authenticated clients out.
+        max_idle_sockets: idle TCP sockets (``moss-pipecat serve``; under Ray Serve its proxy
+            holds them): connected and no request in flight, i.e. not yet a whole request
+            (e.g. the websocket upgrade), or kept alive between requests. Past it the one idle
+            the longest is closed, so a flood of idle sockets cannot lock out health probes
+            and clients, which send their request at once (``server.idle_sockets``).
         max_message_bytes: largest JSON control message.
         max_audio_seconds: longest user-turn or voice upload.
         min_sample_rate, max_sample_rate: accepted rates of PCM uploads.
@@ -59,8 +64,8 @@ class ServerLimits:
             reply's text is the engine's ``max_text_chars``. ``max_text_chars=`` is accepted
             as its deprecated old name.
         handshake_timeout_s: time a new TCP connection has to send its whole HTTP request
-            (the websocket upgrade): a socket that sends nothing, or trickles a request, is
-            closed.
+            (the websocket upgrade), and a kept-alive one its next request after a response:
+            a socket that sends nothing, or trickles a request, is closed.
         hello_timeout_s: time an authenticated connection has to send ``hello``.
         pending_hello_timeout_s: time a connection without the header has to send ``hello``.
         upload_timeout_s: time between an upload's JSON header and its binary frame.
@@ -87,6 +92,9 @@ class ServerLimits:
     max_pending_connections: int = _limit(
         16, "websockets without an Authorization header, until their hello", ge=0
     )
+    max_idle_sockets: int = _limit(
+        512, "idle TCP sockets (no request in flight); past it the oldest is closed", ge=1
+    )
     max_message_bytes: int = _limit(64 * 1024, "bytes of one JSON message", ge=1024)
     max_audio_seconds: float = _limit(60.0, "seconds of one audio upload", gt=0)
     min_sample_rate: int = _limit(8000, "lowest PCM upload rate", gt=0, option=False)
@@ -94,7 +102,9 @@ class ServerLimits:
     max_ids_per_message: int = _limit(8192, "token ids in one message", ge=1, option=False)
     max_ids_per_turn: int = _limit(20000, "token ids sent to one turn", ge=1, option=False)
     max_transcript_chars: int = _limit(20000, "characters of one user transcript", ge=1)
-    handshake_timeout_s: float = _limit(10.0, "seconds for the HTTP upgrade request", gt=0)
+    handshake_timeout_s: float = _limit(
+        10.0, "seconds a socket has for its whole HTTP request (e.g. the upgrade)", gt=0
+    )
     hello_timeout_s: float = _limit(10.0, "seconds an authenticated socket has for hello", gt=0)
     pending_hello_timeout_s: float = _limit(
         3.0, "seconds a socket without the header has for hello", gt=0

@@ -123,6 +123,14 @@ class ServerMetrics:
             "moss_server_slow_peers_dropped",
             "Connections dropped because a send to them waited past the write timeout.",
         )
+        self.idle_closed = _Counter(
+            r,
+            "moss_server_idle_sockets_closed",
+            "Idle TCP sockets (no request in flight) the server closed, by reason: evicted "
+            "(the oldest, past max_idle_sockets), timeout (no whole request within the "
+            "handshake timeout).",
+            ["reason"],
+        )
         self.ttfa = Histogram(
             "moss_server_ttfa_seconds",
             "Time to first audio frame of a turn (prefill trigger to first frame).",

@@ -140,7 +140,7 @@ async def test_uploads_are_checked(server):
     await _still_serves(server)
 
 
-async def test_frames_over_the_hard_cap_close_only_that_connection(server):
+async def test_frames_over_the_hard_cap_close_only_that_connection(server, caplog):
     errors = server.hub.metrics.errors
     ws = await _ws(server, max_size=None)
     await _hello(ws)
@@ -162,6 +162,10 @@ async def test_frames_over_the_hard_cap_close_only_that_connection(server):
     ready, opcode, payload = await asyncio.to_thread(not_utf8)
     assert ready["type"] == "ready"
     assert opcode == 8 and int.from_bytes(payload[:2], "big") == 1007
+    # uvicorn logged it before it closed: one warning line, not an error with a traceback.
+    logged = [r for r in caplog.records if r.name == "uvicorn.error"]
+    assert [(r.levelname, r.exc_info, r.exc_text) for r in logged] == [("WARNING", None, None)]
+    assert logged[0].getMessage().endswith("(invalid start byte): closed with 1007")
     # Both are counted as the errors they are (the handler records them before it lets go).
     await eventually(lambda: not server.hub.connections, what="connections to close")
     assert errors.value(code="too_large") == 1 and errors.value(code="bad_message") == 1
