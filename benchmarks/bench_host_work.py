@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import io
 import pstats
 import queue
@@ -56,7 +57,7 @@ from moss_pipecat.engine import EngineConfig
 from moss_pipecat.engine.clock import VirtualClock
 from moss_pipecat.engine.commands import CreateSession, EndText, PushText, StartTurn
 from moss_pipecat.engine.device_costs import DeviceCosts
-from moss_pipecat.engine.events import Channel
+from moss_pipecat.engine.events import Channel, TurnSummary
 from moss_pipecat.engine.runner import ModelRunner
 from moss_pipecat.engine.state import Phase
 from moss_pipecat.model import BatchSampling, SamplingParams
@@ -72,9 +73,8 @@ SCHEDULER_PHASES = {  # Scheduler method -> phase (exclusive time)
     "decode": "decode",
     "deliver": "deliver",
     "decode_pcm": "codec",
-    "host": "send",
-    "finish": "finish",
 }
+AUDIO_PHASES = {"host": "send", "finish": "finish"}  # AudioOut method -> phase
 RUNNER_CALLS = (  # the simulated runner's calls: its own work, not the engine's
     "prefill",
     "first_frames",
@@ -88,6 +88,23 @@ RUNNER_CALLS = (  # the simulated runner's calls: its own work, not the engine's
     "copy_history",
 )
 SIM_RUNNER = "sim_runner"
+
+
+class GcTimer:
+    """Thread CPU time in the garbage collector (it runs inside whatever phase allocates)."""
+
+    def __init__(self) -> None:
+        self.ns = 0
+        self._t = 0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        now = time.thread_time_ns()
+        if phase == "start":
+            self._t = now
+        else:
+            self.ns += now - self._t
 
 
 class PhaseTimer:
@@ -131,7 +148,7 @@ def words_text(ids: list[int]) -> tuple[str, list[int]]:
     """A text of one word per id, and each id's end character (as the tokenizer reports)."""
     text, ends = "", []
     for i, _ in enumerate(ids):
-        text += f"word{i % 97} "
+        text += f"w{i % 97} "  # about 4 characters a token, as an LLM's English tokens
         ends.append(len(text) - 1)
     return text, ends
 
@@ -141,16 +158,32 @@ class Loop:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self.readers: set[asyncio.Task] = set()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
     def channel(self) -> Channel:
+        """A turn's channel, with a reader that takes its items as a caller would."""
+
+        async def read(ch: Channel) -> None:
+            while not isinstance(await ch.get(), TurnSummary):
+                pass
+
         async def make() -> Channel:
-            return Channel()
+            ch = Channel()
+            task = asyncio.get_running_loop().create_task(read(ch))
+            self.readers.add(task)
+            task.add_done_callback(self.readers.discard)
+            return ch
 
         return asyncio.run_coroutine_threadsafe(make(), self.loop).result()
 
     def close(self) -> None:
+        async def cancel() -> None:
+            for task in list(self.readers):
+                task.cancel()
+
+        asyncio.run_coroutine_threadsafe(cancel(), self.loop).result()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
@@ -177,6 +210,10 @@ class Bench:
         self.timer = PhaseTimer()
         for method, name in SCHEDULER_PHASES.items():
             self.timer.wrap(self.core.scheduler, method, name)
+        # (an engine from before ``AudioOut`` has these on its scheduler: A/B runs)
+        audio = getattr(self.core.scheduler, "audio", self.core.scheduler)
+        for method, name in AUDIO_PHASES.items():
+            self.timer.wrap(audio, method, name)
         for method in RUNNER_CALLS:
             self.timer.wrap(self.core.runner, method, SIM_RUNNER)
         self.turns_started = 0
@@ -225,12 +262,16 @@ class Bench:
             frames = None if self.scenario == "steady" else 1 + i % args.turn_frames
             pending += self.start(sid, frames)
         runner_ns, tick_ns, by_phase = [], [], Counter()
+        gc_timer = GcTimer()
+        gc.callbacks.append(gc_timer)
+        gc_ns = 0
         starts = 0
         for k in range(args.warmup + args.ticks):
             measured = k >= args.warmup
             if prof is not None and k == args.warmup:
                 prof.enable()
             timer.ns.clear()
+            gc_timer.ns = 0
             t0 = time.thread_time_ns()
             with timer.phase("commands"):
                 for run in pending:
@@ -239,6 +280,7 @@ class Bench:
             with timer.phase("scheduling"):  # what no named phase claims
                 core.tick()
             t1 = time.thread_time_ns()
+            gc_tick = gc_timer.ns
             self._drain()
             if self.scenario == "turns":
                 for sid, s in core.sessions.items():
@@ -249,6 +291,8 @@ class Bench:
                 tick_ns.append(t1 - t0)
                 runner_ns.append(timer.ns[SIM_RUNNER])
                 by_phase.update(timer.ns)
+                gc_ns += gc_tick
+        gc.callbacks.remove(gc_timer)
         if prof is not None:
             prof.disable()
         steady_ok = all(s.phase is Phase.DECODE for s in core.sessions.values())
@@ -264,6 +308,7 @@ class Bench:
             "engine_ms_p90": round(sorted(engine_ms)[int(0.9 * (len(engine_ms) - 1))], 4),
             "engine_us_per_session": round(1e3 * statistics.fmean(engine_ms) / n, 2),
             "sim_runner_ms_mean": round(statistics.fmean(runner_ns) / 1e6, 4),
+            "gc_ms_mean": round(gc_ns / per / 1e6, 4),  # inside engine_ms (GC pauses)
             "phases_ms_per_tick": phases,
             "frames": core.stats["frames"],
             "virtual_tick_ms": round(1e3 * self.clock.now() / max(1, core.stats["ticks"]), 2),
@@ -316,8 +361,8 @@ def main() -> None:
     ap.add_argument("--ticks", type=int, default=40, help="measured ticks per N and scenario")
     ap.add_argument("--warmup", type=int, default=10, help="ticks before measuring")
     ap.add_argument("--scenarios", nargs="+", default=["steady", "turns"])
-    ap.add_argument("--turn-frames", type=int, default=50, help="frames of a turn (turns)")
-    ap.add_argument("--turn-text", type=int, default=24, help="text tokens of a turn (turns)")
+    ap.add_argument("--turn-frames", type=int, default=60, help="frames of a turn (turns)")
+    ap.add_argument("--turn-text", type=int, default=16, help="text tokens of a turn (turns)")
     ap.add_argument("--steady-text", type=int, default=400, help="text tokens (steady)")
     ap.add_argument("--overlap", choices=("on", "off"), default="on", help="codec overlap")
     ap.add_argument("--channels", choices=("async", "sync"), default="async")
