@@ -95,6 +95,8 @@ class GcTimer:
 
     def __init__(self) -> None:
         self.ns = 0
+        self.full = 0  # full (generation 2) collections
+        self.full_max_ns = 0  # the longest of them
         self._t = 0
 
     def __call__(self, phase: str, info: dict) -> None:
@@ -103,8 +105,11 @@ class GcTimer:
         now = time.thread_time_ns()
         if phase == "start":
             self._t = now
-        else:
-            self.ns += now - self._t
+            return
+        self.ns += now - self._t
+        if info["generation"] == 2:
+            self.full += 1
+            self.full_max_ns = max(self.full_max_ns, now - self._t)
 
 
 class PhaseTimer:
@@ -309,6 +314,8 @@ class Bench:
             "engine_us_per_session": round(1e3 * statistics.fmean(engine_ms) / n, 2),
             "sim_runner_ms_mean": round(statistics.fmean(runner_ns) / 1e6, 4),
             "gc_ms_mean": round(gc_ns / per / 1e6, 4),  # inside engine_ms (GC pauses)
+            "gc_full_collections": gc_timer.full,  # during the warm-up and measured ticks
+            "gc_full_max_ms": round(gc_timer.full_max_ns / 1e6, 2),
             "phases_ms_per_tick": phases,
             "frames": core.stats["frames"],
             "virtual_tick_ms": round(1e3 * self.clock.now() / max(1, core.stats["ticks"]), 2),

@@ -47,6 +47,7 @@ class WordTimer:
     _next_s: float = 0.0  # spoken seconds of the text before ``_next``
     _glued: bool = False  # the last unit placed touches the next one (no space between)
     _peek: tuple[int, tuple[int, int]] | None = None  # the last unit found: (from, unit)
+    _due: tuple[int, float] | None = None  # (``_next``, time) of the first unit not yet due
 
     def __post_init__(self) -> None:
         self._rates = SpeakingRates(self.chars_per_second, self.cjk_chars_per_second)
@@ -62,6 +63,8 @@ class WordTimer:
             fed_chars: characters of ``text`` covered by the text tokens fed so far.
         """
         audio_s = frames * FRAME_SECONDS
+        if self._due is not None and self._due[0] == self._next and self._due[1] >= audio_s:
+            return []  # the next unit is still not due (more text cannot move its start)
         out = []
         # Lazily: a frame places a unit or two, while the text fed ahead of the audio may hold
         # dozens not yet due; finding them all on every frame made a turn quadratic.
@@ -69,6 +72,7 @@ class WordTimer:
             start_s = self._next_s + self._rates.seconds(self.text[self._next : start])
             t = max(start_s, self._after_last())
             if t >= audio_s:
+                self._due = (self._next, t)
                 break
             out.append(self._place(start, end, spaced, glued, start_s, t))
         return out
