@@ -266,6 +266,8 @@ class Bench:
             # staggered first turns: about n / turn_frames end (and start again) per tick
             frames = None if self.scenario == "steady" else 1 + i % args.turn_frames
             pending += self.start(sid, frames)
+        if args.gc_freeze:  # what start-up made (imports, model, engine) leaves the GC's scans
+            gc.freeze()
         runner_ns, tick_ns, by_phase = [], [], Counter()
         gc_timer = GcTimer()
         gc.callbacks.append(gc_timer)
@@ -373,6 +375,11 @@ def main() -> None:
     ap.add_argument("--steady-text", type=int, default=400, help="text tokens (steady)")
     ap.add_argument("--overlap", choices=("on", "off"), default="on", help="codec overlap")
     ap.add_argument("--channels", choices=("async", "sync"), default="async")
+    ap.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() once the sessions are set up (full collections skip older objects)",
+    )
     ap.add_argument("--costs", default=str(COSTS), help="gpu_bench.sh folder (virtual clock)")
     ap.add_argument("--profile", type=int, nargs="*", default=[], help="cProfile at these N")
     ap.add_argument("--profile-top", type=int, default=25)
@@ -391,6 +398,7 @@ def main() -> None:
         "costs": str(args.costs),
         "overlap_codec": args.overlap == "on",
         "channels": args.channels,
+        "gc_freeze": args.gc_freeze,
         "ticks": args.ticks,
         "warmup": args.warmup,
         "turn_frames": args.turn_frames,
