@@ -26,7 +26,9 @@ the engine's own (``events.Channel``), created in an event loop running on anoth
 the server's and the pipecat service's are (``--channels sync``: plain queues). A real
 ``ModelRunner`` also builds its inputs on the host (sampling tensors, noise keys, history rows,
 PCM bytes): ``runner_inputs_ms`` times those pieces at each N on the CPU, apart (on a GPU they
-are that Python plus a few small copies).
+are that Python plus a few small copies). The garbage collector's time is inside
+``engine_ms`` (it runs in whichever phase allocates) and also counted apart: ``gc_ms_mean``,
+and the full collections with their longest pause (``--gc-freeze``: after ``gc.freeze()``).
 
     python benchmarks/bench_host_work.py                       # N = 1 8 32 64 128 256 400
     python benchmarks/bench_host_work.py --sessions 32 300 --profile 300
