@@ -38,7 +38,7 @@ set -uo pipefail
 # (its start_up says what compiling cost), engine_fused_warm starts again on the same cache
 # (start_up.kernel_cache_entries_added must be 0: a restart compiles nothing).
 STEPS=(tests step codec prefill engine step_fused codec_fused engine_fused engine_fused_warm
-  prefix launches memory capacity prefill_graphs)
+  prefix launches memory host capacity prefill_graphs)
 
 # step_spec NAME: sets SCRIPT (benchmarks/...), REAL and TINY (arguments beyond the common
 # ones), COMPILE (1: takes --compile), COMMON (1: takes the model/device arguments), LIMIT (s).
@@ -76,6 +76,11 @@ step_spec() {
       SCRIPT=bench_memory.py COMMON=0 LIMIT=60
       REAL="--real-size --gpu-gib 80 --pools 128x2048 24x8192 2x32768"
       TINY="$REAL" ;;
+    host)
+      # The engine's own host (CPU) time per tick on a simulated device: this box's CPU.
+      SCRIPT=bench_host_work.py COMMON=0 LIMIT=120
+      REAL="--sessions 1 8 32 64 128 256 400 --profile 32 256"
+      TINY="--sessions 1 3 --ticks 3 --warmup 2 --steady-text 30 --turn-frames 2" ;;
     capacity)
       SCRIPT=bench_capacity.py COMPILE=1 LIMIT=240
       REAL="--max-sessions 256 --frames 50"

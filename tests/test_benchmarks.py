@@ -164,6 +164,26 @@ def test_capacity_simulated(bench):
         assert b["running"] == 2 and b["burst_admitted"] + b["burst_refused"] == 2
 
 
+def test_host_work(bench):
+    # The real scheduler on a simulated device (no weights): the engine's own CPU time per
+    # tick, by phase, with the simulated runner's work apart.
+    args = ("--sessions", "1", "3", "--ticks", "3", "--warmup", "2", "--steady-text", "30")
+    out = bench("bench_host_work.py", *args, "--turn-frames", "2", "--profile", "3")
+    assert list(out["scenarios"]) == ["steady", "turns"]
+    for rows in out["scenarios"].values():
+        assert [r["sessions"] for r in rows] == [1, 3]
+        for r in rows:
+            assert r["engine_ms_mean"] > 0 and r["sim_runner_ms_mean"] > 0
+            assert "sim_runner" in r["phases_ms_per_tick"] and "decode" in r["phases_ms_per_tick"]
+            assert r["frames"] > 0
+    assert all(r["all_decoding"] for r in out["scenarios"]["steady"])
+    assert all(r["turn_starts_per_tick"] == 0 for r in out["scenarios"]["steady"])
+    assert out["scenarios"]["turns"][1]["turn_starts_per_tick"] > 0  # turns end and start
+    assert "turn_start" in out["scenarios"]["turns"][1]["phases_ms_per_tick"]
+    assert set(out["runner_inputs_ms"]) == {"1", "3"}
+    assert out["profiles"]["3"]["steady"]["by_cumulative"]
+
+
 def test_prefill(bench):
     out = bench(
         "bench_prefill.py",

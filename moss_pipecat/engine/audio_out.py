@@ -1,8 +1,8 @@
 """A tick's audio on its way out: frames whose PCM the codec is making, sent at the next host
-wait on the device.
+wait on the device, and the turns that end with it (``AudioOut``, the scheduler's).
 
 With ``EngineConfig.overlap_codec`` the codec call of tick t runs on its own stream beside the
-decode step of tick t+1, and its PCM comes to the host in that tick's one wait (``Scheduler
+decode step of tick t+1, and its PCM comes to the host in that tick's one wait (``AudioOut
 .host``); without, it is sent at once (a second wait). Either way the same chunks go out, in
 the same order, with the word times taken when the frame was made; a turn whose last audio
 frame is still on its way ends only once that audio is out (``finishes``), so its summary
@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from moss_pipecat.engine.events import AudioChunk
+from moss_pipecat.engine.events import AudioChunk, Channel, TurnSummary
 from moss_pipecat.engine.state import OpenTurn, SessionState
+
+if TYPE_CHECKING:
+    from moss_pipecat.engine.core import EngineCore
 
 
 @dataclass(eq=False)
@@ -51,10 +55,85 @@ class PendingAudio:
         were waiting for it. A turn that ended meanwhile (it failed, was interrupted or
         closed) gets nothing more: its caller never had these frames, so never heard them."""
         pcm = to_bytes(pcm_host) if pcm_host is not None else [None] * len(self.chunks)
+        items = []
         for (s, turn, index, codes, words), p in zip(self.chunks, pcm, strict=True):
             if s.turn is turn:
                 text = turn.new_text(self.pad)  # the text ids it got since: the turn's rows so far
-                turn.channel.put(AudioChunk(turn.turn_id, index, codes, p, words, text))
+                items.append((turn.channel, AudioChunk(turn.turn_id, index, codes, p, words, text)))
+        Channel.put_all(items)  # before the summaries below
         for s, turn, stop in self.finishes:
             if s.turn is turn:
                 finish(s, stop)
+
+
+class AudioOut:
+    """The audio of past ticks still on its way out (engine thread only): sent at the next
+    host wait, oldest first, and the turns that end once it is out."""
+
+    def __init__(self, core: EngineCore) -> None:
+        self.core, self.runner, self.layout = core, core.runner, core.layout
+        self.pending: list[PendingAudio] = []
+
+    def host(self, tensors: list[torch.Tensor], pcm: bool = True) -> list[torch.Tensor]:
+        """``tensors`` on the host, in one wait on the device that also brings (and sends)
+        the audio still pending (``pcm``; else this wait does not wait for the codec)."""
+        pending, self.pending = (self.pending, []) if pcm else ([], self.pending)
+        extra = [p.pcm for p in pending if p.pcm is not None]
+        if not tensors and not extra:
+            out = []
+        else:
+            out = self.runner.to_host([*tensors, *extra], codec=bool(extra))
+        rows = iter(out[len(tensors) :])
+        for p in pending:  # oldest first: a session's chunks stay in order
+            p.send(
+                next(rows) if p.pcm is not None else None,
+                self.runner.pcm_bytes,
+                self._finish_safely,
+            )
+        return out[: len(tensors)]
+
+    def settle(self) -> None:
+        """Sends the pending audio now (and ends the turns that end with it). Chunks of a turn
+        that ended meanwhile (interrupted, closed) are not sent: they were made after what
+        its caller reports heard (``PendingAudio.send``)."""
+        if self.pending:
+            self.host([])
+
+    def ending(self, session_id: str) -> bool:
+        """Whether the session's turn ends once its pending audio is out."""
+        for p in self.pending:  # asked per session per tick: a plain loop, no generator
+            if session_id in p.ending:
+                return True
+        return False
+
+    def made_before(self, tick: int) -> bool:
+        """Whether audio made before ``tick`` is still pending."""
+        return any(p.tick < tick for p in self.pending)
+
+    def _finish_safely(self, s: SessionState, stop: str) -> None:
+        try:
+            self.finish(s, stop)
+        except Exception as e:  # this session's bookkeeping: the others go on
+            self.core.fail_safely(s, e)
+
+    def finish(self, s: SessionState, stop: str) -> None:
+        """Ends a turn whose last audio is out ("eos", "max_frames")."""
+        t, rec = s.turn, s.turn.record
+        total = rec.audio_frames(self.layout.audio_eos)
+        rec.close(self.layout, total)
+        all_fed = t.text_done and t.fed_text >= len(t.tokens)
+        if stop == "eos" and all_fed:
+            s.learn_speaking_rate(t.text.strip(), total)
+        # Words never fed (an early EOS, a frame cap) were not said: they get no time.
+        tail = t.words.finish(total, t.fed_chars())
+        summary = TurnSummary(
+            t.turn_id,
+            stop,
+            audio_frames=total,
+            heard_frames=total,
+            text_ids=list(t.tokens),
+            text=t.text,
+            spoken_text=t.words.heard_text(total),
+            words=tail,
+        )
+        self.core.end_turn(s, summary)

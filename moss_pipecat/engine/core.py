@@ -90,11 +90,11 @@ class EngineCore:
     def execute(self, session_id: str, command: Command) -> Any:
         """Applies one (checked) command; returns its result. A turn that ends with audio
         still on its way out is ended as it would be without overlap: text for it is dropped
-        (late text), anything else first sends that audio and ends it (``Scheduler.settle``)."""
-        if self.scheduler.ending(session_id):
+        (late text), anything else first sends that audio and ends it (``AudioOut.settle``)."""
+        if self.scheduler.audio.ending(session_id):
             if isinstance(command, PushText):
                 return None  # its turn has ended (its last audio is on its way): dropped
-            self.scheduler.settle()
+            self.scheduler.audio.settle()
         return HANDLERS[type(command)](self, session_id, command)
 
     def tick(self) -> float | None:
@@ -220,7 +220,7 @@ class EngineCore:
         emptied (its next turn re-prefills the history)."""
         if s.turn is None:
             return
-        self.scheduler.settle()  # its audio made so far goes out first
+        self.scheduler.audio.settle()  # its audio made so far goes out first
         if s.turn is None:
             return  # it ended with that audio
         try:

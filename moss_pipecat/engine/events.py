@@ -39,6 +39,23 @@ class Channel:
         except RuntimeError:
             pass  # the reader's loop is gone; nobody is listening any more
 
+    @staticmethod
+    def put_all(items: list[tuple[Channel, object]]) -> None:
+        """``channel.put(item)`` for each pair, in order, waking each event loop once for all
+        of its items (a wake-up is a write to the loop's self-pipe: a system call per item
+        when a tick sends hundreds of chunks)."""
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, object]]] = {}
+        for channel, item in items:
+            if channel._loop is None or type(channel).put is not Channel.put:
+                channel.put(item)  # a plain queue, or a channel that puts its own way
+            else:
+                batches.setdefault(channel._loop, []).append((channel._async, item))
+        for loop, batch in batches.items():
+            try:
+                loop.call_soon_threadsafe(_put_batch, batch)
+            except RuntimeError:
+                pass  # the readers' loop is gone; nobody is listening any more
+
     async def get(self) -> object:
         if self._async is None:
             return await asyncio.get_running_loop().run_in_executor(None, self._sync.get)
@@ -48,3 +65,8 @@ class Channel:
         if self._loop is not None:
             raise RuntimeError("this channel belongs to an event loop; use `await get()`")
         return self._sync.get(timeout=timeout)
+
+
+def _put_batch(batch: list[tuple[asyncio.Queue, object]]) -> None:
+    for q, item in batch:
+        q.put_nowait(item)

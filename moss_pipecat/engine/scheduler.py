@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from moss_pipecat._log import logger
-from moss_pipecat.engine.audio_out import PendingAudio
-from moss_pipecat.engine.events import TurnSummary
+from moss_pipecat.engine.audio_out import AudioOut, PendingAudio
 from moss_pipecat.engine.history import AssistantTurn
 from moss_pipecat.engine.pacing import PrefillWant, plan_prefill, tick_budget
 from moss_pipecat.engine.runner import RowSampling
@@ -38,7 +37,7 @@ class Scheduler:
         self._rr = 0  # rotates the prefill order for fairness
         self._plan: dict[SessionState, int] = {}  # this tick's prefill rows per session
         self._ticks = 0
-        self._pending: list[PendingAudio] = []  # audio whose PCM is still on the device
+        self.audio = AudioOut(core)  # audio whose PCM is still on the device
 
     def tick(self) -> float | None:
         """One round of work. Returns 0 if work was done, else how long to wait (None: until
@@ -69,9 +68,9 @@ class Scheduler:
         steppers = [s for s in sessions if self.steps(s, t_now)]
         for group in _by_pool(steppers):
             self.deliver(self.isolated(group, self.decode))
-        late = any(p.tick < self._ticks for p in self._pending)
+        late = self.audio.made_before(self._ticks)
         if late:  # no decode step this tick for the codec to run beside: send it now
-            self.settle()
+            self.audio.settle()
         if done or steppers or prefills or late:
             self.core.stats["ticks"] += 1
             return 0.0
@@ -88,7 +87,7 @@ class Scheduler:
         next text token is known, and it is within its real-time lookahead)."""
         return (
             s.phase is Phase.DECODE
-            and not self.ending(s.session_id)
+            and not self.audio.ending(s.session_id)
             and bool(s.turn.record.frames)
             and s.next_text_id(self.layout.text_pad) is not None
             and s.within_lookahead(self.config, t_now)
@@ -98,6 +97,8 @@ class Scheduler:
         self, prefills: list[SessionState], sessions: list[SessionState], t_now: float
     ) -> dict[SessionState, int]:
         """Rows each prefilling session feeds this tick, within the tick's budget."""
+        if not prefills:
+            return {}  # nothing to plan (a decode tick: no call counted per session)
         cfg = self.config
         wants = [
             PrefillWant(s, s.to_feed.shape[0], s.turn.t_trigger, s.cache_len < s.refeed_end)
@@ -247,7 +248,7 @@ class Scheduler:
         frames = self.timed(
             "first_frame",
             len(batch),
-            lambda: self.host([self.runner.first_frames(hidden, rows)], pcm=False),
+            lambda: self.audio.host([self.runner.first_frames(hidden, rows)], pcm=False),
         )[0]
         for s in batch:
             s.noise_counter += 1
@@ -261,7 +262,7 @@ class Scheduler:
         frames = self.timed(
             "decode",
             len(batch),
-            lambda: self.host(
+            lambda: self.audio.host(
                 [
                     self.runner.decode(
                         batch[0].pool,  # the batch shares one pool
@@ -292,12 +293,12 @@ class Scheduler:
         # Codebook 0 of every frame in one look (not a host read per session).
         ended = (torch.stack([f for _, f in items])[:, 0] == eos).tolist() if items else []
         out = PendingAudio(self._ticks, self.layout.text_pad)
+        self.core.stats["frames"] += len(items)
         for (s, f), end in zip(items, ended, strict=True):
             t = s.turn
             t.record.frames.append(f)
             if t.t_first is None:
                 t.t_first = t_now
-            self.core.stats["frames"] += 1
             if not end:  # word times now: the text fed so far places them
                 index = len(t.record.frames) - 1
                 words = tuple(t.words.on_audio(index + 1, t.fed_chars()))
@@ -319,44 +320,9 @@ class Scheduler:
         out.sessions = {s.session_id for s, *_ in out.chunks + out.finishes}
         out.ending = {s.session_id for s, *_ in out.finishes}
         if out.chunks or out.finishes:
-            self._pending.append(out)
+            self.audio.pending.append(out)
         if not self.config.overlap_codec or out.pcm is None:
-            self.settle()
-
-    def host(self, tensors: list[torch.Tensor], pcm: bool = True) -> list[torch.Tensor]:
-        """``tensors`` on the host, in one wait on the device that also brings (and sends)
-        the audio still pending (``pcm``; else this wait does not wait for the codec)."""
-        pending, self._pending = (self._pending, []) if pcm else ([], self._pending)
-        extra = [p.pcm for p in pending if p.pcm is not None]
-        if not tensors and not extra:
-            out = []
-        else:
-            out = self.runner.to_host([*tensors, *extra], codec=bool(extra))
-        rows = iter(out[len(tensors) :])
-        for p in pending:  # oldest first: a session's chunks stay in order
-            p.send(
-                next(rows) if p.pcm is not None else None,
-                self.runner.pcm_bytes,
-                self._finish_safely,
-            )
-        return out[: len(tensors)]
-
-    def settle(self) -> None:
-        """Sends the pending audio now (and ends the turns that end with it). Chunks of a turn
-        that ended meanwhile (interrupted, closed) are not sent: they were made after what
-        its caller reports heard (``PendingAudio.send``)."""
-        if self._pending:
-            self.host([])
-
-    def ending(self, session_id: str) -> bool:
-        """Whether the session's turn ends once its pending audio is out."""
-        return any(session_id in p.ending for p in self._pending)
-
-    def _finish_safely(self, s: SessionState, stop: str) -> None:
-        try:
-            self.finish(s, stop)
-        except Exception as e:  # this session's bookkeeping: the others go on
-            self.core.fail_safely(s, e)
+            self.audio.settle()
 
     def room_for_step(self, s: SessionState) -> bool:
         """Whether the slot takes another step (plus closing rows), moving to a larger pool
@@ -403,27 +369,6 @@ class Scheduler:
                 s.codec_slot = slot
         frames, streams = [c[3] for c in chunks], [c[0].codec_slot for c in chunks]
         return self.timed("codec", len(chunks), lambda: self.runner.pcm(frames, streams))
-
-    def finish(self, s: SessionState, stop: str) -> None:
-        t, rec = s.turn, s.turn.record
-        total = rec.audio_frames(self.layout.audio_eos)
-        rec.close(self.layout, total)
-        all_fed = t.text_done and t.fed_text >= len(t.tokens)
-        if stop == "eos" and all_fed:
-            s.learn_speaking_rate(t.text.strip(), total)
-        # Words never fed (an early EOS, a frame cap) were not said: they get no time.
-        tail = t.words.finish(total, t.fed_chars())
-        summary = TurnSummary(
-            t.turn_id,
-            stop,
-            audio_frames=total,
-            heard_frames=total,
-            text_ids=list(t.tokens),
-            text=t.text,
-            spoken_text=t.words.heard_text(total),
-            words=tail,
-        )
-        self.core.end_turn(s, summary)
 
 
 def _refeed_end(s: SessionState) -> int:

@@ -21,6 +21,8 @@ MIN_LEARN_FRAMES = 12  # shorter turns say little about the rate
 
 def count_chars(text: str) -> tuple[int, int]:
     """(CJK-class characters, other characters) of ``text``."""
+    if text.isascii():  # no CJK class below U+3000; asked for every unit of every turn
+        return 0, len(text)
     cjk = sum(1 for ch in text if is_cjk_class(ch))
     return cjk, len(text) - cjk
 

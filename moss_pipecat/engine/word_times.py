@@ -16,6 +16,7 @@ the turn's audio. ``heard(frames)`` is the one answer to "which units did the us
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from moss_pipecat.engine.config import FRAME_SECONDS
@@ -45,6 +46,8 @@ class WordTimer:
     _next: int = 0  # char offset where the next unplaced unit may start
     _next_s: float = 0.0  # spoken seconds of the text before ``_next``
     _glued: bool = False  # the last unit placed touches the next one (no space between)
+    _peek: tuple[int, tuple[int, int]] | None = None  # the last unit found: (from, unit)
+    _due: tuple[int, float] | None = None  # (``_next``, time) of the first unit not yet due
 
     def __post_init__(self) -> None:
         self._rates = SpeakingRates(self.chars_per_second, self.cjk_chars_per_second)
@@ -60,11 +63,16 @@ class WordTimer:
             fed_chars: characters of ``text`` covered by the text tokens fed so far.
         """
         audio_s = frames * FRAME_SECONDS
+        if self._due is not None and self._due[0] == self._next and self._due[1] >= audio_s:
+            return []  # the next unit is still not due (more text cannot move its start)
         out = []
-        for start, end, spaced, glued in self._units(fed_chars, final=False):
+        # Lazily: a frame places a unit or two, while the text fed ahead of the audio may hold
+        # dozens not yet due; finding them all on every frame made a turn quadratic.
+        for start, end, spaced, glued in self._iter_units(fed_chars, final=False):
             start_s = self._next_s + self._rates.seconds(self.text[self._next : start])
             t = max(start_s, self._after_last())
             if t >= audio_s:
+                self._due = (self._next, t)
                 break
             out.append(self._place(start, end, spaced, glued, start_s, t))
         return out
@@ -99,13 +107,17 @@ class WordTimer:
         return self.placed[-1][1] + MIN_GAP_S if self.placed else 0.0
 
     def _units(self, fed_chars: int, final: bool) -> list[tuple[int, int, bool, bool]]:
+        return list(self._iter_units(fed_chars, final))
+
+    def _iter_units(self, fed_chars: int, final: bool) -> Iterator[tuple[int, int, bool, bool]]:
         """Unplaced units fed whole: (start, end, spaced, touches the next unit). Until the
         turn ends, a unit touching the end of the text may still grow, so it waits; so does
-        a unit whose spacing depends on a unit not known whole yet."""
-        text, out = self.text, []
+        a unit whose spacing depends on a unit not known whole yet. Placing a unit while
+        iterating is fine: it moves ``_next`` to where the iteration is."""
+        text = self.text
         n = min(len(text), fed_chars)
         i, glued_left = self._next, self._glued
-        while (u := next_unit(text, i, final)) is not None and u[1] <= n:
+        while (u := self._unit_at(i, final)) is not None and u[1] <= n:
             start, end = u
             glued_right = touches_next(text, end)
             if glued_left and not glued_right:
@@ -119,9 +131,19 @@ class WordTimer:
                     if after[1] > n:
                         break
                     end, glued_right = after[1], True
-            out.append((start, end, glued_left or glued_right, glued_right))
+            yield start, end, glued_left or glued_right, glued_right
             i, glued_left = end, glued_right
-        return out
+
+    def _unit_at(self, i: int, final: bool) -> tuple[int, int] | None:
+        """``next_unit(text, i, final)``, remembered: a frame mostly asks for the unit it found
+        not yet due the frame before. A unit known whole before the turn ends does not touch
+        the text's end, so the text growing after it cannot change it."""
+        if not final and self._peek is not None and self._peek[0] == i:
+            return self._peek[1]
+        u = next_unit(self.text, i, final)
+        if u is not None and not final:
+            self._peek = (i, u)
+        return u
 
     def _place(
         self, start: int, end: int, spaced: bool, glued: bool, start_s: float, t: float

@@ -65,6 +65,10 @@ _CJK_TERMINATORS = frozenset("。！？．｡")
 _ZWJ = "\u200d"
 _ASAT = "\u103a"  # Myanmar: a virama (combining class 9) that ends a syllable, stacks nothing
 MAX_WORD_CHARS = 40  # about 3 s of speech: a longer word (a URL) is cut into several units
+# Below these code points no range above holds a character: the common (Latin) case answers
+# without scanning the ranges (word times look at every character of a turn's text).
+_FIRST_UNIT_CHAR = min(lo for lo, _ in _CJK_RANGES + _NO_SPACE_RANGES)
+_FIRST_CJK_CLASS = min(lo for lo, _ in _CJK_RANGES + _CJK_MARK_RANGES)
 
 
 def is_cjk_char(ch: str) -> bool:
@@ -77,6 +81,8 @@ def is_unit_char(ch: str) -> bool:
     """A character that is a unit by itself: CJK, or a letter of a script written without
     spaces (Thai, Lao, Khmer, Myanmar)."""
     o = ord(ch)
+    if o < _FIRST_UNIT_CHAR:
+        return False
     return is_cjk_char(ch) or (ch.isalnum() and any(lo <= o <= hi for lo, hi in _NO_SPACE_RANGES))
 
 
@@ -92,6 +98,8 @@ def sentence_seam(before: str, sentence: str) -> str:
 def is_cjk_class(ch: str) -> bool:
     """A character spoken at the CJK rate: a CJK character or CJK/fullwidth punctuation."""
     o = ord(ch)
+    if o < _FIRST_CJK_CLASS:
+        return False
     return is_cjk_char(ch) or (
         not ch.isalnum() and any(lo <= o <= hi for lo, hi in _CJK_MARK_RANGES)
     )
