@@ -12,17 +12,21 @@ with the id, the secret and the last ticket (``resume_secret``, ``resume_ticket`
 
 A server that cannot be reached when the pipeline starts is the same case as one lost before
 the first reply (pipecat's websocket services do the same: a failed connect at the start is a
-non-permanent ``ErrorFrame``, and the next request connects): the service starts with its
-session unconnected and pushes one ``ErrorFrame`` (category connectivity) naming the URL and
-why (``RemoteEngine.connect``: DNS, refused, timed out, a TLS handshake, HTTP 503); each later
-reply connects first (the client's backoff, up to its ``reconnect_timeout``) and, reaching no
-server, fails with one such ``ErrorFrame`` before it sends anything, so the settings, voice and
-user turns it would have sent wait for the next reply. The first connection that succeeds
-makes the conversation with the id and resume secret the service was given or drew, and the
-reply speaks. What retrying cannot heal ends the service at its first connection, whenever it
-comes, as a refusal does (``service/refusal.py``: one permanent ``ErrorFrame``): the server's
-refusals, and a TLS certificate that fails verification (the client lacks the CA that signed
-it; waiting changes nothing, so the connection is not retried at all).
+non-permanent ``ErrorFrame``, and the next request connects). The start makes one connection
+attempt (at each URL), bounded by the client's ``connect_timeout``, and does not retry: the
+pipeline's StartFrame, and every frame behind it, waits for the TTS's start, so a dead server
+must not hold it for the client's whole ``reconnect_timeout``. Failing that attempt, the
+service starts with its session unconnected and pushes one ``ErrorFrame`` (category
+connectivity) naming the URL and why (``RemoteEngine.connect``: DNS, refused, timed out, a TLS
+handshake, HTTP 503); each later reply connects first (the client's backoff, up to its
+``reconnect_timeout``) and, reaching no server, fails with one such ``ErrorFrame`` before it
+sends anything, so the settings, voice and user turns it would have sent wait for the next
+reply. The first connection that succeeds makes the conversation with the id and resume secret
+the service was given or drew, and the reply speaks. What retrying cannot heal ends the service
+at its first connection, whenever it comes, as a refusal does (``service/refusal.py``: one
+permanent ``ErrorFrame``): the server's refusals, and a TLS certificate that fails verification
+(the client lacks the CA that signed it; waiting changes nothing, so the connection is not
+retried at all).
 """
 
 from __future__ import annotations
@@ -63,8 +67,9 @@ class MossRemoteTTSService(MossTTSServiceBase):
             lost the conversation and someone else made it anew under its id, the ticket
             takes the id back (``server.tickets``); not needed otherwise.
         remote: an existing ``RemoteEngine`` to share between pipelines (``url``/``token``
-            are then ignored); its ``reconnect_timeout`` bounds how long a reply waits for a
-            server that cannot be reached.
+            are then ignored); its ``connect_timeout`` bounds how long the start waits for a
+            server that does not answer (one attempt), its ``reconnect_timeout`` how long a
+            reply does (retrying with backoff).
         **kwargs: ``MossTTSServiceBase`` and ``TTSService`` arguments.
             ``max_consecutive_zero_audio_contexts`` defaults to 0 here: replies that cannot
             reach the server (each reported) never write the service off, so it speaks again
@@ -148,7 +153,7 @@ class MossRemoteTTSService(MossTTSServiceBase):
             connect=False,
         )
         try:
-            await self._open_link(session)
+            await self._open_link(session, retry=False)  # the StartFrame waits for this
         except BaseException as e:
             if not isinstance(e, ServerUnavailableError) or isinstance(e, TLSVerificationError):
                 await session.close()  # will not heal: refused (``open_or_refuse``) or raised
@@ -166,12 +171,13 @@ class MossRemoteTTSService(MossTTSServiceBase):
             raise SessionClosedError("the service was written off")
         await self._open_link(self._session)  # at once when connected; else with backoff
 
-    async def _open_link(self, session: RemoteSession) -> None:
-        """Opens the session's link, telling pipecat's connection events (``on_connected``
-        when this made a connection, ``on_connection_error`` when none was made)."""
+    async def _open_link(self, session: RemoteSession, retry: bool = True) -> None:
+        """Opens the session's link (``retry=False``: one attempt), telling pipecat's connection
+        events (``on_connected`` when this made a connection, ``on_connection_error`` when
+        none was made)."""
         before = (session.connected_once, session.reconnects)
         try:
-            await session.open()
+            await session.open(retry=retry)
         except MossError as e:
             await compat.call_event(self, "on_connection_error", str(e))
             raise
