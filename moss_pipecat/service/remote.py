@@ -23,10 +23,16 @@ handshake, HTTP 503); each later reply connects first (the client's backoff, up 
 sends anything, so the settings, voice and user turns it would have sent wait for the next
 reply. The first connection that succeeds makes the conversation with the id and resume secret
 the service was given or drew, and the reply speaks. What retrying cannot heal ends the service
-at its first connection, whenever it comes, as a refusal does (``service/refusal.py``: one
+at whichever connection meets it, as a refused start does (``service/refusal.py``: one
 permanent ``ErrorFrame``): the server's refusals, and a TLS certificate that fails verification
 (the client lacks the CA that signed it; waiting changes nothing, so the connection is not
-retried at all).
+retried at all). That is the first connection, whenever it comes, and every reconnect of the
+conversation too (the server's token rotated, the conversation taken over by whoever holds its
+resume ticket, a server that no longer speaks this protocol): pipecat counts such errors
+permanent (``ErrorCategory.is_permanent``: the same result on every retry), and a service that
+said "reply failed" on each reply would never heal, nor let a ``ServiceSwitcher`` fail over. A
+reply whose connection the server closed for such a reason fails as a lost one; the next
+reply's reconnect is refused.
 """
 
 from __future__ import annotations
@@ -169,7 +175,14 @@ class MossRemoteTTSService(MossTTSServiceBase):
     async def _reach_engine(self) -> None:
         if not self.is_usable:  # refused: replies given before pipecat knew end silently
             raise SessionClosedError("the service was written off")
-        await self._open_link(self._session)  # at once when connected; else with backoff
+        try:
+            await self._open_link(self._session)  # at once when connected; else with backoff
+        except MossError as e:
+            # Refused at a connection, the first or a reconnect: no retry heals it (pipecat's
+            # permanent error), so it ends the service as a refused start does.
+            if not await refuse(self, e):
+                raise
+            raise SessionClosedError("the service was written off") from e
 
     async def _open_link(self, session: RemoteSession, retry: bool = True) -> None:
         """Opens the session's link (``retry=False``: one attempt), telling pipecat's connection
@@ -187,9 +200,6 @@ class MossRemoteTTSService(MossTTSServiceBase):
     async def _reply_failed(self, error: MossError, category: ErrorCategory | None = None) -> None:
         if isinstance(error, SessionClosedError) and not self.is_usable:
             return  # written off (``_reach_engine``): its one ErrorFrame is out
-        session = self._session
-        if session is not None and not session.connected_once and await refuse(self, error):
-            return  # the start's first connection, made late: refused as at the start
         if isinstance(error, ServerUnavailableError):
             category = ErrorCategory.CONNECTIVITY  # lost, or not reached: the next reply retries
         await super()._reply_failed(error, category)
