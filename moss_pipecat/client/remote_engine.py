@@ -35,7 +35,9 @@ class RemoteEngine:
             behind a load balancer (or Ray Serve) works the same way.
         token: bearer token (default: none), sent as ``Authorization: Bearer`` with the
             websocket upgrade.
-        connect_timeout: seconds for one connection attempt (TCP + upgrade + hello).
+        connect_timeout: seconds for one connection attempt (TCP + upgrade, then again for
+            the hello's answer); also what a ``MossRemoteTTSService`` start waits at most for
+            a server that does not answer (it makes one attempt, no retries).
         request_timeout: seconds to wait for any reply.
         reconnect_timeout: total seconds of retrying (exponential backoff) before a call
             gives up with ``ServerUnavailableError``.
@@ -149,10 +151,13 @@ class RemoteEngine:
         for s in list(self._sessions):
             await s.close()
 
-    async def connect(self, session: RemoteSession, after: Link | None = None) -> Link:
+    async def connect(
+        self, session: RemoteSession, after: Link | None = None, *, retry: bool = True
+    ) -> Link:
         """Opens a connection for ``session`` with exponential backoff (``RemoteSession.open``
         calls it), trying the URLs in turn: first the one of the link ``after`` (the one the
         session lost), or the next one when that server asked its clients to move.
+        ``retry=False``: one attempt at each URL, no backoff (a start that must not wait).
 
         What retrying may heal is retried until ``reconnect_timeout``, then raised as
         ``ServerUnavailableError`` naming the URL(s) and why the last attempt failed (``_why``):
@@ -194,10 +199,10 @@ class RemoteEngine:
                 last = _refusal(e, url)
                 if _http_status(e) == 401:
                     raise UnauthorizedError("the server refused the token") from None
-            if time.monotonic() + delay > deadline:
+            if (not retry and attempt == len(self.urls)) or time.monotonic() + delay > deadline:
                 where = self.url if len(self.urls) == 1 else ", ".join(self.urls)
                 raise ServerUnavailableError(
-                    f"cannot reach {where} after {attempt} attempts: "
+                    f"cannot reach {where} after {attempt} attempt{'s' * (attempt > 1)}: "
                     f"{_why(last, self.connect_timeout)}"
                 )
             await asyncio.sleep(delay)

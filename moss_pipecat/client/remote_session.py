@@ -102,8 +102,9 @@ class RemoteSession:
         could not be reached), and its first connection makes (or resumes) it."""
         return self.audio is not None
 
-    async def open(self) -> Link:
-        """The live link, (re)connecting first when there is none (each call does this)."""
+    async def open(self, *, retry: bool = True) -> Link:
+        """The live link, (re)connecting first when there is none (each call does this);
+        ``retry=False``: one connection attempt (``RemoteEngine.connect``)."""
         if self.closed:
             raise SessionClosedError(f"session {self.id!r} is closed")
         link = self._link
@@ -114,7 +115,7 @@ class RemoteSession:
                 return self._link
             tries = 0
             while True:
-                link = await self._connect()
+                link = await self._connect(retry)
                 try:
                     await self._finish_remake(link)
                     return link
@@ -125,12 +126,12 @@ class RemoteSession:
                     if link.alive or tries == _REMAKE_ATTEMPTS:
                         raise
 
-    async def _connect(self) -> Link:
+    async def _connect(self, retry: bool) -> Link:
         old, self._link = self._link, None
         if old is not None:
             await old.close()
         first = not self.connected_once
-        link = await self.engine.connect(self, after=old)
+        link = await self.engine.connect(self, after=old, retry=retry)
         self._link = link
         if not first:
             self.reconnects += 1

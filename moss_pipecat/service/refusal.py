@@ -3,8 +3,9 @@ would miss its frame deadline), or an engine server refuses to this client (the 
 conversation's resume credentials: ``resume_secret``, ``resume_ticket``), or that this client
 cannot talk to (a TLS certificate that fails verification, another protocol), becomes one clear
 ``ErrorFrame`` instead of a failed start (which pipecat only logs, and every reply after it
-then errs without saying why). For the remote service that is its first connection, at the
-start or, when the server could not be reached then, at a later reply (``service/remote.py``).
+then errs without saying why). For the remote service that is any connection: its first, at the
+start or, when the server could not be reached then, at a later reply, and a reconnect of its
+conversation (``service/remote.py``).
 
 The StartFrame still reaches the processors after the TTS and the pipeline goes on. The error
 marks the service unusable (pipecat's ``force_treat_as_permanent``: this call will not get a

@@ -12,17 +12,27 @@ with the id, the secret and the last ticket (``resume_secret``, ``resume_ticket`
 
 A server that cannot be reached when the pipeline starts is the same case as one lost before
 the first reply (pipecat's websocket services do the same: a failed connect at the start is a
-non-permanent ``ErrorFrame``, and the next request connects): the service starts with its
-session unconnected and pushes one ``ErrorFrame`` (category connectivity) naming the URL and
-why (``RemoteEngine.connect``: DNS, refused, timed out, a TLS handshake, HTTP 503); each later
-reply connects first (the client's backoff, up to its ``reconnect_timeout``) and, reaching no
-server, fails with one such ``ErrorFrame`` before it sends anything, so the settings, voice and
-user turns it would have sent wait for the next reply. The first connection that succeeds
-makes the conversation with the id and resume secret the service was given or drew, and the
-reply speaks. What retrying cannot heal ends the service at its first connection, whenever it
-comes, as a refusal does (``service/refusal.py``: one permanent ``ErrorFrame``): the server's
-refusals, and a TLS certificate that fails verification (the client lacks the CA that signed
-it; waiting changes nothing, so the connection is not retried at all).
+non-permanent ``ErrorFrame``, and the next request connects). The start makes one connection
+attempt (at each URL), bounded by the client's ``connect_timeout``, and does not retry: the
+pipeline's StartFrame, and every frame behind it, waits for the TTS's start, so a dead server
+must not hold it for the client's whole ``reconnect_timeout``. Failing that attempt, the
+service starts with its session unconnected and pushes one ``ErrorFrame`` (category
+connectivity) naming the URL and why (``RemoteEngine.connect``: DNS, refused, timed out, a TLS
+handshake, HTTP 503); each later reply connects first (the client's backoff, up to its
+``reconnect_timeout``) and, reaching no server, fails with one such ``ErrorFrame`` before it
+sends anything, so the settings, voice and user turns it would have sent wait for the next
+reply. The first connection that succeeds makes the conversation with the id and resume secret
+the service was given or drew, and the reply speaks. What retrying cannot heal ends the service
+at whichever connection meets it, as a refused start does (``service/refusal.py``: one
+permanent ``ErrorFrame``): the server's refusals, and a TLS certificate that fails verification
+(the client lacks the CA that signed it; waiting changes nothing, so the connection is not
+retried at all). That is the first connection, whenever it comes, and every reconnect of the
+conversation too (the server's token rotated, the conversation taken over by whoever holds its
+resume ticket, a server that no longer speaks this protocol): pipecat counts such errors
+permanent (``ErrorCategory.is_permanent``: the same result on every retry), and a service that
+said "reply failed" on each reply would never heal, nor let a ``ServiceSwitcher`` fail over. A
+reply whose connection the server closed for such a reason fails as a lost one; the next
+reply's reconnect is refused.
 """
 
 from __future__ import annotations
@@ -63,8 +73,9 @@ class MossRemoteTTSService(MossTTSServiceBase):
             lost the conversation and someone else made it anew under its id, the ticket
             takes the id back (``server.tickets``); not needed otherwise.
         remote: an existing ``RemoteEngine`` to share between pipelines (``url``/``token``
-            are then ignored); its ``reconnect_timeout`` bounds how long a reply waits for a
-            server that cannot be reached.
+            are then ignored); its ``connect_timeout`` bounds how long the start waits for a
+            server that does not answer (one attempt), its ``reconnect_timeout`` how long a
+            reply does (retrying with backoff).
         **kwargs: ``MossTTSServiceBase`` and ``TTSService`` arguments.
             ``max_consecutive_zero_audio_contexts`` defaults to 0 here: replies that cannot
             reach the server (each reported) never write the service off, so it speaks again
@@ -148,7 +159,7 @@ class MossRemoteTTSService(MossTTSServiceBase):
             connect=False,
         )
         try:
-            await self._open_link(session)
+            await self._open_link(session, retry=False)  # the StartFrame waits for this
         except BaseException as e:
             if not isinstance(e, ServerUnavailableError) or isinstance(e, TLSVerificationError):
                 await session.close()  # will not heal: refused (``open_or_refuse``) or raised
@@ -164,14 +175,22 @@ class MossRemoteTTSService(MossTTSServiceBase):
     async def _reach_engine(self) -> None:
         if not self.is_usable:  # refused: replies given before pipecat knew end silently
             raise SessionClosedError("the service was written off")
-        await self._open_link(self._session)  # at once when connected; else with backoff
+        try:
+            await self._open_link(self._session)  # at once when connected; else with backoff
+        except MossError as e:
+            # Refused at a connection, the first or a reconnect: no retry heals it (pipecat's
+            # permanent error), so it ends the service as a refused start does.
+            if not await refuse(self, e):
+                raise
+            raise SessionClosedError("the service was written off") from e
 
-    async def _open_link(self, session: RemoteSession) -> None:
-        """Opens the session's link, telling pipecat's connection events (``on_connected``
-        when this made a connection, ``on_connection_error`` when none was made)."""
+    async def _open_link(self, session: RemoteSession, retry: bool = True) -> None:
+        """Opens the session's link (``retry=False``: one attempt), telling pipecat's connection
+        events (``on_connected`` when this made a connection, ``on_connection_error`` when
+        none was made)."""
         before = (session.connected_once, session.reconnects)
         try:
-            await session.open()
+            await session.open(retry=retry)
         except MossError as e:
             await compat.call_event(self, "on_connection_error", str(e))
             raise
@@ -181,9 +200,6 @@ class MossRemoteTTSService(MossTTSServiceBase):
     async def _reply_failed(self, error: MossError, category: ErrorCategory | None = None) -> None:
         if isinstance(error, SessionClosedError) and not self.is_usable:
             return  # written off (``_reach_engine``): its one ErrorFrame is out
-        session = self._session
-        if session is not None and not session.connected_once and await refuse(self, error):
-            return  # the start's first connection, made late: refused as at the start
         if isinstance(error, ServerUnavailableError):
             category = ErrorCategory.CONNECTIVITY  # lost, or not reached: the next reply retries
         await super()._reply_failed(error, category)

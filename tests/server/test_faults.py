@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import re
 
 import pytest
 import torch
@@ -90,13 +90,17 @@ async def test_server_killed_then_restarted_clear_error_then_recovery(fixtures_d
         turn = await speak(session, LONG_TEXT, 80)  # ~6 s of paced audio
         await read_chunks(turn, 2)
         server.kill()
-        t0 = time.monotonic()
         with pytest.raises(ServerUnavailableError):
-            await asyncio.wait_for(turn.wait(), 10)
-        # While the server is down every call fails fast and clearly (bounded retries).
-        with pytest.raises(ServerUnavailableError, match="cannot reach"):
-            await asyncio.wait_for(session.start_turn(max_frames=4), 10)
-        assert time.monotonic() - t0 < 8
+            await asyncio.wait_for(turn.wait(), 10)  # a hang guard
+        # While the server is down every call fails clearly, after retrying (with backoff)
+        # for the client's reconnect_timeout and no longer: it gives up, saying why.
+        with pytest.raises(ServerUnavailableError, match="cannot reach") as info:
+            await asyncio.wait_for(session.start_turn(max_frames=4), 10)  # a hang guard
+        retried = re.fullmatch(
+            rf"cannot reach {re.escape(client.url)} after (\d+) attempts: connection refused .*",
+            str(info.value),
+        )
+        assert retried is not None and int(retried[1]) > 1, str(info.value)
 
         await server.start()
         turn = await session.start_turn(max_frames=4)  # reconnects
@@ -218,12 +222,13 @@ async def test_a_stuck_engine_fails_the_turn_instead_of_hanging(make_tiny_engine
     turn = await speak(session, LONG_TEXT, 60)
     await read_chunks(turn, 1)
     release = threading.Event()
-    engine.call(lambda: release.wait(20))  # the engine thread stops stepping (pings go on)
+    stuck = engine.call(lambda: release.wait(60))  # the engine stops stepping (pings go on)
     try:
-        t0 = time.monotonic()
-        with pytest.raises(ServerUnavailableError, match="no audio"):
-            await asyncio.wait_for(turn.wait(), 15)
-        assert time.monotonic() - t0 < 8
+        # The client's frame_timeout fails the turn while the engine is still stuck (not the
+        # server's pings, not the engine coming back).
+        with pytest.raises(ServerUnavailableError, match="^no audio from the server for 1.0 s$"):
+            await asyncio.wait_for(turn.wait(), 30)  # a hang guard
+        assert not stuck.done()
     finally:
         release.set()
     turn = await session.start_turn(max_frames=3)  # reconnects; the conversation is there

@@ -112,11 +112,11 @@ async def test_a_full_turn_over_wss(tls_server):
 
 async def test_a_client_without_the_ca_fails_at_once_and_clearly(tls_server):
     server, _ = tls_server
-    client = RemoteEngine(server.url, token=TOKEN, reconnect_timeout=5.0)
-    t0 = time.monotonic()
+    # Not retried for the reconnect window: one far longer than the test's hang guard, which a
+    # client retrying the handshake would not get out of.
+    client = RemoteEngine(server.url, token=TOKEN, reconnect_timeout=600)
     with pytest.raises(TLSVerificationError, match="certificate .* failed verification") as info:
-        await asyncio.wait_for(client.create_session(), 10)
-    assert time.monotonic() - t0 < 2.0  # not retried for the whole reconnect_timeout
+        await asyncio.wait_for(client.create_session(), 60)  # a hang guard
     assert "ssl_ca_file" in str(info.value)
     # Plain ws:// to a TLS port does not get through either.
     plain = RemoteEngine(server.url.replace("wss://", "ws://"), token=TOKEN, reconnect_timeout=0.3)

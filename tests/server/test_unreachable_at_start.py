@@ -4,16 +4,21 @@ with an ErrorFrame naming the cause (and keeps the settings and the user's turn 
 one), however many replies fail so; once a server listens on the port the next reply makes
 the conversation, with the id and resume secret the service had, and speaks into the LLM
 context. A refusal at that late first connection ends the service, as at the start
-(``service/refusal.py``)."""
+(``service/refusal.py``). The start makes one connection attempt and does not retry: a dead
+server does not hold the pipeline's StartFrame for the client's reconnect window."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
 
 import pytest
 from pipecat.frames.frames import (
     ErrorFrame,
     Frame,
+    StartFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
     TTSUpdateSettingsFrame,
@@ -240,4 +245,95 @@ async def test_why_a_server_cannot_be_reached_is_named(url, reason):
         await asyncio.wait_for(session.start_turn(), 120)
     assert str(info.value).startswith(f"cannot reach {url}/v1/ws after ")
     assert reason in str(info.value)
+    await client.aclose()
+
+
+class SilentServer:
+    """A TCP listener that takes connections and never answers (a server hung before its
+    websocket upgrade): ``connections`` counts them; ``dropped`` is set once the client
+    gave one up."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.dropped = asyncio.Event()
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        with contextlib.suppress(OSError):
+            await reader.read()  # the upgrade request, then nothing until the client gives up
+        self.dropped.set()
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def dead_servers(kinds: list[str]) -> AsyncIterator[tuple[list[str], SilentServer]]:
+    """URLs of servers that cannot be reached, of each kind: ``refusing`` (a port bound but
+    not listening: connection refused) or ``silent`` (one ``SilentServer``)."""
+    silent = SilentServer()
+    with contextlib.ExitStack() as sockets:
+        listener = await asyncio.start_server(silent._hold, "127.0.0.1", 0)
+        urls = []
+        for kind in kinds:
+            if kind == "silent":
+                port = listener.sockets[0].getsockname()[1]
+            else:
+                bound = sockets.enter_context(socket.socket())
+                bound.bind(("127.0.0.1", 0))  # held, never listening: nobody takes the port
+                port = bound.getsockname()[1]
+            urls.append(f"ws://127.0.0.1:{port}/v1/ws")
+        try:
+            yield urls, silent
+        finally:
+            listener.close()
+            await listener.wait_closed()
+
+
+@pytest.mark.parametrize(
+    "kinds",
+    [["refusing"], ["silent"], ["refusing", "silent"]],
+    ids=["refused", "no-answer", "both-urls"],
+)
+async def test_a_dead_server_does_not_hold_the_start_for_the_reconnect_window(kinds):
+    async with dead_servers(kinds) as (urls, silent):
+        # A reconnect window far longer than the test's hang guard: a start that retried
+        # within it would not finish. One attempt waits connect_timeout for a silent server.
+        client = RemoteEngine(urls, reconnect_timeout=600, connect_timeout=0.5)
+        tts = MossRemoteTTSService(remote=client, conversation_id="dead-at-start")
+        failures: list[str] = []
+
+        @tts.event_handler("on_connection_error")
+        async def on_connection_error(service, error: str) -> None:
+            failures.append(error)
+
+        down, up = await run_test(
+            tts,
+            frames_to_send=[],
+            ignore_start=False,  # the StartFrame is what must come through
+            start_timeout=60,  # a hang guard: the start ends after one attempt at each URL
+            pipeline_params=PipelineParams(audio_out_sample_rate=24000),
+        )
+        if "silent" in kinds:
+            await asyncio.wait_for(silent.dropped.wait(), 60)  # the attempt was given up
+
+    # The StartFrame went on past the TTS; one non-permanent ErrorFrame says why.
+    assert isinstance(down[0], StartFrame)
+    errors = [f for f in up if isinstance(f, ErrorFrame)]
+    assert len(errors) == 1, [f.error for f in errors]
+    error = errors[0]
+    assert error.category is ErrorCategory.CONNECTIVITY
+    assert isinstance(error.exception, ServerUnavailableError)
+    assert tts.is_usable and tts.session is None  # the pipeline's end closed it
+    where = urls[0] if len(urls) == 1 else ", ".join(urls)
+    reasons = {
+        "refusing": "connection refused (no server is listening there)",
+        "silent": "no answer within connect_timeout (0.5 s)",
+    }
+    # One attempt at each URL (the error names why the last one failed), no backoff.
+    attempts = "1 attempt" if len(urls) == 1 else f"{len(urls)} attempts"
+    assert error.error == (
+        f"MOSS TTS: the engine server is unreachable: cannot reach {where} after {attempts}: "
+        f"{reasons[kinds[-1]]}; each reply will try to connect again"
+    )
+    assert failures == [str(error.exception)]
+    assert silent.connections == kinds.count("silent")
     await client.aclose()
