@@ -5,7 +5,8 @@ cannot talk to (a TLS certificate that fails verification, another protocol), be
 ``ErrorFrame`` instead of a failed start (which pipecat only logs, and every reply after it
 then errs without saying why). For the remote service that is any connection: its first, at the
 start or, when the server could not be reached then, at a later reply, and a reconnect of its
-conversation (``service/remote.py``).
+conversation (``service/remote.py``; there a full server is a failed reply, not a refusal: the
+call is already under way).
 
 The StartFrame still reaches the processors after the TTS and the pipeline goes on. The error
 marks the service unusable (pipecat's ``force_treat_as_permanent``: this call will not get a

@@ -32,7 +32,11 @@ resume ticket, a server that no longer speaks this protocol): pipecat counts suc
 permanent (``ErrorCategory.is_permanent``: the same result on every retry), and a service that
 said "reply failed" on each reply would never heal, nor let a ``ServiceSwitcher`` fail over. A
 reply whose connection the server closed for such a reason fails as a lost one; the next
-reply's reconnect is refused.
+reply's reconnect is refused. One refusal is not permanent on a reconnect: a server with no
+room (``CapacityError``) for a conversation already under way (its server lost, the next one
+full) is load, not access; the call is live and a later reply may be admitted, so that reply
+fails with a rate-limit ``ErrorFrame`` and the next one tries again. At the first connection
+the same refusal is admission control: the call is refused (permanent).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from typing import Any
 from pipecat.utils.errors import ErrorCategory
 
 from moss_pipecat.client import RemoteEngine, RemoteSession
-from moss_pipecat.errors import MossError, SessionClosedError
+from moss_pipecat.errors import CapacityError, MossError, SessionClosedError
 from moss_pipecat.protocol.errors import ServerUnavailableError, TLSVerificationError
 from moss_pipecat.service import pipecat_compat as compat
 from moss_pipecat.service.base import MossTTSServiceBase
@@ -179,7 +183,12 @@ class MossRemoteTTSService(MossTTSServiceBase):
             await self._open_link(self._session)  # at once when connected; else with backoff
         except MossError as e:
             # Refused at a connection, the first or a reconnect: no retry heals it (pipecat's
-            # permanent error), so it ends the service as a refused start does.
+            # permanent error), so it ends the service as a refused start does. Except a full
+            # server refusing a conversation already under way (its server lost, the next one
+            # full): that is load, not access, and the call is live; a later reply may be
+            # admitted, so this reply fails as a rate limit and the service stays.
+            if isinstance(e, CapacityError) and self._session.connected_once:
+                raise
             if not await refuse(self, e):
                 raise
             raise SessionClosedError("the service was written off") from e
@@ -202,6 +211,8 @@ class MossRemoteTTSService(MossTTSServiceBase):
             return  # written off (``_reach_engine``): its one ErrorFrame is out
         if isinstance(error, ServerUnavailableError):
             category = ErrorCategory.CONNECTIVITY  # lost, or not reached: the next reply retries
+        elif isinstance(error, CapacityError):
+            category = ErrorCategory.RATE_LIMIT  # a reconnect the next server had no room for
         await super()._reply_failed(error, category)
 
     async def _after_close(self) -> None:

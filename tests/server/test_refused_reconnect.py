@@ -1,14 +1,18 @@
 """A reconnect of a conversation that the server refuses (its token rotated away, the
 conversation taken over by whoever holds its resume ticket) is what no retry heals: one
 permanent ErrorFrame, as for a refused start, and pipecat gives the service no more text;
-not a non-permanent "reply failed" for every reply, which would never say it is over."""
+not a non-permanent "reply failed" for every reply, which would never say it is over. A full
+server is the exception: a call under way that a reconnect finds no room for fails that reply
+(rate limit) and speaks again once there is room."""
 
 from __future__ import annotations
 
-from pipecat.frames.frames import ErrorFrame
+from pipecat.frames.frames import ErrorFrame, Frame
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.utils.errors import ErrorCategory
 
 from moss_pipecat.client import RemoteEngine
+from moss_pipecat.errors import CapacityError
 from moss_pipecat.protocol.errors import ForbiddenError, UnauthorizedError
 from moss_pipecat.server import EngineServer, ServerConfig
 from moss_pipecat.server.config import RESUME_KEY_ENV
@@ -116,3 +120,80 @@ async def test_a_conversation_taken_back_with_its_ticket_ends_the_other_service(
     assert taken.resume_secret == owner.resume_secret and b_engine.session_ids == [taken.id]
     await taken.close()
     await owner.close()
+
+
+class Director(FrameProcessor):
+    """Upstream of the TTS: at each ``Cue`` awaits ``at(what)`` before the frames behind it go
+    on (no snapshot: the service may be unconnected there)."""
+
+    def __init__(self, at) -> None:
+        super().__init__()
+        self.at = at
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, Cue):
+            await self.at(frame.what)
+        else:
+            await self.push_frame(frame, direction)
+
+
+async def test_a_full_server_fails_the_reply_of_a_call_under_way_and_the_next_one_speaks(
+    make_tiny_engine,
+):
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.task import PipelineParams
+    from pipecat.tests.utils import run_test
+
+    from .cues import Watcher
+
+    port = free_port()
+
+    def server(engine) -> EngineServer:
+        return EngineServer(engine, ServerConfig(host="127.0.0.1", port=port))
+
+    servers = {"old": await server(make_tiny_engine(max_sessions=1, **TALKATIVE)).start()}
+    new_engine = make_tiny_engine(max_sessions=1, **TALKATIVE)
+    tts = MossRemoteTTSService(
+        url=f"ws://127.0.0.1:{port}", conversation_id="moved", settings=GREEDY
+    )
+    occupant: list = []
+
+    async def at(what: str) -> None:
+        if what == "lose":  # its server is lost; the next one is full (another call holds it)
+            await watcher.reached(0, None)
+            await servers["old"].stop()
+            await lost_link(tts)
+            servers["new"] = await server(new_engine).start()
+            occupant.append(await RemoteEngine(servers["new"].url).create_session())
+        elif what == "room":  # once the reply met the full server, its call ends
+            refused = servers["new"].hub.metrics.conversations_refused
+            await eventually(lambda: refused.value(reason="full") >= 1, 30, "the refusal")
+            await occupant[0].close()
+            await eventually(lambda: not new_engine.session_ids, 30, "the slot to free")
+
+    watcher = Watcher()
+    frames = [
+        *reply("Hello ", "there."),
+        Cue("lose", 0),
+        *reply("And ", "again."),
+        Cue("room", -1),
+        *reply("Once ", "more."),
+    ]
+    try:
+        _, up = await run_test(
+            Pipeline([Director(at), tts, watcher]),
+            frames_to_send=frames,
+            pipeline_params=PipelineParams(audio_out_sample_rate=24000),
+        )
+    finally:
+        for s in servers.values():
+            await s.stop()
+    errors = [f for f in up if isinstance(f, ErrorFrame)]
+    ours = [f for f in errors if isinstance(f.exception, CapacityError)]
+    assert len(ours) == 1, [f.error for f in errors]
+    assert ours[0].category is ErrorCategory.RATE_LIMIT and not ours[0].fatal
+    assert ours[0].error.startswith("MOSS TTS reply failed:")
+    assert tts.is_usable  # not written off: the call goes on
+    assert len(watcher.contexts) == 2  # the first reply and the third (on the new server) spoke
+    assert servers["new"].hub.metrics.conversations_refused.value(reason="full") == 1
