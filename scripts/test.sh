@@ -9,6 +9,11 @@ bash scripts/bootstrap.sh
 LINTED=(moss_pipecat agents examples benchmarks tests scripts)
 .venv/bin/ruff check "${LINTED[@]}"
 .venv/bin/ruff format --check "${LINTED[@]}"
+# The project's modules compiled once, up front: the ~30 processes the tests start (workers,
+# servers, Ray replicas, bots, examples) then read their bytecode rather than each compiling the
+# ~100-200 modules it imports (~0.15 s of CPU each), also where PYTHONDONTWRITEBYTECODE is set
+# (it stops writing, not reading). __pycache__ is ignored by git.
+.venv/bin/python -m compileall -q "${LINTED[@]}"
 # Three workers on two cores: many tests wait (real-time audio, sockets, subprocesses) rather
 # than compute. Work units and their order: tests/conftest.py.
 # pytest exits 5 when it collected no test: that is a failure here, never a silent pass.

@@ -36,40 +36,45 @@ REALTIME_UNIT = "tests/agents/"
 # test_drain_ray kills one and redeploys (every replica start costs tens of seconds).
 RAY_UNIT = "tests/server/ray"
 RAY_MODULES = ("tests/server/test_ray.py", "tests/server/test_drain_ray.py")
-# Units known to take the longest start first (longest first, as measured with --durations),
-# so none of them begins last and runs alone while the other workers are idle. The real-time
-# unit leads (its bots want the CPU: see BATCH_NICENESS), then the Ray unit, which mostly
-# waits for replica processes and so overlaps the compute-bound units best.
+# Units known to take the longest start first, so none of them begins last and runs alone while
+# the other workers are idle. The real-time unit leads (its bots want the CPU: see
+# BATCH_NICENESS), then the Ray unit, which mostly waits for replica processes and so overlaps
+# the compute-bound units best, then the minimal-env unit (it waits on venvs and subprocesses).
+# The rest by CPU and wall time, measured per module (children's CPU included; pytest
+# --durations, one module at a time): 40-50 s of CPU, 30-60 s of CPU or wall, then shorter.
 LONGEST_FIRST = (
     REALTIME_UNIT,
     RAY_UNIT,
     "tests/test_minimal_env.py",
-    "tests/server/test_restore_service.py",
-    "tests/server/test_restore_inflight.py",
-    "tests/server/test_squatting.py",
-    "tests/server/test_remote_handoff.py",
+    "tests/service/test_barge_in.py",
     "tests/engine/test_sessions.py",
     "tests/test_benchmarks.py",
-    "tests/service/test_pipecat_contract.py",
-    "tests/server/test_contract_both_services.py",
-    "tests/server/test_contract_surface.py",
     "tests/service/test_world_replies.py",
-    "tests/engine/test_prefix_cache.py",
-    "tests/engine/test_kv_pools.py",
-    "tests/model/test_graphs.py",
-    "tests/service/test_barge_in.py",
-    "tests/service/test_moss_tts_service.py",
     "tests/server/test_parity.py",
-    "tests/server/test_faults.py",
-    "tests/test_wheel.py",
+    "tests/service/test_pipecat_contract.py",
+    "tests/engine/test_prefix_cache.py",
+    "tests/server/test_restore_inflight.py",
+    "tests/server/test_restore_service.py",
+    "tests/model/test_graphs.py",
     "tests/server/test_drain.py",
+    "tests/server/test_remote_handoff.py",
+    "tests/service/test_moss_tts_service.py",
+    "tests/server/test_contract_surface.py",
+    "tests/server/test_faults.py",
+    "tests/server/test_contract_both_services.py",
+    "tests/server/test_remote_service.py",
+    "tests/server/test_squatting.py",
+    "tests/test_wheel.py",
+    "tests/engine/test_kv_pools.py",
+    "tests/server/test_restore_transit.py",
     "tests/service/test_cjk_replies.py",
     "tests/codec/test_codec_fused.py",
-    "tests/server/test_restore_transit.py",
     "tests/service/test_context_race.py",
     "tests/server/test_remote_cjk.py",
     "tests/server/test_remote_word_order.py",
     "tests/server/test_inflight_cut.py",
+    "tests/test_fixture_sets.py",
+    "tests/server/test_tls.py",
 )
 
 

@@ -7,7 +7,6 @@ from dataclasses import replace
 import pytest
 
 from agents.config import load_config
-from agents.services import load_shared_models
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +18,10 @@ def offline_config(fixtures_dir):
 
 @pytest.fixture(scope="module")
 def offline_models(offline_config):
+    # Imported here, not at collection: every test process collects this package, and only the
+    # one that runs these tests needs Whisper and llama.cpp's imports (~0.6 s of CPU).
+    from agents.services import load_shared_models
+
     models = load_shared_models(offline_config)
     yield models
     models.shutdown()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-from agents.evaluate import evaluate, load_scenario
 from agents.headless import Utterance
 
 FRAME_S = 0.08
@@ -36,6 +35,8 @@ def _reply2_ended_by_itself(run) -> bool:
 
 
 async def test_two_turns_then_barge_in(offline_config, offline_models, tmp_path):
+    from agents.evaluate import evaluate, load_scenario  # not at collection: see conftest.py
+
     script = load_scenario()
     assert [u.barge_in_s is not None for u in script] == [False, False, True]
     # The tiny model has random weights: now and then it samples EOS within the first few
@@ -108,6 +109,8 @@ async def test_two_turns_then_barge_in(offline_config, offline_models, tmp_path)
 
 def test_scenario_wavs_are_16k_mono():
     import soundfile as sf
+
+    from agents.evaluate import load_scenario
 
     for u in load_scenario():
         info = sf.info(str(u.wav))

@@ -78,7 +78,9 @@ async def make_server():
 def ray_cluster():
     """A local Ray cluster with Serve's proxy, one per test process (it takes tens of seconds
     to start): the Ray modules each deploy their app on it and delete it after. Yields the
-    proxy's ws:// URL."""
+    proxy's ws:// URL. Skips the tests that use it where ``ray[serve]`` is not installed (here,
+    not at collection: every test process collects the Ray modules, one runs them)."""
+    pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install '.[serve]')")
     import ray
     from ray import serve
 

@@ -13,8 +13,6 @@ import signal
 import pytest
 import torch
 
-pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install '.[serve]')")
-
 from moss_pipecat.client import RemoteEngine
 from moss_pipecat.protocol.errors import ServerUnavailableError
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install '.[serve]')")
-
 from moss_pipecat.client import RemoteEngine
 from moss_pipecat.server import UnauthorizedError
 
