@@ -76,7 +76,7 @@ def test_the_journal_cuts_the_turn_in_flight_as_the_engine_interrupts_it(
     layout = engine.layout
     gen = torch.Generator().manual_seed(11)
     s = SyncSession(engine.create_session(sampling=GREEDY))
-    s.add_user_turn(random_text(gen, realtime_meta, 4), random_frames(gen, 5, layout.rvq))
+    s.add_user_turn(random_text(gen, realtime_meta, 4), random_frames(gen, 5, realtime_meta))
     first = s.start_turn(max_frames=6)
     first.push_ids(random_text(gen, realtime_meta, 15))
     first.end_text()
