@@ -112,8 +112,7 @@ async def test_server_killed_then_restarted_clear_error_then_recovery(fixtures_d
 async def test_a_failing_session_does_not_affect_the_others(
     make_tiny_engine, make_server, realtime_meta
 ):
-    text_range = tuple(realtime_meta["text_ids_drawn_from"])
-    scripts = [make_script(77 + i, text_range, turns=2) for i in range(3)]
+    scripts = [make_script(77 + i, realtime_meta, turns=2) for i in range(3)]
     local_engine = make_tiny_engine(max_sessions=4, eos_min_frames=3)
     local = []
     for script in scripts:

@@ -66,8 +66,7 @@ def _assert_same(local, remote):
 async def test_32_concurrent_remote_sessions_equal_local_and_leak_nothing(
     make_tiny_engine, make_server, realtime_meta
 ):
-    text_range = tuple(realtime_meta["text_ids_drawn_from"])
-    scripts = [make_script(1000 + i, text_range) for i in range(N_SESSIONS)]
+    scripts = [make_script(1000 + i, realtime_meta) for i in range(N_SESSIONS)]
     # No turn ends before 10 frames, so every scripted interruption (after <= 10 chunks)
     # happens, wherever this fixture set's model would stop.
     local_engine = make_tiny_engine(max_sessions=N_SESSIONS, eos_min_frames=10)
