@@ -1,17 +1,19 @@
 """The suite holds on any conforming fixture set, not just the default one.
 
-A fixture set is generated here (``moss_pipecat.testing.fixtures``: another seed, other shapes
-and special ids, no voice prompt, turn 1 running to its frame cap while the default set's ends
-on EOS, 12 audio codebooks instead of 16, 512 audio codes instead of 1024 (so other pad, BOS and
-EOS ids), a codec with no more quantizers than the model reads, at 16 kHz). It is checked to
-have exactly the default set's layout, then the fixture-sensitive tests (parity, rows, goldens
-through the engine, interruption, EOS options) run on it in a subprocess with
-``MOSS_FIXTURES`` pointing at it. The whole suite on other sets:
+Two fixture sets are generated here (``moss_pipecat.testing.fixtures``): one with another seed,
+other shapes and special ids, no voice prompt, turn 1 running to its frame cap while the default
+set's ends on EOS; one with a voice prompt and another audio side: 12 codebooks instead of 16,
+512 audio codes instead of 1024 (so other pad, BOS and EOS ids), a codec with no more
+quantizers than the model reads, at 16 kHz. Each is checked to have exactly the default set's
+layout, then the fixture-sensitive tests (parity, rows, goldens through the engine,
+interruption, EOS options) run on it in a subprocess with ``MOSS_FIXTURES`` pointing at it.
+The whole suite on other sets:
 ``python scripts/make_fixtures.py --seed N --out DIR`` then ``MOSS_FIXTURES=DIR pytest``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -47,6 +49,13 @@ SPEC = FixtureSpec(
     max_frames1=16,
     max_frames2=14,
     codec_context_s=6.0,
+)
+# The same small model on another audio side (the knobs the default set cannot vary).
+AUDIO_SPEC = dataclasses.replace(
+    SPEC,
+    seed=4,
+    voice=True,
+    eos_frame=None,
     rvq=12,
     audio_codebook_size=512,
     codec_quantizers=12,
@@ -74,6 +83,11 @@ def generated(make_fixture_set) -> Path:
     return make_fixture_set(SPEC)
 
 
+@pytest.fixture(scope="module")
+def generated_audio(make_fixture_set) -> Path:
+    return make_fixture_set(AUDIO_SPEC)
+
+
 def _keys(obj, path: str = "") -> set[str]:
     """Every key path of a JSON document (lists of objects: their first item's keys)."""
     out = set()
@@ -94,7 +108,7 @@ def _tensor_names(path: Path, numbered: bool = False) -> set[str]:
     return {re.sub(r"\.\d+\.", ".N.", n) for n in names} if numbered else names
 
 
-def test_generated_set_has_the_default_sets_layout(generated: Path, fixtures_dir: Path):
+def _check_layout(generated: Path, fixtures_dir: Path) -> None:
     no_voice = {"session.ref_codes", "/tensors/session.ref_codes"}
     for part in ("realtime", "codec"):
         for name in ("config.json", "golden.json"):
@@ -110,10 +124,24 @@ def test_generated_set_has_the_default_sets_layout(generated: Path, fixtures_dir
         theirs = _tensor_names(fixtures_dir / part / "model.safetensors", numbered=True)
         optional = {n for n in ours ^ theirs if "_proj" in n and part == "codec"}
         assert ours ^ theirs <= optional
+
+
+def test_generated_set_has_the_default_sets_layout(generated: Path, fixtures_dir: Path):
+    _check_layout(generated, fixtures_dir)
     meta = json.loads((generated / "realtime" / "golden.json").read_text())
     assert meta["conversation"]["ref_frames"] == 0
     assert "session.ref_codes" not in _tensor_names(generated / "realtime" / "golden.safetensors")
     assert meta["turns"]["turn1"]["stop"] == "max_frames"
+
+
+def test_a_set_with_another_audio_side_has_the_default_sets_layout(
+    generated_audio: Path, fixtures_dir: Path
+):
+    generated = generated_audio
+    _check_layout(generated, fixtures_dir)
+    meta = json.loads((generated / "realtime" / "golden.json").read_text())
+    assert meta["conversation"]["ref_frames"] > 0
+    assert "session.ref_codes" in _tensor_names(generated / "realtime" / "golden.safetensors")
     assert meta["audio"] == {"channels": 12, "audio_pad": 512, "bos": 513, "eos": 514, "vocab": 515}
     cfg = json.loads((generated / "realtime" / "config.json").read_text())
     assert (cfg["rvq"], cfg["audio_vocab_size"], cfg["audio_pad_token"]) == (12, 515, 512)
@@ -124,7 +152,9 @@ def test_generated_set_has_the_default_sets_layout(generated: Path, fixtures_dir
     assert (q["num_quantizers"], q["codebook_size"]) == (12, 512)
 
 
-def test_fixture_sensitive_tests_hold_on_a_generated_set(generated: Path):
+@pytest.mark.parametrize("which", ["generated", "generated_audio"])
+def test_fixture_sensitive_tests_hold_on_a_generated_set(request, which: str):
+    generated = request.getfixturevalue(which)
     env = dict(os.environ, MOSS_FIXTURES=str(generated))
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *SENSITIVE]
     run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
