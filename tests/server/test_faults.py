@@ -12,6 +12,7 @@ from moss_pipecat.client import RemoteEngine
 from moss_pipecat.errors import InvalidInputError
 from moss_pipecat.server import ServerUnavailableError
 
+from ..fixture_facts import frame_pcm_bytes
 from .conftest import GREEDY, eventually
 from .processes import ServerProcess
 from .scripts import make_script, run_script
@@ -104,7 +105,8 @@ async def test_server_killed_then_restarted_clear_error_then_recovery(fixtures_d
         turn.push_text("After the restart.")
         turn.end_text()
         chunks = [c async for c in turn]
-        assert len(chunks) == 4 and all(len(c.pcm) == 3840 for c in chunks)
+        frame_bytes = frame_pcm_bytes(fixtures_dir / "codec")
+        assert len(chunks) == 4 and all(len(c.pcm) == frame_bytes for c in chunks)
         await session.close()
     assert server.procs[1].returncode == 0, (tmp_path / "server.log").read_text()[-2000:]
 
