@@ -69,7 +69,7 @@ async def conversation(engine: MossEngine, out: Path, seed: int) -> list[dict]:
     codec = engine.codec
     sr = codec.sampling_rate
     rvq = engine.layout.rvq  # the codebooks the TTS model reads
-    voice = codec.encode_frames(torch.from_numpy(synthetic_speech(2.0, 140.0)), sr, rvq)
+    voice = codec.encode_frames(torch.from_numpy(synthetic_speech(2.0, 140.0, sr)), sr, rvq)
     session = engine.create_session(voice=voice, seed=seed)
     report = []
 
@@ -92,7 +92,7 @@ async def conversation(engine: MossEngine, out: Path, seed: int) -> list[dict]:
     pcm, s = await speak(session, TURNS[0])
     record("turn1_bot", pcm, s)
     for i, (user, bot) in enumerate(zip(USER_SAYS, TURNS[1:], strict=True), start=2):
-        wav = synthetic_speech(1.2, 220.0, seed=i)
+        wav = synthetic_speech(1.2, 220.0, sr, seed=i)
         await session.add_user_turn(
             session.user_text_ids(user), codec.encode_frames(torch.from_numpy(wav), sr, rvq)
         )

@@ -1,15 +1,19 @@
 """The suite holds on any conforming fixture set, not just the default one.
 
-A fixture set is generated here (``moss_pipecat.testing.fixtures``: another seed, other shapes
-and special ids, no voice prompt, turn 1 running to its frame cap while the default set's ends
-on EOS). It is checked to have exactly the default set's layout, then the fixture-sensitive
-tests (parity, rows, goldens through the engine, interruption, EOS options) run on it in a
-subprocess with ``MOSS_FIXTURES`` pointing at it. The whole suite on other sets:
+Two fixture sets are generated here (``moss_pipecat.testing.fixtures``): one with another seed,
+other shapes and special ids, no voice prompt, turn 1 running to its frame cap while the default
+set's ends on EOS; one with a voice prompt and another audio side: 12 codebooks instead of 16,
+512 audio codes instead of 1024 (so other pad, BOS and EOS ids), a codec with no more
+quantizers than the model reads, at 16 kHz. Each is checked to have exactly the default set's
+layout, then the fixture-sensitive tests (parity, rows, goldens through the engine,
+interruption, EOS options) run on it in a subprocess with ``MOSS_FIXTURES`` pointing at it.
+The whole suite on other sets:
 ``python scripts/make_fixtures.py --seed N --out DIR`` then ``MOSS_FIXTURES=DIR pytest``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -46,10 +50,22 @@ SPEC = FixtureSpec(
     max_frames2=14,
     codec_context_s=6.0,
 )
+# The same small model on another audio side (the knobs the default set cannot vary).
+AUDIO_SPEC = dataclasses.replace(
+    SPEC,
+    seed=4,
+    voice=True,
+    eos_frame=None,
+    rvq=12,
+    audio_codebook_size=512,
+    codec_quantizers=12,
+    codec_rate=16000,
+)
 
 # The tests that read the fixture set's goldens, ids and stopping points.
 SENSITIVE = [
     "tests/parity/test_model_parity.py",
+    "tests/parity/test_codec_parity.py",
     "tests/parity/test_engine_rows.py",
     "tests/parity/test_engine_goldens.py",
     "tests/model/test_kv_cache.py::test_truncate_then_regenerate_equals_fresh",
@@ -65,6 +81,11 @@ OURS = {"/generator", "/eos_row_adjustment_codebook0"}
 @pytest.fixture(scope="module")
 def generated(make_fixture_set) -> Path:
     return make_fixture_set(SPEC)
+
+
+@pytest.fixture(scope="module")
+def generated_audio(make_fixture_set) -> Path:
+    return make_fixture_set(AUDIO_SPEC)
 
 
 def _keys(obj, path: str = "") -> set[str]:
@@ -87,7 +108,7 @@ def _tensor_names(path: Path, numbered: bool = False) -> set[str]:
     return {re.sub(r"\.\d+\.", ".N.", n) for n in names} if numbered else names
 
 
-def test_generated_set_has_the_default_sets_layout(generated: Path, fixtures_dir: Path):
+def _check_layout(generated: Path, fixtures_dir: Path) -> None:
     no_voice = {"session.ref_codes", "/tensors/session.ref_codes"}
     for part in ("realtime", "codec"):
         for name in ("config.json", "golden.json"):
@@ -103,13 +124,37 @@ def test_generated_set_has_the_default_sets_layout(generated: Path, fixtures_dir
         theirs = _tensor_names(fixtures_dir / part / "model.safetensors", numbered=True)
         optional = {n for n in ours ^ theirs if "_proj" in n and part == "codec"}
         assert ours ^ theirs <= optional
+
+
+def test_generated_set_has_the_default_sets_layout(generated: Path, fixtures_dir: Path):
+    _check_layout(generated, fixtures_dir)
     meta = json.loads((generated / "realtime" / "golden.json").read_text())
     assert meta["conversation"]["ref_frames"] == 0
     assert "session.ref_codes" not in _tensor_names(generated / "realtime" / "golden.safetensors")
     assert meta["turns"]["turn1"]["stop"] == "max_frames"
 
 
-def test_fixture_sensitive_tests_hold_on_a_generated_set(generated: Path):
+def test_a_set_with_another_audio_side_has_the_default_sets_layout(
+    generated_audio: Path, fixtures_dir: Path
+):
+    generated = generated_audio
+    _check_layout(generated, fixtures_dir)
+    meta = json.loads((generated / "realtime" / "golden.json").read_text())
+    assert meta["conversation"]["ref_frames"] > 0
+    assert "session.ref_codes" in _tensor_names(generated / "realtime" / "golden.safetensors")
+    assert meta["audio"] == {"channels": 12, "audio_pad": 512, "bos": 513, "eos": 514, "vocab": 515}
+    cfg = json.loads((generated / "realtime" / "config.json").read_text())
+    assert (cfg["rvq"], cfg["audio_vocab_size"], cfg["audio_pad_token"]) == (12, 515, 512)
+    assert cfg["local_config"]["max_position_embeddings"] == 25
+    codec = json.loads((generated / "codec" / "config.json").read_text())
+    assert (codec["sampling_rate"], codec["downsample_rate"]) == (16000, 1280)
+    q = codec["quantizer_kwargs"]
+    assert (q["num_quantizers"], q["codebook_size"]) == (12, 512)
+
+
+@pytest.mark.parametrize("which", ["generated", "generated_audio"])
+def test_fixture_sensitive_tests_hold_on_a_generated_set(request, which: str):
+    generated = request.getfixturevalue(which)
     env = dict(os.environ, MOSS_FIXTURES=str(generated))
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *SENSITIVE]
     run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -122,3 +167,17 @@ def test_codec_quantizer_knobs_default_to_upstreams_and_keep_the_models_codebook
     assert FixtureSpec(seed=3, codec_quantizers=16, codebook_dim=4).resolved().codebook_dim == 4
     with pytest.raises(ValueError, match="codec_quantizers"):
         FixtureSpec(seed=3, codec_quantizers=15).resolved()
+    assert FixtureSpec(seed=3, rvq=40).resolved().codec_quantizers == 40
+    with pytest.raises(ValueError, match="codec_quantizers"):
+        FixtureSpec(seed=3, rvq=12, codec_quantizers=11).resolved()
+
+
+def test_audio_knobs_default_to_upstreams():
+    """Not drawn from the seed: a seed makes the set it made before these knobs existed."""
+    s = FixtureSpec(seed=3).resolved()
+    assert (s.rvq, s.audio_codebook_size, s.codec_rate) == (16, 1024, 24000)
+    assert (s.audio_pad, s.audio_bos, s.audio_eos, s.audio_vocab) == (1024, 1025, 1026, 1027)
+    assert s.codec_hop == 1920
+    assert FixtureSpec(seed=3, codec_rate=16000).resolved().codec_hop == 1280
+    with pytest.raises(ValueError, match="codec_rate"):
+        FixtureSpec(seed=3, codec_rate=22050).resolved()  # 80 ms = 1764 samples, not 8 patches

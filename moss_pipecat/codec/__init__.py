@@ -3,13 +3,16 @@
 Typical use::
 
     codec = MossAudioCodec.from_pretrained("OpenMOSS-Team/MOSS-Audio-Tokenizer", device="cuda")
-    ref = codec.encode_frames(wav, sample_rate)            # [T, 16] int64, frame-major
-    audio = codec.decode(codes)                            # codes [Q, B, T] -> [B, 1, T*1920]
+    ref = codec.encode_frames(wav, sample_rate, rvq)       # [T, rvq] int64, frame-major
+    audio = codec.decode(codes)                            # codes [Q, B, T] -> [B, 1, T*hop]
 
     state = codec.new_stream_state(capacity=32)           # one per engine
     slot = state.add_stream()                              # one per call
-    chunk = codec.decode_step(state, codes_qbt, [slot, ...])   # [B, T*1920] float32
-    pcm = pcm16_bytes(chunk[0])                            # 24 kHz int16 for pipecat
+    chunk = codec.decode_step(state, codes_qbt, [slot, ...])   # [B, T*hop] float32
+    pcm = pcm16_bytes(chunk[0])                            # int16 at codec.sampling_rate
+
+``hop`` = ``downsample_rate`` (80 ms of samples: 1920 at upstream's 24 kHz); ``rvq`` = the TTS
+model's codebooks per frame (16 upstream).
     state.remove_stream(slot)
 """
 

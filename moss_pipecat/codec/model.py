@@ -36,8 +36,9 @@ class EncodedAudio:
     """Result of ``MossAudioCodec.encode``.
 
     Attributes:
-        codes: ``[Q, B, T]`` int64. ``T = ceil(samples / downsample_rate)`` at 24 kHz; the last
-            frame is partial (zero-padded input) unless the length is a multiple of a frame.
+        codes: ``[Q, B, T]`` int64. ``T = ceil(samples / downsample_rate)`` at the codec's
+            rate; the last frame is partial (zero-padded input) unless the length is a multiple
+            of a frame.
         lengths: ``[B]`` int64, valid (complete) frames: ``floor(samples / downsample_rate)``.
         hidden: ``[B, D, T]`` encoder output before quantisation (upstream's conv layout).
     """
@@ -206,9 +207,9 @@ class MossAudioCodec(nn.Module):
 
         Args:
             wav: ``[S]``, ``[C, S]`` or ``[B, C, S]`` float samples (channels are averaged).
-            sample_rate: rate of ``wav``; anything else than the codec's rate (24 kHz) is
+            sample_rate: rate of ``wav``; anything else than the codec's rate (24 kHz upstream) is
                 resampled with soxr.
-            num_quantizers: codebooks to compute (default all; the TTS uses 16). The first
+            num_quantizers: codebooks to compute (default all; the TTS uses its ``rvq``). The first
                 ``n`` codes do not depend on ``n``.
             chunk_frames: run the encoder over this many frames at a time with carried
                 attention state (bounds memory for long audio; same result as one pass).
@@ -234,12 +235,14 @@ class MossAudioCodec(nn.Module):
         return EncodedAudio(codes=codes, lengths=lengths, hidden=hidden.float().transpose(1, 2))
 
     def encode_frames(
-        self, wav: torch.Tensor, sample_rate: int, num_quantizers: int = 16
+        self, wav: torch.Tensor, sample_rate: int, num_quantizers: int
     ) -> torch.Tensor:
         """One clip -> its complete frames, frame-major ``[T, num_quantizers]`` int64.
 
-        This is what the TTS takes for a voice reference or a user turn. A trailing partial
-        frame (fewer than 80 ms of samples) is dropped.
+        This is what the TTS takes for a voice reference or a user turn, with
+        ``num_quantizers`` = the TTS model's ``rvq`` (no default: the codec cannot know how
+        many codebooks a model reads). A trailing partial frame (one codec hop, 80 ms, not
+        filled) is dropped.
         """
         enc = self.encode(wav, sample_rate, num_quantizers=num_quantizers)
         if enc.codes.shape[1] != 1:
@@ -268,7 +271,7 @@ class MossAudioCodec(nn.Module):
                 gives the same audio).
 
         Returns:
-            ``[B, 1, T * downsample_rate]`` float32 waveform at 24 kHz.
+            ``[B, 1, T * downsample_rate]`` float32 waveform at ``sampling_rate``.
 
         Raises:
             InvalidInputError: wrong shape, dtype or out-of-range codes.

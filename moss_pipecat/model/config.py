@@ -95,8 +95,14 @@ class MossTTSRealtimeConfig:
                 f"local hidden_size {self.local.hidden_size} != backbone hidden_size "
                 f"{self.language.hidden_size}"
             )
-        if self.rvq < 1 or self.audio_vocab_size <= self.audio_pad_token:
-            raise CheckpointError("invalid rvq / audio vocabulary in config")
+        # Pad, BOS and EOS follow the codes: a vocabulary without room for EOS would fail deep
+        # inside the first turn (its EOS mask), not here.
+        if self.rvq < 1 or self.audio_pad_token < 1 or self.audio_vocab_size < self.audio_eos + 1:
+            raise CheckpointError(
+                f"invalid audio config: rvq {self.rvq}, audio_pad_token {self.audio_pad_token}, "
+                f"audio_vocab_size {self.audio_vocab_size} (need rvq >= 1 and room for pad, "
+                "BOS and EOS after the codes)"
+            )
 
     # Audio special ids follow the pad id (upstream convention: pad, BOS, EOS).
     @property

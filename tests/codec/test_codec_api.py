@@ -21,6 +21,8 @@ from moss_pipecat.errors import (
     InvalidInputError,
 )
 
+from ..fixture_facts import tts_rvq
+
 
 @pytest.fixture(scope="module")
 def codec(codec_dir: Path) -> MossAudioCodec:
@@ -36,7 +38,12 @@ def ckpt_copy(codec_dir: Path, tmp_path: Path) -> Path:
     return d
 
 
-def codes_of(codec: MossAudioCodec, n_q: int = 16, t: int = 3) -> torch.Tensor:
+@pytest.fixture(scope="module")
+def rvq(realtime_dir: Path) -> int:
+    return tts_rvq(realtime_dir)
+
+
+def codes_of(codec: MossAudioCodec, n_q: int, t: int = 3) -> torch.Tensor:
     size = codec.config.quantizer.codebook_size
     return torch.randint(0, size, (n_q, 1, t), generator=torch.Generator().manual_seed(1))
 
@@ -177,10 +184,10 @@ def test_decode_bad_codes(codec: MossAudioCodec, make, match: str | None) -> Non
         codec.decode(bad)
 
 
-def test_decode_step_bad_codes(codec: MossAudioCodec) -> None:
+def test_decode_step_bad_codes(codec: MossAudioCodec, rvq: int) -> None:
     state = codec.new_stream_state(capacity=2)
     slot = state.add_stream()
-    codes = codes_of(codec, t=1)
+    codes = codes_of(codec, rvq, t=1)
     with pytest.raises(InvalidInputError, match="must be in 0"):
         codec.decode_step(state, codes + codec.config.quantizer.codebook_size, [slot])
     with pytest.raises(InvalidInputError, match="num_quantizers, batch, frames"):
@@ -224,13 +231,13 @@ def test_encode_bad_num_quantizers(codec: MossAudioCodec, n) -> None:
         codec.encode(torch.zeros(4000), codec.sampling_rate, num_quantizers=bad)
 
 
-def test_encode_accepts_numpy_and_short_clips(codec: MossAudioCodec) -> None:
+def test_encode_accepts_numpy_and_short_clips(codec: MossAudioCodec, rvq: int) -> None:
     hop = codec.samples_per_frame
     enc = codec.encode(np.zeros(hop // 2, dtype=np.float32), codec.sampling_rate)
     assert enc.codes.shape[-1] == 1 and int(enc.lengths[0]) == 0  # only a partial frame
-    assert codec.encode_frames(torch.zeros(hop // 2), codec.sampling_rate).shape == (0, 16)
+    assert codec.encode_frames(torch.zeros(hop // 2), codec.sampling_rate, rvq).shape == (0, rvq)
     with pytest.raises(InvalidInputError, match="one clip"):
-        codec.encode_frames(torch.zeros(2, 1, hop), codec.sampling_rate)
+        codec.encode_frames(torch.zeros(2, 1, hop), codec.sampling_rate, rvq)
     with pytest.raises(InvalidInputError, match="chunk_frames"):
         codec.encode(torch.zeros(hop), codec.sampling_rate, chunk_frames=0)
 
@@ -238,13 +245,13 @@ def test_encode_accepts_numpy_and_short_clips(codec: MossAudioCodec) -> None:
 # ---------------------------------------------------------------------- stream slots
 
 
-def test_stream_slots(codec: MossAudioCodec) -> None:
+def test_stream_slots(codec: MossAudioCodec, rvq: int) -> None:
     state = codec.new_stream_state(capacity=2)
     a, b = state.add_stream(), state.add_stream()
     assert (a, b) == (0, 1) and state.active_slots == [0, 1]
     with pytest.raises(CapacityError):
         state.add_stream()
-    codes = codes_of(codec, t=1)
+    codes = codes_of(codec, rvq, t=1)
     with pytest.raises(InvalidInputError, match="distinct"):
         codec.decode_step(state, torch.cat([codes, codes], 1), [a, a])
     with pytest.raises(InvalidInputError, match="slots for a batch"):
@@ -267,11 +274,11 @@ def test_stream_slots(codec: MossAudioCodec) -> None:
         codec.new_stream_state(capacity=1, max_frames_per_step=0)
 
 
-def test_add_streams_claims_and_resets_like_add_stream(codec: MossAudioCodec) -> None:
+def test_add_streams_claims_and_resets_like_add_stream(codec: MossAudioCodec, rvq: int) -> None:
     """``add_streams(n)``: the slots n ``add_stream`` calls give, reset together (the engine
     starts a tick's new turns at once)."""
     one, many = codec.new_stream_state(capacity=5), codec.new_stream_state(capacity=5)
-    codes = codes_of(codec, t=1).repeat(1, 5, 1)
+    codes = codes_of(codec, rvq, t=1).repeat(1, 5, 1)
     for state in (one, many):
         slots = [state.add_stream() for _ in range(5)]
         codec.decode_step(state, codes, slots)  # every ring holds something now
@@ -292,7 +299,7 @@ def test_add_streams_claims_and_resets_like_add_stream(codec: MossAudioCodec) ->
     assert many.active_slots == [0, 1, 2, 3]  # a refused call claims nothing
 
 
-def test_stream_state_is_static_and_bounded(codec: MossAudioCodec) -> None:
+def test_stream_state_is_static_and_bounded(codec: MossAudioCodec, rvq: int) -> None:
     """Ring shapes never change and hold exactly context + chunk - 1 steps per layer."""
     state = codec.new_stream_state(capacity=1, max_frames_per_step=2)
     per_stream = state.bytes_per_stream()
@@ -307,7 +314,7 @@ def test_stream_state_is_static_and_bounded(codec: MossAudioCodec) -> None:
     longest = max(
         m.context // m.steps_per_frame for m in codec.config.decoder if hasattr(m, "context")
     )
-    codes = codes_of(codec, t=2 * longest + 3)
+    codes = codes_of(codec, rvq, t=2 * longest + 3)
     for f in range(0, codes.shape[-1], 2):
         codec.decode_step(state, codes[:, :, f : f + 2], [slot], check=False)
     assert [None if k is None else k.shape for k in state.rings.k] == shapes
@@ -355,11 +362,11 @@ class _SyncRecorder(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_decode_step_has_no_host_sync(codec: MossAudioCodec) -> None:
+def test_decode_step_has_no_host_sync(codec: MossAudioCodec, rvq: int) -> None:
     """With check=False the streaming step reads no device value on the host (CUDA-graph ready)."""
     state = codec.new_stream_state(capacity=3, max_frames_per_step=2)
     a, b, c = (state.add_stream() for _ in range(3))
-    codes = codes_of(codec, t=2).repeat(1, 2, 1)
+    codes = codes_of(codec, rvq, t=2).repeat(1, 2, 1)
     with _SyncRecorder() as control:
         torch.ones(2).sum().item()
     assert control.seen == ["aten::_local_scalar_dense"]  # the recorder does see syncs

@@ -18,6 +18,8 @@ from moss_pipecat.codec.kernels import FORMULAS
 from moss_pipecat.model.kernels import SINGLE_KERNEL, Fusable, use_fused
 from moss_pipecat.testing.kernels import codec_frame_kernels
 
+from ..fixture_facts import tts_rvq
+
 FRAMES = 7
 
 
@@ -55,10 +57,13 @@ def _decode_all(codec: MossAudioCodec, codes: torch.Tensor) -> dict[str, torch.T
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_codec_decodes_the_plain_codecs_pcm(codec_dir: Path, dtype) -> None:
+def test_fused_codec_decodes_the_plain_codecs_pcm(
+    codec_dir: Path, realtime_dir: Path, dtype
+) -> None:
     codec = MossAudioCodec.from_pretrained(codec_dir, dtype=dtype)
     size = codec.config.quantizer.codebook_size
-    codes = torch.randint(0, size, (16, 3, FRAMES), generator=torch.Generator().manual_seed(5))
+    shape = (tts_rvq(realtime_dir), 3, FRAMES)
+    codes = torch.randint(0, size, shape, generator=torch.Generator().manual_seed(5))
     pcm = {}
     for fused in (False, True):
         use_fused(codec, fused)

@@ -16,6 +16,8 @@ import torch
 from moss_pipecat.codec import CodecConfig, MossAudioCodec
 from moss_pipecat.codec.config import StageConfig
 
+from ..fixture_facts import tts_rvq
+
 FRAMES = 40
 
 
@@ -41,6 +43,15 @@ def short_window(codec_dir: Path) -> MossAudioCodec:
     return MossAudioCodec.random(cfg, seed=3)
 
 
+@pytest.fixture(scope="module")
+def tts_codes(realtime_dir: Path, codec_dir: Path) -> torch.Tensor:
+    """[rvq, 1, FRAMES] seeded codes of the codebooks the TTS decodes."""
+    size = CodecConfig.from_dict(json.loads((codec_dir / "config.json").read_text()))
+    shape = (tts_rvq(realtime_dir), 1, FRAMES)
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, size.quantizer.codebook_size, shape, generator=gen)
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
@@ -57,10 +68,12 @@ def test_variant_shapes(short_window: MossAudioCodec) -> None:
     ("chunks", "max_frames_per_step"), [([1], 1), ([3], 3), ([1, 2, 5, 1, 3], 5), ([7], 2)]
 )
 def test_short_window_stream_equals_full(
-    short_window: MossAudioCodec, chunks: list[int], max_frames_per_step: int
+    short_window: MossAudioCodec,
+    tts_codes: torch.Tensor,
+    chunks: list[int],
+    max_frames_per_step: int,
 ) -> None:
-    codec = short_window
-    codes = torch.randint(0, 1024, (16, 1, FRAMES), generator=torch.Generator().manual_seed(0))
+    codec, codes = short_window, tts_codes
     full = codec.decode(codes)[0]
     state = codec.new_stream_state(capacity=2, max_frames_per_step=max_frames_per_step)
     state.add_stream()  # slot 0 stays idle: the stream under test runs in row 1
@@ -73,19 +86,23 @@ def test_short_window_stream_equals_full(
     assert rel_err(torch.cat(out, dim=1), full) < 1e-5
 
 
-def test_short_window_matters(short_window: MossAudioCodec, codec_dir: Path) -> None:
+def test_short_window_matters(
+    short_window: MossAudioCodec, codec_dir: Path, tts_codes: torch.Tensor
+) -> None:
     """Same weights with a long window decode differently: the window is really applied."""
     long_window = MossAudioCodec.random(
         variant(codec_dir, 100.0, no_layer_scale=True, no_input_proj=True)
     )
     long_window.load_state_dict(short_window.state_dict())
     long_window.quantizer.prepare()
-    codes = torch.randint(0, 1024, (16, 1, FRAMES), generator=torch.Generator().manual_seed(0))
+    codes = tts_codes
     assert rel_err(long_window.decode(codes), short_window.decode(codes)) > 1e-3
 
 
 @pytest.mark.parametrize("chunk_frames", [1, 4, 9])
-def test_short_window_chunked_encode(short_window: MossAudioCodec, chunk_frames: int) -> None:
+def test_short_window_chunked_encode(
+    short_window: MossAudioCodec, realtime_dir: Path, chunk_frames: int
+) -> None:
     codec = short_window
     wav = 0.3 * torch.randn(
         2, 1, codec.samples_per_frame * 30 + 100, generator=torch.Generator().manual_seed(1)
@@ -93,5 +110,6 @@ def test_short_window_chunked_encode(short_window: MossAudioCodec, chunk_frames:
     one = codec.encode(wav, codec.sampling_rate, chunk_frames=1000)
     chunked = codec.encode(wav, codec.sampling_rate, chunk_frames=chunk_frames)
     assert rel_err(chunked.hidden, one.hidden) < 1e-5
-    assert (chunked.codes[:16] != one.codes[:16]).float().mean() < 0.01
+    rvq = tts_rvq(realtime_dir)
+    assert (chunked.codes[:rvq] != one.codes[:rvq]).float().mean() < 0.01
     assert one.codes.shape[-1] == 31 and one.lengths.tolist() == [30, 30]

@@ -12,8 +12,10 @@ def random_text(gen: torch.Generator, meta: dict, n: int) -> list[int]:
     return torch.randint(lo, hi, (n,), generator=gen).tolist()
 
 
-def random_frames(gen: torch.Generator, n: int, rvq: int = 16) -> torch.Tensor:
-    return torch.randint(0, 1024, (n, rvq), generator=gen)
+def random_frames(gen: torch.Generator, n: int, meta: dict) -> torch.Tensor:
+    """[n, rvq] random audio codes (below the audio pad) of the set whose golden.json is meta."""
+    audio = meta["audio"]
+    return torch.randint(0, audio["audio_pad"], (n, audio["channels"]), generator=gen)
 
 
 def fresh_reference(model, layout, rows, summary, text_ids, max_frames):
@@ -38,5 +40,5 @@ def assert_matches_fresh(model, layout, rows, chunks, summary, text_ids, max_fra
     assert ref.stop == summary.stop
     n_audio = ref.frames.shape[0] - (1 if ref.stop == "eos" else 0)
     assert summary.audio_frames == n_audio
-    got = torch.stack([c.codes for c in chunks]) if chunks else torch.zeros(0, 16)
+    got = torch.stack([c.codes for c in chunks]) if chunks else ref.frames[:0]
     assert torch.equal(got, ref.frames[:n_audio])

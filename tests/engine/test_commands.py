@@ -38,15 +38,15 @@ GREEDY = SamplingParams.greedy_decoding()
 SAMPLED = SamplingParams(temperature=0.9, top_k=20, top_p=0.8)
 
 
-def _script(meta: dict, rvq: int) -> dict:
+def _script(meta: dict) -> dict:
     gen = torch.Generator().manual_seed(5)
     return {
         "text1": random_text(gen, meta, 12),
         "text2": random_text(gen, meta, 9),
         "text3": random_text(gen, meta, 7),
         "user_ids": random_text(gen, meta, 5),
-        "user_frames": random_frames(gen, 6, rvq),
-        "voice": random_frames(gen, 4, rvq),
+        "user_frames": random_frames(gen, 6, meta),
+        "voice": random_frames(gen, 4, meta),
     }
 
 
@@ -118,8 +118,8 @@ def _comparable(out: list) -> list:
     ]
 
 
-async def test_a_session_is_its_commands(make_engine, realtime_meta, golden_layout):
-    s = _script(realtime_meta, golden_layout.rvq)
+async def test_a_session_is_its_commands(make_engine, realtime_meta):
+    s = _script(realtime_meta)
     via_session = await _through_session(make_engine(max_sessions=1), s)
     via_commands = await _through_commands(make_engine(max_sessions=1), s)
     assert _comparable(via_session) == _comparable(via_commands)
@@ -130,7 +130,7 @@ def test_bad_commands_fail_at_submit_and_change_nothing(make_engine, realtime_me
     rvq, vocab = golden_layout.rvq, engine.model.cfg.language.vocab_size
     engine.create_session(sampling=GREEDY, session_id="s")
     before = engine.submit("s", Snapshot()).result()
-    frames = random_frames(torch.Generator().manual_seed(0), 3, rvq)
+    frames = random_frames(torch.Generator().manual_seed(0), 3, realtime_meta)
     bad = [
         SetVoice(torch.zeros(3, rvq + 1, dtype=torch.int64)),  # wrong width
         SetVoice(frames.float()),  # not codes

@@ -43,6 +43,7 @@ def witness(realtime_golden):
 def test_bad_requests_give_clear_errors_and_lose_nothing(make_engine, realtime_golden, witness):
     text, expected = witness
     engine = make_engine(max_sessions=3)
+    rvq = engine.layout.rvq
     ref = expected(engine)
     good = SyncSession(engine.create_session(sampling=GREEDY))
     bad = SyncSession(engine.create_session(sampling=GREEDY))
@@ -65,7 +66,7 @@ def test_bad_requests_give_clear_errors_and_lose_nothing(make_engine, realtime_g
     with pytest.raises(TurnStateError):
         bad.start_turn()
     with pytest.raises(TurnStateError):
-        bad.add_user_turn([1, 2], torch.zeros(3, 16, dtype=torch.long))
+        bad.add_user_turn([1, 2], torch.zeros(3, rvq, dtype=torch.long))
     with pytest.raises(TurnStateError):
         bad.set_voice(None)
     t.end_text()
@@ -74,11 +75,11 @@ def test_bad_requests_give_clear_errors_and_lose_nothing(make_engine, realtime_g
     assert t.wait_sync().stop == "empty"
     # User turns: audio must be there and valid, ids in range.
     for ids, frames in [
-        ([1], torch.zeros(0, 16, dtype=torch.long)),
-        ([1], torch.full((3, 16), 5000)),
-        ([1], torch.zeros(3, 15, dtype=torch.long)),
-        ([1], torch.zeros(3, 16)),
-        ([10**6], torch.zeros(3, 16, dtype=torch.long)),
+        ([1], torch.zeros(0, rvq, dtype=torch.long)),
+        ([1], torch.full((3, rvq), max(5000, engine.layout.audio_eos + 1))),
+        ([1], torch.zeros(3, rvq - 1, dtype=torch.long)),
+        ([1], torch.zeros(3, rvq)),
+        ([10**6], torch.zeros(3, rvq, dtype=torch.long)),
     ]:
         with pytest.raises(InvalidInputError):
             bad.add_user_turn(ids, frames)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ import torch
 from moss_pipecat.codec import CodecConfig, MossAudioCodec
 from moss_pipecat.engine import MossEngine
 from moss_pipecat.errors import CheckpointError
+from moss_pipecat.testing import FixtureSpec
+from moss_pipecat.testing.fixtures import codec_config
 
 
 def _codec(codec_dir: Path, **changes) -> MossAudioCodec:
@@ -74,3 +77,17 @@ def test_a_codec_with_other_frames_is_refused(tiny_model, golden_layout, codec_d
     rate = json.loads((codec_dir / "config.json").read_text())["sampling_rate"]
     with pytest.raises(CheckpointError, match="MOSS frames are 80 ms"):
         MossEngine(tiny_model, golden_layout, codec=_codec(codec_dir, sampling_rate=rate * 2))
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 48000])
+def test_a_codec_at_another_rate_with_80_ms_frames_is_accepted(tiny_model, golden_layout, rate):
+    """Frames must be 80 ms, not 24 kHz: a codec at ``rate`` whose hop is 80 ms of it (its
+    first patch hop / 8) serves the model; the service resamples its output to the pipeline's
+    rate and user audio to the codec's."""
+    cfg = tiny_model.cfg
+    spec = FixtureSpec(rvq=cfg.rvq, audio_codebook_size=cfg.audio_pad_token, codec_rate=rate)
+    d = codec_config(spec.resolved(), random.Random(0))
+    assert d["downsample_rate"] == rate * 8 // 100
+    with torch.device("meta"):
+        codec = MossAudioCodec(CodecConfig.from_dict(d))
+    MossEngine(tiny_model, golden_layout, codec=codec)  # not started: no thread

@@ -25,7 +25,7 @@ async def _conversation(session, meta, seed: int, turns: int = 4):
     out, capacities = [], []
     for i in range(turns):
         if i:
-            await session.add_user_turn(random_text(gen, meta, 6), random_frames(gen, 8))
+            await session.add_user_turn(random_text(gen, meta, 6), random_frames(gen, 8, meta))
         text = random_text(gen, meta, 16)
         turn = await session.start_turn(max_frames=30)
         turn.push_ids(text)

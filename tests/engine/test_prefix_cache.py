@@ -117,7 +117,7 @@ def _script(meta: dict, seed: int) -> list:
     gen = torch.Generator().manual_seed(seed)
     return [
         ("say", random_text(gen, meta, 16)),
-        ("user", random_text(gen, meta, 6), random_frames(gen, 7)),
+        ("user", random_text(gen, meta, 6), random_frames(gen, 7, meta)),
         ("cut", random_text(gen, meta, delay + 6)),
         ("say", random_text(gen, meta, 9)),
     ]
@@ -286,7 +286,10 @@ async def test_lru_eviction_and_voice_changes(
     """Room for one prefix: each new voice is a new key and evicts the last; an evicted
     prefix is prefilled again, and every conversation matches a fresh run."""
     probe = make_engine(max_sessions=1, **OFF)
-    voice_a, voice_b = voice_codes, random_frames(torch.Generator().manual_seed(3), 4)
+    voice_a, voice_b = (
+        voice_codes,
+        random_frames(torch.Generator().manual_seed(3), 4, realtime_meta),
+    )
     prefix_a, prefix_b = probe.system_rows(voice_a), probe.system_rows(voice_b)
     budget = max(prefix_a.shape[0], prefix_b.shape[0]) * _per_position(probe)  # not both
     engine = make_engine(max_sessions=2, prefix_cache_bytes=budget)
@@ -312,7 +315,7 @@ async def test_lru_eviction_and_voice_changes(
     assert counts() == (1, 2, 1)
     await t.set_voice(voice_a)  # a was evicted: prefilled again (and b evicted)
     await say(t)
-    await t.add_user_turn(random_text(gen, realtime_meta, 5), random_frames(gen, 6))
+    await t.add_user_turn(random_text(gen, realtime_meta, 5), random_frames(gen, 6, realtime_meta))
     await say(t)  # a later turn: no prefix involved
     assert counts() == (1, 3, 2) and prefix_a in engine.prefix_cache
     await s.close()
@@ -332,7 +335,9 @@ async def test_reset_and_budget_trims_keep_the_prefix_in_the_slot(
     prefix = engine.system_rows(voice_codes).shape[0]
     trimmed = False
     for i in range(8):
-        await session.add_user_turn(random_text(gen, realtime_meta, 6), random_frames(gen, 10))
+        await session.add_user_turn(
+            random_text(gen, realtime_meta, 6), random_frames(gen, 10, realtime_meta)
+        )
         text = random_text(gen, realtime_meta, 14)
         await _say_matches_fresh(session, text, tiny_model, golden_layout, 25)
         trimmed |= len((await session.snapshot())["turns"]) < 2 * (i + 1)

@@ -54,7 +54,7 @@ def conversation(s: SyncSession, meta, gen, journal) -> None:
 
     say(s, random_text(gen, meta, 20), 6)  # a frame cap
     delta()
-    s.add_user_turn(random_text(gen, meta, 5), random_frames(gen, 7))
+    s.add_user_turn(random_text(gen, meta, 5), random_frames(gen, 7, meta))
     delta()
     say(s, random_text(gen, meta, 16), 12, cut=(8, 3))  # barge-in, 3 frames heard
     delta()
@@ -64,7 +64,7 @@ def conversation(s: SyncSession, meta, gen, journal) -> None:
     delta()
     s.interrupt(5)  # an interruption after it ended cuts it again
     delta()
-    s.add_user_turn(random_text(gen, meta, 3), random_frames(gen, 2))
+    s.add_user_turn(random_text(gen, meta, 3), random_frames(gen, 2, meta))
     delta()
     journal.extend([records, voice, cursor])
 
@@ -121,7 +121,7 @@ def test_deltas_follow_trims_and_resets(make_engine, realtime_meta):
     s = SyncSession(engine.create_session(sampling=GREEDY))
     cursor, records, voice, drops = HistoryCursor(), [], None, 0
     for i in range(6):
-        s.add_user_turn(random_text(gen, realtime_meta, 6), random_frames(gen, 20))
+        s.add_user_turn(random_text(gen, realtime_meta, 6), random_frames(gen, 20, realtime_meta))
         change = s.history_delta(cursor)
         drops += change.drop
         records, voice = apply(records, voice, change)
@@ -140,7 +140,7 @@ def test_deltas_follow_trims_and_resets(make_engine, realtime_meta):
 
 def _records(engine, meta, gen) -> tuple[list[TurnRecord], SyncSession]:
     s = SyncSession(engine.create_session(sampling=GREEDY))
-    s.add_user_turn(random_text(gen, meta, 5), random_frames(gen, 4))
+    s.add_user_turn(random_text(gen, meta, 5), random_frames(gen, 4, meta))
     say(s, random_text(gen, meta, 20), 5)
     return apply([], None, s.history_delta(HistoryCursor(), full=True))[0], s
 

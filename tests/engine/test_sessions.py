@@ -36,7 +36,9 @@ async def test_multi_turn_with_user_turns_equals_recomputing_from_scratch(
     gen = torch.Generator().manual_seed(11)
     for turn_no, n_text in enumerate([20, 7, 15]):
         if turn_no:
-            await session.add_user_turn(random_text(gen, realtime_meta, 9), random_frames(gen, 8))
+            await session.add_user_turn(
+                random_text(gen, realtime_meta, 9), random_frames(gen, 8, realtime_meta)
+            )
         text = random_text(gen, realtime_meta, n_text)
         chunks, summary = await _speak(session, text, max_frames=30)
         assert summary.stop in ("eos", "max_frames")
@@ -125,7 +127,9 @@ async def test_long_conversation_stays_in_budget_and_keeps_the_voice(
     gen = torch.Generator().manual_seed(5)
     trimmed = False
     for i in range(10):
-        await session.add_user_turn(random_text(gen, realtime_meta, 6), random_frames(gen, 10))
+        await session.add_user_turn(
+            random_text(gen, realtime_meta, 6), random_frames(gen, 10, realtime_meta)
+        )
         text = random_text(gen, realtime_meta, 14)
         chunks, summary = await _speak(session, text, max_frames=25)
         snap = await session.snapshot()
@@ -160,7 +164,7 @@ async def test_eight_concurrent_sessions_equal_each_alone(
         scripts.append(
             [
                 random_text(gen, realtime_meta, int(torch.randint(3, 30, (), generator=gen))),
-                (random_text(gen, realtime_meta, 5), random_frames(gen, 7)),
+                (random_text(gen, realtime_meta, 5), random_frames(gen, 7, realtime_meta)),
                 random_text(gen, realtime_meta, int(torch.randint(3, 30, (), generator=gen))),
             ]
         )

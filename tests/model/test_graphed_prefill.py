@@ -25,7 +25,7 @@ def _eager_chunk(model, cache, rows, slots, sizes):
 
 
 def _chunk(long_rows, offset, sizes):
-    """[B, T, 17]: session b's next sizes[b] rows, right-padded by repeating its last row."""
+    """[B, T, 1 + rvq]: session b's next sizes[b] rows, right-padded by repeating its last row."""
     T = max(sizes)
     out = []
     for b, n in enumerate(sizes):
@@ -77,7 +77,7 @@ def test_graphed_prefill_equals_eager_prefill(tiny_model, long_rows, capture):
     slots = torch.tensor([0, 1, 2, 3, 4])
     sampling = BatchSampling.from_params([SamplingParams.greedy_decoding()] * 5)
     history = torch.full((5, 50, cfg.rvq), NO_HISTORY)
-    step_rows = long_rows[:5, None]  # [5, 1, 17]
+    step_rows = long_rows[:5, None]  # [5, 1, 1 + rvq]
     kv_len = int(eager.lengths.max()) + 1
     a, _ = tiny_model.decode_step(step_rows, eager, slots, kv_len, sampling, history)
     b, _ = tiny_model.decode_step(step_rows, graph_cache, slots, kv_len, sampling, history)
@@ -94,9 +94,9 @@ def test_chunks_no_bucket_holds_run_eagerly(tiny_model, long_rows):
     assert torch.equal(cache.lengths, before) and not graphed.graphs.keys
     assert graphed.batch_buckets == (1, 2) and graphed.kv_buckets == (160,)
     with pytest.raises(ValueError, match="distinct"):
-        graphed.step(long_rows[:2, None].expand(2, 4, 17), [1, 1], [4, 4], 8)
+        graphed.step(long_rows[:2, None].expand(2, 4, -1), [1, 1], [4, 4], 8)
     # More sessions than the largest batch bucket: several replays, as one eager chunk.
-    rows = long_rows[:24].reshape(3, 8, 17)
+    rows = long_rows[:24].reshape(3, 8, -1)  # [3, 8, 1 + rvq]
     eager = tiny_model.new_cache(3, MAX_LEN)
     want = _eager_chunk(tiny_model, eager, rows, [2, 0, 1], [8, 5, 3])
     got = graphed.step(rows, [2, 0, 1], [8, 5, 3], 8)

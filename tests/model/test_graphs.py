@@ -131,7 +131,7 @@ def test_graphed_first_frame_equals_generate_frame(tiny_model, capture):
     for B in (1, 3, 2, 3):  # buckets reused with fewer rows: stale rows must not leak
         hidden = torch.randn(B, cfg.language.hidden_size, generator=gen)
         sampling = BatchSampling.from_params(params[:B])
-        history = torch.randint(0, 1024, (B, 50, cfg.rvq), generator=gen)
+        history = torch.randint(0, cfg.audio_pad_token, (B, 50, cfg.rvq), generator=gen)
         history[:, :20] = NO_HISTORY
         noise = NoiseKeys.from_ints([B * 7 + i for i in range(B)], [B] * B)
         want = tiny_model.generate_frame(hidden, sampling, history, noise)

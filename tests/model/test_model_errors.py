@@ -59,6 +59,18 @@ def test_config_missing_key(ckpt):
         MossTTSRealtime.from_pretrained(ckpt)
 
 
+@pytest.mark.parametrize(
+    "change", [{"rvq": 0}, {"audio_pad_token": 0}, {"audio_vocab_size": "pad+2"}]
+)
+def test_config_audio_ids_without_room_for_pad_bos_eos(ckpt, change):
+    raw = json.loads((ckpt / "config.json").read_text())
+    if change.get("audio_vocab_size") == "pad+2":  # pad and BOS fit, EOS does not
+        change = {"audio_vocab_size": raw["audio_pad_token"] + 2}
+    (ckpt / "config.json").write_text(json.dumps({**raw, **change}))
+    with pytest.raises(CheckpointError, match="invalid audio config"):
+        MossTTSRealtime.from_pretrained(ckpt)
+
+
 def test_missing_weights(ckpt):
     (ckpt / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="neither"):

@@ -18,12 +18,19 @@ from safetensors import safe_open
 from moss_pipecat.codec import CodecConfig, MossAudioCodec, frames_to_codes, real_config_dict
 from moss_pipecat.codec.config import StageConfig
 
+from ..fixture_facts import tts_rvq
+
 WAV_ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
 def codec(codec_dir: Path) -> MossAudioCodec:
     return MossAudioCodec.from_pretrained(codec_dir)
+
+
+@pytest.fixture(scope="module")
+def rvq(realtime_dir: Path) -> int:
+    return tts_rvq(realtime_dir)
 
 
 def maxabs(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -125,7 +132,7 @@ def test_real_size_codec_on_meta() -> None:
 # ---------------------------------------------------------------------- encode
 
 
-def test_encode_matches_golden(codec: MossAudioCodec, codec_golden: dict) -> None:
+def test_encode_matches_golden(codec: MossAudioCodec, codec_golden: dict, rvq: int) -> None:
     enc = codec.encode(codec_golden["encode.wav"], codec.sampling_rate)
     assert enc.codes.dtype == torch.int64
     assert torch.equal(enc.codes, codec_golden["encode.codes"])
@@ -133,29 +140,29 @@ def test_encode_matches_golden(codec: MossAudioCodec, codec_golden: dict) -> Non
     err = maxabs(enc.hidden, codec_golden["encode.hidden"])
     print(f"encode.hidden max abs err {err:.2e}")
     assert err <= 1e-4
-    enc16 = codec.encode(codec_golden["encode.wav"], codec.sampling_rate, num_quantizers=16)
+    enc16 = codec.encode(codec_golden["encode.wav"], codec.sampling_rate, num_quantizers=rvq)
     assert torch.equal(enc16.codes, codec_golden["encode.codes16"])
 
 
-def test_encode_frames_is_frame_major(codec: MossAudioCodec, codec_golden: dict) -> None:
-    frames = codec.encode_frames(codec_golden["encode.wav"][0, 0], codec.sampling_rate)
+def test_encode_frames_is_frame_major(codec: MossAudioCodec, codec_golden: dict, rvq: int) -> None:
+    frames = codec.encode_frames(codec_golden["encode.wav"][0, 0], codec.sampling_rate, rvq)
     n = int(codec_golden["encode.codes_lengths"][0])
-    assert frames.shape == (n, 16) and frames.dtype == torch.int64
+    assert frames.shape == (n, rvq) and frames.dtype == torch.int64
     assert torch.equal(frames, codec_golden["encode.codes16"][:, 0, :n].T)
     assert torch.equal(frames_to_codes(frames), codec_golden["encode.codes16"][:, :, :n])
 
 
-def _check_long_codes(codes: torch.Tensor, golden: torch.Tensor) -> float:
-    assert torch.equal(codes[:16], golden[:16])
+def _check_long_codes(codes: torch.Tensor, golden: torch.Tensor, rvq: int) -> float:
+    assert torch.equal(codes[:rvq], golden[:rvq])
     frac = (codes != golden).float().mean().item()
     assert frac <= 0.005
     return frac
 
 
-def test_encode_long_matches_golden(codec: MossAudioCodec, codec_golden: dict) -> None:
+def test_encode_long_matches_golden(codec: MossAudioCodec, codec_golden: dict, rvq: int) -> None:
     enc = codec.encode(codec_golden["encode_long.wav"], codec.sampling_rate)
     err = maxabs(enc.hidden, codec_golden["encode_long.hidden"])
-    frac = _check_long_codes(enc.codes, codec_golden["encode_long.codes"])
+    frac = _check_long_codes(enc.codes, codec_golden["encode_long.codes"], rvq)
     print(f"encode_long.hidden max abs err {err:.2e}, codes differing over all: {frac:.4f}")
     assert err <= 1e-5
     assert int(enc.lengths[0]) == enc.codes.shape[-1]
@@ -163,7 +170,7 @@ def test_encode_long_matches_golden(codec: MossAudioCodec, codec_golden: dict) -
 
 @pytest.mark.parametrize("chunk_frames", [1, 7, 50])
 def test_chunked_encode_equals_one_pass(
-    codec: MossAudioCodec, codec_golden: dict, chunk_frames: int
+    codec: MossAudioCodec, codec_golden: dict, chunk_frames: int, rvq: int
 ) -> None:
     """Encoding in chunks with carried state keeps the exact window: same codes as one call."""
     wav = codec_golden["encode_long.wav"]
@@ -172,18 +179,20 @@ def test_chunked_encode_equals_one_pass(
     err = maxabs(chunked.hidden, codec_golden["encode_long.hidden"])
     assert err <= 1e-5
     assert maxabs(chunked.hidden, one.hidden) <= 1e-5
-    _check_long_codes(chunked.codes, codec_golden["encode_long.codes"])
-    assert torch.equal(chunked.codes[:16], one.codes[:16])
+    _check_long_codes(chunked.codes, codec_golden["encode_long.codes"], rvq)
+    assert torch.equal(chunked.codes[:rvq], one.codes[:rvq])
 
 
 @pytest.mark.parametrize("rate", [16000, 44100, 48000])
-def test_encode_resamples_other_rates(codec: MossAudioCodec, codec_golden: dict, rate: int) -> None:
+def test_encode_resamples_other_rates(
+    codec: MossAudioCodec, codec_golden: dict, rate: int, rvq: int
+) -> None:
     sr = codec.sampling_rate
     wav = codec_golden["encode.wav"][0, 0].numpy()
     at_rate = torch.from_numpy(soxr.resample(wav, sr, rate, quality="HQ"))
-    enc = codec.encode(at_rate, rate, num_quantizers=16)
+    enc = codec.encode(at_rate, rate, num_quantizers=rvq)
     back = torch.from_numpy(soxr.resample(at_rate.numpy(), rate, sr, quality="HQ"))
-    ref = codec.encode(back, sr, num_quantizers=16)
+    ref = codec.encode(back, sr, num_quantizers=rvq)
     assert torch.equal(enc.codes, ref.codes)
     assert enc.codes.shape[-1] == math.ceil(back.shape[-1] / codec.samples_per_frame)
     if rate > sr:
@@ -194,7 +203,7 @@ def test_encode_resamples_other_rates(codec: MossAudioCodec, codec_golden: dict,
         assert maxabs(enc.hidden[..., :-1], golden) < 0.1 * golden.abs().max()
 
 
-def test_encode_downmix_and_batch(codec: MossAudioCodec, codec_golden: dict) -> None:
+def test_encode_downmix_and_batch(codec: MossAudioCodec, codec_golden: dict, rvq: int) -> None:
     wav = codec_golden["encode.wav"][0, 0]
     sr = codec.sampling_rate
     mono = codec.encode(wav, sr)
@@ -206,7 +215,7 @@ def test_encode_downmix_and_batch(codec: MossAudioCodec, codec_golden: dict) -> 
     assert batch.codes.shape[1] == 2
     assert maxabs(batch.hidden[:1], mono.hidden) <= 1e-5
     assert maxabs(batch.hidden[1:], alone.hidden) <= 1e-5
-    assert torch.equal(batch.codes[:16, :1], mono.codes[:16])
+    assert torch.equal(batch.codes[:rvq, :1], mono.codes[:rvq])
     agree = (batch.codes[:, 1:] == alone.codes).float().mean().item()
     assert agree >= 0.99
     as_int16 = (wav * 32768).round().clamp(-32768, 32767).to(torch.int16)
@@ -287,7 +296,7 @@ def test_stream_exact_window_any_chunking(
         assert maxabs(wav[..., first * hop :], stream1[..., first * hop :]) > 1e-5
 
 
-def test_three_streams_batched_equal_alone(codec: MossAudioCodec) -> None:
+def test_three_streams_batched_equal_alone(codec: MossAudioCodec, rvq: int) -> None:
     """Streams started at different times, with pauses and removals, decoded in one call each
     tick, equal each stream decoded alone."""
     qc = codec.config.quantizer
@@ -303,7 +312,7 @@ def test_three_streams_batched_equal_alone(codec: MossAudioCodec) -> None:
         "d": (45, 60, None),
     }
     codes = {
-        k: torch.randint(0, qc.codebook_size, (16, 1, n), generator=gen)
+        k: torch.randint(0, qc.codebook_size, (rvq, 1, n), generator=gen)
         for k, (_, n, _) in plan.items()
     }
     state = codec.new_stream_state(capacity=4, max_frames_per_step=2)

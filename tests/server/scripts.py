@@ -15,15 +15,17 @@ import torch
 WORDS = "hello there how are you today fine thanks the weather is nice we could go out".split()
 
 
-def make_script(seed: int, text_range: tuple[int, int], turns: int = 3) -> list[tuple]:
+def make_script(seed: int, meta: dict, turns: int = 3) -> list[tuple]:
+    """``meta``: the fixture set's realtime golden.json (text id range, codebooks, audio pad)."""
     rnd = random.Random(seed)
-    lo, hi = text_range
+    lo, hi = meta["text_ids_drawn_from"]
+    rvq, pad = meta["audio"]["channels"], meta["audio"]["audio_pad"]
     steps: list[tuple] = []
     for t in range(turns):
         if t:
             ids = [rnd.randrange(lo, hi) for _ in range(rnd.randint(2, 8))]
             frames = torch.tensor(
-                [[rnd.randrange(1024) for _ in range(16)] for _ in range(rnd.randint(2, 9))]
+                [[rnd.randrange(pad) for _ in range(rvq)] for _ in range(rnd.randint(2, 9))]
             )
             steps.append(("user", ids, frames))
         if rnd.random() < 0.5:
@@ -45,7 +47,7 @@ def make_script(seed: int, text_range: tuple[int, int], turns: int = 3) -> list[
 
 
 async def run_script(session, script, max_frames: int = 24) -> list[tuple]:
-    """Runs a script; returns per assistant turn (codes [n,16], stop, heard, pcm sizes)."""
+    """Runs a script; returns per assistant turn (codes [n, rvq], stop, heard, pcm sizes)."""
     out = []
     for step in script:
         if step[0] == "user":

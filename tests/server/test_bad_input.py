@@ -89,7 +89,8 @@ async def test_malformed_and_unknown_messages_get_error_replies(server):
     await _still_serves(server)
 
 
-async def test_uploads_are_checked(server):
+async def test_uploads_are_checked(server, realtime_meta):
+    frame = 2 * realtime_meta["audio"]["channels"]  # bytes of one frame of uint16 codes
     ws = await _ws(server)
     await _hello(ws)
 
@@ -119,16 +120,16 @@ async def test_uploads_are_checked(server):
     assert r["code"] == "invalid_input" and "shorter" in r["message"]
     # Codes that are not whole frames / out of range; neither or both of text and ids.
     codes = {"type": "user_turn", "req": 3, "text_ids": [1], "format": "codes"}
-    r = await upload({**codes, "bytes": 30}, b"\x00" * 30)
+    r = await upload({**codes, "bytes": frame - 2}, b"\x00" * (frame - 2))
     assert r["code"] == "invalid_input"
-    r = await upload({**codes, "bytes": 32}, b"\xff" * 32)
+    r = await upload({**codes, "bytes": frame}, b"\xff" * frame)
     assert r["code"] == "invalid_input"
-    r = await upload({**codes, "text": "x", "bytes": 32}, b"\x00" * 32)
+    r = await upload({**codes, "text": "x", "bytes": frame}, b"\x00" * frame)
     assert r["code"] == "invalid_input"
     # A user turn while the bot is speaking is a turn-state error, as in the engine.
     await ws.send(json.dumps({"type": "turn.start", "req": 4}))
     started = await _recv_json(ws)
-    r = await upload({**codes, "req": 5, "bytes": 32}, b"\x00" * 32)
+    r = await upload({**codes, "req": 5, "bytes": frame}, b"\x00" * frame)
     assert r["code"] == "turn_state" and r["req"] == 5
     await ws.send(json.dumps({"type": "turn.start", "req": 6}))
     assert (await _recv_json(ws))["code"] == "turn_state"

@@ -12,6 +12,7 @@ from moss_pipecat.client import RemoteEngine
 from moss_pipecat.errors import InvalidInputError
 from moss_pipecat.server import ServerUnavailableError
 
+from ..fixture_facts import frame_pcm_bytes
 from .conftest import GREEDY, eventually
 from .processes import ServerProcess
 from .scripts import make_script, run_script
@@ -108,7 +109,8 @@ async def test_server_killed_then_restarted_clear_error_then_recovery(fixtures_d
         turn.push_text("After the restart.")
         turn.end_text()
         chunks = [c async for c in turn]
-        assert len(chunks) == 4 and all(len(c.pcm) == 3840 for c in chunks)
+        frame_bytes = frame_pcm_bytes(fixtures_dir / "codec")
+        assert len(chunks) == 4 and all(len(c.pcm) == frame_bytes for c in chunks)
         await session.close()
     assert server.procs[1].returncode == 0, (tmp_path / "server.log").read_text()[-2000:]
 
@@ -116,8 +118,7 @@ async def test_server_killed_then_restarted_clear_error_then_recovery(fixtures_d
 async def test_a_failing_session_does_not_affect_the_others(
     make_tiny_engine, make_server, realtime_meta
 ):
-    text_range = tuple(realtime_meta["text_ids_drawn_from"])
-    scripts = [make_script(77 + i, text_range, turns=2) for i in range(3)]
+    scripts = [make_script(77 + i, realtime_meta, turns=2) for i in range(3)]
     local_engine = make_tiny_engine(max_sessions=4, eos_min_frames=3)
     local = []
     for script in scripts:

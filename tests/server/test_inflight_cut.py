@@ -24,11 +24,12 @@ from ..engine.helpers import random_frames, random_text
 GREEDY = SamplingParams.greedy_decoding()
 
 
-def _journal_of(s: SyncSession) -> Journal:
-    """A client's journal holding ``s``'s finished history (a full delta, over the wire)."""
+def _journal_of(s: SyncSession, rvq: int) -> Journal:
+    """A client's journal holding ``s``'s finished history (a full delta, over the wire); the
+    client learns ``rvq`` from the server's ``ready``."""
     from moss_pipecat.server.history_feed import history_message
 
-    journal = Journal()
+    journal = Journal(rvq)
     msg = history_message(s.history_delta(HistoryCursor(), full=True), 1)
     journal.apply(P.parse_server_message(msg.to_json()))
     return journal
@@ -76,12 +77,12 @@ def test_the_journal_cuts_the_turn_in_flight_as_the_engine_interrupts_it(
     layout = engine.layout
     gen = torch.Generator().manual_seed(11)
     s = SyncSession(engine.create_session(sampling=GREEDY))
-    s.add_user_turn(random_text(gen, realtime_meta, 4), random_frames(gen, 5, layout.rvq))
+    s.add_user_turn(random_text(gen, realtime_meta, 4), random_frames(gen, 5, realtime_meta))
     first = s.start_turn(max_frames=6)
     first.push_ids(random_text(gen, realtime_meta, 15))
     first.end_text()
     first.wait_sync()
-    journal = _journal_of(s)
+    journal = _journal_of(s, layout.rvq)
 
     turn = s.start_turn(max_frames=60, min_frames=60)  # no EOS: it speaks what it is told
     journal.turn_started(turn.turn_id)
@@ -129,7 +130,7 @@ def test_a_turn_missing_text_or_frames_is_dropped(make_engine, realtime_meta):
     turn.push_ids(random_text(gen, realtime_meta, 20))
     turn.end_text()
     chunks = list(turn)
-    old, gap = Journal(), Journal()
+    old, gap = Journal(engine.layout.rvq), Journal(engine.layout.rvq)
     for j in (old, gap):
         j.turn_started(turn.turn_id)
     for c in chunks:
@@ -151,7 +152,7 @@ def test_a_hostile_in_flight_cut_is_refused_and_changes_nothing(make_engine, rea
     gen = torch.Generator().manual_seed(4)
     s = SyncSession(engine.create_session(sampling=GREEDY))
     turn = s.start_turn(max_frames=30, min_frames=30)
-    journal = Journal()
+    journal = Journal(layout.rvq)
     journal.turn_started(turn.turn_id)
     turn.push_ids(random_text(gen, realtime_meta, 18))
     frames = iter(turn)

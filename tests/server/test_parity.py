@@ -12,6 +12,7 @@ import torch
 
 from moss_pipecat.client import RemoteEngine
 
+from ..fixture_facts import frame_pcm_bytes
 from .conftest import GREEDY, TOKEN, eventually
 from .scripts import make_script, run_script
 
@@ -54,20 +55,19 @@ async def _run_remote(url, scripts):
     return await asyncio.gather(*(one(i, sc) for i, sc in enumerate(scripts)))
 
 
-def _assert_same(local, remote):
+def _assert_same(local, remote, frame_bytes: int):
     for i, (a, b) in enumerate(zip(local, remote, strict=True)):
         assert len(a) == len(b)
         for t, ((ca, sa, ha, pa), (cb, sb, hb, pb)) in enumerate(zip(a, b, strict=True)):
             assert (sa, ha) == (sb, hb), f"session {i} turn {t}: {(sa, ha)} != {(sb, hb)}"
             assert torch.equal(ca, cb), f"session {i} turn {t}: frames differ"
-            assert pa == pb == [3840], f"session {i} turn {t}: PCM frame sizes {pa} {pb}"
+            assert pa == pb == [frame_bytes], f"session {i} turn {t}: PCM frame sizes {pa} {pb}"
 
 
 async def test_32_concurrent_remote_sessions_equal_local_and_leak_nothing(
-    make_tiny_engine, make_server, realtime_meta
+    make_tiny_engine, make_server, realtime_meta, codec_dir
 ):
-    text_range = tuple(realtime_meta["text_ids_drawn_from"])
-    scripts = [make_script(1000 + i, text_range) for i in range(N_SESSIONS)]
+    scripts = [make_script(1000 + i, realtime_meta) for i in range(N_SESSIONS)]
     # No turn ends before 10 frames, so every scripted interruption (after <= 10 chunks)
     # happens, wherever this fixture set's model would stop.
     local_engine = make_tiny_engine(max_sessions=N_SESSIONS, eos_min_frames=10)
@@ -84,7 +84,7 @@ async def test_32_concurrent_remote_sessions_equal_local_and_leak_nothing(
     t0 = time.monotonic()
     remote = await _run_remote(server.url, scripts)
     print(f"remote {time.monotonic() - t0:.1f}s")
-    _assert_same(local, remote)
+    _assert_same(local, remote, frame_pcm_bytes(codec_dir))
     # Frames sent >= frames read (a client stops reading when it interrupts).
     assert hub.metrics.frames.value() >= sum(c.shape[0] for turns in remote for c, _, _, _ in turns)
 
@@ -104,7 +104,7 @@ async def test_32_concurrent_remote_sessions_equal_local_and_leak_nothing(
     t0 = time.monotonic()
     again = await _run_remote(server.url, scripts)
     print(f"remote traced {time.monotonic() - t0:.1f}s")
-    _assert_same(local, again)
+    _assert_same(local, again, frame_pcm_bytes(codec_dir))
     await settled()
     gc.collect()
     traced1, _ = tracemalloc.get_traced_memory()

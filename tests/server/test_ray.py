@@ -15,16 +15,16 @@ from .conftest import GREEDY, TOKEN
 TEXTS = ["Hello from a replica.", "And a second turn."]
 
 
-async def _turns(session) -> list[torch.Tensor]:
+async def _turns(session, rvq: int) -> list[torch.Tensor]:
     out = []
     for i, text in enumerate(TEXTS):
         if i:
-            await session.add_user_turn([5, 6, 7], torch.arange(48).reshape(3, 16))
+            await session.add_user_turn([5, 6, 7], torch.arange(3 * rvq).reshape(3, rvq))
         turn = await session.start_turn(max_frames=8)
         turn.push_text(text)
         turn.end_text()
         codes = [c.codes async for c in turn]
-        out.append(torch.stack(codes) if codes else torch.zeros(0, 16, dtype=torch.long))
+        out.append(torch.stack(codes) if codes else torch.zeros(0, rvq, dtype=torch.long))
     return out
 
 
@@ -39,7 +39,8 @@ async def test_ray_app_serves_conversations_pinned_to_replicas(ray_serve, make_t
     # The app's turns run to their max_frames (``eos_min_frames``); so do the local ones.
     engine = make_tiny_engine(max_sessions=1, max_context=1024, eos_min_frames=80)
     local = engine.create_session(sampling=GREEDY)
-    expected = await _turns(local)
+    rvq = engine.layout.rvq
+    expected = await _turns(local, rvq)
     await local.close()
     engine.shutdown()
 
@@ -51,7 +52,7 @@ async def test_ray_app_serves_conversations_pinned_to_replicas(ray_serve, make_t
     for k in range(4):
         session = await client.create_session(conversation_id=f"ray-{k}", sampling=GREEDY)
         first = session.server_id
-        got = await _turns(session)
+        got = await _turns(session, rvq)
         for a, b in zip(expected, got, strict=True):
             assert torch.equal(a, b)
         # Reconnects land on the replica that holds the conversation.

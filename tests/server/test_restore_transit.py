@@ -14,11 +14,12 @@ from moss_pipecat.client import RemoteEngine
 from moss_pipecat.client.journal import Journal
 from moss_pipecat.client.link import Link
 
+from ..engine.helpers import random_frames
 from .conftest import GREEDY
 from .turns import read_chunks, say, speak
 
 
-async def _call_lost_with_its_server(make_tiny_engine, make_server, ids_range, in_flight=False):
+async def _call_lost_with_its_server(make_tiny_engine, make_server, meta, in_flight=False):
     """A call on server ``a`` (a user turn and a reply; with ``in_flight`` a second reply is
     streaming), then ``a`` is gone; ``b`` is up. Returns (session, the lost history's
     snapshot, b's engine, the reply in flight or None)."""
@@ -29,8 +30,9 @@ async def _call_lost_with_its_server(make_tiny_engine, make_server, ids_range, i
     session = await RemoteEngine([a.url, b.url]).create_session(
         conversation_id="transit", sampling=GREEDY
     )
-    frames = torch.randint(0, 1024, (5, 16), generator=torch.Generator().manual_seed(3))
-    await session.add_user_turn(list(range(ids_range[0], ids_range[0] + 3)), frames)
+    frames = random_frames(torch.Generator().manual_seed(3), 5, meta)
+    lo = meta["text_ids_drawn_from"][0]
+    await session.add_user_turn(list(range(lo, lo + 3)), frames)
     await say(session, "Hello there.", 4)
     before = await session.snapshot()
     assert [r for r, _ in before["turns"]] == ["user", "assistant"]
@@ -88,7 +90,7 @@ async def test_a_restore_lost_before_the_server_read_it_is_sent_again(
     make_tiny_engine, make_server, realtime_meta, monkeypatch
 ):
     session, before, engine, lost = await _call_lost_with_its_server(
-        make_tiny_engine, make_server, realtime_meta["text_ids_drawn_from"], in_flight=True
+        make_tiny_engine, make_server, realtime_meta, in_flight=True
     )
     sent = _count_restores(monkeypatch, drop_first=True)
     # The barge-in on the reply in flight at the loss says 2 of its frames were heard: made
@@ -105,7 +107,7 @@ async def test_a_restore_whose_reply_was_lost_is_not_sent_again(
     make_tiny_engine, make_server, realtime_meta, monkeypatch
 ):
     session, before, engine, _ = await _call_lost_with_its_server(
-        make_tiny_engine, make_server, realtime_meta["text_ids_drawn_from"]
+        make_tiny_engine, make_server, realtime_meta
     )
     sent = _count_restores(monkeypatch, drop_first=False)
     cut: list[int] = []

@@ -14,17 +14,18 @@ import torch
 from moss_pipecat import protocol as P
 from moss_pipecat.client import RemoteEngine
 
+from ..engine.helpers import random_frames
 from .conftest import GREEDY, TOKEN, eventually
 from .turns import LONG_TEXT, read_chunks, say, speak
 from .wire import answer, raw_hello, refused_hello
 
 
-async def _talk(session, voice, ids_range) -> None:
+async def _talk(session, voice, meta: dict) -> None:
     """A call with a voice, a user turn, a capped turn, a barge-in and a dropped turn."""
     await session.set_voice(voice)
     await say(session, "Hello there.", 5)
-    lo = ids_range[0]
-    frames = torch.randint(0, 1024, (6, 16), generator=torch.Generator().manual_seed(2))
+    lo = meta["text_ids_drawn_from"][0]
+    frames = random_frames(torch.Generator().manual_seed(2), 6, meta)
     await session.add_user_turn(list(range(lo, lo + 4)), frames)
     turn = await speak(session, LONG_TEXT, 30)
     n = 0
@@ -48,7 +49,7 @@ async def test_a_lost_conversation_is_restored_from_the_journal(
     engine = make_tiny_engine(lookahead_s=0.4, eos_min_frames=30)
     server = await make_server(engine, idle_expiry_s=0)  # a detached conversation ends at once
     session = await RemoteEngine(server.url).create_session(conversation_id="r-1", sampling=GREEDY)
-    await _talk(session, voice_codes, realtime_meta["text_ids_drawn_from"])
+    await _talk(session, voice_codes, realtime_meta)
     before = await session.snapshot()
     assert [r for r, _ in before["turns"]] == ["assistant", "user", "assistant"]
     assert session.journal.rev > 0 and len(session.journal.turns) == 3

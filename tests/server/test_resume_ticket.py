@@ -24,6 +24,7 @@ from moss_pipecat.server.options import ServerOptions
 from moss_pipecat.server.ray_app import app_resume_key
 from moss_pipecat.server.tickets import ResumeTickets
 
+from ..engine.helpers import random_frames
 from .conftest import GREEDY, TOKEN, eventually
 from .turns import LONG_TEXT, read_chunks, say, speak
 from .wire import refused_hello
@@ -119,7 +120,7 @@ async def test_the_first_creator_takes_its_conversation_back_from_a_squatter(
         conversation_id="CA42", sampling=GREEDY
     )
     lo = realtime_meta["text_ids_drawn_from"][0]
-    frames = torch.randint(0, 1024, (4, 16), generator=torch.Generator().manual_seed(9))
+    frames = random_frames(torch.Generator().manual_seed(9), 4, realtime_meta)
     await owner.add_user_turn(list(range(lo, lo + 3)), frames)
     assert await say(owner, "Hello there.", 3) == 3
     before = await owner.snapshot()

@@ -51,7 +51,8 @@ async def test_remote_audio_voice_settings_and_reset_equal_local(
     local = engine.create_session(sampling=GREEDY)
 
     def frames(pcm, rate):
-        return tiny_codec.encode_frames(torch.from_numpy(pcm.astype(np.float32) / 32768.0), rate)
+        wav = torch.from_numpy(pcm.astype(np.float32) / 32768.0)
+        return tiny_codec.encode_frames(wav, rate, engine.layout.rvq)
 
     async def local_user():
         text = "yes please"

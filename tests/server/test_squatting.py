@@ -14,6 +14,7 @@ import torch
 from moss_pipecat.client import RemoteEngine
 from moss_pipecat.protocol.errors import ForbiddenError
 
+from ..engine.helpers import random_frames
 from .conftest import GREEDY
 from .processes import ServerProcess, http_get
 from .turns import say
@@ -32,7 +33,7 @@ async def test_a_squatter_after_kill_9_loses_the_id_and_the_owner_s_call_goes_on
         # The id is guessable (a telephony call SID).
         owner = await RemoteEngine(url).create_session(conversation_id="CA0001", sampling=GREEDY)
         lo = realtime_meta["text_ids_drawn_from"][0]
-        frames = torch.randint(0, 1024, (5, 16), generator=torch.Generator().manual_seed(5))
+        frames = random_frames(torch.Generator().manual_seed(5), 5, realtime_meta)
         await owner.add_user_turn(list(range(lo, lo + 3)), frames)
         assert await say(owner, "Hello there.", 4) == 4
         before = await owner.snapshot()

@@ -16,6 +16,7 @@ from moss_pipecat.client import RemoteEngine
 from moss_pipecat.protocol.errors import TLSVerificationError
 from moss_pipecat.server import EngineServer, ServerConfig
 
+from ..fixture_facts import frame_pcm_bytes
 from .conftest import GREEDY, TOKEN
 
 x509 = pytest.importorskip("cryptography.x509")
@@ -88,7 +89,7 @@ async def tls_server(make_tiny_engine, tmp_path):
     await server.stop()
 
 
-async def test_a_full_turn_over_wss(tls_server):
+async def test_a_full_turn_over_wss(tls_server, codec_dir):
     server, cert = tls_server
     assert server.url.startswith("wss://127.0.0.1:") and server.http_url.startswith("https://")
     client = RemoteEngine(server.url, token=TOKEN, ssl_ca_file=str(cert))
@@ -97,7 +98,8 @@ async def test_a_full_turn_over_wss(tls_server):
     turn.push_text("Hello over TLS.")
     turn.end_text()
     chunks = [c async for c in turn]
-    assert len(chunks) == 3 and all(len(c.pcm) == 3840 for c in chunks)
+    frame_bytes = frame_pcm_bytes(codec_dir)
+    assert len(chunks) == 3 and all(len(c.pcm) == frame_bytes for c in chunks)
     assert turn.summary.error is None
     await session.close()
 

@@ -17,8 +17,6 @@ from moss_pipecat.service import MossTTSService, MossTTSSettings
 
 from .conftest import Probe, SnapshotProbe
 
-OUT_RATE = 16000  # a phone-style pipeline: the reply's 24 kHz audio is resampled
-
 
 async def test_a_pause_in_the_text_loses_no_resampled_audio(talkative_engine):
     # The LLM stalls mid-reply: the engine waits for text, so the reply's frames stop for
@@ -27,6 +25,9 @@ async def test_a_pause_in_the_text_loses_no_resampled_audio(talkative_engine):
     # The first part is a little over the text lead (12 tokens): a few frames, then a wait.
     first = [w + " " for w in "This is the first part of a reply that the LLM sends now,".split()]
     rest = [w + " " for w in "and then the reply goes on to its end.".split()]
+    codec = talkative_engine.codec
+    # A phone-style pipeline: the reply's audio (24 kHz upstream) is resampled.
+    out_rate = 16000 if codec.sampling_rate != 16000 else 8000
     tts = MossTTSService(engine=talkative_engine, settings=MossTTSSettings(greedy=True))
     probe = SnapshotProbe(tts)
     frames = [
@@ -41,12 +42,13 @@ async def test_a_pause_in_the_text_loses_no_resampled_audio(talkative_engine):
     down, up = await run_test(
         Pipeline([tts, probe]),
         frames_to_send=frames,
-        pipeline_params=PipelineParams(audio_out_sample_rate=OUT_RATE),
+        pipeline_params=PipelineParams(audio_out_sample_rate=out_rate),
     )
     assert not [f for f in up if isinstance(f, ErrorFrame)]
     (snap,) = probe.snapshots
     (frames_generated,) = snap["turn_frames"]
     audio = b"".join(f.audio for f in down if isinstance(f, TTSAudioRawFrame))
-    expected = frames_generated * 1920 * OUT_RATE // 24000  # 80 ms frames
+    # 80 ms frames: hop samples at the codec's rate each
+    expected = frames_generated * codec.samples_per_frame * out_rate // codec.sampling_rate
     assert frames_generated > 0
     assert abs(len(audio) // 2 - expected) <= 2, (len(audio) // 2, expected)
