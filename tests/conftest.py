@@ -203,12 +203,14 @@ def long_rows(realtime_golden) -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
-def voice_codes(realtime_golden) -> torch.Tensor:
-    """A reference voice [R, 16] for tests that need one: the set's golden voice prompt, or,
-    in a set without one (``conversation.ref_frames`` 0), seeded random codes."""
+def voice_codes(realtime_golden, realtime_meta) -> torch.Tensor:
+    """A reference voice [R, rvq] for tests that need one: the set's golden voice prompt, or,
+    in a set without one (``conversation.ref_frames`` 0), seeded random codes of its codebooks."""
     if "session.ref_codes" in realtime_golden:
         return realtime_golden["session.ref_codes"]
-    return torch.randint(0, 1024, (5, 16), generator=torch.Generator().manual_seed(1))
+    audio = realtime_meta["audio"]
+    shape = (5, audio["channels"])
+    return torch.randint(0, audio["audio_pad"], shape, generator=torch.Generator().manual_seed(1))
 
 
 # ---- engine fixtures (tiny model, id-level text) ---------------------------------------------
