@@ -184,6 +184,7 @@ def test_host_work(bench):
     # tick, by phase, with the simulated runner's work apart.
     args = ("--sessions", "1", "3", "--ticks", "3", "--warmup", "2", "--steady-text", "30")
     out = bench("bench_host_work.py", *args, "--turn-frames", "2", "--profile", "3")
+    assert out["gc_policy"] is False and out["gc_freeze"] is False
     assert list(out["scenarios"]) == ["steady", "turns"]
     for rows in out["scenarios"].values():
         assert [r["sessions"] for r in rows] == [1, 3]
@@ -197,6 +198,16 @@ def test_host_work(bench):
     assert "turn_start" in out["scenarios"]["turns"][1]["phases_ms_per_tick"]
     assert set(out["runner_inputs_ms"]) == {"1", "3"}
     assert out["profiles"]["3"]["steady"]["by_cumulative"]
+
+
+def test_host_work_gc_objects(bench):
+    # What the sessions add for the garbage collector to walk: counted by type, per session.
+    args = ("--sessions", "2", "--ticks", "4", "--warmup", "1", "--turn-frames", "2")
+    out = bench("bench_gc_objects.py", *args)
+    (r,) = out["results"]
+    assert r["sessions"] == 2 and r["turns_per_session_mean"] > 1  # turns ended and started
+    assert r["objects"] > r["base_objects"] and r["per_session"] > 0
+    assert r["full_ms"] > 0
 
 
 def test_prefill(bench):
