@@ -16,7 +16,6 @@ the turn's audio. ``heard(frames)`` is the one answer to "which units did the us
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -163,14 +162,14 @@ class WordTimer:
 class SpokenUnits:
     """A finished turn's placed units, kept for ``heard_text`` alone (an interruption may cut
     a turn after it ended): flat fields, not an object per unit, so a long history gives the
-    garbage collector nothing per unit to walk (a tuple of strings, an ``array`` and
-    ``bytes`` are not tracked). Answers as the ``WordTimer`` it came from."""
+    garbage collector nothing per unit to walk (tuples of strings or floats are untracked by
+    their first collection; ``bytes`` never are tracked). Answers as its ``WordTimer`` did."""
 
     __slots__ = ("_spaced", "_texts", "_times")
 
     def __init__(self, placed: list[TimedWord]) -> None:
         self._texts = tuple(w[0] for w in placed)
-        self._times = array("d", (w[1] for w in placed))
+        self._times = tuple(float(w[1]) for w in placed)
         self._spaced = bytes(bool(w.spaced) for w in placed)
 
     def _word(self, i: int) -> TimedWord:
