@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import statistics
@@ -89,3 +90,66 @@ def largest_passing(passes: Callable[[int], bool], start: int, cap: int) -> tupl
             mid = (good + bad) // 2
             good, bad = (mid, bad) if passes(mid) else (good, mid)
     return good, bad is None
+
+
+class HostPauses:
+    """What stalls a running engine's ticks, recorded while it runs (``with HostPauses(engine)
+    as pauses: ...; pauses.fields()``): the garbage collector's collections by generation
+    (``gc.callbacks``, any thread: a collection holds the GIL, so it stalls the engine thread
+    wherever it runs) with their longest wall-clock pause, and the wall time of each engine
+    tick that did work. A GC stall shows as ``gc_full_max_ms`` beside ``tick_ms_max``; a slow
+    tick shows without one. Field names as ``bench_host_work``'s (``gc_full_*``)."""
+
+    def __init__(self, engine) -> None:
+        self.core = engine.core
+        self.count = [0, 0, 0]
+        self.max_ns = [0, 0, 0]
+        self.total_ns = 0
+        self.tick_ns: list[int] = []
+        self._t = 0
+
+    def _gc(self, phase: str, info: dict) -> None:
+        now = time.perf_counter_ns()
+        if phase == "start":
+            self._t = now
+            return
+        gen, pause = info["generation"], now - self._t
+        self.count[gen] += 1
+        self.max_ns[gen] = max(self.max_ns[gen], pause)
+        self.total_ns += pause
+
+    def __enter__(self) -> HostPauses:
+        core, tick, stats = self.core, self.core.tick, self.core.stats
+
+        def timed_tick():  # the engine thread looks ``core.tick`` up on every loop
+            before, t0 = stats["ticks"], time.perf_counter_ns()
+            out = tick()
+            if stats["ticks"] != before:  # a tick that stepped something (not an idle wait)
+                self.tick_ns.append(time.perf_counter_ns() - t0)
+            return out
+
+        core.tick = timed_tick
+        gc.callbacks.append(self._gc)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._gc)
+        del self.core.tick  # the method again
+
+    def fields(self) -> dict:
+        ms = sorted(t / 1e6 for t in self.tick_ns)
+
+        def q(p: float) -> float | None:
+            return round(ms[min(len(ms) - 1, int(p * len(ms)))], 3) if ms else None
+
+        return {
+            "ticks_timed": len(ms),
+            "tick_ms_p50": q(0.5),
+            "tick_ms_p99": q(0.99),
+            "tick_ms_max": round(ms[-1], 3) if ms else None,
+            "gc_collections": list(self.count),  # by generation (0, 1, 2)
+            "gc_max_ms": [round(n / 1e6, 3) for n in self.max_ns],  # longest pause, by gen.
+            "gc_ms_total": round(self.total_ns / 1e6, 3),
+            "gc_full_collections": self.count[2],
+            "gc_full_max_ms": round(self.max_ns[2] / 1e6, 3),
+        }

@@ -4,7 +4,9 @@ A real-time session needs a frame every 80 ms. N sessions speak at once with no 
 limit (text arrives ahead of speech, so every tick steps all N), and N passes when the p99
 gap between consecutive frames of a session stays under ``--gap-ms`` (default 80). N
 doubles until it fails, then bisects. Each N is measured in steady state, after
-``--warm-rounds`` short rounds at that N.
+``--warm-rounds`` short rounds at that N; each probe also says what stalled its ticks
+(``_common.HostPauses``: each tick's wall time p50/p99/max, GC collections by generation and
+their longest pause, ``gc_full_max_ms``).
 
     python benchmarks/bench_capacity.py                                     # tiny model + codec
     python benchmarks/bench_capacity.py --real-size --random-weights --device cuda \\
@@ -25,7 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from _common import emit, environment, largest_passing
+from _common import HostPauses, emit, environment, largest_passing
 from _setup import add_engine_args, build_engine, run_round
 from _traffic import add_traffic_args
 
@@ -68,7 +70,9 @@ def main() -> None:
         # shapes (lazy CUDA kernel loads, allocator growth) do not count as frame gaps.
         for _ in range(args.warm_rounds):
             asyncio.run(run_round(engine, n, args.text_tokens, 6, seed=10_000 + len(probes)))
-        r = asyncio.run(run_round(engine, n, args.text_tokens, args.frames, seed=len(probes)))
+        with HostPauses(engine) as pauses:  # a GC stall told apart from a slow tick
+            r = asyncio.run(run_round(engine, n, args.text_tokens, args.frames, seed=len(probes)))
+        r.update(pauses.fields())
         r["passed"] = r["gap_ms_p99"] < args.gap_ms
         probes.append(r)
         return r["passed"]

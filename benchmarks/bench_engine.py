@@ -2,7 +2,8 @@
 
 N sessions each speak one turn at the same moment (text pushed at once, as an LLM that is
 ahead of speech). Reports, per N: time to first audio (trigger -> first PCM/codes), gaps
-between consecutive frames of a session (p50/p99), and aggregate frames/s.
+between consecutive frames of a session (p50/p99), aggregate frames/s, and what stalled the
+ticks (``_common.HostPauses``: each tick's wall time, GC collections and their longest pause).
 
     python benchmarks/bench_engine.py                               # tiny fixture model + codec
     python benchmarks/bench_engine.py --sessions 1 4 16 --frames 50 --lookahead 1.0
@@ -20,7 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from _common import emit, environment
+from _common import HostPauses, emit, environment
 from _setup import add_engine_args, build_engine, run_round
 
 
@@ -34,7 +35,9 @@ def main() -> None:
     rounds = []
     try:
         for n in args.sessions:
-            rounds.append(asyncio.run(run_round(engine, n, args.text_tokens, args.frames, n)))
+            with HostPauses(engine) as pauses:
+                r = asyncio.run(run_round(engine, n, args.text_tokens, args.frames, n))
+            rounds.append({**r, **pauses.fields()})  # GC pauses beside each tick's wall time
     finally:
         engine.shutdown()
     out = {

@@ -55,7 +55,7 @@ from contextlib import contextmanager
 import torch
 from _common import REPO, emit, environment
 
-from moss_pipecat.engine import EngineConfig
+from moss_pipecat.engine import EngineConfig, gc_policy
 from moss_pipecat.engine.clock import VirtualClock
 from moss_pipecat.engine.commands import CreateSession, EndText, PushText, StartTurn
 from moss_pipecat.engine.device_costs import DeviceCosts
@@ -270,6 +270,8 @@ class Bench:
             pending += self.start(sid, frames)
         if args.gc_freeze:  # what start-up made (imports, model, engine) leaves the GC's scans
             gc.freeze()
+        if args.gc_policy:  # the engine's own (``MossEngine.start``): freeze, young threshold
+            gc_policy.engine_started()
         runner_ns, tick_ns, by_phase = [], [], Counter()
         gc_timer = GcTimer()
         gc.callbacks.append(gc_timer)
@@ -302,6 +304,8 @@ class Bench:
                 by_phase.update(timer.ns)
                 gc_ns += gc_tick
         gc.callbacks.remove(gc_timer)
+        if args.gc_policy:
+            gc_policy.engine_stopped()
         if prof is not None:
             prof.disable()
         steady_ok = all(s.phase is Phase.DECODE for s in core.sessions.values())
@@ -382,6 +386,7 @@ def main() -> None:
         action="store_true",
         help="gc.freeze() once the sessions are set up (full collections skip older objects)",
     )
+    ap.add_argument("--gc-policy", action="store_true", help="the engine's GC policy (gc_policy)")
     ap.add_argument("--costs", default=str(COSTS), help="gpu_bench.sh folder (virtual clock)")
     ap.add_argument("--profile", type=int, nargs="*", default=[], help="cProfile at these N")
     ap.add_argument("--profile-top", type=int, default=25)
@@ -401,6 +406,7 @@ def main() -> None:
         "overlap_codec": args.overlap == "on",
         "channels": args.channels,
         "gc_freeze": args.gc_freeze,
+        "gc_policy": args.gc_policy,
         "ticks": args.ticks,
         "warmup": args.warmup,
         "turn_frames": args.turn_frames,

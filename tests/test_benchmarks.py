@@ -123,6 +123,8 @@ def test_engine(bench, tmp_path, graphed, fused):
     assert out["graphed_decode"] == (graphed == "on") and out["fused"] == (fused == "on")
     assert [r["sessions"] for r in out["results"]] == [1, 2]
     assert all(0 < r["frames_total"] <= r["sessions"] * 6 for r in out["results"])
+    for r in out["results"]:
+        assert_host_pauses(r)
     start = out["start_up"]  # what preparing the graphs cost, by phase
     if graphed == "off":
         assert start is None
@@ -131,6 +133,17 @@ def test_engine(bench, tmp_path, graphed, fused):
     assert all(p["reserved_mib"] is None for p in start["phases"].values())  # no GPU here
     assert start["kernel_cache"]["TRITON_CACHE_DIR"] == str(tmp_path / "triton")
     assert start["kernel_cache_entries_added"] == 0  # the interpreter compiles nothing
+
+
+def assert_host_pauses(r: dict) -> None:
+    """A round's ``HostPauses`` fields: its ticks timed, GC collections by generation."""
+    assert r["ticks_timed"] > 0
+    assert 0 < r["tick_ms_p50"] <= r["tick_ms_p99"] <= r["tick_ms_max"]
+    assert len(r["gc_collections"]) == len(r["gc_max_ms"]) == 3
+    assert all(n >= 0 for n in r["gc_collections"])
+    assert r["gc_full_collections"] == r["gc_collections"][2]
+    assert r["gc_full_max_ms"] == r["gc_max_ms"][2]
+    assert r["gc_ms_total"] >= max(r["gc_max_ms"])
 
 
 def test_capacity(bench):
@@ -142,6 +155,8 @@ def test_capacity(bench):
     out = capacity("100000")
     assert [p["sessions"] for p in out["probes"]] == [1, 2, 3]
     assert out["capacity_sessions"] == 3 and out["capped_by_max_sessions"]
+    for p in out["probes"]:
+        assert_host_pauses(p)
     # An impossible limit: nothing passes.
     out = capacity("0")
     assert out["capacity_sessions"] == 0 and out["at_capacity"] is None
@@ -169,6 +184,7 @@ def test_host_work(bench):
     # tick, by phase, with the simulated runner's work apart.
     args = ("--sessions", "1", "3", "--ticks", "3", "--warmup", "2", "--steady-text", "30")
     out = bench("bench_host_work.py", *args, "--turn-frames", "2", "--profile", "3")
+    assert out["gc_policy"] is False and out["gc_freeze"] is False
     assert list(out["scenarios"]) == ["steady", "turns"]
     for rows in out["scenarios"].values():
         assert [r["sessions"] for r in rows] == [1, 3]
@@ -182,6 +198,16 @@ def test_host_work(bench):
     assert "turn_start" in out["scenarios"]["turns"][1]["phases_ms_per_tick"]
     assert set(out["runner_inputs_ms"]) == {"1", "3"}
     assert out["profiles"]["3"]["steady"]["by_cumulative"]
+
+
+def test_host_work_gc_objects(bench):
+    # What the sessions add for the garbage collector to walk: counted by type, per session.
+    args = ("--sessions", "2", "--ticks", "4", "--warmup", "1", "--turn-frames", "2")
+    out = bench("bench_gc_objects.py", *args)
+    (r,) = out["results"]
+    assert r["sessions"] == 2 and r["turns_per_session_mean"] > 1  # turns ended and started
+    assert r["objects"] > r["base_objects"] and r["per_session"] > 0
+    assert r["full_ms"] > 0
 
 
 def test_prefill(bench):

@@ -200,6 +200,8 @@ class EngineCore:
         rec = t.record
         if rec is not None:  # ids never fed are never needed again (one more: the closing row)
             del rec.text_ids[rec.lead + len(rec.steps) + 1 :]
+            if rec.words is not None:  # only its heard text is asked of it from now on
+                rec.words = rec.words.settled()
         s.turn = None
         s.to_feed = None
         s.phase = Phase.IDLE

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from moss_pipecat._log import logger
+from moss_pipecat.engine import gc_policy
 from moss_pipecat.engine.clock import Clock
 from moss_pipecat.engine.commands import Close, Command, CreateSession, EngineFacts
 from moss_pipecat.engine.config import EngineConfig
@@ -98,6 +99,7 @@ class MossEngine:
             if self._thread is None:
                 if self.config.capture_graphs_at_start and self.uses_cuda_graphs:
                     self.capture_graphs()
+                gc_policy.engine_started()  # start-up is done: what it made leaves the GC's scans
                 self._stopping = False
                 self._thread = threading.Thread(target=self._run, name="moss-engine", daemon=True)
                 self._thread.start()
@@ -118,6 +120,7 @@ class MossEngine:
                 self._cv.notify()
             thread.join(timeout)
             self._thread = None
+            gc_policy.engine_stopped()
 
     def __enter__(self) -> MossEngine:
         return self.start()

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from moss_pipecat.engine.row_store import RowStore
 from moss_pipecat.engine.rows import RowLayout
 
 
@@ -24,7 +25,8 @@ class AssistantTurn:
         text_ids: the turn's text tokens known so far.
         lead: rows of ``prompt`` (text tokens before the first frame).
         prompt: [lead, 17] text rows, BOS on the last (header excluded).
-        steps: [17] rows fed by decode steps; step j carries frame j.
+        steps: [17] rows fed by decode steps; step j carries frame j (a ``RowStore``: a few
+            tensors, not one per row).
         frames: [rvq] codes generated; frame j came from the hidden of row lead-1+j.
         closing: rows that close the turn once it ended (EOS row, maybe a last-frame row).
         text: the turn's text when it arrived as a string.
@@ -33,16 +35,20 @@ class AssistantTurn:
     text_ids: list[int]
     lead: int
     prompt: torch.Tensor
-    steps: list[torch.Tensor] = field(default_factory=list)
-    frames: list[torch.Tensor] = field(default_factory=list)
+    steps: RowStore = field(default_factory=RowStore)
+    frames: RowStore = field(default_factory=RowStore)
     closing: torch.Tensor | None = None
     turn_id: int = -1
     text: str = ""
     role: str = "assistant"
     words: Any = None  # the turn's WordTimer: which words its frames carry
 
+    def __post_init__(self) -> None:
+        # rows given as a list of [17] / [rvq] tensors or one [k, ...] tensor: stored compactly
+        self.steps, self.frames = RowStore.of(self.steps), RowStore.of(self.frames)
+
     def body(self) -> torch.Tensor:
-        parts = [self.prompt, *(s[None] for s in self.steps)]
+        parts = [self.prompt, *self.steps.tensors()]
         if self.closing is not None:
             parts.append(self.closing)
         return torch.cat(parts)
@@ -65,8 +71,8 @@ class AssistantTurn:
         channel continues with the turn's next unused token (or text_pad).
         """
         k = max(0, min(heard, self.audio_frames(layout.audio_eos)))
-        self.steps = self.steps[:k]
-        self.frames = self.frames[:k]
+        self.steps.truncate(k)
+        self.frames.truncate(k)  # (a closed turn's rows: one tensor each)
         last = self.frames[k - 1] if k > len(self.steps) else None
         used = self.lead + len(self.steps)
         self.closing = layout.closing_rows(iter(self.text_ids[used:]), last)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from moss_pipecat.engine.history import AssistantTurn, Turn, UserTurn
+from moss_pipecat.engine.row_store import RowStore
 from moss_pipecat.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -133,9 +134,9 @@ def turn_of(layout: RowLayout, r: TurnRecord) -> Turn:
     prompt[-1, 1] = layout.audio_bos
     k = r.frames.shape[0]
     text = torch.tensor(ids[lead : lead + k], dtype=torch.int64)[:, None]  # [k, 1]
-    steps = list(torch.cat((text, r.frames.to(torch.int64)), dim=1).unbind(0))  # k x [17]
+    steps = RowStore(torch.cat((text, r.frames.to(torch.int64)), dim=1))  # [k, 17]
     closing = layout.closing_rows(iter(ids[lead + k :]))
-    return AssistantTurn(ids, lead, prompt, steps, list(r.frames), closing)
+    return AssistantTurn(ids, lead, prompt, steps, RowStore(r.frames), closing)
 
 
 def voice_of(layout: RowLayout, system: torch.Tensor) -> torch.Tensor | None:

@@ -102,6 +102,10 @@ class WordTimer:
         first that many units placed instead (the listener's own count, see ``Interrupt``)."""
         return join_units(self.heard(frames) if units is None else self.placed[:units])
 
+    def settled(self) -> SpokenUnits:
+        """What a finished turn keeps of this: its ``heard_text`` (nothing more is placed)."""
+        return SpokenUnits(self.placed)
+
     # ---- internals -----------------------------------------------------------------------
     def _after_last(self) -> float:
         return self.placed[-1][1] + MIN_GAP_S if self.placed else 0.0
@@ -153,3 +157,28 @@ class WordTimer:
         self._next, self._glued = end, glued
         self.placed.append(word)
         return word
+
+
+class SpokenUnits:
+    """A finished turn's placed units, kept for ``heard_text`` alone (an interruption may cut
+    a turn after it ended): flat fields, not an object per unit, so a long history gives the
+    garbage collector nothing per unit to walk (tuples of strings or floats are untracked by
+    their first collection; ``bytes`` never are tracked). Answers as its ``WordTimer`` did."""
+
+    __slots__ = ("_spaced", "_texts", "_times")
+
+    def __init__(self, placed: list[TimedWord]) -> None:
+        self._texts = tuple(w[0] for w in placed)
+        self._times = tuple(float(w[1]) for w in placed)
+        self._spaced = bytes(bool(w.spaced) for w in placed)
+
+    def _word(self, i: int) -> TimedWord:
+        return TimedWord(self._texts[i], self._times[i], bool(self._spaced[i]))
+
+    def heard_text(self, frames: int, units: int | None = None) -> str:
+        """``WordTimer.heard_text``."""
+        n = len(self._texts)
+        if units is not None:
+            return join_units([self._word(i) for i in range(n)[:units]])  # as a list's slice
+        limit = frames * FRAME_SECONDS
+        return join_units([self._word(i) for i in range(n) if self._times[i] < limit])
