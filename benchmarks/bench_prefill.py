@@ -44,7 +44,7 @@ def measure(model, codec, H: int, T: int, args, device: torch.device, gen) -> di
     cache = model.new_cache(1, H + T + 1)  # + the spare position graphed steps write padding to
     rows = torch.empty(1, T, cfg.channels, dtype=torch.int64)
     rows[..., 0] = torch.randint(0, cfg.text_pad, (1, T), generator=gen)
-    rows[..., 1:] = torch.randint(0, 1024, (1, T, cfg.rvq), generator=gen)
+    rows[..., 1:] = torch.randint(0, cfg.audio_pad_token, (1, T, cfg.rvq), generator=gen)
     rows = rows.to(device)
     hidden: list[torch.Tensor] = []
     graphed = args.graphed == "on"

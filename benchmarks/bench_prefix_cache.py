@@ -141,12 +141,13 @@ def main() -> None:
     instruction_ids = torch.randint(0, vocab, (8,), generator=gen).tolist()
     text = torch.randint(0, vocab, (args.text_tokens,), generator=gen).tolist()
     n_voice = max(1, round(args.voice_seconds / FRAME_SECONDS))
-    voice = torch.randint(0, 1024, (n_voice, model.cfg.rvq), generator=gen)
+    codes = model.cfg.audio_pad_token  # audio codes are 0..codes-1
+    voice = torch.randint(0, codes, (n_voice, model.cfg.rvq), generator=gen)
 
     def other_voice(i: int) -> torch.Tensor:  # a new key every conversation
         v = voice.clone()
-        v[0, 0] = i % 1024
-        v[0, 1] = i // 1024
+        v[0, 0] = i % codes
+        v[0, 1] = i // codes
         return v
 
     prefix_rows = layout.system_block(system_ids, voice, instruction_ids).shape[0]

@@ -121,9 +121,13 @@ async def speak(session, text: str, frames: int) -> float | None:
     return first
 
 
-async def call(session, seconds: float, gen: torch.Generator, text_ids: tuple[int, int]) -> None:
+async def call(
+    session, seconds: float, gen: torch.Generator, text_ids: tuple[int, int], audio: dict
+) -> None:
     for _ in range(max(1, round(seconds / 10))):
-        codes = torch.randint(0, 1024, (USER_FRAMES, 16), generator=gen)
+        codes = torch.randint(
+            0, audio["audio_pad"], (USER_FRAMES, audio["channels"]), generator=gen
+        )
         ids = torch.randint(*text_ids, (10,), generator=gen).tolist()
         await session.add_user_turn(ids, codes)
         await speak(session, REPLY, BOT_FRAMES)
@@ -145,6 +149,7 @@ async def run(args) -> dict:
     engines = [load_tiny_engine(args.fixtures, config=config) for _ in range(2)]
     meta = json.loads((Path(args.fixtures) / "realtime" / "golden.json").read_text())
     text_ids = tuple(meta["text_ids_drawn_from"])  # the fixture model's own text ids
+    audio_ids = meta["audio"]  # its codebooks and audio code range
     meter, inflight = JournalMeter(), InflightMeter()
     gen = torch.Generator().manual_seed(0)
     server = await EngineServer(engines[0], ServerConfig(host="127.0.0.1", port=0)).start()
@@ -157,7 +162,7 @@ async def run(args) -> dict:
             )
             session = await remote.create_session(sampling=SamplingParams.greedy_decoding())
             meter.reset()
-            await call(session, 60 * args.minutes, gen, text_ids)
+            await call(session, 60 * args.minutes, gen, text_ids, audio_ids)
             if journal:
                 minutes = args.minutes
                 out["journal"] = {
