@@ -53,7 +53,7 @@ from moss_pipecat.service.reply import (
     SpokenWordsEnd,
     output_transport_downstream,
 )
-from moss_pipecat.service.resampling import resampled
+from moss_pipecat.service.resampling import engine_frames, resampled
 from moss_pipecat.service.settings import MossTTSSettings, SessionSettings, default_settings
 from moss_pipecat.service.tracing import ReplyTracer
 from moss_pipecat.service.tts_options import streams_tokens, tts_service_kwargs
@@ -262,7 +262,7 @@ class MossTTSServiceBase(TTSService):
                     await super().push_frame(f, direction)
                 return
         if isinstance(frame, TTSAudioRawFrame) and frame.context_id in self._replies:
-            await self._clock.audio_pushed(self._replies[frame.context_id])
+            await self._clock.audio_pushed(self._replies[frame.context_id], engine_frames(frame))
         self._tracer.frame_pushed(frame)
         await super().push_frame(frame, direction)
 
@@ -387,11 +387,9 @@ class MossTTSServiceBase(TTSService):
     async def _read_reply(self, reply: Reply) -> None:
         """Moves the engine turn's frames and word times into the reply's audio context."""
         context_id, turn, out_rate = reply.context_id, reply.turn, self.sample_rate
-        async for chunk, audio in resampled(turn, self._pcm_rate, out_rate):
-            if audio:
-                await self.append_to_audio_context(
-                    context_id, TTSAudioRawFrame(audio, out_rate, 1, context_id=context_id)
-                )
+        async for chunk, audio in resampled(turn, self._pcm_rate, out_rate, context_id):
+            if audio is not None:
+                await self.append_to_audio_context(context_id, audio)
             if chunk is not None:  # None: the resampler's tail
                 reply.frames += 1
                 await self._clock.add_words(reply, chunk.words)

@@ -306,10 +306,16 @@ class HeardClock:
         for spaced, run in itertools.groupby(timed, key=is_spaced):
             await self._release_words(list(run), reply.context_id, True if spaced else None)
 
-    async def audio_pushed(self, reply: Reply) -> None:
-        """pipecat pushes the reply's audio: its first frame fixes the word-time baseline
-        and, where the transport is already playing or reports nothing, the playback start;
-        a frame that comes after the audio ran out starts a new run of the playout."""
+    async def audio_pushed(self, reply: Reply, frames: int) -> None:
+        """pipecat pushes an audio frame of the reply completing ``frames`` engine frames
+        (``resampling.engine_frames``: 0 for the resampler's tail, no frame of its own)."""
+        for _ in range(frames):
+            await self._frame_pushed(reply)
+
+    async def _frame_pushed(self, reply: Reply) -> None:
+        """The reply's next frame was pushed: its first fixes the word-time baseline and,
+        where the transport is already playing or reports nothing, the playback start; a
+        frame that comes after the audio ran out starts a new run of the playout."""
         reply.pushed += 1
         now = self._now()
         if reply.baseline_ns is None:

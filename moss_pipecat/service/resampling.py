@@ -1,4 +1,4 @@
-"""A reply's engine audio at the pipeline's output rate."""
+"""A reply's engine audio at the pipeline's output rate, as the audio frames it pushes."""
 
 from __future__ import annotations
 
@@ -6,11 +6,30 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from pipecat.audio.utils import create_stream_resampler
+from pipecat.frames.frames import TTSAudioRawFrame
+
+# An audio frame's metadata entry: how many engine frames it completes (the heard clock's
+# count), so the resampler's tail, which is no frame of its own, never counts as one.
+FRAMES_TAG = "moss_pipecat.engine_frames"
 
 
-async def resampled(turn: Any, in_rate: int, out_rate: int) -> AsyncIterator[tuple[Any, bytes]]:
-    """Yields ``(chunk, audio)`` for each engine frame of ``turn`` with its PCM at
-    ``out_rate``, then ``(None, tail)``: what the resampler still held at the turn's end.
+def engine_frames(frame: TTSAudioRawFrame) -> int:
+    """How many engine frames ``frame`` completes (0: none, or not a reply's audio)."""
+    return frame.metadata.get(FRAMES_TAG, 0)
+
+
+async def resampled(
+    turn: Any, in_rate: int, out_rate: int, context_id: str
+) -> AsyncIterator[tuple[Any, TTSAudioRawFrame | None]]:
+    """Yields ``(chunk, audio)`` for each engine frame of ``turn``, ``audio`` its PCM at
+    ``out_rate`` as an audio frame of ``context_id`` (None: the resampler holds all of it),
+    then ``(None, tail)``: what the resampler still held at the turn's end (None: nothing).
+
+    Each audio frame counts the engine frames it completes (``engine_frames``): 1 per frame,
+    0 for the tail, a frame with no audio out counted with the next audio. So a reply played
+    to the end was heard as exactly the frames the engine made, whatever the two rates (the
+    heard clock plays frame ``k`` out at ``(k + 1) * FRAME_SECONDS``: the resampled stream
+    keeps the engine's time line, only its chunk edges move).
 
     One resampler per reply: its filter state must not leak across an interruption, and
     within a reply it is never cleared (pipecat's default clears it after 0.2 s without
@@ -18,10 +37,21 @@ async def resampled(turn: Any, in_rate: int, out_rate: int) -> AsyncIterator[tup
     would lose audio and click).
     """
     resampler = create_stream_resampler(clear_after_secs=None) if out_rate != in_rate else None
+    owed = 0  # engine frames not counted by an audio frame yet
+
+    def frame(audio: bytes) -> TTSAudioRawFrame | None:
+        nonlocal owed
+        if not audio:
+            return None
+        out = TTSAudioRawFrame(audio, out_rate, 1, context_id=context_id)
+        out.metadata[FRAMES_TAG], owed = owed, 0
+        return out
+
     async for chunk in turn:
         audio = chunk.pcm
         if resampler is not None:
             audio = await resampler.resample(audio, in_rate, out_rate)
-        yield chunk, audio
+        owed += 1
+        yield chunk, frame(audio)
     if resampler is not None:
-        yield None, await resampler.flush()
+        yield None, frame(await resampler.flush())

@@ -14,7 +14,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from moss_pipecat.engine.config import EngineConfig
+from moss_pipecat.engine.config import FRAME_SECONDS, EngineConfig
 from moss_pipecat.engine.factory import load_tiny_engine
 
 from .tracing_helpers import span_exporter, traced_pipelines  # noqa: F401 (fixtures)
@@ -71,6 +71,16 @@ class SnapshotProbe(FrameProcessor):
             self.snapshots.append(await self.tts.session.snapshot())
         else:
             await self.push_frame(frame, direction)
+
+
+def frames_lasted(audio: list[TTSAudioRawFrame]) -> int:
+    """The engine frames ``audio`` lasts. Not its count of audio frames: where the codec's
+    rate is not the pipeline's, a resampler's chunks carry the frames and its tail is one
+    more; the chunks sum to the frames' time, to the resampler's rounding (a few samples)."""
+    seconds = sum(len(f.audio) // 2 / f.sample_rate for f in audio)
+    frames = round(seconds / FRAME_SECONDS)
+    assert abs(seconds - frames * FRAME_SECONDS) < 1e-3
+    return frames
 
 
 class WordRecorder(FrameProcessor):

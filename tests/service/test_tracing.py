@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from opentelemetry.trace import StatusCode
 from pipecat.frames.frames import ErrorFrame, InterruptionFrame, TTSAudioRawFrame
 from pipecat.tests.utils import SleepFrame
 
 from moss_pipecat.service import MossTTSService, MossTTSSettings
 
+from .conftest import frames_lasted
 from .test_moss_tts_service import reply, run
 from .tracing_helpers import CONVERSATION_ID, by_id, tts_spans
 
@@ -23,7 +25,9 @@ LAST = "Fine, a short one."
 
 
 def audio_frames(down, context_id: str) -> int:
-    return sum(isinstance(f, TTSAudioRawFrame) and f.context_id == context_id for f in down)
+    return frames_lasted(
+        [f for f in down if isinstance(f, TTSAudioRawFrame) and f.context_id == context_id]
+    )
 
 
 async def test_one_span_per_reply_under_the_turn_span(tiny_engine, span_exporter, traced_pipelines):
@@ -63,6 +67,26 @@ async def test_one_span_per_reply_under_the_turn_span(tiny_engine, span_exporter
         assert turn.name == "turn"
         conversation = spans_by_id[turn.parent.span_id]
         assert conversation.attributes["conversation.id"] == CONVERSATION_ID
+
+
+@pytest.mark.parametrize("rate", [8000, 48000])  # neither a codec's rate: resampled
+async def test_a_resampled_reply_is_heard_as_the_frames_the_engine_made(
+    rate, tiny_engine, span_exporter, traced_pipelines
+):
+    """At an output rate not the codec's, a resampler carries the frames in chunks of its own,
+    its tail one more: the heard clock counts engine frames, not chunks, so a reply played to
+    the end was heard as exactly the frames made (the count an interruption keeps too)."""
+    tts = MossTTSService(engine=tiny_engine, settings=MossTTSSettings(greedy=True))
+    down, up, _ = await run(
+        tts, [*reply("Hello ", "there, how", " are you", " today?")], sample_rate=rate
+    )
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    (span,) = tts_spans(span_exporter)
+    attrs = span.attributes
+    audio = [f for f in down if isinstance(f, TTSAudioRawFrame)]
+    assert {f.sample_rate for f in audio} == {rate}
+    assert attrs["tts.interrupted"] is False
+    assert attrs["moss.heard_frames"] == attrs["moss.frames"] == frames_lasted(audio) > 0
 
 
 async def test_an_interrupted_reply_span_keeps_what_was_heard(
