@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from _traffic import burst, capacity_search, traffic_passes, traffic_probe
+from _traffic import burst, capacity_search, context_limits, traffic_passes, traffic_probe
 
 from moss_pipecat.engine import EngineConfig
 from moss_pipecat.engine.clock import VirtualClock
@@ -30,14 +30,14 @@ def _engine(costs: DeviceCosts, cfg: EngineConfig, clock: VirtualClock, deadline
     return engine
 
 
-def traffic_maker(costs: DeviceCosts, gap_ms: float, deadline: bool, overlap: bool):
+def traffic_maker(
+    costs: DeviceCosts, gap_ms: float, deadline: bool, overlap: bool, max_context: int = 4096
+):
     def make(n: int):
         clock = VirtualClock()
         cfg = EngineConfig(
             max_sessions=n,
-            max_context=4096,
-            context_budget=3500,
-            turn_reserve=500,
+            **context_limits(max_context),
             lookahead_s=None,  # every speaking call steps every tick: the device's worst case
             frame_deadline_s=gap_ms / 1e3 if deadline else None,
             overlap_codec=overlap,
@@ -87,12 +87,15 @@ def run(args) -> tuple[dict, str]:
             "arrivals": f"Poisson over {args.ramp_s:g} s, measured {args.measure_s:g} s after",
             "calls": "user turns (1-4 s of speech + transcript) and bot replies (10-60 tokens "
             "at 40 tokens/s, 0.35 s after the user stops), 20% cut by a barge-in",
+            "hang_up": args.hang_up,
+            "max_context": args.max_context,
+            "frames_per_token": args.frames_per_token,
         },
         "all_at_once": {"frames_per_turn": args.frames, "text_tokens": args.text_tokens},
         "settings": {},
     }
     for name, deadline, overlap in SETTINGS:
-        make = traffic_maker(costs, args.gap_ms, deadline, overlap)
+        make = traffic_maker(costs, args.gap_ms, deadline, overlap, args.max_context)
         seeds = iter(range(1000))
         r = {"frame_deadline_ms": args.gap_ms if deadline else None, "overlap_codec": overlap}
         r["traffic"] = capacity_search(

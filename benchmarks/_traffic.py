@@ -4,8 +4,10 @@ of concurrent calls that meet the goal, a burst on top of running calls, on any 
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from _common import largest_passing
@@ -30,7 +32,16 @@ def traffic_probe(make: Maker, n: int, args, seed: int) -> dict:
     arrivals = [Arrival(t) for t in poisson_arrivals(n, args.ramp_s, rng, start=t0)]
     ramp_end = t0 + args.ramp_s
     shape = CallShape(frames_per_token=args.frames_per_token)
-    r = run_calls(engine, clock, arrivals, shape, ramp_end + args.measure_s, ramp_end, seed=seed)
+    r = run_calls(
+        engine,
+        clock,
+        arrivals,
+        shape,
+        ramp_end + args.measure_s,
+        ramp_end,
+        seed=seed,
+        cut_at_hang_up=args.hang_up == "cut",
+    )
     g = r.groups.get("calls")
     gaps = [x for _, x in g.gaps]
     return {
@@ -47,14 +58,22 @@ def traffic_probe(make: Maker, n: int, args, seed: int) -> dict:
     }
 
 
-def capacity_search(probe: Callable[[int], dict], passes: Callable[[dict], bool], args) -> dict:
-    """Largest n that passes: doubling from ``args.start``, then bisection."""
+def capacity_search(
+    probe: Callable[[int], dict],
+    passes: Callable[[dict], bool],
+    args,
+    on_probe: Callable[[list[dict]], None] | None = None,
+) -> dict:
+    """Largest n that passes: doubling from ``args.start``, then bisection. ``on_probe`` sees
+    the probes so far after each one (a real-time run saves them: a cut run keeps them)."""
     probes: list[dict] = []
 
     def ok(n: int) -> bool:
         p = probe(n)
         p["passed"] = passes(p)
         probes.append(p)
+        if on_probe is not None:
+            on_probe(probes)
         return p["passed"]
 
     good, capped = largest_passing(ok, args.start, args.max_sessions)
@@ -91,7 +110,16 @@ def burst(make: Maker, args, seed: int = 7) -> dict:
     ]
     watch = t_burst + args.burst_watch_s
     shape = CallShape(frames_per_token=args.frames_per_token)
-    r = run_calls(engine, clock, arrivals, shape, watch, t_burst - 1.0, seed=seed)
+    r = run_calls(
+        engine,
+        clock,
+        arrivals,
+        shape,
+        watch,
+        t_burst - 1.0,
+        seed=seed,
+        cut_at_hang_up=args.hang_up == "cut",
+    )
     calls, new = r.groups["calls"], r.groups.get("burst")
     during = [g for when, g in calls.gaps if t_burst <= when <= watch]
     worst = max(during, default=float("nan"))
@@ -130,6 +158,28 @@ def add_traffic_args(ap) -> None:
     ap.add_argument("--admission", action="store_true", help="with --traffic: budget + refusals")
     ap.add_argument("--cost-table", help="with --admission: a gpu_bench.sh folder to start from")
     ap.add_argument("--overlap", action="store_true", help="with --traffic: codec overlap")
+    ap.add_argument(
+        "--hang-up",
+        choices=["finish", "cut"],
+        default="finish",
+        help="at the window's end each call finishes its reply, or hangs up at once (a reply in "
+        "flight kept as far as it got; a real-time probe then lasts exactly its window)",
+    )
+    ap.add_argument(
+        "--max-context",
+        type=int,
+        default=4096,
+        help="traffic: positions per call (KV memory: sessions x this; a short run needs ~1024)",
+    )
+
+
+def context_limits(max_context: int) -> dict:
+    """A traffic engine's context settings (real and simulated alike)."""
+    return {
+        "max_context": max_context,
+        "context_budget": max_context * 7 // 8,
+        "turn_reserve": max_context // 8,
+    }
 
 
 def real_traffic(args) -> tuple[dict, str]:
@@ -146,9 +196,7 @@ def real_traffic(args) -> tuple[dict, str]:
     model, codec = build_model(args, device, dtype), build_codec(args, device, dtype)
     config = EngineConfig(
         max_sessions=max(args.max_sessions, args.burst_running + args.burst_calls),
-        max_context=4096,
-        context_budget=3500,
-        turn_reserve=500,
+        **context_limits(args.max_context),
         lookahead_s=None,
         graphed_decode={"auto": None, "on": True, "off": False}[args.graphed],
         compile_decode=args.compile,
@@ -167,7 +215,7 @@ def real_traffic(args) -> tuple[dict, str]:
         return engine, clock
 
     seeds = iter(range(1000))
-    out = {
+    out: dict = {
         "benchmark": "capacity_traffic",
         "model": args.checkpoint or ("real-size random" if args.real_size else "tiny fixture"),
         "dtype": args.dtype,
@@ -175,12 +223,25 @@ def real_traffic(args) -> tuple[dict, str]:
         "graph_capture": capture,
         "admission": args.admission,
         "overlap_codec": args.overlap,
-        "traffic": capacity_search(
-            lambda n: traffic_probe(make, n, args, next(seeds)), traffic_passes(args), args
-        ),
-        "burst": burst(make, args),
+        "max_context": args.max_context,
+        "ramp_s": args.ramp_s,
+        "measure_s": args.measure_s,
+        "frames_per_token": args.frames_per_token,
+        "hang_up": args.hang_up,
         "env": environment(engine.device),
+        "complete": False,  # True once the search and the burst are both in
     }
+
+    def save(probes: list[dict]) -> None:  # a run cut short (a time limit) keeps its probes
+        if args.out:
+            Path(args.out).write_text(json.dumps({**out, "probes_so_far": probes}, indent=2))
+
+    out["traffic"] = capacity_search(
+        lambda n: traffic_probe(make, n, args, next(seeds)), traffic_passes(args), args, save
+    )
+    save(out["traffic"]["probes"])
+    out["burst"] = burst(make, args)
+    out["complete"] = True
     line = (
         f"traffic capacity: {out['traffic']['capacity_calls']} calls; burst of "
         f"{args.burst_calls} on {args.burst_running}: running max gap "

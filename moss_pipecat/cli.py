@@ -95,9 +95,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--fused",
-        choices=["on", "off"],
+        choices=["auto", "on", "off"],
         default=None,
-        help="run the model and the codec through their fused ops (same frames; default off)",
+        help="run the model and the codec through their fused ops (same frames; default auto: "
+        "on CUDA where triton is installed)",
     )
     p.add_argument(
         "--kernel-cache-dir",

@@ -37,8 +37,12 @@ set -uo pipefail
 # the model and the codec), to set beside its plain run; engine_fused starts on an empty kernel cache
 # (its start_up says what compiling cost), engine_fused_warm starts again on the same cache
 # (start_up.kernel_cache_entries_added must be 0: a restart compiles nothing).
-STEPS=(tests step codec prefill engine step_fused codec_fused engine_fused engine_fused_warm
-  prefix launches memory host capacity prefill_graphs)
+# traffic/traffic_after: phone-call traffic in real time (issue #22), plain and with the prefill
+# budget, admission (primed from this run's own step/codec/prefill/engine JSON) and codec overlap;
+# `bench_capacity.py --simulate OUT_DIR` with the same traffic arguments is the simulation to set
+# beside them.
+STEPS=(tests step step_fused codec codec_fused prefill engine traffic traffic_after engine_fused
+  engine_fused_warm prefix launches memory host capacity prefill_graphs)
 
 # step_spec NAME: sets SCRIPT (benchmarks/...), REAL and TINY (arguments beyond the common
 # ones), COMPILE (1: takes --compile), COMMON (1: takes the model/device arguments), LIMIT (s).
@@ -81,6 +85,14 @@ step_spec() {
       SCRIPT=bench_host_work.py COMMON=0 LIMIT=120
       REAL="--sessions 1 8 32 64 128 256 400 --profile 32 256"
       TINY="--sessions 1 3 --ticks 3 --warmup 2 --steady-text 30 --turn-frames 2" ;;
+    traffic|traffic_after)
+      # Short windows (5 s of arrivals, 10 s measured a probe) and 1,024 positions a call, so
+      # the search and the burst (200 + 64 calls) fit a few minutes and the KV pool ~30 GiB.
+      SCRIPT=bench_capacity.py COMMON=1 LIMIT=200
+      REAL="--traffic --ramp-s 5 --measure-s 10 --start 64 --max-sessions 320 --max-context 1024"
+      REAL+=" --frames-per-token 4 --hang-up cut"
+      TINY="--traffic --ramp-s 0.5 --measure-s 1 --start 2 --max-sessions 3 --burst-running 2"
+      TINY+=" --burst-calls 2 --burst-watch-s 0.5 --max-context 512 --frames-per-token 4 --hang-up cut" ;;
     capacity)
       SCRIPT=bench_capacity.py COMPILE=1 LIMIT=240
       REAL="--max-sessions 256 --frames 50"
@@ -96,6 +108,10 @@ step_spec() {
   case $1 in
     *_fused) REAL+=" --fused on" TINY+=" --fused on" ;;
     engine_fused_warm) REAL+=" --fused on" TINY+=" --fused on" ;;
+  esac
+  case $1 in traffic_after)
+    REAL+=" --admission --overlap --cost-table $OUT_DIR"
+    TINY+=" --admission --overlap --cost-table $OUT_DIR" ;;
   esac
   case $1 in engine_fused*)
     REAL+=" --kernel-cache-dir $KERNEL_CACHE" TINY+=" --kernel-cache-dir $KERNEL_CACHE" ;;

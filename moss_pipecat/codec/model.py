@@ -133,19 +133,24 @@ class MossAudioCodec(nn.Module):
         with torch.device("meta"):
             model = cls(config)
         model.to_empty(device=device)
-        gen = torch.Generator(device="cpu").manual_seed(seed)
+        # Drawn where the weights live (a real-size codec drawn on a CPU took ~20 s per GPU
+        # benchmark start); the same seed gives other values on another device type.
+        where = torch.device(device)
+        where = where if where.type in ("cpu", "cuda") else torch.device("cpu")
+        gen = torch.Generator(device=where).manual_seed(seed)
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name.endswith("layer_scale_1.scale") or name.endswith("layer_scale_2.scale"):
-                    init = torch.full(p.shape, 0.01)
+                    init = torch.full(p.shape, 0.01, device=where)
                 elif ".norm" in name:
-                    init = torch.ones(p.shape) if name.endswith("weight") else torch.zeros(p.shape)
+                    fill = 1.0 if name.endswith("weight") else 0.0
+                    init = torch.full(p.shape, fill, device=where)
                 elif name.endswith("bias"):
-                    init = torch.zeros(p.shape)
+                    init = torch.zeros(p.shape, device=where)
                 elif p.dim() == 2 and "codebook" not in name:
-                    init = torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[1])
+                    init = torch.randn(p.shape, generator=gen, device=where) / math.sqrt(p.shape[1])
                 else:
-                    init = torch.randn(p.shape, generator=gen)
+                    init = torch.randn(p.shape, generator=gen, device=where)
                 p.copy_(init)
         for name, p in model.named_parameters():
             if not name.startswith("quantizer."):

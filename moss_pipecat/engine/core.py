@@ -36,6 +36,7 @@ from moss_pipecat.engine.start_up import use_kernel_cache
 from moss_pipecat.engine.state import Phase, SessionState
 from moss_pipecat.errors import CapacityError, SessionClosedError, UnknownSessionError
 from moss_pipecat.model import MossTTSRealtime
+from moss_pipecat.model.device_kernels import fused_by_default
 from moss_pipecat.model.kernels import use_fused
 
 
@@ -59,13 +60,14 @@ class EngineCore:
         self.voice_instruction_ids = list(voice_instruction_ids)
         device = next(model.parameters()).device
         use_kernel_cache(config.kernel_cache_dir)  # before anything compiles
-        if config.fused:
+        self.fused = fused_by_default(device) if config.fused is None else config.fused
+        if self.fused:
             from moss_pipecat.codec.device_kernels import register_device_kernels
 
             register_device_kernels()  # the model's and the codec's
         for part in (model, codec):  # the one switch for both (a stand-in codec has none)
             if isinstance(part, torch.nn.Module):
-                use_fused(part, config.fused)
+                use_fused(part, self.fused)
         graphed = config.graphed_decode
         if graphed is None:
             graphed = device.type == "cuda"

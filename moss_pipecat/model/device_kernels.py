@@ -3,7 +3,20 @@
 
 from __future__ import annotations
 
+import importlib.util
+
+import torch
+
 from moss_pipecat.model.kernels import SINGLE_KERNEL
+
+
+def fused_by_default(device: torch.device) -> bool:
+    """Whether an engine on ``device`` runs its fused ops unless told: on CUDA where the
+    Triton kernels can be had (there they are measured faster, same frames); elsewhere each op
+    would run its formula, the plain path with extra dispatch, so off."""
+    if device.type != "cuda":
+        return False
+    return importlib.util.find_spec("triton") is not None
 
 
 def register_device_kernels() -> dict[str, set[str]]:

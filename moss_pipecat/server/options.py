@@ -68,7 +68,9 @@ class EngineOptions(BaseModel):
     )
     graphs: Literal["auto", "on", "off"] = "auto"
     compile: str | None = Field(None, description="torch.compile backend of the graphed step")
-    fused: Literal["on", "off"] = Field("off", description="the model's and codec's fused ops")
+    fused: Literal["auto", "on", "off"] = Field(
+        "auto", description="the model's and codec's fused ops (auto: on CUDA with Triton)"
+    )
     kernel_cache_dir: str | None = Field(
         None, description="compiled kernels kept here across restarts (None: their defaults)"
     )
@@ -108,7 +110,7 @@ class EngineOptions(BaseModel):
             "lookahead_s": self.lookahead_s or None,  # 0: unpaced
             "graphed_decode": {"auto": None, "on": True, "off": False}[self.graphs],
             "compile_decode": self.compile,
-            "fused": self.fused == "on",
+            "fused": {"auto": None, "on": True, "off": False}[self.fused],
             "kernel_cache_dir": self.kernel_cache_dir,
             "eos_min_frames": self.eos_min_frames,
             "eos_after_text": self.eos_after_text,

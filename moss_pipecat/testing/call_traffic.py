@@ -88,14 +88,34 @@ def run_calls(
     hang_up_s: float,
     measure_from_s: float = 0.0,
     seed: int = 0,
+    cut_at_hang_up: bool = False,
 ) -> CallsResult:
     """Serves the calls until each has hung up (no new reply starts after ``hang_up_s``).
-    TTFA and gaps are kept for replies whose text is ready at or after ``measure_from_s``."""
+    TTFA and gaps are kept for replies whose text is ready at or after ``measure_from_s``.
+    ``cut_at_hang_up``: every call hangs up at ``hang_up_s`` itself, a reply in flight kept as
+    far as it got (a run in real time then lasts ``hang_up_s``, not up to a reply longer)."""
     driver = CoreDriver(engine, clock)
     core, layout, at, text_id = driver.core, driver.layout, driver.at, driver.text_id
     rng = random.Random(seed)
     out = CallsResult()
     live: set[str] = set()
+    # sid -> (group, the reply in flight's state, its audio stamps): what a cut hang-up keeps
+    inflight: dict[str, tuple[GroupResult, dict, list[float]]] = {}
+
+    def keep(g: GroupResult, state: dict, stamps: list[float]) -> None:
+        if state["ready"] is not None and state["ready"] >= measure_from_s and stamps:
+            g.ttfa_s.append(stamps[0] - state["ready"])
+            g.gaps += [(b, b - a) for a, b in itertools.pairwise(stamps)]
+
+    def hang_up_all() -> None:
+        for sid in sorted(live):
+            g, state, stamps = inflight.pop(sid, (None, None, None))
+            if state is not None and not state["done"]:
+                state["done"] = True
+                keep(g, state, stamps)
+            core.execute(sid, Close())
+        live.clear()
+        driver.drop_events()
 
     def user_turn(sid: str, g: GroupResult) -> None:
         """The user speaks from now; the LLM's reply follows."""
@@ -111,6 +131,8 @@ def run_calls(
         at(clock.now() + speech, stopped)
 
     def reply(sid: str, g: GroupResult) -> None:
+        if sid not in live:
+            return
         if clock.now() >= hang_up_s:
             core.execute(sid, Close())
             live.discard(sid)
@@ -138,9 +160,7 @@ def run_calls(
                 return
             state["done"] = True
             g.replies += 1
-            if state["ready"] is not None and state["ready"] >= measure_from_s and stamps:
-                g.ttfa_s.append(stamps[0] - state["ready"])
-                g.gaps += [(b, b - a) for a, b in itertools.pairwise(stamps)]
+            keep(g, state, stamps)
             if state["barged"]:
                 return  # the barge-in started the user's turn
             if cut is not None and item.audio_frames > cut and stamps:
@@ -151,6 +171,7 @@ def run_calls(
 
         cap = None if shape.frames_per_token is None else round(8 + shape.frames_per_token * n)
         turn = core.execute(sid, StartTurn(Stamped(on_item), max_frames=cap))
+        inflight[sid] = (g, state, stamps)
         t0, pushed = clock.now(), 0
         delay = layout.delay
         for k in range(0, n, shape.token_chunk):
@@ -178,5 +199,7 @@ def run_calls(
 
     for i, a in enumerate(arrivals):
         at(a.start, lambda i=i, a=a: arrive(i, a))
+    if cut_at_hang_up:
+        at(hang_up_s, hang_up_all)
     out.virtual_s = driver.run()
     return out

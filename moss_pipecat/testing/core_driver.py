@@ -10,6 +10,8 @@ import heapq
 import itertools
 from collections.abc import Callable
 
+import torch
+
 from moss_pipecat.engine import MossEngine
 from moss_pipecat.engine.clock import VirtualClock
 from moss_pipecat.engine.commands import CreateSession
@@ -51,6 +53,11 @@ class CoreDriver:
         """Runs ``fn`` once the clock reaches ``t`` (at once if it has)."""
         heapq.heappush(self._events, (t, next(self._seq), fn))
 
+    def drop_events(self) -> None:
+        """Forgets every event not yet run (all callers have hung up: nothing left to wait
+        for, which on a sleeping clock is real time)."""
+        self._events.clear()
+
     def admit(self, sid: str, seed: int) -> bool:
         """Creates conversation ``sid``; False if the engine is full (the call is refused)."""
         try:
@@ -61,7 +68,13 @@ class CoreDriver:
 
     def run(self) -> float:
         """Runs events and ticks until neither has anything left; returns the clock seconds
-        it took."""
+        it took. Inside ``torch.inference_mode``, as the engine's own thread runs: the graphs'
+        static buffers are inference tensors, updated in place (outside it every turn failed,
+        H200 2026-12-04)."""
+        with torch.inference_mode():
+            return self._run()
+
+    def _run(self) -> float:
         core, clock, events = self.core, self.clock, self._events
         t_begin = clock.now()
         while True:

@@ -73,3 +73,17 @@ def test_fused_session_alone_equals_in_a_batch_of_8(make_engine, realtime_golden
     assert torch.equal(_say(engine, text, sampled, seed=3), alone)
     for t in turns:
         t.wait_sync()
+
+
+def test_fused_is_on_by_default_only_on_cuda_with_triton(make_engine, tiny_model):
+    import importlib.util
+
+    from moss_pipecat.model.device_kernels import fused_by_default
+
+    engine = make_engine()  # EngineConfig.fused left at None
+    assert engine.core.fused is False  # a CPU: each op would only run its formula
+    assert not any(m.fused for m in tiny_model.modules() if isinstance(m, Fusable))
+    assert fused_by_default(torch.device("cpu")) is False
+    has_triton = importlib.util.find_spec("triton") is not None
+    assert fused_by_default(torch.device("cuda")) is has_triton
+    assert make_engine(fused=True).core.fused is True  # an explicit choice wins

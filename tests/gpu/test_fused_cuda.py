@@ -125,3 +125,20 @@ def test_graphed_fused_codec_frame_equals_graphed_plain_frame(codec_dir):
         use_fused(codec, False)
     torch.testing.assert_close(pcm[True], pcm[False], atol=1e-5, rtol=0)
     assert (pcm16(pcm[True]).int() - pcm16(pcm[False]).int()).abs().max() <= 1
+
+
+def test_an_engine_on_cuda_runs_fused_by_default(realtime_dir):
+    from moss_pipecat.engine.config import EngineConfig
+    from moss_pipecat.engine.engine import MossEngine
+    from moss_pipecat.model.kernels import Fusable
+    from moss_pipecat.testing.simulated_device import stand_in_layout
+
+    model = MossTTSRealtime.from_pretrained(realtime_dir, device=CUDA)
+    config = EngineConfig(max_sessions=2, max_context=256, context_budget=200, turn_reserve=40)
+    engine = MossEngine(model, stand_in_layout(model.cfg), config=config)
+    try:
+        assert engine.core.fused is True
+        assert all(m.fused for m in model.modules() if isinstance(m, Fusable))
+    finally:
+        engine.shutdown()
+        use_fused(model, False)
