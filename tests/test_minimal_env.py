@@ -185,7 +185,10 @@ def test_gpu_bench_dry_run_in_minimal_env(minimal_python, tmp_path):
         "mossprobe": True,
     }
     steps = {s["name"]: s for s in summary["steps"]}
-    assert list(steps)[:5] == ["tests", "step", "codec", "prefill", "engine"]
+    assert list(steps)[:9] == [
+        "tests", "step", "step_fused", "codec", "codec_fused", "prefill", "engine", "traffic",
+        "traffic_after",
+    ]  # fmt: skip
     assert list(steps)[-2:] == ["capacity", "prefill_graphs"]
     assert summary["failed"] == []
     for name, step in steps.items():
