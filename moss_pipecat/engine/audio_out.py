@@ -45,6 +45,25 @@ class PendingAudio:
     sessions: set[str] = field(default_factory=set)  # whose audio or end is here
     ending: set[str] = field(default_factory=set)  # whose end is here
 
+    def split_off(self, session_id: str) -> PendingAudio:
+        """Moves this session's chunks (with their PCM rows) and end into a new
+        ``PendingAudio``; the rest stays here."""
+        mine = [i for i, c in enumerate(self.chunks) if c[0].session_id == session_id]
+        rest = [i for i, c in enumerate(self.chunks) if c[0].session_id != session_id]
+        out = PendingAudio(self.tick, self.pad)
+        out.chunks = [self.chunks[i] for i in mine]
+        out.finishes = [f for f in self.finishes if f[0].session_id == session_id]
+        if self.pcm is not None:
+            out.pcm = self.pcm[mine]
+            self.pcm = self.pcm[rest]
+        self.chunks = [self.chunks[i] for i in rest]
+        self.finishes = [f for f in self.finishes if f[0].session_id != session_id]
+        out.sessions = {session_id} & self.sessions
+        out.ending = {session_id} & self.ending
+        self.sessions = self.sessions - {session_id}
+        self.ending = self.ending - {session_id}
+        return out
+
     def send(
         self,
         pcm_host: torch.Tensor | None,
@@ -91,6 +110,24 @@ class AudioOut:
                 self._finish_safely,
             )
         return out[: len(tensors)]
+
+    def settle_for(self, session_id: str) -> None:
+        """Sends now the pending audio of one session (and ends its turn if it ends with it);
+        the other sessions' chunks stay pending, their PCM brought to the host by the same
+        wait, and go out at the next host wait as they would have. A command for one call
+        (a barge-in as its reply's last audio is on its way) so no longer sends every call's
+        audio a tick early, which made each one's next chunk come two ticks later."""
+        if not any(session_id in p.sessions for p in self.pending):
+            return
+        device = [p for p in self.pending if p.pcm is not None]
+        if device:
+            pcms = self.runner.to_host([p.pcm for p in device], codec=True)
+            for p, pcm in zip(device, pcms, strict=True):
+                p.pcm = pcm  # on the host now: a later wait only copies it
+        now = [p.split_off(session_id) for p in self.pending]
+        self.pending = [p for p in self.pending if p.chunks or p.finishes]
+        for p in now:
+            p.send(p.pcm, self.runner.pcm_bytes, self._finish_safely)
 
     def settle(self) -> None:
         """Sends the pending audio now (and ends the turns that end with it). Chunks of a turn

@@ -92,11 +92,12 @@ class EngineCore:
     def execute(self, session_id: str, command: Command) -> Any:
         """Applies one (checked) command; returns its result. A turn that ends with audio
         still on its way out is ended as it would be without overlap: text for it is dropped
-        (late text), anything else first sends that audio and ends it (``AudioOut.settle``)."""
+        (late text), anything else first sends that session's audio and ends it
+        (``AudioOut.settle_for``; the other sessions' audio keeps its pace)."""
         if self.scheduler.audio.ending(session_id):
             if isinstance(command, PushText):
                 return None  # its turn has ended (its last audio is on its way): dropped
-            self.scheduler.audio.settle()
+            self.scheduler.audio.settle_for(session_id)
         return HANDLERS[type(command)](self, session_id, command)
 
     def tick(self) -> float | None:
