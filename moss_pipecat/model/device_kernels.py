@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
 from moss_pipecat.model.kernels import SINGLE_KERNEL
@@ -16,7 +14,11 @@ def fused_by_default(device: torch.device) -> bool:
     would run its formula, the plain path with extra dispatch, so off."""
     if device.type != "cuda":
         return False
-    return importlib.util.find_spec("triton") is not None
+    try:  # the same test as ``register_device_kernels``: the kernels' module imports
+        from moss_pipecat.model import triton_kernels  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def register_device_kernels() -> dict[str, set[str]]:
