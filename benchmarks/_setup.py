@@ -115,9 +115,11 @@ def use_fused_ops(module: torch.nn.Module, on: bool) -> None:
     use_fused(module, on)
 
 
-def gpu_kernels(fn, device: torch.device) -> dict | None:
+def gpu_kernels(fn, device: torch.device, top: int = 25) -> dict | None:
     """What the GPU ran in one call of ``fn`` (e.g. one graph replay), from the profiler:
-    kernels, and memcpy/memset operations apart; None off CUDA (nothing measured)."""
+    kernels, and memcpy/memset operations apart; ``busy_us`` (the kernels' summed time),
+    ``span_us`` (first start to last end: busy / span near 1 means kernel-bound, far below
+    means launch gaps) and the ``top`` kernel names by time. None off CUDA (nothing measured)."""
     if device.type != "cuda":
         return None
     from torch.profiler import ProfilerActivity, profile
@@ -127,11 +129,26 @@ def gpu_kernels(fn, device: torch.device) -> dict | None:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize(device)
-        names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     except Exception as e:  # a profiler that cannot trace here must not cost the timings
         return {"error": f"{type(e).__name__}: {e}"}
-    copies = sum(1 for n in names if n.lower().startswith(("memcpy", "memset")))
-    return {"kernels": len(names) - copies, "copies": copies}
+    kernels = [e for e in events if not e.name.lower().startswith(("memcpy", "memset"))]
+    out: dict = {"kernels": len(kernels), "copies": len(events) - len(kernels)}
+    try:
+        by_name: dict[str, list[float]] = {}
+        for e in kernels:
+            t = by_name.setdefault(e.name[:120], [0, 0.0])
+            t[0] += 1
+            t[1] += e.time_range.elapsed_us()
+        out["busy_us"] = round(sum(t for _, t in by_name.values()), 1)
+        if kernels:
+            start = min(e.time_range.start for e in kernels)
+            out["span_us"] = round(max(e.time_range.end for e in kernels) - start, 1)
+        ranked = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]
+        out["top"] = [{"name": n, "count": c, "us": round(t, 1)} for n, (c, t) in ranked]
+    except Exception as e:  # timings of kernels are extra: never lose the count for them
+        out["timing_error"] = f"{type(e).__name__}: {e}"
+    return out
 
 
 def add_engine_args(ap: argparse.ArgumentParser) -> None:

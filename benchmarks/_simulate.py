@@ -71,7 +71,7 @@ def at_once(costs, n, frames, text, deadline: float | None, overlap: bool) -> di
 
 
 def run(args) -> tuple[dict, str]:
-    costs = DeviceCosts.load(args.simulate)
+    costs = DeviceCosts.load(args.simulate, fused=args.fused == "on")
     t0 = time.perf_counter()
     out = {
         "benchmark": "capacity",

@@ -37,8 +37,9 @@ set -uo pipefail
 # the model and the codec), to set beside its plain run; engine_fused starts on an empty kernel cache
 # (its start_up says what compiling cost), engine_fused_warm starts again on the same cache
 # (start_up.kernel_cache_entries_added must be 0: a restart compiles nothing).
-# traffic/traffic_after: phone-call traffic in real time (issue #22), plain and with the prefill
-# budget, admission (primed from this run's own step/codec/prefill/engine JSON) and codec overlap;
+# traffic/traffic_after: phone-call traffic in real time (issue #22), plain, and through the fused
+# ops with the prefill budget, admission (primed from this run's own fused step/codec, prefill
+# and engine JSON) and codec overlap;
 # `bench_capacity.py --simulate OUT_DIR` with the same traffic arguments is the simulation to set
 # beside them.
 STEPS=(tests step step_fused codec codec_fused prefill engine traffic traffic_after engine_fused
@@ -106,8 +107,7 @@ step_spec() {
     *) return 1 ;;
   esac
   case $1 in
-    *_fused) REAL+=" --fused on" TINY+=" --fused on" ;;
-    engine_fused_warm) REAL+=" --fused on" TINY+=" --fused on" ;;
+    *_fused|engine_fused_warm|traffic_after) REAL+=" --fused on" TINY+=" --fused on" ;;
   esac
   case $1 in traffic_after)
     REAL+=" --admission --overlap --cost-table $OUT_DIR"

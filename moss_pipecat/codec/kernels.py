@@ -116,9 +116,31 @@ def _(qkv, c, s, ring_k, ring_v, write_idx) -> torch.Tensor:
     return qkv.new_empty((b, heads, t, hd))
 
 
+def attention_formula(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """A stage's attention: q ``[B, H, T, Dh]`` over the ring's k/v ``[B, H, size, Dh]``,
+    ``mask`` additive ``[B, 1, T, size]``."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@torch.library.custom_op("moss::codec_attention", mutates_args=())
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """``attention_formula`` as one op."""
+    return attention_formula(q, k, v, mask)
+
+
+@attention.register_fake
+def _(q, k, v, mask) -> torch.Tensor:
+    return torch.empty_like(q)
+
+
 # Every fused op -> its formula (what it runs where no single kernel is registered); for the
 # kernel counter, beside ``model.kernels.FORMULAS``.
 FORMULAS = {
     "moss::codec_add_layer_norm": add_layer_norm_formula,
     "moss::codec_rope_write": rope_write_formula,
+    "moss::codec_attention": attention_formula,
 }

@@ -18,7 +18,12 @@ from torch import nn
 
 from moss_pipecat.codec import kernels
 from moss_pipecat.codec.config import StageConfig
-from moss_pipecat.codec.kernels import apply_rope, rope_write_formula, scaled_add
+from moss_pipecat.codec.kernels import (
+    apply_rope,
+    attention_formula,
+    rope_write_formula,
+    scaled_add,
+)
 from moss_pipecat.masks import additive_mask
 from moss_pipecat.model.kernels import Fusable
 
@@ -162,7 +167,8 @@ class Attention(Fusable, nn.Module):
             qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
             q, k = apply_rope(qkv[:2], cos, sin).unbind(0)  # q and k rotated together
             v = qkv[2]  # [B, H, T, Dh]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, Dh]
+        attend = kernels.attention if self.fused else attention_formula
+        y = attend(q, k, v, mask)  # [B, H, T, Dh]
         y = y.transpose(1, 2).reshape(b, t, d)
         return self.out_projs[0](y)
 

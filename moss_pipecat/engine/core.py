@@ -85,7 +85,7 @@ class EngineCore:
         self.stats.update(refused_overload=0, prefill_capped_ticks=0)
         self.costs = CostModel()  # what each kind of device call costs, learned online
         if config.cost_table is not None:  # ... starting from a measured table
-            DeviceCosts.load(config.cost_table).prime(self.costs)
+            DeviceCosts.load(config.cost_table, self.fused).prime(self.costs)
         self.scheduler = Scheduler(self)
 
     # ---- entry points ------------------------------------------------------------------------

@@ -16,6 +16,9 @@ How the table comes from the benchmarks (each a median on the GPU):
 
 * decode: ``step.json``, the graphed decode step by batch.
 * codec: ``codec.json``, the graphed one-frame streaming decode by batch.
+  With ``fused``: ``step_fused.json`` and ``codec_fused.json`` (the same benchmarks through the
+  fused ops), where the run has them; the one-session TTFA then from ``engine_fused.json``
+  where it has that.
 * first_frame: not measured on its own; taken as the decode step of the same batch (a first
   frame runs the local transformer and sampling, a decode step that plus one backbone row, so
   this is an upper bound).
@@ -73,11 +76,12 @@ class DeviceCosts:
 
     # ---- files ---------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path) -> DeviceCosts:
-        """A ``gpu_bench.sh`` output folder, or a table written by ``save``."""
+    def load(cls, path: str | Path, fused: bool = False) -> DeviceCosts:
+        """A ``gpu_bench.sh`` output folder (``fused``: its fused step and codec figures where
+        it has them), or a table written by ``save`` (as saved)."""
         path = Path(path)
         if path.is_dir():
-            return cls.from_gpu_bench(path)
+            return cls.from_gpu_bench(path, fused)
         d = json.loads(path.read_text())
         return cls({k: [tuple(p) for p in v] for k, v in d["points"].items()}, d.get("source", ""))
 
@@ -85,9 +89,14 @@ class DeviceCosts:
         Path(path).write_text(json.dumps({"source": self.source, "points": self.points}, indent=1))
 
     @classmethod
-    def from_gpu_bench(cls, folder: str | Path) -> DeviceCosts:
+    def from_gpu_bench(cls, folder: str | Path, fused: bool = False) -> DeviceCosts:
         """The cost table of one ``scripts/gpu_bench.sh`` run (see the module docstring)."""
         folder = Path(folder)
+        step, codec = "step", "codec"
+        if fused and (folder / "step_fused.json").exists():
+            step = "step_fused"
+        if fused and (folder / "codec_fused.json").exists():
+            codec = "codec_fused"
 
         def results(name: str) -> list[dict]:
             return json.loads((folder / f"{name}.json").read_text())["results"]
@@ -96,7 +105,7 @@ class DeviceCosts:
             rows = [r for r in results(name) if r.get("mode") == "graphed"]
             return [(r["batch"], r["median_ms"] / 1e3) for r in rows]
 
-        decode, codec = graphed("step"), graphed("codec")
+        decode, codec = graphed(step), graphed(codec)
         table = cls({"decode": decode, "codec": codec, "first_frame": decode, "prefill": [(1, 0)]})
         by_history: dict[int, dict[int, float]] = {}
         for r in results("prefill"):
@@ -107,23 +116,27 @@ class DeviceCosts:
             if r1 > r0 and c1 >= c0:
                 slopes.append((c1 - c0) / (r1 - r0))
         per_row = statistics.median(slopes) if slopes else 0.0
-        one = _one_session_ttfa(folder)
+        one = _one_session_ttfa(folder, fused=step == "step_fused")
         fixed = one - table.cost("decode", 1) - table.cost("codec", 1) - BENCH_TURN_ROWS * per_row
         fixed = max(fixed, 0.0)
         table.points["prefill"] = [(1, fixed + per_row), (10_000, fixed + 10_000 * per_row)]
-        gpu = json.loads((folder / "step.json").read_text()).get("env", {}).get("gpu", "?")
-        table.source = f"{folder.name} ({gpu}), scripts/gpu_bench.sh"
+        gpu = json.loads((folder / f"{step}.json").read_text()).get("env", {}).get("gpu", "?")
+        table.source = f"{folder.name} ({gpu}; {step}, {codec}), scripts/gpu_bench.sh"
         return table
 
 
-def _one_session_ttfa(folder: Path) -> float:
-    """Seconds from a lone turn's text to its first audio, steady state."""
+def _one_session_ttfa(folder: Path, fused: bool) -> float:
+    """Seconds from a lone turn's text to its first audio, steady state (``fused``: from
+    ``engine_fused.json`` where the run has it)."""
     cap = folder / "capacity.json"
     if cap.exists():
         for p in json.loads(cap.read_text())["probes"]:
             if p["sessions"] == 1:
                 return p["ttfa_ms_p50"] / 1e3
-    for r in json.loads((folder / "engine.json").read_text())["results"]:
+    engine = folder / "engine_fused.json"
+    if not (fused and engine.exists()):
+        engine = folder / "engine.json"
+    for r in json.loads(engine.read_text())["results"]:
         if r["sessions"] == 1:
             return r["ttfa_ms_p50"] / 1e3
     raise ValueError(f"{folder}: no one-session TTFA in capacity.json or engine.json")

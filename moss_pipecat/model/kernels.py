@@ -1,15 +1,16 @@
 """The layer math as functions, and the fused kernels of the decode step as custom ops.
 
-Each fused op (``torch.library.custom_op``, namespace ``moss``) does one job that the plain
-path spends several kernels on: RMSNorm with its weight, residual add + RMSNorm, q/k norm +
-RoPE, SiLU·mul. Its registered implementation is the plain formula written here (the same
-function the unfused path calls), so on every device the fused path gives the unfused numbers
-bit for bit; a device with a single-kernel implementation registers it over that one
-(``op.register_kernel``: the Triton kernels of ``triton_kernels`` on CUDA, where ``triton`` is
-installed; they round where the formulas round, but may differ in a reduction's or an
-``exp``'s last bit, see there). A fake implementation gives the output's shape on ``meta``, where
-``moss_pipecat.testing.kernels`` counts a fused op as one kernel when it has such a
-single-kernel implementation (``SINGLE_KERNEL``) and as the kernels of its formula otherwise.
+Each fused op (``torch.library.custom_op``, namespace ``moss``) does one job that the plain path
+spends several kernels on: RMSNorm with its weight, residual add + RMSNorm, q/k norm + RoPE,
+SiLU·mul, attention over a cache (one kernel that reads only the keys a query sees). Its
+registered implementation is the plain formula written here (the same function the unfused path
+calls), so on every device the fused path gives the unfused numbers bit for bit; a device with a
+single-kernel implementation registers it over that one (``op.register_kernel``: the Triton
+kernels of ``triton_kernels`` on CUDA, where ``triton`` is installed; they round where the
+formulas round, but may differ in a reduction's or an ``exp``'s last bit, see there). A fake
+implementation gives the output's shape on ``meta``, where ``moss_pipecat.testing.kernels``
+counts a fused op as one kernel when it has such a single-kernel implementation
+(``SINGLE_KERNEL``) and as the kernels of its formula otherwise.
 
 ``use_fused(model, on)`` switches a model's layers (and its sampler, see
 ``moss_pipecat.model.fused_sampling``) between the two paths.
@@ -20,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from moss_pipecat.model.attention import grouped_attention
 
 # Ops whose device implementation is one kernel (name -> the device types it is one on),
 # filled by ``device_kernels.register_device_kernels``. An op without one runs its formula
@@ -128,12 +131,27 @@ def _(gate_up: torch.Tensor) -> torch.Tensor:
     return gate_up.new_empty((*gate_up.shape[:-1], gate_up.shape[-1] // 2))
 
 
+@torch.library.custom_op("moss::attention", mutates_args=())
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """``attention.grouped_attention`` as one op (a decoder layer's attention over its cache:
+    q [B, h, T, hd], k/v [B, n_kv, S, hd], mask [B or 1, 1, T, S])."""
+    return grouped_attention(q, k, v, mask)
+
+
+@attention.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(q)
+
+
 # Every fused op -> its formula (what it runs where no single kernel is registered).
 FORMULAS = {
     "moss::rms_norm": scaled_rms_norm,
     "moss::add_rms_norm": add_rms_norm_formula,
     "moss::norm_rope": norm_rope_formula,
     "moss::silu_mul": silu_mul_formula,
+    "moss::attention": grouped_attention,
 }
 
 

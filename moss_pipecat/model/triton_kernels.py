@@ -7,56 +7,20 @@ the op's formula rounds (to the activation dtype after the norm, after each prod
 each sum), so it differs from the formula only where the two compute a reduction in another
 order or a transcendental (``exp``, ``rsqrt``) to another last bit. They are checked against
 the formulas on a CPU with Triton's interpreter (``TRITON_INTERPRET=1``,
-``tests/model/test_fused_triton.py``) and on CUDA by ``tests/gpu/test_fused_cuda.py``; they are
-not yet measured on a GPU.
+``tests/model/test_fused_triton.py``) and on CUDA by ``tests/gpu/test_fused_cuda.py``. The
+attention kernel lives in ``triton_attention``.
 
 Importing this module needs ``triton``.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
-from moss_pipecat.model import fused_sampling, kernels
-
-# exp/log as torch's CUDA kernels compute them (libdevice's expf/logf, not Triton's faster
-# approximations); the interpreter has no libdevice, so there numpy's.
-ACCURATE = os.environ.get("TRITON_INTERPRET") != "1"
-
-
-@triton.jit
-def _exp(x, ACCURATE: tl.constexpr):
-    if ACCURATE:
-        return libdevice.exp(x)
-    else:
-        return tl.exp(x)
-
-
-@triton.jit
-def _log(x, ACCURATE: tl.constexpr):
-    if ACCURATE:
-        return libdevice.log(x)
-    else:
-        return tl.log(x)
-
-
-@triton.jit
-def round_to(v, dtype: tl.constexpr):
-    """float32 v rounded to ``dtype`` as torch rounds it (to nearest, ties to even), kept in
-    float32. bf16 is rounded with integer ops on the bits: the same on a GPU and in Triton's
-    interpreter (whose own float32 -> bf16 cast truncates); a store into a bf16 tensor is then
-    exact."""
-    if dtype == tl.bfloat16:
-        bits = v.to(tl.uint32, bitcast=True)
-        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
-        return bits.to(tl.float32, bitcast=True)
-    else:
-        return v.to(dtype).to(tl.float32)
+from moss_pipecat.model import fused_sampling, kernels, triton_attention
+from moss_pipecat.model.triton_common import ACCURATE, _exp, _log, round_to
 
 
 @triton.jit
@@ -342,6 +306,7 @@ KERNELS = {
     "moss::silu_mul": (kernels.silu_mul, silu_mul),
     "moss::choose_codebook": (fused_sampling.choose_codebook, choose_codebook),
     "moss::keyed_noise": (fused_sampling.keyed_noise_op, keyed_noise),
+    "moss::attention": (kernels.attention, triton_attention.attention_op),
 }
 
 

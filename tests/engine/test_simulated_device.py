@@ -41,6 +41,22 @@ def test_the_cost_table_is_read_from_the_gpu_bench_json(costs, tmp_path):
     assert again.points == costs.points
 
 
+def test_a_fused_table_reads_the_fused_runs_and_the_plain_ones_otherwise():
+    run = H200.parent / "h200-2026-12-04"  # has step_fused.json and codec_fused.json
+    fused, plain = DeviceCosts.load(run, fused=True), DeviceCosts.load(run)
+    assert fused.cost("decode", 1) == pytest.approx(0.008238495499995224)  # step_fused.json
+    assert fused.cost("codec", 160) == pytest.approx(0.01916915900000049)  # codec_fused.json
+    assert plain.cost("decode", 1) == pytest.approx(0.011693370000003256)  # step.json
+    # No engine_fused.json in that run: the prefill's fixed cost is the plain one-session
+    # TTFA less the fused step and codec.
+    saved = plain.cost("decode", 1) + plain.cost("codec", 1) - fused.cost("decode", 1)
+    saved -= fused.cost("codec", 1)
+    assert fused.cost("prefill", 1) == pytest.approx(plain.cost("prefill", 1) + saved)
+    assert "step_fused" in fused.source and "step_fused" not in plain.source
+    # A run without fused figures gives its plain ones.
+    assert DeviceCosts.load(H200, fused=True).points == DeviceCosts.load(H200).points
+
+
 def test_300_calls_at_once_run_through_the_real_scheduler(costs):
     engine, clock = _engine(costs, max_sessions=300)
     result = run_traffic(engine, clock, [CallPlan(0.0, frames=50) for _ in range(300)])

@@ -25,6 +25,7 @@ from moss_pipecat.model.graphs import GraphedDecodeStep
 from moss_pipecat.model.kernels import SINGLE_KERNEL, use_fused
 from tests.codec import fused_helpers as codec_cases
 from tests.gpu.test_cuda_graphs import _prefilled, _run_steps
+from tests.model.attention_helpers import check_attention, decode_case
 from tests.model.fused_helpers import SHAPES, assert_near
 
 CUDA = torch.device("cuda")
@@ -56,6 +57,20 @@ def test_cuda_kernels_match_the_formulas(dtype, shape):
     cos, sin = rope_cos_sin(positions, hd, 1e6, 1.0, dtype)
     got = kernels.norm_rope(qk, wh, cos, sin, 1e-6)
     assert_near(got, kernels.norm_rope_formula(qk, wh, cos, sin, 1e-6))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("S", [150, 2048])
+def test_cuda_attention_kernel_matches(dtype, S):
+    from moss_pipecat.model import triton_attention
+
+    # The real heads (16 queries on 8 kv heads of 128) over a bucket of S keys; split as the
+    # GPU wants it (several programs per row here) and not split.
+    case = decode_case(dtype, B=4, h=16, n_kv=8, hd=128, S=S, seed=3, device=CUDA)
+    check_attention(triton_attention.attention, *case)
+    check_attention(triton_attention.attention, *case, splits=1)
+    ring = decode_case(dtype, B=2, h=8, n_kv=8, hd=64, S=S, seed=4, device=CUDA)
+    check_attention(triton_attention.attention, *ring)
 
 
 def test_graphed_fused_step_equals_graphed_plain_step(realtime_dir, long_rows):
