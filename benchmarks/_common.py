@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import platform
 import statistics
 import sys
@@ -58,6 +59,9 @@ def environment(device: torch.device) -> dict:
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+    from moss_pipecat.model.device_kernels import ATTENTION_KERNEL_ENV
+
+    env["attention_kernel"] = os.environ.get(ATTENTION_KERNEL_ENV, "library")  # if fused
     return env
 
 

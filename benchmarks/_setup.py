@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
 import statistics
 import time
 
@@ -96,12 +97,30 @@ async def run_round(engine: MossEngine, n: int, n_text: int, frames: int, seed: 
     }
 
 
+class _AttentionKernel(argparse.Action):
+    """``--attention-kernel``: the fused ops' attention on CUDA, through the environment
+    variable that ``register_device_kernels`` reads (set before any registration)."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        from moss_pipecat.model.device_kernels import ATTENTION_KERNEL_ENV
+
+        os.environ[ATTENTION_KERNEL_ENV] = value
+        setattr(namespace, self.dest, value)
+
+
 def add_fused_arg(ap: argparse.ArgumentParser) -> None:
     ap.add_argument(
         "--fused",
         choices=["on", "off"],
         default="off",
         help="through the fused ops (model and codec; Triton kernels on CUDA)",
+    )
+    ap.add_argument(
+        "--attention-kernel",
+        choices=["library", "triton"],
+        default="library",
+        action=_AttentionKernel,
+        help="with --fused on, on CUDA: the fused ops' attention (triton: not yet measured)",
     )
 
 

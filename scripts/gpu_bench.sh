@@ -34,7 +34,8 @@ set -uo pipefail
 # To add a benchmark: put its name here and a branch in step_spec below. A step whose script is
 # missing is recorded as skipped.
 # The *_fused steps rerun a benchmark through the fused ops (--fused on: the Triton kernels of
-# the model and the codec), to set beside its plain run; engine_fused starts on an empty kernel cache
+# the model and the codec), the *_attn steps again with the attention kernel too (not yet
+# measured: --attention-kernel triton), to set beside its plain run; engine_fused starts on an empty kernel cache
 # (its start_up says what compiling cost), engine_fused_warm starts again on the same cache
 # (start_up.kernel_cache_entries_added must be 0: a restart compiles nothing).
 # traffic/traffic_after: phone-call traffic in real time (issue #22), plain, and through the fused
@@ -42,8 +43,8 @@ set -uo pipefail
 # and engine JSON) and codec overlap;
 # `bench_capacity.py --simulate OUT_DIR` with the same traffic arguments is the simulation to set
 # beside them.
-STEPS=(tests step step_fused codec codec_fused prefill engine traffic traffic_after engine_fused
-  engine_fused_warm prefix launches memory host capacity prefill_graphs)
+STEPS=(tests step step_fused step_attn codec codec_fused codec_attn prefill engine traffic
+  traffic_after engine_fused engine_fused_warm prefix launches memory host capacity prefill_graphs)
 
 # step_spec NAME: sets SCRIPT (benchmarks/...), REAL and TINY (arguments beyond the common
 # ones), COMPILE (1: takes --compile), COMMON (1: takes the model/device arguments), LIMIT (s).
@@ -51,11 +52,11 @@ step_spec() {
   SCRIPT="" REAL="" TINY="" COMPILE=0 COMMON=1 LIMIT=120
   case $1 in
     tests) LIMIT=120 ;;
-    step|step_fused)
+    step|step_fused|step_attn)
       SCRIPT=bench_model_step.py COMPILE=1 LIMIT=150
       REAL="--batch 1 8 64 160 --context 2048"
       TINY="--batch 1 3 --context 16 --iters 2 --warmup 1" ;;
-    codec|codec_fused)
+    codec|codec_fused|codec_attn)
       SCRIPT=bench_codec_decode.py LIMIT=90
       REAL="--batch 1 8 64 160"
       TINY="--batch 1 2 --frames 2 --warmup 1" ;;
@@ -108,6 +109,9 @@ step_spec() {
   esac
   case $1 in
     *_fused|engine_fused_warm|traffic_after) REAL+=" --fused on" TINY+=" --fused on" ;;
+    *_attn)
+      REAL+=" --fused on --attention-kernel triton"
+      TINY+=" --fused on --attention-kernel triton" ;;
   esac
   case $1 in traffic_after)
     REAL+=" --admission --overlap --cost-table $OUT_DIR"

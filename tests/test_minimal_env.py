@@ -185,9 +185,9 @@ def test_gpu_bench_dry_run_in_minimal_env(minimal_python, tmp_path):
         "mossprobe": True,
     }
     steps = {s["name"]: s for s in summary["steps"]}
-    assert list(steps)[:9] == [
-        "tests", "step", "step_fused", "codec", "codec_fused", "prefill", "engine", "traffic",
-        "traffic_after",
+    assert list(steps)[:11] == [
+        "tests", "step", "step_fused", "step_attn", "codec", "codec_fused", "codec_attn",
+        "prefill", "engine", "traffic", "traffic_after",
     ]  # fmt: skip
     assert list(steps)[-2:] == ["capacity", "prefill_graphs"]
     assert summary["failed"] == []

@@ -20,7 +20,6 @@ import triton
 import triton.language as tl
 
 from moss_pipecat.codec import kernels
-from moss_pipecat.model import triton_attention
 from moss_pipecat.model.triton_common import round_to
 from moss_pipecat.model.triton_kernels import register_cuda
 
@@ -138,7 +137,6 @@ def rope_write(
 KERNELS = {
     "moss::codec_add_layer_norm": (kernels.add_layer_norm, add_layer_norm),
     "moss::codec_rope_write": (kernels.rope_write, rope_write),
-    "moss::codec_attention": (kernels.attention, triton_attention.codec_attention_op),
 }
 
 

@@ -3,9 +3,15 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from moss_pipecat.model.kernels import SINGLE_KERNEL
+
+# "triton": the fused ops' attention runs ``triton_attention``'s kernel on CUDA (not yet
+# measured on a GPU, so asked for by name); anything else: the library's attention.
+ATTENTION_KERNEL_ENV = "MOSS_ATTENTION_KERNEL"
 
 
 def fused_by_default(device: torch.device) -> bool:
@@ -29,4 +35,8 @@ def register_device_kernels() -> dict[str, set[str]]:
     except ImportError:
         return SINGLE_KERNEL
     triton_kernels.register()
+    from moss_pipecat.model import triton_attention
+
+    if os.environ.get(ATTENTION_KERNEL_ENV, "library") == "triton":
+        triton_attention.register()  # not yet measured on a GPU: asked for by name only
     return SINGLE_KERNEL

@@ -18,6 +18,13 @@ result differs in its last bits. Checked against ``attention.grouped_attention``
 
 Shapes it takes (else the op runs its formula): queries per kv head (g * T) up to
 ``MAX_ROWS``, a floating (additive) mask. Importing this module needs ``triton``.
+
+Not yet run on a GPU (written 2026-12-04 after the H200 profile, checked in the interpreter
+only), so it is not among the fused ops' default CUDA kernels: ``register()`` puts it under
+the two ops, and ``model.device_kernels.register_device_kernels`` calls it only where
+``MOSS_ATTENTION_KERNEL=triton`` (``device_kernels.ATTENTION_KERNEL_ENV``; the benchmarks'
+``--attention-kernel triton``); elsewhere the ops run the library's attention, as the plain
+path does.
 """
 
 from __future__ import annotations
@@ -225,3 +232,18 @@ def codec_attention_op(
     if takes(q, k, mask):
         return attention(q, k, v, mask)
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def register() -> None:
+    """This kernel becomes the CUDA implementation of ``moss::attention`` and
+    ``moss::codec_attention`` (see ``model.triton_kernels.register_cuda``)."""
+    from moss_pipecat.codec import kernels as codec_kernels
+    from moss_pipecat.model import kernels
+    from moss_pipecat.model.triton_kernels import register_cuda
+
+    register_cuda(
+        {
+            "moss::attention": (kernels.attention, attention_op),
+            "moss::codec_attention": (codec_kernels.attention, codec_attention_op),
+        }
+    )

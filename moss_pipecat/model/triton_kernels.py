@@ -8,7 +8,7 @@ each sum), so it differs from the formula only where the two compute a reduction
 order or a transcendental (``exp``, ``rsqrt``) to another last bit. They are checked against
 the formulas on a CPU with Triton's interpreter (``TRITON_INTERPRET=1``,
 ``tests/model/test_fused_triton.py``) and on CUDA by ``tests/gpu/test_fused_cuda.py``. The
-attention kernel lives in ``triton_attention``.
+attention kernel lives in ``triton_attention`` (registered apart: see there).
 
 Importing this module needs ``triton``.
 """
@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from moss_pipecat.model import fused_sampling, kernels, triton_attention
+from moss_pipecat.model import fused_sampling, kernels
 from moss_pipecat.model.triton_common import ACCURATE, _exp, _log, round_to
 
 
@@ -306,7 +306,6 @@ KERNELS = {
     "moss::silu_mul": (kernels.silu_mul, silu_mul),
     "moss::choose_codebook": (fused_sampling.choose_codebook, choose_codebook),
     "moss::keyed_noise": (fused_sampling.keyed_noise_op, keyed_noise),
-    "moss::attention": (kernels.attention, triton_attention.attention_op),
 }
 
 

@@ -157,3 +157,18 @@ def test_an_engine_on_cuda_runs_fused_by_default(realtime_dir):
     finally:
         engine.shutdown()
         use_fused(model, False)
+
+
+def test_the_attention_kernel_leaves_the_graphed_step_and_codec_frame_as_they_were(
+    realtime_dir, long_rows, codec_dir
+):
+    """The attention kernel registered (``MOSS_ATTENTION_KERNEL=triton``; last in this file: a
+    registration lasts for the process): the graphed fused step's frames and the graphed fused
+    codec frame's PCM against the plain ones, as above."""
+    from moss_pipecat.model import triton_attention
+
+    triton_attention.register()
+    assert {"cuda"} <= SINGLE_KERNEL["moss::attention"]
+    assert {"cuda"} <= SINGLE_KERNEL["moss::codec_attention"]
+    test_graphed_fused_step_equals_graphed_plain_step(realtime_dir, long_rows)
+    test_graphed_fused_codec_frame_equals_graphed_plain_frame(codec_dir)

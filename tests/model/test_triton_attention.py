@@ -82,3 +82,17 @@ def test_the_kernel_takes_decode_calls_and_leaves_the_rest_to_the_formula():
     assert not triton_attention.takes(q, k, allowed)  # a bool mask: the formula's
     long = q.expand(-1, -1, triton_attention.MAX_ROWS, -1)  # a prefill's many rows
     assert not triton_attention.takes(long, k, additive_mask(allowed, q.dtype))
+
+
+def test_the_kernel_is_a_cuda_implementation_only_when_asked_for(monkeypatch):
+    # Not yet measured on a GPU: the fused ops keep the library's attention unless
+    # MOSS_ATTENTION_KERNEL=triton.
+    from moss_pipecat.model.device_kernels import ATTENTION_KERNEL_ENV, register_device_kernels
+    from moss_pipecat.model.kernels import SINGLE_KERNEL
+
+    monkeypatch.delenv(ATTENTION_KERNEL_ENV, raising=False)
+    assert "moss::attention" not in register_device_kernels()
+    assert "moss::norm_rope" in SINGLE_KERNEL  # the measured kernels are
+    monkeypatch.setenv(ATTENTION_KERNEL_ENV, "triton")
+    table = register_device_kernels()
+    assert "cuda" in table["moss::attention"] and "cuda" in table["moss::codec_attention"]
