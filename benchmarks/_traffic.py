@@ -55,7 +55,18 @@ def traffic_probe(make: Maker, n: int, args, seed: int) -> dict:
         "ttfa_ms_p99": _ms(g.ttfa_s, 0.99),
         "gap_ms_p99": _ms(gaps, 0.99),
         "gap_ms_max": round(1e3 * max(gaps, default=float("nan")), 1),
+        **tick_figures(r.tick_s, r.device_wait_s),
     }
+
+
+def tick_figures(tick_s: list[float], device_wait_s: float | None) -> dict:
+    """The ticks of a probe: how long they took and, on a real device, the share of that the
+    host spent waiting on the device (the rest is the engine's own host time: near 1 the GPU
+    is what limits, far below it the host is)."""
+    out = {"ticks": len(tick_s), "tick_ms_p50": _ms(tick_s, 0.5), "tick_ms_p99": _ms(tick_s, 0.99)}
+    if device_wait_s is not None and sum(tick_s) > 0:
+        out["device_wait_share"] = round(device_wait_s / sum(tick_s), 3)
+    return out
 
 
 def capacity_search(

@@ -92,11 +92,11 @@ class DeviceCosts:
     def from_gpu_bench(cls, folder: str | Path, fused: bool = False) -> DeviceCosts:
         """The cost table of one ``scripts/gpu_bench.sh`` run (see the module docstring)."""
         folder = Path(folder)
-        step, codec = "step", "codec"
+        step_run, codec_run = "step", "codec"
         if fused and (folder / "step_fused.json").exists():
-            step = "step_fused"
+            step_run = "step_fused"
         if fused and (folder / "codec_fused.json").exists():
-            codec = "codec_fused"
+            codec_run = "codec_fused"
 
         def results(name: str) -> list[dict]:
             return json.loads((folder / f"{name}.json").read_text())["results"]
@@ -105,7 +105,7 @@ class DeviceCosts:
             rows = [r for r in results(name) if r.get("mode") == "graphed"]
             return [(r["batch"], r["median_ms"] / 1e3) for r in rows]
 
-        decode, codec = graphed(step), graphed(codec)
+        decode, codec = graphed(step_run), graphed(codec_run)
         table = cls({"decode": decode, "codec": codec, "first_frame": decode, "prefill": [(1, 0)]})
         by_history: dict[int, dict[int, float]] = {}
         for r in results("prefill"):
@@ -116,12 +116,12 @@ class DeviceCosts:
             if r1 > r0 and c1 >= c0:
                 slopes.append((c1 - c0) / (r1 - r0))
         per_row = statistics.median(slopes) if slopes else 0.0
-        one = _one_session_ttfa(folder, fused=step == "step_fused")
+        one = _one_session_ttfa(folder, fused=step_run == "step_fused")
         fixed = one - table.cost("decode", 1) - table.cost("codec", 1) - BENCH_TURN_ROWS * per_row
         fixed = max(fixed, 0.0)
         table.points["prefill"] = [(1, fixed + per_row), (10_000, fixed + 10_000 * per_row)]
-        gpu = json.loads((folder / f"{step}.json").read_text()).get("env", {}).get("gpu", "?")
-        table.source = f"{folder.name} ({gpu}; {step}, {codec}), scripts/gpu_bench.sh"
+        gpu = json.loads((folder / f"{step_run}.json").read_text()).get("env", {}).get("gpu", "?")
+        table.source = f"{folder.name} ({gpu}; {step_run}, {codec_run}), scripts/gpu_bench.sh"
         return table
 
 

@@ -8,6 +8,7 @@ steps (decode and prefill per KV pool, first frame, codec).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +64,7 @@ class ModelRunner:
             else None
         )
         self.host_syncs = 0  # host waits on the device (``to_host``, ``sync``), for tests
+        self.device_wait_s = 0.0  # seconds the host spent in those waits (benchmarks)
         # Graphed steps (None: eager). Decode and prefill graphs are bound to a pool's cache.
         self.decode_graphs: list[Any] = [None] * len(pools)
         self.prefill_graphs: list[Any] = [None] * len(pools)
@@ -133,7 +135,9 @@ class ModelRunner:
         there); not for the codec beside it."""
         self.host_syncs += 1
         if self.device.type == "cuda":
+            t0 = time.perf_counter()
             torch.cuda.current_stream(self.device).synchronize()
+            self.device_wait_s += time.perf_counter() - t0
 
     def to_host(self, tensors: Sequence[torch.Tensor], codec: bool = False) -> list[torch.Tensor]:
         """The tensors on the host, with one wait on the device: the one place the engine's
@@ -146,7 +150,9 @@ class ModelRunner:
         if codec and self.codec_stream is not None:
             main.wait_stream(self.codec_stream)  # PCM made beside this tick's decode step
         out = [t.to("cpu", non_blocking=True) for t in tensors]  # pinned, queued on main
+        t0 = time.perf_counter()
         main.synchronize()
+        self.device_wait_s += time.perf_counter() - t0
         return out
 
     # ---- backbone ----------------------------------------------------------------------------

@@ -65,6 +65,11 @@ class CallsResult:
     groups: dict[str, GroupResult] = field(default_factory=dict)
     peak_calls: int = 0
     virtual_s: float = 0.0
+    # Clock seconds of each tick that did work, and the seconds of them the host spent
+    # waiting on the device (a real runner's ``device_wait_s``; None on a simulated one):
+    # tick - wait is the engine's own host time.
+    tick_s: list[float] = field(default_factory=list)
+    device_wait_s: float | None = None
 
     def group(self, name: str) -> GroupResult:
         return self.groups.setdefault(name, GroupResult())
@@ -201,5 +206,10 @@ def run_calls(
         at(a.start, lambda i=i, a=a: arrive(i, a))
     if cut_at_hang_up:
         at(hang_up_s, hang_up_all)
+    runner = core.runner
+    waited = getattr(runner, "device_wait_s", None)
     out.virtual_s = driver.run()
+    out.tick_s = driver.tick_s
+    if waited is not None:
+        out.device_wait_s = runner.device_wait_s - waited
     return out

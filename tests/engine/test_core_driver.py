@@ -27,3 +27,19 @@ def test_calls_on_a_real_engine_with_prepared_graph_buckets(tiny_model, golden_l
     # Every reply that started spoke (before the fix every turn failed at its first frame).
     assert g.replies >= 2 and len(g.ttfa_s) >= g.replies and g.gaps
     assert engine.core.sessions == {}  # both hung up at 1.5 s
+    # The ticks that did work, and (a real runner) the host's waits on the device among them.
+    assert len(r.tick_s) > 0 and all(t >= 0 for t in r.tick_s)
+    assert r.device_wait_s is not None and 0 <= r.device_wait_s <= sum(r.tick_s) + 1e-9
+
+
+def test_a_probe_reports_its_ticks_and_the_share_spent_waiting_on_the_device():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from _traffic import tick_figures
+
+    got = tick_figures([0.01, 0.02, 0.03, 0.04], 0.025)
+    assert got["ticks"] == 4 and got["device_wait_share"] == 0.25
+    assert got["tick_ms_p50"] <= got["tick_ms_p99"] <= 40.0
+    assert "device_wait_share" not in tick_figures([0.01], None)  # a simulated device

@@ -52,7 +52,8 @@ def test_a_fused_table_reads_the_fused_runs_and_the_plain_ones_otherwise():
     saved = plain.cost("decode", 1) + plain.cost("codec", 1) - fused.cost("decode", 1)
     saved -= fused.cost("codec", 1)
     assert fused.cost("prefill", 1) == pytest.approx(plain.cost("prefill", 1) + saved)
-    assert "step_fused" in fused.source and "step_fused" not in plain.source
+    assert "step_fused, codec_fused)" in fused.source
+    assert "(NVIDIA H200; step, codec)" in plain.source
     # A run without fused figures gives its plain ones.
     assert DeviceCosts.load(H200, fused=True).points == DeviceCosts.load(H200).points
 
