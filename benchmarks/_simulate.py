@@ -23,15 +23,22 @@ SETTINGS = (
 )
 
 
-def _engine(costs: DeviceCosts, cfg: EngineConfig, clock: VirtualClock, deadline: bool):
-    engine = simulated_engine(costs, cfg, clock)
+def _engine(
+    costs: DeviceCosts, cfg: EngineConfig, clock: VirtualClock, deadline: bool, share: float
+):
+    engine = simulated_engine(costs, cfg, clock, overlap_share=share)
     if deadline:
         costs.prime(engine.core.costs)  # a warm engine: it has seen these calls before
     return engine
 
 
 def traffic_maker(
-    costs: DeviceCosts, gap_ms: float, deadline: bool, overlap: bool, max_context: int = 4096
+    costs: DeviceCosts,
+    gap_ms: float,
+    deadline: bool,
+    overlap: bool,
+    max_context: int = 4096,
+    share: float = 1.0,
 ):
     def make(n: int):
         clock = VirtualClock()
@@ -42,12 +49,14 @@ def traffic_maker(
             frame_deadline_s=gap_ms / 1e3 if deadline else None,
             overlap_codec=overlap,
         )
-        return _engine(costs, cfg, clock, deadline), clock
+        return _engine(costs, cfg, clock, deadline, share), clock
 
     return make
 
 
-def at_once(costs, n, frames, text, deadline: float | None, overlap: bool) -> dict:
+def at_once(
+    costs, n, frames, text, deadline: float | None, overlap: bool, share: float = 1.0
+) -> dict:
     clock = VirtualClock()
     cfg = EngineConfig(
         max_sessions=n,
@@ -58,7 +67,7 @@ def at_once(costs, n, frames, text, deadline: float | None, overlap: bool) -> di
         frame_deadline_s=deadline,
         overlap_codec=overlap,
     )
-    engine = _engine(costs, cfg, clock, deadline is not None)
+    engine = _engine(costs, cfg, clock, deadline is not None, share)
     r = run_traffic(engine, clock, [CallPlan(0.0, turns=(text,), frames=frames)] * n)
     return {
         "calls": n,
@@ -92,10 +101,12 @@ def run(args) -> tuple[dict, str]:
             "frames_per_token": args.frames_per_token,
         },
         "all_at_once": {"frames_per_turn": args.frames, "text_tokens": args.text_tokens},
+        "overlap_share": args.overlap_share,
         "settings": {},
     }
     for name, deadline, overlap in SETTINGS:
-        make = traffic_maker(costs, args.gap_ms, deadline, overlap, args.max_context)
+        share = args.overlap_share
+        make = traffic_maker(costs, args.gap_ms, deadline, overlap, args.max_context, share)
         seeds = iter(range(1000))
         r = {"frame_deadline_ms": args.gap_ms if deadline else None, "overlap_codec": overlap}
         r["traffic"] = capacity_search(
@@ -106,8 +117,8 @@ def run(args) -> tuple[dict, str]:
         r["burst"] = burst(make, args)
         dl = args.gap_ms / 1e3 if deadline else None
 
-        def once(n: int, dl=dl, overlap=overlap) -> dict:
-            return at_once(costs, n, args.frames, args.text_tokens, dl, overlap)
+        def once(n: int, dl=dl, overlap=overlap, share=share) -> dict:
+            return at_once(costs, n, args.frames, args.text_tokens, dl, overlap, share)
 
         r["all_at_once"] = capacity_search(
             once, lambda p: p["refused"] == 0 and p["gap_ms_p99"] < args.gap_ms, args

@@ -31,6 +31,8 @@ from _common import HostPauses, emit, environment, largest_passing
 from _setup import add_engine_args, build_engine, run_round
 from _traffic import add_traffic_args
 
+from moss_pipecat.testing.simulated_device import H200_OVERLAP_SHARE
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -47,6 +49,14 @@ def main() -> None:
         metavar="COSTS",
         help="no device: a gpu_bench.sh output folder (or saved cost table); the scheduler runs "
         "in virtual time on a simulated device, budget off vs on (figures are simulated)",
+    )
+    ap.add_argument(
+        "--overlap-share",
+        type=float,
+        default=H200_OVERLAP_SHARE,
+        help="--simulate: the share of the codec's time that runs beside the decode step with "
+        "overlap (1: all; the rest slows the decode step: one GPU's bandwidth is shared); "
+        "default: as measured on an H200 (testing.simulated_device.H200_OVERLAP_SHARE)",
     )
     args = ap.parse_args()
     if args.traffic and not args.simulate:

@@ -27,8 +27,13 @@ import torch
 
 from moss_pipecat._log import logger
 
-# Fine steps at the top: a batch of 130 pads to 160, not 256.
-DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
+# Steps of 32 from 128 on: a batch of 130 pads to 160, not 256, and 193 to 224. (Where the
+# buckets stopped at 256 and then jumped to the slot count, the H200 traffic capacity sat on
+# a bucket edge: 192 calls passed, 193 replayed 256 and broke TTFA, 2026-12-04.) Capped at
+# the slot count (``capped_buckets``).
+DEFAULT_BATCH_BUCKETS = (
+    1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 448, 512
+)  # fmt: skip
 
 K = TypeVar("K", bound=Hashable)
 

@@ -68,11 +68,11 @@ class DeviceCosts:
         return lo[1] + (hi[1] - lo[1]) * (size - lo[0]) / (hi[0] - lo[0])
 
     def prime(self, model: CostModel) -> None:
-        """Teaches an engine's cost model this table (as if it had run these calls), so it
-        paces and admits from its first tick; its own measurements take over from there."""
-        for kind in self.points:
-            for size in (2**i for i in range(13)):  # one call per size bucket, 1 .. 4096
-                model.observe(kind, size, self.cost(kind, size))
+        """Gives an engine's cost model this table (``CostModel.prime``), so it paces and
+        admits from its first tick; its own measurements take over where it has run, and
+        scale the table where it has not."""
+        for kind, points in self.points.items():
+            model.prime(kind, points)
 
     # ---- files ---------------------------------------------------------------------------------
     @classmethod

@@ -50,7 +50,7 @@ def create_session(core: EngineCore, sid: str, c: CreateSession) -> None:
         raise InvalidInputError(f"session {sid!r} already exists")
     deadline = core.config.frame_deadline_s
     n, codec = len(core.sessions) + 1, core.codec is not None
-    if not admits(core.costs, deadline, n, codec, core.config.overlap_codec):
+    if not admits(core.costs, deadline, n, codec, core.config.overlap_codec, core.runner.batch_of):
         core.stats["refused_overload"] += 1
         raise OverloadedError(
             f"engine at capacity: {len(core.sessions) + 1} conversations speaking at once "

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from moss_pipecat._log import logger
+from moss_pipecat.cuda_graphs import smallest_bucket
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.kv_pools import KVPools
 from moss_pipecat.engine.start_up import PhaseCosts, cache_entries
@@ -98,6 +99,15 @@ class ModelRunner:
     def uses_cuda_graphs(self) -> bool:
         step = self.decode_graphs[0]
         return step is not None and step.use_cuda_graphs
+
+    def batch_of(self, n: int, pool: int = 0) -> int:
+        """The batch a call over slots ``0..n-1`` (or ``n`` rows) runs at: the graph bucket it
+        replays (eager: ``n``). Costs are learned and projected at this size: it is what the
+        device does (129 calls replay the bucket of 160)."""
+        graph = self.decode_graphs[pool]
+        if graph is None or n <= 0:
+            return n
+        return smallest_bucket(graph.batch_buckets, n) or n
 
     def graph_steps(self) -> list[Any]:
         """Every graphed step (for capture and for counting what runs outside graphs)."""

@@ -17,7 +17,7 @@ import torch
 from moss_pipecat._log import logger
 from moss_pipecat.engine.audio_out import AudioOut, PendingAudio
 from moss_pipecat.engine.history import AssistantTurn
-from moss_pipecat.engine.pacing import PrefillWant, plan_prefill, tick_budget
+from moss_pipecat.engine.pacing import TICK, PrefillWant, plan_prefill, tick_budget
 from moss_pipecat.engine.runner import RowSampling
 from moss_pipecat.engine.state import Phase, SessionState
 from moss_pipecat.errors import CapacityError
@@ -73,6 +73,10 @@ class Scheduler:
             self.audio.settle()
         if done or steppers or prefills or late:
             self.core.stats["ticks"] += 1
+            if steppers and self.config.frame_deadline_s is not None:
+                # What a tick at this many conversations took, all in (host work, device,
+                # the turns starting in it): what admission projects (``pacing.admits``).
+                self.core.costs.observe(TICK, len(self.core.sessions), self.clock.now() - t_now)
             return 0.0
         pad = self.layout.text_pad
         waits = [
@@ -113,6 +117,7 @@ class Scheduler:
             chunk=cfg.prefill_chunk,
             codec=self.core.codec is not None,
             overlap=cfg.overlap_codec,
+            replay=self.runner.batch_of,
         )
         plan = plan_prefill(wants, budget, cfg.prefill_chunk)
         if budget is not None and sum(plan.values()) < sum(
@@ -247,7 +252,7 @@ class Scheduler:
         rows = [_sampling(s, False) for s in batch]
         frames = self.timed(
             "first_frame",
-            len(batch),
+            self.runner.batch_of(len(batch)),
             lambda: self.audio.host([self.runner.first_frames(hidden, rows)], pcm=False),
         )[0]
         for s in batch:
@@ -261,7 +266,7 @@ class Scheduler:
         step_rows = self.layout.step_rows([s.next_text_id(pad) for s in batch], prev)  # [B, 17]
         frames = self.timed(
             "decode",
-            len(batch),
+            self.runner.batch_of(max(s.slot for s in batch) + 1, batch[0].pool),
             lambda: self.audio.host(
                 [
                     self.runner.decode(
@@ -368,7 +373,8 @@ class Scheduler:
             for s, slot in zip(new, self.runner.open_streams(len(new)), strict=True):
                 s.codec_slot = slot
         frames, streams = [c[3] for c in chunks], [c[0].codec_slot for c in chunks]
-        return self.timed("codec", len(chunks), lambda: self.runner.pcm(frames, streams))
+        size = self.runner.batch_of(max(streams) + 1)
+        return self.timed("codec", size, lambda: self.runner.pcm(frames, streams))
 
 
 def _refeed_end(s: SessionState) -> int:

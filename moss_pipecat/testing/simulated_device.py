@@ -29,6 +29,13 @@ from moss_pipecat.model import MossTTSRealtime, MossTTSRealtimeConfig
 SAMPLES_PER_FRAME = 1920  # 80 ms at 24 kHz
 
 
+# The share of the codec's time that ran beside the decode step on an H200 under traffic
+# (fused ops, 190-260 calls): the simulation of the 2026-12-04b traffic run gives its measured
+# capacity (192 calls) within 15 % at 0-0.1, and twice it (382) at 1. The two streams'
+# graphs each fill the GPU at these batches; little runs truly side by side.
+H200_OVERLAP_SHARE = 0.1
+
+
 class SimulatedRunner:
     """``ModelRunner``'s calls on a simulated device.
 
@@ -44,6 +51,10 @@ class SimulatedRunner:
             codec call occupies that stream from when it is launched (or the stream frees)
             for its cost, and only a host wait (``to_host``) waits for it; otherwise it
             advances the clock as it is called.
+        overlap_share: with ``overlap``, the share of a codec call's cost that truly runs
+            beside the main stream; the rest slows the main stream by as much (the two
+            streams share one GPU's memory bandwidth and SMs). 1: free beside the decode step;
+            0: no faster than one stream.
         batch_buckets: a call is priced at the batch the real runner's graph replays: the
             decode step and the codec frame run slots ``0..bucket-1`` (the bucket of the
             highest slot + 1), a first frame the bucket of its rows. None: at the call's own
@@ -64,7 +75,12 @@ class SimulatedRunner:
         turn_frames: tuple[int, int] = (40, 120),
         overlap: bool = False,
         batch_buckets: Sequence[int] | None = DEFAULT_BATCH_BUCKETS,
+        overlap_share: float = 1.0,
     ) -> None:
+        if not 0.0 <= overlap_share <= 1.0:
+            raise ValueError("overlap_share is a share: 0 .. 1")
+        self.overlap_share = overlap_share
+        self._main_debt = 0.0  # main-stream seconds the codec stream's share has cost
         self._buckets = None if batch_buckets is None else capped_buckets(batch_buckets, n_slots)
         self.clock, self.costs = clock, costs
         self.overlap = overlap
@@ -88,15 +104,16 @@ class SimulatedRunner:
 
         return make
 
-    def _batch(self, n: int) -> int:
-        """What a call over ``n`` rows (slots ``0..n-1``) runs at."""
+    def batch_of(self, n: int, pool: int = 0) -> int:
+        """What a call over ``n`` rows (slots ``0..n-1``) runs at (``ModelRunner.batch_of``)."""
         if self._buckets is None or n <= 0:
             return n
         return smallest_bucket(self._buckets, n) or n
 
     def _spend(self, kind: str, size: int) -> None:
         self.calls[kind] = self.calls.get(kind, 0) + 1
-        self.clock.advance(self.costs.cost(kind, size))
+        self.clock.advance(self.costs.cost(kind, size) + self._main_debt)
+        self._main_debt = 0.0
 
     # ---- ModelRunner's interface ----------------------------------------------------------------
     def graph_steps(self) -> list[Any]:
@@ -107,10 +124,14 @@ class SimulatedRunner:
 
     def sync(self) -> None:
         self.host_syncs += 1  # the main stream: the clock is there already
+        self.clock.advance(self._main_debt)
+        self._main_debt = 0.0
 
     def to_host(self, tensors: Sequence[torch.Tensor], codec: bool = False) -> list[torch.Tensor]:
         """One host wait: for the main stream (the clock), and the codec stream if asked."""
         self.host_syncs += 1
+        self.clock.advance(self._main_debt)
+        self._main_debt = 0.0
         if codec:
             self.clock.advance_to(self._codec_free_at)
         return list(tensors)
@@ -126,7 +147,7 @@ class SimulatedRunner:
         return torch.zeros(len(rows), 1)  # [B, H]: nothing reads a simulated hidden state
 
     def first_frames(self, hidden: torch.Tensor, rows: list[RowSampling]) -> torch.Tensor:
-        self._spend("first_frame", self._batch(len(rows)))
+        self._spend("first_frame", self.batch_of(len(rows)))
         for r in rows:
             draw = random.Random(hash((r.seed, r.counter)))
             self._made[r.hist_row] = 0
@@ -141,7 +162,7 @@ class SimulatedRunner:
         lengths: list[int],
         rows: list[RowSampling],
     ) -> torch.Tensor:
-        self._spend("decode", self._batch(max(slots, default=-1) + 1))
+        self._spend("decode", self.batch_of(max(slots, default=-1) + 1))
         return self._frames(rows)
 
     def _frames(self, rows: list[RowSampling]) -> torch.Tensor:
@@ -170,11 +191,13 @@ class SimulatedRunner:
         if self.overlap:  # beside what the main stream does next, after what it did so far
             self.calls["codec"] = self.calls.get("codec", 0) + 1
             start = max(self.clock.now(), self._codec_free_at)
-            self._codec_free_at = start + self.costs.cost(
-                "codec", self._batch(max(streams, default=-1) + 1)
-            )
+            cost = self.costs.cost("codec", self.batch_of(max(streams, default=-1) + 1))
+            self._codec_free_at = start + cost
+            # What it takes from the main stream shows in the main stream's next call (on a
+            # GPU the launch returns at once; the decode step beside it runs slower).
+            self._main_debt += (1.0 - self.overlap_share) * cost
         else:
-            self._spend("codec", self._batch(max(streams, default=-1) + 1))
+            self._spend("codec", self.batch_of(max(streams, default=-1) + 1))
         return torch.zeros(len(frames), SAMPLES_PER_FRAME, dtype=torch.int16)  # [B, samples]
 
 
@@ -202,13 +225,17 @@ def simulated_engine(
     clock: VirtualClock | None = None,
     turn_frames: tuple[int, int] = (40, 120),
     model_config: MossTTSRealtimeConfig | None = None,
+    overlap_share: float = 1.0,
 ) -> MossEngine:
     """A ``MossEngine`` (not started) on a simulated device: the real-size model on ``meta``
-    (no memory), a codec stand-in (frames come out as silent PCM), ``SimulatedRunner``."""
+    (no memory), a codec stand-in (frames come out as silent PCM), ``SimulatedRunner``
+    (``overlap_share``: see there)."""
     clock = clock or VirtualClock()
     with torch.device("meta"):
         model = MossTTSRealtime(model_config or MossTTSRealtimeConfig.real())
-    factory = SimulatedRunner.factory(clock, costs, turn_frames=turn_frames)
+    factory = SimulatedRunner.factory(
+        clock, costs, turn_frames=turn_frames, overlap_share=overlap_share
+    )
     return MossEngine(
         model,
         stand_in_layout(model.cfg),

@@ -57,7 +57,8 @@ def test_register_makes_them_the_cuda_kernels_counted_once():
     try:
         triton_kernels.register()
         triton_kernels.register()  # idempotent
-        assert set(triton_kernels.KERNELS) == set(kernels.FORMULAS)
+        # The attention's kernel is registered apart (``model.triton_attention``, on request).
+        assert set(triton_kernels.KERNELS) == set(kernels.FORMULAS) - {"moss::codec_attention"}
         for name in triton_kernels.KERNELS:
             assert "cuda" in SINGLE_KERNEL[name]
     finally:

@@ -6,8 +6,11 @@ import pytest
 
 from moss_pipecat.engine.costs import CostModel
 from moss_pipecat.engine.pacing import (
+    PLANNED_SHARE,
     PROGRESS_ROWS,
     REFEED_YIELD_S,
+    TICK,
+    TICK_SPREAD,
     PrefillWant,
     admits,
     plan_prefill,
@@ -52,6 +55,34 @@ def test_cost_model_follows_a_bucket_by_moving_average_and_never_predicts_bigger
     m.observe("prefill", 16, -1.0)  # a clock that went back teaches nothing
     m.observe("prefill", 0, 0.5)  # neither does an empty call
     assert m.predict("prefill", 16) == pytest.approx(0.030)
+
+
+def test_a_primed_table_shapes_the_costs_the_engine_has_not_run_yet():
+    m = CostModel()
+    m.prime("decode", [(1, 0.010), (64, 0.020), (256, 0.050)])
+    assert m.knows("decode") and m.predict("decode", 128) == pytest.approx(0.030)
+    m.observe("decode", 64, 0.030)  # under traffic a step costs 1.5x what the table says
+    assert m.predict("decode", 64) == pytest.approx(0.030)  # run: its own cost
+    assert m.predict("decode", 256) == pytest.approx(0.075)  # not run: the table, x 1.5
+    assert m.predict("decode", 512) == pytest.approx(1.5 * (0.050 + 0.030 / 192 * 256))
+    assert m.table()["decode"] == [(64.0, 0.030)]
+    fresh = CostModel()
+    fresh.prime("codec", [(1, 0.005), (8, 0.004)])  # never cheaper with size
+    assert fresh.table() == {"codec": [(1.0, 0.005), (8.0, 0.005)]}
+
+
+def test_cost_model_bounds_a_noisy_cost_by_its_spread():
+    m = CostModel(alpha=0.5)
+    for t in (0.020, 0.040, 0.020, 0.040):
+        m.observe("tick", 100, t)
+    mean, bound = m.predict("tick", 100), m.predict("tick", 100, spread=2.0)
+    assert mean == pytest.approx(0.0325)
+    # Exponentially weighted variance (alpha 0.5) after those four: 9.375e-5 (std ~10 ms).
+    assert bound == pytest.approx(mean + 2.0 * 9.375e-5**0.5, rel=1e-6)
+    steady = CostModel()
+    for _ in range(4):
+        steady.observe("tick", 100, 0.030)
+    assert steady.predict("tick", 100, spread=2.0) == pytest.approx(0.030)  # no spread
 
 
 # ---- the plan ------------------------------------------------------------------------------------
@@ -103,7 +134,8 @@ def test_no_session_starves_under_a_steady_stream_of_new_turns():
 
 # ---- the adaptive budget and admission -----------------------------------------------------------
 def test_the_budget_keeps_the_projected_tick_within_the_deadline():
-    m, deadline = _costs(), 0.080
+    # A deadline whose planned share (``PLANNED_SHARE``) is 80 ms: ticks are planned to that.
+    m, deadline = _costs(), 0.080 / PLANNED_SHARE
     wants = [PrefillWant(i, 20, float(i)) for i in range(10)]
     budget = tick_budget(m, deadline, None, decoding=100, wants=wants, chunk=64, codec=True)
     # Sessions of 20 rows are taken while decode(100+k) + first_frame(k) + codec(100+k) +
@@ -128,10 +160,36 @@ def test_the_budget_keeps_the_projected_tick_within_the_deadline():
 
 
 def test_admission_refuses_the_conversation_that_would_break_the_deadline():
-    m, deadline = _costs(), 0.080
+    m, deadline = _costs(), 0.080 / PLANNED_SHARE  # planned to 80 ms
     # decode(n) + codec(n) + prefill(16) + first_frame(1) + codec(1)
     # = 10 + 0.1n + 5 + 0.05n + 11.6 + 10.1 + 5.05 = 41.75 + 0.15n ms <= 80 -> n <= 255
     assert admits(m, deadline, 255, codec=True)
     assert not admits(m, deadline, 256, codec=True)
     assert admits(m, None, 10_000, codec=True)
     assert admits(CostModel(), deadline, 10_000, codec=True)  # nothing known yet
+
+
+def test_ticks_are_planned_to_a_share_of_the_deadline():
+    m, wants = _costs(), [PrefillWant(i, 20, float(i)) for i in range(10)]
+    assert PLANNED_SHARE < 1.0
+    planned = tick_budget(m, 0.080, None, decoding=100, wants=wants, chunk=64, codec=True)
+    whole = tick_budget(m, 0.080 / PLANNED_SHARE, None, 100, wants, 64, True)
+    assert planned < whole
+    assert admits(m, 0.080 / PLANNED_SHARE, 255, codec=True)
+    assert not admits(m, 0.080, 255, codec=True)  # 80 ms of calls in a 72 ms plan
+
+
+def test_admission_also_holds_the_measured_ticks_to_the_deadline():
+    # The device projection says 200 fit (41.75 + 0.15 * 200 = 71.75 ms), but ticks measured
+    # at ~200 conversations run 76 ms +- 8: on average within 80 ms, with the spread over.
+    m, deadline = _costs(), 0.080 / PLANNED_SHARE  # planned to 80 ms
+    assert admits(m, deadline, 200, codec=True)
+    for t in (0.068, 0.084) * 8:
+        m.observe(TICK, 200, t)
+    assert m.predict(TICK, 200) < 0.080 < m.predict(TICK, 200, TICK_SPREAD)
+    assert not admits(m, deadline, 200, codec=True)
+    quiet = _costs()
+    for _ in range(8):
+        quiet.observe(TICK, 120, 0.050)
+    assert admits(quiet, deadline, 121, codec=True)  # measured and projected both fit
+    assert not admits(quiet, deadline, 256, codec=True)  # the projection still refuses
