@@ -116,7 +116,11 @@ class ModelRunner:
 
     def capture_graphs(self) -> int:
         """Prepares (on CUDA: captures) every bucket each step can hit; returns their number.
-        What it cost, by phase, is kept in ``start_up`` (``start_up.PhaseCosts.report``)."""
+        What it cost, by phase, is kept in ``start_up`` (``start_up.PhaseCosts.report``). Once:
+        a second call (``start()`` after an explicit capture) prepares nothing and keeps the
+        first call's report (it would otherwise read as a start-up that cost 0 s)."""
+        if self.start_up is not None:
+            return sum(p["buckets"] for p in self.start_up["phases"].values())
         costs = PhaseCosts(self.device)
         entries = cache_entries()
         with torch.inference_mode():

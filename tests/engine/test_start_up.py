@@ -54,6 +54,8 @@ def test_start_up_reports_each_phase_and_a_second_start_compiles_nothing(
         assert engine.start_up is None  # nothing prepared yet
         n = engine.capture_graphs()
         reports.append(engine.start_up)
+        engine.start()  # prepares nothing more: the report stays the capture's
+        assert engine.capture_graphs() == n and engine.start_up is reports[-1]
         engine.shutdown()
     second = reports[1]
     for report in reports:
