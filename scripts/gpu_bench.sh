@@ -88,10 +88,11 @@ step_spec() {
       REAL="--sessions 1 8 32 64 128 256 400 --profile 32 256"
       TINY="--sessions 1 3 --ticks 3 --warmup 2 --steady-text 30 --turn-frames 2" ;;
     traffic|traffic_after)
-      # Short windows (5 s of arrivals, 10 s measured a probe) and 1,024 positions a call, so
-      # the search and the burst (200 + 64 calls) fit a few minutes and the KV pool ~30 GiB.
+      # Short windows (4 s of arrivals, 6 s measured a probe) and 1,024 positions a call, so
+      # the search (from 128: both runs of 2026-12-04 passed it) and the burst (200 + 64
+      # calls) fit ~3 minutes and the KV pool ~30 GiB.
       SCRIPT=bench_capacity.py COMMON=1 LIMIT=200
-      REAL="--traffic --ramp-s 5 --measure-s 10 --start 64 --max-sessions 320 --max-context 1024"
+      REAL="--traffic --ramp-s 4 --measure-s 6 --start 128 --max-sessions 384 --max-context 1024"
       REAL+=" --frames-per-token 4 --hang-up cut"
       TINY="--traffic --ramp-s 0.5 --measure-s 1 --start 2 --max-sessions 3 --burst-running 2"
       TINY+=" --burst-calls 2 --burst-watch-s 0.5 --max-context 512 --frames-per-token 4 --hang-up cut" ;;
