@@ -8,8 +8,8 @@ scheduler uses it to size each tick's prefill and to refuse a conversation it co
 (``engine.pacing``).
 
 A measured table (``prime``, from ``EngineConfig.cost_table``) gives the costs before any call
-and their shape past the largest size the engine has run: there a prediction is the table's,
-scaled by what the engine's own calls cost at their largest size against the table. (The
+and their shape outside the sizes the engine has run: there a prediction is the table's,
+scaled by what the engine's own calls cost at the nearest size it has run against the table. (The
 table times each call alone; under traffic a call also pays for the codec stream beside it
 and the host's work, and sizes not yet run must not be priced as if it did not.)
 """
@@ -52,7 +52,7 @@ class CostModel:
 
     def prime(self, kind: str, points: list[tuple[float, float]]) -> None:
         """A measured table's (size, seconds) points for ``kind``: the prediction before any
-        call of it, and its shape past the sizes the engine has run (see the module)."""
+        call of it, and its shape outside the sizes the engine has run (see the module)."""
         self._prior[kind] = _monotone(sorted((float(s), float(c)) for s, c in points))
 
     def knows(self, kind: str) -> bool:
@@ -68,7 +68,7 @@ class CostModel:
         along the last two buckets' slope (with one bucket: in proportion to size); below the
         smallest it is that bucket's cost. A larger call is never predicted cheaper than a
         smaller one (the averages of noisy buckets may say so; the device does not). With a
-        primed table: that table before any call, and its shape past the largest bucket run.
+        primed table: that table before any call, and its shape outside the buckets run.
         """
         if size <= 0:
             return 0.0
@@ -77,11 +77,12 @@ class CostModel:
             return _interpolate(prior, size)
         if not points:
             return None
-        if prior and size > points[-1][0]:  # past what it has run: the table's shape, scaled
-            s1, c1 = points[-1]
+        if prior and not points[0][0] <= size <= points[-1][0]:
+            # Outside the sizes it has run: the table's shape, scaled to its nearest bucket.
+            s1, c1 = points[-1] if size > points[-1][0] else points[0]
             base = _interpolate(prior, s1)
-            scale = c1 / base if base > 0 else 1.0
-            return max(c1, _interpolate(prior, size) * scale)
+            shaped = _interpolate(prior, size) * (c1 / base if base > 0 else 1.0)
+            return max(c1, shaped) if size > s1 else min(c1, shaped)
         return _interpolate(points, size)
 
     def largest_within(self, kind: str, seconds: float, limit: int) -> int | None:

@@ -65,6 +65,7 @@ def test_a_primed_table_shapes_the_costs_the_engine_has_not_run_yet():
     assert m.predict("decode", 64) == pytest.approx(0.030)  # run: its own cost
     assert m.predict("decode", 256) == pytest.approx(0.075)  # not run: the table, x 1.5
     assert m.predict("decode", 512) == pytest.approx(1.5 * (0.050 + 0.030 / 192 * 256))
+    assert m.predict("decode", 1) == pytest.approx(0.015)  # below it too: the table, x 1.5
     assert m.table()["decode"] == [(64.0, 0.030)]
     fresh = CostModel()
     fresh.prime("codec", [(1, 0.005), (8, 0.004)])  # never cheaper with size

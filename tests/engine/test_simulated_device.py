@@ -10,6 +10,7 @@ import pytest
 from moss_pipecat.engine import EngineConfig
 from moss_pipecat.engine.clock import VirtualClock
 from moss_pipecat.engine.device_costs import DeviceCosts
+from moss_pipecat.engine.pacing import admits
 from moss_pipecat.testing.sim_traffic import CallPlan, run_traffic
 from moss_pipecat.testing.simulated_device import simulated_engine
 
@@ -114,12 +115,9 @@ def test_admission_refuses_before_running_calls_miss_their_deadline(costs):
     assert engine.core.stats["refused_overload"] == result.refused
     assert result.starved == 0
     assert max(result.gaps_s) <= deadline  # no running call ever waited past its frame
-    # The next conversation would have broken it: the projection at admitted + 1 says so.
-    c = engine.core.costs
-    n = result.admitted + 1
-    over = sum(c.predict(k, n) for k in ("decode", "codec"))
-    over += c.predict("prefill", 16) + c.predict("first_frame", 1) + c.predict("codec", 1)
-    assert over > deadline
+    # The refusals are admission's: at admitted + 1 its projection no longer fits.
+    core, n = engine.core, result.admitted + 1
+    assert not admits(core.costs, deadline, n, True, False, core.runner.batch_of)
 
 
 def test_without_admission_the_same_burst_breaks_the_deadline(costs):
