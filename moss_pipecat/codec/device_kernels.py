@@ -4,6 +4,7 @@ Triton kernels need ``triton`` (not a dependency of this package)."""
 from __future__ import annotations
 
 from moss_pipecat.model import device_kernels
+from moss_pipecat.model.device_kernels import attention_kernel_asked
 from moss_pipecat.model.kernels import SINGLE_KERNEL
 
 
@@ -16,4 +17,6 @@ def register_device_kernels() -> dict[str, set[str]]:
     except ImportError:
         return SINGLE_KERNEL
     triton_kernels.register()
+    if attention_kernel_asked():
+        triton_kernels.register_attention()
     return SINGLE_KERNEL

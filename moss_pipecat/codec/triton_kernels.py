@@ -143,3 +143,13 @@ KERNELS = {
 def register() -> None:
     """The codec's kernels (``KERNELS``), see ``model.triton_kernels.register_cuda``."""
     register_cuda(KERNELS)
+
+
+def register_attention() -> None:
+    """The attention kernel (``model.triton_attention``, not yet measured on a GPU: asked for
+    by ``MOSS_ATTENTION_KERNEL=triton``) as the CUDA implementation of the codec's attention."""
+    from moss_pipecat.model import triton_attention
+
+    register_cuda(
+        {"moss::codec_attention": (kernels.attention, triton_attention.codec_attention_op)}
+    )

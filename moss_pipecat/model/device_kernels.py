@@ -27,6 +27,11 @@ def fused_by_default(device: torch.device) -> bool:
     return True
 
 
+def attention_kernel_asked() -> bool:
+    """Whether ``ATTENTION_KERNEL_ENV`` asks for the Triton attention kernel."""
+    return os.environ.get(ATTENTION_KERNEL_ENV, "library") == "triton"
+
+
 def register_device_kernels() -> dict[str, set[str]]:
     """Puts the Triton kernels under their ops as their CUDA implementations where ``triton``
     can be imported (without it every op runs its formula); returns ``SINGLE_KERNEL``."""
@@ -37,6 +42,6 @@ def register_device_kernels() -> dict[str, set[str]]:
     triton_kernels.register()
     from moss_pipecat.model import triton_attention
 
-    if os.environ.get(ATTENTION_KERNEL_ENV, "library") == "triton":
+    if attention_kernel_asked():
         triton_attention.register()  # not yet measured on a GPU: asked for by name only
     return SINGLE_KERNEL

@@ -20,8 +20,9 @@ Shapes it takes (else the op runs its formula): queries per kv head (g * T) up t
 ``MAX_ROWS``, a floating (additive) mask. Importing this module needs ``triton``.
 
 Not yet run on a GPU (written 2026-12-04 after the H200 profile, checked in the interpreter
-only), so it is not among the fused ops' default CUDA kernels: ``register()`` puts it under
-the two ops, and ``model.device_kernels.register_device_kernels`` calls it only where
+only), so it is not among the fused ops' default CUDA kernels: ``register()`` (and the
+codec's ``register_attention``) put it under the two ops, and the ``register_device_kernels``
+of ``model.device_kernels`` and ``codec.device_kernels`` call them only where
 ``MOSS_ATTENTION_KERNEL=triton`` (``device_kernels.ATTENTION_KERNEL_ENV``; the benchmarks'
 ``--attention-kernel triton``); elsewhere the ops run the library's attention, as the plain
 path does.
@@ -235,15 +236,10 @@ def codec_attention_op(
 
 
 def register() -> None:
-    """This kernel becomes the CUDA implementation of ``moss::attention`` and
-    ``moss::codec_attention`` (see ``model.triton_kernels.register_cuda``)."""
-    from moss_pipecat.codec import kernels as codec_kernels
+    """This kernel becomes the CUDA implementation of ``moss::attention`` (see
+    ``model.triton_kernels.register_cuda``; the codec registers ``codec_attention_op`` under
+    ``moss::codec_attention`` itself: ``codec.triton_kernels.register_attention``)."""
     from moss_pipecat.model import kernels
     from moss_pipecat.model.triton_kernels import register_cuda
 
-    register_cuda(
-        {
-            "moss::attention": (kernels.attention, attention_op),
-            "moss::codec_attention": (codec_kernels.attention, codec_attention_op),
-        }
-    )
+    register_cuda({"moss::attention": (kernels.attention, attention_op)})

@@ -165,9 +165,11 @@ def test_the_attention_kernel_leaves_the_graphed_step_and_codec_frame_as_they_we
     """The attention kernel registered (``MOSS_ATTENTION_KERNEL=triton``; last in this file: a
     registration lasts for the process): the graphed fused step's frames and the graphed fused
     codec frame's PCM against the plain ones, as above."""
+    from moss_pipecat.codec import triton_kernels as codec_triton
     from moss_pipecat.model import triton_attention
 
     triton_attention.register()
+    codec_triton.register_attention()
     assert {"cuda"} <= SINGLE_KERNEL["moss::attention"]
     assert {"cuda"} <= SINGLE_KERNEL["moss::codec_attention"]
     test_graphed_fused_step_equals_graphed_plain_step(realtime_dir, long_rows)

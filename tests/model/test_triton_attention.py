@@ -87,11 +87,13 @@ def test_the_kernel_takes_decode_calls_and_leaves_the_rest_to_the_formula():
 def test_the_kernel_is_a_cuda_implementation_only_when_asked_for(monkeypatch):
     # Not yet measured on a GPU: the fused ops keep the library's attention unless
     # MOSS_ATTENTION_KERNEL=triton.
-    from moss_pipecat.model.device_kernels import ATTENTION_KERNEL_ENV, register_device_kernels
+    from moss_pipecat.codec.device_kernels import register_device_kernels
+    from moss_pipecat.model.device_kernels import ATTENTION_KERNEL_ENV
     from moss_pipecat.model.kernels import SINGLE_KERNEL
 
     monkeypatch.delenv(ATTENTION_KERNEL_ENV, raising=False)
-    assert "moss::attention" not in register_device_kernels()
+    table = register_device_kernels()  # the model's and the codec's
+    assert "moss::attention" not in table and "moss::codec_attention" not in table
     assert "moss::norm_rope" in SINGLE_KERNEL  # the measured kernels are
     monkeypatch.setenv(ATTENTION_KERNEL_ENV, "triton")
     table = register_device_kernels()
