@@ -97,5 +97,5 @@ class Qwen3Backbone(nn.Module):
         if valid is not None:
             keep = torch.arange(T, device=x.device)[None, :] < valid[:, None]  # [B, T]
             writes = torch.where(keep, positions, cache.max_len - 1)
-        kvs = [cache.writer(i, slots, writes, S) for i in range(len(self.layers))]
+        kvs = cache.writers(len(self.layers), slots, writes, S)
         return run_stack(self.layers, self.norm, x, cos, sin, kvs, mask)

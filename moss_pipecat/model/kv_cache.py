@@ -95,10 +95,17 @@ class KVCache:
         n_layers, _, n_kv, _, hd = self.k.shape
         return 2 * n_layers * n_kv * hd * self.k.element_size()
 
-    def writer(
-        self, layer: int, slots: torch.Tensor | None, positions: torch.Tensor, kv_len: int
-    ) -> KVWriter:
-        return _SlotWriter(self, layer, slots, positions, kv_len)
+    def writers(
+        self, n_layers: int, slots: torch.Tensor | None, positions: torch.Tensor, kv_len: int
+    ) -> list[KVWriter]:
+        """One writer per layer for a call over ``positions`` [B, T] of slots ``slots`` (None:
+        batch row b is slot b); they share the call's row index (one tensor, not one per
+        layer: on a GPU each would be a kernel of the step)."""
+        B = positions.shape[0]
+        rows = torch.arange(B, device=positions.device) if slots is None else slots
+        return [
+            _SlotWriter(self, i, slots, rows[:, None], positions, kv_len) for i in range(n_layers)
+        ]
 
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self.n_slots:
@@ -111,24 +118,21 @@ class _SlotWriter(KVWriter):
         cache: KVCache,
         layer: int,
         slots: torch.Tensor | None,
+        rows: torch.Tensor,
         positions: torch.Tensor,
         kv_len: int,
     ) -> None:
-        self.cache, self.layer, self.slots = cache, layer, slots
+        self.cache, self.layer, self.slots, self.rows = cache, layer, slots, rows  # rows [B, 1]
         self.positions, self.kv_len = positions, kv_len
 
     def write(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         kc, vc = self.cache.k[self.layer], self.cache.v[self.layer]  # [N, n_kv, M, hd]
-        B = k.shape[0]
+        kc[self.rows, :, self.positions] = k.transpose(1, 2)  # value [B, T, n_kv, hd]
+        vc[self.rows, :, self.positions] = v.transpose(1, 2)
         if self.slots is None:
-            # Rows 0..B-1 are slots 0..B-1: write and read through views, no gather.
-            rows = torch.arange(B, device=k.device)[:, None]  # [B, 1]
-            kc[rows, :, self.positions] = k.transpose(1, 2)  # value [B, T, n_kv, hd]
-            vc[rows, :, self.positions] = v.transpose(1, 2)
+            # Rows 0..B-1 are slots 0..B-1: read through views, no gather.
+            B = k.shape[0]
             return kc[:B, :, : self.kv_len], vc[:B, :, : self.kv_len]
-        rows = self.slots[:, None]  # [B, 1]
-        kc[rows, :, self.positions] = k.transpose(1, 2)
-        vc[rows, :, self.positions] = v.transpose(1, 2)
         return kc[self.slots, :, : self.kv_len], vc[self.slots, :, : self.kv_len]
 
 
