@@ -108,6 +108,28 @@ def pytest_xdist_make_scheduler(config, log):
     return ByWorkUnit(config, log)
 
 
+# What a work unit set up for itself alone ends with the unit, not with the session: the Ray
+# cluster's daemons poll at ~15 % of a core while idle (8.7 s of CPU a minute, measured), so
+# kept to the end of the session they took ~1 min of CPU from the units after them.
+_UNIT_ENDS: dict[str, list] = {}
+
+
+def end_with_unit(unit: str, stop) -> None:
+    """Runs ``stop()`` once the last test of ``unit`` in this process is torn down (the
+    session fixture that registered it still calls it at the session's end: ``stop`` must be
+    idempotent). Stops run in the reverse order of registration, as fixture teardowns do."""
+    _UNIT_ENDS.setdefault(unit, []).append(stop)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield  # the item's own fixtures first
+    unit = work_unit(item.nodeid)
+    if nextitem is None or work_unit(nextitem.nodeid) != unit:
+        for stop in reversed(_UNIT_ENDS.pop(unit, [])):
+            stop()
+
+
 # The real-time unit is handed out first. A worker yields the CPU (a higher nice value, for it
 # and the processes it starts) once it runs anything else, so audio played in real time through
 # bot processes keeps its pace beside the compute-bound tests (a starved bot misses VAD, STT and

@@ -13,6 +13,7 @@ from moss_pipecat.engine.factory import FoldIds
 from moss_pipecat.model import SamplingParams
 from moss_pipecat.server import EngineServer, ServerConfig, ServerLimits
 
+from ..conftest import RAY_UNIT, end_with_unit
 from ..service.tracing_helpers import span_exporter, traced_pipelines  # noqa: F401 (fixtures)
 
 GREEDY = SamplingParams.greedy_decoding()
@@ -96,12 +97,18 @@ def ray_cluster():
             ray.shutdown()
             if "timed out during startup" not in str(e) or attempt == 2:
                 raise
+
+    def stop() -> None:
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+
+    end_with_unit(RAY_UNIT, stop)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         yield f"ws://127.0.0.1:{port}"
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        stop()
 
 
 # The tiny app both Ray modules run on (``ray_moss_app``): paced turns that run to their
@@ -162,11 +169,18 @@ def ray_moss_app(ray_cluster, fixtures_dir, tmp_path_factory):
     token_file.write_text(TOKEN + "\n")  # read by each replica: the token is never an argument
     app = RayMossApp(ray_cluster, {"tiny": str(fixtures_dir), "token_file": str(token_file)})
     app.args |= RAY_APP_ARGS
+
+    def delete() -> None:
+        if app.replicas:  # deployed and not deleted yet
+            serve.delete("moss")
+            app.replicas = 0
+
+    end_with_unit(RAY_UNIT, delete)  # before the cluster's stop, registered earlier
     app.deploy(2)
     try:
         yield app
     finally:
-        serve.delete("moss")
+        delete()
 
 
 def free_port() -> int:
