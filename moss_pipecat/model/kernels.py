@@ -46,12 +46,13 @@ def scaled_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate-half RoPE: x*cos + [-x2, x1]*sin, written as x*cos + [x2, x1]*signed_sin (the
-    sign lives in the table: one kernel less per call, bit-identical).
+    sign lives in the table: one kernel less per call, bit-identical). [x2, x1] is x rolled
+    by half a head: one op where two slices and a cat were three (the eager CPU step is
+    dispatch-bound).
 
     x: [B, heads, T, hd]; cos/sin: [B, 1, T, hd] from ``layers.rope_cos_sin``.
     """
-    half = x.shape[-1] // 2
-    swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
+    swapped = x.roll(x.shape[-1] // 2, dims=-1)
     return x * cos + swapped * sin
 
 
