@@ -126,9 +126,11 @@ class Attention(Fusable, nn.Module):
         B, T, _ = x.shape
         nq, nkv, hd = self.n_heads, self.n_kv, self.head_dim
         qkv = self.qkv_proj(x).view(B, T, nq + 2 * nkv, hd)
-        qk, v = qkv.split((nq + nkv, nkv), dim=2)  # views
+        # Views. split_with_sizes, not split: Tensor.split is a Python wrapper, and the eager
+        # CPU step is dispatch-bound.
+        qk, v = qkv.split_with_sizes((nq + nkv, nkv), dim=2)
         # q and k normed and rotated together: the same math as apart, element for element.
-        q, k = self._norm_rope(qk, cos, sin).split((nq, nkv), dim=1)
+        q, k = self._norm_rope(qk, cos, sin).split_with_sizes((nq, nkv), dim=1)
         v = v.transpose(1, 2)
         # q: [B, h, T, hd]; k, v: [B, n_kv, T, hd]
         k_all, v_all = kv.write(k, v)  # [B, n_kv, S, hd]
