@@ -124,11 +124,13 @@ def _one_block_attention(
         scores.view(B, n, g, T, S).masked_fill_(~part, float("-inf"))
     else:
         scores.view(B, n, g, T, S).add_(part)
-    top = scores.amax(dim=-1, keepdim=True)
-    shift = top.masked_fill(top == float("-inf"), 0.0)  # no key to attend: no NaN
+    # The guards in one op each: a query with no key to attend has a max of -inf (shifted by
+    # the lowest finite value instead, its weights are still exp(-inf) = 0) and a sum of 0
+    # (any other sum is >= 1: its largest score weighs exp(0) = 1); others are left as they are.
+    shift = scores.amax(dim=-1, keepdim=True).clamp_min_(torch.finfo(scores.dtype).min)
     weights = scores.sub_(shift).exp_()
-    total = weights.sum(dim=-1, keepdim=True)
-    return torch.matmul(weights, v) / total.masked_fill(total == 0, 1.0)
+    total = weights.sum(dim=-1, keepdim=True).clamp_min_(1.0)
+    return torch.matmul(weights, v) / total
 
 
 def _blocks_hiding_keys(mask: torch.Tensor, S: int) -> list[bool]:

@@ -91,3 +91,22 @@ def test_a_mask_counts_only_in_the_blocks_it_changes():
     got = grouped_attention(q, k, v, biased)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     assert not torch.allclose(got, grouped_attention(q, k, v, additive), atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("additive", [False, True])
+def test_keys_in_one_block_give_the_loops_numbers_and_zeros_where_no_key_is_seen(dtype, additive):
+    """Keys that fit in one block take a shorter path (no running state, the guards as clamps):
+    bit for bit the loop over a longer span whose extra keys are hidden, with random masks
+    that leave some queries no key at all (those get zeros, as from SDPA)."""
+    gen = torch.Generator().manual_seed(6)
+    B, h, n_kv, T, hd, S = 2, 4, 2, 3, 16, 40
+    q = torch.randn(B, h, T, hd, generator=gen).to(dtype)
+    k, v = (torch.randn(B, n_kv, KEY_BLOCK + 9, hd, generator=gen).to(dtype) for _ in range(2))
+    allowed = torch.rand(B, 1, T, KEY_BLOCK + 9, generator=gen) < 0.5
+    allowed[..., S:] = False  # the long span's extra keys: hidden from every query
+    allowed[0, 0, 1] = False  # row 0's second query sees no key
+    mask = additive_mask(allowed, dtype) if additive else allowed
+    one_block = grouped_attention(q, k[:, :, :S], v[:, :, :S], mask[..., :S])
+    assert torch.equal(one_block, grouped_attention(q, k, v, mask))
+    assert not one_block[0, :, 1].any() and one_block[1].abs().sum() > 0
