@@ -74,13 +74,12 @@ def key_block_attention(
         [B, n, g*T, hd].
     """
     B, n, M, hd = q.shape
-    S, T = k.shape[2], M // g
+    S = k.shape[2]
     if S <= KEY_BLOCK:
         return _one_block_attention(q, k, v, mask, g)
     # Traced (the compiled decode step): no host reads, no out= buffers; the same numbers.
     traced = torch.compiler.is_compiling()
     hides = [True] * -(-S // KEY_BLOCK) if traced else _blocks_hiding_keys(mask, S)
-    mask = mask[:, :, None]  # [B or 1, 1, 1, T, S]: the same for the g heads of a kv head
     top = q.new_full((B, n, M, 1), float("-inf"))  # running max
     total = q.new_zeros((B, n, M, 1))  # running sum of weights
     acc = q.new_zeros((B, n, M, hd))  # running weighted sum of values
@@ -93,11 +92,7 @@ def key_block_attention(
         whole = block is not None and w == KEY_BLOCK
         scores = torch.matmul(q, kj.transpose(-1, -2), out=block if whole else None)
         if hidden:  # [B, n, M, w]
-            part = mask[..., j : j + KEY_BLOCK]
-            if part.dtype == torch.bool:
-                scores.view(B, n, g, T, w).masked_fill_(~part, float("-inf"))
-            else:
-                scores.view(B, n, g, T, w).add_(part)
+            _mask_scores_(scores, mask[..., j : j + KEY_BLOCK], g)
         new_top = torch.maximum(top, scores.amax(dim=-1, keepdim=True))
         shift = new_top.masked_fill(new_top == float("-inf"), 0.0)  # no key yet: no NaN
         weights = scores.sub_(shift).exp_()  # [B, n, M, w], in place
@@ -116,14 +111,9 @@ def _one_block_attention(
     would fold in (a max of -inf, sums of zeros: the rescale is 0, so it adds exact zeros).
     The same numbers in half the kernels and no host read (the mask is applied whatever it
     hides: where it hides nothing it adds zeros or keeps every score)."""
-    B, n, M, hd = q.shape
-    T, S = M // g, k.shape[2]
+    hd = q.shape[-1]
     scores = torch.matmul(q * hd**-0.5, k.transpose(-1, -2))  # [B, n, M, S]
-    part = mask[:, :, None]  # [B or 1, 1, 1, T, S]
-    if part.dtype == torch.bool:
-        scores.view(B, n, g, T, S).masked_fill_(~part, float("-inf"))
-    else:
-        scores.view(B, n, g, T, S).add_(part)
+    _mask_scores_(scores, mask, g)
     # The guards in one op each: a query with no key to attend has a max of -inf (shifted by
     # the lowest finite value instead, its weights are still exp(-inf) = 0) and a sum of 0
     # (any other sum is >= 1: its largest score weighs exp(0) = 1); others are left as they are.
@@ -131,6 +121,17 @@ def _one_block_attention(
     weights = scores.sub_(shift).exp_()
     total = weights.sum(dim=-1, keepdim=True).clamp_min_(1.0)
     return torch.matmul(weights, v) / total
+
+
+def _mask_scores_(scores: torch.Tensor, part: torch.Tensor, g: int) -> None:
+    """Applies ``part`` [B or 1, 1, T, w] (bool, True = attend, or additive) to the scores
+    [B, n, g*T, w] of every query head, in place: the g heads of a kv head share it."""
+    B, n, M, w = scores.shape
+    folded = scores.view(B, n, g, M // g, w)
+    if part.dtype == torch.bool:
+        folded.masked_fill_(~part[:, :, None], float("-inf"))
+    else:
+        folded.add_(part[:, :, None])
 
 
 def _blocks_hiding_keys(mask: torch.Tensor, S: int) -> list[bool]:
