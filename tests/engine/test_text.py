@@ -417,6 +417,52 @@ def test_offline_tokenizer_dir_loads_with_autotokenizer(tmp_path, moss_tokenizer
     assert tok(TEXTS[3])["input_ids"] == moss_tokenizer(TEXTS[3])["input_ids"]
 
 
+def test_the_cached_offline_backend_is_the_one_transformers_builds(
+    monkeypatch, tmp_path, moss_tokenizer
+):
+    """The tiny engines' tokenizer comes from a per-machine cache file: the first process
+    writes transformers' backend there, the next reads it back as the same tokenizer; a
+    broken file is built again, a cache that cannot be written still gives the tokenizer."""
+    builds = []
+
+    def build():  # the transformers build, counted (the reference's, already built)
+        builds.append(1)
+        return moss_tokenizer
+
+    monkeypatch.setattr(offline, "offline_tokenizer", build)
+    monkeypatch.setenv(offline.CACHE_ENV, str(tmp_path / "cache"))
+    reference = moss_tokenizer.backend_tokenizer
+    first = offline.offline_backend()
+    (cached,) = (tmp_path / "cache").glob("offline-tokenizer-*.json")
+    second = offline.offline_backend()
+    assert len(builds) == 1 and second is not reference
+    assert second.to_str() == reference.to_str()
+    for text in [*TEXTS, *REPLIES]:
+        assert (
+            second.encode(text, add_special_tokens=False).ids
+            == first.encode(text, add_special_tokens=False).ids
+        )
+        assert encode_text(second, text) == encode_text(moss_tokenizer, text)
+    # Another transformers version: another file, built again.
+    real_version = offline.importlib.metadata.version
+    monkeypatch.setattr(
+        offline.importlib.metadata,
+        "version",
+        lambda p: "0.0-other" if p == "transformers" else real_version(p),
+    )
+    offline.offline_backend()
+    assert len(builds) == 2 and len(list((tmp_path / "cache").glob("*.json"))) == 2
+    monkeypatch.setattr(offline.importlib.metadata, "version", real_version)
+    # A truncated file (a full disk) is built again and replaced.
+    cached.write_text(cached.read_text()[:1000])
+    assert offline.offline_backend().to_str() == reference.to_str() and len(builds) == 3
+    assert cached.read_text() == reference.to_str()
+    # A cache folder that cannot be made: built, not kept.
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv(offline.CACHE_ENV, str(tmp_path / "file" / "cache"))
+    assert offline.offline_backend() is reference and len(builds) == 4
+
+
 def test_layout_from_golden(realtime_meta):
     layout = layout_from_golden(realtime_meta)
     ids = realtime_meta["special_ids"]
