@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from moss_pipecat.engine import gc_policy
 from moss_pipecat.engine.factory import tiny_fixtures_dir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -152,6 +153,19 @@ def pytest_runtest_setup(item) -> None:
 # file cannot stop with OMP_WAIT_POLICY (torch is loaded before it runs): 62 s -> 6 s of CPU
 # for the attention/parity/exact-call modules (docs/PERFORMANCE.md, "OpenMP's wait policy").
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def engine_gc_policy_for_the_session():
+    """The engines' GC policy (``engine.gc_policy``) held for the test process's whole session,
+    as a server that keeps an engine holds it. Tests start and stop engines by the hundred:
+    without this, each first start after a last shutdown collects everything the process
+    tracks (the policy's full collection before its freeze), ~20 % of the CPU of the modules
+    that make an engine per test (py-spy of the contract modules). The policy itself, first
+    start and last shutdown included: tests/engine/test_gc_policy.py, in a fresh interpreter."""
+    gc_policy.engine_started()
+    yield
+    gc_policy.engine_stopped()
 
 
 def fixtures_root() -> Path:
