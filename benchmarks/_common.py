@@ -59,9 +59,11 @@ def environment(device: torch.device) -> dict:
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
-    from moss_pipecat.model.device_kernels import ATTENTION_KERNEL_ENV
+    from moss_pipecat.model.device_kernels import ATTENTION_KERNEL_ENV, KV_WRITE_KERNEL_ENV
 
-    env["attention_kernel"] = os.environ.get(ATTENTION_KERNEL_ENV, "library")  # if fused
+    # the kernels not yet measured, if fused
+    env["attention_kernel"] = os.environ.get(ATTENTION_KERNEL_ENV, "library")
+    env["kv_write_kernel"] = os.environ.get(KV_WRITE_KERNEL_ENV, "formula")
     return env
 
 

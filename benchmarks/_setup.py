@@ -97,18 +97,19 @@ async def run_round(engine: MossEngine, n: int, n_text: int, frames: int, seed: 
     }
 
 
-class _AttentionKernel(argparse.Action):
-    """``--attention-kernel``: the fused ops' attention on CUDA, through the environment
-    variable that ``register_device_kernels`` reads (set before any registration)."""
+class _KernelAsked(argparse.Action):
+    """``--attention-kernel`` / ``--kv-write-kernel``: a kernel not yet measured on a GPU,
+    asked for through the environment variable that ``register_device_kernels`` reads (set
+    before any registration); the variable's name is the argument's ``const``."""
 
     def __call__(self, parser, namespace, value, option_string=None) -> None:
-        from moss_pipecat.model.device_kernels import ATTENTION_KERNEL_ENV
-
-        os.environ[ATTENTION_KERNEL_ENV] = value
+        os.environ[self.const] = value
         setattr(namespace, self.dest, value)
 
 
 def add_fused_arg(ap: argparse.ArgumentParser) -> None:
+    from moss_pipecat.model.device_kernels import ATTENTION_KERNEL_ENV, KV_WRITE_KERNEL_ENV
+
     ap.add_argument(
         "--fused",
         choices=["on", "off"],
@@ -119,8 +120,18 @@ def add_fused_arg(ap: argparse.ArgumentParser) -> None:
         "--attention-kernel",
         choices=["library", "triton"],
         default="library",
-        action=_AttentionKernel,
+        action=_KernelAsked,
+        const=ATTENTION_KERNEL_ENV,
         help="with --fused on, on CUDA: the fused ops' attention (triton: not yet measured)",
+    )
+    ap.add_argument(
+        "--kv-write-kernel",
+        choices=["formula", "triton"],
+        default="formula",
+        action=_KernelAsked,
+        const=KV_WRITE_KERNEL_ENV,
+        help="with --fused on, on CUDA: the cache writes folded into the q/k norm + RoPE "
+        "kernel (triton: not yet measured)",
     )
 
 

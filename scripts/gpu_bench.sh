@@ -35,7 +35,9 @@ set -uo pipefail
 # missing is recorded as skipped.
 # The *_fused steps rerun a benchmark through the fused ops (--fused on: the Triton kernels of
 # the model and the codec), the *_attn steps again with the attention kernel too (not yet
-# measured: --attention-kernel triton), to set beside its plain run; engine_fused starts on an empty kernel cache
+# measured: --attention-kernel triton), step_kv with the cache writes folded into the q/k norm
+# + RoPE kernel (not yet measured: --kv-write-kernel triton), to set beside its plain run;
+# engine_fused starts on an empty kernel cache
 # (its start_up says what compiling cost), engine_fused_warm starts again on the same cache
 # (start_up.kernel_cache_entries_added must be 0: a restart compiles nothing).
 # traffic/traffic_after: phone-call traffic in real time (issue #22), plain, and through the fused
@@ -43,7 +45,7 @@ set -uo pipefail
 # and engine JSON) and codec overlap;
 # `bench_capacity.py --simulate OUT_DIR` with the same traffic arguments is the simulation to set
 # beside them.
-STEPS=(tests step step_fused step_attn codec codec_fused codec_attn prefill engine traffic
+STEPS=(tests step step_fused step_attn step_kv codec codec_fused codec_attn prefill engine traffic
   traffic_after engine_fused engine_fused_warm prefix launches memory host capacity prefill_graphs)
 
 # step_spec NAME: sets SCRIPT (benchmarks/...), REAL and TINY (arguments beyond the common
@@ -52,7 +54,7 @@ step_spec() {
   SCRIPT="" REAL="" TINY="" COMPILE=0 COMMON=1 LIMIT=120
   case $1 in
     tests) LIMIT=120 ;;
-    step|step_fused|step_attn)
+    step|step_fused|step_attn|step_kv)
       SCRIPT=bench_model_step.py COMPILE=1 LIMIT=150
       REAL="--batch 1 8 64 160 --context 2048"
       TINY="--batch 1 3 --context 16 --iters 2 --warmup 1" ;;
@@ -113,6 +115,9 @@ step_spec() {
     *_attn)
       REAL+=" --fused on --attention-kernel triton"
       TINY+=" --fused on --attention-kernel triton" ;;
+    *_kv)
+      REAL+=" --fused on --kv-write-kernel triton"
+      TINY+=" --fused on --kv-write-kernel triton" ;;
   esac
   case $1 in traffic_after)
     REAL+=" --admission --overlap --cost-table $OUT_DIR"

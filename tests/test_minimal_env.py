@@ -185,9 +185,9 @@ def test_gpu_bench_dry_run_in_minimal_env(minimal_python, tmp_path):
         "mossprobe": True,
     }
     steps = {s["name"]: s for s in summary["steps"]}
-    assert list(steps)[:11] == [
-        "tests", "step", "step_fused", "step_attn", "codec", "codec_fused", "codec_attn",
-        "prefill", "engine", "traffic", "traffic_after",
+    assert list(steps)[:12] == [
+        "tests", "step", "step_fused", "step_attn", "step_kv", "codec", "codec_fused",
+        "codec_attn", "prefill", "engine", "traffic", "traffic_after",
     ]  # fmt: skip
     assert list(steps)[-2:] == ["capacity", "prefill_graphs"]
     assert summary["failed"] == []
@@ -198,6 +198,11 @@ def test_gpu_bench_dry_run_in_minimal_env(minimal_python, tmp_path):
         assert step["status"] == "ok", name
         if name != "tests":
             assert json.loads((out / step["json"]).read_text()), name
+    # the kernels not yet measured, each asked for by its own step only
+    env = {n: json.loads((out / steps[n]["json"]).read_text())["env"] for n in steps if "step" in n}
+    assert env["step_kv"]["kv_write_kernel"] == "triton"
+    assert env["step_attn"]["kv_write_kernel"] == "formula"
+    assert env["step_attn"]["attention_kernel"] == "triton"
     junit = ElementTree.parse(out / "tests.xml").getroot()
     suite = junit if junit.tag == "testsuite" else junit.find("testsuite")
     assert int(suite.get("tests")) > 0 and suite.get("tests") == suite.get("skipped")

@@ -9,9 +9,12 @@ import torch
 
 from moss_pipecat.model.kernels import SINGLE_KERNEL
 
-# "triton": the fused ops' attention runs ``triton_attention``'s kernel on CUDA (not yet
-# measured on a GPU, so asked for by name); anything else: the library's attention.
+# Kernels written but not yet run on a GPU, each asked for by name (its variable = "triton"):
+# the fused ops' attention in ``triton_attention``'s kernel (else the library's attention);
+# q/k norm + RoPE with the cache writes in one kernel (``triton_kernels.KV_WRITE_KERNELS``;
+# else ``norm_rope``'s kernel and two index writes).
 ATTENTION_KERNEL_ENV = "MOSS_ATTENTION_KERNEL"
+KV_WRITE_KERNEL_ENV = "MOSS_KV_WRITE_KERNEL"
 
 
 def fused_by_default(device: torch.device) -> bool:
@@ -27,9 +30,15 @@ def fused_by_default(device: torch.device) -> bool:
     return True
 
 
+def kernel_asked(env: str) -> bool:
+    """Whether the variable ``env`` (``ATTENTION_KERNEL_ENV``, ``KV_WRITE_KERNEL_ENV``) asks
+    for its Triton kernel."""
+    return os.environ.get(env, "") == "triton"
+
+
 def attention_kernel_asked() -> bool:
     """Whether ``ATTENTION_KERNEL_ENV`` asks for the Triton attention kernel."""
-    return os.environ.get(ATTENTION_KERNEL_ENV, "library") == "triton"
+    return kernel_asked(ATTENTION_KERNEL_ENV)
 
 
 def register_device_kernels() -> dict[str, set[str]]:
@@ -40,6 +49,8 @@ def register_device_kernels() -> dict[str, set[str]]:
     except ImportError:
         return SINGLE_KERNEL
     triton_kernels.register()
+    if kernel_asked(KV_WRITE_KERNEL_ENV):
+        triton_kernels.register_kv_write()  # not yet measured on a GPU: asked for by name only
     from moss_pipecat.model import triton_attention
 
     if attention_kernel_asked():

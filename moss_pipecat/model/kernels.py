@@ -2,7 +2,8 @@
 
 Each fused op (``torch.library.custom_op``, namespace ``moss``) does one job that the plain path
 spends several kernels on: RMSNorm with its weight, residual add + RMSNorm, q/k norm + RoPE,
-SiLU·mul, attention over a cache (one kernel that reads only the keys a query sees). Its
+SiLU·mul, q/k norm + RoPE with the new keys and values written into the layer's cache,
+attention over a cache (one kernel that reads only the keys a query sees). Its
 registered implementation is the plain formula written here (the same function the unfused path
 calls), so on every device the fused path gives the unfused numbers bit for bit; a device with a
 single-kernel implementation registers it over that one (``op.register_kernel``: the Triton
@@ -121,6 +122,58 @@ def _(
     return qk.new_empty((B, h, T, hd))
 
 
+def norm_rope_write_formula(
+    qkv: torch.Tensor,
+    weight: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    eps: float,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """A layer's attention inputs from its fused projection ``qkv [B, T, nq + 2 n_kv, hd]``:
+    q and k normed (per-head ``weight [nq + n_kv, hd]``) and rotated (``norm_rope``), k and v
+    written into the caches ``[N, n_kv, M, hd]`` at row ``rows[b]`` ([B]), position
+    ``positions[b, t]`` ([B or 1, T]) (in place); returns q ``[B, nq, T, hd]``.
+
+    The norm and RoPE go through the ``norm_rope`` op: where it has a device kernel of its
+    own and this op has none, this is that kernel and the two writes, as apart."""
+    heads = weight.shape[0]
+    n_kv = qkv.shape[2] - heads
+    qk, v = qkv.split_with_sizes((heads, n_kv), dim=2)
+    q, k = norm_rope(qk, weight, cos, sin, eps).split_with_sizes((heads - n_kv, n_kv), dim=1)
+    where = rows[:, None], slice(None), positions  # -> [B, T, n_kv, hd]
+    k_cache[where] = k.transpose(1, 2)
+    v_cache[where] = v
+    return q
+
+
+@torch.library.custom_op("moss::norm_rope_write", mutates_args=("k_cache", "v_cache"))
+def norm_rope_write(
+    qkv: torch.Tensor,
+    weight: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    eps: float,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """``norm_rope_write_formula`` as one op. q is the q heads' view of the normed q and k
+    heads (as the formula's split leaves it: no copy)."""
+    return norm_rope_write_formula(qkv, weight, cos, sin, eps, k_cache, v_cache, rows, positions)
+
+
+@norm_rope_write.register_fake
+def _(qkv, weight, cos, sin, eps, k_cache, v_cache, rows, positions) -> torch.Tensor:
+    B, T, _, hd = qkv.shape
+    heads = weight.shape[0]
+    return qkv.new_empty((B, heads, T, hd))[:, : 2 * heads - qkv.shape[2]]
+
+
 @torch.library.custom_op("moss::silu_mul", mutates_args=())
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """``silu_mul_formula`` as one op."""
@@ -151,6 +204,7 @@ FORMULAS = {
     "moss::rms_norm": scaled_rms_norm,
     "moss::add_rms_norm": add_rms_norm_formula,
     "moss::norm_rope": norm_rope_formula,
+    "moss::norm_rope_write": norm_rope_write_formula,
     "moss::silu_mul": silu_mul_formula,
     "moss::attention": grouped_attention,
 }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from moss_pipecat.errors import CapacityError, InvalidInputError
-from moss_pipecat.model.layers import KVWriter
+from moss_pipecat.model.layers import KVDestination, KVWriter
 
 
 class KVCache:
@@ -103,9 +103,8 @@ class KVCache:
         layer: on a GPU each would be a kernel of the step)."""
         B = positions.shape[0]
         rows = torch.arange(B, device=positions.device) if slots is None else slots
-        return [
-            _SlotWriter(self, i, slots, rows[:, None], positions, kv_len) for i in range(n_layers)
-        ]
+        rows = (rows, rows[:, None])  # [B], and [B, 1] to index with positions [B, T]
+        return [_SlotWriter(self, i, slots, rows, positions, kv_len) for i in range(n_layers)]
 
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self.n_slots:
@@ -118,21 +117,29 @@ class _SlotWriter(KVWriter):
         cache: KVCache,
         layer: int,
         slots: torch.Tensor | None,
-        rows: torch.Tensor,
+        rows: tuple[torch.Tensor, torch.Tensor],
         positions: torch.Tensor,
         kv_len: int,
     ) -> None:
-        self.cache, self.layer, self.slots, self.rows = cache, layer, slots, rows  # rows [B, 1]
+        self.cache, self.layer, self.slots = cache, layer, slots
+        self.rows, self.row_column = rows  # [B], [B, 1]
         self.positions, self.kv_len = positions, kv_len
 
     def write(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         kc, vc = self.cache.k[self.layer], self.cache.v[self.layer]  # [N, n_kv, M, hd]
-        kc[self.rows, :, self.positions] = k.transpose(1, 2)  # value [B, T, n_kv, hd]
-        vc[self.rows, :, self.positions] = v.transpose(1, 2)
+        kc[self.row_column, :, self.positions] = k.transpose(1, 2)  # value [B, T, n_kv, hd]
+        vc[self.row_column, :, self.positions] = v.transpose(1, 2)
+        return self.attended(k.shape[0])
+
+    def destination(self) -> KVDestination:
+        layer = self.layer
+        return KVDestination(self.cache.k[layer], self.cache.v[layer], self.rows, self.positions)
+
+    def attended(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        kc, vc = self.cache.k[self.layer], self.cache.v[self.layer]
         if self.slots is None:
             # Rows 0..B-1 are slots 0..B-1: read through views, no gather.
-            B = k.shape[0]
-            return kc[:B, :, : self.kv_len], vc[:B, :, : self.kv_len]
+            return kc[:batch, :, : self.kv_len], vc[:batch, :, : self.kv_len]
         return kc[self.slots, :, : self.kv_len], vc[self.slots, :, : self.kv_len]
 
 

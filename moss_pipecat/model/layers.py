@@ -8,6 +8,7 @@ the local transformer (a 16-position cache that lives for one frame).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -126,23 +127,22 @@ class Attention(Fusable, nn.Module):
         B, T, _ = x.shape
         nq, nkv, hd = self.n_heads, self.n_kv, self.head_dim
         qkv = self.qkv_proj(x).view(B, T, nq + 2 * nkv, hd)
+        if self.fused:  # norm, RoPE and the cache writes in one op
+            norm = self.qk_norm
+            q = kernels.norm_rope_write(qkv, norm.weight, cos, sin, norm.eps, *kv.destination())
+            out = kernels.attention(q, *kv.attended(B), mask)  # [B, h, T, hd]
+            return self.o_proj(out.transpose(1, 2).reshape(B, T, nq * hd))
         # Views. split_with_sizes, not split: Tensor.split is a Python wrapper, and the eager
         # CPU step is dispatch-bound.
         qk, v = qkv.split_with_sizes((nq + nkv, nkv), dim=2)
         # q and k normed and rotated together: the same math as apart, element for element.
-        q, k = self._norm_rope(qk, cos, sin).split_with_sizes((nq, nkv), dim=1)
+        normed = norm_rope_formula(qk, self.qk_norm.weight, cos, sin, self.qk_norm.eps)
+        q, k = normed.split_with_sizes((nq, nkv), dim=1)
         v = v.transpose(1, 2)
         # q: [B, h, T, hd]; k, v: [B, n_kv, T, hd]
         k_all, v_all = kv.write(k, v)  # [B, n_kv, S, hd]
-        attend = kernels.attention if self.fused else grouped_attention
-        out = attend(q, k_all, v_all, mask)  # [B, h, T, hd]
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
-
-    def _norm_rope(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """qk [B, T, nq + nkv, hd] -> normed and rotated [B, nq + nkv, T, hd]."""
-        if self.fused:
-            return kernels.norm_rope(qk, self.qk_norm.weight, cos, sin, self.qk_norm.eps)
-        return norm_rope_formula(qk, self.qk_norm.weight, cos, sin, self.qk_norm.eps)
+        out = grouped_attention(q, k_all, v_all, mask)  # [B, h, T, hd]
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, nq * hd))
 
 
 class MLP(Fusable, nn.Module):
@@ -230,13 +230,31 @@ def run_stack(
     return h
 
 
+class KVDestination(NamedTuple):
+    """Where a call's new keys and values go: row ``rows[b]`` ([B] int64), position
+    ``positions[b, t]`` ([B or 1, T] int64) of the caches ``k``, ``v`` [N, n_kv, M, hd]."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    rows: torch.Tensor
+    positions: torch.Tensor
+
+
 class KVWriter:
     """Where one layer's new keys/values go, and what it attends over.
 
     Subclasses decide the storage (per-session slots for the backbone, a per-frame scratch
-    buffer for the local transformer). ``write`` stores the new entries and returns the
-    [B, n_kv, S, hd] keys/values the queries attend to (masking is the caller's job).
+    buffer for the local transformer). The plain path calls ``write``: it stores the new
+    entries and returns the [B, n_kv, S, hd] keys/values the queries attend to (masking is
+    the caller's job). The fused path writes them itself at ``destination()`` (in the op
+    that norms and rotates them), then attends over ``attended(B)``: the same entries.
     """
 
     def write(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def destination(self) -> KVDestination:
+        raise NotImplementedError
+
+    def attended(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

@@ -6,6 +6,8 @@ the same frame. Its KV cache lives for one frame only, in a scratch buffer of ``
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -16,6 +18,7 @@ from moss_pipecat.model.kernels import Fusable
 from moss_pipecat.model.layers import (
     DecoderLayer,
     Embedding,
+    KVDestination,
     KVWriter,
     RMSNorm,
     rope_cos_sin,
@@ -33,16 +36,37 @@ from moss_pipecat.model.sampling import (
 )
 
 
-class _FrameKV(KVWriter):
-    """Scratch keys/values of one local layer: [B, n_kv, rvq, hd], written at ``start``."""
+class _FrameTables(NamedTuple):
+    cos: torch.Tensor
+    sin: torch.Tensor
+    causal: torch.Tensor
+    index: torch.Tensor
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.k, self.v, self.start = k, v, 0
+
+class _FrameKV(KVWriter):
+    """Scratch keys/values of one local layer: [B, n_kv, rvq, hd], written at ``start`` (the
+    next ``T`` positions). ``index`` (the fused path's, ``LocalTransformer._tables``):
+    0, 1, 2 ... [max(B, rvq)]: batch row b writes scratch row b; step t position start + t."""
+
+    def __init__(
+        self, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor | None, T: int = 1
+    ) -> None:
+        self.k, self.v, self.index, self.start, self.T = k, v, index, 0, T
 
     def write(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         T = k.shape[2]
         self.k[:, :, self.start : self.start + T] = k
         self.v[:, :, self.start : self.start + T] = v
+        return self.k, self.v
+
+    def destination(self) -> KVDestination:
+        if self.index is None:
+            raise RuntimeError("a plain local transformer's scratch has no destination index")
+        B, start = self.k.shape[0], self.start
+        positions = self.index[None, start : start + self.T]  # [1, T]
+        return KVDestination(self.k, self.v, self.index[:B], positions)
+
+    def attended(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k, self.v
 
 
@@ -68,38 +92,41 @@ class LocalTransformer(Fusable, nn.Module):
             for _ in range(cfg.rvq)
         )
 
-    def _scratch(self, B: int, like: torch.Tensor) -> list[_FrameKV]:
+    def _scratch(self, B: int, like: torch.Tensor, index: torch.Tensor) -> list[_FrameKV]:
         c = self.cfg.local
         shape = (B, c.num_key_value_heads, self.rvq, c.head_dim)
         # one zeroed buffer (one kernel) for every layer's keys and values
         buf = like.new_zeros((c.num_hidden_layers, 2, *shape))
-        return [_FrameKV(buf[i, 0], buf[i, 1]) for i in range(c.num_hidden_layers)]
+        index = index if self.fused else None  # the fused ops write at (row, position) indices
+        return [_FrameKV(buf[i, 0], buf[i, 1], index) for i in range(c.num_hidden_layers)]
 
-    def _tables(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """RoPE cos/sin [1, 1, rvq, hd] and the causal mask [rvq, rvq] (additive) of one
-        frame's positions, made once per frame rather than once per codebook."""
+    def _tables(self, B: int, like: torch.Tensor) -> _FrameTables:
+        """RoPE cos/sin [1, 1, rvq, hd], the causal mask [rvq, rvq] (additive) of one frame's
+        positions, and 0, 1, 2 ... [max(B, rvq)] (the positions, and the fused path's scratch
+        rows): made once per frame rather than once per codebook."""
         c = self.cfg.local
-        positions = torch.arange(self.rvq, device=like.device)[None]  # [1, rvq]
+        index = torch.arange(max(B, self.rvq), device=like.device)
+        positions = index[None, : self.rvq]  # [1, rvq]
         cos, sin = rope_cos_sin(
             positions, c.head_dim, c.rope_theta, c.rope_scaling_factor, like.dtype
         )
         causal = positions[0][None, :] <= positions[0][:, None]  # [rvq (query), rvq (key)]
-        return cos, sin, additive_mask(causal, like.dtype)
+        return _FrameTables(cos, sin, additive_mask(causal, like.dtype), index)
 
     def _run(
         self,
         x: torch.Tensor,
         kvs: list[_FrameKV],
         start: int,
-        tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        tables: _FrameTables,
     ) -> torch.Tensor:
         """x: [B, T, H] inputs at positions start..start+T-1 -> [B, T, H] normed outputs."""
         T = x.shape[1]
-        cos, sin, causal = tables
+        cos, sin, causal, _ = tables
         cos, sin = cos[:, :, start : start + T], sin[:, :, start : start + T]
         mask = causal[start : start + T][None, None]  # [1, 1, T, rvq]
         for kv in kvs:
-            kv.start = start
+            kv.start, kv.T = start, T
         return run_stack(self.model.layers, self.model.norm, x, cos, sin, kvs, mask)
 
     def teacher_forced_logits(self, hidden: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -114,7 +141,8 @@ class LocalTransformer(Fusable, nn.Module):
             self.model.embed_tokens[i](codes[:, i : i + 1]) for i in range(self.rvq - 1)
         ]
         x = torch.cat(embeds, dim=1)
-        out = self._run(x, self._scratch(hidden.shape[0], hidden), 0, self._tables(x))
+        tables = self._tables(x.shape[0], x)
+        out = self._run(x, self._scratch(x.shape[0], x, tables.index), 0, tables)
         return torch.stack(
             [self.local_lm_heads[i](out[:, i]).float() for i in range(self.rvq)], dim=1
         )
@@ -151,8 +179,8 @@ class LocalTransformer(Fusable, nn.Module):
                 noise = keyed_noise_op(noise.seed, noise.counter, self.rvq, V)
             else:
                 noise = keyed_noise(noise, self.rvq, V)  # [B, rvq, V]
-        kvs = self._scratch(B, hidden)
-        tables = self._tables(hidden)
+        tables = self._tables(B, hidden)
+        kvs = self._scratch(B, hidden, tables.index)
         # The penalty window and the filter settings are fixed for the frame: their per-row
         # tensors are made once for all codebooks.
         factors = None  # [B, rvq, V]

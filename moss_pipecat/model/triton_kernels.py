@@ -107,34 +107,52 @@ def add_rms_norm(
 
 
 @triton.jit
+def _norm_rope_row(x_ptr, w_ptr, cos_ptr, sin_ptr, hd, eps, BLOCK: tl.constexpr):
+    """One head's row of q or k (at ``x_ptr``) normed by its weight row and rotated, rounded
+    where ``kernels.norm_rope_formula`` rounds; float32 holding values of the row's dtype."""
+    cols = tl.arange(0, BLOCK)
+    keep = cols < hd
+    swap = (cols + hd // 2) % hd  # [x2, x1]
+    x = tl.load(x_ptr + cols, mask=keep, other=0.0)
+    xs = tl.load(x_ptr + swap, mask=keep, other=0.0)
+    w = tl.load(w_ptr + cols, mask=keep, other=0.0)
+    ws = tl.load(w_ptr + swap, mask=keep, other=0.0)
+    x32, xs32 = x.to(tl.float32), xs.to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x32 * x32, axis=0) / hd + eps)
+    dt = x.dtype
+    n = round_to(round_to(x32 * rstd, dt).to(tl.float32) * w.to(tl.float32), dt)
+    ns = round_to(round_to(xs32 * rstd, dt).to(tl.float32) * ws.to(tl.float32), dt)
+    c = tl.load(cos_ptr + cols, mask=keep, other=0.0).to(tl.float32)
+    s = tl.load(sin_ptr + cols, mask=keep, other=0.0).to(tl.float32)
+    a = round_to(n.to(tl.float32) * c, dt).to(tl.float32)
+    r = round_to(ns.to(tl.float32) * s, dt).to(tl.float32)
+    return round_to(a + r, dt)
+
+
+@triton.jit
 def _norm_rope_kernel(
-    qk_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, T, heads, eps,
-    s_cb, s_ct, HD: tl.constexpr,
+    qk_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, T, heads, hd, eps, s_cb, s_ct,
+    BLOCK: tl.constexpr,
 ):  # fmt: skip
-    # one program per (batch, position, head); qk [B, T, heads, HD] -> out [B, heads, T, HD]
+    # one program per (batch, position, head); qk [B, T, heads, hd] -> out [B, heads, T, hd]
     pid = tl.program_id(0)
     h = pid % heads
     t = (pid // heads) % T
     b = pid // (heads * T)
-    cols = tl.arange(0, HD)
-    half = HD // 2
-    swap = (cols + half) % HD  # [x2, x1]
-    base = ((b * T + t) * heads + h) * HD
-    x = tl.load(qk_ptr + base + cols)
-    xs = tl.load(qk_ptr + base + swap)
-    w = tl.load(w_ptr + h * HD + cols)
-    ws = tl.load(w_ptr + h * HD + swap)
-    x32, xs32 = x.to(tl.float32), xs.to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(x32 * x32, axis=0) / HD + eps)
-    dt = x.dtype
-    n = round_to(round_to(x32 * rstd, dt).to(tl.float32) * w.to(tl.float32), dt)
-    ns = round_to(round_to(xs32 * rstd, dt).to(tl.float32) * ws.to(tl.float32), dt)
-    table = b * s_cb + t * s_ct + cols  # cos/sin [B or 1, 1, T, HD], broadcast over heads
-    c = tl.load(cos_ptr + table).to(tl.float32)
-    s = tl.load(sin_ptr + table).to(tl.float32)
-    a = round_to(n.to(tl.float32) * c, dt).to(tl.float32)
-    r = round_to(ns.to(tl.float32) * s, dt).to(tl.float32)
-    tl.store(out_ptr + ((b * heads + h) * T + t) * HD + cols, round_to(a + r, dt))
+    cols = tl.arange(0, BLOCK)
+    table = b * s_cb + t * s_ct  # cos/sin [B or 1, 1, T, hd], broadcast over heads
+    out = _norm_rope_row(
+        qk_ptr + ((b * T + t) * heads + h) * hd, w_ptr + h * hd, cos_ptr + table,
+        sin_ptr + table, hd, eps, BLOCK,
+    )  # fmt: skip
+    tl.store(out_ptr + ((b * heads + h) * T + t) * hd + cols, out, mask=cols < hd)
+
+
+def _tables(cos: torch.Tensor, sin: torch.Tensor, T: int, hd: int):
+    """cos/sin [B or 1, 1, T, hd] made contiguous, and their batch stride (0 if shared)."""
+    cos = cos.expand(cos.shape[0], 1, T, hd).contiguous()
+    sin = sin.expand(sin.shape[0], 1, T, hd).contiguous()
+    return cos, sin, 0 if cos.shape[0] == 1 else T * hd
 
 
 def norm_rope(
@@ -144,13 +162,76 @@ def norm_rope(
     qk = qk.contiguous()
     B, T, heads, hd = qk.shape
     out = qk.new_empty((B, heads, T, hd))
-    cos = cos.expand(cos.shape[0], 1, T, hd).contiguous()
-    sin = sin.expand(sin.shape[0], 1, T, hd).contiguous()
-    s_cb = 0 if cos.shape[0] == 1 else T * hd
+    cos, sin, s_cb = _tables(cos, sin, T, hd)
     _norm_rope_kernel[(B * T * heads,)](
-        qk, weight.contiguous(), cos, sin, out, T, heads, eps, s_cb, hd, HD=hd
-    )
+        qk, weight.contiguous(), cos, sin, out, T, heads, hd, eps, s_cb, hd,
+        BLOCK=triton.next_power_of_2(hd),
+    )  # fmt: skip
     return out
+
+
+@triton.jit
+def _norm_rope_write_kernel(
+    qkv_ptr, w_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, rows_ptr, pos_ptr,
+    T, nq, n_kv, hd, eps, s_cb, s_ct, c_sn, c_sh, c_sm, p_sb, p_st,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    # One program per (batch, position, head) over the q, k and v heads of qkv
+    # [B, T, nq + 2 n_kv, hd]: a q head's row normed and rotated into q [B, nq + n_kv, T, hd],
+    # a k head's into the key cache, a v head's copied into the value cache, each at row
+    # rows[b], position positions[b, t] of the caches [N, n_kv, M, hd].
+    pid = tl.program_id(0)
+    all_heads = nq + 2 * n_kv
+    h = pid % all_heads
+    t = (pid // all_heads) % T
+    b = pid // (all_heads * T)
+    cols = tl.arange(0, BLOCK)
+    keep = cols < hd
+    src = qkv_ptr + ((b * T + t) * all_heads + h) * hd
+    slot = tl.load(rows_ptr + b) * c_sn + tl.load(pos_ptr + b * p_sb + t * p_st) * c_sm
+    if h >= nq + n_kv:  # a value head
+        tl.store(v_ptr + slot + (h - nq - n_kv) * c_sh + cols, tl.load(src + cols, mask=keep),
+                 mask=keep)  # fmt: skip
+    else:
+        table = b * s_cb + t * s_ct
+        out = _norm_rope_row(src, w_ptr + h * hd, cos_ptr + table, sin_ptr + table, hd, eps, BLOCK)
+        if h < nq:
+            tl.store(q_ptr + ((b * (nq + n_kv) + h) * T + t) * hd + cols, out, mask=keep)
+        else:
+            tl.store(k_ptr + slot + (h - nq) * c_sh + cols, out, mask=keep)
+
+
+def norm_rope_write(
+    qkv: torch.Tensor,
+    weight: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    eps: float,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """``kernels.norm_rope_write_formula`` in one kernel: q and k as ``norm_rope``'s kernel
+    makes them (the same code), the caches written in place, q the q heads' view of a
+    [B, nq + n_kv, T, hd] tensor (the fake implementation's layout)."""
+    qkv = qkv.contiguous()
+    B, T, all_heads, hd = qkv.shape
+    heads = weight.shape[0]
+    n_kv = all_heads - heads
+    if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1:
+        raise ValueError("norm_rope_write needs key and value caches of one unit-stride layout")
+    out = qkv.new_empty((B, heads, T, hd))
+    cos, sin, s_cb = _tables(cos, sin, T, hd)
+    positions = positions.expand(B, T)
+    _norm_rope_write_kernel[(B * T * all_heads,)](
+        qkv, weight.contiguous(), cos, sin, out, k_cache, v_cache, rows, positions,
+        T, heads - n_kv, n_kv, hd, eps, s_cb, hd,
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        positions.stride(0), positions.stride(1),
+        BLOCK=triton.next_power_of_2(hd),
+    )  # fmt: skip
+    return out[:, : heads - n_kv]
 
 
 @triton.jit
@@ -308,6 +389,11 @@ KERNELS = {
     "moss::keyed_noise": (fused_sampling.keyed_noise_op, keyed_noise),
 }
 
+# Written 2026-12-05, checked in the interpreter only (not yet run on a GPU): registered where
+# asked for (``device_kernels.KV_WRITE_KERNEL_ENV``), else the op runs its formula there
+# (``norm_rope``'s kernel and two index writes, as before it).
+KV_WRITE_KERNELS = {"moss::norm_rope_write": (kernels.norm_rope_write, norm_rope_write)}
+
 
 _registered: list[str] = []
 
@@ -326,3 +412,9 @@ def register_cuda(table: dict) -> None:
 def register() -> None:
     """The model's kernels (``KERNELS``), see ``register_cuda``."""
     register_cuda(KERNELS)
+
+
+def register_kv_write() -> None:
+    """The norm + RoPE + cache-write kernel (``KV_WRITE_KERNELS``; not yet measured on a GPU:
+    asked for by ``MOSS_KV_WRITE_KERNEL=triton``), see ``register_cuda``."""
+    register_cuda(KV_WRITE_KERNELS)

@@ -26,7 +26,12 @@ from moss_pipecat.model.kernels import SINGLE_KERNEL, use_fused
 from tests.codec import fused_helpers as codec_cases
 from tests.gpu.test_cuda_graphs import _prefilled, _run_steps
 from tests.model.attention_helpers import check_attention, decode_case
-from tests.model.fused_helpers import SHAPES, assert_near
+from tests.model.fused_helpers import (
+    SHAPES,
+    assert_near,
+    check_norm_rope_write,
+    norm_rope_write_case,
+)
 
 CUDA = torch.device("cuda")
 triton_kernels = pytest.importorskip("moss_pipecat.model.triton_kernels")
@@ -57,6 +62,16 @@ def test_cuda_kernels_match_the_formulas(dtype, shape):
     cos, sin = rope_cos_sin(positions, hd, 1e6, 1.0, dtype)
     got = kernels.norm_rope(qk, wh, cos, sin, 1e-6)
     assert_near(got, kernels.norm_rope_formula(qk, wh, cos, sin, 1e-6))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("where", ["slots", "frame"])
+@pytest.mark.parametrize("hd", [None, 128, 12])  # the shape's, the real model's, not 2**n
+def test_cuda_norm_rope_write_kernel_matches(dtype, where, hd):
+    """q/k norm + RoPE with the cache writes (not yet registered by default: called directly
+    here) against the formula on CUDA, and q and k to the bit as ``norm_rope``'s kernel."""
+    case = norm_rope_write_case("narrow_real", hd, dtype, where, device=CUDA)
+    check_norm_rope_write(triton_kernels, case)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -157,6 +172,16 @@ def test_an_engine_on_cuda_runs_fused_by_default(realtime_dir):
     finally:
         engine.shutdown()
         use_fused(model, False)
+
+
+def test_the_kv_write_kernel_leaves_the_graphed_step_as_it_was(realtime_dir, long_rows):
+    """The cache writes folded into the q/k norm + RoPE kernel (``MOSS_KV_WRITE_KERNEL=triton``;
+    near the end of this file: a registration lasts for the process): the graphed fused step's
+    frames against the graphed plain step's, as above (its q and k are ``norm_rope``'s
+    kernel's to the bit, so the frames are the same)."""
+    triton_kernels.register_kv_write()
+    assert {"cuda"} <= SINGLE_KERNEL["moss::norm_rope_write"]
+    test_graphed_fused_step_equals_graphed_plain_step(realtime_dir, long_rows)
 
 
 def test_the_attention_kernel_leaves_the_graphed_step_and_codec_frame_as_they_were(

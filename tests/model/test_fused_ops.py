@@ -15,7 +15,14 @@ import torch
 
 from moss_pipecat.model import MossTTSRealtime, MossTTSRealtimeConfig
 from moss_pipecat.model.kernels import SINGLE_KERNEL, silu_mul, use_fused
-from moss_pipecat.model.layers import DecoderLayer, RMSNorm, rope_cos_sin, run_stack
+from moss_pipecat.model.layers import (
+    DecoderLayer,
+    KVDestination,
+    KVWriter,
+    RMSNorm,
+    rope_cos_sin,
+    run_stack,
+)
 from moss_pipecat.model.local import LocalTransformer
 from moss_pipecat.model.sampling import NO_HISTORY, BatchSampling, NoiseKeys, SamplingParams
 from moss_pipecat.testing.kernels import KernelCounter
@@ -63,11 +70,24 @@ def _both(module: torch.nn.Module, fn, *args):
         use_fused(module, False)
 
 
-class _Scratch:
-    """A KV writer into fresh buffers [B, n_kv, T, hd] (what a layer's attention reads)."""
+class _Scratch(KVWriter):
+    """A layer's keys/values for one call, [B, n_kv, T, hd]: what its attention reads."""
+
+    def __init__(self, B: int, T: int, cfg, dtype) -> None:
+        self.k = torch.zeros(B, cfg.num_key_value_heads, T, cfg.head_dim, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.rows, self.positions = torch.arange(B), torch.arange(T)[None]
 
     def write(self, k, v):
-        return k, v
+        self.k.copy_(k)
+        self.v.copy_(v)
+        return self.k, self.v
+
+    def destination(self) -> KVDestination:
+        return KVDestination(self.k, self.v, self.rows, self.positions)
+
+    def attended(self, batch: int):
+        return self.k, self.v
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -90,9 +110,16 @@ def test_fused_decoder_stack_equals_plain(tiny_model, dtype, shapes):
     mask = torch.zeros(1, 1, T, T, dtype=dtype).masked_fill(
         torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")
     )
-    kvs = [_Scratch()] * 3
+    caches = []  # each run's own: the plain one's, then the fused one's
+
+    def run():
+        caches.append([_Scratch(B, T, cfg, dtype) for _ in range(3)])
+        return run_stack(stack[:3], stack[3], x, cos, sin, caches[-1], mask)
+
     with torch.no_grad():
-        plain, fused = _both(stack, run_stack, stack[:3], stack[3], x, cos, sin, kvs, mask)
+        plain, fused = _both(stack, run)
+    for a, b in zip(*caches, strict=True):  # the same keys and values written
+        assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v) and bool(a.k.abs().sum() > 0)
     assert plain.dtype == dtype
     assert torch.equal(plain, fused)
 
@@ -212,3 +239,10 @@ def test_fused_ops_count_once_with_device_kernels():
     assert fused.by_op["moss.rms_norm.default"] == cfg.rvq
     assert "aten.add" not in fused.by_op
     assert fused.total < plain.total
+    # The cache writes folded in too: the two writes of every layer call go.
+    with _device_kernels({f"moss::{op}": {"cuda"} for op in [*ops, "norm_rope_write"]}):
+        _, folded = _both(model, count)
+    assert folded.by_op["moss.norm_rope_write.default"] == layers
+    assert "moss.norm_rope.default" not in folded.by_op
+    assert folded.by_op["aten.index_put_"] == fused.by_op["aten.index_put_"] - 2 * layers
+    assert folded.total == fused.total - 2 * layers

@@ -31,7 +31,12 @@ from moss_pipecat.model.sampling import (
     penalty_factors,
     seen_mask,
 )
-from tests.model.fused_helpers import SHAPES, assert_near
+from tests.model.fused_helpers import (
+    SHAPES,
+    assert_near,
+    check_norm_rope_write,
+    norm_rope_write_case,
+)
 from tests.model.test_fused_ops import EDGE_PARAMS
 
 
@@ -67,6 +72,19 @@ def test_triton_norm_rope_matches_the_formula(dtype, shape, tables):
     cos, sin = rope_cos_sin(positions, hd, 1e6, 1.0, dtype)
     got = triton_kernels.norm_rope(qk, w, cos, sin, 1e-6)
     assert_near(got, kernels.norm_rope_formula(qk, w, cos, sin, 1e-6))
+
+
+@pytest.mark.parametrize(
+    "shape, hd, dtype, where",  # hd None: the shape's; 12: a head size not a power of two
+    [
+        ("tiny", None, torch.float32, "slots"),
+        ("tiny", 12, torch.bfloat16, "frame"),
+        ("narrow_real", None, torch.bfloat16, "slots"),
+        ("narrow_real", 12, torch.float32, "frame"),
+    ],
+)
+def test_triton_norm_rope_write_matches_the_formula(shape, hd, dtype, where):
+    check_norm_rope_write(triton_kernels, norm_rope_write_case(shape, hd, dtype, where))
 
 
 def _sampler_case(params, seed: int, V: int, ties: bool, dtype=torch.float32):
@@ -125,13 +143,20 @@ def test_triton_keyed_noise_matches_the_formula():
     assert (got == want).float().mean() > 0.7
 
 
-def test_register_makes_them_the_cuda_kernels_counted_once():
+def test_register_makes_them_the_cuda_kernels_counted_once(monkeypatch):
+    from moss_pipecat.model.device_kernels import KV_WRITE_KERNEL_ENV, register_device_kernels
+
     saved = {k: set(v) for k, v in kernels.SINGLE_KERNEL.items()}
     try:
         triton_kernels.register()
         triton_kernels.register()  # idempotent
         for name in triton_kernels.KERNELS:
             assert "cuda" in kernels.SINGLE_KERNEL[name]
+        # The cache-write kernel (not yet run on a GPU) only where asked for.
+        monkeypatch.delenv(KV_WRITE_KERNEL_ENV, raising=False)
+        assert "moss::norm_rope_write" not in register_device_kernels()
+        monkeypatch.setenv(KV_WRITE_KERNEL_ENV, "triton")
+        assert "cuda" in register_device_kernels()["moss::norm_rope_write"]
     finally:
         kernels.SINGLE_KERNEL.clear()
         kernels.SINGLE_KERNEL.update(saved)
