@@ -124,6 +124,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="prefills per process")
     ap.add_argument("--rounds", type=int, default=1, help="every case once per round")
     ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    ap.add_argument(
+        "--policies", nargs="+", choices=list(POLICIES), default=list(POLICIES),
+        help="the wait policies to run each case under",
+    )  # fmt: skip
     ap.add_argument("--device", default="cpu", choices=["cpu"], help="a CPU-only question")
     ap.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
     ap.add_argument("--out")
@@ -137,7 +141,8 @@ def main() -> None:
         run_case(policy, case, args)
         for _ in range(args.rounds)
         for case in args.cases
-        for policy in POLICIES.values()
+        for name, policy in POLICIES.items()
+        if name in args.policies
     ]
     out = {
         "benchmark": "openmp_wait",

@@ -279,12 +279,13 @@ def test_restore(bench):
 
 
 def test_openmp_wait(bench):
+    # PASSIVE only: under libgomp's default policy each child's idle OpenMP threads spin, by
+    # design of what this benchmark shows (~3x the CPU of a PASSIVE child, taken from the
+    # suite's other workers).
     args = ("--rows", "300", "--repeats", "1", "--cases", "main", "thread")
-    out = bench("bench_openmp_wait.py", *args)
+    out = bench("bench_openmp_wait.py", *args, "--policies", "PASSIVE")
     cases = [(r["case"], r["policy"]) for r in out["results"]]
-    assert cases == [
-        (case, policy) for case in ("main", "thread") for policy in ("libgomp default", "PASSIVE")
-    ]
+    assert cases == [("main", "PASSIVE"), ("thread", "PASSIVE")]
     for r in out["results"]:
         (run,) = r["runs"]
         assert run["cpu_s"] > 0 and run["wall_s"] > 0
