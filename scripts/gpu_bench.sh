@@ -42,11 +42,13 @@ set -uo pipefail
 # (start_up.kernel_cache_entries_added must be 0: a restart compiles nothing).
 # traffic/traffic_after: phone-call traffic in real time (issue #22), plain, and through the fused
 # ops with the prefill budget, admission (primed from this run's own fused step/codec, prefill
-# and engine JSON) and codec overlap;
+# and engine JSON) and codec overlap; traffic_new: traffic_after with the kernels not yet measured
+# (--attention-kernel triton --kv-write-kernel triton), set beside it;
 # `bench_capacity.py --simulate OUT_DIR` with the same traffic arguments is the simulation to set
 # beside them.
 STEPS=(tests step step_fused step_attn step_kv codec codec_fused codec_attn prefill engine traffic
-  traffic_after engine_fused engine_fused_warm prefix launches memory host capacity prefill_graphs)
+  traffic_after traffic_new engine_fused engine_fused_warm prefix launches memory host capacity
+  prefill_graphs)
 
 # step_spec NAME: sets SCRIPT (benchmarks/...), REAL and TINY (arguments beyond the common
 # ones), COMPILE (1: takes --compile), COMMON (1: takes the model/device arguments), LIMIT (s).
@@ -89,7 +91,7 @@ step_spec() {
       SCRIPT=bench_host_work.py COMMON=0 LIMIT=120
       REAL="--sessions 1 8 32 64 128 256 400 --profile 32 256"
       TINY="--sessions 1 3 --ticks 3 --warmup 2 --steady-text 30 --turn-frames 2" ;;
-    traffic|traffic_after)
+    traffic|traffic_after|traffic_new)
       # Short windows (4 s of arrivals, 6 s measured a probe) and 1,024 positions a call, so
       # the search (from 128: both runs of 2026-12-04 passed it) and the burst (200 + 64
       # calls) fit ~3 minutes and the KV pool ~30 GiB.
@@ -112,6 +114,9 @@ step_spec() {
   esac
   case $1 in
     *_fused|engine_fused_warm|traffic_after) REAL+=" --fused on" TINY+=" --fused on" ;;
+    traffic_new)
+      REAL+=" --fused on --attention-kernel triton --kv-write-kernel triton"
+      TINY+=" --fused on --attention-kernel triton --kv-write-kernel triton" ;;
     *_attn)
       REAL+=" --fused on --attention-kernel triton"
       TINY+=" --fused on --attention-kernel triton" ;;
@@ -119,7 +124,7 @@ step_spec() {
       REAL+=" --fused on --kv-write-kernel triton"
       TINY+=" --fused on --kv-write-kernel triton" ;;
   esac
-  case $1 in traffic_after)
+  case $1 in traffic_after|traffic_new)
     REAL+=" --admission --overlap --cost-table $OUT_DIR"
     TINY+=" --admission --overlap --cost-table $OUT_DIR" ;;
   esac

@@ -185,9 +185,9 @@ def test_gpu_bench_dry_run_in_minimal_env(minimal_python, tmp_path):
         "mossprobe": True,
     }
     steps = {s["name"]: s for s in summary["steps"]}
-    assert list(steps)[:12] == [
+    assert list(steps)[:13] == [
         "tests", "step", "step_fused", "step_attn", "step_kv", "codec", "codec_fused",
-        "codec_attn", "prefill", "engine", "traffic", "traffic_after",
+        "codec_attn", "prefill", "engine", "traffic", "traffic_after", "traffic_new",
     ]  # fmt: skip
     assert list(steps)[-2:] == ["capacity", "prefill_graphs"]
     assert summary["failed"] == []
@@ -199,8 +199,11 @@ def test_gpu_bench_dry_run_in_minimal_env(minimal_python, tmp_path):
         if name != "tests":
             assert json.loads((out / step["json"]).read_text()), name
     # the kernels not yet measured, each asked for by its own step only
-    env = {n: json.loads((out / steps[n]["json"]).read_text())["env"] for n in steps if "step" in n}
+    kinds = [n for n in steps if n.startswith(("step", "traffic"))]
+    env = {n: json.loads((out / steps[n]["json"]).read_text())["env"] for n in kinds}
     assert env["step_kv"]["kv_write_kernel"] == "triton"
+    assert env["traffic_new"]["kv_write_kernel"] == env["traffic_new"]["attention_kernel"]
+    assert env["traffic_after"]["kv_write_kernel"] == "formula"
     assert env["step_attn"]["kv_write_kernel"] == "formula"
     assert env["step_attn"]["attention_kernel"] == "triton"
     junit = ElementTree.parse(out / "tests.xml").getroot()
