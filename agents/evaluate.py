@@ -40,6 +40,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.metrics.metrics import ProcessingMetricsData, TTFBMetricsData
 from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.workers.runner import WorkerRunner
 
 from agents.config import REPO, AgentConfig, add_agent_arguments, load_config
@@ -78,8 +79,13 @@ class ConversationObserver(BaseObserver):
         a = self.agent
         if a is None:
             return
-        if isinstance(f, InterruptionFrame) and dst is a.tts:
-            self._add("interruption")
+        if isinstance(f, InterruptionFrame):
+            if dst is a.tts:  # the barge-in reaches the TTS (queued: handled a moment later)
+                self._add("interruption")
+            elif src is a.tts and data.direction == FrameDirection.DOWNSTREAM:
+                # the TTS handled it (its replies stopped) and passes it on: from here no audio
+                # of a stopped reply may follow
+                self._add("interruption_passed")
             return
         if f.id in self._seen:
             return
