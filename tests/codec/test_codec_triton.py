@@ -42,7 +42,7 @@ def test_triton_add_layer_norm_matches_the_formula(dtype, shape, scaled):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("steps", [1, 8])
+@pytest.mark.parametrize("steps", [1, 4])  # 4: the chunk wraps around its ring
 def test_triton_rope_write_matches_the_formula(dtype, shape, steps):
     qkv, c, s, idx, state = rope_case(*SHAPES[shape], steps, dtype)
     want_state, b = state.clone(), qkv.shape[0]

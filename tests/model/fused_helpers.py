@@ -35,7 +35,8 @@ def norm_rope_write_case(
     from moss_pipecat.model.layers import rope_cos_sin
 
     _, nq, shape_hd, _ = SHAPES[shape]
-    hd, n_kv, B, T = hd or shape_hd, nq // 2, 2, 2
+    # a prefill's two steps into the slots; the scratch takes one step a codebook
+    hd, n_kv, B, T = hd or shape_hd, nq // 2, 2, 2 if where == "slots" else 1
     gen = torch.Generator().manual_seed(7)
 
     def x(*s):
