@@ -20,10 +20,8 @@ import triton
 import triton.language as tl
 
 from moss_pipecat.codec import kernels
-from moss_pipecat.model.triton_common import round_to
+from moss_pipecat.model.triton_common import EXACT, round_to
 from moss_pipecat.model.triton_kernels import register_cuda
-
-EXACT = {"enable_fp_fusion": False}  # launch option: every product and sum rounded apart
 
 
 @triton.jit

@@ -39,6 +39,13 @@ class RowEmbedding(nn.Module):
 class Qwen3Backbone(nn.Module):
     """Decoder layers + final norm. Its input embeddings come from ``RowEmbedding``."""
 
+    # On a CPU, two shortcuts: an eager call attends only the key blocks up to its longest row
+    # (a host read of the lengths), and its mask stays boolean (cheaper there). The kernel
+    # checks (scripts/interpret_kernels.py, compile_kernels.py) turn them off on the class to
+    # drive the route a GPU takes: the whole slot, an additive mask (what the attention
+    # kernel takes).
+    cpu_shortcuts: bool = True
+
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -81,18 +88,17 @@ class Qwen3Backbone(nn.Module):
         cos, sin = rope_cos_sin(
             positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor, x.dtype
         )
+        shortcuts = x.device.type == "cpu" and self.cpu_shortcuts
         if kv_len is None:
             kv_len = cache.max_len
-            if x.device.type == "cpu":  # a host read is free here: skip the keys past every row
+            if shortcuts:  # a host read is free here: skip the keys past every row
                 kv_len = key_span(int(start.max()) + T, cache.max_len)
         S = kv_len
         key_pos = torch.arange(S, device=x.device)
         allowed = key_pos[None, None, :] <= positions[:, :, None]  # [B, T, S]
         # [B, 1, T, S]. The CPU attention takes it as it is (it hides keys only in the blocks
         # that need it: a long prefill would spend more making the additive one than using it).
-        mask = (
-            allowed[:, None] if x.device.type == "cpu" else additive_mask(allowed, x.dtype)[:, None]
-        )
+        mask = allowed[:, None] if shortcuts else additive_mask(allowed, x.dtype)[:, None]
         writes = positions
         if valid is not None:
             keep = torch.arange(T, device=x.device)[None, :] < valid[:, None]  # [B, T]

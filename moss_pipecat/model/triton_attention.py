@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from moss_pipecat.model.attention import grouped_attention
-from moss_pipecat.model.triton_common import ACCURATE, _exp, _log, round_to
+from moss_pipecat.model.triton_common import ACCURATE, CONTRACTED, _exp, _log, round_to
 
 MAX_ROWS = 64  # query rows (g * T) one program holds; a prefill's many rows go to the library
 BLOCK_N = 64  # keys per block
@@ -150,9 +150,14 @@ def _combine_kernel(
 
 
 @functools.cache
-def _programs_wanted(device_index: int) -> int:
-    """Programs that keep every SM of the GPU busy (two per SM)."""
-    return 2 * torch.cuda.get_device_properties(device_index).multi_processor_count
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def programs_wanted(device: torch.device) -> int:
+    """Programs that keep every SM of the GPU busy (two per SM); 1 off CUDA (the interpreter,
+    a compile-only check: ``testing.kernel_compile``, which sets a GPU's count)."""
+    return 2 * _sm_count(device.index or 0) if device.type == "cuda" else 1
 
 
 def takes(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> bool:
@@ -185,7 +190,7 @@ def attention(
     d_pad = max(16, triton.next_power_of_2(hd))
     blocks = triton.cdiv(S, BLOCK_N)
     if splits is None:
-        wanted = _programs_wanted(q.device.index or 0) if q.is_cuda else 1
+        wanted = programs_wanted(q.device)
         splits = min(blocks, max(1, triton.cdiv(wanted, B * n_kv)), 64)
     per_split = triton.cdiv(blocks, max(1, min(splits, blocks))) * BLOCK_N
     splits = triton.cdiv(S, per_split)
@@ -206,13 +211,13 @@ def attention(
         # The interpreter multiplies 16-bit tiles wrongly: there they go as float32 (the
         # same products, exact either way).
         IEEE=q.dtype == torch.float32 or not ACCURATE, ACCURATE=ACCURATE,
-        num_warps=4,
+        num_warps=4, **CONTRACTED,
     )  # fmt: skip
     if split:
         _combine_kernel[(B * n_kv,)](
             part, lse, out, *out.stride(), n_kv, T, G, hd, splits,
             M_PAD=m_pad, D_PAD=d_pad, SPLITS_PAD=triton.next_power_of_2(splits),
-            ACCURATE=ACCURATE, num_warps=4,
+            ACCURATE=ACCURATE, num_warps=4, **CONTRACTED,
         )  # fmt: skip
     return out
 

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from moss_pipecat.model import fused_sampling, kernels
-from moss_pipecat.model.triton_common import ACCURATE, _exp, _log, round_to
+from moss_pipecat.model.triton_common import ACCURATE, CONTRACTED, _exp, _log, round_to
 
 
 @triton.jit
@@ -43,7 +43,7 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     rows = out.numel() // inter
     block = min(1024, triton.next_power_of_2(inter))
     _silu_mul_kernel[(rows, triton.cdiv(inter, block))](
-        x, out, inter, BLOCK=block, ACCURATE=ACCURATE
+        x, out, inter, BLOCK=block, ACCURATE=ACCURATE, **CONTRACTED
     )
     return out
 
@@ -88,7 +88,7 @@ def _norm(x: torch.Tensor, y: torch.Tensor | None, weight: torch.Tensor, eps: fl
     _rms_norm_kernel[(x.numel() // dim,)](
         x, x if y is None else y.contiguous(), weight.contiguous(), total, out,
         dim, w_rows, eps,
-        ADD=y is not None, WEIGHT_INSIDE=inside, BLOCK=triton.next_power_of_2(dim),
+        ADD=y is not None, WEIGHT_INSIDE=inside, BLOCK=triton.next_power_of_2(dim), **CONTRACTED,
     )  # fmt: skip
     return total, out
 
@@ -165,7 +165,7 @@ def norm_rope(
     cos, sin, s_cb = _tables(cos, sin, T, hd)
     _norm_rope_kernel[(B * T * heads,)](
         qk, weight.contiguous(), cos, sin, out, T, heads, hd, eps, s_cb, hd,
-        BLOCK=triton.next_power_of_2(hd),
+        BLOCK=triton.next_power_of_2(hd), **CONTRACTED,
     )  # fmt: skip
     return out
 
@@ -229,7 +229,7 @@ def norm_rope_write(
         T, heads - n_kv, n_kv, hd, eps, s_cb, hd,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         positions.stride(0), positions.stride(1),
-        BLOCK=triton.next_power_of_2(hd),
+        BLOCK=triton.next_power_of_2(hd), **CONTRACTED,
     )  # fmt: skip
     return out[:, : heads - n_kv]
 
@@ -332,7 +332,7 @@ def choose_codebook(
         noise if has_noise else dummy, noise.stride(0) if has_noise else 0,
         allow_eos if has_eos else dummy, out, V, eos,
         HAS_EOS=has_eos, HAS_FACTORS=factors is not None, HAS_NOISE=has_noise,
-        BLOCK=triton.next_power_of_2(V), ACCURATE=ACCURATE,
+        BLOCK=triton.next_power_of_2(V), ACCURATE=ACCURATE, **CONTRACTED,
     )  # fmt: skip
     return out
 
@@ -375,7 +375,7 @@ def keyed_noise(seed: torch.Tensor, counter: torch.Tensor, rvq: int, vocab: int)
     B, n = seed.shape[0], rvq * vocab
     out = torch.empty((B, rvq, vocab), dtype=torch.float32, device=seed.device)
     _keyed_noise_kernel[(B, triton.cdiv(n, 1024))](
-        seed, counter, out, n, BLOCK=1024, ACCURATE=ACCURATE
+        seed, counter, out, n, BLOCK=1024, ACCURATE=ACCURATE, **CONTRACTED
     )
     return out
 
