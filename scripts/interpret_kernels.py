@@ -37,7 +37,6 @@ sys.path.insert(0, str(REPO))
 
 from moss_pipecat.codec import MossAudioCodec, pcm16  # noqa: E402
 from moss_pipecat.model import MossTTSRealtime  # noqa: E402
-from moss_pipecat.model.backbone import Qwen3Backbone  # noqa: E402
 from moss_pipecat.model.kernels import use_fused  # noqa: E402
 from moss_pipecat.testing.kernel_compile import every_kernel  # noqa: E402
 from moss_pipecat.testing.kernel_drive import codec_run, model_run  # noqa: E402
@@ -101,7 +100,7 @@ def main() -> int:
     with torch.inference_mode():
         plain = model_run(model, rows, args.steps, args.max_len), codec_run(codec, codes)
         ops = register_on_cpu()
-        Qwen3Backbone.cpu_shortcuts = False  # the backbone's attention as on a GPU (additive mask)
+        model.language_model.cpu_shortcuts = False  # its attention as on a GPU (additive mask)
         from moss_pipecat.model import triton_attention
 
         # The split of a long cache an H200 makes (off CUDA the kernel would make none).

@@ -211,6 +211,12 @@ def codec_meta(codec_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
+def codec_rate(codec_dir: Path) -> int:
+    """The fixture codec's sample rate: a pipeline at it resamples nothing."""
+    return int(json.loads((codec_dir / "config.json").read_text())["sampling_rate"])
+
+
+@pytest.fixture(scope="session")
 def make_fixture_set(tmp_path_factory):
     """Factory: ``make_fixture_set(FixtureSpec(...)) -> Path`` writes a conforming fixture set
     (``moss_pipecat.testing.fixtures``: other seeds, shapes, ids, voice or not, EOS points) once

@@ -41,9 +41,9 @@ class Qwen3Backbone(nn.Module):
 
     # On a CPU, two shortcuts: an eager call attends only the key blocks up to its longest row
     # (a host read of the lengths), and its mask stays boolean (cheaper there). The kernel
-    # checks (scripts/interpret_kernels.py, compile_kernels.py) turn them off on the class to
-    # drive the route a GPU takes: the whole slot, an additive mask (what the attention
-    # kernel takes).
+    # checks (scripts/interpret_kernels.py, compile_kernels.py) turn them off on a model's
+    # backbone to drive the route a GPU takes: the whole slot, an additive mask (what the
+    # attention kernel takes).
     cpu_shortcuts: bool = True
 
     def __init__(self, cfg: TransformerConfig) -> None:

@@ -38,7 +38,14 @@ import torch
 # Shared memory a block may use (bytes, opt-in maximum) and registers per multiprocessor,
 # by compute capability: what a launch is refused beyond (CUDA C Programming Guide, table
 # "Technical Specifications per Compute Capability").
-SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+SHARED_LIMIT = {
+    80: 163 * 1024,
+    86: 99 * 1024,
+    89: 99 * 1024,
+    90: 227 * 1024,
+    100: 227 * 1024,
+    120: 99 * 1024,
+}
 REGISTERS_PER_BLOCK = 64 * 1024
 
 

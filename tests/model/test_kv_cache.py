@@ -135,3 +135,34 @@ def test_capacity_and_truncate_errors(model, long_rows):
         cache.truncate(3, 0)
     cache.reset(0)
     assert cache.length(0) == 0
+
+
+def test_the_backbone_on_the_gpu_route_gives_the_cpu_routes_numbers(model, long_rows):
+    """On a CPU the backbone attends only the key blocks up to its longest row, with a
+    boolean mask; the kernel checks turn that off (``cpu_shortcuts``) to run a GPU's route,
+    the whole slot with an additive mask. Both give the same frames, hidden states and
+    caches, bit for bit: the checks' route is the engine's numbers."""
+    from moss_pipecat.testing.kernel_drive import model_run
+
+    masks: list[tuple[torch.dtype, int]] = []  # what the first layer's attention was given
+    attn = model.language_model.layers[0].self_attn
+    hook = attn.register_forward_pre_hook(
+        lambda m, args: masks.append((args[4].dtype, args[4].shape[-1]))
+    )
+    try:
+        with torch.inference_mode():
+            cpu = model_run(model, long_rows, steps=3, max_len=512)
+            cpu_masks, masks[:] = list(masks), []
+            model.language_model.cpu_shortcuts = False
+            gpu = model_run(model, long_rows, steps=3, max_len=512)
+    finally:
+        model.language_model.cpu_shortcuts = True
+        hook.remove()
+    # The prefill: a boolean mask over the key blocks its rows need / additive over the slot.
+    assert cpu_masks[0] == (torch.bool, 256)  # one key block of the 512-long slot
+    assert masks[0] == (model.language_model.layers[0].input_layernorm.weight.dtype, 512)
+    assert all(m[0].is_floating_point for m in masks)
+    (frames_a, hidden_a, cache_a), (frames_b, hidden_b, cache_b) = cpu, gpu
+    assert all(torch.equal(a, b) for a, b in zip(frames_a, frames_b, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(hidden_a, hidden_b, strict=True))
+    assert torch.equal(cache_a.k, cache_b.k) and torch.equal(cache_a.v, cache_b.v)

@@ -10,6 +10,8 @@ import asyncio
 from pipecat.frames.frames import DataFrame, Frame, TTSAudioRawFrame, TTSStoppedFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
+from moss_pipecat.service.resampling import engine_frames
+
 from .processes import ServerProcess
 
 
@@ -23,7 +25,10 @@ class Cue(DataFrame):
 
 
 class Watcher(FrameProcessor):
-    """Downstream of the TTS: the replies' audio frames and ends, as they come out."""
+    """Downstream of the TTS: the replies' audio and ends, as they come out; a reply's frames
+    are the engine frames its audio frames complete (``resampling.engine_frames``: one audio
+    frame a frame at the engine's own rate; resampled, an audio frame may complete none or
+    several, the resampler holding some of the audio)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -37,7 +42,8 @@ class Watcher(FrameProcessor):
         if isinstance(frame, TTSAudioRawFrame):
             if frame.context_id not in self.frames:
                 self.contexts.append(frame.context_id)
-            self.frames[frame.context_id] = self.frames.get(frame.context_id, 0) + 1
+            done = engine_frames(frame)
+            self.frames[frame.context_id] = self.frames.get(frame.context_id, 0) + done
         elif isinstance(frame, TTSStoppedFrame):
             self.stopped.add(frame.context_id)
         self.changed.set()

@@ -10,6 +10,8 @@ for that reply holds exactly the units placed in those frames."""
 
 from __future__ import annotations
 
+import asyncio
+
 import torch
 from pipecat.frames.frames import (
     ErrorFrame,
@@ -107,7 +109,8 @@ class Director(CueDirector):
                 out = self.watcher.frames[self.watcher.contexts[frame.reply]]
                 if snap["turn_frames"][-1] == frames and out == frames:
                     break
-                await self.watcher.changed.wait()  # woken by a frame, never by a timer
+                # Woken by a frame, never by a timer (the bound: a hang guard).
+                await asyncio.wait_for(self.watcher.changed.wait(), 60)
             self.snapshots["stall"] = snap
             await self.server.restart()
             return
@@ -132,7 +135,7 @@ def engine_cut(layout, snap: dict, chunks: list, heard: int) -> torch.Tensor:
 
 
 async def test_the_reply_in_flight_at_kill_9_is_kept_cut_at_what_was_heard(
-    fixtures_dir, realtime_meta, tmp_path
+    fixtures_dir, realtime_meta, codec_rate, tmp_path
 ):
     layout = layout_from_golden(realtime_meta)
     async with ServerProcess(fixtures_dir, tmp_path / "server.log") as server:
@@ -161,7 +164,9 @@ async def test_the_reply_in_flight_at_kill_9_is_kept_cut_at_what_was_heard(
             _, up = await run_test(
                 Pipeline([director, tts, watcher, assistant]),
                 frames_to_send=frames,
-                pipeline_params=PipelineParams(audio_out_sample_rate=24000),
+                # At the codec's rate: one audio frame a frame as it comes (a resampler may
+                # hold a frame's audio back until more comes, and this reply's waits).
+                pipeline_params=PipelineParams(audio_out_sample_rate=codec_rate),
             )
         finally:
             await engine.engine.aclose()
