@@ -8,9 +8,17 @@ from typing import Any
 from pipecat.audio.utils import create_stream_resampler
 from pipecat.frames.frames import TTSAudioRawFrame
 
+from moss_pipecat.errors import MossError
+
 # An audio frame's metadata entry: how many engine frames it completes (the heard clock's
 # count), so the resampler's tail, which is no frame of its own, never counts as one.
 FRAMES_TAG = "moss_pipecat.engine_frames"
+
+# soxr's "HQ" (as ``pcm.resample``), not pipecat's default "VHQ": VHQ's longer filter holds a
+# whole 80 ms frame back between 24 kHz and 8 kHz (a phone pipeline): a reply's first frame
+# gives no audio, the rest comes in 137.5 ms bursts every 160 ms, so first audio is a frame
+# late. HQ releases most of each frame at once (24 -> 8 kHz: ~490 of 640 samples).
+STREAM_QUALITY = "HQ"
 
 
 def engine_frames(frame: TTSAudioRawFrame) -> int:
@@ -26,7 +34,9 @@ async def resampled(
     then ``(None, tail)``: what the resampler still held at the turn's end (None: nothing).
 
     Each audio frame counts the engine frames it completes (``engine_frames``): 1 per frame,
-    0 for the tail, a frame with no audio out counted with the next audio. So a reply played
+    a frame with no audio out (the resampler holding it) counted with the next audio, the tail
+    included. A turn that fails yields the tail too before its error: every frame read goes
+    out, as the service counts them heard. So a reply played
     to the end was heard as exactly the frames the engine made, whatever the two rates (the
     heard clock plays frame ``k`` out at ``(k + 1) * FRAME_SECONDS``: the resampled stream
     keeps the engine's time line, only its chunk edges move).
@@ -36,7 +46,11 @@ async def resampled(
     audio, dropping the samples it holds: a reply that waits for LLM text, or a busy host,
     would lose audio and click).
     """
-    resampler = create_stream_resampler(clear_after_secs=None) if out_rate != in_rate else None
+    resampler = (
+        create_stream_resampler(clear_after_secs=None, quality=STREAM_QUALITY)
+        if out_rate != in_rate
+        else None
+    )
     owed = 0  # engine frames not counted by an audio frame yet
 
     def frame(audio: bytes) -> TTSAudioRawFrame | None:
@@ -47,11 +61,18 @@ async def resampled(
         out.metadata[FRAMES_TAG], owed = owed, 0
         return out
 
-    async for chunk in turn:
-        audio = chunk.pcm
-        if resampler is not None:
-            audio = await resampler.resample(audio, in_rate, out_rate)
-        owed += 1
-        yield chunk, frame(audio)
+    try:
+        async for chunk in turn:
+            audio = chunk.pcm
+            if resampler is not None:
+                audio = await resampler.resample(audio, in_rate, out_rate)
+            owed += 1
+            yield chunk, frame(audio)
+    except MossError:
+        # The turn failed (its server lost, most often): the frames read so far are kept as
+        # heard, so the audio the resampler holds of them goes out before the error does.
+        if resampler is not None and (tail := frame(await resampler.flush())) is not None:
+            yield None, tail
+        raise
     if resampler is not None:
         yield None, frame(await resampler.flush())

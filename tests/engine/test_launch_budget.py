@@ -80,7 +80,10 @@ def test_prefill_chunk_ops_outside_graphs_drop(tiny_model, golden_layout, realti
         counts[graphed_prefill] = count_ticks(engine, counter, 1)[0]["prefill"]
     eager, graphed = counts[False], counts[True]
     assert eager["graph_calls"] == 0 and graphed["graph_calls"] == 1
-    assert graphed["outside"] * 5 < eager["outside"], counts
+    # Graphed, outside is the chunk's rows alone (as above); the model's ops, outside when
+    # eager, are the graph's (most of what it runs: it also copies the static inputs in).
+    assert graphed["outside"] < 40 + 8 * 2, counts
+    assert eager["outside"] - graphed["outside"] > graphed["inside_graph"] // 2, counts
 
 
 def test_capture_prepares_the_codec_buckets_the_engine_decodes(
