@@ -257,7 +257,10 @@ async def test_one_engine_serves_two_pipelines_at_once(tiny_engine):
     a = MossTTSService(engine=tiny_engine, settings=MossTTSSettings(greedy=True))
     b = MossTTSService(engine=tiny_engine, settings=MossTTSSettings(greedy=True))
     frames = [*reply("Same ", "words ", "twice."), SleepFrame(0.5), Probe()]
-    (down_a, _, snap_a), (down_b, _, snap_b) = await asyncio.gather(run(a, frames), run(b, frames))
+    rate = tiny_engine.codec.sampling_rate  # the codec's PCM as it is: no resampler's filter
+    (down_a, _, snap_a), (down_b, _, snap_b) = await asyncio.gather(
+        run(a, frames, sample_rate=rate), run(b, frames, sample_rate=rate)
+    )
     audio_a = b"".join(f.audio for f in down_a if isinstance(f, TTSAudioRawFrame))
     audio_b = b"".join(f.audio for f in down_b if isinstance(f, TTSAudioRawFrame))
     # Greedy: same text, same codes; PCM equal up to float rounding of the batched codec.
