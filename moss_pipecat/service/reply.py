@@ -308,7 +308,8 @@ class HeardClock:
 
     async def audio_pushed(self, reply: Reply, frames: int) -> None:
         """pipecat pushes an audio frame of the reply completing ``frames`` engine frames
-        (``resampling.engine_frames``: 0 for the resampler's tail, no frame of its own)."""
+        (``resampling.engine_frames``: none for the resampler's tail, unless it held a whole
+        frame's audio)."""
         for _ in range(frames):
             await self._frame_pushed(reply)
 

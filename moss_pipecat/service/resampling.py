@@ -11,7 +11,8 @@ from pipecat.frames.frames import TTSAudioRawFrame
 from moss_pipecat.errors import MossError
 
 # An audio frame's metadata entry: how many engine frames it completes (the heard clock's
-# count), so the resampler's tail, which is no frame of its own, never counts as one.
+# count), so the resampler's tail, which is no frame of its own, counts only the frames whose
+# audio it completes (none, unless the resampler held a whole frame).
 FRAMES_TAG = "moss_pipecat.engine_frames"
 
 # soxr's "HQ" (as ``pcm.resample``), not pipecat's default "VHQ": VHQ's longer filter holds a
