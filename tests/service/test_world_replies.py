@@ -16,6 +16,7 @@ from pipecat.frames.frames import InterruptionFrame, TextType, TTSTextFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.tests.utils import SleepFrame
 
+from moss_pipecat.engine.offline_tokenizer import shared_offline_tokenizer
 from moss_pipecat.service.reply import WORD_TAG, Reply
 from moss_pipecat.speech.units import TimedWord
 
@@ -28,6 +29,8 @@ from .test_moss_tts_service import reply
 # Whole replies played out: the cases pipecat's sentence matching and spacing could get wrong.
 PLAYED_OUT = ("th_spaced", "vi_nfd", "emoji", "emoji_cjk", "cjk_punct", "spaces")
 CUT_S = 1.8
+# Text tokens a cut reply holds at least: 3.2 s of text, the cut at 1.8 s (+ output latency).
+MIN_TOKENS = 40
 # Replies with no letter at all, played out.
 SHORT = {"emoji_only": "👍🏽🎉", "punct_only": "?!"}
 
@@ -37,9 +40,15 @@ def stream(name: str, text: str) -> list[str]:
 
 
 def barge_in_text(name: str) -> str:
-    """Long enough that the cut lands while the text is still being read."""
-    text = REPLIES[name]
-    return text if len(text) > 300 else " ".join([text] * 3)
+    """Long enough that the cut lands while the text is still being read: the engine reads a
+    text token a frame, and once the text is read a fixture set's random model may end the
+    turn at any frame (three copies of a reply of punctuation alone are 17 tokens, read by
+    1.4 s: the cut at 1.8 s found the turn over on a generated set)."""
+    text, tokenizer = REPLIES[name], shared_offline_tokenizer()
+    copies = 1 if len(text) > 300 else 3
+    while len(tokenizer.encode(" ".join([text] * copies), add_special_tokens=False)) < MIN_TOKENS:
+        copies += 1
+    return " ".join([text] * copies)
 
 
 def spacing(text: str) -> str:
