@@ -11,8 +11,8 @@ import asyncio
 import pytest
 from pipecat.frames.frames import ErrorFrame, TTSAudioRawFrame
 
+from moss_pipecat.client import RemoteEngine
 from moss_pipecat.errors import CapacityError, OverloadedError
-from moss_pipecat.server import RemoteEngine
 from moss_pipecat.service.remote import MossRemoteTTSService
 
 from ..cost_tables import DEADLINE_S, write_cost_table
