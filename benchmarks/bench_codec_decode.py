@@ -23,6 +23,7 @@ from moss_pipecat.checkpoint import read_config
 from moss_pipecat.codec import CodecConfig, MossAudioCodec, real_config_dict
 from moss_pipecat.codec.graphs import GraphedCodecDecode
 
+TTS_CODEBOOKS = 16  # MOSS-TTS-Realtime's codebooks per frame (the codec has 32)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -48,7 +49,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16], help="streams per call")
     ap.add_argument("--frames", type=int, default=50, help="timed calls (one frame each)")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--quantizers", type=int, default=16, help="codebooks per frame (TTS: 16)")
+    ap.add_argument(
+        "--quantizers",
+        type=int,
+        help="codebooks per frame (default: the TTS model's 16, or all the codec has if fewer)",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     ap.add_argument(
@@ -68,6 +73,8 @@ def main() -> None:
     use_fused_ops(codec, args.fused == "on")
     load_s = time.perf_counter() - t0
     qc = codec.config.quantizer
+    if args.quantizers is None:
+        args.quantizers = min(TTS_CODEBOOKS, qc.num_quantizers)
     hop = codec.samples_per_frame
     frame_ms = 1e3 * hop / codec.sampling_rate
     gen = torch.Generator().manual_seed(0)

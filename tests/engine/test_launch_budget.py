@@ -38,12 +38,14 @@ def test_decode_tick_ops_outside_graphs_do_not_grow_with_sessions(
     tiny_model, golden_layout, tiny_codec, realtime_meta
 ):
     ticks = {n: _ticks(tiny_model, golden_layout, tiny_codec, realtime_meta, n) for n in (2, 16)}
+    # The step's graph holds its ops: dozens per codebook (local layers, head, sampling).
+    in_step = 40 * tiny_model.cfg.rvq
     for first, *decode in ticks.values():
         assert first["prefill"]["calls"] == 1 and first["first_frame"]["calls"] == 1
         for t in decode:
             assert "prefill" not in t and "first_frame" not in t
             assert t["decode"]["calls"] == 1 and t["decode"]["graph_calls"] == 1
-            assert t["codec"]["graph_calls"] == 1 and t["decode"]["inside_graph"] > 1000
+            assert t["codec"]["graph_calls"] == 1 and t["decode"]["inside_graph"] > in_step
     # Bucket 1 (one session) takes a few more indexing ops than every bucket above it, so the
     # comparison starts at 2; 2 and 16 sessions run the same ops outside the graphs.
     for phase in ("decode", "deliver", "codec", "other"):

@@ -137,7 +137,7 @@ def test_bad_rows(model):
         "dtype": good.float(),
         "text id": good.clone().index_fill_(2, torch.tensor([0]), model.cfg.language.vocab_size),
         "negative": good.clone().index_fill_(2, torch.tensor([0]), -1),
-        "audio id": good.clone().index_fill_(2, torch.tensor([5]), model.cfg.audio_vocab_size),
+        "audio id": good.clone().index_fill_(2, torch.tensor([C - 1]), model.cfg.audio_vocab_size),
     }
     for name, rows in bad_cases.items():
         with pytest.raises(InvalidInputError):
