@@ -169,7 +169,7 @@ def test_hostile_restores_are_refused_and_change_nothing(make_engine, realtime_m
         "text after padding": [assistant(text_ids=(*ids[:-2], layout.text_pad, ids[0]))],
         "a role": [TurnRecord("system", user.text_ids, user.frames)],
         "user without audio": [TurnRecord("user", user.text_ids, user.frames[:0])],
-        "user frames of the wrong width": [TurnRecord("user", user.text_ids, user.frames[:, :3])],
+        "user frames of the wrong width": [TurnRecord("user", user.text_ids, user.frames[:, :-1])],
         "float codes": [TurnRecord("user", user.text_ids, user.frames.float())],
         "over the context": [user, bot] * (engine.config.max_context // 20),
     }

@@ -25,12 +25,13 @@ def _setup(model, rows, lengths, n_slots):
 
 
 def _three_codebooks(model: MossTTSRealtime) -> MossTTSRealtime:
-    """The model's shapes with only three codebooks (random weights, seeded): the first (EOS
-    masked), one in the middle and the last take every path of the local loop, which dynamo
-    unrolls, so tracing costs a fraction of the 16 codebooks' trace."""
+    """The model's shapes with only three codebooks (random weights, seeded; fewer if the
+    fixture set has fewer): the first (EOS masked), one in the middle and the last take every
+    path of the local loop, which dynamo unrolls, so tracing costs a fraction of the 16
+    codebooks' trace."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        small = MossTTSRealtime(replace(model.cfg, rvq=3)).init_random_()
+        small = MossTTSRealtime(replace(model.cfg, rvq=min(3, model.cfg.rvq))).init_random_()
     return small.eval().requires_grad_(False)
 
 

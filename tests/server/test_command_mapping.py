@@ -68,7 +68,9 @@ async def test_each_client_message_is_its_engine_command(make_tiny_engine, make_
     engine.submit = recording  # instance attribute: every path into the engine passes here
     server = await make_server(engine)
     rvq = engine.layout.rvq
-    frames = torch.randint(0, 100, (6, rvq), generator=torch.Generator().manual_seed(0))
+    frames = torch.randint(
+        0, engine.layout.audio_pad, (6, rvq), generator=torch.Generator().manual_seed(0)
+    )
     codes, _ = codes_bytes(frames, rvq)
 
     async def sent(messages: list, expected: list[type], reply: str | None = None) -> None:

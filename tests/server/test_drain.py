@@ -19,6 +19,19 @@ from .processes import ServerProcess, http_get
 from .turns import LONG_TEXT, read_chunks, say, speak
 
 
+def turn_frames(rows: torch.Tensor, layout) -> torch.Tensor:
+    """The audio codes of the frame rows of the turn in ``rows`` [R, 1 + rvq]: those after its
+    BOS row (channel 1 BOS, the other audio channels pad) up to its EOS row or the end. Told
+    apart by place, not by value: an untrained model's frame may hold a special id (the
+    engine clamps it for the codec), so a frame of a 64-code set can start with BOS."""
+    audio = rows[:, 1:]
+    rest_pad = (audio[:, 1:] == layout.audio_pad).all(dim=1)
+    (bos, *_) = torch.nonzero((audio[:, 0] == layout.audio_bos) & rest_pad)[:, 0].tolist()
+    frames, rest_pad = audio[bos + 1 :], rest_pad[bos + 1 :]
+    eos = torch.nonzero((frames[:, 0] == layout.audio_eos) & rest_pad)[:, 0].tolist()
+    return frames[: eos[0]] if eos else frames
+
+
 async def test_the_drain_deadline_cuts_the_turn_at_the_frames_the_client_received(
     make_tiny_engine, make_server
 ):
@@ -49,9 +62,7 @@ async def test_the_drain_deadline_cuts_the_turn_at_the_frames_the_client_receive
 
     # The engine kept exactly those frames (the same as a local greedy run's).
     snap = await server.hub.conversations["cut-1"].session.snapshot()
-    layout = engine.layout
-    rows = snap["rows"][snap["system_rows"] :]
-    frames = rows[rows[:, 1] < min(layout.audio_pad, layout.audio_bos, layout.audio_eos), 1:]
+    frames = turn_frames(snap["rows"][snap["system_rows"] :], engine.layout)
     assert torch.equal(frames, torch.stack([c.codes for c in chunks]))
     local = engine.create_session(sampling=GREEDY)
     ref = await speak(local, LONG_TEXT, 60)
@@ -205,15 +216,13 @@ async def test_a_sigterm_deploy_moves_every_live_call_to_the_second_server(
         # turn as the first server had them, then exactly the frames of the second turn the
         # client received (nothing lost, nothing unheard added).
         moved = [await s.snapshot() for s in sessions]
-        specials = min(golden_layout.audio_pad, golden_layout.audio_bos, golden_layout.audio_eos)
         for s, snap, was, (_, chunks) in zip(sessions, moved, before, live, strict=True):
             assert s.server_id not in old and (s.moves, s.reconnects) == (1, 1)
             assert (s.restored, s.history_lost) == (1, 0)
             assert [r for r, _ in snap["turns"]] == ["assistant", "assistant"]
             n = was["rows"].shape[0]
             assert torch.equal(snap["rows"][:n], was["rows"])
-            rows = snap["rows"][n:]
-            frames = rows[rows[:, 1] < specials, 1:]
+            frames = turn_frames(snap["rows"][n:], golden_layout)
             assert torch.equal(frames, torch.stack([c.codes for c in chunks]))
         assert len({s.server_id for s in sessions}) == 1
         after = await asyncio.gather(*map(next_turn, sessions))

@@ -161,7 +161,7 @@ def test_a_hostile_in_flight_cut_is_refused_and_changes_nothing(make_engine, rea
     journal.keep_lost(turn.turn_id, 4)
     (good,) = _records(journal)
     frames_oov = good.frames.clone()
-    frames_oov[-1, 3] = layout.audio_eos + 1
+    frames_oov[-1, -1] = layout.audio_eos + 1
     bad = {
         "codes out of the vocabulary": TurnRecord("assistant", good.text_ids, frames_oov, 12),
         "text ids out of range": TurnRecord(
