@@ -146,8 +146,9 @@ def main() -> None:
 
     def other_voice(i: int) -> torch.Tensor:  # a new key every conversation
         v = voice.clone()
-        v[0, 0] = i % codes
-        v[0, 1] = i // codes
+        flat = v.view(-1)  # [n_voice * rvq]: two codes hold i (one where the voice has one)
+        flat[-1] = i // codes
+        flat[0] = i % codes
         return v
 
     prefix_rows = layout.system_block(system_ids, voice, instruction_ids).shape[0]

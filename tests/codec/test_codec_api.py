@@ -96,8 +96,11 @@ def test_load_mismatched_d_model(ckpt_copy: Path) -> None:
 
 
 def test_load_mismatched_quantizer_count(ckpt_copy: Path) -> None:
-    _edit_config(ckpt_copy, lambda cfg: cfg["quantizer_kwargs"].update(num_quantizers=1))
-    with pytest.raises(ConfigMismatchError, match="unexpected"):
+    q = json.loads((ckpt_copy / "config.json").read_text())["quantizer_kwargs"]["num_quantizers"]
+    fewer = q > 1  # fewer quantizers than stored: their tensors are unexpected; more: missing
+    n = 1 if fewer else 2
+    _edit_config(ckpt_copy, lambda cfg: cfg["quantizer_kwargs"].update(num_quantizers=n))
+    with pytest.raises(ConfigMismatchError, match="unexpected" if fewer else "missing"):
         MossAudioCodec.from_pretrained(ckpt_copy)
 
 

@@ -53,6 +53,8 @@ def test_a_codec_with_fewer_quantizers_than_codebooks_is_refused(
     tiny_model, golden_layout, codec_dir
 ):
     rvq = tiny_model.cfg.rvq
+    if rvq == 1:
+        pytest.skip("one codebook: a codec has at least one quantizer")
     with pytest.raises(CheckpointError, match=f"{rvq - 1} quantizers"):
         MossEngine(
             tiny_model,

@@ -120,8 +120,9 @@ async def test_uploads_are_checked(server, realtime_meta):
     assert r["code"] == "invalid_input" and "shorter" in r["message"]
     # Codes that are not whole frames / out of range; neither or both of text and ids.
     codes = {"type": "user_turn", "req": 3, "text_ids": [1], "format": "codes"}
-    r = await upload({**codes, "bytes": frame - 2}, b"\x00" * (frame - 2))
-    assert r["code"] == "invalid_input"
+    if frame > 2:  # (with one codebook every even byte count is whole frames)
+        r = await upload({**codes, "bytes": frame - 2}, b"\x00" * (frame - 2))
+        assert r["code"] == "invalid_input"
     r = await upload({**codes, "bytes": frame}, b"\xff" * frame)
     assert r["code"] == "invalid_input"
     r = await upload({**codes, "text": "x", "bytes": frame}, b"\x00" * frame)

@@ -18,6 +18,14 @@ async def _recv_json(ws, timeout: float = 10.0) -> dict:
             return json.loads(msg)
 
 
+async def _reply(ws) -> dict:
+    """The next message that is not the turn's progress (its first frames' words may come
+    before a reply: the engine speaks while the server reads the client's messages)."""
+    while (msg := await _recv_json(ws))["type"] == "turn.words":
+        pass
+    return msg
+
+
 async def _open(server, cid: str):
     ws = await connect(server.url, compression=None, max_size=None)
     await ws.send(json.dumps({"type": "hello", "conversation_id": cid, "sampling": GREEDY_WIRE}))
@@ -50,12 +58,12 @@ async def test_ids_and_their_text_are_capped_per_turn(make_tiny_engine, make_ser
     ids = [lo + i % 50 for i in range(600)]
     await ws.send(json.dumps({"type": "turn.ids", "turn_id": tid, "ids": ids}))
     await ws.send(json.dumps({"type": "turn.ids", "turn_id": tid, "ids": ids}))  # 1200 > 1000
-    reply = await _recv_json(ws)
+    reply = await _reply(ws)
     assert reply["type"] == "error" and reply["code"] == "too_large", reply
     assert reply["turn_id"] == tid and not reply["fatal"] and "per turn" in reply["message"]
     # Text that comes with ids counts against the turn's max_text_chars.
     await ws.send(json.dumps({"type": "turn.ids", "turn_id": tid, "ids": [], "text": "x" * 501}))
-    reply = await _recv_json(ws)
+    reply = await _reply(ws)
     assert reply["type"] == "error" and reply["code"] == "too_large", reply
     await ws.send(json.dumps({"type": "turn.end", "turn_id": tid}))
     summary = await _until_end(ws, tid)
