@@ -21,7 +21,7 @@ async def _recv_json(ws, timeout: float = 10.0) -> dict:
 async def _reply(ws) -> dict:
     """The next message that is not the turn's progress (its first frames' words may come
     before a reply: the engine speaks while the server reads the client's messages)."""
-    while (msg := await _recv_json(ws))["type"] == "turn.words":
+    while (msg := await _recv_json(ws))["type"] in ("turn.words", "turn.progress"):
         pass
     return msg
 
