@@ -2,11 +2,12 @@
 
 Two fixture sets are generated here (``moss_pipecat.testing.fixtures``): one with another seed,
 other shapes and special ids, no voice prompt, turn 1 running to its frame cap while the default
-set's ends on EOS; one with a voice prompt and another audio side: 12 codebooks instead of 16,
-512 audio codes instead of 1024 (so other pad, BOS and EOS ids), a codec with no more
+set's ends on EOS; one with a voice prompt and another audio side: 3 codebooks instead of 16,
+96 audio codes instead of 1024 (so other pad, BOS and EOS ids), a codec with no more
 quantizers than the model reads, at 16 kHz. Each is checked to have exactly the default set's
 layout, then the fixture-sensitive tests (parity, rows, goldens through the engine,
-interruption, EOS options) run on it in a subprocess with ``MOSS_FIXTURES`` pointing at it.
+interruption, EOS options, and the tests that once wrote a codebook, code or column of the
+default set) run on it in a subprocess with ``MOSS_FIXTURES`` pointing at it.
 The whole suite on other sets:
 ``python scripts/make_fixtures.py --seed N --out DIR`` then ``MOSS_FIXTURES=DIR pytest``.
 """
@@ -56,9 +57,9 @@ AUDIO_SPEC = dataclasses.replace(
     seed=4,
     voice=True,
     eos_frame=None,
-    rvq=12,
-    audio_codebook_size=512,
-    codec_quantizers=12,
+    rvq=3,
+    audio_codebook_size=96,
+    codec_quantizers=3,
     codec_rate=16000,
 )
 
@@ -72,6 +73,17 @@ SENSITIVE = [
     "tests/engine/test_eos_options.py::test_masked_eos_keeps_the_golden_frames",
     "tests/engine/test_sessions.py::test_interrupt_mid_turn_then_new_turn_equals_fresh_run",
     "tests/engine/test_sessions.py::test_interrupt_after_generation_finished_rolls_back_to_heard",
+    # Each failed on a set with few codebooks or codes, or a fast model (a codebook, column or
+    # code of the default set written in the test, a reply read in a racy order).
+    "tests/engine/test_restore.py",
+    "tests/engine/test_core_driver.py",
+    "tests/engine/test_launch_budget.py",
+    "tests/model/test_model_errors.py",
+    "tests/server/test_inflight_cut.py",
+    "tests/server/test_command_mapping.py",
+    "tests/server/test_id_caps.py",
+    "tests/server/test_bad_input.py",
+    "tests/server/test_drain.py::test_the_drain_deadline_cuts_the_turn_at_the_frames_the_client_received",
 ]
 
 # Keys only our generator writes (where the set came from, how its EOS row was placed).
@@ -148,14 +160,14 @@ def test_a_set_with_another_audio_side_has_the_default_sets_layout(
     meta = json.loads((generated / "realtime" / "golden.json").read_text())
     assert meta["conversation"]["ref_frames"] > 0
     assert "session.ref_codes" in _tensor_names(generated / "realtime" / "golden.safetensors")
-    assert meta["audio"] == {"channels": 12, "audio_pad": 512, "bos": 513, "eos": 514, "vocab": 515}
+    assert meta["audio"] == {"channels": 3, "audio_pad": 96, "bos": 97, "eos": 98, "vocab": 99}
     cfg = json.loads((generated / "realtime" / "config.json").read_text())
-    assert (cfg["rvq"], cfg["audio_vocab_size"], cfg["audio_pad_token"]) == (12, 515, 512)
-    assert cfg["local_config"]["max_position_embeddings"] == 25
+    assert (cfg["rvq"], cfg["audio_vocab_size"], cfg["audio_pad_token"]) == (3, 99, 96)
+    assert cfg["local_config"]["max_position_embeddings"] == 2 * 3 + 1
     codec = json.loads((generated / "codec" / "config.json").read_text())
     assert (codec["sampling_rate"], codec["downsample_rate"]) == (16000, 1280)
     q = codec["quantizer_kwargs"]
-    assert (q["num_quantizers"], q["codebook_size"]) == (12, 512)
+    assert (q["num_quantizers"], q["codebook_size"]) == (3, 96)
 
 
 @pytest.mark.parametrize("which", ["generated", "generated_audio"])

@@ -223,7 +223,7 @@ async def test_handshake_rules(server):
     await _still_serves(server)
 
 
-async def test_client_side_checks_mirror_the_engine(server):
+async def test_client_side_checks_mirror_the_engine(server, realtime_meta):
     client = RemoteEngine(server.url, token=TOKEN)
     session = await client.create_session(sampling=GREEDY)
     with pytest.raises(InvalidInputError):
@@ -231,7 +231,7 @@ async def test_client_side_checks_mirror_the_engine(server):
     with pytest.raises(InvalidInputError):
         await session.interrupt(-1)
     with pytest.raises(InvalidInputError):
-        await session.add_user_turn([1], [[1, 2, 3]])
+        await session.add_user_turn([1], [[1] * (realtime_meta["audio"]["channels"] + 1)])
     with pytest.raises(InvalidInputError):
         await session.set_sampling(SamplingParams(repetition_window=1000))  # engine's limit
     turn = await session.start_turn(max_frames=4)
