@@ -6,6 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
+  # The Python floor is pyproject's requires-python, checked before anything is installed (an
+  # older Python would fetch a torch build for itself, then fail on pipecat-ai's floor).
+  "$PY" - <<'PYCHECK'
+import re, sys
+floor = re.search(r'^requires-python = ">=([0-9.]+)"', open("pyproject.toml").read(), re.M)[1]
+need = tuple(int(n) for n in floor.split("."))
+if sys.version_info[: len(need)] < need:
+    sys.exit(f"moss-pipecat needs Python >= {floor}; {sys.executable} is "
+             f"{sys.version.split()[0]} (set PYTHON to another interpreter)")
+PYCHECK
   "$PY" -m venv .venv
 fi
 stamp=.venv/.moss-pipecat-installed
