@@ -46,3 +46,11 @@ for _ in $(seq 600); do  # a bounded wait for the port to accept (a cold start l
     sleep 0.2
 done
 (cd "$work" && "$work/light/bin/python" "$OLDPWD/tests/server/light_bot.py" "ws://127.0.0.1:$port")
+
+# Again on the lowest websockets pyproject allows (pipecat allows it too): the client must speak
+# through every version a user may have (13.x and 14.x take no `proxy` argument, for one).
+floor=$(sed -n 's/^ *"websockets>=\([0-9.]*\)".*/\1/p' pyproject.toml)
+"$work/light/bin/python" -m pip install -q --disable-pip-version-check "websockets==$floor" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+echo "light install with websockets $floor (pyproject's floor):"
+(cd "$work" && "$work/light/bin/python" "$OLDPWD/tests/server/light_bot.py" "ws://127.0.0.1:$port")

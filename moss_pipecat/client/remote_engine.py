@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import socket
 import ssl
 import time
@@ -22,6 +24,16 @@ from moss_pipecat.protocol.errors import (
     UnauthorizedError,
 )
 from moss_pipecat.speech.sampling import SamplingParams
+
+
+@functools.cache
+def _no_proxy() -> dict[str, Any]:
+    """``connect``'s arguments for a direct connection: websockets >= 15 routes through the
+    proxy HTTP(S)_PROXY names unless told ``proxy=None``; older ones (pipecat allows >= 13.1)
+    never use a proxy and take no such argument."""
+    from websockets.asyncio.client import connect
+
+    return {"proxy": None} if "proxy" in inspect.signature(connect).parameters else {}
 
 
 class RemoteEngine:
@@ -225,8 +237,8 @@ class RemoteEngine:
             close_timeout=2,
             max_size=self.max_message_bytes,
             compression=None,
-            proxy=None,
             ssl=self._ssl,
+            **_no_proxy(),
         )
         try:
             await asyncio.wait_for(ws.send(session.hello().to_json()), self.connect_timeout)

@@ -51,3 +51,31 @@ async def test_a_ready_of_another_protocol_version_is_refused(v):
                 assert [m["type"] for m in received] == ["hello"]  # one attempt, no retry
         finally:
             await engine.aclose()
+
+
+async def test_a_proxy_named_in_the_environment_is_not_used(monkeypatch):
+    """The client connects straight to the server (websockets >= 15 would go through the
+    proxy HTTP(S)_PROXY names: here a port nobody listens on)."""
+    from tests.server.processes import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, dead)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+    async def handler(ws):
+        await ws.recv()  # the hello
+        await ws.send(json.dumps(ready(PROTOCOL_VERSION)))
+        async for _ in ws:
+            return
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        engine = RemoteEngine(f"ws://127.0.0.1:{port}/v1/ws", reconnect_timeout=2)
+        try:
+            session = await engine.create_session()
+            assert session.id == "c1"
+            await session.close()
+        finally:
+            await engine.aclose()
