@@ -66,7 +66,7 @@ async def test_a_hello_for_another_conversation_than_its_header_is_refused(serve
         assert isinstance(P.parse_server_message(json.dumps(reply)).to_exception(), ProtocolError)
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 5)
-        assert ws.close_code == P.CLOSE_PROTOCOL
+        assert ws.protocol.close_code == P.CLOSE_PROTOCOL  # (ws.close_code: websockets >= 15)
     assert hub.metrics.misrouted.value() == len(cases)
     assert hub.metrics.errors.value(code="bad_message") == len(cases)
 

@@ -40,7 +40,7 @@ async def refused_hello(server, close: int = P.CLOSE_FORBIDDEN, **hello) -> tupl
     with pytest.raises(ConnectionClosed):
         while True:
             rest.append(await asyncio.wait_for(ws.recv(), 5))
-    assert ws.close_code == close
+    assert ws.protocol.close_code == close  # (ws.close_code: websockets >= 15)
     return first, rest
 
 
