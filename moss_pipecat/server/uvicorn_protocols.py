@@ -1,10 +1,10 @@
 """The uvicorn protocol classes ``moss-pipecat serve`` runs: every reach into uvicorn's
 internals lives here (``app.EngineServer`` only picks them).
 
-Both extend uvicorn's own classes (the websocket one tested with uvicorn 0.52.1 to 0.55, the
-HTTP one written against 0.55; pyproject's floor is 0.52.1) and lean on names that are not uvicorn's public API, so each
-checks for them first and, on a uvicorn that lacks them, the server runs uvicorn's stock
-protocol: it still works, only that hardening is off (and the log says so).
+Both extend uvicorn's own classes (the websocket one tested with uvicorn 0.52.1, pyproject's
+floor, to 0.55; the HTTP one written against 0.55) and lean on names that are not uvicorn's
+public API, so each checks for them first and, on a uvicorn that lacks them, the server runs
+uvicorn's stock protocol: it still works, only that hardening is off (and the log says so).
 ``http_protocol_problems`` lists what the HTTP one relies on; tests/server/test_idle_sockets.py
 fails on an installed uvicorn that changed it.
 
