@@ -21,7 +21,8 @@ async def _recv_json(ws, timeout: float = 10.0) -> dict:
 
 @pytest.fixture
 async def server(make_tiny_engine, make_server):
-    return await make_server(make_tiny_engine())
+    # eos_min_frames: "still works" turns speak their 2 frames, wherever EOS would be.
+    return await make_server(make_tiny_engine(eos_min_frames=2))
 
 
 async def _open(server, **hello) -> tuple:

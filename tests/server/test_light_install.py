@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from .conftest import TALKATIVE
+
 REPO = Path(__file__).resolve().parents[2]
 
 BOT = Path(__file__).with_name("light_bot.py")
@@ -18,7 +20,7 @@ BOT = Path(__file__).with_name("light_bot.py")
 async def test_remote_service_runs_without_torch_or_the_server(
     make_tiny_engine, make_server, tmp_path
 ):
-    server = await make_server(make_tiny_engine())
+    server = await make_server(make_tiny_engine(**TALKATIVE))  # every reply has audio
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),

@@ -25,7 +25,7 @@ USER_FRAMES = 600  # a user turn the next turn's prefill feeds, a few rows per t
 async def _long_prefill(make_tiny_engine, make_server, realtime_meta, cid: str):
     """A session whose next turn prefills a long user turn a row per tick; returns the
     engine, the client's turn (text ended, read by a task) and the server's stream of it."""
-    engine = make_tiny_engine(prefill_chunk=1)
+    engine = make_tiny_engine(prefill_chunk=1, eos_min_frames=3)  # 3 frames, wherever EOS is
     server = await make_server(engine, progress_interval_s=INTERVAL)
     # A first turn warms the engine (its first calls are slow) under the default timeout.
     warm = await RemoteEngine(server.url).create_session(conversation_id="warm", sampling=GREEDY)

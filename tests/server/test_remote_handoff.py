@@ -23,7 +23,7 @@ from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
 from .conftest import GREEDY as GREEDY_SAMPLING
-from .conftest import eventually
+from .conftest import TALKATIVE, eventually
 from .cues import Cue, Watcher
 from .test_remote_service import reply, run
 
@@ -78,7 +78,7 @@ async def _run(tts, frames, at=None) -> tuple[Handoff, Watcher, list]:
 async def test_a_second_service_resumes_the_conversation_with_the_first_one_s_credentials(
     make_tiny_engine, make_server
 ):
-    engine = make_tiny_engine(max_sessions=2)
+    engine = make_tiny_engine(max_sessions=2, **TALKATIVE)  # replies speak: cues wait on audio
     server = await make_server(engine)
     first = MossRemoteTTSService(url=server.url, conversation_id="handed-1", settings=GREEDY)
     assert first.resume_secret is None and first.resume_ticket is None  # not started yet
@@ -133,8 +133,8 @@ async def test_the_ticket_takes_the_id_back_from_whoever_made_it_anew_after_a_lo
     monkeypatch, make_tiny_engine, make_server
 ):
     monkeypatch.setenv(RESUME_KEY_ENV, KEY)  # the servers of one deployment share the key
-    a = await make_server(make_tiny_engine())
-    b_engine = make_tiny_engine(max_sessions=3)
+    a = await make_server(make_tiny_engine(**TALKATIVE))  # replies speak: cues wait on audio
+    b_engine = make_tiny_engine(max_sessions=3, **TALKATIVE)
     b = await make_server(b_engine)
 
     async def lose_server(what: str) -> None:

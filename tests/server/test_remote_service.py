@@ -29,6 +29,7 @@ from moss_pipecat.service import MossTTSService, MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
 from ..service.conftest import Probe, SnapshotProbe, UrgentProbe, user_audio_frames
+from .conftest import TALKATIVE
 
 GREEDY = MossTTSSettings(greedy=True)
 
@@ -57,7 +58,7 @@ def pcm(frames) -> np.ndarray:
 
 
 async def test_remote_conversation_matches_the_local_service(make_tiny_engine, make_server):
-    engine = make_tiny_engine(max_sessions=4)
+    engine = make_tiny_engine(max_sessions=4, **TALKATIVE)  # every reply speaks its words
     server = await make_server(engine, token="secret")
     frames = [
         *reply("Hello ", "over the ", "network."),
@@ -86,7 +87,7 @@ async def test_remote_conversation_matches_the_local_service(make_tiny_engine, m
 
 
 async def test_remote_interruption_and_settings(make_tiny_engine, make_server):
-    engine = make_tiny_engine(max_sessions=2)
+    engine = make_tiny_engine(max_sessions=2, **TALKATIVE)
     server = await make_server(engine)
     long = [w + " " for w in ("This reply goes on and on " * 5).split()]
     frames = [
@@ -145,7 +146,7 @@ class _ReplyEnded(FrameProcessor):
 
 
 async def test_lost_server_is_an_error_frame_not_a_hang(make_tiny_engine, make_server):
-    engine = make_tiny_engine(max_sessions=2)
+    engine = make_tiny_engine(max_sessions=2, **TALKATIVE)  # the first reply speaks
     server = await make_server(engine)
     tts = MossRemoteTTSService(url=server.url)
     gate = _StopServerBeforeReply(server)

@@ -11,7 +11,7 @@ from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
 from ..service.tracing_helpers import tts_spans
-from .conftest import eventually
+from .conftest import TALKATIVE, eventually
 from .test_remote_service import reply
 
 
@@ -42,7 +42,7 @@ class BreakBeforeSecondReply(MossRemoteTTSService):
 async def test_remote_reply_spans_carry_the_conversation_and_reconnects(
     make_tiny_engine, make_server, span_exporter, traced_pipelines
 ):
-    server = await make_server(make_tiny_engine(max_sessions=2))
+    server = await make_server(make_tiny_engine(max_sessions=2, **TALKATIVE))  # replies speak
     tts = BreakBeforeSecondReply(url=server.url, settings=MossTTSSettings(greedy=True))
     frames = [*reply("First ", "reply."), *reply("After ", "the reset."), SleepFrame(0.5)]
     _, up = await run_test(tts, frames_to_send=frames)

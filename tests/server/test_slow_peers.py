@@ -57,7 +57,7 @@ async def _hello_latency(server) -> float:
 
 
 async def test_a_stuck_peer_being_taken_over_delays_no_other_hello(make_tiny_engine, make_server):
-    engine = make_tiny_engine()
+    engine = make_tiny_engine(eos_min_frames=2)  # the turn after the takeover speaks
     server = await make_server(engine, write_timeout_s=WRITE_TIMEOUT)
     hub = server.hub
     peer, secret = await _stuck_peer(server, "stuck-1")

@@ -71,8 +71,8 @@ def spoken_words(frames) -> str:
     return " ".join(f.text.strip() for f in frames if isinstance(f, TTSTextFrame))
 
 
-async def test_two_turn_conversation_with_user_turn_in_between(tiny_engine):
-    tts = MossTTSService(engine=tiny_engine, settings=MossTTSSettings(seed=3))
+async def test_two_turn_conversation_with_user_turn_in_between(talkative_engine):
+    tts = MossTTSService(engine=talkative_engine, settings=MossTTSSettings(seed=3))
     text1, text2 = "Hello there, how are you today?", "Great, let us get started."
     frames = [
         *reply("Hello ", "there, how", " are you", " today?"),
@@ -83,7 +83,7 @@ async def test_two_turn_conversation_with_user_turn_in_between(tiny_engine):
         SleepFrame(0.5),
         Probe(),
     ]
-    rate, hop = tiny_engine.codec.sampling_rate, tiny_engine.codec.samples_per_frame
+    rate, hop = talkative_engine.codec.sampling_rate, talkative_engine.codec.samples_per_frame
     down, up, snaps = await run(tts, frames, sample_rate=rate, metrics=True)  # not resampled
     assert not [f for f in up if isinstance(f, ErrorFrame)]
     audio_contexts = contexts_of(down)
@@ -100,7 +100,7 @@ async def test_two_turn_conversation_with_user_turn_in_between(tiny_engine):
     assert [role for role, _ in first["turns"]] == ["assistant"]
     assert [role for role, _ in second["turns"]] == ["assistant", "user", "assistant"]
     user_tokens = second["turns"][1][1]
-    assert user_tokens == len(encode_text(tiny_engine.tokenizer, "I am fine thanks"))
+    assert user_tokens == len(encode_text(talkative_engine.tokenizer, "I am fine thanks"))
     # The user's audio is in the rows: 1 s of speech = 12 codec frames beside the text.
     rows = second["rows"]
     assert rows.shape[0] > first["rows"].shape[0] + 12
@@ -152,11 +152,11 @@ async def test_interruption_mid_reply_rolls_back_and_the_next_reply_works(talkat
     assert "going This is a long answer that keeps going This" not in spoken_words(down)
 
 
-async def test_settings_update_takes_effect_on_the_next_turn(tiny_engine, tmp_path):
+async def test_settings_update_takes_effect_on_the_next_turn(talkative_engine, tmp_path):
     voice = tmp_path / "voice.wav"
     t = np.arange(24000) / 24000
     sf.write(voice, (0.3 * np.sin(2 * np.pi * 150 * t)).astype(np.float32), 24000)
-    tts = MossTTSService(engine=tiny_engine, voice_dir=tmp_path)
+    tts = MossTTSService(engine=talkative_engine, voice_dir=tmp_path)
     frames = [
         *reply("First ", "reply."),
         UrgentProbe(),  # read while the first reply plays, before the update is sent
@@ -182,8 +182,8 @@ async def test_settings_update_takes_effect_on_the_next_turn(tiny_engine, tmp_pa
     [["   ", "\n"], ["😀🎉", "🙂"], ["word " * 600]],
     ids=["whitespace", "emoji", "very-long"],
 )
-async def test_odd_text_then_a_normal_reply(tiny_engine, pieces):
-    tts = MossTTSService(engine=tiny_engine)
+async def test_odd_text_then_a_normal_reply(talkative_engine, pieces):
+    tts = MossTTSService(engine=talkative_engine)
     frames = [*reply(*pieces), SleepFrame(0.3), *reply("Still ", "here."), SleepFrame(0.3)]
     down, up, _ = await run(tts, frames)
     errors = [f for f in up if isinstance(f, ErrorFrame)]
@@ -196,10 +196,10 @@ async def test_odd_text_then_a_normal_reply(tiny_engine, pieces):
 
 
 async def test_engine_failure_becomes_an_error_frame_and_the_pipeline_goes_on(
-    tiny_engine, monkeypatch
+    talkative_engine, monkeypatch
 ):
-    tts = MossTTSService(engine=tiny_engine)
-    model = tiny_engine.model
+    tts = MossTTSService(engine=talkative_engine)
+    model = talkative_engine.model
     real = model.backbone
     calls = {"n": 0}
 
@@ -222,7 +222,7 @@ async def test_engine_failure_becomes_an_error_frame_and_the_pipeline_goes_on(
     assert len(contexts_of(down)) == 1  # the second reply spoke
 
 
-async def test_telephony_pipeline_gets_8khz_audio(tiny_engine):
+async def test_telephony_pipeline_gets_8khz_audio(talkative_engine):
     def samples(frames, rate):
         audio = [f for f in frames if isinstance(f, TTSAudioRawFrame)]
         assert audio and all(f.sample_rate == rate for f in audio)
@@ -230,12 +230,12 @@ async def test_telephony_pipeline_gets_8khz_audio(tiny_engine):
 
     greedy = MossTTSSettings(greedy=True)
     frames = [*reply("Hello ", "caller."), SleepFrame(0.3)]
-    rate, hop = tiny_engine.codec.sampling_rate, tiny_engine.codec.samples_per_frame
+    rate, hop = talkative_engine.codec.sampling_rate, talkative_engine.codec.samples_per_frame
     down_codec, _, _ = await run(
-        MossTTSService(engine=tiny_engine, settings=greedy), frames, sample_rate=rate
+        MossTTSService(engine=talkative_engine, settings=greedy), frames, sample_rate=rate
     )
     down8, up, _ = await run(
-        MossTTSService(engine=tiny_engine, settings=greedy), frames, sample_rate=8000
+        MossTTSService(engine=talkative_engine, settings=greedy), frames, sample_rate=8000
     )
     assert not [f for f in up if isinstance(f, ErrorFrame)]
     n_frames = samples(down_codec, rate) // hop
@@ -243,21 +243,21 @@ async def test_telephony_pipeline_gets_8khz_audio(tiny_engine):
     assert abs(samples(down8, 8000) - n_frames * 640) <= 8
 
 
-async def test_tts_speak_frame(tiny_engine):
-    tts = MossTTSService(engine=tiny_engine)
+async def test_tts_speak_frame(talkative_engine):
+    tts = MossTTSService(engine=talkative_engine)
     down, up, _ = await run(tts, [TTSSpeakFrame("Welcome to the demo."), SleepFrame(0.3)])
     assert not [f for f in up if isinstance(f, ErrorFrame)]
     assert sum(isinstance(f, TTSAudioRawFrame) for f in down) > 0
     assert spoken_words(down).split() == "Welcome to the demo.".split()
 
 
-async def test_one_engine_serves_two_pipelines_at_once(tiny_engine):
+async def test_one_engine_serves_two_pipelines_at_once(talkative_engine):
     import asyncio
 
-    a = MossTTSService(engine=tiny_engine, settings=MossTTSSettings(greedy=True))
-    b = MossTTSService(engine=tiny_engine, settings=MossTTSSettings(greedy=True))
+    a = MossTTSService(engine=talkative_engine, settings=MossTTSSettings(greedy=True))
+    b = MossTTSService(engine=talkative_engine, settings=MossTTSSettings(greedy=True))
     frames = [*reply("Same ", "words ", "twice."), SleepFrame(0.5), Probe()]
-    rate = tiny_engine.codec.sampling_rate  # the codec's PCM as it is: no resampler's filter
+    rate = talkative_engine.codec.sampling_rate  # the codec's PCM as it is: no resampler's filter
     (down_a, _, snap_a), (down_b, _, snap_b) = await asyncio.gather(
         run(a, frames, sample_rate=rate), run(b, frames, sample_rate=rate)
     )
@@ -268,17 +268,17 @@ async def test_one_engine_serves_two_pipelines_at_once(tiny_engine):
     assert pcm_a.size > 0 and pcm_a.size == pcm_b.size
     assert np.abs(pcm_a - pcm_b).max() <= 2
     assert snap_a[0]["slot"] != snap_b[0]["slot"]
-    assert tiny_engine.session_ids == []  # both sessions closed with their pipelines
+    assert talkative_engine.session_ids == []  # both sessions closed with their pipelines
 
 
-async def test_llm_context_keeps_the_spoken_words(tiny_engine):
+async def test_llm_context_keeps_the_spoken_words(talkative_engine):
     """Downstream of the TTS, pipecat's assistant aggregator adds what was spoken."""
     from pipecat.processors.aggregators.llm_context import LLMContext
     from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 
     context = LLMContext()
     pair = LLMContextAggregatorPair(context)
-    tts = MossTTSService(engine=tiny_engine, context=context)
+    tts = MossTTSService(engine=talkative_engine, context=context)
     text = "The quick brown fox jumps over the lazy dog."
     await run_test(
         Pipeline([tts, pair.assistant()]),
@@ -328,8 +328,8 @@ async def test_a_bad_voice_is_one_error_and_the_service_keeps_speaking(
     assert after["system_rows"] == before["system_rows"]  # the previous voice stayed
 
 
-async def test_a_runtime_model_change_is_refused_and_the_replies_go_on(tiny_engine):
-    tts = MossTTSService(engine=tiny_engine)
+async def test_a_runtime_model_change_is_refused_and_the_replies_go_on(talkative_engine):
+    tts = MossTTSService(engine=talkative_engine)
     model = tts._settings.model
     frames = [*reply("First ", "reply."), SleepFrame(0.3)]
     frames += [TTSUpdateSettingsFrame(delta=MossTTSSettings(model="someone/else", greedy=True))]

@@ -30,8 +30,10 @@ def audio_frames(down, context_id: str) -> int:
     )
 
 
-async def test_one_span_per_reply_under_the_turn_span(tiny_engine, span_exporter, traced_pipelines):
-    tts = MossTTSService(engine=tiny_engine, settings=MossTTSSettings(greedy=True))
+async def test_one_span_per_reply_under_the_turn_span(
+    talkative_engine, span_exporter, traced_pipelines
+):
+    tts = MossTTSService(engine=talkative_engine, settings=MossTTSSettings(greedy=True))
     frames = [
         *reply("Hello ", "there, how", " are you", " today?"),
         SleepFrame(0.3),
@@ -71,12 +73,12 @@ async def test_one_span_per_reply_under_the_turn_span(tiny_engine, span_exporter
 
 @pytest.mark.parametrize("rate", [8000, 48000])  # neither a codec's rate: resampled
 async def test_a_resampled_reply_is_heard_as_the_frames_the_engine_made(
-    rate, tiny_engine, span_exporter, traced_pipelines
+    rate, talkative_engine, span_exporter, traced_pipelines
 ):
     """At an output rate not the codec's, a resampler carries the frames in chunks of its own,
     its tail one more: the heard clock counts engine frames, not chunks, so a reply played to
     the end was heard as exactly the frames made (the count an interruption keeps too)."""
-    tts = MossTTSService(engine=tiny_engine, settings=MossTTSSettings(greedy=True))
+    tts = MossTTSService(engine=talkative_engine, settings=MossTTSSettings(greedy=True))
     down, up, _ = await run(
         tts, [*reply("Hello ", "there, how", " are you", " today?")], sample_rate=rate
     )
@@ -123,8 +125,8 @@ async def test_an_interrupted_reply_span_keeps_what_was_heard(
     assert last["moss.heard_frames"] == last["moss.frames"] > 0
 
 
-async def test_no_spans_unless_the_pipeline_enables_tracing(tiny_engine, span_exporter):
-    tts = MossTTSService(engine=tiny_engine, settings=MossTTSSettings(greedy=True))
+async def test_no_spans_unless_the_pipeline_enables_tracing(talkative_engine, span_exporter):
+    tts = MossTTSService(engine=talkative_engine, settings=MossTTSSettings(greedy=True))
     down, _, _ = await run(tts, [*reply("Hello ", "there."), SleepFrame(0.3)])
     assert any(isinstance(f, TTSAudioRawFrame) for f in down)
     assert not tts_spans(span_exporter)
