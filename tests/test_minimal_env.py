@@ -175,7 +175,8 @@ def test_gpu_bench_dry_run_in_minimal_env(minimal_python, tmp_path):
     assert "one interpreter: steps fork from" in proc.stderr
     assert summary["logger"] == "stdlib" and summary["package"] == str(REPO / "moss_pipecat")
     assert summary["wheels"] == ["mossprobe"] and summary["importable"]["mossprobe"]
-    assert not (REPO / ".venv").samefile(Path(summary["executable"]).parent.parent)
+    venv = REPO / ".venv"  # absent where the suite runs from another venv (check_floors.sh)
+    assert not venv.exists() or not venv.samefile(Path(summary["executable"]).parent.parent)
     assert summary["importable"] == {
         "loguru": False,
         "soxr": False,
