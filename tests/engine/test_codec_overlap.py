@@ -71,7 +71,7 @@ def _conversations(model, layout, codec, meta, overlap: bool) -> dict[str, list]
             if tick == 16:  # the first has ended (both ways), at the same tick either way
                 assert logs["cap"][-1][:3] == ("end", 0, "max_frames")
                 second = True
-                turn = core.execute("cap", StartTurn(_Log(logs["cap"]), max_frames=4))
+                turn = core.execute("cap", StartTurn(_Log(logs["cap"]), max_frames=4, min_frames=4))
                 core.execute("cap", EndText(turn, tuple(text["stream"][:5])))
             core.tick()
     assert second and all(log[-1][0] == "end" for log in logs.values()), logs
