@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
@@ -118,10 +119,13 @@ def main() -> None:
         engine = load_engine(args.model, args.codec or DEFAULT_CODEC, device=args.device)
         what = args.model
     else:
-        from moss_pipecat.engine import load_tiny_engine
+        from moss_pipecat.engine import TINY_ENGINE_CONFIG, load_tiny_engine
 
         fixtures = args.fixtures or tiny_fixtures_dir()
-        engine = load_tiny_engine(fixtures, device=args.device)
+        # The random model's stand-in rules (a turn speaks its text first, as the agents'
+        # tiny engine), unpaced: the demo writes files, nobody is listening in real time.
+        config = dataclasses.replace(TINY_ENGINE_CONFIG, lookahead_s=None)
+        engine = load_tiny_engine(fixtures, config=config, device=args.device)
         what = f"tiny random-weight fixture model at {fixtures} (noise-like audio by design)"
     args.out.mkdir(parents=True, exist_ok=True)
     try:

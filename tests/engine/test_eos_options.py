@@ -30,8 +30,8 @@ def eos_model(realtime_dir) -> MossTTSRealtime:
     eos = model.cfg.audio_eos
 
     def raise_eos(module, args, logits):
-        logits = logits.clone()
-        logits[:, eos] += 1e4
+        logits = logits.clone()  # EOS above every other logit, whatever its own weights say
+        logits[:, eos] = logits.max(dim=-1).values + 1e4
         return logits
 
     model.local_transformer.local_lm_heads[0].register_forward_hook(raise_eos)

@@ -15,7 +15,8 @@ GREEDY = SamplingParams.greedy_decoding()
 
 def _speak_together(engine, texts, frames: int):
     sessions = [SyncSession(engine.create_session(sampling=GREEDY)) for _ in texts]
-    turns = [s.start_turn(max_frames=frames) for s in sessions]
+    # min_frames: every turn has frames to compare, whatever the random model.
+    turns = [s.start_turn(max_frames=frames, min_frames=2) for s in sessions]
     gate = threading.Event()
     engine.call(gate.wait)  # every turn's text lands before the next tick
     for t, text in zip(turns, texts, strict=True):

@@ -177,7 +177,8 @@ async def test_eight_concurrent_sessions_equal_each_alone(
                 continue
             piece = rnd.randint(1, 6) if rnd else len(step)
             pause = rnd.choice([0, 0, 0.001, 0.003]) if rnd else 0
-            chunks, summary = await _speak(session, step, 24, piece, pause)
+            # min_frames: replies overlap in time (batched steps), whatever the random model.
+            chunks, summary = await _speak(session, step, 24, piece, pause, min_frames=4)
             pcm = np.frombuffer(b"".join(c.pcm for c in chunks), dtype="<i2")
             codes = torch.stack([c.codes for c in chunks]) if chunks else torch.zeros(0, 16)
             out.append((codes, summary.stop, pcm))

@@ -129,7 +129,8 @@ async def test_a_remote_turn_joins_a_surrogate_pair_split_across_pieces(
 ):
     """A caller handing an emoji over as two lone surrogates (UTF-8, the wire, can carry
     neither): the server's turn gets the text whole, a lone half as U+FFFD."""
-    server = await make_server(make_tiny_engine(max_sessions=2))
+    # eos_after_text: no EOS before the last piece arrived (the summary's text is all of it).
+    server = await make_server(make_tiny_engine(max_sessions=2, eos_after_text=True))
     client = RemoteEngine(server.url)
     try:
         session = await client.create_session(sampling=GREEDY)
