@@ -111,12 +111,14 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="a turn's first N frames never end it (EOS masked; default 0: off)",
+        help="a turn's first N frames never end it (EOS masked; default 0: off, with --tiny "
+        "the stand-in's 25)",
     )
     p.add_argument(
         "--eos-after-text",
-        action="store_true",
-        help="mask EOS until a turn's whole text has been fed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mask EOS until a turn's whole text has been fed (default off, on with --tiny)",
     )
     p.add_argument(
         "--prefix-cache-mib",
@@ -166,8 +168,7 @@ def serve_options(args: argparse.Namespace):
     from moss_pipecat.server.options import EngineOptions, ServerOptions, split_options
 
     values = {k: v for k, v in vars(args).items() if k != "command"}
-    for flag in ("no_codec", "eos_after_text"):
-        values[flag] = values[flag] or None  # store_true: unset means the model's default
+    values["no_codec"] = values["no_codec"] or None  # store_true: unset means the model's default
     engine, server = split_options(values, EngineOptions, ServerOptions)
     return EngineOptions.model_validate(engine), ServerOptions.model_validate(server)
 

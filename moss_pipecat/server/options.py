@@ -74,8 +74,14 @@ class EngineOptions(BaseModel):
     kernel_cache_dir: str | None = Field(
         None, description="compiled kernels kept here across restarts (None: their defaults)"
     )
-    eos_min_frames: int = Field(0, ge=0)
-    eos_after_text: bool = False
+    # None: the engine's default (0 / False), but with ``tiny`` the stand-in's rules
+    # (``TINY_ENGINE_CONFIG``): its random weights may end a reply on EOS at once.
+    eos_min_frames: int | None = Field(
+        None, ge=0, description="a turn's first N frames never end it (EOS masked)"
+    )
+    eos_after_text: bool | None = Field(
+        None, description="EOS masked until a turn's whole text has been fed"
+    )
     prefix_cache_mib: float | None = Field(
         None, ge=0, description="prompt prefix cache size (None: the engine's default; 0: off)"
     )
@@ -112,9 +118,8 @@ class EngineOptions(BaseModel):
             "compile_decode": self.compile,
             "fused": {"auto": None, "on": True, "off": False}[self.fused],
             "kernel_cache_dir": self.kernel_cache_dir,
-            "eos_min_frames": self.eos_min_frames,
-            "eos_after_text": self.eos_after_text,
         }
+        kw.update(self._eos_rules())
         if self.max_text_chars is not None:
             kw["max_text_chars"] = self.max_text_chars
         if self.frame_deadline_ms is not None:
@@ -139,6 +144,17 @@ class EngineOptions(BaseModel):
         elif self.turn_reserve is not None:
             kw["turn_reserve"] = self.turn_reserve
         return EngineConfig(**kw)
+
+    def _eos_rules(self) -> dict[str, Any]:
+        """The EOS rules given, the rest from the engine's defaults or, for the tiny fixtures,
+        from the stand-in's (the rules the in-process agents and the demo use)."""
+        given = {"eos_min_frames": self.eos_min_frames, "eos_after_text": self.eos_after_text}
+        if self.tiny:
+            from moss_pipecat.engine.factory import TINY_ENGINE_CONFIG
+
+            defaults = {k: getattr(TINY_ENGINE_CONFIG, k) for k in given}
+            given = {k: defaults[k] if v is None else v for k, v in given.items()}
+        return {k: v for k, v in given.items() if v is not None}
 
     def load_engine(self) -> Any:
         """Loads and starts the engine (tiny fixtures or a real checkpoint)."""

@@ -14,6 +14,7 @@ import torch
 
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.engine.engine import MossEngine
+from moss_pipecat.engine.factory import TINY_ENGINE_CONFIG
 from moss_pipecat.errors import InvalidInputError
 from moss_pipecat.model import MossTTSRealtime, SamplingParams, generate_turn
 
@@ -193,8 +194,32 @@ async def test_eos_options_errors(make_engine):
 def test_cli_eos_flags_make_the_engine_config():
     from moss_pipecat.cli import _engine_config, build_parser
 
-    default = _engine_config(build_parser().parse_args(["serve", "--tiny", "/x"]))
-    assert (default.eos_min_frames, default.eos_after_text) == (0, False)
-    args = ["serve", "--tiny", "/x", "--eos-min-frames", "7", "--eos-after-text"]
-    cfg = _engine_config(build_parser().parse_args(args))
-    assert (cfg.eos_min_frames, cfg.eos_after_text) == (7, True)
+    def rules(*argv: str) -> tuple[int, bool]:
+        cfg = _engine_config(build_parser().parse_args(["serve", *argv]))
+        return cfg.eos_min_frames, cfg.eos_after_text
+
+    # A real model ends a turn where it says EOS; the tiny fixtures' random one follows the
+    # stand-in's rules, as in the in-process agents, unless told otherwise.
+    assert rules("--model", "m") == (0, False)
+    assert rules("--tiny", "/x") == (
+        TINY_ENGINE_CONFIG.eos_min_frames,
+        TINY_ENGINE_CONFIG.eos_after_text,
+    )
+    assert TINY_ENGINE_CONFIG.eos_min_frames > 0 and TINY_ENGINE_CONFIG.eos_after_text
+    assert rules("--model", "m", "--eos-min-frames", "7", "--eos-after-text") == (7, True)
+    assert rules("--tiny", "/x", "--eos-min-frames", "0", "--no-eos-after-text") == (0, False)
+    assert rules("--tiny", "/x", "--eos-min-frames", "3") == (3, True)
+
+
+def test_ray_options_take_the_same_eos_rules():
+    from moss_pipecat.server.options import EngineOptions
+
+    tiny = EngineOptions(tiny="/x").engine_config()
+    assert (tiny.eos_min_frames, tiny.eos_after_text) == (
+        TINY_ENGINE_CONFIG.eos_min_frames,
+        TINY_ENGINE_CONFIG.eos_after_text,
+    )
+    cfg = EngineOptions(tiny="/x", eos_min_frames="0", eos_after_text="false").engine_config()
+    assert (cfg.eos_min_frames, cfg.eos_after_text) == (0, False)
+    real = EngineOptions(model="m").engine_config()
+    assert (real.eos_min_frames, real.eos_after_text) == (0, False)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from moss_pipecat.client import RemoteEngine
+from moss_pipecat.engine import TINY_ENGINE_CONFIG
 from moss_pipecat.server import UnauthorizedError
 
 from .conftest import GREEDY, TOKEN
@@ -36,8 +37,14 @@ async def ray_serve(ray_moss_app):
 
 
 async def test_ray_app_serves_conversations_pinned_to_replicas(ray_serve, make_tiny_engine):
-    # The app's turns run to their max_frames (``eos_min_frames``); so do the local ones.
-    engine = make_tiny_engine(max_sessions=1, max_context=1024, eos_min_frames=80)
+    # The app's turns run to their max_frames (``eos_min_frames``); so do the local ones,
+    # under the EOS rules a tiny app takes by default (the stand-in's).
+    engine = make_tiny_engine(
+        max_sessions=1,
+        max_context=1024,
+        eos_min_frames=80,
+        eos_after_text=TINY_ENGINE_CONFIG.eos_after_text,
+    )
     local = engine.create_session(sampling=GREEDY)
     rvq = engine.layout.rvq
     expected = await _turns(local, rvq)
