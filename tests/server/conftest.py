@@ -14,15 +14,15 @@ from moss_pipecat.model import SamplingParams
 from moss_pipecat.server import EngineServer, ServerConfig, ServerLimits
 
 from ..conftest import RAY_UNIT, end_with_unit
+from ..engine_rules import SPEAKS
 from ..service.tracing_helpers import span_exporter, traced_pipelines  # noqa: F401 (fixtures)
 
 GREEDY = SamplingParams.greedy_decoding()
 TOKEN = "test-token"
-# A tiny engine whose turns never end before their text was read, nor before 4 frames (the
-# pipecat-contract tests: a random model would end a reply on EOS at any frame).
+# A tiny engine whose replies speak (``SPEAKS``), with short per-turn caps (the
+# pipecat-contract tests).
 TALKATIVE = dict(
-    eos_after_text=True,
-    eos_min_frames=4,
+    **SPEAKS,
     frames_per_text_token=1.5,
     min_turn_frames=8,
     max_text_chars=2000,

@@ -14,6 +14,7 @@ import torch
 from moss_pipecat.client import RemoteEngine
 from moss_pipecat.protocol.errors import ServerUnavailableError
 
+from ..engine_rules import SPEAKS
 from .conftest import GREEDY, eventually
 from .processes import ServerProcess, http_get
 from .turns import LONG_TEXT, read_chunks, say, speak
@@ -122,9 +123,7 @@ async def test_the_pipecat_service_keeps_talking_across_a_drain(make_tiny_engine
         return [LLMFullResponseStartFrame(), *map(LLMTextFrame, pieces), LLMFullResponseEndFrame()]
 
     # Paced replies of at most 40 frames (3.2 s), each one past its text.
-    config = dict(
-        max_sessions=2, lookahead_s=0.3, eos_after_text=True, eos_min_frames=4, max_turn_frames=40
-    )
+    config = dict(max_sessions=2, lookahead_s=0.3, max_turn_frames=40, **SPEAKS)
     a, b = [await make_server(make_tiny_engine(**config)) for _ in range(2)]
     tts = MossRemoteTTSService(url=[a.url, b.url], settings=MossTTSSettings(greedy=True))
 

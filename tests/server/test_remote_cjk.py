@@ -14,6 +14,7 @@ from moss_pipecat.client import RemoteEngine
 from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
+from ..engine_rules import SPEAKS
 from ..service.heard_units import SLACK_S, EngineLog, check_within_one_unit_of_heard
 from ..service.test_cjk_replies import (
     CUTS_S,
@@ -38,7 +39,7 @@ from .conftest import GREEDY
 
 
 async def _remote(make_tiny_engine, make_server, remote=None) -> MossRemoteTTSService:
-    engine = make_tiny_engine(max_sessions=2, eos_after_text=True, eos_min_frames=4)
+    engine = make_tiny_engine(max_sessions=2, **SPEAKS)
     server = await make_server(engine)
     return MossRemoteTTSService(
         url=server.url,

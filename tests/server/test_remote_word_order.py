@@ -10,6 +10,7 @@ from moss_pipecat.client import RemoteEngine
 from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
+from ..engine_rules import SPEAKS
 from ..service.heard_units import EngineLog
 from ..service.test_word_order import (
     CHINESE,
@@ -24,7 +25,7 @@ from ..service.test_word_order import (
 async def test_remote_words_parked_until_their_sentence_ends_come_out_before_the_next(
     make_tiny_engine, make_server, script
 ):
-    engine = make_tiny_engine(max_sessions=1, eos_after_text=True, eos_min_frames=4)
+    engine = make_tiny_engine(max_sessions=1, **SPEAKS)
     server = await make_server(engine)
     log = EngineLog(RemoteEngine(server.url))
     tts = MossRemoteTTSService(remote=log, settings=MossTTSSettings(greedy=True))

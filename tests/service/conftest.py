@@ -17,6 +17,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from moss_pipecat.engine.config import FRAME_SECONDS, EngineConfig
 from moss_pipecat.engine.factory import load_tiny_engine
 
+from ..engine_rules import SPEAKS
 from .tracing_helpers import span_exporter, traced_pipelines  # noqa: F401 (fixtures)
 
 
@@ -44,9 +45,8 @@ def tiny_engine(fixtures_dir):
 
 @pytest.fixture(scope="module")
 def talkative_engine(fixtures_dir):
-    """Turns never end before their whole text was read, nor before 4 frames (a short text
-    fits in the prefill), whatever the random weights."""
-    engine = service_engine(fixtures_dir, eos_after_text=True, eos_min_frames=4)
+    """Replies that speak (``SPEAKS``), whatever the random weights."""
+    engine = service_engine(fixtures_dir, **SPEAKS)
     yield engine
     engine.shutdown()
 
