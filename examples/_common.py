@@ -47,10 +47,10 @@ def parser(description: str, out: str) -> argparse.ArgumentParser:
     ap.add_argument(
         "--eos-min-frames",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
-        help="no reply ends before N frames (EngineConfig.eos_min_frames; a random-weight model "
-        "may otherwise stop anywhere)",
+        help="no reply ends before N frames (EngineConfig.eos_min_frames; default 0, and for "
+        "the tiny random-weight model, which may otherwise stop anywhere, its stand-in's 25)",
     )
     return ap
 
@@ -60,14 +60,16 @@ def load_engine_from_args(args: argparse.Namespace) -> MossEngine:
     if args.model:
         from moss_pipecat.engine import DEFAULT_CODEC, EngineConfig, load_engine
 
-        config = EngineConfig(eos_min_frames=args.eos_min_frames)
+        config = EngineConfig(eos_min_frames=args.eos_min_frames or 0)
         codec = args.codec or DEFAULT_CODEC
         return load_engine(args.model, codec, device=args.device, config=config)
     from moss_pipecat.engine import load_tiny_engine
 
     fixtures = args.fixtures or tiny_fixtures_dir()
     print(f"tiny random-weight MOSS model from {fixtures}: the audio is NOISE-LIKE by design")
-    config = replace(TINY_ENGINE_CONFIG, eos_min_frames=args.eos_min_frames)
+    config = TINY_ENGINE_CONFIG
+    if args.eos_min_frames is not None:
+        config = replace(config, eos_min_frames=args.eos_min_frames)
     return load_tiny_engine(fixtures, config=config, device=args.device or "cpu")
 
 

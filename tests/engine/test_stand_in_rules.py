@@ -69,3 +69,17 @@ async def test_every_tiny_serving_path_gives_every_reply_its_frames(eager_set, p
     early = TINY_ENGINE_CONFIG.eos_min_frames
     assert all(n >= early or stop == "max_frames" for stop, n in replies), replies
     assert min(n for _, n in replies) >= TINY_ENGINE_CONFIG.min_turn_frames, replies
+
+
+def test_the_examples_take_the_stand_in_rules_unless_told(eager_set):
+    from examples._common import load_engine_from_args, parser
+
+    def rules(*argv: str) -> tuple[int, bool]:
+        args = parser("", "out").parse_args(["--fixtures", str(eager_set), *argv])
+        engine = load_engine_from_args(args)
+        engine.shutdown()
+        return engine.config.eos_min_frames, engine.config.eos_after_text
+
+    stand_in = (TINY_ENGINE_CONFIG.eos_min_frames, TINY_ENGINE_CONFIG.eos_after_text)
+    assert rules() == stand_in
+    assert rules("--eos-min-frames", "3") == (3, TINY_ENGINE_CONFIG.eos_after_text)
