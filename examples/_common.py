@@ -50,7 +50,7 @@ def parser(description: str, out: str) -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="no reply ends before N frames (EngineConfig.eos_min_frames; default 0, and for "
-        "the tiny random-weight model, which may otherwise stop anywhere, its stand-in's 25)",
+        "the tiny random-weight model, which may otherwise stop anywhere, its stand-in's)",
     )
     return ap
 

@@ -112,7 +112,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="N",
         help="a turn's first N frames never end it (EOS masked; default 0: off, with --tiny "
-        "the stand-in's 25)",
+        "the stand-in's, TINY_ENGINE_CONFIG)",
     )
     p.add_argument(
         "--eos-after-text",
