@@ -182,11 +182,37 @@ def load_engine_from_args(args: argparse.Namespace):
     return serve_options(args)[0].load_engine()
 
 
+def _describe(error: Exception) -> str:
+    """One line for a bad option: pydantic's errors as ``field: message``, others as they are."""
+    from pydantic import ValidationError
+
+    if not isinstance(error, ValidationError):
+        return str(error)
+    parts = []
+    for e in error.errors():
+        where = ".".join(str(x) for x in e["loc"])
+        what = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {what}" if where else what)
+    return "; ".join(parts)
+
+
+def _fail(code: int, error: Exception) -> int:
+    print(f"moss-pipecat serve: error: {_describe(error)}", file=sys.stderr)
+    return code
+
+
 def serve(args: argparse.Namespace) -> int:
+    """Runs the server; bad options exit 2 and a checkpoint that will not load exits 1, each
+    with a one-line error (no traceback) before anything is loaded or bound."""
+    from moss_pipecat.errors import MossError
     from moss_pipecat.server.app import run_server
 
-    engine_options, server_options = serve_options(args)
-    config = server_options.server_config()
+    try:
+        engine_options, server_options = serve_options(args)
+        config = server_options.server_config()
+        engine_options.engine_config()  # every engine setting checked before the weights load
+    except (ValueError, OSError) as e:  # pydantic's ValidationError is a ValueError
+        return _fail(2, e)
     if config.host not in ("127.0.0.1", "localhost", "::1"):
         if not config.token:
             logger.warning(
@@ -197,7 +223,10 @@ def serve(args: argparse.Namespace) -> int:
                 f"serving on {config.host} without TLS: the token and audio cross the network "
                 "in the clear (--ssl-certfile/--ssl-keyfile)"
             )
-    engine = engine_options.load_engine()
+    try:
+        engine = engine_options.load_engine()
+    except MossError as e:  # CheckpointError: missing, unreadable or mismatched files
+        return _fail(1, e)
 
     def exit_cleanly(sig: int, frame: object) -> None:
         # uvicorn handles SIGTERM/SIGINT while serving (the server drains: clients are told
