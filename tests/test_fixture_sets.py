@@ -199,3 +199,11 @@ def test_audio_knobs_default_to_upstreams():
     assert FixtureSpec(seed=3, codec_rate=16000).resolved().codec_hop == 1280
     with pytest.raises(ValueError, match="codec_rate"):
         FixtureSpec(seed=3, codec_rate=22050).resolved()  # 80 ms = 1764 samples, not 8 patches
+
+
+def test_an_eager_set_draws_a_turn_1_that_ends_on_eos_and_nothing_else_moves():
+    for seed in range(12):
+        plain, eager = (FixtureSpec(seed=seed, eos_eager=e).resolved() for e in (False, True))
+        assert 3 <= eager.eos_frame < eager.max_frames1
+        others = {f.name for f in dataclasses.fields(FixtureSpec)} - {"eos_frame", "eos_eager"}
+        assert all(getattr(plain, n) == getattr(eager, n) for n in others), seed
