@@ -10,6 +10,7 @@ import inspect
 import socket
 import ssl
 import time
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +45,8 @@ class RemoteEngine:
             ``wss://`` for a server with TLS; or several such URLs (servers of one
             deployment): a session reconnects to the URL it was on, goes to the next one when
             its server drains (``goaway``), and tries them in turn while none answers. One URL
-            behind a load balancer (or Ray Serve) works the same way.
+            behind a load balancer (or Ray Serve) works the same way. A URL no connection
+            could use (another scheme, no host, a bad port) raises ``InvalidInputError``.
         token: bearer token (default: none), sent as ``Authorization: Bearer`` with the
             websocket upgrade.
         connect_timeout: seconds for one connection attempt (TCP + upgrade, then again for
@@ -85,10 +87,7 @@ class RemoteEngine:
         ssl_context: ssl.SSLContext | None = None,
         journal: bool = True,
     ) -> None:
-        urls = [url] if isinstance(url, str) else list(url)
-        if not urls:
-            raise InvalidInputError("RemoteEngine needs a server URL")
-        self.urls = [_with_path(u) for u in urls]
+        self.urls = server_urls(url)
         self.url = self.urls[0]
         self.token = token
         self.connect_timeout = connect_timeout
@@ -281,8 +280,28 @@ def _client_ssl(
     return ssl.create_default_context(cafile=ca_file)
 
 
-def _with_path(url: str) -> str:
-    return url.rstrip("/") + P.WS_PATH if "/" not in url.split("://", 1)[-1] else url
+def server_urls(url: str | Sequence[str]) -> list[str]:
+    """The URLs a client dials for ``url`` (one or several): each ``ws://`` or ``wss://`` with a
+    host, a bare ``scheme://host[:port]`` given the endpoint's path. Anything else raises
+    ``InvalidInputError`` naming it, before any connection is tried."""
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls:
+        raise InvalidInputError("a server URL is needed")
+    out = []
+    for u in urls:
+        if not isinstance(u, str):
+            raise InvalidInputError(f"a server URL is a string, got {type(u).__name__} {u!r}")
+        parts = urllib.parse.urlsplit(u)
+        if parts.scheme.lower() not in ("ws", "wss"):
+            raise InvalidInputError(f"a server URL is ws://host:port or wss://host:port, got {u!r}")
+        try:
+            parts.port  # noqa: B018 (parsing it is the check)
+        except ValueError:
+            raise InvalidInputError(f"a server URL with a bad port: {u!r}") from None
+        if not parts.hostname:
+            raise InvalidInputError(f"a server URL with no host: {u!r}")
+        out.append(u.rstrip("/") + P.WS_PATH if parts.path in ("", "/") else u)
+    return out
 
 
 def _refusal(e: Exception, url: str) -> Exception:

@@ -49,6 +49,7 @@ from typing import Any
 from pipecat.utils.errors import ErrorCategory
 
 from moss_pipecat.client import RemoteEngine, RemoteSession
+from moss_pipecat.client.remote_engine import server_urls
 from moss_pipecat.errors import CapacityError, MossError, SessionClosedError
 from moss_pipecat.protocol.errors import ServerUnavailableError, TLSVerificationError
 from moss_pipecat.service import pipecat_compat as compat
@@ -62,7 +63,8 @@ class MossRemoteTTSService(MossTTSServiceBase):
 
     Args:
         url: the server's websocket URL (``ws://HOST:PORT/v1/ws``, ``wss://`` with TLS), or
-            several servers' URLs (see ``RemoteEngine``).
+            several servers' URLs (see ``RemoteEngine``); one no connection could use raises
+            ``InvalidInputError`` here.
         token: bearer token, when the server requires one.
         ssl_ca_file, ssl_context: the CA to trust for a ``wss://`` server's certificate, or
             the whole TLS context (see ``RemoteEngine``).
@@ -102,6 +104,8 @@ class MossRemoteTTSService(MossTTSServiceBase):
     ) -> None:
         if remote is None and url is None:
             raise ValueError("MossRemoteTTSService needs url= (or remote=)")
+        if remote is None:
+            server_urls(url)  # a URL no connection could use fails here, not at the first reply
         # A reply without audio is one whose failure the service reported with its cause; one
         # for a server not reached must not write the service off after pipecat's default 3.
         kwargs.setdefault("max_consecutive_zero_audio_contexts", 0)
