@@ -13,6 +13,7 @@ from pipecat.services.settings import TTSSettings
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
 from moss_pipecat.errors import InvalidInputError, MossError
+from moss_pipecat.speech.commands import SetLimits, SetSampling
 from moss_pipecat.speech.models import DEFAULT_MODEL
 from moss_pipecat.speech.sampling import SamplingParams
 
@@ -109,12 +110,26 @@ def voice_file(voice: str, voice_dir: Path | None, *, from_update: bool) -> Path
     return path
 
 
+def check_settings(settings: MossTTSSettings) -> None:
+    """The checks the session's commands make of these settings that need no engine (ranges,
+    types; the commands' own ``__post_init__``), and a voice file that is there.
+
+    Raises:
+        InvalidInputError: naming the first value the session would refuse.
+    """
+    s = settings
+    SetSampling(sampling_params(s), s.seed if is_given(s.seed) else None)
+    SetLimits(s.context_budget, s.lookahead_s)
+    if is_given(s.voice) and s.voice is not None:
+        voice_file(s.voice, None, from_update=False)
+
+
 class SessionSettings:
     """What the session still has to be brought up to: settings changed at runtime are applied
     when the next reply starts, so a reply never changes voice midway.
 
     Args:
-        settings: the service's settings as constructed (its voice is trusted).
+        settings: the service's settings as constructed (``check_settings`` passed).
         voice_dir: the directory voice files named in runtime updates are read from (None:
             runtime updates cannot change the voice to a file).
     """
