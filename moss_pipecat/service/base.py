@@ -54,12 +54,7 @@ from moss_pipecat.service.reply import (
     output_transport_downstream,
 )
 from moss_pipecat.service.resampling import engine_frames, resampled
-from moss_pipecat.service.settings import (
-    MossTTSSettings,
-    SessionSettings,
-    check_settings,
-    default_settings,
-)
+from moss_pipecat.service.settings import MossTTSSettings, SessionSettings, default_settings
 from moss_pipecat.service.tracing import ReplyTracer
 from moss_pipecat.service.tts_options import streams_tokens, tts_service_kwargs
 from moss_pipecat.service.user_audio import UserUtterance
@@ -112,7 +107,6 @@ class MossTTSServiceBase(TTSService):
         **kwargs: Any,
     ) -> None:
         defaults = default_settings(model, settings)
-        check_settings(defaults)  # never a service with a value its session would refuse
         options = tts_service_kwargs(kwargs)
         super().__init__(settings=defaults, **options)
         self._sentences = not streams_tokens(options)  # pipecat hands over whole sentences

@@ -50,7 +50,8 @@ def default_settings(
     model: str | None = None, overrides: MossTTSSettings | None = None
 ) -> MossTTSSettings:
     """Every setting given: the model's own voice, upstream sampling, the engine's limits
-    (then ``overrides``, the settings a service was constructed with)."""
+    (then ``overrides``, the settings a service was constructed with), checked
+    (``check_settings``): a service is never built with a value its session would refuse."""
     settings = MossTTSSettings(
         model=model or DEFAULT_MODEL,
         voice=None,
@@ -66,6 +67,7 @@ def default_settings(
     )
     if overrides is not None:
         settings.apply_update(overrides)
+    check_settings(settings)
     return settings
 
 
