@@ -212,9 +212,9 @@ class MossTTSServiceBase(TTSService):
 
     # ================================================================== settings
     async def _update_settings(self, delta: TTSSettings) -> dict[str, Any]:
-        error = self._session_settings.refuse_model_change(delta, self.settings)
-        if error is not None:
-            await self.push_error(error_msg=f"MOSS TTS: {error}", exception=error)
+        for refuse in (SessionSettings.refuse_model_change, SessionSettings.refuse_bad_values):
+            if (error := refuse(delta, self.settings)) is not None:
+                await self.push_error(error_msg=f"MOSS TTS: {error}", exception=error)
         changed = await super()._update_settings(delta)
         self._session_settings.updated(changed)
         return changed

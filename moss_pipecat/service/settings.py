@@ -3,6 +3,7 @@ them (sampling, limits, the reference voice and which files a voice may name).""
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -112,9 +113,22 @@ def voice_file(voice: str, voice_dir: Path | None, *, from_update: bool) -> Path
     return path
 
 
-def check_settings(settings: MossTTSSettings) -> None:
+# The settings the session's sampling and limit commands take (``check_settings``).
+SESSION_VALUES = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+    "greedy",
+    "seed",
+    "context_budget",
+    "lookahead_s",
+)
+
+
+def check_settings(settings: MossTTSSettings, voice: bool = True) -> None:
     """The checks the session's commands make of these settings that need no engine (ranges,
-    types; the commands' own ``__post_init__``), and a voice file that is there.
+    types; the commands' own ``__post_init__``), and (``voice``) a voice file that is there.
 
     Raises:
         InvalidInputError: naming the first value the session would refuse.
@@ -122,7 +136,7 @@ def check_settings(settings: MossTTSSettings) -> None:
     s = settings
     SetSampling(sampling_params(s), s.seed if is_given(s.seed) else None)
     SetLimits(s.context_budget, s.lookahead_s)
-    if is_given(s.voice) and s.voice is not None:
+    if voice and is_given(s.voice) and s.voice is not None:
         voice_file(s.voice, None, from_update=False)
 
 
@@ -159,6 +173,25 @@ class SessionSettings:
             return None
         asked, delta.model = delta.model, NOT_GIVEN
         return InvalidInputError(f"the model cannot change at runtime (asked for {asked!r})")
+
+    @staticmethod
+    def refuse_bad_values(delta: TTSSettings, settings: MossTTSSettings) -> MossError | None:
+        """An update whose sampling and limits, over the current settings, break a rule of
+        ``check_settings`` has them dropped from ``delta`` (before it is applied): the settings
+        never hold a value the session refused, so it cannot fail every later update too.
+        Returns the error to report (None: the values are good)."""
+        given = [n for n in SESSION_VALUES if is_given(getattr(delta, n, NOT_GIVEN))]
+        if not given:
+            return None
+        trial = copy.deepcopy(settings)
+        trial.apply_update(delta)
+        try:
+            check_settings(trial, voice=False)
+        except InvalidInputError as e:
+            for name in given:
+                setattr(delta, name, NOT_GIVEN)
+            return InvalidInputError(f"sampling and limits not changed: {e}")
+        return None
 
     def voice_file(self, voice: str) -> Path:
         """The file of a voice setting: a runtime update's lies under ``voice_dir``."""

@@ -78,6 +78,23 @@ async def test_a_model_swap_is_one_error_and_the_rest_of_the_update_is_taken(mak
     assert spoken(down) == [["Still", "speaking."]]
 
 
+async def test_a_bad_sampling_update_is_one_error_and_later_updates_are_taken(make_tts):
+    # Its sampling and limits are refused whole, at once (the rest of it is taken), so the
+    # settings never hold a value the session refused: before, they kept the bad temperature
+    # (which the session never had) and every later sampling update was sent with it.
+    tts = make_tts()
+    before = (tts.settings.temperature, tts.settings.top_k)
+    bad = MossTTSSettings(temperature=-1.0, top_k=7, language=Language.DE)
+    frames = [TTSUpdateSettingsFrame(delta=bad), *llm_reply("Still speaking.")]
+    frames += [TTSUpdateSettingsFrame(delta=MossTTSSettings(seed=3)), *llm_reply("And again.")]
+    down, up = await run_test(tts, frames_to_send=frames)
+    (error,) = [f for f in up if f.__class__.__name__ == "ErrorFrame"]
+    assert isinstance(error.exception, InvalidInputError) and "temperature" in error.error
+    assert (tts.settings.temperature, tts.settings.top_k) == before
+    assert (tts.settings.language, tts.settings.seed) == (Language.DE, 3)
+    assert spoken(down) == [["Still", "speaking."], ["And", "again."]]
+
+
 async def test_keys_no_setting_takes_are_kept_as_extra_and_change_nothing_else(make_tts):
     # pipecat's legacy dict update: a key no field takes goes into ``extra`` (its documented
     # behaviour for service-specific keys); the service speaks on with its sampling as it was.

@@ -1,7 +1,7 @@
 """A service is never built with a setting its session would refuse: the constructor runs the
 session commands' own checks (``check_settings``) and raises ``InvalidInputError`` naming the
 value, for the in-process and the remote service alike, before anything connects or starts.
-(A runtime update's bad value is one ErrorFrame at the next reply; the previous value stays.)"""
+(A runtime update's bad values: tests/server/test_contract_surface.py.)"""
 
 from __future__ import annotations
 
