@@ -60,6 +60,7 @@ from moss_pipecat.service.tts_options import streams_tokens, tts_service_kwargs
 from moss_pipecat.service.user_audio import UserUtterance
 from moss_pipecat.service.user_turns import UserTurns
 from moss_pipecat.service.word_order import SEQUENCED
+from moss_pipecat.speech import fields as F
 from moss_pipecat.speech.pieces import SurrogateJoiner
 
 
@@ -116,7 +117,7 @@ class MossTTSServiceBase(TTSService):
         self._order: list[Reply] = []  # oldest first; the newest is the last to speak
         self._session_settings = SessionSettings(defaults, voice_dir)  # what the session lacks
         self._clock = HeardClock(  # what was heard, when
-            round(output_latency_s * 1e9),
+            round(F.real("output_latency_s", output_latency_s, 0.0, 60.0) * 1e9),
             now=lambda: self.get_clock().get_time(),
             release_words=self.add_word_timestamps,
             close_reply=self._close_reply,

@@ -155,6 +155,8 @@ class SessionSettings:
         self._voice_dirty = is_given(settings.voice) and settings.voice is not None
         self._voice: str | None = None  # the voice the session has
         self._voice_dir = Path(voice_dir).expanduser().resolve() if voice_dir else None
+        if self._voice_dir is not None and not self._voice_dir.is_dir():
+            raise InvalidInputError(f"voice_dir {str(voice_dir)!r} is not a directory")
         self._voice_from_update = False  # the pending voice came from a runtime update
 
     def updated(self, changed: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ or the pipeline's ``LLMContext``) and, when captured, the speech audio."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from pipecat.frames.frames import (
 
 from moss_pipecat.errors import MossError
 from moss_pipecat.service.user_audio import UserAudioRecorder, UserUtterance
+from moss_pipecat.speech import fields as F
 from moss_pipecat.speech.frames import FRAME_SECONDS
 
 
@@ -33,7 +35,8 @@ class UserTurns:
     def __init__(self, context: Any | None, capture_audio: bool, max_seconds: float) -> None:
         self._llm_context = context
         self._capture_audio = capture_audio
-        self._recorder = UserAudioRecorder(max_seconds=max_seconds)
+        seconds = F.real("user_audio_max_s", max_seconds, 0.0, math.inf, low_open=True)
+        self._recorder = UserAudioRecorder(max_seconds=seconds)
         self._transcript: list[str] = []
         self._consumed_user_messages = 0
 

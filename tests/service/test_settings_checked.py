@@ -37,3 +37,20 @@ def test_good_settings_construct(tiny_engine):
     ok = MossTTSSettings(temperature=0, greedy=True, seed=5, lookahead_s=0.5, context_budget=900)
     MossTTSService(engine=tiny_engine, settings=ok)
     MossRemoteTTSService(url="ws://127.0.0.1:1", settings=ok)
+
+
+@pytest.mark.parametrize(
+    "options, says",
+    [
+        (dict(user_audio_max_s=0), "user_audio_max_s"),
+        (dict(user_audio_max_s="30"), "user_audio_max_s must be a number"),
+        (dict(output_latency_s=-0.1), "output_latency_s"),
+        (dict(output_latency_s=float("nan")), "output_latency_s"),
+        (dict(voice_dir="/nonexistent/voices"), "is not a directory"),
+    ],
+)
+def test_a_bad_service_option_is_refused_at_construction(tiny_engine, options, says):
+    with pytest.raises(InvalidInputError, match=says):
+        MossTTSService(engine=tiny_engine, **options)
+    with pytest.raises(InvalidInputError, match=says):
+        MossRemoteTTSService(url="ws://127.0.0.1:1", **options)
