@@ -13,6 +13,7 @@ from moss_pipecat import protocol as P
 from moss_pipecat.client.wire import _build
 from moss_pipecat.errors import InvalidInputError, SessionClosedError, TurnStateError
 from moss_pipecat.protocol.errors import ServerUnavailableError
+from moss_pipecat.speech import fields as F
 from moss_pipecat.speech.commands import PushText
 from moss_pipecat.speech.events import AudioChunk, TurnSummary
 from moss_pipecat.speech.pieces import SurrogateJoiner
@@ -48,6 +49,7 @@ class RemoteTurn:
         """Feeds the next piece of text exactly as the LLM streamed it (bytes may split
         UTF-8 sequences)."""
         self._check_open()
+        piece = F.text_piece(piece)
         self._chars += len(piece)
         limit = self._link.limits.max_text_chars
         if limit is not None and self._chars > limit:

@@ -33,6 +33,7 @@ from moss_pipecat.engine.events import AudioChunk, Channel, TurnSummary
 from moss_pipecat.engine.records import HistoryChange, HistoryCursor, TurnRecord
 from moss_pipecat.errors import InvalidInputError, SessionClosedError, TurnStateError
 from moss_pipecat.model.sampling import SamplingParams
+from moss_pipecat.speech import fields as F
 
 if TYPE_CHECKING:
     from moss_pipecat.engine.engine import MossEngine
@@ -67,6 +68,7 @@ class TurnStream:
     def push_text(self, piece: str | bytes) -> None:
         """Feeds the next piece of text exactly as the LLM streamed it."""
         self._check_open()
+        piece = F.text_piece(piece)
         tok = self._incremental()
         self._chars += len(piece)
         if self._chars > self._engine.config.max_text_chars:

@@ -76,6 +76,13 @@ def real(name: str, value: Any, low: float, high: float, *, low_open: bool = Fal
     return v
 
 
+def text_piece(value: Any) -> str | bytes:
+    """A piece of a turn's streamed text: str, or bytes (UTF-8, which may split a character)."""
+    if not isinstance(value, (str, bytes)):
+        raise InvalidInputError(f"text must be str or bytes, got {type(value).__name__}")
+    return value
+
+
 def text(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise InvalidInputError(f"{name} must be a str, got {type(value).__name__}")

@@ -247,6 +247,24 @@ async def test_client_side_checks_mirror_the_engine(server, realtime_meta):
     await session.close()  # idempotent, as locally
 
 
+@pytest.mark.parametrize("where", ["local", "remote"])
+async def test_text_that_is_not_text_is_refused_and_the_turn_goes_on(
+    server, make_tiny_engine, where
+):
+    engine = make_tiny_engine(eos_min_frames=3) if where == "local" else None
+    client = engine if where == "local" else RemoteEngine(server.url, token=TOKEN)
+    session = client.create_session(sampling=GREEDY)
+    session = await session if where == "remote" else session
+    turn = await session.start_turn(max_frames=3)
+    for bad in (123, None, ["a list"]):
+        with pytest.raises(InvalidInputError, match="text must be str or bytes"):
+            turn.push_text(bad)
+    turn.push_text("still speaking")
+    turn.end_text()
+    assert (await turn.wait()).audio_frames == 3
+    await session.close()
+
+
 async def test_unreachable_server_is_a_clear_error_not_a_hang():
     client = RemoteEngine(f"ws://127.0.0.1:{free_port()}", reconnect_timeout=0.5)
     with pytest.raises(ServerUnavailableError, match="cannot reach"):
