@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -113,16 +113,10 @@ def voice_file(voice: str, voice_dir: Path | None, *, from_update: bool) -> Path
     return path
 
 
-# The settings the session's sampling and limit commands take (``check_settings``).
-SESSION_VALUES = (
-    "temperature",
-    "top_k",
-    "top_p",
-    "repetition_penalty",
-    "greedy",
-    "seed",
-    "context_budget",
-    "lookahead_s",
+# The settings the session's sampling and limit commands take (``check_settings``): ours
+# beyond pipecat's (model, voice, language, extra).
+SESSION_VALUES = tuple(
+    f.name for f in fields(MossTTSSettings) if f.name not in {g.name for g in fields(TTSSettings)}
 )
 
 
