@@ -78,14 +78,20 @@ async def test_a_model_swap_is_one_error_and_the_rest_of_the_update_is_taken(mak
     assert spoken(down) == [["Still", "speaking."]]
 
 
-async def test_a_bad_sampling_update_is_one_error_and_later_updates_are_taken(make_tts):
+@pytest.mark.parametrize("form", ["delta", "legacy_dict"])
+async def test_a_bad_sampling_update_is_one_error_and_later_updates_are_taken(make_tts, form):
     # Its sampling and limits are refused whole, at once (the rest of it is taken), so the
     # settings never hold a value the session refused: before, they kept the bad temperature
     # (which the session never had) and every later sampling update was sent with it.
     tts = make_tts()
     before = (tts.settings.temperature, tts.settings.top_k)
-    bad = MossTTSSettings(temperature=-1.0, top_k=7, language=Language.DE)
-    frames = [TTSUpdateSettingsFrame(delta=bad), *llm_reply("Still speaking.")]
+    bad = dict(temperature=-1.0, top_k=7, language=Language.DE)
+    update = (
+        TTSUpdateSettingsFrame(delta=MossTTSSettings(**bad))
+        if form == "delta"
+        else TTSUpdateSettingsFrame(settings=bad)  # pipecat's deprecated form, still taken
+    )
+    frames = [update, *llm_reply("Still speaking.")]
     frames += [TTSUpdateSettingsFrame(delta=MossTTSSettings(seed=3)), *llm_reply("And again.")]
     down, up = await run_test(tts, frames_to_send=frames)
     (error,) = [f for f in up if f.__class__.__name__ == "ErrorFrame"]
