@@ -102,8 +102,10 @@ def test_browser_hears_the_bot_over_webrtc(bot_url, tmp_path):
         finally:
             browser.close()
 
+    # The received audio's energy (WebRTC's own integral of its level over the playout) rose.
+    # (Not the level's sampled peak: the page polls it every 200 ms, and on a loaded box it once
+    # read 0 at every poll while the energy had risen by 0.19.)
     assert state["energy"] > before + 0.01, state
-    assert state["peak"] > 0, state
     # Whisper tiny.en after Opus mishears words ("catalog friends"), so only require that the
     # browser got a transcript of what it said.
     assert any(t.strip() for t in state["user"]), state
