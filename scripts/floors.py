@@ -19,6 +19,8 @@ import tomllib
 from pathlib import Path
 
 EXTRAS = ("engine", "serve")
+# The standard library only (no ``packaging``): check_floors.sh runs this with the machine's
+# python3, before any venv exists. The floors are plain release numbers, so a tuple compares them.
 # name, optional [extras], then a ">=" bound among the specifiers (before any ';' marker)
 _REQ = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*([^;]*)")
 _FLOOR = re.compile(r">=\s*([0-9][0-9A-Za-z.+!-]*)")
