@@ -19,6 +19,11 @@ def codec(codec_dir: Path) -> MossAudioCodec:
     return MossAudioCodec.from_pretrained(codec_dir)
 
 
+# float32 sums in another order (a padded batch): 3e-6 apart on a set whose waveform reaches
+# ~2 (16 kHz, 2 codebooks); the fixtures' README allows waveforms 1e-4.
+WAV_ATOL = 1e-5
+
+
 @pytest.mark.parametrize("capture", [False, True], ids=["padded", "capture-warmup"])
 def test_graphed_codec_step_equals_eager_decode(codec: MossAudioCodec, capture: bool) -> None:
     Q, size = codec.config.quantizer.num_quantizers, codec.config.quantizer.codebook_size
@@ -57,14 +62,14 @@ def test_graphed_codec_step_equals_eager_decode(codec: MossAudioCodec, capture: 
         codes = torch.randint(0, size, (Q, len(names)), generator=gen)
         want = codec.decode_step(eager_state, codes[:, :, None], [streams[n][0] for n in names])
         got = graphed.step(codes, [streams[n][1] for n in names])
-        torch.testing.assert_close(got, want, atol=2e-6, rtol=0)
+        torch.testing.assert_close(got, want, atol=WAV_ATOL, rtol=0)
         for i, n in enumerate(names):
             decoded[n].append(got[i].clone())
             all_codes[n].append(codes[:, i])
     # Each stream, however it was batched and paused, equals decoding its codes in one go.
     for n, chunks in decoded.items():
         full = codec.decode(torch.stack(all_codes[n], dim=1)[:, None])[0, 0]
-        torch.testing.assert_close(torch.cat(chunks), full, atol=2e-6, rtol=0)
+        torch.testing.assert_close(torch.cat(chunks), full, atol=WAV_ATOL, rtol=0)
     assert {4, 6} <= {b for b, _ in graphed.graphs.keys}
 
 
