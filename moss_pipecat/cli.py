@@ -182,22 +182,10 @@ def load_engine_from_args(args: argparse.Namespace):
     return serve_options(args)[0].load_engine()
 
 
-def _describe(error: Exception) -> str:
-    """One line for a bad option: pydantic's errors as ``field: message``, others as they are."""
-    from pydantic import ValidationError
-
-    if not isinstance(error, ValidationError):
-        return str(error)
-    parts = []
-    for e in error.errors():
-        where = ".".join(str(x) for x in e["loc"])
-        what = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {what}" if where else what)
-    return "; ".join(parts)
-
-
 def _fail(code: int, error: Exception) -> int:
-    print(f"moss-pipecat serve: error: {_describe(error)}", file=sys.stderr)
+    from moss_pipecat.server.options import describe_option_error
+
+    print(f"moss-pipecat serve: error: {describe_option_error(error)}", file=sys.stderr)
     return code
 
 

@@ -259,6 +259,21 @@ ServerOptions = create_model(
 )
 
 
+def describe_option_error(error: Exception) -> str:
+    """One line for a bad option: pydantic's errors as ``field: message``, others as they are
+    (what ``moss-pipecat serve`` prints and the Ray app raises)."""
+    from pydantic import ValidationError
+
+    if not isinstance(error, ValidationError):
+        return str(error)
+    parts = []
+    for e in error.errors():
+        where = ".".join(str(x) for x in e["loc"])
+        what = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {what}" if where else what)
+    return "; ".join(parts)
+
+
 def split_options(values: dict[str, Any], *models: type[BaseModel]) -> list[dict[str, Any]]:
     """Splits flat ``values`` by the models' field names (a name may feed several models);
     unknown names raise ``ValueError``. None values are left out (the model's default)."""

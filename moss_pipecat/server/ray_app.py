@@ -50,10 +50,16 @@ import secrets
 from typing import Any
 
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from moss_pipecat.errors import InvalidInputError
 from moss_pipecat.server.config import RESUME_KEY_ENV
-from moss_pipecat.server.options import EngineOptions, ServerOptions, split_options
+from moss_pipecat.server.options import (
+    EngineOptions,
+    ServerOptions,
+    describe_option_error,
+    split_options,
+)
 
 AFFINITY_ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
 
@@ -71,6 +77,17 @@ class RayOptions(BaseModel):
     max_ongoing_requests: int | None = Field(None, ge=1)
     target_ongoing_requests: float | None = Field(None, gt=0)
     downscale_delay_s: float = Field(600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_way_to_scale(self) -> "RayOptions":
+        autoscaled = self.min_replicas is not None or self.max_replicas is not None
+        if autoscaled and self.num_replicas is not None:
+            raise ValueError("num_replicas, or min_replicas/max_replicas to autoscale: not both")
+        if self.max_replicas is not None and self.max_replicas < (self.min_replicas or 0):
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})"
+            )
+        return self
 
 
 def _router_config(strict: bool = True):
@@ -154,21 +171,16 @@ def build_app(args: dict[str, Any] | None = None):
     Under Ray a client that reads nothing for ``write_timeout_s`` stops being served at once,
     but its socket's close is left to Ray's proxy (the replica cannot reset it).
     """
-    engine_kw, server_kw, ray_kw = split_options(
-        dict(args or {}), EngineOptions, ServerOptions, RayOptions
-    )
-    for key in ("host", "port", "ssl_certfile", "ssl_keyfile"):
-        if key in server_kw:
-            raise ValueError(f"{key} is Ray Serve's (serve start --http-options), not the app's")
-    engine = EngineOptions.model_validate(engine_kw)
-    server = ServerOptions.model_validate(server_kw)
-    ray_opts = RayOptions.model_validate(ray_kw)
+    try:  # every option checked before Ray deploys anything, each bad one named on one line
+        engine, server, ray_opts = _validated(dict(args or {}))
+        max_sessions = engine.engine_config().max_sessions
+    except ValueError as e:  # pydantic's ValidationError is a ValueError
+        raise InvalidInputError(f"moss-pipecat Ray app: {describe_option_error(e)}") from None
     num_gpus = ray_opts.num_gpus
     if num_gpus is None:
         import torch
 
         num_gpus = 1.0 if torch.cuda.is_available() and not engine.tiny else 0.0
-    max_sessions = engine.engine_config().max_sessions
     options: dict[str, Any] = {
         "ray_actor_options": {"num_gpus": num_gpus, "num_cpus": ray_opts.num_cpus},
         # Every open websocket is one ongoing request for its whole life.
@@ -193,6 +205,18 @@ def build_app(args: dict[str, Any] | None = None):
     else:
         options["num_replicas"] = ray_opts.num_replicas or 1
     return make_deployment().options(**options).bind(engine, server, app_resume_key())
+
+
+def _validated(args: dict[str, Any]) -> tuple[EngineOptions, ServerOptions, RayOptions]:
+    engine_kw, server_kw, ray_kw = split_options(args, EngineOptions, ServerOptions, RayOptions)
+    for key in ("host", "port", "ssl_certfile", "ssl_keyfile"):
+        if key in server_kw:
+            raise ValueError(f"{key} is Ray Serve's (serve start --http-options), not the app's")
+    return (
+        EngineOptions.model_validate(engine_kw),
+        ServerOptions.model_validate(server_kw),
+        RayOptions.model_validate(ray_kw),
+    )
 
 
 def app_resume_key() -> str:
