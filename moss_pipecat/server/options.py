@@ -44,9 +44,9 @@ class EngineOptions(BaseModel):
     """Which engine to load and how it is shaped.
 
     Policy: ``kv_pools`` set ``max_sessions`` (their slots) and ``max_context`` (the largest
-    capacity); a ``max_context`` without an explicit ``context_budget`` gets
-    ``min(30000, 0.9 * max_context)``, and a budget without ``turn_reserve`` gets
-    ``min(2000, budget // 4)``.
+    capacity; either given as well must agree); a ``max_context`` without an explicit
+    ``context_budget`` gets ``min(30000, 0.9 * max_context)``, and a budget without
+    ``turn_reserve`` gets ``min(2000, budget // 4)``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
@@ -106,6 +106,22 @@ class EngineOptions(BaseModel):
     def _one_source(self) -> EngineOptions:
         if self.model and self.tiny:
             raise ValueError("give model or tiny, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _pools_agree(self) -> EngineOptions:
+        # The pools decide both; a value given beside them that says otherwise is a mistake
+        # to name, not one to overrule in silence.
+        if self.kv_pools:
+            slots, largest = sum(n for n, _ in self.kv_pools), max(c for _, c in self.kv_pools)
+            for name, given, theirs in (
+                ("max_sessions", self.max_sessions, slots),
+                ("max_context", self.max_context, largest),
+            ):
+                if given is not None and given != theirs:
+                    raise ValueError(
+                        f"{name} {given} disagrees with kv_pools ({theirs}): give one or both alike"
+                    )
         return self
 
     def engine_config(self) -> Any:

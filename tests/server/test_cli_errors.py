@@ -18,6 +18,8 @@ from moss_pipecat.cli import main
         (["--token-file", "/nonexistent/token"], "No such file or directory"),
         (["--graphs", "off", "--compile", "inductor"], "needs the graphed decode step"),
         (["--max-sessions", "0"], "max_sessions: Input should be greater than or equal to 1"),
+        (["--kv-pools", "2x64", "--max-sessions", "4"], "max_sessions 4 disagrees with kv_pools"),
+        (["--kv-pools", "2x64", "1x128", "--max-context", "64"], "max_context 64 disagrees"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, argv, says):

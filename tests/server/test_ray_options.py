@@ -22,6 +22,7 @@ from moss_pipecat.server.ray_app import build_app
         ({"num_replicas": "2", "max_replicas": "4"}, "not both"),
         ({"min_replicas": "3", "max_replicas": "2"}, "max_replicas (2) is below min_replicas (3)"),
         ({"num_gpus": "-1"}, "num_gpus: "),
+        ({"kv_pools": "2x64", "max_sessions": "4"}, "max_sessions 4 disagrees with kv_pools (2)"),
         # the engine config's own checks
         ({"context_budget": "4096", "max_context": "2048"}, "context_budget <= max_context"),
     ],
