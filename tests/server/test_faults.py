@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 
 import pytest
 import torch
@@ -113,6 +115,48 @@ async def test_server_killed_then_restarted_clear_error_then_recovery(fixtures_d
         assert len(chunks) == 4 and all(len(c.pcm) == frame_bytes for c in chunks)
         await session.close()
     assert server.procs[1].returncode == 0, (tmp_path / "server.log").read_text()[-2000:]
+
+
+async def test_a_frozen_server_fails_the_call_clearly_and_it_goes_on_once_thawed(
+    fixtures_dir, tmp_path
+):
+    """``kill -STOP`` of the server (a VM paused, a process stuck in the kernel): its socket
+    stays open and answers nothing. The reply in flight fails once its text has ended and
+    ``frame_timeout`` passed, a new start fails after ``connect_timeout`` (no hang); once the
+    server runs again (``kill -CONT``) the call resumes there with its whole history, the
+    reply cut by the freeze kept as far as it had come."""
+    async with ServerProcess(fixtures_dir, tmp_path / "server.log") as server:
+        client = RemoteEngine(
+            server.url,
+            connect_timeout=2.0,
+            reconnect_timeout=1.0,
+            ping_interval=1.0,
+            ping_timeout=2.0,
+            frame_timeout=3.0,
+        )
+        session = await client.create_session(conversation_id="frozen-1", sampling=GREEDY)
+        assert await say(session, "Before the freeze.", 6) == 6
+        before = await session.snapshot()
+        turn = await speak(session, LONG_TEXT, 80)
+        await read_chunks(turn, 2)
+        pid = server.procs[-1].pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(ServerUnavailableError):
+                await asyncio.wait_for(turn.wait(), 15)  # a hang guard
+            with pytest.raises(ServerUnavailableError, match="no answer within connect_timeout"):
+                await asyncio.wait_for(session.start_turn(max_frames=4), 15)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await say(session, "After the thaw.", 6) == 6
+        assert session.resumed and session.history_lost == 0
+        after = await session.snapshot()
+        await session.close()
+    roles = [r for r, _ in after["turns"]]
+    assert roles == ["assistant"] * 3, roles  # before, the cut reply, after
+    n = before["rows"].shape[0]
+    assert torch.equal(after["rows"][:n], before["rows"])
+    assert server.procs[0].returncode == 0, (tmp_path / "server.log").read_text()[-2000:]
 
 
 async def test_a_failing_session_does_not_affect_the_others(
