@@ -106,6 +106,12 @@ class Journal:
         # Set while a server that made the conversation anew may not hold this history yet
         # (its ``restore`` is due, or was sent and no reply came): see ``apply``.
         self.restore_due = False
+        # Set when another server than the one this history came from resumed the
+        # conversation: its copy may be older (the call went on elsewhere meanwhile, e.g. while
+        # it was unreachable). Its full history is then checked against this one (``apply``):
+        # ``stale`` if it differs, and the session replaces it from here.
+        self.verify_due = False
+        self.stale = False
         self.inflight: InflightTurn | None = None  # the assistant turn being generated
         # The turn in flight when its server was lost, cut at what was heard (``keep_lost``):
         # restored after the history, until a server reports holding it.
@@ -163,6 +169,16 @@ class Journal:
     def apply(self, msg: P.History) -> None:
         """Takes one ``history`` delta (see ``protocol.History``)."""
         self.deltas += 1
+        if msg.full and self.verify_due:
+            self.verify_due = False
+            if self.valid and not self._holds(msg):
+                logger.warning(f"history {msg.rev}: the server's copy is older than the journal's")
+                self.stale = self.restore_due = True
+                self.rev = msg.rev
+                return
+        if self.restore_due and not msg.full:
+            self.rev = msg.rev  # of the copy the restore replaces: the journal keeps its own
+            return
         if msg.full and self.restore_due:
             if not msg.turns and msg.voice is None:
                 # The conversation as the server made it anew, before a restore landed: the
@@ -177,17 +193,45 @@ class Journal:
             self.rev = msg.rev
             return
         turns = [] if msg.full else self.turns[msg.drop :][: msg.keep]
-        for t in msg.turns:
-            frames = P.codes_from_b64(t.codes, self.rvq)
-            turns.append(JournalTurn(t.role, np.asarray(t.ids, dtype=np.uint32), t.lead, frames))
-            if t.role == "assistant":  # the turn in flight ended: it is in the history now
-                self.inflight = None
+        turns += self._turns_of(msg)
+        if any(t.role == "assistant" for t in msg.turns):
+            self.inflight = None  # the turn in flight ended: it is in the history now
         self.turns = turns
         self.lost = self._lost_from = None  # a server holds the history: with it, or not
         if msg.full or msg.voice_changed:
             self.voice = None if msg.voice is None else P.codes_from_b64(msg.voice, self.rvq)
         self.seed, self.noise, self.rev = msg.seed, msg.noise, msg.rev
         self.valid = self.valid or msg.full
+
+    def _turns_of(self, msg: P.History) -> list[JournalTurn]:
+        return [
+            JournalTurn(
+                t.role,
+                np.asarray(t.ids, dtype=np.uint32),
+                t.lead,
+                P.codes_from_b64(t.codes, self.rvq),
+            )
+            for t in msg.turns
+        ]
+
+    def _holds(self, msg: P.History) -> bool:
+        """Whether a full history is the one this journal holds (turns and voice)."""
+        theirs = self._turns_of(msg)
+        voice = None if msg.voice is None else P.codes_from_b64(msg.voice, self.rvq)
+        same_voice = (voice is None) == (self.voice is None) and (
+            voice is None or np.array_equal(voice, self.voice)
+        )
+        return (
+            same_voice
+            and len(theirs) == len(self.turns)
+            and all(
+                a.role == b.role
+                and a.lead == b.lead
+                and np.array_equal(a.ids, b.ids)
+                and np.array_equal(a.frames, b.frames)
+                for a, b in zip(theirs, self.turns, strict=True)
+            )
+        )
 
     def restore_request(self) -> tuple[dict, bytes]:
         """The ``restore`` message's fields and its binary frame."""

@@ -146,7 +146,12 @@ class RemoteSession:
     async def _finish_remake(self, link: Link) -> None:
         """Makes a conversation the server made anew whole again (``_made_anew``), also when
         the connection that began it was lost before it was done and this one resumed it:
-        then the server's full history after ``ready`` says whether the restore landed."""
+        then the server's full history after ``ready`` says whether the restore landed. A
+        server that resumed it with an older copy than the journal's has it replaced."""
+        if self.journal.verify_due:
+            await link.history_seen(self.engine.request_timeout)
+        if self.journal.stale:
+            await self._replace_stale(link)
         if self._remake is None:
             return
         if self.resumed and self.journal.restore_due:
@@ -184,6 +189,25 @@ class RemoteSession:
             self.history_lost += 1
             logger.warning(f"conversation {self.id}: the server lost its history")
 
+    async def _replace_stale(self, link: Link) -> None:
+        """This server held the conversation from before it went on elsewhere (it was
+        unreachable, not gone, while another server carried the call): its older copy is
+        replaced with the journal's, what was said meanwhile included."""
+        fields, data = self.journal.restore_request()
+        try:
+            await self._request(link, P.Reset)
+            await self._request(link, P.Restore, data, **fields)
+        except ServerUnavailableError:
+            raise  # the next connection checks again (``verify_due`` stays with ``stale``)
+        except MossError as e:  # refused: the server's copy stays, the journal follows it
+            logger.warning(f"conversation {self.id}: its older copy stays: {e}")
+            self.journal.stale = self.journal.restore_due = False
+            self.journal.valid = False  # until the server's next full history
+            self.history_lost += 1
+            return
+        self.journal.stale = self.journal.restore_due = False
+        self._restored()
+
     def _restored(self) -> None:
         self.restored += 1
         logger.info(f"conversation {self.id}: history restored on {self.server_id}")
@@ -212,6 +236,12 @@ class RemoteSession:
             self.resume_ticket = ready.resume_ticket
         self.audio = ready.audio
         self.journal.rvq = ready.audio.rvq
+        if not ready.resumed:
+            self.journal.verify_due = self.journal.stale = False  # made anew: a restore follows
+        elif ready.server_id != self.server_id and None not in (ready.server_id, self.server_id):
+            # Resumed by another server than the last one: its copy may predate what was said
+            # there (``Journal.verify_due``). Set before the link reads the full history.
+            self.journal.verify_due = self.journal.restorable
         self.server_id = ready.server_id
 
     def take_history(self, msg: P.History) -> None:
