@@ -215,7 +215,10 @@ class Journal:
         ]
 
     def _holds(self, msg: P.History) -> bool:
-        """Whether a full history is the one this journal holds (turns and voice)."""
+        """Whether a full history is the one this journal holds (turns and voice; a turn lost
+        with another server is one this server never saw)."""
+        if self.lost is not None:
+            return False
         theirs = self._turns_of(msg)
         voice = None if msg.voice is None else P.codes_from_b64(msg.voice, self.rvq)
         same_voice = (voice is None) == (self.voice is None) and (

@@ -115,3 +115,17 @@ def test_a_copy_with_another_voice_is_not_the_journals():
     voice = codes_b64(np.ones((3, RVQ), dtype=np.uint16))
     journal.apply(P.History(rev=2, full=True, turns=[one], voice=voice, voice_changed=True))
     assert journal.stale
+
+
+def test_a_turn_lost_with_the_last_server_is_not_in_another_servers_copy():
+    one = _turn([5], 1)
+    journal = _journal(one)
+    journal.turn_started(3)
+    journal.turn_text(
+        P.TurnWords(turn_id=3, index=0, words=[], text_ids=[9, 10], lead=1, text_pad=0)
+    )
+    journal.turn_frame(3, 0, [1, 2])
+    journal.keep_lost(3, heard=1)  # the reply in flight when that server was lost
+    journal.verify_due = True
+    journal.apply(P.History(rev=7, full=True, turns=[one]))
+    assert journal.stale and journal.restore_request()[0]["turns"] == 2
