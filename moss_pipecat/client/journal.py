@@ -126,6 +126,12 @@ class Journal:
         return self.valid and has
 
     @property
+    def empty(self) -> bool:
+        """Whether the history is known to hold nothing (no turn, no voice, no turn lost with
+        its server): a server that lost it lost nothing."""
+        return self.valid and not self.turns and self.voice is None and self.lost is None
+
+    @property
     def nbytes(self) -> int:
         """The journal's size: its ids and codes."""
         voice = 0 if self.voice is None else self.voice.nbytes

@@ -71,7 +71,9 @@ class RemoteSession:
         self.closed = False
         self.resumed = False  # did the last (re)connect find the conversation on the server?
         self.reconnects = 0
-        self.history_lost = 0  # reconnects that found the conversation gone (and not restored)
+        # Reconnects that found the conversation gone and could not restore it (a history known
+        # to be empty, no turn and no voice, loses nothing and is not counted).
+        self.history_lost = 0
         self.restored = 0  # reconnects that found it gone and restored it from the journal
         self.moves = 0  # reconnects because the server drained (``goaway``)
         # The history as the server reported it: restored to a server that lost it.
@@ -181,11 +183,13 @@ class RemoteSession:
                 raise
             except MossError as e:  # refused (e.g. a smaller server): start afresh
                 logger.warning(f"conversation {self.id}: restore refused: {e}")
+        # Without a journal nothing says the history was empty: it counts as lost.
+        lost = not (self.engine.journal and self.journal.empty)
         self.journal.clear()
         if self._voice is not None:
             fmt, data, rate = self._voice
             await self._request(link, P.Voice, data, format=fmt, sample_rate=rate, bytes=len(data))
-        if not first:
+        if not first and lost:
             self.history_lost += 1
             logger.warning(f"conversation {self.id}: the server lost its history")
 

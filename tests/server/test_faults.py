@@ -78,6 +78,34 @@ async def test_conversation_expires_after_idle_timeout(make_tiny_engine, make_se
     await session.close()
 
 
+@pytest.mark.parametrize(
+    ("journal", "voiced", "lost", "restored"),
+    [(True, False, 0, 0), (False, False, 1, 0), (True, True, 0, 1), (False, True, 1, 0)],
+    ids=["journal-empty", "no-journal", "journal-voice", "no-journal-voice"],
+)
+async def test_a_conversation_lost_with_nothing_in_it_is_not_counted_lost(
+    make_tiny_engine, make_server, voice_codes, journal, voiced, lost, restored
+):
+    """``history_lost`` counts conversations that lost something: one whose journal holds no
+    turn and no voice lost nothing (it was counted lost, with a warning, for an operator to
+    chase); without a journal nothing says so, and a voice is history (restored, or lost)."""
+    engine = make_tiny_engine(eos_min_frames=3)
+    server = await make_server(engine, idle_expiry_s=0)  # a detached conversation ends at once
+    client = RemoteEngine(server.url, journal=journal)
+    voice = voice_codes if voiced else None
+    session = await client.create_session(conversation_id="c", sampling=GREEDY, voice=voice)
+    system = (await session.snapshot())["rows"]
+    session._link.ws.transport.abort()
+    await eventually(lambda: "c" not in server.hub.conversations, what="'c' to end")
+    assert await say(session, "Hello again.", 3) == 3  # reconnects: made anew
+    assert not session.resumed
+    assert (session.history_lost, session.restored) == (lost, restored)
+    snap = await session.snapshot()
+    assert [r for r, _ in snap["turns"]] == ["assistant"]
+    assert torch.equal(snap["rows"][: system.shape[0]], system)  # the voice is back either way
+    await session.close()
+
+
 async def test_server_killed_then_restarted_clear_error_then_recovery(fixtures_dir, tmp_path):
     async with ServerProcess(fixtures_dir, tmp_path / "server.log") as server:
         client = RemoteEngine(
