@@ -1,0 +1,150 @@
+"""A remote conversation through random faults holds what a local engine holds (remote ==
+local): random replies, barge-ins, user turns, voice changes, resets and seeds, with the server
+killed (``kill -9``) or drained (SIGTERM) between replies and in the middle of one, then started
+again on its port. The other fault tests each hold one moment; here they fall where they fall.
+
+After every step the new server's rows equal a local engine's that was told the same, with a
+reply cut by a kill kept at what the caller says was heard (as the service does on a barge-in)
+and a reply in flight at a drain finishing there; every frame heard equals the local one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import torch
+
+from moss_pipecat.client import RemoteEngine
+
+from ..engine.helpers import random_frames
+from .conftest import GREEDY
+from .processes import ServerProcess
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+FAULTS = ("kill", "kill_mid", "term", "term_mid")
+OTHER = ("speak", "speak", "speak", "cut", "user", "user", "voice", "reset", "seed")
+
+
+def script(rnd: random.Random) -> list[str]:
+    """Every fault once, among random other steps."""
+    steps = [rnd.choice(OTHER) for _ in range(6)] + list(FAULTS)
+    rnd.shuffle(steps)
+    return steps
+
+
+async def drain_and_restart(server: ServerProcess) -> None:
+    """SIGTERM: the server says ``goaway``, lets turns in flight end and exits; then a new
+    process on its port."""
+    proc = server.procs[-1]
+    proc.terminate()
+    assert await asyncio.to_thread(proc.wait, 60) == 0
+    await server.start()
+
+
+class Both:
+    """The remote session and its local twin, told the same."""
+
+    def __init__(self, remote, local, server, meta, rnd: random.Random) -> None:
+        self.remote, self.local, self.server, self.meta, self.rnd = remote, local, server, meta, rnd
+
+    def _gen(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.rnd.randrange(10**6))
+
+    async def each(self, method: str, *args, **kwargs) -> None:
+        await getattr(self.remote, method)(*args, **kwargs)
+        await getattr(self.local, method)(*args, **kwargs)
+
+    async def user(self) -> None:
+        text = " ".join(self.rnd.choices(WORDS, k=self.rnd.randint(1, 6)))
+        frames = random_frames(self._gen(), self.rnd.randint(1, 8), self.meta)
+        await self.each("add_user_turn", self.local.user_text_ids(text), frames)
+
+    async def voice(self) -> None:
+        voice = random_frames(self._gen(), self.rnd.randint(1, 6), self.meta)
+        await self.each("set_voice", None if self.rnd.random() < 0.2 else voice)
+
+    async def reset(self) -> None:
+        await self.each("reset")
+
+    async def seed(self) -> None:
+        await self.each("set_sampling", GREEDY, seed=self.rnd.randrange(100))
+
+    async def kill(self) -> None:
+        await self.server.restart()
+
+    async def term(self) -> None:
+        await drain_and_restart(self.server)
+
+    async def reply(self, how: str) -> None:
+        rnd = self.rnd
+        text = " ".join(rnd.choices(WORDS, k=rnd.randint(1, 8))) + "."
+        # The turns run to max_frames (eos_min_frames 80). A fault falls while the server
+        # still generates: it runs ~6 frames ahead (lookahead 0.5 s) of the first 1-3 read.
+        if how in ("kill_mid", "term_mid"):
+            max_frames, stop = rnd.randint(12, 20), rnd.randint(1, 3)
+        else:
+            max_frames = rnd.randint(2, 12)
+            stop = None if how == "speak" else rnd.randint(1, max_frames)
+        turn = await self.remote.start_turn(max_frames=max_frames)
+        turn.push_text(text)
+        turn.end_text()
+        got = []
+        async for chunk in turn:
+            got.append(chunk.codes)
+            if len(got) == stop:
+                break
+        heard = None
+        if how == "cut":
+            heard = rnd.randint(0, len(got))
+            await self.remote.interrupt(heard)
+        elif how == "kill_mid":
+            await self.server.restart()
+            heard = rnd.randint(1, len(got))
+            await self.remote.interrupt(heard)  # lost with its server: the caller's decision
+        elif how == "term_mid":
+            await drain_and_restart(self.server)
+            got += [chunk.codes async for chunk in turn]  # it ended on the draining server
+        mine = await self.local_reply(text, max_frames, heard)
+        n = len(got) if heard is None else heard
+        assert len(mine) >= n and (heard is not None or len(mine) == len(got))
+        for a, b in zip(got[:n], mine[:n], strict=True):
+            assert torch.equal(torch.as_tensor(a), b)
+
+    async def local_reply(self, text: str, max_frames: int, heard: int | None) -> list:
+        turn = await self.local.start_turn(max_frames=max_frames)
+        turn.push_text(text)
+        turn.end_text()
+        frames = []
+        async for chunk in turn:
+            frames.append(chunk.codes)
+            if heard is not None and len(frames) >= heard:
+                break
+        if heard is not None:
+            await self.local.interrupt(heard)
+        return frames
+
+
+async def test_a_call_through_random_kills_and_drains_holds_what_a_local_engine_holds(
+    fixtures_dir, tmp_path, make_tiny_engine, realtime_meta
+):
+    rnd = random.Random(realtime_meta.get("variant", ""))  # another draw on each fixture set
+    # The server's rules (processes.serve_process): turns run to max_frames, EOS after text.
+    local = make_tiny_engine(eos_min_frames=80, eos_after_text=True, lookahead_s=None)
+    async with ServerProcess(fixtures_dir, tmp_path / "server.log") as server:
+        client = RemoteEngine(server.url, reconnect_timeout=60)
+        remote = await client.create_session(sampling=GREEDY, seed=1)
+        both = Both(
+            remote, local.create_session(sampling=GREEDY, seed=1), server, realtime_meta, rnd
+        )
+        done = []
+        for step in script(rnd):
+            if step in ("speak", "cut", "kill_mid", "term_mid"):
+                await both.reply(step)
+            else:
+                await getattr(both, step)()
+            done.append(step)
+            mine, theirs = await both.local.snapshot(), await remote.snapshot()
+            assert torch.equal(torch.as_tensor(theirs["rows"]), mine["rows"]), done
+        assert remote.restored >= 2 and remote.history_lost == 0, done
+        await remote.close()
