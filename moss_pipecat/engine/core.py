@@ -83,6 +83,10 @@ class EngineCore:
         # Pacing (``engine.pacing``): conversations refused for load, ticks whose prefill the
         # budget cut short.
         self.stats.update(refused_overload=0, prefill_capped_ticks=0)
+        # KV memory: moves to a larger pool, turns dropped from a history past its context
+        # budget or for want of a larger free slot, replies ended early for want of one.
+        self.stats.update(pool_moves=0, turns_dropped_budget=0, turns_dropped_no_slot=0)
+        self.stats.update(replies_cut_no_slot=0)
         self.costs = CostModel()  # what each kind of device call costs, learned online
         if config.cost_table is not None:  # ... starting from a measured table
             DeviceCosts.load(config.cost_table, self.fused).prime(self.costs)
@@ -144,6 +148,7 @@ class EngineCore:
         row = self.pools.hist_row(*moved)
         self.runner.copy_history(s.hist_row, row)
         s.pool, s.slot, s.hist_row = *moved, row
+        self.stats["pool_moves"] += 1
         logger.debug(f"session {s.session_id}: moved to the {self.pools[s.pool].capacity} pool")
         return True
 
@@ -152,20 +157,28 @@ class EngineCore:
         past the session's budget, and moves the session to a larger KV pool when its own is
         too small (or, with none free, trims to the slot it has)."""
         cfg = self.config
-        self._trim_to(s, s.budget(cfg), extra)
+        self._trim_to(s, s.budget(cfg), extra, "budget")
         if not self.make_room(s, len(s.history) + extra + cfg.turn_reserve):
-            self._trim_to(s, self.pools[s.pool].capacity, extra)
+            self._trim_to(s, self.pools[s.pool].capacity, extra, "no_slot")
         if len(s.history) + extra > self.pools[s.pool].capacity - 3:
             raise CapacityError("the system prompt and the new turn do not fit the context")
 
-    def _trim_to(self, s: SessionState, limit: int, extra: int) -> None:
+    def _trim_to(self, s: SessionState, limit: int, extra: int, reason: str) -> None:
         reserve = self.config.turn_reserve
         if len(s.history) + extra + reserve <= limit:
             return
         before = len(s.history.turns)
         s.history.trim(limit - reserve - extra)
-        if len(s.history.turns) != before:
-            logger.debug(f"session {s.session_id}: dropped {before - len(s.history.turns)} turns")
+        dropped = before - len(s.history.turns)
+        if dropped:
+            self.stats[f"turns_dropped_{reason}"] += dropped
+            if reason == "budget":
+                logger.debug(f"session {s.session_id}: dropped {dropped} turns")
+            else:  # memory pressure: the operator's pools are too small for the calls held
+                logger.warning(
+                    f"session {s.session_id}: no larger KV slot free, dropped {dropped} turns "
+                    f"to fit its {limit}-position slot"
+                )
             # Later turns moved to new positions: keep the system block, re-prefill the rest.
             self.truncate(s, min(s.cache_len, s.history.system.shape[0]))
 

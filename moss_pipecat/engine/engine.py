@@ -221,8 +221,15 @@ class MossEngine:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: ticks, prefill rows, decode steps, frames, prefix-cache hits/misses."""
+        """Counters: ticks, prefill rows, decode steps, frames, prefix-cache hits/misses,
+        refusals for load, KV pool moves, turns dropped (past the budget, for want of a
+        larger slot), replies cut for want of one (``EngineCore.__init__``)."""
         return self.core.stats
+
+    def kv_slots(self) -> list[tuple[int, int, int]]:
+        """(capacity, slots, used) of each KV pool, smallest capacity first (read from any
+        thread: a snapshot, not a lock)."""
+        return [(p.capacity, p.n_slots, p.n_slots - len(p.free)) for p in self.core.pools]
 
     @property
     def prefix_cache(self) -> PrefixCache:

@@ -335,9 +335,13 @@ class Scheduler:
         cfg = self.config
         if s.out_of_room(cfg.max_context):
             return False
-        return not s.out_of_room(self.core.pools[s.pool].capacity) or self.core.make_room(
+        if not s.out_of_room(self.core.pools[s.pool].capacity) or self.core.make_room(
             s, min(s.cache_len + cfg.turn_reserve, cfg.max_context)
-        )
+        ):
+            return True
+        self.core.stats["replies_cut_no_slot"] += 1
+        logger.warning(f"session {s.session_id}: no larger KV slot free, its reply ends here")
+        return False
 
     def pcm_isolated(self, out: PendingAudio) -> torch.Tensor | None:
         """Launches the batched codec call on ``out``'s frames (PCM left on the device); if

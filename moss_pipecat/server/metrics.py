@@ -6,10 +6,12 @@ embedding application) never collide, and ``/metrics`` shows only its own server
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder, generate_latest
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what ``render`` returns
 
@@ -47,6 +49,81 @@ class _Gauge:
         return float(self._fn())
 
 
+# The engine's own counters (``MossEngine.stats``), read at scrape time: (name, doc, label,
+# {label value: stats key}); label None: one unlabelled sample. Frames and load refusals are
+# the server's own counters above.
+ENGINE_COUNTERS: tuple[tuple[str, str, str | None, dict[str | None, str]], ...] = (
+    ("moss_engine_ticks", "Engine ticks that did work.", None, {None: "ticks"}),
+    (
+        "moss_engine_prefill_rows",
+        "Rows prefilled into the KV cache (new turns, user turns, restores, re-prefills after "
+        "a trim).",
+        None,
+        {None: "prefill_rows"},
+    ),
+    (
+        "moss_engine_prefill_capped_ticks",
+        "Ticks whose prefill the per-tick budget cut short.",
+        None,
+        {None: "prefill_capped_ticks"},
+    ),
+    (
+        "moss_engine_prefix_cache_lookups",
+        "System blocks (system sentence + voice) looked up in the prefix cache, by result.",
+        "result",
+        {"hit": "prefix_hits", "miss": "prefix_misses"},
+    ),
+    (
+        "moss_engine_kv_pool_moves",
+        "Conversations moved to a larger KV pool (their cache copied).",
+        None,
+        {None: "pool_moves"},
+    ),
+    (
+        "moss_engine_history_turns_dropped",
+        "Oldest turns dropped from conversations, by reason: budget (past the context "
+        "budget), no_slot (no larger KV slot free: the pools are too small for the calls held).",
+        "reason",
+        {"budget": "turns_dropped_budget", "no_slot": "turns_dropped_no_slot"},
+    ),
+    (
+        "moss_engine_replies_cut_no_slot",
+        "Replies ended early because their slot was full and no larger KV slot was free.",
+        None,
+        {None: "replies_cut_no_slot"},
+    ),
+)
+
+
+class EngineCollector(Collector):
+    """The engine's counters and KV slots, read when scraped (the engine thread counts; a
+    scrape reads a copy, no lock)."""
+
+    def __init__(
+        self,
+        stats: Callable[[], dict[str, int]],
+        kv_slots: Callable[[], list[tuple[int, int, int]]],
+    ) -> None:
+        self._stats, self._kv_slots = stats, kv_slots
+
+    def collect(self) -> Iterator[Metric]:
+        stats = dict(self._stats())
+        for name, doc, label, keys in ENGINE_COUNTERS:
+            family = CounterMetricFamily(name, doc, labels=[label] if label else None)
+            for value, key in keys.items():
+                family.add_metric([value] if value else [], stats[key])
+            yield family
+        slots = GaugeMetricFamily(
+            "moss_engine_kv_slots",
+            "KV-cache slots (one per conversation) by pool capacity (positions) and state.",
+            labels=["capacity", "state"],
+        )
+        for capacity, n_slots, used in self._kv_slots():
+            slots.add_metric([str(capacity), "used"], used)
+            slots.add_metric([str(capacity), "free"], n_slots - used)
+        yield slots
+
+
 class ServerMetrics:
     """Every metric one engine server exports, in its own registry."""
 
@@ -56,8 +133,11 @@ class ServerMetrics:
         attached: Callable[[], float],
         conns: Callable[[], float],
         pending: Callable[[], float] = lambda: 0,
+        engine: EngineCollector | None = None,
     ) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        if engine is not None:
+            r.register(engine)
         self.sessions = _Gauge(
             r, "moss_server_sessions", "Conversations held (engine sessions).", sessions
         )

@@ -45,6 +45,9 @@ async def test_growing_conversation_moves_to_a_larger_pool_with_identical_output
     pooled = make_engine(**POOLS)
     got, capacities = await _conversation(pooled.create_session(sampling=GREEDY), realtime_meta, 7)
     assert capacities[0] == 128 and capacities[-1] == 512  # started small, moved up
+    stats = pooled.stats  # counted once, for the one move
+    assert stats["pool_moves"] == 1 and stats["turns_dropped_no_slot"] == 0
+    assert pooled.kv_slots() == [(128, 2, 0), (512, 1, 1)]
     for (c1, s1, _, snap1), (c2, s2, _, snap2) in zip(ref, got, strict=True):
         assert s1.stop == s2.stop
         assert [c.codes.tolist() for c in c1] == [c.codes.tolist() for c in c2]  # may be none
@@ -65,6 +68,31 @@ async def test_without_a_free_larger_slot_the_conversation_trims_to_its_slot(
         assert snap["rows"].shape[0] <= 128 and snap["cache_len"] <= 128
         assert_matches_fresh(tiny_model, golden_layout, snap["rows"], chunks, summary, text, 30)
     assert len(out[-1][3]["turns"]) < 9  # older turns were dropped to fit
+    # Counted as dropped for want of a slot (not past the budget, 500): what an operator
+    # watches to size the pools; nothing moved.
+    dropped = 9 - len(out[-1][3]["turns"])
+    assert engine.stats["turns_dropped_no_slot"] == dropped
+    assert engine.stats["turns_dropped_budget"] == 0 and engine.stats["pool_moves"] == 0
+    assert engine.kv_slots() == [(128, 2, 2), (512, 1, 1)]
+
+
+async def test_a_reply_that_fills_its_slot_with_no_larger_one_free_ends_there_counted(
+    make_engine, realtime_meta
+):
+    # No per-turn cap below the slot's end (a turn is capped at 40 + 8 per token by default).
+    engine = make_engine(**POOLS, min_turn_frames=300, max_turn_frames=300)
+    a = engine.create_session(sampling=GREEDY)
+    engine.create_session(sampling=GREEDY)  # the other small slot
+    engine.create_session(sampling=GREEDY)  # takes the only large slot
+    # More frames than the 128-position slot holds.
+    turn = await a.start_turn(max_frames=200, min_frames=200)
+    turn.push_ids(random_text(torch.Generator().manual_seed(3), realtime_meta, 8))
+    turn.end_text()
+    frames = [c async for c in turn]
+    snap = await a.snapshot()
+    assert turn.summary.stop == "max_frames" and 0 < len(frames) < 128
+    assert snap["rows"].shape[0] <= 128 and snap["pool_capacity"] == 128
+    assert engine.stats["replies_cut_no_slot"] == 1 and engine.stats["pool_moves"] == 0
 
 
 def test_pool_config_is_checked():

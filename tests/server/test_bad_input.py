@@ -294,6 +294,11 @@ async def test_http_endpoints(server):
     assert "moss_server_frames_total 3" in text
     assert 'moss_server_ttfa_seconds_bucket{le="+Inf"} 1' in text
     assert "moss_server_sessions 0" in text
+    # The engine's own counters and KV slots (``metrics.EngineCollector``).
+    assert 'moss_engine_prefix_cache_lookups_total{result="miss"} 1.0' in text
+    assert 'moss_engine_history_turns_dropped_total{reason="no_slot"} 0.0' in text
+    capacity = server.hub.engine.config.max_context
+    assert f'moss_engine_kv_slots{{capacity="{capacity}",state="used"}} 0.0' in text
     # HEAD, as health checkers send it (every server must take HEAD where it takes GET).
     assert (await asyncio.to_thread(get, "/healthz", method="HEAD"))[:2] == (200, "")
     assert (await asyncio.to_thread(get, "/readyz", method="HEAD"))[:2] == (200, "")
