@@ -38,7 +38,7 @@ from moss_pipecat.server.connection import Connection
 from moss_pipecat.server.conversation import Conversation
 from moss_pipecat.server.handshake import run_handshake
 from moss_pipecat.server.message_handlers import serve_requests
-from moss_pipecat.server.metrics import EngineCollector, ServerMetrics
+from moss_pipecat.server.metrics import ServerMetrics
 from moss_pipecat.server.tickets import REFUSALS, TAKEN_OVER, ResumeTickets
 from moss_pipecat.server.transport import Transport, TransportClosed
 from moss_pipecat.server.turn_pump import cut_to_sent
@@ -80,13 +80,7 @@ class ConversationHub:
         self.budget = ConnectionBudget(
             self.limits.max_connections, self.limits.max_pending_connections
         )
-        self.metrics = ServerMetrics(
-            sessions=lambda: len(self.conversations),
-            attached=lambda: sum(c.conn is not None for c in self.conversations.values()),
-            conns=lambda: len(self.connections),
-            pending=lambda: self.budget.pending,
-            engine=EngineCollector(lambda: engine.stats, engine.kv_slots),
-        )
+        self.metrics = ServerMetrics.of_hub(self)
 
     # ================================================================== lifecycle
     def start(self) -> None:

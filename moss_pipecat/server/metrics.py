@@ -7,6 +7,7 @@ embedding application) never collide, and ``/metrics`` shows only its own server
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -216,6 +217,17 @@ class ServerMetrics:
             "Time to first audio frame of a turn (prefill trigger to first frame).",
             buckets=TTFA_BUCKETS,
             registry=r,
+        )
+
+    @classmethod
+    def of_hub(cls, hub: Any) -> ServerMetrics:
+        """The metrics of a ``ConversationHub``: its gauges read the hub and its engine."""
+        return cls(
+            sessions=lambda: len(hub.conversations),
+            attached=lambda: sum(c.conn is not None for c in hub.conversations.values()),
+            conns=lambda: len(hub.connections),
+            pending=lambda: hub.budget.pending,
+            engine=EngineCollector(lambda: hub.engine.stats, hub.engine.kv_slots),
         )
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
