@@ -54,6 +54,8 @@ LONGEST_FIRST = (
     "tests/server/test_parity.py",
     "tests/service/test_pipecat_contract.py",
     "tests/engine/test_prefix_cache.py",
+    "tests/engine/test_random_interleavings.py",
+    "tests/server/test_random_faults.py",
     "tests/server/test_restore_inflight.py",
     "tests/server/test_restore_service.py",
     "tests/model/test_graphs.py",
