@@ -42,6 +42,19 @@ async def drain_and_restart(server: ServerProcess) -> None:
     await server.start()
 
 
+async def say(session, text: str, max_frames: int, stop: int | None) -> tuple:
+    """A reply of ``text``, its frames read until ``stop`` of them (None: to its end)."""
+    turn = await session.start_turn(max_frames=max_frames)
+    turn.push_text(text)
+    turn.end_text()
+    frames = []
+    async for chunk in turn:
+        frames.append(chunk.codes)
+        if len(frames) == stop:
+            break
+    return turn, frames
+
+
 class Both:
     """The remote session and its local twin, told the same."""
 
@@ -86,14 +99,7 @@ class Both:
         else:
             max_frames = rnd.randint(2, 12)
             stop = None if how == "speak" else rnd.randint(1, max_frames)
-        turn = await self.remote.start_turn(max_frames=max_frames)
-        turn.push_text(text)
-        turn.end_text()
-        got = []
-        async for chunk in turn:
-            got.append(chunk.codes)
-            if len(got) == stop:
-                break
+        turn, got = await say(self.remote, text, max_frames, stop)
         heard = None
         if how == "cut":
             heard = rnd.randint(0, len(got))
@@ -112,14 +118,7 @@ class Both:
             assert torch.equal(torch.as_tensor(a), b)
 
     async def local_reply(self, text: str, max_frames: int, heard: int | None) -> list:
-        turn = await self.local.start_turn(max_frames=max_frames)
-        turn.push_text(text)
-        turn.end_text()
-        frames = []
-        async for chunk in turn:
-            frames.append(chunk.codes)
-            if heard is not None and len(frames) >= heard:
-                break
+        _, frames = await say(self.local, text, max_frames, heard or None)
         if heard is not None:
             await self.local.interrupt(heard)
         return frames
