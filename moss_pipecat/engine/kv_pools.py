@@ -8,6 +8,8 @@ thread.
 
 from __future__ import annotations
 
+import bisect
+
 from moss_pipecat.engine.config import EngineConfig
 from moss_pipecat.errors import CapacityError
 from moss_pipecat.model import MossTTSRealtime
@@ -31,8 +33,9 @@ class KVPool:
 
     def release(self, slot: int) -> None:
         self.cache.lengths[slot] = 0
-        self.free.append(slot)
-        self.free.sort()
+        # Kept sorted in place: a metrics scrape may read len(free) from another thread, and
+        # list.sort() shows an empty list while it runs.
+        bisect.insort(self.free, slot)
 
 
 class KVPools:
