@@ -121,9 +121,10 @@ class Journal:
 
     @property
     def restorable(self) -> bool:
-        """Whether there is a history to restore (a voice or a turn) and it is whole."""
+        """Whether there is a history to restore (a voice, a turn, or only the place of the
+        sampling noise, e.g. after a reset) and it is whole."""
         has = bool(self.turns) or self.voice is not None or self.lost is not None
-        return self.valid and has
+        return self.valid and (has or self.noise > 0)
 
     @property
     def empty(self) -> bool:

@@ -229,7 +229,9 @@ class Close(_Msg):
 class Restore(_Msg):
     """A conversation's history back (the client's journal), for a conversation with no turns
     yet: ``turns`` records and ``voice_frames`` voice frames in one binary frame of ``bytes``
-    (layout: ``protocol.history``) -> ``result``."""
+    (layout: ``protocol.history``) -> ``result``. A history of no turn and no voice is an empty
+    frame: what it restores is the sampling noise's place (``noise``), so seeded replies go on
+    as they would have."""
 
     type: Literal["restore"] = "restore"
     req: ReqId
@@ -237,7 +239,7 @@ class Restore(_Msg):
     voice_frames: Annotated[int, Field(ge=1, lt=2**20)] | None = None
     seed: Seed | None = None
     noise: Annotated[int, Field(ge=0, lt=2**62)] = 0
-    bytes: Annotated[int, Field(ge=1)]
+    bytes: Annotated[int, Field(ge=0)]
 
 
 ClientMessage = Annotated[

@@ -12,6 +12,7 @@ import torch
 
 from moss_pipecat.client import RemoteEngine
 from moss_pipecat.errors import InvalidInputError
+from moss_pipecat.model import SamplingParams
 from moss_pipecat.server import ServerUnavailableError
 
 from ..fixture_facts import frame_pcm_bytes
@@ -103,6 +104,33 @@ async def test_a_conversation_lost_with_nothing_in_it_is_not_counted_lost(
     snap = await session.snapshot()
     assert [r for r, _ in snap["turns"]] == ["assistant"]
     assert torch.equal(snap["rows"][: system.shape[0]], system)  # the voice is back either way
+    await session.close()
+
+
+async def test_seeded_replies_go_on_as_they_would_have_after_a_reset_conversation_is_lost(
+    make_tiny_engine, make_server
+):
+    """A conversation whose turns were reset holds no history, but its sampling noise has
+    moved on: a server that lost it gets that place back (an empty ``restore``), so the next
+    seeded reply is the one the lost server would have drawn."""
+    sampling = SamplingParams(temperature=0.9, top_k=20, top_p=0.9)
+    engine = make_tiny_engine(eos_min_frames=6)
+    server = await make_server(engine, idle_expiry_s=0)  # a detached conversation ends at once
+    here = engine.create_session(sampling=sampling, seed=5)  # the same, never lost
+    session = await RemoteEngine(server.url).create_session(
+        conversation_id="n", sampling=sampling, seed=5
+    )
+    for s in (here, session):
+        assert await say(s, "One.", 6) == 6
+        await s.reset()
+    session._link.ws.transport.abort()
+    await eventually(lambda: "n" not in server.hub.conversations, what="'n' to end")
+    replies = []
+    for s in (here, session):  # the second reconnects and finds its conversation gone
+        turn = await speak(s, "Two.", 6)
+        replies.append([c.codes.tolist() async for c in turn])
+    assert replies[0] == replies[1] and len(replies[0]) == 6
+    assert (session.restored, session.history_lost) == (1, 0)
     await session.close()
 
 
