@@ -264,6 +264,7 @@ class MossTTSServiceBase(TTSService):
                 return
         if isinstance(frame, TTSAudioRawFrame) and frame.context_id in self._replies:
             await self._clock.audio_pushed(self._replies[frame.context_id], engine_frames(frame))
+        self._clock.stamp_boundary(frame)  # a reply's start waits behind the last one's words
         self._tracer.frame_pushed(frame)
         await super().push_frame(frame, direction)
 

@@ -44,6 +44,10 @@ class InterruptionPlan:
     newest: list[Reply]
     context_counts: bool = False  # an assistant aggregator counts the units taken (the gate's)
     decided: dict[str, Heard] | None = None
+    # The newest reply whose engine turn can be cut that the user was hearing, or had heard,
+    # when the interruption passed (``decide``): it keeps what was heard, those after it
+    # nothing, those before it everything.
+    playing: Reply | None = None
 
     @classmethod
     def none(cls) -> InterruptionPlan:
@@ -55,14 +59,9 @@ class InterruptionPlan:
         return next((r for r in self.dropped if r.context_id == context_id), None)
 
     @property
-    def playing(self) -> Reply | None:
-        """The newest reply whose engine turn can be cut that has started playing: it keeps
-        what was heard, those after it nothing, those before it everything."""
-        return next((r for r in reversed(self.newest) if r.baseline_ns is not None), None)
-
-    @property
     def cut(self) -> list[Reply]:
-        """The replies whose engine turns are cut: the one playing and those after it."""
+        """The replies whose engine turns are cut: the one playing and those after it (all of
+        them until ``decide``)."""
         playing = self.playing
         return self.newest[self.newest.index(playing) :] if playing else list(self.newest)
 
@@ -73,6 +72,10 @@ class InterruptionPlan:
         word frame of a reply cut goes into the LLM context (``context_gate``).
         """
         if self.decided is None:
+            # Pushed is not heard: a reply whose audio waits behind the one playing (queued in
+            # the transport) starts later, and the one playing keeps only what was heard.
+            started = [r for r in self.newest if r.start_ns is not None and r.start_ns <= now_ns]
+            self.playing = started[-1] if started else None
             for reply in self.cut:
                 reply.words_closed = True
             counts = self.context_counts

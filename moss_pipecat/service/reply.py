@@ -14,6 +14,9 @@ from pipecat.frames.frames import (
     AggregatedTextProgressFrame,
     ControlFrame,
     Frame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    TTSStartedFrame,
     TTSTextFrame,
 )
 from pipecat.processors.frame_processor import FrameProcessor
@@ -29,6 +32,8 @@ FRAME_NS = round(FRAME_SECONDS * 1e9)
 RELEASE_STEP_NS = 1_000  # between units released at the end of one frame
 # A word frame's metadata entry naming its reply and unit: (Reply, index in ``Reply.units``).
 WORD_TAG = "moss_pipecat.unit"
+# The frames that open and close a reply in pipecat's assistant aggregator.
+REPLY_BOUNDARIES = (LLMFullResponseStartFrame, LLMFullResponseEndFrame, TTSStartedFrame)
 
 
 @dataclass
@@ -352,6 +357,17 @@ class HeardClock:
         held, reply.held_words = reply.held_words, []
         await self.add_words(reply, held)
         await self._close_reply(reply)
+
+    def stamp_boundary(self, frame: Frame) -> None:
+        """Gives a reply's boundary frame (``REPLY_BOUNDARIES``) without a PTS one just after
+        the last word released. The output transport passes frames without a PTS at once and
+        holds word frames until their PTS; a word comes out once its frame has played, so the
+        last words of the reply before (and pipecat's end frame, stamped with the last of
+        them) are still held when the next reply's start passes: the aggregator would close
+        that reply's message before its last words and file the next reply's words under no
+        message. Stamped, the boundary waits behind them; frames due already pass at once."""
+        if isinstance(frame, REPLY_BOUNDARIES) and not frame.pts and self.last_word_pts:
+            frame.pts = self.last_word_pts + 1
 
     def restart(self) -> None:
         """pipecat restarts its word clock after an interruption; so does the heard clock."""

@@ -243,7 +243,13 @@ def test_an_interruption_decides_once_what_the_history_the_context_and_the_span_
         playing.frame_pushed(0)
     playing.baseline_ns = 0
     playing.play(0)
-    queued.pushed = 3  # made, not playing yet: nothing of it was heard
+    # Made and pushed, queued in the transport behind the reply playing: it plays from 0.8 s,
+    # so nothing of it was heard at 0.5 s (the reply playing is the one cut).
+    for _ in range(3):
+        queued.pushed += 1
+        queued.frame_pushed(0)
+    queued.baseline_ns = 0
+    queued.play(800 * ms)
     # Units released to pipecat at 0.1 s (frame 1), 0.35 s (frame 4) and 0.5 s (frame 6).
     playing.units.extend(
         [TimedWord("one", 0.1, True), TimedWord("late", 0.35, True), TimedWord("later", 0.5, True)]
@@ -260,8 +266,8 @@ def test_an_interruption_decides_once_what_the_history_the_context_and_the_span_
     assert heard(playing, 500 * ms, context_counts=True) == Heard(4, 1)
     plan = plan_interruption([playing, queued], context_counts=True)
     assert plan.dropped == plan.newest == plan.cut == [playing, queued]
-    assert plan.playing is playing
     decided = plan.decide(500 * ms)
+    assert plan.playing is playing and plan.cut == [playing, queued]
     assert decided == {"playing": Heard(4, 1), "queued": Heard(0, 0)}
     assert playing.words_closed and queued.words_closed
     playing.taken = 3  # (the gate lets no more in; were it to count one) the answer stands

@@ -1,0 +1,115 @@
+"""Replies that follow one another with no user turn between them (a greeting and the LLM's
+first reply, a reply after a function call, a TTSSpeakFrame behind a reply) each keep their
+own message in the LLM context, and a barge-in keeps of each what the user heard.
+
+Through a real-time output transport, the next reply's audio is pushed while the one before
+still plays (the transport queues it), and that reply's last word frames are released only
+once its last frames have played. So:
+
+- the next reply's start must not reach pipecat's assistant aggregator before the last words
+  and the end of the reply before it (the aggregator would close that message early and take
+  the next reply's words into no message: it was lost, or merged into a later one);
+- a reply whose audio was pushed but has not started playing was not heard at all: a
+  barge-in then cuts the reply still playing to what was heard, not the one queued behind it
+  (the history kept the whole reply the user was hearing while the context held its start).
+
+Both services, local and remote, share this code (``service/base.py``).
+"""
+
+from __future__ import annotations
+
+import pytest
+from pipecat.frames.frames import Frame, TTSAudioRawFrame, TTSSpeakFrame
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.tests.utils import SleepFrame
+
+from .conftest import SnapshotProbe, UrgentProbe
+from .heard_units import EngineLog, check_within_one_unit_of_heard
+from .test_cjk_replies import ZH, _tts, tokens, unit_prefixes
+from .test_context_race import Barger, assistant_messages, record_cuts, run_race
+from .test_heard_clock import PlayingOutputTransport
+from .test_moss_tts_service import reply
+
+FIRST = "Hello there, welcome back to the show."
+SECOND = "Today we talk about gardens and the birds that visit them every spring."
+THIRD = "我们明天再见。"
+
+
+def words(text: str) -> list[str]:
+    return [w + " " for w in text.split()]
+
+
+def spacing(text: str) -> str:
+    return " ".join(text.split())
+
+
+async def run_replies(tts, frames: list[Frame], *before_transport: FrameProcessor):
+    """Runs ``frames`` through ``tts``, the processors given, a real-time transport and an
+    assistant aggregator; returns the assistant messages, MOSS's cuts, the transport and the
+    session read at the end (its assistant turns)."""
+    context = LLMContext()
+    barger, transport = Barger(), PlayingOutputTransport()
+    assistant = LLMContextAggregatorPair(context).assistant()
+    probe, cuts = SnapshotProbe(tts), record_cuts(tts)
+    for hop in before_transport:
+        hop.barger = barger
+    await run_race(
+        [barger, tts, *before_transport, transport, probe, assistant], [*frames, UrgentProbe()]
+    )
+    (snapshot,) = probe.snapshots
+    said = [role for role, _ in snapshot["turns"] if role == "assistant"]
+    return assistant_messages(context), cuts, transport, said
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        pytest.param(lambda: reply(*words(FIRST)), id="reply"),
+        pytest.param(lambda: [TTSSpeakFrame(FIRST)], id="speak"),
+    ],
+)
+async def test_replies_back_to_back_keep_their_own_messages(talkative_engine, first):
+    """Three replies sent at once play one after another: the context holds each whole, in
+    its own message, and MOSS's history holds three assistant turns."""
+    frames = [*first(), *reply(*words(SECOND)), *reply(*tokens(THIRD)), SleepFrame(12.0)]
+    said, cuts, _, turns = await run_replies(_tts(talkative_engine), frames)
+    assert not cuts
+    assert [spacing(m) for m in said] == [FIRST, SECOND, THIRD]
+    assert len(turns) == 3
+
+
+class BargeInOnceQueued(FrameProcessor):
+    """Between the TTS and the transport: the user barges in as the next reply's first audio
+    passes (pushed, queued in the transport behind the reply still playing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.barger: Barger | None = None
+        self.contexts: list[str] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+        if isinstance(frame, TTSAudioRawFrame) and frame.context_id not in self.contexts:
+            self.contexts.append(frame.context_id)
+            if len(self.contexts) == 2:
+                await self.barger.barge_in()
+
+
+@pytest.mark.parametrize("text", [FIRST + " " + FIRST, ZH], ids=["en", "zh"])
+async def test_a_barge_in_cuts_the_reply_playing_not_the_one_queued(talkative_engine, text):
+    """The first reply is made and still playing when the second one's audio is pushed and
+    the user barges in: the first keeps what was heard (not all it made), the second nothing;
+    the context and MOSS's history hold the same units."""
+    log = EngineLog(talkative_engine)
+    hop = BargeInOnceQueued()
+    frames = [*reply(*tokens(text)), *reply(*words(SECOND)), SleepFrame(6.0)]
+    said, cuts, transport, turns = await run_replies(_tts(log), frames, hop)
+    (first,) = [c for c in cuts if c.spoken_text]  # the second reply kept nothing
+    assert 0 < first.heard_frames < first.audio_frames  # cut to what was heard
+    assert unit_prefixes(text).index(first.spoken_text) > 0
+    assert said == [first.spoken_text]
+    assert len(turns) == 1
+    check_within_one_unit_of_heard(first, log.turns[0], transport.heard_s(), transport.speaking_s())
