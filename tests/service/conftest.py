@@ -20,20 +20,24 @@ from moss_pipecat.engine.factory import load_tiny_engine
 from ..engine_rules import SPEAKS
 from .tracing_helpers import span_exporter, traced_pipelines  # noqa: F401 (fixtures)
 
+# The service tests' engine limits: room for a few replies, a reply's length bounded by its
+# text (the random model may not end a turn soon after its text).
+SERVICE_LIMITS = dict(
+    max_sessions=4,
+    max_context=2048,
+    context_budget=1800,
+    turn_reserve=200,
+    lookahead_s=None,
+    frames_per_text_token=1.5,
+    min_turn_frames=8,
+    max_text_chars=2000,
+)
+
 
 def service_engine(fixtures_dir, **overrides):
     """A started tiny engine with the service tests' limits (``overrides`` change them)."""
-    settings = dict(
-        max_sessions=4,
-        max_context=2048,
-        context_budget=1800,
-        turn_reserve=200,
-        lookahead_s=None,
-        frames_per_text_token=1.5,
-        min_turn_frames=8,
-        max_text_chars=2000,
-    )
-    return load_tiny_engine(fixtures_dir, config=EngineConfig(**{**settings, **overrides}))
+    config = EngineConfig(**{**SERVICE_LIMITS, **overrides})
+    return load_tiny_engine(fixtures_dir, config=config)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ once its last frames have played. So:
   barge-in then cuts the reply still playing to what was heard, not the one queued behind it
   (the history kept the whole reply the user was hearing while the context held its start).
 
-Both services, local and remote, share this code (``service/base.py``).
+The remote service is held to the same (``tests/server/test_remote_back_to_back.py``).
 """
 
 from __future__ import annotations
@@ -63,18 +63,24 @@ async def run_replies(tts, frames: list[Frame], *before_transport: FrameProcesso
     return assistant_messages(context), cuts, transport, said
 
 
-@pytest.mark.parametrize(
-    "first",
-    [
-        pytest.param(lambda: reply(*words(FIRST)), id="reply"),
-        pytest.param(lambda: [TTSSpeakFrame(FIRST)], id="speak"),
-    ],
-)
+# A reply or a greeting spoken first.
+FIRSTS = [
+    pytest.param(lambda: reply(*words(FIRST)), id="reply"),
+    pytest.param(lambda: [TTSSpeakFrame(FIRST)], id="speak"),
+]
+TEXTS = [pytest.param(FIRST + " " + FIRST, id="en"), pytest.param(ZH, id="zh")]
+
+
+@pytest.mark.parametrize("first", FIRSTS)
 async def test_replies_back_to_back_keep_their_own_messages(talkative_engine, first):
+    await check_back_to_back(_tts(talkative_engine), first())
+
+
+async def check_back_to_back(tts, first: list[Frame]) -> None:
     """Three replies sent at once play one after another: the context holds each whole, in
     its own message, and MOSS's history holds three assistant turns."""
-    frames = [*first(), *reply(*words(SECOND)), *reply(*tokens(THIRD)), SleepFrame(12.0)]
-    said, cuts, _, turns = await run_replies(_tts(talkative_engine), frames)
+    frames = [*first, *reply(*words(SECOND)), *reply(*tokens(THIRD)), SleepFrame(12.0)]
+    said, cuts, _, turns = await run_replies(tts, frames)
     assert not cuts
     assert [spacing(m) for m in said] == [FIRST, SECOND, THIRD]
     assert len(turns) == 3
@@ -98,15 +104,19 @@ class BargeInOnceQueued(FrameProcessor):
                 await self.barger.barge_in()
 
 
-@pytest.mark.parametrize("text", [FIRST + " " + FIRST, ZH], ids=["en", "zh"])
+@pytest.mark.parametrize("text", TEXTS)
 async def test_a_barge_in_cuts_the_reply_playing_not_the_one_queued(talkative_engine, text):
+    log = EngineLog(talkative_engine)
+    await check_barge_in_behind(_tts(log), log, text)
+
+
+async def check_barge_in_behind(tts, log: EngineLog, text: str) -> None:
     """The first reply is made and still playing when the second one's audio is pushed and
     the user barges in: the first keeps what was heard (not all it made), the second nothing;
     the context and MOSS's history hold the same units."""
-    log = EngineLog(talkative_engine)
     hop = BargeInOnceQueued()
     frames = [*reply(*tokens(text)), *reply(*words(SECOND)), SleepFrame(6.0)]
-    said, cuts, transport, turns = await run_replies(_tts(log), frames, hop)
+    said, cuts, transport, turns = await run_replies(tts, frames, hop)
     (first,) = [c for c in cuts if c.spoken_text]  # the second reply kept nothing
     assert 0 < first.heard_frames < first.audio_frames  # cut to what was heard
     assert unit_prefixes(text).index(first.spoken_text) > 0
