@@ -36,7 +36,7 @@ TEXTS = {
     "mixed_zh": MIXED,
     "en": "The quick brown fox jumps over the lazy dog, then runs far away into the woods.",
 }
-CONVERSATIONS = 2  # per fixture set, each ~20 s of playback
+CONVERSATIONS = 3  # per fixture set, each 5 to 20 s of playback
 
 
 def pieces(rnd: random.Random, text: str) -> list[str]:
