@@ -16,6 +16,7 @@ from pipecat.frames.frames import (
     Frame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
+    TextFrame,
     TTSStartedFrame,
     TTSTextFrame,
 )
@@ -34,6 +35,15 @@ RELEASE_STEP_NS = 1_000  # between units released at the end of one frame
 WORD_TAG = "moss_pipecat.unit"
 # The frames that open and close a reply in pipecat's assistant aggregator.
 REPLY_BOUNDARIES = (LLMFullResponseStartFrame, LLMFullResponseEndFrame, TTSStartedFrame)
+
+
+def stamped_in_order(frame: Frame) -> bool:
+    """Whether the assistant aggregator must take ``frame`` in its place among the word frames:
+    a reply's boundary, or text that is not spoken (``skip_tts``: pipecat queues a reply the
+    TTS skips behind the audio before it, and the aggregator takes its text as it comes)."""
+    if isinstance(frame, REPLY_BOUNDARIES):
+        return True
+    return isinstance(frame, TextFrame) and not isinstance(frame, TTSTextFrame) and frame.skip_tts
 
 
 @dataclass
@@ -359,14 +369,16 @@ class HeardClock:
         await self._close_reply(reply)
 
     def stamp_boundary(self, frame: Frame) -> None:
-        """Gives a reply's boundary frame (``REPLY_BOUNDARIES``) without a PTS one just after
-        the last word released. The output transport passes frames without a PTS at once and
-        holds word frames until their PTS; a word comes out once its frame has played, so the
-        last words of the reply before (and pipecat's end frame, stamped with the last of
-        them) are still held when the next reply's start passes: the aggregator would close
-        that reply's message before its last words and file the next reply's words under no
-        message. Stamped, the boundary waits behind them; frames due already pass at once."""
-        if isinstance(frame, REPLY_BOUNDARIES) and not frame.pts and self.last_word_pts:
+        """Gives a reply's boundary frame, or text not spoken (``stamped_in_order``), without a
+        PTS one just after the last word released. The output transport passes frames without
+        a PTS at once and holds word frames until their PTS; a word comes out once its frame
+        has played, so the last words of the reply before (and pipecat's end frame, stamped
+        with the last of them) are still held when the next reply's start passes: the
+        aggregator would close that reply's message before its last words and file the next
+        reply's words under no message (or a skipped reply's text inside the one before).
+        Stamped alike, they wait behind those words and keep their order (the transport's
+        clock queue breaks ties by arrival); frames due already pass at once."""
+        if not frame.pts and self.last_word_pts and stamped_in_order(frame):
             frame.pts = self.last_word_pts + 1
 
     def restart(self) -> None:

@@ -8,7 +8,8 @@ once its last frames have played. So:
 
 - the next reply's start must not reach pipecat's assistant aggregator before the last words
   and the end of the reply before it (the aggregator would close that message early and take
-  the next reply's words into no message: it was lost, or merged into a later one);
+  the next reply's words into no message: it was lost, or merged into a later one); nor the
+  text of a reply the TTS skips (it went inside the message before);
 - a reply whose audio was pushed but has not started playing was not heard at all: a
   barge-in then cuts the reply still playing to what was heard, not the one queued behind it
   (the history kept the whole reply the user was hearing while the context held its start).
@@ -19,7 +20,14 @@ The remote service is held to the same (``tests/server/test_remote_back_to_back.
 from __future__ import annotations
 
 import pytest
-from pipecat.frames.frames import Frame, TTSAudioRawFrame, TTSSpeakFrame
+from pipecat.frames.frames import (
+    Frame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+)
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
@@ -43,6 +51,15 @@ def words(text: str) -> list[str]:
 
 def spacing(text: str) -> str:
     return " ".join(text.split())
+
+
+def skipped(text: str) -> list[Frame]:
+    """A reply the TTS does not speak (``skip_tts``: e.g. text for a chat window); its text
+    goes into the context all the same."""
+    frames = [LLMFullResponseStartFrame(), LLMTextFrame(text), LLMFullResponseEndFrame()]
+    for frame in frames:
+        frame.skip_tts = True
+    return frames
 
 
 async def run_replies(tts, frames: list[Frame], *before_transport: FrameProcessor):
@@ -84,6 +101,18 @@ async def check_back_to_back(tts, first: list[Frame]) -> None:
     assert not cuts
     assert [spacing(m) for m in said] == [FIRST, SECOND, THIRD]
     assert len(turns) == 3
+
+
+async def test_a_reply_not_spoken_between_two_keeps_its_own_message(talkative_engine):
+    """pipecat queues a skipped reply behind the audio before it: its text goes into a
+    message of its own, after the whole of the reply before (not inside it), and not into
+    MOSS's history (nothing was said)."""
+    note = "A note for the chat window."
+    frames = [*reply(*words(FIRST)), *skipped(note), *reply(*words(SECOND)), SleepFrame(10.0)]
+    said, cuts, _, turns = await run_replies(_tts(talkative_engine), frames)
+    assert not cuts
+    assert [spacing(m) for m in said] == [FIRST, note, SECOND]
+    assert len(turns) == 2
 
 
 class BargeInOnceQueued(FrameProcessor):
