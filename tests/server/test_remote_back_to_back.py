@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from moss_pipecat.client import RemoteEngine
 from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
 from ..engine_rules import SPEAKS
 from ..service.conftest import SERVICE_LIMITS
-from ..service.heard_units import EngineLog
 from ..service.test_back_to_back import (
     FIRSTS,
     TEXTS,
@@ -20,6 +18,7 @@ from ..service.test_back_to_back import (
     check_barge_in_behind,
 )
 from ..service.test_heard_clock import LATENCY_S
+from .test_remote_cjk import LoggedRemote
 
 
 async def _remote(make_tiny_engine, make_server, remote=None) -> MossRemoteTTSService:
@@ -45,14 +44,9 @@ async def test_remote_replies_back_to_back_keep_their_own_messages(
 async def test_a_remote_barge_in_cuts_the_reply_playing_not_the_one_queued(
     make_tiny_engine, make_server, text
 ):
-    logs = []
-
-    def remote(url: str) -> EngineLog:
-        logs.append(EngineLog(RemoteEngine(url)))
-        return logs[-1]
-
+    remote = LoggedRemote()
     tts = await _remote(make_tiny_engine, make_server, remote)
     try:
-        await check_barge_in_behind(tts, logs[0], text)
+        await check_barge_in_behind(tts, remote.log, text)
     finally:
-        await logs[0].aclose()
+        await remote.aclose()

@@ -68,23 +68,34 @@ async def test_a_remote_barge_in_keeps_what_moss_kept_in_any_script(
     await _barge_in(make_tiny_engine, make_server, text, stream(name, text), CUT_S, SLACK_S)
 
 
+class LoggedRemote:
+    """The service's ``remote=`` factory: its RemoteEngine wrapped in an ``EngineLog``
+    (``log``), which the test closes (``aclose``)."""
+
+    def __init__(self) -> None:
+        self.log: EngineLog | None = None
+
+    def __call__(self, url: str) -> EngineLog:
+        self.log = EngineLog(RemoteEngine(url))
+        return self.log
+
+    async def aclose(self) -> None:
+        if self.log is not None:
+            await self.log.aclose()
+
+
 async def _barge_in(make_tiny_engine, make_server, text, pieces, cut_s, slack_s=0.0) -> None:
     context = LLMContext()
     frames = [*reply(*pieces), SleepFrame(cut_s), InterruptionFrame(), SleepFrame(0.3)]
-    logs = []
-
-    def remote(url: str) -> EngineLog:
-        logs.append(EngineLog(RemoteEngine(url)))
-        return logs[-1]
-
+    remote = LoggedRemote()
     tts = await _remote(make_tiny_engine, make_server, remote)
     try:
         down, transport, recorder, cuts = await run_playing(tts, frames, context)
     finally:
-        await logs[0].aclose()
+        await remote.aclose()
     check_barge_in(text, assistant_text(context), cuts)
     check_word_frames(recorder, transport, down)
-    (units,) = logs[0].turns  # the units as they came over the wire (turn.words)
+    (units,) = remote.log.turns  # the units as they came over the wire (turn.words)
     heard_s, speaking_s = transport.heard_s(), transport.speaking_s()
     check_within_one_unit_of_heard(cuts[0], units, heard_s, speaking_s, slack_s)
 
