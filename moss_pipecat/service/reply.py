@@ -109,6 +109,9 @@ class Reply:
     # the LLM context (``InterruptionPlan.decide``).
     words_closed: bool = False
     last_release_ns: int = 0  # when its last released unit goes out (clock ns)
+    # LLM text the last word frame carried past its own unit (pipecat gives a reply's trailing
+    # emoji to the word before it): the frames of those units add nothing to the context.
+    carried: str = ""
 
     def move(self, phase: ReplyPhase) -> None:
         """Moves the reply to ``phase``; ``ReplyPhaseError`` if its life allows no such move
@@ -200,12 +203,26 @@ class Reply:
                 frame.raw_text = raw + ws + (frame.raw_text or frame.text)
                 frame.text = unit.text
             frame.includes_inter_frame_spaces = unit.spaced
+            self._carry(frame, unit.text.strip())
             return [frame]
         logger.debug(f"word frame {frame.text!r} is not the unit released ({unit!r})")
         held = [f for _, f in pieces]
         for f in (*held, frame):
             f.includes_inter_frame_spaces = any(is_unit_char(ch) for ch in f.text)
         return [*held, frame]
+
+    def _carry(self, frame: TTSTextFrame, unit: str) -> None:
+        """Keeps the context from taking a unit twice: pipecat's sequencer hands the LLM text
+        past a reply's last word (``Hi 👨``: an emoji it expects no word time for) to that
+        word's frame, then emits the unit's own frame too when the engine times it. That frame
+        still counts as taken (the gate reads its tag); its text is already in the context."""
+        carried = self.carried.lstrip()
+        if carried.startswith(unit) and frame.raw_text is None:
+            frame.append_to_context = False
+            self.carried = carried[len(unit) :]
+            return
+        raw = (frame.raw_text or "").strip()
+        self.carried = raw[len(unit) :] if raw.startswith(unit) else ""
 
     def play(self, start_ns: int) -> None:
         """Playback starts at ``start_ns``: the frames pushed so far play from there."""
