@@ -19,6 +19,8 @@ The remote service is held to the same (``tests/server/test_remote_back_to_back.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from pipecat.frames.frames import (
     Frame,
@@ -32,6 +34,8 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import SleepFrame
+
+from moss_pipecat.speech.frames import FRAME_SECONDS
 
 from .conftest import SnapshotProbe, UrgentProbe
 from .heard_units import EngineLog, check_within_one_unit_of_heard
@@ -71,7 +75,7 @@ async def run_replies(tts, frames: list[Frame], *before_transport: FrameProcesso
     assistant = LLMContextAggregatorPair(context).assistant()
     probe, cuts = SnapshotProbe(tts), record_cuts(tts)
     for hop in before_transport:
-        hop.barger = barger
+        hop.barger, hop.transport = barger, transport
     await run_race(
         [barger, tts, *before_transport, transport, probe, assistant], [*frames, UrgentProbe()]
     )
@@ -116,21 +120,27 @@ async def test_a_reply_not_spoken_between_two_keeps_its_own_message(talkative_en
 
 
 class BargeInOnceQueued(FrameProcessor):
-    """Between the TTS and the transport: the user barges in as the next reply's first audio
-    passes (pushed, queued in the transport behind the reply still playing)."""
+    """Between the TTS and the transport: holds the next reply's first audio (pushed by the
+    TTS, to be queued behind the reply playing) until the transport has played some of the
+    reply before, then barges in (the held frame is dropped, as the interruption would)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.barger: Barger | None = None
+        self.transport: PlayingOutputTransport | None = None
         self.contexts: list[str] = []
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
-        await self.push_frame(frame, direction)
         if isinstance(frame, TTSAudioRawFrame) and frame.context_id not in self.contexts:
             self.contexts.append(frame.context_id)
             if len(self.contexts) == 2:
+                # A condition, not a timing: the transport plays on its own task meanwhile.
+                while self.transport.played_s(self.get_clock().get_time()) < 1.5 * FRAME_SECONDS:
+                    await asyncio.sleep(0.01)
                 await self.barger.barge_in()
+                return
+        await self.push_frame(frame, direction)
 
 
 @pytest.mark.parametrize("text", TEXTS)
@@ -146,9 +156,9 @@ async def check_barge_in_behind(tts, log: EngineLog, text: str) -> None:
     hop = BargeInOnceQueued()
     frames = [*reply(*tokens(text)), *reply(*words(SECOND)), SleepFrame(6.0)]
     said, cuts, transport, turns = await run_replies(tts, frames, hop)
-    (first,) = [c for c in cuts if c.spoken_text]  # the second reply kept nothing
-    assert 0 < first.heard_frames < first.audio_frames  # cut to what was heard
-    assert unit_prefixes(text).index(first.spoken_text) > 0
-    assert said == [first.spoken_text]
+    (first,) = [c for c in cuts if c.heard_frames]  # the second reply kept nothing
+    assert first.heard_frames < first.audio_frames  # cut to what was heard, not all it made
+    assert first.spoken_text in unit_prefixes(text)
+    assert said == ([first.spoken_text] if first.spoken_text else [])
     assert len(turns) == 1
     check_within_one_unit_of_heard(first, log.turns[0], transport.heard_s(), transport.speaking_s())

@@ -66,8 +66,11 @@ class PlayingOutputTransport(BaseOutputTransport):
 
     def heard_s(self) -> float:
         """Seconds of audio played when the last interruption reached the transport."""
-        at = self.interrupted_ns
-        return sum(min(max(at - start, 0), length) for start, length in self.played) / 1e9
+        return self.played_s(self.interrupted_ns)
+
+    def played_s(self, at_ns: int) -> float:
+        """Seconds of audio played by ``at_ns`` (pipeline clock)."""
+        return sum(min(max(at_ns - start, 0), length) for start, length in self.played) / 1e9
 
     def speaking_s(self) -> float:
         """Seconds from the first chunk's start to the last interruption, at most the audio
