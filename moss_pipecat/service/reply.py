@@ -217,7 +217,7 @@ class Reply:
         word's frame, then emits the unit's own frame too when the engine times it. That frame
         still counts as taken (the gate reads its tag); its text is already in the context."""
         carried = self.carried.lstrip()
-        if carried.startswith(unit) and frame.raw_text is None:
+        if unit and carried.startswith(unit) and frame.raw_text is None:
             frame.append_to_context = False
             self.carried = carried[len(unit) :]
             return
