@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncGenerator
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 from loguru import logger
@@ -39,7 +39,7 @@ from moss_pipecat.service import pipecat_compat as compat
 from moss_pipecat.service.context_gate import ContextGate
 from moss_pipecat.service.interruption import (
     InterruptionPlan,
-    cut_to_heard,
+    Rollbacks,
     keep_heard_at_loss,
     plan_interruption,
     wait_for_turn,
@@ -122,11 +122,8 @@ class MossTTSServiceBase(TTSService):
             release_words=self.add_word_timestamps,
             close_reply=self._close_reply,
         )
-        # Set while no interruption is rolling the engine back: a reply opens its turn only
-        # then, so the rollback cuts the turn it means to cut.
-        self._history_settled = asyncio.Event()
-        self._history_settled.set()
-        self._interrupting = InterruptionPlan.none()  # the one being handled, if any
+        self._rollbacks = Rollbacks()  # the engine cuts of interruptions, beside the frames
+        self._interrupting = InterruptionPlan.none()  # the one passing the service, if any
         self._context_gate = ContextGate()  # what of each reply the LLM context took
         self._tracer = ReplyTracer(self, attributes=self._trace_attributes)
         self._llm_text = SurrogateJoiner()  # a surrogate pair split across two LLM frames
@@ -191,11 +188,12 @@ class MossTTSServiceBase(TTSService):
         await self._shutdown(graceful=False)
 
     async def _shutdown(self, *, graceful: bool) -> None:
+        if graceful:
+            await self._rollbacks.wait()  # the history is cut before the session closes
         self._tracer.close(graceful=graceful)
         self._context_gate.detach()
-        for reply in self._order:
-            if reply.task is not None:
-                await self.cancel_task(reply.task)
+        for task in [r.task for r in self._order if r.task] + self._rollbacks.tasks:
+            await self.cancel_task(task)
         self._replies.clear()
         self._order.clear()
         if self._session is not None:
@@ -205,6 +203,10 @@ class MossTTSServiceBase(TTSService):
                 logger.debug(f"{self}: closing session: {e}")
             self._session = None
         await self._after_close()
+
+    async def history_settled(self) -> None:
+        """Returns once every interruption so far has cut the history back to what was heard."""
+        await self._rollbacks.wait()
 
     async def reset_conversation(self) -> None:
         """Forgets the conversation's turns (keeps the voice)."""
@@ -225,10 +227,6 @@ class MossTTSServiceBase(TTSService):
         await self._session_settings.apply(
             self._session, self.settings, self._set_voice, self.push_error
         )
-
-    def _voice_file(self, voice: str) -> Path:
-        """The file of a voice setting: a runtime update's lies under ``voice_dir``."""
-        return self._session_settings.voice_file(voice)
 
     # ================================================================== frames
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
@@ -256,7 +254,7 @@ class MossTTSServiceBase(TTSService):
             return  # ours alone
         if isinstance(frame, SEQUENCED):
             cid = frame.context_id or ""  # (a reply being stopped is no longer in _replies)
-            reply = self._replies.get(cid) or self._interrupting.dropped_reply(cid)
+            reply = self._replies.get(cid) or self._rollbacks.dropped_reply(cid)
             if reply is not None:
                 for f in reply.text_frames_due(frame):
                     self._tracer.frame_pushed(f)
@@ -355,7 +353,7 @@ class MossTTSServiceBase(TTSService):
     async def _speak(self, reply: Reply) -> None:
         """Opens the reply's engine turn once the conversation is free, feeds it, reads it."""
         try:
-            await wait_for_turn(reply, self._history_settled)
+            await wait_for_turn(reply, self._rollbacks.settled)
             # No await since the wait: a rollback sees it opening or blocks it.
             reply.move(ReplyPhase.OPENING)
             # A reply that cannot reach the engine fails first: the next one sends what it kept.
@@ -424,13 +422,14 @@ class MossTTSServiceBase(TTSService):
     # ================================================================== interruption
     async def _roll_back_to_heard(self, frame: InterruptionFrame, direction: FrameDirection):
         """Stops every interruptible reply, lets pipecat drop their contexts and pass the
-        interruption on, then cuts the engine history back to what was heard when it passed
-        (``InterruptionPlan.decide``); uninterruptible replies speak on, in order."""
+        interruption on, then has the engine history cut back to what was heard when it passed
+        (``InterruptionPlan.decide``), beside the frames (``Rollbacks``); uninterruptible
+        replies speak on, in order."""
         plan = self._interrupting = plan_interruption(self._order, self._context_gate.attached)
         self._order, self._replies = plan.kept, {r.context_id: r for r in plan.kept}
         # pipecat restarts its word clock unless an uninterruptible context plays; so do we.
         restart_clock = compat.interruption_restarts_word_clock(self)
-        self._history_settled.clear()
+        self._rollbacks.begin(plan)
         try:
             for reply in plan.dropped:
                 reply.move(ReplyPhase.STOPPED)
@@ -439,12 +438,12 @@ class MossTTSServiceBase(TTSService):
             await super().process_frame(frame, direction)  # decides as it passes (push_frame)
             heard = plan.decide(self.get_clock().get_time())  # history, LLM context, span
             self._tracer.interrupted(plan.dropped, {k: h.frames for k, h in heard.items()})
-            await cut_to_heard(plan, self._session, self._reply_cut, self.push_error)
+        except BaseException:
+            self._rollbacks.end(plan)
+            raise
         finally:
             self._interrupting = InterruptionPlan.none()
-            self._history_settled.set()
+        on_cut = partial(compat.call_event, self, "on_reply_interrupted")  # (context_id, summary)
+        self._rollbacks.cut(plan, self._session, on_cut, self.push_error, self.create_task)
         if restart_clock and plan.dropped:
             self._clock.restart()
-
-    async def _reply_cut(self, reply: Reply, summary: Any) -> None:
-        await compat.call_event(self, "on_reply_interrupted", reply.context_id, summary)

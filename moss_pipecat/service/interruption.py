@@ -1,5 +1,5 @@
 """What an interruption keeps and drops among the replies, cutting the engine history back to
-what the user heard, and when a reply may open its engine turn."""
+what the user heard (beside the frames, ``Rollbacks``), and when a reply may open its turn."""
 
 from __future__ import annotations
 
@@ -83,6 +83,77 @@ class InterruptionPlan:
         return self.decided
 
 
+class Rollbacks:
+    """The interruptions whose engine cuts are under way, oldest first.
+
+    A cut runs as a task of its own, never in the frame path: it may wait on the engine (a
+    remote one reconnecting to a server that died), and meanwhile pipecat's system frames must
+    pass the service (the next interruption, the bot's speaking frames, a cancel). Before, the
+    next interruption waited behind the cut, and the replies queued ahead of it were spoken
+    after it. Each cut starts once the one before ended (the engine cuts its newest turns);
+    ``settled`` is set while none is under way: a reply opens its engine turn only then, so a
+    cut cuts the turn it means to.
+    """
+
+    def __init__(self) -> None:
+        self.settled = asyncio.Event()
+        self.settled.set()
+        self._plans: list[InterruptionPlan] = []
+        self._tasks: list[asyncio.Task] = []
+
+    def begin(self, plan: InterruptionPlan) -> None:
+        """``plan`` is being passed on: replies wait until its cut (and any before) ended."""
+        self._plans.append(plan)
+        self.settled.clear()
+
+    def dropped_reply(self, context_id: str) -> Reply | None:
+        """The reply speaking ``context_id`` that an interruption under way dropped."""
+        for plan in reversed(self._plans):
+            if (reply := plan.dropped_reply(context_id)) is not None:
+                return reply
+        return None
+
+    def cut(
+        self,
+        plan: InterruptionPlan,
+        session: Any | None,
+        on_cut: Callable[[str, Any], Awaitable[None]],
+        push_error: Callable[..., Awaitable[None]],
+        create_task: Callable[[Any], asyncio.Task],
+    ) -> None:
+        """Cuts the history for ``plan`` (``cut_to_heard``, whose arguments these are) once
+        the cuts before it ended, as a task (``create_task``)."""
+        before = self._tasks[-1] if self._tasks else None
+
+        async def run() -> None:
+            try:
+                if before is not None:
+                    await asyncio.wait([before])  # its failure is its own
+                await cut_to_heard(plan, session, on_cut, push_error)
+            finally:
+                self.end(plan)
+
+        task = create_task(run())
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    def end(self, plan: InterruptionPlan) -> None:
+        """``plan`` needs no more cutting (cut, or abandoned before it could be)."""
+        if plan in self._plans:
+            self._plans.remove(plan)
+        if not self._plans:
+            self.settled.set()
+
+    async def wait(self) -> None:
+        """Until every cut under way has ended."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    @property
+    def tasks(self) -> list[asyncio.Task]:
+        return list(self._tasks)
+
+
 def plan_interruption(replies: list[Reply], context_counts: bool = False) -> InterruptionPlan:
     """Splits ``replies`` (oldest first) and re-chains the kept ones to speak in order;
     ``context_counts``: an assistant aggregator downstream counts the units taken
@@ -102,7 +173,7 @@ def plan_interruption(replies: list[Reply], context_counts: bool = False) -> Int
 async def cut_to_heard(
     plan: InterruptionPlan,
     session: Any | None,
-    on_cut: Callable[[Reply, Any], Awaitable[None]],
+    on_cut: Callable[[str, Any], Awaitable[None]],
     push_error: Callable[..., Awaitable[None]],
 ) -> None:
     """Closes the engine turns of the plan's stopped replies (newest first: the engine cuts its
@@ -117,7 +188,7 @@ async def cut_to_heard(
         plan: the interruption, decided (``InterruptionPlan.decide``); its replies' tasks
             already cancelled.
         session: the conversation's session (None: closed, nothing to cut).
-        on_cut: called with each reply and the summary of what its turn kept.
+        on_cut: called with each reply's context id and the summary of what its turn kept.
         push_error: the service's ``push_error`` (the engine refused a cut).
     """
     playing, decided = plan.playing, plan.decided or {}
@@ -141,7 +212,7 @@ async def cut_to_heard(
                 logger.debug(
                     f"interrupted reply {reply.context_id}: kept {kept} ({summary.spoken_text!r})"
                 )
-                await on_cut(reply, summary)
+                await on_cut(reply.context_id, summary)
 
 
 def heard(reply: Reply, now_ns: int, context_counts: bool) -> Heard:

@@ -236,7 +236,7 @@ class MossRemoteTTSService(MossTTSServiceBase):
         if not voice:
             await self._session.set_voice(None)
             return
-        path = self._voice_file(voice)
+        path = self._session_settings.voice_file(voice)
 
         def read() -> tuple[Any, int]:
             import soundfile as sf

@@ -106,7 +106,7 @@ class MossTTSService(MossTTSServiceBase):
     async def _set_voice(self, voice: str | None) -> None:
         frames = None
         if voice:
-            path = self._voice_file(voice)
+            path = self._session_settings.voice_file(voice)
 
             def encode() -> torch.Tensor:
                 import soundfile as sf

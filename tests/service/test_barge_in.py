@@ -23,8 +23,9 @@ from .test_moss_tts_service import contexts_of, reply, run
 
 
 class SnapshotAfterInterruption(MossTTSService):
-    """Reads the session right after each interruption is handled, before any later frame
-    reaches the service (its input is blocked meanwhile): no later reply can blur it."""
+    """Reads the session once each interruption's cut has ended (``history_settled``), before
+    any later frame reaches the service (its input waits meanwhile): no later reply can blur
+    it."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -33,6 +34,7 @@ class SnapshotAfterInterruption(MossTTSService):
     async def process_frame(self, frame, direction) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, InterruptionFrame):
+            await self.history_settled()
             self.after_interruption.append(await self.session.snapshot())
 
 

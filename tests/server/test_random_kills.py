@@ -1,0 +1,113 @@
+"""Random conversations through ``MossRemoteTTSService`` whose server is killed (``kill -9``)
+at a random moment and started again on its port while the conversation goes on: the LLM
+context and the history on the new server agree as in ``tests/service/
+test_random_conversations.py`` (whose draws and rules these are).
+
+The reply the kill hits fails (one ``ErrorFrame``) and keeps what it had pushed, which plays
+on; a barge-in whose cut meets the dead server has the restore carry the cut. Either way no cut
+is reported (``on_reply_interrupted``): that reply's message is a start of its text, and the
+history restored on the new server holds it as heard (``test_restore_service`` holds that one
+moment exactly). Found that a barge-in's cut
+held every later frame back until the server was back (``test_barge_in_while_down``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from pipecat.frames.frames import DataFrame, ErrorFrame, Frame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.task import PipelineParams
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.tests.utils import SleepFrame, run_test
+
+from moss_pipecat.service import MossTTSSettings
+from moss_pipecat.service.remote import MossRemoteTTSService
+
+from ..engine_rules import SPEAKS
+from ..service.test_context_race import Barger, assistant_messages, record_cuts
+from ..service.test_heard_clock import LATENCY_S, PlayingOutputTransport
+from ..service.test_random_conversations import check_context_and_history, draw
+from .processes import ServerProcess
+
+CONVERSATIONS = 2  # per fixture set, each 10 to 30 s
+
+
+class Kill(DataFrame):
+    """``kill -9`` of the server here; a new one starts on its port, the frames going on."""
+
+
+class Settle(DataFrame):
+    """The end: once the new server is up, every cut has ended and the last reply too, the
+    session's snapshot."""
+
+
+class Killer(FrameProcessor):
+    """At the head of the pipeline: does what ``Kill`` and ``Settle`` say."""
+
+    def __init__(self, server: ServerProcess, tts: MossRemoteTTSService) -> None:
+        super().__init__()
+        self.server, self.tts = server, tts
+        self.starting: asyncio.Task | None = None
+        self.snapshot: dict | None = None
+        self.restored = self.history_lost = None
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, Kill):
+            self.server.kill()
+            # Not awaited here: an interruption would cancel this frame's processing.
+            self.starting = asyncio.ensure_future(self.server.start())
+        elif isinstance(frame, Settle):
+            await self.settle()
+        else:
+            await self.push_frame(frame, direction)
+
+    async def settle(self) -> None:
+        if self.starting is not None:
+            await self.starting
+        await self.tts.history_settled()
+        session = self.tts.session
+        for _ in range(300):  # a hang guard: each snapshot is a round trip to the server
+            snapshot = await session.snapshot()
+            if snapshot["phase"] == "idle":
+                break
+            await asyncio.sleep(0.1)
+        self.snapshot = snapshot
+        self.restored, self.history_lost = session.restored, session.history_lost
+
+
+@pytest.mark.parametrize("n", range(CONVERSATIONS))
+async def test_a_conversation_through_a_server_killed_keeps_context_and_history_agreeing(
+    fixtures_dir, tmp_path, realtime_meta, n
+):
+    rnd = random.Random(f"kill/{realtime_meta.get('variant', '')}/{n}")
+    frames, texts, unspoken = draw(rnd)
+    sleeps = [i for i, f in enumerate(frames) if isinstance(f, SleepFrame)]
+    frames.insert(rnd.choice(sleeps[:-1] or sleeps), Kill())  # before a pause, not the last
+    extra = ("--eos-min-frames", str(SPEAKS["eos_min_frames"]), "--eos-after-text")
+    async with ServerProcess(fixtures_dir, tmp_path / "server.log", extra=extra) as server:
+        tts = MossRemoteTTSService(
+            url=server.url,
+            output_latency_s=LATENCY_S,
+            settings=MossTTSSettings(greedy=True, lookahead_s=0.5),
+        )
+        context, killer = LLMContext(), Killer(server, tts)
+        assistant = LLMContextAggregatorPair(context).assistant()
+        cuts = record_cuts(tts)
+        _, up = await run_test(
+            Pipeline([killer, Barger(), tts, PlayingOutputTransport(), assistant]),
+            frames_to_send=[*frames, Settle()],
+            pipeline_params=PipelineParams(audio_out_sample_rate=24000),
+        )
+    errors = [f.error for f in up if isinstance(f, ErrorFrame)]
+    assert len(errors) <= 1 and all("connection to the server lost" in e for e in errors)
+    assert killer.restored <= 1 and killer.history_lost == 0  # none if nothing was said yet
+    turns = [role for role, _ in killer.snapshot["turns"] if role == "assistant"]
+    # One reply may be cut with no cut reported: the one playing when the server died (it
+    # failed), or when a barge-in's cut met the dead server (the restore carried the cut).
+    check_context_and_history(texts, unspoken, assistant_messages(context), cuts, turns, lost=1)
