@@ -209,7 +209,8 @@ class MossTTSServiceBase(TTSService):
         await self._rollbacks.wait()
 
     async def reset_conversation(self) -> None:
-        """Forgets the conversation's turns (keeps the voice)."""
+        """Forgets the conversation's turns (keeps the voice), after the cuts under way."""
+        await self._rollbacks.wait()
         if self._session is not None:
             await self._session.reset()
 

@@ -6,6 +6,7 @@ import random
 
 import pytest
 from pipecat.frames.frames import (
+    DataFrame,
     ErrorFrame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
@@ -14,6 +15,7 @@ from pipecat.frames.frames import (
     TTSAudioRawFrame,
     TTSSpeakFrame,
 )
+from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.tests.utils import SleepFrame
 
 from moss_pipecat.service import MossTTSService, MossTTSSettings
@@ -94,3 +96,39 @@ async def test_thirty_barge_ins_in_a_row_then_the_next_reply_speaks(talkative_en
     final = contexts_of(down)[-1]
     assert sum(isinstance(f, TTSAudioRawFrame) and f.context_id == final for f in down) > 0
     assert tts.session is None  # closed with the pipeline
+
+
+class Reset(DataFrame):
+    """The bot's code resets the conversation here (``reset_conversation``)."""
+
+
+class Resetter(FrameProcessor):
+    """Before the service: does what ``Reset`` says, in the order of the frames."""
+
+    def __init__(self, tts) -> None:
+        super().__init__()
+        self.tts = tts
+
+    async def process_frame(self, frame, direction) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, Reset):
+            await self.tts.reset_conversation()
+        else:
+            await self.push_frame(frame, direction)
+
+
+@pytest.mark.parametrize("pause_s", [0.3, 0.8])
+async def test_a_reset_right_after_a_barge_in_comes_after_its_cut(talkative_engine, pause_s):
+    """The cut runs beside the frames; a reset right behind the barge-in comes after it
+    (``reset_conversation`` waits for the cuts under way): the history holds only what was
+    said after the reset, and nothing fails."""
+    tts = MossTTSService(engine=talkative_engine, settings=MossTTSSettings(greedy=True))
+    frames = [*reply("This reply is cut ", "and then forgotten ", "by a reset right away.")]
+    frames += [SleepFrame(pause_s), InterruptionFrame(), Reset(), *reply("A fresh start.")]
+    frames += [SleepFrame(2.0), Probe()]
+    down, up, snaps = await run(tts, frames, before=(Resetter(tts),))
+    assert not [f.error for f in up if isinstance(f, ErrorFrame)]
+    (snap,) = snaps
+    assert [role for role, _ in snap["turns"]] == ["assistant"]  # the fresh start alone
+    assert snap["phase"] == "idle"
+    assert sum(isinstance(f, TTSAudioRawFrame) for f in down) > 0

@@ -49,12 +49,12 @@ def user_turn(text: str, seconds: float = 1.0) -> list:
     ]
 
 
-async def run(tts, frames, *, sample_rate=24000, metrics=False, after=()):
+async def run(tts, frames, *, sample_rate=24000, metrics=False, after=(), before=()):
     probe = SnapshotProbe(tts)
     params = PipelineParams(
         audio_out_sample_rate=sample_rate, enable_metrics=metrics, enable_usage_metrics=metrics
     )
-    pipeline = Pipeline([tts, probe, *after])
+    pipeline = Pipeline([*before, tts, probe, *after])
     down, up = await run_test(pipeline, frames_to_send=frames, pipeline_params=params)
     return down, up, probe.snapshots
 
