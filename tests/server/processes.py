@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 
+from ..engine_rules import SPEAKS
 from .conftest import free_port
 
 
@@ -59,6 +60,12 @@ def stop_all(procs: list[subprocess.Popen], wait_s: float) -> None:
                 p.wait(wait_s)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def speaking_server(fixtures_dir, tmp_path) -> ServerProcess:
+    """A ``ServerProcess`` whose replies end soon after their text (``SPEAKS``' rules)."""
+    extra = ("--eos-min-frames", str(SPEAKS["eos_min_frames"]), "--eos-after-text")
+    return ServerProcess(fixtures_dir, tmp_path / "server.log", extra=extra)
 
 
 class ServerProcess:

@@ -29,13 +29,12 @@ from pipecat.tests.utils import SleepFrame, run_test
 from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
-from ..engine_rules import SPEAKS
 from ..service.test_back_to_back import spacing
 from ..service.test_cjk_replies import unit_prefixes
 from ..service.test_context_race import assistant_messages
 from ..service.test_heard_clock import LATENCY_S, PlayingOutputTransport
 from .cues import Cue, CueDirector, Watcher
-from .processes import ServerProcess
+from .processes import speaking_server
 from .test_remote_service import reply
 
 FIRST = "This first reply goes on for a while so that the server dies in the middle of it."
@@ -82,14 +81,16 @@ class MarkerSeen(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
+def heard_remote(url: str) -> MossRemoteTTSService:
+    """The remote service the heard-clock tests use (greedy, their output latency)."""
+    return MossRemoteTTSService(
+        url=url, output_latency_s=LATENCY_S, settings=MossTTSSettings(greedy=True, lookahead_s=0.5)
+    )
+
+
 async def test_a_barge_in_while_the_server_is_down_holds_no_frame_back(fixtures_dir, tmp_path):
-    extra = ("--eos-min-frames", str(SPEAKS["eos_min_frames"]), "--eos-after-text")
-    async with ServerProcess(fixtures_dir, tmp_path / "server.log", extra=extra) as server:
-        tts = MossRemoteTTSService(
-            url=server.url,
-            output_latency_s=LATENCY_S,
-            settings=MossTTSSettings(greedy=True, lookahead_s=0.5),
-        )
+    async with speaking_server(fixtures_dir, tmp_path) as server:
+        tts = heard_remote(server.url)
         watcher, context = Watcher(), LLMContext()
         outage = Outage(tts, watcher, server)
         seen = MarkerSeen(outage)

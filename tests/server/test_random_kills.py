@@ -25,14 +25,13 @@ from pipecat.processors.aggregators.llm_response_universal import LLMContextAggr
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import SleepFrame, run_test
 
-from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
-from ..engine_rules import SPEAKS
 from ..service.test_context_race import Barger, assistant_messages, record_cuts
-from ..service.test_heard_clock import LATENCY_S, PlayingOutputTransport
+from ..service.test_heard_clock import PlayingOutputTransport
 from ..service.test_random_conversations import check_context_and_history, draw
-from .processes import ServerProcess
+from .processes import ServerProcess, speaking_server
+from .test_barge_in_while_down import heard_remote
 
 CONVERSATIONS = 2  # per fixture set, each 10 to 30 s
 
@@ -89,13 +88,8 @@ async def test_a_conversation_through_a_server_killed_keeps_context_and_history_
     frames, texts, unspoken = draw(rnd)
     sleeps = [i for i, f in enumerate(frames) if isinstance(f, SleepFrame)]
     frames.insert(rnd.choice(sleeps[:-1] or sleeps), Kill())  # before a pause, not the last
-    extra = ("--eos-min-frames", str(SPEAKS["eos_min_frames"]), "--eos-after-text")
-    async with ServerProcess(fixtures_dir, tmp_path / "server.log", extra=extra) as server:
-        tts = MossRemoteTTSService(
-            url=server.url,
-            output_latency_s=LATENCY_S,
-            settings=MossTTSSettings(greedy=True, lookahead_s=0.5),
-        )
+    async with speaking_server(fixtures_dir, tmp_path) as server:
+        tts = heard_remote(server.url)
         context, killer = LLMContext(), Killer(server, tts)
         assistant = LLMContextAggregatorPair(context).assistant()
         cuts = record_cuts(tts)
