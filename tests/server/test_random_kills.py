@@ -25,13 +25,12 @@ from pipecat.processors.aggregators.llm_response_universal import LLMContextAggr
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import SleepFrame, run_test
 
-from moss_pipecat.service.remote import MossRemoteTTSService
-
+from ..service.conftest import Probe
 from ..service.test_context_race import Barger, assistant_messages, record_cuts
 from ..service.test_heard_clock import PlayingOutputTransport
 from ..service.test_random_conversations import check_context_and_history, draw
-from .processes import ServerProcess, speaking_server
-from .test_barge_in_while_down import heard_remote
+from .processes import ServerProcess
+from .test_barge_in_while_down import SettledSnapshot, call_through_outages
 
 CONVERSATIONS = 2  # per fixture set, each 10 to 30 s
 
@@ -40,20 +39,15 @@ class Kill(DataFrame):
     """``kill -9`` of the server here; a new one starts on its port, the frames going on."""
 
 
-class Settle(DataFrame):
-    """The end: once the new server is up, every cut has ended and the last reply too, the
-    session's snapshot."""
-
-
 class Killer(FrameProcessor):
-    """At the head of the pipeline: does what ``Kill`` and ``Settle`` say."""
+    """At the head of the pipeline: does what ``Kill`` says; holds the ``Probe`` at the end
+    until the new server is up, and the frames behind it (the pipeline's end) until
+    ``settled`` has read the session."""
 
-    def __init__(self, server: ServerProcess, tts: MossRemoteTTSService) -> None:
+    def __init__(self, server: ServerProcess, settled: SettledSnapshot) -> None:
         super().__init__()
-        self.server, self.tts = server, tts
+        self.server, self.settled = server, settled
         self.starting: asyncio.Task | None = None
-        self.snapshot: dict | None = None
-        self.restored = self.history_lost = None
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -61,23 +55,12 @@ class Killer(FrameProcessor):
             self.server.kill()
             # Not awaited here: an interruption would cancel this frame's processing.
             self.starting = asyncio.ensure_future(self.server.start())
-        elif isinstance(frame, Settle):
-            await self.settle()
-        else:
-            await self.push_frame(frame, direction)
-
-    async def settle(self) -> None:
-        if self.starting is not None:
+            return
+        if isinstance(frame, Probe) and self.starting is not None:
             await self.starting
-        await self.tts.history_settled()
-        session = self.tts.session
-        for _ in range(300):  # a hang guard: each snapshot is a round trip to the server
-            snapshot = await session.snapshot()
-            if snapshot["phase"] == "idle":
-                break
-            await asyncio.sleep(0.1)
-        self.snapshot = snapshot
-        self.restored, self.history_lost = session.restored, session.history_lost
+        await self.push_frame(frame, direction)
+        if isinstance(frame, Probe):
+            await self.settled.done.wait()
 
 
 @pytest.mark.parametrize("n", range(CONVERSATIONS))
@@ -88,20 +71,20 @@ async def test_a_conversation_through_a_server_killed_keeps_context_and_history_
     frames, texts, unspoken = draw(rnd)
     sleeps = [i for i, f in enumerate(frames) if isinstance(f, SleepFrame)]
     frames.insert(rnd.choice(sleeps[:-1] or sleeps), Kill())  # before a pause, not the last
-    async with speaking_server(fixtures_dir, tmp_path) as server:
-        tts = heard_remote(server.url)
-        context, killer = LLMContext(), Killer(server, tts)
+    async with call_through_outages(fixtures_dir, tmp_path) as (server, tts):
+        context, settled = LLMContext(), SettledSnapshot(tts)
         assistant = LLMContextAggregatorPair(context).assistant()
         cuts = record_cuts(tts)
+        pipeline = [Killer(server, settled), Barger(), tts, settled, PlayingOutputTransport()]
         _, up = await run_test(
-            Pipeline([killer, Barger(), tts, PlayingOutputTransport(), assistant]),
-            frames_to_send=[*frames, Settle()],
+            Pipeline([*pipeline, assistant]),
+            frames_to_send=[*frames, Probe()],
             pipeline_params=PipelineParams(audio_out_sample_rate=24000),
         )
     errors = [f.error for f in up if isinstance(f, ErrorFrame)]
     assert len(errors) <= 1 and all("connection to the server lost" in e for e in errors)
-    assert killer.restored <= 1 and killer.history_lost == 0  # none if nothing was said yet
-    turns = [role for role, _ in killer.snapshot["turns"] if role == "assistant"]
+    assert settled.restored <= 1 and settled.history_lost == 0  # none if nothing was said yet
+    turns = [role for role, _ in settled.snapshot["turns"] if role == "assistant"]
     # One reply may be cut with no cut reported: the one playing when the server died (it
     # failed), or when a barge-in's cut met the dead server (the restore carried the cut).
     check_context_and_history(texts, unspoken, assistant_messages(context), cuts, turns, lost=1)
