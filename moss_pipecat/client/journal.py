@@ -38,6 +38,9 @@ class InflightTurn:
     lead: int | None = None
     pad: int | None = None
     whole: bool = True  # False once something was missed: it cannot be rebuilt
+    # The sampling noise's counter at its frame 0 (the journal's, as the turn started), or None
+    # once a delta came while it was in flight (a reseed): its restore keeps the journal's.
+    noise: int | None = None
 
     def add_text(self, msg: P.TurnWords) -> None:
         if msg.lead is not None:
@@ -141,7 +144,7 @@ class Journal:
 
     # ---- the turn in flight (filled by the link's reader) ----------------------------------
     def turn_started(self, turn_id: int) -> None:
-        self.inflight = InflightTurn(turn_id)
+        self.inflight = InflightTurn(turn_id, noise=self.noise)
 
     def turn_text(self, msg: P.TurnWords) -> None:
         """Takes a ``turn.words`` message's text ids (one without any changes nothing)."""
@@ -203,6 +206,8 @@ class Journal:
         turns += self._turns_of(msg)
         if any(t.role == "assistant" for t in msg.turns):
             self.inflight = None  # the turn in flight ended: it is in the history now
+        elif self.inflight is not None:
+            self.inflight.noise = None  # the noise moved under it (a reseed)
         self.turns = turns
         self.lost = self._lost_from = None  # a server holds the history: with it, or not
         if msg.full or msg.voice_changed:
@@ -248,4 +253,8 @@ class Journal:
         turns = self.turns if self.lost is None else [*self.turns, self.lost]
         records = [(t.role, t.lead, t.ids, t.frames) for t in turns]
         fields, data = P.pack_restore(self.voice, records)
-        return {**fields, "seed": self.seed, "noise": self.noise}, data
+        noise, lost = self.noise, self._lost_from
+        if lost is not None and lost.noise is not None:
+            # As the engine's cut: the frames past what was heard were never drawn.
+            noise = lost.noise + (0 if self.lost is None else len(self.lost.frames))
+        return {**fields, "seed": self.seed, "noise": noise}, data

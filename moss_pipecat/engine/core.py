@@ -198,6 +198,8 @@ class EngineCore:
         start = s.history.offset(index)
         rec.close(self.layout, heard)
         kept = len(rec.frames)
+        if s.noise_mark is not None and s.noise_mark[0] == rec.turn_id:
+            s.noise_counter = s.noise_mark[1] + kept  # frames past the heard never were
         if kept == 0:
             s.history.turns.pop(index)  # nothing was heard: as if the turn never happened
             keep = start

@@ -163,7 +163,7 @@ def set_sampling(core: EngineCore, sid: str, c: SetSampling) -> None:
     s = core.state(sid)
     s.sampling = c.sampling
     if c.seed is not None:  # the noise restarts: frame k after a reseed is reproducible
-        s.seed, s.noise_counter = int(c.seed), 0
+        s.seed, s.noise_counter, s.noise_mark = int(c.seed), 0, None
 
 
 def set_limits(core: EngineCore, sid: str, c: SetLimits) -> None:
@@ -211,7 +211,7 @@ def restore_history(core: EngineCore, sid: str, c: RestoreHistory) -> None:
         s.history.system, s.history.turns = system, turns
         raise
     if c.seed is not None:
-        s.seed, s.noise_counter = int(c.seed), c.noise_counter
+        s.seed, s.noise_counter, s.noise_mark = int(c.seed), c.noise_counter, None
     core.truncate(s, 0)  # the next prefill feeds it all (the prefix cache serves the system)
 
 

@@ -65,7 +65,12 @@ class SessionState:
     history: ConversationHistory
     sampling: SamplingParams
     seed: int  # the key of the session's sampling noise (with ``noise_counter``)
-    noise_counter: int = 0  # frames made since the session was (re)seeded
+    # Frames drawn since the session was (re)seeded, less those a cut turn drew past what was
+    # heard (``EngineCore.close_record``): the noise after a barge-in depends on what was heard,
+    # not on how far generation had run when the barge-in came.
+    noise_counter: int = 0
+    # (turn id, counter at its frame 0) of the newest turn drawn since the last (re)seed
+    noise_mark: tuple[int, int] | None = None
     phase: Phase = Phase.IDLE
     cache_len: int = 0  # host mirror of the slot's KV length
     turn: OpenTurn | None = None

@@ -226,8 +226,9 @@ class History(_Out):
     resumed. A client drops ``drop`` turns from the front of its journal, keeps the next
     ``keep`` and appends ``turns`` (``full``: starts from nothing); ``voice`` replaces the
     reference voice when ``voice_changed`` (null: none). ``rev`` counts the deltas of this
-    conversation on this server: one more than the last, or ``full``. ``resume_ticket``: the
-    conversation's, issued afresh (as in ``ready``)."""
+    conversation on this server: one more than the last, or ``full``. ``seed`` and ``noise``:
+    the sampling noise's key and counter (a new seed sends a delta too). ``resume_ticket``:
+    the conversation's, issued afresh (as in ``ready``)."""
 
     type: Literal["history"] = "history"
     rev: int

@@ -205,6 +205,8 @@ async def _settings(r: Request, msg: P.Settings) -> Any:
     for command in commands:
         await s.request(command)
     conv.sampling = sampling
+    if msg.seed is not None:
+        await send_history(conv)  # the journal restores the noise from the new seed
     return P.Result(req=msg.req)
 
 

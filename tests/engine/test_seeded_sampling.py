@@ -1,11 +1,13 @@
 """Seeded sampling in the engine: a session's noise is keyed by its seed and its frame counter
-(made inside the step), so its frames are reproducible and do not depend on its company."""
+(made inside the step), so its frames are reproducible and do not depend on its company, nor,
+after a barge-in, on how far the cut reply had run past what was heard."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from moss_pipecat.engine import HistoryCursor
 from moss_pipecat.engine.session import SyncSession
 from moss_pipecat.model import SamplingParams, generate_turn
 
@@ -74,3 +76,56 @@ def test_reseeding_reproduces_and_other_seeds_differ(make_engine, realtime_golde
     assert torch.equal(_say(a, text, 10), first)
     c = SyncSession(engine.create_session(sampling=SAMPLED, seed=6))
     assert not torch.equal(_say(c, text, 10), first)
+
+
+def _cut_reply(session: SyncSession, text: list[int], made: int, heard: int, live: bool) -> None:
+    """A reply cut to ``heard`` frames: ``live``, one of 40 frames cut once ``made`` of them
+    have come out (the engine has drawn at least that many: how many more depends on timing);
+    else one of ``made`` frames cut after it ended."""
+    if not live:
+        _say(session, text, made)
+        session.interrupt(heard)
+        return
+    turn = session.start_turn(40, min_frames=40)
+    turn.push_ids(text)
+    turn.end_text()
+    frames = iter(turn)
+    for _ in range(made):
+        next(frames)
+    session.interrupt(heard)
+
+
+# how a reply was cut: (live, frames made before the barge-in in each of two runs, heard)
+CUTS = {
+    "while it speaks": (True, (4, 16), 4),
+    "while it speaks, nothing heard": (True, (4, 16), 0),
+    "after it ended": (False, (12, 7), 4),
+}
+
+
+@pytest.mark.parametrize("case", list(CUTS))
+def test_the_noise_after_a_barge_in_depends_on_what_was_heard_not_on_when(
+    make_engine, realtime_golden, case
+):
+    """A barge-in cuts a reply to what was heard; the frames drawn past it never were, so the
+    noise goes on from frame ``heard``: the next reply is the same however far the cut reply
+    had run (and the counter a client restores from says so)."""
+    live, made, heard = CUTS[case]
+    engine = make_engine(max_sessions=2)
+    text1 = realtime_golden["session.text1"].tolist()
+    text2 = realtime_golden["session.text2"].tolist()
+    replies = []
+    for n in made:
+        s = SyncSession(engine.create_session(sampling=SAMPLED, seed=11))
+        _cut_reply(s, text1, n, heard, live)
+        assert s.history_delta(HistoryCursor()).noise_counter == heard
+        replies.append(_say(s, text2, 10))
+        s.close()
+    assert torch.equal(*replies)
+
+
+def test_a_reply_heard_whole_rolls_nothing_back(make_engine, realtime_golden):
+    s = SyncSession(make_engine().create_session(sampling=SAMPLED, seed=3))
+    _say(s, realtime_golden["session.text1"].tolist(), 7)
+    assert s.interrupt(7) is None  # all of it was heard
+    assert s.history_delta(HistoryCursor()).noise_counter == 7

@@ -3,8 +3,9 @@
 The server is a thin translator: what a message asks of a conversation is one engine command
 (``moss_pipecat.engine.commands``), so the remote session behaves as the local one. Recorded at
 ``MossEngine.submit``, message by message, over a real websocket. For a client that keeps a
-journal (``hello.history``), a message that changes the history is followed by the
-``HistoryDelta`` that tells it what changed (issue #24).
+journal (``hello.history``), a message that changes the history (or the seed of the sampling
+noise, which the journal restores too) is followed by the ``HistoryDelta`` that tells it what
+changed (issue #24).
 """
 
 from __future__ import annotations
@@ -107,11 +108,11 @@ async def test_each_client_message_is_its_engine_command(make_tiny_engine, make_
     await sent([{"type": "voice", "req": 5, "format": "none"}], [SetVoice, *told], "result")
 
     sampling = {"type": "settings", "req": 6, "sampling": {"temperature": 0.8}, "seed": 3}
-    await sent([sampling], [SetSampling], "result")
+    await sent([sampling], [SetSampling, *told], "result")  # a new seed: the noise's place
     limits = {"type": "settings", "req": 7, "limits": {"lookahead_s": 2.0}}
     await sent([limits], [SetLimits], "result")
     both = {**sampling, "req": 8, "limits": {"unlimited_lookahead": True}}
-    await sent([both], [SetSampling, SetLimits], "result")
+    await sent([both], [SetSampling, SetLimits, *told], "result")
 
     # A settings message whose limits the engine refuses changes nothing, not even sampling.
     start = len(seen)

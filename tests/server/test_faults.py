@@ -107,12 +107,15 @@ async def test_a_conversation_lost_with_nothing_in_it_is_not_counted_lost(
     await session.close()
 
 
-async def test_seeded_replies_go_on_as_they_would_have_after_a_reset_conversation_is_lost(
-    make_tiny_engine, make_server
+@pytest.mark.parametrize("then", ["reset", "reseed"])
+async def test_seeded_replies_go_on_as_they_would_have_after_the_conversation_is_lost(
+    make_tiny_engine, make_server, then
 ):
     """A conversation whose turns were reset holds no history, but its sampling noise has
     moved on: a server that lost it gets that place back (an empty ``restore``), so the next
-    seeded reply is the one the lost server would have drawn."""
+    seeded reply is the one the lost server would have drawn. A new seed changes no turn, yet
+    the journal restores it too: the server sends a history delta for it (before, a restore
+    brought back the seed and noise of the last turn)."""
     sampling = SamplingParams(temperature=0.9, top_k=20, top_p=0.9)
     engine = make_tiny_engine(eos_min_frames=6)
     server = await make_server(engine, idle_expiry_s=0)  # a detached conversation ends at once
@@ -122,7 +125,7 @@ async def test_seeded_replies_go_on_as_they_would_have_after_a_reset_conversatio
     )
     for s in (here, session):
         assert await say(s, "One.", 6) == 6
-        await s.reset()
+        await (s.reset() if then == "reset" else s.set_sampling(sampling, seed=9))
     session._link.ws.transport.abort()
     await eventually(lambda: "n" not in server.hub.conversations, what="'n' to end")
     replies = []

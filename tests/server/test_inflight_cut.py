@@ -1,7 +1,8 @@
 """The turn in flight when a server is lost (issue #24): the client's journal keeps its rows
 from what the server sends with its frames (their codes, and the text ids of ``turn.words``),
 and cut at what was heard they are the rows an interruption at that point leaves in the engine,
-id for id; restored on another engine they give the same history. A restore whose last turn
+id for id, and the sampling noise's counter with them; restored on another engine they give
+the same history. A restore whose last turn
 is a bad in-flight cut is refused and changes nothing."""
 
 from __future__ import annotations
@@ -101,10 +102,14 @@ def test_the_journal_cuts_the_turn_in_flight_as_the_engine_interrupts_it(
                 turn.end_text()
     cut = s.interrupt(heard)
     expected = s.snapshot()["rows"]
-    engine_turns = [*s.history_delta(HistoryCursor(), full=True).turns]
+    change = s.history_delta(HistoryCursor(), full=True)
+    engine_turns = [*change.turns]
     journal.keep_lost(turn.turn_id, heard)
 
     got = _records(journal)
+    # The sampling noise goes on from where the engine's cut left it (frames past the heard
+    # were never drawn), however far the engine had run when it was lost.
+    assert journal.restore_request()[0]["noise"] == change.noise_counter
     if heard == 0:  # the engine drops a turn nobody heard; so does the journal
         assert cut is None or cut.heard_frames == 0
         assert len(got) == len(engine_turns) == 2

@@ -5,7 +5,9 @@ again on its port. The other fault tests each hold one moment; here they fall wh
 
 After every step the new server's rows equal a local engine's that was told the same, with a
 reply cut by a kill kept at what the caller says was heard (as the service does on a barge-in)
-and a reply in flight at a drain finishing there; every frame heard equals the local one.
+and a reply in flight at a drain finishing there; every frame heard equals the local one. The
+replies are sampled: the noise goes on from what was heard of a cut reply, however far the
+server had drawn past it (locally: not at all), and a restore carries it on.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import random
 import torch
 
 from moss_pipecat.client import RemoteEngine
+from moss_pipecat.model import SamplingParams
 
 from ..engine.helpers import random_frames
-from .conftest import GREEDY
 from .processes import ServerProcess
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+SAMPLED = SamplingParams()
 FAULTS = ("kill", "kill_mid", "term", "term_mid")
 OTHER = ("speak", "speak", "speak", "cut", "user", "user", "voice", "reset", "seed")
 
@@ -81,7 +84,7 @@ class Both:
         await self.each("reset")
 
     async def seed(self) -> None:
-        await self.each("set_sampling", GREEDY, seed=self.rnd.randrange(100))
+        await self.each("set_sampling", SAMPLED, seed=self.rnd.randrange(100))
 
     async def kill(self) -> None:
         await self.server.restart()
@@ -132,9 +135,9 @@ async def test_a_call_through_random_kills_and_drains_holds_what_a_local_engine_
     local = make_tiny_engine(eos_min_frames=80, eos_after_text=True, lookahead_s=None)
     async with ServerProcess(fixtures_dir, tmp_path / "server.log") as server:
         client = RemoteEngine(server.url, reconnect_timeout=60)
-        remote = await client.create_session(sampling=GREEDY, seed=1)
+        remote = await client.create_session(sampling=SAMPLED, seed=1)
         both = Both(
-            remote, local.create_session(sampling=GREEDY, seed=1), server, realtime_meta, rnd
+            remote, local.create_session(sampling=SAMPLED, seed=1), server, realtime_meta, rnd
         )
         done = []
         for step in script(rnd):
