@@ -21,6 +21,8 @@ import numpy as np
 from loguru import logger
 
 from moss_pipecat import protocol as P
+from moss_pipecat.speech.events import TurnSummary
+from moss_pipecat.speech.units import TimedWord, heard_units, join_units
 
 # A turn in flight holds at most this many rows (frames and text ids): a bound far above any
 # server's context, so a journal never grows without one.
@@ -38,11 +40,15 @@ class InflightTurn:
     lead: int | None = None
     pad: int | None = None
     whole: bool = True  # False once something was missed: it cannot be rebuilt
+    words: list[TimedWord] = field(default_factory=list)  # its word times, as placed
     # The sampling noise's counter at its frame 0 (the journal's, as the turn started), or None
     # once a delta came while it was in flight (a reseed): its restore keeps the journal's.
     noise: int | None = None
 
     def add_text(self, msg: P.TurnWords) -> None:
+        self.words.extend(msg.timed_words())
+        if not msg.text_ids and msg.lead is None:
+            return
         if msg.lead is not None:
             self.lead, self.pad = msg.lead, msg.text_pad
         self.whole = self.whole and msg.text_from == len(self.ids)
@@ -55,12 +61,26 @@ class InflightTurn:
         self._bound()
 
     def _bound(self) -> None:
-        if len(self.ids) + len(self.frames) > MAX_INFLIGHT_ROWS:
-            self.whole, self.ids, self.frames = False, [], []
+        if len(self.ids) + len(self.frames) + len(self.words) > MAX_INFLIGHT_ROWS:
+            self.whole, self.ids, self.frames, self.words = False, [], [], []
 
     @property
     def nbytes(self) -> int:
-        return 4 * len(self.ids) + sum(f.nbytes for f in self.frames)
+        words = sum(len(w[0]) + 8 for w in self.words)
+        return 4 * len(self.ids) + sum(f.nbytes for f in self.frames) + words
+
+    def summary(self, heard: int, units: int | None) -> TurnSummary:
+        """What an interruption keeping ``heard`` frames (``units`` units, if counted) says
+        of it, as the engine's would: its frames so far, those kept, the words heard."""
+        kept = max(0, min(heard, len(self.frames)))
+        return TurnSummary(
+            self.turn_id,
+            "interrupted",
+            audio_frames=len(self.frames),
+            heard_frames=kept,
+            text_ids=list(self.ids),
+            spoken_text=join_units(heard_units(self.words, kept, units)),
+        )
 
     def cut(self, heard: int) -> JournalTurn | None:
         """The turn as an interruption after ``heard`` frames leaves it in the engine
@@ -149,7 +169,7 @@ class Journal:
     def turn_text(self, msg: P.TurnWords) -> None:
         """Takes a ``turn.words`` message's text ids (one without any changes nothing)."""
         t = self.inflight
-        if t is not None and t.turn_id == msg.turn_id and (msg.text_ids or msg.lead is not None):
+        if t is not None and t.turn_id == msg.turn_id:
             t.add_text(msg)
 
     def turn_frame(self, turn_id: int, index: int, codes: Sequence[int]) -> None:
@@ -162,19 +182,21 @@ class Journal:
         if self.inflight is not None and self.inflight.turn_id == turn_id:
             self.inflight = None
 
-    def keep_lost(self, turn_id: int, heard: int) -> None:
-        """Turn ``turn_id`` was lost with its server after ``heard`` of its frames were heard
-        (the caller's decision): the next restore carries it, cut there."""
+    def keep_lost(self, turn_id: int, heard: int, units: int | None = None) -> TurnSummary | None:
+        """Turn ``turn_id`` was lost with its server after ``heard`` of its frames (``units``
+        of its units, if counted) were heard (the caller's decision): the next restore carries
+        it, cut there. Returns the interruption's summary, as the engine's cut would say it;
+        None when it is not the turn in flight, or an earlier decision kept no more."""
         t = self.inflight
         if t is None or t.turn_id != turn_id:
             t = self._lost_from  # decided again before the restore (a barge-in on its audio)
-            if t is None or t.turn_id != turn_id:
-                return
-            heard = min(heard, self._lost_heard)  # what was heard never grows back
+            if t is None or t.turn_id != turn_id or heard >= self._lost_heard:
+                return None  # what was heard never grows back
         self.inflight, self._lost_from, self._lost_heard = None, t, heard
         self.lost = t.cut(heard)
         kept = 0 if self.lost is None else len(self.lost.frames)
         logger.info(f"turn {turn_id} lost with its server: {kept} heard frames kept")
+        return t.summary(heard, units)
 
     def apply(self, msg: P.History) -> None:
         """Takes one ``history`` delta (see ``protocol.History``)."""

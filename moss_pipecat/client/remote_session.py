@@ -286,15 +286,19 @@ class RemoteSession:
     ) -> TurnSummary | None:
         """Stops the current (or just finished) turn, keeping its first ``heard_frames``
         frames in the conversation (``heard_units``: the units the listener kept, see
-        ``Interrupt``). Returns None if there was nothing to cut."""
+        ``Interrupt``). Returns None if there was nothing to cut.
+
+        A turn lost with its server is cut in the journal (the restore carries it); the
+        summary is the journal's then, from the frames and words that came before the loss."""
         command = Interrupt(heard_frames, heard_units)
         turn = self._turn
         if turn is not None and turn.summary is None:
             turn.cancel()
+        lost = None
         if turn is not None and turn.lost and self._turn_made == self._made:
             # Lost with its server: what the caller heard of it is kept (the journal holds
             # its rows); a server that lost the conversation gets it with the restore.
-            self.journal.keep_lost(turn.turn_id, command.heard_frames)
+            lost = self.journal.keep_lost(turn.turn_id, command.heard_frames, command.heard_units)
         link = await self.open()
         if turn is not None and not turn.ended and self._turn_made != self._made:
             # The turn was lost with its server: the server now holding the conversation has
@@ -302,9 +306,9 @@ class RemoteSession:
             # a later decision that heard less cuts it there). (One that ended before its
             # server went, e.g. after a ``goaway``, is in the journal: it is cut there.)
             if self._lost_restored is not turn:
-                return None
+                return lost
         reply: P.Result = await self._request(link, P.Interrupt, **P.Interrupt.fields_of(command))
-        return None if reply.summary is None else reply.summary.to_summary()
+        return lost if reply.summary is None else reply.summary.to_summary()
 
     async def add_user_turn(self, text_ids: Sequence[int], frames: Any) -> None:
         """Adds what the user said as transcript ids and codec frames [A, rvq] (as locally)."""

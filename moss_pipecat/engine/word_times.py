@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 
 from moss_pipecat.engine.config import FRAME_SECONDS
 from moss_pipecat.engine.speaking_rate import DEFAULT_CJK_CHARS_PER_SECOND, SpeakingRates
-from moss_pipecat.speech.units import TimedWord, join_units, next_unit, touches_next, unit_text
+from moss_pipecat.speech.units import (
+    TimedWord,
+    heard_units,
+    join_units,
+    next_unit,
+    touches_next,
+    unit_text,
+)
 
 # Smallest gap between two word times: keeps times strictly increasing (pipecat orders word
 # frames by them) without visibly moving any word.
@@ -94,13 +101,12 @@ class WordTimer:
 
     def heard(self, frames: int) -> list[TimedWord]:
         """The units placed before the end of the first ``frames`` frames."""
-        limit = frames * FRAME_SECONDS
-        return [w for w in self.placed if w[1] < limit]
+        return heard_units(self.placed, frames)
 
     def heard_text(self, frames: int, units: int | None = None) -> str:
         """The heard units as the text wrote them (no space between CJK units); ``units``: the
         first that many units placed instead (the listener's own count, see ``Interrupt``)."""
-        return join_units(self.heard(frames) if units is None else self.placed[:units])
+        return join_units(heard_units(self.placed, frames, units))
 
     def settled(self) -> SpokenUnits:
         """What a finished turn keeps of this: its ``heard_text`` (nothing more is placed)."""
@@ -177,8 +183,5 @@ class SpokenUnits:
 
     def heard_text(self, frames: int, units: int | None = None) -> str:
         """``WordTimer.heard_text``."""
-        n = len(self._texts)
-        if units is not None:
-            return join_units([self._word(i) for i in range(n)[:units]])  # as a list's slice
-        limit = frames * FRAME_SECONDS
-        return join_units([self._word(i) for i in range(n) if self._times[i] < limit])
+        words = [self._word(i) for i in range(len(self._texts))]
+        return join_units(heard_units(words, frames, units))

@@ -29,6 +29,9 @@ one unit (``你好 世界`` -> 你 / 好 世 / 界). Every layer (engine, wire, 
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
+
+from moss_pipecat.speech.frames import FRAME_SECONDS
 
 # Scripts written without spaces, one unit per character: kana, CJK ideographs (with
 # extensions and compatibility forms), halfwidth katakana, bopomofo.
@@ -237,6 +240,17 @@ class TimedWord(tuple):
 def is_spaced(word: tuple[str, float]) -> bool:
     """Whether a (word, seconds) pair carries its own spacing (plain pairs do not)."""
     return bool(getattr(word, "spaced", False))
+
+
+def heard_units(words: Sequence[TimedWord], frames: int, units: int | None = None) -> list:
+    """Which of a turn's timed ``words`` (in order) a listener heard: the first ``units``
+    (the listener's own count, as ``Interrupt.heard_units``), else those timed before the end
+    of the first ``frames`` audio frames. The one rule the engine's summaries and a client's
+    journal both answer with."""
+    if units is not None:
+        return list(words[:units])
+    limit = frames * FRAME_SECONDS
+    return [w for w in words if w[1] < limit]
 
 
 def join_units(words: list[tuple[str, float]] | list[TimedWord]) -> str:

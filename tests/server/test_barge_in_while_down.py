@@ -181,6 +181,12 @@ async def test_a_barge_in_while_the_server_is_down_holds_no_frame_back(fixtures_
         watcher, context = Watcher(), LLMContext()
         seen, settled = Seen(), SettledSnapshot(tts)
         seen.outage = outage = Outage(tts, watcher, server, seen, settled)
+        cuts = []
+
+        @tts.event_handler("on_reply_interrupted")
+        async def on_cut(service, context_id, summary):
+            cuts.append((context_id, summary))
+
         assistant = LLMContextAggregatorPair(context).assistant()
         frames = [
             *reply(*(w + " " for w in FIRST.split())),
@@ -205,6 +211,10 @@ async def test_a_barge_in_while_the_server_is_down_holds_no_frame_back(fixtures_
     # the second barge-in, neither spoken nor in the context.
     assert len(said) == 2 and said[1] == AFTER, said
     assert said[0] in {spacing(p) for p in unit_prefixes(FIRST)} and said[0], said
+    # Its cut met the dead server: the journal cut it, and says what it kept as MOSS would.
+    (context_id, cut), *others = cuts
+    assert context_id == watcher.contexts[0] and spacing(cut.spoken_text) == said[0], cuts
+    assert all(c.heard_frames == 0 for _, c in others), cuts  # the dropped reply, if it opened
     assert len(watcher.contexts) == 2  # the replies whose audio came out
     # The new server holds the first reply cut where the barge-in found it, and the last.
     snap = settled.snapshot

@@ -19,6 +19,8 @@ from moss_pipecat.engine.records import HistoryCursor, TurnRecord
 from moss_pipecat.engine.session import SyncSession
 from moss_pipecat.errors import InvalidInputError
 from moss_pipecat.model import SamplingParams
+from moss_pipecat.speech.frames import FRAME_SECONDS
+from moss_pipecat.speech.units import join_units
 
 from ..engine.helpers import random_frames, random_text
 
@@ -104,7 +106,10 @@ def test_the_journal_cuts_the_turn_in_flight_as_the_engine_interrupts_it(
     expected = s.snapshot()["rows"]
     change = s.history_delta(HistoryCursor(), full=True)
     engine_turns = [*change.turns]
-    journal.keep_lost(turn.turn_id, heard)
+    said = journal.keep_lost(turn.turn_id, heard)
+    if cut is not None:  # what the journal says it kept is what the engine's cut says
+        assert (said.heard_frames, said.spoken_text) == (cut.heard_frames, cut.spoken_text)
+        assert said.text_ids == cut.text_ids[: len(said.text_ids)]
 
     got = _records(journal)
     # The sampling noise goes on from where the engine's cut left it (frames past the heard
@@ -194,9 +199,10 @@ async def test_a_session_keeps_the_turn_lost_with_its_server_and_hostile_cuts_ar
 ):
     """Over the wire, in one process: a turn that has spoken all its text is lost with its
     connection and the server forgets the conversation; the session's interrupt (what was heard)
-    cuts it in the journal, the reconnect restores it: the rows are the old ones cut by the
-    engine's own rule. Then restores whose in-flight cut is bad (codes out of the vocabulary,
-    text ids out of range, more frames than its rows) are refused, touching nothing."""
+    cuts it in the journal (and returns what it kept, as the engine's cut would), the reconnect
+    restores it: the rows are the old ones cut by the engine's own rule. Then restores whose
+    in-flight cut is bad (codes out of the vocabulary, text ids out of range, more frames than
+    its rows) are refused, touching nothing."""
     from moss_pipecat.client import RemoteEngine
 
     from .conftest import TOKEN, eventually
@@ -223,7 +229,11 @@ async def test_a_session_keeps_the_turn_lost_with_its_server_and_hostile_cuts_ar
     heard = len(chunks) - 2  # the listener heard all but its last two frames
     session._link.ws.transport.abort()  # the server loses the conversation with its client
     await eventually(lambda: "lost-1" not in server.hub.conversations, what="it to end")
-    assert await session.interrupt(heard) is None  # restored with its heard part: no more to cut
+    cut = await session.interrupt(heard)  # cut in the journal, restored with its heard part
+    assert (cut.stop, cut.heard_frames, cut.audio_frames) == ("interrupted", heard, len(chunks))
+    assert cut.spoken_text == join_units(
+        [w for c in chunks for w in c.words if w[1] < heard * FRAME_SECONDS]
+    )
     assert session.restored == 1 and session.history_lost == 0
     after = await session.snapshot()
     assert torch.equal(after["rows"], engine_cut(layout, stall, chunks, heard))

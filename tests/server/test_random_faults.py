@@ -103,28 +103,34 @@ class Both:
             max_frames = rnd.randint(2, 12)
             stop = None if how == "speak" else rnd.randint(1, max_frames)
         turn, got = await say(self.remote, text, max_frames, stop)
-        heard = None
+        heard = cut = None
         if how == "cut":
             heard = rnd.randint(0, len(got))
-            await self.remote.interrupt(heard)
+            cut = await self.remote.interrupt(heard)
         elif how == "kill_mid":
             await self.server.restart()
             heard = rnd.randint(1, len(got))
-            await self.remote.interrupt(heard)  # lost with its server: the caller's decision
+            # Lost with its server: the caller's decision, cut in the journal (which says so).
+            cut = await self.remote.interrupt(heard)
         elif how == "term_mid":
             await drain_and_restart(self.server)
             got += [chunk.codes async for chunk in turn]  # it ended on the draining server
-        mine = await self.local_reply(text, max_frames, heard)
+        mine, my_cut = await self.local_reply(text, max_frames, heard)
         n = len(got) if heard is None else heard
         assert len(mine) >= n and (heard is not None or len(mine) == len(got))
         for a, b in zip(got[:n], mine[:n], strict=True):
             assert torch.equal(torch.as_tensor(a), b)
+        assert _kept(cut) == _kept(my_cut)
 
-    async def local_reply(self, text: str, max_frames: int, heard: int | None) -> list:
+    async def local_reply(self, text: str, max_frames: int, heard: int | None) -> tuple:
         _, frames = await say(self.local, text, max_frames, heard or None)
-        if heard is not None:
-            await self.local.interrupt(heard)
-        return frames
+        cut = None if heard is None else await self.local.interrupt(heard)
+        return frames, cut
+
+
+def _kept(cut) -> tuple | None:
+    """What an interruption's summary says was kept (None: nothing to cut)."""
+    return None if cut is None else (cut.stop, cut.heard_frames, cut.spoken_text)
 
 
 async def test_a_call_through_random_kills_and_drains_holds_what_a_local_engine_holds(

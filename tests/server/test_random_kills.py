@@ -4,11 +4,11 @@ context and the history on the new server agree as in ``tests/service/
 test_random_conversations.py`` (whose draws and rules these are).
 
 The reply the kill hits fails (one ``ErrorFrame``) and keeps what it had pushed, which plays
-on; a barge-in whose cut meets the dead server has the restore carry the cut. Either way no cut
-is reported (``on_reply_interrupted``): that reply's message is a start of its text, and the
-history restored on the new server holds it as heard (``test_restore_service`` holds that one
-moment exactly). Found that a barge-in's cut
-held every later frame back until the server was back (``test_barge_in_while_down``).
+on, with no cut reported (``on_reply_interrupted``): its message is a start of its text, and
+the history restored on the new server holds it as heard (``test_restore_service`` holds that
+one moment exactly). A barge-in whose cut meets the dead server has the restore carry the cut,
+which the journal reports as MOSS would have. Found that a barge-in's cut held every later
+frame back until the server was back (``test_barge_in_while_down``).
 """
 
 from __future__ import annotations
@@ -86,5 +86,5 @@ async def test_a_conversation_through_a_server_killed_keeps_context_and_history_
     assert settled.restored <= 1 and settled.history_lost == 0  # none if nothing was said yet
     turns = [role for role, _ in settled.snapshot["turns"] if role == "assistant"]
     # One reply may be cut with no cut reported: the one playing when the server died (it
-    # failed), or when a barge-in's cut met the dead server (the restore carried the cut).
+    # failed; a barge-in on what it had pushed reports its cut).
     check_context_and_history(texts, unspoken, assistant_messages(context), cuts, turns, lost=1)

@@ -95,9 +95,11 @@ async def test_a_restore_lost_before_the_server_read_it_is_sent_again(
     sent = _count_restores(monkeypatch, drop_first=True)
     # The barge-in on the reply in flight at the loss says 2 of its frames were heard: made
     # anew on b with them, restore lost, resumed there and restored again (the same restore),
-    # the reply kept to those 2 frames (nothing more to cut).
+    # the reply kept to those 2 frames (cut in the journal, which says so; nothing more to cut
+    # on b).
     assert lost is not None and not lost.ended
-    assert await session.interrupt(2) is None
+    cut = await session.interrupt(2)
+    assert (cut.stop, cut.heard_frames) == ("interrupted", 2)
     assert len(sent) == 2 and sent[0] == sent[1]
     assert session.resumed and session.reconnects == 2
     await _goes_on(session, before, engine, heard=2)
