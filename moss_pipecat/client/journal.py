@@ -69,17 +69,18 @@ class InflightTurn:
         words = sum(len(w[0]) + 8 for w in self.words)
         return 4 * len(self.ids) + sum(f.nbytes for f in self.frames) + words
 
-    def summary(self, heard: int, units: int | None) -> TurnSummary:
-        """What an interruption keeping ``heard`` frames (``units`` units, if counted) says
-        of it, as the engine's would: its frames so far, those kept, the words heard."""
-        kept = max(0, min(heard, len(self.frames)))
+    def summary(self, kept: int, units: int | None) -> TurnSummary:
+        """What an interruption that kept ``kept`` of its frames in the history (``units``
+        units, if counted) says of it, as the engine's would: its frames so far, those kept,
+        the words heard in them."""
+        words = heard_units(self.words, kept, units) if kept > 0 else []
         return TurnSummary(
             self.turn_id,
             "interrupted",
             audio_frames=len(self.frames),
             heard_frames=kept,
             text_ids=list(self.ids),
-            spoken_text=join_units(heard_units(self.words, kept, units)),
+            spoken_text=join_units(words),
         )
 
     def cut(self, heard: int) -> JournalTurn | None:
@@ -194,9 +195,9 @@ class Journal:
                 return None  # what was heard never grows back
         self.inflight, self._lost_from, self._lost_heard = None, t, heard
         self.lost = t.cut(heard)
-        kept = 0 if self.lost is None else len(self.lost.frames)
+        kept = 0 if self.lost is None else len(self.lost.frames)  # none if it can't be rebuilt
         logger.info(f"turn {turn_id} lost with its server: {kept} heard frames kept")
-        return t.summary(heard, units)
+        return t.summary(kept, units)
 
     def apply(self, msg: P.History) -> None:
         """Takes one ``history`` delta (see ``protocol.History``)."""

@@ -132,7 +132,7 @@ def test_the_journal_cuts_the_turn_in_flight_as_the_engine_interrupts_it(
 
 def test_a_turn_missing_text_or_frames_is_dropped(make_engine, realtime_meta):
     """A server that sends no text ids (an older one), or a frame that never came: the journal
-    cannot rebuild the turn and drops it (as before the turn in flight was kept)."""
+    cannot rebuild the turn and drops it (as before the turn in flight was kept), and says so."""
     engine = make_engine()
     gen = torch.Generator().manual_seed(2)
     s = SyncSession(engine.create_session(sampling=GREEDY))
@@ -148,8 +148,9 @@ def test_a_turn_missing_text_or_frames_is_dropped(make_engine, realtime_meta):
         if c.index != 3:
             _hear(gap, c)
     for j in (old, gap):
-        j.keep_lost(turn.turn_id, 6)
+        said = j.keep_lost(turn.turn_id, 6)
         assert j.lost is None and not j.restorable
+        assert (said.heard_frames, said.spoken_text) == (0, "")  # the history kept nothing
 
 
 def test_a_hostile_in_flight_cut_is_refused_and_changes_nothing(make_engine, realtime_meta):
