@@ -42,7 +42,8 @@ class InflightTurn:
     whole: bool = True  # False once something was missed: it cannot be rebuilt
     words: list[TimedWord] = field(default_factory=list)  # its word times, as placed
     # The sampling noise's counter at its frame 0 (the journal's, as the turn started), or None
-    # once a delta came while it was in flight (a reseed): its restore keeps the journal's.
+    # once a delta came while it was in flight (a reseed, a resume): the restore then sends
+    # the journal's counter as it is.
     noise: int | None = None
 
     def add_text(self, msg: P.TurnWords) -> None:
@@ -230,7 +231,7 @@ class Journal:
         if any(t.role == "assistant" for t in msg.turns):
             self.inflight = None  # the turn in flight ended: it is in the history now
         elif self.inflight is not None:
-            self.inflight.noise = None  # the noise moved under it (a reseed)
+            self.inflight.noise = None  # the counter moved under it (a reseed, a resume)
         self.turns = turns
         self.lost = self._lost_from = None  # a server holds the history: with it, or not
         if msg.full or msg.voice_changed:
