@@ -272,8 +272,10 @@ class Journal:
             )
         )
 
-    def restore_request(self) -> tuple[dict, bytes]:
-        """The ``restore`` message's fields and its binary frame."""
+    def restore_request(self, seed: int | None = None) -> tuple[dict, bytes]:
+        """The ``restore`` message's fields and its binary frame; ``seed``: the one the
+        conversation was made with, for a journal that has not heard it (no delta came before
+        its server was lost: the noise's place goes with it)."""
         turns = self.turns if self.lost is None else [*self.turns, self.lost]
         records = [(t.role, t.lead, t.ids, t.frames) for t in turns]
         fields, data = P.pack_restore(self.voice, records)
@@ -281,4 +283,4 @@ class Journal:
         if lost is not None and lost.noise is not None:
             # As the engine's cut: the frames past what was heard were never drawn.
             noise = lost.noise + (0 if self.lost is None else len(self.lost.frames))
-        return {**fields, "seed": self.seed, "noise": noise}, data
+        return {**fields, "seed": seed if self.seed is None else self.seed, "noise": noise}, data

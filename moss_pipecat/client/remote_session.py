@@ -171,7 +171,7 @@ class RemoteSession:
         if self._limits is not None:
             await self._request(link, P.Settings, limits=self._limits)
         if self.journal.restore_due:
-            fields, data = self.journal.restore_request()
+            fields, data = self.journal.restore_request(self._seed)
             carried = self.journal.lost is not None
             try:
                 await self._request(link, P.Restore, data, **fields)
@@ -197,7 +197,7 @@ class RemoteSession:
         """This server held the conversation from before it went on elsewhere (it was
         unreachable, not gone, while another server carried the call): its older copy is
         replaced with the journal's, what was said meanwhile included."""
-        fields, data = self.journal.restore_request()
+        fields, data = self.journal.restore_request(self._seed)
         try:
             await self._request(link, P.Reset)
             await self._request(link, P.Restore, data, **fields)

@@ -133,10 +133,8 @@ def _kept(cut) -> tuple | None:
     return None if cut is None else (cut.stop, cut.heard_frames, cut.spoken_text)
 
 
-async def test_a_call_through_random_kills_and_drains_holds_what_a_local_engine_holds(
-    fixtures_dir, tmp_path, make_tiny_engine, realtime_meta
-):
-    rnd = random.Random(realtime_meta.get("variant", ""))  # another draw on each fixture set
+async def run_script(steps, fixtures_dir, tmp_path, make_tiny_engine, realtime_meta, rnd):
+    """``steps`` on a remote call and on its local twin, the rows compared after each."""
     # The server's rules (processes.serve_process): turns run to max_frames, EOS after text.
     local = make_tiny_engine(eos_min_frames=80, eos_after_text=True, lookahead_s=None)
     async with ServerProcess(fixtures_dir, tmp_path / "server.log") as server:
@@ -146,7 +144,7 @@ async def test_a_call_through_random_kills_and_drains_holds_what_a_local_engine_
             remote, local.create_session(sampling=SAMPLED, seed=1), server, realtime_meta, rnd
         )
         done = []
-        for step in script(rnd):
+        for step in steps:
             if step in ("speak", "cut", "kill_mid", "term_mid"):
                 await both.reply(step)
             else:
@@ -154,5 +152,25 @@ async def test_a_call_through_random_kills_and_drains_holds_what_a_local_engine_
             done.append(step)
             mine, theirs = await both.local.snapshot(), await remote.snapshot()
             assert torch.equal(torch.as_tensor(theirs["rows"]), mine["rows"]), done
-        assert remote.restored >= 2 and remote.history_lost == 0, done
+        restores = sum(step in ("kill", "kill_mid") for step in steps)
+        assert remote.restored >= restores and remote.history_lost == 0, done
         await remote.close()
+
+
+async def test_a_call_through_random_kills_and_drains_holds_what_a_local_engine_holds(
+    fixtures_dir, tmp_path, make_tiny_engine, realtime_meta
+):
+    rnd = random.Random(realtime_meta.get("variant", ""))  # another draw on each fixture set
+    await run_script(script(rnd), fixtures_dir, tmp_path, make_tiny_engine, realtime_meta, rnd)
+
+
+async def test_a_reply_lost_before_any_history_delta_restores_the_noise_place(
+    fixtures_dir, tmp_path, make_tiny_engine, realtime_meta
+):
+    """The first reply is lost with its server before the journal heard anything (no delta
+    yet, so no seed): the restore still puts the noise where the cut left it, so the reply
+    after it is the local one (found with Chinese and Japanese replies: the restore sent no
+    seed and the new server kept its counter at 0)."""
+    rnd = random.Random("first")
+    steps = ["kill_mid", "reset", "speak"]
+    await run_script(steps, fixtures_dir, tmp_path, make_tiny_engine, realtime_meta, rnd)
