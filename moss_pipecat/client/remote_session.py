@@ -289,7 +289,8 @@ class RemoteSession:
         ``Interrupt``). Returns None if there was nothing to cut.
 
         A turn lost with its server is cut in the journal (the restore carries it); the
-        summary is the journal's then, from the frames and words that came before the loss."""
+        summary is the journal's then, from the frames and words that came before the loss,
+        also when no server can be reached yet (the next call that reaches one restores it)."""
         command = Interrupt(heard_frames, heard_units)
         turn = self._turn
         if turn is not None and turn.summary is None:
@@ -299,7 +300,14 @@ class RemoteSession:
             # Lost with its server: what the caller heard of it is kept (the journal holds
             # its rows); a server that lost the conversation gets it with the restore.
             lost = self.journal.keep_lost(turn.turn_id, command.heard_frames, command.heard_units)
-        link = await self.open()
+        try:
+            link = await self.open()
+        except ServerUnavailableError as e:
+            if lost is None:
+                raise
+            # The cut is made (in the journal): the interruption has nothing left to wait for.
+            logger.warning(f"session {self.id!r}: turn {turn.turn_id} cut while no server: {e}")
+            return lost
         if turn is not None and not turn.ended and self._turn_made != self._made:
             # The turn was lost with its server: the server now holding the conversation has
             # nothing of it to cut, unless its heard part was restored as its last turn (then

@@ -208,7 +208,6 @@ async def test_a_session_keeps_the_turn_lost_with_its_server_and_hostile_cuts_ar
 
     from .conftest import TOKEN, eventually
     from .test_restore_inflight import engine_cut
-    from .turns import say
     from .wire import answer, raw_hello
 
     engine = make_tiny_engine(eos_min_frames=60)
@@ -217,16 +216,7 @@ async def test_a_session_keeps_the_turn_lost_with_its_server_and_hostile_cuts_ar
     session = await RemoteEngine(server.url, token=TOKEN).create_session(
         conversation_id="lost-1", sampling=GREEDY
     )
-    await say(session, "Hello there.", 4)
-    turn = await session.start_turn(max_frames=60)
-    turn.push_text("This reply speaks all of its text and then waits for more that never comes")
-    chunks = []
-    async for chunk in turn:  # until it has said all its text (a snapshot after each frame)
-        chunks.append(chunk)
-        stall = await session.snapshot()
-        text = stall["turns"][-1][1]
-        if len(chunks) == stall["turn_frames"][-1] == text - layout.lead(text) + 1:
-            break
+    chunks, stall = await _speak_until_stalled(session, layout)
     heard = len(chunks) - 2  # the listener heard all but its last two frames
     session._link.ws.transport.abort()  # the server loses the conversation with its client
     await eventually(lambda: "lost-1" not in server.hub.conversations, what="it to end")
@@ -276,3 +266,68 @@ async def test_a_session_keeps_the_turn_lost_with_its_server_and_hostile_cuts_ar
     await ws.close()
     assert torch.equal((await session.snapshot())["rows"], after["rows"])  # untouched
     await session.close()
+
+
+async def _speak_until_stalled(session, layout) -> tuple[list, dict]:
+    """A user turn, then a reply that speaks all its text and waits for more that never comes
+    (its engine's ``eos_min_frames`` is above its length): its chunks so far and the snapshot
+    taken at the stall (one after each frame)."""
+    from .turns import say
+
+    await say(session, "Hello there.", 4)
+    turn = await session.start_turn(max_frames=60)
+    turn.push_text("This reply speaks all of its text and then waits for more that never comes")
+    chunks = []
+    async for chunk in turn:
+        chunks.append(chunk)
+        stall = await session.snapshot()
+        text = stall["turns"][-1][1]
+        if len(chunks) == stall["turn_frames"][-1] == text - layout.lead(text) + 1:
+            return chunks, stall
+    pytest.fail("the reply ended before it stalled")
+
+
+async def test_a_cut_while_no_server_answers_reports_what_it_kept_and_restores_it_later(
+    make_tiny_engine, make_server, realtime_meta
+):
+    """A turn lost with its server while no server comes back within the client's
+    ``reconnect_timeout``: the interrupt does not fail (it was an ``ErrorFrame`` and no
+    ``on_reply_interrupted``): the cut is the journal's, and it says what it kept, as when a
+    server answers. The next call once a server listens again restores the cut turn."""
+    from moss_pipecat.client import RemoteEngine
+    from moss_pipecat.server import EngineServer, ServerConfig
+    from moss_pipecat.server.config import ServerLimits
+
+    from .conftest import TOKEN, eventually
+    from .test_restore_inflight import engine_cut
+
+    engine = make_tiny_engine(eos_min_frames=60)
+    server = await make_server(engine, token=TOKEN, idle_expiry_s=0)
+    layout, port = engine.layout, server.port
+    remote = RemoteEngine(server.url, token=TOKEN, reconnect_timeout=0.3)
+    session = await remote.create_session(conversation_id="gone-1", sampling=GREEDY)
+    chunks, stall = await _speak_until_stalled(session, layout)
+    heard = len(chunks) - 2
+    turn = session._turn
+    await server.stop()  # the server goes, and nothing listens in its place
+    await eventually(lambda: turn.lost, what="the turn to be lost")
+    cut = await session.interrupt(heard)
+    assert (cut.stop, cut.heard_frames, cut.audio_frames) == ("interrupted", heard, len(chunks))
+    assert cut.spoken_text == join_units(
+        [w for c in chunks for w in c.words if w[1] < heard * FRAME_SECONDS]
+    )
+    assert len(session.journal.lost.frames) == heard
+    with pytest.raises(P.ServerUnavailableError):
+        await session.snapshot()  # the next call still finds no server: it says so
+
+    config = ServerConfig(host="127.0.0.1", port=port, token=TOKEN, limits=ServerLimits())
+    back = await EngineServer(engine, config).start()
+    try:
+        after = await session.snapshot()  # reconnects, restores the cut turn
+        assert session.restored == 1 and session.history_lost == 0
+        assert torch.equal(after["rows"], engine_cut(layout, stall, chunks, heard))
+        assert after["turn_frames"] == [4, heard]
+        await session.close()
+    finally:
+        await remote.aclose()
+        await back.stop()
