@@ -71,6 +71,8 @@ Client -> server (JSON)
 
     Binary uploads follow their JSON header immediately: ``pcm16`` is mono little-endian int16
     at ``sample_rate``; ``codes`` is little-endian uint16 frames, row-major ``[frames, 16]``.
+    A text message where the data was due refuses the upload (``bad_message``) and is then
+    served as the next message.
 
 Server -> client
     ``ready``        v, conversation_id, resumed, resume_secret, resume_ticket, server_id,

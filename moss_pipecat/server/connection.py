@@ -36,6 +36,16 @@ class Connection:
     ready: bool = False  # ``ready`` went out: the client reads server messages from here on
     moving: bool = False  # told to move (``goaway``)
     history: bool = False  # the client keeps a journal: send it ``history`` deltas
+    # A message that came where an upload's binary frame was due: the upload is refused, and
+    # this is the next message read (a request is never swallowed by a header before it).
+    unread: str | None = None
+
+    async def recv(self) -> str | bytes:
+        """The client's next message (``TransportClosed`` once it is gone)."""
+        if self.unread is not None:
+            msg, self.unread = self.unread, None
+            return msg
+        return await self.transport.recv()
 
     async def send_message(self, msg: P.ServerMessage) -> None:
         await self._send(self.transport.send_text, msg.to_json())

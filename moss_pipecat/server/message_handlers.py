@@ -43,9 +43,8 @@ class Request:
 async def serve_requests(hub: ConversationHub, conn: Connection) -> None:
     """Handles the connection's messages until it closes (raises ``TransportClosed`` when the
     client is gone)."""
-    t = conn.transport
     while not conn.closed:
-        raw = await t.recv()
+        raw = await conn.recv()
         if isinstance(raw, bytes):
             await hub.send_error(conn, "bad_message", "unexpected binary message")
             continue

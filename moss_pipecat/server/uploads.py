@@ -38,13 +38,17 @@ class AudioUploads:
     async def receive(self, conn: Connection, n_bytes: int, limit: int) -> bytes:
         """Receives the binary frame announced by an upload header.
 
-        The frame is always consumed (even when it is refused) so the stream stays in step.
+        The frame is always consumed (even when it is refused) so the stream stays in step; a
+        text message in its place is not: it is the next message served.
         """
         try:
-            data = await asyncio.wait_for(conn.transport.recv(), self.limits.upload_timeout_s)
+            data = await asyncio.wait_for(conn.recv(), self.limits.upload_timeout_s)
         except TimeoutError:
             raise P.MessageError("bad_message", "upload data did not follow its header") from None
-        if not isinstance(data, bytes) or len(data) != n_bytes:
+        if isinstance(data, str):
+            conn.unread = data
+            raise P.MessageError("bad_message", "upload data did not follow its header")
+        if len(data) != n_bytes:
             raise P.MessageError("bad_message", f"expected a binary frame of {n_bytes} bytes")
         if n_bytes > limit:
             raise P.MessageError("too_large", f"upload of {n_bytes} bytes exceeds {limit}")

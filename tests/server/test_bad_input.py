@@ -104,9 +104,17 @@ async def test_uploads_are_checked(server, realtime_meta):
     # Announced size differs from the frame that follows.
     r = await upload({**base, "bytes": 100}, b"\x00" * 50)
     assert r["code"] == "bad_message" and r["req"] == 1
-    # Text instead of the binary frame.
-    r = await upload({**base, "bytes": 100}, '{"type": "reset", "req": 2}')
-    assert r["code"] == "bad_message"
+    # A request instead of the binary frame: the upload is refused, the request is served (a
+    # header without its data never swallows the message after it).
+    for header in (
+        {**base, "bytes": 100},
+        {"type": "voice", "req": 1, "format": "codes", "bytes": frame},
+        {"type": "restore", "req": 1, "turns": 0, "bytes": 0},
+    ):
+        r = await upload(header, '{"type": "reset", "req": 2}')
+        assert (r["code"], r["req"]) == ("bad_message", 1), r
+        assert "did not follow its header" in r["message"], r
+        assert await _recv_json(ws) == {"type": "result", "req": 2}, header
     # Longer than max_audio_seconds (60 s at 16 kHz = 1.92 MB; the frame cap lets it through).
     n = 16000 * 2 * 61
     r = await upload({**base, "bytes": n}, b"\x00" * n)
