@@ -6,10 +6,11 @@ numpy arrays): bounded as that is by the conversation's context budget (the serv
 arrive as deltas too), and dropped with the conversation. Pure Python and numpy (no torch).
 
 It also holds the assistant turn in flight (one turn at most: ``InflightTurn``), from the
-codes of its frames and the text ids that come with them (``turn.words``), until its end
-reaches the history. When its server is lost the caller says how much of it was heard
-(``keep_lost``: the service's decision, as for an interruption), and the restore carries it,
-cut there exactly as the engine's interruption cuts a turn.
+codes of its frames and the text ids that come with them (``turn.words``) or as the server
+takes them (``turn.text_ids``), until its end reaches the history. When its server is lost
+the caller says how much of it was heard (``keep_lost``: the service's decision, as for an
+interruption), and the restore carries it, cut there exactly as the engine's interruption
+cuts a turn.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ MAX_INFLIGHT_ROWS = 1 << 16
 @dataclass
 class InflightTurn:
     """The assistant turn being generated, as its server reported it: its text ids (from the
-    ``turn.words`` messages) and its frames' codes (from its audio), both in order."""
+    ``turn.text_ids`` and ``turn.words`` messages, which may tell the same ids) and its
+    frames' codes (from its audio), both in order."""
 
     turn_id: int
     ids: list[int] = field(default_factory=list)
@@ -52,8 +54,15 @@ class InflightTurn:
             return
         if msg.lead is not None:
             self.lead, self.pad = msg.lead, msg.text_pad
-        self.whole = self.whole and msg.text_from == len(self.ids)
-        self.ids.extend(msg.text_ids)
+        self.add_ids(msg.text_from, msg.text_ids)
+
+    def add_ids(self, start: int, ids: Sequence[int]) -> None:
+        """Takes the turn's text ids from its ``start``-th: those it holds must be the same,
+        and none may be missing before them (else the turn cannot be rebuilt)."""
+        held = len(self.ids) - start  # of ``ids``, how many it holds already
+        if start < 0 or held < 0 or self.ids[start : start + len(ids)] != list(ids[:held]):
+            self.whole = False
+        self.ids.extend(ids[max(held, 0) :])
         self._bound()
 
     def add_frame(self, index: int, codes: np.ndarray) -> None:
@@ -173,6 +182,12 @@ class Journal:
         t = self.inflight
         if t is not None and t.turn_id == msg.turn_id:
             t.add_text(msg)
+
+    def turn_ids(self, turn_id: int, start: int, ids: Sequence[int]) -> None:
+        """Takes a ``turn.text_ids`` message's ids."""
+        t = self.inflight
+        if t is not None and t.turn_id == turn_id:
+            t.add_ids(start, ids)
 
     def turn_frame(self, turn_id: int, index: int, codes: Sequence[int]) -> None:
         t = self.inflight

@@ -166,6 +166,9 @@ class Link:
                 inbox.add_words(msg.index, msg.timed_words())
                 if self.journal is not None:
                     self.journal.turn_text(msg)
+        elif isinstance(msg, P.TurnTextIds):
+            if self.journal is not None and msg.turn_id in self.turns:
+                self.journal.turn_ids(msg.turn_id, msg.text_from, msg.text_ids)
         elif isinstance(msg, P.TurnProgress):
             inbox = self.turns.get(msg.turn_id)
             if inbox is not None:

@@ -57,6 +57,9 @@ class TurnStream:
         self._sent_chars = 0  # characters of the tokenizer's text sent to the engine
         self._text_ended = False
         self._cancelled = False
+        # Every text id sent to the engine for this turn, in order: the turn's own ids, as far
+        # as the engine takes them (text that comes after the turn ended is dropped there).
+        self.ids_sent: list[int] = []
         self.summary: TurnSummary | None = None
 
     # ---- text in -----------------------------------------------------------------------------
@@ -116,7 +119,9 @@ class TurnStream:
         self, ids: Sequence[int], text: str, done: bool, ends: list[int] | None = None
     ) -> None:
         kind = EndText if done else PushText
-        self.session.submit(kind(self.turn_id, tuple(ids), text, ends))
+        command = kind(self.turn_id, tuple(ids), text, ends)
+        self.session.submit(command)
+        self.ids_sent.extend(command.ids)
 
     # ---- audio out -----------------------------------------------------------------------------
     @property

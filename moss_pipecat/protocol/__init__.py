@@ -92,6 +92,10 @@ Server -> client
                      client's journal holds the turn in flight (its rows: ``lead`` ids, then
                      one id per frame row, ``text_pad`` past the text, an EOS row) and keeps
                      it, cut at what was heard, when the server is lost
+    ``turn.text_ids`` turn_id, text_from, text_ids: the ids the server took for the turn
+                     from a ``turn.text``, ``turn.ids`` or ``turn.end``, as it took them (its
+                     ``text_from``-th first), to a client that keeps a journal (``hello``
+                     history): its turn in flight then holds every id its server held
     ``turn.progress`` turn_id, rows_done, rows_total: a keepalive while a turn's prefill
                      runs long (a restored long call): sent when the turn has sent no frame
                      for ``progress_interval_s`` and its prefill fed more rows since; a
@@ -196,6 +200,7 @@ from moss_pipecat.protocol.server_messages import (
     TurnEnded,
     TurnProgress,
     TurnStarted,
+    TurnTextIds,
     TurnWords,
     WireSnapshot,
     WireSummary,
@@ -272,6 +277,7 @@ __all__ = [
     "TurnStart",
     "TurnStarted",
     "TurnText",
+    "TurnTextIds",
     "TurnWords",
     "UserTurn",
     "Voice",

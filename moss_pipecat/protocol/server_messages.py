@@ -114,6 +114,19 @@ class TurnWords(_Out):
         return timed_words(self.words, self.spaced)
 
 
+class TurnTextIds(_Out):
+    """The text ids the server took for a turn, as it took them (from a ``turn.text``,
+    ``turn.ids`` or ``turn.end``): the turn's ids from its ``text_from``-th, the same ids
+    ``turn.words`` brings with the frames. Sent to a client that keeps a journal, so the turn
+    it holds when its server is lost has every id that server held, also those that came
+    after the last frame it received (a cut's closing rows take them)."""
+
+    type: Literal["turn.text_ids"] = "turn.text_ids"
+    turn_id: int
+    text_from: int
+    text_ids: list[int]
+
+
 class TurnProgress(_Out):
     """A keepalive that proves progress: the turn has sent no frame for a while, and its
     prefill (the history and prompt rows it feeds before its first frame; a restored long
@@ -287,6 +300,7 @@ ServerMessage = Annotated[
     Ready
     | TurnStarted
     | TurnWords
+    | TurnTextIds
     | TurnProgress
     | TurnEnded
     | Result

@@ -36,6 +36,7 @@ class Conversation:
     frames_sent: int = 0
     turn_ids: int = 0  # ids and characters sent with ``turn.ids`` for the open turn
     turn_chars: int = 0
+    ids_told: int = 0  # of the open turn's ids, those told to a client keeping a journal
     # The turn a departed connection left open, and the frames it received: cut by the hub's
     # ``_settle`` (under ``lock``) before anyone else uses the conversation.
     cut: tuple[TurnStream, int] | None = None

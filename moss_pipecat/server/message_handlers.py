@@ -93,7 +93,7 @@ async def _turn_start(r: Request, msg: P.TurnStart) -> Any:
     conv = r.conv
     turn = await conv.session.start_turn(**msg.command_fields())
     conv.turn, conv.frames_sent = turn, 0
-    conv.turn_ids = conv.turn_chars = 0
+    conv.turn_ids = conv.turn_chars = conv.ids_told = 0
     await r.conn.send_message(P.TurnStarted(req=msg.req, turn_id=turn.turn_id))
     every = r.hub.limits.progress_interval_s
     conv.pump = asyncio.get_running_loop().create_task(pump(conv, turn, r.hub.metrics, every))
@@ -143,6 +143,18 @@ async def _turn_input(
         await r.hub.send_error(r.conn, **P.error_fields(e), turn_id=msg.turn_id)
     except P.MessageError as e:  # refused: the turn goes on with what it had
         await r.hub.send_error(r.conn, e.code, str(e), turn_id=msg.turn_id)
+    await _tell_text_ids(r, turn)
+
+
+async def _tell_text_ids(r: Request, turn: TurnStream) -> None:
+    """The ids the turn took since the client was last told, to a client keeping a journal:
+    its turn in flight holds every id, also those no frame it received came with."""
+    conv, start = r.conv, r.conv.ids_told
+    if not r.conn.history or len(turn.ids_sent) == start:
+        return
+    conv.ids_told = len(turn.ids_sent)
+    ids = turn.ids_sent[start:]
+    await r.conn.send_message(P.TurnTextIds(turn_id=turn.turn_id, text_from=start, text_ids=ids))
 
 
 async def _interrupt(r: Request, msg: P.Interrupt) -> Any:

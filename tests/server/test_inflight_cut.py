@@ -7,6 +7,7 @@ is a bad in-flight cut is refused and changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from moss_pipecat import protocol as P
-from moss_pipecat.client.journal import Journal
+from moss_pipecat.client.journal import InflightTurn, Journal
 from moss_pipecat.engine.records import HistoryCursor, TurnRecord
 from moss_pipecat.engine.session import SyncSession
 from moss_pipecat.errors import InvalidInputError
@@ -285,6 +286,72 @@ async def _speak_until_stalled(session, layout) -> tuple[list, dict]:
         if len(chunks) == stall["turn_frames"][-1] == text - layout.lead(text) + 1:
             return chunks, stall
     pytest.fail("the reply ended before it stalled")
+
+
+def test_text_ids_told_twice_or_out_of_step():
+    """The ids of a turn in flight come with its frames (``turn.words``) and as the server
+    took them (``turn.text_ids``), in either order: told twice they are held once; a gap or
+    ids that differ from those held leave the turn unable to be rebuilt."""
+
+    def turn(*tellings) -> InflightTurn:
+        t = InflightTurn(0)
+        for start, ids in tellings:
+            t.add_ids(start, ids)
+        return t
+
+    whole = [(0, [5, 6, 7]), (0, [5, 6]), (2, [7, 8]), (1, [6, 7, 8, 9]), (5, [])]
+    t = turn(*whole)
+    assert t.ids == [5, 6, 7, 8, 9] and t.whole
+    assert turn((0, [5]), (1, [6]), (0, [5, 6, 7])).ids == [5, 6, 7]
+    assert not turn((0, [5, 6]), (3, [8])).whole  # id 2 never came
+    assert not turn((0, [5, 6]), (1, [7, 8])).whole  # another id 1
+    assert not turn((0, [5, 6]), (0, [5, 9, 7])).whole
+
+
+async def test_ids_the_server_took_after_the_last_frame_close_the_lost_turn(
+    make_tiny_engine, make_server, realtime_meta
+):
+    """A turn that has spoken all its text gets more, and its server is lost before any frame
+    came with those ids (here: the engine is held while the text comes, and the connection
+    drops): the server told them as it took them (``turn.text_ids``), so the journal's cut has
+    the rows the engine's cut has: the last heard frame's row and the EOS row take the new ids
+    (without them, text_pad)."""
+    import threading
+
+    from moss_pipecat.client import RemoteEngine
+
+    from .conftest import TOKEN, eventually
+    from .test_restore_inflight import engine_cut
+
+    engine = make_tiny_engine(eos_min_frames=60)
+    server = await make_server(engine, token=TOKEN, idle_expiry_s=0)
+    layout = engine.layout
+    session = await RemoteEngine(server.url, token=TOKEN).create_session(
+        conversation_id="lost-ids", sampling=GREEDY
+    )
+    chunks, stall = await _speak_until_stalled(session, layout)
+    theirs = server.hub.conversations["lost-ids"].turn  # the server's side of the turn
+    before = len(theirs.ids_sent)
+    held, release = threading.Event(), threading.Event()
+    engine.call(lambda: (held.set(), release.wait(30)))  # the engine thread waits between ticks
+    await asyncio.to_thread(held.wait, 30)
+    try:
+        session._turn.push_text(" and then some more words came")
+        await eventually(lambda: len(theirs.ids_sent) >= before + 2, what="the text to be taken")
+        more = theirs.ids_sent[before:]
+        await eventually(lambda: len(session.journal.inflight.ids) == before + len(more))
+        session._link.ws.transport.abort()  # lost before any frame brought them
+    finally:
+        release.set()
+    await eventually(lambda: "lost-ids" not in server.hub.conversations, what="it to end")
+    heard = len(chunks)  # every frame received was heard: the cut's closing rows need 2 ids
+    cut = await session.interrupt(heard)
+    assert cut.heard_frames == heard and cut.text_ids[before:] == more
+    after = await session.snapshot()
+    assert session.restored == 1
+    assert torch.equal(after["rows"], engine_cut(layout, stall, chunks, heard, more))
+    assert not torch.equal(after["rows"], engine_cut(layout, stall, chunks, heard))
+    await session.close()
 
 
 async def test_a_cut_while_no_server_answers_reports_what_it_kept_and_restores_it_later(

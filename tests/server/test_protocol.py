@@ -166,6 +166,7 @@ def test_every_server_message_round_trips_through_its_model():
         ),
         P.ErrorReply.of("forbidden", "no", fatal=True),
         P.TurnProgress(turn_id=2, rows_done=10, rows_total=40),
+        P.TurnTextIds(turn_id=2, text_from=3, text_ids=[7, 8]),
         P.GoAway(deadline_s=19.5),
     ]
     assert {m.type for m in samples} == set(P.SERVER_MESSAGES)

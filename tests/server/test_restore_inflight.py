@@ -119,17 +119,19 @@ class Director(CueDirector):
             self.snapshots[frame.what] = await session.snapshot()
 
 
-def engine_cut(layout, snap: dict, chunks: list, heard: int) -> torch.Tensor:
+def engine_cut(layout, snap: dict, chunks: list, heard: int, more_ids=()) -> torch.Tensor:
     """The rows the old server would hold after interrupting its turn in flight after
     ``heard`` frames: its snapshot's rows, the turn rebuilt from them and from its frames'
-    codes, cut by the engine's own ``AssistantTurn.close``."""
+    codes (and ``more_ids``, text ids it took and fed no row with yet), cut by the engine's
+    own ``AssistantTurn.close``."""
     text = snap["turns"][-1][1]
     lead, n = layout.lead(text), len(chunks)
     start = snap["rows"].shape[0] - (lead + n - 1)  # its prompt, then a row per frame fed
     body = snap["rows"][start:]
     frames = [c.codes.to(torch.int64) for c in chunks]
     assert torch.equal(body[lead:, 1:], torch.stack(frames[:-1]))  # the codes the rows hold
-    turn = AssistantTurn(body[:, 0].tolist(), lead, body[:lead], list(body[lead:]), frames)
+    ids = body[:, 0].tolist() + list(more_ids)
+    turn = AssistantTurn(ids, lead, body[:lead], list(body[lead:]), frames)
     turn.close(layout, heard)
     return torch.cat((snap["rows"][:start], turn.body()))
 
