@@ -398,3 +398,41 @@ async def test_a_cut_while_no_server_answers_reports_what_it_kept_and_restores_i
     finally:
         await remote.aclose()
         await back.stop()
+
+
+@pytest.mark.parametrize("journal", [True, False])
+async def test_the_server_tells_each_push_s_ids_only_to_a_journal(
+    make_tiny_engine, make_server, journal
+):
+    """``turn.text_ids``, over the wire: to a client that keeps a journal (``hello``'s
+    ``history``), each push's ids as the server took them, in order from 0 (``text_from``),
+    together the turn's ids as its end tells them; to one that keeps none, nothing."""
+    from .conftest import TOKEN
+    from .wire import raw_hello
+
+    # The turn cannot end before its text has ended and all of it was fed.
+    server = await make_server(make_tiny_engine(eos_after_text=True), token=TOKEN)
+    ws = await raw_hello(server, conversation_id="ids", history=journal)
+    send = lambda **m: ws.send(json.dumps(m))  # noqa: E731
+    await send(type="turn.start", req=1, max_frames=200)
+    told, turn_id, summary = [], None, None
+    while summary is None:
+        msg = await asyncio.wait_for(ws.recv(), 20)
+        if isinstance(msg, bytes):
+            continue
+        msg = json.loads(msg)
+        if msg["type"] == "turn.started":
+            turn_id = msg["turn_id"]
+            for piece in ("Hello ", "there, ", "how are ", "you?"):
+                await send(type="turn.text", turn_id=turn_id, text=piece)
+            await send(type="turn.end", turn_id=turn_id)
+        elif msg["type"] == "turn.text_ids":
+            assert msg["turn_id"] == turn_id and msg["text_from"] == sum(map(len, told))
+            told.append(msg["text_ids"])
+        elif msg["type"] == "turn.end":
+            summary = msg["summary"]
+    if journal:
+        assert len(told) >= 2 and [i for ids in told for i in ids] == summary["text_ids"]
+    else:
+        assert told == []
+    await ws.close()
