@@ -296,16 +296,17 @@ class RemoteSession:
         if turn is not None and turn.summary is None:
             turn.cancel()
         lost = None
-        if turn is not None and turn.lost and self._turn_made == self._made:
+        in_journal = turn is not None and turn.lost and self._turn_made == self._made
+        if in_journal:
             # Lost with its server: what the caller heard of it is kept (the journal holds
             # its rows); a server that lost the conversation gets it with the restore.
             lost = self.journal.keep_lost(turn.turn_id, command.heard_frames, command.heard_units)
         try:
             link = await self.open()
         except ServerUnavailableError as e:
-            if lost is None:
+            if not in_journal:
                 raise
-            # The cut is made (in the journal): the interruption has nothing left to wait for.
+            # The cut is the journal's (no server holds the turn): nothing left to wait for.
             logger.warning(f"session {self.id!r}: turn {turn.turn_id} cut while no server: {e}")
             return lost
         if turn is not None and not turn.ended and self._turn_made != self._made:

@@ -384,6 +384,7 @@ async def test_a_cut_while_no_server_answers_reports_what_it_kept_and_restores_i
         [w for c in chunks for w in c.words if w[1] < heard * FRAME_SECONDS]
     )
     assert len(session.journal.lost.frames) == heard
+    assert await session.interrupt(heard + 1) is None  # a second barge-in: nothing more to cut
     with pytest.raises(P.ServerUnavailableError):
         await session.snapshot()  # the next call still finds no server: it says so
 
