@@ -120,6 +120,15 @@ class JournalTurn:
     def nbytes(self) -> int:
         return int(self.ids.nbytes + self.frames.nbytes)
 
+    def same(self, other: JournalTurn) -> bool:
+        """Whether ``other`` is this turn (role, lead, ids and codes)."""
+        return (
+            self.role == other.role
+            and self.lead == other.lead
+            and np.array_equal(self.ids, other.ids)
+            and np.array_equal(self.frames, other.frames)
+        )
+
 
 class Journal:
     """The history a server reported for one conversation (filled by the link's reader)."""
@@ -278,14 +287,18 @@ class Journal:
         return (
             same_voice
             and len(theirs) == len(self.turns)
-            and all(
-                a.role == b.role
-                and a.lead == b.lead
-                and np.array_equal(a.ids, b.ids)
-                and np.array_equal(a.frames, b.frames)
-                for a, b in zip(theirs, self.turns, strict=True)
-            )
+            and all(a.same(b) for a, b in zip(theirs, self.turns, strict=True))
         )
+
+    def last_turn(self) -> JournalTurn | None:
+        return self.turns[-1] if self.turns else None
+
+    def ends_with_user_turn_after(self, before: JournalTurn | None) -> bool:
+        """Whether the history ends with a user turn that is not ``before`` (its last turn
+        when a user turn was sent): that user turn landed."""
+        last = self.last_turn()
+        new = last is not None and (before is None or not last.same(before))
+        return new and last.role == "user"
 
     def restore_request(self, seed: int | None = None) -> tuple[dict, bytes]:
         """The ``restore`` message's fields and its binary frame; ``seed``: the one the

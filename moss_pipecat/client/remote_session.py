@@ -18,7 +18,7 @@ from moss_pipecat.client.wire import (
     _build,
     _wire_sampling,
     codes_bytes,
-    pcm16_from_audio,
+    user_audio_bytes,
 )
 from moss_pipecat.errors import InvalidInputError, MossError, SessionClosedError
 from moss_pipecat.protocol.errors import ProtocolError, ServerUnavailableError
@@ -322,16 +322,28 @@ class RemoteSession:
     async def add_user_turn(self, text_ids: Sequence[int], frames: Any) -> None:
         """Adds what the user said as transcript ids and codec frames [A, rvq] (as locally)."""
         command = AddUserTurn(text_ids, frames)
-        link = await self.open()
+        await self.open()
         data = self._codes(frames, "user audio frames")
-        await self._request(
-            link,
-            P.UserTurn,
-            data,
-            text_ids=list(command.text_ids),
-            format="codes",
-            bytes=len(data),
-        )
+        await self._add_user(data, text_ids=list(command.text_ids), format="codes")
+
+    async def _add_user(self, data: bytes, **fields: Any) -> None:
+        """A user turn's request. One lost with its connection before its reply is sent once
+        more after the reconnect, unless the history then held (the journal: the server's
+        full copy on a resume, the restored one on a server that lost it) ends with it."""
+        link = await self.open()
+        before = self.journal.last_turn()
+        try:
+            await self._request(link, P.UserTurn, data, bytes=len(data), **fields)
+            return
+        except ServerUnavailableError:  # the connection was lost with the request on it
+            if not self.engine.journal or not self.journal.valid:
+                raise  # nothing says whether it landed
+        link = await self.open()
+        if self.resumed:
+            await link.history_seen(self.engine.request_timeout)
+        if not self.journal.ends_with_user_turn_after(before):
+            logger.info(f"conversation {self.id}: a user turn lost with its connection: again")
+            await self._request(link, P.UserTurn, data, bytes=len(data), **fields)
 
     def _codes(self, frames: Any, name: str) -> bytes:
         """Codec frames [n >= 1, rvq] as the wire's bytes (the engine checks the codes)."""
@@ -349,25 +361,11 @@ class RemoteSession:
             sample_rate: rate of ``audio`` (resampled by the server's codec).
         """
         data = self._check_audio(audio, sample_rate)
-        await self._call(
-            P.UserTurn,
-            data,
-            text=str(text),
-            format="pcm16",
-            sample_rate=int(sample_rate),
-            bytes=len(data),
-        )
+        await self._add_user(data, text=str(text), format="pcm16", sample_rate=sample_rate)
 
     def _check_audio(self, audio: Any, sample_rate: int) -> bytes:
-        data = pcm16_from_audio(audio)
-        if not data:
-            raise InvalidInputError("empty audio")
-        if not isinstance(sample_rate, int) or sample_rate <= 0:
-            raise InvalidInputError(f"sample_rate must be a positive int, got {sample_rate!r}")
         limit = self._link.limits.max_audio_seconds if self._link else None
-        if limit is not None and len(data) / 2 / sample_rate > limit:
-            raise InvalidInputError(f"audio longer than the server's {limit} s")
-        return data
+        return user_audio_bytes(audio, sample_rate, limit)
 
     # ---- settings ---------------------------------------------------------------------------
     async def set_voice(self, frames: Any | None) -> None:

@@ -49,6 +49,19 @@ def pcm16_from_audio(audio: Any) -> bytes:
     return float_to_pcm16(a)
 
 
+def user_audio_bytes(audio: Any, sample_rate: int, max_seconds: float | None) -> bytes:
+    """A user turn's or voice's audio as PCM16 bytes, checked before it is sent (not empty,
+    a positive int rate, at most the server's ``max_seconds`` if told)."""
+    data = pcm16_from_audio(audio)
+    if not data:
+        raise InvalidInputError("empty audio")
+    if not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise InvalidInputError(f"sample_rate must be a positive int, got {sample_rate!r}")
+    if max_seconds is not None and len(data) / 2 / sample_rate > max_seconds:
+        raise InvalidInputError(f"audio longer than the server's {max_seconds} s")
+    return data
+
+
 def codes_bytes(frames: Any, rvq: int = 16) -> tuple[bytes, int]:
     """Codec frames [T, rvq] as little-endian uint16 bytes; returns (bytes, T)."""
     if _is_tensor(frames):

@@ -1,0 +1,60 @@
+"""A user turn whose connection is lost with the request on it (before its reply): the client
+sends it again after reconnecting unless the history it then holds ends with it, so it lands
+exactly once, whether the server that got it kept the conversation (the resume's full history
+has it: not sent again) or lost it (the restore has not: sent again). Before, the user turn was
+dropped (the service said "user turn not kept") and the acoustic history went on without it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from moss_pipecat.client import RemoteEngine
+from moss_pipecat.engine.session import Session
+
+from ..engine.helpers import random_frames
+from .conftest import GREEDY, TOKEN
+from .turns import say
+
+
+@pytest.mark.parametrize("applied", [True, False], ids=["applied-resumed", "lost-restored"])
+async def test_a_user_turn_lost_with_its_connection_lands_once(
+    make_tiny_engine, make_server, realtime_meta, monkeypatch, applied
+):
+    """The server drops the connection while it handles the user turn: after applying it
+    (it keeps the conversation: the client resumes) or before (it forgets the conversation:
+    the client restores)."""
+    engine = make_tiny_engine(eos_min_frames=3)
+    server = await make_server(engine, token=TOKEN, idle_expiry_s=60 if applied else 0)
+    remote = RemoteEngine(server.url, token=TOKEN)
+    session = await remote.create_session(conversation_id="user-lost", sampling=GREEDY)
+    await say(session, "Hello there.", 3)
+    frames = random_frames(torch.Generator().manual_seed(5), 6, realtime_meta)
+    ids = session.journal.turns[-1].ids[:4].tolist()  # ids of the vocabulary
+    calls, add = [], Session.add_user_turn
+
+    async def dropping(self, *args, **kwargs):  # the server's engine call of a user turn
+        calls.append(args)
+        if len(calls) == 1:
+            conn = server.hub.conversations["user-lost"].conn
+            if applied:
+                await add(self, *args, **kwargs)
+            else:
+                await self.close()  # as a server that died with it: the conversation is gone
+            conn.abort()  # no delta, no reply
+            return None
+        return await add(self, *args, **kwargs)
+
+    monkeypatch.setattr(Session, "add_user_turn", dropping)
+    await asyncio.wait_for(session.add_user_turn(ids, frames), 30)  # no error: it landed
+    assert len(calls) == (1 if applied else 2)
+    snap = await session.snapshot()
+    assert [t[0] for t in snap["turns"]] == ["assistant", "user"], snap["turns"]
+    assert session.resumed == applied and session.restored == int(not applied)
+    last = session.journal.turns[-1]
+    assert last.role == "user"
+    assert torch.equal(torch.as_tensor(last.frames.astype("int64")), frames)
+    await session.close()
+    await remote.aclose()
