@@ -82,6 +82,12 @@ class ServerLimits:
             ``turn.progress`` (its sign of life while a long prefill runs, e.g. a restored
             long call); a stuck engine feeds none, and the client's ``frame_timeout`` fails the
             turn. Keep it well below the clients' ``frame_timeout`` (30 s by default).
+        takeover_wait_s: how long a connection that takes a conversation over (a resume, a
+            reconnect) waits for the request its previous connection was handling (an
+            upload's encode, an engine call) before it is told the conversation's history:
+            what that request did is in it, and a client never sends it again for nothing.
+            Keep it below the clients' ``connect_timeout`` (5 s by default), which bounds
+            their wait for ``ready``.
         resume_ticket_max_age_s: how long a resume ticket (``server.tickets``) is good after
             its server issued it (in ``ready`` and each ``history`` delta): a client that
             proves with one that it created a conversation takes it back from whoever made
@@ -123,6 +129,9 @@ class ServerLimits:
     )
     progress_interval_s: float = _limit(
         5.0, "seconds a turn goes without a frame before a turn.progress", gt=0
+    )
+    takeover_wait_s: float = _limit(
+        3.0, "seconds a resume waits for the previous connection's request in hand", ge=0
     )
     resume_ticket_max_age_s: float = _limit(
         900.0, "seconds a resume ticket is good after it was issued", gt=0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,18 @@ class Connection:
     # A message that came where an upload's binary frame was due: the upload is refused, and
     # this is the next message read (a request is never swallowed by a header before it).
     unread: str | None = None
+    # Set while no request of this connection is being handled (``serve_requests`` handles
+    # them one at a time): a connection that takes its conversation over waits for it.
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    async def requests_done(self, timeout: float) -> None:
+        """Returns once no request of this connection is being handled (or after
+        ``timeout`` seconds)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.idle.wait(), timeout)
 
     async def recv(self) -> str | bytes:
         """The client's next message (``TransportClosed`` once it is gone)."""

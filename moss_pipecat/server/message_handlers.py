@@ -57,7 +57,11 @@ async def serve_requests(hub: ConversationHub, conn: Connection) -> None:
         try:
             msg = P.parse_client_message(raw)
             req = getattr(msg, "req", None)
-            reply = await handle(hub, conn, msg)
+            conn.idle.clear()
+            try:
+                reply = await handle(hub, conn, msg)
+            finally:
+                conn.idle.set()
             if reply is FATAL:
                 return
             if reply is not None:

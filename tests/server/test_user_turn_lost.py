@@ -58,3 +58,59 @@ async def test_a_user_turn_lost_with_its_connection_lands_once(
     assert torch.equal(torch.as_tensor(last.frames.astype("int64")), frames)
     await session.close()
     await remote.aclose()
+
+
+async def test_a_resume_waits_for_the_request_its_previous_connection_had_in_hand(
+    make_tiny_engine, make_server, monkeypatch
+):
+    """The connection is lost while the server encodes the user turn's audio: the client
+    resumes on a new connection before the encode is done. The new connection is told the
+    history once that request is done (``takeover_wait_s``), so it holds the user turn and
+    the client does not send it again: one user turn (before, the resume's history came
+    first, the client sent it again and the history held it twice)."""
+    import threading
+
+    import numpy as np
+
+    from moss_pipecat.server.connection import Connection
+
+    engine = make_tiny_engine(eos_min_frames=3)
+    server = await make_server(engine, token=TOKEN, idle_expiry_s=60)
+    remote = RemoteEngine(server.url, token=TOKEN)
+    session = await remote.create_session(conversation_id="in-hand", sampling=GREEDY)
+    await say(session, "Hello there.", 3)
+    codec, encoding, release = engine.codec, threading.Event(), threading.Event()
+    encode = codec.encode_frames
+
+    def held_encode(*args, **kwargs):  # the first encode waits until the resume waits
+        if not encoding.is_set():
+            encoding.set()
+            release.wait(20)
+        return encode(*args, **kwargs)
+
+    calls, add = [], Session.add_user_turn
+
+    async def counted(self, *args, **kwargs):  # the server's engine calls of a user turn
+        calls.append(args)
+        return await add(self, *args, **kwargs)
+
+    wait = getattr(Connection, "requests_done", None)
+
+    async def releasing(self, timeout):
+        release.set()
+        await wait(self, timeout)
+
+    monkeypatch.setattr(codec, "encode_frames", held_encode)
+    monkeypatch.setattr(Session, "add_user_turn", counted)
+    monkeypatch.setattr(Connection, "requests_done", releasing, raising=False)
+    pcm = (np.sin(np.arange(12000) / 7.0) * 8000).astype(np.int16)  # 0.5 s at 24 kHz
+    sending = asyncio.ensure_future(session.add_user_audio_turn("Hi there.", pcm, 24000))
+    await asyncio.to_thread(encoding.wait, 20)
+    session._link.ws.transport.abort()  # lost with the request in the server's hands
+    asyncio.get_running_loop().call_later(8, release.set)  # without the wait: late
+    await asyncio.wait_for(sending, 30)
+    snap = await session.snapshot()
+    assert [t[0] for t in snap["turns"]] == ["assistant", "user"], snap["turns"]
+    assert len(calls) == 1 and session.resumed
+    await session.close()
+    await remote.aclose()
