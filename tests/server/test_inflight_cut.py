@@ -205,19 +205,14 @@ async def test_a_session_keeps_the_turn_lost_with_its_server_and_hostile_cuts_ar
     restores it: the rows are the old ones cut by the engine's own rule. Then restores whose
     in-flight cut is bad (codes out of the vocabulary, text ids out of range, more frames than
     its rows) are refused, touching nothing."""
-    from moss_pipecat.client import RemoteEngine
-
-    from .conftest import TOKEN, eventually
+    from .conftest import eventually
     from .test_restore_inflight import engine_cut
     from .wire import answer, raw_hello
 
-    engine = make_tiny_engine(eos_min_frames=60)
-    server = await make_server(engine, token=TOKEN, idle_expiry_s=0)
-    layout = engine.layout
-    session = await RemoteEngine(server.url, token=TOKEN).create_session(
-        conversation_id="lost-1", sampling=GREEDY
+    engine, server, session, chunks, stall = await _stalled_call(
+        make_tiny_engine, make_server, "lost-1"
     )
-    chunks, stall = await _speak_until_stalled(session, layout)
+    layout = engine.layout
     heard = len(chunks) - 2  # the listener heard all but its last two frames
     session._link.ws.transport.abort()  # the server loses the conversation with its client
     await eventually(lambda: "lost-1" not in server.hub.conversations, what="it to end")
@@ -269,6 +264,22 @@ async def test_a_session_keeps_the_turn_lost_with_its_server_and_hostile_cuts_ar
     await session.close()
 
 
+async def _stalled_call(make_tiny_engine, make_server, cid: str, **remote):
+    """A server (whose conversations end with their connection) and a call on it (``remote``:
+    ``RemoteEngine`` options) whose reply has stalled (``_speak_until_stalled``): (engine,
+    server, session, chunks, stall snapshot)."""
+    from moss_pipecat.client import RemoteEngine
+
+    from .conftest import TOKEN
+
+    engine = make_tiny_engine(eos_min_frames=60)
+    server = await make_server(engine, token=TOKEN, idle_expiry_s=0)
+    client = RemoteEngine(server.url, token=TOKEN, **remote)
+    session = await client.create_session(conversation_id=cid, sampling=GREEDY)
+    chunks, stall = await _speak_until_stalled(session, engine.layout)
+    return engine, server, session, chunks, stall
+
+
 async def _speak_until_stalled(session, layout) -> tuple[list, dict]:
     """A user turn, then a reply that speaks all its text and waits for more that never comes
     (its engine's ``eos_min_frames`` is above its length): its chunks so far and the snapshot
@@ -318,18 +329,13 @@ async def test_ids_the_server_took_after_the_last_frame_close_the_lost_turn(
     (without them, text_pad)."""
     import threading
 
-    from moss_pipecat.client import RemoteEngine
-
-    from .conftest import TOKEN, eventually
+    from .conftest import eventually
     from .test_restore_inflight import engine_cut
 
-    engine = make_tiny_engine(eos_min_frames=60)
-    server = await make_server(engine, token=TOKEN, idle_expiry_s=0)
-    layout = engine.layout
-    session = await RemoteEngine(server.url, token=TOKEN).create_session(
-        conversation_id="lost-ids", sampling=GREEDY
+    engine, server, session, chunks, stall = await _stalled_call(
+        make_tiny_engine, make_server, "lost-ids"
     )
-    chunks, stall = await _speak_until_stalled(session, layout)
+    layout = engine.layout
     theirs = server.hub.conversations["lost-ids"].turn  # the server's side of the turn
     before = len(theirs.ids_sent)
     held, release = threading.Event(), threading.Event()
@@ -361,19 +367,16 @@ async def test_a_cut_while_no_server_answers_reports_what_it_kept_and_restores_i
     ``reconnect_timeout``: the interrupt does not fail (it was an ``ErrorFrame`` and no
     ``on_reply_interrupted``): the cut is the journal's, and it says what it kept, as when a
     server answers. The next call once a server listens again restores the cut turn."""
-    from moss_pipecat.client import RemoteEngine
     from moss_pipecat.server import EngineServer, ServerConfig
     from moss_pipecat.server.config import ServerLimits
 
     from .conftest import TOKEN, eventually
     from .test_restore_inflight import engine_cut
 
-    engine = make_tiny_engine(eos_min_frames=60)
-    server = await make_server(engine, token=TOKEN, idle_expiry_s=0)
+    engine, server, session, chunks, stall = await _stalled_call(
+        make_tiny_engine, make_server, "gone-1", reconnect_timeout=0.3
+    )
     layout, port = engine.layout, server.port
-    remote = RemoteEngine(server.url, token=TOKEN, reconnect_timeout=0.3)
-    session = await remote.create_session(conversation_id="gone-1", sampling=GREEDY)
-    chunks, stall = await _speak_until_stalled(session, layout)
     heard = len(chunks) - 2
     turn = session._turn
     await server.stop()  # the server goes, and nothing listens in its place
@@ -397,7 +400,7 @@ async def test_a_cut_while_no_server_answers_reports_what_it_kept_and_restores_i
         assert after["turn_frames"] == [4, heard]
         await session.close()
     finally:
-        await remote.aclose()
+        await session.engine.aclose()
         await back.stop()
 
 
