@@ -150,9 +150,13 @@ def messages(rnd: random.Random, turn_id: int, rvq: int) -> list[tuple[dict, byt
     ]
 
 
-async def _one_connection(server, rnd: random.Random, name: str, rvq: int) -> None:
+async def _one_connection(
+    server, rnd: random.Random, name: str, rvq: int, secrets: dict | None = None
+) -> None:
     """A connection that says hello and then random messages; its last request is answered
-    unless the server ended the connection with a fatal error (e.g. a refused hello)."""
+    unless the server ended the connection with a fatal error (e.g. a refused hello, or
+    another connection took the conversation over). ``secrets``: the conversations' resume
+    secrets, sent in the hello (a connection then resumes, taking the conversation over)."""
     ws = await connect(
         server.url,
         additional_headers={"Authorization": f"Bearer {TOKEN}"},
@@ -166,11 +170,15 @@ async def _one_connection(server, rnd: random.Random, name: str, rvq: int) -> No
             async for m in ws:
                 if isinstance(m, str):
                     got.append(json.loads(m))
+                    if secrets is not None and got[-1].get("type") == "ready":
+                        secrets[name] = got[-1]["resume_secret"]
         except ConnectionClosed:
             pass
 
     reader = asyncio.get_running_loop().create_task(read())
     hello = {"type": "hello", "conversation_id": name, "history": rnd.random() < 0.5}
+    if secrets and name in secrets:
+        hello["resume_secret"] = secrets[name]
     try:
         await ws.send(json.dumps(mutated(hello, rnd) if rnd.random() < 0.2 else hello))
         for _ in range(rnd.randint(5, 40)):
@@ -213,6 +221,37 @@ async def test_random_protocol_input_is_answered_and_harms_nothing(
         rvq = realtime_meta["audio"]["channels"]
         for i in range(6):
             await _one_connection(server, rnd, f"fuzz-{seed}-{i}", rvq)
+        await _still_serves(server)
+    finally:
+        logger.remove(sink)
+    assert not errors, errors
+
+
+async def test_random_input_on_connections_taking_each_other_over(
+    make_tiny_engine, make_server, realtime_meta
+):
+    """The same on six connections at once, on two conversations, each resuming with the
+    conversation's secret: they take the conversations from each other in the middle of
+    requests (a takeover waits for the request in hand, ``takeover_wait_s``). Every request is
+    answered or its connection told why it ended, nothing is an internal error, nothing is
+    logged as one, and the server serves on."""
+    errors: list[str] = []
+    sink = logger.add(lambda m: errors.append(str(m)), level="ERROR")
+    try:
+        server = await make_server(make_tiny_engine(eos_min_frames=3), token=TOKEN)
+        rnd, secrets = random.Random("takeovers"), {}
+        rvq = realtime_meta["audio"]["channels"]
+        for i in range(2):  # the conversations, made one at a time (their secrets known)
+            await _one_connection(server, rnd, f"both-{i}", rvq, secrets)
+
+        async def later(name: str, draw: random.Random) -> None:  # mid-way through another
+            await asyncio.sleep(draw.uniform(0, 0.3))
+            await _one_connection(server, draw, name, rvq, secrets)
+
+        for _ in range(3):
+            await asyncio.gather(
+                *(later(f"both-{rnd.randint(0, 1)}", random.Random(rnd.random())) for _ in range(6))
+            )
         await _still_serves(server)
     finally:
         logger.remove(sink)
