@@ -18,10 +18,11 @@ from moss_pipecat.client.wire import (
     _build,
     _wire_sampling,
     codes_bytes,
+    snapshot_dict,
     user_audio_bytes,
 )
 from moss_pipecat.errors import InvalidInputError, MossError, SessionClosedError
-from moss_pipecat.protocol.errors import ProtocolError, ServerUnavailableError
+from moss_pipecat.protocol.errors import ServerUnavailableError
 from moss_pipecat.speech.commands import (
     AddUserTurn,
     CreateSession,
@@ -260,8 +261,16 @@ class RemoteSession:
         return await link.request(cls, payload, self.engine.request_timeout, **fields)
 
     async def _call(self, cls: type[P._Msg], payload: bytes | None = None, **fields: Any) -> Any:
+        """A request whose effect is the same however often it lands (voice, settings, reset,
+        snapshot): one lost with its connection before its reply is sent once more after the
+        reconnect (which resumes the conversation, or first restores the journal's history:
+        then the request is applied over it, as it was over the lost server's)."""
         link = await self.open()
-        return await self._request(link, cls, payload, **fields)
+        try:
+            return await self._request(link, cls, payload, **fields)
+        except ServerUnavailableError as e:
+            logger.info(f"conversation {self.id}: {cls.__name__} lost with its connection ({e})")
+        return await self._request(await self.open(), cls, payload, **fields)
 
     # ---- turns ----------------------------------------------------------------------------------
     async def start_turn(
@@ -428,16 +437,7 @@ class RemoteSession:
     async def snapshot(self) -> dict:
         """The server's snapshot (``rows`` as a tensor), for tests and debugging."""
         reply: P.Result = await self._call(P.Snapshot)
-        if reply.snapshot is None:
-            raise ProtocolError("the server's snapshot result has no snapshot")
-        import torch  # snapshots are for tests and debugging, which have the full install
-
-        snap = reply.snapshot.model_dump()
-        channels = (self.audio.rvq if self.audio else 16) + 1  # text + codebooks
-        snap["rows"] = torch.tensor(snap["rows"], dtype=torch.int64).reshape(-1, channels)
-        snap["turns"] = [tuple(t) for t in snap["turns"]]
-        snap["sampling"] = reply.snapshot.sampling.to_params()
-        return snap
+        return snapshot_dict(reply, self.audio.rvq if self.audio else 16)
 
     async def __aenter__(self) -> RemoteSession:
         return self

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from moss_pipecat import protocol as P
 from moss_pipecat.errors import InvalidInputError
 from moss_pipecat.pcm import float_to_pcm16
+from moss_pipecat.protocol.errors import ProtocolError
 from moss_pipecat.protocol.wire_json import problems
 from moss_pipecat.speech.sampling import SamplingParams
 
@@ -96,3 +97,16 @@ def _wire_sampling(params: SamplingParams) -> P.Sampling:
         return P.Sampling.of(params)
     except ValidationError as e:
         raise InvalidInputError(f"sampling values out of the protocol's range: {e}") from None
+
+
+def snapshot_dict(reply: P.Result, rvq: int) -> dict:
+    """A ``snapshot`` result as the local engine's snapshot (``rows`` a tensor [n, 1 + rvq])."""
+    if reply.snapshot is None:
+        raise ProtocolError("the server's snapshot result has no snapshot")
+    import torch  # snapshots are for tests and debugging, which have the full install
+
+    snap = reply.snapshot.model_dump()
+    snap["rows"] = torch.tensor(snap["rows"], dtype=torch.int64).reshape(-1, rvq + 1)
+    snap["turns"] = [tuple(t) for t in snap["turns"]]
+    snap["sampling"] = reply.snapshot.sampling.to_params()
+    return snap

@@ -14,6 +14,7 @@ from pipecat.services.settings import TTSSettings
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
 from moss_pipecat.errors import InvalidInputError, MossError
+from moss_pipecat.protocol.errors import ServerUnavailableError
 from moss_pipecat.speech.commands import SetLimits, SetSampling
 from moss_pipecat.speech.models import DEFAULT_MODEL
 from moss_pipecat.speech.sampling import SamplingParams
@@ -217,12 +218,17 @@ class SessionSettings:
             await session.set_sampling(sampling_params(s), s.seed if is_given(s.seed) else None)
             await session.set_limits(s.context_budget, s.lookahead_s)
         except MossError as e:
+            # No server reached: nothing refused them, the next reply applies them again.
+            self._dirty = isinstance(e, ServerUnavailableError)
             await push_error(error_msg=f"MOSS TTS: settings not applied: {e}", exception=e)
         if self._voice_dirty:
             self._voice_dirty = False
             try:
                 await set_voice(s.voice)
                 self._voice = s.voice
+            except ServerUnavailableError as e:
+                self._dirty = self._voice_dirty = True  # not refused: the next reply again
+                await push_error(error_msg=f"MOSS TTS: voice not changed yet: {e}", exception=e)
             except MossError as e:
                 s.voice = self._voice  # the session kept its voice: say so in the settings
                 await push_error(error_msg=f"MOSS TTS: voice not changed: {e}", exception=e)
