@@ -199,7 +199,9 @@ class EngineCore:
         rec.close(self.layout, heard)
         kept = len(rec.frames)
         if s.noise_mark is not None and s.noise_mark[0] == rec.turn_id:
-            s.noise_counter = s.noise_mark[1] + kept  # frames past the heard never were
+            # frames past the heard never were (nor, after a reseed in the turn, its draws
+            # before it: the mark is negative then)
+            s.noise_counter = max(0, s.noise_mark[1] + kept)
         if kept == 0:
             s.history.turns.pop(index)  # nothing was heard: as if the turn never happened
             keep = start

@@ -163,7 +163,14 @@ def set_sampling(core: EngineCore, sid: str, c: SetSampling) -> None:
     s = core.state(sid)
     s.sampling = c.sampling
     if c.seed is not None:  # the noise restarts: frame k after a reseed is reproducible
-        s.seed, s.noise_counter, s.noise_mark = int(c.seed), 0, None
+        mark = s.noise_mark
+        if mark is not None and s.turn is not None and mark[0] == s.turn.turn_id:
+            # A turn drawing: its frame 0 lies the frames it drew before the new counter's 0,
+            # so a cut of it still keeps only the heard frames' draws (``close_record``).
+            mark = (mark[0], mark[1] - s.noise_counter)
+        else:
+            mark = None
+        s.seed, s.noise_counter, s.noise_mark = int(c.seed), 0, mark
 
 
 def set_limits(core: EngineCore, sid: str, c: SetLimits) -> None:

@@ -69,7 +69,8 @@ class SessionState:
     # heard (``EngineCore.close_record``): the noise after a barge-in depends on what was heard,
     # not on how far generation had run when the barge-in came.
     noise_counter: int = 0
-    # (turn id, counter at its frame 0) of the newest turn drawn since the last (re)seed
+    # (turn id, counter at its frame 0) of the newest turn drawn since the last (re)seed; a
+    # reseed while it draws keeps it, less the frames it had drawn (negative then)
     noise_mark: tuple[int, int] | None = None
     phase: Phase = Phase.IDLE
     cache_len: int = 0  # host mirror of the slot's KV length

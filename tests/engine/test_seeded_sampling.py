@@ -129,3 +129,33 @@ def test_a_reply_heard_whole_rolls_nothing_back(make_engine, realtime_golden):
     _say(s, realtime_golden["session.text1"].tolist(), 7)
     assert s.interrupt(7) is None  # all of it was heard
     assert s.history_delta(HistoryCursor()).noise_counter == 7
+
+
+@pytest.mark.parametrize("heard", [0, 4])
+def test_a_reseed_in_the_middle_of_a_cut_reply_keeps_the_noise_of_what_was_heard(
+    make_engine, realtime_golden, heard
+):
+    """A reseed while a reply speaks (8 of its frames out, the engine may have drawn more),
+    then a barge-in that heard no more than was out at the reseed: the frames drawn since the
+    reseed were never heard, so the noise goes on from the new seed's frame 0, however far the
+    reply ran on (before: from the frames drawn since the reseed, which depends on when)."""
+    engine = make_engine(max_sessions=2)
+    text1 = realtime_golden["session.text1"].tolist()
+    text2 = realtime_golden["session.text2"].tolist()
+    replies = []
+    for made in (12, 30):
+        s = SyncSession(engine.create_session(sampling=SAMPLED, seed=11))
+        turn = s.start_turn(40, min_frames=40)
+        turn.push_ids(text1)
+        turn.end_text()
+        frames = iter(turn)
+        for _ in range(8):
+            next(frames)
+        s.set_sampling(SAMPLED, seed=21)
+        for _ in range(made - 8):
+            next(frames)
+        s.interrupt(heard)
+        assert s.history_delta(HistoryCursor()).noise_counter == 0
+        replies.append(_say(s, text2, 10))
+        s.close()
+    assert torch.equal(*replies)
