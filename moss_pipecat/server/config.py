@@ -86,8 +86,9 @@ class ServerLimits:
             reconnect) waits for the request its previous connection was handling (an
             upload's encode, an engine call) before it is told the conversation's history:
             what that request did is in it, and a client never sends it again for nothing.
-            Keep it below the clients' ``connect_timeout`` (5 s by default), which bounds
-            their wait for ``ready``.
+            A request whose upload or encode outlasts the wait is not applied (its client
+            sends it again on the new connection). Keep it below the clients'
+            ``connect_timeout`` (5 s by default), which bounds their wait for ``ready``.
         resume_ticket_max_age_s: how long a resume ticket (``server.tickets``) is good after
             its server issued it (in ``ready`` and each ``history`` delta): a client that
             proves with one that it created a conversation takes it back from whoever made

@@ -289,7 +289,8 @@ class ConversationHub:
         if old is not None:  # its socket may be stuck: nobody waits for the farewell
             self._spawn(self._farewell(old))
             # What its request in hand does (a user turn, a voice) goes before what this
-            # connection is told (``history``), else its client would send it again.
+            # connection is told (``history``), else its client would send it again. One
+            # still uploading or encoding after the wait is not applied (``check_held``).
             await old.requests_done(self.limits.takeover_wait_s)
         await self._settle(conv)
         logger.debug(f"conversation {cid}: attached (resumed={resumed})")

@@ -109,6 +109,7 @@ async def handle_restore(r: Request, msg: P.Restore) -> Any:
         for role, lead, ids, frames in records
     ]
     voice_t = None if voice is None else torch.from_numpy(voice)
+    r.check_held()
     await conv.session.restore(turns, voice_t, msg.seed, msg.noise)
     await send_history(conv, full=True)
     return P.Result(req=msg.req)

@@ -39,6 +39,14 @@ class Request:
     conn: Connection
     conv: Conversation
 
+    def check_held(self) -> None:
+        """Raises if another connection took the conversation over while this request waited
+        (an upload, an encode): what it asked is not applied then, so its client, resuming
+        on the other connection, decides alone whether to send it again (the history it is
+        told there says what landed)."""
+        if self.conn.conversation is not self.conv:
+            raise SessionClosedError("this connection lost its conversation to a newer one")
+
 
 async def serve_requests(hub: ConversationHub, conn: Connection) -> None:
     """Handles the connection's messages until it closes (raises ``TransportClosed`` when the
@@ -183,6 +191,7 @@ async def _user_turn(r: Request, msg: P.UserTurn) -> Any:
         ids = msg.text_ids
     if frames.shape[0] == 0:
         raise InvalidInputError("the user audio is shorter than one frame (80 ms)")
+    r.check_held()
     await conv.session.add_user_turn(ids, frames)
     await send_history(conv)
     return P.Result(req=msg.req)
@@ -197,6 +206,7 @@ async def _voice(r: Request, msg: P.Voice) -> Any:
     frames = await r.hub.uploads.decode(r.conn, msg.format, msg.bytes, msg.sample_rate)
     if frames.shape[0] == 0:
         raise InvalidInputError("the voice reference is shorter than one frame (80 ms)")
+    r.check_held()
     await session.set_voice(frames)
     await send_history(r.conv)
     return P.Result(req=msg.req)

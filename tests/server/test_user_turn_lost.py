@@ -114,3 +114,59 @@ async def test_a_resume_waits_for_the_request_its_previous_connection_had_in_han
     assert len(calls) == 1 and session.resumed
     await session.close()
     await remote.aclose()
+
+
+async def test_a_request_still_encoding_when_the_wait_ends_is_not_applied(
+    make_tiny_engine, make_server, monkeypatch
+):
+    """The old connection's user turn is still encoding when the takeover's wait ends (a
+    short ``takeover_wait_s``): the resume's history lacks it, so the client sends it again,
+    and the old request, done later, is not applied (its connection no longer holds the
+    conversation): one user turn (before, two: the old request landed after the wait)."""
+    import threading
+
+    import numpy as np
+
+    from moss_pipecat.server.connection import Connection
+
+    engine = make_tiny_engine(eos_min_frames=3)
+    server = await make_server(engine, token=TOKEN, idle_expiry_s=60, takeover_wait_s=0.2)
+    remote = RemoteEngine(server.url, token=TOKEN)
+    session = await remote.create_session(conversation_id="slow-encode", sampling=GREEDY)
+    await say(session, "Hello there.", 3)
+    codec, encoding, release = engine.codec, threading.Event(), threading.Event()
+    encode = codec.encode_frames
+
+    def held_encode(*args, **kwargs):  # the first encode outlasts the takeover's wait
+        if not encoding.is_set():
+            encoding.set()
+            release.wait(20)
+        return encode(*args, **kwargs)
+
+    calls, add = [], Session.add_user_turn
+
+    async def counted(self, *args, **kwargs):  # the server's engine calls of a user turn
+        calls.append(args)
+        return await add(self, *args, **kwargs)
+
+    wait = Connection.requests_done
+
+    async def releasing(self, timeout):  # the old encode ends once the wait has given up
+        await wait(self, timeout)
+        release.set()
+
+    monkeypatch.setattr(codec, "encode_frames", held_encode)
+    monkeypatch.setattr(Session, "add_user_turn", counted)
+    monkeypatch.setattr(Connection, "requests_done", releasing)
+    pcm = (np.sin(np.arange(12000) / 7.0) * 8000).astype(np.int16)  # 0.5 s at 24 kHz
+    sending = asyncio.ensure_future(session.add_user_audio_turn("Hi there.", pcm, 24000))
+    await asyncio.to_thread(encoding.wait, 20)
+    old = server.hub.conversations["slow-encode"].conn
+    session._link.ws.transport.abort()  # lost with the request in the server's hands
+    await asyncio.wait_for(sending, 30)
+    await asyncio.wait_for(old.idle.wait(), 10)  # the old request is done too
+    snap = await session.snapshot()
+    assert [t[0] for t in snap["turns"]] == ["assistant", "user"], snap["turns"]
+    assert len(calls) == 1 and session.resumed
+    await session.close()
+    await remote.aclose()
