@@ -17,11 +17,11 @@ from moss_pipecat.client.remote_turn import RemoteTurn
 from moss_pipecat.client.wire import (
     _build,
     _wire_sampling,
-    codes_bytes,
+    codes_payload,
     snapshot_dict,
     user_audio_bytes,
 )
-from moss_pipecat.errors import InvalidInputError, MossError, SessionClosedError
+from moss_pipecat.errors import MossError, SessionClosedError
 from moss_pipecat.protocol.errors import ServerUnavailableError
 from moss_pipecat.speech.commands import (
     AddUserTurn,
@@ -100,9 +100,8 @@ class RemoteSession:
     # ---- connection -------------------------------------------------------------------------
     @property
     def connected_once(self) -> bool:
-        """Whether a server has answered this session's hello (a ``ready``): before that, the
-        conversation may exist nowhere yet (``create_session(connect=False)``, or a server that
-        could not be reached), and its first connection makes (or resumes) it."""
+        """Whether a server answered a hello (``ready``): before that, the conversation may
+        exist nowhere yet, and its first connection makes (or resumes) it."""
         return self.audio is not None
 
     async def open(self, *, retry: bool = True) -> Link:
@@ -250,8 +249,7 @@ class RemoteSession:
         self.server_id = ready.server_id
 
     def take_history(self, msg: P.History) -> None:
-        """Takes a ``history`` delta's fresh resume ticket (the link's reader calls it, in
-        order, after the journal took the delta)."""
+        """Takes a ``history`` delta's fresh resume ticket (after the journal took it)."""
         if msg.resume_ticket is not None:
             self.resume_ticket = msg.resume_ticket
 
@@ -299,34 +297,44 @@ class RemoteSession:
 
         A turn lost with its server is cut in the journal (the restore carries it); the
         summary is the journal's then, from the frames and words that came before the loss,
-        also when no server can be reached yet (the next call that reaches one restores it)."""
+        also when no server can be reached yet (the next call that reaches one restores it).
+        A cut lost with its connection before its reply is made once more after the
+        reconnect (cutting to the same frames twice keeps what once does)."""
         command = Interrupt(heard_frames, heard_units)
         turn = self._turn
         if turn is not None and turn.summary is None:
             turn.cancel()
-        lost = None
-        in_journal = turn is not None and turn.lost and self._turn_made == self._made
-        if in_journal:
-            # Lost with its server: what the caller heard of it is kept (the journal holds
-            # its rows); a server that lost the conversation gets it with the restore.
-            lost = self.journal.keep_lost(turn.turn_id, command.heard_frames, command.heard_units)
-        try:
-            link = await self.open()
-        except ServerUnavailableError as e:
-            if not in_journal:
-                raise
-            # The cut is the journal's (no server holds the turn): nothing left to wait for.
-            logger.warning(f"session {self.id!r}: turn {turn.turn_id} cut while no server: {e}")
-            return lost
-        if turn is not None and not turn.ended and self._turn_made != self._made:
-            # The turn was lost with its server: the server now holding the conversation has
-            # nothing of it to cut, unless its heard part was restored as its last turn (then
-            # a later decision that heard less cuts it there). (One that ended before its
-            # server went, e.g. after a ``goaway``, is in the journal: it is cut there.)
-            if self._lost_restored is not turn:
+        lost, again = None, False
+        while True:
+            # Lost with its server: what the caller heard of it is kept (the journal holds its
+            # rows); a server that lost the conversation gets it with the restore.
+            in_journal = turn is not None and turn.lost and self._turn_made == self._made
+            if in_journal:
+                heard, units = command.heard_frames, command.heard_units
+                lost = self.journal.keep_lost(turn.turn_id, heard, units) or lost
+            try:
+                link = await self.open()
+            except ServerUnavailableError as e:
+                if not in_journal:
+                    raise
+                # The cut is the journal's (no server holds the turn): nothing left to wait for.
+                logger.warning(f"session {self.id!r}: turn {turn.turn_id} cut while no server: {e}")
                 return lost
-        reply: P.Result = await self._request(link, P.Interrupt, **P.Interrupt.fields_of(command))
-        return lost if reply.summary is None else reply.summary.to_summary()
+            if turn is not None and not turn.ended and self._turn_made != self._made:
+                # The turn was lost with its server: the server now holding the conversation
+                # has nothing of it to cut, unless its heard part was restored as its last turn
+                # (then a later decision that heard less cuts it there). (One that ended before
+                # its server went, e.g. after a ``goaway``, is in the journal: it is cut there.)
+                if self._lost_restored is not turn:
+                    return lost
+            try:
+                reply = await self._request(link, P.Interrupt, **P.Interrupt.fields_of(command))
+                return lost if reply.summary is None else reply.summary.to_summary()
+            except ServerUnavailableError as e:
+                if again:
+                    raise
+                logger.info(f"conversation {self.id}: a cut lost with its connection ({e})")
+                again = True
 
     async def add_user_turn(self, text_ids: Sequence[int], frames: Any) -> None:
         """Adds what the user said as transcript ids and codec frames [A, rvq] (as locally)."""
@@ -355,11 +363,7 @@ class RemoteSession:
             await self._request(link, P.UserTurn, data, bytes=len(data), **fields)
 
     def _codes(self, frames: Any, name: str) -> bytes:
-        """Codec frames [n >= 1, rvq] as the wire's bytes (the engine checks the codes)."""
-        data, n = codes_bytes(frames, self.audio.rvq if self.audio else 16)
-        if n == 0:
-            raise InvalidInputError(f"{name} need at least one audio frame")
-        return data
+        return codes_payload(frames, self.audio.rvq if self.audio else 16, name)
 
     async def add_user_audio_turn(self, text: str, audio: Any, sample_rate: int) -> None:
         """Adds what the user said as its transcript and audio; the server encodes the audio.

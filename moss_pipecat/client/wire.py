@@ -77,6 +77,14 @@ def codes_bytes(frames: Any, rvq: int = 16) -> tuple[bytes, int]:
     return t.astype("<u2").tobytes(), int(t.shape[0])
 
 
+def codes_payload(frames: Any, rvq: int, name: str) -> bytes:
+    """Codec frames [n >= 1, rvq] as the wire's bytes (the engine checks the codes)."""
+    data, n = codes_bytes(frames, rvq)
+    if n == 0:
+        raise InvalidInputError(f"{name} need at least one audio frame")
+    return data
+
+
 def codes_array(codes: Sequence[int]) -> Any:
     """A frame's codes as an int64 tensor, as the local engine gives them; a numpy array where
     torch is not installed (the client's light install needs no torch)."""

@@ -1,0 +1,73 @@
+"""A barge-in's cut whose connection is lost before its reply: the server made it and kept the
+conversation, or the connection went first (the server then cuts the turn at the frames it
+had sent, more than were heard), or the server lost the conversation with it. The client
+makes the cut once more after the reconnect (from its journal when the turn was lost with its
+connection), so the history keeps what was heard and the caller gets the cut's summary, as
+if the cut had been made once on a clean connection. Before, the call raised (an
+``ErrorFrame`` and no ``on_reply_interrupted``), and in the second case the history kept the
+frames sent past what was heard."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from moss_pipecat.client import RemoteEngine
+from moss_pipecat.engine.session import Session
+
+from .conftest import GREEDY, TOKEN
+from .turns import LONG_TEXT, read_chunks, say
+
+HEARD = 3
+
+
+async def _cut_call(remote, cid: str):
+    """A turn, then a long reply cut at ``HEARD`` frames once 8 came: the cut's summary and
+    the snapshot after it."""
+    session = await remote.create_session(conversation_id=cid, sampling=GREEDY)
+    await say(session, "Hello there.", 3)
+    turn = await session.start_turn(max_frames=30)
+    turn.push_text(LONG_TEXT)
+    turn.end_text()
+    await read_chunks(turn, 8)
+    cut = await asyncio.wait_for(session.interrupt(HEARD), 30)
+    snap = await session.snapshot()
+    await session.close()
+    return cut, snap
+
+
+@pytest.mark.parametrize("case", ["applied-resumed", "dropped-resumed", "lost-restored"])
+async def test_a_cut_lost_with_its_connection_is_made_once(
+    make_tiny_engine, make_server, monkeypatch, case
+):
+    engine = make_tiny_engine(eos_min_frames=3)
+    keep = case != "lost-restored"
+    server = await make_server(engine, token=TOKEN, idle_expiry_s=60 if keep else 0)
+    remote = RemoteEngine(server.url, token=TOKEN)
+    want_cut, want = await _cut_call(remote, "clean")
+
+    calls, interrupt = [], Session.interrupt
+
+    async def dropping(self, *args, **kwargs):  # the server's engine call of the cut
+        if self.id != "lost":
+            return await interrupt(self, *args, **kwargs)
+        calls.append(args)
+        if len(calls) > 1:
+            return await interrupt(self, *args, **kwargs)
+        conn = server.hub.conversations["lost"].conn
+        if case == "applied-resumed":
+            await interrupt(self, *args, **kwargs)
+        conn.abort()  # no history delta, no reply, no turn end
+        if case == "lost-restored":
+            await self.close()  # as a server that died with it: the conversation is gone
+        return None
+
+    monkeypatch.setattr(Session, "interrupt", dropping)
+    cut, snap = await _cut_call(remote, "lost")
+    assert snap["turn_frames"] == want["turn_frames"] == [3, HEARD]
+    assert torch.equal(snap["rows"], want["rows"])
+    assert (cut.stop, cut.heard_frames) == (want_cut.stop, want_cut.heard_frames)
+    assert cut.spoken_text == want_cut.spoken_text and cut.spoken_text
+    await remote.aclose()
