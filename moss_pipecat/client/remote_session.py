@@ -259,10 +259,10 @@ class RemoteSession:
         return await link.request(cls, payload, self.engine.request_timeout, **fields)
 
     async def _call(self, cls: type[P._Msg], payload: bytes | None = None, **fields: Any) -> Any:
-        """A request whose effect is the same however often it lands (voice, settings, reset,
-        snapshot): one lost with its connection before its reply is sent once more after the
-        reconnect (which resumes the conversation, or first restores the journal's history:
-        then the request is applied over it, as it was over the lost server's)."""
+        """A request that does the same however often it lands (voice, settings, reset,
+        snapshot; a turn's start: the server cuts a turn a lost connection opened at what it
+        sent it) is sent once more after a reconnect if lost with its connection (the
+        reconnect resumes the conversation, or first restores the journal's history)."""
         link = await self.open()
         try:
             return await self._request(link, cls, payload, **fields)
@@ -282,10 +282,10 @@ class RemoteSession:
         command = StartTurn(
             max_frames=max_frames, min_frames=min_frames, eos_after_text=eos_after_text
         )
-        link = await self.open()
-        inbox = await self._request(link, P.TurnStart, **P.TurnStart.fields_of(command))
-        # The link filled the turn's inbox from the moment the server opened it; the turn reads it.
-        self._turn, self._turn_made = RemoteTurn(self, link, inbox), self._made
+        inbox = await self._call(P.TurnStart, **P.TurnStart.fields_of(command))
+        # The link (the one ``_call`` used) filled the turn's inbox from the moment the server
+        # opened it; the turn reads it.
+        self._turn, self._turn_made = RemoteTurn(self, self._link, inbox), self._made
         return self._turn
 
     async def interrupt(

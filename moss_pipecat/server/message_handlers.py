@@ -104,6 +104,11 @@ async def _hello(r: Request, msg: P.Hello) -> Any:
 async def _turn_start(r: Request, msg: P.TurnStart) -> Any:
     conv = r.conv
     turn = await conv.session.start_turn(**msg.command_fields())
+    if r.conn.conversation is not conv:
+        # Taken over while the engine opened it: nobody hears it, and left open it would
+        # refuse every later turn (the client starts its turn again on the new connection).
+        await conv.session.interrupt(0)
+        r.check_held()
     conv.turn, conv.frames_sent = turn, 0
     conv.turn_ids = conv.turn_chars = conv.ids_told = 0
     await r.conn.send_message(P.TurnStarted(req=msg.req, turn_id=turn.turn_id))

@@ -1,10 +1,12 @@
-"""A voice, sampling/seed or reset request whose connection is lost before its reply (the
-server applied it and kept the conversation, or lost the conversation with it): the client
-sends it once more after the reconnect, so the conversation ends as if it had been sent once
-on a clean connection. Before, the call raised, the service said "settings not applied" and
-never applied them again (the session kept the old voice or seed while the settings said the
-new one), and a reset lost with a server that lost the conversation came back undone with the
-restore."""
+"""A voice, sampling/seed, reset or turn start request whose connection is lost before its
+reply (the server applied it and kept the conversation, or lost the conversation with it):
+the client sends it once more after the reconnect, so the conversation ends as if it had been
+sent once on a clean connection. Before, the call raised, the service said "settings not
+applied" and never applied them again (the session kept the old voice or seed while the
+settings said the new one), a reset lost with a server that lost the conversation came back
+undone with the restore, and a reply whose start was lost failed (and, where the new
+connection took the conversation over while the engine opened the turn, every later reply
+failed too: the turn nobody drove stayed open)."""
 
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from moss_pipecat.engine.session import Session
 from moss_pipecat.speech.commands import Reset, SetSampling, SetVoice
 from moss_pipecat.speech.sampling import SamplingParams
 
-from .conftest import TOKEN
-from .turns import speak
+from .conftest import GREEDY, TOKEN, eventually
+from .turns import say, speak
 
 SAMPLED = SamplingParams(temperature=0.9, top_k=20, top_p=0.9)  # the seed matters
 
@@ -139,3 +141,48 @@ async def test_settings_no_server_took_are_applied_with_the_next_reply(
 
 async def _no_error(error_msg: str, exception: BaseException) -> None:
     raise AssertionError(error_msg)
+
+
+async def _second_reply(remote, cid: str) -> torch.Tensor:
+    """A turn, then a second reply of 5 frames: the rows after it."""
+    session = await remote.create_session(conversation_id=cid, sampling=GREEDY)
+    await say(session, "Hello there.", 3)
+    assert await asyncio.wait_for(say(session, "And a second one.", 5), 30) == 5
+    snap = await session.snapshot()
+    assert snap["turn_frames"] == [3, 5]
+    await session.close()
+    return snap["rows"]
+
+
+@pytest.mark.parametrize("when", ["before-engine", "taken-over-in-engine", "opened"])
+async def test_a_turn_start_lost_with_its_connection_starts_once(
+    make_tiny_engine, make_server, monkeypatch, when
+):
+    """The connection is lost as the server starts the second reply's turn: before the engine
+    call (nothing opened), during it with the client's new connection taking the conversation
+    over before it returns (the server cuts the turn it opened), or after it (the server cuts
+    the turn at the frames it sent: none). The reply speaks, once, as on a clean connection."""
+    engine = make_tiny_engine(eos_min_frames=3)
+    server = await make_server(engine, token=TOKEN, idle_expiry_s=60)
+    remote = RemoteEngine(server.url, token=TOKEN)
+    want = await _second_reply(remote, "clean")
+    calls, start = [], Session.start_turn
+
+    async def dropping(self, *args, **kwargs):  # the server's engine call
+        calls.append(args)
+        if len(calls) != 2:  # the first reply, the second's start sent again
+            return await start(self, *args, **kwargs)
+        conn = server.hub.conversations["lost"].conn
+        if when == "opened":
+            turn = await start(self, *args, **kwargs)
+            conn.abort()
+            return turn
+        conn.abort()
+        if when == "taken-over-in-engine":
+            await eventually(lambda: conn.conversation is None, what="the takeover")
+        return await start(self, *args, **kwargs)
+
+    monkeypatch.setattr(Session, "start_turn", dropping)
+    assert torch.equal(await _second_reply(remote, "lost"), want)
+    assert len(calls) == 3
+    await remote.aclose()
