@@ -93,8 +93,7 @@ class RemoteSession:
         self._connect_lock = asyncio.Lock()
         self._turn: RemoteTurn | None = None
         self._turn_made = 0  # ``_made`` when the turn started
-        # The turn lost with its server whose heard part a restore made the last turn (until
-        # the history changes again).
+        # The lost turn whose heard part a restore made the last turn (till the history moves)
         self._lost_restored: RemoteTurn | None = None
 
     # ---- connection -------------------------------------------------------------------------
@@ -321,10 +320,9 @@ class RemoteSession:
                 logger.warning(f"session {self.id!r}: turn {turn.turn_id} cut while no server: {e}")
                 return lost
             if turn is not None and not turn.ended and self._turn_made != self._made:
-                # The turn was lost with its server: the server now holding the conversation
-                # has nothing of it to cut, unless its heard part was restored as its last turn
-                # (then a later decision that heard less cuts it there). (One that ended before
-                # its server went, e.g. after a ``goaway``, is in the journal: it is cut there.)
+                # Lost with its server: the one holding the conversation now has nothing of it
+                # to cut, unless the restore made its heard part the last turn (one that ended
+                # before its server went, e.g. at a ``goaway``, is cut in the journal).
                 if self._lost_restored is not turn:
                     return lost
             try:
@@ -335,6 +333,8 @@ class RemoteSession:
                     raise
                 logger.info(f"conversation {self.id}: a cut lost with its connection ({e})")
                 again = True
+                if turn is not None and self._turn_made == self._made:  # its server's id
+                    command = Interrupt(command.heard_frames, command.heard_units, turn.turn_id)
 
     async def add_user_turn(self, text_ids: Sequence[int], frames: Any) -> None:
         """Adds what the user said as transcript ids and codec frames [A, rvq] (as locally)."""

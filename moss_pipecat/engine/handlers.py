@@ -111,6 +111,8 @@ def interrupt(core: EngineCore, sid: str, c: Interrupt) -> TurnSummary | None:
     s = core.state(sid)
     heard = c.heard_frames
     t = s.turn
+    if t is not None and c.turn_id not in (None, t.turn_id):
+        return None  # the turn named ended before this one
     if t is not None:
         summary = TurnSummary(t.turn_id, "interrupted", text_ids=list(t.tokens), text=t.text)
         if t.record is not None:
@@ -119,8 +121,8 @@ def interrupt(core: EngineCore, sid: str, c: Interrupt) -> TurnSummary | None:
         core.end_turn(s, summary)
         return summary
     last = s.history.turns[-1] if s.history.turns else None
-    if not isinstance(last, AssistantTurn):
-        return None  # nothing is being said: a no-op
+    if not isinstance(last, AssistantTurn) or c.turn_id not in (None, last.turn_id):
+        return None  # nothing is being said (or not the turn named): a no-op
     if heard >= last.audio_frames(core.layout.audio_eos):
         return None  # everything was heard already
     summary = TurnSummary(last.turn_id, "interrupted", text_ids=list(last.text_ids))

@@ -216,12 +216,12 @@ class Session:
             self._turn.cancel()
 
     async def interrupt(
-        self, heard_frames: int, heard_units: int | None = None
+        self, heard_frames: int, heard_units: int | None = None, turn_id: int | None = None
     ) -> TurnSummary | None:
         """Stops the current (or just finished) assistant turn and keeps only the first
         ``heard_frames`` frames in the conversation; ``heard_units``: the units the listener
-        kept (``Interrupt``). Returns None if there was nothing to cut."""
-        command = Interrupt(heard_frames, heard_units)
+        kept; ``turn_id``: only that turn (``Interrupt``). Returns None if nothing was cut."""
+        command = Interrupt(heard_frames, heard_units, turn_id)
         self._drop_unread()
         return await self.request(command)
 
@@ -331,8 +331,10 @@ class SyncSession:
         chunks = list(turn)
         return chunks, turn.summary
 
-    def interrupt(self, heard_frames: int, heard_units: int | None = None) -> TurnSummary | None:
-        command = Interrupt(heard_frames, heard_units)
+    def interrupt(
+        self, heard_frames: int, heard_units: int | None = None, turn_id: int | None = None
+    ) -> TurnSummary | None:
+        command = Interrupt(heard_frames, heard_units, turn_id)
         self.session._drop_unread()
         return self.request(command)
 

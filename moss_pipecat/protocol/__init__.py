@@ -47,7 +47,9 @@ Client -> server (JSON)
     ``turn.text``   turn_id, text                    (no reply; a failure ends the turn)
     ``turn.ids``    turn_id, ids, text?              (token ids instead of text)
     ``turn.end``    turn_id                          (text ended)
-    ``interrupt``   req, heard_frames, heard_units?  -> ``result`` {req, summary | null}
+    ``interrupt``   req, heard_frames, heard_units?, turn_id?
+                                                     -> ``result`` {req, summary | null}
+                    (turn_id: cut only that turn, if it is the open or just finished one)
     ``user_turn``   req, text | text_ids, format ("pcm16" | "codes"), sample_rate (pcm16),
                     bytes                            + one binary frame -> ``result``
     ``voice``       req, format ("pcm16" | "codes" | "none"), sample_rate, bytes

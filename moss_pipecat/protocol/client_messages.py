@@ -168,11 +168,12 @@ class TurnEnd(_CommandMsg):
 
 class Interrupt(_CommandMsg):
     COMMAND = C.Interrupt
-    COMMAND_FIELDS = ("heard_frames", "heard_units")
+    COMMAND_FIELDS = ("heard_frames", "heard_units", "turn_id")
     type: Literal["interrupt"] = "interrupt"
     req: ReqId
     heard_frames: int
     heard_units: int | None = None
+    turn_id: int | None = None
 
 
 class UserTurn(_Msg):

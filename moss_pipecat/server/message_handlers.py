@@ -175,7 +175,7 @@ async def _tell_text_ids(r: Request, turn: TurnStream) -> None:
 
 
 async def _interrupt(r: Request, msg: P.Interrupt) -> Any:
-    summary = await r.conv.session.interrupt(msg.heard_frames, msg.heard_units)
+    summary = await r.conv.session.interrupt(msg.heard_frames, msg.heard_units, msg.turn_id)
     await send_history(r.conv)
     wire = None if summary is None else P.WireSummary.of(summary)
     return P.Result(req=msg.req, summary=wire)  # null: there was nothing to cut

@@ -119,14 +119,20 @@ class Interrupt(_Command):
 
     ``heard_units``: how many of the turn's units (in the order they were placed) the listener
     kept, e.g. the words that reached an LLM context; the summary's ``spoken_text`` is those
-    (at most the units placed). None: the units placed in the heard frames."""
+    (at most the units placed). None: the units placed in the heard frames.
+
+    ``turn_id``: cut only that turn; where it is not the open or just finished turn (it was
+    cut away already, or another came after it) nothing is cut. A cut sent again after its
+    reply was lost names its turn, so it never cuts the turn before it."""
 
     heard_frames: int
     heard_units: int | None = None
+    turn_id: int | None = None
 
     def __post_init__(self) -> None:
         _set(self, "heard_frames", F.integer("heard_frames", self.heard_frames))
         _set(self, "heard_units", F.optional_integer("heard_units", self.heard_units))
+        _set(self, "turn_id", F.optional_integer("turn_id", self.turn_id))
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,27 @@ async def test_interrupt_after_generation_finished_rolls_back_to_heard(
     )
 
 
+async def test_a_cut_naming_its_turn_cuts_only_that_turn(make_engine, realtime_golden):
+    """``Interrupt.turn_id``: a cut that names a turn cuts it while it is open or just
+    finished, and nothing once it was cut away or another turn came after it (a cut sent
+    again after its reply was lost must not take the turn before it)."""
+    g = realtime_golden
+    session = make_engine().create_session(sampling=GREEDY)
+    first = (await _speak(session, g["session.text1"].tolist(), max_frames=8, min_frames=8))[1]
+    rows = (await session.snapshot())["rows"]
+    turn = await session.start_turn(20, min_frames=20)
+    turn.push_ids(g["session.text2"].tolist())
+    turn.end_text()
+    assert await session.interrupt(0, turn_id=first.turn_id) is None  # not the open turn
+    cut = await session.interrupt(0, turn_id=turn.turn_id)
+    assert cut.turn_id == turn.turn_id and cut.heard_frames == 0
+    # The cut turn is gone and the first is the last again: named, the cut leaves it alone.
+    assert await session.interrupt(0, turn_id=turn.turn_id) is None
+    assert torch.equal((await session.snapshot())["rows"], rows)
+    cut = await session.interrupt(2, turn_id=first.turn_id)  # the just finished turn, named
+    assert cut.turn_id == first.turn_id and cut.heard_frames == 2
+
+
 async def test_long_conversation_stays_in_budget_and_keeps_the_voice(
     make_engine, tiny_model, golden_layout, realtime_meta, voice_codes
 ):

@@ -20,11 +20,8 @@ from moss_pipecat.engine.session import Session
 from .conftest import GREEDY, TOKEN
 from .turns import LONG_TEXT, read_chunks, say
 
-HEARD = 3
-
-
-async def _cut_call(remote, cid: str):
-    """A turn, then a long reply cut at ``HEARD`` frames once 8 came: the cut's summary and
+async def _cut_call(remote, cid: str, heard: int):
+    """A turn, then a long reply cut at ``heard`` frames once 8 came: the cut's summary and
     the snapshot after it."""
     session = await remote.create_session(conversation_id=cid, sampling=GREEDY)
     await say(session, "Hello there.", 3)
@@ -32,21 +29,24 @@ async def _cut_call(remote, cid: str):
     turn.push_text(LONG_TEXT)
     turn.end_text()
     await read_chunks(turn, 8)
-    cut = await asyncio.wait_for(session.interrupt(HEARD), 30)
+    cut = await asyncio.wait_for(session.interrupt(heard), 30)
     snap = await session.snapshot()
     await session.close()
     return cut, snap
 
 
+@pytest.mark.parametrize("heard", [3, 0])
 @pytest.mark.parametrize("case", ["applied-resumed", "dropped-resumed", "lost-restored"])
 async def test_a_cut_lost_with_its_connection_is_made_once(
-    make_tiny_engine, make_server, monkeypatch, case
+    make_tiny_engine, make_server, monkeypatch, case, heard
 ):
+    """(Nothing heard: the cut takes the whole reply away, and the cut sent again names its
+    turn, so it does not cut the turn before it, now the last: ``Interrupt.turn_id``.)"""
     engine = make_tiny_engine(eos_min_frames=3)
     keep = case != "lost-restored"
     server = await make_server(engine, token=TOKEN, idle_expiry_s=60 if keep else 0)
     remote = RemoteEngine(server.url, token=TOKEN)
-    want_cut, want = await _cut_call(remote, "clean")
+    want_cut, want = await _cut_call(remote, "clean", heard)
 
     calls, interrupt = [], Session.interrupt
 
@@ -65,9 +65,9 @@ async def test_a_cut_lost_with_its_connection_is_made_once(
         return None
 
     monkeypatch.setattr(Session, "interrupt", dropping)
-    cut, snap = await _cut_call(remote, "lost")
-    assert snap["turn_frames"] == want["turn_frames"] == [3, HEARD]
+    cut, snap = await _cut_call(remote, "lost", heard)
+    assert snap["turn_frames"] == want["turn_frames"] == [3, heard][: 2 if heard else 1]
     assert torch.equal(snap["rows"], want["rows"])
     assert (cut.stop, cut.heard_frames) == (want_cut.stop, want_cut.heard_frames)
-    assert cut.spoken_text == want_cut.spoken_text and cut.spoken_text
+    assert cut.spoken_text == want_cut.spoken_text and bool(cut.spoken_text) == bool(heard)
     await remote.aclose()
