@@ -13,6 +13,8 @@ from loguru import logger
 
 from moss_pipecat import protocol as P
 from moss_pipecat.client.journal import Journal
+from moss_pipecat.client.link import SENDS
+from moss_pipecat.client.remote_cut import RemoteCuts
 from moss_pipecat.client.remote_turn import RemoteTurn
 from moss_pipecat.client.wire import (
     _build,
@@ -26,12 +28,10 @@ from moss_pipecat.protocol.errors import ServerUnavailableError
 from moss_pipecat.speech.commands import (
     AddUserTurn,
     CreateSession,
-    Interrupt,
     SetLimits,
     SetSampling,
     StartTurn,
 )
-from moss_pipecat.speech.events import TurnSummary
 from moss_pipecat.speech.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 _REMAKE_ATTEMPTS = 3
 
 
-class RemoteSession:
+class RemoteSession(RemoteCuts):
     """Async handle of one conversation on an engine server; mirrors ``Session``.
 
     Create it with ``RemoteEngine.create_session``.
@@ -260,14 +260,17 @@ class RemoteSession:
     async def _call(self, cls: type[P._Msg], payload: bytes | None = None, **fields: Any) -> Any:
         """A request that does the same however often it lands (voice, settings, reset,
         snapshot; a turn's start: the server cuts a turn a lost connection opened at what it
-        sent it) is sent once more after a reconnect if lost with its connection (the
-        reconnect resumes the conversation, or first restores the journal's history)."""
-        link = await self.open()
-        try:
-            return await self._request(link, cls, payload, **fields)
-        except ServerUnavailableError as e:
-            logger.info(f"conversation {self.id}: {cls.__name__} lost with its connection ({e})")
-        return await self._request(await self.open(), cls, payload, **fields)
+        sent it) is sent again after a reconnect if lost with its connection (the reconnect
+        resumes the conversation, or first restores the journal's history), ``SENDS`` times
+        at most."""
+        for sent in range(1, SENDS + 1):
+            link = await self.open()
+            try:
+                return await self._request(link, cls, payload, **fields)
+            except ServerUnavailableError as e:
+                if sent == SENDS:
+                    raise
+                logger.info(f"conversation {self.id}: {cls.__name__} lost with its connection: {e}")
 
     # ---- turns ----------------------------------------------------------------------------------
     async def start_turn(
@@ -287,55 +290,6 @@ class RemoteSession:
         self._turn, self._turn_made = RemoteTurn(self, self._link, inbox), self._made
         return self._turn
 
-    async def interrupt(
-        self, heard_frames: int, heard_units: int | None = None
-    ) -> TurnSummary | None:
-        """Stops the current (or just finished) turn, keeping its first ``heard_frames``
-        frames in the conversation (``heard_units``: the units the listener kept, see
-        ``Interrupt``). Returns None if there was nothing to cut.
-
-        A turn lost with its server is cut in the journal (the restore carries it); the
-        summary is the journal's then, from the frames and words that came before the loss,
-        also when no server can be reached yet (the next call that reaches one restores it).
-        A cut lost with its connection before its reply is made once more after the
-        reconnect (cutting to the same frames twice keeps what once does)."""
-        command = Interrupt(heard_frames, heard_units)
-        turn = self._turn
-        if turn is not None and turn.summary is None:
-            turn.cancel()
-        lost, again = None, False
-        while True:
-            # Lost with its server: what the caller heard of it is kept (the journal holds its
-            # rows); a server that lost the conversation gets it with the restore.
-            in_journal = turn is not None and turn.lost and self._turn_made == self._made
-            if in_journal:
-                heard, units = command.heard_frames, command.heard_units
-                lost = self.journal.keep_lost(turn.turn_id, heard, units) or lost
-            try:
-                link = await self.open()
-            except ServerUnavailableError as e:
-                if not in_journal:
-                    raise
-                # The cut is the journal's (no server holds the turn): nothing left to wait for.
-                logger.warning(f"session {self.id!r}: turn {turn.turn_id} cut while no server: {e}")
-                return lost
-            if turn is not None and not turn.ended and self._turn_made != self._made:
-                # Lost with its server: the one holding the conversation now has nothing of it
-                # to cut, unless the restore made its heard part the last turn (one that ended
-                # before its server went, e.g. at a ``goaway``, is cut in the journal).
-                if self._lost_restored is not turn:
-                    return lost
-            try:
-                reply = await self._request(link, P.Interrupt, **P.Interrupt.fields_of(command))
-                return lost if reply.summary is None else reply.summary.to_summary()
-            except ServerUnavailableError as e:
-                if again:
-                    raise
-                logger.info(f"conversation {self.id}: a cut lost with its connection ({e})")
-                again = True
-                if turn is not None and self._turn_made == self._made:  # its server's id
-                    command = Interrupt(command.heard_frames, command.heard_units, turn.turn_id)
-
     async def add_user_turn(self, text_ids: Sequence[int], frames: Any) -> None:
         """Adds what the user said as transcript ids and codec frames [A, rvq] (as locally)."""
         command = AddUserTurn(text_ids, frames)
@@ -344,23 +298,25 @@ class RemoteSession:
         await self._add_user(data, text_ids=list(command.text_ids), format="codes")
 
     async def _add_user(self, data: bytes, **fields: Any) -> None:
-        """A user turn's request. One lost with its connection before its reply is sent once
-        more after the reconnect, unless the history then held (the journal: the server's
-        full copy on a resume, the restored one on a server that lost it) ends with it."""
-        link = await self.open()
+        """A user turn's request. One lost with its connection before its reply is sent again
+        after the reconnect (``SENDS`` times at most), unless the history then held (the
+        journal: the server's full copy on a resume, the restored one on a server that lost
+        it) ends with it."""
         before = self.journal.last_turn()
-        try:
-            await self._request(link, P.UserTurn, data, bytes=len(data), **fields)
-            return
-        except ServerUnavailableError:  # the connection was lost with the request on it
-            if not self.engine.journal or not self.journal.valid:
-                raise  # nothing says whether it landed
-        link = await self.open()
-        if self.resumed:
-            await link.history_seen(self.engine.request_timeout)
-        if not self.journal.ends_with_user_turn_after(before):
-            logger.info(f"conversation {self.id}: a user turn lost with its connection: again")
-            await self._request(link, P.UserTurn, data, bytes=len(data), **fields)
+        for sent in range(1, SENDS + 1):
+            link = await self.open()
+            if sent > 1:
+                if self.resumed:
+                    await link.history_seen(self.engine.request_timeout)
+                if self.journal.ends_with_user_turn_after(before):
+                    return
+                logger.info(f"conversation {self.id}: a user turn lost with its connection: again")
+            try:
+                await self._request(link, P.UserTurn, data, bytes=len(data), **fields)
+                return
+            except ServerUnavailableError:  # the connection was lost with the request on it
+                if sent == SENDS or not self.engine.journal or not self.journal.valid:
+                    raise  # (without a valid journal nothing says whether it landed)
 
     def _codes(self, frames: Any, name: str) -> bytes:
         return codes_payload(frames, self.audio.rvq if self.audio else 16, name)

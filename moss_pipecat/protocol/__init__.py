@@ -49,7 +49,8 @@ Client -> server (JSON)
     ``turn.end``    turn_id                          (text ended)
     ``interrupt``   req, heard_frames, heard_units?, turn_id?
                                                      -> ``result`` {req, summary | null}
-                    (turn_id: cut only that turn, if it is the open or just finished one)
+                    (turn_id, feature ``interrupt.turn_id``: cut only that turn, if it is
+                    the open or just finished one; the same cut again answers as the first)
     ``user_turn``   req, text | text_ids, format ("pcm16" | "codes"), sample_rate (pcm16),
                     bytes                            + one binary frame -> ``result``
     ``voice``       req, format ("pcm16" | "codes" | "none"), sample_rate, bytes
@@ -78,7 +79,8 @@ Client -> server (JSON)
 
 Server -> client
     ``ready``        v, conversation_id, resumed, resume_secret, resume_ticket, server_id,
-                     limits {...}, audio {...}
+                     limits {...}, audio {...}, features [...] (the optional client fields
+                     this server takes: ``FEATURES``; a client sends only those)
     ``turn.started`` req, turn_id
     audio (binary)   ``AUDIO_HEADER`` = magic ``b"MSA1"``, turn_id u32, index u32, n u16,
                      then n codes u16, then the frame's PCM (int16 LE, empty without a codec);
@@ -151,6 +153,8 @@ from __future__ import annotations
 from moss_pipecat.protocol.client_messages import (
     CLIENT_MESSAGES,
     CONVERSATION_ID_PATTERN,
+    CUT_NAMES_TURN,
+    FEATURES,
     PROTOCOL_VERSION,
     RESUME_SECRET_PATTERN,
     RESUME_TICKET_PATTERN,
@@ -236,8 +240,10 @@ __all__ = [
     "CLOSE_SUPERSEDED",
     "CLOSE_UNAUTHORIZED",
     "CONVERSATION_ID_PATTERN",
+    "CUT_NAMES_TURN",
     "ERROR_CODES",
     "ERROR_SUBCODES",
+    "FEATURES",
     "MAX_REPETITION_WINDOW",
     "MAX_TOP_K",
     "PROTOCOL_VERSION",

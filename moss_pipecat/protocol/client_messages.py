@@ -31,6 +31,10 @@ from moss_pipecat.speech.sampling import (
 )
 
 PROTOCOL_VERSION = 1
+# Optional client fields a server takes, named in its ``ready`` (``features``): a client sends
+# one only to a server that names it (an older server refuses a field it does not know).
+CUT_NAMES_TURN = "interrupt.turn_id"
+FEATURES = (CUT_NAMES_TURN,)
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 # ``secrets.token_urlsafe(16..192)``: a proposed secret has at least 128 bits if drawn at random
 RESUME_SECRET_PATTERN = r"^[A-Za-z0-9_-]{22,256}$"

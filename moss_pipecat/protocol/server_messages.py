@@ -68,6 +68,7 @@ class Ready(_Out):
     server_id: str | None = None
     audio: AudioInfo
     limits: ReadyLimits
+    features: tuple[str, ...] = ()  # the optional client fields it takes (``FEATURES``)
 
 
 class TurnStarted(_Out):

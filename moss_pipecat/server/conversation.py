@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from moss_pipecat.engine.records import HistoryCursor
 from moss_pipecat.engine.session import Session, TurnStream
 from moss_pipecat.server.tickets import ResumeTickets
+from moss_pipecat.speech.events import TurnSummary
 from moss_pipecat.speech.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ class Conversation:
     # The turn a departed connection left open, and the frames it received: cut by the hub's
     # ``_settle`` (under ``lock``) before anyone else uses the conversation.
     cut: tuple[TurnStream, int] | None = None
+    # The last cut a client asked for, ((turn id, heard frames, heard units), its summary):
+    # the answer again to that cut sent again naming its turn (``Interrupt.turn_id``).
+    last_cut: tuple[tuple[int, int, int | None], TurnSummary] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # engine calls of attach/detach
     # A turn's frames and its end go out under ``out``, so a drain's cut reads an exact
     # ``frames_sent``; the pump sends no more frames of the turn ``held``, and its end is the

@@ -87,6 +87,7 @@ async def run_handshake(hub: ConversationHub, conn: Connection) -> bool:
         resume_ticket=conv.resume_ticket(),
         server_id=hub.server_id,
         audio=hub.audio_info(),
+        features=P.FEATURES,
         limits=P.ReadyLimits(
             max_message_bytes=hub.limits.max_message_bytes,
             max_audio_seconds=hub.limits.max_audio_seconds,

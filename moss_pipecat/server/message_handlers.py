@@ -175,8 +175,14 @@ async def _tell_text_ids(r: Request, turn: TurnStream) -> None:
 
 
 async def _interrupt(r: Request, msg: P.Interrupt) -> Any:
-    summary = await r.conv.session.interrupt(msg.heard_frames, msg.heard_units, msg.turn_id)
-    await send_history(r.conv)
+    conv = r.conv
+    summary = await conv.session.interrupt(msg.heard_frames, msg.heard_units, msg.turn_id)
+    cut = (msg.turn_id, msg.heard_frames, msg.heard_units)
+    if summary is not None:
+        conv.last_cut = ((summary.turn_id, *cut[1:]), summary)
+    elif cut[0] is not None and conv.last_cut is not None and conv.last_cut[0] == cut:
+        summary = conv.last_cut[1]  # the same cut sent again (its reply was lost): its answer
+    await send_history(conv)
     wire = None if summary is None else P.WireSummary.of(summary)
     return P.Result(req=msg.req, summary=wire)  # null: there was nothing to cut
 

@@ -203,7 +203,9 @@ async def cut_to_heard(
             turn.cancel()
             kept = decided[reply.context_id] if reply is playing else Heard(0, None)
             try:
-                summary = await session.interrupt(kept.frames, kept.units)
+                # Named: a turn already gone (its connection's departure cut it away) is
+                # never confused with the one before it.
+                summary = await session.interrupt(kept.frames, kept.units, turn.turn_id)
             except MossError as e:
                 await push_error(error_msg=f"MOSS TTS: interrupt failed: {e}", exception=e)
                 summary = None
@@ -244,8 +246,9 @@ async def keep_heard_at_loss(reply: Reply, session: Any) -> None:
     (``WordTimer.heard``), whose word frames go into the LLM context as those frames play.
     A session that lost its server keeps that much in the history it restores."""
     heard = Heard(reply.frames, None)
+    turn_id = None if reply.turn is None else reply.turn.turn_id
     with contextlib.suppress(MossError):
-        await session.interrupt(heard.frames, heard.units)
+        await session.interrupt(heard.frames, heard.units, turn_id)
 
 
 async def wait_for_turn(reply: Reply, settled: asyncio.Event) -> None:

@@ -17,8 +17,9 @@ import torch
 from moss_pipecat.client import RemoteEngine
 from moss_pipecat.engine.session import Session
 
-from .conftest import GREEDY, TOKEN
+from .conftest import GREEDY, TOKEN, eventually
 from .turns import LONG_TEXT, read_chunks, say
+
 
 async def _cut_call(remote, cid: str, heard: int):
     """A turn, then a long reply cut at ``heard`` frames once 8 came: the cut's summary and
@@ -29,7 +30,7 @@ async def _cut_call(remote, cid: str, heard: int):
     turn.push_text(LONG_TEXT)
     turn.end_text()
     await read_chunks(turn, 8)
-    cut = await asyncio.wait_for(session.interrupt(heard), 30)
+    cut = await asyncio.wait_for(session.interrupt(heard, turn_id=turn.turn_id), 30)
     snap = await session.snapshot()
     await session.close()
     return cut, snap
@@ -40,8 +41,9 @@ async def _cut_call(remote, cid: str, heard: int):
 async def test_a_cut_lost_with_its_connection_is_made_once(
     make_tiny_engine, make_server, monkeypatch, case, heard
 ):
-    """(Nothing heard: the cut takes the whole reply away, and the cut sent again names its
-    turn, so it does not cut the turn before it, now the last: ``Interrupt.turn_id``.)"""
+    """(Nothing heard: the cut takes the whole reply away; it names its turn, as the service's
+    cuts do, so sent again it does not cut the turn before it, now the last:
+    ``Interrupt.turn_id``.)"""
     engine = make_tiny_engine(eos_min_frames=3)
     keep = case != "lost-restored"
     server = await make_server(engine, token=TOKEN, idle_expiry_s=60 if keep else 0)
@@ -70,4 +72,61 @@ async def test_a_cut_lost_with_its_connection_is_made_once(
     assert torch.equal(snap["rows"], want["rows"])
     assert (cut.stop, cut.heard_frames) == (want_cut.stop, want_cut.heard_frames)
     assert cut.spoken_text == want_cut.spoken_text and bool(cut.spoken_text) == bool(heard)
+    await remote.aclose()
+
+
+async def test_a_cut_of_a_turn_its_lost_connection_took_away_leaves_the_turn_before(
+    make_tiny_engine, make_server
+):
+    """A reply's connection is lost before its first frame: the server cuts the turn when the
+    connection departs (nothing of it was sent: it is gone), and the barge-in that follows
+    cuts it to 0 frames. That cut names its turn (as the service's cuts do), so it cuts
+    nothing on the server: unnamed, it cuts the turn before it, now the last (the whole of
+    the first reply was lost)."""
+    engine = make_tiny_engine(eos_min_frames=3)
+    server = await make_server(engine, token=TOKEN, idle_expiry_s=60)
+    remote = RemoteEngine(server.url, token=TOKEN)
+    session = await remote.create_session(conversation_id="gone-turn", sampling=GREEDY)
+    await say(session, "Hello there.", 3)
+    before = await session.snapshot()
+    turn = await session.start_turn(max_frames=30)  # no text yet: no frame comes
+    session._link.ws.transport.abort()
+    await eventually(lambda: turn.lost, what="the turn to be lost")
+    cut = await asyncio.wait_for(session.interrupt(0, turn_id=turn.turn_id), 30)
+    assert cut is not None and (cut.stop, cut.heard_frames) == ("interrupted", 0)
+    after = await session.snapshot()
+    assert session.resumed and after["turn_frames"] == [3]
+    assert torch.equal(after["rows"], before["rows"])
+    await session.close()
+    await remote.aclose()
+
+
+@pytest.mark.parametrize("features", [True, False], ids=["named", "older-server"])
+async def test_a_cut_names_its_turn_only_to_a_server_that_takes_it(
+    make_tiny_engine, make_server, monkeypatch, features
+):
+    """``turn_id`` is an optional field of ``interrupt``: a client sends it only where the
+    server's ``ready`` lists the feature (a server older than it refuses fields it does not
+    know, and every cut would fail)."""
+    from moss_pipecat import protocol as P
+
+    if not features:
+        monkeypatch.setattr(P, "FEATURES", ())
+    engine = make_tiny_engine(eos_min_frames=3)
+    server = await make_server(engine, token=TOKEN)
+    remote = RemoteEngine(server.url, token=TOKEN)
+    session = await remote.create_session(conversation_id="named", sampling=GREEDY)
+    turn = await session.start_turn(max_frames=30)
+    turn.push_text(LONG_TEXT)
+    await read_chunks(turn, 2)
+    named, interrupt = [], Session.interrupt
+
+    async def recorded(self, heard_frames, heard_units=None, turn_id=None):
+        named.append(turn_id)
+        return await interrupt(self, heard_frames, heard_units, turn_id)
+
+    monkeypatch.setattr(Session, "interrupt", recorded)
+    assert (await session.interrupt(1, turn_id=turn.turn_id)).heard_frames == 1
+    assert named == [turn.turn_id if features else None]
+    await session.close()
     await remote.aclose()

@@ -12,6 +12,7 @@ from moss_pipecat.service.reply import Reply
 
 class Turn:
     summary = None
+    turn_id = 7
 
     def cancel(self) -> None:
         pass
@@ -21,13 +22,13 @@ class Session:
     """Each ``interrupt`` waits until the test lets it go; records the order of the cuts."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[int, int | None]] = []
+        self.calls: list[tuple[int, int | None, int | None]] = []
         self.go: list[asyncio.Event] = []
         self.fail: set[int] = set()
 
-    async def interrupt(self, frames: int, units: int | None):
+    async def interrupt(self, frames: int, units: int | None, turn_id: int | None = None):
         n = len(self.calls)
-        self.calls.append((frames, units))
+        self.calls.append((frames, units, turn_id))
         self.go.append(asyncio.Event())
         await self.go[n].wait()
         if n in self.fail:
@@ -76,6 +77,7 @@ async def test_cuts_run_one_after_another_and_replies_wait_for_all():
     assert rollbacks.dropped_reply("a") is None  # its cut has ended
     session.go[1].set()
     await rollbacks.wait()
+    assert [call[2] for call in session.calls] == [7, 7]  # each cut names its turn
     assert rollbacks.settled.is_set() and not rollbacks.tasks
     assert errors and "interrupt failed" in errors[0] and len(errors) == 1
 

@@ -1,0 +1,81 @@
+"""A barge-in's cut of a remote conversation (``RemoteSession.interrupt``): where the cut
+turn is (on the server that runs it; lost with its server and kept in the journal; restored as
+the last turn of another server), and a cut lost with its connection made once more."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+from moss_pipecat import protocol as P
+from moss_pipecat.client.link import SENDS
+from moss_pipecat.protocol.errors import ServerUnavailableError
+from moss_pipecat.speech.commands import Interrupt
+from moss_pipecat.speech.events import TurnSummary
+
+if TYPE_CHECKING:
+    from moss_pipecat.client.remote_session import RemoteSession
+
+
+class RemoteCuts:
+    """``RemoteSession``'s cuts (a base class of it: the rules of a cut in one module)."""
+
+    async def interrupt(
+        self: RemoteSession,
+        heard_frames: int,
+        heard_units: int | None = None,
+        turn_id: int | None = None,
+    ) -> TurnSummary | None:
+        """Stops the current (or just finished) turn, keeping its first ``heard_frames``
+        frames in the conversation (``heard_units``: the units the listener kept; ``turn_id``:
+        only that turn, see ``Interrupt``). Returns None if there was nothing to cut.
+
+        A turn lost with its server is cut in the journal (the restore carries it), and its
+        summary is the journal's, from the frames and words that came before the loss, also
+        when no server can be reached yet. A cut lost with its connection before its reply is
+        sent again after the reconnect. A cut of this session's last turn that names it goes
+        to the server that ran it with the name (where its ``ready`` lists the feature): a
+        turn already gone (cut away by a first cut, or by a lost connection's departure) is
+        then not confused with the turn before it, and a cut sent again gets the first one's
+        summary. (Another server, one that restored the conversation, knows no such id: the
+        cut goes to it unnamed.)"""
+        command = Interrupt(heard_frames, heard_units, turn_id)
+        turn = self._turn
+        if turn is not None and turn.summary is None:
+            turn.cancel()
+        lost = None
+        for sent in range(1, SENDS + 1):  # the last raises or returns
+            # Lost with its server: what the caller heard of it is kept (the journal holds its
+            # rows); a server that lost the conversation gets it with the restore.
+            in_journal = turn is not None and turn.lost and self._turn_made == self._made
+            in_journal = in_journal and turn_id in (None, turn.turn_id)
+            if in_journal:
+                heard, units = command.heard_frames, command.heard_units
+                lost = self.journal.keep_lost(turn.turn_id, heard, units) or lost
+            try:
+                link = await self.open()
+            except ServerUnavailableError as e:
+                if not in_journal:
+                    raise
+                # The cut is the journal's (no server holds the turn): nothing left to wait for.
+                logger.warning(f"session {self.id!r}: turn {turn.turn_id} cut while no server: {e}")
+                return lost
+            if turn is not None and not turn.ended and self._turn_made != self._made:
+                # Lost with its server: the one holding the conversation now has nothing of it to
+                # cut, unless the restore made its heard part the last turn (then a later decision
+                # that heard less cuts it there; one that ended before its server went, e.g. at a
+                # ``goaway``, is cut in the journal).
+                if self._lost_restored is not turn:
+                    return lost
+            fields = P.Interrupt.fields_of(command)
+            named = turn is not None and turn_id == turn.turn_id and self._turn_made == self._made
+            if not named or P.CUT_NAMES_TURN not in link.ready.features:
+                fields.pop("turn_id", None)
+            try:
+                reply = await self._request(link, P.Interrupt, **fields)
+                return lost if reply.summary is None else reply.summary.to_summary()
+            except ServerUnavailableError as e:
+                if sent == SENDS:
+                    raise
+                logger.info(f"conversation {self.id}: a cut lost with its connection ({e}): again")
