@@ -44,7 +44,7 @@ async def test_a_cut_lost_with_its_connection_is_made_once(
     """(Nothing heard: the cut takes the whole reply away; it names its turn, as the service's
     cuts do, so sent again it does not cut the turn before it, now the last:
     ``Interrupt.turn_id``.)"""
-    engine = make_tiny_engine(eos_min_frames=3)
+    engine = make_tiny_engine(eos_min_frames=60)
     keep = case != "lost-restored"
     server = await make_server(engine, token=TOKEN, idle_expiry_s=60 if keep else 0)
     remote = RemoteEngine(server.url, token=TOKEN)
@@ -83,7 +83,7 @@ async def test_a_cut_of_a_turn_its_lost_connection_took_away_leaves_the_turn_bef
     cuts it to 0 frames. That cut names its turn (as the service's cuts do), so it cuts
     nothing on the server: unnamed, it cuts the turn before it, now the last (the whole of
     the first reply was lost)."""
-    engine = make_tiny_engine(eos_min_frames=3)
+    engine = make_tiny_engine(eos_min_frames=60)
     server = await make_server(engine, token=TOKEN, idle_expiry_s=60)
     remote = RemoteEngine(server.url, token=TOKEN)
     session = await remote.create_session(conversation_id="gone-turn", sampling=GREEDY)
@@ -112,7 +112,7 @@ async def test_a_cut_names_its_turn_only_to_a_server_that_takes_it(
 
     if not features:
         monkeypatch.setattr(P, "FEATURES", ())
-    engine = make_tiny_engine(eos_min_frames=3)
+    engine = make_tiny_engine(eos_min_frames=60)
     server = await make_server(engine, token=TOKEN)
     remote = RemoteEngine(server.url, token=TOKEN)
     session = await remote.create_session(conversation_id="named", sampling=GREEDY)

@@ -162,7 +162,7 @@ async def test_a_turn_start_lost_with_its_connection_starts_once(
     call (nothing opened), during it with the client's new connection taking the conversation
     over before it returns (the server cuts the turn it opened), or after it (the server cuts
     the turn at the frames it sent: none). The reply speaks, once, as on a clean connection."""
-    engine = make_tiny_engine(eos_min_frames=3)
+    engine = make_tiny_engine(eos_min_frames=60)
     server = await make_server(engine, token=TOKEN, idle_expiry_s=60)
     remote = RemoteEngine(server.url, token=TOKEN)
     want = await _second_reply(remote, "clean")
