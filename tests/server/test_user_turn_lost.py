@@ -68,7 +68,6 @@ async def test_a_resume_waits_for_the_request_its_previous_connection_had_in_han
     history once that request is done (``takeover_wait_s``), so it holds the user turn and
     the client does not send it again: one user turn (before, the resume's history came
     first, the client sent it again and the history held it twice)."""
-    import threading
 
     import numpy as np
 
@@ -79,29 +78,13 @@ async def test_a_resume_waits_for_the_request_its_previous_connection_had_in_han
     remote = RemoteEngine(server.url, token=TOKEN)
     session = await remote.create_session(conversation_id="in-hand", sampling=GREEDY)
     await say(session, "Hello there.", 3)
-    codec, encoding, release = engine.codec, threading.Event(), threading.Event()
-    encode = codec.encode_frames
-
-    def held_encode(*args, **kwargs):  # the first encode waits until the resume waits
-        if not encoding.is_set():
-            encoding.set()
-            release.wait(20)
-        return encode(*args, **kwargs)
-
-    calls, add = [], Session.add_user_turn
-
-    async def counted(self, *args, **kwargs):  # the server's engine calls of a user turn
-        calls.append(args)
-        return await add(self, *args, **kwargs)
-
+    encoding, release, calls = _hold_the_first_encode(engine, monkeypatch)
     wait = getattr(Connection, "requests_done", None)
 
     async def releasing(self, timeout):
         release.set()
         await wait(self, timeout)
 
-    monkeypatch.setattr(codec, "encode_frames", held_encode)
-    monkeypatch.setattr(Session, "add_user_turn", counted)
     monkeypatch.setattr(Connection, "requests_done", releasing, raising=False)
     pcm = (np.sin(np.arange(12000) / 7.0) * 8000).astype(np.int16)  # 0.5 s at 24 kHz
     sending = asyncio.ensure_future(session.add_user_audio_turn("Hi there.", pcm, 24000))
@@ -123,7 +106,6 @@ async def test_a_request_still_encoding_when_the_wait_ends_is_not_applied(
     short ``takeover_wait_s``): the resume's history lacks it, so the client sends it again,
     and the old request, done later, is not applied (its connection no longer holds the
     conversation): one user turn (before, two: the old request landed after the wait)."""
-    import threading
 
     import numpy as np
 
@@ -134,29 +116,13 @@ async def test_a_request_still_encoding_when_the_wait_ends_is_not_applied(
     remote = RemoteEngine(server.url, token=TOKEN)
     session = await remote.create_session(conversation_id="slow-encode", sampling=GREEDY)
     await say(session, "Hello there.", 3)
-    codec, encoding, release = engine.codec, threading.Event(), threading.Event()
-    encode = codec.encode_frames
-
-    def held_encode(*args, **kwargs):  # the first encode outlasts the takeover's wait
-        if not encoding.is_set():
-            encoding.set()
-            release.wait(20)
-        return encode(*args, **kwargs)
-
-    calls, add = [], Session.add_user_turn
-
-    async def counted(self, *args, **kwargs):  # the server's engine calls of a user turn
-        calls.append(args)
-        return await add(self, *args, **kwargs)
-
+    encoding, release, calls = _hold_the_first_encode(engine, monkeypatch)
     wait = Connection.requests_done
 
     async def releasing(self, timeout):  # the old encode ends once the wait has given up
         await wait(self, timeout)
         release.set()
 
-    monkeypatch.setattr(codec, "encode_frames", held_encode)
-    monkeypatch.setattr(Session, "add_user_turn", counted)
     monkeypatch.setattr(Connection, "requests_done", releasing)
     pcm = (np.sin(np.arange(12000) / 7.0) * 8000).astype(np.int16)  # 0.5 s at 24 kHz
     sending = asyncio.ensure_future(session.add_user_audio_turn("Hi there.", pcm, 24000))
@@ -170,3 +136,28 @@ async def test_a_request_still_encoding_when_the_wait_ends_is_not_applied(
     assert len(calls) == 1 and session.resumed
     await session.close()
     await remote.aclose()
+
+
+def _hold_the_first_encode(engine, monkeypatch):
+    """The server's first user-turn encode waits until ``release`` is set (``encoding`` is
+    set once it waits); ``calls``: the engine calls of user turns."""
+    import threading
+
+    codec, encoding, release = engine.codec, threading.Event(), threading.Event()
+    encode = codec.encode_frames
+
+    def held_encode(*args, **kwargs):
+        if not encoding.is_set():
+            encoding.set()
+            release.wait(20)
+        return encode(*args, **kwargs)
+
+    calls, add = [], Session.add_user_turn
+
+    async def counted(self, *args, **kwargs):
+        calls.append(args)
+        return await add(self, *args, **kwargs)
+
+    monkeypatch.setattr(codec, "encode_frames", held_encode)
+    monkeypatch.setattr(Session, "add_user_turn", counted)
+    return encoding, release, calls
