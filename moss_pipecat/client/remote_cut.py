@@ -1,6 +1,6 @@
 """A barge-in's cut of a remote conversation (``RemoteSession.interrupt``): where the cut
 turn is (on the server that runs it; lost with its server and kept in the journal; restored as
-the last turn of another server), and a cut lost with its connection made once more."""
+the last turn of another server), and a cut lost with its connection sent again."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class RemoteCuts:
         cut goes to it unnamed.)"""
         command = Interrupt(heard_frames, heard_units, turn_id)
         turn = self._turn
-        if turn is not None and turn.summary is None:
+        if turn is not None and turn.summary is None and turn_id in (None, turn.turn_id):
             turn.cancel()
         lost = None
         for sent in range(1, SENDS + 1):  # the last raises or returns

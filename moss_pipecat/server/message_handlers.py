@@ -107,7 +107,7 @@ async def _turn_start(r: Request, msg: P.TurnStart) -> Any:
     if r.conn.conversation is not conv:
         # Taken over while the engine opened it: nobody hears it, and left open it would
         # refuse every later turn (the client starts its turn again on the new connection).
-        await conv.session.interrupt(0)
+        await conv.session.interrupt(0, turn_id=turn.turn_id)
         r.check_held()
     conv.turn, conv.frames_sent = turn, 0
     conv.turn_ids = conv.turn_chars = conv.ids_told = 0
