@@ -16,8 +16,8 @@ SLACK_S = 3 * FRAME_SECONDS
 
 
 class _TurnLog:
-    """A turn stream as the service reads it, keeping every unit its frames place (and telling
-    ``on_frame`` of each frame as the service reads it)."""
+    """A turn stream as the service reads it, keeping every unit its frames place and those
+    its end places (and telling ``on_frame`` of each frame as the service reads it)."""
 
     def __init__(self, turn: Any, units: list[TimedWord], on_frame: Callable | None) -> None:
         self._turn, self._units, self._on_frame = turn, units, on_frame
@@ -34,6 +34,9 @@ class _TurnLog:
             if self._on_frame is not None:
                 self._on_frame(chunk)
             yield chunk
+        summary = self._turn.summary
+        if summary is not None:  # the units placed at its end (spread over its last audio)
+            self._units.extend(summary.words)
 
 
 class _SessionLog:
