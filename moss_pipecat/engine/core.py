@@ -198,10 +198,11 @@ class EngineCore:
         start = s.history.offset(index)
         rec.close(self.layout, heard)
         kept = len(rec.frames)
-        if s.noise_mark is not None and s.noise_mark[0] == rec.turn_id:
-            # frames past the heard never were (nor, after a reseed in the turn, its draws
-            # before it: the mark is negative then)
-            s.noise_counter = max(0, s.noise_mark[1] + kept)
+        if rec.noise_start is not None:
+            # Frames past the heard never were, nor were the draws of the turns after this one
+            # (the last turn: those were cut away), nor, after a reseed, the draws before it
+            # (``noise_start`` is negative then).
+            s.noise_counter = max(0, rec.noise_start + kept)
         if kept == 0:
             s.history.turns.pop(index)  # nothing was heard: as if the turn never happened
             keep = start

@@ -165,14 +165,12 @@ def set_sampling(core: EngineCore, sid: str, c: SetSampling) -> None:
     s = core.state(sid)
     s.sampling = c.sampling
     if c.seed is not None:  # the noise restarts: frame k after a reseed is reproducible
-        mark = s.noise_mark
-        if mark is not None and s.turn is not None and mark[0] == s.turn.turn_id:
-            # A turn drawing: its frame 0 lies the frames it drew before the new counter's 0,
-            # so a cut of it still keeps only the heard frames' draws (``close_record``).
-            mark = (mark[0], mark[1] - s.noise_counter)
-        else:
-            mark = None
-        s.seed, s.noise_counter, s.noise_mark = int(c.seed), 0, mark
+        for rec in s.history.turns:
+            if isinstance(rec, AssistantTurn) and rec.noise_start is not None:
+                # Its frame 0 now lies that many draws before the new counter's 0, so a cut of
+                # it still keeps only the heard frames' draws (``close_record``).
+                rec.noise_start -= s.noise_counter
+        s.seed, s.noise_counter = int(c.seed), 0
 
 
 def set_limits(core: EngineCore, sid: str, c: SetLimits) -> None:
@@ -220,7 +218,7 @@ def restore_history(core: EngineCore, sid: str, c: RestoreHistory) -> None:
         s.history.system, s.history.turns = system, turns
         raise
     if c.seed is not None:
-        s.seed, s.noise_counter, s.noise_mark = int(c.seed), c.noise_counter, None
+        s.seed, s.noise_counter = int(c.seed), c.noise_counter
     core.truncate(s, 0)  # the next prefill feeds it all (the prefix cache serves the system)
 
 

@@ -30,6 +30,7 @@ class AssistantTurn:
         frames: [rvq] codes generated; frame j came from the hidden of row lead-1+j.
         closing: rows that close the turn once it ended (EOS row, maybe a last-frame row).
         text: the turn's text when it arrived as a string.
+        noise_start: see below.
     """
 
     text_ids: list[int]
@@ -42,6 +43,10 @@ class AssistantTurn:
     text: str = ""
     role: str = "assistant"
     words: Any = None  # the turn's WordTimer: which words its frames carry
+    # The session's noise counter at frame 0 (``SessionState.noise_counter``), so a cut of this
+    # turn keeps only the heard frames' draws; below 0 when it began drawing before the last
+    # reseed; None where nothing here drew it (a restored turn).
+    noise_start: int | None = None
 
     def __post_init__(self) -> None:
         # rows given as a list of [17] / [rvq] tensors or one [k, ...] tensor: stored compactly

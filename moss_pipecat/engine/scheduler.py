@@ -256,7 +256,7 @@ class Scheduler:
             lambda: self.audio.host([self.runner.first_frames(hidden, rows)], pcm=False),
         )[0]
         for s in batch:
-            s.noise_mark = (s.turn.turn_id, s.noise_counter)
+            s.turn.record.noise_start = s.noise_counter
             s.noise_counter += 1
         return list(zip(batch, frames, strict=True))
 

@@ -66,12 +66,9 @@ class SessionState:
     sampling: SamplingParams
     seed: int  # the key of the session's sampling noise (with ``noise_counter``)
     # Frames drawn since the session was (re)seeded, less those a cut turn drew past what was
-    # heard (``EngineCore.close_record``): the noise after a barge-in depends on what was heard,
-    # not on how far generation had run when the barge-in came.
+    # heard (``EngineCore.close_record``, from the turn's ``noise_start``): the noise after a
+    # barge-in depends on what was heard, not on how far generation had run when it came.
     noise_counter: int = 0
-    # (turn id, counter at its frame 0) of the newest turn drawn since the last (re)seed; a
-    # reseed while it draws keeps it, less the frames it had drawn (negative then)
-    noise_mark: tuple[int, int] | None = None
     phase: Phase = Phase.IDLE
     cache_len: int = 0  # host mirror of the slot's KV length
     turn: OpenTurn | None = None

@@ -159,3 +159,40 @@ def test_a_reseed_in_the_middle_of_a_cut_reply_keeps_the_noise_of_what_was_heard
         replies.append(_say(s, text2, 10))
         s.close()
     assert torch.equal(*replies)
+
+
+@pytest.mark.parametrize("reseed", [False, True], ids=["same-seed", "reseeded"])
+@pytest.mark.parametrize("heard", [0, 4])
+def test_a_back_to_back_barge_in_keeps_the_noise_of_what_was_heard_of_the_first_reply(
+    make_engine, realtime_golden, heard, reseed
+):
+    """Two replies, the second opened behind the first (pipecat queues the next reply while
+    one plays) and drawing when the barge-in comes (``reseed``: reseeded as it draws): the
+    second is cut to nothing, then the first to what was heard. The draws of both past that
+    never were: the next reply is that of a session that said the first and heard as much of
+    it (before, only the newest turn's draws were rolled back, so the first's stayed)."""
+    engine = make_engine(max_sessions=2)
+    text1 = realtime_golden["session.text1"].tolist()
+    text2 = realtime_golden["session.text2"].tolist()
+    replies = []
+    for back_to_back in (True, False):
+        s = SyncSession(engine.create_session(sampling=SAMPLED, seed=11))
+        first = s.say(ids=text1, max_frames=8, min_frames=8)[1].turn_id
+        if back_to_back:
+            turn = s.start_turn(40, min_frames=40)
+            turn.push_ids(text2)
+            turn.end_text()
+            frames = iter(turn)
+            for _ in range(5):
+                next(frames)
+            if reseed:
+                s.set_sampling(SAMPLED, seed=21)
+            assert s.interrupt(0, turn_id=turn.turn_id).heard_frames == 0
+        elif reseed:
+            s.set_sampling(SAMPLED, seed=21)
+        assert s.interrupt(heard, turn_id=first).heard_frames == heard
+        counter = s.history_delta(HistoryCursor()).noise_counter
+        assert counter == (0 if reseed else heard)
+        replies.append(_say(s, text2, 10))
+        s.close()
+    assert torch.equal(*replies)
