@@ -34,12 +34,13 @@ class RemoteCuts:
         A turn lost with its server is cut in the journal (the restore carries it), and its
         summary is the journal's, from the frames and words that came before the loss, also
         when no server can be reached yet. A cut lost with its connection before its reply is
-        sent again after the reconnect. A cut of this session's last turn that names it goes
-        to the server that ran it with the name (where its ``ready`` lists the feature): a
-        turn already gone (cut away by a first cut, or by a lost connection's departure) is
-        then not confused with the turn before it, and a cut sent again gets the first one's
-        summary. (Another server, one that restored the conversation, knows no such id: the
-        cut goes to it unnamed.)"""
+        sent again after the reconnect. A cut that names a turn goes with the name to the
+        server that opened it (where its ``ready`` lists the feature), also when a later turn
+        opened behind it (a back-to-back barge-in cuts that one first): a turn already gone
+        (cut away by a first cut, or by a lost connection's departure) is then not confused
+        with the turn before it, and a cut sent again gets the first one's summary. (Another
+        server, one that restored the conversation, knows no such id: the cut goes to it
+        unnamed.)"""
         command = Interrupt(heard_frames, heard_units, turn_id)
         turn = self._turn
         if turn is not None and turn.summary is None and turn_id in (None, turn.turn_id):
@@ -69,8 +70,7 @@ class RemoteCuts:
                 if self._lost_restored is not turn:
                     return lost
             fields = P.Interrupt.fields_of(command)
-            named = turn is not None and turn_id == turn.turn_id and self._turn_made == self._made
-            if not named or P.CUT_NAMES_TURN not in link.ready.features:
+            if not self._names_a_turn_here(turn_id) or P.CUT_NAMES_TURN not in link.ready.features:
                 fields.pop("turn_id", None)
             try:
                 reply = await self._request(link, P.Interrupt, **fields)
@@ -79,3 +79,13 @@ class RemoteCuts:
                 if sent == SENDS:
                     raise
                 logger.info(f"conversation {self.id}: a cut lost with its connection ({e}): again")
+
+    def _names_a_turn_here(self: RemoteSession, turn_id: int | None) -> bool:
+        """Whether ``turn_id`` names a turn this session opened lately on the server that holds
+        the conversation now, and none it opened on another: ids are the server's, and one
+        that restored the conversation may have given the same id to another turn (then the
+        cut goes unnamed, as to a server that does not take the name)."""
+        turn = self._turn
+        if turn is not None and turn_id == turn.turn_id and self._turn_made == self._made:
+            return True  # the last turn: what an unnamed cut would take anyway
+        return {made for opened, made in self._opened if opened == turn_id} == {self._made}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 
 # Connections one call tries when each drops while its conversation is being made again.
 _REMAKE_ATTEMPTS = 3
+# Turns whose ids a cut may name: more than the replies one barge-in cuts (the one playing and
+# those opened behind it).
+_OPENED_KEPT = 8
 
 
 class RemoteSession(RemoteCuts):
@@ -93,6 +97,8 @@ class RemoteSession(RemoteCuts):
         self._connect_lock = asyncio.Lock()
         self._turn: RemoteTurn | None = None
         self._turn_made = 0  # ``_made`` when the turn started
+        # (turn id, ``_made``) of the turns opened lately: which ids a cut may name (RemoteCuts)
+        self._opened: deque[tuple[int, int]] = deque(maxlen=_OPENED_KEPT)
         # The lost turn whose heard part a restore made the last turn (till the history moves)
         self._lost_restored: RemoteTurn | None = None
 
@@ -288,6 +294,7 @@ class RemoteSession(RemoteCuts):
         # The link (the one ``_call`` used) filled the turn's inbox from the moment the server
         # opened it; the turn reads it.
         self._turn, self._turn_made = RemoteTurn(self, self._link, inbox), self._made
+        self._opened.append((self._turn.turn_id, self._made))
         return self._turn
 
     async def add_user_turn(self, text_ids: Sequence[int], frames: Any) -> None:

@@ -18,7 +18,7 @@ from moss_pipecat.client import RemoteEngine
 from moss_pipecat.engine.session import Session
 
 from .conftest import GREEDY, TOKEN, eventually
-from .turns import LONG_TEXT, read_chunks, say
+from .turns import LONG_TEXT, read_chunks, say, speak
 
 
 async def _cut_call(remote, cid: str, heard: int):
@@ -128,5 +128,44 @@ async def test_a_cut_names_its_turn_only_to_a_server_that_takes_it(
     monkeypatch.setattr(Session, "interrupt", recorded)
     assert (await session.interrupt(1, turn_id=turn.turn_id)).heard_frames == 1
     assert named == [turn.turn_id if features else None]
+    await session.close()
+    await remote.aclose()
+
+
+async def test_a_lost_cut_of_the_turn_before_the_last_leaves_the_turn_before_that(
+    make_tiny_engine, make_server, monkeypatch
+):
+    """A barge-in over back-to-back replies: the next reply's turn was already opened behind
+    the one playing, so the service cuts that newer turn to 0 frames, then the playing one.
+    The second cut's reply is lost after the server made it, to 0 frames as well. Sent again,
+    it names its turn, though it is not the session's last (its id is one this server gave),
+    so it cuts nothing more and answers as the first time; unnamed, it cut the reply before
+    them, the last turn by then."""
+    engine = make_tiny_engine(eos_min_frames=60)
+    server = await make_server(engine, token=TOKEN, idle_expiry_s=60)
+    remote = RemoteEngine(server.url, token=TOKEN)
+    session = await remote.create_session(conversation_id="two", sampling=GREEDY)
+    await say(session, "Hello there.", 3)
+    before = await session.snapshot()
+    playing = await speak(session, "How are you?", 4)
+    await playing.wait()
+    newer = await session.start_turn(max_frames=30)
+    newer.push_text(LONG_TEXT)
+    await read_chunks(newer, 2)
+    assert (await session.interrupt(0, turn_id=newer.turn_id)).heard_frames == 0
+    calls, interrupt = [], Session.interrupt
+
+    async def dropping(self, heard_frames, heard_units=None, turn_id=None):
+        calls.append(turn_id)
+        if len(calls) == 1:
+            server.hub.conversations["two"].conn.abort()  # made, its reply lost
+        return await interrupt(self, heard_frames, heard_units, turn_id)
+
+    monkeypatch.setattr(Session, "interrupt", dropping)
+    cut = await asyncio.wait_for(session.interrupt(0, turn_id=playing.turn_id), 30)
+    after = await session.snapshot()
+    assert after["turn_frames"] == [3] and torch.equal(after["rows"], before["rows"])
+    assert (cut.turn_id, cut.stop, cut.heard_frames) == (playing.turn_id, "interrupted", 0)
+    assert calls == [playing.turn_id, playing.turn_id] and session.resumed
     await session.close()
     await remote.aclose()
