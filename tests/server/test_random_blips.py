@@ -25,7 +25,7 @@ from .conftest import TOKEN
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 SAMPLED = SamplingParams()
-STEPS = ("speak", "speak", "cut", "user", "user", "voice", "reset", "seed", "speak_cut")
+STEPS = ("speak", "speak", "cut", "user", "user", "voice", "reset", "seed", "speak_cut", "two")
 SEEDS = [int(s) for s in os.environ.get("BLIP_SEEDS", "0,1,2").split(",")]
 
 
@@ -102,6 +102,23 @@ async def _reply(rnd, remote, local, step: str) -> None:
         assert (cut.stop, cut.heard_frames) == (my_cut.stop, my_cut.heard_frames)
 
 
+async def _back_to_back(rnd, remote, local) -> None:
+    """A reply, the next one opened behind it, then a barge-in while the first plays: as the
+    service cuts them, the second to nothing, then the first to what was heard."""
+    text = " ".join(rnd.choices(WORDS, k=rnd.randint(1, 8))) + "."
+    max_frames = rnd.randint(2, 12)
+    first, got = (await _say(remote, text, max_frames, None))[:2]
+    second = (await _say(remote, "And then.", rnd.randint(2, 12), rnd.randint(1, 3)))[0]
+    heard = rnd.randint(0, len(got))
+    assert (await remote.interrupt(0, turn_id=second.turn_id)).heard_frames == 0
+    cut = await remote.interrupt(heard, turn_id=first.turn_id)
+    mine = (await _say(local, text, max_frames, heard or None))[1]
+    my_cut = await local.interrupt(heard)
+    for a, b in zip(got[:heard], mine[:heard], strict=True):
+        assert torch.equal(torch.as_tensor(a), b)
+    assert (cut.stop, cut.heard_frames) == (my_cut.stop, my_cut.heard_frames)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_a_call_through_random_connection_drops_holds_what_a_local_engine_holds(
     make_tiny_engine, make_server, realtime_meta, seed
@@ -120,6 +137,8 @@ async def test_a_call_through_random_connection_drops_holds_what_a_local_engine_
         gen = torch.Generator().manual_seed(rnd.randrange(10**6))
         if step in ("speak", "cut", "speak_cut"):
             await _reply(rnd, remote, local, step)
+        elif step == "two":
+            await _back_to_back(rnd, remote, local)
         elif step == "user":
             text = " ".join(rnd.choices(WORDS, k=rnd.randint(1, 6)))
             frames = random_frames(gen, rnd.randint(1, 8), realtime_meta)
