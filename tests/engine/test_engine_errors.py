@@ -33,7 +33,7 @@ def witness(realtime_golden):
 
     def expected(engine):
         s = SyncSession(engine.create_session(sampling=GREEDY))
-        chunks, summary = s.say(ids=text, max_frames=20)
+        chunks, summary = s.say(ids=text, max_frames=20, min_frames=20)
         s.close()
         return _codes(chunks), summary.stop
 
@@ -47,7 +47,7 @@ def test_bad_requests_give_clear_errors_and_lose_nothing(make_engine, realtime_g
     ref = expected(engine)
     good = SyncSession(engine.create_session(sampling=GREEDY))
     bad = SyncSession(engine.create_session(sampling=GREEDY))
-    turn = good.start_turn(max_frames=20)  # runs while the other session misbehaves
+    turn = good.start_turn(max_frames=20, min_frames=20)  # runs while the other session misbehaves
     turn.push_ids(text[:5])
 
     # Empty text: a defined no-op turn.
@@ -135,7 +135,7 @@ def test_a_failing_session_does_not_hurt_the_others(make_engine, tiny_model, mon
         return real(rows, cache, slots, *args, **kwargs)
 
     monkeypatch.setattr(tiny_model, "backbone", flaky)
-    turns = [s.start_turn(max_frames=20) for s in sessions]
+    turns = [s.start_turn(max_frames=20, min_frames=20) for s in sessions]
     for t in turns:
         t.push_ids(text)
         t.end_text()
@@ -146,7 +146,7 @@ def test_a_failing_session_does_not_hurt_the_others(make_engine, tiny_model, mon
     monkeypatch.setattr(tiny_model, "backbone", real)
     # The failed session rolled back and works again.
     assert sessions[1].snapshot()["turns"] == []
-    chunks, summary = sessions[1].say(ids=text, max_frames=20)
+    chunks, summary = sessions[1].say(ids=text, max_frames=20, min_frames=20)
     assert _same(chunks, summary, ref)
 
 

@@ -71,7 +71,7 @@ def test_a_fault_in_one_sessions_prefill_fails_only_its_turn(
     text = realtime_golden["session.text1"].tolist()
     engine = make_engine(max_sessions=BYSTANDERS + 2)
     alone = SyncSession(engine.create_session(sampling=GREEDY))
-    ref_chunks, ref_summary = alone.say(ids=text, max_frames=12)
+    ref_chunks, ref_summary = alone.say(ids=text, max_frames=12, min_frames=12)
     ref = torch.stack([c.codes for c in ref_chunks])
     alone.close()
 
@@ -87,7 +87,7 @@ def test_a_fault_in_one_sessions_prefill_fails_only_its_turn(
         name, fn = CASES[where](scheduler, culprit.id)
         monkeypatch.setattr(scheduler, name, fn)
 
-    turns = [s.start_turn(max_frames=12) for s in sessions]
+    turns = [s.start_turn(max_frames=12, min_frames=12) for s in sessions]
     gate = threading.Event()
     engine.call(gate.wait)  # hold the engine so every prefill lands in one tick
     for t in turns:
@@ -107,7 +107,7 @@ def test_a_fault_in_one_sessions_prefill_fails_only_its_turn(
 
     monkeypatch.undo()
     # The culprit's session lives on, and its next turn is as if the failed one never was.
-    chunks, summary = culprit.say(ids=text, max_frames=12)
+    chunks, summary = culprit.say(ids=text, max_frames=12, min_frames=12)
     assert summary.error is None and torch.equal(torch.stack([c.codes for c in chunks]), ref)
     assert engine.alive
     for s in sessions:
