@@ -5,7 +5,9 @@ requests, replies, handshakes and resumes. The server keeps the conversation (it
 client's link that fails), and the client resends what was lost with its connection (a cut
 naming its turn, as the service's do). After every step the server's rows equal the local
 engine's. Found: a turn's start lost with a takeover left an undriven turn open; an unnamed cut
-of a reply its connection had taken away cut the reply before it."""
+of a reply its connection had taken away cut the reply before it; with back-to-back replies,
+a cut of the first kept its noise past the heard, and one sent again unnamed cut the reply
+before them."""
 
 from __future__ import annotations
 
