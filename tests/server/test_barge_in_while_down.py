@@ -65,10 +65,10 @@ def step(what: str, reply: int, frames: int | None = None) -> Cue:
 class Outage(CueDirector):
     """Each cue in the order of the script, once what it waits for was seen: ``kill``
     (``kill -9`` of the server, nothing started in its place, once the service pushed
-    ``frames`` of the ``reply``-th reply), ``barge-in`` (once that reply has started and
-    ``frames`` of its words were heard, i.e. reached the aggregator: ``seen``; pipecat takes a
-    system frame ahead of the data frames waiting in the service, so it must not overtake
-    the reply it drops), ``marker`` and
+    ``frames`` of the ``reply``-th reply; then its failure), ``barge-in`` (once that reply
+    has started and ``frames`` of its words were heard, i.e. reached the aggregator:
+    ``seen``; pipecat takes a system frame ahead of the data frames waiting in the service,
+    so it must not overtake the reply it drops), ``marker`` and
     ``start`` (a new server on its port; the frames behind it wait until it is ready), and
     ``snapshot`` (a ``Probe`` for ``settled``; the frames behind it, the pipeline's end too,
     wait until it has been read)."""
@@ -78,12 +78,22 @@ class Outage(CueDirector):
     def __init__(self, tts, watcher: Watcher, server, seen: Seen, settled) -> None:
         super().__init__(tts, watcher, server)
         self.seen, self.settled = seen, settled
+        self.failed = asyncio.Event()  # the service's ErrorFrame came up
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        if isinstance(frame, ErrorFrame):  # a system frame: it passes while a cue waits
+            self.failed.set()
+        await super().process_frame(frame, direction)
 
     async def cue(self, frame: Cue) -> None:
         if frame.what == "kill":
             await self.watcher.reached(frame.reply, frame.frames)
             self.server.kill()
             self.down = True
+            # The reply fails before the barge-in comes (on a loaded machine the barge-in
+            # could cancel it first, and a cancelled reply's failure is nobody's error).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.failed.wait(), 30)
         elif frame.what == "barge-in":
             await self.seen.reached(frame.reply, frame.frames or 0)
             await self.push_frame(InterruptionFrame())
