@@ -144,6 +144,7 @@ class Journal:
         self.voice: np.ndarray | None = None
         self.seed: int | None = None
         self.noise = 0
+        self.turn_noise: int | None = None  # the counter at the last turn's frame 0 (``history``)
         self.valid = True  # False after a missed delta, until the next full one
         self.deltas = 0
         # Set while a server that made the conversation anew may not hold this history yet
@@ -261,6 +262,7 @@ class Journal:
         if msg.full or msg.voice_changed:
             self.voice = None if msg.voice is None else P.codes_from_b64(msg.voice, self.rvq)
         self.seed, self.noise, self.rev = msg.seed, msg.noise, msg.rev
+        self.turn_noise = msg.turn_noise
         self.valid = self.valid or msg.full
 
     def _turns_of(self, msg: P.History) -> list[JournalTurn]:
@@ -303,12 +305,19 @@ class Journal:
     def restore_request(self, seed: int | None = None) -> tuple[dict, bytes]:
         """The ``restore`` message's fields and its binary frame; ``seed``: the one the
         conversation was made with, for a journal that has not heard it (no delta came before
-        its server was lost: the noise's place goes with it)."""
+        its server was lost: the noise's place goes with it). ``turn_noise`` where known: the
+        last turn's noise start, so a cut of that reply on the new server rolls back as on
+        the lost one."""
         turns = self.turns if self.lost is None else [*self.turns, self.lost]
         records = [(t.role, t.lead, t.ids, t.frames) for t in turns]
         fields, data = P.pack_restore(self.voice, records)
-        noise, lost = self.noise, self._lost_from
+        noise, turn_noise, lost = self.noise, self.turn_noise, self._lost_from
         if lost is not None and lost.noise is not None:
             # As the engine's cut: the frames past what was heard were never drawn.
             noise = lost.noise + (0 if self.lost is None else len(self.lost.frames))
-        return {**fields, "seed": seed if self.seed is None else self.seed, "noise": noise}, data
+        if self.lost is not None:  # its heard part is the last turn
+            turn_noise = lost.noise
+        fields = {**fields, "seed": seed if self.seed is None else self.seed, "noise": noise}
+        if turn_noise is not None:
+            fields["turn_noise"] = turn_noise
+        return fields, data

@@ -43,14 +43,17 @@ class RemoteCuts:
         unnamed.)"""
         command = Interrupt(heard_frames, heard_units, turn_id)
         turn = self._turn
-        if turn is not None and turn.summary is None and turn_id in (None, turn.turn_id):
+        if turn is not None and turn_id not in (None, turn.turn_id):
+            # A turn before the last (a back-to-back barge-in cut the last first): where the
+            # last turn is (lost, restored) is not this cut's business.
+            turn = None
+        if turn is not None and turn.summary is None:
             turn.cancel()
         lost = None
         for sent in range(1, SENDS + 1):  # the last raises or returns
             # Lost with its server: what the caller heard of it is kept (the journal holds its
             # rows); a server that lost the conversation gets it with the restore.
             in_journal = turn is not None and turn.lost and self._turn_made == self._made
-            in_journal = in_journal and turn_id in (None, turn.turn_id)
             if in_journal:
                 heard, units = command.heard_frames, command.heard_units
                 lost = self.journal.keep_lost(turn.turn_id, heard, units) or lost

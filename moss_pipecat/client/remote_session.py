@@ -176,7 +176,7 @@ class RemoteSession(RemoteCuts):
         if self._limits is not None:
             await self._request(link, P.Settings, limits=self._limits)
         if self.journal.restore_due:
-            fields, data = self.journal.restore_request(self._seed)
+            fields, data = self._restore_request(link)
             carried = self.journal.lost is not None
             try:
                 await self._request(link, P.Restore, data, **fields)
@@ -202,7 +202,7 @@ class RemoteSession(RemoteCuts):
         """This server held the conversation from before it went on elsewhere (it was
         unreachable, not gone, while another server carried the call): its older copy is
         replaced with the journal's, what was said meanwhile included."""
-        fields, data = self.journal.restore_request(self._seed)
+        fields, data = self._restore_request(link)
         try:
             await self._request(link, P.Reset)
             await self._request(link, P.Restore, data, **fields)
@@ -216,6 +216,12 @@ class RemoteSession(RemoteCuts):
             return
         self.journal.stale = self.journal.restore_due = False
         self._restored()
+
+    def _restore_request(self, link: Link) -> tuple[dict, bytes]:
+        fields, data = self.journal.restore_request(self._seed)
+        if P.RESTORE_TURN_NOISE not in link.ready.features:
+            fields.pop("turn_noise", None)  # a server older than it refuses the field
+        return fields, data
 
     def _restored(self) -> None:
         self.restored += 1

@@ -79,13 +79,15 @@ class EngineFacts:
 class RestoreHistory(_Command):
     """Gives a conversation with no turns yet the history a client kept of it (after its
     server was lost): the voice, the turns (``TurnRecord``, oldest first) and, when given,
-    the sampling noise's key and position. The rows are rebuilt exactly as the engine built
+    the sampling noise's key and position, and where the last turn's noise began
+    (``turn_noise``, ``HistoryChange``). The rows are rebuilt exactly as the engine built
     them; the next prefill feeds them. Result: None."""
 
     turns: tuple[TurnRecord, ...] = ()
     voice: torch.Tensor | None = field(default=None, compare=False)  # codec frames [R, rvq]
     seed: int | None = None
     noise_counter: int = 0
+    turn_noise: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.turns, tuple) or any(
@@ -96,6 +98,9 @@ class RestoreHistory(_Command):
         object.__setattr__(
             self, "noise_counter", F.integer("noise_counter", self.noise_counter, 0, 2**62)
         )
+        if self.turn_noise is not None:
+            noise = F.integer("turn_noise", self.turn_noise, 1 - 2**62, 2**62)
+            object.__setattr__(self, "turn_noise", noise)
 
     def checked(self, facts: EngineFacts) -> RestoreHistory:
         voice = None if self.voice is None else facts.layout.check_frames(self.voice, "voice")

@@ -219,6 +219,9 @@ def restore_history(core: EngineCore, sid: str, c: RestoreHistory) -> None:
         raise
     if c.seed is not None:
         s.seed, s.noise_counter = int(c.seed), c.noise_counter
+        last = s.history.turns[-1] if s.history.turns else None
+        if isinstance(last, AssistantTurn):  # a cut of it keeps only the heard frames' draws
+            last.noise_start = c.turn_noise
     core.truncate(s, 0)  # the next prefill feeds it all (the prefix cache serves the system)
 
 

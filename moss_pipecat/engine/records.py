@@ -169,6 +169,9 @@ class HistoryChange:
     voice: torch.Tensor | None
     seed: int
     noise_counter: int
+    # The counter at the first frame of the last finished turn, when it is a reply drawn here
+    # (``AssistantTurn.noise_start``): a restore gives it back, so a cut there rolls back.
+    turn_noise: int | None = None
 
 
 def _key(turn: Turn) -> tuple[Turn, object]:
@@ -185,7 +188,8 @@ def history_delta(
     layout: RowLayout, s: SessionState, cursor: HistoryCursor, full: bool
 ) -> HistoryChange:
     """What changed in ``s``'s history since ``cursor`` (which then holds the present)."""
-    now = [_key(t) for t in finished_turns(s)]
+    finished = finished_turns(s)
+    now = [_key(t) for t in finished]
     full = full or not cursor.started
     old = [] if full else cursor.turns
     present = {id(t) for t, _ in now}
@@ -208,6 +212,9 @@ def history_delta(
         voice=voice_of(layout, s.history.system) if changed else None,
         seed=s.seed,
         noise_counter=s.noise_counter,
+        turn_noise=finished[-1].noise_start
+        if finished and isinstance(finished[-1], AssistantTurn)
+        else None,
     )
     cursor.turns, cursor.system, cursor.started = now, s.history.system, True
     return change

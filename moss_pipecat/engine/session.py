@@ -280,10 +280,11 @@ class Session:
         voice: torch.Tensor | None = None,
         seed: int | None = None,
         noise_counter: int = 0,
+        turn_noise: int | None = None,
     ) -> None:
         """Gives this conversation (no turns yet) a history kept elsewhere (see
         ``RestoreHistory``)."""
-        await self.request(RestoreHistory(tuple(turns), voice, seed, noise_counter))
+        await self.request(RestoreHistory(tuple(turns), voice, seed, noise_counter, turn_noise))
 
     async def history_delta(self, cursor: HistoryCursor, full: bool = False) -> HistoryChange:
         """What changed in the history since ``cursor`` (see ``HistoryDelta``)."""
@@ -373,8 +374,9 @@ class SyncSession:
         voice: torch.Tensor | None = None,
         seed: int | None = None,
         noise_counter: int = 0,
+        turn_noise: int | None = None,
     ) -> None:
-        self.request(RestoreHistory(tuple(turns), voice, seed, noise_counter))
+        self.request(RestoreHistory(tuple(turns), voice, seed, noise_counter, turn_noise))
 
     def history_delta(self, cursor: HistoryCursor, full: bool = False) -> HistoryChange:
         return self.request(HistoryDelta(cursor, full))

@@ -60,7 +60,7 @@ Client -> server (JSON)
     ``reset``       req                              -> ``result``
     ``snapshot``    req                              -> ``result`` {snapshot}
     ``close``       req                              -> ``result``; ends the conversation
-    ``restore``     req, turns, voice_frames?, seed?, noise?, bytes + one binary frame
+    ``restore``     req, turns, voice_frames?, seed?, noise?, turn_noise?, bytes + one binary frame
                     -> ``result``: a conversation with no turns yet gets the history the
                     client kept of it (its journal of ``history`` deltas; see
                     ``protocol.history`` for the frame), checked like any input
@@ -108,11 +108,12 @@ Server -> client
     ``turn.end``     turn_id, summary {turn_id, stop, audio_frames, heard_frames, text_ids,
                      text, spoken_text, words, spaced, ttfa_s, error}
     ``history``      rev, full, drop, keep, turns [{role, ids, lead, codes}], voice_changed,
-                     voice, seed, noise, resume_ticket: what changed in the conversation's
-                     history, sent to a client whose hello asked for ``history`` after every
-                     change (before the ``result`` or ``turn.end`` of what changed it) and,
-                     full, after a ``ready`` that resumed; the client keeps it to ``restore``
-                     the conversation on a server that lost it (resume_ticket: a fresh one)
+                     voice, seed, noise, turn_noise, resume_ticket: what changed in the
+                     conversation's history, sent to a client whose hello asked for
+                     ``history`` after every change (before the ``result`` or ``turn.end``
+                     of what changed it) and, full, after a ``ready`` that resumed; the
+                     client keeps it to ``restore`` the conversation on a server that lost
+                     it (resume_ticket: a fresh one)
     ``result``       req, plus what the request returns (``summary``, ``snapshot``)
     ``error``        code, message, req? (the request it answers), turn_id?, fatal (the
                      server closes the connection after a fatal error), subcode? (a finer
@@ -156,6 +157,7 @@ from moss_pipecat.protocol.client_messages import (
     CUT_NAMES_TURN,
     FEATURES,
     PROTOCOL_VERSION,
+    RESTORE_TURN_NOISE,
     RESUME_SECRET_PATTERN,
     RESUME_TICKET_PATTERN,
     ClientMessage,
@@ -247,6 +249,7 @@ __all__ = [
     "MAX_REPETITION_WINDOW",
     "MAX_TOP_K",
     "PROTOCOL_VERSION",
+    "RESTORE_TURN_NOISE",
     "RESUME_SECRET_PATTERN",
     "RESUME_TICKET_PATTERN",
     "SERVER_MESSAGES",

@@ -34,7 +34,8 @@ PROTOCOL_VERSION = 1
 # Optional client fields a server takes, named in its ``ready`` (``features``): a client sends
 # one only to a server that names it (an older server refuses a field it does not know).
 CUT_NAMES_TURN = "interrupt.turn_id"
-FEATURES = (CUT_NAMES_TURN,)
+RESTORE_TURN_NOISE = "restore.turn_noise"
+FEATURES = (CUT_NAMES_TURN, RESTORE_TURN_NOISE)
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 # ``secrets.token_urlsafe(16..192)``: a proposed secret has at least 128 bits if drawn at random
 RESUME_SECRET_PATTERN = r"^[A-Za-z0-9_-]{22,256}$"
@@ -236,7 +237,9 @@ class Restore(_Msg):
     yet: ``turns`` records and ``voice_frames`` voice frames in one binary frame of ``bytes``
     (layout: ``protocol.history``) -> ``result``. A history of no turn and no voice is an empty
     frame: what it restores is the sampling noise's place (``noise``), so seeded replies go on
-    as they would have."""
+    as they would have. ``turn_noise``: the counter at the last turn's first frame (as
+    ``history`` said it, or the journal's for a turn lost with its server), so a later cut of
+    that reply keeps only the heard frames' draws; sent where ``ready.features`` lists it."""
 
     type: Literal["restore"] = "restore"
     req: ReqId
@@ -244,6 +247,7 @@ class Restore(_Msg):
     voice_frames: Annotated[int, Field(ge=1, lt=2**20)] | None = None
     seed: Seed | None = None
     noise: Annotated[int, Field(ge=0, lt=2**62)] = 0
+    turn_noise: Annotated[int, Field(gt=-(2**62), lt=2**62)] | None = None
     bytes: Annotated[int, Field(ge=0)]
 
 

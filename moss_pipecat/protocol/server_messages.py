@@ -241,7 +241,9 @@ class History(_Out):
     ``keep`` and appends ``turns`` (``full``: starts from nothing); ``voice`` replaces the
     reference voice when ``voice_changed`` (null: none). ``rev`` counts the deltas of this
     conversation on this server: one more than the last, or ``full``. ``seed`` and ``noise``:
-    the sampling noise's key and counter (a new seed sends a delta too). ``resume_ticket``:
+    the sampling noise's key and counter (a new seed sends a delta too); ``turn_noise``: the
+    counter at the first frame of the last turn, when it is a reply made here (below 0: it
+    began before the seed was set; a client restores it with the history). ``resume_ticket``:
     the conversation's, issued afresh (as in ``ready``)."""
 
     type: Literal["history"] = "history"
@@ -254,6 +256,7 @@ class History(_Out):
     voice: str | None = None
     seed: int | None = None
     noise: int = 0
+    turn_noise: int | None = None
     resume_ticket: str | None = None
 
 

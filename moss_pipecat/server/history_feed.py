@@ -87,6 +87,7 @@ def history_message(change: HistoryChange, rev: int, ticket: str | None = None) 
         voice=None if voice is None else P.codes_b64(voice.numpy()),
         seed=change.seed,
         noise=change.noise_counter,
+        turn_noise=change.turn_noise,
         resume_ticket=ticket,
     )
 
@@ -110,6 +111,6 @@ async def handle_restore(r: Request, msg: P.Restore) -> Any:
     ]
     voice_t = None if voice is None else torch.from_numpy(voice)
     r.check_held()
-    await conv.session.restore(turns, voice_t, msg.seed, msg.noise)
+    await conv.session.restore(turns, voice_t, msg.seed, msg.noise, msg.turn_noise)
     await send_history(conv, full=True)
     return P.Result(req=msg.req)

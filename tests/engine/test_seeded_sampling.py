@@ -196,3 +196,47 @@ def test_a_back_to_back_barge_in_keeps_the_noise_of_what_was_heard_of_the_first_
         replies.append(_say(s, text2, 10))
         s.close()
     assert torch.equal(*replies)
+
+
+@pytest.mark.parametrize("heard", [0, 3])
+@pytest.mark.parametrize("case", ["max_frames", "eos", "back_to_back"])
+def test_a_restored_history_cuts_its_last_reply_as_the_one_it_came_from(
+    make_engine, realtime_golden, case, heard
+):
+    """A history restored elsewhere (its server lost) with its ``turn_noise``: a cut of its
+    last reply there keeps only the heard frames' draws, as on the session it came from, so
+    the next reply is the same on both. ``eos``: a reply that ended itself (its EOS frame
+    drew too, and is in no record); ``back_to_back``: the history taken while the next reply
+    drew (its server lost with it), which the source cuts to nothing first."""
+    engine = make_engine(max_sessions=3)
+    text1 = realtime_golden["session.text1"].tolist()
+    text2 = realtime_golden["session.text2"].tolist()
+    source = SyncSession(engine.create_session(sampling=SAMPLED, seed=11))
+    if case == "eos":
+        source.say(ids=text1, max_frames=40)
+    else:
+        _say(source, text1, 8)
+    turn = None
+    if case == "back_to_back":
+        turn = source.start_turn(40, min_frames=40)
+        turn.push_ids(text2)
+        turn.end_text()
+        frames = iter(turn)
+        for _ in range(5):
+            next(frames)
+    change = source.history_delta(HistoryCursor(), full=True)
+    assert change.turn_noise == 0  # the first reply's frame 0
+    restored = SyncSession(engine.create_session(sampling=SAMPLED, seed=11))
+    noise = change.noise_counter
+    if turn is not None:  # lost with the server, heard none: the restore's counter is its start
+        source.interrupt(0, turn_id=turn.turn_id)
+        noise = source.history_delta(HistoryCursor()).noise_counter
+    restored.restore(change.turns, change.voice, change.seed, noise, change.turn_noise)
+    replies, counters = [], []
+    for s in (source, restored):
+        s.interrupt(heard)
+        counters.append(s.history_delta(HistoryCursor()).noise_counter)
+        replies.append(_say(s, text2, 10))
+        s.close()
+    assert counters[0] == counters[1] and (case == "eos" or counters[0] == heard)
+    assert torch.equal(*replies)

@@ -169,3 +169,61 @@ async def test_a_lost_cut_of_the_turn_before_the_last_leaves_the_turn_before_tha
     assert calls == [playing.turn_id, playing.turn_id] and session.resumed
     await session.close()
     await remote.aclose()
+
+
+@pytest.mark.parametrize("features", [True, False], ids=["current", "older-server"])
+async def test_a_back_to_back_barge_in_over_a_lost_server_keeps_what_was_heard(
+    make_tiny_engine, make_server, monkeypatch, features
+):
+    """The server is lost while the reply after a first one draws (a back-to-back pair, the
+    first playing), and the barge-in comes then: the second reply is cut to nothing in the
+    journal, the first to what was heard on the server that restored the history (before,
+    that cut was dropped: the lost second reply's state answered it). That history then
+    holds what a local engine holds after the same cut, and with its noise's place
+    (``restore.turn_noise``) the next seeded reply is the same. A server that does not list
+    the field gets the restore without it (it would refuse the field, and the history)."""
+    from moss_pipecat import protocol as P
+    from moss_pipecat.model import SamplingParams
+
+    if not features:
+        monkeypatch.setattr(P, "FEATURES", (P.CUT_NAMES_TURN,))
+    restored, restore = [], Session.restore
+
+    async def recorded(self, turns, voice=None, seed=None, noise_counter=0, turn_noise=None):
+        restored.append(turn_noise)
+        return await restore(self, turns, voice, seed, noise_counter, turn_noise)
+
+    monkeypatch.setattr(Session, "restore", recorded)
+    sampled, rules = SamplingParams(), {"eos_min_frames": 60}
+    server = await make_server(make_tiny_engine(**rules), token=TOKEN, idle_expiry_s=0)
+    remote = RemoteEngine(server.url, token=TOKEN)
+    session = await remote.create_session(conversation_id="b2b", sampling=sampled, seed=5)
+    local = make_tiny_engine(**rules).create_session(sampling=sampled, seed=5)
+    for s in (session, local):
+        await say(s, "Hello there.", 3)
+    first = await speak(session, "How are you?", 6)
+    await first.wait()
+    second = await session.start_turn(max_frames=30)
+    second.push_text(LONG_TEXT)
+    await read_chunks(second, 2)
+    conv = server.hub.conversations["b2b"]
+    conv.conn.abort()
+    await conv.session.close()  # as a server that died with it: the conversation is gone
+    await eventually(lambda: second.lost, what="the second reply to be lost")
+    assert (await session.interrupt(0, turn_id=second.turn_id)).heard_frames == 0
+    cut = await asyncio.wait_for(session.interrupt(2, turn_id=first.turn_id), 30)
+    mine = await speak(local, "How are you?", 6)
+    await mine.wait()
+    my_cut = await local.interrupt(2)
+    assert session.restored == 1 and len(restored) == 1
+    assert (restored[0] is not None) == features  # the first reply's noise start, or none
+    assert cut is not None and (cut.stop, cut.heard_frames) == (my_cut.stop, my_cut.heard_frames)
+    assert torch.equal((await session.snapshot())["rows"], (await local.snapshot())["rows"])
+    replies = []
+    for s in (session, local):
+        turn = await speak(s, "And after.", 5)
+        replies.append([chunk.codes async for chunk in turn])
+    same = all(torch.equal(torch.as_tensor(a), b) for a, b in zip(*replies, strict=True))
+    assert same or not features
+    await session.close()
+    await remote.aclose()

@@ -440,3 +440,41 @@ async def test_the_server_tells_each_push_s_ids_only_to_a_journal(
     else:
         assert told == []
     await ws.close()
+
+
+@pytest.mark.parametrize("lost_heard", [0, 2], ids=["nothing-heard", "two-heard"])
+def test_a_restore_gives_back_where_the_last_reply_s_noise_began(
+    make_engine, realtime_golden, lost_heard
+):
+    """A seeded call whose server is lost while the reply after a first one draws (a
+    back-to-back pair: the journal's ``turn_noise`` is the first reply's, from ``history``;
+    or the lost reply's heard part, the journal's own). A later cut of that last reply on the
+    server that restored the history keeps only the heard frames' draws, as the lost server
+    would have: the next reply is the same on both."""
+    sampled = SamplingParams()
+    text1 = realtime_golden["session.text1"].tolist()
+    text2 = realtime_golden["session.text2"].tolist()
+    engine = make_engine(max_sessions=2)
+    s = SyncSession(engine.create_session(sampling=sampled, seed=11))
+    s.say(ids=text1, max_frames=8, min_frames=8)
+    journal = _journal_of(s, engine.layout.rvq)
+    turn = s.start_turn(max_frames=40, min_frames=40)
+    journal.turn_started(turn.turn_id)
+    turn.push_ids(text2)
+    turn.end_text()
+    frames = iter(turn)
+    for _ in range(5):
+        _hear(journal, next(frames))
+    s.interrupt(lost_heard, turn_id=turn.turn_id)  # where the lost server's departure cut it
+    journal.keep_lost(turn.turn_id, lost_heard)
+    fields = journal.restore_request()[0]
+    assert fields["turn_noise"] == (0 if lost_heard == 0 else 8)
+    other = SyncSession(make_engine().create_session(sampling=sampled, seed=11))
+    other.restore(_records(journal), None, fields["seed"], fields["noise"], fields["turn_noise"])
+    replies = []
+    for session in (s, other):
+        session.interrupt(1)  # a later decision: the last reply was heard for one frame
+        chunks, _ = session.say(ids=text1, max_frames=6, min_frames=6)
+        replies.append(torch.stack([c.codes for c in chunks]))
+        session.close()
+    assert torch.equal(*replies)
