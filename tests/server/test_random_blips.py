@@ -109,7 +109,7 @@ async def _back_to_back(rnd, remote, local) -> None:
     service cuts them, the second to nothing, then the first to what was heard."""
     text = " ".join(rnd.choices(WORDS, k=rnd.randint(1, 8))) + "."
     max_frames = rnd.randint(2, 12)
-    first, got = (await _say(remote, text, max_frames, None))[:2]
+    first, got, lost = await _say(remote, text, max_frames, None)
     second = (await _say(remote, "And then.", rnd.randint(2, 12), rnd.randint(1, 3)))[0]
     heard = rnd.randint(0, len(got))
     assert (await remote.interrupt(0, turn_id=second.turn_id)).heard_frames == 0
@@ -118,7 +118,10 @@ async def _back_to_back(rnd, remote, local) -> None:
     my_cut = await local.interrupt(heard)
     for a, b in zip(got[:heard], mine[:heard], strict=True):
         assert torch.equal(torch.as_tensor(a), b)
-    assert (cut.stop, cut.heard_frames) == (my_cut.stop, my_cut.heard_frames)
+    if not lost:  # (lost: its connection's departure may have taken it away already)
+        assert (cut is None) == (my_cut is None)  # None: all of it was heard, nothing to cut
+    if cut is not None and my_cut is not None:
+        assert (cut.stop, cut.heard_frames) == (my_cut.stop, my_cut.heard_frames)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -134,7 +137,8 @@ async def test_a_call_through_random_connection_drops_holds_what_a_local_engine_
     remote = await client.create_session(sampling=SAMPLED, seed=1, conversation_id="blips")
     local = make_tiny_engine(**rules).create_session(sampling=SAMPLED, seed=1)
     done = []
-    for _ in range(25):
+    while len(done) < 25 or proxy.drops < 3:  # 25 steps, and on until 3 drops came
+        assert len(done) < 100, "the proxy hardly drops: the test exercises nothing"
         step = rnd.choice(STEPS)
         gen = torch.Generator().manual_seed(rnd.randrange(10**6))
         if step in ("speak", "cut", "speak_cut"):
