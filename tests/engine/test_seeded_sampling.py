@@ -78,6 +78,18 @@ def test_reseeding_reproduces_and_other_seeds_differ(make_engine, realtime_golde
     assert not torch.equal(_say(c, text, 10), first)
 
 
+def _speaking(session: SyncSession, text: list[int], out: int):
+    """A reply of 40 frames with its first ``out`` read (the engine may have drawn more): the
+    turn and the iterator of its frames."""
+    turn = session.start_turn(40, min_frames=40)
+    turn.push_ids(text)
+    turn.end_text()
+    frames = iter(turn)
+    for _ in range(out):
+        next(frames)
+    return turn, frames
+
+
 def _cut_reply(session: SyncSession, text: list[int], made: int, heard: int, live: bool) -> None:
     """A reply cut to ``heard`` frames: ``live``, one of 40 frames cut once ``made`` of them
     have come out (the engine has drawn at least that many: how many more depends on timing);
@@ -86,12 +98,7 @@ def _cut_reply(session: SyncSession, text: list[int], made: int, heard: int, liv
         _say(session, text, made)
         session.interrupt(heard)
         return
-    turn = session.start_turn(40, min_frames=40)
-    turn.push_ids(text)
-    turn.end_text()
-    frames = iter(turn)
-    for _ in range(made):
-        next(frames)
+    _speaking(session, text, made)
     session.interrupt(heard)
 
 
@@ -145,12 +152,7 @@ def test_a_reseed_in_the_middle_of_a_cut_reply_keeps_the_noise_of_what_was_heard
     replies = []
     for made in (12, 30):
         s = SyncSession(engine.create_session(sampling=SAMPLED, seed=11))
-        turn = s.start_turn(40, min_frames=40)
-        turn.push_ids(text1)
-        turn.end_text()
-        frames = iter(turn)
-        for _ in range(8):
-            next(frames)
+        frames = _speaking(s, text1, 8)[1]
         s.set_sampling(SAMPLED, seed=21)
         for _ in range(made - 8):
             next(frames)
@@ -179,12 +181,7 @@ def test_a_back_to_back_barge_in_keeps_the_noise_of_what_was_heard_of_the_first_
         s = SyncSession(engine.create_session(sampling=SAMPLED, seed=11))
         first = s.say(ids=text1, max_frames=8, min_frames=8)[1].turn_id
         if back_to_back:
-            turn = s.start_turn(40, min_frames=40)
-            turn.push_ids(text2)
-            turn.end_text()
-            frames = iter(turn)
-            for _ in range(5):
-                next(frames)
+            turn = _speaking(s, text2, 5)[0]
             if reseed:
                 s.set_sampling(SAMPLED, seed=21)
             assert s.interrupt(0, turn_id=turn.turn_id).heard_frames == 0
@@ -218,12 +215,7 @@ def test_a_restored_history_cuts_its_last_reply_as_the_one_it_came_from(
         _say(source, text1, 8)
     turn = None
     if case == "back_to_back":
-        turn = source.start_turn(40, min_frames=40)
-        turn.push_ids(text2)
-        turn.end_text()
-        frames = iter(turn)
-        for _ in range(5):
-            next(frames)
+        turn = _speaking(source, text2, 5)[0]
     change = source.history_delta(HistoryCursor(), full=True)
     assert change.turn_noise == 0  # the first reply's frame 0
     restored = SyncSession(engine.create_session(sampling=SAMPLED, seed=11))
