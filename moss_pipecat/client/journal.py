@@ -162,6 +162,10 @@ class Journal:
         self.lost: JournalTurn | None = None
         self._lost_from: InflightTurn | None = None  # what ``lost`` was cut from
         self._lost_heard = 0
+        # The reply that is the history's last turn, as it was in flight here (its id on the
+        # server that made it, its words): a cut of it while no server answers is made here
+        # (``cut_last``). None where that is not known (a full copy, another turn after it).
+        self.last_reply: InflightTurn | None = None
 
     @property
     def restorable(self) -> bool:
@@ -180,7 +184,8 @@ class Journal:
     def nbytes(self) -> int:
         """The journal's size: its ids and codes."""
         voice = 0 if self.voice is None else self.voice.nbytes
-        extra = sum(t.nbytes for t in (self.inflight, self.lost) if t is not None)
+        kept = (self.inflight, self.lost, self.last_reply)
+        extra = sum(t.nbytes for t in kept if t is not None)
         return voice + extra + sum(t.nbytes for t in self.turns)
 
     # ---- the turn in flight (filled by the link's reader) ----------------------------------
@@ -225,6 +230,36 @@ class Journal:
         logger.info(f"turn {turn_id} lost with its server: {kept} heard frames kept")
         return t.summary(kept, units)
 
+    def ends_with_reply(self, turn_id: int) -> bool:
+        """Whether the history's last turn is reply ``turn_id`` as it was in flight here, and
+        nothing follows it (no turn in flight, none lost), in a whole history."""
+        t, last = self.last_reply, self.last_turn()
+        if t is None or t.turn_id != turn_id or last is None or last.role != "assistant":
+            return False
+        return self.lost is None and self.inflight is None and self.valid
+
+    def cut_last(self, turn_id: int, heard: int, units: int | None = None) -> TurnSummary | None:
+        """Cuts the history's last turn, reply ``turn_id``, to its first ``heard`` frames, as
+        the engine's cut would (``AssistantTurn.close``), while no server answers: the restore
+        carries it (a back-to-back barge-in whose newer reply was lost with its server, cut to
+        nothing first; only where ``ends_with_reply``). Returns the interruption's summary;
+        None when all of it was heard (nothing to cut)."""
+        t, last = self.last_reply, self.last_turn()
+        if t is None or last is None or not self.ends_with_reply(turn_id):
+            raise ValueError(f"turn {turn_id} is not the journal's last reply")
+        k = max(0, min(heard, len(last.frames)))
+        if k == len(last.frames):
+            return None  # heard whole: nothing to cut
+        ids, frames = last.ids[: last.lead + k + 1], last.frames[:k]
+        self.turns[-1:] = [JournalTurn("assistant", ids, last.lead, frames)] if k else []
+        if k == 0:  # gone: the turn before it is the last, and where its noise began is unknown
+            self.last_reply = self.turn_noise = None
+        if self.turn_noise is not None:  # as the engine's cut: the draws past the heard never were
+            self.noise = max(0, self.turn_noise + k)
+        self._lost_from = None  # the lost reply after it was cut to nothing: the noise goes on here
+        logger.info(f"turn {turn_id} cut while no server answers: {k} heard frames kept")
+        return t.summary(k, units)
+
     def apply(self, msg: P.History) -> None:
         """Takes one ``history`` delta (see ``protocol.History``)."""
         self.deltas += 1
@@ -251,12 +286,21 @@ class Journal:
             self.valid = False
             self.rev = msg.rev
             return
+        # The last turn replaced by one (a cut of it on the server): the same turn.
+        recut = not msg.full and len(msg.turns) == 1 and msg.keep == len(self.turns) - msg.drop - 1
         turns = [] if msg.full else self.turns[msg.drop :][: msg.keep]
         turns += self._turns_of(msg)
+        ended = None
         if any(t.role == "assistant" for t in msg.turns):
-            self.inflight = None  # the turn in flight ended: it is in the history now
+            ended, self.inflight = self.inflight, None  # it ended: it is in the history now
         elif self.inflight is not None:
             self.inflight.noise = None  # the counter moved under it (a reseed, a resume)
+        if not turns or turns[-1].role != "assistant" or msg.full:
+            self.last_reply = None
+        elif ended is not None:
+            self.last_reply = ended  # the reply in flight landed, the last turn
+        elif msg.turns and not recut:
+            self.last_reply = None
         self.turns = turns
         self.lost = self._lost_from = None  # a server holds the history: with it, or not
         if msg.full or msg.voice_changed:

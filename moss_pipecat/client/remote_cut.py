@@ -16,6 +16,7 @@ from moss_pipecat.speech.events import TurnSummary
 
 if TYPE_CHECKING:
     from moss_pipecat.client.remote_session import RemoteSession
+    from moss_pipecat.client.remote_turn import RemoteTurn
 
 
 class RemoteCuts:
@@ -61,7 +62,12 @@ class RemoteCuts:
                 link = await self.open()
             except ServerUnavailableError as e:
                 if not in_journal:
-                    raise
+                    # A reply before the last one, lost with its server and cut away (a
+                    # back-to-back barge-in): the journal cuts it, if it is its last turn.
+                    if not self._journal_ends_with(turn, turn_id):
+                        raise
+                    heard, units = command.heard_frames, command.heard_units
+                    return self.journal.cut_last(turn_id, heard, units)
                 # The cut is the journal's (no server holds the turn): nothing left to wait for.
                 logger.warning(f"session {self.id!r}: turn {turn.turn_id} cut while no server: {e}")
                 return lost
@@ -82,6 +88,15 @@ class RemoteCuts:
                 if sent == SENDS:
                     raise
                 logger.info(f"conversation {self.id}: a cut lost with its connection ({e}): again")
+
+    def _journal_ends_with(
+        self: RemoteSession, turn: RemoteTurn | None, turn_id: int | None
+    ) -> bool:
+        """Whether a cut naming a turn before the last (``turn`` None), while no server
+        answers, is the journal's: that turn, opened on the server lost, is its last."""
+        if turn is not None or turn_id is None or self._turn_made != self._made:
+            return False
+        return self.journal.ends_with_reply(turn_id)
 
     def _names_a_turn_here(self: RemoteSession, turn_id: int | None) -> bool:
         """Whether ``turn_id`` names a turn this session opened lately on the server that holds

@@ -478,3 +478,67 @@ def test_a_restore_gives_back_where_the_last_reply_s_noise_began(
         replies.append(torch.stack([c.codes for c in chunks]))
         session.close()
     assert torch.equal(*replies)
+
+
+async def test_a_back_to_back_barge_in_while_no_server_answers_is_the_journal_s(
+    make_tiny_engine, make_server
+):
+    """The server goes while the reply after a first one draws (a back-to-back pair, the
+    first playing), and no server answers within ``reconnect_timeout`` when the barge-in
+    comes. The service cuts the newer reply to nothing, then the playing one: both cuts are
+    the journal's, and the second says what it kept as the engine's cut would (before, it
+    failed after the timeout, an ``ErrorFrame``, and the restore kept all of the first
+    reply). Once a server listens again the restore holds what a local engine holds after the
+    same cuts, and the next seeded reply is the same."""
+    from moss_pipecat.client import RemoteEngine
+    from moss_pipecat.server import EngineServer, ServerConfig
+    from moss_pipecat.server.config import ServerLimits
+
+    from .conftest import TOKEN, eventually
+    from .turns import LONG_TEXT, read_chunks, say, speak
+
+    sampled, rules = SamplingParams(), {"eos_min_frames": 60}
+    engine = make_tiny_engine(**rules)
+    server = await make_server(engine, token=TOKEN, idle_expiry_s=0)
+    client = RemoteEngine(server.url, token=TOKEN, reconnect_timeout=0.3)
+    session = await client.create_session(conversation_id="b2b-down", sampling=sampled, seed=5)
+    local = make_tiny_engine(**rules).create_session(sampling=sampled, seed=5)
+    for s in (session, local):
+        await say(s, "Hello there.", 3)
+    first = await speak(session, "How are you?", 6)
+    await first.wait()
+    second = await session.start_turn(max_frames=30)
+    second.push_text(LONG_TEXT)
+    await read_chunks(second, 2)
+    port = server.port
+    await server.stop()  # the server goes, and nothing listens in its place
+    await eventually(lambda: second.lost, what="the second reply to be lost")
+    assert (await session.interrupt(0, turn_id=second.turn_id)).heard_frames == 0
+    cut = await session.interrupt(2, turn_id=first.turn_id)
+    mine = await speak(local, "How are you?", 6)
+    await mine.wait()
+    my_cut = await local.interrupt(2)
+    assert cut is not None and my_cut is not None
+    assert (cut.stop, cut.heard_frames, cut.audio_frames, cut.spoken_text) == (
+        my_cut.stop,
+        my_cut.heard_frames,
+        my_cut.audio_frames,
+        my_cut.spoken_text,
+    )
+    assert await session.interrupt(3, turn_id=first.turn_id) is None  # heard never grows back
+
+    config = ServerConfig(host="127.0.0.1", port=port, token=TOKEN, limits=ServerLimits())
+    back = await EngineServer(engine, config).start()
+    try:
+        after = await session.snapshot()  # reconnects, restores the cut turns
+        assert session.restored == 1 and session.history_lost == 0
+        assert torch.equal(after["rows"], (await local.snapshot())["rows"])
+        replies = []
+        for s in (session, local):
+            turn = await speak(s, "And after.", 5)
+            replies.append([chunk.codes async for chunk in turn])
+        assert all(torch.equal(torch.as_tensor(a), b) for a, b in zip(*replies, strict=True))
+        await session.close()
+    finally:
+        await session.engine.aclose()
+        await back.stop()
