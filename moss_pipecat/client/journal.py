@@ -252,13 +252,21 @@ class Journal:
             return None  # heard whole: nothing to cut
         ids, frames = last.ids[: last.lead + k + 1], last.frames[:k]
         self.turns[-1:] = [JournalTurn("assistant", ids, last.lead, frames)] if k else []
-        if k == 0:  # gone: the turn before it is the last, and where its noise began is unknown
-            self.last_reply = self.turn_noise = None
         if self.turn_noise is not None:  # as the engine's cut: the draws past the heard never were
             self.noise = max(0, self.turn_noise + k)
+        if k == 0:  # gone: the turn before it is the last, and where its noise began is unknown
+            self.last_reply = self.turn_noise = None
         self._lost_from = None  # the lost reply after it was cut to nothing: the noise goes on here
         logger.info(f"turn {turn_id} cut while no server answers: {k} heard frames kept")
-        return t.summary(k, units)
+        words = heard_units(t.words, k, units) if k > 0 else []
+        return TurnSummary(
+            turn_id,
+            "interrupted",
+            audio_frames=len(last.frames),
+            heard_frames=k,
+            text_ids=list(t.ids),
+            spoken_text=join_units(words),
+        )
 
     def apply(self, msg: P.History) -> None:
         """Takes one ``history`` delta (see ``protocol.History``)."""
@@ -298,7 +306,9 @@ class Journal:
         if not turns or turns[-1].role != "assistant" or msg.full:
             self.last_reply = None
         elif ended is not None:
-            self.last_reply = ended  # the reply in flight landed, the last turn
+            # The reply in flight landed, the last turn: its id and words (its record holds
+            # its rows).
+            self.last_reply = InflightTurn(ended.turn_id, ids=ended.ids, words=ended.words)
         elif msg.turns and not recut:
             self.last_reply = None
         self.turns = turns

@@ -480,8 +480,9 @@ def test_a_restore_gives_back_where_the_last_reply_s_noise_began(
     assert torch.equal(*replies)
 
 
+@pytest.mark.parametrize("heard", [2, 0])
 async def test_a_back_to_back_barge_in_while_no_server_answers_is_the_journal_s(
-    make_tiny_engine, make_server
+    make_tiny_engine, make_server, heard
 ):
     """The server goes while the reply after a first one draws (a back-to-back pair, the
     first playing), and no server answers within ``reconnect_timeout`` when the barge-in
@@ -514,10 +515,10 @@ async def test_a_back_to_back_barge_in_while_no_server_answers_is_the_journal_s(
     await server.stop()  # the server goes, and nothing listens in its place
     await eventually(lambda: second.lost, what="the second reply to be lost")
     assert (await session.interrupt(0, turn_id=second.turn_id)).heard_frames == 0
-    cut = await session.interrupt(2, turn_id=first.turn_id)
+    cut = await session.interrupt(heard, turn_id=first.turn_id)
     mine = await speak(local, "How are you?", 6)
     await mine.wait()
-    my_cut = await local.interrupt(2)
+    my_cut = await local.interrupt(heard)
     assert cut is not None and my_cut is not None
     assert (cut.stop, cut.heard_frames, cut.audio_frames, cut.spoken_text) == (
         my_cut.stop,
@@ -525,7 +526,8 @@ async def test_a_back_to_back_barge_in_while_no_server_answers_is_the_journal_s(
         my_cut.audio_frames,
         my_cut.spoken_text,
     )
-    assert await session.interrupt(3, turn_id=first.turn_id) is None  # heard never grows back
+    if heard:  # what was heard never grows back
+        assert await session.interrupt(heard + 1, turn_id=first.turn_id) is None
 
     config = ServerConfig(host="127.0.0.1", port=port, token=TOKEN, limits=ServerLimits())
     back = await EngineServer(engine, config).start()
