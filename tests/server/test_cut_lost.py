@@ -18,7 +18,7 @@ from moss_pipecat.client import RemoteEngine
 from moss_pipecat.engine.session import Session
 
 from .conftest import GREEDY, TOKEN, eventually
-from .turns import LONG_TEXT, read_chunks, say, speak
+from .turns import LONG_TEXT, back_to_back, read_chunks, same_next_reply, say, speak
 
 
 async def _cut_call(remote, cid: str, heard: int):
@@ -199,13 +199,7 @@ async def test_a_back_to_back_barge_in_over_a_lost_server_keeps_what_was_heard(
     remote = RemoteEngine(server.url, token=TOKEN)
     session = await remote.create_session(conversation_id="b2b", sampling=sampled, seed=5)
     local = make_tiny_engine(**rules).create_session(sampling=sampled, seed=5)
-    for s in (session, local):
-        await say(s, "Hello there.", 3)
-    first = await speak(session, "How are you?", 6)
-    await first.wait()
-    second = await session.start_turn(max_frames=30)
-    second.push_text(LONG_TEXT)
-    await read_chunks(second, 2)
+    first, second = await back_to_back(session, local)
     conv = server.hub.conversations["b2b"]
     conv.conn.abort()
     await conv.session.close()  # as a server that died with it: the conversation is gone
@@ -219,11 +213,6 @@ async def test_a_back_to_back_barge_in_over_a_lost_server_keeps_what_was_heard(
     assert (restored[0] is not None) == features  # the first reply's noise start, or none
     assert cut is not None and (cut.stop, cut.heard_frames) == (my_cut.stop, my_cut.heard_frames)
     assert torch.equal((await session.snapshot())["rows"], (await local.snapshot())["rows"])
-    replies = []
-    for s in (session, local):
-        turn = await speak(s, "And after.", 5)
-        replies.append([chunk.codes async for chunk in turn])
-    same = all(torch.equal(torch.as_tensor(a), b) for a, b in zip(*replies, strict=True))
-    assert same or not features
+    assert await same_next_reply(session, local) or not features
     await session.close()
     await remote.aclose()

@@ -496,7 +496,7 @@ async def test_a_back_to_back_barge_in_while_no_server_answers_is_the_journal_s(
     from moss_pipecat.server.config import ServerLimits
 
     from .conftest import TOKEN, eventually
-    from .turns import LONG_TEXT, read_chunks, say, speak
+    from .turns import back_to_back, same_next_reply, speak
 
     sampled, rules = SamplingParams(), {"eos_min_frames": 60}
     engine = make_tiny_engine(**rules)
@@ -504,13 +504,7 @@ async def test_a_back_to_back_barge_in_while_no_server_answers_is_the_journal_s(
     client = RemoteEngine(server.url, token=TOKEN, reconnect_timeout=0.3)
     session = await client.create_session(conversation_id="b2b-down", sampling=sampled, seed=5)
     local = make_tiny_engine(**rules).create_session(sampling=sampled, seed=5)
-    for s in (session, local):
-        await say(s, "Hello there.", 3)
-    first = await speak(session, "How are you?", 6)
-    await first.wait()
-    second = await session.start_turn(max_frames=30)
-    second.push_text(LONG_TEXT)
-    await read_chunks(second, 2)
+    first, second = await back_to_back(session, local)
     port = server.port
     await server.stop()  # the server goes, and nothing listens in its place
     await eventually(lambda: second.lost, what="the second reply to be lost")
@@ -535,11 +529,7 @@ async def test_a_back_to_back_barge_in_while_no_server_answers_is_the_journal_s(
         after = await session.snapshot()  # reconnects, restores the cut turns
         assert session.restored == 1 and session.history_lost == 0
         assert torch.equal(after["rows"], (await local.snapshot())["rows"])
-        replies = []
-        for s in (session, local):
-            turn = await speak(s, "And after.", 5)
-            replies.append([chunk.codes async for chunk in turn])
-        assert all(torch.equal(torch.as_tensor(a), b) for a, b in zip(*replies, strict=True))
+        assert await same_next_reply(session, local)
         await session.close()
     finally:
         await session.engine.aclose()

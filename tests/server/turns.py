@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 # Longer than any turn of these tests speaks: the turn runs to its max_frames.
 LONG_TEXT = "This is a rather long sentence that keeps the model talking for a while. " * 3
 
@@ -27,3 +29,26 @@ async def read_chunks(turn, n: int) -> list:
         if len(chunks) == n:
             break
     return chunks
+
+
+async def back_to_back(session, local):
+    """A call and its local twin say one reply each; then the call says a second one whole
+    and opens a third behind it, 2 frames read (a back-to-back pair when a barge-in comes).
+    Returns the call's (second, third) turns."""
+    for s in (session, local):
+        await say(s, "Hello there.", 3)
+    first = await speak(session, "How are you?", 6)
+    await first.wait()
+    second = await session.start_turn(max_frames=30)
+    second.push_text(LONG_TEXT)
+    await read_chunks(second, 2)
+    return first, second
+
+
+async def same_next_reply(session, local) -> bool:
+    """Whether the next reply of both (``And after.``, 5 frames) is the same, frame for frame."""
+    replies = []
+    for s in (session, local):
+        turn = await speak(s, "And after.", 5)
+        replies.append([chunk.codes async for chunk in turn])
+    return all(torch.equal(torch.as_tensor(a), b) for a, b in zip(*replies, strict=True))
