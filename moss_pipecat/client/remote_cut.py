@@ -1,6 +1,7 @@
 """A barge-in's cut of a remote conversation (``RemoteSession.interrupt``): where the cut
 turn is (on the server that runs it; lost with its server and kept in the journal; restored as
-the last turn of another server), and a cut lost with its connection sent again."""
+the last turn of another server), a cut lost with its connection sent again, and a cut made in
+the journal while no server answered made again on the server that then resumes the call."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from loguru import logger
 
 from moss_pipecat import protocol as P
 from moss_pipecat.client.link import SENDS
+from moss_pipecat.errors import MossError
 from moss_pipecat.protocol.errors import ServerUnavailableError
 from moss_pipecat.speech.commands import Interrupt
 from moss_pipecat.speech.events import TurnSummary
 
 if TYPE_CHECKING:
+    from moss_pipecat.client.link import Link
     from moss_pipecat.client.remote_session import RemoteSession
     from moss_pipecat.client.remote_turn import RemoteTurn
 
@@ -62,14 +65,19 @@ class RemoteCuts:
                 link = await self.open()
             except ServerUnavailableError as e:
                 if not in_journal:
-                    # A reply before the last one, lost with its server and cut away (a
-                    # back-to-back barge-in): the journal cuts it, if it is its last turn.
-                    if not self._journal_ends_with(turn, turn_id):
+                    # A reply the server finished (the last, still playing; or one before the
+                    # last, the newer lost and cut away: a back-to-back barge-in): the journal
+                    # cuts it, if it is its last turn.
+                    name = self._journal_reply(turn, turn_id)
+                    if name is None:
                         raise
                     heard, units = command.heard_frames, command.heard_units
-                    return self.journal.cut_last(turn_id, heard, units)
+                    summary = self.journal.cut_last(name, heard, units)
+                    self._hold_cut(command, name)
+                    return summary
                 # The cut is the journal's (no server holds the turn): nothing left to wait for.
                 logger.warning(f"session {self.id!r}: turn {turn.turn_id} cut while no server: {e}")
+                self._hold_cut(command, turn.turn_id)
                 return lost
             if turn is not None and not turn.ended and self._turn_made != self._made:
                 # Lost with its server: the one holding the conversation now has nothing of it to
@@ -89,14 +97,48 @@ class RemoteCuts:
                     raise
                 logger.info(f"conversation {self.id}: a cut lost with its connection ({e}): again")
 
-    def _journal_ends_with(
+    def _hold_cut(self: RemoteSession, command: Interrupt, turn_id: int) -> None:
+        """A cut made in the journal only, while no server answered: the server that held the
+        turn may yet resume the call (it was unreachable, not gone) with its own copy, the
+        turn as far as it sent it, and that copy then replaces the journal's. The cut is
+        made there again first (``send_held_cuts``), named, so it cuts that turn or nothing."""
+        named = Interrupt(command.heard_frames, command.heard_units, turn_id)
+        self._held_cuts.append((named, self.server_id))
+
+    async def send_held_cuts(self: RemoteSession, link: Link) -> None:
+        """Makes the held cuts (``_hold_cut``) on the server that resumed the call, in the
+        order they were made, before any other request. (They are dropped where the server
+        holds the journal's copy, which has them: a restore, a replaced copy.)"""
+        while self._held_cuts:
+            command, server = self._held_cuts[0]
+            here = server is not None and server == self.server_id
+            named = self._names_a_turn_here(command.turn_id)
+            if here and named and P.CUT_NAMES_TURN in link.ready.features:
+                try:
+                    await self._request(link, P.Interrupt, **P.Interrupt.fields_of(command))
+                except ServerUnavailableError:
+                    raise  # still held: the next connection makes it
+                except MossError as e:
+                    logger.warning(f"conversation {self.id}: a held cut refused: {e}")
+            else:  # unnamed it could cut another turn: the server's copy stays as it is
+                logger.warning(
+                    f"conversation {self.id}: turn {command.turn_id}'s cut, made while no server"
+                    f" answered, is not made on {self.server_id}"
+                )
+            self._held_cuts.pop(0)
+
+    def _journal_reply(
         self: RemoteSession, turn: RemoteTurn | None, turn_id: int | None
-    ) -> bool:
-        """Whether a cut naming a turn before the last (``turn`` None), while no server
-        answers, is the journal's: that turn, opened on the server lost, is its last."""
-        if turn is not None or turn_id is None or self._turn_made != self._made:
-            return False
-        return self.journal.ends_with_reply(turn_id)
+    ) -> int | None:
+        """The reply a cut while no server answers takes in the journal, if it is the
+        journal's last turn: one the server finished (the last turn, still playing, or one
+        before the last: ``turn`` None), opened on the server lost or unreachable."""
+        name = turn_id if turn is None else turn.turn_id
+        if name is None or self._turn_made != self._made:
+            return None
+        if turn is not None and not turn.ended:
+            return None
+        return name if self.journal.ends_with_reply(name) else None
 
     def _names_a_turn_here(self: RemoteSession, turn_id: int | None) -> bool:
         """Whether ``turn_id`` names a turn this session opened lately on the server that holds

@@ -29,6 +29,7 @@ from moss_pipecat.protocol.errors import ServerUnavailableError
 from moss_pipecat.speech.commands import (
     AddUserTurn,
     CreateSession,
+    Interrupt,
     SetLimits,
     SetSampling,
     StartTurn,
@@ -101,6 +102,9 @@ class RemoteSession(RemoteCuts):
         self._opened: deque[tuple[int, int]] = deque(maxlen=_OPENED_KEPT)
         # The lost turn whose heard part a restore made the last turn (till the history moves)
         self._lost_restored: RemoteTurn | None = None
+        # Cuts made in the journal while no server answered, with the server that held the
+        # turn: made there again if it resumes the call (``RemoteCuts.send_held_cuts``)
+        self._held_cuts: list[tuple[Interrupt, str | None]] = []
 
     # ---- connection -------------------------------------------------------------------------
     @property
@@ -145,6 +149,7 @@ class RemoteSession(RemoteCuts):
         if old is not None and old.moved is not None:
             self.moves += 1
         if not self.resumed:
+            self._held_cuts.clear()  # the journal's history, with them, is restored
             self._made += 1
             self._remake = first
             self.journal.restore_due = not first and self.journal.restorable
@@ -160,6 +165,7 @@ class RemoteSession(RemoteCuts):
         if self.journal.stale:
             await self._replace_stale(link)
         if self._remake is None:
+            await self.send_held_cuts(link)
             return
         if self.resumed and self.journal.restore_due:
             await link.history_seen(self.engine.request_timeout)
@@ -203,6 +209,7 @@ class RemoteSession(RemoteCuts):
         unreachable, not gone, while another server carried the call): its older copy is
         replaced with the journal's, what was said meanwhile included."""
         fields, data = self._restore_request(link)
+        self._held_cuts.clear()  # made in the journal's copy, the one this one is replaced with
         try:
             await self._request(link, P.Reset)
             await self._request(link, P.Restore, data, **fields)
@@ -401,6 +408,7 @@ class RemoteSession(RemoteCuts):
             with contextlib.suppress(MossError):
                 await self._request(link, P.Close)
         self.closed = True
+        self._held_cuts.clear()
         self.journal.clear()  # dropped with the conversation
         if link is not None:
             await link.close()

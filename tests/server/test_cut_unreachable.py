@@ -1,0 +1,123 @@
+"""A barge-in while the server is unreachable but alive (a network partition longer than the
+client's ``reconnect_timeout``): the cut is made in the journal, and the server keeps the
+conversation, with the reply cut where its connection departed: at what it had sent, more than
+was heard. When it answers again it resumes the call with that copy, and the client makes the
+journal's cut there again before anything else. Before, the resumed copy replaced the
+journal's and the history kept the frames sent past what was heard (and their noise)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from moss_pipecat.client import RemoteEngine
+from moss_pipecat.model import SamplingParams
+
+from .conftest import TOKEN, eventually
+from .turns import LONG_TEXT, back_to_back, read_chunks, same_next_reply, say, speak
+
+
+class SeveringProxy:
+    """TCP between the client and the server, which ``sever`` cuts: it aborts every
+    connection it carries and, till ``heal``, closes each new one at once (the server, alive,
+    keeps what it holds)."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.down = port, False
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    def sever(self) -> None:
+        self.down = True
+        for w in self._writers:
+            w.transport.abort()
+
+    def heal(self) -> None:
+        self.down = False
+
+    async def stop(self) -> None:
+        self.sever()
+        self.server.close()
+
+    async def _serve(self, client_r, client_w) -> None:
+        if self.down:
+            client_w.transport.abort()
+            return
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.port)
+        self._writers |= {client_w, server_w}
+
+        async def pipe(r, w) -> None:
+            try:
+                while data := await r.read(4096):
+                    w.write(data)
+                    await w.drain()
+            except OSError:
+                pass
+            finally:
+                w.transport.abort()
+                self._writers.discard(w)
+
+        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
+
+
+@pytest.mark.parametrize("heard", [3, 0])
+@pytest.mark.parametrize("case", ["in-flight", "finished", "back-to-back"])
+async def test_a_cut_made_while_the_server_was_unreachable_is_made_when_it_resumes_the_call(
+    make_tiny_engine, make_server, case, heard
+):
+    """In flight: the reply playing when the partition came, 8 frames read, cut at ``heard``.
+    Finished: the server had sent all of it, and it plays on (before, its cut failed after
+    ``reconnect_timeout``, an ``ErrorFrame``, and nothing was cut anywhere). Back-to-back: the
+    reply after a first one draws when the partition comes; the service cuts the newer one to
+    nothing, then the playing one at ``heard``. After the partition the same server resumes
+    the call (nothing restored): its rows are a local engine's after the same cuts, and the
+    next seeded reply is the same."""
+    sampled, rules = SamplingParams(), {"eos_min_frames": 60}
+    engine = make_tiny_engine(**rules)
+    server = await make_server(engine, token=TOKEN, idle_expiry_s=60)
+    proxy = SeveringProxy(server.port)
+    client = RemoteEngine(await proxy.start(), token=TOKEN, reconnect_timeout=0.3)
+    session = await client.create_session(conversation_id=f"cut-{case}", sampling=sampled, seed=5)
+    local = make_tiny_engine(**rules).create_session(sampling=sampled, seed=5)
+    try:
+        if case != "back-to-back":
+            for s in (session, local):
+                await say(s, "Hello there.", 3)
+            playing = newer = await speak(session, LONG_TEXT, 30 if case == "in-flight" else 8)
+            mine = await speak(local, LONG_TEXT, 30 if case == "in-flight" else 8)
+            for t in (playing, mine):
+                await (read_chunks(t, 8) if case == "in-flight" else t.wait())
+        else:
+            playing, newer = await back_to_back(session, local)
+            mine = await local.start_turn(max_frames=6)
+            mine.push_text("How are you?")
+            mine.end_text()
+            await mine.wait()
+        proxy.sever()
+        await eventually(lambda: session._link.failure is not None, what="the link to fail")
+        assert newer.lost == (case != "finished")
+        if newer is not playing:
+            assert (await session.interrupt(0, turn_id=newer.turn_id)).heard_frames == 0
+        cut = await session.interrupt(heard, turn_id=playing.turn_id)
+        my_cut = await local.interrupt(heard)
+        assert (cut.stop, cut.heard_frames, cut.spoken_text) == (
+            my_cut.stop,
+            my_cut.heard_frames,
+            my_cut.spoken_text,
+        )
+        proxy.heal()
+        after = await session.snapshot()  # the same server resumes the call
+        assert session.resumed and session.restored == 0 and session.history_lost == 0
+        mine = await local.snapshot()
+        assert after["turn_frames"] == mine["turn_frames"]
+        assert torch.equal(after["rows"], mine["rows"])
+        assert await same_next_reply(session, local)
+        await session.close()
+    finally:
+        await client.aclose()
+        await proxy.stop()
