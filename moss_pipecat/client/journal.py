@@ -16,7 +16,7 @@ cuts a turn.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from loguru import logger
@@ -47,6 +47,23 @@ class InflightTurn:
     # once a delta came while it was in flight (a reseed, a resume): the restore then sends
     # the journal's counter as it is.
     noise: int | None = None
+    # Once it is in the history: the noise's draws from its frame 0 to its end (the counter
+    # past its mark, as the server last told while it was the last turn; a reseed shifts both
+    # alike), so the mark of a reply that becomes the last again is known (``cut_last``).
+    drawn: int | None = None
+
+    def made(self, turn: JournalTurn) -> bool:
+        """Whether ``turn``, a reply in a history, is this one: its frames are the first ones
+        this turn's audio brought (a full copy holds no turn ids)."""
+        k = len(turn.frames)
+        if not self.whole or k == 0 or k > len(self.frames) or turn.role != "assistant":
+            return False
+        return np.array_equal(turn.frames, np.stack(self.frames[:k]))
+
+    def kept(self) -> InflightTurn:
+        """What the history keeps of it once it landed: its id and words, no frames (its
+        record holds its rows)."""
+        return InflightTurn(self.turn_id, ids=self.ids, words=self.words)
 
     def add_text(self, msg: P.TurnWords) -> None:
         self.words.extend(msg.timed_words())
@@ -109,16 +126,21 @@ class InflightTurn:
 
 @dataclass(frozen=True)
 class JournalTurn:
-    """One finished turn: role, text ids (uint32), an assistant turn's lead, frames [A, rvq]."""
+    """One finished turn: role, text ids (uint32), an assistant turn's lead, frames [A, rvq];
+    ``reply``: a reply as it was in flight here (its id on the server that made it, its words;
+    ``InflightTurn.kept``), where known: a cut of it while no server answers is made here
+    (``Journal.cut_last``)."""
 
     role: str
     ids: np.ndarray
     lead: int
     frames: np.ndarray
+    reply: InflightTurn | None = field(default=None, compare=False)
 
     @property
     def nbytes(self) -> int:
-        return int(self.ids.nbytes + self.frames.nbytes)
+        reply = 0 if self.reply is None else self.reply.nbytes
+        return int(self.ids.nbytes + self.frames.nbytes) + reply
 
     def same(self, other: JournalTurn) -> bool:
         """Whether ``other`` is this turn (role, lead, ids and codes)."""
@@ -162,10 +184,6 @@ class Journal:
         self.lost: JournalTurn | None = None
         self._lost_from: InflightTurn | None = None  # what ``lost`` was cut from
         self._lost_heard = 0
-        # The reply that is the history's last turn, as it was in flight here (its id on the
-        # server that made it, its words): a cut of it while no server answers is made here
-        # (``cut_last``). None where that is not known (a full copy, another turn after it).
-        self.last_reply: InflightTurn | None = None
 
     @property
     def restorable(self) -> bool:
@@ -184,8 +202,7 @@ class Journal:
     def nbytes(self) -> int:
         """The journal's size: its ids and codes."""
         voice = 0 if self.voice is None else self.voice.nbytes
-        kept = (self.inflight, self.lost, self.last_reply)
-        extra = sum(t.nbytes for t in kept if t is not None)
+        extra = sum(t.nbytes for t in (self.inflight, self.lost) if t is not None)
         return voice + extra + sum(t.nbytes for t in self.turns)
 
     # ---- the turn in flight (filled by the link's reader) ----------------------------------
@@ -230,6 +247,12 @@ class Journal:
         logger.info(f"turn {turn_id} lost with its server: {kept} heard frames kept")
         return t.summary(kept, units)
 
+    @property
+    def last_reply(self) -> InflightTurn | None:
+        """The history's last turn as it was in flight here, if it is a reply that was (None
+        where that is not known: a full copy, a user turn)."""
+        return self.turns[-1].reply if self.turns else None
+
     def ends_with_reply(self, turn_id: int) -> bool:
         """Whether the history's last turn is reply ``turn_id`` as it was in flight here, and
         nothing follows it (no turn in flight, none lost), in a whole history."""
@@ -241,9 +264,10 @@ class Journal:
     def cut_last(self, turn_id: int, heard: int, units: int | None = None) -> TurnSummary | None:
         """Cuts the history's last turn, reply ``turn_id``, to its first ``heard`` frames, as
         the engine's cut would (``AssistantTurn.close``), while no server answers: the restore
-        carries it (a back-to-back barge-in whose newer reply was lost with its server, cut to
-        nothing first; only where ``ends_with_reply``). Returns the interruption's summary;
-        None when all of it was heard (nothing to cut)."""
+        carries it (a reply the server finished, still playing; in a back-to-back barge-in,
+        after the newer reply, lost with its server or finished, was cut to nothing; only where
+        ``ends_with_reply``). Returns the interruption's summary; None when all of it was
+        heard (nothing to cut)."""
         t, last = self.last_reply, self.last_turn()
         if t is None or last is None or not self.ends_with_reply(turn_id):
             raise ValueError(f"turn {turn_id} is not the journal's last reply")
@@ -251,11 +275,15 @@ class Journal:
         if k == len(last.frames):
             return None  # heard whole: nothing to cut
         ids, frames = last.ids[: last.lead + k + 1], last.frames[:k]
-        self.turns[-1:] = [JournalTurn("assistant", ids, last.lead, frames)] if k else []
-        if self.turn_noise is not None:  # as the engine's cut: the draws past the heard never were
-            self.noise = max(0, self.turn_noise + k)
-        if k == 0:  # gone: the turn before it is the last, and where its noise began is unknown
-            self.last_reply = self.turn_noise = None
+        self.turns[-1:] = [JournalTurn("assistant", ids, last.lead, frames, t)] if k else []
+        mark = self.turn_noise
+        if mark is not None:  # as the engine's cut: the draws past the heard never were
+            self.noise = max(0, mark + k)
+        t.drawn = None if mark is None else self.noise - mark
+        if k == 0:  # gone: the turn before it is the last; its noise began its draws before
+            before = self.last_reply
+            known = mark is not None and before is not None and before.drawn is not None
+            self.turn_noise = mark - before.drawn if known else None
         self._lost_from = None  # the lost reply after it was cut to nothing: the noise goes on here
         logger.info(f"turn {turn_id} cut while no server answers: {k} heard frames kept")
         words = heard_units(t.words, k, units) if k > 0 else []
@@ -297,21 +325,26 @@ class Journal:
         # The last turn replaced by one (a cut of it on the server): the same turn.
         recut = not msg.full and len(msg.turns) == 1 and msg.keep == len(self.turns) - msg.drop - 1
         turns = [] if msg.full else self.turns[msg.drop :][: msg.keep]
-        turns += self._turns_of(msg)
+        new = self._turns_of(msg)
         ended = None
         if any(t.role == "assistant" for t in msg.turns):
             ended, self.inflight = self.inflight, None  # it ended: it is in the history now
         elif self.inflight is not None:
             self.inflight.noise = None  # the counter moved under it (a reseed, a resume)
-        if not turns or turns[-1].role != "assistant" or msg.full:
-            self.last_reply = None
-        elif ended is not None:
-            # The reply in flight landed, the last turn: its id and words (its record holds
-            # its rows).
-            self.last_reply = InflightTurn(ended.turn_id, ids=ended.ids, words=ended.words)
-        elif msg.turns and not recut:
-            self.last_reply = None
+        # The reply the last new turn is, where known: the one in flight that landed (also in a
+        # full copy: the first one after a connection may come after it), or the last turn the
+        # server cut (a recut: the same turn).
+        was = None if not self.turns else self.turns[-1].reply
+        reply = was if recut else None
+        if ended is not None and new and ended.made(new[-1]):
+            reply = ended.kept()
+        if reply is not None:
+            new[-1] = replace(new[-1], reply=reply)
+        turns += new
         self.turns = turns
+        last = self.last_reply
+        if last is not None and msg.turn_noise is not None:
+            last.drawn = msg.noise - msg.turn_noise
         self.lost = self._lost_from = None  # a server holds the history: with it, or not
         if msg.full or msg.voice_changed:
             self.voice = None if msg.voice is None else P.codes_from_b64(msg.voice, self.rvq)

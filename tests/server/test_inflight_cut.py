@@ -480,23 +480,26 @@ def test_a_restore_gives_back_where_the_last_reply_s_noise_began(
     assert torch.equal(*replies)
 
 
+@pytest.mark.parametrize("case", ["second-lost", "both-finished", "reseeded-between"])
 @pytest.mark.parametrize("heard", [2, 0])
 async def test_a_back_to_back_barge_in_while_no_server_answers_is_the_journal_s(
-    make_tiny_engine, make_server, heard
+    make_tiny_engine, make_server, heard, case
 ):
     """The server goes while the reply after a first one draws (a back-to-back pair, the
-    first playing), and no server answers within ``reconnect_timeout`` when the barge-in
-    comes. The service cuts the newer reply to nothing, then the playing one: both cuts are
-    the journal's, and the second says what it kept as the engine's cut would (before, it
-    failed after the timeout, an ``ErrorFrame``, and the restore kept all of the first
-    reply). Once a server listens again the restore holds what a local engine holds after the
-    same cuts, and the next seeded reply is the same."""
+    first playing), or once it made both, and no server answers within ``reconnect_timeout``
+    when the barge-in comes. The service cuts the newer reply to nothing, then the playing
+    one: both cuts are the journal's, and the second says what it kept as the engine's cut
+    would (before, it failed after the timeout, an ``ErrorFrame``, and the restore kept all
+    of the first reply; where both were finished, the journal did not know where the first
+    one's noise began). Once a server listens again the restore holds what a local engine
+    holds after the same cuts, and the next seeded reply is the same (also with a reseed
+    between the two replies)."""
     from moss_pipecat.client import RemoteEngine
     from moss_pipecat.server import EngineServer, ServerConfig
     from moss_pipecat.server.config import ServerLimits
 
     from .conftest import TOKEN, eventually
-    from .turns import back_to_back, same_next_reply, speak
+    from .turns import back_to_back, same_next_reply, say, speak
 
     sampled, rules = SamplingParams(), {"eos_min_frames": 60}
     engine = make_tiny_engine(**rules)
@@ -504,14 +507,30 @@ async def test_a_back_to_back_barge_in_while_no_server_answers_is_the_journal_s(
     client = RemoteEngine(server.url, token=TOKEN, reconnect_timeout=0.3)
     session = await client.create_session(conversation_id="b2b-down", sampling=sampled, seed=5)
     local = make_tiny_engine(**rules).create_session(sampling=sampled, seed=5)
-    first, second = await back_to_back(session, local)
+    if case == "second-lost":
+        first, second = await back_to_back(session, local)
+    else:
+        for s in (session, local):
+            await say(s, "Hello there.", 3)
+        first = await speak(session, "How are you?", 6)
+        await first.wait()
+        if case == "reseeded-between":
+            await session.set_sampling(sampled, seed=9)
+        second = await speak(session, "And then.", 4)
+        await second.wait()
     port = server.port
     await server.stop()  # the server goes, and nothing listens in its place
-    await eventually(lambda: second.lost, what="the second reply to be lost")
+    await eventually(lambda: session._link.failure is not None, what="the link to fail")
+    assert second.lost == (case == "second-lost")
     assert (await session.interrupt(0, turn_id=second.turn_id)).heard_frames == 0
     cut = await session.interrupt(heard, turn_id=first.turn_id)
     mine = await speak(local, "How are you?", 6)
     await mine.wait()
+    if case != "second-lost":
+        if case == "reseeded-between":
+            await local.set_sampling(sampled, seed=9)
+        await (await speak(local, "And then.", 4)).wait()
+        assert (await local.interrupt(0)).heard_frames == 0
     my_cut = await local.interrupt(heard)
     assert cut is not None and my_cut is not None
     assert (cut.stop, cut.heard_frames, cut.audio_frames, cut.spoken_text) == (

@@ -1,0 +1,53 @@
+"""A TCP proxy the server tests put between a client and a server to cut the network."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class SeveringProxy:
+    """TCP between the client and the server, which ``sever`` cuts: it aborts every
+    connection it carries and, till ``heal``, closes each new one at once (the server, alive,
+    keeps what it holds)."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.down = port, False
+        self.severed = 0  # partitions so far
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    def sever(self) -> None:
+        self.severed += not self.down
+        self.down = True
+        for w in self._writers:
+            w.transport.abort()
+
+    def heal(self) -> None:
+        self.down = False
+
+    async def stop(self) -> None:
+        self.sever()
+        self.server.close()
+
+    async def _serve(self, client_r, client_w) -> None:
+        if self.down:
+            client_w.transport.abort()
+            return
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.port)
+        self._writers |= {client_w, server_w}
+
+        async def pipe(r, w) -> None:
+            try:
+                while data := await r.read(4096):
+                    w.write(data)
+                    await w.drain()
+            except OSError:
+                pass
+            finally:
+                w.transport.abort()
+                self._writers.discard(w)
+
+        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
