@@ -243,6 +243,8 @@ class Journal:
                 return None  # what was heard never grows back
         self.inflight, self._lost_from, self._lost_heard = None, t, heard
         self.lost = t.cut(heard)
+        if self.lost is not None:  # restored as the last turn: the same reply, its words known
+            self.lost = replace(self.lost, reply=t.kept())
         kept = 0 if self.lost is None else len(self.lost.frames)  # none if it can't be rebuilt
         logger.info(f"turn {turn_id} lost with its server: {kept} heard frames kept")
         return t.summary(kept, units)
@@ -340,6 +342,8 @@ class Journal:
             reply = ended.kept()
         if reply is not None:
             new[-1] = replace(new[-1], reply=reply)
+        if msg.full:
+            self._known_replies(new)
         turns += new
         self.turns = turns
         last = self.last_reply
@@ -351,6 +355,24 @@ class Journal:
         self.seed, self.noise, self.rev = msg.seed, msg.noise, msg.rev
         self.turn_noise = msg.turn_noise
         self.valid = self.valid or msg.full
+
+    def _known_replies(self, new: list[JournalTurn]) -> None:
+        """A full copy's last turns that are this journal's (a restore that landed, a resumed
+        copy): the replies among them keep what the journal knew of them (their words)."""
+        old = self.turns if self.lost is None else [*self.turns, self.lost]
+        for i in range(1, min(len(old), len(new)) + 1):
+            if not old[-i].same(new[-i]):
+                return
+            if new[-i].reply is None:
+                new[-i] = replace(new[-i], reply=old[-i].reply)
+
+    def spoken_text(self, heard: int, units: int | None = None) -> str | None:
+        """What the last turn, a reply cut at ``heard`` frames, said in them, from the words the
+        journal holds of it (None where it holds none: a reply it did not see in flight)."""
+        last = self.last_turn()
+        if last is None or last.reply is None or len(last.frames) != heard:
+            return None
+        return join_units(heard_units(last.reply.words, heard, units)) if heard > 0 else ""
 
     def _turns_of(self, msg: P.History) -> list[JournalTurn]:
         return [

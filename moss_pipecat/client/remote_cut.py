@@ -91,11 +91,22 @@ class RemoteCuts:
                 fields.pop("turn_id", None)
             try:
                 reply = await self._request(link, P.Interrupt, **fields)
-                return lost if reply.summary is None else reply.summary.to_summary()
+                if reply.summary is None:
+                    return lost
+                return self._told(reply.summary.to_summary(), command)
             except ServerUnavailableError as e:
                 if sent == SENDS:
                     raise
                 logger.info(f"conversation {self.id}: a cut lost with its connection ({e}): again")
+
+    def _told(self: RemoteSession, summary: TurnSummary, command: Interrupt) -> TurnSummary:
+        """A server's cut summary; one of a reply it restored says no words (it holds none of
+        their times), so they are the journal's, by the same rule (its history delta, which
+        came first, holds the cut turn)."""
+        if not summary.spoken_text and summary.heard_frames:
+            told = self.journal.spoken_text(summary.heard_frames, command.heard_units)
+            summary.spoken_text = told or ""
+        return summary
 
     def _hold_cut(self: RemoteSession, command: Interrupt, turn_id: int) -> None:
         """A cut made in the journal only, while no server answered: the server that held the
@@ -134,8 +145,8 @@ class RemoteCuts:
         journal's last turn: one the server finished (the last turn, still playing, or one
         before the last: ``turn`` None), opened on the server lost or unreachable."""
         name = turn_id if turn is None else turn.turn_id
-        if name is None or self._turn_made != self._made:
-            return None
+        if name is None or self._turn_made != self._made or not self._names_a_turn_here(name):
+            return None  # (a reply the journal knows from another server may have that id)
         if turn is not None and not turn.ended:
             return None
         return name if self.journal.ends_with_reply(name) else None

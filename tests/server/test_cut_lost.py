@@ -212,7 +212,38 @@ async def test_a_back_to_back_barge_in_over_a_lost_server_keeps_what_was_heard(
     assert session.restored == 1 and len(restored) == 1
     assert (restored[0] is not None) == features  # the first reply's noise start, or none
     assert cut is not None and (cut.stop, cut.heard_frames) == (my_cut.stop, my_cut.heard_frames)
+    # The restored reply's words are the journal's (the server holds none of their times).
+    assert cut.spoken_text == my_cut.spoken_text and my_cut.spoken_text
     assert torch.equal((await session.snapshot())["rows"], (await local.snapshot())["rows"])
     assert await same_next_reply(session, local) or not features
+    await session.close()
+    await remote.aclose()
+
+
+async def test_a_later_cut_of_a_restored_reply_says_its_words(make_tiny_engine, make_server):
+    """A reply lost with its server (gone with the conversation) is cut in the journal at 6
+    heard frames and restored as the last turn; a later decision that heard 3 cuts it on the
+    server that restored it. That cut's summary says the words of those 3 frames, as a cut on
+    a clean call would: they are the journal's (the server holds no word times of a restored
+    reply; before, it said none)."""
+    engine = make_tiny_engine(eos_min_frames=60)
+    server = await make_server(engine, token=TOKEN, idle_expiry_s=0)
+    remote = RemoteEngine(server.url, token=TOKEN)
+    want, _ = await _cut_call(remote, "clean", 3)
+    session = await remote.create_session(conversation_id="restored", sampling=GREEDY)
+    await say(session, "Hello there.", 3)
+    turn = await session.start_turn(max_frames=30)
+    turn.push_text(LONG_TEXT)
+    turn.end_text()
+    await read_chunks(turn, 8)
+    conv = server.hub.conversations["restored"]
+    conv.conn.abort()
+    await conv.session.close()  # as a server that died with it: the conversation is gone
+    await eventually(lambda: turn.lost, what="the reply to be lost")
+    assert (await session.interrupt(6, turn_id=turn.turn_id)).heard_frames == 6
+    assert session.restored == 1
+    cut = await session.interrupt(3, turn_id=turn.turn_id)
+    assert (cut.heard_frames, cut.spoken_text) == (want.heard_frames, want.spoken_text)
+    assert cut.spoken_text and (await session.snapshot())["turn_frames"] == [3, 3]
     await session.close()
     await remote.aclose()
