@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 
 class SeveringProxy:
@@ -49,5 +50,44 @@ class SeveringProxy:
             finally:
                 w.transport.abort()
                 self._writers.discard(w)
+
+        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
+
+
+class DroppingProxy:
+    """TCP between the client and the server; each connection is aborted (both sides) once
+    it has carried a random number of bytes (exponential, ``mean``), unless ``paused``."""
+
+    def __init__(self, port: int, rnd: random.Random, mean: float) -> None:
+        self.port, self.rnd, self.mean = port, rnd, mean
+        self.drops, self.paused = 0, False
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, client_r, client_w) -> None:
+        try:
+            server_r, server_w = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            client_w.close()
+            return
+        left = [int(self.rnd.expovariate(1 / self.mean)) + 200]
+
+        async def pipe(r, w) -> None:
+            try:
+                while data := await r.read(4096):
+                    left[0] -= 0 if self.paused else len(data)
+                    if left[0] < 0:
+                        self.drops += 1
+                        client_w.transport.abort()
+                        server_w.transport.abort()
+                        return
+                    w.write(data)
+                    await w.drain()
+            except OSError:
+                pass
+            finally:
+                w.close()
 
         await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))

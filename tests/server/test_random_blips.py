@@ -11,7 +11,6 @@ before them."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 
@@ -19,55 +18,15 @@ import pytest
 import torch
 
 from moss_pipecat.client import RemoteEngine
-from moss_pipecat.model import SamplingParams
 from moss_pipecat.protocol.errors import ServerUnavailableError
 
 from ..engine.helpers import random_frames
 from .conftest import TOKEN
+from .proxies import DroppingProxy
+from .random_calls import RULES, SAMPLED, reply_text, seed_step, user_step
 
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
-SAMPLED = SamplingParams()
 STEPS = ("speak", "speak", "cut", "user", "user", "voice", "reset", "seed", "speak_cut", "two")
 SEEDS = [int(s) for s in os.environ.get("BLIP_SEEDS", "0,1,2").split(",")]
-
-
-class DroppingProxy:
-    """TCP between the client and the server; each connection is aborted (both sides) once
-    it has carried a random number of bytes (exponential, ``mean``), unless ``paused``."""
-
-    def __init__(self, port: int, rnd: random.Random, mean: float) -> None:
-        self.port, self.rnd, self.mean = port, rnd, mean
-        self.drops, self.paused = 0, False
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def _serve(self, client_r, client_w) -> None:
-        try:
-            server_r, server_w = await asyncio.open_connection("127.0.0.1", self.port)
-        except OSError:
-            client_w.close()
-            return
-        left = [int(self.rnd.expovariate(1 / self.mean)) + 200]
-
-        async def pipe(r, w) -> None:
-            try:
-                while data := await r.read(4096):
-                    left[0] -= 0 if self.paused else len(data)
-                    if left[0] < 0:
-                        self.drops += 1
-                        client_w.transport.abort()
-                        server_w.transport.abort()
-                        return
-                    w.write(data)
-                    await w.drain()
-            except OSError:
-                pass
-            finally:
-                w.close()
-
-        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
 
 
 async def _say(session, text: str, max_frames: int, stop: int | None):
@@ -87,7 +46,7 @@ async def _say(session, text: str, max_frames: int, stop: int | None):
 
 
 async def _reply(rnd, remote, local, step: str) -> None:
-    text = " ".join(rnd.choices(WORDS, k=rnd.randint(1, 8))) + "."
+    text = reply_text(rnd)
     max_frames = rnd.randint(2, 12)
     stop = None if step == "speak" else rnd.randint(1, max_frames)
     turn, got, lost = await _say(remote, text, max_frames, stop)
@@ -107,7 +66,7 @@ async def _reply(rnd, remote, local, step: str) -> None:
 async def _back_to_back(rnd, remote, local) -> None:
     """A reply, the next one opened behind it, then a barge-in while the first plays: as the
     service cuts them, the second to nothing, then the first to what was heard."""
-    text = " ".join(rnd.choices(WORDS, k=rnd.randint(1, 8))) + "."
+    text = reply_text(rnd)
     max_frames = rnd.randint(2, 12)
     first, got, lost = await _say(remote, text, max_frames, None)
     second = (await _say(remote, "And then.", rnd.randint(2, 12), rnd.randint(1, 3)))[0]
@@ -129,13 +88,12 @@ async def test_a_call_through_random_connection_drops_holds_what_a_local_engine_
     make_tiny_engine, make_server, realtime_meta, seed
 ):
     rnd = random.Random(seed)
-    rules = {"eos_min_frames": 80, "eos_after_text": True, "lookahead_s": None}
-    server = await make_server(make_tiny_engine(**rules), token=TOKEN, idle_expiry_s=60)
+    server = await make_server(make_tiny_engine(**RULES), token=TOKEN, idle_expiry_s=60)
     proxy = DroppingProxy(server.port, rnd, mean=20_000)
     url = f"ws://127.0.0.1:{await proxy.start()}/v1/ws"
     client = RemoteEngine(url, token=TOKEN, reconnect_timeout=20)
     remote = await client.create_session(sampling=SAMPLED, seed=1, conversation_id="blips")
-    local = make_tiny_engine(**rules).create_session(sampling=SAMPLED, seed=1)
+    local = make_tiny_engine(**RULES).create_session(sampling=SAMPLED, seed=1)
     done = []
     while len(done) < 25 or proxy.drops < 3:  # 25 steps, and on until 3 drops came
         assert len(done) < 100, "the proxy hardly drops: the test exercises nothing"
@@ -146,11 +104,7 @@ async def test_a_call_through_random_connection_drops_holds_what_a_local_engine_
         elif step == "two":
             await _back_to_back(rnd, remote, local)
         elif step == "user":
-            text = " ".join(rnd.choices(WORDS, k=rnd.randint(1, 6)))
-            frames = random_frames(gen, rnd.randint(1, 8), realtime_meta)
-            ids = local.user_text_ids(text)
-            await remote.add_user_turn(ids, frames)
-            await local.add_user_turn(ids, frames)
+            await user_step(rnd, gen, remote, local, realtime_meta)
         elif step == "voice":
             voice = random_frames(gen, rnd.randint(1, 6), realtime_meta)
             voice = None if rnd.random() < 0.2 else voice
@@ -160,9 +114,7 @@ async def test_a_call_through_random_connection_drops_holds_what_a_local_engine_
             await remote.reset()
             await local.reset()
         else:
-            seed_value = rnd.randrange(100)
-            await remote.set_sampling(SAMPLED, seed=seed_value)
-            await local.set_sampling(SAMPLED, seed=seed_value)
+            await seed_step(rnd, remote, local)
         done.append(step)
         proxy.paused = True  # the comparison's own snapshot is not a fault
         theirs = await remote.snapshot()

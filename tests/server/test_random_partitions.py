@@ -15,21 +15,14 @@ import pytest
 import torch
 
 from moss_pipecat.client import RemoteEngine
-from moss_pipecat.model import SamplingParams
 from moss_pipecat.protocol.errors import ServerUnavailableError
 
-from ..engine.helpers import random_frames
 from .conftest import TOKEN
 from .proxies import SeveringProxy
+from .random_calls import RULES, SAMPLED, reply_text, seed_step, user_step
 
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
-SAMPLED = SamplingParams()
 STEPS = ("speak", "cut", "cut", "two", "user", "seed")
 SEEDS = [int(s) for s in os.environ.get("PARTITION_SEEDS", "0,1").split(",")]
-
-
-def _text(rnd: random.Random) -> str:
-    return " ".join(rnd.choices(WORDS, k=rnd.randint(1, 8))) + "."
 
 
 async def _read(turn, stop: int | None, proxy: SeveringProxy | None, sever_at: int | None):
@@ -60,7 +53,7 @@ async def _local_reply(local, text: str, max_frames: int, heard: int | None):
 
 
 async def _reply(rnd, remote, local, proxy, step: str) -> None:
-    text, max_frames = _text(rnd), rnd.randint(2, 12)
+    text, max_frames = reply_text(rnd), rnd.randint(2, 12)
     stop = rnd.randint(1, max_frames) if step == "cut" else None
     sever_at = rnd.choice([None, rnd.randint(0, max_frames)])
     turn = await remote.start_turn(max_frames=max_frames)
@@ -85,7 +78,7 @@ async def _reply(rnd, remote, local, proxy, step: str) -> None:
 async def _back_to_back(rnd, remote, local, proxy) -> None:
     """A reply, the next one opened behind it while the first plays, the network cut (or
     not), then the barge-in: the second cut to nothing, then the first to what was heard."""
-    text, max_frames = _text(rnd), rnd.randint(2, 12)
+    text, max_frames = reply_text(rnd), rnd.randint(2, 12)
     first = await remote.start_turn(max_frames=max_frames)
     first.push_text(text)
     first.end_text()
@@ -111,12 +104,11 @@ async def test_a_call_through_random_partitions_holds_what_a_local_engine_holds(
     make_tiny_engine, make_server, realtime_meta, seed
 ):
     rnd = random.Random(seed)
-    rules = {"eos_min_frames": 80, "eos_after_text": True, "lookahead_s": None}
-    server = await make_server(make_tiny_engine(**rules), token=TOKEN, idle_expiry_s=60)
+    server = await make_server(make_tiny_engine(**RULES), token=TOKEN, idle_expiry_s=60)
     proxy = SeveringProxy(server.port)
     client = RemoteEngine(await proxy.start(), token=TOKEN, reconnect_timeout=0.3)
     remote = await client.create_session(sampling=SAMPLED, seed=1, conversation_id="partitions")
-    local = make_tiny_engine(**rules).create_session(sampling=SAMPLED, seed=1)
+    local = make_tiny_engine(**RULES).create_session(sampling=SAMPLED, seed=1)
     done = []
     try:
         while len(done) < 16 or proxy.severed < 4:  # 16 steps, and on until 4 partitions
@@ -128,15 +120,9 @@ async def test_a_call_through_random_partitions_holds_what_a_local_engine_holds(
                 await _back_to_back(rnd, remote, local, proxy)
             elif step == "user":
                 gen = torch.Generator().manual_seed(rnd.randrange(10**6))
-                text = " ".join(rnd.choices(WORDS, k=rnd.randint(1, 6)))
-                frames = random_frames(gen, rnd.randint(1, 8), realtime_meta)
-                ids = local.user_text_ids(text)
-                await remote.add_user_turn(ids, frames)
-                await local.add_user_turn(ids, frames)
+                await user_step(rnd, gen, remote, local, realtime_meta)
             else:
-                seed_value = rnd.randrange(100)
-                await remote.set_sampling(SAMPLED, seed=seed_value)
-                await local.set_sampling(SAMPLED, seed=seed_value)
+                await seed_step(rnd, remote, local)
             done.append(step)
             theirs = await remote.snapshot()
             assert torch.equal(theirs["rows"], (await local.snapshot())["rows"]), done

@@ -1,0 +1,38 @@
+"""What the random remote-call tests (connection drops, partitions) share: the words of their
+replies, the engine rules of both twins, and the steps that do the same on the call and on
+its local twin (remote == local is checked after each)."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from moss_pipecat.model import SamplingParams
+
+from ..engine.helpers import random_frames
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+SAMPLED = SamplingParams()
+# A turn ends soon after its text (never at a random EOS first); frames come as made.
+RULES = {"eos_min_frames": 80, "eos_after_text": True, "lookahead_s": None}
+
+
+def reply_text(rnd: random.Random) -> str:
+    return " ".join(rnd.choices(WORDS, k=rnd.randint(1, 8))) + "."
+
+
+async def user_step(rnd: random.Random, gen: torch.Generator, remote, local, meta) -> None:
+    """A user turn (a random transcript, and codec frames drawn from ``gen``) on both."""
+    text = " ".join(rnd.choices(WORDS, k=rnd.randint(1, 6)))
+    frames = random_frames(gen, rnd.randint(1, 8), meta)
+    ids = local.user_text_ids(text)
+    await remote.add_user_turn(ids, frames)
+    await local.add_user_turn(ids, frames)
+
+
+async def seed_step(rnd: random.Random, remote, local) -> None:
+    """A reseed of both: the noise restarts."""
+    seed_value = rnd.randrange(100)
+    await remote.set_sampling(SAMPLED, seed=seed_value)
+    await local.set_sampling(SAMPLED, seed=seed_value)
