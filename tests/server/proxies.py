@@ -8,29 +8,38 @@ import random
 
 class SeveringProxy:
     """TCP between the client and the server, which ``sever`` cuts: it aborts every
-    connection it carries and, till ``heal``, closes each new one at once (the server, alive,
-    keeps what it holds)."""
+    connection it carries (``silent=False``: both ends see the cut at once) or leaves them
+    open and carries nothing more (``silent=True``: a partition, as a network's; each end
+    finds out by its own timeouts, and a close from one end reaches the other only once the
+    network heals). Till ``heal`` it closes each new connection at once. The server, alive,
+    keeps what it holds."""
 
     def __init__(self, port: int) -> None:
         self.port, self.down = port, False
+        self.silent = False  # how ``sever`` cuts unless told
         self.severed = 0  # partitions so far
         self._writers: set[asyncio.StreamWriter] = set()
+        self._healed = asyncio.Event()
 
     async def start(self) -> str:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
-    def sever(self) -> None:
+    def sever(self, silent: bool | None = None) -> None:
         self.severed += not self.down
         self.down = True
-        for w in self._writers:
-            w.transport.abort()
+        self._healed.clear()
+        if not (self.silent if silent is None else silent):
+            for w in list(self._writers):
+                w.transport.abort()
 
     def heal(self) -> None:
         self.down = False
+        self._healed.set()
 
     async def stop(self) -> None:
         self.sever()
+        self.heal()
         self.server.close()
 
     async def _serve(self, client_r, client_w) -> None:
@@ -43,11 +52,14 @@ class SeveringProxy:
         async def pipe(r, w) -> None:
             try:
                 while data := await r.read(4096):
-                    w.write(data)
-                    await w.drain()
+                    if not self.down:  # (down: lost in the partition)
+                        w.write(data)
+                        await w.drain()
             except OSError:
                 pass
             finally:
+                if self.down:  # the close crosses the network once it heals
+                    await self._healed.wait()
                 w.transport.abort()
                 self._writers.discard(w)
 

@@ -17,11 +17,14 @@ from .conftest import TOKEN, eventually
 from .proxies import SeveringProxy
 from .turns import LONG_TEXT, back_to_back, read_chunks, same_next_reply, say, speak
 
+KINDS = ("in-flight", "finished", "back-to-back")
+# (case, heard, silent): a silent partition takes the keepalive's time to be found; once each.
+CASES = [(c, heard, False) for c in KINDS for heard in (3, 0)] + [(c, 3, True) for c in KINDS]
 
-@pytest.mark.parametrize("heard", [3, 0])
-@pytest.mark.parametrize("case", ["in-flight", "finished", "back-to-back"])
+
+@pytest.mark.parametrize(("case", "heard", "silent"), CASES)
 async def test_a_cut_made_while_the_server_was_unreachable_is_made_when_it_resumes_the_call(
-    make_tiny_engine, make_server, case, heard
+    make_tiny_engine, make_server, case, heard, silent
 ):
     """In flight: the reply playing when the partition came, 8 frames read, cut at ``heard``.
     Finished: the server had sent all of it, and it plays on (before, its cut failed after
@@ -29,12 +32,15 @@ async def test_a_cut_made_while_the_server_was_unreachable_is_made_when_it_resum
     reply after a first one draws when the partition comes; the service cuts the newer one to
     nothing, then the playing one at ``heard``. After the partition the same server resumes
     the call (nothing restored): its rows are a local engine's after the same cuts, and the
-    next seeded reply is the same."""
+    next seeded reply is the same. Silent: the partition closes no connection; the client
+    finds its link dead by its keepalive, and the server still holds the old connection (and
+    the reply in flight on it) when the new one takes the call over."""
     sampled, rules = SamplingParams(), {"eos_min_frames": 60}
     engine = make_tiny_engine(**rules)
     server = await make_server(engine, token=TOKEN, idle_expiry_s=60)
     proxy = SeveringProxy(server.port)
-    client = RemoteEngine(await proxy.start(), token=TOKEN, reconnect_timeout=0.3)
+    keepalive = {"ping_interval": 0.2, "ping_timeout": 0.3} if silent else {}
+    client = RemoteEngine(await proxy.start(), token=TOKEN, reconnect_timeout=0.3, **keepalive)
     session = await client.create_session(conversation_id=f"cut-{case}", sampling=sampled, seed=5)
     local = make_tiny_engine(**rules).create_session(sampling=sampled, seed=5)
     try:
@@ -51,7 +57,7 @@ async def test_a_cut_made_while_the_server_was_unreachable_is_made_when_it_resum
             mine.push_text("How are you?")
             mine.end_text()
             await mine.wait()
-        proxy.sever()
+        proxy.sever(silent)
         await eventually(lambda: session._link.failure is not None, what="the link to fail")
         assert newer.lost == (case != "finished")
         if newer is not playing:
