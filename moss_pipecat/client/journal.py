@@ -347,8 +347,8 @@ class Journal:
         turns += new
         self.turns = turns
         last = self.last_reply
-        if last is not None and msg.turn_noise is not None:
-            last.drawn = msg.noise - msg.turn_noise
+        if last is not None and msg.turn_noise is not None and self.inflight is None:
+            last.drawn = msg.noise - msg.turn_noise  # (a turn in flight draws on the counter)
         self.lost = self._lost_from = None  # a server holds the history: with it, or not
         if msg.full or msg.voice_changed:
             self.voice = None if msg.voice is None else P.codes_from_b64(msg.voice, self.rvq)
