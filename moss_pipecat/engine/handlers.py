@@ -120,14 +120,21 @@ def interrupt(core: EngineCore, sid: str, c: Interrupt) -> TurnSummary | None:
         s.to_feed = None
         core.end_turn(s, summary)
         return summary
-    last = s.history.turns[-1] if s.history.turns else None
-    if not isinstance(last, AssistantTurn) or c.turn_id not in (None, last.turn_id):
+    turns = s.history.turns
+    index = len(turns) - 1
+    while index >= 0 and not isinstance(turns[index], AssistantTurn):
+        index -= 1  # user turns added while the reply still played (heard or not, it was first)
+    last = turns[index] if index >= 0 else None
+    named = last is not None and c.turn_id == last.turn_id
+    if last is None or not (named or (c.turn_id is None and index == len(turns) - 1)):
         return None  # nothing is being said (or not the turn named): a no-op
     if heard >= last.audio_frames(core.layout.audio_eos):
         return None  # everything was heard already
     summary = TurnSummary(last.turn_id, "interrupted", text_ids=list(last.text_ids))
     summary.text = last.text
-    core.close_record(s, len(s.history.turns) - 1, heard, summary, c.heard_units)
+    # The user turns after it keep their rows; the cache is rolled back to the cut and they
+    # are prefilled again with the next turn.
+    core.close_record(s, index, heard, summary, c.heard_units)
     return summary
 
 
