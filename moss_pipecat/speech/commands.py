@@ -122,8 +122,10 @@ class Interrupt(_Command):
     (at most the units placed). None: the units placed in the heard frames.
 
     ``turn_id``: cut only that turn; where it is not the open or just finished turn (it was
-    cut away already, or another came after it) nothing is cut. A cut sent again after its
-    reply was lost names its turn, so it never cuts the turn before it."""
+    cut away already, or another reply came after it) nothing is cut. Named, the reply is cut
+    also where only user turns came after it (the user spoke over its tail): they stay after
+    the cut. A cut sent again after its reply was lost names its turn, so it never cuts the
+    turn before it."""
 
     heard_frames: int
     heard_units: int | None = None
