@@ -96,18 +96,22 @@ class InflightTurn:
         words = sum(len(w[0]) + 8 for w in self.words)
         return 4 * len(self.ids) + sum(f.nbytes for f in self.frames) + words
 
+    def spoken(self, kept: int, units: int | None) -> str:
+        """The words heard in its first ``kept`` frames (``units`` of them, if counted), as the
+        engine's cut says them (``heard_units``)."""
+        return join_units(heard_units(self.words, kept, units)) if kept > 0 else ""
+
     def summary(self, kept: int, units: int | None) -> TurnSummary:
         """What an interruption that kept ``kept`` of its frames in the history (``units``
         units, if counted) says of it, as the engine's would: its frames so far, those kept,
         the words heard in them."""
-        words = heard_units(self.words, kept, units) if kept > 0 else []
         return TurnSummary(
             self.turn_id,
             "interrupted",
             audio_frames=len(self.frames),
             heard_frames=kept,
             text_ids=list(self.ids),
-            spoken_text=join_units(words),
+            spoken_text=self.spoken(kept, units),
         )
 
     def cut(self, heard: int) -> JournalTurn | None:
@@ -288,14 +292,13 @@ class Journal:
             self.turn_noise = mark - before.drawn if known else None
         self._lost_from = None  # the lost reply after it was cut to nothing: the noise goes on here
         logger.info(f"turn {turn_id} cut while no server answers: {k} heard frames kept")
-        words = heard_units(t.words, k, units) if k > 0 else []
         return TurnSummary(
             turn_id,
             "interrupted",
             audio_frames=len(last.frames),
             heard_frames=k,
             text_ids=list(t.ids),
-            spoken_text=join_units(words),
+            spoken_text=t.spoken(k, units),
         )
 
     def apply(self, msg: P.History) -> None:
@@ -336,8 +339,7 @@ class Journal:
         # The reply the last new turn is, where known: the one in flight that landed (also in a
         # full copy: the first one after a connection may come after it), or the last turn the
         # server cut (a recut: the same turn).
-        was = None if not self.turns else self.turns[-1].reply
-        reply = was if recut else None
+        reply = self.last_reply if recut else None  # (the turns before this delta)
         if ended is not None and new and ended.made(new[-1]):
             reply = ended.kept()
         if reply is not None:
@@ -372,7 +374,7 @@ class Journal:
         last = self.last_turn()
         if last is None or last.reply is None or len(last.frames) != heard:
             return None
-        return join_units(heard_units(last.reply.words, heard, units)) if heard > 0 else ""
+        return last.reply.spoken(heard, units)
 
     def _turns_of(self, msg: P.History) -> list[JournalTurn]:
         return [
