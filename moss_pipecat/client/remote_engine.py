@@ -240,9 +240,12 @@ class RemoteEngine:
             **_no_proxy(),
         )
         try:
-            await asyncio.wait_for(ws.send(session.hello().to_json()), self.connect_timeout)
+            hello = session.hello()
+            await asyncio.wait_for(ws.send(hello.to_json()), self.connect_timeout)
             reply = P.parse_server_message(await asyncio.wait_for(ws.recv(), self.connect_timeout))
             if isinstance(reply, P.ErrorReply):
+                if reply.code == "bad_message" and session.refused_history_at(hello):
+                    raise ServerUnavailableError(f"{url} refused history_at: {reply.message}")
                 raise reply.to_exception()
             if not isinstance(reply, P.Ready):
                 raise ProtocolError(f"expected ready, got {getattr(reply, 'type', None)!r}")

@@ -86,6 +86,7 @@ class RemoteSession(RemoteCuts):
         self.journal = Journal()
         self.audio: P.AudioInfo | None = None  # what the server's frames carry
         self.server_id: str | None = None  # the server (replica) the last connection reached
+        self._features: tuple[str, ...] = ()  # the optional fields its ``ready`` listed
         self._sampling = sampling
         self._seed = created.seed
         self._voice: tuple[str, bytes, int | None] | None = None  # re-sent after a history loss
@@ -246,7 +247,26 @@ class RemoteSession(RemoteCuts):
             sampling=None if self._sampling is None else _wire_sampling(self._sampling),
             seed=self._seed,
             history=self.engine.journal or None,
+            history_at=self._history_at(),
         )
+
+    def _history_at(self) -> P.HistoryAt | None:
+        """Where the journal's copy of the history is a server's, untouched since its last
+        delta: resumed there, the server sends only what changed since."""
+        at, server = self.journal.at, self.server_id
+        if at is None or server is None or P.HELLO_HISTORY_AT not in self._features:
+            return None
+        return P.HistoryAt(server=server, rev=at)
+
+    def refused_history_at(self, hello: P.Hello) -> bool:
+        """The server refused ``hello`` (``bad_message``): if it said ``history_at``, the server
+        may be older than the field (a rollback behind the same URL), so the hellos say it no
+        more till a ``ready`` lists it; True then (say hello again)."""
+        if hello.history_at is None:
+            return False
+        logger.info(f"conversation {self.id}: hello refused with history_at; again without")
+        self._features = ()
+        return True
 
     def take_ready(self, ready: P.Ready) -> None:
         """Takes what the server's ``ready`` says about the conversation."""
@@ -264,7 +284,9 @@ class RemoteSession(RemoteCuts):
             # Resumed by another server than the last one: its copy may predate what was said
             # there (``Journal.verify_due``). Set before the link reads the full history.
             self.journal.verify_due = self.journal.restorable
-        self.server_id = ready.server_id
+        if not ready.resumed or ready.server_id != self.server_id:
+            self.journal.unsync()  # its copy is not this server's conversation's
+        self.server_id, self._features = ready.server_id, ready.features
 
     def take_history(self, msg: P.History) -> None:
         """Takes a ``history`` delta's fresh resume ticket (after the journal took it)."""

@@ -41,7 +41,11 @@ Client -> server (JSON)
                     seed?, history? (sampling/seed apply to a new conversation only;
                     resume_secret is required when conversation_id names a live
                     conversation; resume_ticket: the last one the client was given;
-                    history: the client keeps a journal, send it ``history`` deltas)
+                    history: the client keeps a journal, send it ``history`` deltas;
+                    history_at? {server, rev}, feature ``hello.history_at``: the journal
+                    holds server ``server``'s history as of its delta ``rev``, so a resume
+                    on that server, at that rev, gets a delta after ``ready``, not the
+                    full history)
     ``turn.start``  req, max_frames?, min_frames?, eos_after_text?
                                                      -> ``turn.started`` {req, turn_id}
     ``turn.text``   turn_id, text                    (no reply; a failure ends the turn)
@@ -111,7 +115,9 @@ Server -> client
                      voice, seed, noise, turn_noise, resume_ticket: what changed in the
                      conversation's history, sent to a client whose hello asked for
                      ``history`` after every change (before the ``result`` or ``turn.end``
-                     of what changed it) and, full, after a ``ready`` that resumed; the
+                     of what changed it) and after a ``ready`` that resumed: full, or what
+                     changed since the hello's ``history_at`` where that is this server's
+                     last delta; the
                      client keeps it to ``restore`` the conversation on a server that lost
                      it (resume_ticket: a fresh one)
     ``result``       req, plus what the request returns (``summary``, ``snapshot``)
@@ -156,6 +162,7 @@ from moss_pipecat.protocol.client_messages import (
     CONVERSATION_ID_PATTERN,
     CUT_NAMES_TURN,
     FEATURES,
+    HELLO_HISTORY_AT,
     PROTOCOL_VERSION,
     RESTORE_TURN_NOISE,
     RESUME_SECRET_PATTERN,
@@ -164,6 +171,7 @@ from moss_pipecat.protocol.client_messages import (
     Close,
     Finite,
     Hello,
+    HistoryAt,
     Interrupt,
     Limits,
     MessageError,
@@ -246,6 +254,7 @@ __all__ = [
     "ERROR_CODES",
     "ERROR_SUBCODES",
     "FEATURES",
+    "HELLO_HISTORY_AT",
     "MAX_REPETITION_WINDOW",
     "MAX_TOP_K",
     "PROTOCOL_VERSION",
@@ -263,6 +272,7 @@ __all__ = [
     "GoAway",
     "Hello",
     "History",
+    "HistoryAt",
     "HistoryTurn",
     "Interrupt",
     "Limits",

@@ -35,7 +35,8 @@ PROTOCOL_VERSION = 1
 # one only to a server that names it (an older server refuses a field it does not know).
 CUT_NAMES_TURN = "interrupt.turn_id"
 RESTORE_TURN_NOISE = "restore.turn_noise"
-FEATURES = (CUT_NAMES_TURN, RESTORE_TURN_NOISE)
+HELLO_HISTORY_AT = "hello.history_at"
+FEATURES = (CUT_NAMES_TURN, RESTORE_TURN_NOISE, HELLO_HISTORY_AT)
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 # ``secrets.token_urlsafe(16..192)``: a proposed secret has at least 128 bits if drawn at random
 RESUME_SECRET_PATTERN = r"^[A-Za-z0-9_-]{22,256}$"
@@ -125,6 +126,14 @@ Seed = Annotated[int, AfterValidator(F.seed)]
 TokenIds = Annotated[list[int], AfterValidator(lambda ids: list(F.token_ids("text ids", ids)))]
 
 
+class HistoryAt(_Msg):
+    """The history a client holds of a conversation: the server's that it came from (its
+    ``ready.server_id``) and its last ``history`` delta's ``rev``."""
+
+    server: Annotated[str, Field(min_length=1, max_length=256)]
+    rev: Annotated[int, Field(ge=1, lt=REQ_LIMIT)]
+
+
 class Hello(_Msg):
     type: Literal["hello"] = "hello"
     v: int = PROTOCOL_VERSION
@@ -135,6 +144,9 @@ class Hello(_Msg):
     sampling: Sampling | None = None
     seed: Seed | None = None
     history: bool = False  # send ``history`` deltas (the client keeps a journal)
+    # Feature ``hello.history_at``: the journal holds that server's history as of that delta,
+    # so a resume there sends what changed since (else the full history)
+    history_at: HistoryAt | None = None
 
 
 class TurnStart(_CommandMsg):

@@ -97,7 +97,11 @@ async def run_handshake(hub: ConversationHub, conn: Connection) -> bool:
             idle_expiry_s=hub.limits.idle_expiry_s,
         ),
     )
-    await greet(conv, conn, ready)
+    at = hello.history_at  # the journal's rev, if this server's (else a full history)
+    since = at.rev if at is not None and at.server == hub.server_id else None
+    history = await greet(conv, conn, ready, since)
+    if history is not None:
+        hub.metrics.resumes.inc(history=history)
     await hub.tell_to_move(conn)  # a drain that began during the handshake
     return True
 

@@ -40,15 +40,24 @@ async def send_history(conv: Conversation, full: bool = False) -> None:
         await _send_delta(conv, conn, full)
 
 
-async def greet(conv: Conversation, conn: Connection, ready: P.Ready) -> None:
+async def greet(
+    conv: Conversation, conn: Connection, ready: P.Ready, since: int | None
+) -> str | None:
     """The handshake's last step: ``ready``, then (a resumed conversation whose client keeps a
-    journal, which may have missed deltas while it was away) the full history; no delta can
-    come between them (``history_lock``), and the connection is ready after both."""
+    journal, which may have missed deltas while it was away) its history: what changed since
+    delta ``since`` where the journal holds this server's last delta (``hello.history_at``; a
+    delta sent to a connection that departed counts, so a journal that may have missed one
+    is behind), else the full one; no delta can come between them (``history_lock``), and the
+    connection is ready after both. Returns which history it sent ("delta", "full"), if any."""
+    sent = None
     async with conv.history_lock:
         await conn.send_message(ready)
         if ready.resumed and conn.history:
-            await _send_delta(conv, conn, full=True)
+            caught_up = since == conv.history_rev and conv.cursor.started
+            await _send_delta(conv, conn, full=not caught_up)
+            sent = "delta" if caught_up else "full"
         conn.ready = True
+    return sent
 
 
 async def _send_delta(conv: Conversation, conn: Connection, full: bool) -> None:

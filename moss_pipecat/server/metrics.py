@@ -189,6 +189,13 @@ class ServerMetrics:
             "Conversations given back to the client whose resume ticket proved it made them "
             "first (the holder, who made them anew after their server was lost, is closed).",
         )
+        self.resumes = _Counter(
+            r,
+            "moss_server_history_resumes",
+            "Conversations resumed by a client that keeps a journal, by the history sent after "
+            "ready: delta (what changed since the journal's last delta, hello.history_at), full.",
+            ["history"],
+        )
         self.misrouted = _Counter(
             r,
             "moss_server_hellos_misrouted",

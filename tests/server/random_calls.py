@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import torch
 
+from moss_pipecat.engine.records import HistoryCursor
 from moss_pipecat.model import SamplingParams
 
 from ..engine.helpers import random_frames
@@ -36,3 +38,25 @@ async def seed_step(rnd: random.Random, remote, local) -> None:
     seed_value = rnd.randrange(100)
     await remote.set_sampling(SAMPLED, seed=seed_value)
     await local.set_sampling(SAMPLED, seed=seed_value)
+
+
+async def assert_the_journal_holds_the_servers(remote, server) -> None:
+    """The session's journal holds the history its server holds (turns, voice, noise): what a
+    restore would give back, however the journal got there (deltas, full copies, resumes)."""
+    conv = server.hub.conversations[remote.id]
+    change = await conv.session.history_delta(HistoryCursor(), full=True)  # (not the feed's)
+    j = remote.journal
+    assert j.valid and j.lost is None and not (j.restore_due or j.stale)
+    assert len(j.turns) == len(change.turns)
+    for mine, theirs in zip(j.turns, change.turns, strict=True):
+        assert (mine.role, mine.lead, list(mine.ids)) == (
+            theirs.role,
+            theirs.lead,
+            list(theirs.text_ids),
+        )
+        assert np.array_equal(mine.frames, theirs.frames.numpy())
+    voice = None if change.voice is None else change.voice.numpy()
+    assert (j.voice is None) == (voice is None) and (
+        voice is None or np.array_equal(j.voice, voice)
+    )
+    assert (j.seed, j.noise, j.turn_noise) == (change.seed, change.noise_counter, change.turn_noise)

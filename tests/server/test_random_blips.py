@@ -23,7 +23,14 @@ from moss_pipecat.protocol.errors import ServerUnavailableError
 from ..engine.helpers import random_frames
 from .conftest import TOKEN
 from .proxies import DroppingProxy
-from .random_calls import RULES, SAMPLED, reply_text, seed_step, user_step
+from .random_calls import (
+    RULES,
+    SAMPLED,
+    assert_the_journal_holds_the_servers,
+    reply_text,
+    seed_step,
+    user_step,
+)
 
 STEPS = ("speak", "speak", "cut", "user", "user", "voice", "reset", "seed", "speak_cut", "two")
 SEEDS = [int(s) for s in os.environ.get("BLIP_SEEDS", "0,1,2").split(",")]
@@ -120,5 +127,14 @@ async def test_a_call_through_random_connection_drops_holds_what_a_local_engine_
         theirs = await remote.snapshot()
         proxy.paused = False
         assert torch.equal(theirs["rows"], (await local.snapshot())["rows"]), done
+        await assert_the_journal_holds_the_servers(remote, server)
     assert proxy.drops >= 3 and remote.reconnects >= 3 and remote.history_lost == 0
+    print(
+        "RESUMES",
+        remote.reconnects,
+        "copies",
+        remote.journal.copies,
+        "deltas",
+        remote.journal.deltas,
+    )
     await client.aclose()

@@ -20,7 +20,14 @@ from moss_pipecat.protocol.errors import ServerUnavailableError
 
 from .conftest import TOKEN
 from .proxies import SeveringProxy
-from .random_calls import RULES, SAMPLED, reply_text, seed_step, user_step
+from .random_calls import (
+    RULES,
+    SAMPLED,
+    assert_the_journal_holds_the_servers,
+    reply_text,
+    seed_step,
+    user_step,
+)
 
 STEPS = ("speak", "cut", "cut", "two", "user", "seed")
 SEEDS = [int(s) for s in os.environ.get("PARTITION_SEEDS", "0,1").split(",")]
@@ -130,6 +137,7 @@ async def test_a_call_through_random_partitions_holds_what_a_local_engine_holds(
             done.append(step)
             theirs = await remote.snapshot()
             assert torch.equal(theirs["rows"], (await local.snapshot())["rows"]), done
+            await assert_the_journal_holds_the_servers(remote, server)
         assert remote.resumed and remote.restored == 0 and remote.history_lost == 0
         await remote.close()
     finally:

@@ -163,10 +163,10 @@ async def test_a_resuming_client_hears_ready_before_any_history(
     conv = server.hub.conversations["r-2"]
     real_greet = handshake.greet
 
-    async def late_greet(conv, conn, ready):
+    async def late_greet(conv, conn, ready, since):
         # The taken-over turn ends (and its pump asks for a delta) before the ready goes out.
         await eventually(lambda: conv.turn is None, what="the cut turn to end")
-        await real_greet(conv, conn, ready)
+        return await real_greet(conv, conn, ready, since)
 
     monkeypatch.setattr(handshake, "greet", late_greet)
     ws = await raw_hello(
