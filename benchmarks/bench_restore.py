@@ -12,6 +12,11 @@ and what keeping the reply in flight costs (the text ids that come with its fram
 ``turn.words``, the journal's copy of its frames): bytes on the wire per second of audio, beside
 the audio's own, and the client CPU.
 
+A call whose connection drops while its server lives on resumes there: the history that follows
+the ``ready`` is what changed since the journal's last delta (``hello.history_at``), or the full
+one (a journal that names no copy, forced here with ``Journal.unsync``). ``resume`` reports both:
+the history's wire bytes and the time from the drop to the next reply's first audio.
+
 A long call's restore without generating all of it: ``--replay-minutes`` repeats the real call's
 journal turns (valid records, whatever their order) up to that length before the loss, so the
 new server restores that much history (the timing is what is measured; the rows of such a
@@ -109,8 +114,8 @@ class InflightMeter:
         }
 
 
-async def speak(session, text: str, frames: int) -> float | None:
-    """One reply; returns when its first frame came (perf_counter)."""
+async def speak(session, text: str, frames: int, at_first=None) -> float | None:
+    """One reply; returns when its first frame came (perf_counter), calling ``at_first`` then."""
     turn = await session.start_turn(max_frames=frames, min_frames=frames)
     turn.push_text(text)
     turn.end_text()
@@ -118,6 +123,8 @@ async def speak(session, text: str, frames: int) -> float | None:
     async for _ in turn:
         if first is None:
             first = time.perf_counter()
+            if at_first is not None:
+                at_first()
     return first
 
 
@@ -131,6 +138,33 @@ async def call(
         ids = torch.randint(*text_ids, (10,), generator=gen).tolist()
         await session.add_user_turn(ids, codes)
         await speak(session, REPLY, BOT_FRAMES)
+
+
+async def resumes(session, meter: JournalMeter, repeats: int) -> dict:
+    """The call's connection dropped ``repeats`` times per kind (its server keeps it): the
+    wire bytes of the history after each resumed ``ready`` (delta, or full where the journal
+    names no copy), and drop -> the next reply's first audio."""
+    out = {}
+    for kind in ("delta", "full"):
+        sizes, times, copies = [], [], session.journal.copies
+        for _ in range(repeats):
+            if kind == "full":
+                session.journal.unsync()
+            meter.reset()
+            dropped = time.perf_counter()
+            session._link.ws.transport.abort()  # the connection only (a benchmark's liberty)
+            # (the history deltas up to the first audio: the resume's, not the reply's own)
+            first = await speak(
+                session, "Where were we?", 4, lambda into=sizes: into.append(meter.wire_bytes)
+            )
+            times.append(first - dropped)
+        assert session.resumed and (session.journal.copies > copies) == (kind == "full")
+        out[kind] = {
+            "history_wire_bytes_median": statistics.median(sizes),
+            "drop_to_first_audio_ms_median": 1e3 * statistics.median(times),
+            "samples_ms": [1e3 * t for t in times],
+        }
+    return out
 
 
 async def lose_server(server: EngineServer, engine) -> EngineServer:
@@ -176,6 +210,7 @@ async def run(args) -> dict:
                 audio = session.audio  # a frame's message: header, codes, PCM
                 frame_bytes = P.AUDIO_HEADER.size + 2 * audio.rvq + 2 * audio.frame_samples
                 out["inflight"] = inflight.report(frame_bytes)
+                out["resume"] = await resumes(session, meter, args.repeats)
                 if args.replay_minutes:  # after the journal's own figures
                     copies = max(1, round(args.replay_minutes / args.minutes))
                     session.journal.turns = session.journal.turns * copies
@@ -233,7 +268,7 @@ def main() -> None:
         **asyncio.run(run(args)),
         "load_average_1_5_15min": os.getloadavg(),  # a shared box: what else ran beside it
     }
-    j = result["journal"]
+    j, r = result["journal"], result["resume"]
     restored = result["reachable_to_first_audio_ms_restored"]["median"]
     afresh = result["reachable_to_first_audio_ms_no_journal"]["median"]
     emit(
@@ -243,7 +278,9 @@ def main() -> None:
         f"journal {j['bytes_in_memory_per_minute'] / 1024:.1f} KiB/min in memory, "
         f"{j['wire_bytes_per_minute'] / 1024:.1f} KiB/min on the wire, "
         f"{j['client_cpu_ms_per_minute']:.1f} ms CPU/min; the reply in flight: "
-        f"{result['inflight']['text_wire_bytes_per_audio_second']:.0f} B/s of audio on the wire",
+        f"{result['inflight']['text_wire_bytes_per_audio_second']:.0f} B/s of audio on the wire; "
+        f"a resume's history {r['delta']['history_wire_bytes_median'] / 1024:.1f} KiB "
+        f"(full: {r['full']['history_wire_bytes_median'] / 1024:.1f} KiB)",
     )
 
 

@@ -276,6 +276,8 @@ def test_restore(bench):
     assert journal["wire_bytes_per_minute"] > journal["bytes_in_memory_per_minute"]
     for key in ("restored", "no_journal"):
         assert out[f"reachable_to_first_audio_ms_{key}"]["median"] > 0
+    delta, full = out["resume"]["delta"], out["resume"]["full"]  # (kinds checked in the run)
+    assert 0 < delta["history_wire_bytes_median"] < full["history_wire_bytes_median"]
 
 
 def test_openmp_wait(bench):

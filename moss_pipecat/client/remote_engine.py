@@ -244,7 +244,7 @@ class RemoteEngine:
             await asyncio.wait_for(ws.send(hello.to_json()), self.connect_timeout)
             reply = P.parse_server_message(await asyncio.wait_for(ws.recv(), self.connect_timeout))
             if isinstance(reply, P.ErrorReply):
-                if reply.code == "bad_message" and session.refused_history_at(hello):
+                if reply.code == "bad_message" and session.refused_history_at(hello, reply.message):
                     raise ServerUnavailableError(f"{url} refused history_at: {reply.message}")
                 raise reply.to_exception()
             if not isinstance(reply, P.Ready):

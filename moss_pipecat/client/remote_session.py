@@ -258,11 +258,11 @@ class RemoteSession(RemoteCuts):
             return None
         return P.HistoryAt(server=server, rev=at)
 
-    def refused_history_at(self, hello: P.Hello) -> bool:
-        """The server refused ``hello`` (``bad_message``): if it said ``history_at``, the server
-        may be older than the field (a rollback behind the same URL), so the hellos say it no
-        more till a ``ready`` lists it; True then (say hello again)."""
-        if hello.history_at is None:
+    def refused_history_at(self, hello: P.Hello, why: str) -> bool:
+        """The server refused ``hello`` (``bad_message``, ``why``): if for its ``history_at``,
+        the server is older than the field (a rollback behind the same URL), so the hellos say
+        it no more till a ``ready`` lists it; True then (say hello again)."""
+        if hello.history_at is None or "history_at" not in why:
             return False
         logger.info(f"conversation {self.id}: hello refused with history_at; again without")
         self._features = ()

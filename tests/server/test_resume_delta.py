@@ -17,6 +17,7 @@ from moss_pipecat import protocol as P
 from moss_pipecat.client import RemoteEngine
 from moss_pipecat.client.journal import Journal
 from moss_pipecat.model import SamplingParams
+from moss_pipecat.protocol.errors import ProtocolError
 from moss_pipecat.protocol.history import codes_b64
 
 from .conftest import TOKEN, eventually
@@ -113,12 +114,16 @@ async def test_history_at_gets_a_delta_only_at_this_servers_last_rev(
     await client.aclose()
 
 
+OLDER = "invalid 'hello' message: history_at: Extra inputs are not permitted"
+
+
+@pytest.mark.parametrize("why", [OLDER, "invalid 'hello' message: some other fault"])
 async def test_a_server_older_than_history_at_is_said_hello_again_without_it(
-    make_tiny_engine, make_server, monkeypatch
+    make_tiny_engine, make_server, monkeypatch, why
 ):
     """A server that does not know the field (a rollback behind the same URL) refuses the
     hello as it refuses any unknown field; the client says hello again at once without it
-    and takes the full history."""
+    and takes the full history. A hello refused for another fault is that refusal."""
     server = await make_server(make_tiny_engine(eos_min_frames=3), token=TOKEN, idle_expiry_s=60)
     client = RemoteEngine(server.url, token=TOKEN, reconnect_timeout=10)
     session = await client.create_session(conversation_id="old", sampling=SAMPLED, seed=3)
@@ -127,14 +132,19 @@ async def test_a_server_older_than_history_at_is_said_hello_again_without_it(
     parse, refused = P.parse_client_message, []
 
     def older_server(raw):
-        if '"history_at"' in raw:  # exactly an older server's refusal
+        if '"history_at"' in raw:  # exactly an older server's refusal (or another fault)
             refused.append(raw)
-            raise P.MessageError("bad_message", "invalid 'hello' message: history_at: Extra "
-                                 "inputs are not permitted")  # fmt: skip
+            raise P.MessageError("bad_message", why)
         return parse(raw)
 
     monkeypatch.setattr(P, "parse_client_message", older_server)
     await _drop(session)
+    if why != OLDER:
+        with pytest.raises(ProtocolError, match="some other fault"):
+            await say(session, "Two.", 3)
+        assert len(refused) == 1
+        await client.aclose()
+        return
     assert await say(session, "Two.", 3) == 3
     assert len(refused) == 1 and session.resumed and session.restored == 0
     assert session.journal.copies == copies + 1
