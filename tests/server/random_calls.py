@@ -1,6 +1,7 @@
 """What the random remote-call tests (connection drops, partitions) share: the words of their
-replies, the engine rules of both twins, and the steps that do the same on the call and on
-its local twin (remote == local is checked after each)."""
+replies, the engine rules of both twins, the steps that do the same on the call and on its
+local twin (remote == local is checked after each), and the check that the call's journal
+holds its server's copy (also used by deterministic tests)."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from moss_pipecat.model import SamplingParams
 
 from .conftest import TOKEN, eventually
 from .proxies import SeveringProxy
+from .random_calls import assert_the_journal_holds_the_servers
 from .turns import LONG_TEXT, back_to_back, read_chunks, same_next_reply, say, speak
 
 KINDS = ("in-flight", "finished", "back-to-back")
@@ -76,6 +77,7 @@ async def test_a_cut_made_while_the_server_was_unreachable_is_made_when_it_resum
         assert after["turn_frames"] == mine["turn_frames"]
         assert torch.equal(after["rows"], mine["rows"])
         assert await same_next_reply(session, local)
+        await assert_the_journal_holds_the_servers(session, server)
         await session.close()
     finally:
         await client.aclose()
