@@ -16,9 +16,9 @@ from moss_pipecat import protocol as P
 from moss_pipecat.client.journal import Journal
 from moss_pipecat.client.link import SENDS
 from moss_pipecat.client.remote_cut import RemoteCuts
+from moss_pipecat.client.remote_hello import RemoteHello
 from moss_pipecat.client.remote_turn import RemoteTurn
 from moss_pipecat.client.wire import (
-    _build,
     _wire_sampling,
     codes_payload,
     snapshot_dict,
@@ -47,7 +47,7 @@ _REMAKE_ATTEMPTS = 3
 _OPENED_KEPT = 8
 
 
-class RemoteSession(RemoteCuts):
+class RemoteSession(RemoteCuts, RemoteHello):
     """Async handle of one conversation on an engine server; mirrors ``Session``.
 
     Create it with ``RemoteEngine.create_session``.
@@ -234,64 +234,6 @@ class RemoteSession(RemoteCuts):
     def _restored(self) -> None:
         self.restored += 1
         logger.info(f"conversation {self.id}: history restored on {self.server_id}")
-
-    def hello(self) -> P.Hello:
-        """The ``hello`` that opens (or resumes) this conversation on a new connection."""
-        return _build(
-            P.Hello,
-            v=P.PROTOCOL_VERSION,
-            conversation_id=self.id,
-            resume_secret=self.resume_secret,
-            resume_ticket=self.resume_ticket,
-            token=self.engine.token or None,
-            sampling=None if self._sampling is None else _wire_sampling(self._sampling),
-            seed=self._seed,
-            history=self.engine.journal or None,
-            history_at=self._history_at(),
-        )
-
-    def _history_at(self) -> P.HistoryAt | None:
-        """Where the journal's copy of the history is a server's, untouched since its last
-        delta: resumed there, the server sends only what changed since."""
-        at, server = self.journal.at, self.server_id
-        if at is None or server is None or P.HELLO_HISTORY_AT not in self._features:
-            return None
-        return P.HistoryAt(server=server, rev=at)
-
-    def refused_history_at(self, hello: P.Hello, why: str) -> bool:
-        """The server refused ``hello`` (``bad_message``, ``why``): if for its ``history_at``,
-        the server is older than the field (a rollback behind the same URL), so the hellos say
-        it no more till a ``ready`` lists it; True then (say hello again)."""
-        if hello.history_at is None or "history_at" not in why:
-            return False
-        logger.info(f"conversation {self.id}: hello refused with history_at; again without")
-        self._features = ()
-        return True
-
-    def take_ready(self, ready: P.Ready) -> None:
-        """Takes what the server's ``ready`` says about the conversation."""
-        self.id = ready.conversation_id
-        self.resumed = ready.resumed
-        if ready.resume_secret is not None:  # the one we sent, unless the server chose
-            self.resume_secret = ready.resume_secret
-        if ready.resume_ticket is not None:  # none from a server older than tickets
-            self.resume_ticket = ready.resume_ticket
-        self.audio = ready.audio
-        self.journal.rvq = ready.audio.rvq
-        if not ready.resumed:
-            self.journal.verify_due = self.journal.stale = False  # made anew: a restore follows
-        elif ready.server_id != self.server_id and None not in (ready.server_id, self.server_id):
-            # Resumed by another server than the last one: its copy may predate what was said
-            # there (``Journal.verify_due``). Set before the link reads the full history.
-            self.journal.verify_due = self.journal.restorable
-        if not ready.resumed or ready.server_id != self.server_id:
-            self.journal.unsync()  # its copy is not this server's conversation's
-        self.server_id, self._features = ready.server_id, ready.features
-
-    def take_history(self, msg: P.History) -> None:
-        """Takes a ``history`` delta's fresh resume ticket (after the journal took it)."""
-        if msg.resume_ticket is not None:
-            self.resume_ticket = msg.resume_ticket
 
     async def _request(
         self, link: Link, cls: type[P._Msg], payload: bytes | None = None, **fields: Any
