@@ -82,3 +82,41 @@ async def test_a_cut_made_while_the_server_was_unreachable_is_made_when_it_resum
     finally:
         await client.aclose()
         await proxy.stop()
+
+
+async def test_a_held_cut_a_server_cannot_take_by_name_is_not_made_and_the_journal_follows(
+    make_tiny_engine, make_server, monkeypatch
+):
+    """A server that resumes the call but takes no ``interrupt.turn_id`` (while it lists
+    ``hello.history_at``) gets no held cut: unnamed it could cut another turn. Its copy keeps
+    the whole reply, and the journal must follow it, not keep its own cut: a cut made here
+    leaves the journal naming no copy, so the resume brings the full history."""
+    from moss_pipecat import protocol as P
+
+    monkeypatch.setattr(P, "FEATURES", (P.HELLO_HISTORY_AT,))
+    sampled, rules = SamplingParams(), {"eos_min_frames": 60}
+    server = await make_server(make_tiny_engine(**rules), token=TOKEN, idle_expiry_s=60)
+    proxy = SeveringProxy(server.port)
+    client = RemoteEngine(await proxy.start(), token=TOKEN, reconnect_timeout=0.3)
+    session = await client.create_session(conversation_id="unnamed", sampling=sampled, seed=5)
+    local = make_tiny_engine(**rules).create_session(sampling=sampled, seed=5)
+    try:
+        for s in (session, local):
+            await say(s, "Hello there.", 3)
+        playing = await speak(session, LONG_TEXT, 8)
+        await playing.wait()
+        await (await speak(local, LONG_TEXT, 8)).wait()  # never cut: the server's copy
+        proxy.sever()
+        await eventually(lambda: session._link.failure is not None, what="the link to fail")
+        assert (await session.interrupt(3, turn_id=playing.turn_id)).heard_frames == 3
+        copies = session.journal.copies
+        proxy.heal()
+        after = await session.snapshot()  # resumed; the held cut is not made there
+        assert session.resumed and session.restored == 0
+        assert session.journal.copies == copies + 1
+        assert torch.equal(after["rows"], (await local.snapshot())["rows"])
+        await assert_the_journal_holds_the_servers(session, server)
+        await session.close()
+    finally:
+        await client.aclose()
+        await proxy.stop()
