@@ -27,11 +27,6 @@ if TYPE_CHECKING:
     from moss_pipecat.client.journal import Journal
 
 
-# How many times a session sends a request that does the same however often it lands (or
-# whose landing its journal can tell) when each is lost with its connection before its reply.
-SENDS = 3
-
-
 class Link:
     """One websocket of a session: a writer task (keeps send order), a reader task (routes
     replies, audio and turn ends into the turns' inboxes), and the pending requests."""

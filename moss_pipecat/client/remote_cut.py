@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from moss_pipecat import protocol as P
-from moss_pipecat.client.link import SENDS
+from moss_pipecat.client.tries import Tries
 from moss_pipecat.errors import MossError
 from moss_pipecat.protocol.errors import ServerUnavailableError
 from moss_pipecat.speech.commands import Interrupt
@@ -54,7 +54,8 @@ class RemoteCuts:
         if turn is not None and turn.summary is None:
             turn.cancel()
         lost = None
-        for sent in range(1, SENDS + 1):  # the last raises or returns
+        tries = Tries(self.engine)
+        while True:  # returns, or raises once ``tries`` gives up
             # Lost with its server: what the caller heard of it is kept (the journal holds its
             # rows); a server that lost the conversation gets it with the restore.
             in_journal = turn is not None and turn.lost and self._turn_made == self._made
@@ -95,7 +96,7 @@ class RemoteCuts:
                     return lost
                 return self._told(reply.summary.to_summary(), command)
             except ServerUnavailableError as e:
-                if sent == SENDS:
+                if not await tries.again():
                     raise
                 logger.info(f"conversation {self.id}: a cut lost with its connection ({e}): again")
 

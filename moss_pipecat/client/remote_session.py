@@ -14,10 +14,10 @@ from loguru import logger
 
 from moss_pipecat import protocol as P
 from moss_pipecat.client.journal import Journal
-from moss_pipecat.client.link import SENDS
 from moss_pipecat.client.remote_cut import RemoteCuts
 from moss_pipecat.client.remote_hello import RemoteHello
 from moss_pipecat.client.remote_turn import RemoteTurn
+from moss_pipecat.client.tries import Tries
 from moss_pipecat.client.wire import (
     _wire_sampling,
     codes_payload,
@@ -244,14 +244,15 @@ class RemoteSession(RemoteCuts, RemoteHello):
         """A request that does the same however often it lands (voice, settings, reset,
         snapshot; a turn's start: the server cuts a turn a lost connection opened at what it
         sent it) is sent again after a reconnect if lost with its connection (the reconnect
-        resumes the conversation, or first restores the journal's history), ``SENDS`` times
-        at most."""
-        for sent in range(1, SENDS + 1):
+        resumes the conversation, or first restores the journal's history), as ``Tries``
+        allows."""
+        tries = Tries(self.engine)
+        while True:
             link = await self.open()
             try:
                 return await self._request(link, cls, payload, **fields)
             except ServerUnavailableError as e:
-                if sent == SENDS:
+                if not await tries.again():
                     raise
                 logger.info(f"conversation {self.id}: {cls.__name__} lost with its connection: {e}")
 
@@ -283,13 +284,14 @@ class RemoteSession(RemoteCuts, RemoteHello):
 
     async def _add_user(self, data: bytes, **fields: Any) -> None:
         """A user turn's request. One lost with its connection before its reply is sent again
-        after the reconnect (``SENDS`` times at most), unless the history then held (the
-        journal: the server's full copy on a resume, the restored one on a server that lost
-        it) ends with it."""
+        after the reconnect (as ``Tries`` allows), unless the history then held (the journal:
+        the server's copy on a resume, the restored one on a server that lost it) ends with
+        it."""
         before = self.journal.last_turn()
-        for sent in range(1, SENDS + 1):
+        tries = Tries(self.engine)
+        while True:
             link = await self.open()
-            if sent > 1:
+            if tries.sent > 1:
                 if self.resumed:
                     await link.history_seen(self.engine.request_timeout)
                 if self.journal.ends_with_user_turn_after(before):
@@ -299,8 +301,10 @@ class RemoteSession(RemoteCuts, RemoteHello):
                 await self._request(link, P.UserTurn, data, bytes=len(data), **fields)
                 return
             except ServerUnavailableError:  # the connection was lost with the request on it
-                if sent == SENDS or not self.engine.journal or not self.journal.valid:
+                if not self.engine.journal or not self.journal.valid:
                     raise  # (without a valid journal nothing says whether it landed)
+                if not await tries.again():
+                    raise
 
     def _codes(self, frames: Any, name: str) -> bytes:
         return codes_payload(frames, self.audio.rvq if self.audio else 16, name)
