@@ -50,11 +50,13 @@ async def _until_end(ws, tid: int) -> dict:
 
 async def test_ids_and_their_text_are_capped_per_turn(make_tiny_engine, make_server, realtime_meta):
     lo, _ = realtime_meta["text_ids_drawn_from"]
-    engine = make_tiny_engine(max_text_chars=500)
+    # Paced, no EOS before its cap: the turn is still open for the refusals below (at 2 frames,
+    # unpaced, it could end first on a loaded box: the text's refusal then met an ended turn).
+    engine = make_tiny_engine(max_text_chars=500, lookahead_s=0.4, eos_min_frames=12)
     server = await make_server(engine, max_ids_per_turn=1000, max_ids_per_message=600)
     assert server.hub.limits.max_ids_per_turn == 1000
     ws = await _open(server, "cap-turn")
-    tid = await _start(ws, 1, max_frames=2)
+    tid = await _start(ws, 1, max_frames=12)
     ids = [lo + i % 50 for i in range(600)]
     await ws.send(json.dumps({"type": "turn.ids", "turn_id": tid, "ids": ids}))
     await ws.send(json.dumps({"type": "turn.ids", "turn_id": tid, "ids": ids}))  # 1200 > 1000
