@@ -175,9 +175,10 @@ class RemoteEngine:
         a host name that does not resolve (DNS: a name not yet registered heals), a refused
         connection (no server listening yet), no answer in ``connect_timeout``, a TLS handshake
         that failed (e.g. plain ws on the port), an upgrade the server refused (HTTP 503: full
-        or draining). What cannot heal is raised at once: the server's refusals (token,
-        resume credentials, capacity, a bad hello) and a certificate that fails verification
-        (``TLSVerificationError``: the client needs the server's CA)."""
+        or draining), and a hello refused for its ``history_at`` (a server older than the
+        field: said again without it). What cannot heal is raised at once: the server's
+        refusals (token, resume credentials, capacity, any other bad hello) and a certificate
+        that fails verification (``TLSVerificationError``: the client needs the server's CA)."""
         deadline = time.monotonic() + self.reconnect_timeout
         delay = self.backoff_initial
         attempt = 0
