@@ -57,6 +57,7 @@ from moss_pipecat.service.resampling import engine_frames, resampled
 from moss_pipecat.service.settings import MossTTSSettings, SessionSettings, default_settings
 from moss_pipecat.service.tracing import ReplyTracer
 from moss_pipecat.service.tts_options import streams_tokens, tts_service_kwargs
+from moss_pipecat.service.unspoken import UnspokenReplies
 from moss_pipecat.service.user_audio import UserUtterance
 from moss_pipecat.service.user_turns import UserTurns
 from moss_pipecat.service.word_order import SEQUENCED
@@ -88,8 +89,7 @@ class MossTTSServiceBase(TTSService):
     What was heard has one clock (``HeardClock``, ``service/reply.py``): a word frame comes out
     once its frame has played; MOSS's history keeps the units pipecat's assistant aggregator
     took, and no later one gets in (``service/context_gate.py``). Tracing: ``service/tracing.py``.
-
-    Event handlers: ``on_reply_interrupted(service, context_id, summary)``: a reply was cut to
+    Event handler ``on_reply_interrupted(service, context_id, summary)``: a reply was cut to
     what the user heard (``summary.spoken_text``: what the history kept).
     """
 
@@ -125,6 +125,7 @@ class MossTTSServiceBase(TTSService):
         self._rollbacks = Rollbacks()  # the engine cuts of interruptions, beside the frames
         self._interrupting = InterruptionPlan.none()  # the one passing the service, if any
         self._context_gate = ContextGate()  # what of each reply the LLM context took
+        self._unspoken = UnspokenReplies()
         self._tracer = ReplyTracer(self, attributes=self._trace_attributes)
         self._llm_text = SurrogateJoiner()  # a surrogate pair split across two LLM frames
         # (service, context_id, TurnSummary): a reply was cut to what the user heard.
@@ -247,8 +248,10 @@ class MossTTSServiceBase(TTSService):
     async def push_frame(
         self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM
     ) -> None:
-        if isinstance(frame, InterruptionFrame) and direction == FrameDirection.DOWNSTREAM:
-            self._interrupting.decide(self.get_clock().get_time())  # what was heard, as it passes
+        if direction == FrameDirection.DOWNSTREAM:
+            self._unspoken.passing(frame)  # a skipped reply's sentences: spaced as written
+            if isinstance(frame, InterruptionFrame):  # what was heard, as it passes
+                self._interrupting.decide(self.get_clock().get_time())
         if isinstance(frame, SpokenWordsEnd):
             if (reply := self._replies.get(frame.context_id)) is not None:
                 reply.move(ReplyPhase.DONE)
@@ -275,9 +278,7 @@ class MossTTSServiceBase(TTSService):
     # ================================================================== synthesis
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
         """Hands a piece of the reply's text to its engine turn (audio arrives separately).
-
-        Never waits: a reply whose engine turn is not open yet keeps the text until it is.
-        """
+        Never waits: a reply whose engine turn is not open yet keeps the text until it is."""
         reply = self._replies.get(context_id)
         if reply is None:
             if self._session is None:
@@ -320,8 +321,7 @@ class MossTTSServiceBase(TTSService):
             await self._end_text(reply)
             await self._close_reply(reply)
         elif context_id and self.audio_context_available(context_id):
-            # pipecat opened the context but no reply speaks it (the service was written off,
-            # or had no session): it ends now, not after the idle timeout.
+            # Opened by pipecat, spoken by no reply (written off, no session): ends now, not idle.
             await self.append_to_audio_context(context_id, TTSStoppedFrame(context_id=context_id))
             await self.remove_audio_context(context_id)
 

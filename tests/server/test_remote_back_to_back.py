@@ -16,6 +16,7 @@ from ..service.test_back_to_back import (
     TEXTS,
     check_back_to_back,
     check_barge_in_behind,
+    check_not_spoken,
 )
 from ..service.test_heard_clock import LATENCY_S
 from .test_remote_cjk import LoggedRemote
@@ -38,6 +39,12 @@ async def test_remote_replies_back_to_back_keep_their_own_messages(
     make_tiny_engine, make_server, first
 ):
     await check_back_to_back(await _remote(make_tiny_engine, make_server), first())
+
+
+async def test_remote_replies_not_spoken_between_two_keep_their_own_messages(
+    make_tiny_engine, make_server
+):
+    await check_not_spoken(await _remote(make_tiny_engine, make_server))
 
 
 @pytest.mark.parametrize("text", TEXTS)

@@ -57,10 +57,11 @@ def spacing(text: str) -> str:
     return " ".join(text.split())
 
 
-def skipped(text: str) -> list[Frame]:
+def skipped(*pieces: str) -> list[Frame]:
     """A reply the TTS does not speak (``skip_tts``: e.g. text for a chat window); its text
     goes into the context all the same."""
-    frames = [LLMFullResponseStartFrame(), LLMTextFrame(text), LLMFullResponseEndFrame()]
+    texts = [LLMTextFrame(p) for p in pieces]
+    frames = [LLMFullResponseStartFrame(), *texts, LLMFullResponseEndFrame()]
     for frame in frames:
         frame.skip_tts = True
     return frames
@@ -107,15 +108,29 @@ async def check_back_to_back(tts, first: list[Frame]) -> None:
     assert len(turns) == 3
 
 
-async def test_a_reply_not_spoken_between_two_keeps_its_own_message(talkative_engine):
+# Replies for a chat window, each of three sentences (pipecat cuts a skipped reply into
+# sentences and strips the spaces between them).
+NOTES = [
+    "A note for the chat window. It has three sentences! Does it keep them apart?",
+    "我们明天再见。你好吗？今天很好！",
+    "今日は。元気ですか？また明日！",
+]
+
+
+async def test_replies_not_spoken_between_two_keep_their_own_messages(talkative_engine):
+    await check_not_spoken(_tts(talkative_engine))
+
+
+async def check_not_spoken(tts) -> None:
     """pipecat queues a skipped reply behind the audio before it: its text goes into a
-    message of its own, after the whole of the reply before (not inside it), and not into
-    MOSS's history (nothing was said)."""
-    note = "A note for the chat window."
-    frames = [*reply(*words(FIRST)), *skipped(note), *reply(*words(SECOND)), SleepFrame(10.0)]
-    said, cuts, _, turns = await run_replies(_tts(talkative_engine), frames)
+    message of its own, after the whole of the reply before (not inside it), written as the
+    LLM wrote it (a Chinese or Japanese reply's sentences with no space between them: pipecat
+    joined them with one), and not into MOSS's history (nothing was said)."""
+    notes = [f for note in NOTES for f in skipped(*tokens(note))]
+    frames = [*reply(*words(FIRST)), *notes, *reply(*words(SECOND)), SleepFrame(10.0)]
+    said, cuts, _, turns = await run_replies(tts, frames)
     assert not cuts
-    assert [spacing(m) for m in said] == [FIRST, note, SECOND]
+    assert [spacing(said[0]), *said[1:-1], spacing(said[-1])] == [FIRST, *NOTES, SECOND]
     assert len(turns) == 2
 
 

@@ -1,0 +1,52 @@
+"""A reply the TTS does not speak (``skip_tts``) reaches the LLM context spaced as written.
+
+pipecat cuts such a reply into sentences (its sentence aggregator strips the spaces between
+them) and pushes each as an ``AggregatedTextFrame`` that says nothing of its spacing, so the
+assistant aggregator joins them with a space: ``我们明天见。 你好吗？`` for a Chinese or
+Japanese reply, which puts none between sentences. The spaces between sentences follow the
+same rule as the ones fed to the model (``units.sentence_seam``): each sentence after the
+first carries its seam and says so (``includes_inter_frame_spaces``), which joins English
+sentences with one space and CJK ones with none.
+"""
+
+from __future__ import annotations
+
+from pipecat.frames.frames import (
+    AggregatedTextFrame,
+    Frame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    TTSTextFrame,
+)
+
+from moss_pipecat.speech.units import sentence_seam
+
+
+class UnspokenReplies:
+    """The frames leaving the service, in order: the sentences of a skipped reply (between its
+    ``LLMFullResponseStartFrame`` and ``LLMFullResponseEndFrame``, both marked ``skip_tts``)
+    get their seams. Text skipped inside a spoken reply is left as pipecat made it."""
+
+    def __init__(self) -> None:
+        self._tail: str | None = None  # the skipped reply's text so far; None: none open
+
+    def passing(self, frame: Frame) -> None:
+        """``frame`` leaves the service downstream (a skipped sentence: spaced here)."""
+        if isinstance(frame, LLMFullResponseStartFrame):
+            self._tail = "" if frame.skip_tts else None
+        elif isinstance(frame, (LLMFullResponseEndFrame, InterruptionFrame)):
+            self._tail = None
+        elif (
+            self._tail is not None
+            and isinstance(frame, AggregatedTextFrame)
+            and not isinstance(frame, TTSTextFrame)
+            and frame.skip_tts
+            and frame.text
+        ):
+            seam = sentence_seam(self._tail, frame.text)
+            self._tail += frame.text
+            frame.text = seam + frame.text
+            if frame.raw_text:  # what the aggregator takes, where set
+                frame.raw_text = seam + frame.raw_text
+            frame.includes_inter_frame_spaces = True
