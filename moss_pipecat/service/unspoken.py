@@ -29,13 +29,17 @@ class UnspokenReplies:
     get their seams. Text skipped inside a spoken reply is left as pipecat made it."""
 
     def __init__(self) -> None:
-        self._tail: str | None = None  # the skipped reply's text so far; None: none open
+        self._tail: str | None = None  # the skipped reply's last sentence; None: none open
 
     def passing(self, frame: Frame) -> None:
         """``frame`` leaves the service downstream (a skipped sentence: spaced here)."""
-        if isinstance(frame, LLMFullResponseStartFrame):
-            self._tail = "" if frame.skip_tts else None
-        elif isinstance(frame, (LLMFullResponseEndFrame, InterruptionFrame)):
+        # Only a skipped reply's own frames count: they leave pipecat's queue in order, and a
+        # spoken reply's start may pass among them.
+        if isinstance(frame, LLMFullResponseStartFrame) and frame.skip_tts:
+            self._tail = ""
+        elif isinstance(frame, InterruptionFrame) or (
+            isinstance(frame, LLMFullResponseEndFrame) and frame.skip_tts
+        ):
             self._tail = None
         elif (
             self._tail is not None
@@ -45,7 +49,7 @@ class UnspokenReplies:
             and frame.text
         ):
             seam = sentence_seam(self._tail, frame.text)
-            self._tail += frame.text
+            self._tail = frame.text
             frame.text = seam + frame.text
             if frame.raw_text:  # what the aggregator takes, where set
                 frame.raw_text = seam + frame.raw_text

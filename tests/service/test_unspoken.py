@@ -63,6 +63,7 @@ def test_only_a_skipped_replys_own_sentences_are_touched():
     assert [f.text for f in inside] == ["好。", "好。"]
     assert not any(f.includes_inter_frame_spaces for f in inside)
     unspoken.passing(_skip(LLMFullResponseStartFrame()))
+    unspoken.passing(LLMFullResponseStartFrame())  # the next, spoken reply's start, among them
     unspoken.passing(first := _sentence("One."))
     unspoken.passing(InterruptionFrame())  # the skipped reply's end is dropped with it
     unspoken.passing(after := _sentence("Two."))
