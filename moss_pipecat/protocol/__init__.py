@@ -116,8 +116,9 @@ Server -> client
                      conversation's history, sent to a client whose hello asked for
                      ``history`` after every change (before the ``result`` or ``turn.end``
                      of what changed it) and after a ``ready`` that resumed: full, or what
-                     changed since the hello's ``history_at`` where that is this server's
-                     last delta; the
+                     changed since the hello's ``history_at`` where that is one of this
+                     server's deltas it still keeps (those taken after it sent again
+                     first, their revs in order); the
                      client keeps it to ``restore`` the conversation on a server that lost
                      it (resume_ticket: a fresh one)
     ``result``       req, plus what the request returns (``summary``, ``snapshot``)

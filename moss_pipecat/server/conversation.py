@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from moss_pipecat import protocol as P
 from moss_pipecat.engine.records import HistoryCursor
 from moss_pipecat.engine.session import Session, TurnStream
 from moss_pipecat.server.tickets import ResumeTickets
@@ -15,6 +17,10 @@ from moss_pipecat.speech.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from moss_pipecat.server.connection import Connection
+
+# The history deltas a conversation keeps (since its last full history) for a client that
+# resumes it having missed them (sent to a connection that departed): it gets them again.
+RESENDABLE_DELTAS = 8
 
 
 @dataclass(eq=False)
@@ -55,6 +61,25 @@ class Conversation:
     cursor: HistoryCursor = field(default_factory=HistoryCursor)
     history_rev: int = 0
     history_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    recent_deltas: deque[P.History] = field(default_factory=lambda: deque(maxlen=RESENDABLE_DELTAS))
+
+    def delta_taken(self, msg: P.History) -> None:
+        """A history delta was taken (``history_rev`` is its rev): kept for ``deltas_after``
+        unless it is a full one, which they no longer lead to."""
+        if msg.full:
+            self.recent_deltas.clear()
+        else:
+            self.recent_deltas.append(msg)
+
+    def deltas_after(self, rev: int | None) -> list[P.History] | None:
+        """The deltas taken after delta ``rev`` of this conversation, in order (none: it is
+        the last one), where they are all kept; else None (the client needs the full history)."""
+        if rev is None or not self.cursor.started or not 0 < rev <= self.history_rev:
+            return None
+        missed = [m for m in self.recent_deltas if m.rev > rev]
+        if len(missed) != self.history_rev - rev:
+            return None  # some went before the last full one, or out of the ring
+        return missed
 
     def resume_ticket(self) -> str | None:
         """A fresh resume ticket for the conversation's id, secret and creation time."""

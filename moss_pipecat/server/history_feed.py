@@ -44,18 +44,23 @@ async def greet(
     conv: Conversation, conn: Connection, ready: P.Ready, since: int | None
 ) -> str | None:
     """The handshake's last step: ``ready``, then (a resumed conversation whose client keeps a
-    journal, which may have missed deltas while it was away) its history: what changed since
-    delta ``since`` where the journal holds this server's last delta (``hello.history_at``; a
-    delta sent to a connection that departed counts, so a journal that may have missed one
-    is behind), else the full one; no delta can come between them (``history_lock``), and the
-    connection is ready after both. Returns which history it sent ("delta", "full"), if any."""
+    journal, which may have missed deltas while it was away) its history. Where the journal
+    holds this server's delta ``since`` (``hello.history_at``) and the conversation still
+    keeps the deltas taken after it (``Conversation.deltas_after``: those sent to a connection
+    that departed), they are sent again, then what changed since the last; else the full
+    history. No delta can come between them (``history_lock``), and the connection is ready
+    after them. Returns which history it sent ("delta", "full"), if any."""
     sent = None
     async with conv.history_lock:
         await conn.send_message(ready)
         if ready.resumed and conn.history:
-            caught_up = since == conv.history_rev and conv.cursor.started
-            await _send_delta(conv, conn, full=not caught_up)
-            sent = "delta" if caught_up else "full"
+            missed = conv.deltas_after(since)
+            for msg in missed or ():  # with a good ticket (the one it had may be old)
+                await conn.send_message(
+                    msg.model_copy(update={"resume_ticket": ready.resume_ticket})
+                )
+            await _send_delta(conv, conn, full=missed is None)
+            sent = "full" if missed is None else "delta"
         conn.ready = True
     return sent
 
@@ -70,10 +75,11 @@ async def _send_delta(conv: Conversation, conn: Connection, full: bool) -> None:
         conv.cursor = HistoryCursor()  # the next delta is a full one: nothing is missed
         return
     conv.history_rev += 1
+    msg = history_message(change, conv.history_rev, conv.resume_ticket())
+    conv.delta_taken(msg)  # also one its connection departed before: sent again on a resume
     if conn.closed or conv.conn is not conn:
         return
     try:
-        msg = history_message(change, conv.history_rev, conv.resume_ticket())
         await conn.send_message(msg)
     except TransportClosed:
         pass

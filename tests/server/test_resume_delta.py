@@ -7,6 +7,7 @@ restore due, another server, a missed delta) the server sends the full one as be
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -17,10 +18,12 @@ from moss_pipecat import protocol as P
 from moss_pipecat.client import RemoteEngine
 from moss_pipecat.client.journal import Journal
 from moss_pipecat.model import SamplingParams
-from moss_pipecat.protocol.errors import ProtocolError
+from moss_pipecat.protocol.errors import ProtocolError, ServerUnavailableError
 from moss_pipecat.protocol.history import codes_b64
+from moss_pipecat.server import conversation
 
 from .conftest import TOKEN, eventually
+from .proxies import SeveringProxy
 from .random_calls import assert_the_journal_holds_the_servers
 from .turns import LONG_TEXT, read_chunks, same_next_reply, say, speak
 from .wire import raw_hello
@@ -78,40 +81,101 @@ async def test_a_resume_on_the_same_server_gets_what_changed_not_the_whole_histo
     await client.aclose()
 
 
-# (server: this one's id or another's, rev: past the server's last by this much) -> full
-CASES = [("this", 0, False), ("this", -1, True), ("this", 1, True), ("other", 0, True)]
+# (server: this one's id or another's, rev: past the server's last by this much, deltas a
+# conversation keeps) -> the deltas sent again before what changed since, or None: the full
+# history (with 1 kept: the one before the last is gone).
+CASES = [
+    ("this", 0, 8, 0),
+    ("this", -1, 8, 1),
+    ("this", -2, 8, 2),
+    ("this", 1, 8, None),
+    ("other", 0, 8, None),
+    ("this", -1, 1, 1),
+    ("this", -2, 1, None),
+]
 
 
-@pytest.mark.parametrize(("server_is", "off", "full"), CASES)
-async def test_history_at_gets_a_delta_only_at_this_servers_last_rev(
-    make_tiny_engine, make_server, server_is, off, full
+@pytest.mark.parametrize(("server_is", "off", "ring", "again"), CASES)
+async def test_history_at_gets_the_deltas_it_missed_while_they_are_kept(
+    make_tiny_engine, make_server, monkeypatch, server_is, off, ring, again
 ):
-    """A rev behind the server's (a delta sent to a connection that departed first), ahead of
-    it, or another server's (the same conversation id elsewhere counts its own revs) gets the
-    full history; this server's last rev gets what changed since: nothing, here."""
+    """A rev behind the server's (deltas sent to a connection that departed first) gets those
+    deltas again as they were taken, then what changed since (nothing, here), so a journal at
+    that rev takes them in order; this server's last rev gets only what changed since. A rev
+    ahead of the server's, another server's (the same conversation id elsewhere counts its
+    own revs), or one from before the deltas kept gets the full history."""
+    monkeypatch.setattr(conversation, "RESENDABLE_DELTAS", ring)
     server = await make_server(make_tiny_engine(eos_min_frames=3), token=TOKEN)
     client = RemoteEngine(server.url, token=TOKEN)
     session = await client.create_session(conversation_id="at", sampling=SAMPLED, seed=3)
-    await say(session, "One.", 3)
-    await say(session, "Two.", 3)
+    for text in ("One.", "Two.", "Three."):
+        await say(session, text, 3)
     rev = session.journal.rev
-    assert rev == server.hub.conversations["at"].history_rev
+    conv = server.hub.conversations["at"]
+    kept = [m.model_dump(exclude={"resume_ticket"}) for m in conv.recent_deltas]
+    assert rev == conv.history_rev == 3 and len(kept) == min(2, ring)  # (the first is full)
     at = {"server": session.server_id if server_is == "this" else "elsewhere", "rev": rev + off}
     ws = await raw_hello(
         server, conversation_id="at", resume_secret=session.resume_secret, history=True,
         history_at=at,
     )  # fmt: skip
-    ready = json.loads(await ws.recv())
+    ready = json.loads(await asyncio.wait_for(ws.recv(), 5))
     assert (ready["type"], ready["resumed"]) == ("ready", True)
     assert P.HELLO_HISTORY_AT in ready["features"]
-    first = json.loads(await ws.recv())
-    assert (first["type"], first.get("full", False), first["rev"]) == ("history", full, rev + 1)
-    if full:
-        assert len(first["turns"]) == 2
+    got = [await asyncio.wait_for(ws.recv(), 5) for _ in range((again or 0) + 1)]
+    *resent, last = [P.parse_server_message(m) for m in got]
+    assert [m.rev for m in resent] == list(range(rev + 1 - (again or 0), rev + 1))
+    assert [m.model_dump(exclude={"resume_ticket"}) for m in resent] == kept[
+        len(kept) - len(resent) :
+    ]
+    assert all(m.resume_ticket == ready.get("resume_ticket") for m in resent)  # a fresh one
+    assert (last.type, last.full, last.rev) == ("history", again is None, rev + 1)
+    if again is None:
+        assert len(last.turns) == 3
     else:
-        assert (first.get("drop", 0), first["keep"], first.get("turns", [])) == (0, 2, [])
+        assert (last.drop, last.keep, last.turns) == (0, 3, [])
+    assert server.hub.metrics.resumes.value(history="full" if again is None else "delta") == 1
     await ws.close()
     await client.aclose()
+
+
+async def test_a_reply_that_ended_in_a_partition_comes_as_the_delta_it_missed(
+    make_tiny_engine, make_server
+):
+    """A reply whose end (and its history delta) went into a silent partition: the client
+    finds the connection dead, and on the next call resumes the conversation at its last
+    delta; the server sends the missed ones again (before: the full history), and the
+    journal holds the server's copy: the whole reply, as a local engine has it."""
+    server = await make_server(make_tiny_engine(**RULES), token=TOKEN, idle_expiry_s=60)
+    proxy = SeveringProxy(server.port)
+    keepalive = {"ping_interval": 0.2, "ping_timeout": 0.3}
+    client = RemoteEngine(await proxy.start(), token=TOKEN, reconnect_timeout=10, **keepalive)
+    session = await client.create_session(conversation_id="missed", sampling=SAMPLED, seed=3)
+    local = make_tiny_engine(**RULES).create_session(sampling=SAMPLED, seed=3)
+    try:
+        for s in (session, local):
+            await say(s, "Hello there.", 4)
+        copies, rev = session.journal.copies, session.journal.rev
+        conv = server.hub.conversations["missed"]
+        turn = await speak(session, "Short one.", 6)
+        await read_chunks(turn, 1)
+        proxy.sever(silent=True)  # the server sends on: the reply's end and its delta are lost
+        await eventually(lambda: conv.turn is None and conv.history_rev > rev, what="its end")
+        with pytest.raises(ServerUnavailableError):
+            await turn.wait()
+        proxy.heal()
+        await say(local, "Short one.", 6)
+        assert await say(session, "And on.", 3) == await say(local, "And on.", 3)
+        assert session.resumed and session.restored == 0
+        assert session.journal.copies == copies  # the missed deltas, not a full history
+        resumes = server.hub.metrics.resumes
+        assert (resumes.value(history="delta"), resumes.value(history="full")) == (1, 0)
+        await assert_the_journal_holds_the_servers(session, server)
+        assert torch.equal((await session.snapshot())["rows"], (await local.snapshot())["rows"])
+        await session.close()
+    finally:
+        await client.aclose()
+        await proxy.stop()
 
 
 OLDER = "invalid 'hello' message: history_at: Extra inputs are not permitted"
@@ -205,3 +269,18 @@ def test_a_reply_lost_here_that_a_resumed_delta_brings_is_known_as_the_reply_it_
     journal.apply(P.History(rev=2, keep=1, turns=[kept], turn_noise=2, noise=5))
     assert journal.lost is None and journal.ends_with_reply(7)
     assert journal.cut_last(7, 1).heard_frames == 1
+
+
+def test_a_conversation_sends_again_only_the_deltas_it_kept_since_its_last_full_history():
+    conv = conversation.Conversation("c", session=None, sampling=None)
+    assert conv.deltas_after(1) is None  # nothing told yet
+    conv.cursor.started = True
+    for rev, full in enumerate([True, False, False, True, False, False], start=1):
+        conv.history_rev = rev
+        conv.delta_taken(P.History(rev=rev, full=full))
+    assert [m.rev for m in conv.deltas_after(4)] == [5, 6]
+    assert [m.rev for m in conv.deltas_after(5)] == [6] and conv.deltas_after(6) == []
+    assert conv.deltas_after(3) is None  # before the full history of rev 4
+    assert conv.deltas_after(7) is None and conv.deltas_after(None) is None
+    conv.recent_deltas.popleft()  # out of the ring
+    assert conv.deltas_after(4) is None and [m.rev for m in conv.deltas_after(5)] == [6]
