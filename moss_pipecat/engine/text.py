@@ -17,9 +17,8 @@ the current text stays a boundary, with the same pre-tokens before it, whatever 
   (ccc 0, not the second half of a canonical composition) stops that.
 
 Tests in ``tests/engine/test_text.py`` check this at every split point and on random text.
-
-Text is always tokenized as plain text: added tokens (``<|im_end|>``, ``<think>``, ...) are never
-produced from it, so LLM output cannot inject control tokens into the conversation rows.
+Text is always tokenized as plain text: added tokens (``<|im_end|>``, ``<think>``, ...) are
+never produced from it, so LLM output cannot inject control tokens into the conversation rows.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from tokenizers import PreTokenizedString, Tokenizer
 
 from moss_pipecat._log import logger
 from moss_pipecat.engine.rows import DEFAULT_DELAY, RowLayout
-from moss_pipecat.engine.token_cuts import inner_cut, vocab_bytes
+from moss_pipecat.engine.token_cuts import cover_marks, inner_cut, vocab_bytes
 from moss_pipecat.errors import CheckpointError, InvalidInputError
 from moss_pipecat.speech.pieces import SurrogateJoiner, join_surrogates
 
@@ -347,7 +346,8 @@ class IncrementalTokenizer:
         ids = enc.ids[:n_tokens]
         base = self._tail_start
         self._ids += ids
-        self._spans += [(base + s, base + e) for s, e in enc.offsets[:n_tokens]]
+        spans = cover_marks(self._tail, enc.offsets[:n_tokens], n_chars)
+        self._spans += [(base + s, base + e) for s, e in spans]
         self._tail = self._tail[n_chars:]
         self._tail_start += n_chars
         return ids

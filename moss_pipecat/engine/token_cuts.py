@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import unicodedata
 from typing import Any
 
 from moss_pipecat.speech.units import is_cjk_char
@@ -133,3 +134,20 @@ def inner_cut(
     ends = [e - start for _, e in offsets[tokens_before:]]
     k = safe_cut(vocab, word, ends)
     return (tokens_before + k, start + ends[k - 1]) if k > 0 else None
+
+
+def cover_marks(text: str, spans: list[tuple[int, int]], end: int) -> list[tuple[int, int]]:
+    """Token ``spans`` (char offsets into ``text``, in order) with each end moved past the
+    combining marks right after it, up to where the next span starts (``end`` for the last).
+
+    NFC composes combining marks into the character before them (``o`` + U+031B -> ``ơ``), and
+    the tokenizer's offsets of that character may stop short of them, though its token holds
+    them: a text ending in such a character would then never count as fed whole (its last
+    word would get no time)."""
+    out = []
+    for k, (s, e) in enumerate(spans):
+        limit = spans[k + 1][0] if k + 1 < len(spans) else end
+        while e < limit and unicodedata.combining(text[e]):
+            e += 1
+        out.append((s, e))
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import unicodedata
 
 import pytest
 
@@ -109,4 +110,30 @@ def test_an_interruption_keeps_the_units_the_listener_kept(engine):
     cut = s.interrupt(frames - 2, heard_units=2)  # the context took two
     assert cut.heard_frames == frames - 2 and cut.spoken_text == "one two"
     assert s.interrupt(1, heard_units=0).spoken_text == ""
+    s.close()
+
+
+@pytest.mark.parametrize("end", ["", ".", " ok"])
+def test_a_text_ending_in_combining_marks_has_every_word_timed(engine, end):
+    """Vietnamese in NFD: the tokenizer's NFC composes ``o`` + U+031B into ``ơ``, whose span
+    stopped short of the mark. A reply ending there never had its last word fed whole: MOSS
+    said it, but it got no time, so the LLM context lacked it (found by a random service
+    conversation on another fixture set)."""
+    s = SyncSession(engine.create_session(sampling=SamplingParams.greedy_decoding()))
+    text = unicodedata.normalize("NFD", "Tiếng Việt có nhiều dấu: ngươ") + end
+    pieces = [
+        "Tie",
+        "\u0302",
+        "\u0301ng Vie",
+        "\u0323\u0302t có nhiều dấu: ng",
+        "u\u031bo",
+        "\u031b",
+    ]
+    turn = s.start_turn(max_frames=60, min_frames=50, eos_after_text=True)
+    for piece in [unicodedata.normalize("NFD", p) for p in pieces] + ([end] if end else []):
+        turn.push_text(piece)
+    turn.end_text()
+    placed = [w for c in turn for w in c.words] + list(turn.summary.words)
+    assert turn.summary.text == text
+    assert join_units(placed) == text.strip()
     s.close()

@@ -31,6 +31,7 @@ from moss_pipecat.engine.text import (
     layout_from_tokenizer,
     load_tokenizer,
 )
+from moss_pipecat.engine.token_cuts import cover_marks
 from moss_pipecat.errors import CheckpointError, InvalidInputError
 from moss_pipecat.model.config import MossTTSRealtimeConfig
 
@@ -493,3 +494,16 @@ def test_rule_assumptions_about_unicode():
     assert all(clean_text(chr(c)).isspace() for c in white_space)
     assert not text_mod._safe_start("\u0301") and not text_mod._safe_start("\u1161")
     assert text_mod._safe_start(" ") and text_mod._safe_start("a")
+
+
+def test_a_token_ending_in_a_composed_character_covers_its_marks(moss_tokenizer):
+    """NFC composes ``o`` + U+031B into ``ơ``; the tokenizer's offsets of that character stop
+    before the mark, the committed span does not (up to the next token's start only)."""
+    text = unicodedata.normalize("NFD", "dấu: ngươ")
+    for pieces in ([text], [text[:-1], text[-1]], [text[:-3], text[-3:-1], text[-1]]):
+        _, it = _stream(moss_tokenizer, pieces)
+        spans = it.token_spans()
+        assert spans[-1][1] == len(text) and spans[0][0] == 0
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    assert cover_marks("o\u031b\u031bx\u0301", [(0, 1), (3, 4)], 5) == [(0, 3), (3, 5)]
+    assert cover_marks("o\u031bx", [(0, 1), (1, 3)], 3) == [(0, 1), (1, 3)]  # a mark's own token
