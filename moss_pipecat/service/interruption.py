@@ -220,9 +220,10 @@ async def cut_to_heard(
 def heard(reply: Reply, now_ns: int, context_counts: bool) -> Heard:
     """What an interruption passed on at ``now_ns`` keeps of ``reply``.
 
-    Units: those the LLM context took (``Reply.taken``, counted by the context gate), when an
-    assistant aggregator downstream counts them; the gate lets no later one in, so the context
-    holds exactly these. Frames: those played by ``now_ns`` (``Reply.heard_frames``), but none
+    Units: those the LLM context took (``Reply.taken``, counted by the context gate, and the
+    units whose text the last of them carried: ``Reply.covered``), when an assistant
+    aggregator downstream counts them; the gate lets no later one in, so the context holds
+    exactly these. Frames: those played by ``now_ns`` (``Reply.heard_frames``), but none
     from the frame of the first unit the context did not take: that word is not in the context
     (on its way, pipecat's queues drop it or file it behind the interruption, where the gate
     keeps it out), so MOSS keeps none of its audio either. Units are released once their frame
@@ -233,10 +234,11 @@ def heard(reply: Reply, now_ns: int, context_counts: bool) -> Heard:
     passed the service, and the engine keeps the units in the frames kept (``WordTimer.heard``).
     """
     frames = reply.heard_frames(now_ns)
-    first_out = reply.unit_frame(reply.taken if context_counts else reply.passed)
+    units = reply.covered(reply.taken if context_counts else reply.passed)
+    first_out = reply.unit_frame(units)
     if first_out is not None:
         frames = min(frames, first_out)
-    return Heard(frames, reply.taken if context_counts else None)
+    return Heard(frames, units if context_counts else None)
 
 
 async def keep_heard_at_loss(reply: Reply, session: Any) -> None:

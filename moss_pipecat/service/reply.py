@@ -109,9 +109,9 @@ class Reply:
     # the LLM context (``InterruptionPlan.decide``).
     words_closed: bool = False
     last_release_ns: int = 0  # when its last released unit goes out (clock ns)
-    # LLM text the last word frame carried past its own unit (pipecat gives a reply's trailing
-    # emoji to the word before it): the frames of those units add nothing to the context.
-    carried: str = ""
+    # LLM text a word frame carried past its own unit (pipecat gives a sentence's trailing
+    # emoji to the word before it), by that unit: ``covered``.
+    carries: dict[int, str] = field(default_factory=dict)
 
     def move(self, phase: ReplyPhase) -> None:
         """Moves the reply to ``phase``; ``ReplyPhaseError`` if its life allows no such move
@@ -186,6 +186,8 @@ class Reply:
         spacing writable. A frame that is not (a piece of) the next unit (pipecat matched the
         words differently) keeps whether it is CJK text.
         """
+        if not self.pieces:
+            self._pass_carried(frame)
         unit = self.units[self.passed] if self.passed < len(self.units) else None
         done = "".join(ws + f.text for ws, f in self.pieces)
         rest = unit.text[len(done) :] if unit is not None and unit.text.startswith(done) else ""
@@ -211,18 +213,44 @@ class Reply:
             f.includes_inter_frame_spaces = any(is_unit_char(ch) for ch in f.text)
         return [*held, frame]
 
+    def _pass_carried(self, frame: TTSTextFrame) -> None:
+        """Passes over the units the last word frame carried when ``frame`` is not the first
+        of them: pipecat streaming tokens drops their own frames (with whole sentences it
+        sends them, and they pass as the units they are)."""
+        covered = self.covered(self.passed)
+        if covered > self.passed and frame.text != self.units[self.passed].text.strip():
+            self.passed = covered
+
     def _carry(self, frame: TTSTextFrame, unit: str) -> None:
         """Keeps the context from taking a unit twice: pipecat's sequencer hands the LLM text
-        past a reply's last word (``Hi 👨``: an emoji it expects no word time for) to that
-        word's frame, then emits the unit's own frame too when the engine times it. That frame
-        still counts as taken (the gate reads its tag); its text is already in the context."""
-        carried = self.carried.lstrip()
+        past a sentence's last word (``Hi 👨``: an emoji it expects no word time for) to that
+        word's frame (``carries``) and, with whole sentences, emits the unit's own frame too
+        when the engine times it. That frame still counts as taken (the gate reads its tag);
+        its text is already in the context."""
+        index = self.passed - 1
+        carried = self.carries.get(index - 1, "").lstrip()
         if unit and carried.startswith(unit) and frame.raw_text is None:
             frame.append_to_context = False
-            self.carried = carried[len(unit) :]
-            return
-        raw = (frame.raw_text or "").strip()
-        self.carried = raw[len(unit) :] if raw.startswith(unit) else ""
+            carried = carried[len(unit) :]
+        else:
+            raw = (frame.raw_text or "").strip()
+            carried = raw[len(unit) :] if raw.startswith(unit) else ""
+        if carried:
+            self.carries[index] = carried
+
+    def covered(self, count: int) -> int:
+        """How many units the first ``count`` units' word frames hold: with them, the units
+        whose text the last one carried (a sentence's trailing emoji or marks, which pipecat's
+        sequencer gives to the word before them). Their own frames add nothing to the context,
+        and when pipecat streams tokens they never come out at all (it holds a word no
+        sentence is waiting for, then drops it)."""
+        carried = self.carries.get(count - 1, "")
+        while carried and count < len(self.units):
+            unit, carried = self.units[count].text.strip(), carried.lstrip()
+            if not unit or not carried.startswith(unit):
+                break
+            carried, count = carried[len(unit) :], count + 1
+        return count
 
     def play(self, start_ns: int) -> None:
         """Playback starts at ``start_ns``: the frames pushed so far play from there."""

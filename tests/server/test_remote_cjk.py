@@ -33,6 +33,8 @@ from ..service.test_context_race import (
 )
 from ..service.test_heard_clock import LATENCY_S, run_playing
 from ..service.test_moss_tts_service import reply
+from ..service.test_trailing_marks import TEXTS as MARKED
+from ..service.test_trailing_marks import check_barge_in_after
 from ..service.test_world_replies import CUT_S, barge_in_text, stream
 from ..world_texts import REPLIES, utf16_tokens
 from .conftest import GREEDY
@@ -161,3 +163,18 @@ async def test_a_remote_turn_joins_a_surrogate_pair_split_across_pieces(
             assert turn.summary.text == want
     finally:
         await client.aclose()
+
+
+async def test_a_remote_reply_keeps_the_marks_its_words_carried(make_tiny_engine, make_server):
+    """Marks after a sentence's last word go with it (``test_trailing_marks``): the units the
+    interrupt keeps (``heard_units``) count them."""
+    engine = make_tiny_engine(
+        max_sessions=2, frames_per_text_token=1.5, min_turn_frames=8, **SPEAKS
+    )
+    server = await make_server(engine)  # a reply's length bounded by its text, as the service's
+    tts = MossRemoteTTSService(
+        url=server.url,
+        output_latency_s=LATENCY_S,
+        settings=MossTTSSettings(greedy=True, lookahead_s=0.5),
+    )
+    await check_barge_in_after(tts, MARKED["mid"])

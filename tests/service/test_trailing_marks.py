@@ -1,0 +1,130 @@
+"""A sentence ending in text no word of it times (an emoji, an emoticon, marks after a space):
+pipecat's sequencer gives that text to the word before it, so the LLM context has it once that
+word was taken, and MOSS's history keeps it with that word.
+
+Before, the unit it is in MOSS (``😊``) counted as not taken: its own word frame adds nothing
+to the context, and when pipecat streams tokens it never comes out at all (pipecat holds a
+word no sentence waits for, then drops it). A barge-in after such a reply had played out (the
+user's next turn) then cut the history back to before it: the emoji gone from MOSS's text, and
+the audio from its time on gone from the history, while the context kept the whole text.
+"""
+
+from __future__ import annotations
+
+import pytest
+from pipecat.frames.frames import InterruptionFrame, TextType, TTSTextFrame
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.services.tts_service import TextAggregationMode
+from pipecat.tests.utils import SleepFrame
+
+from moss_pipecat.service import MossTTSService, MossTTSSettings
+from moss_pipecat.service.reply import WORD_TAG, Reply
+from moss_pipecat.speech.units import TimedWord
+
+from .test_cjk_replies import assistant_text, tokens
+from .test_heard_clock import LATENCY_S, run_playing
+from .test_moss_tts_service import reply, run
+
+TEXTS = {
+    "emoji": "Have a great day 😊",
+    "family": "Great job 👍🏽 family 👨\u200d👩\u200d👧",
+    "cjk": "好的，明天见 🎉",
+    "mid": "Great 👍. Next one is here.",  # the words after the carried marks
+}
+CASES = [("emoji", "token"), ("emoji", "sentence"), ("family", "token"), ("cjk", "token")]
+CASES += [("mid", "token"), ("mid", "sentence")]
+MODES = {"token": TextAggregationMode.TOKEN, "sentence": TextAggregationMode.SENTENCE}
+
+
+def _tts(engine, mode: str) -> MossTTSService:
+    return MossTTSService(
+        engine=engine,
+        output_latency_s=LATENCY_S,
+        text_aggregation_mode=MODES[mode],
+        settings=MossTTSSettings(greedy=True, lookahead_s=0.5),
+    )
+
+
+def spacing(text: str) -> str:
+    return " ".join(text.split())
+
+
+def check_kept_whole(text: str, cuts: list) -> None:
+    """A barge-in after the reply played out keeps all of it: every frame, the whole text."""
+    for cut in cuts:
+        assert cut.heard_frames == cut.audio_frames, (cut.heard_frames, cut.audio_frames)
+        assert spacing(cut.spoken_text) == spacing(text)
+
+
+@pytest.mark.parametrize("name,mode", CASES)
+async def test_a_barge_in_after_the_reply_keeps_its_trailing_marks(talkative_engine, name, mode):
+    await check_barge_in_after(_tts(talkative_engine, mode), TEXTS[name])
+
+
+async def check_barge_in_after(tts, text: str) -> None:
+    """``text`` played out, then a barge-in (the user's next turn): the context and MOSS's
+    history keep all of it."""
+    context = LLMContext()
+    frames = [*reply(*tokens(text)), SleepFrame(2.0 + len(text) / 12), InterruptionFrame()]
+    *_, cuts = await run_playing(tts, [*frames, SleepFrame(0.3)], context)
+    assert spacing(assistant_text(context)) == spacing(text)
+    check_kept_whole(text, cuts)
+
+
+async def test_without_an_assistant_aggregator_the_history_keeps_the_trailing_marks(
+    talkative_engine,
+):
+    """No context counts the units: what passed the service is what was heard, the units a
+    word frame carried with it included."""
+    tts, cuts, text = _tts(talkative_engine, "token"), [], TEXTS["emoji"]
+
+    @tts.event_handler("on_reply_interrupted")
+    async def _on_cut(service, context_id, summary):
+        cuts.append(summary)
+
+    frames = [*reply(*tokens(text)), SleepFrame(2.5), InterruptionFrame(), SleepFrame(0.3)]
+    await run(tts, frames)
+    check_kept_whole(text, cuts)
+
+
+UNITS = ["Great", "👍.", "Next", "one", "🎉", ":)"]  # "Great 👍. Next one 🎉 :)"
+
+
+def _reply(units: list[str]) -> Reply:
+    reply_ = Reply("c", None)
+    reply_.units = [TimedWord(t, 0.1 * i) for i, t in enumerate(units)]
+    return reply_
+
+
+def _word(text: str, raw_text: str | None = None) -> TTSTextFrame:
+    frame = TTSTextFrame(text, text_type=TextType.WORD)
+    frame.raw_text = raw_text
+    return frame
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_word_frame_counts_for_the_units_its_text_carried(mode):
+    """pipecat gives a sentence's trailing marks to its last word (``Great`` carries ``👍.``);
+    the units they are in count with that word's frame (``Reply.covered``), and the next word
+    frame is matched past them whether their own frames come (whole sentences: they add
+    nothing to the context) or not (streaming tokens)."""
+    reply_ = _reply(UNITS)
+    frames = [_word("Great", "Great 👍."), _word("Next", "Next"), _word("one", "one 🎉 :)")]
+    if mode == "sentence":
+        frames[1:1] = [_word("👍.")]
+        frames[4:] = [_word("🎉"), _word(":)")]
+    for frame in frames:
+        assert reply_.word_frames(frame) == [frame]
+    tags = [f.metadata[WORD_TAG][1] for f in frames]
+    assert tags == ([0, 2, 3] if mode == "token" else [0, 1, 2, 3, 4, 5])
+    assert [f.append_to_context for f in frames if f.raw_text is None] == (
+        [] if mode == "token" else [False, False, False]
+    )
+    covered = [2, 3, 6] if mode == "token" else [2, 2, 3, 6, 6, 6]
+    assert [reply_.covered(tag + 1) for tag in tags] == covered  # as the gate counts them
+
+
+def test_a_unit_the_word_did_not_carry_is_not_covered():
+    reply_ = _reply(["one", "🎉", ";)"])
+    assert reply_.word_frames(_word("one", "one 🎉 :)"))
+    assert reply_.covered(1) == 2
