@@ -16,6 +16,7 @@ the turn's audio. ``heard(frames)`` is the one answer to "which units did the us
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -55,6 +56,7 @@ class WordTimer:
     _glued: bool = False  # the last unit placed touches the next one (no space between)
     _peek: tuple[int, tuple[int, int]] | None = None  # the last unit found: (from, unit)
     _due: tuple[int, float] | None = None  # (``_next``, time) of the first unit not yet due
+    _fed: int = 0  # characters of ``text`` fed to the model so far
 
     def __post_init__(self) -> None:
         self._rates = SpeakingRates(self.chars_per_second, self.cjk_chars_per_second)
@@ -69,7 +71,7 @@ class WordTimer:
             frames: audio frames of the turn generated so far.
             fed_chars: characters of ``text`` covered by the text tokens fed so far.
         """
-        audio_s = frames * FRAME_SECONDS
+        audio_s, self._fed = frames * FRAME_SECONDS, fed_chars
         if self._due is not None and self._due[0] == self._next and self._due[1] >= audio_s:
             return []  # the next unit is still not due (more text cannot move its start)
         out = []
@@ -105,8 +107,14 @@ class WordTimer:
 
     def heard_text(self, frames: int, units: int | None = None) -> str:
         """The heard units as the text wrote them (no space between CJK units); ``units``: the
-        first that many units placed instead (the listener's own count, see ``Interrupt``)."""
-        return join_units(heard_units(self.placed, frames, units))
+        first that many units instead (the listener's own count, see ``Interrupt``). A count
+        past the units placed takes the next ones fed: text the listener got with the word
+        before it (an emoji after a sentence's last word) that the audio had not reached."""
+        words = self.placed
+        if units is not None and units > len(words):
+            fed = itertools.islice(self._iter_units(self._fed, final=True), units - len(words))
+            words = words + [TimedWord(unit_text(self.text, a, b), 0.0, sp) for a, b, sp, _ in fed]
+        return join_units(heard_units(words, frames, units))
 
     def settled(self) -> SpokenUnits:
         """What a finished turn keeps of this: its ``heard_text`` (nothing more is placed)."""

@@ -23,6 +23,7 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.transports.base_output import BaseOutputTransport
 
+from moss_pipecat.service.carries import Carries
 from moss_pipecat.service.phases import TAKES_TEXT, TURN_STARTED, ReplyPhase, check_move
 from moss_pipecat.service.word_order import MatchOrder
 from moss_pipecat.speech.frames import FRAME_SECONDS
@@ -110,8 +111,8 @@ class Reply:
     words_closed: bool = False
     last_release_ns: int = 0  # when its last released unit goes out (clock ns)
     # LLM text a word frame carried past its own unit (pipecat gives a sentence's trailing
-    # emoji to the word before it), by that unit: ``covered``.
-    carries: dict[int, str] = field(default_factory=dict)
+    # emoji to the word before it): ``covered``.
+    carries: Carries = field(default_factory=Carries)
 
     def move(self, phase: ReplyPhase) -> None:
         """Moves the reply to ``phase``; ``ReplyPhaseError`` if its life allows no such move
@@ -187,7 +188,7 @@ class Reply:
         words differently) keeps whether it is CJK text.
         """
         if not self.pieces:
-            self._pass_carried(frame)
+            self.passed = self.carries.passed_over(self.units, self.passed, frame)
         unit = self.units[self.passed] if self.passed < len(self.units) else None
         done = "".join(ws + f.text for ws, f in self.pieces)
         rest = unit.text[len(done) :] if unit is not None and unit.text.startswith(done) else ""
@@ -205,7 +206,7 @@ class Reply:
                 frame.raw_text = raw + ws + (frame.raw_text or frame.text)
                 frame.text = unit.text
             frame.includes_inter_frame_spaces = unit.spaced
-            self._carry(frame, unit.text.strip())
+            self.carries.record(self.passed - 1, frame, unit.text.strip())
             return [frame]
         logger.debug(f"word frame {frame.text!r} is not the unit released ({unit!r})")
         held = [f for _, f in pieces]
@@ -213,44 +214,10 @@ class Reply:
             f.includes_inter_frame_spaces = any(is_unit_char(ch) for ch in f.text)
         return [*held, frame]
 
-    def _pass_carried(self, frame: TTSTextFrame) -> None:
-        """Passes over the units the last word frame carried when ``frame`` is not the first
-        of them: pipecat streaming tokens drops their own frames (with whole sentences it
-        sends them, and they pass as the units they are)."""
-        covered = self.covered(self.passed)
-        if covered > self.passed and frame.text != self.units[self.passed].text.strip():
-            self.passed = covered
-
-    def _carry(self, frame: TTSTextFrame, unit: str) -> None:
-        """Keeps the context from taking a unit twice: pipecat's sequencer hands the LLM text
-        past a sentence's last word (``Hi 👨``: an emoji it expects no word time for) to that
-        word's frame (``carries``) and, with whole sentences, emits the unit's own frame too
-        when the engine times it. That frame still counts as taken (the gate reads its tag);
-        its text is already in the context."""
-        index = self.passed - 1
-        carried = self.carries.get(index - 1, "").lstrip()
-        if unit and carried.startswith(unit) and frame.raw_text is None:
-            frame.append_to_context = False
-            carried = carried[len(unit) :]
-        else:
-            raw = (frame.raw_text or "").strip()
-            carried = raw[len(unit) :] if raw.startswith(unit) else ""
-        if carried:
-            self.carries[index] = carried
-
     def covered(self, count: int) -> int:
-        """How many units the first ``count`` units' word frames hold: with them, the units
-        whose text the last one carried (a sentence's trailing emoji or marks, which pipecat's
-        sequencer gives to the word before them). Their own frames add nothing to the context,
-        and when pipecat streams tokens they never come out at all (it holds a word no
-        sentence is waiting for, then drops it)."""
-        carried = self.carries.get(count - 1, "")
-        while carried and count < len(self.units):
-            unit, carried = self.units[count].text.strip(), carried.lstrip()
-            if not unit or not carried.startswith(unit):
-                break
-            carried, count = carried[len(unit) :], count + 1
-        return count
+        """The units the context holds once it took the first ``count`` units' word frames
+        (``Carries.covered``)."""
+        return self.carries.covered(self.units, count)
 
     def play(self, start_ns: int) -> None:
         """Playback starts at ``start_ns``: the frames pushed so far play from there."""

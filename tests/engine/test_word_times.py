@@ -66,6 +66,23 @@ def test_heard_is_a_prefix_cut_by_frames():
     assert timer.heard_text(40) == text
 
 
+def test_a_count_past_the_units_placed_takes_the_next_ones_fed():
+    """``heard_text(frames, units)`` with more units than placed: the listener took text with
+    the word before it (pipecat gives a sentence's trailing emoji to its last word) that the
+    audio had not reached; the next units fed, never one not fed whole."""
+    text = "Have a nice day 😊 :) ok"
+    timer = WordTimer(chars_per_second=12.0)  # 1.12 s of audio reaches "day", not the emoji
+    timer.add_text(text)
+    placed = []
+    for f in range(1, 15):
+        placed += timer.on_audio(f, fed_chars=len("Have a nice day 😊 :"))
+    assert [w for w, _ in placed] == ["Have", "a", "nice", "day"]
+    assert timer.heard_text(14, 4) == "Have a nice day"
+    assert timer.heard_text(14, 5) == "Have a nice day 😊"
+    assert timer.heard_text(14, 7) == "Have a nice day 😊"  # ":)" was fed in part
+    assert timer.heard_text(14, 2) == "Have a"
+
+
 def test_random_streams_keep_the_invariants():
     rng = random.Random(0)
     for _ in range(200):

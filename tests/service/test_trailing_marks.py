@@ -124,7 +124,13 @@ def test_a_word_frame_counts_for_the_units_its_text_carried(mode):
     assert [reply_.covered(tag + 1) for tag in tags] == covered  # as the gate counts them
 
 
-def test_a_unit_the_word_did_not_carry_is_not_covered():
+def test_the_units_a_word_carried_count_before_the_audio_reaches_them():
+    """A barge-in after the context took ``one 🎉 :)`` but before the engine placed the marks
+    (the audio had not reached them): they count all the same, and the engine keeps them
+    (``WordTimer.heard_text``); a unit the word did not carry is not counted."""
+    reply_ = _reply(["one"])
+    assert reply_.word_frames(_word("one", "one 🎉 :)"))
+    assert reply_.covered(1) == 3
     reply_ = _reply(["one", "🎉", ";)"])
     assert reply_.word_frames(_word("one", "one 🎉 :)"))
     assert reply_.covered(1) == 2
