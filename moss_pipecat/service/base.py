@@ -288,7 +288,7 @@ class MossTTSServiceBase(TTSService):
         if reply.takes_text:  # else its text ended (the model ended it, or its text failed)
             await self.start_tts_usage_metrics(text)  # pipecat counts streamed tokens itself
             self._tracer.text_added(reply, text)
-            text = reply.next_sentence(text) if self._sentences else text
+            text = reply.next_text(text, self._sentences)
             if reply.turn is None:
                 reply.pending.append(text)
             else:

@@ -39,10 +39,12 @@ class Carries:
         if carried:
             self._text[index] = carried
 
-    def covered(self, units: Sequence[TimedWord], count: int) -> int:
+    def covered(self, units: Sequence[TimedWord], count: int, fed: str = "") -> int:
         """How many units the word frames of the first ``count`` of ``units`` (those released
-        so far) hold: with them, the units whose text the last one carried, released or still
-        to come (the audio had not reached them), in order; none past one it did not carry."""
+        so far) hold: with them, the units whose text the last one carried, in order, none
+        past one it did not carry; those still to come (the audio had not reached them)
+        where the reply's engine turn was fed that text (``fed``: a text transform may have
+        taken it out)."""
         carried = self._text.get(count - 1, "")
         while carried and count < len(units):
             unit, carried = units[count].text.strip(), carried.lstrip()
@@ -50,7 +52,7 @@ class Carries:
                 return count
             carried, count = carried[len(unit) :], count + 1
         at = 0
-        while (span := next_unit(carried, at, final=True)) is not None:
+        while carried.strip() in fed and (span := next_unit(carried, at, final=True)):
             count, at = count + 1, span[1]
         return count
 

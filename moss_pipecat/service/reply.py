@@ -103,6 +103,7 @@ class Reply:
     # end), with the whitespace the unit has before each: they pass as one frame.
     pieces: list[tuple[str, TTSTextFrame]] = field(default_factory=list)
     tail: str = ""  # the last sentence fed (pipecat's sentence mode)
+    fed: str = ""  # the text handed to its engine turn (after pipecat's text transforms)
     taken: int = 0
     # Its text frames the sequencer queued: they pass in the order they were matched.
     match_order: MatchOrder = field(default_factory=MatchOrder)
@@ -167,13 +168,14 @@ class Reply:
             return False
         return True
 
-    def next_sentence(self, sentence: str) -> str:
-        """A sentence of pipecat's sentence mode as fed after the reply's earlier ones: pipecat
-        strips the spaces between them, and without one the model reads "here.Another" and
-        the units merge across the sentences."""
-        seam = sentence_seam(self.tail, sentence)
-        self.tail = sentence or self.tail
-        return seam + sentence
+    def next_text(self, text: str, sentences: bool) -> str:
+        """``text`` as the reply's engine turn is fed it (kept in ``fed``). A sentence of
+        pipecat's sentence mode comes after the earlier ones with the seam pipecat stripped:
+        without one the model reads "here.Another" and the units merge across them."""
+        if sentences:
+            text, self.tail = sentence_seam(self.tail, text) + text, text or self.tail
+        self.fed += text
+        return text
 
     def word_frames(self, frame: TTSTextFrame) -> list[TTSTextFrame]:
         """The word frames to push for ``frame``, each with the spacing of the unit it was
@@ -217,7 +219,7 @@ class Reply:
     def covered(self, count: int) -> int:
         """The units the context holds once it took the first ``count`` units' word frames
         (``Carries.covered``)."""
-        return self.carries.covered(self.units, count)
+        return self.carries.covered(self.units, count, self.fed)
 
     def play(self, start_ns: int) -> None:
         """Playback starts at ``start_ns``: the frames pushed so far play from there."""

@@ -126,11 +126,18 @@ def test_a_word_frame_counts_for_the_units_its_text_carried(mode):
 
 def test_the_units_a_word_carried_count_before_the_audio_reaches_them():
     """A barge-in after the context took ``one 🎉 :)`` but before the engine placed the marks
-    (the audio had not reached them): they count all the same, and the engine keeps them
-    (``WordTimer.heard_text``); a unit the word did not carry is not counted."""
+    (the audio had not reached them): they count all the same where the engine was fed them,
+    and it keeps them (``WordTimer.heard_text``); a unit the word did not carry is not
+    counted."""
     reply_ = _reply(["one"])
+    assert reply_.next_text("one 🎉 :)", sentences=False) == reply_.fed == "one 🎉 :)"
     assert reply_.word_frames(_word("one", "one 🎉 :)"))
     assert reply_.covered(1) == 3
+    # A text transform took the marks out of what the engine was fed: nothing to count.
+    reply_ = _reply(["one"])
+    reply_.next_text("one. Two", sentences=False)
+    assert reply_.word_frames(_word("one", "one 🎉."))
+    assert reply_.covered(1) == 1
     reply_ = _reply(["one", "🎉", ";)"])
     assert reply_.word_frames(_word("one", "one 🎉 :)"))
     assert reply_.covered(1) == 2
