@@ -24,6 +24,7 @@
 #     --one-interpreter   (--device cpu only) import torch and the package once and fork every
 #                         step from that interpreter (scripts/step_server.py): each step is
 #                         still its own process, without ~4 s of imports each
+#     --plan              print the steps this call would run, in order, and exit
 #
 # A failing step is recorded (summary.json, NAME.log) and the others still run; the exit status
 # is nonzero if any step failed or timed out. Without fixtures beside the checkout, a tiny
@@ -137,7 +138,7 @@ usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0";
 
 # ---- arguments -------------------------------------------------------------------------------
 DEVICE=cuda TINY_RUN=0 OUT_DIR="" COMPILE_BACKEND="" BUDGET=0 ONLY="" SKIP="" DTYPE="" ENV_ONLY=0
-ONE_INTERPRETER=0
+ONE_INTERPRETER=0 PLAN=0
 WHEELS=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -152,6 +153,7 @@ while [ $# -gt 0 ]; do
     --dtype) DTYPE=$2; shift 2 ;;
     --env-only) ENV_ONLY=1; shift ;;
     --one-interpreter) ONE_INTERPRETER=1; shift ;;
+    --plan) PLAN=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "gpu_bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -168,6 +170,38 @@ done
 [ -n "$DTYPE" ] || { [ "$DEVICE" = cuda ] && DTYPE=bfloat16 || DTYPE=float32; }
 OUT_DIR=${OUT_DIR:-out/gpu}
 mkdir -p "$OUT_DIR" && OUT_DIR=$(cd "$OUT_DIR" && pwd) || exit 2
+
+# ---- which steps run -------------------------------------------------------------------------
+selected() { { [ -z "$ONLY" ] || [[ $ONLY == *",$1,"* ]]; } && [[ $SKIP != *",$1,"* ]]; }
+# The traffic steps that take --cost-table read this run's JSON: one of each group of
+# engine.device_costs.RUN_NEEDS. Asked for with --only, a group that no step before them
+# writes and that --out lacks brings a step along (the fused figures: these traffic steps run
+# fused), so a one-shot GPU call that asks for the traffic alone still measures it.
+# (engine_fused and capacity run after the traffic: only their JSON already in --out counts.)
+COST_TABLE_NEEDS=("step_fused step" "codec_fused codec" "prefill" "engine engine_fused capacity")
+for traffic in traffic_after traffic_new; do
+  { [ -n "$ONLY" ] && selected "$traffic"; } || continue
+  for group in "${COST_TABLE_NEEDS[@]}"; do
+    have=0
+    for name in $group; do
+      [ -f "$OUT_DIR/$name.json" ] && have=1
+      case $name in engine_fused|capacity) ;; *) selected "$name" && have=1 ;; esac
+    done
+    first=${group%% *}
+    if [ $have = 0 ] && [[ $SKIP == *",$first,"* ]]; then
+      echo "gpu_bench: $traffic's cost table needs $first.json, which --skip leaves out" >&2
+    elif [ $have = 0 ]; then
+      echo "gpu_bench: $traffic's cost table needs $first.json: running $first too" >&2
+      ONLY+="$first,"
+    fi
+  done
+done
+if [ "$PLAN" = 1 ]; then
+  plan=()
+  for name in "${STEPS[@]}"; do selected "$name" && plan+=("$name"); done
+  echo "${plan[*]}"
+  exit 0
+fi
 if [ -n "${MOSS_FIXTURES:-}" ] && [ -d "$MOSS_FIXTURES" ]; then
   MOSS_FIXTURES=$(cd "$MOSS_FIXTURES" && pwd)
 fi
@@ -367,9 +401,7 @@ fi
 FAILED=()
 for name in "${STEPS[@]}"; do
   step_spec "$name" || { echo "gpu_bench: no spec for step $name" >&2; exit 2; }
-  if { [ -n "$ONLY" ] && [[ $ONLY != *",$name,"* ]]; } || [[ $SKIP == *",$name,"* ]]; then
-    continue
-  fi
+  selected "$name" || continue
   if [ -n "$SCRIPT" ] && [ ! -f "benchmarks/$SCRIPT" ]; then
     record "$name" skipped 0 0 "$SCRIPT" "script not present"
     continue

@@ -31,6 +31,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from moss_pipecat._log import StdlibLogger
+from moss_pipecat.engine.device_costs import RUN_NEEDS
 
 REPO = Path(__file__).resolve().parent.parent
 ALLOWED = ("torch", "numpy", "safetensors", "transformers", "pytest")
@@ -256,6 +257,36 @@ def test_gpu_bench_wheels_with_pip_and_a_failing_step(tmp_path):
     assert summary["failed"] == ["codec"] and "FAILED: codec" in proc.stderr
     assert "invalid choice" in (out / "codec.log").read_text()
     assert json.loads((out / "memory.json").read_text())["kv_bytes_per_position"] > 0
+
+
+def test_a_traffic_step_brings_the_runs_its_cost_table_reads(tmp_path):
+    """``--plan``: the steps a call would run. A traffic step that reads this run's cost table
+    (``--cost-table``) brings, under ``--only``, a step for each ``RUN_NEEDS`` group that no
+    step before it writes and ``--out`` lacks (a one-shot GPU call asking for the traffic
+    alone failed at its end for want of ``prefill.json``); ``--skip`` still wins. The script's
+    groups are the cost table's."""
+    script, out = REPO / "scripts" / "gpu_bench.sh", tmp_path / "gpu"
+
+    def plan(*args: str) -> list[str]:
+        cmd = ["bash", str(script), "--device", "cpu", "--out", str(out), *args, "--plan"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()
+
+    fused = ["step_fused", "codec_fused"]
+    assert plan("--only", "traffic_after") == [*fused, "prefill", "engine", "traffic_after"]
+    plain = plan("--only", "step,codec,traffic_new")
+    assert plain == ["step", "codec", "prefill", "engine", "traffic_new"]
+    skipped = plan("--only", "traffic_after", "--skip", "prefill")
+    assert skipped == [*fused, "engine", "traffic_after"]
+    assert plan("--only", "traffic") == ["traffic"]  # the plain traffic reads no table
+    for name in ("prefill", "capacity"):  # an earlier call's, in --out
+        (out / f"{name}.json").write_text("{}")
+    assert plan("--only", "traffic_after,traffic_new") == [*fused, "traffic_after", "traffic_new"]
+    assert "prefill" in plan() and plan("--skip", "prefill").count("prefill") == 0
+    groups = script.read_text().split("COST_TABLE_NEEDS=(", 1)[1].split(")", 1)[0]
+    groups = {frozenset(g.split()) for g in groups.strip('"').split('" "')}
+    assert groups == {frozenset(g) for g in RUN_NEEDS}
 
 
 def test_step_server_runs_each_step_as_python_would(tmp_path):

@@ -18,7 +18,8 @@ How the table comes from the benchmarks (each a median on the GPU):
 * codec: ``codec.json``, the graphed one-frame streaming decode by batch.
   With ``fused``: ``step_fused.json`` and ``codec_fused.json`` (the same benchmarks through the
   fused ops), where the run has them; the one-session TTFA then from ``engine_fused.json``
-  where it has that.
+  where it has that. A run with only one of the two (plain or fused) gives it either way; one
+  lacking a benchmark is refused, naming it (``RUN_NEEDS``).
 * first_frame: not measured on its own; taken as the decode step of the same batch (a first
   frame runs the local transformer and sampling, a decode step that plus one backbone row, so
   this is an upper bound).
@@ -41,6 +42,15 @@ KINDS = ("prefill", "first_frame", "decode", "codec")
 # Rows a benchmark turn prefills after the warm-up round: header (3) + 12 text rows (the
 # system block's 5 rows come from the prefix cache).
 BENCH_TURN_ROWS = 15
+# The gpu_bench.sh steps (each writes NAME.json) a cost table reads: one of each group, the
+# fused figures where the run has them. ``scripts/gpu_bench.sh`` adds a missing group's first
+# step ahead of a traffic step that reads the table (``--only``), so it lists them too.
+RUN_NEEDS = (
+    ("step", "step_fused"),
+    ("codec", "codec_fused"),
+    ("prefill",),
+    ("engine", "engine_fused", "capacity"),
+)
 
 
 class DeviceCosts:
@@ -92,11 +102,18 @@ class DeviceCosts:
     def from_gpu_bench(cls, folder: str | Path, fused: bool = False) -> DeviceCosts:
         """The cost table of one ``scripts/gpu_bench.sh`` run (see the module docstring)."""
         folder = Path(folder)
-        step_run, codec_run = "step", "codec"
-        if fused and (folder / "step_fused.json").exists():
-            step_run = "step_fused"
-        if fused and (folder / "codec_fused.json").exists():
-            codec_run = "codec_fused"
+        lacking = [
+            " or ".join(f"{n}.json" for n in group)
+            for group in RUN_NEEDS
+            if not any((folder / f"{n}.json").exists() for n in group)
+        ]
+        if lacking:
+            raise FileNotFoundError(
+                f"{folder} lacks {', '.join(lacking)}: a cost table needs the gpu_bench.sh "
+                "steps of the same names in the same run (its --out)"
+            )
+        step_run = _run_of(folder, RUN_NEEDS[0], fused)
+        codec_run = _run_of(folder, RUN_NEEDS[1], fused)
 
         def results(name: str) -> list[dict]:
             return json.loads((folder / f"{name}.json").read_text())["results"]
@@ -133,10 +150,16 @@ def _one_session_ttfa(folder: Path, fused: bool) -> float:
         for p in json.loads(cap.read_text())["probes"]:
             if p["sessions"] == 1:
                 return p["ttfa_ms_p50"] / 1e3
-    engine = folder / "engine_fused.json"
-    if not (fused and engine.exists()):
-        engine = folder / "engine.json"
-    for r in json.loads(engine.read_text())["results"]:
+    engine = _run_of(folder, ("engine", "engine_fused"), fused)
+    rows = json.loads((folder / f"{engine}.json").read_text())["results"] if engine else []
+    for r in rows:
         if r["sessions"] == 1:
             return r["ttfa_ms_p50"] / 1e3
     raise ValueError(f"{folder}: no one-session TTFA in capacity.json or engine.json")
+
+
+def _run_of(folder: Path, group: tuple[str, ...], fused: bool) -> str | None:
+    """Which of a group's runs (``RUN_NEEDS``) the table reads: the first the folder has, the
+    fused ones first where ``fused``, else the plain ones."""
+    order = sorted(group, key=lambda name: name.endswith("_fused") != fused)
+    return next((name for name in order if (folder / f"{name}.json").exists()), None)

@@ -3,6 +3,7 @@ calls on a CPU, the prefill budget, fairness and admission under load."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,18 @@ def test_a_fused_table_reads_the_fused_runs_and_the_plain_ones_otherwise():
     assert "(NVIDIA H200; step, codec)" in plain.source
     # A run without fused figures gives its plain ones.
     assert DeviceCosts.load(H200, fused=True).points == DeviceCosts.load(H200).points
+
+
+def test_a_run_lacking_a_benchmark_says_which_and_fused_figures_alone_serve_both(tmp_path):
+    fused_only = H200.parent / "h200-2026-12-04b"  # step_fused, codec_fused, engine_fused
+    assert DeviceCosts.load(fused_only).points == DeviceCosts.load(fused_only, fused=True).points
+    for name in ("step", "codec", "engine"):
+        shutil.copy(H200 / f"{name}.json", tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"lacks prefill\.json: .* gpu_bench\.sh steps"):
+        DeviceCosts.load(tmp_path)
+    (tmp_path / "engine.json").rename(tmp_path / "prefill.json")
+    with pytest.raises(FileNotFoundError, match=r"engine\.json or engine_fused\.json or capa"):
+        DeviceCosts.load(tmp_path)
 
 
 def test_300_calls_at_once_run_through_the_real_scheduler(costs):
