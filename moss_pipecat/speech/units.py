@@ -92,10 +92,16 @@ def is_unit_char(ch: str) -> bool:
 def sentence_seam(before: str, sentence: str) -> str:
     """What goes between two sentences fed one after the other when pipecat hands them over
     stripped of spaces (its sentence mode): a space, unless either side is whitespace already
-    or CJK (those scripts put none between sentences)."""
+    or the sentence before was CJK (those scripts put none after a sentence): its last mark is
+    CJK/fullwidth, or its last letter is CJK ("好的!" then "走吧。"). A CJK sentence after a
+    Latin one gets the space the LLM writes there ("Hello." then "你好。"); after one with no
+    letter at all, the sentence's own script decides."""
     if not before or not sentence or before[-1].isspace() or sentence[0].isspace():
         return ""
-    return "" if is_cjk_class(before[-1]) or is_cjk_class(sentence[0]) else " "
+    last = next((ch for ch in reversed(before) if ch.isalnum()), None)
+    if is_cjk_class(before[-1]) or (last is not None and is_cjk_char(last)):
+        return ""
+    return "" if last is None and is_cjk_class(sentence[0]) else " "
 
 
 def is_cjk_class(ch: str) -> bool:

@@ -182,7 +182,11 @@ def test_surrogate_pairs_are_joined_across_pieces():
         ("안녕하세요.", "반갑습니다.", " "),  # Korean and Thai write spaces between sentences
         ("ครับ.", "วันนี้", " "),
         ("你好。", "我很好。", ""),  # CJK writes none
-        ("Hello.", "你好。", ""),
+        ("Hello.", "你好。", " "),  # the space after a Latin sentence, as the LLM wrote it
+        ("好的!", "我们走吧。", ""),  # a CJK sentence with a halfwidth mark
+        ("我用iPhone.", "很好", " "),  # (its last letter is Latin)
+        ("…", "你好。", ""),  # no letter before: the sentence's script decides
+        ("…", "Next.", " "),
         ("元気です。", "Thanks.", ""),
         ("Trailing space. ", "Next.", ""),
         ("First.", " Next.", ""),

@@ -46,10 +46,10 @@ def test_sentences_join_as_the_model_reads_them():
     assert _joined(_through(unspoken, "One.", "Two!", "Three?")) == "One. Two! Three?"
     assert _joined(_through(unspoken, "你好。", "明天见！")) == "你好。明天见！"
     assert _joined(_through(unspoken, "Hello there.", "你好。", "Ok then.")) == (
-        "Hello there.你好。Ok then."
+        "Hello there. 你好。Ok then."
     )
     frames = _through(unspoken, "Wait...", "今日は。")
-    assert [f.text for f in frames] == ["Wait...", "今日は。"]
+    assert [f.text for f in frames] == ["Wait...", " 今日は。"]
     assert all(f.includes_inter_frame_spaces for f in frames)
 
 

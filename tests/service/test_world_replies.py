@@ -134,3 +134,24 @@ async def test_a_reply_ending_in_an_emoji_puts_it_in_the_context_once(talkative_
     _, _, _, cuts = await run_playing(tts, [*reply(*tokens(text)), SleepFrame(4.0)], context)
     assert not cuts
     assert assistant_text(context) == text
+
+
+@pytest.mark.parametrize("mode", [TextAggregationMode.TOKEN, TextAggregationMode.SENTENCE])
+@pytest.mark.parametrize("text", ["Hello there. 你好，世界。Thanks!", "好的!我们走吧。OK, bye."])
+async def test_sentences_of_two_scripts_reach_the_context_spaced_as_written(
+    talkative_engine, mode, text
+):
+    """pipecat's sentence mode hands each sentence over without the spaces before it: the one
+    after a Latin sentence gets its space back, also a CJK one, and none comes after a CJK
+    sentence, also one ending in a halfwidth mark (``units.sentence_seam``)."""
+    tts = MossTTSService(
+        engine=talkative_engine,
+        output_latency_s=LATENCY_S,
+        settings=MossTTSSettings(greedy=True, lookahead_s=0.5),
+        text_aggregation_mode=mode,
+    )
+    context = LLMContext()
+    frames = [*reply(*tokens(text)), SleepFrame(1.5 + len(text) / 12)]
+    _, _, _, cuts = await run_playing(tts, frames, context)
+    assert not cuts
+    assert assistant_text(context) == text
