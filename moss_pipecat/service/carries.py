@@ -6,7 +6,9 @@ The engine times those units anyway. With whole sentences pipecat emits their ow
 (they add nothing to the context: their text is in it already); streaming tokens, it holds
 them as words no sentence waits for, then drops them. So a word frame the context took holds
 its own unit and the units its text carried (``Carries.covered``), whether their own frames
-come or not, and whether the audio had reached them or not.
+come or not, and whether the audio had reached them or not. Text it carried that is only the
+start of a unit (``了！🎉`` where ``🎉我`` is one unit: pipecat's sentence ended inside it) goes
+with that unit's frame instead: the context takes whole units, as MOSS keeps them.
 """
 
 from __future__ import annotations
@@ -23,21 +25,62 @@ class Carries:
 
     def __init__(self) -> None:
         self._text: dict[int, str] = {}
+        self._lent: dict[int, str] = {}  # a unit's start another frame carried, by unit index
+        self._at = 0  # in the text fed, where the units recorded so far end (where found)
 
-    def record(self, index: int, frame: TTSTextFrame, unit: str) -> None:
-        """The word frame of unit ``index`` (text ``unit``) passes. A unit the frame before
-        carried (pipecat found no LLM text left for it: ``raw_text`` None) adds nothing to the
-        context, so the context takes no unit twice; its frame still counts as taken (the
-        gate reads its tag)."""
+    def record(
+        self, units: Sequence[TimedWord], index: int, frame: TTSTextFrame, fed: str = ""
+    ) -> None:
+        """The word frame of unit ``index`` of ``units`` passes (``fed``: the text its turn
+        was fed so far). A unit the frame before carried (pipecat found no LLM text left for
+        it: ``raw_text`` None) adds nothing to the context, so the context takes no unit
+        twice; its frame still counts as taken (the gate reads its tag). The start of a unit
+        the frame carries moves to that unit's frame (``_lend``)."""
+        unit = units[index].text.strip()
+        lent = self._lent.pop(index, "")
         carried = self._text.get(index - 1, "").lstrip()
         if unit and carried.startswith(unit) and frame.raw_text is None:
             frame.append_to_context = False
             carried = carried[len(unit) :]
         else:
+            if lent and frame.raw_text is not None and not frame.raw_text.lstrip().startswith(unit):
+                frame.raw_text = lent + frame.raw_text
             raw = (frame.raw_text or "").strip()
             carried = raw[len(unit) :] if raw.startswith(unit) else ""
+            carried = self._lend(units, index, frame, carried, fed) if carried else ""
         if carried:
             self._text[index] = carried
+        if unit and (at := fed.find(unit, self._at)) >= 0:
+            self._at = at + len(unit)
+
+    def _lend(
+        self, units: Sequence[TimedWord], index: int, frame: TTSTextFrame, carried: str, fed: str
+    ) -> str:
+        """``carried`` (what ``frame``, unit ``index``'s, carried past it) less a last piece
+        that only starts a unit (pipecat's sentence ended inside it: ``了！🎉`` of ``🎉我``):
+        that piece leaves the frame's LLM text, with the space before it, and goes with its
+        unit's frame (``record``). The piece is found among the units known, else in the text
+        fed: more of it follows there, with no space between."""
+        rest, k = carried, index + 1
+        while k < len(units) and (unit := units[k].text.strip()) and rest.lstrip().startswith(unit):
+            rest, k = rest.lstrip()[len(unit) :], k + 1
+        if k < len(units):
+            piece = rest.strip()
+            if not piece or not units[k].text.strip().startswith(piece):
+                return carried
+        else:
+            spans = [(0, 0)]  # the last unit of what is left, from the rules alone
+            while span := next_unit(rest, spans[-1][1], final=True):
+                spans.append(span)
+            piece, k = rest[spans[-1][0] :].strip(), k + len(spans) - 2
+            raw = (frame.raw_text or "").strip()
+            end = fed.find(raw, self._at) + len(raw)
+            if not piece or end < len(raw) or end >= len(fed) or fed[end].isspace():
+                return carried
+        raw = frame.raw_text or ""
+        cut = len(raw[: len(raw.rstrip()) - len(piece)].rstrip())
+        self._lent[k], frame.raw_text = raw[cut:], raw[:cut]
+        return carried[: len(carried) - len(piece)].rstrip()
 
     def covered(self, units: Sequence[TimedWord], count: int, fed: str = "") -> int:
         """How many units the word frames of the first ``count`` of ``units`` (those released

@@ -208,7 +208,7 @@ class Reply:
                 frame.raw_text = raw + ws + (frame.raw_text or frame.text)
                 frame.text = unit.text
             frame.includes_inter_frame_spaces = unit.spaced
-            self.carries.record(self.passed - 1, frame, unit.text.strip())
+            self.carries.record(self.units, self.passed - 1, frame, self.fed)
             return [frame]
         logger.debug(f"word frame {frame.text!r} is not the unit released ({unit!r})")
         held = [f for _, f in pieces]

@@ -12,8 +12,9 @@ the audio from its time on gone from the history, while the context kept the who
 from __future__ import annotations
 
 import pytest
-from pipecat.frames.frames import InterruptionFrame, TextType, TTSTextFrame
+from pipecat.frames.frames import Frame, InterruptionFrame, TextType, TTSSpeakFrame, TTSTextFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.services.tts_service import TextAggregationMode
 from pipecat.tests.utils import SleepFrame
 
@@ -22,7 +23,8 @@ from moss_pipecat.service.reply import WORD_TAG, Reply
 from moss_pipecat.speech.units import TimedWord
 
 from .test_cjk_replies import assistant_text, tokens
-from .test_heard_clock import LATENCY_S, run_playing
+from .test_context_race import Barger, assistant_messages, record_cuts, run_race
+from .test_heard_clock import LATENCY_S, PlayingOutputTransport, run_playing
 from .test_moss_tts_service import reply, run
 
 TEXTS = {
@@ -141,3 +143,77 @@ def test_the_units_a_word_carried_count_before_the_audio_reaches_them():
     reply_ = _reply(["one", "🎉", ";)"])
     assert reply_.word_frames(_word("one", "one 🎉 :)"))
     assert reply_.covered(1) == 2
+
+
+def test_the_start_of_a_unit_a_word_carried_waits_for_that_units_frame():
+    """pipecat's sentence ended inside a unit (``了！🎉`` then ``我``; the unit is ``🎉我``)
+    and gave its start to the word before: that start leaves the word's LLM text and goes
+    with its own unit's frame, so the context holds whole units, those MOSS keeps. Found
+    among the units known, else in the text fed (more of the unit follows with no space);
+    a piece nothing follows yet stays (it may be a whole unit)."""
+    for known in (["了！"], ["了！", "🎉我"]):
+        reply_ = _reply(known)
+        reply_.next_text("了！🎉我们", sentences=False)
+        first = _word("了！", "了！🎉")
+        assert reply_.word_frames(first) == [first] and first.raw_text == "了！"
+        assert reply_.covered(1) == 1
+        reply_.units = [*reply_.units[:1], TimedWord("🎉我", 0.1), TimedWord("们", 0.2)]
+        second = _word("🎉我", "我")
+        assert reply_.word_frames(second) == [second] and second.raw_text == "🎉我"
+        assert reply_.covered(2) == 2
+    # Whole units carried before the piece count; the piece goes on with its space.
+    reply_ = _reply(["Great", "👍", "🎉我"])
+    frame = _word("Great", "Great 👍 🎉")
+    assert reply_.word_frames(frame) == [frame] and frame.raw_text == "Great 👍"
+    assert reply_.covered(1) == 2
+    next_ = _word("🎉我", "我")
+    assert reply_.word_frames(next_) == [next_] and next_.raw_text == " 🎉我"
+    # Units not known yet: the piece is the last the rules find, its frame the one after.
+    reply_ = _reply(["Great"])
+    reply_.next_text("Great 👍 🎉我", sentences=False)
+    frame = _word("Great", "Great 👍 🎉")
+    assert reply_.word_frames(frame) == [frame] and frame.raw_text == "Great 👍"
+    reply_.units += [TimedWord("👍", 0.1), TimedWord("🎉我", 0.2)]
+    frames = [_word("👍"), _word("🎉我", "我")]
+    assert [reply_.word_frames(f) for f in frames] == [[f] for f in frames]
+    assert [f.raw_text for f in frames] == [None, " 🎉我"]
+    # Nothing fed after it yet, or a space after it: a whole unit, carried as it was.
+    for fed in ("了！🎉", "了！🎉 我们"):
+        reply_ = _reply(["了！"])
+        reply_.next_text(fed, sentences=False)
+        frame = _word("了！", "了！🎉")
+        assert reply_.word_frames(frame) == [frame] and frame.raw_text == "了！🎉"
+
+
+class BargeInOnWord:
+    """The user barges in once pipecat's assistant aggregator has taken the word frame of
+    ``word`` (whatever the load)."""
+
+    def __init__(self, barger: Barger, assistant, word: str) -> None:
+        self._barger, self._word, self.done = barger, word, False
+        assistant.add_event_handler("on_after_process_frame", self._taken)
+
+    async def _taken(self, _aggregator, frame: Frame) -> None:
+        if isinstance(frame, TTSTextFrame) and frame.text == self._word and not self.done:
+            self.done = True
+            await self._barger.barge_in()
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("speak", [True, False], ids=["speak", "llm"])
+async def test_a_barge_in_after_a_sentence_keeps_out_the_start_of_the_next_unit(
+    talkative_engine, mode, speak
+):
+    """``1# 太好了！🎉我们…``: pipecat gave ``🎉`` to ``了！``'s frame (its sentence ended
+    there; the unit is ``🎉我``); a barge-in once the context took that frame left ``🎉`` in
+    the context and not in MOSS's history."""
+    text = "1# 太好了！🎉我们一家去公园玩吧！"
+    context, barger = LLMContext(), Barger()
+    assistant = LLMContextAggregatorPair(context).assistant()
+    tts = _tts(talkative_engine, mode)
+    cuts, barge = record_cuts(tts), BargeInOnWord(barger, assistant, "了！")
+    frames = [TTSSpeakFrame(text)] if speak else reply(*tokens(text))
+    await run_race([barger, tts, PlayingOutputTransport(), assistant], [*frames, SleepFrame(4.0)])
+    (cut,) = cuts
+    assert barge.done and assistant_messages(context) == [cut.spoken_text]
+    assert cut.spoken_text.startswith("1# 太好了！") and "们" not in cut.spoken_text
