@@ -29,6 +29,7 @@ from pipecat.pipeline.task import PipelineParams
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.services.tts_service import TextAggregationMode
 from pipecat.tests.utils import SleepFrame, run_test
 
 from moss_pipecat.client import RemoteEngine
@@ -170,17 +171,25 @@ class Seen(FrameProcessor):
 
 
 @contextlib.asynccontextmanager
-async def call_through_outages(fixtures_dir, tmp_path):
+async def call_through_outages(
+    fixtures_dir, tmp_path, mode: TextAggregationMode = TextAggregationMode.TOKEN
+):
     """A server process whose replies speak (``speaking_server``) and the remote service the
-    heard-clock tests use on it (greedy, their output latency), whose client goes on trying to
-    reach a server for a minute (a restart on a loaded machine takes a while)."""
+    heard-clock tests use on it (greedy, their output latency; pipecat's ``mode``), whose
+    client goes on trying to reach a server for a minute (a restart on a loaded machine takes
+    a while)."""
     async with speaking_server(fixtures_dir, tmp_path) as server:
         remote = RemoteEngine(server.url, reconnect_timeout=60)
         settings = MossTTSSettings(greedy=True, lookahead_s=0.5)
         try:
             yield (
                 server,
-                MossRemoteTTSService(remote=remote, output_latency_s=LATENCY_S, settings=settings),
+                MossRemoteTTSService(
+                    remote=remote,
+                    output_latency_s=LATENCY_S,
+                    settings=settings,
+                    text_aggregation_mode=mode,
+                ),
             )
         finally:
             await remote.aclose()

@@ -28,7 +28,7 @@ from pipecat.tests.utils import SleepFrame, run_test
 from ..service.conftest import Probe
 from ..service.test_context_race import Barger, assistant_messages, record_cuts
 from ..service.test_heard_clock import PlayingOutputTransport
-from ..service.test_random_conversations import check_context_and_history, draw
+from ..service.test_random_conversations import check_context_and_history, draw, mode
 from .processes import ServerProcess
 from .test_barge_in_while_down import SettledSnapshot, call_through_outages
 
@@ -68,10 +68,11 @@ async def test_a_conversation_through_a_server_killed_keeps_context_and_history_
     fixtures_dir, tmp_path, realtime_meta, n
 ):
     rnd = random.Random(f"kill/{realtime_meta.get('variant', '')}/{n}")
+    aggregation = mode(rnd)
     frames, texts, unspoken = draw(rnd)
     sleeps = [i for i, f in enumerate(frames) if isinstance(f, SleepFrame)]
     frames.insert(rnd.choice(sleeps[:-1] or sleeps), Kill())  # before a pause, not the last
-    async with call_through_outages(fixtures_dir, tmp_path) as (server, tts):
+    async with call_through_outages(fixtures_dir, tmp_path, aggregation) as (server, tts):
         context, settled = LLMContext(), SettledSnapshot(tts)
         assistant = LLMContextAggregatorPair(context).assistant()
         cuts = record_cuts(tts)

@@ -14,6 +14,7 @@ from itertools import pairwise
 import pytest
 from pipecat.frames.frames import InterruptionFrame, TTSAudioRawFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.services.tts_service import TextAggregationMode
 from pipecat.tests.utils import SleepFrame
 
 from moss_pipecat.engine.word_times import WordTimer
@@ -83,11 +84,12 @@ def check_word_frames(recorder, transport, down) -> None:
             assert f.includes_inter_frame_spaces, f.text
 
 
-def _tts(engine) -> MossTTSService:
+def _tts(engine, mode: TextAggregationMode = TextAggregationMode.TOKEN) -> MossTTSService:
     return MossTTSService(
         engine=engine,
         output_latency_s=LATENCY_S,
         settings=MossTTSSettings(greedy=True, lookahead_s=0.5),
+        text_aggregation_mode=mode,
     )
 
 

@@ -1,12 +1,13 @@
 """Random conversations through a real pipeline: the LLM context and MOSS's history agree on
 every reply, whatever comes one after another.
 
-Each conversation draws a few steps: replies in any script (``world_texts``, Chinese,
-Japanese, English), streamed in random pieces (UTF-16 code units at times), spoken as a
-``TTSSpeakFrame``, or skipped by the TTS (``skip_tts``: for the context only); sent while the
-reply before still plays or after it, barged in on at a random moment (sometimes twice), or
-left to play out; user turns (with a barge-in or not). They play through a real-time output
-transport into pipecat's assistant aggregator.
+Each conversation draws pipecat's text aggregation mode (token or sentence) and a few steps:
+replies in any script (``world_texts``, Chinese, Japanese, English, English and Chinese),
+streamed in random pieces (UTF-16 code units at times), spoken as a ``TTSSpeakFrame``, or
+skipped by the TTS (``skip_tts``: for the context only); sent while the reply before still
+plays or after it, barged in on at a random moment (sometimes twice), or left to play out;
+user turns (with a barge-in or not). They play through a real-time output transport into
+pipecat's assistant aggregator.
 
 At the end: no error; the context holds, in order, one message per reply that was heard:
 the text MOSS kept when it was cut (``on_reply_interrupted``), else the whole reply; a reply
@@ -23,6 +24,7 @@ import random
 
 import pytest
 from pipecat.frames.frames import Frame, InterruptionFrame, TTSSpeakFrame
+from pipecat.services.tts_service import TextAggregationMode
 from pipecat.tests.utils import SleepFrame
 
 from ..world_texts import REPLIES, utf16_tokens
@@ -36,6 +38,7 @@ TEXTS = {
     "ja": JA,
     "mixed_zh": MIXED,
     "en": "The quick brown fox jumps over the lazy dog, then runs far away into the woods.",
+    "en_zh": "See you there. 明天见！好的!走吧。Bye now, take care.",
 }
 CONVERSATIONS = 3  # per fixture set, each 5 to 20 s of playback
 
@@ -53,7 +56,8 @@ def pieces(rnd: random.Random, text: str) -> list[str]:
 
 
 def draw(rnd: random.Random) -> tuple[list[Frame], list[str], set[int]]:
-    """A conversation's frames, its replies' texts in order, and which replies the TTS skips."""
+    """A conversation's frames, its replies' texts in order, and which replies the TTS skips.
+    (The service's text aggregation mode is drawn apart: ``mode``.)"""
     frames: list[Frame] = []
     texts: list[str] = []
     unspoken: set[int] = set()
@@ -89,6 +93,12 @@ def draw(rnd: random.Random) -> tuple[list[Frame], list[str], set[int]]:
     return frames, texts, unspoken
 
 
+def mode(rnd: random.Random) -> TextAggregationMode:
+    """pipecat's token mode (replies streamed into MOSS) or its sentence mode (sentences handed
+    over stripped of the spaces between them)."""
+    return rnd.choice([TextAggregationMode.TOKEN, TextAggregationMode.SENTENCE])
+
+
 def check_context_and_history(
     texts: list[str], unspoken: set[int], said: list[str], cuts: list, turns: list, lost: int = 0
 ) -> None:
@@ -119,6 +129,7 @@ async def test_a_random_conversation_keeps_the_context_and_the_history_agreeing(
     talkative_engine, realtime_meta, n
 ):
     rnd = random.Random(f"{realtime_meta.get('variant', '')}/{n}")
+    tts = _tts(talkative_engine, mode(rnd))
     frames, texts, unspoken = draw(rnd)
-    said, cuts, _, turns = await run_replies(_tts(talkative_engine), frames)
+    said, cuts, _, turns = await run_replies(tts, frames)
     check_context_and_history(texts, unspoken, said, cuts, turns)

@@ -20,14 +20,13 @@ from pipecat.services.tts_service import TextAggregationMode
 from pipecat.tests.utils import SleepFrame
 
 from moss_pipecat.engine.offline_tokenizer import shared_offline_tokenizer
-from moss_pipecat.service import MossTTSService, MossTTSSettings
 from moss_pipecat.service.reply import WORD_TAG, Reply
 from moss_pipecat.speech.units import TimedWord
 
 from ..world_texts import REPLIES, SPLIT_SURROGATES, utf16_tokens
 from .heard_units import SLACK_S, EngineLog, check_within_one_unit_of_heard
 from .test_cjk_replies import _tts, assistant_text, check_barge_in, check_word_frames, tokens
-from .test_heard_clock import LATENCY_S, run_playing
+from .test_heard_clock import run_playing
 from .test_moss_tts_service import reply
 
 # Whole replies played out: the cases pipecat's sentence matching and spacing could get wrong.
@@ -118,22 +117,13 @@ async def test_a_blank_reply_says_nothing_and_the_next_one_speaks(talkative_engi
     check_word_frames(recorder, transport, down)
 
 
-def _in_mode(engine, mode: TextAggregationMode) -> MossTTSService:
-    return MossTTSService(
-        engine=engine,
-        output_latency_s=LATENCY_S,
-        settings=MossTTSSettings(greedy=True, lookahead_s=0.5),
-        text_aggregation_mode=mode,
-    )
-
-
 @pytest.mark.parametrize("mode", [TextAggregationMode.TOKEN, TextAggregationMode.SENTENCE])
 @pytest.mark.parametrize("text", ["Have a nice day! 😊", "Great job, family 👨‍👩‍👧‍👦"])
 async def test_a_reply_ending_in_an_emoji_puts_it_in_the_context_once(talkative_engine, mode, text):
     """pipecat gives the LLM text past a reply's last word (an emoji it expects no word time
     for) to that word's frame; in its sentence mode it then emits the emoji's own frame too,
     as the engine times it: the context takes it once."""
-    tts = _in_mode(talkative_engine, mode)
+    tts = _tts(talkative_engine, mode)
     context = LLMContext()
     _, _, _, cuts = await run_playing(tts, [*reply(*tokens(text)), SleepFrame(4.0)], context)
     assert not cuts
@@ -148,7 +138,7 @@ async def test_sentences_of_two_scripts_reach_the_context_spaced_as_written(
     """pipecat's sentence mode hands each sentence over without the spaces before it: the one
     after a Latin sentence gets its space back, also a CJK one, and none comes after a CJK
     sentence, also one ending in a halfwidth mark (``units.sentence_seam``)."""
-    tts = _in_mode(talkative_engine, mode)
+    tts = _tts(talkative_engine, mode)
     context = LLMContext()
     frames = [*reply(*tokens(text)), SleepFrame(1.5 + len(text) / 12)]
     _, _, _, cuts = await run_playing(tts, frames, context)
