@@ -26,6 +26,7 @@ from moss_pipecat.speech.units import (
     TimedWord,
     heard_units,
     join_units,
+    merged_end,
     next_unit,
     touches_next,
     unit_text,
@@ -138,17 +139,11 @@ class WordTimer:
         while (u := self._unit_at(i, final)) is not None and u[1] <= n:
             start, end = u
             glued_right = touches_next(text, end)
-            if glued_left and not glued_right:
-                # A space after a unit touching its left neighbour: if the unit after the
-                # space touches its right neighbour, the space is only writable inside one
-                # unit (see ``units``), so the two are one.
-                after = next_unit(text, end, final)
-                if after is None and not final:
-                    break  # the next unit is still on its way
-                if after is not None and touches_next(text, after[1]):
-                    if after[1] > n:
-                        break
-                    end, glued_right = after[1], True
+            merged = merged_end(text, end, glued_left, final)  # one with the unit after it?
+            if merged is None or merged > n:
+                break  # the next unit is still on its way, or not fed whole
+            if merged > end:
+                end, glued_right = merged, True
             yield start, end, glued_left or glued_right, glued_right
             i, glued_left = end, glued_right
 

@@ -24,7 +24,6 @@ from pipecat.frames.frames import (
     ErrorFrame,
     Frame,
     InterruptionFrame,
-    LLMTextFrame,
     StartFrame,
     TTSAudioRawFrame,
     TTSStoppedFrame,
@@ -61,8 +60,8 @@ from moss_pipecat.service.unspoken import UnspokenReplies
 from moss_pipecat.service.user_audio import UserUtterance
 from moss_pipecat.service.user_turns import UserTurns
 from moss_pipecat.service.word_order import SEQUENCED
+from moss_pipecat.service.written import WRITTEN, WrittenText
 from moss_pipecat.speech import fields as F
-from moss_pipecat.speech.pieces import SurrogateJoiner
 
 
 class MossTTSServiceBase(TTSService):
@@ -127,7 +126,7 @@ class MossTTSServiceBase(TTSService):
         self._context_gate = ContextGate()  # what of each reply the LLM context took
         self._unspoken = UnspokenReplies()
         self._tracer = ReplyTracer(self, attributes=self._trace_attributes)
-        self._llm_text = SurrogateJoiner()  # a surrogate pair split across two LLM frames
+        self._written = WrittenText()  # the LLM's text: whole characters, sentences' seams
         # (service, context_id, TurnSummary): a reply was cut to what the user heard.
         compat.register_event(self, "on_reply_interrupted")
 
@@ -239,8 +238,8 @@ class MossTTSServiceBase(TTSService):
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._clock.bot_speaking = False
             self._tracer.playback_stopped()
-        elif isinstance(frame, LLMTextFrame):  # pipecat (its context too) gets whole characters
-            frame.text = self._llm_text.push(frame.text)
+        elif isinstance(frame, WRITTEN):  # the LLM's text, before pipecat aggregates it
+            self._written.passing(frame)
         else:
             self._user_turns.on_frame(frame)
         await super().process_frame(frame, direction)
@@ -288,7 +287,7 @@ class MossTTSServiceBase(TTSService):
         if reply.takes_text:  # else its text ended (the model ended it, or its text failed)
             await self.start_tts_usage_metrics(text)  # pipecat counts streamed tokens itself
             self._tracer.text_added(reply, text)
-            text = reply.next_text(text, self._sentences)
+            text = reply.next_text(text, self._written.seam if self._sentences else None)
             if reply.turn is None:
                 reply.pending.append(text)
             else:

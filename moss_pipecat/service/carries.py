@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from pipecat.frames.frames import TTSTextFrame
 
-from moss_pipecat.speech.units import TimedWord, next_unit
+from moss_pipecat.speech.units import TimedWord, merged_end, next_unit
 
 
 class Carries:
@@ -60,7 +60,7 @@ class Carries:
         that only starts a unit (pipecat's sentence ended inside it: ``了！🎉`` of ``🎉我``):
         that piece leaves the frame's LLM text, with the space before it, and goes with its
         unit's frame (``record``). The piece is found among the units known, else in the text
-        fed: more of it follows there, with no space between."""
+        fed (``_starts_a_unit``)."""
         rest, k = carried, index + 1
         while k < len(units) and (unit := units[k].text.strip()) and rest.lstrip().startswith(unit):
             rest, k = rest.lstrip()[len(unit) :], k + 1
@@ -73,14 +73,26 @@ class Carries:
             while span := next_unit(rest, spans[-1][1], final=True):
                 spans.append(span)
             piece, k = rest[spans[-1][0] :].strip(), k + len(spans) - 2
-            raw = (frame.raw_text or "").strip()
-            end = fed.find(raw, self._at) + len(raw)
-            if not piece or end < len(raw) or end >= len(fed) or fed[end].isspace():
+            if not piece or not self._starts_a_unit(fed, (frame.raw_text or "").strip(), piece):
                 return carried
         raw = frame.raw_text or ""
         cut = len(raw[: len(raw.rstrip()) - len(piece)].rstrip())
         self._lent[k], frame.raw_text = raw[cut:], raw[:cut]
         return carried[: len(carried) - len(piece)].rstrip()
+
+    def _starts_a_unit(self, fed: str, raw: str, piece: str) -> bool:
+        """Whether ``piece``, the end of ``raw`` (a word frame's LLM text), is only the start
+        of its unit in the text fed: more of it follows there (``units.merged_end``)."""
+        end = fed.find(raw, self._at) + len(raw)
+        if end < len(raw) or not piece:
+            return False
+        start = end - len(piece)
+        glued_left = start > 0 and not fed[start - 1].isspace()
+        unit = next_unit(fed, start, final=True)  # (more text can only make it longer)
+        if unit is not None and unit[1] > end:
+            return True
+        merged = merged_end(fed, end, glued_left, final=False)
+        return merged is not None and merged > end
 
     def covered(self, units: Sequence[TimedWord], count: int, fed: str = "") -> int:
         """How many units the word frames of the first ``count`` of ``units`` (those released

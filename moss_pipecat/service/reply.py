@@ -27,7 +27,7 @@ from moss_pipecat.service.carries import Carries
 from moss_pipecat.service.phases import TAKES_TEXT, TURN_STARTED, ReplyPhase, check_move
 from moss_pipecat.service.word_order import MatchOrder
 from moss_pipecat.speech.frames import FRAME_SECONDS
-from moss_pipecat.speech.units import TimedWord, is_spaced, is_unit_char, sentence_seam
+from moss_pipecat.speech.units import TimedWord, is_spaced, is_unit_char
 
 MAX_TRACKED_REPLIES = 4
 FRAME_NS = round(FRAME_SECONDS * 1e9)
@@ -168,12 +168,13 @@ class Reply:
             return False
         return True
 
-    def next_text(self, text: str, sentences: bool) -> str:
+    def next_text(self, text: str, seam: Callable[[str, str], str] | None = None) -> str:
         """``text`` as the reply's engine turn is fed it (kept in ``fed``). A sentence of
-        pipecat's sentence mode comes after the earlier ones with the seam pipecat stripped:
-        without one the model reads "here.Another" and the units merge across them."""
-        if sentences:
-            text, self.tail = sentence_seam(self.tail, text) + text, text or self.tail
+        pipecat's sentence mode comes after the earlier ones with the seam pipecat stripped,
+        ``seam(last sentence, sentence)`` (``WrittenText.seam``): without one the model reads
+        "here.Another" and the units merge across them."""
+        if seam is not None:
+            text, self.tail = seam(self.tail, text) + text, text or self.tail
         self.fed += text
         return text
 

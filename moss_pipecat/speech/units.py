@@ -214,6 +214,20 @@ def touches_next(text: str, end: int) -> bool:
     return end < len(text) and not text[end].isspace()
 
 
+def merged_end(text: str, end: int, glued_left: bool, final: bool) -> int | None:
+    """Where the unit ending at ``end`` ends as written among its neighbours: at ``end``,
+    unless it touches its left neighbour (``glued_left``) and a space comes after it, and the
+    unit after the space touches its right neighbour: the space is only writable inside one
+    unit, so the two are one (see the module docstring). None while that is not known (the
+    next unit still on its way)."""
+    if not glued_left or touches_next(text, end):
+        return end
+    after = next_unit(text, end, final)
+    if after is None:
+        return end if final else None
+    return after[1] if touches_next(text, after[1]) else end
+
+
 def unit_text(text: str, start: int, end: int) -> str:
     """A unit's text: whitespace inside it (a merged unit) reads as one space."""
     return " ".join(text[start:end].split())

@@ -132,12 +132,12 @@ def test_the_units_a_word_carried_count_before_the_audio_reaches_them():
     and it keeps them (``WordTimer.heard_text``); a unit the word did not carry is not
     counted."""
     reply_ = _reply(["one"])
-    assert reply_.next_text("one 🎉 :)", sentences=False) == reply_.fed == "one 🎉 :)"
+    assert reply_.next_text("one 🎉 :)") == reply_.fed == "one 🎉 :)"
     assert reply_.word_frames(_word("one", "one 🎉 :)"))
     assert reply_.covered(1) == 3
     # A text transform took the marks out of what the engine was fed: nothing to count.
     reply_ = _reply(["one"])
-    reply_.next_text("one. Two", sentences=False)
+    reply_.next_text("one. Two")
     assert reply_.word_frames(_word("one", "one 🎉."))
     assert reply_.covered(1) == 1
     reply_ = _reply(["one", "🎉", ";)"])
@@ -153,7 +153,7 @@ def test_the_start_of_a_unit_a_word_carried_waits_for_that_units_frame():
     a piece nothing follows yet stays (it may be a whole unit)."""
     for known in (["了！"], ["了！", "🎉我"]):
         reply_ = _reply(known)
-        reply_.next_text("了！🎉我们", sentences=False)
+        reply_.next_text("了！🎉我们")
         first = _word("了！", "了！🎉")
         assert reply_.word_frames(first) == [first] and first.raw_text == "了！"
         assert reply_.covered(1) == 1
@@ -170,17 +170,23 @@ def test_the_start_of_a_unit_a_word_carried_waits_for_that_units_frame():
     assert reply_.word_frames(next_) == [next_] and next_.raw_text == " 🎉我"
     # Units not known yet: the piece is the last the rules find, its frame the one after.
     reply_ = _reply(["Great"])
-    reply_.next_text("Great 👍 🎉我", sentences=False)
+    reply_.next_text("Great 👍 🎉我")
     frame = _word("Great", "Great 👍 🎉")
     assert reply_.word_frames(frame) == [frame] and frame.raw_text == "Great 👍"
     reply_.units += [TimedWord("👍", 0.1), TimedWord("🎉我", 0.2)]
     frames = [_word("👍"), _word("🎉我", "我")]
     assert [reply_.word_frames(f) for f in frames] == [[f] for f in frames]
     assert [f.raw_text for f in frames] == [None, " 🎉我"]
+    # A space the rules write inside one unit ("👨‍👩‍👧 天": the emoji touches "？", "天" touches
+    # "気"): the emoji only starts that unit.
+    reply_ = _reply(["日？"])
+    reply_.next_text("日？👨‍👩‍👧 天気です")
+    frame = _word("日？", "日？👨‍👩‍👧")
+    assert reply_.word_frames(frame) == [frame] and frame.raw_text == "日？"
     # Nothing fed after it yet, or a space after it: a whole unit, carried as it was.
-    for fed in ("了！🎉", "了！🎉 我们"):
+    for fed in ("了！🎉", "了！🎉 OK then"):
         reply_ = _reply(["了！"])
-        reply_.next_text(fed, sentences=False)
+        reply_.next_text(fed)
         frame = _word("了！", "了！🎉")
         assert reply_.word_frames(frame) == [frame] and frame.raw_text == "了！🎉"
 
