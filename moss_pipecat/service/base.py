@@ -126,7 +126,7 @@ class MossTTSServiceBase(TTSService):
         self._context_gate = ContextGate()  # what of each reply the LLM context took
         self._unspoken = UnspokenReplies()
         self._tracer = ReplyTracer(self, attributes=self._trace_attributes)
-        self._written = WrittenText()  # the LLM's text: whole characters, sentences' seams
+        self._written = WrittenText(keep=self._sentences)  # whole characters, sentences' seams
         # (service, context_id, TurnSummary): a reply was cut to what the user heard.
         compat.register_event(self, "on_reply_interrupted")
 

@@ -24,8 +24,9 @@ class WrittenText:
     """The text of the LLM reply being aggregated (its spoken frames, surrogate pairs joined
     across them) and where in it the last sentence found ended."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = True) -> None:
         self._joiner = SurrogateJoiner()  # a surrogate pair split across two LLM frames
+        self._keep = keep  # (streaming tokens, no sentence asks for a seam: nothing kept)
         self._text = ""
         self._at = 0
 
@@ -37,7 +38,7 @@ class WrittenText:
             self._text, self._at = "", 0
         elif isinstance(frame, LLMTextFrame):
             frame.text = self._joiner.push(frame.text)
-            if not frame.skip_tts:
+            if self._keep and not frame.skip_tts:
                 self._text += frame.text
 
     def seam(self, before: str, sentence: str) -> str:
