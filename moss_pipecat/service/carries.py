@@ -8,7 +8,9 @@ them as words no sentence waits for, then drops them. So a word frame the contex
 its own unit and the units its text carried (``Carries.covered``), whether their own frames
 come or not, and whether the audio had reached them or not. Text it carried that is only the
 start of a unit (``了！🎉`` where ``🎉我`` is one unit: pipecat's sentence ended inside it) goes
-with that unit's frame instead: the context takes whole units, as MOSS keeps them.
+with that unit's frame instead: the context takes whole units, as MOSS keeps them. A frame
+pipecat made of a unit and the words after it (it matched the unit across two LLM tokens)
+counts for them the same way (``opens``).
 """
 
 from __future__ import annotations
@@ -34,14 +36,19 @@ class Carries:
         """The word frame of unit ``index`` of ``units`` passes (``fed``: the text its turn
         was fed so far). A unit the frame before carried (pipecat found no LLM text left for
         it: ``raw_text`` None) adds nothing to the context, so the context takes no unit
-        twice; its frame still counts as taken (the gate reads its tag). The start of a unit
-        the frame carries moves to that unit's frame (``_lend``)."""
+        twice; its frame still counts as taken (the gate reads its tag); LLM text it has
+        anyway is all past its unit. The start of a unit the frame carries moves to that
+        unit's frame (``_lend``), and a frame left with no text adds nothing."""
         unit = units[index].text.strip()
         lent = self._lent.pop(index, "")
         carried = self._text.get(index - 1, "").lstrip()
         if unit and carried.startswith(unit) and frame.raw_text is None:
             frame.append_to_context = False
             carried = carried[len(unit) :]
+        elif unit and carried.startswith(unit) and not frame.raw_text.lstrip().startswith(unit):
+            # Its unit was carried whole: its LLM text is all past it (``:)`` of ``:)你``).
+            carried = self._lend(units, index, frame, frame.raw_text.strip(), fed)
+            frame.append_to_context = bool(frame.raw_text.strip())
         else:
             if lent and frame.raw_text is not None and not frame.raw_text.lstrip().startswith(unit):
                 frame.raw_text = lent + frame.raw_text
@@ -52,6 +59,15 @@ class Carries:
             self._text[index] = carried
         if unit and (at := fed.find(unit, self._at)) >= 0:
             self._at = at + len(unit)
+
+    def opens(self, units: Sequence[TimedWord], index: int, frame: TTSTextFrame) -> bool:
+        """Whether ``frame`` holds unit ``index`` whole and the units after it (pipecat
+        matched the unit across two LLM tokens and took the next word with it: ``Quoted,”
+        he`` for ``“Quoted,”`` and ``he``, ``“`` lent by the frame before): ``record`` then
+        counts them as the text it carried."""
+        unit = units[index].text.strip()
+        text = self._lent.get(index, "") + frame.text.lstrip()
+        return bool(unit) and text.startswith(unit) and text[len(unit) : len(unit) + 1].isspace()
 
     def _lend(
         self, units: Sequence[TimedWord], index: int, frame: TTSTextFrame, carried: str, fed: str

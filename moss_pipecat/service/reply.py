@@ -200,10 +200,14 @@ class Reply:
             self.pieces.append((ws, frame))  # more of the unit is on its way
             return []
         pieces, self.pieces = self.pieces, []
+        # (or the frame holds the unit and words after it: pipecat matched across LLM tokens)
+        whole = (
+            unit is not None and not pieces and self.carries.opens(self.units, self.passed, frame)
+        )
         if unit is not None:
             frame.metadata[WORD_TAG] = (self, self.passed)
             self.passed += 1
-        if unit is not None and rest and rest.lstrip() == frame.text:
+        if unit is not None and rest and (rest.lstrip() == frame.text or whole):
             if pieces:  # the LLM's text of the pieces, as they were spaced
                 raw = "".join(w + (f.raw_text or f.text) for w, f in pieces)
                 frame.raw_text = raw + ws + (frame.raw_text or frame.text)

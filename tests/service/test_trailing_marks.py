@@ -63,11 +63,11 @@ async def test_a_barge_in_after_the_reply_keeps_its_trailing_marks(talkative_eng
     await check_barge_in_after(_tts(talkative_engine, mode), TEXTS[name])
 
 
-async def check_barge_in_after(tts, text: str) -> None:
-    """``text`` played out, then a barge-in (the user's next turn): the context and MOSS's
-    history keep all of it."""
-    context = LLMContext()
-    frames = [*reply(*tokens(text)), SleepFrame(2.0 + len(text) / 12), InterruptionFrame()]
+async def check_barge_in_after(tts, text: str, split: list[str] | None = None) -> None:
+    """``text`` played out (streamed as ``split``, else in tokens), then a barge-in (the
+    user's next turn): the context and MOSS's history keep all of it."""
+    context, split = LLMContext(), split or tokens(text)
+    frames = [*reply(*split), SleepFrame(2.0 + len(text) / 12), InterruptionFrame()]
     *_, cuts = await run_playing(tts, [*frames, SleepFrame(0.3)], context)
     assert spacing(assistant_text(context)) == spacing(text)
     check_kept_whole(text, cuts)
@@ -191,6 +191,28 @@ def test_the_start_of_a_unit_a_word_carried_waits_for_that_units_frame():
         assert reply_.word_frames(frame) == [frame] and frame.raw_text == "了！🎉"
 
 
+def test_a_carried_units_own_frame_lends_the_start_of_the_next_unit():
+    """Streaming tokens, pipecat gave ``X``'s frame the whole unit ``😊😊.,。`` and that unit's
+    own frame the text after it, ``:)``, only the start of the unit ``:)你``: that start goes
+    with ``:)你``'s frame, and the frame it came on, left with no text, adds nothing to the
+    context (before, the context took ``:)`` with it and MOSS, cut there, did not)."""
+    reply_ = _reply(["X", "😊😊.,。", ":)你", "好…"])
+    reply_.next_text("X 😊😊.,。:)你好…")
+    frames = [_word("X", "X 😊😊.,。"), _word("😊😊.,。", ":)"), _word(":)你", "你")]
+    frames.append(_word("好…", "好…"))
+    assert [reply_.word_frames(f) for f in frames] == [[f] for f in frames]
+    assert [f.raw_text for f in frames] == ["X 😊😊.,。", "", ":)你", "好…"]
+    assert [f.append_to_context for f in frames] == [True, False, True, True]
+    assert [reply_.covered(n) for n in (1, 2, 3, 4)] == [2, 2, 3, 4]
+    # Text after the carried unit that is a whole unit of its own stays with its frame.
+    reply_ = _reply(["X", "😊😊.,。", ":)", "你好"])
+    reply_.next_text("X 😊😊.,。:) 你好")
+    frames = [_word("X", "X 😊😊.,。"), _word("😊😊.,。", ":)")]
+    assert [reply_.word_frames(f) for f in frames] == [[f] for f in frames]
+    assert [f.raw_text for f in frames] == ["X 😊😊.,。", ":)"]
+    assert [f.append_to_context for f in frames] == [True, True]
+
+
 class BargeInOnWord:
     """The user barges in once pipecat's assistant aggregator has taken the word frame of
     ``word`` (whatever the load)."""
@@ -223,3 +245,60 @@ async def test_a_barge_in_after_a_sentence_keeps_out_the_start_of_the_next_unit(
     (cut,) = cuts
     assert barge.done and assistant_messages(context) == [cut.spoken_text]
     assert cut.spoken_text.startswith("1# 太好了！") and "们" not in cut.spoken_text
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+async def test_a_barge_in_on_a_carried_unit_keeps_out_the_next_units_start(talkative_engine, mode):
+    """``X 😊😊.,。:)你好…``: ``X``'s frame carried ``😊😊.,。`` and that unit's own frame
+    ``:)``, the start of ``:)你``; a barge-in once the context took it left ``:)`` in the
+    context and not in MOSS's history."""
+    text = "X 😊😊.,。:)你好，我们走吧。"
+    context, barger = LLMContext(), Barger()
+    assistant = LLMContextAggregatorPair(context).assistant()
+    tts = _tts(talkative_engine, mode)
+    cuts, barge = record_cuts(tts), BargeInOnWord(barger, assistant, "😊😊.,。")
+    frames = reply(*tokens(text))  # (a speak frame in sentence mode took it well before)
+    await run_race([barger, tts, PlayingOutputTransport(), assistant], [*frames, SleepFrame(4.0)])
+    (cut,) = cuts
+    assert barge.done and assistant_messages(context) == [cut.spoken_text]
+    assert cut.spoken_text.startswith("X 😊😊.,。") and "你" not in cut.spoken_text
+
+
+def test_a_frame_holding_a_unit_and_the_words_after_it_counts_for_them():
+    """pipecat matched ``“Quoted,”`` across two LLM tokens (``本当？“Q``, ``uot``): ``当？``'s
+    frame carried ``“`` (only the start of the unit: lent to it) and the next frame holds
+    ``Quoted,” he``. It is that unit's frame, with ``“`` back, and it carried ``he``; the next
+    frame is matched past it. Before, it was no unit's frame and ``“`` was lost."""
+    reply_ = _reply(["当？", "“Quoted,”", "he", "wrot"])
+    reply_.next_text("当？“Quoted,” he wrot")
+    frames = [_word("当？", "当？“"), _word("Quoted,” he", "Quoted,” he"), _word("wrot")]
+    assert [reply_.word_frames(f) for f in frames] == [[f] for f in frames]
+    assert [f.raw_text for f in frames] == ["当？", "“Quoted,” he", None]
+    assert [f.metadata[WORD_TAG][1] for f in frames] == [0, 1, 3]
+    assert [reply_.covered(n) for n in (1, 2, 4)] == [1, 3, 4]
+    # A frame that only starts with the unit's text (no space after it) is not its frame.
+    reply_ = _reply(["Go", "on"])
+    assert reply_.word_frames(frame := _word("Going")) == [frame]
+    assert frame.raw_text is None and reply_.covered(1) == 1
+
+
+@pytest.mark.parametrize("cut", [False, True])
+async def test_a_unit_pipecat_matched_across_llm_tokens_keeps_its_marks(talkative_engine, cut):
+    """The reply above streamed as an LLM did (``本当？“Q``): played out, the context has
+    its text as written (before: ``本当？ Quoted,”``); cut once the context took ``Quoted,”
+    he``, the context and MOSS's history agree."""
+    split = ["0# えっ…", "本当？“Q", "uot", "ed,", "” he", " ", "wr", "ot", "e it."]
+    text = "".join(split)
+    if not cut:
+        await check_barge_in_after(_tts(talkative_engine, "token"), text, split)
+        return
+    context, barger = LLMContext(), Barger()
+    assistant = LLMContextAggregatorPair(context).assistant()
+    tts = _tts(talkative_engine, "token")
+    cuts, barge = record_cuts(tts), BargeInOnWord(barger, assistant, "Quoted,” he")
+    await run_race(
+        [barger, tts, PlayingOutputTransport(), assistant], [*reply(*split), SleepFrame(4.0)]
+    )
+    (cut_,) = cuts
+    assert barge.done and assistant_messages(context) == [cut_.spoken_text]
+    assert "本当？“Quoted,” he" in cut_.spoken_text
