@@ -124,9 +124,9 @@ class MossTTSServiceBase(TTSService):
         self._rollbacks = Rollbacks()  # the engine cuts of interruptions, beside the frames
         self._interrupting = InterruptionPlan.none()  # the one passing the service, if any
         self._context_gate = ContextGate()  # what of each reply the LLM context took
-        self._unspoken = UnspokenReplies()
         self._tracer = ReplyTracer(self, attributes=self._trace_attributes)
         self._written = WrittenText(keep=self._sentences)  # whole characters, sentences' seams
+        self._unspoken = UnspokenReplies(self._written.skipped_seam)
         # (service, context_id, TurnSummary): a reply was cut to what the user heard.
         compat.register_event(self, "on_reply_interrupted")
 

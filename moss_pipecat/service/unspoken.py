@@ -3,13 +3,16 @@
 pipecat cuts such a reply into sentences (its sentence aggregator strips the spaces between
 them) and pushes each as an ``AggregatedTextFrame`` that says nothing of its spacing, so the
 assistant aggregator joins them with a space: ``我们明天见。 你好吗？`` for a Chinese or
-Japanese reply, which puts none between sentences. The spaces between sentences follow the
-same rule as the ones fed to the model (``units.sentence_seam``): each sentence after the
-first carries its seam and says so (``includes_inter_frame_spaces``), which joins English
-sentences with one space and CJK ones with none.
+Japanese reply, which puts none between sentences. Each sentence after the first carries its
+seam and says so (``includes_inter_frame_spaces``): the whitespace the LLM wrote before it
+(``WrittenText.skipped_seam``), else, where the sentence is not found as written, the rule
+for its scripts (``units.sentence_seam``, which joins English sentences with one space and
+CJK ones with none).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from pipecat.frames.frames import (
     AggregatedTextFrame,
@@ -28,7 +31,8 @@ class UnspokenReplies:
     ``LLMFullResponseStartFrame`` and ``LLMFullResponseEndFrame``, both marked ``skip_tts``)
     get their seams. Text skipped inside a spoken reply is left as pipecat made it."""
 
-    def __init__(self) -> None:
+    def __init__(self, seam: Callable[[str, str], str] = sentence_seam) -> None:
+        self._seam = seam  # (last sentence, sentence) -> the whitespace between them
         self._tail: str | None = None  # the skipped reply's last sentence; None: none open
 
     def passing(self, frame: Frame) -> None:
@@ -48,7 +52,7 @@ class UnspokenReplies:
             and frame.skip_tts
             and frame.text
         ):
-            seam = sentence_seam(self._tail, frame.text)
+            seam = self._seam(self._tail, frame.text)
             self._tail = frame.text
             frame.text = seam + frame.text
             if frame.raw_text:  # what the aggregator takes, where set

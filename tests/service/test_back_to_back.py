@@ -114,6 +114,7 @@ NOTES = [
     "A note for the chat window. It has three sentences! Does it keep them apart?",
     "我们明天再见。你好吗？今天很好！",
     "今日は。元気ですか？また明日！",
+    "名作です！ えっ…本当？Well, ok. 好的！Bye.",  # a space the scripts' rule would not write
 ]
 
 
@@ -125,7 +126,8 @@ async def check_not_spoken(tts) -> None:
     """pipecat queues a skipped reply behind the audio before it: its text goes into a
     message of its own, after the whole of the reply before (not inside it), written as the
     LLM wrote it (a Chinese or Japanese reply's sentences with no space between them: pipecat
-    joined them with one), and not into MOSS's history (nothing was said)."""
+    joined them with one; a space after a CJK sentence where the LLM wrote one), and not into
+    MOSS's history (nothing was said)."""
     notes = [f for note in NOTES for f in skipped(*tokens(note))]
     frames = [*reply(*words(FIRST)), *notes, *reply(*words(SECOND)), SleepFrame(10.0)]
     said, cuts, _, turns = await run_replies(tts, frames)

@@ -11,7 +11,7 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.services.tts_service import TextAggregationMode
 from pipecat.tests.utils import SleepFrame
 
-from moss_pipecat.service.written import WrittenText
+from moss_pipecat.service.written import SKIPPED_CHARS, WrittenText
 
 from .test_cjk_replies import _tts, assistant_text, tokens
 from .test_heard_clock import run_playing
@@ -70,3 +70,26 @@ async def test_a_reply_in_sentences_reaches_the_context_spaced_as_written(talkat
     _, _, _, cuts = await run_playing(tts, frames, context)
     assert not cuts
     assert assistant_text(context) == text
+
+
+def test_a_skipped_replys_sentences_are_found_in_the_skipped_text():
+    """Skipped replies' text is kept apart from the spoken reply's and across replies (their
+    sentences leave pipecat's queue later); one an interruption dropped unseen is passed
+    over; what was found is let go, and the oldest text past the limit."""
+    written = _written("Spoken. 好。")
+    for text in ("Dropped. 你好。", "好的！ OK.", "Next.下一个。"):
+        frame = LLMTextFrame(text)
+        frame.skip_tts = True
+        written.passing(frame)
+    assert written.skipped_seam("", "好的！") == ""
+    assert written.skipped_seam("好的！", "OK.") == " "  # the rule: none after a CJK mark
+    assert written.skipped_seam("", "Next.") == ""
+    assert written.skipped_seam("Next.", "下一个。") == ""  # the rule: a space
+    assert written.seam("", "Spoken.") == "" and written.seam("Spoken.", "好。") == " "
+    long = "x" * SKIPPED_CHARS + " Tail."
+    for text, kept in [("More.", "。More."), (long, ("。More." + long)[-SKIPPED_CHARS:])]:
+        frame = LLMTextFrame(text)
+        frame.skip_tts = True
+        written.passing(frame)
+        assert written._skipped.text == kept
+    assert written.skipped_seam("x", "Tail.") == " "
