@@ -179,13 +179,16 @@ def unit_end(text: str, start: int) -> int:
     """End offset of the raw unit starting at ``start`` (a non-space character).
 
     A unit character (with its grapheme) takes the punctuation right after it, up to a
-    sentence's end; punctuation opening a run (``「你``) goes with the character it opens;
+    sentence's end; punctuation opening a run (``「你``) goes with the character it opens,
+    unless it ends a sentence first (``…?今``: pipecat's sentence ends before ``今``);
     any other run of characters is a word, ending at a space or where a unit character
     starts (see the module docstring for its other ends). The end may be ``len(text)``: a
     unit touching the end of the text may still grow.
     """
     n, i = len(text), start
-    while i < n and _is_mark(text[i]) and text[i] not in _CJK_TERMINATORS:
+    # (a sentence's end among them ends the unit with the word run: ``🎉…?`` then ``今``,
+    # as pipecat ends a sentence there)
+    while i < n and _is_mark(text[i]) and text[i] not in _TERMINATORS:
         i += 1
     if i < n and is_unit_char(text[i]):
         i += 1

@@ -7,12 +7,19 @@ from __future__ import annotations
 from itertools import pairwise
 
 import pytest
+from pipecat.utils.string import match_endofsentence
 
 from moss_pipecat.engine.config import FRAME_SECONDS
 from moss_pipecat.engine.speaking_rate import SpeakingRates
 from moss_pipecat.engine.word_times import WordTimer
 from moss_pipecat.speech.pieces import SurrogateJoiner
-from moss_pipecat.speech.units import MAX_WORD_CHARS, TimedWord, join_units, sentence_seam
+from moss_pipecat.speech.units import (
+    MAX_WORD_CHARS,
+    TimedWord,
+    join_units,
+    next_unit,
+    sentence_seam,
+)
 
 from ..world_texts import REPLIES, SPLIT_SURROGATES, utf16_tokens
 
@@ -53,6 +60,9 @@ def _all_units(text: str, frames: int = 400) -> list[TimedWord]:
         # A unit ends with its sentence (pipecat's sentences end there too), emoji and all.
         ("太好了！🎉我们", ["太", "好", "了！", "🎉我", "们"], [True] * 5),
         ("……！？。、", ["……！？。", "、"], [True] * 2),
+        # Marks opening a CJK character, unless a sentence ends among them first.
+        ("好的 🎉…?今日", ["好", "的 🎉…?", "今", "日"], [True] * 4),
+        ("你好 ...好—", ["你", "好 ...", "好—"], [True] * 3),
         ("他说：“你好。”然后", ["他", "说：“", "你", "好。”", "然", "后"], [True] * 6),
         ("家👨\u200d👩\u200d👧好", ["家👨\u200d👩\u200d👧", "好"], [True] * 2),
         ("ok 👍🏽 🇯🇵", ["ok", "👍🏽", "🇯🇵"], [False] * 3),
@@ -198,3 +208,37 @@ def test_sentences_handed_over_stripped_are_spaced_as_their_script_writes_them(
     before, sentence, seam
 ):
     assert sentence_seam(before, sentence) == seam
+
+
+def _pipecat_sentence_ends(text: str) -> list[int]:
+    """Where pipecat's sentence aggregation ends the sentences of ``text``, in order."""
+    ends, at = [], 0
+    while True:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if not (k := match_endofsentence(text[at:])):
+            return ends
+        at += k
+        ends.append(at)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        ZH,
+        JA,
+        MIXED,
+        "太好了！🎉我们",
+        "Hi!你好。",
+        "1# 🎉…?今日❤️word",
+        "0# ) ❤️.今日de.?",
+        "你好 ...好—",
+    ],
+)
+def test_a_unit_ends_where_pipecat_ends_a_sentence(text):
+    """No unit straddles two of pipecat's sentences: a barge-in between them cuts both the
+    LLM context and MOSS's history at the same place."""
+    ends, at = set(), 0
+    while span := next_unit(text, at, final=True):
+        ends.add(at := span[1])
+    assert set(_pipecat_sentence_ends(text)) <= ends
