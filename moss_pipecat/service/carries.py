@@ -61,13 +61,15 @@ class Carries:
             self._at = at + len(unit)
 
     def opens(self, units: Sequence[TimedWord], index: int, frame: TTSTextFrame) -> bool:
-        """Whether ``frame`` holds unit ``index`` whole and the units after it (pipecat
-        matched the unit across two LLM tokens and took the next word with it: ``Quoted,”
-        he`` for ``“Quoted,”`` and ``he``, ``“`` lent by the frame before): ``record`` then
-        counts them as the text it carried."""
+        """Whether ``frame``, with the piece lent to unit ``index``, holds that unit whole,
+        alone or with units after it: pipecat's frame for ``「こ`` reads ``こ`` (``「`` came
+        with the sentence before, lent here); matched across two LLM tokens, it took the next
+        word with it (``Quoted,” he`` for ``“Quoted,”`` and ``he``). ``record`` then gives it
+        the piece and counts the units after as the text it carried."""
         unit = units[index].text.strip()
         text = self._lent.get(index, "") + frame.text.lstrip()
-        return bool(unit) and text.startswith(unit) and text[len(unit) : len(unit) + 1].isspace()
+        after = text[len(unit) :]
+        return bool(unit) and text.startswith(unit) and (not after or after[0].isspace())
 
     def _lend(
         self, units: Sequence[TimedWord], index: int, frame: TTSTextFrame, carried: str, fed: str

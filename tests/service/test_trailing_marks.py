@@ -302,3 +302,25 @@ async def test_a_unit_pipecat_matched_across_llm_tokens_keeps_its_marks(talkativ
     (cut_,) = cuts
     assert barge.done and assistant_messages(context) == [cut_.spoken_text]
     assert "本当？“Quoted,” he" in cut_.spoken_text
+
+
+def test_a_frame_without_the_marks_opening_its_unit_gets_them_back():
+    """pipecat's sentence ended at ``？`` and gave the ``「`` after it to that word's frame;
+    the frame of the unit ``「こ`` then reads ``こ``: ``「`` was lent to it, and it gets it."""
+    reply_ = _reply(["当？", "「こ", "ん"])
+    reply_.next_text("当？「こん")
+    frames = [_word("当？", "当？「"), _word("こ", "こ"), _word("ん", "ん")]
+    assert [reply_.word_frames(f) for f in frames] == [[f] for f in frames]
+    assert [f.raw_text for f in frames] == ["当？", "「こ", "ん"]
+    assert [f.metadata[WORD_TAG][1] for f in frames] == [0, 1, 2]
+
+
+async def test_a_spoken_sentence_after_a_question_keeps_its_opening_bracket(talkative_engine):
+    """The same through pipecat, a ``TTSSpeakFrame`` in sentence mode, played out: the
+    context has the text as written (before: without ``「``)."""
+    text = "えっ…本当？「こんにちは」と言いました。"
+    context = LLMContext()
+    frames = [TTSSpeakFrame(text), SleepFrame(2.0 + len(text) / 6), InterruptionFrame()]
+    *_, cuts = await run_playing(_tts(talkative_engine, "sentence"), frames, context)
+    assert assistant_text(context) == text
+    check_kept_whole(text, cuts)
