@@ -4,6 +4,8 @@ test_back_to_back.py``, whose checks these run)."""
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import pytest
 
 from moss_pipecat.service import MossTTSSettings
@@ -51,9 +53,13 @@ async def test_remote_replies_not_spoken_between_two_keep_their_own_messages(
 async def test_a_remote_barge_in_cuts_the_reply_playing_not_the_one_queued(
     make_tiny_engine, make_server, text
 ):
-    remote = LoggedRemote()
-    tts = await _remote(make_tiny_engine, make_server, remote)
-    try:
-        await check_barge_in_behind(tts, remote.log, text)
-    finally:
-        await remote.aclose()
+    @asynccontextmanager
+    async def opened():
+        remote = LoggedRemote()
+        tts = await _remote(make_tiny_engine, make_server, remote)
+        try:
+            yield tts, remote.log
+        finally:
+            await remote.aclose()
+
+    await check_barge_in_behind(opened, text)

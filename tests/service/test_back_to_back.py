@@ -20,8 +20,12 @@ The remote service is held to the same (``tests/server/test_remote_back_to_back.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import pytest
+from loguru import logger
 from pipecat.frames.frames import (
     Frame,
     LLMFullResponseEndFrame,
@@ -162,17 +166,40 @@ class BargeInOnceQueued(FrameProcessor):
 
 @pytest.mark.parametrize("text", TEXTS)
 async def test_a_barge_in_cuts_the_reply_playing_not_the_one_queued(talkative_engine, text):
-    log = EngineLog(talkative_engine)
-    await check_barge_in_behind(_tts(log), log, text)
+    @asynccontextmanager
+    async def opened():
+        log = EngineLog(talkative_engine)
+        yield _tts(log), log
+
+    await check_barge_in_behind(opened, text)
 
 
-async def check_barge_in_behind(tts, log: EngineLog, text: str) -> None:
+# Tries of the scenario below: how long the first reply still plays once the second reply's
+# first audio is made depends on how fast the engine runs beside the other tests' processes.
+BEHIND_TRIES = 3
+
+
+async def check_barge_in_behind(
+    opened: Callable[[], AbstractAsyncContextManager[tuple[Any, EngineLog]]], text: str
+) -> None:
     """The first reply is made and still playing when the second one's audio is pushed and
     the user barges in: the first keeps what was heard (not all it made), the second nothing;
-    the context and MOSS's history hold the same units."""
-    hop = BargeInOnceQueued()
-    frames = [*reply(*tokens(text)), *reply(*words(SECOND)), SleepFrame(6.0)]
-    said, cuts, transport, turns = await run_replies(tts, frames, hop)
+    the context and MOSS's history hold the same units. ``opened()`` gives a new service
+    and the log of its engine turns, for one try.
+
+    The first reply's audio plays in real time while the engine makes the rest of it and the
+    second reply's first frame; on a loaded machine that can take longer than the first
+    reply lasts, and then the barge-in finds nothing playing (no scenario to check): that
+    try is run again, and a try where the transport was still playing is checked in full."""
+    for _ in range(BEHIND_TRIES):
+        frames = [*reply(*tokens(text)), *reply(*words(SECOND)), SleepFrame(6.0)]
+        async with opened() as (tts, log):
+            said, cuts, transport, turns = await run_replies(tts, frames, BargeInOnceQueued())
+        if not transport.played_out_before_interruption():
+            break
+        logger.warning("the first reply had played out before the barge-in reached it; again")
+    else:
+        pytest.fail(f"in {BEHIND_TRIES} tries the first reply never played on to the barge-in")
     (first,) = [c for c in cuts if c.heard_frames]  # the second reply kept nothing
     assert first.heard_frames < first.audio_frames  # cut to what was heard, not all it made
     assert first.spoken_text in unit_prefixes(text)

@@ -14,6 +14,7 @@ from itertools import pairwise
 
 import pytest
 from pipecat.frames.frames import (
+    BotStoppedSpeakingFrame,
     ErrorFrame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
@@ -27,6 +28,7 @@ from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.task import PipelineParams
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import TransportParams
@@ -51,6 +53,7 @@ class PlayingOutputTransport(BaseOutputTransport):
         self.played: list[tuple[int, int]] = []  # (clock ns a chunk started playing, ns long)
         self.interrupted_ns: int | None = None  # when the last interruption reached it
         self.first_due_ns: int | None = None  # when the first speaking run was due to start
+        self.stopped_ns: list[int] = []  # when each speaking run ended (bot stopped speaking)
         self._play_until = 0
 
     async def process_frame(self, frame, direction) -> None:
@@ -63,6 +66,17 @@ class PlayingOutputTransport(BaseOutputTransport):
         device's start-up latency, which starts this test "sound card" late, not the service."""
         assert self.played and self.first_due_ns is not None
         return min(self.played[0][0], self.first_due_ns)
+
+    async def push_frame(self, frame, direction=FrameDirection.DOWNSTREAM) -> None:
+        if isinstance(frame, BotStoppedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
+            self.stopped_ns.append(self.get_clock().get_time())
+        await super().push_frame(frame, direction)
+
+    def played_out_before_interruption(self) -> bool:
+        """Whether a speaking run ended (all it was given played) before the last
+        interruption reached the transport (or no interruption did)."""
+        at = self.interrupted_ns
+        return at is None or any(t < at for t in self.stopped_ns)
 
     def heard_s(self) -> float:
         """Seconds of audio played when the last interruption reached the transport."""
