@@ -160,6 +160,11 @@ def pytest_runtest_setup(item) -> None:
 # file cannot stop with OMP_WAIT_POLICY (torch is loaded before it runs): 62 s -> 6 s of CPU
 # for the attention/parity/exact-call modules (docs/PERFORMANCE.md, "OpenMP's wait policy").
 torch.set_num_threads(1)
+# The same for the processes the tests start (servers, bots, examples, benchmark steps), which
+# read it as torch loads: a second intra-op thread made the tiny engine's frame cost ~35 % more
+# CPU, and more wall time too (28 -> 38 ms a frame on 2 cores, OMP_WAIT_POLICY passive), while
+# the other workers wanted the cores. A value set for the run is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)

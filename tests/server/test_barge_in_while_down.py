@@ -27,7 +27,6 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.task import PipelineParams
 from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.tts_service import TextAggregationMode
 from pipecat.tests.utils import SleepFrame, run_test
@@ -36,7 +35,7 @@ from moss_pipecat.client import RemoteEngine
 from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
-from ..service.conftest import Probe
+from ..service.conftest import Probe, assistant_aggregator
 from ..service.test_back_to_back import spacing
 from ..service.test_cjk_replies import unit_prefixes
 from ..service.test_context_race import assistant_messages
@@ -206,7 +205,7 @@ async def test_a_barge_in_while_the_server_is_down_holds_no_frame_back(fixtures_
         async def on_cut(service, context_id, summary):
             cuts.append((context_id, summary))
 
-        assistant = LLMContextAggregatorPair(context).assistant()
+        assistant = assistant_aggregator(context)
         frames = [
             *reply(*(w + " " for w in FIRST.split())),
             step("kill", 0, 6),  # mid-reply: it fails, and plays on what it pushed

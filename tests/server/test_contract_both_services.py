@@ -41,7 +41,6 @@ from pipecat.metrics.metrics import TTFBMetricsData, TTSUsageMetricsData
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.task import PipelineParams
 from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.tts_service import TextAggregationMode
 from pipecat.tests.utils import SleepFrame, run_test
@@ -50,6 +49,7 @@ from pipecat.utils.string import TextPartForConcatenation, concatenate_aggregate
 from moss_pipecat.service import MossTTSService, MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
+from ..service.conftest import assistant_aggregator
 from ..service.test_pipecat_contract import FooFrame, errors, llm_reply, spoken_groups, words_of
 from .conftest import TALKATIVE
 
@@ -91,7 +91,7 @@ async def assistant_messages(tts, frames) -> tuple[list, list, list[str]]:
     """Runs ``frames`` through the TTS and an assistant aggregator; returns the frames the TTS
     pushed and what the LLM context's assistant messages say."""
     context, tap = LLMContext(), Tap()
-    pipeline = Pipeline([tts, tap, LLMContextAggregatorPair(context).assistant()])
+    pipeline = Pipeline([tts, tap, assistant_aggregator(context)])
     _, up = await run_test(pipeline, frames_to_send=frames)
     said = [m["content"] for m in context.get_messages() if m["role"] == "assistant"]
     return tap.frames, up, said

@@ -21,11 +21,10 @@ from pipecat.frames.frames import DataFrame, ErrorFrame, Frame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.task import PipelineParams
 from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import SleepFrame, run_test
 
-from ..service.conftest import Probe
+from ..service.conftest import Probe, assistant_aggregator
 from ..service.test_context_race import Barger, assistant_messages, record_cuts
 from ..service.test_heard_clock import PlayingOutputTransport
 from ..service.test_random_conversations import check_context_and_history, draw, mode
@@ -74,7 +73,7 @@ async def test_a_conversation_through_a_server_killed_keeps_context_and_history_
     frames.insert(rnd.choice(sleeps[:-1] or sleeps), Kill())  # before a pause, not the last
     async with call_through_outages(fixtures_dir, tmp_path, aggregation) as (server, tts):
         context, settled = LLMContext(), SettledSnapshot(tts)
-        assistant = LLMContextAggregatorPair(context).assistant()
+        assistant = assistant_aggregator(context)
         cuts = record_cuts(tts)
         pipeline = [Killer(server, settled), Barger(), tts, settled, PlayingOutputTransport()]
         _, up = await run_test(

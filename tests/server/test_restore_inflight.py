@@ -25,7 +25,6 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.task import PipelineParams
 from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.tests.utils import run_test
 
 from moss_pipecat.client import RemoteEngine
@@ -35,7 +34,7 @@ from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 from moss_pipecat.speech.units import join_units
 
-from ..service.conftest import user_audio_frames
+from ..service.conftest import assistant_aggregator, user_audio_frames
 from .cues import Cue, CueDirector, Watcher
 from .processes import ServerProcess
 from .test_remote_service import reply
@@ -146,7 +145,7 @@ async def test_the_reply_in_flight_at_kill_9_is_kept_cut_at_what_was_heard(
         watcher = Watcher()
         director = Director(tts, watcher, layout.delay, server)
         context = LLMContext()
-        assistant = LLMContextAggregatorPair(context).assistant()
+        assistant = assistant_aggregator(context)
         frames = [
             *reply("Hello ", "over the ", "network."),
             Cue("hello", 0),

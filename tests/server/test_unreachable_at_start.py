@@ -28,7 +28,6 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.task import PipelineParams
 from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import run_test
 from pipecat.utils.errors import ErrorCategory
@@ -39,7 +38,7 @@ from moss_pipecat.server import EngineServer, ServerConfig
 from moss_pipecat.service import MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
-from ..service.conftest import user_audio_frames
+from ..service.conftest import assistant_aggregator, user_audio_frames
 from .conftest import TALKATIVE, free_port
 from .cues import Cue, Watcher
 from .test_remote_service import reply
@@ -109,7 +108,7 @@ def late_engine(make_tiny_engine):
 
 
 async def run_late(tts, frames, director: LateServer, watcher: Watcher, context: LLMContext):
-    pipeline = Pipeline([director, tts, watcher, LLMContextAggregatorPair(context).assistant()])
+    pipeline = Pipeline([director, tts, watcher, assistant_aggregator(context)])
     try:
         return await asyncio.wait_for(
             run_test(

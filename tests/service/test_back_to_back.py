@@ -35,13 +35,12 @@ from pipecat.frames.frames import (
     TTSSpeakFrame,
 )
 from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import SleepFrame
 
 from moss_pipecat.speech.frames import FRAME_SECONDS
 
-from .conftest import SnapshotProbe, UrgentProbe
+from .conftest import SnapshotProbe, UrgentProbe, assistant_aggregator
 from .heard_units import EngineLog, check_within_one_unit_of_heard
 from .test_cjk_replies import ZH, _tts, tokens, unit_prefixes
 from .test_context_race import Barger, assistant_messages, record_cuts, run_race
@@ -77,7 +76,7 @@ async def run_replies(tts, frames: list[Frame], *before_transport: FrameProcesso
     session read at the end (its assistant turns)."""
     context = LLMContext()
     barger, transport = Barger(), PlayingOutputTransport()
-    assistant = LLMContextAggregatorPair(context).assistant()
+    assistant = assistant_aggregator(context)
     probe, cuts = SnapshotProbe(tts), record_cuts(tts)
     for hop in before_transport:
         hop.barger, hop.transport = barger, transport

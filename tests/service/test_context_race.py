@@ -33,12 +33,12 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.task import PipelineParams
 from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import SleepFrame, run_test
 
 from moss_pipecat.service import MossTTSService, MossTTSSettings
 
+from .conftest import assistant_aggregator
 from .heard_units import EngineLog, check_within_one_unit_of_heard
 from .test_cjk_replies import TEXTS as CJK_TEXTS
 from .test_cjk_replies import tokens, unit_prefixes
@@ -149,7 +149,7 @@ async def test_the_aggregator_leaves_out_a_word_cleared_as_it_is_about_to_take_i
     ``on_before_process_frame`` handlers run inline, right before it takes the frame, and it
     reads ``append_to_context`` when it does."""
     context = LLMContext()
-    assistant = LLMContextAggregatorPair(context).assistant()
+    assistant = assistant_aggregator(context)
     seen = []
 
     def before(_aggregator, frame):
@@ -215,7 +215,7 @@ async def barge_in_with_a_word_on_its_way(tts, tokens, *, reorder: bool, nth: in
     async def _next_reply(service, context_id, summary):
         await barger.send(reply(NEXT_REPLY))
 
-    assistant = LLMContextAggregatorPair(context).assistant()
+    assistant = assistant_aggregator(context)
     await run_race([barger, tts, transport, hop, assistant], [*reply(*tokens), SleepFrame(6.0)])
     assert hop.held is not None
     return assistant_messages(context), cuts, transport
@@ -255,7 +255,7 @@ async def barge_in_taken_late(tts, tokens, nth: int = 4):
     interruption only once the aggregator has taken a word released after that. Returns the
     assistant messages, MOSS's cuts and how many units came before that word."""
     context, barger = LLMContext(), Barger()
-    assistant = LLMContextAggregatorPair(context).assistant()
+    assistant = assistant_aggregator(context)
     late = LateInterruption(barger, assistant, nth)
     cuts = record_cuts(tts)
     frames = [*reply(*tokens), SleepFrame(5.0)]

@@ -27,7 +27,6 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.task import PipelineParams
 from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.transports.base_output import BaseOutputTransport
@@ -38,7 +37,7 @@ from moss_pipecat.service.interruption import Heard, heard, plan_interruption
 from moss_pipecat.service.reply import Reply
 from moss_pipecat.speech.units import TimedWord
 
-from .conftest import WordRecorder
+from .conftest import WordRecorder, assistant_aggregator
 from .heard_units import EngineLog, check_within_one_unit_of_heard
 from .test_moss_tts_service import reply
 
@@ -144,7 +143,7 @@ async def run_playing(tts, frames, context):
         cuts.append(summary)
 
     transport, recorder = PlayingOutputTransport(), WordRecorder()
-    assistant = LLMContextAggregatorPair(context).assistant()
+    assistant = assistant_aggregator(context)
     stop = asyncio.Event()
     busy = asyncio.create_task(_busy_loop(stop))
     try:

@@ -29,7 +29,7 @@ from pipecat.tests.utils import SleepFrame, run_test
 from moss_pipecat.engine.text import encode_text
 from moss_pipecat.service import MossTTSService, MossTTSSettings
 
-from .conftest import Probe, SnapshotProbe, UrgentProbe, user_audio_frames
+from .conftest import Probe, SnapshotProbe, UrgentProbe, assistant_aggregator, user_audio_frames
 
 
 def reply(*pieces: str) -> list:
@@ -109,7 +109,6 @@ async def test_two_turn_conversation_with_user_turn_in_between(talkative_engine)
 
 async def test_interruption_mid_reply_rolls_back_and_the_next_reply_works(talkative_engine):
     from pipecat.processors.aggregators.llm_context import LLMContext
-    from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 
     context = LLMContext()
     # No EOS before the text is read: the reply is still speaking when the user barges in,
@@ -128,7 +127,7 @@ async def test_interruption_mid_reply_rolls_back_and_the_next_reply_works(talkat
         SleepFrame(0.5),
         Probe(),
     ]
-    assistant = LLMContextAggregatorPair(context).assistant()
+    assistant = assistant_aggregator(context)
     down, up, snaps = await run(tts, frames, after=[assistant])
     assert not [f for f in up if isinstance(f, ErrorFrame)]
     # The LLM context got only the start of the interrupted reply (what was heard), then
@@ -274,14 +273,12 @@ async def test_one_engine_serves_two_pipelines_at_once(talkative_engine):
 async def test_llm_context_keeps_the_spoken_words(talkative_engine):
     """Downstream of the TTS, pipecat's assistant aggregator adds what was spoken."""
     from pipecat.processors.aggregators.llm_context import LLMContext
-    from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 
     context = LLMContext()
-    pair = LLMContextAggregatorPair(context)
     tts = MossTTSService(engine=talkative_engine, context=context)
     text = "The quick brown fox jumps over the lazy dog."
     await run_test(
-        Pipeline([tts, pair.assistant()]),
+        Pipeline([tts, assistant_aggregator(context)]),
         frames_to_send=[*reply(*(w + " " for w in text.split(" "))), SleepFrame(1.0)],
     )
     said = [m for m in context.get_messages() if m.get("role") == "assistant"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import pytest
 from pipecat.frames.frames import Frame, InterruptionFrame, TextType, TTSSpeakFrame, TTSTextFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.services.tts_service import TextAggregationMode
 from pipecat.tests.utils import SleepFrame
 
@@ -22,6 +21,7 @@ from moss_pipecat.service import MossTTSService, MossTTSSettings
 from moss_pipecat.service.reply import WORD_TAG, Reply
 from moss_pipecat.speech.units import TimedWord
 
+from .conftest import assistant_aggregator
 from .test_cjk_replies import assistant_text, tokens
 from .test_context_race import Barger, assistant_messages, record_cuts, run_race
 from .test_heard_clock import LATENCY_S, PlayingOutputTransport, run_playing
@@ -237,7 +237,7 @@ async def test_a_barge_in_after_a_sentence_keeps_out_the_start_of_the_next_unit(
     the context and not in MOSS's history."""
     text = "1# 太好了！🎉我们一家去公园玩吧！"
     context, barger = LLMContext(), Barger()
-    assistant = LLMContextAggregatorPair(context).assistant()
+    assistant = assistant_aggregator(context)
     tts = _tts(talkative_engine, mode)
     cuts, barge = record_cuts(tts), BargeInOnWord(barger, assistant, "了！")
     frames = [TTSSpeakFrame(text)] if speak else reply(*tokens(text))
@@ -254,7 +254,7 @@ async def test_a_barge_in_on_a_carried_unit_keeps_out_the_next_units_start(talka
     context and not in MOSS's history."""
     text = "X 😊😊.,。:)你好，我们走吧。"
     context, barger = LLMContext(), Barger()
-    assistant = LLMContextAggregatorPair(context).assistant()
+    assistant = assistant_aggregator(context)
     tts = _tts(talkative_engine, mode)
     cuts, barge = record_cuts(tts), BargeInOnWord(barger, assistant, "😊😊.,。")
     frames = reply(*tokens(text))  # (a speak frame in sentence mode took it well before)
@@ -293,7 +293,7 @@ async def test_a_unit_pipecat_matched_across_llm_tokens_keeps_its_marks(talkativ
         await check_barge_in_after(_tts(talkative_engine, "token"), text, split)
         return
     context, barger = LLMContext(), Barger()
-    assistant = LLMContextAggregatorPair(context).assistant()
+    assistant = assistant_aggregator(context)
     tts = _tts(talkative_engine, "token")
     cuts, barge = record_cuts(tts), BargeInOnWord(barger, assistant, "Quoted,” he")
     await run_race(

@@ -8,14 +8,13 @@ import pytest
 from pipecat.frames.frames import ErrorFrame, TTSAudioRawFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.tests.utils import SleepFrame, run_test
 
 from moss_pipecat.engine.config import FRAME_SECONDS
 from moss_pipecat.engine.rows import DEFAULT_DELAY
 from moss_pipecat.service import MossTTSService, MossTTSSettings
 
-from .conftest import WordRecorder, frames_lasted, service_engine
+from .conftest import WordRecorder, assistant_aggregator, frames_lasted, service_engine
 from .test_moss_tts_service import reply
 
 CAP = 20  # frames: the reply is cut long before its text ends
@@ -38,7 +37,7 @@ async def test_a_reply_cut_short_reports_only_the_words_it_fed(capped_engine):
     frames = [*reply(*(w + " " for w in text.split())), SleepFrame(1.5)]
     recorder = WordRecorder()  # the assistant aggregator consumes the word frames
     down, up = await run_test(
-        Pipeline([tts, recorder, LLMContextAggregatorPair(context).assistant()]),
+        Pipeline([tts, recorder, assistant_aggregator(context)]),
         frames_to_send=frames,
     )
     assert not [f for f in up if isinstance(f, ErrorFrame)]

@@ -35,7 +35,6 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.task import PipelineParams
 from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import run_test
 
@@ -44,7 +43,7 @@ from moss_pipecat.service import MossTTSService, MossTTSSettings
 from moss_pipecat.service.word_order import MatchOrder
 from moss_pipecat.speech.units import TimedWord, join_units
 
-from .conftest import WordRecorder
+from .conftest import WordRecorder, assistant_aggregator
 from .heard_units import EngineLog
 
 SENTENCE = [f"word{i}" for i in range(40)]  # no end: pipecat cannot match its words yet
@@ -138,7 +137,7 @@ async def speak_a_sentence_ended_while_spoken(
     moment = SentenceEndsBetweenWordTimes(tts, log, llm)
     frames = [LLMFullResponseStartFrame(), *(LLMTextFrame(w) for w in script.sentence)]
     _, up = await run_test(
-        Pipeline([llm, tts, recorder, LLMContextAggregatorPair(context).assistant()]),
+        Pipeline([llm, tts, recorder, assistant_aggregator(context)]),
         frames_to_send=frames,
         pipeline_params=PipelineParams(audio_out_sample_rate=rate),
     )
