@@ -21,7 +21,8 @@ from moss_pipecat.service import MossTTSService, MossTTSSettings
 from moss_pipecat.service.reply import WORD_TAG, Reply
 from moss_pipecat.speech.units import TimedWord
 
-from .conftest import assistant_aggregator
+from ..engine_rules import SPEAKS
+from .conftest import assistant_aggregator, service_engine
 from .test_cjk_replies import assistant_text, tokens
 from .test_context_race import Barger, assistant_messages, record_cuts, run_race
 from .test_heard_clock import LATENCY_S, PlayingOutputTransport, run_playing
@@ -36,6 +37,20 @@ TEXTS = {
 CASES = [("emoji", "token"), ("emoji", "sentence"), ("family", "token"), ("cjk", "token")]
 CASES += [("mid", "token"), ("mid", "sentence")]
 MODES = {"token": TextAggregationMode.TOKEN, "sentence": TextAggregationMode.SENTENCE}
+
+
+@pytest.fixture(scope="module")
+def held_engine(fixtures_dir):
+    """Replies that play at least ``HELD_FRAMES`` frames (or to their cap), whatever the model:
+    a barge-in on a word in the middle of a reply then finds it still playing. A model may end
+    a turn as soon as its text is read, the units not yet due all in its last frame (seed 613
+    did: the whole reply in 13 frames, the barge-in's word among the last ones)."""
+    engine = service_engine(fixtures_dir, **{**SPEAKS, "eos_min_frames": HELD_FRAMES})
+    yield engine
+    engine.shutdown()
+
+
+HELD_FRAMES = 40  # 3.2 s: the words barged on start within ~1.5 s at the speaking rates
 
 
 def _tts(engine, mode: str) -> MossTTSService:
@@ -227,40 +242,44 @@ class BargeInOnWord:
             await self._barger.barge_in()
 
 
+async def barge_in_on(tts: MossTTSService, frames: list[Frame], word: str) -> tuple:
+    """Plays ``frames`` through ``tts`` to pipecat's assistant aggregator; the user barges in
+    once the aggregator took the word frame ``word``. Returns MOSS's cut and the assistant
+    messages. The reply must still be playing then (else there is nothing to cut)."""
+    context, barger, transport = LLMContext(), Barger(), PlayingOutputTransport()
+    assistant = assistant_aggregator(context)
+    cuts, barge = record_cuts(tts), BargeInOnWord(barger, assistant, word)
+    await run_race([barger, tts, transport, assistant], [*frames, SleepFrame(4.0)])
+    assert barge.done, f"no word frame {word!r} reached the aggregator"
+    assert not transport.played_out_before_interruption(), "the reply played out first"
+    (cut,) = cuts
+    return cut, assistant_messages(context)
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("speak", [True, False], ids=["speak", "llm"])
 async def test_a_barge_in_after_a_sentence_keeps_out_the_start_of_the_next_unit(
-    talkative_engine, mode, speak
+    held_engine, mode, speak
 ):
     """``1# 太好了！🎉我们…``: pipecat gave ``🎉`` to ``了！``'s frame (its sentence ended
     there; the unit is ``🎉我``); a barge-in once the context took that frame left ``🎉`` in
     the context and not in MOSS's history."""
     text = "1# 太好了！🎉我们一家去公园玩吧！"
-    context, barger = LLMContext(), Barger()
-    assistant = assistant_aggregator(context)
-    tts = _tts(talkative_engine, mode)
-    cuts, barge = record_cuts(tts), BargeInOnWord(barger, assistant, "了！")
     frames = [TTSSpeakFrame(text)] if speak else reply(*tokens(text))
-    await run_race([barger, tts, PlayingOutputTransport(), assistant], [*frames, SleepFrame(4.0)])
-    (cut,) = cuts
-    assert barge.done and assistant_messages(context) == [cut.spoken_text]
+    cut, messages = await barge_in_on(_tts(held_engine, mode), frames, "了！")
+    assert messages == [cut.spoken_text]
     assert cut.spoken_text.startswith("1# 太好了！") and "们" not in cut.spoken_text
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-async def test_a_barge_in_on_a_carried_unit_keeps_out_the_next_units_start(talkative_engine, mode):
+async def test_a_barge_in_on_a_carried_unit_keeps_out_the_next_units_start(held_engine, mode):
     """``X 😊😊.,。:)你好…``: ``X``'s frame carried ``😊😊.,。`` and that unit's own frame
     ``:)``, the start of ``:)你``; a barge-in once the context took it left ``:)`` in the
     context and not in MOSS's history."""
     text = "X 😊😊.,。:)你好，我们走吧。"
-    context, barger = LLMContext(), Barger()
-    assistant = assistant_aggregator(context)
-    tts = _tts(talkative_engine, mode)
-    cuts, barge = record_cuts(tts), BargeInOnWord(barger, assistant, "😊😊.,。")
     frames = reply(*tokens(text))  # (a speak frame in sentence mode took it well before)
-    await run_race([barger, tts, PlayingOutputTransport(), assistant], [*frames, SleepFrame(4.0)])
-    (cut,) = cuts
-    assert barge.done and assistant_messages(context) == [cut.spoken_text]
+    cut, messages = await barge_in_on(_tts(held_engine, mode), frames, "😊😊.,。")
+    assert messages == [cut.spoken_text]
     assert cut.spoken_text.startswith("X 😊😊.,。") and "你" not in cut.spoken_text
 
 
@@ -283,7 +302,9 @@ def test_a_frame_holding_a_unit_and_the_words_after_it_counts_for_them():
 
 
 @pytest.mark.parametrize("cut", [False, True])
-async def test_a_unit_pipecat_matched_across_llm_tokens_keeps_its_marks(talkative_engine, cut):
+async def test_a_unit_pipecat_matched_across_llm_tokens_keeps_its_marks(
+    talkative_engine, held_engine, cut
+):
     """The reply above streamed as an LLM did (``本当？“Q``): played out, the context has
     its text as written (before: ``本当？ Quoted,”``); cut once the context took ``Quoted,”
     he``, the context and MOSS's history agree."""
@@ -292,18 +313,9 @@ async def test_a_unit_pipecat_matched_across_llm_tokens_keeps_its_marks(talkativ
     if not cut:
         await check_barge_in_after(_tts(talkative_engine, "token"), text, split)
         return
-    # Words after the barge-in's, so the reply still plays when it comes: a model may end
-    # the turn as soon as its text is read, the last units then all in its last frame.
-    split += [" Then", " we", " all", " went", " home", " for", " dinner."]
-    context, barger = LLMContext(), Barger()
-    assistant = assistant_aggregator(context)
-    tts = _tts(talkative_engine, "token")
-    cuts, barge = record_cuts(tts), BargeInOnWord(barger, assistant, "Quoted,” he")
-    await run_race(
-        [barger, tts, PlayingOutputTransport(), assistant], [*reply(*split), SleepFrame(4.0)]
-    )
-    (cut_,) = cuts
-    assert barge.done and assistant_messages(context) == [cut_.spoken_text]
+    split += [" Then", " we", " all", " went", " home", " for", " dinner."]  # words to cut
+    cut_, messages = await barge_in_on(_tts(held_engine, "token"), reply(*split), "Quoted,” he")
+    assert messages == [cut_.spoken_text]
     assert "本当？“Quoted,” he" in cut_.spoken_text
 
 
