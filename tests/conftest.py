@@ -38,51 +38,61 @@ REALTIME_UNIT = "tests/agents/"
 RAY_UNIT = "tests/server/ray"
 RAY_MODULES = ("tests/server/test_ray.py", "tests/server/test_drain_ray.py")
 # Units known to take the longest start first, so none of them begins last and runs alone while
-# the other workers are idle. The real-time unit leads (its bots want the CPU: see
-# BATCH_NICENESS), then the Ray unit, which mostly waits for replica processes and so overlaps
-# the compute-bound units best, then the minimal-env unit (it waits on venvs and subprocesses).
-# The rest by CPU and wall time, measured per module (children's CPU included; pytest
-# --durations, one module at a time): 40-50 s of CPU, 30-60 s of CPU or wall, then shorter.
+# the other workers are idle (a longest-first schedule: the run ends on short units). The
+# real-time unit leads (its bots want the CPU: see BATCH_NICENESS), then the Ray unit, which
+# mostly waits for replica processes and so overlaps the compute-bound units best. The rest by
+# wall time, longest first, as measured per unit in a whole run on 2 cores (each beside three
+# others: a timeline of every test's start and end): the fixture-set unit (~225 s: two pytest
+# runs in subprocesses), then 120 s down to ~15 s; shorter units follow in file order. Before,
+# the fixture-set unit and test_trailing_marks (68 s, most of it real-time playback) started
+# last and the run ended on them alone (~60 s of idle cores).
 LONGEST_FIRST = (
     REALTIME_UNIT,
     RAY_UNIT,
+    "tests/test_fixture_sets.py",
     "tests/test_minimal_env.py",
-    "tests/service/test_barge_in.py",
-    "tests/engine/test_sessions.py",
-    "tests/test_benchmarks.py",
     "tests/service/test_world_replies.py",
-    "tests/server/test_parity.py",
-    "tests/service/test_pipecat_contract.py",
+    "tests/service/test_barge_in.py",
     "tests/engine/test_prefix_cache.py",
-    "tests/engine/test_random_interleavings.py",
+    "tests/engine/test_sessions.py",
+    "tests/service/test_trailing_marks.py",
+    "tests/service/test_pipecat_contract.py",
     "tests/server/test_random_faults.py",
-    "tests/server/test_random_kills.py",
-    "tests/service/test_random_conversations.py",
-    "tests/service/test_back_to_back.py",
-    "tests/server/test_remote_back_to_back.py",
-    "tests/server/test_restore_inflight.py",
-    "tests/server/test_restore_service.py",
-    "tests/server/test_barge_in_while_down.py",
-    "tests/model/test_graphs.py",
-    "tests/server/test_drain.py",
-    "tests/server/test_remote_handoff.py",
-    "tests/service/test_moss_tts_service.py",
     "tests/server/test_contract_surface.py",
+    "tests/engine/test_random_interleavings.py",
+    "tests/service/test_context_race.py",
+    "tests/server/test_parity.py",
+    "tests/server/test_remote_cjk.py",
+    "tests/server/test_remote_back_to_back.py",
+    "tests/service/test_back_to_back.py",
+    "tests/model/test_graphs.py",
+    "tests/engine/test_seeded_sampling.py",
     "tests/server/test_faults.py",
     "tests/server/test_contract_both_services.py",
-    "tests/server/test_remote_service.py",
-    "tests/server/test_squatting.py",
-    "tests/test_wheel.py",
-    "tests/engine/test_kv_pools.py",
-    "tests/server/test_restore_transit.py",
+    "tests/service/test_random_conversations.py",
+    "tests/test_benchmarks.py",
     "tests/service/test_cjk_replies.py",
-    "tests/codec/test_codec_fused.py",
-    "tests/service/test_context_race.py",
-    "tests/server/test_remote_cjk.py",
-    "tests/server/test_remote_word_order.py",
+    "tests/model/test_fused_triton.py",
+    "tests/service/test_moss_tts_service.py",
     "tests/server/test_inflight_cut.py",
-    "tests/test_fixture_sets.py",
-    "tests/server/test_tls.py",
+    "tests/server/test_random_kills.py",
+    "tests/server/test_drain.py",
+    "tests/server/test_cut_unreachable.py",
+    "tests/server/test_remote_word_order.py",
+    "tests/server/test_restore_service.py",
+    "tests/engine/test_stand_in_rules.py",
+    "tests/server/test_restore_inflight.py",
+    "tests/engine/test_kv_pools.py",
+    "tests/server/test_random_partitions.py",
+    "tests/model/test_capturable.py",
+    "tests/engine/test_text.py",
+    "tests/test_wheel.py",
+    "tests/server/test_stale_copy.py",
+    "tests/codec/test_codec_triton.py",
+    "tests/server/test_random_blips.py",
+    "tests/server/test_remote_service.py",
+    "tests/service/test_written.py",
+    "tests/model/test_kernel_compile.py",
 )
 
 
