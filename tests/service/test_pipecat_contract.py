@@ -236,11 +236,17 @@ async def test_uninterruptible_speech_survives_an_interruption(talkative_engine)
 
 
 async def test_a_queued_uninterruptible_utterance_survives_the_interrupted_one(talkative_engine):
-    tts = service(talkative_engine)
+    # The first utterance is still being spoken when the interruption comes: paced at real
+    # time (0.5 s ahead), its ~20 text tokens (a frame each, at least) take over a second. (Not
+    # paced, a fast model had made both utterances, whole, before it.)
+    tts = MossTTSService(
+        engine=talkative_engine, settings=MossTTSSettings(greedy=True, lookahead_s=0.5)
+    )
     keep = TTSSpeakFrame("Keep this one.", append_to_context=False)
     keep.interruptible = False
+    drop = "Drop this one please, it goes on for a good while longer than the interruption."
     frames = [
-        TTSSpeakFrame("Drop this one please.", append_to_context=False),
+        TTSSpeakFrame(drop, append_to_context=False),
         keep,
         SleepFrame(0.05),
         InterruptionFrame(),
