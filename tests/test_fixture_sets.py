@@ -199,10 +199,10 @@ def test_audio_knobs_default_to_upstreams():
     assert FixtureSpec(seed=3, codec_rate=16000).resolved().codec_hop == 1280
     with pytest.raises(ValueError, match="codec_rate"):
         FixtureSpec(seed=3, codec_rate=22050).resolved()  # 80 ms = 1764 samples, not 8 patches
-    # The sampling golden ties four codes at top-k 30's cut: 32 audio ids at least.
-    assert FixtureSpec(seed=3, audio_codebook_size=29).resolved().audio_vocab == 32
-    with pytest.raises(ValueError, match="audio_codebook_size must be at least 29"):
-        FixtureSpec(seed=3, audio_codebook_size=28).resolved()
+    # The sampling golden ties four codes at top-k 30's cut, none in the penalty window.
+    assert FixtureSpec(seed=3, audio_codebook_size=40).resolved().audio_vocab == 43
+    with pytest.raises(ValueError, match="audio_codebook_size must be at least 40"):
+        FixtureSpec(seed=3, audio_codebook_size=39).resolved()
 
 
 def test_an_eager_set_draws_a_turn_1_that_ends_on_eos_and_nothing_else_moves():
