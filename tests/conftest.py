@@ -19,6 +19,9 @@ from moss_pipecat.engine.factory import tiny_fixtures_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
+# A teardown left without a time limit by its test's own (pytest-timeout times a test once).
+pytest_plugins = ["tests.teardown_limit"]
+
 # Without a GPU the fused ops' Triton kernels run in Triton's interpreter. triton.jit reads this
 # when a kernel is defined, so it must be set before any test imports model.triton_kernels
 # (the engine registers them as soon as one is built with triton installed).
