@@ -180,7 +180,7 @@ class MossTTSServiceBase(TTSService):
         # pipecat waits for the audio contexts to end before it ends the LLM reply in progress.
         for reply in [r for r in self._order if not r.flushed]:
             await self.flush_audio(reply.context_id)
-        await super().stop(frame)
+        await compat.stop_through_interruptions(self, partial(super().stop, frame))
         await self._shutdown(graceful=True)
 
     async def cancel(self, frame: CancelFrame) -> None:

@@ -6,6 +6,8 @@ context's pending sentence but the end of a reply; the service needs these, so t
 pipecat also asks its subclasses to use a few underscore names
 (``_register_event_handler``/``_call_event_handler`` for events, ``_update_settings`` as the
 settings hook "concrete services should override"); those are called or declared here too.
+It also holds the one workaround for how pipecat's ``TTSService`` behaves inside (an
+interruption while it ends: ``stop_through_interruptions``).
 Nothing else in the package touches a pipecat private name (``tests/test_architecture.py``),
 and ``check_pipecat`` (run by ``tests/service/test_pipecat_compat.py``) says, on a pipecat this
 was not written for, which of these names is gone or changed shape.
@@ -14,8 +16,10 @@ was not written for, which of these names is gone or changed shape.
 from __future__ import annotations
 
 import ast
+import asyncio
 import inspect
 import textwrap
+from collections.abc import Awaitable, Callable
 from importlib.metadata import version
 from typing import Any
 
@@ -64,6 +68,35 @@ async def end_pending_sentence(service: TTSService, context_id: str) -> None:
     the sentence's words can then be matched to their word times."""
     frames = await service._aggregated_frame_sequencer.finalize(context_id)
     await service._push_sequencer_frames(frames, context_id)
+
+
+# ---- a pipecat 1.14 race the service works around --------------------------------------------
+# How many times an end is retried after an interruption cancelled it: each try past the first
+# waits one loop turn for the interruption to make the new audio-context task.
+END_TRIES = 100
+
+
+async def stop_through_interruptions(service: object, stop: Callable[[], Awaitable[None]]) -> None:
+    """Runs ``stop`` (the service's ``TTSService.stop``) to its end through interruptions.
+
+    ``TTSService.stop`` waits for the audio-context task to play what is queued; an
+    ``InterruptionFrame`` arriving meanwhile (a caller talking over the goodbye before the
+    ``EndFrame``) cancels that task and makes a new one (``_interrupt_audio_contexts``), so the
+    ``CancelledError`` reaches ``stop`` and the ``EndFrame`` is lost: the pipeline never ends.
+    A ``CancelledError`` that is not meant for this task (``cancelling() == 0``) is that: the end
+    is tried again, against the new task. A cancel of this task itself is passed on."""
+    for _ in range(END_TRIES):
+        try:
+            return await stop()
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is None or current.cancelling():
+                raise
+            logger.debug(f"{service}: an interruption cut its end short; ending again")
+            await asyncio.sleep(0)
+    # Still cut after every try: the EndFrame goes on rather than being lost (pipecat's cleanup
+    # stops the audio-context task).
+    logger.warning(f"{service}: interrupted {END_TRIES} times while ending; ending anyway")
 
 
 # ---- pipecat's subclass API with underscore names --------------------------------------------

@@ -15,6 +15,7 @@ cancellation, and the constructor arguments the services cannot honour.
 
 from __future__ import annotations
 
+import asyncio
 from itertools import pairwise
 
 import pytest
@@ -23,6 +24,7 @@ from pipecat.frames.frames import (
     AggregatedTextProgressFrame,
     BotBackchannelFrame,
     CancelFrame,
+    EndFrame,
     Frame,
     InterruptionFrame,
     LLMAssistantPushAggregationFrame,
@@ -64,9 +66,13 @@ async def make_tts(request, make_tiny_engine, make_server):
     )
     settings = MossTTSSettings(greedy=True)
     if request.param == "local":
-        return lambda **kwargs: MossTTSService(engine=engine, settings=settings, **kwargs)
+        return lambda settings=settings, **kwargs: MossTTSService(
+            engine=engine, settings=settings, **kwargs
+        )
     server = await make_server(engine)
-    return lambda **kwargs: MossRemoteTTSService(url=server.url, settings=settings, **kwargs)
+    return lambda settings=settings, **kwargs: MossRemoteTTSService(
+        url=server.url, settings=settings, **kwargs
+    )
 
 
 def spoken(down) -> list[list[str]]:
@@ -357,6 +363,45 @@ async def test_cancel_mid_reply_closes_the_session(make_tts):
     ]
     _, up = await run_test(tts, frames_to_send=frames, send_end_frame=False)
     assert errors(up) == []
+    assert tts.session is None
+
+
+class TalkOverTheEnd(FrameProcessor):
+    """Passes every frame on; once the ``EndFrame`` has passed, pushes an ``InterruptionFrame``
+    after each of ``delays`` (s): a caller talking over the bot's goodbye."""
+
+    def __init__(self, delays: tuple[float, ...]) -> None:
+        super().__init__()
+        self.delays = delays
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+        if isinstance(frame, EndFrame):
+            self.create_task(self._talk())
+
+    async def _talk(self) -> None:
+        for delay in self.delays:
+            await asyncio.sleep(delay)
+            await self.push_frame(InterruptionFrame())
+
+
+# The service holds the EndFrame until what it has queued has played: seconds here.
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    ("lookahead_s", "delays"), [(None, (1.0,)), (0.5, (0.05, 0.05))], ids=["once", "twice"]
+)
+async def test_an_interruption_while_the_service_ends_still_ends_the_pipeline(
+    make_tts, lookahead_s, delays
+):
+    # pipecat 1.14's TTSService.stop lost its EndFrame to an interruption (see
+    # pipecat_compat.stop_through_interruptions): the pipeline never ended.
+    tts = make_tts(settings=MossTTSSettings(greedy=True, lookahead_s=lookahead_s))
+    goodbye = "This is a long goodbye that goes on for a good while, so the user talks over it."
+    pipeline = Pipeline([TalkOverTheEnd(delays), tts])
+    down, up = await run_test(pipeline, frames_to_send=[TTSSpeakFrame(goodbye)])
+    assert errors(up) == []
+    assert any(isinstance(f, TTSStartedFrame) for f in down)
     assert tts.session is None
 
 

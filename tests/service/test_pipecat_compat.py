@@ -4,11 +4,13 @@ fails, saying what changed."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from loguru import logger
 from packaging.requirements import Requirement
 from pipecat.services.tts_service import TTSContext, TTSService
 from pipecat.utils.context.aggregated_frame_sequencer import AggregatedFrameSequencer
@@ -92,3 +94,52 @@ def test_the_mirrored_rule_reads_what_pipecat_reads():
     for playing, restarts in (("kept", False), ("dropped", True), (None, True)):
         service._audio_context_manager.playing_context_id = playing
         assert compat.interruption_restarts_word_clock(service) is restarts
+
+
+class _Ends:
+    """A stand-in for ``TTSService.stop``: cut by ``cuts`` interruptions, then ends."""
+
+    def __init__(self, cuts: int) -> None:
+        self.cuts, self.tries = cuts, 0
+
+    async def __call__(self) -> None:
+        self.tries += 1
+        if self.tries <= self.cuts:
+            cut = asyncio.get_running_loop().create_future()
+            cut.cancel()  # what awaiting the audio-context task an interruption cancelled raises
+            await cut
+
+
+@pytest.mark.parametrize("cuts", [0, 1, 3])
+async def test_an_end_cut_by_interruptions_is_tried_again_to_its_end(cuts):
+    stop = _Ends(cuts)
+    await compat.stop_through_interruptions("tts", stop)
+    assert stop.tries == cuts + 1
+
+
+async def test_an_end_cut_every_time_goes_on_after_its_tries():
+    # The EndFrame goes on rather than being lost, with a warning.
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING")
+    try:
+        stop = _Ends(cuts=10**6)
+        await compat.stop_through_interruptions("tts", stop)
+    finally:
+        logger.remove(sink)
+    assert stop.tries == compat.END_TRIES
+    assert len(warnings) == 1 and "ending anyway" in warnings[0]
+
+
+async def test_cancelling_the_ending_task_itself_still_cancels_it():
+    started = asyncio.Event()
+
+    async def stop() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    task = asyncio.create_task(compat.stop_through_interruptions("tts", stop))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
