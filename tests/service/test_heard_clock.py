@@ -77,6 +77,13 @@ class PlayingOutputTransport(BaseOutputTransport):
         at = self.interrupted_ns
         return at is None or any(t < at for t in self.stopped_ns)
 
+    def ran_dry_s(self) -> float:
+        """Seconds the device waited for audio between chunks before the last interruption
+        (it starts again ``LATENCY_S`` late): audio was made slower than it played."""
+        until = self.interrupted_ns if self.interrupted_ns is not None else float("inf")
+        gaps = (b[0] - (a[0] + a[1]) for a, b in pairwise(self.played) if b[0] < until)
+        return sum(max(0, gap) for gap in gaps) / 1e9
+
     def heard_s(self) -> float:
         """Seconds of audio played when the last interruption reached the transport."""
         return self.played_s(self.interrupted_ns)
