@@ -14,6 +14,7 @@ from moss_pipecat.service.remote import MossRemoteTTSService
 from ..engine_rules import SPEAKS
 from ..service.conftest import SERVICE_LIMITS
 from ..service.test_back_to_back import (
+    BEHIND_LOOKAHEAD_S,
     FIRSTS,
     TEXTS,
     check_back_to_back,
@@ -24,7 +25,9 @@ from ..service.test_heard_clock import LATENCY_S
 from .test_remote_cjk import LoggedRemote
 
 
-async def _remote(make_tiny_engine, make_server, remote=None) -> MossRemoteTTSService:
+async def _remote(
+    make_tiny_engine, make_server, remote=None, lookahead_s: float | None = 0.5
+) -> MossRemoteTTSService:
     """The local tests' service, remote: their engine's limits (three replies, none trimmed,
     each ending soon after its text)."""
     server = await make_server(make_tiny_engine(**{**SERVICE_LIMITS, **SPEAKS}))
@@ -32,7 +35,7 @@ async def _remote(make_tiny_engine, make_server, remote=None) -> MossRemoteTTSSe
         url=server.url,
         remote=remote(server.url) if remote is not None else None,
         output_latency_s=LATENCY_S,
-        settings=MossTTSSettings(greedy=True, lookahead_s=0.5),
+        settings=MossTTSSettings(greedy=True, lookahead_s=lookahead_s),
     )
 
 
@@ -56,7 +59,7 @@ async def test_a_remote_barge_in_cuts_the_reply_playing_not_the_one_queued(
     @asynccontextmanager
     async def opened():
         remote = LoggedRemote()
-        tts = await _remote(make_tiny_engine, make_server, remote)
+        tts = await _remote(make_tiny_engine, make_server, remote, BEHIND_LOOKAHEAD_S)
         try:
             yield tts, remote.log
         finally:

@@ -84,11 +84,15 @@ def check_word_frames(recorder, transport, down) -> None:
             assert f.includes_inter_frame_spaces, f.text
 
 
-def _tts(engine, mode: TextAggregationMode = TextAggregationMode.TOKEN) -> MossTTSService:
+def _tts(
+    engine,
+    mode: TextAggregationMode = TextAggregationMode.TOKEN,
+    lookahead_s: float | None = 0.5,
+) -> MossTTSService:
     return MossTTSService(
         engine=engine,
         output_latency_s=LATENCY_S,
-        settings=MossTTSSettings(greedy=True, lookahead_s=0.5),
+        settings=MossTTSSettings(greedy=True, lookahead_s=lookahead_s),
         text_aggregation_mode=mode,
     )
 
