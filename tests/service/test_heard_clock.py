@@ -53,11 +53,15 @@ class PlayingOutputTransport(BaseOutputTransport):
         self.interrupted_ns: int | None = None  # when the last interruption reached it
         self.first_due_ns: int | None = None  # when the first speaking run was due to start
         self.stopped_ns: list[int] = []  # when each speaking run ended (bot stopped speaking)
+        self.arrived: list[tuple[int, int]] = []  # (clock ns an audio frame came, ns long)
         self._play_until = 0
 
     async def process_frame(self, frame, direction) -> None:
         if isinstance(frame, InterruptionFrame):
             self.interrupted_ns = self.get_clock().get_time()
+        elif isinstance(frame, OutputAudioRawFrame) and direction == FrameDirection.DOWNSTREAM:
+            length = round(len(frame.audio) / 2 / frame.sample_rate * 1e9)
+            self.arrived.append((self.get_clock().get_time(), length))
         await super().process_frame(frame, direction)
 
     def audio_start_ns(self) -> int:
@@ -85,8 +89,23 @@ class PlayingOutputTransport(BaseOutputTransport):
         return sum(max(0, gap) for gap in gaps) / 1e9
 
     def heard_s(self) -> float:
-        """Seconds of audio played when the last interruption reached the transport."""
-        return self.played_s(self.interrupted_ns)
+        """Seconds of audio played when the last interruption reached the transport: by this
+        device, or by a delay line (``delay_line_s``), whichever is less. The service cannot
+        tell which kind of output it feeds, and the two differ only where the audio ran out."""
+        return min(self.played_s(self.interrupted_ns), self.delay_line_s(self.interrupted_ns))
+
+    def delay_line_s(self, at_ns: int) -> float:
+        """Seconds of the audio that came here that a transport sending it in real time, each
+        frame heard ``LATENCY_S`` after it is sent (a WebRTC peer's network and jitter buffer:
+        the service's model of ``output_latency_s``), would have played by ``at_ns``. A frame that
+        comes less than ``LATENCY_S`` before the audio before it ends leaves a gap there, where
+        this device (which takes ``LATENCY_S`` to start, then plays on) has none."""
+        latency, end, total = round(LATENCY_S * 1e9), 0, 0
+        for came, length in self.arrived:
+            start = max(came + latency, end)
+            end = start + length
+            total += min(max(at_ns - start, 0), length)
+        return total / 1e9
 
     def played_s(self, at_ns: int) -> float:
         """Seconds of audio played by ``at_ns`` (pipeline clock)."""
