@@ -52,6 +52,7 @@ from moss_pipecat.service import MossTTSService, MossTTSSettings
 from moss_pipecat.service.remote import MossRemoteTTSService
 
 from ..service.conftest import assistant_aggregator
+from ..service.test_heard_clock import PlayingOutputTransport
 from ..service.test_pipecat_contract import FooFrame, errors, llm_reply, spoken_groups, words_of
 from .conftest import TALKATIVE
 
@@ -389,16 +390,19 @@ class TalkOverTheEnd(FrameProcessor):
 # The service holds the EndFrame until what it has queued has played: seconds here.
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(
-    ("lookahead_s", "delays"), [(None, (1.0,)), (0.5, (0.05, 0.05))], ids=["once", "twice"]
+    ("lookahead_s", "delays", "transport"),
+    [(None, (1.0,), False), (0.5, (0.05, 0.05), True)],
+    ids=["once", "twice-to-a-transport"],
 )
 async def test_an_interruption_while_the_service_ends_still_ends_the_pipeline(
-    make_tts, lookahead_s, delays
+    make_tts, lookahead_s, delays, transport
 ):
     # pipecat 1.14's TTSService.stop lost its EndFrame to an interruption (see
     # pipecat_compat.stop_through_interruptions): the pipeline never ended.
     tts = make_tts(settings=MossTTSSettings(greedy=True, lookahead_s=lookahead_s))
     goodbye = "This is a long goodbye that goes on for a good while, so the user talks over it."
-    pipeline = Pipeline([TalkOverTheEnd(delays), tts])
+    output = [PlayingOutputTransport()] if transport else []
+    pipeline = Pipeline([TalkOverTheEnd(delays), tts, *output])
     down, up = await run_test(pipeline, frames_to_send=[TTSSpeakFrame(goodbye)])
     assert errors(up) == []
     assert any(isinstance(f, TTSStartedFrame) for f in down)
